@@ -1,0 +1,89 @@
+import os from 'node:os';
+import path from 'node:path';
+import { checkImageName, parseImageRev } from '../../src/image/names.js';
+import type { ImageRow, RefRow, VersionRow } from '../../src/meta/repo.js';
+import { fmtBytes } from '../../src/progress.js';
+import { exportVersion } from '../../src/transfer/export.js';
+import { publishDisk } from '../../src/transfer/publish.js';
+import { dfError } from '../../src/errors.js';
+import { clientFrom, need, parse, parseSize, type Io } from '../args.js';
+import { emit, table } from '../output.js';
+
+const HELP = `deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
+deskfuse image publish NAME --from FILE [--ref main] [-m MSG]
+deskfuse image list | show NAME | log NAME[@REF] [--limit N]
+deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
+`;
+
+type ImageShow = ImageRow & { refs: RefRow[]; versions: number };
+
+export async function imageCommand(args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parse(rest, {
+    from: { type: 'string' },
+    'chunk-size': { type: 'string' },
+    ref: { type: 'string', default: 'main' },
+    message: { type: 'string', short: 'm', default: '' },
+    to: { type: 'string' },
+    format: { type: 'string', default: 'raw' },
+    limit: { type: 'string', default: '50' },
+  });
+  if (values.help || !sub) {
+    io.out.write(HELP);
+    return sub ? 0 : 2;
+  }
+  const client = clientFrom(values, io.env);
+  const json = values.json;
+  const tty = !json && Boolean(io.err.isTTY);
+
+  switch (sub) {
+    case 'create':
+    case 'publish': {
+      const name = checkImageName(need(positionals[0], 'image NAME'));
+      const file = need(values.from, '--from FILE');
+      const r = await publishDisk({
+        client, image: name, file, create: sub === 'create', ref: values.ref, message: values.message,
+        ...(values['chunk-size'] ? { chunkSize: parseSize(values['chunk-size'], '--chunk-size') } : {}),
+        tmpDir: path.join(os.tmpdir()), progress: tty,
+      });
+      emit(io, json, r, () =>
+        r.conflict
+          ? `version ${r.version} of ${name} is kept as ${r.conflict.conflictRef}: ${r.ref} moved to ${r.conflict.head} meanwhile (parent was ${r.parent})\n`
+          : `${name}@${r.ref} is now version ${r.version} (parent ${r.parent ?? 'none'}): ${r.chunks} chunks, ${r.chunksChanged} changed, ${r.chunksNew} new, ${fmtBytes(r.bytesUploaded)} uploaded in ${r.seconds.toFixed(1)} s\n`);
+      return r.conflict ? 3 : 0;
+    }
+    case 'list': {
+      const r = (await client.json<{ images: ImageShow[] }>('GET', '/api/v1/images')).body;
+      emit(io, json, r, () => table([['IMAGE', 'SIZE', 'CHUNK', 'VERSIONS', 'REFS'], ...r.images.map((i) => [
+        i.name, fmtBytes(i.virtualSize), fmtBytes(i.chunkSize), String(i.versions), i.refs.map((x) => `${x.name}=${x.version}`).join(' '),
+      ])]));
+      return 0;
+    }
+    case 'show': {
+      const name = checkImageName(need(positionals[0], 'image NAME'));
+      const r = (await client.json<ImageShow>('GET', `/api/v1/images/${name}`)).body;
+      emit(io, json, r, () => `image ${r.name}: ${fmtBytes(r.virtualSize)} (${r.virtualSize} bytes), ${fmtBytes(r.chunkSize)} chunks, ${r.hashAlg}, ${r.versions} versions, created ${r.createdAt}\n` +
+        table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), x.updatedAt])]));
+      return 0;
+    }
+    case 'log': {
+      const { image, rev } = parseImageRev(need(positionals[0], 'NAME[@REF]'));
+      const q = /^\d+$/.test(rev) ? '' : `&ref=${encodeURIComponent(rev)}`;
+      const r = (await client.json<{ versions: VersionRow[] }>('GET', `/api/v1/images/${image}/versions?limit=${Number(values.limit)}${q}`)).body;
+      emit(io, json, r, () => table([['VERSION', 'PARENT', 'KIND', 'AUTHOR', 'CHANGED', 'CHUNKS', 'TIME', 'MESSAGE'], ...r.versions.map((v) => [
+        String(v.version), String(v.parent ?? '-'), v.kind, v.author, String(v.chunksChanged), String(v.chunksTotal), v.createdAt, v.message,
+      ])]));
+      return 0;
+    }
+    case 'export': {
+      const { image, rev } = parseImageRev(need(positionals[0], 'NAME[@REF|@VERSION]'));
+      const to = need(values.to, '--to FILE');
+      if (values.format !== 'raw' && values.format !== 'qcow2') throw dfError('DF_ERR_USAGE', `--format: expected raw or qcow2, got ${JSON.stringify(values.format)}`);
+      const r = await exportVersion({ client, image, rev, to, format: values.format, progress: tty });
+      emit(io, json, r, () => `exported ${image}@${rev} (version ${r.version}) to ${to} as ${r.format}: ${r.chunks} chunks, ${fmtBytes(r.bytesFetched)} fetched in ${r.seconds.toFixed(1)} s\n`);
+      return 0;
+    }
+    default:
+      throw dfError('DF_ERR_USAGE', `unknown image command ${JSON.stringify(sub)}\n${HELP}`);
+  }
+}

@@ -1,0 +1,52 @@
+import { checkImageName, checkRefName } from '../../src/image/names.js';
+import type { RefLogRow, RefRow } from '../../src/meta/repo.js';
+import { dfError } from '../../src/errors.js';
+import { clientFrom, need, parse, type Io } from '../args.js';
+import { emit, table } from '../output.js';
+
+const HELP = `deskfuse ref list IMAGE
+deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]   (promote, rollback; compare-and-swap)
+deskfuse ref log IMAGE [REF] [--limit N]
+`;
+
+export async function refCommand(args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parse(rest, { expect: { type: 'string' }, reason: { type: 'string' }, limit: { type: 'string', default: '50' } });
+  if (values.help || !sub) {
+    io.out.write(HELP);
+    return sub ? 0 : 2;
+  }
+  const client = clientFrom(values, io.env);
+  const image = checkImageName(need(positionals[0], 'IMAGE'));
+  switch (sub) {
+    case 'list': {
+      const r = (await client.json<{ refs: RefRow[] }>('GET', `/api/v1/images/${image}/refs`)).body;
+      emit(io, values.json, r, () => table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), x.updatedAt])]));
+      return 0;
+    }
+    case 'set': {
+      const ref = checkRefName(need(positionals[1], 'REF'));
+      const version = Number(need(positionals[2], 'VERSION'));
+      if (!Number.isInteger(version) || version < 1) throw dfError('DF_ERR_USAGE', `VERSION must be a positive integer, got ${positionals[2]}`);
+      const ex = need(values.expect, '--expect OLD (the version the ref is at now, or "none" to create it)');
+      const expect = ex === 'none' ? null : Number(ex);
+      if (expect !== null && (!Number.isInteger(expect) || expect < 1)) throw dfError('DF_ERR_USAGE', `--expect: expected a version number or none, got ${ex}`);
+      const r = (await client.json<RefRow>('PUT', `/api/v1/images/${image}/refs/${ref}`, {
+        body: { version, expect, ...(values.reason ? { reason: values.reason } : {}) }, idempotent: false,
+      })).body;
+      emit(io, values.json, r, () => `${image}@${ref}: ${expect ?? 'none'} -> ${r.version}\n`);
+      return 0;
+    }
+    case 'log': {
+      const ref = positionals[1] ? checkRefName(positionals[1]) : undefined;
+      const q = `limit=${Number(values.limit)}${ref ? `&ref=${encodeURIComponent(ref)}` : ''}`;
+      const r = (await client.json<{ entries: RefLogRow[] }>('GET', `/api/v1/images/${image}/reflog?${q}`)).body;
+      emit(io, values.json, r, () => table([['TIME', 'REF', 'FROM', 'TO', 'BY', 'REASON'], ...r.entries.map((e) => [
+        e.at, e.ref, String(e.oldVersion ?? '-'), String(e.newVersion), e.author, e.reason,
+      ])]));
+      return 0;
+    }
+    default:
+      throw dfError('DF_ERR_USAGE', `unknown ref command ${JSON.stringify(sub)}\n${HELP}`);
+  }
+}

@@ -1,0 +1,71 @@
+#!/usr/bin/env node
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { DeskfuseError, isDeskfuseError } from '../src/errors.js';
+import type { Io } from './args.js';
+import { imageCommand } from './commands/image.js';
+import { refCommand } from './commands/ref.js';
+import { serverCommand } from './commands/server.js';
+import { storeCommand } from './commands/store.js';
+
+export const USAGE = `deskfuse — PXE/iPXE boot-time sync appliance for desktop fusion
+
+Usage:
+  deskfuse server [--data DIR] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
+  deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
+  deskfuse image publish NAME --from FILE [--ref main] [-m MSG]
+  deskfuse image list
+  deskfuse image show NAME
+  deskfuse image log NAME[@REF] [--limit N]
+  deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
+  deskfuse ref list IMAGE
+  deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]
+  deskfuse ref log IMAGE [REF] [--limit N]
+  deskfuse store verify [--data DIR]
+
+Global options:
+  --server URL    image server (env DESKFUSE_SERVER, default http://127.0.0.1:8080)
+  --token T       API token (env DESKFUSE_TOKEN, default: ./data/admin.token if readable)
+  --json          print one JSON object (errors too) for scripts
+  -h, --help      this text
+`;
+
+/** Run the CLI; returns the exit code (0 ok, 1 error, 2 usage, 3 commit kept as a conflict). */
+export async function main(argv: string[], io: Io): Promise<number> {
+  const [cmd, ...rest] = argv;
+  const json = rest.includes('--json');
+  try {
+    switch (cmd) {
+      case 'server': return await serverCommand(rest, io);
+      case 'image': return await imageCommand(rest, io);
+      case 'ref': return await refCommand(rest, io);
+      case 'store': return await storeCommand(rest, io);
+      case undefined: case '-h': case '--help': case 'help':
+        io.out.write(USAGE);
+        return cmd === undefined ? 2 : 0;
+      case '--version': io.out.write('deskfuse 0.1.0\n'); return 0;
+      default:
+        throw new DeskfuseError('DF_ERR_USAGE', `unknown command ${JSON.stringify(cmd)}; see deskfuse --help`);
+    }
+  } catch (err) {
+    const e = isDeskfuseError(err) ? err : new DeskfuseError('DF_ERR_INTERNAL', (err as Error)?.message ?? String(err), {}, { cause: err });
+    if (json) io.out.write(`${JSON.stringify({ error: e.toJSON() })}\n`);
+    io.err.write(`deskfuse: ${e.code}: ${e.message}\n`);
+    if (e.code === 'DF_ERR_INTERNAL' && io.env.DESKFUSE_DEBUG) io.err.write(`${(err as Error)?.stack}\n`);
+    return e.code === 'DF_ERR_USAGE' ? 2 : 1;
+  }
+}
+
+const isMain = (() => {
+  try {
+    return realpathSync(process.argv[1] ?? '') === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+})();
+
+if (isMain) {
+  main(process.argv.slice(2), { out: process.stdout, err: process.stderr, env: process.env }).then((code) => {
+    process.exitCode = code;
+  });
+}

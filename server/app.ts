@@ -1,0 +1,62 @@
+import swagger from '@fastify/swagger';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import { hashToken } from '../src/auth/tokens.js';
+import { dfError } from '../src/errors.js';
+import { PACK_CONTENT_TYPE } from '../src/chunk/pack.js';
+import type { AppContext } from './context.js';
+import { installErrorHandler } from './errors.js';
+import { chunkRoutes } from './routes/chunks.js';
+import { imageRoutes } from './routes/images.js';
+import { opsRoutes } from './routes/ops.js';
+
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** Route needs no token (health, OpenAPI document). */
+    public?: boolean;
+  }
+  interface FastifyRequest {
+    tokenScope?: string;
+  }
+}
+
+/** Build the HTTP app (no listen): tests drive it with inject(), main.ts listens. */
+export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    ...(logger ? { loggerInstance: logger } : { logger: false }),
+    bodyLimit: ctx.bodyLimit,
+    keepAliveTimeout: 75_000,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
+  });
+  installErrorHandler(app);
+
+  for (const type of ['application/octet-stream', 'application/zstd', PACK_CONTENT_TYPE]) {
+    app.addContentTypeParser(type, { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+  }
+
+  const requests = ctx.metrics.counter('deskfuse_http_requests_total', 'HTTP requests by route and status');
+  app.addHook('onResponse', async (req, reply) => {
+    requests(1, { method: req.method, route: req.routeOptions.url ?? 'unknown', status: reply.statusCode });
+  });
+
+  app.addHook('onRequest', async (req) => {
+    if (req.routeOptions.config?.public) return;
+    const h = req.headers.authorization;
+    const token = h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined;
+    const found = token ? ctx.repo.findToken(hashToken(token)) : undefined;
+    if (!found) throw dfError('DF_ERR_UNAUTHORIZED', token ? 'the token is not valid' : 'send the token as "Authorization: Bearer <token>"');
+    req.tokenScope = found.scope;
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'deskfuse image server', version: '1', description: 'Images, versions, refs and chunks of a deskfuse appliance.' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(opsRoutes(ctx));
+  await app.register(chunkRoutes(ctx));
+  await app.register(imageRoutes(ctx), { prefix: '/api/v1' });
+  return app;
+}

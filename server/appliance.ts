@@ -1,0 +1,72 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import { hashToken, newToken } from '../src/auth/tokens.js';
+import { FsChunkStore } from '../src/chunk/fs-store.js';
+import type { ServerConfig } from '../src/config/server.js';
+import { Catalog } from '../src/image/catalog.js';
+import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
+import { SqliteMetaRepo } from '../src/meta/sqlite.js';
+import { Metrics } from '../src/metrics.js';
+import { buildApp } from './app.js';
+import type { AppContext } from './context.js';
+
+/**
+ * Where data lives (all under the data directory):
+ *   meta.sqlite (+ -wal, -shm)   images, versions, refs, ref log, token hashes
+ *   chunks/                      chunk store (zstd frames named by BLAKE3 id)
+ *   blobs/                       layers and chunk indexes (same format)
+ *   admin.token                  the admin token, mode 0600, written once on first start
+ */
+export const dataPaths = (dataDir: string) => ({
+  meta: path.join(dataDir, 'meta.sqlite'),
+  chunks: path.join(dataDir, 'chunks'),
+  blobs: path.join(dataDir, 'blobs'),
+  adminToken: path.join(dataDir, 'admin.token'),
+});
+
+export const MAX_BLOB_SIZE = 1024 * 1024 * 1024;
+
+export interface Appliance {
+  app: FastifyInstance;
+  ctx: AppContext;
+  /** Set only on the first start, when the admin token was just generated. */
+  newAdminToken?: string;
+  close(): Promise<void>;
+}
+
+export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger): Promise<Appliance> {
+  const p = dataPaths(config.dataDir);
+  await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
+  const repo = new SqliteMetaRepo(p.meta);
+  try {
+    const chunks = await FsChunkStore.open(p.chunks, MAX_CHUNK_SIZE);
+    const blobs = await FsChunkStore.open(p.blobs, MAX_BLOB_SIZE);
+    const metrics = new Metrics();
+    const catalog = new Catalog({ repo, chunks, blobs, ...(log ? { log } : {}) });
+    const newAdminToken = await ensureAdminToken(repo, p.adminToken);
+    const ctx: AppContext = { catalog, chunks, repo, metrics, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit };
+    const app = await buildApp(ctx, log);
+    return {
+      app, ctx, ...(newAdminToken ? { newAdminToken } : {}),
+      close: async () => {
+        await app.close();
+        repo.close();
+      },
+    };
+  } catch (err) {
+    repo.close();
+    throw err;
+  }
+}
+
+/** First start: generate the admin token, keep only its hash, write it to admin.token (0600). */
+async function ensureAdminToken(repo: SqliteMetaRepo, file: string): Promise<string | undefined> {
+  if (repo.countTokens('admin') > 0) return undefined;
+  const token = newToken('dfa');
+  const tmp = `${file}.tmp`;
+  await fsp.writeFile(tmp, `${token}\n`, { mode: 0o600 });
+  await fsp.rename(tmp, file);
+  repo.addToken(hashToken(token), 'admin', new Date().toISOString());
+  return token;
+}

@@ -1,0 +1,25 @@
+import type { FastifyError, FastifyInstance } from 'fastify';
+import { DeskfuseError } from '../src/errors.js';
+
+/** Map every error to `{code, message, …fields}` with a stable DF_ERR_* code. */
+export function installErrorHandler(app: FastifyInstance): void {
+  app.setErrorHandler((err: FastifyError | DeskfuseError | Error, req, reply) => {
+    if (err instanceof DeskfuseError) {
+      if (err.status >= 500) req.log.error({ err }, err.message);
+      else req.log.debug({ code: err.code }, err.message);
+      return reply.status(err.status).send(err.toJSON());
+    }
+    const fe = err as FastifyError;
+    if (fe.validation) {
+      const v = fe.validation[0];
+      const field = v ? `${fe.validationContext ?? 'body'}${v.instancePath ? v.instancePath.replace(/\//g, '.') : ''}${v.params && 'missingProperty' in v.params ? `.${String(v.params.missingProperty)}` : ''}${v.params && 'additionalProperty' in v.params ? `.${String(v.params.additionalProperty)}` : ''}` : fe.validationContext;
+      return reply.status(400).send({ code: 'DF_ERR_BAD_REQUEST', message: `${field}: ${v?.message ?? fe.message}`, field });
+    }
+    if (fe.statusCode && fe.statusCode < 500) {
+      return reply.status(fe.statusCode).send({ code: 'DF_ERR_BAD_REQUEST', message: fe.message, fastifyCode: fe.code });
+    }
+    req.log.error({ err }, 'unhandled error');
+    return reply.status(500).send({ code: 'DF_ERR_INTERNAL', message: 'internal error' });
+  });
+  app.setNotFoundHandler((req, reply) => reply.status(404).send({ code: 'DF_ERR_NOT_FOUND', message: `no route ${req.method} ${req.url.split('?')[0]}` }));
+}

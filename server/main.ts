@@ -1,0 +1,35 @@
+import pino from 'pino';
+import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
+import { openAppliance } from './appliance.js';
+
+/**
+ * `deskfuse server`: the composition root. config → logger → stores → app → listen → signals → close.
+ * Returns when the server has stopped.
+ */
+export async function runServer(src: ConfigSources, out: NodeJS.WritableStream = process.stdout): Promise<void> {
+  const config = loadServerConfig(src);
+  const log = pino({ level: config.logLevel, base: { svc: 'deskfuse' }, redact: ['req.headers.authorization'] });
+  const appliance = await openAppliance(config, log);
+  if (appliance.newAdminToken) {
+    out.write(
+      `\nAdmin token (shown once; also saved to ${config.dataDir}/admin.token, mode 0600):\n\n  ${appliance.newAdminToken}\n\n` +
+        `  export DESKFUSE_TOKEN=$(cat ${config.dataDir}/admin.token)\n\n`,
+    );
+  }
+  const url = await appliance.app.listen({ host: config.listen.host, port: config.listen.port });
+  log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
+
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string) => {
+      log.info({ signal }, 'stopping');
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      appliance.close().then(resolve, (err) => {
+        log.error({ err }, 'error while stopping');
+        resolve();
+      });
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}

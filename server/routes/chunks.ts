@@ -1,0 +1,117 @@
+import type { FastifyInstance } from 'fastify';
+import { chunkId, idsBody } from '../../src/api/schemas.js';
+import { dfError, isDeskfuseError } from '../../src/errors.js';
+import { encodeFrame, openFrame } from '../../src/chunk/frame.js';
+import { hashBytes, idHex, isZero } from '../../src/chunk/id.js';
+import { decodePack, encodePack, PACK_CONTENT_TYPE, type PackRecord } from '../../src/chunk/pack.js';
+import type { AppContext } from '../context.js';
+
+const IMMUTABLE = 'public, max-age=31536000, immutable';
+const FETCH_MAX_IDS = 4096;
+
+/**
+ * Chunks: `/chunks/:id` is immutable (cache forever; any HTTP cache or CDN can front it), PUT checks
+ * the id. Batches: "which of these are missing", pack upload, pack fetch. Bytes are verified
+ * against their id on the way in and on every read from the store.
+ */
+export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+  const bytesIn = ctx.metrics.counter('deskfuse_chunk_bytes_received_total', 'Compressed chunk bytes received');
+  const bytesOut = ctx.metrics.counter('deskfuse_chunk_bytes_sent_total', 'Compressed chunk bytes sent');
+  const stored = ctx.metrics.counter('deskfuse_chunks_stored_total', 'Chunks newly stored');
+  const invalid = ctx.metrics.counter('deskfuse_chunks_invalid_total', 'Chunks refused or found corrupt, by where');
+  const params = { type: 'object', properties: { id: chunkId }, required: ['id'] } as const;
+
+  const read = async (id: string) => {
+    try {
+      return await ctx.chunks.get(id);
+    } catch (err) {
+      if (isDeskfuseError(err, 'DF_ERR_CHUNK_CORRUPT')) invalid(1, { where: 'store' });
+      throw err;
+    }
+  };
+
+  app.get<{ Params: { id: string } }>('/chunks/:id', { schema: { params, tags: ['chunks'], summary: 'A chunk as one zstd frame (immutable)' }, exposeHeadRoute: false }, async (req, reply) => {
+    const { frame } = await read(req.params.id);
+    bytesOut(frame.length);
+    reply.header('cache-control', IMMUTABLE).header('etag', `"${req.params.id}"`).type('application/zstd');
+    return frame;
+  });
+
+  app.head<{ Params: { id: string } }>('/chunks/:id', { schema: { params, tags: ['chunks'], summary: 'Whether the chunk is stored' } }, async (req, reply) => {
+    if (!(await ctx.chunks.has(req.params.id))) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${req.params.id} is not in the store`, { id: req.params.id });
+    reply.header('cache-control', IMMUTABLE).header('etag', `"${req.params.id}"`).type('application/zstd');
+    return reply.send();
+  });
+
+  app.put<{ Params: { id: string }; Body: Buffer }>('/chunks/:id', {
+    schema: { params, tags: ['chunks'], summary: 'Store one chunk: body application/zstd (a frame) or application/octet-stream (raw bytes)' },
+  }, async (req, reply) => {
+    const { id } = req.params;
+    const body = req.body;
+    if (!Buffer.isBuffer(body)) throw dfError('DF_ERR_BAD_REQUEST', 'send the chunk as application/zstd or application/octet-stream');
+    let raw: Buffer;
+    let frame: Buffer;
+    try {
+      if (req.headers['content-type']?.startsWith('application/zstd')) {
+        frame = body;
+        raw = openFrame(id, frame, ctx.maxChunkSize);
+      } else {
+        raw = body;
+        if (raw.length === 0 || raw.length > ctx.maxChunkSize) throw dfError('DF_ERR_CHUNK_INVALID', `chunk of ${raw.length} bytes is outside 1..${ctx.maxChunkSize}`, { id });
+        const got = idHex(hashBytes(raw));
+        if (got !== id) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${id}: bytes hash to ${got}`, { id, got });
+        frame = encodeFrame(raw);
+      }
+    } catch (err) {
+      invalid(1, { where: 'upload' });
+      throw err;
+    }
+    if (isZero(raw)) throw dfError('DF_ERR_BAD_REQUEST', 'all-zero chunks are never stored; layers mark them as zero', { id });
+    bytesIn(body.length);
+    const created = await ctx.chunks.put(id, { frame });
+    if (created) stored(1);
+    return reply.status(created ? 201 : 200).send({ id, stored: created });
+  });
+
+  app.post<{ Body: { ids: string[] } }>('/api/v1/chunks/missing', {
+    schema: { body: idsBody, tags: ['chunks'], summary: 'Which of these chunk ids the server lacks' },
+  }, async (req) => ({ missing: await ctx.catalog.missingChunks(req.body.ids) }));
+
+  app.post<{ Body: Buffer }>('/api/v1/chunks/pack', {
+    schema: { tags: ['chunks'], summary: `Store many chunks in one body (${PACK_CONTENT_TYPE})` },
+  }, async (req) => {
+    if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PACK_CONTENT_TYPE)) {
+      throw dfError('DF_ERR_BAD_REQUEST', `send a pack as ${PACK_CONTENT_TYPE}`);
+    }
+    const records = decodePack(req.body, ctx.maxChunkSize);
+    // Verify every record before storing any: a bad pack changes nothing.
+    try {
+      for (const r of records) {
+        const raw = openFrame(r.id, r.frame, ctx.maxChunkSize);
+        if (raw.length !== r.rawLength) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${r.id}: raw length ${raw.length}, pack says ${r.rawLength}`, { id: r.id });
+        if (isZero(raw)) throw dfError('DF_ERR_BAD_REQUEST', `chunk ${r.id} is all zero; zero chunks are never stored`, { id: r.id });
+      }
+    } catch (err) {
+      invalid(1, { where: 'upload' });
+      throw err;
+    }
+    bytesIn(req.body.length);
+    const r = await ctx.chunks.putMany(records.map((x) => ({ id: x.id, frame: x.frame })));
+    stored(r.stored);
+    return r;
+  });
+
+  app.post<{ Body: { ids: string[] } }>('/api/v1/chunks/fetch', {
+    schema: { body: { ...idsBody, properties: { ids: { ...idsBody.properties.ids, maxItems: FETCH_MAX_IDS } } }, tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks as one pack` },
+  }, async (req, reply) => {
+    const records: PackRecord[] = [];
+    for (const id of req.body.ids) {
+      const c = await read(id);
+      records.push({ id, rawLength: c.raw.length, frame: c.frame });
+    }
+    const body = encodePack(records);
+    bytesOut(body.length);
+    reply.type(PACK_CONTENT_TYPE);
+    return body;
+  });
+};

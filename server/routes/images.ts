@@ -1,0 +1,107 @@
+import type { FastifyInstance } from 'fastify';
+import {
+  commitBody, createImageBody, imageParams, listQuery, refName, refSetBody, resolveQuery, versionParams, versionSchema,
+} from '../../src/api/schemas.js';
+import { dfError } from '../../src/errors.js';
+import type { ImageRow, VersionKind } from '../../src/meta/repo.js';
+import type { AppContext } from '../context.js';
+
+type P = { image: string };
+type PV = { image: string; version: number };
+
+/** Images, versions, layers, indexes, commits and refs under /api/v1. */
+export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+  const { catalog } = ctx;
+  const commits = ctx.metrics.counter('deskfuse_commits_total', 'Commits by outcome');
+  ctx.metrics.onCollect(() => ctx.metrics.gauge('deskfuse_images', 'Images in the catalog')(catalog.listImages().length));
+
+  const showImage = (img: ImageRow) => ({ ...img, refs: catalog.refs(img.name), versions: ctx.repo.versionCount(img.name) });
+
+  app.post<{ Body: { name: string; virtualSize: number; chunkSize: number } }>('/images', {
+    schema: { body: createImageBody, tags: ['images'], summary: 'Create an image (idempotent while it has no version)' },
+  }, async (req, reply) => {
+    const r = catalog.createImage(req.body.name, { virtualSize: req.body.virtualSize, chunkSize: req.body.chunkSize });
+    return reply.status(r.created ? 201 : 200).send(showImage(r.image));
+  });
+
+  app.get('/images', { schema: { tags: ['images'], summary: 'List images' } }, async () => ({ images: catalog.listImages().map(showImage) }));
+
+  app.get<{ Params: P }>('/images/:image', { schema: { params: imageParams, tags: ['images'], summary: 'Show an image, its refs and version count' } },
+    async (req) => showImage(catalog.image(req.params.image)));
+
+  app.get<{ Params: P; Querystring: { rev: string } }>('/images/:image/resolve', {
+    schema: { params: imageParams, querystring: resolveQuery, tags: ['versions'], summary: 'Resolve a ref name or version number to a version' },
+  }, async (req) => catalog.resolve(req.params.image, req.query.rev));
+
+  app.get<{ Params: P; Querystring: { limit: number; ref?: string } }>('/images/:image/versions', {
+    schema: { params: imageParams, querystring: listQuery, tags: ['versions'], summary: 'Versions, newest first; with ref=, the log of that ref' },
+  }, async (req) => {
+    const from = req.query.ref ? catalog.resolve(req.params.image, req.query.ref) : undefined;
+    return { versions: catalog.versions(req.params.image, { limit: req.query.limit, ...(from ? { from } : {}) }) };
+  });
+
+  app.get<{ Params: PV }>('/images/:image/versions/:version', {
+    schema: { params: versionParams, tags: ['versions'], summary: 'Show a version', response: { 200: versionSchema } },
+  }, async (req) => catalog.version(req.params.image, req.params.version));
+
+  app.get<{ Params: PV }>('/images/:image/versions/:version/layer', {
+    schema: { params: versionParams, tags: ['versions'], summary: "The version's layer (binary, see src/image/layer.ts)" },
+  }, async (req, reply) => {
+    const v = catalog.version(req.params.image, req.params.version);
+    reply.type('application/vnd.deskfuse.layer').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`);
+    return catalog.layerBytes(req.params.image, req.params.version);
+  });
+
+  app.get<{ Params: PV }>('/images/:image/versions/:version/index', {
+    schema: { params: versionParams, tags: ['versions'], summary: "The version's full chunk index (binary, see src/image/chunk-index.ts)" },
+  }, async (req, reply) => {
+    const v = catalog.version(req.params.image, req.params.version);
+    reply.type('application/vnd.deskfuse.index').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.index}"`);
+    return catalog.indexBytes(req.params.image, req.params.version);
+  });
+
+  app.post<{ Params: P; Body: Buffer }>('/images/:image/layers', {
+    schema: { params: imageParams, tags: ['commits'], summary: 'Upload a layer (application/octet-stream) for a coming commit' },
+  }, async (req, reply) => {
+    if (!Buffer.isBuffer(req.body)) throw dfError('DF_ERR_BAD_REQUEST', 'send the layer as application/octet-stream');
+    return reply.status(201).send(await catalog.stageLayer(req.params.image, req.body));
+  });
+
+  app.post<{ Params: P; Body: { parent: number | null; ref: string; layer: string; kind: VersionKind; message?: string; author?: string } }>('/images/:image/commits', {
+    schema: { params: imageParams, body: commitBody, tags: ['commits'], summary: 'Create a version from an uploaded layer and move the ref (409 on conflict or missing chunks)' },
+  }, async (req, reply) => {
+    const b = req.body;
+    const out = await catalog.commit({
+      image: req.params.image, parent: b.parent, ref: b.ref, layer: b.layer, kind: b.kind,
+      message: b.message ?? '', author: b.author ?? req.tokenScope ?? 'admin',
+    });
+    commits(1, { outcome: out.kind });
+    if (out.kind === 'conflict') {
+      return reply.status(409).send({
+        code: 'DF_ERR_CONFLICT',
+        message: `ref ${out.ref} is at ${out.head ?? 'nothing'}, not at the parent ${b.parent ?? 'nothing'}; version ${out.version.version} is kept as ${out.conflictRef}`,
+        version: out.version, ref: out.ref, head: out.head, conflictRef: out.conflictRef,
+      });
+    }
+    return reply.status(201).send({ outcome: out.kind, version: out.version, ref: out.ref });
+  });
+
+  app.get<{ Params: P }>('/images/:image/refs', { schema: { params: imageParams, tags: ['refs'], summary: 'List refs' } },
+    async (req) => ({ refs: catalog.refs(req.params.image) }));
+
+  const refParams = { type: 'object', properties: { image: { type: 'string' }, '*': refName }, required: ['image', '*'] } as const;
+
+  app.get<{ Params: { image: string; '*': string } }>('/images/:image/refs/*', { schema: { params: refParams, tags: ['refs'], summary: 'Show a ref' } }, async (req) => {
+    const ref = catalog.refs(req.params.image).find((r) => r.name === req.params['*']);
+    if (!ref) throw dfError('DF_ERR_REF_NOT_FOUND', `image ${req.params.image} has no ref ${req.params['*']}`, { ref: req.params['*'] });
+    return ref;
+  });
+
+  app.put<{ Params: { image: string; '*': string }; Body: { version: number; expect: number | null; reason?: string } }>('/images/:image/refs/*', {
+    schema: { params: refParams, body: refSetBody, tags: ['refs'], summary: 'Move (or create, with expect null) a ref by compare-and-swap: promote, rollback' },
+  }, async (req) => catalog.moveRef(req.params.image, req.params['*'], req.body.version, req.body.expect, req.tokenScope ?? 'admin', req.body.reason ?? 'ref set'));
+
+  app.get<{ Params: P; Querystring: { limit: number; ref?: string } }>('/images/:image/reflog', {
+    schema: { params: imageParams, querystring: listQuery, tags: ['refs'], summary: 'Every ref move, newest first' },
+  }, async (req) => ({ entries: catalog.refLog(req.params.image, req.query.ref, req.query.limit) }));
+};

@@ -1,0 +1,83 @@
+/**
+ * JSON Schemas of the HTTP API (/api/v1), shared by the server (validation, OpenAPI) and clients.
+ */
+export const imageName = { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' } as const;
+export const versionNumber = { type: 'integer', minimum: 1, maximum: 2147483647 } as const;
+export const chunkId = { type: 'string', pattern: '^[0-9a-f]{64}$' } as const;
+export const refName = { type: 'string', minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]*$' } as const;
+export const versionKind = { type: 'string', enum: ['import', 'publish', 'voi-commit', 'vdi-commit', 'rollback'] } as const;
+
+export const errorBody = {
+  type: 'object',
+  properties: { code: { type: 'string' }, message: { type: 'string' } },
+  required: ['code', 'message'],
+  additionalProperties: true,
+} as const;
+
+export const imageParams = { type: 'object', properties: { image: imageName }, required: ['image'] } as const;
+export const versionParams = { type: 'object', properties: { image: imageName, version: versionNumber }, required: ['image', 'version'] } as const;
+
+export const createImageBody = {
+  type: 'object',
+  properties: {
+    name: imageName,
+    virtualSize: { type: 'integer', minimum: 512, maximum: 2 ** 50 },
+    chunkSize: { type: 'integer', minimum: 4096, maximum: 4194304 },
+  },
+  required: ['name', 'virtualSize', 'chunkSize'],
+  additionalProperties: false,
+} as const;
+
+export const commitBody = {
+  type: 'object',
+  properties: {
+    parent: { anyOf: [versionNumber, { type: 'null' }] },
+    ref: refName,
+    layer: chunkId,
+    kind: versionKind,
+    message: { type: 'string', maxLength: 4000 },
+    author: { type: 'string', minLength: 1, maxLength: 200 },
+  },
+  required: ['parent', 'ref', 'layer', 'kind'],
+  additionalProperties: false,
+} as const;
+
+export const refSetBody = {
+  type: 'object',
+  properties: {
+    version: versionNumber,
+    expect: { anyOf: [versionNumber, { type: 'null' }] },
+    reason: { type: 'string', maxLength: 400 },
+  },
+  required: ['version', 'expect'],
+  additionalProperties: false,
+} as const;
+
+export const idsBody = {
+  type: 'object',
+  properties: { ids: { type: 'array', items: chunkId, maxItems: 1048576 } },
+  required: ['ids'],
+  additionalProperties: false,
+} as const;
+
+export const listQuery = {
+  type: 'object',
+  properties: { limit: { type: 'integer', minimum: 1, maximum: 10000, default: 100 }, ref: refName },
+  additionalProperties: false,
+} as const;
+
+export const resolveQuery = {
+  type: 'object',
+  properties: { rev: { type: 'string', minLength: 1, maxLength: 200, pattern: '^[A-Za-z0-9][A-Za-z0-9._/-]*$' } },
+  required: ['rev'],
+  additionalProperties: false,
+} as const;
+
+export const versionSchema = {
+  type: 'object',
+  properties: {
+    image: { type: 'string' }, version: { type: 'integer' }, parent: { type: ['integer', 'null'] },
+    layer: { type: 'string' }, index: { type: 'string' }, kind: { type: 'string' }, author: { type: 'string' },
+    message: { type: 'string' }, createdAt: { type: 'string' }, chunksChanged: { type: 'integer' }, chunksTotal: { type: 'integer' },
+  },
+} as const;

@@ -1,0 +1,63 @@
+/**
+ * The one error table. Every error deskfuse raises on purpose is a DeskfuseError with a stable
+ * `code` (callers branch on it), an HTTP status (the server maps it), structured `fields` and an
+ * optional `cause`. Messages are for people; codes and fields are for programs.
+ */
+export const ERRORS = {
+  DF_ERR_INTERNAL: { status: 500, message: 'internal error' },
+  DF_ERR_BAD_REQUEST: { status: 400, message: 'the request is malformed' },
+  DF_ERR_UNAUTHORIZED: { status: 401, message: 'a valid token is required' },
+  DF_ERR_NOT_FOUND: { status: 404, message: 'no such resource' },
+  DF_ERR_CONFIG: { status: 500, message: 'the configuration is invalid' },
+  DF_ERR_USAGE: { status: 400, message: 'invalid command-line usage' },
+  DF_ERR_CHUNK_INVALID: { status: 400, message: 'chunk bytes do not match the chunk id' },
+  DF_ERR_CHUNK_NOT_FOUND: { status: 404, message: 'chunk not found' },
+  DF_ERR_CHUNK_CORRUPT: { status: 500, message: 'a stored chunk is corrupt' },
+  DF_ERR_DECODE: { status: 400, message: 'malformed binary data' },
+  DF_ERR_IMAGE_NOT_FOUND: { status: 404, message: 'no such image' },
+  DF_ERR_IMAGE_EXISTS: { status: 409, message: 'the image already exists' },
+  DF_ERR_GEOMETRY: { status: 400, message: 'virtual size or chunk size is invalid' },
+  DF_ERR_SIZE_MISMATCH: { status: 400, message: "the disk's virtual size differs from the image's" },
+  DF_ERR_VERSION_NOT_FOUND: { status: 404, message: 'no such version' },
+  DF_ERR_REF_NOT_FOUND: { status: 404, message: 'no such ref' },
+  DF_ERR_REF_NAME: { status: 400, message: 'invalid ref name' },
+  DF_ERR_REF_MOVED: { status: 409, message: 'the ref is not at the expected version' },
+  DF_ERR_CONFLICT: { status: 409, message: "the commit's parent is not the ref's head; the version is kept as a conflict" },
+  DF_ERR_CHUNKS_MISSING: { status: 409, message: 'the server lacks chunks the commit needs' },
+  DF_ERR_LAYER_NOT_FOUND: { status: 409, message: 'the layer was not uploaded' },
+  DF_ERR_NOT_A_DISK: { status: 400, message: 'the file is not a disk image' },
+  DF_ERR_FILE_UNREADABLE: { status: 400, message: 'the file cannot be read' },
+  DF_ERR_TOOL_MISSING: { status: 500, message: 'a required program is not installed' },
+  DF_ERR_TOOL_FAILED: { status: 500, message: 'an external program failed' },
+  DF_ERR_HTTP: { status: 502, message: 'the server answered with an error' },
+  DF_ERR_UNREACHABLE: { status: 503, message: 'the server cannot be reached' },
+  DF_ERR_STORE_VERIFY: { status: 500, message: 'the store has missing or corrupt chunks' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof ERRORS;
+
+export class DeskfuseError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly fields: Readonly<Record<string, unknown>>;
+
+  constructor(code: ErrorCode, message?: string, fields: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    super(message ?? ERRORS[code].message, options);
+    this.name = 'DeskfuseError';
+    this.code = code;
+    this.status = ERRORS[code].status;
+    this.fields = Object.freeze({ ...fields });
+  }
+
+  toJSON(): Record<string, unknown> {
+    return { code: this.code, message: this.message, ...this.fields };
+  }
+}
+
+export function dfError(code: ErrorCode, message?: string, fields?: Record<string, unknown>, cause?: unknown): DeskfuseError {
+  return new DeskfuseError(code, message, fields, cause === undefined ? undefined : { cause });
+}
+
+export function isDeskfuseError(err: unknown, code?: ErrorCode): err is DeskfuseError {
+  return err instanceof DeskfuseError && (code === undefined || err.code === code);
+}

@@ -1,0 +1,224 @@
+import { dfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import { HASH_ALG, hashBytes, idHex, isZeroId } from '../chunk/id.js';
+import type { ChunkStore } from '../chunk/store.js';
+import type { CommitOutcome, ImageRow, MetaRepo, RefLogRow, RefRow, VersionKind, VersionRow } from '../meta/repo.js';
+import { blockMask } from './blocks.js';
+import { ChunkIndex } from './chunk-index.js';
+import { checkGeometry, chunkLength, maskBytes, type Geometry } from './geometry.js';
+import { applyLayer, decodeLayer, encodeLayer, type Layer, type LayerEntry } from './layer.js';
+import { checkImageName, checkRefName, conflictRefName, isConflictRef } from './names.js';
+
+/**
+ * The image catalog: images, their versions and refs, over a metadata repository, a chunk store and
+ * a blob store (layers and chunk indexes, content-addressed like chunks). It enforces the rules:
+ * a version is recorded only after every chunk it needs is stored; a ref moves only by
+ * compare-and-swap; a commit that lost the race is kept under `conflicts/…`.
+ */
+export interface CatalogDeps {
+  repo: MetaRepo;
+  chunks: ChunkStore;
+  blobs: ChunkStore;
+  log?: Logger;
+  now?: () => Date;
+}
+
+export interface CommitRequest {
+  image: string;
+  parent: number | null;
+  ref: string;
+  layer: string;
+  kind: VersionKind;
+  author: string;
+  message: string;
+}
+
+const MASK_CONCURRENCY = 16;
+
+export class Catalog {
+  private readonly log: Logger;
+  private readonly now: () => Date;
+  private readonly indexCache = new Map<string, ChunkIndex>();
+
+  constructor(private readonly deps: CatalogDeps) {
+    this.log = deps.log ?? silentLogger;
+    this.now = deps.now ?? (() => new Date());
+  }
+
+  createImage(name: string, g: Geometry): { created: boolean; image: ImageRow } {
+    checkImageName(name);
+    checkGeometry(g);
+    const r = this.deps.repo.createImage({ name, virtualSize: g.virtualSize, chunkSize: g.chunkSize, hashAlg: HASH_ALG, createdAt: this.now().toISOString() });
+    if (!r.created) {
+      const same = r.image.virtualSize === g.virtualSize && r.image.chunkSize === g.chunkSize;
+      // An image created by an interrupted `image create` (no version yet) may be taken over.
+      if (!same || this.deps.repo.versionCount(name) > 0) {
+        throw dfError('DF_ERR_IMAGE_EXISTS', `image ${name} already exists`, { image: name, virtualSize: r.image.virtualSize, chunkSize: r.image.chunkSize });
+      }
+    }
+    if (r.created) this.log.info({ image: name, ...g }, 'image created');
+    return r;
+  }
+
+  image(name: string): ImageRow {
+    const img = this.deps.repo.getImage(name);
+    if (!img) throw dfError('DF_ERR_IMAGE_NOT_FOUND', `no image named ${JSON.stringify(name)}`, { image: name });
+    return img;
+  }
+
+  listImages(): ImageRow[] {
+    return this.deps.repo.listImages();
+  }
+
+  refs(image: string): RefRow[] {
+    this.image(image);
+    return this.deps.repo.listRefs(image);
+  }
+
+  version(image: string, version: number): VersionRow {
+    this.image(image);
+    const v = this.deps.repo.getVersion(image, version);
+    if (!v) throw dfError('DF_ERR_VERSION_NOT_FOUND', `image ${image} has no version ${version}`, { image, version });
+    return v;
+  }
+
+  /** A revision is a version number or a ref name. */
+  resolve(image: string, rev: string): VersionRow {
+    if (/^\d+$/.test(rev)) return this.version(image, Number(rev));
+    checkRefName(rev, 'rev');
+    this.image(image);
+    const ref = this.deps.repo.getRef(image, rev);
+    if (!ref) throw dfError('DF_ERR_REF_NOT_FOUND', `image ${image} has no ref ${rev}`, { image, ref: rev });
+    return this.version(image, ref.version);
+  }
+
+  /** Versions newest first; with `from`, the ancestry of that version (a log). */
+  versions(image: string, opts: { from?: VersionRow; limit: number }): VersionRow[] {
+    this.image(image);
+    if (!opts.from) return this.deps.repo.listVersions(image, opts.limit);
+    const out: VersionRow[] = [];
+    for (let v: VersionRow | undefined = opts.from; v && out.length < opts.limit; v = v.parent === null ? undefined : this.deps.repo.getVersion(image, v.parent)) out.push(v);
+    return out;
+  }
+
+  async index(image: string, version: number): Promise<ChunkIndex> {
+    const v = this.version(image, version);
+    return this.loadIndex(v.index);
+  }
+
+  private async loadIndex(id: string): Promise<ChunkIndex> {
+    const hit = this.indexCache.get(id);
+    if (hit) return hit;
+    const idx = ChunkIndex.decode((await this.deps.blobs.get(id)).raw);
+    this.indexCache.set(id, idx);
+    if (this.indexCache.size > 8) this.indexCache.delete(this.indexCache.keys().next().value!);
+    return idx;
+  }
+
+  async indexBytes(image: string, version: number): Promise<Buffer> {
+    return (await this.deps.blobs.get(this.version(image, version).index)).raw;
+  }
+
+  async layerBytes(image: string, version: number): Promise<Buffer> {
+    return (await this.deps.blobs.get(this.version(image, version).layer)).raw;
+  }
+
+  /** Store an uploaded layer (no masks yet) so a commit can name it. */
+  async stageLayer(image: string, bytes: Buffer): Promise<{ layer: string; entries: number }> {
+    const img = this.image(image);
+    const layer = decodeLayer(bytes);
+    this.checkSameGeometry(img, layer.geometry);
+    const id = idHex(hashBytes(bytes));
+    await this.deps.blobs.put(id, { raw: bytes });
+    return { layer: id, entries: layer.entries.length };
+  }
+
+  async missingChunks(ids: string[]): Promise<string[]> {
+    const flags = await Promise.all(ids.map((id) => this.deps.chunks.has(id)));
+    return ids.filter((_, i) => !flags[i]);
+  }
+
+  async commit(req: CommitRequest): Promise<CommitOutcome> {
+    const img = this.image(req.image);
+    checkRefName(req.ref);
+    if (isConflictRef(req.ref)) throw dfError('DF_ERR_REF_NAME', 'commits cannot target a conflicts/ ref', { ref: req.ref });
+    const parent = req.parent === null ? null : this.version(req.image, req.parent);
+    if (!(await this.deps.blobs.has(req.layer))) throw dfError('DF_ERR_LAYER_NOT_FOUND', `layer ${req.layer} was not uploaded`, { layer: req.layer });
+    const staged = decodeLayer((await this.deps.blobs.get(req.layer)).raw);
+    this.checkSameGeometry(img, staged.geometry);
+
+    const needed = [...new Set(staged.entries.filter((e) => !isZeroId(e.id)).map((e) => idHex(e.id)))];
+    const missing = await this.missingChunks(needed);
+    if (missing.length) {
+      throw dfError('DF_ERR_CHUNKS_MISSING', `${missing.length} of the commit's chunks are not stored`, { image: req.image, missing });
+    }
+    const parentIndex = parent ? await this.loadIndex(parent.index) : null;
+    const final = await this.withMasks(staged, parentIndex);
+    const layerBytes = encodeLayer(final);
+    const layerId = idHex(hashBytes(layerBytes));
+    const index = applyLayer(parentIndex, final);
+    const indexBytes = index.encode();
+    const indexId = idHex(hashBytes(indexBytes));
+    await this.deps.blobs.put(layerId, { raw: layerBytes });
+    await this.deps.blobs.put(indexId, { raw: indexBytes });
+
+    const at = this.now();
+    const outcome = this.deps.repo.commitVersion(
+      {
+        image: req.image, parent: req.parent, layer: layerId, index: indexId, kind: req.kind, author: req.author,
+        message: req.message, chunksChanged: final.entries.length, chunksTotal: index.nonZeroCount(), at: at.toISOString(),
+      },
+      req.ref,
+      conflictRefName(req.ref, at),
+    );
+    const fields = { image: req.image, version: outcome.version.version, parent: req.parent, ref: req.ref, kind: req.kind, chunksChanged: final.entries.length };
+    if (outcome.kind === 'conflict') this.log.warn({ ...fields, head: outcome.head, conflictRef: outcome.conflictRef }, 'commit kept as conflict');
+    else this.log.info(fields, 'version committed');
+    return outcome;
+  }
+
+  /** The server holds both the parent's and the new chunk, so it records which 4 KiB blocks changed. */
+  private async withMasks(layer: Layer, parent: ChunkIndex | null): Promise<Layer> {
+    const g = layer.geometry;
+    const mb = maskBytes(g);
+    const out: LayerEntry[] = new Array(layer.entries.length);
+    const read = async (id: Buffer): Promise<Buffer | null> => (isZeroId(id) ? null : (await this.deps.chunks.get(idHex(id))).raw);
+    for (let k = 0; k < layer.entries.length; k += MASK_CONCURRENCY) {
+      const batch = layer.entries.slice(k, k + MASK_CONCURRENCY);
+      const done = await Promise.all(
+        batch.map(async (e) => {
+          const [before, after] = await Promise.all([parent ? read(parent.idAt(e.index)) : null, read(e.id)]);
+          return { index: e.index, id: e.id, mask: blockMask(before, after, chunkLength(g, e.index), mb) };
+        }),
+      );
+      done.forEach((e, j) => (out[k + j] = e));
+    }
+    return { geometry: g, hasMasks: true, entries: out };
+  }
+
+  moveRef(image: string, ref: string, to: number, expect: number | null, author: string, reason = 'ref set'): RefRow {
+    checkRefName(ref);
+    this.version(image, to);
+    const r = this.deps.repo.moveRef(image, ref, to, expect, reason, author, this.now().toISOString());
+    if (!r.moved) {
+      throw dfError('DF_ERR_REF_MOVED', `ref ${ref} is at ${r.head ?? 'nothing'}, not at the expected ${expect ?? 'nothing'}`, { image, ref, head: r.head, expected: expect });
+    }
+    this.log.info({ image, ref, from: expect, to, author }, 'ref moved');
+    return r.ref;
+  }
+
+  refLog(image: string, ref: string | undefined, limit: number): RefLogRow[] {
+    this.image(image);
+    if (ref !== undefined) checkRefName(ref);
+    return this.deps.repo.refLog(image, ref, limit);
+  }
+
+  private checkSameGeometry(img: ImageRow, g: Geometry): void {
+    if (g.virtualSize !== img.virtualSize || g.chunkSize !== img.chunkSize) {
+      throw dfError('DF_ERR_SIZE_MISMATCH', `image ${img.name} is ${img.virtualSize} bytes in ${img.chunkSize}-byte chunks; the layer is ${g.virtualSize} in ${g.chunkSize}`, {
+        image: img.name, expected: { virtualSize: img.virtualSize, chunkSize: img.chunkSize }, got: g,
+      });
+    }
+  }
+}

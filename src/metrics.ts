@@ -1,0 +1,54 @@
+/**
+ * A small Prometheus registry (text exposition format 0.0.4): counters and gauges with labels.
+ * Enough for /metrics without a dependency.
+ */
+type Labels = Record<string, string | number>;
+
+interface Family {
+  help: string;
+  type: 'counter' | 'gauge';
+  values: Map<string, number>;
+}
+
+const labelKey = (l: Labels | undefined): string =>
+  l ? Object.keys(l).sort().map((k) => `${k}="${String(l[k]).replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n')}"`).join(',') : '';
+
+export class Metrics {
+  private readonly families = new Map<string, Family>();
+  private readonly collectors: Array<() => void> = [];
+
+  private family(name: string, type: Family['type'], help: string): Family {
+    let f = this.families.get(name);
+    if (!f) this.families.set(name, (f = { help, type, values: new Map() }));
+    return f;
+  }
+
+  counter(name: string, help: string): (n?: number, labels?: Labels) => void {
+    const f = this.family(name, 'counter', help);
+    return (n = 1, labels) => {
+      const k = labelKey(labels);
+      f.values.set(k, (f.values.get(k) ?? 0) + n);
+    };
+  }
+
+  gauge(name: string, help: string): (v: number, labels?: Labels) => void {
+    const f = this.family(name, 'gauge', help);
+    return (v, labels) => void f.values.set(labelKey(labels), v);
+  }
+
+  /** Run before each scrape (for gauges read from elsewhere). */
+  onCollect(fn: () => void): void {
+    this.collectors.push(fn);
+  }
+
+  render(): string {
+    for (const c of this.collectors) c();
+    const out: string[] = [];
+    for (const [name, f] of this.families) {
+      out.push(`# HELP ${name} ${f.help}`, `# TYPE ${name} ${f.type}`);
+      if (f.values.size === 0 && f.type === 'counter') out.push(`${name} 0`);
+      for (const [k, v] of f.values) out.push(k ? `${name}{${k}} ${v}` : `${name} ${v}`);
+    }
+    return out.join('\n') + '\n';
+  }
+}
