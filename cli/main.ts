@@ -3,17 +3,13 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { DeskfuseError, isDeskfuseError } from '../src/errors.js';
 import type { Io } from './args.js';
-import { imageCommand } from './commands/image.js';
-import { refCommand } from './commands/ref.js';
-import { serverCommand } from './commands/server.js';
-import { storeCommand } from './commands/store.js';
 
 export const USAGE = `deskfuse — PXE/iPXE boot-time sync appliance for desktop fusion
 
 Usage:
   deskfuse server [--data DIR] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
   deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
-  deskfuse image publish NAME --from FILE [--ref main] [-m MSG]
+  deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG]
   deskfuse image list
   deskfuse image show NAME
   deskfuse image log NAME[@REF] [--limit N]
@@ -36,10 +32,11 @@ export async function main(argv: string[], io: Io): Promise<number> {
   const json = rest.includes('--json');
   try {
     switch (cmd) {
-      case 'server': return await serverCommand(rest, io);
-      case 'image': return await imageCommand(rest, io);
-      case 'ref': return await refCommand(rest, io);
-      case 'store': return await storeCommand(rest, io);
+      // Commands load lazily: `image list` need not load fastify and SQLite.
+      case 'server': return await (await import('./commands/server.js')).serverCommand(rest, io);
+      case 'image': return await (await import('./commands/image.js')).imageCommand(rest, io);
+      case 'ref': return await (await import('./commands/ref.js')).refCommand(rest, io);
+      case 'store': return await (await import('./commands/store.js')).storeCommand(rest, io);
       case undefined: case '-h': case '--help': case 'help':
         io.out.write(USAGE);
         return cmd === undefined ? 2 : 0;

@@ -10,7 +10,7 @@ import { clientFrom, need, parse, parseSize, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 
 const HELP = `deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
-deskfuse image publish NAME --from FILE [--ref main] [-m MSG]
+deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG]
 deskfuse image list | show NAME | log NAME[@REF] [--limit N]
 deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
 `;
@@ -23,6 +23,7 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     from: { type: 'string' },
     'chunk-size': { type: 'string' },
     ref: { type: 'string', default: 'main' },
+    parent: { type: 'string' },
     message: { type: 'string', short: 'm', default: '' },
     to: { type: 'string' },
     format: { type: 'string', default: 'raw' },
@@ -43,6 +44,7 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
       const file = need(values.from, '--from FILE');
       const r = await publishDisk({
         client, image: name, file, create: sub === 'create', ref: values.ref, message: values.message,
+        ...(values.parent ? { parent: positiveInt(values.parent, '--parent') } : {}),
         ...(values['chunk-size'] ? { chunkSize: parseSize(values['chunk-size'], '--chunk-size') } : {}),
         tmpDir: path.join(os.tmpdir()), progress: tty,
       });
@@ -86,4 +88,10 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     default:
       throw dfError('DF_ERR_USAGE', `unknown image command ${JSON.stringify(sub)}\n${HELP}`);
   }
+}
+
+function positiveInt(s: string, option: string): number {
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || n < 1) throw dfError('DF_ERR_USAGE', `${option}: expected a version number, got ${JSON.stringify(s)}`, { option });
+  return n;
 }

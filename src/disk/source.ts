@@ -35,8 +35,10 @@ export async function openDiskSource(file: string, tmpDir: string): Promise<Disk
   if (!DISK_FORMATS.has(info.format)) throw dfError('DF_ERR_NOT_A_DISK', `${file}: unsupported format ${info.format}`, { file, format: info.format });
   if (info.format === 'raw') {
     // Anything is "raw" to qemu-img; a disk is at least one sector and whole sectors.
-    if (info.virtualSize === 0 || info.virtualSize % 512 !== 0) {
-      throw dfError('DF_ERR_NOT_A_DISK', `${file} is not a disk image: ${info.virtualSize} bytes is not a whole number of 512-byte sectors`, { file, size: info.virtualSize });
+    // (qemu-img rounds a raw file's size up to a sector, so look at the file itself.)
+    const size = st.isFile() ? st.size : info.virtualSize;
+    if (size === 0 || size % 512 !== 0) {
+      throw dfError('DF_ERR_NOT_A_DISK', `${file} is not a disk image: ${size} bytes is not a whole number of 512-byte sectors`, { file, size });
     }
     return rawSource(file, info.format, info.virtualSize, async () => {});
   }

@@ -24,6 +24,8 @@ export interface PublishOptions {
   create: boolean;
   chunkSize?: number;
   ref: string;
+  /** Parent version (default: the ref's head). A parent that is not the head makes a conflict version. */
+  parent?: number;
   message: string;
   tmpDir: string;
   progress?: boolean;
@@ -72,7 +74,9 @@ export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
           file: o.file, virtualSize: src.virtualSize, imageSize: img.virtualSize,
         });
       }
-      parent = await resolveOrBranch(o.image, o.ref, call, c);
+      parent = o.parent !== undefined
+        ? await call(c.json<VersionRow>('GET', `/api/v1/images/${o.image}/versions/${o.parent}`))
+        : await resolveOrBranch(o.image, o.ref, call, c);
     }
     const g: Geometry = { virtualSize: img.virtualSize, chunkSize: img.chunkSize };
     const parentIndex = parent ? ChunkIndex.decode(await call(c.binary('GET', `/api/v1/images/${o.image}/versions/${parent.version}/index`))) : null;

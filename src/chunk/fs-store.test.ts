@@ -1,0 +1,160 @@
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DeskfuseError } from '../errors.js';
+import { encodeFrame } from './frame.js';
+import { FsChunkStore } from './fs-store.js';
+import { hashBytes, idHex } from './id.js';
+
+const MAX = 64 * 1024;
+
+function chunkOf(text: string): { id: string; raw: Buffer; frame: Buffer } {
+  const raw = Buffer.from(text.repeat(100));
+  return { id: idHex(hashBytes(raw)), raw, frame: encodeFrame(raw) };
+}
+
+async function rejection(p: Promise<unknown>): Promise<DeskfuseError> {
+  try {
+    const v = await p;
+    throw new Error(`expected a rejection, got ${String(v)}`);
+  } catch (err) {
+    expect(err).toBeInstanceOf(DeskfuseError);
+    return err as DeskfuseError;
+  }
+}
+
+async function listed(store: FsChunkStore): Promise<string[]> {
+  const out: string[] = [];
+  for await (const id of store.list()) out.push(id);
+  return out;
+}
+
+let dir: string;
+let store: FsChunkStore;
+
+beforeEach(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'deskfuse-fs-store-'));
+  store = await FsChunkStore.open(path.join(dir, 'chunks'), MAX);
+});
+
+afterEach(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+describe('FsChunkStore', () => {
+  it('put then has and get return the verified chunk', async () => {
+    const c = chunkOf('alpha');
+    expect(await store.has(c.id)).toBe(false);
+    expect(await store.put(c.id, { frame: c.frame })).toBe(true);
+    expect(await store.has(c.id)).toBe(true);
+    const got = await store.get(c.id);
+    expect(got.raw).toEqual(c.raw);
+    expect(got.frame).toEqual(c.frame);
+  });
+
+  it('stores the frame at <root>/<id[0..3]>/<id>.zst', async () => {
+    const c = chunkOf('layout');
+    await store.put(c.id, { frame: c.frame });
+    const file = path.join(dir, 'chunks', c.id.slice(0, 3), `${c.id}.zst`);
+    expect(store.pathOf(c.id)).toBe(file);
+    expect(await fsp.readFile(file)).toEqual(c.frame);
+  });
+
+  it('put of raw bytes compresses them', async () => {
+    const c = chunkOf('raw put');
+    expect(await store.put(c.id, { raw: c.raw })).toBe(true);
+    expect((await store.get(c.id)).raw).toEqual(c.raw);
+  });
+
+  it('a second put of the same chunk reports it was already there', async () => {
+    const c = chunkOf('twice');
+    expect(await store.put(c.id, { frame: c.frame })).toBe(true);
+    expect(await store.put(c.id, { frame: c.frame })).toBe(false);
+  });
+
+  it('putMany counts duplicates within the batch and chunks already stored as existing', async () => {
+    const [a, b, c] = [chunkOf('a'), chunkOf('b'), chunkOf('c')];
+    await store.put(a.id, { frame: a.frame });
+    const r = await store.putMany([a, b, b, c, c, c].map(({ id, frame }) => ({ id, frame })));
+    expect(r).toEqual({ stored: 2, existing: 4 });
+    expect((await listed(store)).sort()).toEqual([a.id, b.id, c.id].sort());
+    expect(await store.putMany([])).toEqual({ stored: 0, existing: 0 });
+  });
+
+  it('get of an absent chunk is DF_ERR_CHUNK_NOT_FOUND', async () => {
+    const id = chunkOf('absent').id;
+    const err = await rejection(store.get(id));
+    expect(err.code).toBe('DF_ERR_CHUNK_NOT_FOUND');
+    expect(err.fields).toEqual({ id });
+  });
+
+  it('a file holding another chunk is DF_ERR_CHUNK_CORRUPT and no bytes are returned', async () => {
+    const [c, other] = [chunkOf('good'), chunkOf('other')];
+    await store.put(c.id, { frame: c.frame });
+    await fsp.writeFile(store.pathOf(c.id), other.frame);
+    const err = await rejection(store.get(c.id));
+    expect(err.code).toBe('DF_ERR_CHUNK_CORRUPT');
+    expect(err.fields).toEqual({ id: c.id, got: other.id, path: store.pathOf(c.id) });
+    expect(err.cause).toBeInstanceOf(DeskfuseError);
+    expect((err.cause as DeskfuseError).code).toBe('DF_ERR_CHUNK_INVALID');
+  });
+
+  it.each([
+    ['a flipped byte', (f: Buffer) => { const b = Buffer.from(f); b[b.length - 2] = b[b.length - 2]! ^ 0xff; return b; }],
+    ['a truncated frame', (f: Buffer) => f.subarray(0, f.length >> 1)],
+    ['garbage', () => Buffer.from('not zstd')],
+    ['an empty file', () => Buffer.alloc(0)],
+  ])('%s on disk is DF_ERR_CHUNK_CORRUPT', async (_name, corrupt) => {
+    const c = chunkOf('to be damaged');
+    await store.put(c.id, { frame: c.frame });
+    await fsp.writeFile(store.pathOf(c.id), corrupt(c.frame));
+    const err = await rejection(store.get(c.id));
+    expect(err.code).toBe('DF_ERR_CHUNK_CORRUPT');
+    expect(err.fields.id).toBe(c.id);
+  });
+
+  it('a chunk above the size limit is DF_ERR_CHUNK_CORRUPT', async () => {
+    const raw = Buffer.alloc(MAX + 1, 3);
+    const id = idHex(hashBytes(raw));
+    await store.put(id, { raw });
+    expect((await rejection(store.get(id))).code).toBe('DF_ERR_CHUNK_CORRUPT');
+  });
+
+  it('list() yields stored ids in order and ignores temp and foreign files', async () => {
+    const ids = ['one', 'two', 'three', 'four', 'five'].map(chunkOf);
+    await store.putMany(ids.map(({ id, frame }) => ({ id, frame })));
+    const fan = path.dirname(store.pathOf(ids[0]!.id));
+    await fsp.writeFile(path.join(fan, `.tmp-${ids[0]!.id.slice(0, 16)}-abcdef012345`), 'partial');
+    await fsp.writeFile(path.join(fan, 'notes.txt'), 'x');
+    await fsp.writeFile(path.join(fan, `${'A'.repeat(64)}.zst`), 'x');
+    await fsp.mkdir(path.join(dir, 'chunks', 'lost+found'));
+    expect(await listed(store)).toEqual(ids.map((c) => c.id).sort());
+    const temps: string[] = [];
+    for await (const t of store.temps()) temps.push(t);
+    expect(temps).toEqual([path.join(fan, `.tmp-${ids[0]!.id.slice(0, 16)}-abcdef012345`)]);
+  });
+
+  it('a completed put leaves no temp files', async () => {
+    await store.putMany(['p', 'q', 'r'].map(chunkOf).map(({ id, frame }) => ({ id, frame })));
+    const temps: string[] = [];
+    for await (const t of store.temps()) temps.push(t);
+    expect(temps).toEqual([]);
+  });
+
+  it('remove and size', async () => {
+    const [a, b] = [chunkOf('size a'), chunkOf('size b')];
+    await store.putMany([a, b].map(({ id, frame }) => ({ id, frame })));
+    expect(await store.size()).toEqual({ chunks: 2, bytes: a.frame.length + b.frame.length });
+    await store.remove(a.id);
+    expect(await store.has(a.id)).toBe(false);
+    expect(await listed(store)).toEqual([b.id]);
+    await store.remove(a.id); // removing an absent chunk is not an error
+  });
+
+  it('refuses ids that are not 64 lowercase hex characters', async () => {
+    expect(() => store.pathOf('../../etc/passwd')).toThrow(DeskfuseError);
+    expect((await rejection(store.get('A'.repeat(64)))).code).toBe('DF_ERR_BAD_REQUEST');
+    expect(await store.has('nope')).toBe(false);
+  });
+});

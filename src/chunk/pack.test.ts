@@ -1,0 +1,170 @@
+import { describe, expect, it } from 'vitest';
+import { DeskfuseError } from '../errors.js';
+import { encodeFrame, openFrame } from './frame.js';
+import { hashBytes, idHex } from './id.js';
+import { assertPackFits, decodePack, encodePack, PACK_MAGIC, packSize, type PackRecord } from './pack.js';
+
+/** mulberry32: a small seeded PRNG, so fuzz failures replay. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function thrown(fn: () => unknown): DeskfuseError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(DeskfuseError);
+    return err as DeskfuseError;
+  }
+  throw new Error('expected a throw');
+}
+
+const MAX = 64 * 1024;
+
+// The codec does not look inside frames, so the golden pack carries made-up frame bytes.
+const GOLDEN: PackRecord[] = [
+  { id: '01'.repeat(32), rawLength: 5, frame: Buffer.from('deadbeef', 'hex') },
+  { id: 'ab'.repeat(32), rawLength: 0x10000, frame: Buffer.from('00', 'hex') },
+];
+// Written by hand from the diagram in pack.ts, not produced by encodePack().
+const GOLDEN_HEX =
+  '4446504b' + '01' + '000000' + //               header: "DFPK", version 1, reserved
+  '01'.repeat(32) + '00000005' + '00000004' + 'deadbeef' + // record 1
+  'ab'.repeat(32) + '00010000' + '00000001' + '00' + //       record 2: raw length 65536 (= MAX)
+  '00'.repeat(32) + '00000002'; //                trailer: zero id, 2 records
+
+describe('pack encoding', () => {
+  it('encodes to the bytes of the diagram', () => {
+    const bytes = encodePack(GOLDEN);
+    expect(bytes.toString('hex')).toBe(GOLDEN_HEX);
+    expect(packSize(GOLDEN)).toBe(bytes.length);
+  });
+
+  it('decodes the golden bytes', () => {
+    expect(decodePack(Buffer.from(GOLDEN_HEX, 'hex'), MAX)).toEqual(GOLDEN);
+  });
+
+  it('an empty pack is a header and a trailer', () => {
+    const bytes = encodePack([]);
+    expect(bytes.toString('hex')).toBe('4446504b01000000' + '00'.repeat(32) + '00000000');
+    expect(decodePack(bytes, MAX)).toEqual([]);
+  });
+
+  it('round-trips real chunk frames that then open against their ids', () => {
+    const raws = [Buffer.from('hello'), Buffer.alloc(MAX, 7), Buffer.from(Array.from({ length: 1000 }, (_, i) => i % 251))];
+    const records = raws.map((raw) => ({ id: idHex(hashBytes(raw)), rawLength: raw.length, frame: encodeFrame(raw) }));
+    const back = decodePack(encodePack(records), MAX);
+    expect(back.map((r) => [r.id, r.rawLength, r.frame.toString('hex')])).toEqual(records.map((r) => [r.id, r.rawLength, r.frame.toString('hex')]));
+    back.forEach((r, i) => expect(openFrame(r.id, r.frame, MAX).equals(raws[i]!)).toBe(true));
+  });
+
+  it('assertPackFits refuses a body over the limit', () => {
+    expect(() => assertPackFits(10, 10)).not.toThrow();
+    const err = thrown(() => assertPackFits(11, 10));
+    expect(err.code).toBe('DF_ERR_BAD_REQUEST');
+    expect(err.fields).toEqual({ size: 11, limit: 10 });
+  });
+});
+
+describe('decodePack rejects malformed input with DF_ERR_DECODE', () => {
+  const golden = (): Buffer => Buffer.from(GOLDEN_HEX, 'hex');
+  const TRAILER_COUNT = golden().length - 4;
+
+  it.each([
+    ['bad magic', (b: Buffer) => b.write('DFPX', 0), 'magic', 0],
+    ['format version 2', (b: Buffer) => b.writeUInt8(2, 4), 'format version', 4],
+    ['trailer count too low', (b: Buffer) => b.writeUInt32BE(1, TRAILER_COUNT), 'record count', TRAILER_COUNT],
+    ['trailer count too high', (b: Buffer) => b.writeUInt32BE(3, TRAILER_COUNT), 'record count', TRAILER_COUNT],
+    ['raw length 0', (b: Buffer) => b.writeUInt32BE(0, 8 + 32), 'raw length', 40],
+    ['raw length above the maximum', (b: Buffer) => b.writeUInt32BE(MAX + 1, 8 + 32), 'raw length', 40],
+    ['frame length past the end', (b: Buffer) => b.writeUInt32BE(0xffffffff, 8 + 36), 'frame', 48],
+  ])('%s', (_name, mutate, field, offset) => {
+    const b = golden();
+    mutate(b);
+    const err = thrown(() => decodePack(b, MAX));
+    expect(err.code).toBe('DF_ERR_DECODE');
+    expect(err.fields).toMatchObject({ what: 'pack', field, offset });
+  });
+
+  it('every truncation (a cut body never passes for a shorter pack)', () => {
+    const b = golden();
+    for (let n = 0; n < b.length; n++) expect(thrown(() => decodePack(b.subarray(0, n), MAX)).code).toBe('DF_ERR_DECODE');
+  });
+
+  it('a body cut between records, with no trailer', () => {
+    const b = golden().subarray(0, 8 + 44);
+    expect(thrown(() => decodePack(b, MAX)).fields).toMatchObject({ field: 'record id', offset: 52 });
+  });
+
+  it('bytes after the trailer', () => {
+    const b = Buffer.concat([golden(), Buffer.from('00', 'hex')]);
+    expect(thrown(() => decodePack(b, MAX)).fields).toMatchObject({ field: 'end', offset: b.length - 1 });
+  });
+});
+
+describe('decodePack fuzz', () => {
+  it('throws nothing but DF_ERR_DECODE on random, truncated and mutated input', () => {
+    const rnd = prng(0xdf3);
+    const byte = () => Math.floor(rnd() * 256);
+    const randomBytes = (n: number) => Buffer.from(Array.from({ length: n }, byte));
+    const real = [Buffer.from('abc'), Buffer.alloc(300, 1)].map((raw) => ({ id: idHex(hashBytes(raw)), rawLength: raw.length, frame: encodeFrame(raw) }));
+    const valid = [encodePack(GOLDEN), encodePack(real), encodePack([])];
+    const inputs: Buffer[] = [];
+    for (let k = 0; k < 2000; k++) {
+      const tail = randomBytes(Math.floor(rnd() * 200));
+      const mode = k % 4;
+      if (mode === 0) inputs.push(tail);
+      else if (mode === 1) inputs.push(Buffer.concat([PACK_MAGIC, Buffer.from([1, 0, 0, 0]), tail]));
+      else {
+        // Plausible records with small lengths, then a trailer (mode 2) or random bytes (mode 3).
+        const parts: Buffer[] = [PACK_MAGIC, Buffer.from([1, 0, 0, 0])];
+        const n = Math.floor(rnd() * 4);
+        for (let j = 0; j < n; j++) {
+          const flen = Math.floor(rnd() * 8);
+          const head = Buffer.alloc(40);
+          randomBytes(32).copy(head);
+          head.writeUInt32BE(Math.floor(rnd() * 3), 32);
+          head.writeUInt32BE(flen + (rnd() < 0.2 ? 1 : 0), 36);
+          parts.push(head, randomBytes(flen));
+        }
+        if (mode === 2) {
+          const t = Buffer.alloc(36);
+          t.writeUInt32BE(rnd() < 0.7 ? n : byte(), 32);
+          parts.push(t);
+        } else parts.push(tail);
+        inputs.push(Buffer.concat(parts));
+      }
+    }
+    for (const v of valid) {
+      for (let n = 0; n < v.length; n++) inputs.push(v.subarray(0, n));
+      for (let i = 0; i < v.length; i++) {
+        for (const x of [byte() | 1, 0xff]) {
+          const m = Buffer.from(v);
+          m[i] = m[i]! ^ x;
+          inputs.push(m);
+        }
+      }
+    }
+    const bad: string[] = [];
+    let accepted = 0;
+    for (const input of inputs) {
+      try {
+        const recs = decodePack(input, MAX);
+        accepted++;
+        expect(decodePack(encodePack(recs), MAX)).toEqual(recs);
+      } catch (err) {
+        if (!(err instanceof DeskfuseError) || err.code !== 'DF_ERR_DECODE') bad.push(`${input.toString('hex')}: ${String(err)}`);
+      }
+    }
+    expect(bad).toEqual([]);
+    expect(inputs.length).toBeGreaterThan(2000);
+    expect(accepted).toBeGreaterThan(0);
+  });
+});

@@ -1,0 +1,120 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DeskfuseError } from '../errors.js';
+import { DEFAULTS, loadServerConfig, parseHostPort, type ConfigSources } from './server.js';
+
+let dir: string;
+
+beforeEach(() => {
+  dir = mkdtempSync(path.join(os.tmpdir(), 'deskfuse-config-'));
+});
+
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function file(content: unknown): string {
+  const f = path.join(dir, 'config.json');
+  writeFileSync(f, typeof content === 'string' ? content : JSON.stringify(content));
+  return f;
+}
+
+function configError(src: ConfigSources): DeskfuseError {
+  try {
+    loadServerConfig(src);
+  } catch (err) {
+    expect(err).toBeInstanceOf(DeskfuseError);
+    expect((err as DeskfuseError).code).toBe('DF_ERR_CONFIG');
+    return err as DeskfuseError;
+  }
+  throw new Error('expected DF_ERR_CONFIG');
+}
+
+describe('loadServerConfig', () => {
+  it('defaults when given nothing', () => {
+    expect(loadServerConfig({ env: {} })).toEqual({ ...DEFAULTS, dataDir: path.resolve('./data') });
+  });
+
+  it('precedence: flags > env > file > defaults, per key', () => {
+    const f = file({ dataDir: '/from/file', listen: '10.0.0.1:1', logLevel: 'warn', bodyLimit: 2 * 1024 * 1024 });
+    const env = { DESKFUSE_DATA: '/from/env', DESKFUSE_LISTEN: '10.0.0.2:2', DESKFUSE_LOG_LEVEL: 'debug' };
+    expect(loadServerConfig({ file: f })).toEqual({ dataDir: '/from/file', listen: { host: '10.0.0.1', port: 1 }, logLevel: 'warn', bodyLimit: 2097152 });
+    expect(loadServerConfig({ file: f, env })).toEqual({ dataDir: '/from/env', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'debug', bodyLimit: 2097152 });
+    expect(loadServerConfig({ file: f, env, flags: { data: '/from/flag', listen: '10.0.0.3:3', logLevel: 'trace' } }))
+      .toEqual({ dataDir: '/from/flag', listen: { host: '10.0.0.3', port: 3 }, logLevel: 'trace', bodyLimit: 2097152 });
+    // Mixed: each key falls through independently.
+    expect(loadServerConfig({ file: f, env: { DESKFUSE_LISTEN: '10.0.0.2:2' }, flags: { logLevel: 'error' } }))
+      .toEqual({ dataDir: '/from/file', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'error', bodyLimit: 2097152 });
+  });
+
+  it('resolves a relative dataDir to an absolute path', () => {
+    expect(loadServerConfig({ flags: { data: 'rel/dir' } }).dataDir).toBe(path.resolve('rel/dir'));
+  });
+
+  it('reports every problem at once', () => {
+    const err = configError({
+      file: file({ bodyLimit: 1000, colour: 'blue' }),
+      env: { DESKFUSE_LISTEN: 'nohost' },
+      flags: { logLevel: 'loud', data: '' },
+    });
+    const problems = err.fields.problems as string[];
+    expect(problems).toHaveLength(5);
+    expect(problems).toEqual(expect.arrayContaining([
+      'config file: unknown key "colour"',
+      'dataDir: expected a non-empty path',
+      'listen: expected HOST:PORT, got "nohost"',
+      expect.stringMatching(/^logLevel: expected one of fatal, .*, got "loud"$/),
+      'bodyLimit: expected an integer of at least 1048576',
+    ]));
+    for (const p of problems) expect(err.message).toContain(p);
+  });
+
+  it('refuses values of the wrong type in the file', () => {
+    const problems = configError({ file: file({ dataDir: 5, listen: 8080, logLevel: true, bodyLimit: '1g' }), env: {} }).fields.problems as string[];
+    expect(problems).toHaveLength(4);
+    expect(problems.map((p) => p.split(':')[0])).toEqual(['dataDir', 'listen', 'logLevel', 'bodyLimit']);
+  });
+
+  it('an unreadable or malformed file is DF_ERR_CONFIG naming the file', () => {
+    const bad = file('{ not json');
+    expect(configError({ file: bad }).fields.file).toBe(bad);
+    expect(configError({ file: path.join(dir, 'missing.json') }).message).toContain('missing.json');
+  });
+
+  it('the result is deeply frozen', () => {
+    const cfg = loadServerConfig({ env: {} });
+    expect(Object.isFrozen(cfg)).toBe(true);
+    expect(Object.isFrozen(cfg.listen)).toBe(true);
+    expect(() => { (cfg.listen as { port: number }).port = 1; }).toThrow(TypeError);
+    expect(cfg.listen.port).toBe(8080);
+    // Loading does not freeze or alter the shared defaults.
+    expect(DEFAULTS.listen.port).toBe(8080);
+  });
+});
+
+describe('parseHostPort', () => {
+  it.each([
+    ['127.0.0.1:8080', { host: '127.0.0.1', port: 8080 }],
+    ['[::1]:9000', { host: '::1', port: 9000 }],
+    [':80', { host: '0.0.0.0', port: 80 }],
+    ['example.lan:0', { host: 'example.lan', port: 0 }],
+    ['h:65535', { host: 'h', port: 65535 }],
+  ])('%j', (s, want) => {
+    const problems: string[] = [];
+    expect(parseHostPort(s, problems, 'listen')).toEqual(want);
+    expect(problems).toEqual([]);
+  });
+
+  it.each([['h:65536', 'port must be 0-65535'], ['h', 'expected HOST:PORT'], ['h:', 'expected HOST:PORT'], ['::1:80', 'expected HOST:PORT'], ['h:-1', 'expected HOST:PORT']])(
+    'refuses %j',
+    (s, msg) => {
+      const problems: string[] = [];
+      expect(parseHostPort(s, problems, 'listen')).toBeUndefined();
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toContain(msg);
+      expect(problems[0]).toMatch(/^listen: /);
+    },
+  );
+});

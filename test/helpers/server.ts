@@ -1,0 +1,78 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { openAppliance, type Appliance } from '../../server/appliance.js';
+import { loadServerConfig } from '../../src/config/server.js';
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+export const CLI = path.join(ROOT, 'dist/cli/main.js');
+
+export function tempDir(prefix = 'df-'): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** An appliance in this process, listening on a free loopback port. */
+export async function startInProcess(dataDir: string): Promise<{ appliance: Appliance; url: string; token: string; close: () => Promise<void> }> {
+  const appliance = await openAppliance(loadServerConfig({ flags: { data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent' } }));
+  const url = await appliance.app.listen({ host: '127.0.0.1', port: 0 });
+  const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
+  return { appliance, url, token, close: () => appliance.close() };
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const a = s.address();
+      s.close(() => (typeof a === 'object' && a ? resolve(a.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** `deskfuse server` as a child process (for kill -9 tests). */
+export async function startProcess(dataDir: string, port?: number): Promise<{ proc: ChildProcess; url: string; token: string; port: number }> {
+  const p = port ?? (await freePort());
+  const proc = spawn(process.execPath, [CLI, 'server', '--data', dataDir, '--listen', `127.0.0.1:${p}`, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const url = `http://127.0.0.1:${p}`;
+  for (let i = 0; i < 100; i++) {
+    try {
+      if ((await fetch(`${url}/healthz`)).ok) break;
+    } catch {
+      /* not up yet */
+    }
+    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
+  return { proc, url, token, port: p };
+}
+
+export async function stopProcess(proc: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (proc.exitCode !== null || proc.signalCode !== null) return;
+  const done = new Promise((r) => proc.once('exit', r));
+  proc.kill(signal);
+  await done;
+}
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  json: any;
+}
+
+/** Run the built CLI. */
+export async function cli(args: string[], env: Record<string, string> = {}): Promise<CliResult> {
+  const r = await execa(process.execPath, [CLI, ...args], { env: { DESKFUSE_DATA: '/nonexistent', ...env }, reject: false });
+  let json: unknown;
+  try {
+    json = JSON.parse(r.stdout.trim().split('\n').pop() ?? '');
+  } catch {
+    json = undefined;
+  }
+  return { code: r.exitCode ?? -1, stdout: r.stdout, stderr: r.stderr, json };
+}
