@@ -58,8 +58,7 @@ export function decodePack(buf: Buffer, maxRawLength: number): PackRecord[] {
   if (!r.bytes(4, 'magic').equals(PACK_MAGIC)) r.fail('magic', 'expected "DFPK"', 0);
   const ver = r.u8('format version');
   if (ver !== 1) r.fail('format version', `unsupported ${ver}`, 4);
-  r.u8('reserved');
-  r.u16('reserved');
+  if (r.u8('reserved') !== 0 || r.u16('reserved') !== 0) r.fail('reserved', 'must be zero', 5);
   const out: PackRecord[] = [];
   for (;;) {
     const at = r.offset;
@@ -73,7 +72,7 @@ export function decodePack(buf: Buffer, maxRawLength: number): PackRecord[] {
     const rawLength = r.u32('raw length');
     if (rawLength === 0 || rawLength > maxRawLength) r.fail('raw length', `${rawLength} is outside 1..${maxRawLength}`, at + ID_BYTES);
     const flen = r.u32('frame length');
-    out.push({ id: idHex(id), rawLength, frame: Buffer.from(r.bytes(flen, 'frame')) });
+    out.push({ id: idHex(id), rawLength, frame: r.bytes(flen, 'frame') }); // a view: no copy
   }
 }
 

@@ -6,7 +6,7 @@ import type { ChunkStore } from '../chunk/store.js';
 import type { CommitOutcome, ImageRow, MetaRepo, RefLogRow, RefRow, VersionKind, VersionRow } from '../meta/repo.js';
 import { blockMask } from './blocks.js';
 import { ChunkIndex } from './chunk-index.js';
-import { checkGeometry, chunkLength, maskBytes, type Geometry } from './geometry.js';
+import { blocksPerChunk, checkGeometry, chunkLength, maskBytes, type Geometry } from './geometry.js';
 import { applyLayer, decodeLayer, encodeLayer, type Layer, type LayerEntry } from './layer.js';
 import { checkImageName, checkRefName, conflictRefName, isConflictRef } from './names.js';
 
@@ -178,18 +178,24 @@ export class Catalog {
     return outcome;
   }
 
-  /** The server holds both the parent's and the new chunk, so it records which 4 KiB blocks changed. */
+  /**
+   * The server holds both the parent's and the new chunk, so it records which 4 KiB blocks changed
+   * where both are non-zero (an endpoint holding the parent then fetches only those blocks).
+   */
   private async withMasks(layer: Layer, parent: ChunkIndex | null): Promise<Layer> {
+    if (!parent) return { ...layer, hasMasks: false };
     const g = layer.geometry;
     const mb = maskBytes(g);
+    const all = allBlocks(g);
     const out: LayerEntry[] = new Array(layer.entries.length);
-    const read = async (id: Buffer): Promise<Buffer | null> => (isZeroId(id) ? null : (await this.deps.chunks.get(idHex(id))).raw);
     for (let k = 0; k < layer.entries.length; k += MASK_CONCURRENCY) {
       const batch = layer.entries.slice(k, k + MASK_CONCURRENCY);
       const done = await Promise.all(
         batch.map(async (e) => {
-          const [before, after] = await Promise.all([parent ? read(parent.idAt(e.index)) : null, read(e.id)]);
-          return { index: e.index, id: e.id, mask: blockMask(before, after, chunkLength(g, e.index), mb) };
+          const before = parent.idAt(e.index);
+          if (isZeroId(before) || isZeroId(e.id)) return { index: e.index, id: e.id, mask: all };
+          const [x, y] = await Promise.all([this.deps.chunks.get(idHex(before)), this.deps.chunks.get(idHex(e.id))]);
+          return { index: e.index, id: e.id, mask: blockMask(x.raw, y.raw, chunkLength(g, e.index), mb) };
         }),
       );
       done.forEach((e, j) => (out[k + j] = e));
@@ -221,4 +227,10 @@ export class Catalog {
       });
     }
   }
+}
+
+function allBlocks(g: Geometry): Buffer {
+  const m = Buffer.alloc(maskBytes(g));
+  for (let b = 0; b < blocksPerChunk(g); b++) m[b >> 3]! |= 1 << (b & 7);
+  return m;
 }

@@ -40,7 +40,7 @@ export class ChunkIndex {
     if (ver !== 1) r.fail('format version', `unsupported ${ver}`, 4);
     const alg = r.u8('hash algorithm');
     if (alg !== 1) r.fail('hash algorithm', `unsupported ${alg}`, 5);
-    r.u16('reserved');
+    if (r.u16('reserved') !== 0) r.fail('reserved', 'must be zero', 6);
     const virtualSize = r.u64('virtual size');
     const chunkSize = r.u32('chunk size');
     const count = r.u32('chunk count');

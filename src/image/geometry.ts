@@ -25,6 +25,9 @@ export function geometryProblems(g: Geometry): string[] {
   if (!Number.isSafeInteger(g.virtualSize) || g.virtualSize <= 0 || g.virtualSize % 512 !== 0 || g.virtualSize > MAX_VIRTUAL_SIZE) {
     p.push(`virtualSize must be a positive multiple of 512 up to ${MAX_VIRTUAL_SIZE}, got ${g.virtualSize}`);
   }
+  if (p.length === 0 && Math.ceil(g.virtualSize / g.chunkSize) > 0xffffffff) {
+    p.push(`virtualSize ${g.virtualSize} makes more than 2^32-1 chunks of ${g.chunkSize} bytes; use larger chunks`);
+  }
   return p;
 }
 

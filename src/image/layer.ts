@@ -20,7 +20,9 @@ import { checkGeometry, chunkCount, maskBytes, type Geometry } from './geometry.
  *                  32  chunk id; 32 zero bytes = the chunk became all zero
  *                  M   (flag bit 0 only) block mask, M = ceil(chunk size / 4 KiB / 8) bytes:
  *                      bit b (LSB first within each byte) set = 4 KiB block b differs from the
- *                      parent's chunk at that position (for a root version: from zeros)
+ *                      parent's chunk at that position; all bits set where either side is a
+ *                      zero chunk (the whole chunk is fetched or zeroed then). Root versions
+ *                      carry no masks: there is no parent chunk to rebuild from.
  *
  * Masks let an endpoint that holds the parent's chunk fetch only the changed 4 KiB blocks and
  * rebuild the chunk, whose id it then verifies. The client uploads a layer without masks; the
@@ -73,7 +75,7 @@ export function decodeLayer(buf: Buffer): Layer {
   if (ver !== 1) r.fail('format version', `unsupported ${ver}`, 4);
   const flags = r.u8('flags');
   if (flags & ~FLAG_MASKS) r.fail('flags', `unknown bits 0x${flags.toString(16)}`, 5);
-  r.u16('reserved');
+  if (r.u16('reserved') !== 0) r.fail('reserved', 'must be zero', 6);
   const virtualSize = r.u64('virtual size');
   const chunkSize = r.u32('chunk size');
   let g: Geometry;

@@ -33,7 +33,10 @@ export function isConflictRef(name: string): boolean {
 
 export function conflictRefName(ref: string, at: Date): string {
   const stamp = at.toISOString().replace(/[-:]/g, '').replace('.', '-');
-  return `conflicts/${ref}/${stamp}`;
+  // Keep the name within the 200-character limit: long refs are cut (their ref log entry names them).
+  const room = 200 - 'conflicts/'.length - 1 - stamp.length;
+  const base = ref.length <= room ? ref : ref.slice(0, room).replace(/[/.]+$/, '');
+  return `conflicts/${base}/${stamp}`;
 }
 
 /** `NAME`, `NAME@REF` or `NAME@VERSION` → parts (rev defaults to `main`). */

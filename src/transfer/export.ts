@@ -40,6 +40,7 @@ export interface ExportResult {
 
 const FETCH_BYTES = 16 * 1024 * 1024;
 const MAX_IDS = 4096;
+const FETCHES_IN_FLIGHT = 3;
 
 export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
   const t0 = performance.now();
@@ -73,17 +74,23 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
     const batches: string[][] = [];
     for (let k = 0; k < ids.length; k += perBatch) batches.push(ids.slice(k, k + perBatch));
 
-    const fetchBatch = async (b: string[]) => {
+    const fetchBatch = (b: string[]) => {
+      const p = fetchOne(b);
+      p.catch(() => {}); // awaited in order below; this only keeps an early failure from going unhandled
+      return p;
+    };
+    const fetchOne = async (b: string[]) => {
       const r = await c.binary('POST', '/api/v1/chunks/fetch', { body: { ids: b }, idempotent: true });
       requests++;
       bytesFetched += r.body.length;
       return decodePack(r.body, MAX_CHUNK_SIZE);
     };
-    // Two requests in flight: one downloading while the previous one is written.
-    let next = batches.length ? fetchBatch(batches[0]!) : null;
+    // Several requests in flight: the server reads and verifies while this side writes.
+    const pending = batches.slice(0, FETCHES_IN_FLIGHT).map(fetchBatch);
     for (let k = 0; k < batches.length; k++) {
-      const records = await next!;
-      next = k + 1 < batches.length ? fetchBatch(batches[k + 1]!) : null;
+      const records = await pending[k]!;
+      if (k + FETCHES_IN_FLIGHT < batches.length) pending.push(fetchBatch(batches[k + FETCHES_IN_FLIGHT]!));
+      pending[k] = Promise.resolve([]); // let the batch be collected
       const asked = new Set(batches[k]);
       for (const rec of records) {
         if (!asked.has(rec.id)) continue;

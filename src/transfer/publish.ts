@@ -46,7 +46,8 @@ export interface PublishResult {
   seconds: number;
 }
 
-const BATCH_BYTES = 16 * 1024 * 1024;
+const BATCH_BYTES = 8 * 1024 * 1024;
+const UPLOADS_IN_FLIGHT = 3;
 
 export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
   const t0 = performance.now();
@@ -88,7 +89,14 @@ export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
     let chunksNew = 0;
     let batch: Array<{ id: string; raw: Buffer }> = [];
     let batchBytes = 0;
-    let inflight: Promise<void> = Promise.resolve();
+    const inflight = new Set<Promise<void>>();
+    let failure: unknown;
+    const launch = async (items: Array<{ id: string; raw: Buffer }>) => {
+      while (inflight.size >= UPLOADS_IN_FLIGHT) await Promise.race(inflight);
+      if (failure) throw failure;
+      const p: Promise<void> = flush(items).catch((err) => { failure ??= err; }).finally(() => inflight.delete(p));
+      inflight.add(p);
+    };
 
     const flush = async (items: Array<{ id: string; raw: Buffer }>): Promise<void> => {
       if (!items.length) return;
@@ -115,12 +123,12 @@ export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
         const items = batch;
         batch = [];
         batchBytes = 0;
-        await inflight; // one batch uploads while the next is read
-        inflight = flush(items);
+        await launch(items); // uploads overlap with reading and hashing the next batches
       }
     }
-    await inflight;
-    await flush(batch);
+    await launch(batch);
+    await Promise.all(inflight);
+    if (failure) throw failure;
     progress.finish();
 
     const layer = encodeLayer(diffIndexes(parentIndex, index));
