@@ -240,6 +240,26 @@ describe('versions and refs', () => {
     expect(metrics).toMatch(/deskfuse_chunks_stored_total 3/);
   });
 
+  it('records which 4 KiB blocks of a changed chunk differ from the parent', async () => {
+    await createImage();
+    const a = chunk();
+    const edited = Buffer.from(a.raw);
+    edited.fill(7, 5 * 4096, 5 * 4096 + 10); // block 5
+    edited.fill(9, 12 * 4096 + 4000, 12 * 4096 + 4096); // block 12
+    const b = { raw: edited, id: idHex(hashBytes(edited)), frame: encodeFrame(edited) };
+    await upload([a, b]);
+    await req('POST', '/api/v1/images/win/commits', { parent: null, ref: 'main', layer: await layer([{ index: 1, id: a.id }]), kind: 'import' });
+    const root = decodeLayer((await req('GET', '/api/v1/images/win/versions/1/layer')).rawPayload);
+    expect(root.hasMasks).toBe(false);
+    await req('POST', '/api/v1/images/win/commits', { parent: 1, ref: 'main', layer: await layer([{ index: 1, id: b.id }, { index: 2, id: a.id }]), kind: 'publish' });
+    const l = decodeLayer((await req('GET', '/api/v1/images/win/versions/2/layer')).rawPayload);
+    expect(l.hasMasks).toBe(true);
+    expect(l.entries.map((e) => [e.index, e.mask!.toString('hex')])).toEqual([
+      [1, Buffer.from([1 << 5, 1 << (12 - 8)]).toString('hex')], // blocks 5 and 12
+      [2, 'ffff'], // the parent's chunk was zero: the whole chunk
+    ]);
+  });
+
   it('an image with versions cannot be created again; an empty one can be resumed', async () => {
     await createImage();
     expect((await req('POST', '/api/v1/images', { name: 'win', virtualSize: VS, chunkSize: CS })).statusCode).toBe(200);
