@@ -22,6 +22,16 @@ Usage:
   deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]
   deskfuse ref log IMAGE [REF] [--limit N]
   deskfuse store verify [--data DIR]
+  deskfuse agent sync --disk PATH --desktop NAME [--force] [--reprovision]
+  deskfuse agent commit --disk PATH [--force]
+  deskfuse agent status --disk PATH
+  deskfuse agent handoff --disk PATH
+  deskfuse desktop create NAME --image IMAGE [--from REF] [--mode persistent|restore]
+  deskfuse desktop list
+  deskfuse desktop show NAME
+  deskfuse desktop token NAME [--ttl SECONDS]
+  deskfuse desktop reset NAME [--to REF]
+  deskfuse desktop lease break NAME
 
 Global options:
   --server URL    image server (env DESKFUSE_SERVER, default http://127.0.0.1:8080)
@@ -41,6 +51,8 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'image': return await (await import('./commands/image.js')).imageCommand(rest, io);
       case 'ref': return await (await import('./commands/ref.js')).refCommand(rest, io);
       case 'store': return await (await import('./commands/store.js')).storeCommand(rest, io);
+      case 'agent': return await (await import('./commands/agent.js')).agentCommand(rest, io);
+      case 'desktop': return await (await import('./commands/desktop.js')).desktopCommand(rest, io);
       case undefined: case '-h': case '--help': case 'help':
         io.out.write(USAGE);
         return cmd === undefined ? 2 : 0;

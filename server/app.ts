@@ -1,13 +1,15 @@
 import swagger from '@fastify/swagger';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
-import { hashToken } from '../src/auth/tokens.js';
-import { dfError } from '../src/errors.js';
 import { PACK_CONTENT_TYPE } from '../src/chunk/pack.js';
+import { authenticate, authorize } from './auth.js';
 import type { AppContext } from './context.js';
 import { installErrorHandler } from './errors.js';
 import { chunkRoutes } from './routes/chunks.js';
+import { desktopRoutes } from './routes/desktops.js';
 import { imageRoutes } from './routes/images.js';
 import { opsRoutes } from './routes/ops.js';
+import { syncRoutes } from './routes/sync.js';
+import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -29,7 +31,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   });
   installErrorHandler(app);
 
-  for (const type of ['application/octet-stream', 'application/zstd', PACK_CONTENT_TYPE]) {
+  for (const type of ['application/octet-stream', 'application/zstd', PACK_CONTENT_TYPE, PATCH_CONTENT_TYPE]) {
     app.addContentTypeParser(type, { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
   }
 
@@ -38,25 +40,25 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
     requests(1, { method: req.method, route: req.routeOptions.url ?? 'unknown', status: reply.statusCode });
   });
 
+  // Who (token → scope, 401) and what they may do (scope vs the route's need, 403), before any body is read.
   app.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public) return;
-    const h = req.headers.authorization;
-    const token = h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined;
-    const found = token ? ctx.repo.findToken(hashToken(token)) : undefined;
-    if (!found) throw dfError('DF_ERR_UNAUTHORIZED', token ? 'the token is not valid' : 'send the token as "Authorization: Bearer <token>"');
-    req.tokenScope = found.scope;
+    req.tokenScope = authenticate(req, ctx.repo, ctx.now());
+    authorize(req, req.tokenScope, ctx.repo);
   });
 
   await app.register(swagger, {
     openapi: {
       openapi: '3.0.3',
-      info: { title: 'deskfuse image server', version: '1', description: 'Images, versions, refs and chunks of a deskfuse appliance.' },
+      info: { title: 'deskfuse image server', version: '1', description: 'Images, versions, refs, chunks and desktops of a deskfuse appliance.' },
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
   });
   await app.register(opsRoutes(ctx));
   await app.register(chunkRoutes(ctx));
+  await app.register(syncRoutes(ctx));
   await app.register(imageRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(desktopRoutes(ctx), { prefix: '/api/v1' });
   return app;
 }

@@ -4,24 +4,28 @@ import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { hashToken, newToken } from '../src/auth/tokens.js';
 import { FsChunkStore } from '../src/chunk/fs-store.js';
 import type { ServerConfig } from '../src/config/server.js';
+import { Desktops } from '../src/desktop/desktops.js';
 import { Catalog } from '../src/image/catalog.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { SqliteMetaRepo } from '../src/meta/sqlite.js';
 import { Metrics } from '../src/metrics.js';
+import { DeltaCache } from '../src/sync/delta-cache.js';
 import { buildApp } from './app.js';
 import type { AppContext } from './context.js';
 
 /**
  * Where data lives (all under the data directory):
- *   meta.sqlite (+ -wal, -shm)   images, versions, refs, ref log, token hashes
+ *   meta.sqlite (+ -wal, -shm)   images, versions, refs, ref log, token hashes, desktops, leases
  *   chunks/                      chunk store (zstd frames named by BLAKE3 id)
  *   blobs/                       layers and chunk indexes (same format)
+ *   deltas/                      per-version deltas (changed 4 KiB blocks), made on first use
  *   admin.token                  the admin token, mode 0600, written once on first start
  */
 export const dataPaths = (dataDir: string) => ({
   meta: path.join(dataDir, 'meta.sqlite'),
   chunks: path.join(dataDir, 'chunks'),
   blobs: path.join(dataDir, 'blobs'),
+  deltas: path.join(dataDir, 'deltas'),
   adminToken: path.join(dataDir, 'admin.token'),
 });
 
@@ -35,7 +39,12 @@ export interface Appliance {
   close(): Promise<void>;
 }
 
-export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger): Promise<Appliance> {
+export interface ApplianceOptions {
+  /** The clock for versions, ref moves, token expiry and leases (tests pass one they can advance). */
+  now?: () => Date;
+}
+
+export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
   const repo = new SqliteMetaRepo(p.meta);
@@ -43,9 +52,12 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const chunks = await FsChunkStore.open(p.chunks, MAX_CHUNK_SIZE);
     const blobs = await FsChunkStore.open(p.blobs, MAX_BLOB_SIZE);
     const metrics = new Metrics();
-    const catalog = new Catalog({ repo, chunks, blobs, ...(log ? { log } : {}) });
+    const now = opts.now ?? (() => new Date());
+    const catalog = new Catalog({ repo, chunks, blobs, now, ...(log ? { log } : {}) });
+    const desktops = new Desktops({ repo, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(repo, p.adminToken);
-    const ctx: AppContext = { catalog, chunks, repo, metrics, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit };
+    const deltas = new DeltaCache(p.deltas, blobs, chunks);
+    const ctx: AppContext = { catalog, desktops, chunks, repo, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, ...(newAdminToken ? { newAdminToken } : {}),

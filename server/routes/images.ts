@@ -1,9 +1,9 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyReply } from 'fastify';
 import {
   commitBody, createImageBody, imageParams, listQuery, refName, refSetBody, resolveQuery, versionParams, versionSchema,
 } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
-import type { ImageRow, VersionKind } from '../../src/meta/repo.js';
+import type { CommitOutcome, ImageRow, VersionKind } from '../../src/meta/repo.js';
 import type { AppContext } from '../context.js';
 
 type P = { image: string };
@@ -76,14 +76,7 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
       message: b.message ?? '', author: b.author ?? req.tokenScope ?? 'admin',
     });
     commits(1, { outcome: out.kind });
-    if (out.kind === 'conflict') {
-      return reply.status(409).send({
-        code: 'DF_ERR_CONFLICT',
-        message: `ref ${out.ref} is at ${out.head ?? 'nothing'}, not at the parent ${b.parent ?? 'nothing'}; version ${out.version.version} is kept as ${out.conflictRef}`,
-        version: out.version, ref: out.ref, head: out.head, conflictRef: out.conflictRef,
-      });
-    }
-    return reply.status(201).send({ outcome: out.kind, version: out.version, ref: out.ref });
+    return sendCommit(reply, out, b.parent);
   });
 
   app.get<{ Params: P }>('/images/:image/refs', { schema: { params: imageParams, tags: ['refs'], summary: 'List refs' } },
@@ -105,3 +98,16 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     schema: { params: imageParams, querystring: listQuery, tags: ['refs'], summary: 'Every ref move, newest first' },
   }, async (req) => ({ entries: catalog.refLog(req.params.image, req.query.ref, req.query.limit) }));
 };
+
+/** 201 fast-forward, or 409 DF_ERR_CONFLICT naming where the version is kept and why (shared by desktop commits). */
+export function sendCommit(reply: FastifyReply, out: CommitOutcome, parent: number | null) {
+  if (out.kind === 'fast-forward') return reply.status(201).send({ outcome: out.kind, version: out.version, ref: out.ref });
+  const why = out.reason === 'fencing'
+    ? `the commit's lease (fencing) is not the desktop's current lease`
+    : `ref ${out.ref} is at ${out.head ?? 'nothing'}, not at the parent ${parent ?? 'nothing'}`;
+  return reply.status(409).send({
+    code: 'DF_ERR_CONFLICT',
+    message: `${why}; version ${out.version.version} is kept as ${out.conflictRef}`,
+    version: out.version, ref: out.ref, head: out.head, conflictRef: out.conflictRef, reason: out.reason,
+  });
+}

@@ -30,6 +30,8 @@ export interface ApiResponse<T> {
 
 export class ApiClient {
   readonly base: string;
+  /** Requests sent and body bytes each way, for reports (`requests`, `bytesFetched`, `bytesUploaded`). */
+  readonly stats = { requests: 0, bytesSent: 0, bytesReceived: 0 };
   private readonly attempts: number;
 
   constructor(private readonly opts: ClientOptions) {
@@ -40,12 +42,29 @@ export class ApiClient {
   async json<T>(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<T>> {
     const res = await this.send(method, path, o);
     const text = await res.text();
+    this.stats.bytesReceived += Buffer.byteLength(text);
     return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T, bytesSent: bodySize(o) };
   }
 
   async binary(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<Buffer>> {
     const res = await this.send(method, path, o);
-    return { status: res.status, body: Buffer.from(await res.arrayBuffer()), bytesSent: bodySize(o) };
+    const body = Buffer.from(await res.arrayBuffer());
+    this.stats.bytesReceived += body.length;
+    return { status: res.status, body, bytesSent: bodySize(o) };
+  }
+
+  /** A response body as it arrives (for deltas: decoded frame by frame with bounded memory). */
+  async *stream(method: string, path: string, o: RequestOptions = {}): AsyncGenerator<Uint8Array> {
+    const res = await this.send(method, path, o);
+    if (!res.body) return;
+    try {
+      for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+        this.stats.bytesReceived += piece.byteLength;
+        yield piece;
+      }
+    } catch (cause) {
+      throw dfError('DF_ERR_UNREACHABLE', `${method} ${path}: the connection broke mid-body: ${causeText(cause)}`, { server: this.base }, cause);
+    }
   }
 
   private async send(method: string, path: string, o: RequestOptions): Promise<Response> {
@@ -63,6 +82,8 @@ export class ApiClient {
     const url = `${this.base}${path}`;
     for (let attempt = 1; ; attempt++) {
       let res: Response;
+      this.stats.requests++;
+      this.stats.bytesSent += bodySize(o);
       try {
         res = await fetch(url, { method, headers, ...(body !== undefined ? { body: body as BodyInit } : {}) });
       } catch (cause) {

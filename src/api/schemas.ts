@@ -81,3 +81,51 @@ export const versionSchema = {
     message: { type: 'string' }, createdAt: { type: 'string' }, chunksChanged: { type: 'integer' }, chunksTotal: { type: 'integer' },
   },
 } as const;
+
+// Desktops, their tokens and leases (src/desktop/desktops.ts).
+export const desktopName = imageName;
+export const desktopParams = { type: 'object', properties: { name: desktopName }, required: ['name'] } as const;
+const holder = { type: 'string', minLength: 1, maxLength: 200 } as const;
+
+export const createDesktopBody = {
+  type: 'object',
+  properties: { name: desktopName, image: imageName, from: refName, mode: { type: 'string', enum: ['persistent', 'restore'] } },
+  required: ['name', 'image'],
+  additionalProperties: false,
+} as const;
+
+export const resetDesktopBody = { type: 'object', properties: { to: refName }, additionalProperties: false } as const;
+
+export const desktopTokenBody = {
+  type: 'object',
+  properties: { ttlSeconds: { type: 'integer', minimum: 1, maximum: 365 * 86400 } },
+  additionalProperties: false,
+} as const;
+
+export const leaseBody = {
+  type: 'object',
+  properties: { holder, ttlSeconds: { type: 'integer', minimum: 10, maximum: 86400 }, force: { type: 'boolean' } },
+  required: ['holder'],
+  additionalProperties: false,
+} as const;
+
+export const leaseReleaseQuery = {
+  type: 'object',
+  properties: { fencing: { type: 'integer', minimum: 1 } },
+  required: ['fencing'],
+  additionalProperties: false,
+} as const;
+
+export const desktopCommitBody = {
+  type: 'object',
+  properties: {
+    parent: { anyOf: [versionNumber, { type: 'null' }] },
+    layer: chunkId,
+    kind: { type: 'string', enum: ['voi-commit', 'vdi-commit'] },
+    fencing: { type: 'integer', minimum: 1 },
+    message: { type: 'string', maxLength: 4000 },
+    holder,
+  },
+  required: ['parent', 'layer', 'kind', 'fencing'],
+  additionalProperties: false,
+} as const;

@@ -3,7 +3,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HASH_ALG, hashBytes, idHex, isZeroId } from '../chunk/id.js';
 import type { ChunkStore } from '../chunk/store.js';
-import type { CommitOutcome, ImageRow, MetaRepo, RefLogRow, RefRow, VersionKind, VersionRow } from '../meta/repo.js';
+import type { CommitFence, CommitOutcome, ImageRow, MetaRepo, RefLogRow, RefRow, VersionKind, VersionRow } from '../meta/repo.js';
 import { blockMask } from './blocks.js';
 import { ChunkIndex } from './chunk-index.js';
 import { blocksPerChunk, checkGeometry, chunkLength, maskBytes, type Geometry } from './geometry.js';
@@ -32,6 +32,8 @@ export interface CommitRequest {
   kind: VersionKind;
   author: string;
   message: string;
+  /** A desktop commit: the ref moves only while this is the desktop's current lease (else a 'fencing' conflict). */
+  fence?: CommitFence;
 }
 
 const MASK_CONCURRENCY = 16;
@@ -171,9 +173,10 @@ export class Catalog {
       },
       req.ref,
       conflictRefName(req.ref, at),
+      req.fence,
     );
     const fields = { image: req.image, version: outcome.version.version, parent: req.parent, ref: req.ref, kind: req.kind, chunksChanged: final.entries.length };
-    if (outcome.kind === 'conflict') this.log.warn({ ...fields, head: outcome.head, conflictRef: outcome.conflictRef }, 'commit kept as conflict');
+    if (outcome.kind === 'conflict') this.log.warn({ ...fields, head: outcome.head, conflictRef: outcome.conflictRef, reason: outcome.reason, ...(req.fence ? { fence: req.fence } : {}) }, 'commit kept as conflict');
     else this.log.info(fields, 'version committed');
     return outcome;
   }

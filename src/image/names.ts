@@ -12,6 +12,14 @@ export function checkImageName(name: string): string {
   return name;
 }
 
+/** Desktop names follow the image-name rule (they appear in refs `desktops/NAME` and token scopes). */
+export function checkDesktopName(name: string, field = 'name'): string {
+  if (!IMAGE_RE.test(name)) {
+    throw dfError('DF_ERR_BAD_REQUEST', `desktop name ${JSON.stringify(name)} must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit`, { field });
+  }
+  return name;
+}
+
 export function refNameProblem(name: string): string | undefined {
   if (name.length === 0 || name.length > 200) return 'must be 1-200 characters';
   for (const seg of name.split('/')) {

@@ -1,5 +1,8 @@
 import Database from 'better-sqlite3';
-import type { CommitOutcome, ImageRow, MetaRepo, NewVersion, RefLogRow, RefMoveOutcome, RefRow, VersionRow } from './repo.js';
+import type {
+  CommitFence, CommitOutcome, DesktopCreateOutcome, DesktopRow, ImageRow, LeaseAcquireOutcome, LeaseReleaseOutcome, LeaseRow, MetaRepo,
+  NewVersion, RefLogRow, RefMoveOutcome, RefRow, TokenRow, VersionRow,
+} from './repo.js';
 
 /**
  * SQLite implementation of MetaRepo (better-sqlite3 12, WAL, synchronous=FULL so a commit that
@@ -22,8 +25,17 @@ const SCHEMA = [
      seq BIGINT PRIMARY KEY, image TEXT NOT NULL, ref TEXT NOT NULL, old_version INTEGER,
      new_version INTEGER NOT NULL, reason TEXT NOT NULL, author TEXT NOT NULL, at TEXT NOT NULL)`,
   `CREATE INDEX IF NOT EXISTS ref_log_by_ref ON ref_log (image, ref, seq)`,
-  `CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, scope TEXT NOT NULL, created_at TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS tokens (hash TEXT PRIMARY KEY, scope TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT)`,
+  `CREATE TABLE IF NOT EXISTS desktops (
+     name TEXT PRIMARY KEY, image TEXT NOT NULL REFERENCES images(name), mode TEXT NOT NULL,
+     follows TEXT NOT NULL, created_at TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS leases (
+     desktop TEXT PRIMARY KEY REFERENCES desktops(name), holder TEXT, fencing BIGINT NOT NULL,
+     since TEXT NOT NULL, expires_at TEXT NOT NULL)`,
 ];
+
+/** Columns added after a table was first shipped: (table, column, definition). */
+const ADDED_COLUMNS: Array<[string, string, string]> = [['tokens', 'expires_at', 'TEXT']];
 
 type Row = Record<string, unknown>;
 
@@ -38,6 +50,12 @@ const toVersion = (r: Row): VersionRow => ({
   chunksChanged: Number(r.chunks_changed), chunksTotal: Number(r.chunks_total),
 });
 const toRef = (r: Row): RefRow => ({ image: r.image as string, name: r.name as string, version: Number(r.version), updatedAt: r.updated_at as string });
+const toDesktop = (r: Row): DesktopRow => ({
+  name: r.name as string, image: r.image as string, mode: r.mode as DesktopRow['mode'], follows: r.follows as string, createdAt: r.created_at as string,
+});
+const toLease = (r: Row): LeaseRow => ({
+  desktop: r.desktop as string, holder: (r.holder as string | null) ?? null, fencing: Number(r.fencing), since: r.since as string, expiresAt: r.expires_at as string,
+});
 const toLog = (r: Row): RefLogRow => ({
   seq: Number(r.seq), image: r.image as string, ref: r.ref as string,
   oldVersion: r.old_version === null ? null : Number(r.old_version), newVersion: Number(r.new_version),
@@ -54,6 +72,10 @@ export class SqliteMetaRepo implements MetaRepo {
     this.db.pragma('foreign_keys = ON');
     this.db.pragma('busy_timeout = 5000');
     for (const s of SCHEMA) this.db.exec(s);
+    for (const [table, column, def] of ADDED_COLUMNS) {
+      const cols = this.db.prepare(`PRAGMA table_info(${table})`).all() as Row[];
+      if (!cols.some((c) => c.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${def}`);
+    }
   }
 
   createImage(row: ImageRow): { created: boolean; image: ImageRow } {
@@ -88,7 +110,7 @@ export class SqliteMetaRepo implements MetaRepo {
     return (this.db.prepare('SELECT * FROM versions WHERE image = ? ORDER BY version DESC LIMIT ?').all(image, limit) as Row[]).map(toVersion);
   }
 
-  commitVersion(v: NewVersion, ref: string, conflictRef: string): CommitOutcome {
+  commitVersion(v: NewVersion, ref: string, conflictRef: string, fence?: CommitFence): CommitOutcome {
     return this.db.transaction((): CommitOutcome => {
       const next = Number((this.db.prepare('SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE image = ?').get(v.image) as Row).n);
       this.db.prepare(`INSERT INTO versions (image, version, parent, layer_id, index_id, kind, author, message, created_at, chunks_changed, chunks_total)
@@ -96,12 +118,20 @@ export class SqliteMetaRepo implements MetaRepo {
         .run(v.image, next, v.parent, v.layer, v.index, v.kind, v.author, v.message, v.at, v.chunksChanged, v.chunksTotal);
       const version = this.getVersion(v.image, next)!;
       const head = this.getRef(v.image, ref)?.version ?? null;
-      if (head === v.parent) {
+      const lease = fence ? this.getLease(fence.desktop) : undefined;
+      const fenced = !fence || (lease !== undefined && lease.holder !== null && lease.fencing === fence.fencing && lease.expiresAt > v.at);
+      if (fenced && head === v.parent) {
         this.setRef(v.image, ref, head, next, v.kind, v.author, v.at);
         return { kind: 'fast-forward', version, ref };
       }
-      this.setRef(v.image, conflictRef, null, next, `conflict: ${ref} was at ${head ?? 'none'}, parent ${v.parent ?? 'none'}`, v.author, v.at);
-      return { kind: 'conflict', version, ref, head, conflictRef };
+      const why = fenced
+        ? `conflict: ${ref} was at ${head ?? 'none'}, parent ${v.parent ?? 'none'}`
+        : `conflict: fencing ${fence!.fencing} is not the current lease of desktop ${fence!.desktop} (${leaseText(lease, v.at)})`;
+      // Two conflicts on one ref in the same millisecond get distinct names.
+      let name = conflictRef;
+      for (let n = 2; this.getRef(v.image, name); n++) name = `${conflictRef}-${n}`;
+      this.setRef(v.image, name, null, next, why, v.author, v.at);
+      return { kind: 'conflict', version, ref, head, conflictRef: name, reason: fenced ? 'parent' : 'fencing' };
     })();
   }
 
@@ -141,19 +171,93 @@ export class SqliteMetaRepo implements MetaRepo {
     return (rows as Row[]).map(toLog);
   }
 
-  addToken(hash: string, scope: string, at: string): void {
-    this.db.prepare('INSERT INTO tokens (hash, scope, created_at) VALUES (?, ?, ?)').run(hash, scope, at);
+  addToken(hash: string, scope: string, at: string, expiresAt: string | null = null): void {
+    this.db.prepare('INSERT INTO tokens (hash, scope, created_at, expires_at) VALUES (?, ?, ?, ?)').run(hash, scope, at, expiresAt);
   }
 
-  findToken(hash: string): { scope: string } | undefined {
-    return this.db.prepare('SELECT scope FROM tokens WHERE hash = ?').get(hash) as { scope: string } | undefined;
+  findToken(hash: string): TokenRow | undefined {
+    const r = this.db.prepare('SELECT scope, expires_at FROM tokens WHERE hash = ?').get(hash) as Row | undefined;
+    return r && { scope: r.scope as string, expiresAt: (r.expires_at as string | null) ?? null };
   }
 
   countTokens(scope: string): number {
     return Number((this.db.prepare('SELECT COUNT(*) AS n FROM tokens WHERE scope = ?').get(scope) as Row).n);
   }
 
+  createDesktop(row: DesktopRow, ref?: { name: string; version: number; reason: string; author: string }): DesktopCreateOutcome {
+    return this.db.transaction((): DesktopCreateOutcome => {
+      const existing = this.getDesktop(row.name);
+      if (existing) return { kind: 'exists', desktop: existing };
+      if (ref) {
+        const moved = this.moveRef(row.image, ref.name, ref.version, null, ref.reason, ref.author, row.createdAt);
+        if (!moved.moved) return { kind: 'ref-exists', head: moved.head };
+      }
+      this.db.prepare('INSERT INTO desktops (name, image, mode, follows, created_at) VALUES (?, ?, ?, ?, ?)')
+        .run(row.name, row.image, row.mode, row.follows, row.createdAt);
+      return { kind: 'created', desktop: row };
+    }).immediate();
+  }
+
+  getDesktop(name: string): DesktopRow | undefined {
+    const r = this.db.prepare('SELECT * FROM desktops WHERE name = ?').get(name) as Row | undefined;
+    return r && toDesktop(r);
+  }
+
+  listDesktops(): DesktopRow[] {
+    return (this.db.prepare('SELECT * FROM desktops ORDER BY name').all() as Row[]).map(toDesktop);
+  }
+
+  getLease(desktop: string): LeaseRow | undefined {
+    const r = this.db.prepare('SELECT * FROM leases WHERE desktop = ?').get(desktop) as Row | undefined;
+    return r && toLease(r);
+  }
+
+  acquireLease(desktop: string, holder: string, at: string, expiresAt: string, force: boolean): LeaseAcquireOutcome {
+    return this.db.transaction((): LeaseAcquireOutcome => {
+      const cur = this.getLease(desktop);
+      if (!cur) {
+        this.db.prepare('INSERT INTO leases (desktop, holder, fencing, since, expires_at) VALUES (?, ?, ?, ?, ?)').run(desktop, holder, 1, at, expiresAt);
+        return { kind: 'acquired', lease: this.getLease(desktop)! };
+      }
+      const live = cur.holder !== null && cur.expiresAt > at;
+      if (live && cur.holder === holder) {
+        this.db.prepare('UPDATE leases SET expires_at = ? WHERE desktop = ? AND fencing = ?').run(expiresAt, desktop, cur.fencing);
+        return { kind: 'renewed', lease: this.getLease(desktop)! };
+      }
+      if (live && !force) return { kind: 'held', lease: cur };
+      // Compare-and-swap on the fencing read above; the next fencing is always higher.
+      this.db.prepare('UPDATE leases SET holder = ?, fencing = ?, since = ?, expires_at = ? WHERE desktop = ? AND fencing = ?')
+        .run(holder, cur.fencing + 1, at, expiresAt, desktop, cur.fencing);
+      const lease = this.getLease(desktop)!;
+      return live ? { kind: 'taken-over', lease, previous: cur } : { kind: 'acquired', lease };
+    }).immediate();
+  }
+
+  releaseLease(desktop: string, fencing: number): LeaseReleaseOutcome {
+    return this.db.transaction((): LeaseReleaseOutcome => {
+      const cur = this.getLease(desktop);
+      if (!cur || cur.fencing !== fencing) return { released: false, current: cur };
+      this.db.prepare('UPDATE leases SET holder = NULL WHERE desktop = ? AND fencing = ?').run(desktop, fencing);
+      return { released: true };
+    }).immediate();
+  }
+
+  breakLease(desktop: string): LeaseRow | undefined {
+    return this.db.transaction((): LeaseRow | undefined => {
+      const cur = this.getLease(desktop);
+      if (!cur || cur.holder === null) return undefined;
+      this.db.prepare('UPDATE leases SET holder = NULL WHERE desktop = ? AND fencing = ?').run(desktop, cur.fencing);
+      return cur;
+    }).immediate();
+  }
+
   close(): void {
     this.db.close();
   }
+}
+
+function leaseText(lease: LeaseRow | undefined, at: string): string {
+  if (!lease || lease.holder === null) return 'no lease is held';
+  if (lease.expiresAt <= at) return `lease ${lease.fencing} of ${lease.holder} expired at ${lease.expiresAt}`;
+  return `held by ${lease.holder} with fencing ${lease.fencing}`;
 }

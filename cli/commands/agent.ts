@@ -1,0 +1,69 @@
+import { agentCommit, agentHandoff, agentStatus } from '../../src/agent/commands.js';
+import type { AgentOptions } from '../../src/agent/session.js';
+import { agentSync } from '../../src/agent/sync.js';
+import { dfError } from '../../src/errors.js';
+import { fmtBytes } from '../../src/progress.js';
+import { DEFAULT_SERVER, need, parse, type Io } from '../args.js';
+import { emit } from '../output.js';
+
+const HELP = `deskfuse agent sync   --disk PATH --desktop NAME [--server URL --token T] [--force] [--reprovision]
+deskfuse agent commit --disk PATH [--server URL --token T] [--force]
+deskfuse agent status --disk PATH
+deskfuse agent handoff --disk PATH     (mark the disk in use by the OS: the next boot scans it)
+  --token: the desktop's token (deskfuse desktop token NAME) or an admin token
+  --force: take the desktop's lease from another holder (its later commit becomes a conflict)
+  --reprovision: overwrite a disk that belongs to another image or desktop
+`;
+
+export async function agentCommand(args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values } = parse(rest, {
+    disk: { type: 'string' },
+    desktop: { type: 'string' },
+    force: { type: 'boolean', default: false },
+    reprovision: { type: 'boolean', default: false },
+    holder: { type: 'string' },
+  });
+  if (values.help || !sub) {
+    io.out.write(HELP);
+    return sub ? 0 : 2;
+  }
+  const disk = need(values.disk, '--disk PATH');
+  const json = values.json;
+  const opts = (): AgentOptions => ({
+    server: values.server ?? io.env.DESKFUSE_SERVER ?? DEFAULT_SERVER,
+    token: need(values.token ?? io.env.DESKFUSE_TOKEN, '--token (or DESKFUSE_TOKEN)'),
+    disk, force: values.force, reprovision: values.reprovision, progress: !json && Boolean(io.err.isTTY),
+    ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.holder ? { holder: values.holder } : {}),
+  });
+  switch (sub) {
+    case 'sync': {
+      const r = await agentSync(opts());
+      emit(io, json, r, () =>
+        `${r.desktop}: ${r.from ?? 'blank'} -> ${r.to}${r.committed ? ` (committed local changes as ${r.committed}${r.conflict ? `, kept as ${r.conflict}` : ''})` : ''}: ` +
+        `${r.chunksWritten} chunks written (${r.chunksPatched} from 4 KiB deltas), ${fmtBytes(r.bytesFetched)} fetched in ${r.requests} requests, ${r.seconds.toFixed(1)} s\n`);
+      return 0;
+    }
+    case 'commit': {
+      const r = await agentCommit(opts());
+      emit(io, json, r, () => !r.committed
+        ? `${r.desktop}: nothing to commit (disk clean at version ${r.version})\n`
+        : r.conflict
+          ? `${r.desktop}: version ${r.version} kept as ${r.conflict.conflictRef} (${r.conflict.reason}: the desktop moved to ${r.conflict.head})\n`
+          : `${r.desktop}: committed version ${r.version} (parent ${r.parent}), ${r.localChanges} chunks changed, ${fmtBytes(r.bytesUploaded)} uploaded\n`);
+      return r.conflict ? 3 : 0;
+    }
+    case 'status': {
+      const r = await agentStatus(disk);
+      emit(io, json, r, () => Object.entries(r).filter(([, v]) => v !== undefined).map(([k, v]) => `${k}: ${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join('\n') + '\n');
+      return 0;
+    }
+    case 'handoff': {
+      const r = await agentHandoff(disk);
+      emit(io, json, r, () => `${disk}: ${r.state} at version ${r.version}\n`);
+      return 0;
+    }
+    default:
+      throw dfError('DF_ERR_USAGE', `unknown agent command ${JSON.stringify(sub)}\n${HELP}`);
+  }
+}

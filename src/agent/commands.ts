@@ -1,0 +1,108 @@
+import { hashBytes } from '../chunk/id.js';
+import { dfError } from '../errors.js';
+import { chunkCount } from '../image/geometry.js';
+import { scanDisk } from '../sync/scan.js';
+import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
+import { openDisk } from './disk.js';
+import { openSession, releaseLease, takeLease, type AgentOptions } from './session.js';
+import { areaSize, readSlot, readState, writeHeader } from './state-area.js';
+
+export interface CommitResult extends Partial<CommitOutcome> {
+  desktop: string;
+  version: number;
+  parent: number | null;
+  conflict: CommitOutcome['conflict'];
+  ref: string;
+  committed: boolean;
+  localChanges: number;
+  bytesUploaded: number;
+  requests: number;
+  seconds: number;
+}
+
+/** The desktop a disk belongs to, from its state area (no server needed). */
+async function diskDesktop(path: string): Promise<string> {
+  const d = await openDisk(path, false);
+  try {
+    const st = await readState(d.fh, d.size);
+    if (!st) throw dfError('DF_ERR_DISK_BLANK', `${path} has no deskfuse state area: run agent sync first`, { disk: path });
+    return st.desktop;
+  } finally {
+    await d.close();
+  }
+}
+
+/**
+ * `deskfuse agent commit`: find the disk's local changes (a scan against the on-disk version),
+ * upload what the server lacks, commit, seal the disk `clean` and release the lease.
+ */
+export async function agentCommit(o: AgentOptions): Promise<CommitResult> {
+  const t0 = performance.now();
+  const s = await openSession(o, o.desktop ?? (await diskDesktop(o.disk)));
+  try {
+    let state = s.state;
+    if (!state || !s.slot) throw dfError('DF_ERR_DISK_BLANK', `${o.disk} has no deskfuse state area: run agent sync first`, { disk: o.disk });
+    if (state.state === 'applying') throw dfError('DF_ERR_APPLY_PENDING', `${o.disk} was being synced to version ${state.target} when it stopped: run agent sync to finish first`, { target: state.target });
+    if (s.desktop.mode === 'restore') throw dfError('DF_ERR_RESTORE_MODE', `desktop ${s.desktop.name} is in restore mode: its local changes are discarded at the next sync, never committed`, { desktop: s.desktop.name });
+    const lease = await takeLease(s, o.force ?? false);
+    const base = { desktop: s.desktop.name, ref: s.desktop.ref ?? `desktops/${s.desktop.name}`, conflict: null, parent: state.version };
+    let result: CommitResult;
+    if (state.state === 'clean') {
+      result = { ...base, version: state.version!, committed: false, localChanges: 0, bytesUploaded: 0, requests: 0, seconds: 0 };
+    } else {
+      const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index);
+      const hints = mergeHints(s, scan, s.slot.hints);
+      if (scan.changed.length === 0) {
+        state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean' });
+        result = { ...base, version: state.version!, committed: false, localChanges: 0, bytesUploaded: 0, requests: 0, seconds: 0 };
+      } else {
+        const c = await commitChanges(s, state, lease, scan, hints);
+        result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, bytesUploaded: 0, requests: 0, seconds: 0 };
+      }
+    }
+    await releaseLease(s, lease);
+    return { ...result, bytesUploaded: s.client.stats.bytesSent, requests: s.client.stats.requests, seconds: (performance.now() - t0) / 1000 };
+  } finally {
+    await s.disk.close();
+  }
+}
+
+/** `deskfuse agent handoff`: the OS is about to run on the disk; the next boot must scan it. */
+export async function agentHandoff(path: string): Promise<{ disk: string; state: string; version: number | null }> {
+  const d = await openDisk(path, true);
+  try {
+    const st = await readState(d.fh, d.size);
+    if (!st) throw dfError('DF_ERR_DISK_BLANK', `${path} has no deskfuse state area: run agent sync first`, { disk: path });
+    if (st.state === 'applying') throw dfError('DF_ERR_APPLY_PENDING', `${path} is half-synced to version ${st.target}; it must not boot: run agent sync`, { target: st.target });
+    const next = st.state === 'dirty' ? st : await writeHeader(d.fh, d.size, { ...st, state: 'dirty' });
+    return { disk: path, state: next.state, version: next.version };
+  } finally {
+    await d.close();
+  }
+}
+
+/** `deskfuse agent status`: what the state area says (no server needed). */
+export async function agentStatus(path: string): Promise<Record<string, unknown>> {
+  const d = await openDisk(path, false);
+  try {
+    const st = await readState(d.fh, d.size);
+    if (!st) return { disk: path, size: d.size, state: 'blank' };
+    let slotOk = true;
+    let chunks: number | null = null;
+    try {
+      const slot = await readSlot(d.fh, st);
+      chunks = slot.index.nonZeroCount();
+    } catch {
+      slotOk = false;
+    }
+    return {
+      disk: path, size: d.size, state: st.state, image: st.image, desktop: st.desktop, version: st.version, target: st.target,
+      progress: st.state === 'applying' ? st.progress : undefined, lastConflict: st.lastConflict, virtualSize: st.geometry.virtualSize,
+      chunkSize: st.geometry.chunkSize, chunkPositions: chunkCount(st.geometry), nonZeroChunks: chunks, stateArea: { start: st.areaStart, size: areaSize(st.geometry) },
+      slotOk, sequence: st.seq, endpointSecret: hashBytes(st.secret).toString('hex').slice(0, 16),
+    };
+  } finally {
+    await d.close();
+  }
+}
+

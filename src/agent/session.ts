@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import path from 'node:path';
+import { ApiClient } from '../api/client.js';
+import { dfError } from '../errors.js';
+import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
+import { ChunkIndex } from '../image/chunk-index.js';
+import type { ImageRow } from '../meta/repo.js';
+import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
+import { openDisk, type Disk } from './disk.js';
+import { areaStart, readSlot, readState, type DiskState, type Slot } from './state-area.js';
+
+/** What the agent learns from the server about its desktop (GET /api/v1/desktops/:name). */
+export interface DesktopView {
+  name: string;
+  image: string;
+  mode: 'persistent' | 'restore';
+  follows: string;
+  ref: string | null;
+  head: number;
+  lease: { holder: string; fencing: number; since: string; expiresAt: string } | null;
+}
+
+export interface Lease {
+  holder: string;
+  fencing: number;
+}
+
+export interface AgentOptions {
+  server: string;
+  token: string;
+  disk: string;
+  /** Desktop name; for commit/status it defaults to the one recorded on the disk. */
+  desktop?: string;
+  /** Take the lease even if another holder has it (the other's later commit becomes a conflict). */
+  force?: boolean;
+  /** Wipe a state area that belongs to another image or desktop. */
+  reprovision?: boolean;
+  holder?: string;
+  progress?: boolean;
+}
+
+/** An open agent run: client, desktop, image, disk and its state. */
+export interface Session {
+  client: ApiClient;
+  desktop: DesktopView;
+  image: ImageRow;
+  geometry: Geometry;
+  disk: Disk;
+  areaStart: number;
+  state: DiskState | null;
+  slot: Slot | null;
+  holder: string;
+}
+
+export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
+  const client = new ApiClient({ server: o.server, token: o.token });
+  const desktop = (await client.json<DesktopView>('GET', `/api/v1/desktops/${encodeURIComponent(desktopName)}`)).body;
+  const image = (await client.json<ImageRow>('GET', `/api/v1/images/${desktop.image}`)).body;
+  const geometry = { virtualSize: image.virtualSize, chunkSize: image.chunkSize };
+  const disk = await openDisk(o.disk, true);
+  try {
+    const start = areaStart(geometry, disk.size); // refuses a too-small disk before any write
+    let state = await readState(disk.fh, disk.size);
+    if (state && (state.image !== image.name || state.desktop !== desktop.name || state.geometry.virtualSize !== geometry.virtualSize
+      || state.geometry.chunkSize !== geometry.chunkSize || state.areaStart !== start)) {
+      if (!o.reprovision) {
+        throw dfError('DF_ERR_DISK_FOREIGN', `${o.disk} holds ${state.image} for desktop ${state.desktop}, not ${image.name} for ${desktop.name}; rerun with --reprovision to overwrite it`, {
+          disk: o.disk, image: state.image, desktop: state.desktop,
+        });
+      }
+      state = null;
+    }
+    const slot = state ? await readSlot(disk.fh, state) : null;
+    const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
+    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder };
+  } catch (err) {
+    await disk.close();
+    throw err;
+  }
+}
+
+/** A first state for a disk that has none (the slot is filled by the caller). */
+export function freshState(s: Session): DiskState {
+  return {
+    seq: 0, areaStart: s.areaStart, geometry: s.geometry, state: 'dirty', activeSlot: 1, version: null, target: null, progress: 0,
+    lastConflict: null, slotHash: Buffer.alloc(32), image: s.image.name, desktop: s.desktop.name, secret: randomBytes(32),
+  };
+}
+
+export function emptyHints(g: Geometry): Buffer {
+  return Buffer.alloc(chunkCount(g) * blocksPerChunk(g) * BLOCK_HASH_BYTES);
+}
+
+export function hintsAt(hints: Buffer, g: Geometry, pos: number): Buffer {
+  const l = blocksPerChunk(g) * BLOCK_HASH_BYTES;
+  return hints.subarray(pos * l, (pos + 1) * l);
+}
+
+export async function takeLease(s: Session, force: boolean): Promise<Lease> {
+  const r = await s.client.json<{ holder: string; fencing: number }>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
+    body: { holder: s.holder, ttlSeconds: 86400, force }, idempotent: true,
+  });
+  return { holder: r.body.holder, fencing: r.body.fencing };
+}
+
+export async function releaseLease(s: Session, lease: Lease): Promise<void> {
+  await s.client.json('DELETE', `/api/v1/desktops/${s.desktop.name}/lease?fencing=${lease.fencing}`, { idempotent: true, accept: [409] });
+}
+
+export async function fetchIndex(s: Session, version: number): Promise<ChunkIndex> {
+  return ChunkIndex.decode((await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${version}/index`)).body);
+}

@@ -1,0 +1,208 @@
+import type { FileHandle } from 'node:fs/promises';
+import { dfError } from '../errors.js';
+import { hashBytes, ID_BYTES } from '../chunk/id.js';
+import { ChunkIndex } from '../image/chunk-index.js';
+import { blocksPerChunk, checkGeometry, chunkCount, type Geometry } from '../image/geometry.js';
+import { Reader, Writer } from '../wire/bytes.js';
+import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
+
+/**
+ * The state area: a reserved region at the end of the endpoint's disk, outside the image. It says
+ * what the disk holds, so a boot knows whether to scan, what to commit and what to fetch.
+ *
+ *   device:  [ image: virtual size bytes | … unused … | slot A | slot B | header 0 | header 1 ]
+ *                                                      ^ area start                 ^ end - 4 KiB
+ *   slot (each S bytes, 4 KiB aligned):
+ *            chunk ids of the on-disk version (32 bytes per chunk position, zero = zero chunk)
+ *            block hints of the on-disk version (4 bytes per 4 KiB block, see blockhash.ts)
+ *   header (4 KiB; two copies, the valid one with the higher sequence wins, so a torn write of
+ *   one copy leaves the other):
+ *     0    8   magic "DFSTATE1"          8   4   format version (1)
+ *     12   8   sequence (u64)            20  8   area start offset
+ *     28   8   virtual size              36  4   chunk size
+ *     40   1   state: 1 clean 2 dirty 3 applying
+ *     41   1   active slot (0 = A, 1 = B)
+ *     42   2   reserved
+ *     44   4   on-disk version (0 = none: the disk content is not a known version)
+ *     48   4   target version (while applying)
+ *     52   4   apply progress: chunk positions done (journal; for reporting and resume)
+ *     56   4   last conflict version kept by a commit (0 = none)
+ *     60   4   reserved
+ *     64   32  BLAKE3 of the active slot
+ *     96   64  image name (UTF-8, zero padded)     160  64  desktop name
+ *     224  32  endpoint secret (random, made at provisioning)
+ *     256  …   zero
+ *     4064 32  BLAKE3 of bytes 0..4063
+ *
+ * An update writes the inactive slot, syncs, then writes the older header copy with sequence + 1
+ * and syncs: at every instant one complete, checksummed state is on the disk.
+ */
+export const HEADER_SIZE = 4096;
+const MAGIC = Buffer.from('DFSTATE1');
+const ALIGN = 4096;
+
+export type DiskStateKind = 'clean' | 'dirty' | 'applying';
+const KIND_CODE: Record<DiskStateKind, number> = { clean: 1, dirty: 2, applying: 3 };
+const CODE_KIND = ['', 'clean', 'dirty', 'applying'] as const;
+
+export interface DiskState {
+  seq: number;
+  areaStart: number;
+  geometry: Geometry;
+  state: DiskStateKind;
+  activeSlot: 0 | 1;
+  version: number | null;
+  target: number | null;
+  progress: number;
+  lastConflict: number | null;
+  slotHash: Buffer;
+  image: string;
+  desktop: string;
+  secret: Buffer;
+}
+
+const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
+
+export function slotSize(g: Geometry): number {
+  const n = chunkCount(g);
+  return align(n * ID_BYTES + n * blocksPerChunk(g) * BLOCK_HASH_BYTES);
+}
+
+/** Bytes the state area takes for an image of this geometry. */
+export function areaSize(g: Geometry): number {
+  return 2 * slotSize(g) + 2 * HEADER_SIZE;
+}
+
+/** Where the area starts on a device of `deviceSize`; refuses a device too small before anything is written. */
+export function areaStart(g: Geometry, deviceSize: number): number {
+  const need = align(g.virtualSize) + areaSize(g);
+  if (deviceSize < need) {
+    throw dfError('DF_ERR_DISK_TOO_SMALL', `the disk has ${deviceSize} bytes; the image needs ${g.virtualSize} plus ${areaSize(g)} for the state area (${need} in all)`, {
+      deviceSize, need, virtualSize: g.virtualSize, stateArea: areaSize(g),
+    });
+  }
+  return Math.floor((deviceSize - 2 * HEADER_SIZE) / ALIGN) * ALIGN - 2 * slotSize(g);
+}
+
+function nameField(s: string, field: string): Buffer {
+  const b = Buffer.from(s, 'utf8');
+  if (b.length > 64) throw dfError('DF_ERR_BAD_REQUEST', `${field} is longer than 64 bytes`, { field });
+  const out = Buffer.alloc(64);
+  b.copy(out);
+  return out;
+}
+
+export function encodeHeader(s: DiskState): Buffer {
+  const w = new Writer(HEADER_SIZE);
+  w.bytes(MAGIC).u32(1).u64(s.seq).u64(s.areaStart).u64(s.geometry.virtualSize).u32(s.geometry.chunkSize)
+    .u8(KIND_CODE[s.state]).u8(s.activeSlot).u16(0)
+    .u32(s.version ?? 0).u32(s.target ?? 0).u32(s.progress).u32(s.lastConflict ?? 0).u32(0)
+    .bytes(s.slotHash).bytes(nameField(s.image, 'image')).bytes(nameField(s.desktop, 'desktop')).bytes(s.secret);
+  w.offset = HEADER_SIZE - 32;
+  w.buf.set(hashBytes(w.buf.subarray(0, HEADER_SIZE - 32)), HEADER_SIZE - 32);
+  w.offset = HEADER_SIZE;
+  return w.done();
+}
+
+/** A header copy, or null when it is blank, torn or not ours. */
+export function decodeHeader(buf: Buffer): DiskState | null {
+  if (buf.length !== HEADER_SIZE || !buf.subarray(0, 8).equals(MAGIC)) return null;
+  if (!hashBytes(buf.subarray(0, HEADER_SIZE - 32)).equals(buf.subarray(HEADER_SIZE - 32))) return null;
+  const r = new Reader(buf, 'state header');
+  r.bytes(8, 'magic');
+  if (r.u32('format version') !== 1) return null;
+  const seq = r.u64('sequence');
+  const start = r.u64('area start');
+  const virtualSize = r.u64('virtual size');
+  const chunkSize = r.u32('chunk size');
+  const kind = CODE_KIND[r.u8('state')];
+  const slot = r.u8('slot');
+  r.u16('reserved');
+  const version = r.u32('version');
+  const target = r.u32('target');
+  const progress = r.u32('progress');
+  const conflict = r.u32('conflict');
+  r.u32('reserved');
+  const slotHash = Buffer.from(r.bytes(32, 'slot hash'));
+  const str = (b: Buffer) => b.subarray(0, b.indexOf(0) < 0 ? b.length : b.indexOf(0)).toString('utf8');
+  const image = str(r.bytes(64, 'image'));
+  const desktop = str(r.bytes(64, 'desktop'));
+  const secret = Buffer.from(r.bytes(32, 'secret'));
+  if (!kind || (slot !== 0 && slot !== 1)) return null;
+  return {
+    seq, areaStart: start, geometry: { virtualSize, chunkSize }, state: kind, activeSlot: slot, version: version || null,
+    target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret,
+  };
+}
+
+export interface Slot {
+  index: ChunkIndex;
+  /** 4 bytes per block, blocksPerChunk per chunk position. */
+  hints: Buffer;
+}
+
+export function encodeSlot(slot: Slot): Buffer {
+  const g = slot.index.geometry;
+  const out = Buffer.alloc(slotSize(g));
+  slot.index.ids.copy(out, 0);
+  slot.hints.copy(out, slot.index.ids.length);
+  return out;
+}
+
+function slotOffset(s: { areaStart: number; geometry: Geometry }, which: 0 | 1): number {
+  return s.areaStart + which * slotSize(s.geometry);
+}
+
+async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
+  const buf = Buffer.alloc(len);
+  let done = 0;
+  while (done < len) {
+    const { bytesRead } = await fh.read(buf, done, len - done, pos + done);
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return buf;
+}
+
+async function writeAt(fh: FileHandle, buf: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) done += (await fh.write(buf, done, buf.length - done, pos + done)).bytesWritten;
+}
+
+/** The current state of a disk (null: blank or foreign), with its slot when `withSlot`. */
+export async function readState(fh: FileHandle, deviceSize: number): Promise<DiskState | null> {
+  if (deviceSize < 2 * HEADER_SIZE) return null;
+  const copies = [await readAt(fh, HEADER_SIZE, deviceSize - 2 * HEADER_SIZE), await readAt(fh, HEADER_SIZE, deviceSize - HEADER_SIZE)].map(decodeHeader);
+  const valid = copies.filter((c): c is DiskState => c !== null).sort((a, b) => b.seq - a.seq);
+  return valid[0] ?? null;
+}
+
+export async function readSlot(fh: FileHandle, s: DiskState): Promise<Slot> {
+  const g = checkGeometry(s.geometry);
+  const bytes = await readAt(fh, slotSize(g), slotOffset(s, s.activeSlot));
+  if (!hashBytes(bytes).equals(s.slotHash)) {
+    throw dfError('DF_ERR_STATE_CORRUPT', 'the state area slot does not match its header checksum; rerun with --reprovision', { slot: s.activeSlot });
+  }
+  const n = chunkCount(g);
+  const ids = Buffer.from(bytes.subarray(0, n * ID_BYTES));
+  const index = ChunkIndex.empty(g);
+  ids.copy(index.ids);
+  return { index, hints: Buffer.from(bytes.subarray(n * ID_BYTES, n * ID_BYTES + n * blocksPerChunk(g) * BLOCK_HASH_BYTES)) };
+}
+
+/** Write a new header (sequence + 1) into the older copy, then sync. */
+export async function writeHeader(fh: FileHandle, deviceSize: number, s: DiskState): Promise<DiskState> {
+  const next = { ...s, seq: s.seq + 1 };
+  await writeAt(fh, encodeHeader(next), deviceSize - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
+  await fh.datasync();
+  return next;
+}
+
+/** Write a slot into the inactive position, sync, then switch the header to it. */
+export async function writeSlotAndHeader(fh: FileHandle, deviceSize: number, s: DiskState, slot: Slot): Promise<DiskState> {
+  const which: 0 | 1 = s.activeSlot === 0 ? 1 : 0;
+  const bytes = encodeSlot(slot);
+  await writeAt(fh, bytes, slotOffset(s, which));
+  await fh.datasync();
+  return writeHeader(fh, deviceSize, { ...s, activeSlot: which, slotHash: hashBytes(bytes) });
+}

@@ -1,0 +1,216 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { hashBytes, idHex } from '../chunk/id.js';
+import { dfError, isDeskfuseError } from '../errors.js';
+import { ChunkIndex } from '../image/chunk-index.js';
+import { blocksPerChunk, chunkLength } from '../image/geometry.js';
+import { decodeLayer, type Layer } from '../image/layer.js';
+import type { VersionRow } from '../meta/repo.js';
+import { Progress } from '../progress.js';
+import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
+import { readDelta, type DeltaItem } from '../sync/delta.js';
+import { plan, type Op } from '../sync/plan.js';
+import { scanDisk, type ScanResult } from '../sync/scan.js';
+import { commitChanges, mergeHints, sameIndex } from './commit.js';
+import { readChunkAt, writeChunkAt } from './disk.js';
+import { ChunkFetcher } from './fetcher.js';
+import { emptyHints, fetchIndex, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
+import { writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
+
+export interface SyncResult {
+  desktop: string;
+  image: string;
+  from: number | null;
+  to: number;
+  committed: number | null;
+  conflict: string | null;
+  scanned: boolean;
+  localChanges: number;
+  chunksWritten: number;
+  chunksPatched: number;
+  bytesFetched: number;
+  requests: number;
+  seconds: number;
+}
+
+const MAX_HOPS = 16;
+const JOURNAL_EVERY = 64 * 1024 * 1024;
+const ATTEMPTS = 3;
+
+/**
+ * `deskfuse agent sync`: bring the disk to the desktop's head. Commits local changes first
+ * (persistent) or overwrites them (restore); resumes an interrupted apply; retries with backoff
+ * when the server goes away, and a rerun after any crash converges.
+ */
+export async function agentSync(o: AgentOptions): Promise<SyncResult> {
+  if (!o.desktop) throw dfError('DF_ERR_USAGE', 'agent sync needs --desktop NAME');
+  const t0 = performance.now();
+  let requests = 0;
+  let bytes = 0;
+  for (let attempt = 1; ; attempt++) {
+    const s = await openSession(o, o.desktop);
+    try {
+      const r = await syncOnce(s, o);
+      return { ...r, requests: requests + s.client.stats.requests, bytesFetched: bytes + s.client.stats.bytesReceived, seconds: (performance.now() - t0) / 1000 };
+    } catch (err) {
+      requests += s.client.stats.requests;
+      bytes += s.client.stats.bytesReceived;
+      const transient = isDeskfuseError(err) && (err.code === 'DF_ERR_UNREACHABLE' || (err.code === 'DF_ERR_HTTP' && Number(err.fields.status) >= 500));
+      if (!transient || attempt >= ATTEMPTS) throw err;
+      await sleep(1000 * 2 ** (attempt - 1));
+    } finally {
+      await s.disk.close();
+    }
+  }
+}
+
+type SyncCore = Omit<SyncResult, 'requests' | 'bytesFetched' | 'seconds'>;
+
+async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
+  const g = s.geometry;
+  const lease = await takeLease(s, o.force ?? false);
+  let state = s.state;
+  let scan: ScanResult | null = null;
+  let actual: ChunkIndex;
+  let hints: Buffer;
+  const from = state?.version ?? null;
+
+  if (!state || state.state !== 'clean') {
+    scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null);
+    actual = scan.index;
+    hints = mergeHints(s, scan, s.slot?.hints ?? emptyHints(g));
+  } else {
+    actual = s.slot!.index;
+    hints = s.slot!.hints;
+  }
+  if (!state) {
+    // A blank (or reprovisioned) disk: record what is on it before the first write.
+    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, freshState(s), { index: actual, hints });
+    s.slot = { index: actual, hints };
+  }
+
+  let committed: number | null = null;
+  let conflict: string | null = null;
+  const localChanges = s.state?.state === 'dirty' && s.state.version !== null && scan ? scan.changed.length : 0;
+  if (state.state === 'dirty' && scan && localChanges > 0 && s.desktop.mode === 'persistent' && state.version !== null) {
+    const c = await commitChanges(s, state, lease, scan, hints);
+    state = c.state;
+    committed = c.outcome.version;
+    conflict = c.outcome.conflict?.conflictRef ?? null;
+    s.desktop = (await s.client.json<Session['desktop']>('GET', `/api/v1/desktops/${s.desktop.name}`)).body;
+  }
+
+  const to = s.desktop.head;
+  const target = await fetchIndex(s, to);
+  if (sameIndex(actual, target)) {
+    if (state.state !== 'clean' || state.version !== to) {
+      state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null }, { index: target, hints });
+    }
+    return { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: 0, chunksPatched: 0 };
+  }
+
+  // Delta path: the versions from the disk's version (or from the root, for a blank disk) to the target.
+  const hops = await deltaPath(s, state.version, to);
+  const base = hops ? (state.version === null ? ChunkIndex.empty(g) : s.slot!.index) : null;
+  const ops = plan({ actual, target, base, deltas: hops !== null });
+  state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
+  const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
+  await s.disk.fh.datasync();
+  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length }, { index: target, hints });
+  return { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched };
+}
+
+interface Hop {
+  version: number;
+  layerId: string;
+  layer: Layer;
+}
+
+async function deltaPath(s: Session, from: number | null, to: number): Promise<Hop[] | null> {
+  const chain = (await s.client.json<{ versions: VersionRow[] }>('GET', `/api/v1/images/${s.image.name}/versions?ref=${to}&limit=${MAX_HOPS + 1}`)).body.versions;
+  const j = from === null ? (chain[chain.length - 1]?.parent === null ? chain.length : -1) : chain.findIndex((v) => v.version === from);
+  if (j <= 0 || j > MAX_HOPS) return null;
+  const hops: Hop[] = [];
+  for (const v of chain.slice(0, j).reverse()) {
+    const layer = decodeLayer((await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${v.version}/layer`)).body);
+    hops.push({ version: v.version, layerId: v.layer, layer });
+  }
+  return hops;
+}
+
+/** One hop's delta, read in step with the positions the plan patches. */
+class HopCursor {
+  private entry = 0;
+  private items: AsyncGenerator<DeltaItem> | null = null;
+
+  constructor(private readonly s: Session, private readonly hop: Hop) {}
+
+  /** Apply this hop's change at `pos` (if any) to `buf`, which holds the previous version's chunk. */
+  async applyAt(pos: number, buf: Buffer): Promise<void> {
+    const entries = this.hop.layer.entries;
+    while (this.entry < entries.length && entries[this.entry]!.index < pos) {
+      if (!isZero(entries[this.entry]!.id)) await this.nextItem(); // blocks for a position we skip
+      this.entry++;
+    }
+    const e = entries[this.entry];
+    if (!e || e.index !== pos) return;
+    this.entry++;
+    if (isZero(e.id)) {
+      buf.fill(0);
+      return;
+    }
+    const item = await this.nextItem();
+    if (item.entry.index !== pos) throw dfError('DF_ERR_DECODE', `delta of version ${this.hop.version} is out of step at chunk ${pos}`);
+    patchBlocks(buf, item.mask, item.blocks);
+  }
+
+  private async nextItem(): Promise<DeltaItem> {
+    this.items ??= readDelta(this.hop.layerId, this.hop.layer, this.s.client.stream('GET', `/api/v1/images/${this.s.image.name}/versions/${this.hop.version}/delta`));
+    const r = await this.items.next();
+    if (r.done) throw dfError('DF_ERR_DECODE', `delta of version ${this.hop.version} ended early`);
+    return r.value;
+  }
+
+  async close(): Promise<void> {
+    await this.items?.return(undefined);
+  }
+}
+
+const isZero = (id: Buffer) => id.every((x) => x === 0);
+
+async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean): Promise<{ state: DiskState; patched: number }> {
+  const g = s.geometry;
+  const fetcher = new ChunkFetcher(s.client, ops.filter((op) => op.kind === 'fetch').map((op) => op.id), g.chunkSize);
+  const cursors = ops.some((op) => op.kind === 'patch') ? hops.map((h) => new HopCursor(s, h)) : [];
+  const progress = Progress.for('sync', ops.length * g.chunkSize, showProgress);
+  const hl = blocksPerChunk(g) * BLOCK_HASH_BYTES;
+  let sinceJournal = 0;
+  let patched = 0;
+  try {
+    for (let k = 0; k < ops.length; k++) {
+      const op = ops[k]!;
+      const len = chunkLength(g, op.pos);
+      let raw: Buffer;
+      if (op.kind === 'zero') raw = Buffer.alloc(len);
+      else if (op.kind === 'fetch') raw = await fetcher.get(op.id);
+      else {
+        raw = await readChunkAt(s.disk, op.pos * g.chunkSize, len);
+        for (const c of cursors) await c.applyAt(op.pos, raw);
+        if (idHex(hashBytes(raw)) === op.id) patched++;
+        else raw = await fetcher.fetchOne(op.id); // the disk did not hold what the state said
+      }
+      await writeChunkAt(s.disk, raw, op.pos * g.chunkSize);
+      blockHashes(raw, g, hints, op.pos * hl);
+      progress.add(g.chunkSize);
+      sinceJournal += len;
+      if (sinceJournal >= JOURNAL_EVERY) {
+        await s.disk.fh.datasync();
+        state = await writeHeader(s.disk.fh, s.disk.size, { ...state, progress: k + 1 });
+        sinceJournal = 0;
+      }
+    }
+  } finally {
+    for (const c of cursors) await c.close().catch(() => {});
+    progress.finish();
+  }
+  return { state, patched };
+}

@@ -1,0 +1,59 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { hashBytes, idHex } from '../chunk/id.js';
+import type { ChunkReader } from '../chunk/store.js';
+import { fsyncDir } from '../chunk/fs-store.js';
+import { decodeLayer } from '../image/layer.js';
+import { buildDelta } from './delta.js';
+
+/**
+ * Deltas are a pure function of a layer (and its chunks), so they are made once and kept as files
+ * named `<layer id>.<delta BLAKE3>.dfdl`; a read checks the bytes against the name. The server then
+ * serves every endpoint the same static bytes.
+ */
+export class DeltaCache {
+  private readonly building = new Map<string, Promise<Buffer>>();
+
+  constructor(private readonly dir: string, private readonly blobs: ChunkReader, private readonly chunks: ChunkReader) {}
+
+  async get(layerId: string): Promise<Buffer> {
+    const hit = await this.read(layerId);
+    if (hit) return hit;
+    let p = this.building.get(layerId);
+    if (!p) {
+      p = this.build(layerId).finally(() => this.building.delete(layerId));
+      this.building.set(layerId, p);
+    }
+    return p;
+  }
+
+  private async read(layerId: string): Promise<Buffer | undefined> {
+    const names = await fsp.readdir(this.dir).catch(() => [] as string[]);
+    for (const n of names) {
+      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.dfdl$/.exec(n);
+      if (!m || m[1] !== layerId) continue;
+      const bytes = await fsp.readFile(path.join(this.dir, n));
+      if (idHex(hashBytes(bytes)) === m[2]) return bytes;
+      await fsp.rm(path.join(this.dir, n), { force: true }); // corrupt: rebuild from verified chunks
+    }
+    return undefined;
+  }
+
+  private async build(layerId: string): Promise<Buffer> {
+    const layer = decodeLayer((await this.blobs.get(layerId)).raw);
+    const bytes = Buffer.concat(await buildDelta(layerId, layer, this.chunks));
+    await fsp.mkdir(this.dir, { recursive: true });
+    const tmp = path.join(this.dir, `.tmp-${randomBytes(6).toString('hex')}`);
+    const fh = await fsp.open(tmp, 'wx', 0o644);
+    try {
+      await fh.writeFile(bytes);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, path.join(this.dir, `${layerId}.${idHex(hashBytes(bytes))}.dfdl`));
+    await fsyncDir(this.dir);
+    return bytes;
+  }
+}

@@ -1,0 +1,116 @@
+import { compress, decompress } from 'zstd-napi';
+import { dfError } from '../errors.js';
+import { frameContentSize } from '../chunk/frame.js';
+
+/**
+ * A framed zstd stream, shared by deltas and patches: after a format's own header come
+ *
+ *   repeated  4 raw length R (u32 BE, 1..4 MiB)  4 compressed length Z (u32 BE)  Z bytes: one zstd frame of R bytes
+ *   end       8 zero bytes
+ *
+ * Records never straddle frames, so a reader decodes frame by frame with bounded memory while the
+ * body is still arriving. Compressing many small blocks together is what brings the wire to the
+ * 4 KiB-block reference (see README, delta granularity).
+ */
+export const FRAME_RAW_MAX = 4 * 1024 * 1024;
+const LEVEL = 3;
+
+export function encodeFrameRecord(raw: Buffer): Buffer {
+  const z = compress(raw, { compressionLevel: LEVEL });
+  const head = Buffer.alloc(8);
+  head.writeUInt32BE(raw.length, 0);
+  head.writeUInt32BE(z.length, 4);
+  return Buffer.concat([head, z]);
+}
+
+export const FRAMES_END = Buffer.alloc(8);
+
+/** Bytes arriving in pieces; reads copy only what they take (no quadratic re-concatenation). */
+class ByteQueue {
+  private parts: Buffer[] = [];
+  length = 0;
+  push(b: Buffer): void {
+    if (b.length) {
+      this.parts.push(b);
+      this.length += b.length;
+    }
+  }
+  peek(n: number): Buffer {
+    if (this.parts[0] && this.parts[0].length >= n) return this.parts[0].subarray(0, n);
+    return Buffer.concat(this.parts, Math.min(this.length, Math.max(n, 0))).subarray(0, n);
+  }
+  take(n: number): Buffer {
+    const first = this.parts[0];
+    if (first && first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) this.parts.shift();
+      else this.parts[0] = first.subarray(n);
+      this.length -= n;
+      return out;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let o = 0;
+    while (o < n) {
+      const p = this.parts[0]!;
+      const k = Math.min(p.length, n - o);
+      p.copy(out, o, 0, k);
+      o += k;
+      if (k === p.length) this.parts.shift();
+      else this.parts[0] = p.subarray(k);
+    }
+    this.length -= n;
+    return out;
+  }
+}
+
+/** Incremental reader: push bytes as they arrive, take decoded frames (null after the end marker). */
+export class FrameReader {
+  private readonly q = new ByteQueue();
+  ended = false;
+
+  constructor(private readonly what: string) {}
+
+  push(data: Uint8Array): void {
+    this.q.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  }
+
+  /** Take exactly n raw header bytes (a format's own header), or undefined if not yet here. */
+  take(n: number): Buffer | undefined {
+    return this.q.length < n ? undefined : this.q.take(n);
+  }
+
+  /** The next decoded frame, undefined if more bytes are needed, null at the end marker. */
+  next(): Buffer | null | undefined {
+    if (this.ended) return null;
+    if (this.q.length < 8) return undefined;
+    const head = this.q.peek(8);
+    const raw = head.readUInt32BE(0);
+    const zl = head.readUInt32BE(4);
+    if (raw === 0 && zl === 0) {
+      this.q.take(8);
+      this.ended = true;
+      if (this.q.length > 0) throw dfError('DF_ERR_DECODE', `${this.what}: ${this.q.length} bytes after the end marker`, { what: this.what });
+      return null;
+    }
+    if (raw > FRAME_RAW_MAX || zl === 0 || zl > FRAME_RAW_MAX + 65536 || raw === 0) {
+      throw dfError('DF_ERR_DECODE', `${this.what}: frame lengths raw ${raw} / compressed ${zl} are out of range`, { what: this.what });
+    }
+    if (this.q.length < 8 + zl) return undefined;
+    this.q.take(8);
+    const z = this.q.take(zl);
+    if (frameContentSize(z) !== raw) throw dfError('DF_ERR_DECODE', `${this.what}: frame does not declare its ${raw} bytes`, { what: this.what });
+    let out: Buffer;
+    try {
+      out = decompress(z);
+    } catch (cause) {
+      throw dfError('DF_ERR_DECODE', `${this.what}: corrupt zstd frame`, { what: this.what }, cause);
+    }
+    if (out.length !== raw) throw dfError('DF_ERR_DECODE', `${this.what}: frame holds ${out.length} bytes, header says ${raw}`, { what: this.what });
+    return out;
+  }
+
+  /** Bytes pushed after the end marker would be an error; call when the body is complete. */
+  finish(): void {
+    if (!this.ended || this.q.length) throw dfError('DF_ERR_DECODE', `${this.what}: truncated or trailing bytes`, { what: this.what });
+  }
+}
