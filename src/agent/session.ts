@@ -4,7 +4,6 @@ import path from 'node:path';
 import { ApiClient } from '../api/client.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
-import { ChunkIndex } from '../image/chunk-index.js';
 import type { ImageRow } from '../meta/repo.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
 import { openDisk, type Disk } from './disk.js';
@@ -106,8 +105,4 @@ export async function takeLease(s: Session, force: boolean): Promise<Lease> {
 
 export async function releaseLease(s: Session, lease: Lease): Promise<void> {
   await s.client.json('DELETE', `/api/v1/desktops/${s.desktop.name}/lease?fencing=${lease.fencing}`, { idempotent: true, accept: [409] });
-}
-
-export async function fetchIndex(s: Session, version: number): Promise<ChunkIndex> {
-  return ChunkIndex.decode((await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${version}/index`)).body);
 }

@@ -3,7 +3,7 @@ import { hashBytes, idHex } from '../chunk/id.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength } from '../image/geometry.js';
-import { decodeLayer, type Layer } from '../image/layer.js';
+import { applyLayer, decodeLayer, type Layer } from '../image/layer.js';
 import type { VersionRow } from '../meta/repo.js';
 import { Progress } from '../progress.js';
 import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
@@ -13,7 +13,7 @@ import { scanDisk, type ScanResult } from '../sync/scan.js';
 import { commitChanges, mergeHints, sameIndex } from './commit.js';
 import { readChunkAt, writeChunkAt } from './disk.js';
 import { ChunkFetcher } from './fetcher.js';
-import { emptyHints, fetchIndex, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
+import { emptyHints, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
 import { writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
 
 export interface SyncResult {
@@ -100,17 +100,18 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   }
 
   const to = s.desktop.head;
-  const target = await fetchIndex(s, to);
-  if (sameIndex(actual, target)) {
-    if (state.state !== 'clean' || state.version !== to) {
-      state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null }, { index: target, hints });
-    }
-    return { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: 0, chunksPatched: 0 };
-  }
+  const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: 0, chunksPatched: 0 });
+  if (state.state === 'clean' && state.version === to) return done(); // a boot with nothing to do
 
-  // Delta path: the versions from the disk's version (or from the root, for a blank disk) to the target.
+  // Delta path: the versions from the disk's version (or from the root, for a blank disk) to the
+  // target; the target's index then follows from the layers, and is checked against its id.
   const hops = await deltaPath(s, state.version, to);
   const base = hops ? (state.version === null ? ChunkIndex.empty(g) : s.slot!.index) : null;
+  const target = await targetIndex(s, to, hops && base ? { base, hops } : null);
+  if (sameIndex(actual, target)) {
+    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null }, { index: target, hints });
+    return done();
+  }
   const ops = plan({ actual, target, base, deltas: hops !== null });
   state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
@@ -123,6 +124,7 @@ interface Hop {
   version: number;
   layerId: string;
   layer: Layer;
+  indexId: string;
 }
 
 async function deltaPath(s: Session, from: number | null, to: number): Promise<Hop[] | null> {
@@ -131,10 +133,30 @@ async function deltaPath(s: Session, from: number | null, to: number): Promise<H
   if (j <= 0 || j > MAX_HOPS) return null;
   const hops: Hop[] = [];
   for (const v of chain.slice(0, j).reverse()) {
-    const layer = decodeLayer((await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${v.version}/layer`)).body);
-    hops.push({ version: v.version, layerId: v.layer, layer });
+    const bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${v.version}/layer`)).body;
+    verifyBlob(bytes, v.layer, `layer of version ${v.version}`);
+    hops.push({ version: v.version, layerId: v.layer, layer: decodeLayer(bytes), indexId: v.index });
   }
   return hops;
+}
+
+/** The target's full index: from the base and the layers when a path exists, else downloaded. */
+async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hops: Hop[] } | null): Promise<ChunkIndex> {
+  if (path) {
+    let idx = path.base;
+    for (const h of path.hops) idx = applyLayer(idx, h.layer);
+    verifyBlob(idx.encode(), path.hops[path.hops.length - 1]!.indexId, `index of version ${to}`);
+    return idx;
+  }
+  const v = (await s.client.json<VersionRow>('GET', `/api/v1/images/${s.image.name}/versions/${to}`)).body;
+  const bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${to}/index`)).body;
+  verifyBlob(bytes, v.index, `index of version ${to}`);
+  return ChunkIndex.decode(bytes);
+}
+
+function verifyBlob(bytes: Buffer, id: string, what: string): void {
+  const got = idHex(hashBytes(bytes));
+  if (got !== id) throw dfError('DF_ERR_CHUNK_INVALID', `${what}: bytes hash to ${got}, not ${id}`, { id, got });
 }
 
 /** One hop's delta, read in step with the positions the plan patches. */

@@ -149,6 +149,14 @@ export class Catalog {
     if (!(await this.deps.blobs.has(req.layer))) throw dfError('DF_ERR_LAYER_NOT_FOUND', `layer ${req.layer} was not uploaded`, { layer: req.layer });
     const staged = decodeLayer((await this.deps.blobs.get(req.layer)).raw);
     this.checkSameGeometry(img, staged.geometry);
+    // A retry of a commit that already landed (the client died before it heard the answer) gets
+    // the same version back, not a duplicate.
+    const commitKey = idHex(hashBytes(Buffer.from(JSON.stringify([req.ref, req.parent, req.layer, req.kind]))));
+    const again = this.deps.repo.findCommit(req.image, commitKey, req.ref);
+    if (again) {
+      this.log.info({ image: req.image, version: again.version.version, ref: req.ref }, 'commit retried: returning the version it made');
+      return again;
+    }
 
     const needed = [...new Set(staged.entries.filter((e) => !isZeroId(e.id)).map((e) => idHex(e.id)))];
     const missing = await this.missingChunks(needed);
@@ -168,7 +176,7 @@ export class Catalog {
     const at = this.now();
     const outcome = this.deps.repo.commitVersion(
       {
-        image: req.image, parent: req.parent, layer: layerId, index: indexId, kind: req.kind, author: req.author,
+        image: req.image, commitKey, parent: req.parent, layer: layerId, index: indexId, kind: req.kind, author: req.author,
         message: req.message, chunksChanged: final.entries.length, chunksTotal: index.nonZeroCount(), at: at.toISOString(),
       },
       req.ref,

@@ -50,6 +50,11 @@ export interface RefLogRow {
 
 export interface NewVersion {
   image: string;
+  /**
+   * Idempotency key of the commit request (same ref, parent, staged layer and kind). A retried
+   * commit whose first attempt landed gets the first outcome back instead of a duplicate version.
+   */
+  commitKey?: string;
   parent: number | null;
   layer: string;
   index: string;
@@ -129,6 +134,8 @@ export interface MetaRepo {
    * transaction); otherwise the version goes to `conflictRef` with reason 'fencing'.
    */
   commitVersion(v: NewVersion, ref: string, conflictRef: string, fence?: CommitFence): CommitOutcome;
+  /** The outcome of an earlier commit with this key, if one landed. */
+  findCommit(image: string, commitKey: string, ref: string): CommitOutcome | undefined;
   getRef(image: string, name: string): RefRow | undefined;
   listRefs(image: string): RefRow[];
   /** Compare-and-swap: moves only when the ref's head is `expect` (null = the ref must not exist). */

@@ -1,5 +1,6 @@
 import Database from 'better-sqlite3';
 import type {
+  ConflictReason,
   CommitFence, CommitOutcome, DesktopCreateOutcome, DesktopRow, ImageRow, LeaseAcquireOutcome, LeaseReleaseOutcome, LeaseRow, MetaRepo,
   NewVersion, RefLogRow, RefMoveOutcome, RefRow, TokenRow, VersionRow,
 } from './repo.js';
@@ -35,7 +36,13 @@ const SCHEMA = [
 ];
 
 /** Columns added after a table was first shipped: (table, column, definition). */
-const ADDED_COLUMNS: Array<[string, string, string]> = [['tokens', 'expires_at', 'TEXT']];
+const ADDED_COLUMNS: Array<[string, string, string]> = [
+  ['tokens', 'expires_at', 'TEXT'],
+  // Idempotent commits: the request's key, and where the version landed (ref, or conflict ref and why).
+  ['versions', 'commit_key', 'TEXT'],
+  ['versions', 'landed_ref', 'TEXT'],
+  ['versions', 'landed_reason', 'TEXT'],
+];
 
 type Row = Record<string, unknown>;
 
@@ -110,8 +117,20 @@ export class SqliteMetaRepo implements MetaRepo {
     return (this.db.prepare('SELECT * FROM versions WHERE image = ? ORDER BY version DESC LIMIT ?').all(image, limit) as Row[]).map(toVersion);
   }
 
+  findCommit(image: string, commitKey: string, ref: string): CommitOutcome | undefined {
+    const r = this.db.prepare('SELECT * FROM versions WHERE image = ? AND commit_key = ?').get(image, commitKey) as Row | undefined;
+    if (!r) return undefined;
+    const version = toVersion(r);
+    const landed = r.landed_ref as string;
+    const reason = r.landed_reason as ConflictReason | null;
+    if (!reason) return { kind: 'fast-forward', version, ref: landed };
+    return { kind: 'conflict', version, ref, head: this.getRef(image, ref)?.version ?? null, conflictRef: landed, reason };
+  }
+
   commitVersion(v: NewVersion, ref: string, conflictRef: string, fence?: CommitFence): CommitOutcome {
     return this.db.transaction((): CommitOutcome => {
+      const again = v.commitKey ? this.findCommit(v.image, v.commitKey, ref) : undefined;
+      if (again) return again;
       const next = Number((this.db.prepare('SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE image = ?').get(v.image) as Row).n);
       this.db.prepare(`INSERT INTO versions (image, version, parent, layer_id, index_id, kind, author, message, created_at, chunks_changed, chunks_total)
                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
@@ -122,6 +141,7 @@ export class SqliteMetaRepo implements MetaRepo {
       const fenced = !fence || (lease !== undefined && lease.holder !== null && lease.fencing === fence.fencing && lease.expiresAt > v.at);
       if (fenced && head === v.parent) {
         this.setRef(v.image, ref, head, next, v.kind, v.author, v.at);
+        this.landed(v, next, ref, null);
         return { kind: 'fast-forward', version, ref };
       }
       const why = fenced
@@ -131,8 +151,14 @@ export class SqliteMetaRepo implements MetaRepo {
       let name = conflictRef;
       for (let n = 2; this.getRef(v.image, name); n++) name = `${conflictRef}-${n}`;
       this.setRef(v.image, name, null, next, why, v.author, v.at);
+      this.landed(v, next, name, fenced ? 'parent' : 'fencing');
       return { kind: 'conflict', version, ref, head, conflictRef: name, reason: fenced ? 'parent' : 'fencing' };
     })();
+  }
+
+  private landed(v: NewVersion, version: number, ref: string, reason: ConflictReason | null): void {
+    this.db.prepare('UPDATE versions SET commit_key = ?, landed_ref = ?, landed_reason = ? WHERE image = ? AND version = ?')
+      .run(v.commitKey ?? null, ref, reason, v.image, version);
   }
 
   private setRef(image: string, name: string, old: number | null, to: number, reason: string, author: string, at: string): void {

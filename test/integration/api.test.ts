@@ -260,6 +260,26 @@ describe('versions and refs', () => {
     ]);
   });
 
+  it('a retried commit gets the version it made back, not a duplicate', async () => {
+    await createImage();
+    const [a, b] = [chunk(), chunk()];
+    await upload([a, b]);
+    const l1 = await layer([{ index: 0, id: a.id }]);
+    const first = await req('POST', '/api/v1/images/win/commits', { parent: null, ref: 'main', layer: l1, kind: 'import' });
+    const again = await req('POST', '/api/v1/images/win/commits', { parent: null, ref: 'main', layer: l1, kind: 'import' });
+    expect(first.statusCode).toBe(201);
+    expect(again.statusCode).toBe(201);
+    expect(again.json().version.version).toBe(first.json().version.version);
+    const l2 = await layer([{ index: 0, id: b.id }]);
+    await req('POST', '/api/v1/images/win/commits', { parent: 1, ref: 'main', layer: l2, kind: 'publish' });
+    const l3 = await layer([{ index: 1, id: b.id }]);
+    const c1 = await req('POST', '/api/v1/images/win/commits', { parent: 1, ref: 'main', layer: l3, kind: 'publish' });
+    const c2 = await req('POST', '/api/v1/images/win/commits', { parent: 1, ref: 'main', layer: l3, kind: 'publish' });
+    expect([c1.statusCode, c2.statusCode]).toEqual([409, 409]);
+    expect(c2.json()).toMatchObject({ version: { version: 3 }, conflictRef: c1.json().conflictRef, head: 2, reason: 'parent' });
+    expect((await req('GET', '/api/v1/images/win')).json().versions).toBe(3);
+  });
+
   it('an image with versions cannot be created again; an empty one can be resumed', async () => {
     await createImage();
     expect((await req('POST', '/api/v1/images', { name: 'win', virtualSize: VS, chunkSize: CS })).statusCode).toBe(200);
