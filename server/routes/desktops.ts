@@ -74,6 +74,7 @@ export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) =
   }, async (req, reply) => {
     const out = await desktops.commit(req.params.name, req.body, who(req.tokenScope));
     commits(1, { outcome: out.kind });
+    if (out.version.parent !== null) ctx.deltas.warm(out.version.layer, (err) => req.log.error({ err, version: out.version.version }, 'building the delta failed'));
     return sendCommit(reply, out, req.body.parent);
   });
 };

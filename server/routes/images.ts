@@ -76,6 +76,7 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
       message: b.message ?? '', author: b.author ?? req.tokenScope ?? 'admin',
     });
     commits(1, { outcome: out.kind });
+    if (out.version.parent !== null) ctx.deltas.warm(out.version.layer, (err) => req.log.error({ err, version: out.version.version }, 'building the delta failed'));
     return sendCommit(reply, out, b.parent);
   });
 

@@ -103,10 +103,11 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: 0, chunksPatched: 0 });
   if (state.state === 'clean' && state.version === to) return done(); // a boot with nothing to do
 
-  // Delta path: the versions from the disk's version (or from the root, for a blank disk) to the
-  // target; the target's index then follows from the layers, and is checked against its id.
-  const hops = await deltaPath(s, state.version, to);
-  const base = hops ? (state.version === null ? ChunkIndex.empty(g) : s.slot!.index) : null;
+  // Delta path: the versions from the disk's version to the target; the target's index then follows
+  // from the layers, checked against its id. (A blank disk fetches whole chunks: a root version's
+  // delta would be a second copy of the whole image on the server.)
+  const hops = state.version === null ? null : await deltaPath(s, state.version, to);
+  const base = hops ? s.slot!.index : null;
   const target = await targetIndex(s, to, hops && base ? { base, hops } : null);
   if (sameIndex(actual, target)) {
     state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null }, { index: target, hints });
@@ -127,9 +128,9 @@ interface Hop {
   indexId: string;
 }
 
-async function deltaPath(s: Session, from: number | null, to: number): Promise<Hop[] | null> {
+async function deltaPath(s: Session, from: number, to: number): Promise<Hop[] | null> {
   const chain = (await s.client.json<{ versions: VersionRow[] }>('GET', `/api/v1/images/${s.image.name}/versions?ref=${to}&limit=${MAX_HOPS + 1}`)).body.versions;
-  const j = from === null ? (chain[chain.length - 1]?.parent === null ? chain.length : -1) : chain.findIndex((v) => v.version === from);
+  const j = chain.findIndex((v) => v.version === from);
   if (j <= 0 || j > MAX_HOPS) return null;
   const hops: Hop[] = [];
   for (const v of chain.slice(0, j).reverse()) {

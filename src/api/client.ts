@@ -40,17 +40,35 @@ export class ApiClient {
   }
 
   async json<T>(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<T>> {
-    const res = await this.send(method, path, o);
-    const text = await res.text();
+    const { res, body: text } = await this.sendAndRead(method, path, o, (r) => r.text());
     this.stats.bytesReceived += Buffer.byteLength(text);
     return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T, bytesSent: bodySize(o) };
   }
 
   async binary(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<Buffer>> {
-    const res = await this.send(method, path, o);
-    const body = Buffer.from(await res.arrayBuffer());
+    const { res, body } = await this.sendAndRead(method, path, o, async (r) => Buffer.from(await r.arrayBuffer()));
     this.stats.bytesReceived += body.length;
     return { status: res.status, body, bytesSent: bodySize(o) };
+  }
+
+  /**
+   * send() and read the whole body. A connection that breaks mid-body (the server died while
+   * answering) is DF_ERR_UNREACHABLE, retried like a failed connect when the call is idempotent.
+   */
+  private async sendAndRead<B>(method: string, path: string, o: RequestOptions, read: (res: Response) => Promise<B>): Promise<{ res: Response; body: B }> {
+    const idempotent = o.idempotent ?? ['GET', 'HEAD', 'PUT'].includes(method);
+    for (let attempt = 1; ; attempt++) {
+      const res = await this.send(method, path, o);
+      try {
+        return { res, body: await read(res) };
+      } catch (cause) {
+        if (idempotent && attempt < this.attempts) {
+          await sleep(250 * 2 ** (attempt - 1));
+          continue;
+        }
+        throw dfError('DF_ERR_UNREACHABLE', `${method} ${path}: the connection to ${this.base} broke mid-body: ${causeText(cause)}`, { server: this.base, url: `${this.base}${path}` }, cause);
+      }
+    }
   }
 
   /** A response body as it arrives (for deltas: decoded frame by frame with bounded memory). */

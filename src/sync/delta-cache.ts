@@ -17,6 +17,11 @@ export class DeltaCache {
 
   constructor(private readonly dir: string, private readonly blobs: ChunkReader, private readonly chunks: ChunkReader) {}
 
+  /** Build a new version's delta in the background, so the first endpoint does not wait for it. */
+  warm(layerId: string, onError: (err: unknown) => void): void {
+    this.get(layerId).then(() => {}, onError);
+  }
+
   async get(layerId: string): Promise<Buffer> {
     const hit = await this.read(layerId);
     if (hit) return hit;

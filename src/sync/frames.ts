@@ -37,7 +37,15 @@ class ByteQueue {
   }
   peek(n: number): Buffer {
     if (this.parts[0] && this.parts[0].length >= n) return this.parts[0].subarray(0, n);
-    return Buffer.concat(this.parts, Math.min(this.length, Math.max(n, 0))).subarray(0, n);
+    // Only the parts that hold the first n bytes: Buffer.concat walks its whole list, which made
+    // every peek O(parts) and a frame arriving in tiny pieces quadratic.
+    const head: Buffer[] = [];
+    let got = 0;
+    for (let i = 0; i < this.parts.length && got < n; i++) {
+      head.push(this.parts[i]!);
+      got += this.parts[i]!.length;
+    }
+    return Buffer.concat(head, Math.min(got, Math.max(n, 0))).subarray(0, n);
   }
   take(n: number): Buffer {
     const first = this.parts[0];
