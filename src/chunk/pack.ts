@@ -1,4 +1,3 @@
-import { dfError } from '../errors.js';
 import { ID_BYTES, idHex, ZERO_ID } from './id.js';
 import { Reader, Writer } from '../wire/bytes.js';
 
@@ -49,10 +48,6 @@ export function encodePack(records: PackRecord[]): Buffer {
   return Buffer.concat(parts);
 }
 
-export function packSize(records: PackRecord[]): number {
-  return HEADER + TRAILER + records.reduce((n, r) => n + RECORD_HEAD + r.frame.length, 0);
-}
-
 export function decodePack(buf: Buffer, maxRawLength: number): PackRecord[] {
   const r = new Reader(buf, 'pack');
   if (!r.bytes(4, 'magic').equals(PACK_MAGIC)) r.fail('magic', 'expected "DFPK"', 0);
@@ -74,8 +69,4 @@ export function decodePack(buf: Buffer, maxRawLength: number): PackRecord[] {
     const flen = r.u32('frame length');
     out.push({ id: idHex(id), rawLength, frame: r.bytes(flen, 'frame') }); // a view: no copy
   }
-}
-
-export function assertPackFits(n: number, limit: number): void {
-  if (n > limit) throw dfError('DF_ERR_BAD_REQUEST', `pack of ${n} bytes exceeds the limit of ${limit}`, { size: n, limit });
 }

@@ -5,7 +5,7 @@ import { blocksPerChunk, chunkLength, maskBytes, type Geometry } from '../image/
 import type { Layer, LayerEntry } from '../image/layer.js';
 import { Writer } from '../wire/bytes.js';
 import { extractBlocks, maskedLength } from './blockhash.js';
-import { encodeFrameRecord, FRAME_RAW_MAX, FrameReader, FRAMES_END } from './frames.js';
+import { FrameReader, FrameWriter } from './frames.js';
 
 /**
  * A delta: what an endpoint holding a version's parent needs to rebuild that version's changed
@@ -38,24 +38,12 @@ export function deltaEntries(layer: Layer): LayerEntry[] {
 export async function buildDelta(layerId: string, layer: Layer, chunks: ChunkReader): Promise<Buffer[]> {
   const entries = deltaEntries(layer);
   const all = allMask(layer.geometry);
-  const out: Buffer[] = [new Writer(HEADER).bytes(DELTA_MAGIC).u8(1).u8(0).u16(0).bytes(Buffer.from(layerId, 'hex')).u32(entries.length).done()];
-  let parts: Buffer[] = [];
-  let size = 0;
-  const flush = () => {
-    if (size) out.push(encodeFrameRecord(Buffer.concat(parts, size)));
-    parts = [];
-    size = 0;
-  };
+  const w = new FrameWriter(new Writer(HEADER).bytes(DELTA_MAGIC).u8(1).u8(0).u16(0).bytes(Buffer.from(layerId, 'hex')).u32(entries.length).done());
   for (const e of entries) {
     const { raw } = await chunks.get(idHex(e.id));
-    const blocks = extractBlocks(raw, e.mask ?? all);
-    if (size + blocks.length > FRAME_RAW_MAX) flush();
-    parts.push(blocks);
-    size += blocks.length;
+    w.add(extractBlocks(raw, e.mask ?? all));
   }
-  flush();
-  out.push(FRAMES_END);
-  return out;
+  return w.end();
 }
 
 export interface DeltaItem {

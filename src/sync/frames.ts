@@ -25,6 +25,38 @@ export function encodeFrameRecord(raw: Buffer): Buffer {
 
 export const FRAMES_END = Buffer.alloc(8);
 
+/** Builds a framed stream after `header`: records are grouped into frames of at most 4 MiB raw. */
+export class FrameWriter {
+  private readonly out: Buffer[];
+  private parts: Buffer[] = [];
+  private size = 0;
+
+  constructor(header: Buffer) {
+    this.out = [header];
+  }
+
+  /** One record (its pieces stay in the same frame). */
+  add(...pieces: Buffer[]): void {
+    const n = pieces.reduce((k, p) => k + p.length, 0);
+    if (this.size + n > FRAME_RAW_MAX) this.flush();
+    this.parts.push(...pieces);
+    this.size += n;
+  }
+
+  private flush(): void {
+    if (this.size) this.out.push(encodeFrameRecord(Buffer.concat(this.parts, this.size)));
+    this.parts = [];
+    this.size = 0;
+  }
+
+  /** The header, the frames and the end marker. */
+  end(): Buffer[] {
+    this.flush();
+    this.out.push(FRAMES_END);
+    return this.out;
+  }
+}
+
 /** Bytes arriving in pieces; reads copy only what they take (no quadratic re-concatenation). */
 class ByteQueue {
   private parts: Buffer[] = [];
@@ -37,15 +69,7 @@ class ByteQueue {
   }
   peek(n: number): Buffer {
     if (this.parts[0] && this.parts[0].length >= n) return this.parts[0].subarray(0, n);
-    // Only the parts that hold the first n bytes: Buffer.concat walks its whole list, which made
-    // every peek O(parts) and a frame arriving in tiny pieces quadratic.
-    const head: Buffer[] = [];
-    let got = 0;
-    for (let i = 0; i < this.parts.length && got < n; i++) {
-      head.push(this.parts[i]!);
-      got += this.parts[i]!.length;
-    }
-    return Buffer.concat(head, Math.min(got, Math.max(n, 0))).subarray(0, n);
+    return Buffer.concat(this.parts, Math.min(this.length, Math.max(n, 0))).subarray(0, n);
   }
   take(n: number): Buffer {
     const first = this.parts[0];

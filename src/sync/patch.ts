@@ -3,7 +3,7 @@ import { hashBytes, ID_BYTES, idHex, isZeroId } from '../chunk/id.js';
 import { blocksPerChunk, checkGeometry, maskBytes, MAX_CHUNK_SIZE, type Geometry } from '../image/geometry.js';
 import { Writer } from '../wire/bytes.js';
 import { maskedLength, patchBlocks } from './blockhash.js';
-import { encodeFrameRecord, FRAME_RAW_MAX, FrameReader, FRAMES_END } from './frames.js';
+import { FrameReader, FrameWriter } from './frames.js';
 
 /**
  * A patch upload: new chunks sent as the 4 KiB blocks that differ from a base chunk the server
@@ -35,23 +35,11 @@ export interface PatchRecord {
 
 export function encodePatch(g: Geometry, records: PatchRecord[]): Buffer {
   const mb = maskBytes(g);
-  const out: Buffer[] = [new Writer(HEADER).bytes(PATCH_MAGIC).u8(1).u8(0).u16(0).u32(g.chunkSize).done()];
-  let parts: Buffer[] = [];
-  let size = 0;
-  const flush = () => {
-    if (size) out.push(encodeFrameRecord(Buffer.concat(parts, size)));
-    parts = [];
-    size = 0;
-  };
+  const w = new FrameWriter(new Writer(HEADER).bytes(PATCH_MAGIC).u8(1).u8(0).u16(0).u32(g.chunkSize).done());
   for (const r of records) {
-    const head = new Writer(ID_BYTES * 2 + 4 + mb).bytes(Buffer.from(r.id, 'hex')).bytes(r.base ? Buffer.from(r.base, 'hex') : Buffer.alloc(ID_BYTES)).u32(r.length).bytes(r.mask).done();
-    if (size + head.length + r.blocks.length > FRAME_RAW_MAX) flush();
-    parts.push(head, r.blocks);
-    size += head.length + r.blocks.length;
+    w.add(new Writer(ID_BYTES * 2 + 4 + mb).bytes(Buffer.from(r.id, 'hex')).bytes(r.base ? Buffer.from(r.base, 'hex') : Buffer.alloc(ID_BYTES)).u32(r.length).bytes(r.mask).done(), r.blocks);
   }
-  flush();
-  out.push(FRAMES_END);
-  return Buffer.concat(out);
+  return Buffer.concat(w.end());
 }
 
 export function decodePatch(body: Buffer): { chunkSize: number; records: PatchRecord[] } {

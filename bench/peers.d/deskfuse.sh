@@ -1,0 +1,190 @@
+# deskfuse as a peer of the shared harness (../shared/bench/peers.sh), same run, same tables:
+#
+#   PEER_HOOKS=/work/main/bench/peers.d/deskfuse.sh /work/shared/bench/peers.sh bench/data/2G
+#
+# Sourced once by peers.sh (see its peers.d/example.sh.txt); uses its timed/record and $R $D $SIZE
+# $SHA_V2 $SHA_LOCAL $PIDS. env: DESKFUSE_CLI (default <repo>/dist/cli/main.js), DF_PORT=18481
+# (deskfuse server), DF_PROXY_PORT=18482 (byte counter), DF_SCAN=1 (scan rows).
+#
+# Setup (rep 1 prep): a deskfuse server on 127.0.0.1:DF_PORT with data in $R/tmp/deskfuse (removed
+# with $R/tmp at exit; the server and the relay are appended to peers.sh's PIDS, so its cleanup stops
+# them by PID). `image create win --from base.img` (version 1, ref `base`), then timed
+# `image publish win --from v2.img` (version 2 on main) -> prep row.
+#
+# Wire bytes: the agent talks to the server through bench/tcpcount.mjs, a TCP relay on DF_PROXY_PORT
+# that logs the payload of every connection in both directions (HTTP headers and bodies, as nginx's
+# $bytes_sent + $request_length for the other peers). Requests: the agent's own count (JSON
+# `requests`). Server CPU: peers.sh's srv_ticks of the deskfuse server. Admin calls go straight to
+# the server and are never timed.
+#
+# Per rep:
+#   update : two desktops at `base`, each with a blank disk file provisioned by `agent sync` (row
+#            scenario "provision", not in the peer tables), both desktops reset to main, then timed
+#            `agent sync` on disk a ("deskfuse-first-client": the server builds v2's delta, made once
+#            per version and cached; its cached file is removed before each rep so every rep measures
+#            that) and on disk b ("deskfuse": a client served from the cache). Checked: sha256 of the
+#            disk's first <virtual size> bytes = v2.img.
+#   scan   : on disk a (now clean at v2): xxhsum -H2 over the disk file, `agent handoff` + `agent sync`
+#            (full scan, JSON scanned=true), then `agent sync` on the clean disk (scanned=false).
+#            Rows in scenario "scan" (results.tsv only; bench/run.sh turns them into a table).
+#   capture: a desktop at base, a blank disk provisioned by `agent sync`, `agent handoff`, local.img
+#            dd'd onto it (the OS at work), timed `agent commit`. Checked on rep 1: `image export`
+#            of desktops/capN = local.img (sha256).
+
+DF_HOOK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+DF_REPO=$(cd "$DF_HOOK_DIR/../.." && pwd)
+DF_CLI=${DESKFUSE_CLI:-$DF_REPO/dist/cli/main.js}
+DF_PORT=${DF_PORT:-18481}
+DF_PPORT=${DF_PROXY_PORT:-18482}
+DF_SCAN=${DF_SCAN:-1}
+DF_DIR=$R/tmp/deskfuse
+DF_SPID=
+DF_XPID=
+DF_DELTA_V2=          # file name of v2's cached delta (learnt in rep 1)
+DF_DISK_SIZE=$((SIZE + SIZE / 128))   # image + room for the state area (it needs 96 B per 64 KiB chunk x2)
+
+df_log() { echo "   [deskfuse] $*" >&2; }
+df_die() { echo "deskfuse hook: $*" >&2; exit 1; }
+
+# admin CLI, straight to the server (untimed setup)
+df_admin() { DESKFUSE_SERVER="http://127.0.0.1:$DF_PORT" DESKFUSE_TOKEN="$DF_ADMIN" node "$DF_CLI" "$@"; }
+
+df_port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+df_start() {
+  [ -n "$DF_SPID" ] && return 0
+  [ -f "$DF_CLI" ] || df_die "$DF_CLI is missing: run npm run build"
+  local p
+  for p in "$DF_PORT" "$DF_PPORT"; do df_port_busy "$p" && df_die "something already answers on 127.0.0.1:$p (set DF_PORT / DF_PROXY_PORT)"; done
+  rm -rf "$DF_DIR"; mkdir -p "$DF_DIR"
+  node "$DF_CLI" server --data "$DF_DIR/srv" --listen "127.0.0.1:$DF_PORT" --log-level warn > "$DF_DIR/server.log" 2>&1 &
+  DF_SPID=$!; PIDS+=("$DF_SPID")
+  node "$DF_REPO/bench/tcpcount.mjs" "$DF_PPORT" "$DF_PORT" "$DF_DIR/wire.log" > "$DF_DIR/proxy.out" 2>&1 &
+  DF_XPID=$!; PIDS+=("$DF_XPID")
+  local i
+  for i in $(seq 300); do
+    kill -0 "$DF_SPID" 2>/dev/null || { tail -n 20 "$DF_DIR/server.log" >&2; df_die "server exited during start"; }
+    if [ -s "$DF_DIR/srv/admin.token" ] && grep -q ready "$DF_DIR/proxy.out" 2>/dev/null &&
+      curl -fsS -o /dev/null "http://127.0.0.1:$DF_PORT/healthz" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  [ -s "$DF_DIR/srv/admin.token" ] || df_die "server not up after 30 s"
+  DF_ADMIN=$(cat "$DF_DIR/srv/admin.token")
+  df_log "server pid $DF_SPID on 127.0.0.1:$DF_PORT, byte-counting relay pid $DF_XPID on :$DF_PPORT ($(node "$DF_CLI" --version 2>/dev/null || git -C "$DF_REPO" rev-parse --short HEAD))"
+}
+
+# df_timed OUTFILE cmd... : peers.sh's timed against the deskfuse server, stdout to OUTFILE; wire
+# bytes of the relay during the command -> DF_DOWN DF_UP DF_CONNS; DF_OK=1 unless the command failed
+df_timed() {
+  local out=$1; shift
+  : > "$DF_DIR/wire.log"
+  timed "$DF_SPID" "$@" > "$out" 2> "$out.err" || true
+  DF_OK=1
+  if grep -q '^Command' "$R/tmp/time"; then   # /usr/bin/time prepends "Command exited with non-zero status N"
+    DF_OK=0
+    read -r W U S M < <(tail -n 1 "$R/tmp/time")
+    df_log "FAILED: $* ($(tail -n 3 "$out.err" | tr '\n' ' '))"
+  fi
+  read -r DF_DOWN DF_UP DF_CONNS < <(awk '{d+=$1; u+=$2; n++} END{printf "%.0f %.0f %d\n", d, u, n}' "$DF_DIR/wire.log")
+}
+
+# field of the last JSON line of FILE ('?' if absent)
+df_json() {
+  python3 -c '
+import json, sys
+try:
+    o = json.loads([l for l in open(sys.argv[1]) if l.strip()][-1])
+except Exception:
+    o = {}
+v = o.get(sys.argv[2], "?")
+print(json.dumps(v) if isinstance(v, (bool, type(None))) else v)' "$1" "$2"
+}
+
+df_sha_head() { # FILE -> sha256 of its first $SIZE bytes
+  if command -v openssl >/dev/null; then head -c "$SIZE" "$1" | openssl dgst -sha256 -r | cut -d' ' -f1
+  else head -c "$SIZE" "$1" | sha256sum | cut -d' ' -f1; fi
+}
+df_check_head() { local got; got=$(df_sha_head "$1"); if [ "$got" = "$2" ]; then echo ok; else echo "BAD($got)"; fi; }
+
+# df_provision DESKTOP DISK REP -> token in DF_TOKEN; a blank disk synced to the desktop's head
+df_provision() {
+  df_admin desktop create "$1" --image win --from base > /dev/null
+  DF_TOKEN=$(df_admin desktop token "$1" 2>/dev/null)
+  rm -f "$2"; truncate -s "$DF_DISK_SIZE" "$2"
+  df_timed "$DF_DIR/prov.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$2" --desktop "$1" --token "$DF_TOKEN" --server "http://127.0.0.1:$DF_PPORT" --json
+  [ "$DF_OK" = 1 ] || df_die "provisioning $1 failed"
+  record provision deskfuse-provision "$3" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/prov.json" requests)" - \
+    "blank disk -> version $(df_json "$DF_DIR/prov.json" to); chunksWritten=$(df_json "$DF_DIR/prov.json" chunksWritten) connections=$DF_CONNS"
+}
+
+deskfuse_prep() {
+  [ "$1" = 1 ] || return 0
+  df_start
+  df_log "image create win --from base.img (untimed setup)"
+  df_admin image create win --from "$D/base.img" --json > "$DF_DIR/create.json"
+  df_admin ref set win base 1 --expect none > /dev/null
+  df_timed "$DF_DIR/publish.json" env DESKFUSE_SERVER="http://127.0.0.1:$DF_PORT" DESKFUSE_TOKEN="$DF_ADMIN" node "$DF_CLI" image publish win --from "$D/v2.img" --json
+  [ "$DF_OK" = 1 ] || df_die "publish failed"
+  record prep "prep:deskfuse-publish(v2)" "$1" "$(df_json "$DF_DIR/publish.json" bytesUploaded)" 0 "$(df_json "$DF_DIR/publish.json" chunksNew)" - \
+    "uploaded bytes, new chunks (client CPU; server CPU ${SRV}s); the v2 delta is built by the first client"
+}
+
+deskfuse_update() {
+  local rep=$1 a="$DF_DIR/up$1a.img" b="$DF_DIR/up$1b.img" n
+  df_start
+  df_provision "up$rep-a" "$a" "$rep"; local ta=$DF_TOKEN
+  df_provision "up$rep-b" "$b" "$rep"; local tb=$DF_TOKEN
+  df_admin desktop reset "up$rep-a" --to main > /dev/null
+  df_admin desktop reset "up$rep-b" --to main > /dev/null
+  # first client: v2's delta must not be cached yet
+  if [ -n "$DF_DELTA_V2" ]; then rm -f "$DF_DIR/srv/deltas/$DF_DELTA_V2"; fi
+  local before; before=$(ls "$DF_DIR/srv/deltas" 2>/dev/null | sort)
+  for n in a b; do
+    local disk=$a tok=$ta peer=deskfuse-first-client
+    [ $n = b ] && disk=$b tok=$tb peer=deskfuse
+    df_timed "$DF_DIR/up.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$disk" --desktop "up$rep-$n" --token "$tok" --server "http://127.0.0.1:$DF_PPORT" --json
+    local ok=FAILED
+    [ "$DF_OK" = 1 ] && ok=$(df_check_head "$disk" "$SHA_V2")
+    record update "$peer" "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/up.json" requests)" "$ok" \
+      "agent sync $(df_json "$DF_DIR/up.json" from)->$(df_json "$DF_DIR/up.json" to); chunksWritten=$(df_json "$DF_DIR/up.json" chunksWritten) connections=$DF_CONNS"
+    if [ $n = a ]; then
+      local made; made=$(comm -13 <(echo "$before") <(ls "$DF_DIR/srv/deltas" 2>/dev/null | sort) | head -n 1)
+      [ -n "$made" ] && DF_DELTA_V2=$made
+    fi
+  done
+  rm -f "$b"
+  if [ "$DF_SCAN" = 1 ]; then
+    timed "$DF_SPID" xxhsum -H2 "$a" > /dev/null
+    record scan xxhsum-H2 "$rep" 0 0 0 - "xxhsum -H2 over the whole disk file ($(stat -c %s "$a") bytes, $(du -B1 "$a" | cut -f1) allocated)"
+    node "$DF_CLI" agent handoff --disk "$a" > /dev/null
+    df_timed "$DF_DIR/scan.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$a" --desktop "up$rep-a" --token "$ta" --server "http://127.0.0.1:$DF_PPORT" --json
+    record scan deskfuse-scan-dirty "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/scan.json" requests)" "scanned=$(df_json "$DF_DIR/scan.json" scanned)" \
+      "agent sync after handoff (state dirty), nothing new on the server; agent seconds=$(df_json "$DF_DIR/scan.json" seconds)"
+    df_timed "$DF_DIR/clean.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$a" --desktop "up$rep-a" --token "$ta" --server "http://127.0.0.1:$DF_PPORT" --json
+    record scan deskfuse-sync-clean "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/clean.json" requests)" "scanned=$(df_json "$DF_DIR/clean.json" scanned)" \
+      "agent sync of a clean disk, nothing new; agent seconds=$(df_json "$DF_DIR/clean.json" seconds)"
+  fi
+  rm -f "$a"
+}
+
+deskfuse_capture() {
+  local rep=$1 disk="$DF_DIR/cap$1.img"
+  df_start
+  df_provision "cap$rep" "$disk" "$rep"; local tok=$DF_TOKEN
+  node "$DF_CLI" agent handoff --disk "$disk" > /dev/null
+  dd if="$D/local.img" of="$disk" bs=4M conv=notrunc,sparse status=none
+  df_timed "$DF_DIR/cap.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent commit --disk "$disk" --token "$tok" --server "http://127.0.0.1:$DF_PPORT" --json
+  local ok=- commit_ok=$DF_OK
+  local w=$W u=$U s=$S m=$M srv=$SRV other=$OTHER
+  if [ "$commit_ok" != 1 ]; then ok=FAILED
+  elif [ "$rep" = 1 ]; then
+    rm -f "$DF_DIR/x.img"
+    df_admin image export "win@desktops/cap$rep" --to "$DF_DIR/x.img" > /dev/null 2>&1 || true
+    if [ -f "$DF_DIR/x.img" ]; then ok=$(check "$DF_DIR/x.img" "$SHA_LOCAL"); else ok=FAILED-export; fi
+    rm -f "$DF_DIR/x.img"
+  fi
+  W=$w U=$u S=$s M=$m SRV=$srv OTHER=$other
+  record capture deskfuse "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/cap.json" requests)" "$ok" \
+    "agent commit (scan + patch upload) -> version $(df_json "$DF_DIR/cap.json" version), localChanges=$(df_json "$DF_DIR/cap.json" localChanges) connections=$DF_CONNS"
+  rm -f "$disk"
+}
