@@ -5,10 +5,17 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse   (casync runs without dist/)
+#      ONLY=all           all | casync | deskfuse | sync   (casync runs without dist/; sync = only the
+#                         sync-engine part below)
+#      SYNC_REPS=3        reps of the peer harness run (medians)
+#      SYNC_PEERS='prep:zstd|full|rsync|casync|zsync'   peers.sh ONLY= regex of the built-in peers run
+#                         next to deskfuse (xdelta3 and zstd --patch-from are left out: ~10 min/rep)
+#      PEERS_PORT=18080 RSYNC_PORT=18873   nginx / rsyncd of the harness; DF_PORT=18481 and
+#                         DF_PROXY_PORT=18482 for the hook's deskfuse server and byte counter
 #      GRANULARITY=auto   auto (run unless its JSON is newer than the images) | always | never
 #      KEEP_TMP=0         1 keeps bench/data/tmp-* (stores, exported images, logs)
-#      DESKFUSE_CLI       path of the CLI entry (default dist/cli/main.js, built by npm run build)
+#      DESKFUSE_CLI       path of the CLI entry (default: a copy of dist/ taken at start, so a rebuild
+#                         during the run changes nothing; dist/ is built by npm run build)
 #
 # Steps per tool (each under /usr/bin/time: wall, user, sys, max RSS):
 #   import  base.img -> store   casync make base.caibx      | deskfuse image create bench --from base.img
@@ -17,7 +24,13 @@
 # The restored image is checked with sha256 against v2.img. For deskfuse the server's CPU delta
 # (/proc/PID/stat utime+stime, incl. reaped children) and its peak RSS (VmHWM, reset per step via
 # /proc/PID/clear_refs) are recorded too. Output: a markdown table, also in bench/data/results.md.
-# Nothing leaves loopback: the server listens on 127.0.0.1 only.
+#
+# Then the sync engine (issue 3), in the same run as its peers: the shared harness
+# $DESKFUSE_SHARED/bench/peers.sh with PEER_HOOKS=bench/peers.d/deskfuse.sh (update base->v2 and
+# capture local->server for nginx/rsyncd peers and deskfuse's agent, scan of a dirty disk vs
+# xxhsum -H2, agent RSS), its median tables, and one table per issue-3 target with "met?".
+# Appended to bench/data/results.md. Agent RSS at SIZE=8G: bench/memory.sh.
+# Nothing leaves loopback: every server listens on 127.0.0.1 only.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,18 +49,25 @@ RESULTS=$BENCH/data/results.md
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 
-case $ONLY in all | casync | deskfuse) ;; *) die "ONLY must be all, casync or deskfuse (got '$ONLY')" ;; esac
+SYNC_REPS=${SYNC_REPS:-3}
+SYNC_PEERS=${SYNC_PEERS:-'prep:zstd|full|rsync|casync|zsync'}
+PEERS_PORT=${PEERS_PORT:-18080}
+RSYNC_PORT=${RSYNC_PORT:-18873}
+T_START=$(date +%s)
+
+case $ONLY in all | casync | deskfuse | sync) ;; *) die "ONLY must be all, casync, deskfuse or sync (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
-if want deskfuse && [ ! -f "$CLI" ]; then
+if { want deskfuse || want sync; } && [ ! -f "$CLI" ]; then
   die "$CLI is missing: run npm run build first (or ONLY=casync to bench casync alone)"
 fi
 
 # ---- tools: install only what is missing (idempotent) ----
 need_pkgs=()
 for pair in casync:casync qemu-img:qemu-utils mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
-  faketime:faketime /usr/bin/time:time zstd:zstd curl:curl python3:python3 sha256sum:coreutils numfmt:coreutils; do
+  faketime:faketime /usr/bin/time:time zstd:zstd curl:curl python3:python3 sha256sum:coreutils numfmt:coreutils \
+  $(want sync && echo rsync:rsync zsync:zsync zsyncmake:zsync nginx:nginx-light xxhsum:xxhash || true); do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
@@ -110,6 +130,12 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# the CLI the whole run uses: a copy of dist/ (bare imports still resolve to <repo>/node_modules)
+if [ -z "${DESKFUSE_CLI:-}" ] && [ -f "$CLI" ] && { want deskfuse || want sync; }; then
+  cp -a "$REPO/dist" "$T/dist"
+  CLI=$T/dist/cli/main.js
+fi
 
 CLK_TCK=$(getconf CLK_TCK)
 # utime+stime+cutime+cstime of PID, in ticks (fields after the ")" that ends comm)
@@ -218,6 +244,7 @@ if want deskfuse; then
 fi
 
 # ---- report ----
+if [ -s "$ROWS" ]; then
 python3 - "$ROWS" "$RESULTS" "$SIZE" "$DATA" <<'PY'
 import sys, datetime
 rows_path, out_path, size, data = sys.argv[1:5]
@@ -266,5 +293,13 @@ text = "\n".join(L) + "\n"
 open(out_path, "w").write(text)
 print(text, end="")
 PY
+fi
+
+if want sync; then
+  # shellcheck source=bench/sync-targets.sh
+  source "$BENCH/sync-targets.sh"
+fi
+
 log "results: $RESULTS"
-[ $FAIL = 0 ] || die "an output image did not match v2.img's sha256"
+log "total wall time: $(( $(date +%s) - T_START )) s"
+[ $FAIL = 0 ] || die "an output image or disk did not match its sha256"

@@ -66,7 +66,7 @@ export async function* readDelta(layerId: string, layer: Layer, body: AsyncItera
   let frame: Buffer | null | undefined;
   let off = 0;
   const check = (h: Buffer) => {
-    if (!h.subarray(0, 4).equals(DELTA_MAGIC) || h[4] !== 1) throw dfError('DF_ERR_DECODE', 'delta: bad magic or version', { what: 'delta', offset: 0 });
+    if (!h.subarray(0, 4).equals(DELTA_MAGIC) || h[4] !== 1 || h.readUIntBE(5, 3) !== 0) throw dfError('DF_ERR_DECODE', 'delta: bad magic, version or reserved bytes', { what: 'delta', offset: 0 });
     if (h.subarray(8, 40).toString('hex') !== layerId) throw dfError('DF_ERR_DECODE', 'delta: made for another layer', { what: 'delta', field: 'layer id', offset: 8 });
     if (h.readUInt32BE(40) !== entries.length) throw dfError('DF_ERR_DECODE', `delta: ${h.readUInt32BE(40)} entries, layer has ${entries.length}`, { what: 'delta', field: 'entry count', offset: 40 });
   };

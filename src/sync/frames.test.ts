@@ -91,7 +91,12 @@ describe('frame records', () => {
 
 describe('FrameReader over arbitrarily split input', () => {
   const rnd = prng(0xf4a);
-  const randomBytes = (n: number) => Buffer.from(Array.from({ length: n }, () => Math.floor(rnd() * 256)));
+  /** Seeded bytes, 4 per PRNG draw. */
+  const randomBytes = (n: number) => {
+    const b = Buffer.alloc(n + 3);
+    for (let i = 0; i < n; i += 4) b.writeUInt32LE(Math.floor(rnd() * 2 ** 32), i);
+    return b.subarray(0, n);
+  };
   const frames = [
     Buffer.from('x'),
     Buffer.from('compressible '.repeat(5000)),

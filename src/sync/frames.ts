@@ -69,7 +69,15 @@ class ByteQueue {
   }
   peek(n: number): Buffer {
     if (this.parts[0] && this.parts[0].length >= n) return this.parts[0].subarray(0, n);
-    return Buffer.concat(this.parts, Math.min(this.length, Math.max(n, 0))).subarray(0, n);
+    // Only the parts that hold the first n bytes: Buffer.concat walks its whole list, which made
+    // every peek O(parts) and a frame arriving in tiny pieces quadratic.
+    const head: Buffer[] = [];
+    let got = 0;
+    for (let i = 0; i < this.parts.length && got < n; i++) {
+      head.push(this.parts[i]!);
+      got += this.parts[i]!.length;
+    }
+    return Buffer.concat(head, Math.min(got, Math.max(n, 0))).subarray(0, n);
   }
   take(n: number): Buffer {
     const first = this.parts[0];
@@ -82,14 +90,17 @@ class ByteQueue {
     }
     const out = Buffer.allocUnsafe(n);
     let o = 0;
+    let i = 0;
     while (o < n) {
-      const p = this.parts[0]!;
+      const p = this.parts[i]!;
       const k = Math.min(p.length, n - o);
       p.copy(out, o, 0, k);
       o += k;
-      if (k === p.length) this.parts.shift();
-      else this.parts[0] = p.subarray(k);
+      if (k === p.length) i++;
+      else this.parts[i] = p.subarray(k);
     }
+    // One splice: a shift per consumed part is O(parts) each on a long queue (quadratic).
+    this.parts.splice(0, i);
     this.length -= n;
     return out;
   }

@@ -72,7 +72,11 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
 
 /** Fill buf[0, len) with the disk bytes at `start`: allocated extents read, holes zeroed. */
 function readAllocated(fd: number, buf: Buffer, start: number, len: number, extents: ScanRangeArgs['extents']): number {
-  if (!extents) return readFully(fd, buf, 0, len, start);
+  if (!extents) {
+    const n = readFully(fd, buf, 0, len, start);
+    buf.fill(0, n, len); // past the end of a short file reads as zero, never as the previous batch
+    return n;
+  }
   buf.fill(0, 0, len);
   let n = 0;
   const end = start + len;

@@ -31,6 +31,8 @@ const ZERO = '0'.repeat(64);
 let tmp: ReturnType<typeof tempDir>;
 let srv: Awaited<ReturnType<typeof startProcess>>;
 let admin: Record<string, string>;
+/** A transparent proxy the kill tests run the agent through, to time kills from its first request. */
+let relay: TestProxy;
 const f = (n: string) => path.join(tmp.dir, n);
 const dataDir = () => f('data');
 
@@ -97,25 +99,31 @@ function agent(args: string[], opts: { token?: string; server?: string } = {}): 
   return cli(['agent', ...args, '--json'], { DESKFUSE_SERVER: opts.server ?? srv.url, DESKFUSE_TOKEN: opts.token ?? srv.token });
 }
 
-/** `agent …` as a child process, SIGKILLed after `delayMs` unless it exits first. */
+/**
+ * `agent …` as a child process talking to the server through `relay`, SIGKILLed `delayMs` after
+ * its first request reached the server (so the kill lands in its work, not in Node's startup),
+ * unless it exits first.
+ */
 async function agentKilled(args: string[], delayMs: number, token: string): Promise<{ killed: boolean; code: number | null }> {
   const child = spawn(process.execPath, [CLI, 'agent', ...args, '--json'], {
-    env: { ...process.env, DESKFUSE_DATA: '/nonexistent', DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: token },
+    env: { ...process.env, DESKFUSE_DATA: '/nonexistent', DESKFUSE_SERVER: relay.url, DESKFUSE_TOKEN: token },
     stdio: ['ignore', 'ignore', 'ignore'],
   });
-  const timer = setTimeout(() => child.kill('SIGKILL'), delayMs);
+  let timer: NodeJS.Timeout | undefined;
+  relay.hooks.onRequest = () => {
+    timer ??= setTimeout(() => child.kill('SIGKILL'), delayMs);
+  };
   const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
   clearTimeout(timer);
+  relay.hooks.onRequest = undefined;
   return { killed: signal === 'SIGKILL', code };
 }
 
-/** Wall time of one agent run and the seconds it reports itself: the difference is process startup. */
-async function timed(args: string[], token: string): Promise<{ r: CliResult; wall: number; startup: number }> {
-  const t0 = performance.now();
-  const r = await agent(args, { token });
-  const wall = performance.now() - t0;
+/** The seconds an uninterrupted agent run (through the relay) reports: its work, without startup. */
+async function timed(args: string[], token: string): Promise<{ r: CliResult; work: number }> {
+  const r = await agent(args, { token, server: relay.url });
   expect(r.code, r.stderr).toBe(0);
-  return { r, wall, startup: Math.max(0, wall - r.json.seconds * 1000) };
+  return { r, work: r.json.seconds * 1000 };
 }
 
 async function api<T = any>(method: string, url: string, body?: unknown): Promise<T> {
@@ -213,9 +221,11 @@ beforeAll(async () => {
   expect(s.code, s.stderr).toBe(0);
   expect(imageSha(f('tpl-base.img'))).toBe(img.base.sha);
   await reset('k', 'main');
+  relay = await startProxy(srv.url);
 }, 120_000);
 
 afterAll(async () => {
+  await relay?.close();
   if (srv) await stopProcess(srv.proc);
   tmp?.cleanup();
 });
@@ -230,22 +240,29 @@ describe('kill -9 of the agent', () => {
     const blank = await timed(syncArgs(blankDisk('k.img')), token);
     expect(blank.r.json).toMatchObject({ from: null, to: 2 });
     expect(imageSha(f('k.img'))).toBe(img.v2.sha);
-    const update = await timed(syncArgs(copyDisk(f('tpl-base.img'), 'k.img')), token);
-    expect(update.r.json).toMatchObject({ from: 1, to: 2, scanned: false });
-    expect(imageSha(f('k.img'))).toBe(img.v2.sha);
+    let update = { work: Infinity };
+    for (let m = 0; m < 2; m++) {
+      const u = await timed(syncArgs(copyDisk(f('tpl-base.img'), 'k.img')), token);
+      expect(u.r.json).toMatchObject({ from: 1, to: 2, scanned: false });
+      expect(imageSha(f('k.img'))).toBe(img.v2.sha);
+      if (u.work < update.work) update = u;
+    }
 
     const rnd = uniform(2026);
     const seen: Record<string, number> = {};
     let kills = 0;
-    for (let i = 0; i < 20; i++) {
+    let i = 0;
+    for (; kills < 22 && i < 30; i++) {
       const kind = i % 2 === 0 ? 'blank' : 'update';
       const disk = kind === 'blank' ? blankDisk('k.img') : copyDisk(f('tpl-base.img'), 'k.img');
       const before = kind === 'blank' ? Array<string>(N).fill(ZERO) : img.base.ids;
       const t = kind === 'blank' ? blank : update;
       // Every third iteration also kills the rerun (which resumes the interrupted apply, scanning first).
       for (let round = 0; round < (i % 3 === 2 ? 2 : 1); round++) {
-        const delay = 0.8 * t.startup + rnd() * (t.wall * 1.1 - 0.8 * t.startup);
+        const delay = rnd() * t.work * 1.1;
+        const t0 = performance.now();
         const k = await agentKilled(syncArgs(disk), delay, token);
+        if (process.env.DEBUG_KILLS) console.log(kind, round, delay.toFixed(0), k.killed, (performance.now() - t0).toFixed(0));
         if (k.killed) kills++;
         else expect(k.code).toBe(0);
         const st = await status(disk);
@@ -259,7 +276,7 @@ describe('kill -9 of the agent', () => {
       expect(imageSha(disk), `iteration ${i} (${kind})`).toBe(img.v2.sha);
       expect(await status(disk)).toMatchObject({ state: 'clean', version: 2, desktop: 'k' });
     }
-    console.log(`sync kills: ${kills}; state after each kill: ${JSON.stringify(seen)}`);
+    console.log(`sync: ${i} iterations, ${kills} kills (blank ${blank.work.toFixed(0)} ms, update ${update.work.toFixed(0)} ms of work); state after each kill: ${JSON.stringify(seen)}`);
     expect(kills).toBeGreaterThanOrEqual(20);
     // The kills landed in the middle of the work, not only before or after it.
     const mid = Object.entries(seen).filter(([w]) => /:(applying|dirty)$/.test(w)).reduce((n, [, c]) => n + c, 0);
@@ -310,11 +327,12 @@ describe('kill -9 of the agent', () => {
     const rnd = uniform(77);
     const seen: Record<string, number> = {};
     let kills = 0;
-    for (let i = 1; i <= 22; i++) {
+    let i = 1;
+    for (; kills < 20 && i <= 32; i++) {
       await localWrites(i);
       const viaSync = i % 2 === 0;
       const args = viaSync ? ['sync', '--disk', disk, '--desktop', 'c'] : ['commit', '--disk', disk];
-      const delay = 0.8 * t.startup + rnd() * (t.wall * 1.2 - 0.8 * t.startup);
+      const delay = rnd() * t.work * 1.1;
       const k = await agentKilled(args, delay, token);
       if (k.killed) kills++;
       // Where the kill landed: before the commit reached the server, after it landed but before
@@ -327,7 +345,7 @@ describe('kill -9 of the agent', () => {
       expect(again.code, `iteration ${i}: ${again.stderr}`).toBe(0);
       await check(`iteration ${i} (${where}, rerun by ${viaSync ? 'sync' : 'commit'})`);
     }
-    console.log(`commit kills: ${kills}; where: ${JSON.stringify(seen)}`);
+    console.log(`commit: ${i - 1} iterations, ${kills} kills (${t.work.toFixed(0)} ms of work); where: ${JSON.stringify(seen)}`);
     expect(kills).toBeGreaterThanOrEqual(20);
 
     // The window that could duplicate a version, made certain: the commit lands and the disk is
@@ -366,3 +384,327 @@ describe('kill -9 of the agent', () => {
     expect(v.json).toMatchObject({ ok: true, corrupt: [], missing: [] });
   }, 150_000);
 });
+
+// ---------------------------------------------------------------- 3. the server goes away
+
+describe('the server killed, restarted or unreachable', () => {
+  /** The agent syncs through a proxy that kills the server when the first request matching `at` arrives. */
+  async function syncWhileServerDies(disk: string, desk: string, at: RegExp, downMs: number | null): Promise<{ r: CliResult; proxy: TestProxy }> {
+    const proxy = await startProxy(srv.url);
+    let restarted: Promise<void> | undefined;
+    proxy.hooks.onRequest = async (method, url) => {
+      if (restarted || !at.test(url)) return;
+      restarted = killServer().then(async () => {
+        if (downMs !== null) {
+          await sleep(downMs);
+          await restartServer();
+        }
+      });
+      // The request in flight dies with the server: its connection is dropped.
+      throw new Error('server killed');
+    };
+    const r = await agent(['sync', '--disk', disk, '--desktop', desk, '--holder', `endpoint-${desk}`], { token: tokens[desk]!, server: proxy.url });
+    await restarted;
+    await proxy.close();
+    expect(restarted, 'the server was killed').toBeDefined();
+    return { r, proxy };
+  }
+
+  it('killed mid-fetch and back within seconds: the agent retries with backoff and completes', async () => {
+    await desktop('s', 'main');
+    // blank → v2 through deltas; the server dies at the first delta request, back after 0.8 s
+    const disk = blankDisk('s.img');
+    const a = await syncWhileServerDies(disk, 's', /\/delta$/, 800);
+    expect(a.r.code, a.r.stdout + a.r.stderr).toBe(0);
+    expect(a.r.json).toMatchObject({ from: null, to: 2 });
+    expect(a.proxy.seen.filter((x) => x.endsWith('/delta')).length).toBeGreaterThan(2); // retried
+    expect(imageSha(disk)).toBe(img.v2.sha);
+
+    // v2 → alt through whole-chunk fetches; the server dies at the first pack fetch, back after 2.5 s
+    // (longer than the request retries: the agent retries the whole sync after a pause)
+    await reset('s', 'alt');
+    const b = await syncWhileServerDies(disk, 's', /\/chunks\/fetch$/, 2500);
+    if (b.r.code !== 0) {
+      // allowed: a clear error, then a rerun completes
+      expect(b.r.json.error.code).toBe('DF_ERR_UNREACHABLE');
+      const again = await agent(['sync', '--disk', disk, '--desktop', 's', '--holder', 'endpoint-s'], { token: tokens.s! });
+      expect(again.code, again.stderr).toBe(0);
+    } else {
+      expect(b.r.json).toMatchObject({ from: 2, to: 3 });
+    }
+    expect(b.proxy.seen.filter((x) => x.endsWith('/chunks/fetch')).length).toBeGreaterThan(1);
+    expect(imageSha(disk)).toBe(img.alt.sha);
+    expect(await status(disk)).toMatchObject({ state: 'clean', version: 3 });
+  }, 60_000);
+
+  it('killed mid-fetch and down for good: DF_ERR_UNREACHABLE naming the server, nothing wrong written; a rerun completes', async () => {
+    // the disk of the test above holds alt (3); back to main (2) through whole-chunk fetches
+    await reset('s', 'main');
+    const disk = f('s.img');
+    const a = await syncWhileServerDies(disk, 's', /\/chunks\/fetch$/, null);
+    expect(a.r.code).toBe(1);
+    expect(a.r.json.error).toMatchObject({ code: 'DF_ERR_UNREACHABLE', server: a.proxy.url });
+    expect(a.r.json.error.message).toContain(a.proxy.url);
+    expect(a.r.stderr).toContain('DF_ERR_UNREACHABLE');
+    expectOldOrNew(disk, img.alt.ids, img.v2.ids);
+    await restartServer();
+    const again = await agent(['sync', '--disk', disk, '--desktop', 's', '--holder', 'endpoint-s'], { token: tokens.s! });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.json).toMatchObject({ to: 2 });
+    expect(imageSha(disk)).toBe(img.v2.sha);
+  }, 60_000);
+
+  it('a connection that breaks mid-body (pack fetch, delta) is retried and the sync completes', async () => {
+    const proxy = await startProxy(srv.url);
+    const cut = new Set<string>();
+    proxy.hooks.onResponse = ({ url }, body) => {
+      const what = url.split('?')[0]!.split('/').pop()!;
+      if ((what === 'fetch' || what === 'delta') && !cut.has(what)) {
+        cut.add(what);
+        return { cut: body.length >> 1 };
+      }
+      return undefined;
+    };
+    try {
+      // v2 → alt: pack fetches
+      await reset('s', 'alt');
+      const disk = f('s.img');
+      const a = await agent(['sync', '--disk', disk, '--desktop', 's', '--holder', 'endpoint-s'], { token: tokens.s!, server: proxy.url });
+      expect(a.code, a.stdout + a.stderr).toBe(0);
+      expect(imageSha(disk)).toBe(img.alt.sha);
+      // blank → v2: deltas
+      const b = await agent(['sync', '--disk', blankDisk('k-cut.img'), '--desktop', 'k', '--holder', 'endpoint-k'], { token: tokens.k!, server: proxy.url });
+      expect(b.code, b.stdout + b.stderr).toBe(0);
+      expect(imageSha(f('k-cut.img'))).toBe(img.v2.sha);
+      expect([...cut].sort()).toEqual(['delta', 'fetch']);
+    } finally {
+      await proxy.close();
+    }
+  }, 60_000);
+
+  it('unreachable from the start: DF_ERR_UNREACHABLE with the URL, disk untouched', async () => {
+    const url = `http://127.0.0.1:${await freePort()}`;
+    const disk = copyDisk(f('tpl-base.img'), 'unreach.img');
+    const before = fileSha(disk);
+    const r = await agent(['sync', '--disk', disk, '--desktop', 'k', '--holder', 'endpoint-k'], { token: tokens.k!, server: url });
+    expect(r.code).toBe(1);
+    expect(r.json.error).toMatchObject({ code: 'DF_ERR_UNREACHABLE', server: url });
+    expect(r.json.error.message).toContain(url);
+    const c = await agent(['commit', '--disk', disk], { token: tokens.k!, server: url });
+    expect(c.json.error).toMatchObject({ code: 'DF_ERR_UNREACHABLE', server: url });
+    expect(fileSha(disk)).toBe(before);
+  }, 30_000);
+});
+
+// ---------------------------------------------------------------- 4. corrupted chunks
+
+describe('a corrupted chunk served', () => {
+  const chunkFile = (id: string) => path.join(dataDir(), 'chunks', id.slice(0, 3), `${id}.zst`);
+  /** A chunk of `to` that `from` lacks, at position `pos`. */
+  const newChunk = (from: string[], to: string[], skip = 0): { pos: number; id: string } => {
+    const pos = to.map((id, k) => (id !== ZERO && !from.includes(id) ? k : -1)).filter((k) => k >= 0)[skip]!;
+    return { pos, id: to[pos]! };
+  };
+
+  it('a chunk file altered in the store: a coded error naming the chunk, never written; after repair a rerun completes', async () => {
+    await desktop('h', 'main');
+    const disk = blankDisk('h.img');
+    expect((await agent(['sync', '--disk', disk, '--desktop', 'h', '--holder', 'endpoint-h'], { token: tokens.h! })).code).toBe(0);
+
+    // v2 → alt fetches whole chunks; one of them is damaged in the store (it still decodes, to other bytes)
+    await reset('h', 'alt');
+    const victim = newChunk(img.v2.ids, img.alt.ids, 5);
+    const good = readFileSync(chunkFile(victim.id));
+    writeFileSync(chunkFile(victim.id), encodeFrame(Buffer.alloc(CS, 0x5a)));
+    const r = await agent(['sync', '--disk', disk, '--desktop', 'h', '--holder', 'endpoint-h'], { token: tokens.h! });
+    expect(r.code).toBe(1);
+    expect(['DF_ERR_CHUNK_CORRUPT', 'DF_ERR_CHUNK_INVALID']).toContain(r.json.error.code);
+    expect(r.json.error.id).toBe(victim.id);
+    expect(r.json.error.message).toContain(victim.id);
+    expectOldOrNew(disk, img.v2.ids, img.alt.ids);
+    expect(chunkIds(disk)[victim.pos]).toBe(img.v2.ids[victim.pos]);
+    expect((await status(disk)).state).not.toBe('clean');
+
+    // a blank disk reaching alt through deltas: the server cannot build the delta from a corrupt chunk
+    const disk2 = blankDisk('h2.img');
+    const d = await agent(['sync', '--disk', disk2, '--desktop', 'h', '--holder', 'endpoint-h'], { token: tokens.h! });
+    expect(d.code).toBe(1);
+    expect(d.json.error).toMatchObject({ code: 'DF_ERR_CHUNK_CORRUPT', id: victim.id });
+    expectOldOrNew(disk2, Array<string>(N).fill(ZERO), img.alt.ids);
+    expect(chunkIds(disk2)[victim.pos]).toBe(ZERO);
+
+    // repaired: both complete byte-exact
+    writeFileSync(chunkFile(victim.id), good);
+    for (const x of [disk, disk2]) {
+      const again = await agent(['sync', '--disk', x, '--desktop', 'h', '--holder', 'endpoint-h'], { token: tokens.h! });
+      expect(again.code, again.stderr).toBe(0);
+      expect(imageSha(x)).toBe(img.alt.sha);
+      expect(await status(x)).toMatchObject({ state: 'clean', version: 3 });
+    }
+  }, 60_000);
+
+  it('a byte flipped on the wire in a pack fetch: DF_ERR_CHUNK_INVALID naming the chunk, never written; a rerun without the proxy completes', async () => {
+    // the disk holds alt (3); back to main (2) through whole-chunk fetches
+    await reset('h', 'main');
+    const disk = f('h.img');
+    const proxy = await startProxy(srv.url);
+    let flipped: string | undefined;
+    proxy.hooks.onResponse = ({ url }, body) => {
+      if (flipped || !url.endsWith('/chunks/fetch')) return undefined;
+      // first record: header 8, id 32, raw length 4, frame length 4, then the frame
+      flipped = body.subarray(8, 40).toString('hex');
+      const frameLen = body.readUInt32BE(44);
+      const out = Buffer.from(body);
+      out[48 + (frameLen >> 1)]! ^= 0x01;
+      return { body: out };
+    };
+    const r = await agent(['sync', '--disk', disk, '--desktop', 'h', '--holder', 'endpoint-h'], { token: tokens.h!, server: proxy.url });
+    await proxy.close();
+    expect(flipped).toBeDefined();
+    expect(r.code).toBe(1);
+    expect(r.json.error).toMatchObject({ code: 'DF_ERR_CHUNK_INVALID', id: flipped });
+    expectOldOrNew(disk, img.alt.ids, img.v2.ids);
+    img.v2.ids.forEach((id, k) => {
+      if (id === flipped) expect(chunkIds(disk)[k]).toBe(img.alt.ids[k]);
+    });
+    const again = await agent(['sync', '--disk', disk, '--desktop', 'h', '--holder', 'endpoint-h'], { token: tokens.h! });
+    expect(again.code, again.stderr).toBe(0);
+    expect(imageSha(disk)).toBe(img.v2.sha);
+  }, 60_000);
+
+  it('a byte flipped in a delta: DF_ERR_DECODE or the rebuilt chunk refused and fetched whole; never a wrong chunk on the disk', async () => {
+    // disks holding base for desktop k (at v2): base → v2 through the delta of version 2
+    const flips: Array<[string, (frame0: number, zlen: number) => number]> = [
+      ['the frame header (raw length)', () => 44],
+      ['the compressed bytes', (frame0, zlen) => frame0 + 8 + (zlen >> 1)],
+      ['the last compressed byte', (frame0, zlen) => frame0 + 8 + zlen - 1],
+    ];
+    for (const [where, at] of flips) {
+      const disk = copyDisk(f('tpl-base.img'), 'k-flip.img');
+      const proxy = await startProxy(srv.url);
+      let done = false;
+      proxy.hooks.onResponse = ({ url }, body) => {
+        if (done || !url.endsWith('/versions/2/delta')) return undefined;
+        done = true;
+        const out = Buffer.from(body);
+        out[at(44, body.readUInt32BE(48))]! ^= 0x10;
+        return { body: out };
+      };
+      const r = await agent(['sync', '--disk', disk, '--desktop', 'k', '--holder', 'endpoint-k'], { token: tokens.k!, server: proxy.url });
+      await proxy.close();
+      expect(done, where).toBe(true);
+      if (r.code === 0) {
+        expect(imageSha(disk), where).toBe(img.v2.sha);
+      } else {
+        expect(['DF_ERR_DECODE', 'DF_ERR_CHUNK_INVALID'], `${where}: ${r.stdout}`).toContain(r.json.error.code);
+        expectOldOrNew(disk, img.base.ids, img.v2.ids);
+        const again = await agent(['sync', '--disk', disk, '--desktop', 'k', '--holder', 'endpoint-k'], { token: tokens.k! });
+        expect(again.code, again.stderr).toBe(0);
+        expect(imageSha(disk), where).toBe(img.v2.sha);
+      }
+      if (where.startsWith('the frame header')) expect(r.json.error?.code, where).toBe('DF_ERR_DECODE');
+    }
+  }, 60_000);
+});
+
+// ---------------------------------------------------------------- 5. bad input
+
+describe('bad input: a coded error and the disk untouched', () => {
+  it('disk too small, foreign disk (then --reprovision), lease held, expired token, commit on a blank disk', async () => {
+    const token = await desktop('b', 'main');
+    const expired = (await cli(['desktop', 'token', 'b', '--ttl', '1'], admin)).stdout.trim();
+    const minted = Date.now();
+    const sync = (disk: string, extra: string[] = [], t = token) => agent(['sync', '--disk', disk, '--desktop', 'b', ...extra], { token: t });
+    const untouched = async (disk: string, run: () => Promise<CliResult>) => {
+      const before = fileSha(disk);
+      const r = await run();
+      expect(r.code, r.stdout).toBe(1);
+      expect(fileSha(disk)).toBe(before);
+      return r.json.error;
+    };
+
+    // too small: the image fits, the state area does not
+    const small = copyDisk(f('base.img'), 'small.img');
+    truncateSync(small, VS + 4096);
+    const e1 = await untouched(small, () => sync(small));
+    expect(e1).toMatchObject({ code: 'DF_ERR_DISK_TOO_SMALL', deviceSize: VS + 4096, virtualSize: VS });
+    expect(e1.need).toBeGreaterThan(VS + 4096);
+
+    // a disk of desktop k
+    const foreign = copyDisk(f('tpl-base.img'), 'foreign.img');
+    const e2 = await untouched(foreign, () => sync(foreign, ['--holder', 'endpoint-b']));
+    expect(e2).toMatchObject({ code: 'DF_ERR_DISK_FOREIGN', desktop: 'k', image: 'win' });
+    expect(e2.message).toContain('--reprovision');
+    expect((await untouched(foreign, () => agent(['commit', '--disk', foreign, '--desktop', 'b'], { token }))).code).toBe('DF_ERR_DISK_FOREIGN');
+    const re = await sync(foreign, ['--holder', 'endpoint-b', '--reprovision']);
+    expect(re.code, re.stderr).toBe(0);
+    expect(re.json).toMatchObject({ from: null, to: 2 });
+    expect(imageSha(foreign)).toBe(img.v2.sha);
+    expect(await status(foreign)).toMatchObject({ state: 'clean', version: 2, desktop: 'b' });
+
+    // the lease is held by endpoint-b (a sync keeps it until the commit at shutdown)
+    const blank = blankDisk('b-blank.img');
+    const e3 = await untouched(blank, () => sync(blank, ['--holder', 'intruder']));
+    expect(e3).toMatchObject({ code: 'DF_ERR_LEASE_HELD', holder: 'endpoint-b' });
+    expect(e3.message).toContain('endpoint-b');
+    await agentHandoff(foreign);
+    patch(foreign, 5 * MiB, prng(55)(8192));
+    const e4 = await untouched(foreign, () => agent(['commit', '--disk', foreign, '--holder', 'intruder'], { token }));
+    expect(e4).toMatchObject({ code: 'DF_ERR_LEASE_HELD', holder: 'endpoint-b' });
+
+    // commit (and handoff) on a blank disk
+    expect((await untouched(blank, () => agent(['commit', '--disk', blank], { token }))).code).toBe('DF_ERR_DISK_BLANK');
+    expect((await untouched(blank, () => agent(['commit', '--disk', blank, '--desktop', 'b'], { token }))).code).toBe('DF_ERR_DISK_BLANK');
+    expect((await untouched(blank, () => agent(['handoff', '--disk', blank]))).code).toBe('DF_ERR_DISK_BLANK');
+    expect((await agent(['status', '--disk', blank])).json).toMatchObject({ state: 'blank' });
+
+    // an expired token
+    await sleep(Math.max(0, minted + 1500 - Date.now()));
+    const e5 = await untouched(foreign, () => sync(foreign, ['--holder', 'endpoint-b'], expired));
+    expect(e5).toMatchObject({ code: 'DF_ERR_TOKEN_EXPIRED', scope: 'desktop:b' });
+    expect((await untouched(foreign, () => agent(['commit', '--disk', foreign], { token: expired }))).code).toBe('DF_ERR_TOKEN_EXPIRED');
+    expect((await untouched(blank, () => sync(blank, [], expired))).code).toBe('DF_ERR_TOKEN_EXPIRED');
+    expect((await api('GET', '/api/v1/desktops/b')).head).toBe(2); // nothing was committed
+  }, 60_000);
+});
+
+// ---------------------------------------------------------------- 6. restore mode
+
+describe('restore mode', () => {
+  it('local changes are gone after the sync and were never uploaded', async () => {
+    const token = await desktop('kiosk', 'main', 'restore');
+    const disk = blankDisk('kiosk.img');
+    expect((await agent(['sync', '--disk', disk, '--desktop', 'kiosk'], { token })).json).toMatchObject({ to: 2 });
+    expect((await agent(['handoff', '--disk', disk], { token })).json).toMatchObject({ state: 'dirty', version: 2 });
+    const r = prng(66);
+    patch(disk, 3 * MiB + 4096, r(20_000)); // inside data
+    patch(disk, 17 * MiB, r(3 * CS)); // in a hole
+    patch(disk, 8 * MiB, r(4096)); // where v2 zeroed data
+    const local = chunkIds(disk).filter((id, k) => id !== img.v2.ids[k] && id !== ZERO);
+    expect(local.length).toBeGreaterThanOrEqual(5);
+
+    const chunkFiles = () => readdirSync(path.join(dataDir(), 'chunks'), { recursive: true }).filter((n) => String(n).endsWith('.zst')).length;
+    const filesBefore = chunkFiles();
+    const versionsBefore = (await versions()).length;
+    const s = await agent(['sync', '--disk', disk, '--desktop', 'kiosk'], { token });
+    expect(s.code, s.stderr).toBe(0);
+    expect(s.json).toMatchObject({ from: 2, to: 2, committed: null, scanned: true });
+    expect(s.json.localChanges).toBeGreaterThanOrEqual(5);
+    expect(imageSha(disk)).toBe(img.v2.sha);
+    expect(await status(disk)).toMatchObject({ state: 'clean', version: 2, desktop: 'kiosk' });
+
+    // never uploaded: no new version, no new chunk file, and the server lacks every local chunk
+    expect((await versions()).length).toBe(versionsBefore);
+    expect(chunkFiles()).toBe(filesBefore);
+    expect((await api<{ missing: string[] }>('POST', '/api/v1/chunks/missing', { ids: local })).missing.sort()).toEqual([...local].sort());
+  }, 60_000);
+});
+
+// ---------------------------------------------------------------- 7. after everything
+
+it('after all the faults above, the server store verifies', async () => {
+  const v = await storeVerify();
+  expect(v.code, v.stdout + v.stderr).toBe(0);
+  expect(v.json).toMatchObject({ ok: true, corrupt: [], missing: [] });
+  expect(v.json.versions).toBe((await versions()).length);
+}, 60_000);

@@ -1,0 +1,244 @@
+import { closeSync, ftruncateSync, openSync, promises as fsp, readFileSync, writeSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hashBytes, isZero } from '../chunk/id.js';
+import { ChunkIndex } from '../image/chunk-index.js';
+import { chunkCount, chunkLength, type Geometry } from '../image/geometry.js';
+import { blockHashes } from './blockhash.js';
+import { scanRange } from './scan-core.js';
+import { scanDisk, splitRanges } from './scan.js';
+
+/** mulberry32: a small seeded PRNG, so failures replay. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const rnd = prng(0x5ca7);
+/** Seeded bytes, 4 per PRNG draw. */
+const randomBytes = (n: number) => {
+  const b = Buffer.alloc(n + 3);
+  for (let i = 0; i < n; i += 4) b.writeUInt32LE(Math.floor(rnd() * 2 ** 32), i);
+  return b.subarray(0, n);
+};
+type Extent = { start: number; length: number };
+
+let dir: string;
+beforeAll(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'deskfuse-scan-'));
+});
+afterAll(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+/** A sparse file of `size` bytes with `regions` written; everything else a hole. */
+function sparse(name: string, size: number, regions: Array<{ at: number; data: Buffer }>): string {
+  const file = path.join(dir, name);
+  const fd = openSync(file, 'w');
+  try {
+    ftruncateSync(fd, size);
+    for (const r of regions) writeSync(fd, r.data, 0, r.data.length, r.at);
+  } finally {
+    closeSync(fd);
+  }
+  return file;
+}
+
+function write(file: string, at: number, data: Buffer): void {
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, at);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** What a scan should find, computed straight from the file bytes. */
+function truth(file: string, g: Geometry): { index: ChunkIndex; raws: Buffer[] } {
+  const all = readFileSync(file);
+  const index = ChunkIndex.empty(g);
+  const raws: Buffer[] = [];
+  for (let pos = 0; pos < chunkCount(g); pos++) {
+    const raw = all.subarray(pos * g.chunkSize, pos * g.chunkSize + chunkLength(g, pos));
+    raws.push(raw);
+    if (!isZero(raw)) index.set(pos, hashBytes(raw));
+  }
+  return { index, raws };
+}
+
+/** 10 chunks of 64 KiB, the last 4,608 bytes; the file runs on past the image, like a disk. */
+const CS = 65536;
+const G: Geometry = { virtualSize: 9 * CS + 4608, chunkSize: CS };
+const EXTENTS: Extent[] = [
+  { start: CS, length: CS }, //                chunk 1: random
+  { start: 4 * CS + 100, length: 4900 }, //    chunk 4: a few blocks
+  { start: 6 * CS, length: CS }, //            chunk 6: written zeros (allocated, still a zero chunk)
+  { start: 9 * CS, length: 4608 + 8192 }, //   chunk 9 (short), then bytes past the image
+];
+let disk: string;
+beforeAll(() => {
+  disk = sparse('disk.img', G.virtualSize + 65536, [
+    { at: CS, data: randomBytes(CS) },
+    { at: 4 * CS + 100, data: randomBytes(4900) },
+    { at: 6 * CS, data: Buffer.alloc(CS) },
+    { at: 9 * CS, data: randomBytes(4608) },
+    { at: G.virtualSize, data: randomBytes(8192) }, // not part of the image: must not change chunk 9's id
+  ]);
+});
+
+describe('scanDisk', () => {
+  it('ids are the hashes of the chunks (zero for zero chunks); without expected ids every non-zero chunk is changed', async () => {
+    const { index, raws } = truth(disk, G);
+    const r = await scanDisk(disk, G, null, null, 1);
+    expect(r.index.encode().toString('hex')).toBe(index.encode().toString('hex'));
+    expect(r.index.isZeroAt(6)).toBe(true);
+    expect(r.changed).toEqual([1, 4, 9]);
+    expect([...r.hints.keys()]).toEqual([1, 4, 9]);
+    for (const pos of r.changed) expect(r.hints.get(pos)).toEqual(blockHashes(raws[pos]!, G));
+    expect(r.bytesRead).toBe(G.virtualSize);
+    expect(r.seconds).toBeGreaterThanOrEqual(0);
+  });
+
+  it('with extents reads only allocated bytes inside the image, and finds the same ids', async () => {
+    const { index } = truth(disk, G);
+    const r = await scanDisk(disk, G, EXTENTS, null, 1);
+    expect(r.index.encode().toString('hex')).toBe(index.encode().toString('hex'));
+    expect(r.changed).toEqual([1, 4, 9]);
+    expect(r.bytesRead).toBe(CS + 4900 + CS + 4608);
+  });
+
+  it('several ranges (in-process under vitest: the .js worker is absent) give the same result as one', async () => {
+    const one = await scanDisk(disk, G, EXTENTS, null, 1);
+    for (const threads of [2, 3, 4, 16]) {
+      for (const extents of [EXTENTS, null]) {
+        const r = await scanDisk(disk, G, extents, null, threads);
+        expect(r.index.encode()).toEqual(one.index.encode());
+        expect(r.changed).toEqual(one.changed);
+        expect([...r.hints.entries()]).toEqual([...one.hints.entries()]);
+      }
+    }
+    expect(splitRanges(chunkCount(G), G, EXTENTS, 4).length).toBeGreaterThan(1);
+  });
+
+  it('against expected ids, changed lists exactly the positions that differ, zeroed chunks included', async () => {
+    const file = sparse('changed.img', G.virtualSize, [{ at: 0, data: readFileSync(disk).subarray(0, G.virtualSize) }]);
+    const expected = truth(file, G).index;
+    expect((await scanDisk(file, G, null, expected, 3)).changed).toEqual([]);
+    write(file, CS, Buffer.alloc(CS)); //                      chunk 1 → zero
+    write(file, 2 * CS + 4096 * 3, randomBytes(10)); //        chunk 2: was zero
+    write(file, 9 * CS + 4607, Buffer.from([0xff])); //        chunk 9: last byte
+    write(file, 5 * CS, Buffer.alloc(100)); //                 chunk 5: zeros over zeros, unchanged
+    const { index, raws } = truth(file, G);
+    for (const threads of [1, 4]) {
+      const r = await scanDisk(file, G, null, expected, threads);
+      expect(r.changed).toEqual([1, 2, 9]);
+      expect(r.index.encode()).toEqual(index.encode());
+      expect(r.index.isZeroAt(1)).toBe(true);
+      for (const pos of r.changed) expect(r.hints.get(pos)).toEqual(blockHashes(raws[pos]!, G));
+    }
+  });
+
+  it('4 KiB chunks across read batches (1,024 chunks a batch), with and without extents', async () => {
+    const g: Geometry = { virtualSize: 2100 * 4096 + 512, chunkSize: 4096 };
+    const regions = [0, 1023, 1024, 2047, 2048, 2098].map((pos) => ({ at: pos * 4096 + 7, data: randomBytes(4096) }));
+    regions.push({ at: 2100 * 4096, data: randomBytes(512) }); // the short last chunk
+    const file = sparse('small-chunks.img', g.virtualSize, regions);
+    const { index } = truth(file, g);
+    const extents = regions.map((r) => ({ start: r.at, length: r.data.length }));
+    for (const [ext, threads] of [[null, 1], [extents, 1], [extents, 3], [null, 8]] as const) {
+      const r = await scanDisk(file, g, ext, null, threads);
+      expect(r.index.encode().equals(index.encode())).toBe(true);
+      expect(r.changed).toEqual([0, 1, 1023, 1024, 1025, 2047, 2048, 2049, 2098, 2099, 2100]);
+    }
+  });
+
+  it('random sparse files: scanning by extents equals scanning everything', async () => {
+    for (let k = 0; k < 8; k++) {
+      const cs = [4096, 16384, 65536][k % 3]!;
+      const g: Geometry = { virtualSize: 512 * (1 + Math.floor(rnd() * 8192)), chunkSize: cs };
+      const extents: Extent[] = [];
+      for (let at = Math.floor(rnd() * 20000); at < g.virtualSize; at += 1 + Math.floor(rnd() * 200000)) {
+        const length = Math.min(1 + Math.floor(rnd() * 70000), g.virtualSize - at);
+        extents.push({ start: at, length });
+        at += length;
+      }
+      const file = sparse(`random-${k}.img`, g.virtualSize, extents.map((e) => ({ at: e.start, data: randomBytes(e.length) })));
+      const { index } = truth(file, g);
+      for (const threads of [1, 4]) {
+        const r = await scanDisk(file, g, extents, null, threads);
+        expect(r.index.encode().equals(index.encode())).toBe(true);
+        expect(r.bytesRead).toBe(extents.reduce((s, e) => s + e.length, 0));
+      }
+      expect((await scanDisk(file, g, null, index, 2)).changed).toEqual([]);
+    }
+  });
+
+  it('scanRange scans one range with positions relative to the whole disk', () => {
+    const { index } = truth(disk, G);
+    const r = scanRange({ path: disk, geometry: G, first: 3, end: 10, extents: null, expected: null });
+    expect(Buffer.from(r.ids).equals(index.ids.subarray(3 * 32))).toBe(true);
+    expect([...r.changed]).toEqual([4, 9]);
+    expect(r.hints.length).toBe(2 * 16 * 4);
+  });
+});
+
+describe('splitRanges', () => {
+  const check = (ranges: Array<[number, number]>, n: number, k: number) => {
+    expect(ranges.length).toBeGreaterThanOrEqual(1);
+    expect(ranges.length).toBeLessThanOrEqual(Math.max(1, k));
+    expect(ranges[0]![0]).toBe(0);
+    expect(ranges[ranges.length - 1]![1]).toBe(n);
+    for (let j = 0; j < ranges.length; j++) {
+      expect(ranges[j]![1]).toBeGreaterThan(ranges[j]![0]); // no empty range
+      if (j) expect(ranges[j]![0]).toBe(ranges[j - 1]![1]); // no gap, no overlap
+    }
+  };
+
+  it('without extents: k equal ranges', () => {
+    const g: Geometry = { virtualSize: 100 * 4096, chunkSize: 4096 };
+    expect(splitRanges(100, g, null, 4)).toEqual([[0, 25], [25, 50], [50, 75], [75, 100]]);
+    expect(splitRanges(10, g, null, 3)).toEqual([[0, 3], [3, 6], [6, 10]]);
+  });
+
+  it('one range for one thread, for fewer than 2 chunks a thread, or no allocated bytes', () => {
+    const g: Geometry = { virtualSize: 100 * 4096, chunkSize: 4096 };
+    expect(splitRanges(100, g, null, 1)).toEqual([[0, 100]]);
+    expect(splitRanges(100, g, null, 0)).toEqual([[0, 100]]);
+    expect(splitRanges(7, g, null, 4)).toEqual([[0, 7]]);
+    expect(splitRanges(100, g, [], 4)).toEqual([[0, 100]]);
+  });
+
+  it('balances allocated bytes: data only at the end puts the cuts there', () => {
+    const g: Geometry = { virtualSize: 100 * 4096, chunkSize: 4096 };
+    expect(splitRanges(100, g, [{ start: 90 * 4096, length: 10 * 4096 }], 2)).toEqual([[0, 95], [95, 100]]);
+    expect(splitRanges(100, g, [{ start: 0, length: 4096 * 10 }, { start: 50 * 4096, length: 4096 * 10 }], 2)).toEqual([[0, 10], [10, 100]]);
+  });
+
+  it('random extents: always covers [0, n) without gaps, overlaps or empty ranges', () => {
+    const r = prng(0x5911);
+    for (let t = 0; t < 1500; t++) {
+      const cs = 4096 << Math.floor(r() * 5);
+      const n = 1 + Math.floor(r() * (t % 10 === 0 ? 5000 : 200));
+      const g: Geometry = { virtualSize: n * cs - (r() < 0.3 ? 512 * Math.floor(r() * (cs / 512)) : 0), chunkSize: cs };
+      const k = Math.floor(r() * 10);
+      const extents: Extent[] = [];
+      const mode = t % 4;
+      for (let at = Math.floor(r() * 3 * cs); at < g.virtualSize && extents.length < 200; ) {
+        const length = mode === 3 ? Math.floor(r() * 3) * 512 : 1 + Math.floor(r() * (mode === 1 ? 512 : 4 * cs));
+        // Mode 2: the last extent runs past the image (a partition table copy, say).
+        extents.push({ start: at, length: mode === 2 ? Math.max(length, g.virtualSize - at + 4096) : Math.min(length, g.virtualSize - at) });
+        at += extents[extents.length - 1]!.length + Math.floor(r() * (mode === 0 ? 10 * cs : cs));
+      }
+      const count = chunkCount(g);
+      check(splitRanges(count, g, extents, k), count, k);
+      check(splitRanges(count, g, null, k), count, k);
+    }
+  });
+});
