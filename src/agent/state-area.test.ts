@@ -11,38 +11,7 @@ import {
   areaSize, areaStart, decodeHeader, encodeHeader, encodeSlot, HEADER_SIZE, readSlot, readState, slotSize, writeHeader, writeSlotAndHeader,
   type DiskState, type Slot,
 } from './state-area.js';
-
-/** mulberry32: a small seeded PRNG, so failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
-
-async function rejection(p: Promise<unknown>): Promise<DeskfuseError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a rejection');
-}
+import { prng, rejection, thrown } from '../../test/helpers/expect.js';
 
 const rnd = prng(0x57a7e);
 /** Seeded bytes, 4 per PRNG draw. */

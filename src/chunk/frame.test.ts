@@ -2,16 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
 import { encodeFrame, openFrame } from './frame.js';
 import { hashBytes, idHex } from './id.js';
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../../test/helpers/expect.js';
 
 const raw = Buffer.from('a chunk of disk '.repeat(256));
 const rawId = idHex(hashBytes(raw));

@@ -6,22 +6,13 @@ import { DeskfuseError } from '../errors.js';
 import { encodeFrame } from './frame.js';
 import { FsChunkStore } from './fs-store.js';
 import { hashBytes, idHex } from './id.js';
+import { rejection } from '../../test/helpers/expect.js';
 
 const MAX = 64 * 1024;
 
 function chunkOf(text: string): { id: string; raw: Buffer; frame: Buffer } {
   const raw = Buffer.from(text.repeat(100));
   return { id: idHex(hashBytes(raw)), raw, frame: encodeFrame(raw) };
-}
-
-async function rejection(p: Promise<unknown>): Promise<DeskfuseError> {
-  try {
-    const v = await p;
-    throw new Error(`expected a rejection, got ${String(v)}`);
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
 }
 
 async function listed(store: FsChunkStore): Promise<string[]> {

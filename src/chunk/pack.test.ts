@@ -3,28 +3,7 @@ import { DeskfuseError } from '../errors.js';
 import { encodeFrame, openFrame } from './frame.js';
 import { hashBytes, idHex } from './id.js';
 import { decodePack, encodePack, PACK_MAGIC, type PackRecord } from './pack.js';
-
-/** mulberry32: a small seeded PRNG, so fuzz failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
+import { mutations, prng, thrown } from '../../test/helpers/expect.js';
 
 const MAX = 64 * 1024;
 
@@ -134,16 +113,7 @@ describe('decodePack fuzz', () => {
         inputs.push(Buffer.concat(parts));
       }
     }
-    for (const v of valid) {
-      for (let n = 0; n < v.length; n++) inputs.push(v.subarray(0, n));
-      for (let i = 0; i < v.length; i++) {
-        for (const x of [byte() | 1, 0xff]) {
-          const m = Buffer.from(v);
-          m[i] = m[i]! ^ x;
-          inputs.push(m);
-        }
-      }
-    }
+    for (const m of mutations(valid, byte)) inputs.push(m);
     const bad: string[] = [];
     let accepted = 0;
     for (const input of inputs) {

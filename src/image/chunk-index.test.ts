@@ -1,28 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
 import { ChunkIndex, INDEX_MAGIC } from './chunk-index.js';
-
-/** mulberry32: a small seeded PRNG, so fuzz failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
+import { mutations, prng, thrown } from '../../test/helpers/expect.js';
 
 const id = (byte: number): Buffer => Buffer.alloc(32, byte);
 const SEQ_ID = Buffer.from(Array.from({ length: 32 }, (_, i) => i));
@@ -157,16 +136,7 @@ describe('ChunkIndex.decode fuzz', () => {
       else if (mode === 1) inputs.push(Buffer.concat([INDEX_MAGIC, Buffer.from([1, 1, 0, 0]), tail]));
       else inputs.push(Buffer.concat([valid[0]!.subarray(0, mode === 2 ? 24 : 8 + Math.floor(rnd() * 16)), tail]));
     }
-    for (const v of valid) {
-      for (let n = 0; n < v.length; n++) inputs.push(v.subarray(0, n));
-      for (let i = 0; i < v.length; i++) {
-        for (const x of [byte() | 1, 0xff]) {
-          const m = Buffer.from(v);
-          m[i] = m[i]! ^ x;
-          inputs.push(m);
-        }
-      }
-    }
+    for (const m of mutations(valid, byte)) inputs.push(m);
     const bad: string[] = [];
     let accepted = 0;
     for (const input of inputs) {

@@ -1,16 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
 import { checkImageName, checkRefName, conflictRefName, isConflictRef, parseImageRev, refNameProblem } from './names.js';
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../../test/helpers/expect.js';
 
 describe('image names', () => {
   it.each(['win11', '0', 'a.b_c-d', 'x'.repeat(64)])('accepts %j', (n) => {

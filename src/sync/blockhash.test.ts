@@ -3,18 +3,7 @@ import { hashBytes } from '../chunk/id.js';
 import { blockMask } from '../image/blocks.js';
 import type { Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES, blockHashes, extractBlocks, hintMask, maskedLength, maskHas, patchBlocks } from './blockhash.js';
-
-/** mulberry32: a small seeded PRNG, so failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../../test/helpers/expect.js';
 
 const B = 4096;
 const rnd = prng(0xb10c);

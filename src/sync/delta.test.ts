@@ -7,28 +7,7 @@ import type { Geometry } from '../image/geometry.js';
 import { encodeLayer, type Layer } from '../image/layer.js';
 import { allMask, buildDelta, DELTA_MAGIC, deltaEntries, readDelta } from './delta.js';
 import { FrameReader } from './frames.js';
-
-/** mulberry32: a small seeded PRNG, so fuzz failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-async function rejection(p: Promise<unknown>): Promise<DeskfuseError> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a rejection');
-}
+import { prng, rejection } from '../../test/helpers/expect.js';
 
 /** An in-memory ChunkReader (the interface in chunk/store.ts), recording what was read. */
 class MemChunks implements ChunkReader {

@@ -3,28 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { hashBytes } from '../chunk/id.js';
 import { DeskfuseError } from '../errors.js';
 import { encodeFrameRecord, FRAME_RAW_MAX, FrameReader, FRAMES_END } from './frames.js';
-
-/** mulberry32: a small seeded PRNG, so fuzz failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
+import { prng, thrown } from '../../test/helpers/expect.js';
 
 const hex = (s: string) => Buffer.from(s, 'hex');
 /** Frames compared as length + digest (toEqual on large Buffers is slow). */

@@ -4,28 +4,7 @@ import { DeskfuseError } from '../errors.js';
 import type { Geometry } from '../image/geometry.js';
 import { encodeFrameRecord, FRAMES_END } from './frames.js';
 import { decodePatch, encodePatch, PATCH_MAGIC, rebuild, type PatchRecord } from './patch.js';
-
-/** mulberry32: a small seeded PRNG, so fuzz failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
+import { prng, thrown } from '../../test/helpers/expect.js';
 
 const B = 4096;
 const idOf = (raw: Buffer) => idHex(hashBytes(raw));

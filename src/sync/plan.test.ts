@@ -2,18 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { ChunkIndex } from '../image/chunk-index.js';
 import type { Geometry } from '../image/geometry.js';
 import { plan, type Op } from './plan.js';
-
-/** mulberry32: a small seeded PRNG, so failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../../test/helpers/expect.js';
 
 const G: Geometry = { virtualSize: 8 * 4096, chunkSize: 4096 };
 const id = (byte: number) => Buffer.alloc(32, byte);

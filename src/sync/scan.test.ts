@@ -8,18 +8,7 @@ import { chunkCount, chunkLength, type Geometry } from '../image/geometry.js';
 import { blockHashes } from './blockhash.js';
 import { scanRange } from './scan-core.js';
 import { scanDisk, splitRanges } from './scan.js';
-
-/** mulberry32: a small seeded PRNG, so failures replay. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from '../../test/helpers/expect.js';
 
 const rnd = prng(0x5ca7);
 /** Seeded bytes, 4 per PRNG draw. */

@@ -1,18 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
 import { Reader, Writer } from './bytes.js';
+import { thrown } from '../../test/helpers/expect.js';
 
 /** Run fn, which must throw; return the error. */
-function thrown(fn: () => unknown): DeskfuseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(DeskfuseError);
-    return err as DeskfuseError;
-  }
-  throw new Error('expected a throw');
-}
-
 describe('Reader', () => {
   it('reads big-endian integers and byte runs in order', () => {
     const r = new Reader(Buffer.from('01' + '0203' + '04050607' + '0000000000000100' + 'aabb', 'hex'), 'test');
