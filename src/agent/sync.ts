@@ -67,7 +67,9 @@ type SyncCore = Omit<SyncResult, 'requests' | 'bytesFetched' | 'seconds'>;
 
 async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const g = s.geometry;
-  const lease = await takeLease(s, o.force ?? false);
+  // One writer per persistent desktop; restore desktops never write back, so any number of
+  // endpoints may follow one (a classroom of kiosks).
+  const lease = s.desktop.mode === 'persistent' ? await takeLease(s, o.force ?? false) : null;
   let state = s.state;
   let scan: ScanResult | null = null;
   let actual: ChunkIndex;
@@ -92,7 +94,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   let conflict: string | null = null;
   const localChanges = s.state?.state === 'dirty' && s.state.version !== null && scan ? scan.changed.length : 0;
   if (state.state === 'dirty' && scan && localChanges > 0 && s.desktop.mode === 'persistent' && state.version !== null) {
-    const c = await commitChanges(s, state, lease, scan, hints);
+    const c = await commitChanges(s, state, lease!, scan, hints);
     state = c.state;
     committed = c.outcome.version;
     conflict = c.outcome.conflict?.conflictRef ?? null;

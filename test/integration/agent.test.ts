@@ -162,6 +162,8 @@ describe('agent commit', () => {
     const t = await desktop('kiosk', 'main', 'restore');
     blankDisk('k.img');
     expect((await agent(['sync', '--disk', f('k.img'), '--desktop', 'kiosk'], t)).json.to).toBe(2);
+    blankDisk('k2.img'); // a second kiosk follows the same restore desktop: no lease between them
+    expect((await agent(['sync', '--disk', f('k2.img'), '--desktop', 'kiosk'], t)).json.to).toBe(2);
     await agent(['handoff', '--disk', f('k.img')], t);
     const junk = prng(31)(200_000);
     patch(f('k.img'), 9 * MiB, junk);
