@@ -47,18 +47,19 @@ export async function agentSync(o: AgentOptions): Promise<SyncResult> {
   let requests = 0;
   let bytes = 0;
   for (let attempt = 1; ; attempt++) {
-    const s = await openSession(o, o.desktop);
+    let s: Session | undefined;
     try {
+      s = await openSession(o, o.desktop);
       const r = await syncOnce(s, o);
       return { ...r, requests: requests + s.client.stats.requests, bytesFetched: bytes + s.client.stats.bytesReceived, seconds: (performance.now() - t0) / 1000 };
     } catch (err) {
-      requests += s.client.stats.requests;
-      bytes += s.client.stats.bytesReceived;
+      requests += s?.client.stats.requests ?? 0;
+      bytes += s?.client.stats.bytesReceived ?? 0;
       const transient = isDeskfuseError(err) && (err.code === 'DF_ERR_UNREACHABLE' || (err.code === 'DF_ERR_HTTP' && Number(err.fields.status) >= 500));
       if (!transient || attempt >= ATTEMPTS) throw err;
       await sleep(1000 * 2 ** (attempt - 1));
     } finally {
-      await s.disk.close();
+      await s?.disk.close();
     }
   }
 }
