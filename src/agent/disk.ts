@@ -41,8 +41,3 @@ export async function readChunkAt(d: Disk, pos: number, len: number): Promise<Bu
   }
   return buf;
 }
-
-export async function writeChunkAt(d: Disk, buf: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) done += (await d.fh.write(buf, done, buf.length - done, pos + done)).bytesWritten;
-}

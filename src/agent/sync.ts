@@ -11,7 +11,8 @@ import { readDelta, type DeltaItem } from '../sync/delta.js';
 import { plan, type Op } from '../sync/plan.js';
 import { scanDisk, type ScanResult } from '../sync/scan.js';
 import { commitChanges, mergeHints, sameIndex } from './commit.js';
-import { readChunkAt, writeChunkAt } from './disk.js';
+import { readChunkAt } from './disk.js';
+import { DiskWriter } from '../disk/writer.js';
 import { ChunkFetcher } from './fetcher.js';
 import { emptyHints, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
 import { writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
@@ -209,6 +210,7 @@ async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hi
   const cursors = ops.some((op) => op.kind === 'patch') ? hops.map((h) => new HopCursor(s, h)) : [];
   const progress = Progress.for('sync', ops.length * g.chunkSize, showProgress);
   const hl = blocksPerChunk(g) * BLOCK_HASH_BYTES;
+  const out = new DiskWriter(s.disk.fh, false);
   let sinceJournal = 0;
   let patched = 0;
   try {
@@ -224,16 +226,18 @@ async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hi
         if (idHex(hashBytes(raw)) === op.id) patched++;
         else raw = await fetcher.fetchOne(op.id); // the disk did not hold what the state said
       }
-      await writeChunkAt(s.disk, raw, op.pos * g.chunkSize);
+      await out.chunk(raw, op.pos * g.chunkSize);
       blockHashes(raw, g, hints, op.pos * hl);
       progress.add(g.chunkSize);
       sinceJournal += len;
       if (sinceJournal >= JOURNAL_EVERY) {
+        await out.flush();
         await s.disk.fh.datasync();
         state = await writeHeader(s.disk.fh, s.disk.size, { ...state, progress: k + 1 });
         sinceJournal = 0;
       }
     }
+    await out.flush();
   } finally {
     for (const c of cursors) await c.close().catch(() => {});
     progress.finish();

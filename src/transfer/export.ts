@@ -7,7 +7,8 @@ import { idHex } from '../chunk/id.js';
 import { decodePack } from '../chunk/pack.js';
 import { convert } from '../disk/qemu-img.js';
 import { ChunkIndex } from '../image/chunk-index.js';
-import { BLOCK_SIZE, MAX_CHUNK_SIZE } from '../image/geometry.js';
+import { MAX_CHUNK_SIZE } from '../image/geometry.js';
+import { DiskWriter } from '../disk/writer.js';
 import type { VersionRow } from '../meta/repo.js';
 import { Progress } from '../progress.js';
 
@@ -64,6 +65,7 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
   const rawOut = o.format === 'raw' ? o.to : path.join(dir, `.${path.basename(o.to)}.${randomBytes(4).toString('hex')}.raw`);
   const part = o.format === 'raw' ? `${o.to}.part` : rawOut;
   const fh = await fsp.open(part, 'w', 0o644);
+  const out = new DiskWriter(fh, true);
   let bytesFetched = 0;
   let bytesWritten = 0;
   const progress = Progress.for('export', index.nonZeroCount() * g.chunkSize, o.progress ?? false);
@@ -97,12 +99,14 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
         asked.delete(rec.id);
         const raw = openFrame(rec.id, rec.frame, MAX_CHUNK_SIZE);
         for (const i of positions.get(rec.id)!) {
-          bytesWritten += await writeNonZero(fh, raw, i * g.chunkSize);
+          await out.chunk(raw, i * g.chunkSize);
           progress.add(raw.length);
         }
       }
       if (asked.size) throw new Error(`server omitted ${asked.size} chunks from a fetch`);
     }
+    await out.flush();
+    bytesWritten = out.written;
     await fh.sync();
   } catch (err) {
     await fh.close();
@@ -126,26 +130,4 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
     image: o.image, version: v.version, to: o.to, format: o.format, virtualSize: g.virtualSize, chunks: index.nonZeroCount(),
     bytesFetched, bytesWritten, requests, seconds: (performance.now() - t0) / 1000,
   };
-}
-
-const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
-
-/** Write the non-zero 4 KiB runs of `raw` at `pos`, leaving zero blocks as holes. */
-async function writeNonZero(fh: fsp.FileHandle, raw: Buffer, pos: number): Promise<number> {
-  let written = 0;
-  let runStart = -1;
-  for (let off = 0; ; off += BLOCK_SIZE) {
-    const atEnd = off >= raw.length;
-    const end = Math.min(off + BLOCK_SIZE, raw.length);
-    const zero = atEnd || raw.subarray(off, end).equals(ZERO_BLOCK.subarray(0, end - off));
-    if (!zero && runStart < 0) runStart = off;
-    if (zero && runStart >= 0) {
-      const stop = Math.min(off, raw.length);
-      await fh.write(raw, runStart, stop - runStart, pos + runStart);
-      written += stop - runStart;
-      runStart = -1;
-    }
-    if (atEnd) break;
-  }
-  return written;
 }
