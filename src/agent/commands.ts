@@ -15,6 +15,7 @@ export interface CommitResult extends Partial<CommitOutcome> {
   ref: string;
   committed: boolean;
   localChanges: number;
+  scanSeconds: number | null;
   bytesUploaded: number;
   requests: number;
   seconds: number;
@@ -48,16 +49,16 @@ export async function agentCommit(o: AgentOptions): Promise<CommitResult> {
     const base = { desktop: s.desktop.name, ref: s.desktop.ref ?? `desktops/${s.desktop.name}`, conflict: null, parent: state.version };
     let result: CommitResult;
     if (state.state === 'clean') {
-      result = { ...base, version: state.version!, committed: false, localChanges: 0, bytesUploaded: 0, requests: 0, seconds: 0 };
+      result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
     } else {
       const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index);
       const hints = mergeHints(s, scan, s.slot.hints);
       if (scan.changed.length === 0) {
         state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean' });
-        result = { ...base, version: state.version!, committed: false, localChanges: 0, bytesUploaded: 0, requests: 0, seconds: 0 };
+        result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
       } else {
         const c = await commitChanges(s, state, lease, scan, hints);
-        result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, bytesUploaded: 0, requests: 0, seconds: 0 };
+        result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
       }
     }
     await releaseLease(s, lease);

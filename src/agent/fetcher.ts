@@ -5,7 +5,7 @@ import { MAX_CHUNK_SIZE } from '../image/geometry.js';
 
 /**
  * Whole chunks the agent must fetch, in the order it will write them: requested in packs of about
- * 16 MiB, a few packs ahead, each chunk verified against its id before anyone sees it.
+ * 8 MiB, two packs ahead, each chunk verified against its id before anyone sees it.
  */
 export class ChunkFetcher {
   private readonly batches: string[][] = [];
@@ -13,8 +13,9 @@ export class ChunkFetcher {
   private readonly pending = new Map<number, Promise<Map<string, Buffer>>>();
   private nextToStart = 0;
 
-  constructor(private readonly client: ApiClient, ids: string[], chunkSize: number, private readonly ahead = 3) {
-    const per = Math.max(1, Math.min(4096, Math.floor((16 * 1024 * 1024) / chunkSize)));
+  constructor(private readonly client: ApiClient, ids: string[], chunkSize: number, private readonly ahead = 2) {
+    // 8 MiB packs, two ahead: the agent stays well under 256 MiB on any disk.
+    const per = Math.max(1, Math.min(4096, Math.floor((8 * 1024 * 1024) / chunkSize)));
     for (const id of ids) {
       if (this.batchOf.has(id)) continue;
       let b = this.batches[this.batches.length - 1];

@@ -25,6 +25,8 @@ export interface SyncResult {
   committed: number | null;
   conflict: string | null;
   scanned: boolean;
+  /** Seconds the scan took (null: not scanned). */
+  scanSeconds: number | null;
   localChanges: number;
   chunksWritten: number;
   chunksPatched: number;
@@ -104,7 +106,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   }
 
   const to = s.desktop.head;
-  const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: 0, chunksPatched: 0 });
+  const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: 0, chunksPatched: 0 });
   if (state.state === 'clean' && state.version === to) return done(); // a boot with nothing to do
 
   // Delta path: the versions from the disk's version to the target; the target's index then follows
@@ -122,7 +124,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
   await s.disk.fh.datasync();
   state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length }, { index: target, hints });
-  return { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched };
+  return { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched };
 }
 
 interface Hop {

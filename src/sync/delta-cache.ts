@@ -14,8 +14,11 @@ import { buildDelta } from './delta.js';
  */
 export class DeltaCache {
   private readonly building = new Map<string, Promise<Buffer>>();
+  /** Verified deltas kept in memory (most recent last), so the 8 a.m. crowd costs one read. */
+  private readonly hot = new Map<string, Buffer>();
+  private hotBytes = 0;
 
-  constructor(private readonly dir: string, private readonly blobs: ChunkReader, private readonly chunks: ChunkReader) {}
+  constructor(private readonly dir: string, private readonly blobs: ChunkReader, private readonly chunks: ChunkReader, private readonly hotLimit = 512 * 1024 * 1024) {}
 
   /** Build a new version's delta in the background, so the first endpoint does not wait for it. */
   warm(layerId: string, onError: (err: unknown) => void): void {
@@ -23,14 +26,30 @@ export class DeltaCache {
   }
 
   async get(layerId: string): Promise<Buffer> {
-    const hit = await this.read(layerId);
-    if (hit) return hit;
+    const hot = this.hot.get(layerId);
+    if (hot) {
+      this.hot.delete(layerId);
+      this.hot.set(layerId, hot);
+      return hot;
+    }
     let p = this.building.get(layerId);
     if (!p) {
-      p = this.build(layerId).finally(() => this.building.delete(layerId));
+      p = (async () => (await this.read(layerId)) ?? (await this.build(layerId)))().then((b) => this.keep(layerId, b)).finally(() => this.building.delete(layerId));
       this.building.set(layerId, p);
     }
     return p;
+  }
+
+  private keep(layerId: string, bytes: Buffer): Buffer {
+    if (bytes.length > this.hotLimit / 2) return bytes;
+    this.hot.set(layerId, bytes);
+    this.hotBytes += bytes.length;
+    for (const [k, v] of this.hot) {
+      if (this.hotBytes <= this.hotLimit) break;
+      this.hot.delete(k);
+      this.hotBytes -= v.length;
+    }
+    return bytes;
   }
 
   private async read(layerId: string): Promise<Buffer | undefined> {

@@ -4,7 +4,7 @@ import { blocksPerChunk, chunkLength, type Geometry } from '../image/geometry.js
 import { BLOCK_HASH_BYTES, blockHashes } from './blockhash.js';
 
 /**
- * Hash the chunks [first, end) of a disk: what a worker thread runs (or the caller itself when no
+ * Hash the chunks [first, end) of a disk (one stripe of them): what a worker thread runs (or the caller itself when no
  * worker file is at hand, as under the test runner). Reads only allocated extents, in big
  * sequential pieces; a chunk with no allocated byte is zero without being read.
  */
@@ -13,6 +13,12 @@ export interface ScanRangeArgs {
   geometry: Geometry;
   first: number;
   end: number;
+  /** This worker reads every `stripes`-th batch of 4 MiB starting with batch `stripe`, so work
+   *  spreads evenly however the data lies on the disk. Positions it skips stay zero in `ids`. */
+  stripe: number;
+  stripes: number;
+  /** Bytes per read batch (default 4 MiB; tests use small ones to exercise striping). */
+  batchBytes?: number;
   /** Allocated extents, sorted; null = everything (a block device). */
   extents: Array<{ start: number; length: number }> | null;
   /** Ids the disk should hold for [first, end) (32 bytes each); null = unknown (compute every hint). */
@@ -29,7 +35,7 @@ export interface ScanRangeResult {
   bytesRead: number;
 }
 
-const READ_SIZE = 4 * 1024 * 1024;
+export const READ_SIZE = 4 * 1024 * 1024;
 
 export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   const g = a.geometry;
@@ -38,12 +44,12 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   const changed: number[] = [];
   const hintParts: Buffer[] = [];
   const hintLen = blocksPerChunk(g) * BLOCK_HASH_BYTES;
-  const per = Math.max(1, Math.floor(READ_SIZE / g.chunkSize));
+  const per = Math.max(1, Math.floor((a.batchBytes ?? READ_SIZE) / g.chunkSize));
   const buf = Buffer.alloc(per * g.chunkSize);
   const fd = openSync(a.path, 'r');
   let bytesRead = 0;
   try {
-    for (let i = a.first; i < a.end; i += per) {
+    for (let i = a.first + a.stripe * per; i < a.end; i += per * a.stripes) {
       const k = Math.min(per, a.end - i);
       const start = i * g.chunkSize;
       const len = Math.min(k * g.chunkSize, g.virtualSize - start);

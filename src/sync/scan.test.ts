@@ -7,7 +7,7 @@ import { ChunkIndex } from '../image/chunk-index.js';
 import { chunkCount, chunkLength, type Geometry } from '../image/geometry.js';
 import { blockHashes } from './blockhash.js';
 import { scanRange } from './scan-core.js';
-import { scanDisk, splitRanges } from './scan.js';
+import { scanDisk } from './scan.js';
 import { prng } from '../../test/helpers/expect.js';
 
 const rnd = prng(0x5ca7);
@@ -107,13 +107,12 @@ describe('scanDisk', () => {
     const one = await scanDisk(disk, G, EXTENTS, null, 1);
     for (const threads of [2, 3, 4, 16]) {
       for (const extents of [EXTENTS, null]) {
-        const r = await scanDisk(disk, G, extents, null, threads);
+        const r = await scanDisk(disk, G, extents, null, threads, 2 * CS); // small batches: several stripes
         expect(r.index.encode()).toEqual(one.index.encode());
         expect(r.changed).toEqual(one.changed);
         expect([...r.hints.entries()]).toEqual([...one.hints.entries()]);
       }
     }
-    expect(splitRanges(chunkCount(G), G, EXTENTS, 4).length).toBeGreaterThan(1);
   });
 
   it('against expected ids, changed lists exactly the positions that differ, zeroed chunks included', async () => {
@@ -171,63 +170,9 @@ describe('scanDisk', () => {
 
   it('scanRange scans one range with positions relative to the whole disk', () => {
     const { index } = truth(disk, G);
-    const r = scanRange({ path: disk, geometry: G, first: 3, end: 10, extents: null, expected: null });
+    const r = scanRange({ path: disk, geometry: G, first: 3, end: 10, stripe: 0, stripes: 1, extents: null, expected: null });
     expect(Buffer.from(r.ids).equals(index.ids.subarray(3 * 32))).toBe(true);
     expect([...r.changed]).toEqual([4, 9]);
     expect(r.hints.length).toBe(2 * 16 * 4);
-  });
-});
-
-describe('splitRanges', () => {
-  const check = (ranges: Array<[number, number]>, n: number, k: number) => {
-    expect(ranges.length).toBeGreaterThanOrEqual(1);
-    expect(ranges.length).toBeLessThanOrEqual(Math.max(1, k));
-    expect(ranges[0]![0]).toBe(0);
-    expect(ranges[ranges.length - 1]![1]).toBe(n);
-    for (let j = 0; j < ranges.length; j++) {
-      expect(ranges[j]![1]).toBeGreaterThan(ranges[j]![0]); // no empty range
-      if (j) expect(ranges[j]![0]).toBe(ranges[j - 1]![1]); // no gap, no overlap
-    }
-  };
-
-  it('without extents: k equal ranges', () => {
-    const g: Geometry = { virtualSize: 100 * 4096, chunkSize: 4096 };
-    expect(splitRanges(100, g, null, 4)).toEqual([[0, 25], [25, 50], [50, 75], [75, 100]]);
-    expect(splitRanges(10, g, null, 3)).toEqual([[0, 3], [3, 6], [6, 10]]);
-  });
-
-  it('one range for one thread, for fewer than 2 chunks a thread, or no allocated bytes', () => {
-    const g: Geometry = { virtualSize: 100 * 4096, chunkSize: 4096 };
-    expect(splitRanges(100, g, null, 1)).toEqual([[0, 100]]);
-    expect(splitRanges(100, g, null, 0)).toEqual([[0, 100]]);
-    expect(splitRanges(7, g, null, 4)).toEqual([[0, 7]]);
-    expect(splitRanges(100, g, [], 4)).toEqual([[0, 100]]);
-  });
-
-  it('balances allocated bytes: data only at the end puts the cuts there', () => {
-    const g: Geometry = { virtualSize: 100 * 4096, chunkSize: 4096 };
-    expect(splitRanges(100, g, [{ start: 90 * 4096, length: 10 * 4096 }], 2)).toEqual([[0, 95], [95, 100]]);
-    expect(splitRanges(100, g, [{ start: 0, length: 4096 * 10 }, { start: 50 * 4096, length: 4096 * 10 }], 2)).toEqual([[0, 10], [10, 100]]);
-  });
-
-  it('random extents: always covers [0, n) without gaps, overlaps or empty ranges', () => {
-    const r = prng(0x5911);
-    for (let t = 0; t < 1500; t++) {
-      const cs = 4096 << Math.floor(r() * 5);
-      const n = 1 + Math.floor(r() * (t % 10 === 0 ? 5000 : 200));
-      const g: Geometry = { virtualSize: n * cs - (r() < 0.3 ? 512 * Math.floor(r() * (cs / 512)) : 0), chunkSize: cs };
-      const k = Math.floor(r() * 10);
-      const extents: Extent[] = [];
-      const mode = t % 4;
-      for (let at = Math.floor(r() * 3 * cs); at < g.virtualSize && extents.length < 200; ) {
-        const length = mode === 3 ? Math.floor(r() * 3) * 512 : 1 + Math.floor(r() * (mode === 1 ? 512 : 4 * cs));
-        // Mode 2: the last extent runs past the image (a partition table copy, say).
-        extents.push({ start: at, length: mode === 2 ? Math.max(length, g.virtualSize - at + 4096) : Math.min(length, g.virtualSize - at) });
-        at += extents[extents.length - 1]!.length + Math.floor(r() * (mode === 0 ? 10 * cs : cs));
-      }
-      const count = chunkCount(g);
-      check(splitRanges(count, g, extents, k), count, k);
-      check(splitRanges(count, g, null, k), count, k);
-    }
   });
 });
