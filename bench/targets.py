@@ -8,6 +8,7 @@ largest of any rep). Wire = bytes both directions / the run's own reference (cha
 zstd -3: bound:changed4k+zstd3). "rsync" = the fastest rsync variant of the same run.
 """
 import csv
+import re
 import statistics
 import sys
 
@@ -80,7 +81,7 @@ def main():
         dw = wire(sc, dfp)
         x = dw / ref if ref else None
         w(f"| wire MiB (x ref {ref / MiB:.2f} MiB) | {dw / MiB:.2f} ({f(x, 3)}x) | "
-          + peer_list(sc, "", lambda n: f"{wire(sc, n) / ref:.2f}x" if ref else None, peers)
+          + peer_list(sc, "", lambda n: f"{wire(sc, n) / ref:.2f}x" if ref and wire(sc, n) else None, peers)
           + f" | ≤ {ref_target:.2f}x | {yes(x is not None and x <= ref_target)} |")
         if sc == "update":
             rq = med(sc, dfp, "requests")
@@ -120,14 +121,23 @@ def main():
         sd = med("scan", "deskfuse-scan-dirty", "wall_s")
         sc_ = med("scan", "deskfuse-sync-clean", "wall_s")
         note = g[("scan", "xxhsum-H2")][0]["note"]
-        secs = statistics.median(float(r["note"].rsplit("seconds=", 1)[1]) for r in g[("scan", "deskfuse-scan-dirty")])
+        def note_med(key):
+            xs = []
+            for r in g[("scan", "deskfuse-scan-dirty")]:
+                m = re.search(key + r"=([0-9.]+)", r["note"])
+                if m:
+                    xs.append(float(m.group(1)))
+            return statistics.median(xs) if xs else None
+        secs, scan_s = note_med("agent seconds"), note_med("scanSeconds")
         dirty_ok = {r["ok"] for r in g[("scan", "deskfuse-scan-dirty")]}
         clean_ok = {r["ok"] for r in g[("scan", "deskfuse-sync-clean")]}
         w("#### scan (a dirty disk: `agent handoff`, then `agent sync` with nothing new on the server)")
         w("")
         w("| what | deskfuse | xxhsum -H2, same file, same run | target | met? |")
         w("|---|---|---|---|---|")
-        w(f"| dirty disk: agent sync wall s (whole command; agent's own `seconds` {secs:.2f}) | {sd:.2f} ({sd / xx:.1f}x) | {xx:.2f} | ≤ 1.5x = {1.5 * xx:.2f} | {yes(sd <= 1.5 * xx)} |")
+        w(f"| dirty disk: agent sync wall s (whole command) | {sd:.2f} ({sd / xx:.1f}x) | {xx:.2f} | ≤ 1.5x = {1.5 * xx:.2f} | {yes(sd <= 1.5 * xx)} |")
+        if scan_s is not None:
+            w(f"| dirty disk: the scan alone (agent JSON `scanSeconds`; whole sync `seconds` {f(secs)}) | {scan_s:.2f} ({scan_s / xx:.1f}x) | {xx:.2f} | ≤ 1.5x = {1.5 * xx:.2f} | {yes(scan_s <= 1.5 * xx)} |")
         w(f"| dirty disk scanned | {','.join(sorted(dirty_ok))} | | scanned=true | {yes(dirty_ok == {'scanned=true'})} |")
         w(f"| clean disk: agent sync wall s | {sc_:.2f} ({','.join(sorted(clean_ok))}) | | not scanned | {yes(clean_ok == {'scanned=false'})} |")
         w("")

@@ -18,20 +18,24 @@
 # the server and are never timed.
 #
 # Per rep:
-#   update : two desktops at `base`, each with a blank disk file provisioned by `agent sync` (row
-#            scenario "provision", not in the peer tables), both desktops reset to main, then timed
-#            `agent sync` on disk a ("deskfuse-first-client") then on disk b ("deskfuse"). The server
-#            builds v2's delta in the background right after the publish (its CPU is in the prep row,
-#            measured until the server is idle again), so both clients are served the cached delta; the
-#            first one also pays any cold read of it. Checked: sha256 of the disk's first <virtual
-#            size> bytes = v2.img.
+#   update : desktops up-a and up-b at `base`, each with a disk file provisioned by `agent sync` from
+#            blank (rep 1; row scenario "provision", not in the peer tables; a copy of each disk is kept
+#            and restored in later reps, desktops reset back to base), both desktops reset to main,
+#            then timed `agent sync` on disk a ("deskfuse-first-client") and on disk b ("deskfuse").
+#            The server builds v2's delta in the background right after the publish (its CPU is in
+#            the prep row, measured until the server is idle again), so both clients get the cached
+#            delta; the first one also pays any cold read of it. Checked every rep: sha256 of the
+#            disk's first <virtual size> bytes = v2.img.
 #   scan   : on disk a (now clean at v2): xxhsum -H2 over the disk file, `agent handoff` + `agent sync`
 #            (full scan, JSON scanned=true), then `agent sync` on the clean disk (scanned=false).
 #            Rows in scenario "scan" (results.tsv only; bench/run.sh turns them into a table).
-#   capture: a desktop at base, a blank disk provisioned by `agent sync`, `agent handoff`, local.img
-#            dd'd onto it (the OS at work), timed `agent commit`. Checked on rep 1: `image export`
-#            of desktops/capN = local.img (sha256). Server CPU is counted until the server is idle
-#            again (it builds the new version's delta in the background after the commit).
+#   capture: desktop cap at base, its disk provisioned from blank (rep 1), the server's data dir saved
+#            (server stopped); each rep restores that data dir and the disk (content-addressed chunks:
+#            without the restore, later reps would find local.img's chunks already stored), then
+#            `agent handoff`, local.img dd'd onto the disk (the OS at work), timed `agent commit`.
+#            Checked on rep 1: `image export win@desktops/cap` = local.img (sha256). Server CPU is
+#            counted until the server is idle again (it builds the new version's delta in the
+#            background after the commit).
 
 DF_HOOK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DF_REPO=$(cd "$DF_HOOK_DIR/../.." && pwd)
@@ -52,24 +56,36 @@ df_admin() { DESKFUSE_SERVER="http://127.0.0.1:$DF_PORT" DESKFUSE_TOKEN="$DF_ADM
 
 df_port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+df_server_up() {
+  node "$DF_CLI" server --data "$DF_DIR/srv" --listen "127.0.0.1:$DF_PORT" --log-level warn >> "$DF_DIR/server.log" 2>&1 &
+  DF_SPID=$!; PIDS+=("$DF_SPID")
+  local i
+  for i in $(seq 300); do
+    kill -0 "$DF_SPID" 2>/dev/null || { tail -n 20 "$DF_DIR/server.log" >&2; df_die "server exited during start"; }
+    if [ -s "$DF_DIR/srv/admin.token" ] && curl -fsS -o /dev/null "http://127.0.0.1:$DF_PORT/healthz" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  df_die "server not up after 30 s"
+}
+
+df_server_down() { # stop our server (by PID) and wait for it
+  kill "$DF_SPID" 2>/dev/null || true
+  wait "$DF_SPID" 2>/dev/null || true
+  DF_SPID=
+}
+
 df_start() {
-  [ -n "$DF_SPID" ] && return 0
+  [ -n "$DF_XPID" ] && return 0
   [ -f "$DF_CLI" ] || df_die "$DF_CLI is missing: run npm run build"
   local p
   for p in "$DF_PORT" "$DF_PPORT"; do df_port_busy "$p" && df_die "something already answers on 127.0.0.1:$p (set DF_PORT / DF_PROXY_PORT)"; done
   rm -rf "$DF_DIR"; mkdir -p "$DF_DIR"
-  node "$DF_CLI" server --data "$DF_DIR/srv" --listen "127.0.0.1:$DF_PORT" --log-level warn > "$DF_DIR/server.log" 2>&1 &
-  DF_SPID=$!; PIDS+=("$DF_SPID")
   node "$DF_REPO/bench/tcpcount.mjs" "$DF_PPORT" "$DF_PORT" "$DF_DIR/wire.log" > "$DF_DIR/proxy.out" 2>&1 &
   DF_XPID=$!; PIDS+=("$DF_XPID")
+  df_server_up
   local i
-  for i in $(seq 300); do
-    kill -0 "$DF_SPID" 2>/dev/null || { tail -n 20 "$DF_DIR/server.log" >&2; df_die "server exited during start"; }
-    if [ -s "$DF_DIR/srv/admin.token" ] && grep -q ready "$DF_DIR/proxy.out" 2>/dev/null &&
-      curl -fsS -o /dev/null "http://127.0.0.1:$DF_PORT/healthz" 2>/dev/null; then break; fi
-    sleep 0.1
-  done
-  [ -s "$DF_DIR/srv/admin.token" ] || df_die "server not up after 30 s"
+  for i in $(seq 100); do grep -q ready "$DF_DIR/proxy.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q ready "$DF_DIR/proxy.out" || df_die "byte-counting relay did not start: $(cat "$DF_DIR/proxy.out")"
   DF_ADMIN=$(cat "$DF_DIR/srv/admin.token")
   df_log "server pid $DF_SPID on 127.0.0.1:$DF_PORT, byte-counting relay pid $DF_XPID on :$DF_PPORT ($(node "$DF_CLI" --version 2>/dev/null || git -C "$DF_REPO" rev-parse --short HEAD))"
 }
@@ -147,17 +163,29 @@ deskfuse_prep() {
     "uploaded bytes, new chunks; wall/CPU/RSS = the CLI; server CPU ${SRV}s incl. building v2's delta in the background (busy ${DF_WARM_S}s more after publish returned)"
 }
 
+# The agent's lease holder is host + disk path, so a disk always lives at the same path; a copy of
+# each freshly provisioned disk (*.pristine) restores it for the next rep.
 deskfuse_update() {
-  local rep=$1 a="$DF_DIR/up$1a.img" b="$DF_DIR/up$1b.img" n
+  local rep=$1 a="$DF_DIR/up-a.img" b="$DF_DIR/up-b.img" n
   df_start
-  df_provision "up$rep-a" "$a" "$rep" deskfuse-provision; local ta=$DF_TOKEN
-  df_provision "up$rep-b" "$b" "$rep" deskfuse-provision-b; local tb=$DF_TOKEN
-  df_admin desktop reset "up$rep-a" --to main > /dev/null
-  df_admin desktop reset "up$rep-b" --to main > /dev/null
+  if [ ! -f "$a.pristine" ]; then
+    df_provision up-a "$a" "$rep" deskfuse-provision; DF_TA=$DF_TOKEN
+    df_provision up-b "$b" "$rep" deskfuse-provision-b; DF_TB=$DF_TOKEN
+    cp --sparse=always "$a" "$a.pristine"; cp --sparse=always "$b" "$b.pristine"
+  else
+    # back to the provisioned state: disks at version 1 (clean), desktops at base
+    cp --sparse=always "$a.pristine" "$a"; cp --sparse=always "$b.pristine" "$b"
+    sync "$a" "$b"   # flushed, as the agent leaves a disk it provisioned (no writeback during the timed step)
+    cat "$a" "$b" > /dev/null   # warm page cache, as for every peer (a fresh copy may not be cached)
+    df_admin desktop reset up-a --to base > /dev/null
+    df_admin desktop reset up-b --to base > /dev/null
+  fi
+  df_admin desktop reset up-a --to main > /dev/null
+  df_admin desktop reset up-b --to main > /dev/null
   for n in a b; do
-    local disk=$a tok=$ta peer=deskfuse-first-client
-    [ $n = b ] && disk=$b tok=$tb peer=deskfuse
-    df_timed "$DF_DIR/up.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$disk" --desktop "up$rep-$n" --token "$tok" --server "http://127.0.0.1:$DF_PPORT" --json
+    local disk=$a tok=$DF_TA peer=deskfuse-first-client
+    [ $n = b ] && disk=$b tok=$DF_TB peer=deskfuse
+    df_timed "$DF_DIR/up.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$disk" --desktop "up-$n" --token "$tok" --server "http://127.0.0.1:$DF_PPORT" --json
     local ok=FAILED
     [ "$DF_OK" = 1 ] && ok=$(df_check_head "$disk" "$SHA_V2")
     record update "$peer" "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/up.json" requests)" "$ok" \
@@ -168,36 +196,56 @@ deskfuse_update() {
     timed "$DF_SPID" xxhsum -H2 "$a" > /dev/null
     record scan xxhsum-H2 "$rep" 0 0 0 - "xxhsum -H2 over the whole disk file ($(stat -c %s "$a") bytes, $(du -B1 "$a" | cut -f1) allocated)"
     node "$DF_CLI" agent handoff --disk "$a" > /dev/null
-    df_timed "$DF_DIR/scan.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$a" --desktop "up$rep-a" --token "$ta" --server "http://127.0.0.1:$DF_PPORT" --json
+    df_timed "$DF_DIR/scan.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$a" --desktop up-a --token "$DF_TA" --server "http://127.0.0.1:$DF_PPORT" --json
     record scan deskfuse-scan-dirty "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/scan.json" requests)" "scanned=$(df_json "$DF_DIR/scan.json" scanned)" \
-      "agent sync after handoff (state dirty), nothing new on the server; agent seconds=$(df_json "$DF_DIR/scan.json" seconds)"
-    df_timed "$DF_DIR/clean.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$a" --desktop "up$rep-a" --token "$ta" --server "http://127.0.0.1:$DF_PPORT" --json
+      "agent sync after handoff (state dirty), nothing new on the server; agent seconds=$(df_json "$DF_DIR/scan.json" seconds) scanSeconds=$(df_json "$DF_DIR/scan.json" scanSeconds)"
+    df_timed "$DF_DIR/clean.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$a" --desktop up-a --token "$DF_TA" --server "http://127.0.0.1:$DF_PPORT" --json
     record scan deskfuse-sync-clean "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/clean.json" requests)" "scanned=$(df_json "$DF_DIR/clean.json" scanned)" \
       "agent sync of a clean disk, nothing new; agent seconds=$(df_json "$DF_DIR/clean.json" seconds)"
   fi
   rm -f "$a"
+  [ "$rep" = "$REPS" ] && rm -f "$a.pristine" "$b.pristine"
+  return 0
 }
 
+# Every rep starts from the same server state (base + v2, no chunk of local.img: it is content
+# addressed, so a second capture would find them all there): the server's data dir is saved once
+# after provisioning (server stopped), and restored (server restarted) before each rep.
 deskfuse_capture() {
-  local rep=$1 disk="$DF_DIR/cap$1.img"
+  local rep=$1 disk="$DF_DIR/cap.img"
   df_start
-  df_provision "cap$rep" "$disk" "$rep" deskfuse-provision-cap; local tok=$DF_TOKEN
+  if [ ! -d "$DF_DIR/srv.capture" ]; then
+    df_provision cap "$disk" "$rep" deskfuse-provision-cap; DF_TC=$DF_TOKEN
+    mv "$disk" "$disk.pristine"
+    df_server_down
+    cp -a "$DF_DIR/srv" "$DF_DIR/srv.capture"
+  else
+    df_server_down
+  fi
+  rm -rf "$DF_DIR/srv"; cp -a "$DF_DIR/srv.capture" "$DF_DIR/srv"
+  find "$DF_DIR/srv" -type f -exec sync {} +   # no writeback of the copy during the timed step
+  df_server_up
+  cp --sparse=always "$disk.pristine" "$disk"
   node "$DF_CLI" agent handoff --disk "$disk" > /dev/null
   dd if="$D/local.img" of="$disk" bs=4M conv=notrunc,sparse status=none
+  sync "$disk"   # the OS has shut down: its writes are on the disk (no writeback during the timed step)
+  cat "$disk" > /dev/null   # warm page cache, as for every peer (a fresh copy may not be cached)
   local t0; t0=$(srv_ticks "$DF_SPID")
-  df_timed "$DF_DIR/cap.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent commit --disk "$disk" --token "$tok" --server "http://127.0.0.1:$DF_PPORT" --json
+  df_timed "$DF_DIR/cap.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent commit --disk "$disk" --token "$DF_TC" --server "http://127.0.0.1:$DF_PPORT" --json
   local ok=- commit_ok=$DF_OK
   [ "$commit_ok" = 1 ] && df_srv_until_idle "$t0"
   local w=$W u=$U s=$S m=$M srv=$SRV other=$OTHER
   if [ "$commit_ok" != 1 ]; then ok=FAILED
   elif [ "$rep" = 1 ]; then
     rm -f "$DF_DIR/x.img"
-    df_admin image export "win@desktops/cap$rep" --to "$DF_DIR/x.img" > /dev/null 2>&1 || true
+    df_admin image export win@desktops/cap --to "$DF_DIR/x.img" > /dev/null 2>&1 || true
     if [ -f "$DF_DIR/x.img" ]; then ok=$(check "$DF_DIR/x.img" "$SHA_LOCAL"); else ok=FAILED-export; fi
     rm -f "$DF_DIR/x.img"
   fi
   W=$w U=$u S=$s M=$m SRV=$srv OTHER=$other
   record capture deskfuse "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/cap.json" requests)" "$ok" \
-    "agent commit (scan + patch upload) -> version $(df_json "$DF_DIR/cap.json" version), localChanges=$(df_json "$DF_DIR/cap.json" localChanges) connections=$DF_CONNS; server CPU incl. building the new version's delta (busy ${DF_WARM_S}s more after the commit returned)"
+    "agent commit (scan + patch upload) -> version $(df_json "$DF_DIR/cap.json" version), localChanges=$(df_json "$DF_DIR/cap.json" localChanges) scanSeconds=$(df_json "$DF_DIR/cap.json" scanSeconds) connections=$DF_CONNS; server CPU incl. building the new version's delta (busy ${DF_WARM_S}s more after the commit returned); server state restored before each rep"
   rm -f "$disk"
+  [ "$rep" = "$REPS" ] && rm -rf "$disk.pristine" "$DF_DIR/srv.capture"
+  return 0
 }
