@@ -85,15 +85,7 @@ export class FsChunkStore implements PrunableStore {
           await fsp.mkdir(dir, { recursive: true });
           this.dirs.add(dir);
         }
-        const tmp = path.join(dir, `.tmp-${id.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
-        const fh = await fsp.open(tmp, 'wx', 0o644);
-        try {
-          await fh.writeFile(frame);
-          await fh.datasync();
-        } finally {
-          await fh.close();
-        }
-        await fsp.rename(tmp, final);
+        await writeDurable(final, frame, false); // the folders are synced once for the batch
         dirs.add(dir);
         stored++;
       }),
@@ -133,6 +125,23 @@ export class FsChunkStore implements PrunableStore {
     }
     return { chunks, bytes };
   }
+}
+
+/**
+ * Write a file so that its name never points at bytes a crash could lose: a temp file beside it,
+ * fdatasync, rename, then (with `syncDir`) fsync of the folder so the name itself survives.
+ */
+export async function writeDurable(final: string, bytes: Buffer, syncDir = true): Promise<void> {
+  const tmp = path.join(path.dirname(final), `.tmp-${path.basename(final).slice(0, 16)}-${randomBytes(6).toString('hex')}`);
+  const fh = await fsp.open(tmp, 'wx', 0o644);
+  try {
+    await fh.writeFile(bytes);
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+  await fsp.rename(tmp, final);
+  if (syncDir) await fsyncDir(path.dirname(final));
 }
 
 export async function fsyncDir(dir: string): Promise<void> {

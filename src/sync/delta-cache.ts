@@ -1,9 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { hashBytes, idHex } from '../chunk/id.js';
 import type { ChunkReader } from '../chunk/store.js';
-import { fsyncDir } from '../chunk/fs-store.js';
+import { writeDurable } from '../chunk/fs-store.js';
 import { decodeLayer } from '../image/layer.js';
 import { buildDelta } from './delta.js';
 
@@ -68,16 +67,7 @@ export class DeltaCache {
     const layer = decodeLayer((await this.blobs.get(layerId)).raw);
     const bytes = Buffer.concat(await buildDelta(layerId, layer, this.chunks));
     await fsp.mkdir(this.dir, { recursive: true });
-    const tmp = path.join(this.dir, `.tmp-${randomBytes(6).toString('hex')}`);
-    const fh = await fsp.open(tmp, 'wx', 0o644);
-    try {
-      await fh.writeFile(bytes);
-      await fh.datasync();
-    } finally {
-      await fh.close();
-    }
-    await fsp.rename(tmp, path.join(this.dir, `${layerId}.${idHex(hashBytes(bytes))}.dfdl`));
-    await fsyncDir(this.dir);
+    await writeDurable(path.join(this.dir, `${layerId}.${idHex(hashBytes(bytes))}.dfdl`), bytes);
     return bytes;
   }
 }
