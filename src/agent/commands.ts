@@ -52,7 +52,7 @@ export async function agentCommit(o: AgentOptions): Promise<CommitResult> {
       result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
     } else {
       const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index);
-      const hints = mergeHints(s, scan, s.slot.hints);
+      const hints = mergeHints(scan, s.slot.hints);
       if (scan.changed.length === 0) {
         state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean' });
         result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };

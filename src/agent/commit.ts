@@ -3,11 +3,10 @@ import { idHex, isZeroId } from '../chunk/id.js';
 import { encodePack, PACK_CONTENT_TYPE } from '../chunk/pack.js';
 import { dfError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
-import { blocksPerChunk, chunkLength, maskBytes } from '../image/geometry.js';
+import { blocksPerChunk, chunkLength, fullMask, maskBytes } from '../image/geometry.js';
 import { diffIndexes, encodeLayer } from '../image/layer.js';
 import type { VersionRow } from '../meta/repo.js';
 import { extractBlocks, hintMask } from '../sync/blockhash.js';
-import { allMask } from '../sync/delta.js';
 import { encodePatch, PATCH_CONTENT_TYPE, type PatchRecord } from '../sync/patch.js';
 import type { ScanResult } from '../sync/scan.js';
 import { readChunkAt } from './disk.js';
@@ -44,7 +43,7 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
 
   // Patches: the blocks whose hints changed, against the on-disk version's chunk at that position.
   const mb = maskBytes(g);
-  const all = allMask(g);
+  const all = fullMask(g);
   const failedWhole: string[] = [];
   let batch: PatchRecord[] = [];
   let size = 0;
@@ -105,7 +104,7 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
 }
 
 /** hints of the disk after a scan: the slot's, with the changed positions' new ones. */
-export function mergeHints(s: Session, scan: ScanResult, base: Buffer): Buffer {
+export function mergeHints(scan: ScanResult, base: Buffer): Buffer {
   const out = Buffer.from(base);
   for (const [pos, h] of scan.hints) h.copy(out, pos * h.length);
   return out;

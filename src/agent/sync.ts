@@ -1,5 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hashBytes, idHex } from '../chunk/id.js';
+import { hashBytes, idHex, isZeroId } from '../chunk/id.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength } from '../image/geometry.js';
@@ -83,7 +83,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   if (!state || state.state !== 'clean') {
     scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null);
     actual = scan.index;
-    hints = mergeHints(s, scan, s.slot?.hints ?? emptyHints(g));
+    hints = mergeHints(scan, s.slot?.hints ?? emptyHints(g));
   } else {
     actual = s.slot!.index;
     hints = s.slot!.hints;
@@ -177,13 +177,13 @@ class HopCursor {
   async applyAt(pos: number, buf: Buffer): Promise<void> {
     const entries = this.hop.layer.entries;
     while (this.entry < entries.length && entries[this.entry]!.index < pos) {
-      if (!isZero(entries[this.entry]!.id)) await this.nextItem(); // blocks for a position we skip
+      if (!isZeroId(entries[this.entry]!.id)) await this.nextItem(); // blocks for a position we skip
       this.entry++;
     }
     const e = entries[this.entry];
     if (!e || e.index !== pos) return;
     this.entry++;
-    if (isZero(e.id)) {
+    if (isZeroId(e.id)) {
       buf.fill(0);
       return;
     }
@@ -204,7 +204,6 @@ class HopCursor {
   }
 }
 
-const isZero = (id: Buffer) => id.every((x) => x === 0);
 
 async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean): Promise<{ state: DiskState; patched: number }> {
   const g = s.geometry;

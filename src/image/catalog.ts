@@ -6,7 +6,7 @@ import type { ChunkStore } from '../chunk/store.js';
 import type { CommitFence, CommitOutcome, ImageRow, MetaRepo, RefLogRow, RefRow, VersionKind, VersionRow } from '../meta/repo.js';
 import { blockMask } from './blocks.js';
 import { ChunkIndex } from './chunk-index.js';
-import { blocksPerChunk, checkGeometry, chunkLength, maskBytes, type Geometry } from './geometry.js';
+import { checkGeometry, chunkLength, fullMask, maskBytes, type Geometry } from './geometry.js';
 import { applyLayer, decodeLayer, encodeLayer, type Layer, type LayerEntry } from './layer.js';
 import { checkImageName, checkRefName, conflictRefName, isConflictRef } from './names.js';
 
@@ -197,7 +197,7 @@ export class Catalog {
     if (!parent) return { ...layer, hasMasks: false };
     const g = layer.geometry;
     const mb = maskBytes(g);
-    const all = allBlocks(g);
+    const all = fullMask(g);
     const out: LayerEntry[] = new Array(layer.entries.length);
     for (let k = 0; k < layer.entries.length; k += MASK_CONCURRENCY) {
       const batch = layer.entries.slice(k, k + MASK_CONCURRENCY);
@@ -238,10 +238,4 @@ export class Catalog {
       });
     }
   }
-}
-
-function allBlocks(g: Geometry): Buffer {
-  const m = Buffer.alloc(maskBytes(g));
-  for (let b = 0; b < blocksPerChunk(g); b++) m[b >> 3]! |= 1 << (b & 7);
-  return m;
 }

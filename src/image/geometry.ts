@@ -53,3 +53,10 @@ export function blocksPerChunk(g: Geometry): number {
 export function maskBytes(g: Geometry): number {
   return Math.ceil(blocksPerChunk(g) / 8);
 }
+
+/** A block mask naming every 4 KiB block of a chunk (the whole chunk changed). */
+export function fullMask(g: Geometry): Buffer {
+  const m = Buffer.alloc(maskBytes(g));
+  for (let b = 0; b < blocksPerChunk(g); b++) m[b >> 3]! |= 1 << (b & 7);
+  return m;
+}

@@ -3,9 +3,9 @@ import { encodeFrame } from '../chunk/frame.js';
 import { hashBytes, idHex, ZERO_ID } from '../chunk/id.js';
 import type { ChunkReader, StoredChunk } from '../chunk/store.js';
 import { DeskfuseError, dfError } from '../errors.js';
-import type { Geometry } from '../image/geometry.js';
+import { fullMask as allMask, type Geometry } from '../image/geometry.js';
 import { encodeLayer, type Layer } from '../image/layer.js';
-import { allMask, buildDelta, DELTA_MAGIC, deltaEntries, readDelta } from './delta.js';
+import { buildDelta, DELTA_MAGIC, deltaEntries, readDelta } from './delta.js';
 import { FrameReader } from './frames.js';
 import { prng, rejection } from '../../test/helpers/expect.js';
 

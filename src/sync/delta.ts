@@ -1,7 +1,7 @@
 import { dfError } from '../errors.js';
 import { idHex, isZeroId } from '../chunk/id.js';
 import type { ChunkReader } from '../chunk/store.js';
-import { blocksPerChunk, chunkLength, maskBytes, type Geometry } from '../image/geometry.js';
+import { chunkLength, fullMask } from '../image/geometry.js';
 import type { Layer, LayerEntry } from '../image/layer.js';
 import { Writer } from '../wire/bytes.js';
 import { extractBlocks, maskedLength } from './blockhash.js';
@@ -24,12 +24,6 @@ import { FrameReader, FrameWriter } from './frames.js';
 export const DELTA_MAGIC = Buffer.from('DFDL');
 const HEADER = 44;
 
-export function allMask(g: Geometry): Buffer {
-  const m = Buffer.alloc(maskBytes(g));
-  for (let b = 0; b < blocksPerChunk(g); b++) m[b >> 3]! |= 1 << (b & 7);
-  return m;
-}
-
 export function deltaEntries(layer: Layer): LayerEntry[] {
   return layer.entries.filter((e) => !isZeroId(e.id));
 }
@@ -37,7 +31,7 @@ export function deltaEntries(layer: Layer): LayerEntry[] {
 /** Build a delta from a layer and the store holding its chunks (each read is verified). */
 export async function buildDelta(layerId: string, layer: Layer, chunks: ChunkReader): Promise<Buffer[]> {
   const entries = deltaEntries(layer);
-  const all = allMask(layer.geometry);
+  const all = fullMask(layer.geometry);
   const w = new FrameWriter(new Writer(HEADER).bytes(DELTA_MAGIC).u8(1).u8(0).u16(0).bytes(Buffer.from(layerId, 'hex')).u32(entries.length).done());
   for (const e of entries) {
     const { raw } = await chunks.get(idHex(e.id));
@@ -59,7 +53,7 @@ export interface DeltaItem {
  */
 export async function* readDelta(layerId: string, layer: Layer, body: AsyncIterable<Uint8Array>): AsyncGenerator<DeltaItem> {
   const entries = deltaEntries(layer);
-  const all = allMask(layer.geometry);
+  const all = fullMask(layer.geometry);
   const r = new FrameReader('delta');
   let header: Buffer | undefined;
   let k = 0;

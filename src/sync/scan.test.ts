@@ -1,4 +1,4 @@
-import { closeSync, ftruncateSync, openSync, promises as fsp, readFileSync, writeSync } from 'node:fs';
+import { closeSync, openSync, promises as fsp, readFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +9,7 @@ import { blockHashes } from './blockhash.js';
 import { scanRange } from './scan-core.js';
 import { scanDisk } from './scan.js';
 import { prng } from '../../test/helpers/expect.js';
+import { makeDisk } from '../../test/helpers/disk.js';
 
 const rnd = prng(0x5ca7);
 /** Seeded bytes, 4 per PRNG draw. */
@@ -30,13 +31,7 @@ afterAll(async () => {
 /** A sparse file of `size` bytes with `regions` written; everything else a hole. */
 function sparse(name: string, size: number, regions: Array<{ at: number; data: Buffer }>): string {
   const file = path.join(dir, name);
-  const fd = openSync(file, 'w');
-  try {
-    ftruncateSync(fd, size);
-    for (const r of regions) writeSync(fd, r.data, 0, r.data.length, r.at);
-  } finally {
-    closeSync(fd);
-  }
+  makeDisk(file, size, regions);
   return file;
 }
 
