@@ -12,6 +12,8 @@ export const USAGE = `deskfuse — PXE/iPXE boot-time sync appliance for desktop
 
 Usage:
   deskfuse server [--data DIR] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
+                  [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]
+                  [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]
   deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
   deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG]
   deskfuse image list
@@ -32,6 +34,11 @@ Usage:
   deskfuse desktop token NAME [--ttl SECONDS]
   deskfuse desktop reset NAME [--to REF]
   deskfuse desktop lease break NAME
+  deskfuse endpoint list | show ID | events [ID] [--follow]
+  deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
+  deskfuse endpoint assign ID [--desktop NAME] [--mode sync|local] [--boot-method auto|kexec|sanboot|exit|bootnext]
+  deskfuse endpoint disable ID
+  deskfuse image boot NAME --partition N --kernel PATH [--initrd PATH] --cmdline TEXT
 
 Global options:
   --server URL    image server (env DESKFUSE_SERVER, default http://127.0.0.1:8080)
@@ -53,6 +60,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'store': return await (await import('./commands/store.js')).storeCommand(rest, io);
       case 'agent': return await (await import('./commands/agent.js')).agentCommand(rest, io);
       case 'desktop': return await (await import('./commands/desktop.js')).desktopCommand(rest, io);
+      case 'endpoint': return await (await import('./commands/endpoint.js')).endpointCommand(rest, io);
       case undefined: case '-h': case '--help': case 'help':
         io.out.write(USAGE);
         return cmd === undefined ? 2 : 0;

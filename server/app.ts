@@ -5,7 +5,9 @@ import { authenticate, authorize } from './auth.js';
 import type { AppContext } from './context.js';
 import { installErrorHandler } from './errors.js';
 import { chunkRoutes } from './routes/chunks.js';
+import { bootRoutes } from './routes/boot.js';
 import { desktopRoutes } from './routes/desktops.js';
+import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { opsRoutes } from './routes/ops.js';
 import { syncRoutes } from './routes/sync.js';
@@ -60,5 +62,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(syncRoutes(ctx));
   await app.register(imageRoutes(ctx), { prefix: '/api/v1' });
   await app.register(desktopRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(endpointRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(bootRoutes(ctx));
   return app;
 }

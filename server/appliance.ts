@@ -5,6 +5,9 @@ import { hashToken, newToken } from '../src/auth/tokens.js';
 import { FsChunkStore } from '../src/chunk/fs-store.js';
 import type { ServerConfig } from '../src/config/server.js';
 import { Desktops } from '../src/desktop/desktops.js';
+import { Endpoints } from '../src/endpoint/endpoints.js';
+import { loadTemplates } from '../src/ipxe/render.js';
+import { SqliteEndpointRepo } from '../src/meta/sqlite-endpoints.js';
 import { Catalog } from '../src/image/catalog.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { SqliteMetaRepo } from '../src/meta/sqlite.js';
@@ -57,7 +60,12 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const desktops = new Desktops({ repo, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(repo, p.adminToken);
     const deltas = new DeltaCache(p.deltas, blobs, chunks);
-    const ctx: AppContext = { catalog, desktops, chunks, repo, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now };
+    const nb = config.netboot;
+    const endpoints = new Endpoints({
+      repo: new SqliteEndpointRepo(repo.database), meta: repo, desktops, now, autoEnrol: nb.autoEnrol, ...(log ? { log } : {}),
+    });
+    const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
+    const ctx: AppContext = { catalog, desktops, chunks, repo, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, ...(newAdminToken ? { newAdminToken } : {}),

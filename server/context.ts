@@ -1,5 +1,7 @@
 import type { ChunkStore } from '../src/chunk/store.js';
 import type { Desktops } from '../src/desktop/desktops.js';
+import type { Endpoints } from '../src/endpoint/endpoints.js';
+import type { Templates } from '../src/ipxe/render.js';
 import type { Catalog } from '../src/image/catalog.js';
 import type { MetaRepo } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
@@ -18,4 +20,15 @@ export interface AppContext {
   bodyLimit: number;
   /** The clock (token expiry, leases); tests inject one they can advance. */
   now: () => Date;
+  endpoints: Endpoints;
+  boot: BootContext;
+}
+
+/** What the /boot routes serve: the boot stage's files, iPXE templates, how endpoints reach us. */
+export interface BootContext {
+  dir: string;
+  templates: Templates;
+  publicUrl: string | null;
+  kernelArgs: string;
+  retrySeconds: number;
 }

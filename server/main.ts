@@ -1,6 +1,7 @@
 import pino from 'pino';
 import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
+import { startNetboot, type NetbootServices } from './services/netboot.js';
 
 /**
  * `deskfuse server`: the composition root. config → logger → stores → app → listen → signals → close.
@@ -18,13 +19,21 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   }
   const url = await appliance.app.listen({ host: config.listen.host, port: config.listen.port });
   log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
+  let netboot: NetbootServices;
+  try {
+    const port = (appliance.app.server.address() as { port: number }).port;
+    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, log);
+  } catch (err) {
+    await appliance.close();
+    throw err;
+  }
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping');
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      appliance.close().then(resolve, (err) => {
+      netboot.close().then(() => appliance.close()).then(resolve, (err) => {
         log.error({ err }, 'error while stopping');
         resolve();
       });

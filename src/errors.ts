@@ -43,7 +43,13 @@ export const ERRORS = {
   DF_ERR_DISK_BLANK: { status: 400, message: 'the disk has no deskfuse state: sync it first' },
   DF_ERR_APPLY_PENDING: { status: 409, message: 'an interrupted sync must finish first' },
   DF_ERR_STATE_CORRUPT: { status: 500, message: "the disk's state area is corrupt" },
+  DF_ERR_ENDPOINT_NOT_FOUND: { status: 404, message: 'no such endpoint' },
+  DF_ERR_ENDPOINT_STATE: { status: 409, message: 'the endpoint is not in a state that allows this' },
+  DF_ERR_BOOT_TOKEN_USED: { status: 401, message: 'the boot token was already used' },
+  DF_ERR_BOOT_TOKEN_MAC: { status: 403, message: 'the boot token belongs to another endpoint' },
+  DF_ERR_BOOT_FILES_MISSING: { status: 503, message: 'the boot stage (kernel and initramfs) is not built' },
   DF_ERR_STORE_VERIFY: { status: 500, message: 'the store has missing or corrupt chunks' },
+  DF_ERR_NATIVE_MISSING: { status: 500, message: 'the native addon is not built' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { checkImageName, parseImageRev } from '../../src/image/names.js';
-import type { ImageRow, RefRow, VersionRow } from '../../src/meta/repo.js';
+import type { ImageBoot, ImageRow, RefRow, VersionRow } from '../../src/meta/repo.js';
 import { fmtBytes } from '../../src/progress.js';
 import { exportVersion } from '../../src/transfer/export.js';
 import { publishDisk } from '../../src/transfer/publish.js';
@@ -9,8 +9,11 @@ import { dfError } from '../../src/errors.js';
 import { clientFrom, need, parse, parseSize, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 
-const HELP = `deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
-deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG]
+const HELP = `deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG] [BOOT]
+deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG] [BOOT]
+deskfuse image boot NAME --boot-partition N --boot-kernel PATH [--boot-initrd PATH] --boot-cmdline TEXT
+  BOOT: the kernel the image's OS boots, for endpoints that hand off by kexec:
+        --boot-partition N --boot-kernel /vmlinuz [--boot-initrd /initrd.img] --boot-cmdline "root=… quiet"
 deskfuse image list | show NAME | log NAME[@REF] [--limit N]
 deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
 `;
@@ -28,6 +31,10 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     to: { type: 'string' },
     format: { type: 'string', default: 'raw' },
     limit: { type: 'string', default: '50' },
+    'boot-partition': { type: 'string' },
+    'boot-kernel': { type: 'string' },
+    'boot-initrd': { type: 'string' },
+    'boot-cmdline': { type: 'string' },
   });
   if (values.help || !sub) {
     io.out.write(HELP);
@@ -37,17 +44,38 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
   const json = values.json;
   const tty = !json && Boolean(io.err.isTTY);
 
+  const boot = (): ImageBoot | undefined => {
+    const given = ['boot-partition', 'boot-kernel', 'boot-initrd', 'boot-cmdline'].filter((k) => values[k as 'boot-kernel'] !== undefined);
+    if (given.length === 0) return undefined;
+    const kernel = need(values['boot-kernel'], '--boot-kernel PATH (with the other --boot-* options)');
+    if (!kernel.startsWith('/')) throw dfError('DF_ERR_USAGE', `--boot-kernel: expected an absolute path on the partition, got ${JSON.stringify(kernel)}`, { option: '--boot-kernel' });
+    if (values['boot-initrd'] !== undefined && !values['boot-initrd'].startsWith('/')) throw dfError('DF_ERR_USAGE', '--boot-initrd: expected an absolute path on the partition', { option: '--boot-initrd' });
+    return {
+      partition: positiveInt(need(values['boot-partition'], '--boot-partition N'), '--boot-partition'), kernel,
+      ...(values['boot-initrd'] ? { initrd: values['boot-initrd'] } : {}), cmdline: need(values['boot-cmdline'], '--boot-cmdline TEXT'),
+    };
+  };
+
   switch (sub) {
+    case 'boot': {
+      const name = checkImageName(need(positionals[0], 'image NAME'));
+      const b = need(boot(), '--boot-partition, --boot-kernel and --boot-cmdline');
+      const r = (await client.json<ImageRow>('PUT', `/api/v1/images/${name}/boot`, { body: b })).body;
+      emit(io, json, r, () => `${name}: kexec hand-off boots partition ${b.partition}: ${b.kernel}${b.initrd ? ` + ${b.initrd}` : ''} "${b.cmdline}"\n`);
+      return 0;
+    }
     case 'create':
     case 'publish': {
       const name = checkImageName(need(positionals[0], 'image NAME'));
       const file = need(values.from, '--from FILE');
+      const bootSpec = boot(); // checked before the (long) publish
       const r = await publishDisk({
         client, image: name, file, create: sub === 'create', ref: values.ref, message: values.message,
         ...(values.parent ? { parent: positiveInt(values.parent, '--parent') } : {}),
         ...(values['chunk-size'] ? { chunkSize: parseSize(values['chunk-size'], '--chunk-size') } : {}),
         tmpDir: path.join(os.tmpdir()), progress: tty,
       });
+      if (bootSpec) await client.json('PUT', `/api/v1/images/${name}/boot`, { body: bootSpec });
       emit(io, json, r, () =>
         r.conflict
           ? `version ${r.version} of ${name} is kept as ${r.conflict.conflictRef}: ${r.ref} moved to ${r.conflict.head} meanwhile (parent was ${r.parent})\n`

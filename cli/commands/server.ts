@@ -7,10 +7,24 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
     listen: { type: 'string' },
     config: { type: 'string' },
     'log-level': { type: 'string' },
+    dhcp: { type: 'string' },
+    interface: { type: 'string' },
+    'dhcp-range': { type: 'string' },
+    'tftp-listen': { type: 'string' },
+    'public-url': { type: 'string' },
+    'boot-dir': { type: 'string' },
+    'auto-enrol': { type: 'string' },
+    'no-ipv6-ra': { type: 'boolean', default: false },
   });
   if (values.help) {
     io.out.write('deskfuse server [--data DIR] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]\n' +
-      '  defaults: --data ./data (env DESKFUSE_DATA), --listen 127.0.0.1:8080 (env DESKFUSE_LISTEN; 0.0.0.0:8080 serves the network)\n');
+      '                [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]\n' +
+      '                [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]\n' +
+      '  defaults: --data ./data (env DESKFUSE_DATA), --listen 127.0.0.1:8080 (env DESKFUSE_LISTEN; 0.0.0.0:8080 serves the network)\n' +
+      '  network boot: --dhcp off (the site DHCP points PXE at us), proxy (PXE answers beside the site DHCP), full (address pool);\n' +
+      '  with DHCP on, TFTP serves the iPXE binaries on 0.0.0.0:69 and IPv6 RAs (lifetime 0) spare iPXE its IPv6 wait;\n' +
+      '  --public-url is how endpoints reach this server (default: the Host they used); --boot-dir holds vmlinuz + initrd.img\n' +
+      '  (default initramfs/out, made by npm run build:initramfs)\n');
     return 0;
   }
   await runServer({
@@ -20,6 +34,14 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       ...(values.data ? { data: values.data } : {}),
       ...(values.listen ? { listen: values.listen } : {}),
       ...(values['log-level'] ? { logLevel: values['log-level'] } : {}),
+      ...(values.dhcp ? { dhcp: values.dhcp } : {}),
+      ...(values.interface ? { interface: values.interface } : {}),
+      ...(values['dhcp-range'] ? { dhcpRange: values['dhcp-range'] } : {}),
+      ...(values['tftp-listen'] ? { tftpListen: values['tftp-listen'] } : {}),
+      ...(values['public-url'] ? { publicUrl: values['public-url'] } : {}),
+      ...(values['boot-dir'] ? { bootDir: values['boot-dir'] } : {}),
+      ...(values['auto-enrol'] ? { autoEnrol: values['auto-enrol'] } : {}),
+      ...(values['no-ipv6-ra'] ? { ipv6Ra: false } : {}),
     },
   }, io.out);
   return 0;

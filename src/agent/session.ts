@@ -37,6 +37,11 @@ export interface AgentOptions {
   reprovision?: boolean;
   holder?: string;
   progress?: boolean;
+  /**
+   * The OS may have run since the disk was sealed clean (the server let the endpoint boot its disk
+   * straight from iPXE): treat a clean disk as dirty, so it is scanned and nothing it changed is missed.
+   */
+  assumeDirty?: boolean;
 }
 
 /** An open agent run: client, desktop, image, disk and its state. */
@@ -71,6 +76,7 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
       state = null;
     }
     const slot = state ? await readSlot(disk.fh, state) : null;
+    if (state?.state === 'clean' && o.assumeDirty) state = { ...state, state: 'dirty' };
     const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
     return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder };
   } catch (err) {

@@ -85,6 +85,30 @@ export class ApiClient {
     }
   }
 
+  /** Server-Sent Events: yields each event's `data` (one JSON document per event). */
+  async *sse(path: string): AsyncGenerator<string> {
+    const headers: Record<string, string> = { accept: 'text/event-stream' };
+    if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
+    let res: Response;
+    try {
+      res = await fetch(`${this.base}${path}`, { headers });
+    } catch (cause) {
+      throw dfError('DF_ERR_UNREACHABLE', `cannot reach ${this.base}: ${causeText(cause)}`, { server: this.base }, cause);
+    }
+    if (!res.ok || !res.body) throw toError(res.status, await res.text(), 'GET', path);
+    let buf = '';
+    for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += Buffer.from(piece).toString('utf8');
+      let i;
+      while ((i = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+        if (data) yield data;
+      }
+    }
+  }
+
   private async send(method: string, path: string, o: RequestOptions): Promise<Response> {
     const idempotent = o.idempotent ?? ['GET', 'HEAD', 'PUT'].includes(method);
     const headers: Record<string, string> = {};

@@ -40,13 +40,13 @@ describe('loadServerConfig', () => {
   it('precedence: flags > env > file > defaults, per key', () => {
     const f = file({ dataDir: '/from/file', listen: '10.0.0.1:1', logLevel: 'warn', bodyLimit: 2 * 1024 * 1024 });
     const env = { DESKFUSE_DATA: '/from/env', DESKFUSE_LISTEN: '10.0.0.2:2', DESKFUSE_LOG_LEVEL: 'debug' };
-    expect(loadServerConfig({ file: f })).toEqual({ dataDir: '/from/file', listen: { host: '10.0.0.1', port: 1 }, logLevel: 'warn', bodyLimit: 2097152 });
-    expect(loadServerConfig({ file: f, env })).toEqual({ dataDir: '/from/env', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'debug', bodyLimit: 2097152 });
+    expect(loadServerConfig({ file: f })).toMatchObject({ dataDir: '/from/file', listen: { host: '10.0.0.1', port: 1 }, logLevel: 'warn', bodyLimit: 2097152 });
+    expect(loadServerConfig({ file: f, env })).toMatchObject({ dataDir: '/from/env', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'debug', bodyLimit: 2097152 });
     expect(loadServerConfig({ file: f, env, flags: { data: '/from/flag', listen: '10.0.0.3:3', logLevel: 'trace' } }))
-      .toEqual({ dataDir: '/from/flag', listen: { host: '10.0.0.3', port: 3 }, logLevel: 'trace', bodyLimit: 2097152 });
+      .toMatchObject({ dataDir: '/from/flag', listen: { host: '10.0.0.3', port: 3 }, logLevel: 'trace', bodyLimit: 2097152 });
     // Mixed: each key falls through independently.
     expect(loadServerConfig({ file: f, env: { DESKFUSE_LISTEN: '10.0.0.2:2' }, flags: { logLevel: 'error' } }))
-      .toEqual({ dataDir: '/from/file', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'error', bodyLimit: 2097152 });
+      .toMatchObject({ dataDir: '/from/file', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'error', bodyLimit: 2097152 });
   });
 
   it('resolves a relative dataDir to an absolute path', () => {

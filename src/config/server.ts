@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { dfError } from '../errors.js';
 
 /**
@@ -15,19 +17,63 @@ export interface ServerConfig {
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
   /** Largest request body (packs, layers), bytes. Default 256 MiB. */
   readonly bodyLimit: number;
+  readonly netboot: NetbootConfig;
 }
+
+/** Network boot: DHCP/proxyDHCP, TFTP, IPv6 RA on the boot interface, and what /boot serves. */
+export interface NetbootConfig {
+  /** `off` (default: the site's DHCP points at us), `proxy` (answer PXE clients only, beside the site's DHCP), `full` (address pool, isolated labs). */
+  readonly dhcp: 'off' | 'proxy' | 'full';
+  /** The boot interface: DHCP, TFTP replies and RAs go out on it only. Required unless dhcp is off. */
+  readonly interface: string | null;
+  /** Address pool for `full`: first and last address. */
+  readonly dhcpRange: { readonly first: string; readonly last: string } | null;
+  /** TFTP for firmware that needs it (iPXE binaries). Default 0.0.0.0:69 when dhcp is on; off otherwise unless given. */
+  readonly tftpListen: { readonly host: string; readonly port: number } | null;
+  /** Base URL endpoints use to reach the HTTP server (http://10.0.0.1:8080). Default: the request's Host. */
+  readonly publicUrl: string | null;
+  /** Where the boot stage lives (vmlinuz, initrd.img): `npm run build:initramfs` output. */
+  readonly bootDir: string;
+  /** Where the TFTP root (copies of the iPXE binaries) lives. Default <dataDir>/tftp. */
+  readonly tftpRoot: string | null;
+  /** Send IPv6 router advertisements (lifetime 0) so iPXE stops waiting for one. Default on with DHCP. */
+  readonly ipv6Ra: boolean;
+  /** Enrol unknown endpoints at once (optionally with this desktop) instead of waiting for approval. */
+  readonly autoEnrol: false | { readonly desktop?: string };
+  /** Extra kernel parameters for the boot stage (consoles). */
+  readonly kernelArgs: string;
+  /** Seconds a waiting endpoint (pending, no desktop) waits before asking again. */
+  readonly retrySeconds: number;
+}
+
+/** The package root (dist/src/config → ../../..; src/config → ../..). */
+const PACKAGE_ROOT = (() => {
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  return path.basename(path.resolve(here, '../..')) === 'dist' ? path.resolve(here, '../../..') : path.resolve(here, '../..');
+})();
+
+export const NETBOOT_DEFAULTS: NetbootConfig = {
+  dhcp: 'off', interface: null, dhcpRange: null, tftpListen: null, publicUrl: null,
+  bootDir: path.join(PACKAGE_ROOT, 'initramfs/out'), tftpRoot: null, ipv6Ra: true, autoEnrol: false,
+  kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', retrySeconds: 10,
+};
 
 export const DEFAULTS: ServerConfig = {
   dataDir: './data',
   listen: { host: '127.0.0.1', port: 8080 },
   logLevel: 'info',
   bodyLimit: 256 * 1024 * 1024,
+  netboot: NETBOOT_DEFAULTS,
 };
 
 export interface ConfigSources {
   file?: string;
   env?: Record<string, string | undefined>;
-  flags?: { data?: string; listen?: string; logLevel?: string };
+  flags?: {
+    data?: string; listen?: string; logLevel?: string;
+    dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
+    autoEnrol?: string; ipv6Ra?: boolean;
+  };
 }
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -55,7 +101,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit', 'netboot'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -69,8 +115,50 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const bodyLimit = file.bodyLimit ?? DEFAULTS.bodyLimit;
   if (typeof bodyLimit !== 'number' || !Number.isInteger(bodyLimit) || bodyLimit < 1024 * 1024) problems.push('bodyLimit: expected an integer of at least 1048576');
 
+  const netboot = loadNetboot((file.netboot ?? {}) as Record<string, unknown>, env, src.flags ?? {}, problems);
+
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number });
+  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot });
+}
+
+const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds'];
+
+function loadNetboot(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, problems: string[]): NetbootConfig {
+  for (const k of Object.keys(file)) if (!NETBOOT_KEYS.includes(k)) problems.push(`config file: unknown key netboot.${k}`);
+  const str = (flag: string | undefined, envKey: string, key: string): string | undefined =>
+    flag ?? env[envKey] ?? (typeof file[key] === 'string' ? (file[key] as string) : file[key] === undefined || file[key] === null ? undefined : (problems.push(`netboot.${key}: expected a string`), undefined));
+  const d = NETBOOT_DEFAULTS;
+  const dhcp = str(flags.dhcp, 'DESKFUSE_DHCP', 'dhcp') ?? d.dhcp;
+  if (!['off', 'proxy', 'full'].includes(dhcp)) problems.push(`dhcp: expected off, proxy or full, got ${JSON.stringify(dhcp)}`);
+  const iface = str(flags.interface, 'DESKFUSE_INTERFACE', 'interface') ?? null;
+  if (dhcp !== 'off' && !iface) problems.push(`interface: --dhcp ${dhcp} needs the boot interface (--interface IF)`);
+  if (iface !== null && !/^[A-Za-z0-9_.:-]{1,15}$/.test(iface)) problems.push(`interface: not an interface name: ${JSON.stringify(iface)}`);
+  const rangeRaw = str(flags.dhcpRange, 'DESKFUSE_DHCP_RANGE', 'dhcpRange');
+  let dhcpRange: NetbootConfig['dhcpRange'] = null;
+  if (rangeRaw !== undefined) {
+    const [first, last, extra] = rangeRaw.split(',').map((x) => x.trim());
+    if (!first || !last || extra !== undefined || !isIPv4(first) || !isIPv4(last)) problems.push(`dhcpRange: expected FIRST,LAST (IPv4), got ${JSON.stringify(rangeRaw)}`);
+    else dhcpRange = { first, last };
+  }
+  if (dhcp === 'full' && !dhcpRange) problems.push('dhcpRange: --dhcp full needs an address pool (--dhcp-range FIRST,LAST)');
+  const tftpRaw = str(flags.tftpListen, 'DESKFUSE_TFTP_LISTEN', 'tftpListen');
+  const tftpListen = tftpRaw === 'off' ? null : tftpRaw !== undefined ? parseHostPort(tftpRaw, problems, 'tftpListen') ?? null : dhcp !== 'off' ? { host: '0.0.0.0', port: 69 } : null;
+  const publicUrl = str(flags.publicUrl, 'DESKFUSE_PUBLIC_URL', 'publicUrl') ?? null;
+  if (publicUrl !== null && !/^https?:\/\/[^/\s]+$/.test(publicUrl)) problems.push(`publicUrl: expected http://HOST[:PORT] with no path, got ${JSON.stringify(publicUrl)}`);
+  const bootDir = str(flags.bootDir, 'DESKFUSE_BOOT_DIR', 'bootDir') ?? d.bootDir;
+  const tftpRoot = str(undefined, 'DESKFUSE_TFTP_ROOT', 'tftpRoot') ?? null;
+  const ipv6Ra = flags.ipv6Ra ?? (typeof file.ipv6Ra === 'boolean' ? file.ipv6Ra : d.ipv6Ra);
+  const autoRaw = str(flags.autoEnrol, 'DESKFUSE_AUTO_ENROL', 'autoEnrol');
+  // --auto-enrol: "off", "on" (enrol, no desktop) or a desktop name every new endpoint gets.
+  const autoEnrol: NetbootConfig['autoEnrol'] = autoRaw === undefined || autoRaw === 'off' ? false : autoRaw === 'on' ? {} : { desktop: autoRaw };
+  const kernelArgs = str(undefined, 'DESKFUSE_KERNEL_ARGS', 'kernelArgs') ?? d.kernelArgs;
+  if (/[\r\n]|\$\{/.test(kernelArgs)) problems.push('kernelArgs: no line breaks or "${"');
+  const retrySeconds = typeof file.retrySeconds === 'number' ? file.retrySeconds : d.retrySeconds;
+  if (!Number.isInteger(retrySeconds) || retrySeconds < 1 || retrySeconds > 3600) problems.push('netboot.retrySeconds: expected an integer 1-3600');
+  return {
+    dhcp: dhcp as NetbootConfig['dhcp'], interface: iface, dhcpRange, tftpListen, publicUrl, bootDir: path.resolve(bootDir),
+    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds,
+  };
 }
 
 export function deepFreeze<T>(o: T): T {

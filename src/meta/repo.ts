@@ -12,6 +12,19 @@ export interface ImageRow {
   chunkSize: number;
   hashAlg: string;
   createdAt: string;
+  /** What a kexec hand-off boots, if the image declares it. */
+  boot?: ImageBoot;
+}
+
+/**
+ * The Linux kernel an image's OS boots, for the agent's kexec hand-off: files on partition
+ * `partition` (1-based, MBR or GPT) of the image, and the kernel command line.
+ */
+export interface ImageBoot {
+  partition: number;
+  kernel: string;
+  initrd?: string;
+  cmdline: string;
 }
 
 export interface VersionRow {
@@ -122,6 +135,7 @@ export type RefMoveOutcome = { moved: true; ref: RefRow } | { moved: false; head
 export interface MetaRepo {
   createImage(row: ImageRow): { created: boolean; image: ImageRow };
   getImage(name: string): ImageRow | undefined;
+  setImageBoot(name: string, boot: ImageBoot | null): void;
   listImages(): ImageRow[];
   versionCount(image: string): number;
   getVersion(image: string, version: number): VersionRow | undefined;

@@ -1,7 +1,7 @@
 import Database from 'better-sqlite3';
 import type {
   ConflictReason,
-  CommitFence, CommitOutcome, DesktopCreateOutcome, DesktopRow, ImageRow, LeaseAcquireOutcome, LeaseReleaseOutcome, LeaseRow, MetaRepo,
+  CommitFence, CommitOutcome, DesktopCreateOutcome, DesktopRow, ImageBoot, ImageRow, LeaseAcquireOutcome, LeaseReleaseOutcome, LeaseRow, MetaRepo,
   NewVersion, RefLogRow, RefMoveOutcome, RefRow, TokenRow, VersionRow,
 } from './repo.js';
 
@@ -42,6 +42,8 @@ const ADDED_COLUMNS: Array<[string, string, string]> = [
   ['versions', 'commit_key', 'TEXT'],
   ['versions', 'landed_ref', 'TEXT'],
   ['versions', 'landed_reason', 'TEXT'],
+  // What a kexec hand-off boots (ImageBoot as JSON), recorded at publish.
+  ['images', 'boot', 'TEXT'],
 ];
 
 type Row = Record<string, unknown>;
@@ -49,6 +51,7 @@ type Row = Record<string, unknown>;
 const toImage = (r: Row): ImageRow => ({
   name: r.name as string, virtualSize: Number(r.virtual_size), chunkSize: Number(r.chunk_size),
   hashAlg: r.hash_alg as string, createdAt: r.created_at as string,
+  ...(r.boot ? { boot: JSON.parse(r.boot as string) as ImageBoot } : {}),
 });
 const toVersion = (r: Row): VersionRow => ({
   image: r.image as string, version: Number(r.version), parent: r.parent === null ? null : Number(r.parent),
@@ -93,6 +96,15 @@ export class SqliteMetaRepo implements MetaRepo {
         .run(row.name, row.virtualSize, row.chunkSize, row.hashAlg, row.createdAt);
       return { created: true, image: row };
     })();
+  }
+
+  /** The connection, for the endpoint tables that live in the same database (sqlite-endpoints.ts). */
+  get database(): Database.Database {
+    return this.db;
+  }
+
+  setImageBoot(name: string, boot: ImageBoot | null): void {
+    this.db.prepare('UPDATE images SET boot = ? WHERE name = ?').run(boot ? JSON.stringify(boot) : null, name);
   }
 
   getImage(name: string): ImageRow | undefined {

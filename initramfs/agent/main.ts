@@ -1,0 +1,151 @@
+/**
+ * The boot stage's program: /init runs it after the network is up. It reads its orders from the
+ * kernel command line (ipxe/agent.ipxe), trades the one-time boot token for this boot's session,
+ * syncs or commits the local disk, reports each step, and hands the machine to the local OS.
+ *
+ * Exit codes for /init: it normally never returns (reboot, kexec, power-off). 75 = temporary
+ * failure (server unreachable: /init retries), 1 = failure (/init runs `--local`).
+ * `--local`: no server; hand off to the disk as it is (after failures).
+ */
+import { readFileSync } from 'node:fs';
+import { agentCommit, agentHandoff, agentStatus } from '../../src/agent/commands.js';
+import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
+import { findDisk, isUefi, kexecInto, powerOff, reboot, setBootNextToDisk } from '../../src/agent/boot/system.js';
+import { agentSync } from '../../src/agent/sync.js';
+import type { BootSession } from '../../src/endpoint/endpoints.js';
+import { isDeskfuseError } from '../../src/errors.js';
+
+const uptime = (): string => {
+  try { return readFileSync('/proc/uptime', 'utf8').split(' ')[0]!; } catch { return '?'; }
+};
+const mark = (name: string, extra = ''): void => console.log(`@@MARK ${name} uptime=${uptime()}${extra ? ` ${extra}` : ''}`);
+const say = (text: string): void => console.log(`deskfuse: ${text}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+class TempFail extends Error {}
+
+async function post<T>(p: BootParams, url: string, body: unknown, token?: string, tries = 6): Promise<T> {
+  for (let i = 1; ; i++) {
+    let res: Response;
+    try {
+      res = await fetch(`${p.server}${url}`, {
+        method: 'POST', body: JSON.stringify(body),
+        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+        signal: AbortSignal.timeout(20_000),
+      });
+    } catch (err) {
+      if (i >= tries) throw new TempFail(`${p.server} unreachable: ${(err as Error).cause ?? (err as Error).message}`);
+      await sleep(500 * i);
+      continue;
+    }
+    const text = await res.text();
+    if (res.ok) return JSON.parse(text) as T;
+    if (res.status >= 500 && i < tries) {
+      await sleep(500 * i);
+      continue;
+    }
+    let msg = text;
+    try { const j = JSON.parse(text) as { code?: string; message?: string }; msg = `${j.code}: ${j.message}`; } catch { /* not JSON */ }
+    throw new Error(`${url}: HTTP ${res.status} ${msg}`);
+  }
+}
+
+function reporter(p: BootParams, s: BootSession) {
+  return async (phase: string, detail: Record<string, unknown> = {}): Promise<void> => {
+    try {
+      await post(p, '/boot/events', { mac: p.mac, phase, detail }, s.token, 3);
+    } catch (err) {
+      say(`could not report ${phase}: ${(err as Error).message}`);
+    }
+  };
+}
+
+async function handOff(p: BootParams, s: BootSession, disk: string, report: (phase: string, d?: Record<string, unknown>) => Promise<void>): Promise<never> {
+  if (s.handoff === 'poweroff') {
+    mark('POWEROFF');
+    say('done; powering off');
+    powerOff();
+  }
+  // The OS is about to run on the disk: the next boot must scan it.
+  await agentHandoff(disk);
+  if (s.handoff === 'kexec' && s.imageBoot) {
+    try {
+      await report('local', { via: 'kexec' });
+      mark('KEXEC', s.imageBoot.kernel);
+      kexecInto(disk, s.imageBoot);
+    } catch (err) {
+      say(`kexec failed (${(err as Error).message}); rebooting into the disk instead`);
+    }
+  }
+  if (isUefi()) {
+    try {
+      const o = setBootNextToDisk(disk);
+      await report('local', { via: 'bootnext', option: o.num, description: o.description });
+      mark('BOOTNEXT', `Boot${o.num.toString(16).toUpperCase().padStart(4, '0')} "${o.description}"`);
+    } catch (err) {
+      await report('error', { action: 'handoff', error: (err as Error).message });
+      say(`cannot set BootNext: ${(err as Error).message}`);
+    }
+  }
+  mark('REBOOT');
+  reboot();
+}
+
+async function main(argv: string[]): Promise<number> {
+  mark('AGENT-START', `node=${process.version}`);
+  const raw = parseCmdline(process.env.DESKFUSE_CMDLINE ?? readFileSync('/proc/cmdline', 'utf8'));
+  if (argv.includes('--local')) return localOnly(raw['deskfuse.disk']);
+  const p = bootParams(raw);
+  const disk = findDisk(p.disk);
+  const s = await post<BootSession>(p, '/boot/session', { token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios' });
+  const report = reporter(p, s);
+  mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk}`);
+  const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty };
+  try {
+    if (s.action === 'sync') {
+      say(`syncing ${disk} to desktop ${s.desktop}`);
+      const r = await agentSync(opts);
+      mark('SYNCED', `version=${r.to} chunks=${r.chunksWritten} bytes=${r.bytesFetched} seconds=${r.seconds.toFixed(2)}${r.committed ? ` committed=${r.committed}` : ''}`);
+      await report('synced', { version: r.to, from: r.from, committed: r.committed, conflict: r.conflict, chunksWritten: r.chunksWritten, bytesFetched: r.bytesFetched, seconds: r.seconds });
+    } else if (s.action === 'commit-poweroff') {
+      say(`committing ${disk} to desktop ${s.desktop}`);
+      const r = await agentCommit(opts);
+      mark('COMMITTED', `version=${r.version} committed=${r.committed}${r.conflict ? ` conflict=${r.conflict.conflictRef}` : ''}`);
+      await report('committed', { version: r.version, committed: r.committed, conflict: r.conflict?.conflictRef ?? null, localChanges: r.localChanges, bytesUploaded: r.bytesUploaded, seconds: r.seconds });
+    }
+  } catch (err) {
+    const msg = isDeskfuseError(err) ? `${err.code}: ${err.message}` : (err as Error).message;
+    await report('error', { action: s.action, error: msg });
+    throw err;
+  }
+  return handOff(p, s, disk, report);
+}
+
+/** After failures: no server. Boot the disk as it is, unless a sync was cut short (then retry later). */
+async function localOnly(diskOverride: string | undefined): Promise<number> {
+  const disk = findDisk(diskOverride);
+  const st = await agentStatus(disk);
+  if (st.state === 'applying') {
+    say(`${disk} was being synced when it stopped and cannot boot as it is; rebooting to try again`);
+    reboot();
+  }
+  if (st.state !== 'blank') await agentHandoff(disk);
+  if (isUefi()) {
+    try {
+      const o = setBootNextToDisk(disk);
+      mark('BOOTNEXT', `Boot${o.num.toString(16).toUpperCase().padStart(4, '0')}`);
+    } catch (err) {
+      say(`cannot set BootNext: ${(err as Error).message}`);
+    }
+  }
+  mark('REBOOT', 'local');
+  reboot();
+}
+
+main(process.argv.slice(2)).then((code) => process.exit(code), (err) => {
+  const temp = err instanceof TempFail || (isDeskfuseError(err) && err.code === 'DF_ERR_UNREACHABLE');
+  const msg = isDeskfuseError(err) ? `${err.code}: ${err.message}` : (err as Error)?.message ?? String(err);
+  mark('AGENT-ERROR', JSON.stringify(msg));
+  say(`${temp ? 'temporary failure' : 'failed'}: ${msg}`);
+  process.exit(temp ? 75 : 1);
+});

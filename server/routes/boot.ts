@@ -1,0 +1,121 @@
+import { createReadStream, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { scopeDesktop } from '../../src/desktop/desktops.js';
+import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
+import { dfError } from '../../src/errors.js';
+import { bootScript, chainScript } from '../../src/ipxe/render.js';
+import type { AppContext } from '../context.js';
+
+/**
+ * The network boot flow, under /boot (no admin token: firmware cannot send one).
+ *   GET  /boot/ipxe            iPXE script: who are you → what this boot does (src/endpoint/decide.ts)
+ *   GET  /boot/vmlinuz         the boot stage's kernel      } streamed from the initramfs build
+ *   GET  /boot/initrd.img      the boot stage's initramfs   }
+ *   POST /boot/session         one-time boot token + MAC → this boot's desktop token and orders
+ *   POST /boot/events          the agent's progress (desktop token of the endpoint's desktop)
+ *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit?
+ */
+const ipxeQuery = {
+  type: 'object',
+  properties: {
+    mac: { type: 'string', maxLength: 64 }, uuid: { type: 'string', maxLength: 64 }, serial: { type: 'string', maxLength: 128 },
+    buildarch: { type: 'string', maxLength: 32 }, platform: { type: 'string', maxLength: 32 },
+  },
+} as const;
+const macQuery = { type: 'object', properties: { mac: { type: 'string', maxLength: 64 } } } as const;
+const sessionBody = {
+  type: 'object', required: ['token', 'mac'], additionalProperties: false,
+  properties: { token: { type: 'string', minLength: 8, maxLength: 200 }, mac: { type: 'string', maxLength: 64 }, platform: { type: 'string', maxLength: 32 } },
+} as const;
+const REPORTABLE: BootPhase[] = ['synced', 'committed', 'local', 'poweroff', 'error'];
+const eventBody = {
+  type: 'object', required: ['mac', 'phase'], additionalProperties: false,
+  properties: { mac: { type: 'string', maxLength: 64 }, phase: { type: 'string', enum: REPORTABLE }, detail: { type: 'object' } },
+} as const;
+
+type IpxeQ = { mac?: string; uuid?: string; serial?: string; buildarch?: string; platform?: string };
+
+export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+  const { endpoints, boot } = ctx;
+  const scripts = ctx.metrics.counter('deskfuse_boot_scripts_total', 'iPXE scripts served by decision');
+  const base = (req: FastifyRequest) => boot.publicUrl ?? `${req.protocol}://${req.headers.host ?? `${req.hostname}`}`;
+
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
+    done(null, Object.fromEntries(new URLSearchParams(body as string)));
+  });
+
+  app.get<{ Querystring: IpxeQ }>('/boot/ipxe', {
+    config: { public: true }, schema: { querystring: ipxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
+  }, async (req, reply) => {
+    reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
+    const b = base(req);
+    if (!req.query.mac) {
+      scripts(1, { decision: 'chain' });
+      return chainScript(boot.templates, b);
+    }
+    const mac = normalizeMac(req.query.mac);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.query.mac)}`, { field: 'mac' });
+    const q = req.query;
+    const e = endpoints.seen({ mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
+    const d = endpoints.decide(e, q.platform);
+    const self = `${b}/boot/ipxe?${new URLSearchParams({ mac, ...pick(q, ['uuid', 'serial', 'buildarch', 'platform']) }).toString()}`;
+    const token = d.kind === 'agent' ? endpoints.issueBootToken(e, mac, d.action) : undefined;
+    endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
+    // iPXE boots the disk itself: from now on the OS may change it.
+    if (d.kind === 'local' || d.kind === 'disabled') endpoints.record('local', mac, { via: d.local }, e);
+    scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
+    return bootScript(boot.templates, d, {
+      base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
+      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}),
+    });
+  });
+
+  const serveFile = (file: 'vmlinuz' | 'initrd.img', phase: BootPhase) => async (req: FastifyRequest<{ Querystring: { mac?: string } }>, reply: FastifyReply) => {
+    const p = path.join(boot.dir, file);
+    const st = await fsp.stat(p).catch(() => undefined);
+    if (!st?.isFile()) throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
+    const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
+    if (mac && req.method === 'GET') endpoints.record(phase, mac, { bytes: st.size, ip: req.ip });
+    reply.type('application/octet-stream').header('content-length', st.size).header('cache-control', 'no-cache');
+    if (req.method === 'HEAD') return reply.send();
+    return reply.send(createReadStream(p, { highWaterMark: 1024 * 1024 }));
+  };
+  for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
+    app.route<{ Querystring: { mac?: string } }>({
+      method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true },
+      schema: { querystring: macQuery, tags: ['boot'], summary: `The boot stage's ${phase === 'kernel' ? 'kernel' : 'initramfs'}` },
+      handler: serveFile(file, phase),
+    });
+  }
+
+  app.post<{ Body: { token: string; mac: string; platform?: string } }>('/boot/session', {
+    config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) for its desktop token and orders" },
+  }, async (req) => endpoints.openSession(req.body.token, req.body.mac, req.body.platform));
+
+  app.post<{ Body: { mac: string; phase: BootPhase; detail?: Record<string, unknown> } }>('/boot/events', {
+    config: { access: 'any' }, schema: { body: eventBody, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },
+  }, async (req, reply) => {
+    const e = endpoints.get(req.body.mac);
+    const scope = req.tokenScope ?? '';
+    if (scope !== 'admin' && (e.desktop === null || scopeDesktop(scope) !== e.desktop)) {
+      throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${scope} may not report for endpoint ${e.name}`, { scope, endpoint: e.id });
+    }
+    const ev = endpoints.record(req.body.phase, req.body.mac, req.body.detail ?? {}, e);
+    return reply.status(201).send(ev);
+  });
+
+  app.post<{ Body: { mac?: string } | undefined; Querystring: { mac?: string } }>('/boot/commit-request', {
+    config: { public: true }, schema: { querystring: macQuery, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
+  }, async (req) => {
+    const mac = req.body?.mac ?? req.query.mac;
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
+    return endpoints.requestCommit(mac);
+  });
+};
+
+function pick<T extends Record<string, string | undefined>>(o: T, keys: readonly (keyof T & string)[]): Record<string, string> {
+  const r: Record<string, string> = {};
+  for (const k of keys) if (o[k]) r[k] = o[k] as string;
+  return r;
+}

@@ -1,0 +1,109 @@
+import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import path from 'node:path';
+import type { NetbootConfig } from '../../src/config/server.js';
+import type { Endpoints } from '../../src/endpoint/endpoints.js';
+import { dfError } from '../../src/errors.js';
+import type { Logger } from '../../src/log.js';
+
+/** Where Debian's `ipxe` package puts its binaries (scripts/setup-deps.sh installs it). */
+export const IPXE_DIRS = ['/usr/lib/ipxe', '/usr/share/ipxe'];
+const IPXE_FILES = ['undionly.kpxe', 'undionly.kkpxe', 'snponly.efi', 'ipxe.efi', 'ipxe.pxe', 'snponly-arm64.efi', 'ipxe-arm64.efi'];
+
+export interface NetbootServices {
+  /** The URL endpoints reach the HTTP server by. */
+  publicUrl: string | null;
+  close(): Promise<void>;
+}
+
+/** The IPv4 address of an interface (the boot LAN's server address). */
+export function interfaceIPv4(name: string): string {
+  const addrs = networkInterfaces()[name];
+  if (!addrs) throw dfError('DF_ERR_CONFIG', `interface ${name} does not exist (have: ${Object.keys(networkInterfaces()).join(', ')})`, { interface: name });
+  const v4 = addrs.find((a) => a.family === 'IPv4');
+  if (!v4) throw dfError('DF_ERR_CONFIG', `interface ${name} has no IPv4 address`, { interface: name });
+  return v4.address;
+}
+
+/**
+ * The TFTP root: copies (not symlinks: the TFTP server refuses links out of its root) of the iPXE
+ * binaries, refreshed when the package's files change. Returns the names present.
+ */
+export function prepareTftpRoot(root: string, log: Logger): Set<string> {
+  mkdirSync(root, { recursive: true });
+  for (const f of IPXE_FILES) {
+    const src = IPXE_DIRS.map((d) => path.join(d, f)).find((p) => existsSync(p));
+    if (!src) continue;
+    const dst = path.join(root, f);
+    const s = statSync(src);
+    const d = existsSync(dst) ? statSync(dst) : undefined;
+    if (!d || d.size !== s.size || d.mtimeMs < s.mtimeMs) {
+      copyFileSync(src, `${dst}.tmp`);
+      renameSync(`${dst}.tmp`, dst);
+    }
+  }
+  const have = new Set(readdirSync(root).filter((f) => IPXE_FILES.includes(f)));
+  if (have.size === 0) log.warn({ root, looked: IPXE_DIRS }, 'no iPXE binaries found: install Debian\'s ipxe package (npm test / scripts/setup-deps.sh does)');
+  return have;
+}
+
+/**
+ * DHCP/proxyDHCP, TFTP and the IPv6 RA responder on the boot interface, as the config says. Their
+ * events feed the endpoints' boot timeline (dhcp, tftp).
+ */
+export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, log: Logger): Promise<NetbootServices> {
+  const closers: Array<() => Promise<void>> = [];
+  const close = async () => {
+    for (const c of closers.reverse()) await c().catch((err) => log.error({ err }, 'closing a netboot service failed'));
+  };
+  try {
+    const serverIp = nb.interface ? interfaceIPv4(nb.interface) : null;
+    const publicUrl = nb.publicUrl ?? (serverIp ? `http://${serverIp}:${httpPort}` : null);
+    // TFTP learns only the client's IP: the DHCP answers tell which MAC that is.
+    const macByIp = new Map<string, string>();
+    if (nb.tftpListen) {
+      const { startTftp } = await import('../../src/tftp/server.js');
+      const root = nb.tftpRoot ?? path.join(dataDir, 'tftp');
+      prepareTftpRoot(root, log);
+      const host = nb.tftpListen.host === '0.0.0.0' && serverIp ? serverIp : nb.tftpListen.host;
+      const t = await startTftp({
+        host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }),
+        onEvent: (e) => {
+          const mac = macByIp.get(e.ip);
+          if (mac && e.kind !== 'start') endpoints.record('tftp', mac, { file: e.file, kind: e.kind, bytes: e.bytes, ms: e.ms, ...(e.error ? { error: e.error } : {}) });
+        },
+      });
+      closers.push(() => t.close());
+      log.info({ host, port: t.port, root }, 'TFTP serving the iPXE binaries');
+    }
+    if (nb.dhcp !== 'off') {
+      if (!nb.interface || !serverIp || !publicUrl) throw dfError('DF_ERR_CONFIG', `--dhcp ${nb.dhcp} needs --interface`);
+      const { startDhcp } = await import('../../src/dhcp/server.js');
+      const { tableBooter } = await import('../../src/dhcp/policy.js');
+      const available = prepareTftpRoot(nb.tftpRoot ?? path.join(dataDir, 'tftp'), log);
+      const prefix = (networkInterfaces()[nb.interface] ?? []).find((a) => a.family === 'IPv4')?.netmask ?? '255.255.255.0';
+      const d = await startDhcp({
+        mode: nb.dhcp, interface: nb.interface, serverIp, log,
+        booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp }),
+        ...(nb.dhcp === 'full' && nb.dhcpRange ? {
+          pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: prefix, leaseSeconds: 3600, file: path.join(dataDir, 'dhcp-leases.json') },
+        } : {}),
+        onEvent: (e) => {
+          if (e.ip) macByIp.set(e.ip, e.mac);
+          endpoints.record('dhcp', e.mac, { kind: e.kind, ...(e.ip ? { ip: e.ip } : {}), ...(e.file ? { file: e.file } : {}), ...(e.arch !== undefined ? { arch: e.arch } : {}), ipxe: e.isIpxe });
+        },
+      });
+      closers.push(() => d.close());
+      log.info({ mode: nb.dhcp, interface: nb.interface, serverIp, script: `${publicUrl}/boot/ipxe` }, 'DHCP answering PXE clients');
+      if (nb.ipv6Ra) {
+        const { startRa } = await import('../../src/ra/responder.js');
+        const r = await startRa({ interface: nb.interface, log });
+        closers.push(() => r.close());
+      }
+    }
+    return { publicUrl, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}

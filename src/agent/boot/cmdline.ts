@@ -1,0 +1,42 @@
+import { dfError } from '../../errors.js';
+import { normalizeMac } from '../../endpoint/model.js';
+
+/** What the iPXE script put on the boot stage's kernel command line (ipxe/agent.ipxe). */
+export interface BootParams {
+  server: string;
+  token: string;
+  mac: string;
+  action: 'sync' | 'commit-poweroff' | 'local';
+  /** Disk override (`deskfuse.disk=/dev/sdb`); default: the first fixed disk. */
+  disk?: string;
+  debug: boolean;
+}
+
+/** `a=b c "d=e f"` → {a: 'b', c: '', d: 'e f'} (the kernel's own quoting rules). */
+export function parseCmdline(text: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const m of text.trim().matchAll(/(?:[^\s"]+|"[^"]*")+/g)) {
+    const word = m[0].replace(/"/g, '');
+    const i = word.indexOf('=');
+    if (i < 0) out[word] = '';
+    else out[word.slice(0, i)] = word.slice(i + 1);
+  }
+  return out;
+}
+
+export function bootParams(args: Record<string, string>): BootParams {
+  const problems: string[] = [];
+  const server = args['deskfuse.server'] ?? '';
+  if (!/^https?:\/\/\S+$/.test(server)) problems.push(`deskfuse.server: expected http://HOST[:PORT], got ${JSON.stringify(server)}`);
+  const token = args['deskfuse.token'] ?? '';
+  if (!/^dfb_[A-Za-z0-9_-]{16,}$/.test(token)) problems.push('deskfuse.token: missing or malformed');
+  const mac = normalizeMac(args['deskfuse.mac'] ?? '');
+  if (!mac) problems.push(`deskfuse.mac: expected a MAC address, got ${JSON.stringify(args['deskfuse.mac'] ?? '')}`);
+  const action = args['deskfuse.action'] ?? 'sync';
+  if (!['sync', 'commit-poweroff', 'local'].includes(action)) problems.push(`deskfuse.action: expected sync, commit-poweroff or local, got ${JSON.stringify(action)}`);
+  if (problems.length) throw dfError('DF_ERR_USAGE', `the kernel command line is not a deskfuse boot:\n  - ${problems.join('\n  - ')}`, { problems });
+  return {
+    server: server.replace(/\/+$/, ''), token, mac: mac!, action: action as BootParams['action'],
+    ...(args['deskfuse.disk'] ? { disk: args['deskfuse.disk'] } : {}), debug: args['deskfuse.debug'] === '1',
+  };
+}

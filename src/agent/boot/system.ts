@@ -1,0 +1,99 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { dfError } from '../../errors.js';
+import type { ImageBoot } from '../../meta/repo.js';
+import { bootNextValue, EFI_GLOBAL, findDiskOption, parseLoadOption, pciChainOfSysfs, type LoadOption } from './efi.js';
+
+/**
+ * What the boot stage does to the machine: find the disk, reboot, power off, kexec, BootNext.
+ * Linux only (it runs in the initramfs); every external command is busybox or kexec-tools.
+ */
+const run = (cmd: string, args: string[]): { ok: boolean; out: string } => {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  return { ok: r.status === 0, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? String(r.error) : ''}`.trim() };
+};
+
+export const isUefi = (): boolean => existsSync('/sys/firmware/efi');
+
+/** The first fixed, non-removable whole disk (virtio, SCSI/SATA, NVMe, Xen), or the override. */
+export function findDisk(override?: string): string {
+  if (override) {
+    if (!existsSync(override)) throw dfError('DF_ERR_FILE_UNREADABLE', `deskfuse.disk=${override} does not exist`, { disk: override });
+    return override;
+  }
+  const names = existsSync('/sys/block') ? readdirSync('/sys/block').filter((n) => /^(vd[a-z]+|sd[a-z]+|nvme\d+n\d+|xvd[a-z]+|hd[a-z]+)$/.test(n)).sort() : [];
+  const fixed = names.filter((n) => {
+    try {
+      return readFileSync(`/sys/block/${n}/removable`, 'utf8').trim() === '0' && Number(readFileSync(`/sys/block/${n}/size`, 'utf8')) > 0;
+    } catch {
+      return false;
+    }
+  });
+  const pick = fixed[0];
+  if (!pick) throw dfError('DF_ERR_FILE_UNREADABLE', `no local disk found (saw: ${names.join(', ') || 'none'}); is the storage driver in the initramfs?`, { seen: names });
+  return `/dev/${pick}`;
+}
+
+/** /dev/vda + 1 → /dev/vda1; /dev/nvme0n1 + 1 → /dev/nvme0n1p1. */
+export function partitionDevice(disk: string, n: number): string {
+  return /\d$/.test(disk) ? `${disk}p${n}` : `${disk}${n}`;
+}
+
+export function syncDisks(): void {
+  run('sync', []);
+}
+
+/** Immediate reset / power-off: the data is already fsynced (the kernel's sysrq path needs no init). */
+export function reboot(): never {
+  syncDisks();
+  try { writeFileSync('/proc/sysrq-trigger', 'b'); } catch { run('reboot', ['-f']); }
+  process.exit(0);
+}
+
+export function powerOff(): never {
+  syncDisks();
+  try { writeFileSync('/proc/sysrq-trigger', 'o'); } catch { run('poweroff', ['-f']); }
+  process.exit(0);
+}
+
+/** Load the image's own kernel from its boot partition (mounted read-only) and jump into it. */
+export function kexecInto(disk: string, boot: ImageBoot): never {
+  const dev = partitionDevice(disk, boot.partition);
+  const mnt = '/run/deskfuse-boot';
+  mkdirSync(mnt, { recursive: true });
+  for (let i = 0; i < 20 && !existsSync(dev); i++) spawnSync('sleep', ['0.1']);
+  const m = run('mount', ['-o', 'ro', dev, mnt]);
+  if (!m.ok) throw dfError('DF_ERR_TOOL_FAILED', `mount ${dev}: ${m.out}`, { device: dev });
+  const kernel = path.join(mnt, boot.kernel);
+  const args = ['-l', kernel, `--append=${boot.cmdline}`];
+  if (boot.initrd) args.push(`--initrd=${path.join(mnt, boot.initrd)}`);
+  const l = run('kexec', args);
+  run('umount', [mnt]);
+  if (!l.ok) throw dfError('DF_ERR_TOOL_FAILED', `kexec -l ${boot.kernel}: ${l.out}`, { kernel: boot.kernel });
+  syncDisks();
+  const e = run('kexec', ['-e']);
+  throw dfError('DF_ERR_TOOL_FAILED', `kexec -e: ${e.out}`);
+}
+
+/** UEFI: point BootNext at the firmware's boot option for this disk; returns the option used. */
+export function setBootNextToDisk(disk: string): { num: number; description: string } {
+  const dir = '/sys/firmware/efi/efivars';
+  if (!existsSync(dir)) throw dfError('DF_ERR_TOOL_FAILED', 'efivarfs is not mounted at /sys/firmware/efi/efivars');
+  const pci = pciChainOfSysfs(realpathSync(`/sys/block/${path.basename(disk)}`));
+  const options: Array<{ num: number; option: LoadOption }> = [];
+  for (const f of readdirSync(dir).filter((n) => /^Boot[0-9A-F]{4}-/.test(n) && n.endsWith(EFI_GLOBAL))) {
+    try {
+      options.push({ num: parseInt(f.slice(4, 8), 16), option: parseLoadOption(readFileSync(path.join(dir, f)).subarray(4)) });
+    } catch {
+      // a malformed option is not ours to judge; skip it
+    }
+  }
+  options.sort((a, b) => a.num - b.num);
+  const hit = findDiskOption(options, pci);
+  if (!hit) throw dfError('DF_ERR_TOOL_FAILED', `no UEFI boot option boots the disk at PCI ${pci.join('/')} (have: ${options.map((o) => o.option.description).join(', ')})`, { pci });
+  const file = path.join(dir, `BootNext-${EFI_GLOBAL}`);
+  if (existsSync(file)) run('chattr', ['-i', file]); // efivarfs marks existing variables immutable
+  writeFileSync(file, bootNextValue(hit.num));
+  return { num: hit.num, description: hit.option.description };
+}

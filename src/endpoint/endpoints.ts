@@ -1,0 +1,255 @@
+import { EventEmitter } from 'node:events';
+import { hashToken, newToken } from '../auth/tokens.js';
+import type { Desktops } from '../desktop/desktops.js';
+import { dfError } from '../errors.js';
+import { checkDesktopName } from '../image/names.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { ImageBoot, MetaRepo } from '../meta/repo.js';
+import { decideBoot, firmwareOf, type BootDecision, type DesktopFacts, type Handoff } from './decide.js';
+import {
+  BOOT_METHODS, ENDPOINT_MODES, endpointIdFor, normalizeMac,
+  type BootAction, type BootEvent, type BootMethod, type BootPhase, type EndpointMode, type EndpointRepo, type EndpointRow,
+} from './model.js';
+
+/** A boot token lives long enough for a slow TCG endpoint to load its kernel and initramfs. */
+export const BOOT_TOKEN_TTL_S = 15 * 60;
+/** The desktop token a boot session gets: one boot's sync or commit. */
+export const SESSION_TOKEN_TTL_S = 4 * 3600;
+
+export interface BootRequest {
+  mac: string;
+  uuid?: string;
+  serial?: string;
+  platform?: string;
+  buildarch?: string;
+  ip?: string;
+}
+
+export interface BootSession {
+  endpoint: string;
+  name: string;
+  mac: string;
+  desktop: string;
+  action: BootAction;
+  handoff: Handoff;
+  /** Desktop-scoped token for this boot's sync or commit. */
+  token: string;
+  /** Lease holder name the agent uses. */
+  holder: string;
+  imageBoot: ImageBoot | null;
+  /** The desktop's disk must be rewritten from scratch (first boot of a blank or foreign disk). */
+  reprovision: boolean;
+  /** The OS may have run on the disk since it was sealed: scan it even if it says clean. */
+  assumeDirty: boolean;
+}
+
+export interface EndpointsDeps {
+  repo: EndpointRepo;
+  meta: MetaRepo;
+  desktops: Desktops;
+  now: () => Date;
+  log?: Logger;
+  /** Unknown endpoints are enrolled at once (and given this desktop, if set) instead of waiting for an admin. */
+  autoEnrol?: { desktop?: string } | false;
+}
+
+export interface EndpointChange {
+  name?: string;
+  desktop?: string | null;
+  mode?: EndpointMode;
+  bootMethod?: BootMethod;
+}
+
+/**
+ * The endpoint registry and boot flow: who is asking (by MAC), what its boot should do, one-time
+ * boot tokens bound to the MAC, and the boot events the server, the services and the agent report.
+ * Every state change is one info log line bound to the endpoint and MAC, and one event on `events`.
+ */
+export class Endpoints {
+  readonly events = new EventEmitter();
+  private readonly log: Logger;
+
+  constructor(private readonly deps: EndpointsDeps) {
+    this.log = (deps.log ?? silentLogger).child({ component: 'endpoints' });
+    this.events.setMaxListeners(0);
+  }
+
+  private nowIso(): string {
+    return this.deps.now().toISOString();
+  }
+
+  /** An endpoint by id, name or MAC. */
+  get(key: string): EndpointRow {
+    const mac = normalizeMac(key);
+    const e = this.deps.repo.getEndpoint(key) ?? this.deps.repo.findByName(key) ?? (mac ? this.deps.repo.findByMac(mac) : undefined);
+    if (!e) throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });
+    return e;
+  }
+
+  list(): EndpointRow[] {
+    return this.deps.repo.listEndpoints();
+  }
+
+  recentEvents(key: string | undefined, limit = 50): BootEvent[] {
+    return this.deps.repo.listEvents(key === undefined ? undefined : this.get(key).id, limit);
+  }
+
+  /** A boot request from a known or new MAC: records it (a new MAC becomes a pending endpoint, or an enrolled one by config). */
+  seen(req: BootRequest): EndpointRow {
+    const mac = normalizeMac(req.mac);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.mac)}`, { field: 'mac' });
+    const now = this.nowIso();
+    const known = this.deps.repo.findByMac(mac);
+    const firmware = firmwareOf(req.platform);
+    if (known) {
+      const e: EndpointRow = { ...known, lastSeen: now, firmware, uuid: req.uuid || known.uuid, serial: req.serial || known.serial };
+      this.deps.repo.updateEndpoint(e);
+      return e;
+    }
+    const auto = this.deps.autoEnrol;
+    const e: EndpointRow = {
+      id: endpointIdFor(mac), name: endpointIdFor(mac), macs: [mac], uuid: req.uuid || null, serial: req.serial || null,
+      state: auto ? 'enrolled' : 'pending', desktop: (auto && auto.desktop) || null, mode: 'sync', bootMethod: 'auto', firmware,
+      disk: 'unknown', diskVersion: null, commitRequested: false, lastSeen: now, lastSync: null, createdAt: now,
+    };
+    this.deps.repo.insertEndpoint(e);
+    this.record('enrol', mac, { state: e.state, ...(e.desktop ? { desktop: e.desktop } : {}), ...(req.ip ? { ip: req.ip } : {}) }, e);
+    this.log.info({ endpoint: e.id, mac, state: e.state }, auto ? 'new endpoint enrolled automatically' : 'new endpoint waits for approval');
+    return e;
+  }
+
+  /** What this boot does. Never issues a token to a pending, disabled or unassigned endpoint. */
+  decide(e: EndpointRow, platform: string | undefined): BootDecision {
+    return decideBoot(e, firmwareOf(platform), e.desktop ? this.facts(e.desktop) : undefined, this.deps.now());
+  }
+
+  private facts(desktop: string): DesktopFacts | undefined {
+    try {
+      const v = this.deps.desktops.view(desktop);
+      return { head: v.head, mode: v.mode, kexec: Boolean(this.deps.meta.getImage(v.image)?.boot) };
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** A one-time token bound to the MAC, for the kernel command line of this boot. */
+  issueBootToken(e: EndpointRow, mac: string, action: BootAction): string {
+    if (e.state !== 'enrolled' || !e.desktop) throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is ${e.state}${e.desktop ? '' : ' with no desktop'}`, { endpoint: e.id });
+    const token = newToken('dfb');
+    const now = this.deps.now();
+    this.deps.repo.addBootToken({
+      hash: hashToken(token), endpoint: e.id, mac, action, createdAt: now.toISOString(),
+      expiresAt: new Date(now.getTime() + BOOT_TOKEN_TTL_S * 1000).toISOString(), usedAt: null,
+    });
+    return token;
+  }
+
+  /**
+   * The boot stage trades its one-time boot token for a desktop token: only once, only from the
+   * MAC it was issued to, only while the endpoint is still enrolled with a desktop.
+   */
+  openSession(bootToken: string, macRaw: string, platform?: string): BootSession {
+    const mac = normalizeMac(macRaw);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
+    const now = this.nowIso();
+    const t = this.deps.repo.useBootToken(hashToken(bootToken), now);
+    if (!t) throw dfError('DF_ERR_UNAUTHORIZED', 'the boot token is not valid');
+    if (t.usedAt !== null) throw dfError('DF_ERR_BOOT_TOKEN_USED', `the boot token was already used at ${t.usedAt}; reboot the endpoint for a new one`, { usedAt: t.usedAt, mac });
+    if (t.mac !== mac) throw dfError('DF_ERR_BOOT_TOKEN_MAC', `the boot token was issued to ${t.mac}, not ${mac}`, { issuedTo: t.mac, mac });
+    if (t.expiresAt <= now) throw dfError('DF_ERR_TOKEN_EXPIRED', `the boot token expired at ${t.expiresAt}`, { expiresAt: t.expiresAt });
+    const e = this.get(t.endpoint);
+    if (e.state !== 'enrolled' || !e.desktop) throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is ${e.state}${e.desktop ? '' : ' with no desktop'}`, { endpoint: e.id });
+    const facts = this.facts(e.desktop);
+    if (!facts) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `the endpoint's desktop ${e.desktop} does not exist`, { desktop: e.desktop });
+    const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now());
+    const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
+    const view = this.deps.desktops.view(e.desktop);
+    const dt = this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
+    this.record('agent', mac, { action: t.action, handoff }, e);
+    return {
+      endpoint: e.id, name: e.name, mac, desktop: e.desktop, action: t.action, handoff, token: dt.token, holder: `endpoint:${e.name}`,
+      imageBoot: this.deps.meta.getImage(view.image)?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean',
+    };
+  }
+
+  /**
+   * A boot event from the server's services or the agent; the agent's outcome events move what the
+   * server knows of the disk (clean at a version, or in use by its OS).
+   */
+  record(phase: BootPhase, macRaw: string, detail: Record<string, unknown> = {}, known?: EndpointRow): BootEvent {
+    const mac = normalizeMac(macRaw) ?? macRaw;
+    const e = known ?? this.deps.repo.findByMac(mac);
+    const at = this.nowIso();
+    if (e) {
+      const next = { ...e, lastSeen: at };
+      const version = typeof detail.version === 'number' ? detail.version : undefined;
+      if ((phase === 'synced' || phase === 'committed') && version !== undefined) {
+        next.disk = 'clean';
+        next.diskVersion = version;
+        next.lastSync = { result: 'ok', action: phase === 'committed' ? 'commit' : 'sync', at, version, ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), ...(detail.phases ? { phases: detail.phases as Record<string, number> } : {}) };
+        if (phase === 'committed') next.commitRequested = false;
+      }
+      if (phase === 'local') next.disk = 'in-use';
+      if (phase === 'error') next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
+      this.deps.repo.updateEndpoint(next);
+    }
+    const ev = this.deps.repo.addEvent({ endpoint: e?.id ?? null, mac, phase, at, detail });
+    (phase === 'error' ? this.log.warn : this.log.info).call(this.log, { endpoint: e?.id, mac, phase, ...detail }, `boot: ${phase}`);
+    this.events.emit('event', ev);
+    return ev;
+  }
+
+  /** The desktop's OS is shutting down: should it reboot into a commit? */
+  requestCommit(macRaw: string): { action: 'commit-poweroff' | 'none'; reason: string } {
+    const mac = normalizeMac(macRaw);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
+    const e = this.deps.repo.findByMac(mac);
+    if (!e || e.state !== 'enrolled' || !e.desktop || e.mode !== 'sync') return { action: 'none', reason: 'not an enrolled, syncing endpoint' };
+    const facts = this.facts(e.desktop);
+    if (!facts || facts.mode !== 'persistent') return { action: 'none', reason: 'a restore desktop keeps no changes' };
+    const next = { ...e, commitRequested: true };
+    this.deps.repo.updateEndpoint(next);
+    this.record('poweroff', mac, { commitRequested: true }, next);
+    return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
+  }
+
+  approve(key: string, change: EndpointChange = {}, author = 'admin'): EndpointRow {
+    const e = this.get(key);
+    return this.apply(e, { ...change, state: 'enrolled' }, author, 'approved');
+  }
+
+  assign(key: string, change: EndpointChange, author = 'admin'): EndpointRow {
+    return this.apply(this.get(key), change, author, 'changed');
+  }
+
+  disable(key: string, author = 'admin'): EndpointRow {
+    return this.apply(this.get(key), { state: 'disabled' }, author, 'disabled');
+  }
+
+  private apply(e: EndpointRow, c: EndpointChange & { state?: EndpointRow['state'] }, author: string, what: string): EndpointRow {
+    if (c.mode !== undefined && !ENDPOINT_MODES.includes(c.mode)) throw dfError('DF_ERR_BAD_REQUEST', `mode: expected one of ${ENDPOINT_MODES.join(', ')}`, { field: 'mode' });
+    if (c.bootMethod !== undefined && !BOOT_METHODS.includes(c.bootMethod)) throw dfError('DF_ERR_BAD_REQUEST', `bootMethod: expected one of ${BOOT_METHODS.join(', ')}`, { field: 'bootMethod' });
+    if (c.desktop) {
+      checkDesktopName(c.desktop);
+      this.deps.desktops.get(c.desktop); // DF_ERR_DESKTOP_NOT_FOUND
+    }
+    if (c.name !== undefined) {
+      if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(c.name)) throw dfError('DF_ERR_BAD_REQUEST', 'name: 1-64 letters, digits, dots, dashes or underscores', { field: 'name' });
+      const other = this.deps.repo.findByName(c.name);
+      if (other && other.id !== e.id) throw dfError('DF_ERR_BAD_REQUEST', `another endpoint is named ${c.name}`, { field: 'name' });
+    }
+    const next: EndpointRow = {
+      ...e,
+      ...(c.state ? { state: c.state } : {}),
+      ...(c.name !== undefined ? { name: c.name } : {}),
+      ...(c.desktop !== undefined ? { desktop: c.desktop } : {}),
+      ...(c.mode ? { mode: c.mode } : {}),
+      ...(c.bootMethod ? { bootMethod: c.bootMethod } : {}),
+    };
+    // A new desktop means the disk holds another line: the next boot reprovisions it.
+    if (c.desktop !== undefined && c.desktop !== e.desktop) Object.assign(next, { disk: 'unknown', diskVersion: null, commitRequested: false });
+    this.deps.repo.updateEndpoint(next);
+    this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);
+    return next;
+  }
+}

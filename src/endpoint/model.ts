@@ -1,0 +1,111 @@
+/**
+ * Endpoints: the physical (VOI) machines that network-boot. An endpoint is known by its MACs; an
+ * admin approves it (or the config enrols it automatically) and assigns it a desktop. The server
+ * remembers what it last knew of the endpoint's disk, so a boot with nothing to do goes straight
+ * to the local disk.
+ */
+export type EndpointState = 'pending' | 'enrolled' | 'disabled';
+export const ENDPOINT_STATES: readonly EndpointState[] = ['pending', 'enrolled', 'disabled'];
+
+/** What a boot does: `sync` (merge the desktop's head, then boot local), `local` (never sync). */
+export type EndpointMode = 'sync' | 'local';
+export const ENDPOINT_MODES: readonly EndpointMode[] = ['sync', 'local'];
+
+/**
+ * How the endpoint reaches its local disk after the boot stage, or when there is nothing to do:
+ *   auto     kexec when the image declares a kernel, else sanboot (BIOS) / BootNext (UEFI)
+ *   kexec    the agent kexecs the kernel the image declares (no firmware pass)
+ *   sanboot  iPXE `sanboot --drive 0x80` (BIOS)
+ *   exit     iPXE `exit`: the BIOS boots its next device (never on UEFI: it opens setup, see README)
+ *   bootnext the agent writes UEFI BootNext for the disk and reboots
+ */
+export type BootMethod = 'auto' | 'kexec' | 'sanboot' | 'exit' | 'bootnext';
+export const BOOT_METHODS: readonly BootMethod[] = ['auto', 'kexec', 'sanboot', 'exit', 'bootnext'];
+
+/** What the server last knew of the disk: never synced, sealed clean at `diskVersion`, or in use by its OS. */
+export type DiskKnown = 'unknown' | 'clean' | 'in-use';
+
+export type Firmware = 'bios' | 'uefi';
+
+export interface LastSync {
+  result: 'ok' | 'error';
+  action: string;
+  at: string;
+  version?: number;
+  seconds?: number;
+  error?: string;
+  /** Seconds since the boot's DHCP request at which each phase was reached. */
+  phases?: Record<string, number>;
+}
+
+export interface EndpointRow {
+  id: string;
+  name: string;
+  macs: string[];
+  uuid: string | null;
+  serial: string | null;
+  state: EndpointState;
+  desktop: string | null;
+  mode: EndpointMode;
+  bootMethod: BootMethod;
+  firmware: Firmware | null;
+  disk: DiskKnown;
+  diskVersion: number | null;
+  /** The desktop's OS asked for a commit at shutdown: the next boot commits and powers off. */
+  commitRequested: boolean;
+  lastSeen: string | null;
+  lastSync: LastSync | null;
+  createdAt: string;
+}
+
+export type BootPhase =
+  | 'dhcp' | 'tftp' | 'script' | 'kernel' | 'initrd' | 'agent' | 'synced' | 'committed' | 'local' | 'poweroff'
+  | 'enrol' | 'error';
+/** The order of a normal boot, for timelines. */
+export const BOOT_PHASES: readonly BootPhase[] = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'agent', 'synced', 'committed', 'local', 'poweroff'];
+
+export interface BootEvent {
+  seq: number;
+  endpoint: string | null;
+  mac: string;
+  phase: BootPhase;
+  at: string;
+  detail: Record<string, unknown>;
+}
+
+export interface BootTokenRow {
+  hash: string;
+  endpoint: string;
+  mac: string;
+  action: BootAction;
+  createdAt: string;
+  expiresAt: string;
+  usedAt: string | null;
+}
+
+export type BootAction = 'sync' | 'commit-poweroff' | 'local';
+
+/** Persistence of endpoints, their boot tokens and boot events (SQLite: src/meta/sqlite-endpoints.ts). */
+export interface EndpointRepo {
+  insertEndpoint(row: EndpointRow): void;
+  updateEndpoint(row: EndpointRow): void;
+  getEndpoint(id: string): EndpointRow | undefined;
+  findByMac(mac: string): EndpointRow | undefined;
+  findByName(name: string): EndpointRow | undefined;
+  listEndpoints(): EndpointRow[];
+  addBootToken(row: BootTokenRow): void;
+  /** Mark used in one statement; returns the row as it was before (undefined: unknown hash). */
+  useBootToken(hash: string, at: string): BootTokenRow | undefined;
+  addEvent(e: Omit<BootEvent, 'seq'>): BootEvent;
+  listEvents(endpoint: string | undefined, limit: number): BootEvent[];
+}
+
+/** `aa:bb:cc:dd:ee:ff` from any common spelling (dashes, no separators, upper case); undefined if not a MAC. */
+export function normalizeMac(s: string): string | undefined {
+  const hex = s.trim().toLowerCase().replace(/[:\-.]/g, '');
+  if (!/^[0-9a-f]{12}$/.test(hex)) return undefined;
+  return hex.match(/../g)!.join(':');
+}
+
+/** The endpoint id made from its first MAC: `ep-aabbccddeeff`. */
+export const endpointIdFor = (mac: string): string => `ep-${mac.replace(/:/g, '')}`;

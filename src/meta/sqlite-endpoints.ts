@@ -1,0 +1,110 @@
+import type Database from 'better-sqlite3';
+import type { BootEvent, BootTokenRow, EndpointRepo, EndpointRow } from '../endpoint/model.js';
+
+/** Endpoint tables, in the appliance's SQLite database (same conventions as sqlite.ts). */
+export const ENDPOINT_SCHEMA = [
+  `CREATE TABLE IF NOT EXISTS endpoints (
+     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, uuid TEXT, serial TEXT, state TEXT NOT NULL,
+     desktop TEXT, mode TEXT NOT NULL, boot_method TEXT NOT NULL, firmware TEXT, disk TEXT NOT NULL,
+     disk_version INTEGER, commit_requested INTEGER NOT NULL, last_seen TEXT, last_sync TEXT,
+     created_at TEXT NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS endpoint_macs (mac TEXT PRIMARY KEY, endpoint TEXT NOT NULL REFERENCES endpoints(id))`,
+  `CREATE TABLE IF NOT EXISTS boot_tokens (
+     hash TEXT PRIMARY KEY, endpoint TEXT NOT NULL, mac TEXT NOT NULL, action TEXT NOT NULL,
+     created_at TEXT NOT NULL, expires_at TEXT NOT NULL, used_at TEXT)`,
+  `CREATE TABLE IF NOT EXISTS boot_events (
+     seq BIGINT PRIMARY KEY, endpoint TEXT, mac TEXT NOT NULL, phase TEXT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL)`,
+  `CREATE INDEX IF NOT EXISTS boot_events_by_endpoint ON boot_events (endpoint, seq)`,
+];
+
+type Row = Record<string, unknown>;
+
+export class SqliteEndpointRepo implements EndpointRepo {
+  constructor(private readonly db: Database.Database) {
+    for (const s of ENDPOINT_SCHEMA) db.exec(s);
+  }
+
+  private toEndpoint(r: Row): EndpointRow {
+    const macs = (this.db.prepare('SELECT mac FROM endpoint_macs WHERE endpoint = ? ORDER BY mac').all(r.id) as Row[]).map((m) => m.mac as string);
+    return {
+      id: r.id as string, name: r.name as string, macs, uuid: (r.uuid as string | null) ?? null, serial: (r.serial as string | null) ?? null,
+      state: r.state as EndpointRow['state'], desktop: (r.desktop as string | null) ?? null, mode: r.mode as EndpointRow['mode'],
+      bootMethod: r.boot_method as EndpointRow['bootMethod'], firmware: (r.firmware as EndpointRow['firmware']) ?? null,
+      disk: r.disk as EndpointRow['disk'], diskVersion: r.disk_version === null ? null : Number(r.disk_version),
+      commitRequested: Number(r.commit_requested) === 1, lastSeen: (r.last_seen as string | null) ?? null,
+      lastSync: r.last_sync ? JSON.parse(r.last_sync as string) : null, createdAt: r.created_at as string,
+    };
+  }
+
+  insertEndpoint(e: EndpointRow): void {
+    this.db.transaction(() => {
+      this.db.prepare(`INSERT INTO endpoints (id, name, uuid, serial, state, desktop, mode, boot_method, firmware, disk, disk_version,
+        commit_requested, last_seen, last_sync, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+        .run(e.id, e.name, e.uuid, e.serial, e.state, e.desktop, e.mode, e.bootMethod, e.firmware, e.disk, e.diskVersion,
+          e.commitRequested ? 1 : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.createdAt);
+      for (const m of e.macs) this.db.prepare('INSERT INTO endpoint_macs (mac, endpoint) VALUES (?, ?)').run(m, e.id);
+    })();
+  }
+
+  updateEndpoint(e: EndpointRow): void {
+    this.db.prepare(`UPDATE endpoints SET name = ?, uuid = ?, serial = ?, state = ?, desktop = ?, mode = ?, boot_method = ?, firmware = ?,
+      disk = ?, disk_version = ?, commit_requested = ?, last_seen = ?, last_sync = ? WHERE id = ?`)
+      .run(e.name, e.uuid, e.serial, e.state, e.desktop, e.mode, e.bootMethod, e.firmware, e.disk, e.diskVersion,
+        e.commitRequested ? 1 : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.id);
+  }
+
+  getEndpoint(id: string): EndpointRow | undefined {
+    const r = this.db.prepare('SELECT * FROM endpoints WHERE id = ?').get(id) as Row | undefined;
+    return r && this.toEndpoint(r);
+  }
+
+  findByMac(mac: string): EndpointRow | undefined {
+    const r = this.db.prepare('SELECT endpoint FROM endpoint_macs WHERE mac = ?').get(mac) as Row | undefined;
+    return r && this.getEndpoint(r.endpoint as string);
+  }
+
+  findByName(name: string): EndpointRow | undefined {
+    const r = this.db.prepare('SELECT * FROM endpoints WHERE name = ?').get(name) as Row | undefined;
+    return r && this.toEndpoint(r);
+  }
+
+  listEndpoints(): EndpointRow[] {
+    return (this.db.prepare('SELECT * FROM endpoints ORDER BY name').all() as Row[]).map((r) => this.toEndpoint(r));
+  }
+
+  addBootToken(t: BootTokenRow): void {
+    this.db.prepare('INSERT INTO boot_tokens (hash, endpoint, mac, action, created_at, expires_at, used_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      .run(t.hash, t.endpoint, t.mac, t.action, t.createdAt, t.expiresAt, t.usedAt);
+  }
+
+  useBootToken(hash: string, at: string): BootTokenRow | undefined {
+    return this.db.transaction(() => {
+      const r = this.db.prepare('SELECT * FROM boot_tokens WHERE hash = ?').get(hash) as Row | undefined;
+      if (!r) return undefined;
+      if (r.used_at === null) this.db.prepare('UPDATE boot_tokens SET used_at = ? WHERE hash = ?').run(at, hash);
+      return {
+        hash, endpoint: r.endpoint as string, mac: r.mac as string, action: r.action as BootTokenRow['action'],
+        createdAt: r.created_at as string, expiresAt: r.expires_at as string, usedAt: (r.used_at as string | null) ?? null,
+      };
+    })();
+  }
+
+  addEvent(e: Omit<BootEvent, 'seq'>): BootEvent {
+    return this.db.transaction(() => {
+      const seq = Number((this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS s FROM boot_events').get() as Row).s);
+      this.db.prepare('INSERT INTO boot_events (seq, endpoint, mac, phase, at, detail) VALUES (?, ?, ?, ?, ?, ?)')
+        .run(seq, e.endpoint, e.mac, e.phase, e.at, JSON.stringify(e.detail));
+      return { seq, ...e };
+    })();
+  }
+
+  listEvents(endpoint: string | undefined, limit: number): BootEvent[] {
+    const rows = (endpoint === undefined
+      ? this.db.prepare('SELECT * FROM boot_events ORDER BY seq DESC LIMIT ?').all(limit)
+      : this.db.prepare('SELECT * FROM boot_events WHERE endpoint = ? ORDER BY seq DESC LIMIT ?').all(endpoint, limit)) as Row[];
+    return rows.reverse().map((r) => ({
+      seq: Number(r.seq), endpoint: (r.endpoint as string | null) ?? null, mac: r.mac as string, phase: r.phase as BootEvent['phase'],
+      at: r.at as string, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
+    }));
+  }
+}

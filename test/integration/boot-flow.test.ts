@@ -1,0 +1,186 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { openAppliance, type Appliance } from '../../server/appliance.js';
+import { loadServerConfig } from '../../src/config/server.js';
+import { makeDisk, prng } from '../helpers/disk.js';
+import { cli, tempDir } from '../helpers/server.js';
+import { startInProcess } from '../helpers/server.js';
+
+const MAC = '52:54:00:12:34:56';
+const OTHER = '52:54:00:ab:cd:ef';
+
+/** The boot flow over HTTP (inject): enrolment, decisions, one-time tokens, events, commit requests. */
+describe('network boot flow', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let srv: Awaited<ReturnType<typeof startInProcess>>;
+  let app: FastifyInstance;
+  let admin: (method: 'GET' | 'POST' | 'PATCH' | 'PUT', url: string, payload?: unknown) => ReturnType<FastifyInstance['inject']>;
+
+  beforeAll(async () => {
+    tmp = tempDir('df-boot-');
+    const data = path.join(tmp.dir, 'data');
+    srv = await startInProcess(data);
+    app = srv.appliance.app;
+    admin = (method, url, payload) => app.inject({ method, url, headers: { authorization: `Bearer ${srv.token}` }, ...(payload !== undefined ? { payload: payload as object } : {}) });
+    const img = path.join(tmp.dir, 'base.img');
+    makeDisk(img, 4 * 1024 * 1024, [{ at: 0, data: prng(3)(256 * 1024) }]);
+    const env = { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: srv.token };
+    expect((await cli(['image', 'create', 'os', '--from', img, '--boot-partition', '1', '--boot-kernel', '/vmlinuz', '--boot-initrd', '/initrd.img', '--boot-cmdline', 'console=ttyS0'], env)).code).toBe(0);
+    expect((await cli(['desktop', 'create', 'alice', '--image', 'os'], env)).code).toBe(0);
+    expect((await cli(['desktop', 'create', 'bob', '--image', 'os'], env)).code).toBe(0);
+  });
+  afterAll(async () => {
+    await srv?.close();
+    tmp?.cleanup();
+  });
+
+  const script = (q: string) => app.inject({ method: 'GET', url: `/boot/ipxe?${q}` });
+  const tokenOf = (s: string) => /deskfuse\.token=(\S+)/.exec(s)?.[1];
+
+  it('first contact without identity chains to a request that carries it', async () => {
+    const r = await app.inject({ method: 'GET', url: '/boot/ipxe', headers: { host: '10.0.0.1:8080' } });
+    expect(r.statusCode).toBe(200);
+    expect(r.payload).toMatch(/^#!ipxe/);
+    expect(r.payload).toContain('chain --replace --autofree http://10.0.0.1:8080/boot/ipxe?mac=${netX/mac}');
+  });
+
+  it('an unknown MAC is enrolled as pending and gets a wait screen, never a token', async () => {
+    const r = await script(`mac=${MAC}&platform=pcbios&buildarch=i386&uuid=u-1`);
+    expect(r.statusCode).toBe(200);
+    expect(r.payload).toContain('waiting for an admin to approve this endpoint');
+    expect(r.payload).toContain('deskfuse endpoint approve ep-525400123456 --desktop NAME');
+    expect(r.payload).not.toContain('deskfuse.token');
+    const list = (await admin('GET', '/api/v1/endpoints')).json().endpoints;
+    expect(list).toHaveLength(1);
+    expect(list[0]).toMatchObject({ id: 'ep-525400123456', state: 'pending', macs: [MAC], uuid: 'u-1', firmware: 'bios', disk: 'unknown' });
+  });
+
+  it('approved without a desktop: still no token', async () => {
+    expect((await admin('POST', '/api/v1/endpoints/52-54-00-12-34-56/approve', {})).statusCode).toBe(200);
+    const r = await script(`mac=${MAC}&platform=pcbios`);
+    expect(r.payload).toContain('no desktop is assigned');
+    expect(tokenOf(r.payload)).toBeUndefined();
+  });
+
+  it('assigned: the boot stage with a one-time token bound to the MAC, used once', async () => {
+    expect((await admin('PATCH', `/api/v1/endpoints/${MAC}`, { desktop: 'alice' })).statusCode).toBe(200);
+    const r = await script(`mac=${MAC}&platform=pcbios`);
+    expect(r.payload).toContain('kernel --name vmlinuz');
+    expect(r.payload).toContain('deskfuse.action=sync');
+    const token = tokenOf(r.payload)!;
+    expect(token).toMatch(/^dfb_/);
+    // From another MAC: refused, and the token is spent.
+    const other = await app.inject({ method: 'POST', url: '/boot/session', payload: { token, mac: OTHER } });
+    expect(other.statusCode).toBe(403);
+    expect(other.json().code).toBe('DF_ERR_BOOT_TOKEN_MAC');
+    const again = await app.inject({ method: 'POST', url: '/boot/session', payload: { token, mac: MAC } });
+    expect(again.statusCode).toBe(401);
+    expect(again.json().code).toBe('DF_ERR_BOOT_TOKEN_USED');
+    // A fresh token works once.
+    const t2 = tokenOf((await script(`mac=${MAC}&platform=pcbios`)).payload)!;
+    const ok = await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t2, mac: MAC } });
+    expect(ok.statusCode, ok.payload).toBe(200);
+    expect(ok.json()).toMatchObject({ desktop: 'alice', action: 'sync', handoff: 'reboot', reprovision: true, imageBoot: { partition: 1, kernel: '/vmlinuz' } });
+    expect((await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t2, mac: MAC } })).json().code).toBe('DF_ERR_BOOT_TOKEN_USED');
+    expect((await app.inject({ method: 'POST', url: '/boot/session', payload: { token: 'dfb_nonsense-nonsense', mac: MAC } })).json().code).toBe('DF_ERR_UNAUTHORIZED');
+
+    // The session token works for alice only: reading bob or committing to bob is forbidden.
+    const dt = ok.json().token as string;
+    const asEp = (method: 'GET' | 'POST', url: string, payload?: object) => app.inject({ method, url, headers: { authorization: `Bearer ${dt}` }, ...(payload ? { payload } : {}) });
+    expect((await asEp('GET', '/api/v1/desktops/alice')).statusCode).toBe(200);
+    expect((await asEp('GET', '/api/v1/desktops/bob')).statusCode).toBe(403);
+    const c = await asEp('POST', '/api/v1/desktops/bob/commits', { parent: 1, layer: 'a'.repeat(64), kind: 'voi-commit', fencing: 1 });
+    expect(c.statusCode).toBe(403);
+    expect(c.json().code).toBe('DF_ERR_FORBIDDEN');
+    // …nor report events for another endpoint's desktop.
+    await script(`mac=${OTHER}&platform=pcbios`);
+    await admin('POST', `/api/v1/endpoints/${OTHER}/approve`, { desktop: 'bob' });
+    expect((await asEp('POST', '/boot/events', { mac: OTHER, phase: 'synced', detail: { version: 1 } })).statusCode).toBe(403);
+
+    // The agent reports: synced at version 1 → the next boot has nothing to do (BIOS: sanboot).
+    expect((await asEp('POST', '/boot/events', { mac: MAC, phase: 'synced', detail: { version: 1, seconds: 3.5 } })).statusCode).toBe(201);
+    // UEFI cannot boot its disk from iPXE: the boot stage does it (kexec: the image declares a kernel).
+    const uefi = await script(`mac=${MAC}&platform=efi`);
+    expect(uefi.payload).toContain('deskfuse.action=local');
+    const local = await script(`mac=${MAC}&platform=pcbios`);
+    expect(local.payload).toContain('sanboot --no-describe --drive 0x80');
+    expect(tokenOf(local.payload)).toBeUndefined();
+    // The OS now runs on the disk: the next boot syncs (it commits what the OS changed first).
+    expect((await script(`mac=${MAC}&platform=pcbios`)).payload).toContain('the disk was in use: commit, then sync');
+  });
+
+  it('commit at shutdown: the OS asks, the next boot commits and powers off', async () => {
+    const r = await app.inject({ method: 'POST', url: '/boot/commit-request', payload: `mac=${MAC}`, headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    expect(r.statusCode).toBe(200);
+    expect(r.json().action).toBe('commit-poweroff');
+    const s = await script(`mac=${MAC}&platform=pcbios`);
+    expect(s.payload).toContain('deskfuse.action=commit-poweroff');
+    const t = tokenOf(s.payload)!;
+    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t, mac: MAC } })).json();
+    expect(sess).toMatchObject({ action: 'commit-poweroff', handoff: 'poweroff', assumeDirty: true });
+    // Unknown MACs get "none" (nothing recorded for them).
+    expect((await app.inject({ method: 'POST', url: '/boot/commit-request', payload: { mac: '02:00:00:00:00:99' } })).json().action).toBe('none');
+  });
+
+  it('a disabled endpoint boots its disk and never gets a token', async () => {
+    expect((await admin('POST', `/api/v1/endpoints/${OTHER}/disable`)).statusCode).toBe(200);
+    const r = await script(`mac=${OTHER}&platform=pcbios`);
+    expect(r.payload).toContain('this endpoint is disabled');
+    expect(tokenOf(r.payload)).toBeUndefined();
+  });
+
+  it('bad input: coded errors, nothing recorded', async () => {
+    const before = (await admin('GET', '/api/v1/endpoints')).json().endpoints.length;
+    expect((await script('mac=not-a-mac')).json().code).toBe('DF_ERR_BAD_REQUEST');
+    expect((await app.inject({ method: 'POST', url: '/boot/session', payload: { token: 'x' } })).json().code).toBe('DF_ERR_BAD_REQUEST');
+    expect((await admin('PATCH', `/api/v1/endpoints/${MAC}`, { desktop: 'nobody' })).json().code).toBe('DF_ERR_DESKTOP_NOT_FOUND');
+    expect((await admin('PATCH', `/api/v1/endpoints/${MAC}`, { bootMethod: 'floppy' })).json().code).toBe('DF_ERR_BAD_REQUEST');
+    expect((await admin('GET', '/api/v1/endpoints/nope')).json().code).toBe('DF_ERR_ENDPOINT_NOT_FOUND');
+    expect((await app.inject({ method: 'GET', url: '/api/v1/endpoints' })).statusCode).toBe(401);
+    expect((await admin('GET', '/api/v1/endpoints')).json().endpoints.length).toBe(before);
+  });
+
+  it('boot events: listed in order and streamed; the CLI shows them', async () => {
+    const ev = (await admin('GET', `/api/v1/events?endpoint=${MAC}`)).json().events as Array<{ phase: string }>;
+    expect(ev.map((e) => e.phase)).toEqual(expect.arrayContaining(['enrol', 'script', 'agent', 'synced', 'local', 'poweroff']));
+    const env = { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: srv.token };
+    const list = await cli(['endpoint', 'list'], env);
+    expect(list.code).toBe(0);
+    expect(list.stdout).toMatch(/ep-525400123456\s+52:54:00:12:34:56\s+enrolled\s+alice/);
+    const show = await cli(['endpoint', 'show', MAC, '--json'], env);
+    expect(JSON.parse(show.stdout)).toMatchObject({ desktop: 'alice', commitRequested: true });
+    expect((await cli(['endpoint', 'assign', MAC, '--boot-method', 'floppy'], env)).code).toBe(2);
+  });
+
+  it('the boot stage files: 503 with the build command when missing, streamed when present', async () => {
+    const r = await app.inject({ method: 'GET', url: `/boot/vmlinuz?mac=${MAC}` });
+    const dir = srv.appliance.ctx.boot.dir;
+    if (r.statusCode === 503) {
+      expect(r.json()).toMatchObject({ code: 'DF_ERR_BOOT_FILES_MISSING' });
+      expect(r.json().message).toContain('npm run build:initramfs');
+    } else {
+      expect(r.statusCode).toBe(200);
+    }
+    // A data dir of its own with a boot dir we control.
+    const t2 = tempDir('df-bootdir-');
+    try {
+      mkdirSync(path.join(t2.dir, 'boot'));
+      writeFileSync(path.join(t2.dir, 'boot', 'initrd.img'), Buffer.alloc(3 * 1024 * 1024, 7));
+      const cfg = loadServerConfig({ flags: { data: path.join(t2.dir, 'data'), listen: '127.0.0.1:0', logLevel: 'silent', bootDir: path.join(t2.dir, 'boot') } });
+      const a: Appliance = await openAppliance(cfg);
+      try {
+        const f = await a.app.inject({ method: 'GET', url: '/boot/initrd.img' });
+        expect(f.statusCode).toBe(200);
+        expect(f.rawPayload.equals(Buffer.alloc(3 * 1024 * 1024, 7))).toBe(true);
+        expect((await a.app.inject({ method: 'GET', url: '/boot/vmlinuz' })).statusCode).toBe(503);
+      } finally {
+        await a.close();
+      }
+    } finally {
+      t2.cleanup();
+    }
+    expect(dir).toBeTruthy();
+  });
+});
