@@ -35,6 +35,7 @@ Usage:
   deskfuse desktop reset NAME [--to REF]
   deskfuse desktop lease break NAME
   deskfuse endpoint list | show ID | events [ID] [--follow]
+  deskfuse endpoint add MAC [--desktop NAME] [--name NAME] [--boot-method METHOD]
   deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
   deskfuse endpoint assign ID [--desktop NAME] [--mode sync|local] [--boot-method auto|kexec|sanboot|exit|bootnext]
   deskfuse endpoint disable ID

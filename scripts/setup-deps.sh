@@ -7,7 +7,7 @@ pkgs=(
   qemu-utils                                   # qemu-img: disk formats
   ipxe                                         # undionly.kpxe / snponly.efi / ipxe.efi served by TFTP
   qemu-system-x86 ipxe-qemu ovmf               # QEMU endpoints in the netboot tests and `npm run demo`
-  busybox-static cpio mtools syslinux syslinux-common e2fsprogs   # initramfs and the test OS image
+  busybox-static cpio zstd mtools syslinux syslinux-common e2fsprogs   # initramfs and the test OS image
   isc-dhcp-client atftp tftp-hpa iptables iproute2 curl           # real DHCP/TFTP clients, packet loss
   gcc libc6-dev                                # the small native addon (SO_BINDTODEVICE, SEEK_DATA)
 )

@@ -8,6 +8,7 @@ import { emit, table } from '../output.js';
 
 const HELP = `deskfuse endpoint list
 deskfuse endpoint show ID                 (ID: endpoint id, name or MAC)
+deskfuse endpoint add MAC [--desktop NAME] [--name NAME] [--mode sync|local] [--boot-method METHOD]   (before its first boot)
 deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
 deskfuse endpoint assign ID [--desktop NAME|none] [--mode sync|local] [--boot-method ${BOOT_METHODS.join('|')}] [--name NAME]
 deskfuse endpoint disable ID              (boots its local disk, never gets a boot token)
@@ -63,6 +64,12 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
     case 'show': {
       const e = (await client.json<EndpointRow & { events: BootEvent[] }>('GET', `/api/v1/endpoints/${id()}`)).body;
       emit(io, json, e, () => `${show(e)}  events:\n${e.events.map((x) => `    ${evText(x)}`).join('')}`);
+      return 0;
+    }
+    case 'add': {
+      const mac = need(positionals[0], 'endpoint MAC');
+      const e = (await client.json<EndpointRow>('POST', '/api/v1/endpoints', { body: { mac, ...change() } })).body;
+      emit(io, json, e, () => show(e));
       return 0;
     }
     case 'approve': {

@@ -7,13 +7,18 @@
  * failure (server unreachable: /init retries), 1 = failure (/init runs `--local`).
  * `--local`: no server; hand off to the disk as it is (after failures).
  */
-import { readFileSync } from 'node:fs';
-import { agentCommit, agentHandoff, agentStatus } from '../../src/agent/commands.js';
+import { existsSync, readFileSync } from 'node:fs';
 import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
-import { findDisk, isUefi, kexecInto, powerOff, reboot, setBootNextToDisk } from '../../src/agent/boot/system.js';
-import { agentSync } from '../../src/agent/sync.js';
 import type { BootSession } from '../../src/endpoint/endpoints.js';
 import { isDeskfuseError } from '../../src/errors.js';
+
+// The sync machinery (native zstd and BLAKE3 addons included) loads while the session request is in
+// flight: under TCG both take about a second, so they overlap instead of adding up.
+const machinery = () => Promise.all([
+  import('../../src/agent/commands.js'), import('../../src/agent/sync.js'), import('../../src/agent/boot/system.js'),
+]).then(([commands, sync, system]) => ({ ...commands, ...sync, ...system }));
+type Machinery = Awaited<ReturnType<typeof machinery>>;
+const isUefi = (): boolean => existsSync('/sys/firmware/efi');
 
 const uptime = (): string => {
   try { return readFileSync('/proc/uptime', 'utf8').split(' ')[0]!; } catch { return '?'; }
@@ -60,11 +65,12 @@ function reporter(p: BootParams, s: BootSession) {
   };
 }
 
-async function handOff(p: BootParams, s: BootSession, disk: string, report: (phase: string, d?: Record<string, unknown>) => Promise<void>): Promise<never> {
+async function handOff(m: Machinery, s: BootSession, disk: string, report: (phase: string, d?: Record<string, unknown>) => Promise<void>): Promise<never> {
+  const { agentHandoff, kexecInto, powerOff, reboot, setBootNextToDisk } = m;
   if (s.handoff === 'poweroff') {
     mark('POWEROFF');
     say('done; powering off');
-    powerOff();
+    return powerOff();
   }
   // The OS is about to run on the disk: the next boot must scan it.
   await agentHandoff(disk);
@@ -88,16 +94,20 @@ async function handOff(p: BootParams, s: BootSession, disk: string, report: (pha
     }
   }
   mark('REBOOT');
-  reboot();
+  return reboot();
 }
 
 async function main(argv: string[]): Promise<number> {
   mark('AGENT-START', `node=${process.version}`);
   const raw = parseCmdline(process.env.DESKFUSE_CMDLINE ?? readFileSync('/proc/cmdline', 'utf8'));
-  if (argv.includes('--local')) return localOnly(raw['deskfuse.disk']);
+  if (argv.includes('--local')) return localOnly(await machinery(), raw['deskfuse.disk']);
   const p = bootParams(raw);
-  const disk = findDisk(p.disk);
+  const loading = machinery();
+  loading.catch(() => undefined); // awaited below; a failure surfaces there
   const s = await post<BootSession>(p, '/boot/session', { token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios' });
+  const m = await loading;
+  const { agentCommit, agentSync } = m;
+  const disk = m.findDisk(p.disk);
   const report = reporter(p, s);
   mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk}`);
   const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty };
@@ -118,16 +128,17 @@ async function main(argv: string[]): Promise<number> {
     await report('error', { action: s.action, error: msg });
     throw err;
   }
-  return handOff(p, s, disk, report);
+  return handOff(m, s, disk, report);
 }
 
 /** After failures: no server. Boot the disk as it is, unless a sync was cut short (then retry later). */
-async function localOnly(diskOverride: string | undefined): Promise<number> {
+async function localOnly(m: Machinery, diskOverride: string | undefined): Promise<number> {
+  const { agentHandoff, agentStatus, findDisk, reboot, setBootNextToDisk } = m;
   const disk = findDisk(diskOverride);
   const st = await agentStatus(disk);
   if (st.state === 'applying') {
     say(`${disk} was being synced when it stopped and cannot boot as it is; rebooting to try again`);
-    reboot();
+    return reboot();
   }
   if (st.state !== 'blank') await agentHandoff(disk);
   if (isUefi()) {
@@ -139,7 +150,7 @@ async function localOnly(diskOverride: string | undefined): Promise<number> {
     }
   }
   mark('REBOOT', 'local');
-  reboot();
+  return reboot();
 }
 
 main(process.argv.slice(2)).then((code) => process.exit(code), (err) => {

@@ -36,6 +36,13 @@ export const endpointRoutes = (ctx: AppContext) => async (app: FastifyInstance) 
 
   app.get('/endpoints', { schema: { tags: ['endpoints'], summary: 'List endpoints' } }, async () => ({ endpoints: endpoints.list() }));
 
+  app.post<{ Body: EndpointChange & { mac: string } }>('/endpoints', {
+    schema: { body: { ...changeBody, required: ['mac'], properties: { ...changeBody.properties, mac: { type: 'string', maxLength: 64 } } }, tags: ['endpoints'], summary: 'Register an endpoint by MAC before its first boot (enrolled at once)' },
+  }, async (req, reply) => {
+    const { mac, ...change } = req.body;
+    return reply.status(201).send(endpoints.add(mac, change, req.tokenScope));
+  });
+
   app.get<{ Params: { id: string } }>('/endpoints/:id', { schema: { params: idParams, tags: ['endpoints'], summary: 'Show an endpoint (id, name or MAC) with its recent boot events' } },
     async (req) => ({ ...endpoints.get(req.params.id), events: endpoints.recentEvents(req.params.id, 30) }));
 
@@ -53,15 +60,15 @@ export const endpointRoutes = (ctx: AppContext) => async (app: FastifyInstance) 
   app.get<{ Querystring: { endpoint?: string; limit?: number } }>('/events', {
     schema: { querystring: eventsQuery, tags: ['endpoints'], summary: 'Recent boot events (Accept: text/event-stream for a live stream)' },
   }, async (req, reply) => {
-    const filter = req.query.endpoint ? endpoints.get(req.query.endpoint).id : undefined;
-    const recent = endpoints.recentEvents(filter, req.query.limit ?? 100);
+    const filter = req.query.endpoint ? endpoints.eventFilter(req.query.endpoint) : undefined;
+    const recent = endpoints.recentEvents(req.query.endpoint, req.query.limit ?? 100);
     if (!(req.headers.accept ?? '').includes('text/event-stream')) return { events: recent };
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive' });
     const send = (e: BootEvent) => void res.write(`id: ${e.seq}\nevent: boot\ndata: ${JSON.stringify(e)}\n\n`);
     for (const e of recent) send(e);
-    const on = (e: BootEvent) => (filter === undefined || e.endpoint === filter) && send(e);
+    const on = (e: BootEvent) => (filter === undefined || (filter.endpoint !== null && e.endpoint === filter.endpoint) || filter.macs.includes(e.mac)) && send(e);
     endpoints.events.on('event', on);
     const ping = setInterval(() => res.write(': ping\n\n'), 15_000);
     req.raw.on('close', () => {

@@ -1,5 +1,5 @@
 import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
-import { networkInterfaces } from 'node:os';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import type { NetbootConfig } from '../../src/config/server.js';
 import type { Endpoints } from '../../src/endpoint/endpoints.js';
@@ -16,13 +16,22 @@ export interface NetbootServices {
   close(): Promise<void>;
 }
 
-/** The IPv4 address of an interface (the boot LAN's server address). */
-export function interfaceIPv4(name: string): string {
-  const addrs = networkInterfaces()[name];
-  if (!addrs) throw dfError('DF_ERR_CONFIG', `interface ${name} does not exist (have: ${Object.keys(networkInterfaces()).join(', ')})`, { interface: name });
-  const v4 = addrs.find((a) => a.family === 'IPv4');
-  if (!v4) throw dfError('DF_ERR_CONFIG', `interface ${name} has no IPv4 address`, { interface: name });
-  return v4.address;
+/**
+ * The IPv4 address and netmask of an interface (the boot LAN's server address). Asks iproute2:
+ * os.networkInterfaces() leaves out interfaces without carrier, such as a bridge before its first port is up.
+ */
+export function interfaceIPv4(name: string): { address: string; netmask: string } {
+  let out: string;
+  try {
+    out = execFileSync('ip', ['-4', '-o', 'addr', 'show', 'dev', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  } catch (cause) {
+    throw dfError('DF_ERR_CONFIG', `interface ${name} does not exist (ip: ${String((cause as { stderr?: string }).stderr ?? cause).trim()})`, { interface: name }, cause);
+  }
+  const m = /inet (\d+\.\d+\.\d+\.\d+)\/(\d+)/.exec(out);
+  if (!m) throw dfError('DF_ERR_CONFIG', `interface ${name} has no IPv4 address`, { interface: name });
+  const bits = Number(m[2]);
+  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+  return { address: m[1]!, netmask: [24, 16, 8, 0].map((s) => (mask >>> s) & 255).join('.') };
 }
 
 /**
@@ -57,7 +66,8 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
     for (const c of closers.reverse()) await c().catch((err) => log.error({ err }, 'closing a netboot service failed'));
   };
   try {
-    const serverIp = nb.interface ? interfaceIPv4(nb.interface) : null;
+    const ifAddr = nb.interface ? interfaceIPv4(nb.interface) : null;
+    const serverIp = ifAddr?.address ?? null;
     const publicUrl = nb.publicUrl ?? (serverIp ? `http://${serverIp}:${httpPort}` : null);
     // TFTP learns only the client's IP: the DHCP answers tell which MAC that is.
     const macByIp = new Map<string, string>();
@@ -81,12 +91,11 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
       const { startDhcp } = await import('../../src/dhcp/server.js');
       const { tableBooter } = await import('../../src/dhcp/policy.js');
       const available = prepareTftpRoot(nb.tftpRoot ?? path.join(dataDir, 'tftp'), log);
-      const prefix = (networkInterfaces()[nb.interface] ?? []).find((a) => a.family === 'IPv4')?.netmask ?? '255.255.255.0';
       const d = await startDhcp({
         mode: nb.dhcp, interface: nb.interface, serverIp, log,
         booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp }),
         ...(nb.dhcp === 'full' && nb.dhcpRange ? {
-          pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: prefix, leaseSeconds: 3600, file: path.join(dataDir, 'dhcp-leases.json') },
+          pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: ifAddr!.netmask, leaseSeconds: 3600, file: path.join(dataDir, 'dhcp-leases.json') },
         } : {}),
         onEvent: (e) => {
           if (e.ip) macByIp.set(e.ip, e.mac);

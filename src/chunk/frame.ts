@@ -1,4 +1,4 @@
-import { compress, decompress } from 'zstd-napi';
+import { zstdLib } from './native-libs.js';
 import { dfError } from '../errors.js';
 import { hashBytes, idHex } from './id.js';
 
@@ -9,7 +9,7 @@ import { hashBytes, idHex } from './id.js';
 export const ZSTD_LEVEL = 3;
 
 export function encodeFrame(raw: Uint8Array, level = ZSTD_LEVEL): Buffer {
-  return compress(raw as Buffer, { compressionLevel: level });
+  return zstdLib().compress(raw as Buffer, { compressionLevel: level });
 }
 
 /**
@@ -47,7 +47,7 @@ export function openFrame(id: string, frame: Uint8Array, maxSize: number): Buffe
   if (declared > maxSize) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${id}: frame declares ${declared} bytes, above the limit of ${maxSize}`, { id, size: declared });
   let raw: Buffer;
   try {
-    raw = decompress(frame as Buffer);
+    raw = zstdLib().decompress(frame as Buffer);
   } catch (cause) {
     throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${id}: not a valid zstd frame`, { id }, cause);
   }

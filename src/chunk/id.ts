@@ -1,4 +1,4 @@
-import { blake3 } from '@napi-rs/blake-hash';
+import { blakeLib } from './native-libs.js';
 import { dfError } from '../errors.js';
 
 /**
@@ -9,7 +9,7 @@ export const ID_BYTES = 32;
 export const HASH_ALG = 'blake3';
 
 export function hashBytes(data: Uint8Array): Buffer {
-  return blake3(data as Buffer);
+  return blakeLib().blake3(data as Buffer);
 }
 
 export function idHex(id: Uint8Array): string {

@@ -90,8 +90,18 @@ export class Endpoints {
     return this.deps.repo.listEndpoints();
   }
 
+  /** Recent events of everything, or of one endpoint (id, name or MAC; a MAC not enrolled yet too). */
   recentEvents(key: string | undefined, limit = 50): BootEvent[] {
-    return this.deps.repo.listEvents(key === undefined ? undefined : this.get(key).id, limit);
+    return this.deps.repo.listEvents(key === undefined ? undefined : this.eventFilter(key), limit);
+  }
+
+  /** Which events belong to `key`: the endpoint's id and MACs, or just the MAC of a machine not seen yet. */
+  eventFilter(key: string): { endpoint: string | null; macs: string[] } {
+    const mac = normalizeMac(key);
+    const e = this.deps.repo.getEndpoint(key) ?? this.deps.repo.findByName(key) ?? (mac ? this.deps.repo.findByMac(mac) : undefined);
+    if (e) return { endpoint: e.id, macs: e.macs };
+    if (mac) return { endpoint: null, macs: [mac] };
+    throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });
   }
 
   /** A boot request from a known or new MAC: records it (a new MAC becomes a pending endpoint, or an enrolled one by config). */
@@ -213,6 +223,22 @@ export class Endpoints {
     return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
   }
 
+  /** Register a machine before it first boots (e.g. from an inventory list): enrolled at once. */
+  add(macRaw: string, change: EndpointChange = {}, author = 'admin'): EndpointRow {
+    const mac = normalizeMac(macRaw);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
+    const known = this.deps.repo.findByMac(mac);
+    if (known) throw dfError('DF_ERR_ENDPOINT_STATE', `${mac} is already endpoint ${known.name}`, { endpoint: known.id });
+    const now = this.nowIso();
+    const e: EndpointRow = {
+      id: endpointIdFor(mac), name: endpointIdFor(mac), macs: [mac], uuid: null, serial: null, state: 'pending', desktop: null, mode: 'sync',
+      bootMethod: 'auto', firmware: null, disk: 'unknown', diskVersion: null, commitRequested: false, lastSeen: null, lastSync: null, createdAt: now,
+    };
+    this.apply(e, change, author, 'checked'); // validates before anything is written
+    this.deps.repo.insertEndpoint(e);
+    return this.apply(e, { ...change, state: 'enrolled' }, author, 'added');
+  }
+
   approve(key: string, change: EndpointChange = {}, author = 'admin'): EndpointRow {
     const e = this.get(key);
     return this.apply(e, { ...change, state: 'enrolled' }, author, 'approved');
@@ -226,7 +252,7 @@ export class Endpoints {
     return this.apply(this.get(key), { state: 'disabled' }, author, 'disabled');
   }
 
-  private apply(e: EndpointRow, c: EndpointChange & { state?: EndpointRow['state'] }, author: string, what: string): EndpointRow {
+  private apply(e: EndpointRow, c: EndpointChange & { state?: EndpointRow['state'] }, author: string, what: 'checked' | 'added' | 'approved' | 'changed' | 'disabled'): EndpointRow {
     if (c.mode !== undefined && !ENDPOINT_MODES.includes(c.mode)) throw dfError('DF_ERR_BAD_REQUEST', `mode: expected one of ${ENDPOINT_MODES.join(', ')}`, { field: 'mode' });
     if (c.bootMethod !== undefined && !BOOT_METHODS.includes(c.bootMethod)) throw dfError('DF_ERR_BAD_REQUEST', `bootMethod: expected one of ${BOOT_METHODS.join(', ')}`, { field: 'bootMethod' });
     if (c.desktop) {
@@ -248,6 +274,7 @@ export class Endpoints {
     };
     // A new desktop means the disk holds another line: the next boot reprovisions it.
     if (c.desktop !== undefined && c.desktop !== e.desktop) Object.assign(next, { disk: 'unknown', diskVersion: null, commitRequested: false });
+    if (what === 'checked') return next;
     this.deps.repo.updateEndpoint(next);
     this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);
     return next;

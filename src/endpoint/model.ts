@@ -97,7 +97,8 @@ export interface EndpointRepo {
   /** Mark used in one statement; returns the row as it was before (undefined: unknown hash). */
   useBootToken(hash: string, at: string): BootTokenRow | undefined;
   addEvent(e: Omit<BootEvent, 'seq'>): BootEvent;
-  listEvents(endpoint: string | undefined, limit: number): BootEvent[];
+  /** The last `limit` events, of everything or of one endpoint (by id or any of its MACs, also before it was known). */
+  listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): BootEvent[];
 }
 
 /** `aa:bb:cc:dd:ee:ff` from any common spelling (dashes, no separators, upper case); undefined if not a MAC. */

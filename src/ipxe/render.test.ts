@@ -5,7 +5,7 @@ import { bootScript, chainScript, loadTemplates, render } from './render.js';
 const t = loadTemplates();
 const ctx = {
   base: 'http://10.91.0.1:8080', mac: '52:54:00:12:34:56', endpoint: 'ep-525400123456', self: 'http://10.91.0.1:8080/boot/ipxe?mac=52%3A54%3A00%3A12%3A34%3A56&platform=pcbios',
-  kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', firmware: 'bios' as const, retrySeconds: 10,
+  kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', firmware: 'bios' as 'bios' | 'uefi', retrySeconds: 10,
 };
 const golden = (name: string) => `../../test/fixtures/ipxe/${name}.ipxe`;
 

@@ -98,10 +98,11 @@ export class SqliteEndpointRepo implements EndpointRepo {
     })();
   }
 
-  listEvents(endpoint: string | undefined, limit: number): BootEvent[] {
-    const rows = (endpoint === undefined
+  listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): BootEvent[] {
+    const rows = (filter === undefined
       ? this.db.prepare('SELECT * FROM boot_events ORDER BY seq DESC LIMIT ?').all(limit)
-      : this.db.prepare('SELECT * FROM boot_events WHERE endpoint = ? ORDER BY seq DESC LIMIT ?').all(endpoint, limit)) as Row[];
+      : this.db.prepare(`SELECT * FROM boot_events WHERE endpoint = ? OR mac IN (${filter.macs.map(() => '?').join(', ') || 'NULL'}) ORDER BY seq DESC LIMIT ?`)
+        .all(filter.endpoint, ...filter.macs, limit)) as Row[];
     return rows.reverse().map((r) => ({
       seq: Number(r.seq), endpoint: (r.endpoint as string | null) ?? null, mac: r.mac as string, phase: r.phase as BootEvent['phase'],
       at: r.at as string, detail: JSON.parse(r.detail as string) as Record<string, unknown>,

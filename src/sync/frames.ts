@@ -1,4 +1,4 @@
-import { compress, decompress } from 'zstd-napi';
+import { zstdLib } from '../chunk/native-libs.js';
 import { dfError } from '../errors.js';
 import { frameContentSize } from '../chunk/frame.js';
 
@@ -16,7 +16,7 @@ export const FRAME_RAW_MAX = 4 * 1024 * 1024;
 const LEVEL = 3;
 
 export function encodeFrameRecord(raw: Buffer): Buffer {
-  const z = compress(raw, { compressionLevel: LEVEL });
+  const z = zstdLib().compress(raw, { compressionLevel: LEVEL });
   const head = Buffer.alloc(8);
   head.writeUInt32BE(raw.length, 0);
   head.writeUInt32BE(z.length, 4);
@@ -144,7 +144,7 @@ export class FrameReader {
     if (frameContentSize(z) !== raw) throw dfError('DF_ERR_DECODE', `${this.what}: frame does not declare its ${raw} bytes`, { what: this.what });
     let out: Buffer;
     try {
-      out = decompress(z);
+      out = zstdLib().decompress(z);
     } catch (cause) {
       throw dfError('DF_ERR_DECODE', `${this.what}: corrupt zstd frame`, { what: this.what }, cause);
     }

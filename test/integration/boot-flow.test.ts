@@ -16,7 +16,7 @@ describe('network boot flow', () => {
   let tmp: ReturnType<typeof tempDir>;
   let srv: Awaited<ReturnType<typeof startInProcess>>;
   let app: FastifyInstance;
-  let admin: (method: 'GET' | 'POST' | 'PATCH' | 'PUT', url: string, payload?: unknown) => ReturnType<FastifyInstance['inject']>;
+  let admin: (method: 'GET' | 'POST' | 'PATCH' | 'PUT', url: string, payload?: unknown) => Promise<Awaited<ReturnType<FastifyInstance['inject']>>>;
 
   beforeAll(async () => {
     tmp = tempDir('df-boot-');

@@ -16,6 +16,12 @@ const run = (cmd: string, args: string[]): { ok: boolean; out: string } => {
 
 export const isUefi = (): boolean => existsSync('/sys/firmware/efi');
 
+/** The boot stage loads efivarfs and the filesystem modules in the background (initramfs/init). */
+function waitForModules(): void {
+  if (!existsSync('/init')) return; // not in the boot stage
+  for (let i = 0; i < 100 && !existsSync('/run/deskfuse-modules-done'); i++) spawnSync('sleep', ['0.1']);
+}
+
 /** The first fixed, non-removable whole disk (virtio, SCSI/SATA, NVMe, Xen), or the override. */
 export function findDisk(override?: string): string {
   if (override) {
@@ -62,7 +68,10 @@ export function kexecInto(disk: string, boot: ImageBoot): never {
   const dev = partitionDevice(disk, boot.partition);
   const mnt = '/run/deskfuse-boot';
   mkdirSync(mnt, { recursive: true });
-  for (let i = 0; i < 20 && !existsSync(dev); i++) spawnSync('sleep', ['0.1']);
+  // The kernel read the partition table before the sync wrote it (a blank disk has none): read it again.
+  if (!existsSync(dev)) run('blockdev', ['--rereadpt', disk]);
+  for (let i = 0; i < 30 && !existsSync(dev); i++) spawnSync('sleep', ['0.1']);
+  waitForModules();
   const m = run('mount', ['-o', 'ro', dev, mnt]);
   if (!m.ok) throw dfError('DF_ERR_TOOL_FAILED', `mount ${dev}: ${m.out}`, { device: dev });
   const kernel = path.join(mnt, boot.kernel);
@@ -79,6 +88,7 @@ export function kexecInto(disk: string, boot: ImageBoot): never {
 /** UEFI: point BootNext at the firmware's boot option for this disk; returns the option used. */
 export function setBootNextToDisk(disk: string): { num: number; description: string } {
   const dir = '/sys/firmware/efi/efivars';
+  waitForModules();
   if (!existsSync(dir)) throw dfError('DF_ERR_TOOL_FAILED', 'efivarfs is not mounted at /sys/firmware/efi/efivars');
   const pci = pciChainOfSysfs(realpathSync(`/sys/block/${path.basename(disk)}`));
   const options: Array<{ num: number; option: LoadOption }> = [];

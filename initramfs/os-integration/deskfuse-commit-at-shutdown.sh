@@ -1,0 +1,69 @@
+#!/bin/sh
+# deskfuse: commit at shutdown. Run by the desktop OS while it powers off: asks the deskfuse server whether
+# this endpoint's disk should be committed now. If so, the power-off becomes a reboot into the network boot
+# stage, where the agent commits the disk (nothing is mounted there), seals it clean and powers off.
+# Otherwise (or when the server cannot be asked within ~5 s) it returns 0 and the power-off goes on.
+#
+#   deskfuse-commit-at-shutdown [--if-poweroff] [SERVER_URL]
+#     SERVER_URL    default: DESKFUSE_SERVER= from /etc/deskfuse.conf
+#     --if-poweroff do nothing unless systemd is powering off or halting (not rebooting)
+# Env (tests): DESKFUSE_MAC (skip the NIC lookup), DESKFUSE_REBOOT_CMD (instead of rebooting).
+# Exit: 0 = go on powering off; 2 = a reboot was asked for but the reboot command returned.
+# POSIX sh; uses curl or, failing that, busybox wget.
+
+conf=${DESKFUSE_CONF:-/etc/deskfuse.conf}
+server= only_poweroff=0
+for a in "$@"; do
+  case $a in
+    --if-poweroff) only_poweroff=1 ;;
+    *) server=$a ;;
+  esac
+done
+[ -z "$server" ] && [ -r "$conf" ] && server=$(sed -n 's/^DESKFUSE_SERVER=//p' "$conf" | tr -d "\"' " | tail -n1)
+say() { echo "deskfuse: $*"; }
+[ -n "$server" ] || { say "no server configured ($conf); powering off"; exit 0; }
+
+if [ $only_poweroff = 1 ] && command -v systemctl >/dev/null 2>&1; then
+  systemctl list-jobs --no-legend 2>/dev/null | grep -Eq '(poweroff|halt)\.target +start' || exit 0
+fi
+
+# The boot NIC: the one the default route uses, else the first Ethernet one.
+mac=${DESKFUSE_MAC:-}
+if [ -z "$mac" ]; then
+  nic=$(ip -4 route show default 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p' | head -n1)
+  if [ -z "$nic" ]; then
+    for n in /sys/class/net/*; do
+      [ "$(cat "$n/type" 2>/dev/null)" = 1 ] && { nic=${n##*/}; break; }
+    done
+  fi
+  [ -n "$nic" ] && mac=$(cat "/sys/class/net/$nic/address" 2>/dev/null)
+fi
+[ -n "$mac" ] || { say "no network interface; powering off"; exit 0; }
+
+url=${server%/}/boot/commit-request
+limit() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
+if command -v curl >/dev/null 2>&1; then
+  answer=$(curl -fsS --connect-timeout 3 --max-time 5 -d "mac=$mac" "$url" 2>&1)
+else
+  answer=$(limit 5 wget -q -O - --post-data "mac=$mac" "$url" 2>&1)
+fi
+rc=$?
+
+case $answer in
+  *'"action"'*'"commit-poweroff"'*)
+    say "the server asks to commit this disk ($mac) before powering off: rebooting into the deskfuse boot stage, which commits it and then powers off"
+    if [ -n "${DESKFUSE_REBOOT_CMD:-}" ]; then
+      $DESKFUSE_REBOOT_CMD
+    elif [ -d /run/systemd/system ]; then
+      # already inside the shutdown transaction: only a forced reboot (processes killed, file systems
+      # unmounted, no further unit stops) can replace the power-off
+      systemctl --force reboot
+    else
+      reboot -f
+    fi
+    exit 2
+    ;;
+  *'"action"'*) say "no commit needed; powering off" ;;
+  *) say "server $server not reachable or no answer (exit $rc); powering off" ;;
+esac
+exit 0

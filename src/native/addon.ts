@@ -1,0 +1,53 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { dfError } from '../errors.js';
+
+/**
+ * The native addon (native/deskfuse_native.c, built by scripts/build-native.mjs into
+ * dist/native/deskfuse_native.node): socket options Node lacks (SO_BINDTODEVICE, raw ICMPv6) and
+ * lseek SEEK_DATA/SEEK_HOLE. Calls throw Errors with `code` (errno name), `errno` and `syscall`.
+ */
+export interface Native {
+  /** UDPv4 socket bound to 0.0.0.0:port and to the device; nonblocking. Give it to dgram's bind({fd}). */
+  udpSocket(ifname: string, port: number, opts: { broadcast: boolean; reuseAddr: boolean }): number;
+  ifIndex(ifname: string): number;
+  /** Raw ICMPv6 socket on the device, in ff02::2, hop limit 255, passing only `types` (default [133]: Router Solicitations), 1 s receive timeout (blocking). */
+  icmp6Socket(ifname: string, types?: number[]): number;
+  /** One datagram (ICMPv6 message, no IP header) or null after the 1 s timeout. Blocks: not on the main thread in a server. */
+  icmp6Recv(fd: number): { data: Buffer; from: string } | null;
+  icmp6Send(fd: number, ifindex: number, dest: string, data: Buffer): number;
+  /** lseek SEEK_DATA / SEEK_HOLE; -1 when offset is past the last data (ENXIO). */
+  seekData(fd: number, offset: number): number;
+  seekHole(fd: number, offset: number): number;
+  close(fd: number): void;
+}
+
+/**
+ * Compiled, this module is dist/src/native/addon.js and the addon sits in dist/native/; run from
+ * source (vitest), it is src/native/addon.ts and the addon is the built one in dist/native/.
+ */
+const CANDIDATES = [
+  path.resolve(import.meta.dirname, '../../native/deskfuse_native.node'),
+  path.resolve(import.meta.dirname, '../../dist/native/deskfuse_native.node'),
+];
+export const DEFAULT_NATIVE_PATH = CANDIDATES.find((f) => existsSync(f)) ?? CANDIDATES[0]!;
+
+const cache = new Map<string, Native>();
+
+/** The addon, loaded once. `DESKFUSE_NATIVE` (a path) overrides where it is looked for (the initramfs). */
+export function loadNative(file = process.env.DESKFUSE_NATIVE || DEFAULT_NATIVE_PATH): Native {
+  const hit = cache.get(file);
+  if (hit) return hit;
+  if (!existsSync(file)) {
+    throw dfError('DF_ERR_NATIVE_MISSING', `the native addon ${file} is missing: build it with \`npm run build\` (needs gcc and libc6-dev: apt-get install gcc libc6-dev), or set DESKFUSE_NATIVE to its path`, { path: file });
+  }
+  let native: Native;
+  try {
+    native = createRequire(import.meta.url)(file) as Native;
+  } catch (err) {
+    throw dfError('DF_ERR_NATIVE_MISSING', `the native addon ${file} does not load (${(err as Error).message}): rebuild it with \`npm run build\``, { path: file }, err);
+  }
+  cache.set(file, native);
+  return native;
+}

@@ -1,0 +1,211 @@
+import dgram from 'node:dgram';
+import { stat, realpath } from 'node:fs/promises';
+import { isIPv6 } from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { dfError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { decode, encode, encodeError, ERR, OP, requestOptions } from './packet.js';
+import { openInRoot } from './path.js';
+import { FileBlocks, netasciiReader, octetReader } from './source.js';
+import { DEFAULT_LIMITS, negotiate, Transfer, type Limits, type Outcome } from './transfer.js';
+
+/**
+ * Read-only TFTP server (RFC 1350 with RFC 2347/2348/2349/7440 options): the socket adapter around
+ * packet.ts (codec), path.ts (root confinement), source.ts (read-ahead) and transfer.ts (state machine).
+ * Requests arrive on `port`; each transfer gets its own socket, i.e. its own TID (RFC 1350 §4).
+ */
+
+export interface TftpEvent {
+  phase: 'tftp';
+  ip: string;
+  port: number;
+  file: string;
+  kind: 'start' | 'done' | 'error';
+  bytes?: number;
+  ms?: number;
+  error?: string;
+}
+
+export interface TftpOptions {
+  host: string;
+  /** Default 69; 0 picks a free port. */
+  port?: number;
+  /** Read-only root; files are served from here. */
+  root: string;
+  log: Logger;
+  onEvent?: (e: TftpEvent) => void;
+  /** Largest blksize offered (RFC 2348); default 65464. */
+  maxBlksize?: number;
+  /** Largest windowsize offered (RFC 7440); default 64. Bounds memory: 2 · window · blksize per transfer. */
+  maxWindow?: number;
+  /** Retransmission timeouts in a row (each twice the last, up to 8 s) before a transfer is abandoned; default 10. */
+  retries?: number;
+  /** Retransmission timeout until the RTT is measured, unless the client negotiates `timeout`; default 1000. */
+  timeoutMs?: number;
+}
+
+export interface TftpServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+/**
+ * dgram resolves the address of every send through dns.lookup (a tick later); peers are always IP
+ * literals of the socket's own family, so answer at once.
+ */
+const literalLookup = (family: 4 | 6) =>
+  (host: string, _opts: unknown, cb: (err: null, address: string, family: number) => void): void => cb(null, host, family);
+
+function bindSocket(sock: dgram.Socket, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    sock.once('error', onError);
+    sock.bind(port, host, () => { sock.off('error', onError); resolve(); });
+  });
+}
+
+export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
+  const log = opts.log;
+  const limits: Limits = {
+    maxBlksize: opts.maxBlksize ?? DEFAULT_LIMITS.maxBlksize,
+    maxWindow: Math.min(opts.maxWindow ?? DEFAULT_LIMITS.maxWindow, 1024),
+    retries: opts.retries ?? DEFAULT_LIMITS.retries,
+    timeoutMs: opts.timeoutMs ?? DEFAULT_LIMITS.timeoutMs,
+  };
+  let rootReal: string;
+  try {
+    rootReal = await realpath(opts.root);
+    if (!(await stat(rootReal)).isDirectory()) throw new Error('not a directory');
+  } catch (err) {
+    throw dfError('DF_ERR_CONFIG', `tftp root ${opts.root} is not a readable directory`, { field: 'root', root: opts.root }, err);
+  }
+  const type = isIPv6(opts.host) ? 'udp6' : 'udp4';
+  const lookup = literalLookup(type === 'udp6' ? 6 : 4) as never;
+  const main = dgram.createSocket({ type, lookup });
+  try {
+    await bindSocket(main, opts.port ?? 69, opts.host);
+  } catch (err) {
+    main.close();
+    throw dfError('DF_ERR_CONFIG', `tftp cannot listen on ${opts.host}:${opts.port ?? 69}: ${(err as Error).message}`, { field: 'tftp.listen' }, err);
+  }
+  const port = main.address().port;
+  const sessions = new Set<{ abort(reason: string): void }>();
+  const pending = new Set<Promise<void>>();
+  const closingSockets = new Set<Promise<void>>();
+  let closing = false;
+  const emit = (e: Omit<TftpEvent, 'phase'>): void => opts.onEvent?.({ phase: 'tftp', ...e });
+
+  main.on('error', (err) => log.error({ err }, 'tftp socket error'));
+  main.on('message', (msg, rinfo) => {
+    if (closing) return;
+    let p;
+    try {
+      p = decode(msg);
+    } catch (err) {
+      log.debug({ tftp: { ip: rinfo.address, port: rinfo.port, error: (err as Error).message } }, 'tftp malformed packet dropped');
+      return;
+    }
+    const reply = (code: number, message: string): void => {
+      if (!closing) main.send(encodeError(code, message), rinfo.port, rinfo.address);
+    };
+    if (p.op === 'error') return; // never answer an ERROR (RFC 1350 §7)
+    if (p.op === 'wrq') {
+      log.info({ tftp: { ip: rinfo.address, file: p.filename } }, 'tftp write refused');
+      return reply(ERR.ACCESS, 'read-only server');
+    }
+    if (p.op !== 'rrq') return reply(ERR.UNKNOWN_TID, 'unknown transfer ID');
+    if (p.mode !== 'octet' && p.mode !== 'netascii') return reply(ERR.ILLEGAL_OP, `unsupported mode ${p.mode}`);
+    const job = serve(p.filename, p.mode === 'netascii', requestOptions(p.options), rinfo.address, rinfo.port, reply)
+      .catch((err: unknown) => log.error({ err, tftp: { ip: rinfo.address, file: p.filename } }, 'tftp request failed'));
+    pending.add(job);
+    void job.finally(() => pending.delete(job));
+  });
+
+  async function serve(
+    file: string, netascii: boolean, req: ReturnType<typeof requestOptions>, ip: string, peerPort: number,
+    reply: (code: number, message: string) => void,
+  ): Promise<void> {
+    const t0 = performance.now();
+    const tlog = log.child({ tftp: { ip, port: peerPort, file } });
+    emit({ ip, port: peerPort, file, kind: 'start' });
+    const r = await openInRoot(rootReal, file);
+    if (!r.ok) {
+      if (r.code === ERR.ACCESS) tlog.warn({ reason: r.reason }, 'tftp path refused');
+      else tlog.info({ reason: r.reason }, 'tftp file not found');
+      reply(r.code, r.code === ERR.ACCESS ? 'access violation' : 'file not found');
+      emit({ ip, port: peerPort, file, kind: 'error', error: r.reason, ms: performance.now() - t0 });
+      return;
+    }
+    const neg = negotiate(req, limits, netascii ? undefined : r.size);
+    const sock = dgram.createSocket({ type, lookup });
+    let timer: NodeJS.Timeout | undefined;
+    let resolveClosed!: () => void;
+    const closed = new Promise<void>((res) => { resolveClosed = res; });
+    closingSockets.add(closed);
+    void closed.then(() => closingSockets.delete(closed));
+    const finish = (o: Outcome): void => {
+      clearTimeout(timer);
+      if (!o.ok && o.notify) sock.send(encodeError(o.notify.code, o.notify.message), peerPort, ip);
+      const ms = performance.now() - t0;
+      if (o.ok) {
+        tlog.info({ bytes: o.bytes, ms: Math.round(ms), blksize: neg.blksize, windowsize: neg.windowsize }, 'tftp transfer done');
+        emit({ ip, port: peerPort, file, kind: 'done', bytes: o.bytes, ms });
+      } else {
+        tlog.debug({ bytes: o.bytes, error: o.error }, 'tftp transfer ended');
+        emit({ ip, port: peerPort, file, kind: 'error', bytes: o.bytes, ms, error: o.error });
+      }
+      sessions.delete(session);
+      // Close after the ERROR above left; the file only once no send can reference its buffers.
+      setImmediate(() => sock.close(() => { void r.fh.close().finally(resolveClosed); }));
+    };
+    const source = new FileBlocks(netascii ? netasciiReader(octetReader(r.fh)) : octetReader(r.fh), neg.blksize, neg.windowsize);
+    const oack = neg.oack ? encode({ op: 'oack', options: neg.oack }) : undefined;
+    const transfer = new Transfer(source, neg, {
+      send: (pkt) => { sock.send(pkt, peerPort, ip); },
+      now: () => performance.now(),
+      arm: (ms) => { clearTimeout(timer); timer = setTimeout(() => transfer.onTimer(), ms); },
+    }, oack, limits.retries, finish);
+    const session = { abort: (reason: string) => transfer.abort(reason) };
+    sessions.add(session);
+    sock.on('error', (err) => tlog.debug({ err }, 'tftp transfer socket error'));
+    sock.on('message', (msg, from) => {
+      if (from.port !== peerPort || from.address !== ip) {
+        // RFC 1350 §4: a packet from another TID gets ERROR 5 and does not disturb the transfer.
+        sock.send(encodeError(ERR.UNKNOWN_TID, 'unknown transfer ID'), from.port, from.address);
+        return;
+      }
+      // Fast path for the packet that drives the transfer: ACK is exactly 4 bytes.
+      if (msg.length === 4 && msg[0] === 0 && msg[1] === OP.ACK) return transfer.onAck(msg.readUInt16BE(2));
+      let p;
+      try {
+        p = decode(msg);
+      } catch (err) {
+        tlog.debug({ error: (err as Error).message }, 'tftp malformed packet dropped');
+        return;
+      }
+      if (p.op === 'error') transfer.onPeerError(p.code, p.message);
+      else tlog.debug({ op: p.op }, 'tftp unexpected packet dropped');
+    });
+    try {
+      await bindSocket(sock, 0, opts.host);
+    } catch (err) {
+      tlog.error({ err }, 'tftp cannot open a transfer socket');
+      reply(ERR.UNDEFINED, 'server error');
+      return finish({ ok: false, bytes: 0, error: (err as Error).message });
+    }
+    if (closing) return transfer.abort('server closing');
+    transfer.start();
+  }
+
+  return {
+    port,
+    async close(): Promise<void> {
+      if (closing) return;
+      closing = true;
+      await new Promise<void>((res) => main.close(() => res()));
+      await Promise.allSettled([...pending]);
+      for (const s of [...sessions]) s.abort('server closing');
+      await Promise.all([...closingSockets]);
+    },
+  };
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// Runs deskfuse's DHCP service (and optionally the RA responder) from dist/ inside a test network
+// namespace: `ip netns exec NS node dhcp-runner.mjs '<json>'`. Prints one JSON line per event on
+// stdout ({"ready":true} first); logs go to stderr. SIGTERM closes everything and exits.
+import path from 'node:path';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+const { startDhcp } = await import(path.join(ROOT, 'dist/src/dhcp/server.js'));
+const { tableBooter } = await import(path.join(ROOT, 'dist/src/dhcp/policy.js'));
+const { startRa } = await import(path.join(ROOT, 'dist/src/ra/responder.js'));
+
+const cfg = JSON.parse(process.argv[2]);
+const level = cfg.logLevel ?? 'info';
+const levels = ['trace', 'debug', 'info', 'warn', 'error'];
+const logger = (bindings) => Object.fromEntries([
+  ...levels.map((l) => [l, (obj, msg) => {
+    if (levels.indexOf(l) < levels.indexOf(level)) return;
+    const o = { level: l, ...bindings, ...obj, msg };
+    if (o.err instanceof Error) o.err = { message: o.err.message, code: o.err.code };
+    process.stderr.write(JSON.stringify(o) + '\n');
+  }]),
+  ['child', (b) => logger({ ...bindings, ...b })],
+]);
+const log = logger({});
+const out = (o) => process.stdout.write(JSON.stringify(o) + '\n');
+
+const services = [];
+if (cfg.dhcp) {
+  services.push(await startDhcp({
+    ...cfg.dhcp,
+    booter: tableBooter({ scriptUrl: cfg.scriptUrl, available: new Set(cfg.available ?? ['undionly.kpxe', 'snponly.efi']) }),
+    log,
+    onEvent: (e) => out(e),
+  }));
+}
+if (cfg.ra) services.push(await startRa({ interface: cfg.ra.interface, log, intervalSeconds: cfg.ra.intervalSeconds }));
+out({ ready: true });
+process.on('SIGTERM', async () => {
+  await Promise.all(services.map((s) => s.close()));
+  process.exit(0);
+});
