@@ -5,8 +5,9 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | tftp   (casync runs without dist/; sync = only
-#                         the sync-engine part below; tftp = only bench/tftp.sh, ours vs tftpd-hpa)
+#      ONLY=all           all | casync | deskfuse | sync | tftp | netboot   (casync runs without dist/;
+#                         sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
+#                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints)
 #      SYNC_REPS=3        reps of the peer harness run (medians)
 #      SYNC_PEERS='rsync|casync|zsync'   peers.sh ONLY= regex of the built-in peers run
 #                         next to deskfuse. Left out to stay under ~25 min at 2G: xdelta3 and zstd
@@ -56,7 +57,7 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | tftp) ;; *) die "ONLY must be all, casync, deskfuse, sync or tftp (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | tftp | netboot) ;; *) die "ONLY must be all, casync, deskfuse, sync, tftp or netboot (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
@@ -82,9 +83,17 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     die "could not install ${need_pkgs[*]}"
 fi
 command -v node >/dev/null || die "node is missing (Node 20 is required)"
-if [ "$ONLY" = tftp ]; then # needs no workload
-  mkdir -p "$BENCH/data"
+netboot_bench() {
   { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
+  { echo; echo "## Netboot phase timings (bench/netboot.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/netboot.sh"; } | tee -a "$RESULTS"
+}
+if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ]; then # need no workload
+  mkdir -p "$BENCH/data"
+  if [ "$ONLY" = tftp ]; then
+    { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
+  else
+    netboot_bench
+  fi
   exit 0
 fi
 
@@ -306,10 +315,9 @@ if want sync; then
   source "$BENCH/sync-targets.sh"
 fi
 
-if want tftp; then
-  log "TFTP: deskfuse vs tftpd-hpa (bench/tftp.sh)"
-  mkdir -p "$(dirname "$RESULTS")"
-  { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
+if [ "$ONLY" = all ]; then
+  log "netboot: TFTP vs tftpd-hpa, phase timings of QEMU endpoints"
+  netboot_bench
 fi
 
 log "results: $RESULTS"

@@ -61,7 +61,12 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     const d = endpoints.decide(e, q.platform);
     const self = `${b}/boot/ipxe?${new URLSearchParams({ mac, ...pick(q, ['uuid', 'serial', 'buildarch', 'platform']) }).toString()}`;
     const token = d.kind === 'agent' ? endpoints.issueBootToken(e, mac, d.action) : undefined;
-    endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
+    // A waiting endpoint asks again every few seconds: one event per wait, not one per question.
+    const waiting = d.kind === 'pending' || d.kind === 'unassigned';
+    const last = waiting ? endpoints.recentEvents(mac, 1)[0] : undefined;
+    if (!(last?.phase === 'script' && last.detail.decision === d.kind)) {
+      endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
+    }
     // iPXE boots the disk itself: from now on the OS may change it.
     if (d.kind === 'local' || d.kind === 'disabled') endpoints.record('local', mac, { via: d.local }, e);
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });

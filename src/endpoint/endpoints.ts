@@ -196,7 +196,10 @@ export class Endpoints {
       if ((phase === 'synced' || phase === 'committed') && version !== undefined) {
         next.disk = 'clean';
         next.diskVersion = version;
-        next.lastSync = { result: 'ok', action: phase === 'committed' ? 'commit' : 'sync', at, version, ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), ...(detail.phases ? { phases: detail.phases as Record<string, number> } : {}) };
+        next.lastSync = {
+          result: 'ok', action: phase === 'committed' ? 'commit' : 'sync', at, version,
+          ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), phases: this.bootPhases(e, at, phase),
+        };
         if (phase === 'committed') next.commitRequested = false;
       }
       if (phase === 'local') next.disk = 'in-use';
@@ -207,6 +210,24 @@ export class Endpoints {
     (phase === 'error' ? this.log.warn : this.log.info).call(this.log, { endpoint: e?.id, mac, phase, ...detail }, `boot: ${phase}`);
     this.events.emit('event', ev);
     return ev;
+  }
+
+  /**
+   * This boot's phases, in seconds since its first DHCP request: from the events since the iPXE
+   * script that sent it to the boot stage (and the DHCP exchange just before that script).
+   */
+  private bootPhases(e: EndpointRow, at: string, last: BootPhase): Record<string, number> {
+    const evs = this.deps.repo.listEvents({ endpoint: e.id, macs: e.macs }, 200);
+    let script = evs.length - 1;
+    while (script >= 0 && !(evs[script]!.phase === 'script' && evs[script]!.detail.decision === 'agent')) script--;
+    if (script < 0) return {};
+    let start = script;
+    while (start > 0 && evs[start - 1]!.phase === 'dhcp') start--;
+    const t0 = Date.parse(evs[start]!.at);
+    const out: Record<string, number> = {};
+    for (const x of evs.slice(start)) if (out[x.phase] === undefined) out[x.phase] = (Date.parse(x.at) - t0) / 1000;
+    out[last] = (Date.parse(at) - t0) / 1000;
+    return out;
   }
 
   /** The desktop's OS is shutting down: should it reboot into a commit? */

@@ -85,7 +85,58 @@ async function endpointRun(app: LabAppliance, vm: Vm, approve?: { mac: string; d
   return figures(timeline(vm, await events(app, vm.mac)));
 }
 
+/** The reference chain of ../shared/notes/pxe-e2e-findings.md §5 (dnsmasq + a 24 MiB payload), seconds. */
+const REFERENCE: Record<string, Partial<Record<keyof PhaseFigures, number>>> = {
+  'bios-sanboot': { dhcp: 2.3, script: 2.4, kernel: 2.6, initrd: 4.0, agent: 15.0, synced: 20.2, local: 22.7 },
+  'uefi-bootnext': { dhcp: 5.4, script: 5.5, kernel: 5.8, initrd: 7.5, agent: 16.8, synced: 22.2, local: 32.5 },
+  'uefi-kexec': { dhcp: 5.7, script: 5.7, kernel: 6.1, initrd: 7.6, agent: 16.8, synced: 21.9, local: 34.1 },
+};
+
+/**
+ * `--bench` (bench/netboot.sh): endpoints registered ahead (no approval wait), one VM at a time, each
+ * scenario's phases against the reference chain's, as a markdown table.
+ */
+async function bench(): Promise<void> {
+  assertE2ePrerequisites();
+  const os = buildArtifacts('http://10.91.0.1:8080');
+  const lab = await createLab({ subnet: '10.91.0.0/24', serverIp: '10.91.0.1', taps: 3, run: `bench-${process.pid}` });
+  let app: LabAppliance | undefined;
+  try {
+    app = await startLabAppliance(lab, { dhcp: 'full', range: ['10.91.0.100', '10.91.0.200'] });
+    await publishOs(app, os.disk, os.boot, ['d1', 'd2', 'd3']);
+    const runs: Array<[string, string, 'bios' | 'uefi', string, string, string]> = [
+      ['bios-sanboot', 'bench-bios', 'bios', '52:54:00:91:01:01', 'd1', 'auto'],
+      ['uefi-kexec', 'bench-uefi-kexec', 'uefi', '52:54:00:91:01:02', 'd2', 'auto'],
+      ['uefi-bootnext', 'bench-uefi-bootnext', 'uefi', '52:54:00:91:01:03', 'd3', 'bootnext'],
+    ];
+    const lines: string[] = [];
+    for (const [i, [ref, name, fw, mac, desktop, method]] of runs.entries()) {
+      await app.cli(['endpoint', 'add', mac, '--desktop', desktop, '--boot-method', method]);
+      const vm = endpointVm(lab, name, fw, mac, i);
+      await vm.waitFor('OS-BOOTED');
+      await vm.kill();
+      const f = figures(timeline(vm, await events(app, mac)));
+      const r = REFERENCE[ref]!;
+      const cell = (k: keyof PhaseFigures) => {
+        const v = f[k];
+        const w = r[k];
+        return v === null ? '–' : w === undefined ? v.toFixed(1) : `${v.toFixed(1)} (ref ${w.toFixed(1)}, ${(v / w).toFixed(2)}x)`;
+      };
+      lines.push(`| ${ref} | ${cell('dhcp')} | ${cell('script')} | ${cell('kernel')} | ${cell('initrd')} | ${cell('agent')} | ${cell('synced')} | ${cell('local')} | ${cell('os')} |`);
+      say(lines.at(-1));
+    }
+    say(`\n${FIGURES_HEADER}\n${lines.join('\n')}`);
+    say('\nSeconds from QEMU start (TCG, one VM at a time); ref = ../shared/notes/pxe-e2e-findings.md §5 (dnsmasq, 24 MiB payload; ours: 10 MiB of a 96 MiB image).');
+    say('synced: the agent wrote and verified the disk; local: iPXE sanboot served / kexec / BootNext reboot; OS up: the test OS printed its first line.');
+  } finally {
+    await app?.stop();
+    await lab.close();
+    if (process.env.DESKFUSE_E2E_KEEP !== '1') rmSync(lab.dir, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
+  if (process.argv.includes('--bench')) return bench();
   assertE2ePrerequisites();
   step('Building the boot stage (Debian kernel + busybox + Node.js + the deskfuse agent) and a tiny test OS');
   const os = buildArtifacts('http://10.91.0.1:8080');

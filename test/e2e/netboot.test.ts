@@ -1,7 +1,8 @@
 // End to end with QEMU endpoints (TCG) in a lab namespace, our DHCP + TFTP + HTTP, no dnsmasq:
 //   1. BIOS, blank disk: PXE → enrol (pending until approved) → provision → reboot → sanboot into the
 //      test OS, which writes a marker and asks for a commit at shutdown → reboot → commit → power off
-//   2. the same endpoint again, nothing to do: iPXE boots the disk straight away (no boot stage)
+//   2. the same endpoint again, nothing to do: iPXE boots the disk straight away (no boot stage); the
+//      power fails while the OS runs; the next boot commits what the OS wrote, then syncs
 //   3. UEFI (OVMF), blank disk, another endpoint on the same desktop: provision → kexec into the OS, which
 //      has the first endpoint's marker → commit at shutdown
 //   4. UEFI with BootNext as its boot method (own desktop): provision → BootNext → the OS via systemd-boot
@@ -70,20 +71,31 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     rows.push(['bios provision (A)', figures(timeline(vm, evs))]);
   });
 
-  it('BIOS: a boot with nothing to do goes straight to the local disk', async () => {
+  it('BIOS: a boot with nothing to do goes straight to the local disk; after a power loss the next boot commits before it syncs', async () => {
     const seq = Math.max(...(await events(app, MAC_A)).map((e) => e.seq));
     const vm = endpointVm(lab, 'A-bios-2', 'bios', MAC_A, 0);
-    await vm.waitFor('OS-BOOTED');
+    const booted = await vm.waitFor('OS-BOOTED');
     await vm.waitFor('OS-MARKERS');
     expect(markers(vm)).toContain('52-54-00-91-00-0a');
-    const between = (await events(app, MAC_A)).filter((e) => e.seq > seq && Date.parse(e.at) <= vm.startedAt + (vm.marks.find((m) => m.name === 'OS-BOOTED')!.t * 1000));
+    const between = (await events(app, MAC_A)).filter((e) => e.seq > seq && Date.parse(e.at) <= vm.startedAt + booted.t * 1000);
     expect(between.map((e) => e.phase)).not.toContain('agent');
     expect(between.map((e) => e.phase)).not.toContain('kernel');
     expect(between.find((e) => e.phase === 'local')?.detail).toMatchObject({ via: 'sanboot' });
-    await vm.waitFor('OS-MARKER-WRITTEN');
-    await vm.waitFor('COMMITTED');
-    expect((await vm.exited).code).toBe(0);
-    rows.push(['bios nothing to do (A)', figures(timeline(vm, (await events(app, MAC_A)).filter((e) => e.seq > seq)))]);
+    rows.push(['bios nothing to do (A)', figures(timeline(vm, between))]);
+    // Power loss: the OS wrote its marker (count=2) but never reached its shutdown hook.
+    expect((await vm.waitFor('OS-MARKER-WRITTEN')).text).toContain('count=2');
+    await vm.kill();
+    expect((await endpoint(app, MAC_A)).disk).toBe('in-use');
+
+    const seq2 = Math.max(...(await events(app, MAC_A)).map((e) => e.seq));
+    const again = endpointVm(lab, 'A-bios-3', 'bios', MAC_A, 0);
+    const synced = await again.waitFor('SYNCED');
+    expect(synced.text).toMatch(/committed=\d+/); // the lost power-off's changes, committed before the sync
+    const script = (await events(app, MAC_A)).find((e) => e.seq > seq2 && e.phase === 'script');
+    expect(script?.detail.reason).toBe('the disk was in use: commit, then sync');
+    expect((await again.waitFor('OS-MARKER-WRITTEN')).text).toContain('count=3'); // count=2 survived
+    await again.waitFor('COMMITTED');
+    expect((await again.exited).code).toBe(0);
   });
 
   it('UEFI: a second endpoint on the same desktop provisions, kexecs into the OS and has the marker; and BootNext on another', async () => {
@@ -111,8 +123,8 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
 
     rows.push(['uefi provision + kexec (B)', figures(timeline(b, await events(app, MAC_B)))]);
     rows.push(['uefi provision + BootNext (C)', figures(timeline(c, await events(app, MAC_C)))]);
-    // Both lines landed: alice has A's two commits and B's, carol has C's.
+    // Every line landed: alice has A's three commits and B's, carol has C's.
     const log = await app.cli<{ versions: Array<{ version: number; kind: string }> }>(['image', 'log', 'os@desktops/alice']);
-    expect(log.versions.filter((v) => v.kind === 'voi-commit').length).toBeGreaterThanOrEqual(3);
+    expect(log.versions.filter((v) => v.kind === 'voi-commit').length).toBeGreaterThanOrEqual(4);
   });
 });

@@ -55,6 +55,11 @@ describe('network boot flow', () => {
     const list = (await admin('GET', '/api/v1/endpoints')).json().endpoints;
     expect(list).toHaveLength(1);
     expect(list[0]).toMatchObject({ id: 'ep-525400123456', state: 'pending', macs: [MAC], uuid: 'u-1', firmware: 'bios', disk: 'unknown' });
+    // Asking again while it waits: one event for the whole wait.
+    await script(`mac=${MAC}&platform=pcbios`);
+    await script(`mac=${MAC}&platform=pcbios`);
+    const evs = (await admin('GET', `/api/v1/events?endpoint=${MAC}`)).json().events as Array<{ phase: string }>;
+    expect(evs.map((e) => e.phase)).toEqual(['enrol', 'script']);
   });
 
   it('approved without a desktop: still no token', async () => {
@@ -101,6 +106,10 @@ describe('network boot flow', () => {
 
     // The agent reports: synced at version 1 → the next boot has nothing to do (BIOS: sanboot).
     expect((await asEp('POST', '/boot/events', { mac: MAC, phase: 'synced', detail: { version: 1, seconds: 3.5 } })).statusCode).toBe(201);
+    const synced = (await admin('GET', `/api/v1/endpoints/${MAC}`)).json();
+    expect(synced.lastSync).toMatchObject({ result: 'ok', action: 'sync', version: 1, seconds: 3.5 });
+    expect(Object.keys(synced.lastSync.phases)).toEqual(expect.arrayContaining(['script', 'agent', 'synced']));
+    expect(synced.lastSync.phases.synced).toBeGreaterThanOrEqual(synced.lastSync.phases.agent);
     // UEFI cannot boot its disk from iPXE: the boot stage does it (kexec: the image declares a kernel).
     const uefi = await script(`mac=${MAC}&platform=efi`);
     expect(uefi.payload).toContain('deskfuse.action=local');

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Netboot phase timings (issue: "no phase more than 20% slower than the reference chain"): QEMU
+# endpoints (TCG) network-boot from deskfuse in a private lab namespace, one at a time, registered ahead
+# (no approval wait): BIOS + sanboot, UEFI + kexec, UEFI + BootNext. Prints a markdown table with the
+# reference chain's figures (../shared/notes/pxe-e2e-findings.md §5) beside ours. Needs root.
+# usage: bash bench/netboot.sh          (npm run build first; builds the boot stage and test OS if needed)
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+[ -f dist/cli/main.js ] || { echo "netboot bench: run npm run build first" >&2; exit 1; }
+npx tsc -p tsconfig.demo.json
+node dist/test/e2e/demo.js --bench
