@@ -110,7 +110,8 @@ async function main(argv: string[]): Promise<number> {
   const disk = m.findDisk(p.disk);
   const report = reporter(p, s);
   mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk}`);
-  const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty };
+  const message = s.action === 'commit-poweroff' ? `commit at shutdown (endpoint ${s.name})` : `changes found at boot (endpoint ${s.name})`;
+  const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message };
   try {
     if (s.action === 'sync') {
       say(`syncing ${disk} to desktop ${s.desktop}`);

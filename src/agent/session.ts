@@ -42,6 +42,8 @@ export interface AgentOptions {
    * straight from iPXE): treat a clean disk as dirty, so it is scanned and nothing it changed is missed.
    */
   assumeDirty?: boolean;
+  /** The message of a version this run commits. */
+  message?: string;
 }
 
 /** An open agent run: client, desktop, image, disk and its state. */
@@ -55,6 +57,7 @@ export interface Session {
   state: DiskState | null;
   slot: Slot | null;
   holder: string;
+  message?: string;
 }
 
 export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
@@ -78,7 +81,7 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
     const slot = state ? await readSlot(disk.fh, state) : null;
     if (state?.state === 'clean' && o.assumeDirty) state = { ...state, state: 'dirty' };
     const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
-    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder };
+    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, ...(o.message ? { message: o.message } : {}) };
   } catch (err) {
     await disk.close();
     throw err;

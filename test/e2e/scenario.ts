@@ -51,9 +51,10 @@ export async function endpoint(app: LabAppliance, mac: string): Promise<Endpoint
   return app.cli<EndpointRow>(['endpoint', 'show', mac]);
 }
 
+/** A QEMU endpoint with network boot first; its disk is <lab>/<MAC>.disk, so each machine keeps its disk across boots. */
 export function endpointVm(lab: Lab, name: string, firmware: 'bios' | 'uefi', mac: string, tapIndex: number, bridge?: string): Vm {
   return startVm({
-    lab, tap: lab.tapFor(tapIndex, bridge), firmware, mac, name, disk: path.join(lab.dir, `${name.replace(/-\d+$/, '')}.disk`),
+    lab, tap: lab.tapFor(tapIndex, bridge), firmware, mac, name, disk: path.join(lab.dir, `${mac.replace(/:/g, '')}.disk`),
     diskSizeBytes: DISK_SIZE, timeoutMs: 600_000, memMiB: 1024,
   });
 }
