@@ -66,6 +66,7 @@ if { want deskfuse || want sync; } && [ ! -f "$CLI" ]; then
 fi
 
 # ---- tools: install only what is missing (idempotent) ----
+bash "$REPO/scripts/setup-deps.sh" bench   # the tests' tools + tftpd-hpa and the other peers
 need_pkgs=()
 for pair in casync:casync qemu-img:qemu-utils mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
   faketime:faketime /usr/bin/time:time zstd:zstd curl:curl python3:python3 sha256sum:coreutils numfmt:coreutils \

@@ -1,28 +1,44 @@
 #!/usr/bin/env bash
 # Installs the Debian packages deskfuse needs. Idempotent: apt runs only when a package is missing.
-# Needs root (or sudo). Groups: (none) = what the server and the tests use; `bench` adds the peers the
-# benchmarks compare against.
+# Needs root (or sudo). Groups:
+#   runtime    what `npm start` uses (qemu-img; Debian's iPXE binaries for the TFTP root). Never fails the
+#              start: without root it prints the command to run instead.
+#   initramfs  what `npm run build:initramfs` uses (busybox, cpio, zstd, binutils)
+#   test       (default) everything the tests use: the above, QEMU endpoints, real DHCP/TFTP clients
+#   bench      test + the peers the benchmarks compare against
 set -euo pipefail
-pkgs=(
-  qemu-utils                                   # qemu-img: disk formats
-  ipxe                                         # undionly.kpxe / snponly.efi / ipxe.efi served by TFTP
-  qemu-system-x86 ipxe-qemu ovmf               # QEMU endpoints in the netboot tests and `npm run demo`
-  busybox-static cpio zstd mtools syslinux syslinux-common e2fsprogs   # initramfs and the test OS image
-  isc-dhcp-client atftp tftp-hpa iptables iproute2 curl           # real DHCP/TFTP clients, packet loss
-  gcc libc6-dev                                # the small native addon (SO_BINDTODEVICE, SEEK_DATA)
+group=${1:-test}
+runtime=(qemu-utils ipxe)
+initramfs=(busybox-static cpio zstd binutils)
+test=(
+  "${runtime[@]}" "${initramfs[@]}"
+  qemu-system-x86 ipxe-qemu ovmf                # QEMU endpoints in the netboot tests and `npm run demo`
+  mtools syslinux syslinux-common e2fsprogs     # the test OS image
+  isc-dhcp-client atftp tftp-hpa iptables iproute2 curl   # real DHCP/TFTP clients, packet loss
+  gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
 )
-[ "${1:-}" = bench ] && pkgs+=(casync faketime zstd time python3 tftpd-hpa)
+case $group in
+  runtime) pkgs=("${runtime[@]}") ;;
+  initramfs) pkgs=("${initramfs[@]}") ;;
+  test) pkgs=("${test[@]}") ;;
+  bench) pkgs=("${test[@]}" casync faketime time python3 tftpd-hpa) ;;
+  *) echo "usage: $0 [runtime|initramfs|test|bench]" >&2; exit 2 ;;
+esac
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
-echo "deskfuse: installing Debian packages: ${missing[*]}" >&2
 SUDO=
 if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "deskfuse: run as root (or install sudo) to install: ${missing[*]}" >&2; exit 1; }
+  if ! command -v sudo >/dev/null || ! sudo -n true 2>/dev/null; then
+    echo "deskfuse: missing Debian packages: ${missing[*]}; install them with: sudo apt-get install -y ${missing[*]}" >&2
+    [ "$group" = runtime ] && exit 0
+    exit 1
+  fi
   SUDO=sudo
 fi
+echo "deskfuse: installing Debian packages: ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 # Packages such as tftpd-hpa would start a host service on install: forbid that for this run
 # (policy-rc.d exit 101 = "action forbidden"), unless the site already has its own policy.

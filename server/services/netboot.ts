@@ -52,7 +52,7 @@ export function prepareTftpRoot(root: string, log: Logger): Set<string> {
     }
   }
   const have = new Set(readdirSync(root).filter((f) => IPXE_FILES.includes(f)));
-  if (have.size === 0) log.warn({ root, looked: IPXE_DIRS }, 'no iPXE binaries found: install Debian\'s ipxe package (npm test / scripts/setup-deps.sh does)');
+  if (have.size === 0) log.warn({ root, looked: IPXE_DIRS }, 'no iPXE binaries found: install Debian\'s ipxe package (npm start does it as root; else: sudo apt-get install -y ipxe)');
   return have;
 }
 
