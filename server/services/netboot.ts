@@ -80,7 +80,10 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
         host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }),
         onEvent: (e) => {
           const mac = macByIp.get(e.ip);
-          if (mac && e.kind !== 'start') endpoints.record('tftp', mac, { file: e.file, kind: e.kind, bytes: e.bytes, ms: e.ms, ...(e.error ? { error: e.error } : {}) });
+          if (!mac || e.kind === 'start') return;
+          // PXE firmware first asks for the size only and aborts (ERROR 8, RFC 2347 §4): not a failure.
+          const probe = e.kind === 'error' && /ERROR 8\b/.test(e.error ?? '');
+          endpoints.record('tftp', mac, { file: e.file, kind: probe ? 'size-probe' : e.kind, bytes: e.bytes, ms: e.ms, ...(e.error && !probe ? { error: e.error } : {}) });
         },
       });
       closers.push(() => t.close());

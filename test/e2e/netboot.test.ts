@@ -5,9 +5,10 @@
 //      power fails while the OS runs; the next boot commits what the OS wrote, then syncs
 //   3. UEFI (OVMF), blank disk, another endpoint on the same desktop: provision → kexec into the OS, which
 //      has the first endpoint's marker → commit at shutdown
-//   4. UEFI with BootNext as its boot method (own desktop): provision → BootNext → the OS via systemd-boot
+//   4. UEFI through OVMF's own PXE client (DHCP arch 7 → TFTP snponly.efi → iPXE), BootNext as its boot
+//      method (own desktop): provision → BootNext → the OS via systemd-boot
 // (proxyDHCP beside another DHCP server: netboot-proxy.test.ts)
-import { writeFileSync } from 'node:fs';
+import { statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertE2ePrerequisites, createLab, type Lab, type Vm } from './harness/index.js';
@@ -103,7 +104,8 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     await app.cli(['endpoint', 'add', MAC_B, '--desktop', 'alice', '--name', 'desk-b']);
     await app.cli(['endpoint', 'add', MAC_C, '--desktop', 'carol', '--name', 'desk-c', '--boot-method', 'bootnext']);
     const b = endpointVm(lab, 'B-uefi', 'uefi', MAC_B, 1);
-    const c = endpointVm(lab, 'C-uefi-bootnext', 'uefi', MAC_C, 2);
+    // C boots through OVMF's own PXE client: our DHCP (client arch 7) → TFTP snponly.efi → iPXE → HTTP.
+    const c = endpointVm(lab, 'C-uefi-bootnext', 'uefi', MAC_C, 2, 'native');
 
     await b.waitFor('SYNCED');
     await b.waitFor('KEXEC');
@@ -115,6 +117,11 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     expect((await b.exited).code).toBe(0);
 
     await c.waitFor('SYNCED');
+    const cEvents = await events(app, MAC_C);
+    expect(cEvents.find((e) => e.phase === 'dhcp' && e.detail.file === 'snponly.efi')?.detail).toMatchObject({ arch: 7, ipxe: false });
+    const tftp = cEvents.filter((e) => e.phase === 'tftp').map((e) => e.detail);
+    expect(tftp.at(-1)).toMatchObject({ file: 'snponly.efi', kind: 'done', bytes: statSync('/usr/lib/ipxe/snponly.efi').size });
+    expect(tftp.every((d) => d.kind === 'done' || d.kind === 'size-probe')).toBe(true);
     await c.waitFor('BOOTNEXT');
     const bootedC = await c.waitFor('OS-BOOTED');
     expect(bootedC.text).toContain('via=uefi'); // systemd-boot on the disk's ESP, through BootNext
@@ -122,7 +129,7 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     expect((await c.exited).code).toBe(0);
 
     rows.push(['uefi provision + kexec (B)', figures(timeline(b, await events(app, MAC_B)))]);
-    rows.push(['uefi provision + BootNext (C)', figures(timeline(c, await events(app, MAC_C)))]);
+    rows.push(['uefi native PXE + TFTP + BootNext (C)', figures(timeline(c, await events(app, MAC_C)))]);
     // Every line landed: alice has A's three commits and B's, carol has C's.
     const log = await app.cli<{ versions: Array<{ version: number; kind: string }> }>(['image', 'log', 'os@desktops/alice']);
     expect(log.versions.filter((v) => v.kind === 'voi-commit').length).toBeGreaterThanOrEqual(4);

@@ -51,10 +51,13 @@ export async function endpoint(app: LabAppliance, mac: string): Promise<Endpoint
   return app.cli<EndpointRow>(['endpoint', 'show', mac]);
 }
 
-/** A QEMU endpoint with network boot first; its disk is <lab>/<MAC>.disk, so each machine keeps its disk across boots. */
-export function endpointVm(lab: Lab, name: string, firmware: 'bios' | 'uefi', mac: string, tapIndex: number, bridge?: string): Vm {
+/**
+ * A QEMU endpoint with network boot first; its disk is <lab>/<MAC>.disk, so each machine keeps its disk across
+ * boots. pxe 'rom': the NIC ROM's iPXE; 'native' (UEFI): OVMF's own PXE client, which loads iPXE by TFTP.
+ */
+export function endpointVm(lab: Lab, name: string, firmware: 'bios' | 'uefi', mac: string, tapIndex: number, pxe: 'rom' | 'native' = 'rom'): Vm {
   return startVm({
-    lab, tap: lab.tapFor(tapIndex, bridge), firmware, mac, name, disk: path.join(lab.dir, `${mac.replace(/:/g, '')}.disk`),
+    lab, tap: lab.tapFor(tapIndex), firmware, pxe, mac, name, disk: path.join(lab.dir, `${mac.replace(/:/g, '')}.disk`),
     diskSizeBytes: DISK_SIZE, timeoutMs: 600_000, memMiB: 1024,
   });
 }
