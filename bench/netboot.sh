@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Netboot phase timings (issue: "no phase more than 20% slower than the reference chain"): QEMU
 # endpoints (TCG) network-boot from deskfuse in a private lab namespace, one at a time, registered ahead
-# (no approval wait): BIOS + sanboot, UEFI + kexec, UEFI + BootNext. Prints a markdown table with the
+# (no approval wait): BIOS + sanboot, UEFI + kexec, UEFI + BootNext, UEFI native PXE (TFTP). Prints a markdown table with the
 # reference chain's figures (../shared/notes/pxe-e2e-findings.md §5) beside ours. Needs root.
 # usage: bash bench/netboot.sh          (npm run build first; builds the boot stage and test OS if needed)
 set -euo pipefail

@@ -96,6 +96,7 @@ const REFERENCE: Record<string, Partial<Record<keyof PhaseFigures, number>>> = {
   'bios-sanboot': { dhcp: 2.3, script: 2.4, kernel: 2.6, agent: 15.0, synced: 20.2, local: 22.7 },
   'uefi-bootnext': { dhcp: 5.4, script: 5.5, kernel: 5.8, agent: 16.8, synced: 22.2, os: 32.5 },
   'uefi-kexec': { dhcp: 5.7, script: 5.7, kernel: 6.1, agent: 16.8, synced: 21.9, os: 34.1 },
+  'uefi-nativepxe': { dhcp: 3.4, tftp: 7.2, script: 9.3, kernel: 9.6, agent: 19.9, synced: 24.9, os: 38.8 },
 };
 
 /**
@@ -105,20 +106,21 @@ const REFERENCE: Record<string, Partial<Record<keyof PhaseFigures, number>>> = {
 async function bench(): Promise<void> {
   assertE2ePrerequisites();
   const os = buildArtifacts('http://10.91.0.1:8080');
-  const lab = await createLab({ subnet: '10.91.0.0/24', serverIp: '10.91.0.1', taps: 3, run: `bench-${process.pid}` });
+  const lab = await createLab({ subnet: '10.91.0.0/24', serverIp: '10.91.0.1', taps: 4, run: `bench-${process.pid}` });
   let app: LabAppliance | undefined;
   try {
     app = await startLabAppliance(lab, { dhcp: 'full', range: ['10.91.0.100', '10.91.0.200'] });
-    await publishOs(app, os.disk, os.boot, ['d1', 'd2', 'd3']);
-    const runs: Array<[string, string, 'bios' | 'uefi', string, string, string]> = [
-      ['bios-sanboot', 'bench-bios', 'bios', '52:54:00:91:01:01', 'd1', 'auto'],
-      ['uefi-kexec', 'bench-uefi-kexec', 'uefi', '52:54:00:91:01:02', 'd2', 'auto'],
-      ['uefi-bootnext', 'bench-uefi-bootnext', 'uefi', '52:54:00:91:01:03', 'd3', 'bootnext'],
+    await publishOs(app, os.disk, os.boot, ['d1', 'd2', 'd3', 'd4']);
+    const runs: Array<[string, string, 'bios' | 'uefi', string, string, string, 'rom' | 'native']> = [
+      ['bios-sanboot', 'bench-bios', 'bios', '52:54:00:91:01:01', 'd1', 'auto', 'rom'],
+      ['uefi-kexec', 'bench-uefi-kexec', 'uefi', '52:54:00:91:01:02', 'd2', 'auto', 'rom'],
+      ['uefi-bootnext', 'bench-uefi-bootnext', 'uefi', '52:54:00:91:01:03', 'd3', 'bootnext', 'rom'],
+      ['uefi-nativepxe', 'bench-uefi-native', 'uefi', '52:54:00:91:01:04', 'd4', 'bootnext', 'native'],
     ];
     const lines: string[] = [];
-    for (const [i, [ref, name, fw, mac, desktop, method]] of runs.entries()) {
+    for (const [i, [ref, name, fw, mac, desktop, method, pxe]] of runs.entries()) {
       await app.cli(['endpoint', 'add', mac, '--desktop', desktop, '--boot-method', method]);
-      const vm = endpointVm(lab, name, fw, mac, i);
+      const vm = endpointVm(lab, name, fw, mac, i, pxe);
       await vm.waitFor('OS-BOOTED');
       await vm.kill();
       const f = figures(timeline(vm, await events(app, mac)));
@@ -128,7 +130,7 @@ async function bench(): Promise<void> {
         const w = r[k];
         return v === null ? '–' : w === undefined ? v.toFixed(1) : `${v.toFixed(1)} (ref ${w.toFixed(1)}, ${(v / w).toFixed(2)}x)`;
       };
-      lines.push(`| ${ref} | ${cell('dhcp')} | ${cell('script')} | ${cell('kernel')} | ${cell('initrd')} | ${cell('agent')} | ${cell('synced')} | ${cell('local')} | ${cell('os')} |`);
+      lines.push(`| ${ref} | ${cell('dhcp')} | ${cell('tftp')} | ${cell('script')} | ${cell('kernel')} | ${cell('initrd')} | ${cell('agent')} | ${cell('synced')} | ${cell('local')} | ${cell('os')} |`);
       say(lines.at(-1));
     }
     say(`\n${FIGURES_HEADER}\n${lines.join('\n')}`);

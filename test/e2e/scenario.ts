@@ -70,6 +70,7 @@ export function serverEvents(evs: BootEvent[]): ServerEvent[] {
 /** The phases the findings measured for the reference chain, from one VM's timeline. */
 export interface PhaseFigures {
   dhcp: number | null;
+  tftp: number | null;
   script: number | null;
   kernel: number | null;
   initrd: number | null;
@@ -86,7 +87,7 @@ export function figures(tl: Timeline): PhaseFigures {
   // "Local boot reached": iPXE handed over to the disk (sanboot served), or the agent's kexec/BootNext reboot.
   const local = first('srv:local', synced ?? -Infinity) ?? first('KEXEC') ?? first('BOOTNEXT');
   return {
-    dhcp: first('srv:dhcp'), script: first('srv:script'), kernel: first('srv:kernel'), initrd: first('srv:initrd'),
+    dhcp: first('srv:dhcp'), tftp: tl.rows.find((r) => r.phase === 'srv:tftp' && r.detail.includes('"done"'))?.t ?? null, script: first('srv:script'), kernel: first('srv:kernel'), initrd: first('srv:initrd'),
     agent: first('AGENT-START'), synced, local, os,
   };
 }
@@ -97,6 +98,6 @@ export function timeline(vm: Vm, evs: BootEvent[]): Timeline {
 
 export function fmtFigures(name: string, f: PhaseFigures): string {
   const s = (x: number | null) => (x === null ? '–' : x.toFixed(1));
-  return `| ${name} | ${s(f.dhcp)} | ${s(f.script)} | ${s(f.kernel)} | ${s(f.initrd)} | ${s(f.agent)} | ${s(f.synced)} | ${s(f.local)} | ${s(f.os)} |`;
+  return `| ${name} | ${s(f.dhcp)} | ${s(f.tftp)} | ${s(f.script)} | ${s(f.kernel)} | ${s(f.initrd)} | ${s(f.agent)} | ${s(f.synced)} | ${s(f.local)} | ${s(f.os)} |`;
 }
-export const FIGURES_HEADER = '| scenario | DHCP | script | kernel | initrd | agent started | synced/committed | local boot | OS up |\n|---|---|---|---|---|---|---|---|---|';
+export const FIGURES_HEADER = '| scenario | DHCP | TFTP | script | kernel | initrd | agent started | synced/committed | local boot | OS up |\n|---|---|---|---|---|---|---|---|---|---|';
