@@ -100,6 +100,7 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
         ...(nb.dhcp === 'full' && nb.dhcpRange ? {
           pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: ifAddr!.netmask, leaseSeconds: 3600, file: path.join(dataDir, 'dhcp-leases.json') },
         } : {}),
+        onAddress: (mac, ip) => macByIp.set(ip, mac),
         onEvent: (e) => {
           if (e.ip) macByIp.set(e.ip, e.mac);
           endpoints.record('dhcp', e.mac, { kind: e.kind, ...(e.ip ? { ip: e.ip } : {}), ...(e.file ? { file: e.file } : {}), ...(e.arch !== undefined ? { arch: e.arch } : {}), ipxe: e.isIpxe });

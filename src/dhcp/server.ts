@@ -36,6 +36,8 @@ export interface DhcpOptions {
   log: Logger;
   pool?: { first: string; last: string; netmask: string; router?: string; dns?: string[]; leaseSeconds: number; file: string };
   onEvent?: (e: DhcpEvent) => void;
+  /** A client's address as seen in its REQUEST, answered or not (proxy mode: the site's server gave it). */
+  onAddress?: (mac: string, ip: string) => void;
   ports?: { server: number; client: number; pxe: number };
 }
 
@@ -152,6 +154,8 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
   const proxy67 = async (req: DecodedDhcp, c: Client): Promise<void> => {
     const t = req.opts.messageType;
     if (!c.isPxe || (t !== MSG.DISCOVER && t !== MSG.REQUEST)) return;
+    const named = req.opts.requestedIp ?? (req.ciaddr !== ZERO ? req.ciaddr : undefined);
+    if (t === MSG.REQUEST && named) opts.onAddress?.(c.mac, named);
     // A REQUEST naming another server is that server's business (RFC 2131 §4.3.2).
     if (t === MSG.REQUEST && req.opts.serverId && req.opts.serverId !== opts.serverIp) return;
     const spec = opts.booter.bootSpec(c);
@@ -160,7 +164,9 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
     // To the relay, else broadcast: the client may not have (or accept unicast to) an address yet.
     const [addr, port] = req.giaddr !== ZERO ? [req.giaddr, ports.server] : ['255.255.255.255', ports.client];
     await send(main, reply(req, kind, ZERO, spec, c, new Map()), port, addr);
-    event(c, kind === MSG.OFFER ? 'proxy-offer' : 'proxy-ack', undefined, spec);
+    // The site's server gave the address; the client names it in its REQUEST (option 50 or ciaddr),
+    // which lets TFTP transfers from that address be told apart by MAC.
+    event(c, kind === MSG.OFFER ? 'proxy-offer' : 'proxy-ack', kind === MSG.ACK ? req.opts.requestedIp ?? req.ciaddr : undefined, spec);
   };
 
   /** Full DHCP on 67 (RFC 2131 §4.3). */

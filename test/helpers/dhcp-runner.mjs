@@ -31,6 +31,7 @@ if (cfg.dhcp) {
     booter: tableBooter({ scriptUrl: cfg.scriptUrl, available: new Set(cfg.available ?? ['undionly.kpxe', 'snponly.efi']) }),
     log,
     onEvent: (e) => out(e),
+    onAddress: (mac, ip) => out({ kind: 'address', mac, ip }),
   }));
 }
 if (cfg.ra) services.push(await startRa({ interface: cfg.ra.interface, log, intervalSeconds: cfg.ra.intervalSeconds }));

@@ -95,5 +95,7 @@ describe('proxyDHCP beside busybox udhcpd', () => {
       untilXid: 26, untilCount: 2,
     });
     expect(r.replies.filter((x) => x.msg.xid === 25 && x.msg.opts.serverId === OURS)).toEqual([]);
+    // …but its address is noted, so TFTP transfers from it are attributed to the MAC.
+    await runner.events.waitFor((e) => e.kind === 'address' && e.mac === mac && e.ip === '10.232.0.59', 'address of the REQUEST');
   });
 });
