@@ -7,7 +7,8 @@
  * failure (server unreachable: /init retries), 1 = failure (/init runs `--local`).
  * `--local`: no server; hand off to the disk as it is (after failures).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
 import type { BootSession } from '../../src/endpoint/endpoints.js';
 import { isDeskfuseError } from '../../src/errors.js';
@@ -65,8 +66,29 @@ function reporter(p: BootParams, s: BootSession) {
   };
 }
 
+/**
+ * This boot's session: traded once for the one-time boot token, then kept in /run (tmpfs) so that
+ * /init's retry after a temporary failure (exit 75) goes on with it instead of spending the token again.
+ */
+const SESSION_FILE = process.env.DESKFUSE_SESSION_FILE ?? '/run/deskfuse-session.json';
+async function session(p: BootParams): Promise<BootSession> {
+  const key = createHash('sha256').update(p.token).digest('hex');
+  try {
+    const kept = JSON.parse(readFileSync(SESSION_FILE, 'utf8')) as { key: string; session: BootSession };
+    if (kept.key === key) return kept.session;
+  } catch { /* none yet */ }
+  const s = await post<BootSession>(p, '/boot/session', { token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios' });
+  try {
+    writeFileSync(SESSION_FILE, JSON.stringify({ key, session: s }), { mode: 0o600 });
+  } catch (err) {
+    say(`cannot keep the session in ${SESSION_FILE}: ${(err as Error).message}`);
+  }
+  return s;
+}
+
 async function handOff(m: Machinery, s: BootSession, disk: string, report: (phase: string, d?: Record<string, unknown>) => Promise<void>): Promise<never> {
   const { agentHandoff, kexecInto, powerOff, reboot, setBootNextToDisk } = m;
+  m.mustBeBootStage(`hand off (${s.handoff})`);
   if (s.handoff === 'poweroff') {
     mark('POWEROFF');
     say('done; powering off');
@@ -104,7 +126,7 @@ async function main(argv: string[]): Promise<number> {
   const p = bootParams(raw);
   const loading = machinery();
   loading.catch(() => undefined); // awaited below; a failure surfaces there
-  const s = await post<BootSession>(p, '/boot/session', { token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios' });
+  const s = await session(p);
   const m = await loading;
   const { agentCommit, agentSync } = m;
   const disk = m.findDisk(p.disk);

@@ -16,6 +16,16 @@ const run = (cmd: string, args: string[]): { ok: boolean; out: string } => {
 
 export const isUefi = (): boolean => existsSync('/sys/firmware/efi');
 
+/**
+ * Reboot, power-off, kexec and BootNext act on the machine: only inside the boot stage, whose /init
+ * sets DESKFUSE_BOOT_STAGE=1. Anywhere else (a test, an admin trying the agent on a server) they refuse.
+ */
+export function mustBeBootStage(what: string): void {
+  if (process.env.DESKFUSE_BOOT_STAGE !== '1') {
+    throw dfError('DF_ERR_USAGE', `not in the deskfuse boot stage (DESKFUSE_BOOT_STAGE is not 1): refusing to ${what} this machine`, { action: what });
+  }
+}
+
 /** The boot stage loads efivarfs and the filesystem modules in the background (initramfs/init). */
 function waitForModules(): void {
   if (!existsSync('/init')) return; // not in the boot stage
@@ -52,12 +62,14 @@ export function syncDisks(): void {
 
 /** Immediate reset / power-off: the data is already fsynced (the kernel's sysrq path needs no init). */
 export function reboot(): never {
+  mustBeBootStage('reboot');
   syncDisks();
   try { writeFileSync('/proc/sysrq-trigger', 'b'); } catch { run('reboot', ['-f']); }
   process.exit(0);
 }
 
 export function powerOff(): never {
+  mustBeBootStage('power off');
   syncDisks();
   try { writeFileSync('/proc/sysrq-trigger', 'o'); } catch { run('poweroff', ['-f']); }
   process.exit(0);
@@ -65,6 +77,7 @@ export function powerOff(): never {
 
 /** Load the image's own kernel from its boot partition (mounted read-only) and jump into it. */
 export function kexecInto(disk: string, boot: ImageBoot): never {
+  mustBeBootStage('kexec');
   const dev = partitionDevice(disk, boot.partition);
   const mnt = '/run/deskfuse-boot';
   mkdirSync(mnt, { recursive: true });
@@ -87,6 +100,7 @@ export function kexecInto(disk: string, boot: ImageBoot): never {
 
 /** UEFI: point BootNext at the firmware's boot option for this disk; returns the option used. */
 export function setBootNextToDisk(disk: string): { num: number; description: string } {
+  mustBeBootStage('write BootNext on');
   const dir = '/sys/firmware/efi/efivars';
   waitForModules();
   if (!existsSync(dir)) throw dfError('DF_ERR_TOOL_FAILED', 'efivarfs is not mounted at /sys/firmware/efi/efivars');

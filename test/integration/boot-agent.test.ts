@@ -1,0 +1,80 @@
+import { closeSync, openSync, readSync } from 'node:fs';
+import path from 'node:path';
+import { execa } from 'execa';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { areaSize } from '../../src/agent/state-area.js';
+import { makeDisk, prng } from '../helpers/disk.js';
+import { cli, ROOT, startInProcess, tempDir } from '../helpers/server.js';
+
+const MAC = '52:54:00:aa:bb:01';
+const AGENT = path.join(ROOT, 'dist/initramfs/agent/main.js');
+const SIZE = 4 * 1024 * 1024;
+
+/**
+ * The boot stage's program on this host, against a disk file: it trades its one-time token, syncs, and
+ * then must refuse to reboot a machine that is not in the boot stage (DESKFUSE_BOOT_STAGE unset). A
+ * retry after a failure (what /init does on exit 75) goes on with the kept session, not the spent token.
+ */
+describe('boot-stage agent program', () => {
+  let tmp: ReturnType<typeof tempDir>;
+  let srv: Awaited<ReturnType<typeof startInProcess>>;
+  let image: Buffer;
+  let disk: string;
+
+  beforeAll(async () => {
+    tmp = tempDir('df-bootagent-');
+    srv = await startInProcess(path.join(tmp.dir, 'data'));
+    const img = path.join(tmp.dir, 'os.img');
+    image = prng(5)(SIZE);
+    makeDisk(img, SIZE, [{ at: 0, data: image }]);
+    const env = { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: srv.token };
+    expect((await cli(['image', 'create', 'os', '--from', img], env)).code).toBe(0);
+    expect((await cli(['desktop', 'create', 'alice', '--image', 'os'], env)).code).toBe(0);
+    expect((await cli(['endpoint', 'add', MAC, '--desktop', 'alice', '--name', 'lab-pc'], env)).code).toBe(0);
+    disk = path.join(tmp.dir, 'endpoint.disk');
+    makeDisk(disk, SIZE + areaSize({ virtualSize: SIZE, chunkSize: 64 * 1024 }) + 1024 * 1024, []);
+  });
+  afterAll(async () => {
+    await srv?.close();
+    tmp?.cleanup();
+  });
+
+  const run = (token: string, sessionFile: string) => execa(process.execPath, [AGENT], {
+    reject: false, timeout: 60_000,
+    env: {
+      DESKFUSE_CMDLINE: `console=ttyS0 deskfuse.server=${srv.url} deskfuse.token=${token} deskfuse.mac=${MAC} deskfuse.action=sync deskfuse.disk=${disk}`,
+      DESKFUSE_SESSION_FILE: sessionFile, DESKFUSE_BOOT_STAGE: '',
+    },
+  });
+
+  it('syncs the disk, keeps the session for a retry, never reboots the host', async () => {
+    const script = (await srv.appliance.app.inject({ method: 'GET', url: `/boot/ipxe?mac=${MAC}&platform=pcbios` })).payload;
+    const token = /deskfuse\.token=(\S+)/.exec(script)![1]!;
+    const session = path.join(tmp.dir, 'session.json');
+
+    const first = await run(token, session);
+    expect(first.stdout).toMatch(/@@MARK SESSION .*endpoint=lab-pc desktop=alice action=sync handoff=reboot/);
+    expect(first.stdout).toMatch(/@@MARK SYNCED .*version=1 /);
+    expect(first.stdout).toContain('DF_ERR_USAGE: not in the deskfuse boot stage');
+    expect(first.exitCode).toBe(1);
+    const got = Buffer.alloc(SIZE);
+    const fd = openSync(disk, 'r');
+    readSync(fd, got, 0, SIZE, 0);
+    closeSync(fd);
+    expect(got.equals(image)).toBe(true);
+
+    // /init's retry: the same token, the kept session; nothing left to write.
+    const again = await run(token, session);
+    expect(again.stdout).not.toContain('DF_ERR_BOOT_TOKEN_USED');
+    expect(again.stdout).toMatch(/@@MARK SYNCED .*version=1 chunks=0/);
+
+    // Without the kept session the token is spent.
+    const spent = await run(token, path.join(tmp.dir, 'other-session.json'));
+    expect(spent.stdout).toContain('DF_ERR_BOOT_TOKEN_USED');
+    expect(spent.stdout).not.toContain('@@MARK SYNCED');
+    expect(spent.exitCode).toBe(1);
+
+    const e = (await srv.appliance.app.inject({ method: 'GET', url: `/api/v1/endpoints/${MAC}`, headers: { authorization: `Bearer ${srv.token}` } })).json();
+    expect(e).toMatchObject({ name: 'lab-pc', disk: 'clean', diskVersion: 1, lastSync: { result: 'ok', action: 'sync', version: 1 } });
+  });
+});
