@@ -16,6 +16,7 @@ test=(
   mtools syslinux syslinux-common e2fsprogs     # the test OS image
   isc-dhcp-client atftp tftp-hpa iptables iproute2 curl   # real DHCP/TFTP clients, packet loss
   gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
+  libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server
 )
 case $group in
   runtime) pkgs=("${runtime[@]}") ;;
