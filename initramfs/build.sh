@@ -79,12 +79,7 @@ copy_libs "$NODE" "$R"
 cp "$KEXEC" "$R/sbin/kexec"
 copy_libs "$KEXEC" "$R" "$LIBPATH"
 
-: > "$R/etc/modules.order"
-MODS=$(modules_resolve "$KTREE" "$ROOT/initramfs/modules.list")
-while read -r _ rel; do
-  cp "$KTREE/lib/modules/$KVER/$rel" "$R/lib/modules/"
-  basename "$rel" .ko >> "$R/etc/modules.order"
-done <<< "$MODS"
+install_modules "$KTREE" "$ROOT/initramfs/modules.list" "$R"
 
 install -m 755 "$ROOT/initramfs/init" "$R/init"
 install -m 755 "$ROOT/initramfs/udhcpc.script" "$R/etc/udhcpc.script"

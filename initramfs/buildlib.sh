@@ -120,3 +120,16 @@ cpio_pack() {
   (cd "$dir" && find . -mindepth 1 -printf '%P\n' | LC_ALL=C sort \
     | cpio --quiet -o -H newc -R 0:0 --reproducible) > "$out"
 }
+
+# install_modules KTREE LIST ROOTFS: the modules LIST names (and their dependencies, in load order) into
+# ROOTFS/lib/modules, and their names in that order into ROOTFS/etc/modules.order (what /init insmods).
+install_modules() {
+  local ktree=$1 list=$2 r=$3 kdir rel mods
+  kdir=$(echo "$ktree"/lib/modules/*)
+  mods=$(modules_resolve "$ktree" "$list")
+  : > "$r/etc/modules.order"
+  while read -r _ rel; do
+    cp "$kdir/$rel" "$r/lib/modules/"
+    basename "$rel" .ko >> "$r/etc/modules.order"
+  done <<< "$mods"
+}

@@ -8,8 +8,9 @@
  * `--local`: no server; hand off to the disk as it is (after failures).
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
+import { isUefi } from '../../src/agent/boot/system.js';
 import type { BootSession } from '../../src/endpoint/endpoints.js';
 import { isDeskfuseError } from '../../src/errors.js';
 
@@ -19,7 +20,6 @@ const machinery = () => Promise.all([
   import('../../src/agent/commands.js'), import('../../src/agent/sync.js'), import('../../src/agent/boot/system.js'),
 ]).then(([commands, sync, system]) => ({ ...commands, ...sync, ...system }));
 type Machinery = Awaited<ReturnType<typeof machinery>>;
-const isUefi = (): boolean => existsSync('/sys/firmware/efi');
 
 const uptime = (): string => {
   try { return readFileSync('/proc/uptime', 'utf8').split(' ')[0]!; } catch { return '?'; }

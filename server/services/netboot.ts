@@ -71,10 +71,11 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
     const publicUrl = nb.publicUrl ?? (serverIp ? `http://${serverIp}:${httpPort}` : null);
     // TFTP learns only the client's IP: the DHCP answers tell which MAC that is.
     const macByIp = new Map<string, string>();
+    const tftpRoot = nb.tftpRoot ?? path.join(dataDir, 'tftp');
+    const available = nb.tftpListen || nb.dhcp !== 'off' ? prepareTftpRoot(tftpRoot, log) : new Set<string>();
     if (nb.tftpListen) {
       const { startTftp } = await import('../../src/tftp/server.js');
-      const root = nb.tftpRoot ?? path.join(dataDir, 'tftp');
-      prepareTftpRoot(root, log);
+      const root = tftpRoot;
       const host = nb.tftpListen.host === '0.0.0.0' && serverIp ? serverIp : nb.tftpListen.host;
       const t = await startTftp({
         host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }),
@@ -93,7 +94,6 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
       if (!nb.interface || !serverIp || !publicUrl) throw dfError('DF_ERR_CONFIG', `--dhcp ${nb.dhcp} needs --interface`);
       const { startDhcp } = await import('../../src/dhcp/server.js');
       const { tableBooter } = await import('../../src/dhcp/policy.js');
-      const available = prepareTftpRoot(nb.tftpRoot ?? path.join(dataDir, 'tftp'), log);
       const d = await startDhcp({
         mode: nb.dhcp, interface: nb.interface, serverIp, log,
         booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp }),
