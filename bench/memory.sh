@@ -75,7 +75,7 @@ for size in $SIZES; do
 
   SRV=$T/srv-$size
   if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then die "something answers on 127.0.0.1:$PORT (set PORT)"; fi
-  node "$CLI" server --data "$SRV" --listen "127.0.0.1:$PORT" --log-level warn > "$T/server-$size.log" 2>&1 &
+  node "$CLI" server --data "$SRV" --listen "127.0.0.1:$PORT" --nbd-listen off --log-level warn > "$T/server-$size.log" 2>&1 &
   SPID=$!
   for _ in $(seq 300); do
     [ -s "$SRV/admin.token" ] && curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break

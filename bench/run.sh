@@ -215,7 +215,7 @@ if want deskfuse; then
   if curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null; then
     die "something already answers on 127.0.0.1:$PORT (set PORT)"
   fi
-  node "$CLI" server --data "$DF" --listen "127.0.0.1:$PORT" > "$T/server.log" 2>&1 &
+  node "$CLI" server --data "$DF" --listen "127.0.0.1:$PORT" --nbd-listen off > "$T/server.log" 2>&1 &
   SPID=$!
   up=0
   for _ in $(seq 300); do

@@ -14,6 +14,7 @@ Usage:
   deskfuse server [--data DIR] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
                   [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]
                   [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]
+                  [--nbd-listen HOST[:PORT]|off] [--nbd-anonymous-read]
   deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
   deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG]
   deskfuse image list
@@ -40,6 +41,9 @@ Usage:
   deskfuse endpoint assign ID [--desktop NAME] [--mode sync|local] [--boot-method auto|kexec|sanboot|exit|bootnext]
   deskfuse endpoint disable ID
   deskfuse image boot NAME --partition N --kernel PATH [--initrd PATH] --cmdline TEXT
+  deskfuse vdi session create DESKTOP [--force] [--no-auto-commit]
+  deskfuse vdi session list [--desktop NAME] [--all] | show ID | commit ID | discard ID
+  deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--force] [--print-libvirt-xml] [-- QEMU ARGS]
 
 Global options:
   --server URL    image server (env DESKFUSE_SERVER, default http://127.0.0.1:8080)
@@ -62,6 +66,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'agent': return await (await import('./commands/agent.js')).agentCommand(rest, io);
       case 'desktop': return await (await import('./commands/desktop.js')).desktopCommand(rest, io);
       case 'endpoint': return await (await import('./commands/endpoint.js')).endpointCommand(rest, io);
+      case 'vdi': return await (await import('./commands/vdi.js')).vdiCommand(rest, io);
       case undefined: case '-h': case '--help': case 'help':
         io.out.write(USAGE);
         return cmd === undefined ? 2 : 0;

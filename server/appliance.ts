@@ -13,6 +13,10 @@ import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { SqliteMetaRepo } from '../src/meta/sqlite.js';
 import { Metrics } from '../src/metrics.js';
 import { DeltaCache } from '../src/sync/delta-cache.js';
+import { RawChunkCache } from '../src/chunk/raw-cache.js';
+import { SqliteVdiRepo } from '../src/meta/sqlite-vdi.js';
+import { DeskfuseExports } from '../src/vdi/exports.js';
+import { VdiSessions } from '../src/vdi/sessions.js';
 import { buildApp } from './app.js';
 import type { AppContext } from './context.js';
 
@@ -22,6 +26,7 @@ import type { AppContext } from './context.js';
  *   chunks/                      chunk store (zstd frames named by BLAKE3 id)
  *   blobs/                       layers and chunk indexes (same format)
  *   deltas/                      per-version deltas (changed 4 KiB blocks), made on first use
+ *   vdi/<session>/               a VDI session's cloud increment (overlay.raw + map.log) until it is committed
  *   admin.token                  the admin token, mode 0600, written once on first start
  */
 export const dataPaths = (dataDir: string) => ({
@@ -29,6 +34,7 @@ export const dataPaths = (dataDir: string) => ({
   chunks: path.join(dataDir, 'chunks'),
   blobs: path.join(dataDir, 'blobs'),
   deltas: path.join(dataDir, 'deltas'),
+  vdi: path.join(dataDir, 'vdi'),
   adminToken: path.join(dataDir, 'admin.token'),
 });
 
@@ -37,6 +43,8 @@ export const MAX_BLOB_SIZE = 1024 * 1024 * 1024;
 export interface Appliance {
   app: FastifyInstance;
   ctx: AppContext;
+  /** What the NBD server serves (server/services/nbd.ts listens). */
+  exports: DeskfuseExports;
   /** Set only on the first start, when the admin token was just generated. */
   newAdminToken?: string;
   close(): Promise<void>;
@@ -65,11 +73,20 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
       repo: new SqliteEndpointRepo(repo.database), meta: repo, desktops, now, autoEnrol: nb.autoEnrol, ...(log ? { log } : {}),
     });
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
-    const ctx: AppContext = { catalog, desktops, chunks, repo, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot };
+    await fsp.mkdir(p.vdi, { recursive: true, mode: 0o750 });
+    const cache = new RawChunkCache(chunks, config.nbd.cacheMiB * 1024 * 1024);
+    const sessions = new VdiSessions({
+      repo: new SqliteVdiRepo(repo.database), meta: repo, catalog, desktops, chunks, cache, dir: p.vdi, now,
+      leaseSeconds: config.nbd.leaseSeconds, ...(log ? { log } : {}),
+    });
+    const exports = new DeskfuseExports({ catalog, sessions, meta: repo, cache, anonymousRead: config.nbd.anonymousRead, now });
+    const vdi = { sessions, nbd: { port: null, publicHost: config.nbd.publicHost } };
+    const ctx: AppContext = { catalog, desktops, chunks, repo, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi };
     const app = await buildApp(ctx, log);
     return {
-      app, ctx, ...(newAdminToken ? { newAdminToken } : {}),
+      app, ctx, exports, ...(newAdminToken ? { newAdminToken } : {}),
       close: async () => {
+        sessions.close();
         await app.close();
         repo.close();
       },

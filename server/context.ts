@@ -6,6 +6,7 @@ import type { Catalog } from '../src/image/catalog.js';
 import type { MetaRepo } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
 import type { DeltaCache } from '../src/sync/delta-cache.js';
+import type { VdiSessions } from '../src/vdi/sessions.js';
 
 /** What routes need; built once by the composition root and handed to buildApp. */
 export interface AppContext {
@@ -22,6 +23,13 @@ export interface AppContext {
   now: () => Date;
   endpoints: Endpoints;
   boot: BootContext;
+  vdi: VdiContext;
+}
+
+/** VDI: the sessions and how hypervisors reach the NBD server (its port is known once it listens). */
+export interface VdiContext {
+  sessions: VdiSessions;
+  nbd: { port: number | null; publicHost: string | null };
 }
 
 /** What the /boot routes serve: the boot stage's files, iPXE templates, how endpoints reach us. */

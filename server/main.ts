@@ -1,6 +1,7 @@
 import pino from 'pino';
 import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
+import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
 
 /**
@@ -19,11 +20,14 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   }
   const url = await appliance.app.listen({ host: config.listen.host, port: config.listen.port });
   log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
-  let netboot: NetbootServices;
+  let netboot: NetbootServices | undefined;
+  let nbd: NbdService | undefined;
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
     netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, log);
+    nbd = await startNbdService(config.nbd, appliance, log);
   } catch (err) {
+    await netboot?.close();
     await appliance.close();
     throw err;
   }
@@ -33,7 +37,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
       log.info({ signal }, 'stopping');
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      netboot.close().then(() => appliance.close()).then(resolve, (err) => {
+      nbd!.close().then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
         log.error({ err }, 'error while stopping');
         resolve();
       });

@@ -50,6 +50,10 @@ export const ERRORS = {
   DF_ERR_BOOT_FILES_MISSING: { status: 503, message: 'the boot stage (kernel and initramfs) is not built' },
   DF_ERR_STORE_VERIFY: { status: 500, message: 'the store has missing or corrupt chunks' },
   DF_ERR_NATIVE_MISSING: { status: 500, message: 'the native addon is not built' },
+  DF_ERR_NBD_EXPORT_UNKNOWN: { status: 404, message: 'no such NBD export' },
+  DF_ERR_VDI_SESSION_NOT_FOUND: { status: 404, message: 'no such VDI session' },
+  DF_ERR_VDI_SESSION_STATE: { status: 409, message: 'the VDI session is not in a state that allows this' },
+  DF_ERR_VDI_SESSION_BUSY: { status: 409, message: 'a client is connected to the VDI session' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

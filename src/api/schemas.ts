@@ -129,3 +129,18 @@ export const desktopCommitBody = {
   required: ['parent', 'layer', 'kind', 'fencing'],
   additionalProperties: false,
 } as const;
+
+// VDI sessions (src/vdi/sessions.ts).
+export const vdiSessionId = { type: 'string', pattern: '^[0-9a-f]{10}$' } as const;
+export const vdiSessionParams = { type: 'object', properties: { id: vdiSessionId }, required: ['id'] } as const;
+export const createVdiSessionBody = {
+  type: 'object',
+  properties: { desktop: desktopName, force: { type: 'boolean' }, autoCommit: { type: 'boolean' } },
+  required: ['desktop'],
+  additionalProperties: false,
+} as const;
+export const listVdiSessionsQuery = {
+  type: 'object',
+  properties: { desktop: desktopName, all: { type: 'boolean' } },
+  additionalProperties: false,
+} as const;

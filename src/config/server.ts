@@ -18,6 +18,21 @@ export interface ServerConfig {
   /** Largest request body (packs, layers), bytes. Default 256 MiB. */
   readonly bodyLimit: number;
   readonly netboot: NetbootConfig;
+  readonly nbd: NbdConfig;
+}
+
+/** The NBD server for the hypervisor pool: image versions read-only, VDI sessions writable. */
+export interface NbdConfig {
+  /** Default: the HTTP listen host, port 10809 (IANA's NBD port); null = off (`--nbd-listen off`). */
+  readonly listen: { readonly host: string; readonly port: number } | null;
+  /** Image exports readable (and listed) without a token. Default off: every export name carries a token. */
+  readonly anonymousRead: boolean;
+  /** Host name hypervisors use to reach NBD, for the URLs the API hands out. Default: the host the API was called on. */
+  readonly publicHost: string | null;
+  /** Memory for verified raw chunks served over NBD, MiB. Default 256. */
+  readonly cacheMiB: number;
+  /** Lease TTL of a VDI session, seconds; renewed while a client is connected. Default 3600. */
+  readonly leaseSeconds: number;
 }
 
 /** Network boot: DHCP/proxyDHCP, TFTP, IPv6 RA on the boot interface, and what /boot serves. */
@@ -58,12 +73,15 @@ export const NETBOOT_DEFAULTS: NetbootConfig = {
   kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', retrySeconds: 10,
 };
 
+export const NBD_PORT = 10809;
+
 export const DEFAULTS: ServerConfig = {
   dataDir: './data',
   listen: { host: '127.0.0.1', port: 8080 },
   logLevel: 'info',
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
+  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 256, leaseSeconds: 3600 },
 };
 
 export interface ConfigSources {
@@ -73,6 +91,7 @@ export interface ConfigSources {
     data?: string; listen?: string; logLevel?: string;
     dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
     autoEnrol?: string; ipv6Ra?: boolean;
+    nbdListen?: string; nbdAnonymousRead?: boolean;
   };
 }
 
@@ -101,7 +120,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit', 'netboot'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -116,9 +135,32 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   if (typeof bodyLimit !== 'number' || !Number.isInteger(bodyLimit) || bodyLimit < 1024 * 1024) problems.push('bodyLimit: expected an integer of at least 1048576');
 
   const netboot = loadNetboot((file.netboot ?? {}) as Record<string, unknown>, env, src.flags ?? {}, problems);
+  const nbd = loadNbd((file.nbd ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen?.host ?? DEFAULTS.listen.host, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot });
+  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd });
+}
+
+const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds'];
+
+function loadNbd(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, httpHost: string, problems: string[]): NbdConfig {
+  for (const k of Object.keys(file)) if (!NBD_KEYS.includes(k)) problems.push(`config file: unknown key nbd.${k}`);
+  const d = DEFAULTS.nbd;
+  const raw = flags.nbdListen ?? env.DESKFUSE_NBD_LISTEN ?? (file.listen as string | undefined);
+  let listen: NbdConfig['listen'] = { host: httpHost, port: NBD_PORT };
+  if (raw === 'off') listen = null;
+  else if (typeof raw === 'string') listen = parseHostPort(/:\d+$/.test(raw) ? raw : `${raw}:${NBD_PORT}`, problems, 'nbdListen') ?? null;
+  else if (raw !== undefined) problems.push('nbd.listen: expected HOST:PORT or "off"');
+  const envAnon = env.DESKFUSE_NBD_ANONYMOUS_READ;
+  const anonymousRead = flags.nbdAnonymousRead ?? (envAnon !== undefined ? envAnon === '1' || envAnon === 'true' : typeof file.anonymousRead === 'boolean' ? file.anonymousRead : d.anonymousRead);
+  const publicHost = env.DESKFUSE_NBD_PUBLIC_HOST ?? (typeof file.publicHost === 'string' ? file.publicHost : null);
+  if (publicHost !== null && !/^[A-Za-z0-9.:[\]-]{1,253}$/.test(publicHost)) problems.push(`nbd.publicHost: not a host name or address: ${JSON.stringify(publicHost)}`);
+  const num = (k: 'cacheMiB' | 'leaseSeconds', min: number, max: number) => {
+    const v = file[k] ?? d[k];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) { problems.push(`nbd.${k}: expected an integer ${min}-${max}`); return d[k]; }
+    return v;
+  };
+  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 65536), leaseSeconds: num('leaseSeconds', 60, 86400) };
 }
 
 const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds'];

@@ -1,0 +1,193 @@
+import { spawn } from 'node:child_process';
+import type { ApiClient } from '../../src/api/client.js';
+import { dfError } from '../../src/errors.js';
+import { checkDesktopName } from '../../src/image/names.js';
+import { kvmWorks, libvirtXml, qemuArgs, type VmSpec } from '../../src/vdi/launch.js';
+import type { VdiSessionView } from '../../src/vdi/sessions.js';
+import { clientFrom, need, parse, type Io } from '../args.js';
+import { emit, table } from '../output.js';
+
+const HELP = `deskfuse vdi session create DESKTOP [--force] [--no-auto-commit]
+      takes the desktop's lease; prints the session and its NBD URL (the URL carries the session's secret)
+deskfuse vdi session list [--desktop NAME] [--all] | show ID
+deskfuse vdi session commit ID      commit the cloud increment (exit 3 when kept as a conflict version)
+deskfuse vdi session discard ID     drop the cloud increment, release the lease
+deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--cpus N] [--accel auto|kvm|tcg] [--net user|none]
+                   [--force] [--print-libvirt-xml] [-- QEMU ARGS]
+      on a hypervisor host: creates a session, runs qemu-system-x86_64 on its export (KVM when it works,
+      TCG otherwise), waits for the VM to shut down and reports the commit. --print-libvirt-xml prints a
+      libvirt domain for the session instead (virsh create FILE).
+`;
+
+export interface CreateAnswer {
+  session: VdiSessionView;
+  export: string;
+  url: string | null;
+}
+
+export async function vdiCommand(args: string[], io: Io): Promise<number> {
+  const dashdash = args.indexOf('--');
+  const own = dashdash < 0 ? args : args.slice(0, dashdash);
+  const extra = dashdash < 0 ? [] : args.slice(dashdash + 1);
+  const [sub, ...rest] = own;
+  const { values, positionals } = parse(rest, {
+    force: { type: 'boolean', default: false },
+    'no-auto-commit': { type: 'boolean', default: false },
+    desktop: { type: 'string' },
+    all: { type: 'boolean', default: false },
+    vnc: { type: 'string' },
+    memory: { type: 'string', default: '2048' },
+    cpus: { type: 'string', default: '2' },
+    accel: { type: 'string', default: 'auto' },
+    net: { type: 'string', default: 'user' },
+    'print-libvirt-xml': { type: 'boolean', default: false },
+    'wait-seconds': { type: 'string', default: '600' },
+  });
+  if (values.help || !sub) {
+    io.out.write(HELP);
+    return sub ? 0 : 2;
+  }
+  const client = clientFrom(values, io.env);
+  const json = values.json;
+  if (sub === 'start') return start(client, io, values, positionals, extra);
+  if (sub !== 'session') throw dfError('DF_ERR_USAGE', `unknown vdi command ${JSON.stringify(sub)}; see deskfuse vdi --help`);
+  const [op, arg] = positionals;
+  const id = () => need(arg, 'session ID');
+  const path = (s: string) => `/api/v1/vdi/sessions/${encodeURIComponent(s)}`;
+  switch (op) {
+    case 'create': {
+      const desktop = checkDesktopName(need(arg, 'DESKTOP'), 'DESKTOP');
+      const r = (await client.json<CreateAnswer>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force, autoCommit: !values['no-auto-commit'] } })).body;
+      emit(io, json, { session: r.session.id, export: r.export, url: r.url, base: r.session.base, desktop: r.session.desktop, fencing: r.session.fencing }, () =>
+        `VDI session ${r.session.id} on desktop ${r.session.desktop}: ${r.session.image}@${r.session.base}` +
+        `${r.session.fencing !== null ? `, lease fencing ${r.session.fencing}` : ' (restore desktop: changes are discarded)'}\n` +
+        `  url     ${r.url ?? '(the server runs without NBD: --nbd-listen)'}\n  export  ${r.export}\n` +
+        `  ${r.session.autoCommit ? 'commits when the VM shuts down (its client flushes and disconnects)' : `commit with: deskfuse vdi session commit ${r.session.id}`}\n`);
+      return 0;
+    }
+    case 'list': {
+      const q = new URLSearchParams({ ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.all ? { all: 'true' } : {}) });
+      const r = (await client.json<{ sessions: VdiSessionView[] }>('GET', `/api/v1/vdi/sessions${q.size ? `?${q}` : ''}`)).body;
+      emit(io, json, r, () => table([['SESSION', 'DESKTOP', 'BASE', 'STATE', 'CLIENTS', 'LAST DISCONNECT', 'OUTCOME', 'CREATED'], ...r.sessions.map((s) => [
+        s.id, s.desktop, `${s.image}@${s.base}`, s.state, String(s.connections), s.lastDisconnect ? `${s.lastDisconnect} ${s.lastDisconnectAt}` : '-',
+        outcomeShort(s), s.createdAt,
+      ])]));
+      return 0;
+    }
+    case 'show': {
+      const s = (await client.json<VdiSessionView>('GET', path(id()))).body;
+      emit(io, json, s, () => showText(s));
+      return 0;
+    }
+    case 'commit': {
+      const s = (await client.json<VdiSessionView>('POST', path(id()) + '/commit')).body;
+      emit(io, json, s, () => `${outcomeText(s)}\n`);
+      return s.outcome?.kind === 'conflict' ? 3 : 0;
+    }
+    case 'discard': {
+      const s = (await client.json<VdiSessionView>('POST', path(id()) + '/discard')).body;
+      emit(io, json, s, () => `VDI session ${s.id} discarded; desktop ${s.desktop}'s lease released\n`);
+      return 0;
+    }
+    default:
+      throw dfError('DF_ERR_USAGE', `vdi session: expected create, list, show, commit or discard, got ${JSON.stringify(op ?? '')}`);
+  }
+}
+
+type Values = ReturnType<typeof parse>['values'] & Record<string, unknown>;
+
+async function start(client: ApiClient, io: Io, values: Values, positionals: string[], extra: string[]): Promise<number> {
+  const desktop = checkDesktopName(need(positionals[0], 'DESKTOP'), 'DESKTOP');
+  const int = (v: unknown, opt: string, min: number, max: number) => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min || n > max) throw dfError('DF_ERR_USAGE', `${opt}: expected an integer ${min}-${max}, got ${JSON.stringify(v)}`, { option: opt });
+    return n;
+  };
+  const memoryMiB = int(values.memory, '--memory', 64, 1 << 20);
+  const cpus = int(values.cpus, '--cpus', 1, 256);
+  const waitSeconds = int(values['wait-seconds'], '--wait-seconds', 1, 86400);
+  let vnc: number | null = null;
+  if (values.vnc !== undefined) {
+    const m = /^:?(\d{1,4})$/.exec(String(values.vnc));
+    if (!m) throw dfError('DF_ERR_USAGE', `--vnc: expected :N (display number), got ${JSON.stringify(values.vnc)}`, { option: '--vnc' });
+    vnc = Number(m[1]);
+  }
+  if (!['auto', 'kvm', 'tcg'].includes(String(values.accel))) throw dfError('DF_ERR_USAGE', `--accel: expected auto, kvm or tcg, got ${JSON.stringify(values.accel)}`, { option: '--accel' });
+  if (!['user', 'none'].includes(String(values.net))) throw dfError('DF_ERR_USAGE', `--net: expected user or none, got ${JSON.stringify(values.net)}`, { option: '--net' });
+  const accel = values.accel === 'auto' ? ((await kvmWorks()) ? 'kvm' : 'tcg') : (values.accel as 'kvm' | 'tcg');
+
+  const made = (await client.json<CreateAnswer>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force } })).body;
+  if (!made.url) throw dfError('DF_ERR_CONFIG', 'the server runs without NBD (--nbd-listen off); a VDI session needs it');
+  const u = new URL(made.url);
+  const spec: VmSpec = {
+    name: `deskfuse-${desktop}-${made.session.id}`, host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 10809),
+    exportName: made.export, memoryMiB, cpus, accel, vnc, net: values.net as 'user' | 'none',
+  };
+  const id = made.session.id;
+  if (values['print-libvirt-xml']) {
+    io.out.write(libvirtXml(spec));
+    io.err.write(`VDI session ${id} created on ${desktop} (${made.session.image}@${made.session.base}). When the domain shuts down the session commits;\n` +
+      `if it never connects: deskfuse vdi session discard ${id}\n`);
+    return 0;
+  }
+
+  const args = qemuArgs(spec, extra);
+  io.err.write(`VDI session ${id} on desktop ${desktop}: ${made.session.image}@${made.session.base}, qemu (${accel}${vnc !== null ? `, VNC :${vnc}` : ''})\n`);
+  const t0 = performance.now();
+  const code = await new Promise<number | null>((resolve, reject) => {
+    // The VM's serial console goes to our stdout, its errors to our stderr.
+    const q = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'inherit', 'inherit'] });
+    q.once('error', (err) => reject(dfError('DF_ERR_TOOL_MISSING', `qemu-system-x86_64: ${err.message} (apt-get install qemu-system-x86)`, { tool: 'qemu-system-x86_64' }, err)));
+    q.once('exit', (c) => resolve(c));
+  });
+  io.err.write(`qemu exited (${code}) after ${((performance.now() - t0) / 1000).toFixed(1)} s; waiting for the session's commit\n`);
+
+  // The server commits once the VM's client has flushed and disconnected; a crashed VM leaves it open.
+  const deadline = Date.now() + waitSeconds * 1000;
+  let s: VdiSessionView;
+  for (;;) {
+    s = (await client.json<VdiSessionView>('GET', `/api/v1/vdi/sessions/${id}`)).body;
+    const settled = s.state === 'committed' || s.state === 'discarded' || (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'dropped');
+    if (settled || Date.now() > deadline) break;
+    if (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'clean' && !s.autoCommit) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  emit(io, values.json as boolean, { session: s, qemuExit: code }, () => `${outcomeText(s)}\n`);
+  if (s.state === 'committed') return s.outcome?.kind === 'conflict' ? 3 : 0;
+  return s.state === 'discarded' ? 0 : 1;
+}
+
+function outcomeShort(s: VdiSessionView): string {
+  const o = s.outcome;
+  if (!o) return '-';
+  if (o.kind === 'conflict') return `conflict v${o.version}`;
+  if (o.kind === 'fast-forward') return `v${o.version}`;
+  return o.kind;
+}
+
+export function outcomeText(s: VdiSessionView): string {
+  const o = s.outcome;
+  if (s.state === 'discarded') return `VDI session ${s.id} discarded (nothing committed)`;
+  if (s.state !== 'committed' || !o) {
+    return `VDI session ${s.id} is ${s.state}${s.lastDisconnect ? ` (last client ${s.lastDisconnect === 'dropped' ? 'dropped without disconnecting' : 'disconnected'})` : ''}; ` +
+      `nothing was committed. Commit it: deskfuse vdi session commit ${s.id}, or discard it: deskfuse vdi session discard ${s.id}`;
+  }
+  if (o.kind === 'unchanged') return `VDI session ${s.id} committed: nothing differed from version ${s.base}, no new version`;
+  if (o.kind === 'conflict') {
+    return `VDI session ${s.id} committed as version ${o.version}, KEPT AS A CONFLICT (${o.reason === 'fencing' ? 'its lease was taken over' : `${o.ref} moved past ${s.base}`}): ${o.conflictRef}\n` +
+      `  ${o.chunksChanged} chunks changed; choose the line that continues (deskfuse desktop reset / ref set)`;
+  }
+  return `VDI session ${s.id} committed: version ${o.version} on ${o.ref} (parent ${s.base}, ${o.chunksChanged} chunks changed, ${o.seconds} s)`;
+}
+
+function showText(s: VdiSessionView): string {
+  const inc = s.increment;
+  return `VDI session ${s.id}: desktop ${s.desktop} (${s.mode}), base ${s.image}@${s.base}, ${s.state}\n` +
+    `  export      ${s.export}:SECRET\n` +
+    `  lease       ${s.fencing === null ? 'none (restore desktop)' : `${s.holder}, fencing ${s.fencing}`}\n` +
+    `  clients     ${s.connections}; last connect ${s.lastConnectAt ?? '-'}; last disconnect ${s.lastDisconnect ? `${s.lastDisconnect} at ${s.lastDisconnectAt}` : '-'}\n` +
+    (inc ? `  increment   ${inc.changed} chunks changed, ${inc.bytesWritten} bytes written since opened, last flush ${inc.lastFlushAt ?? '-'}\n` : '') +
+    `  auto-commit ${s.autoCommit ? 'on clean disconnect' : 'off'}\n` +
+    `  outcome     ${s.outcome ? outcomeText(s) : '-'}\n` +
+    `  created     ${s.createdAt} by ${s.createdBy}\n`;
+}

@@ -1,0 +1,49 @@
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import { isIPv6 } from 'node:net';
+import { createVdiSessionBody, listVdiSessionsQuery, vdiSessionParams } from '../../src/api/schemas.js';
+import type { AppContext } from '../context.js';
+
+type P = { id: string };
+
+/**
+ * VDI sessions under /api/v1 (admin): create one on a desktop (takes its lease; 409 DF_ERR_LEASE_HELD
+ * names the holder, `force` takes it over), list, show, commit, discard. Creating answers the NBD URL
+ * a hypervisor connects to, secret included: it is shown once.
+ */
+export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+  const { sessions } = ctx.vdi;
+  const who = (scope: string | undefined) => scope ?? 'admin';
+
+  /** nbd://HOST:PORT/NAME — HOST is the configured public host, else the one the API was called on. */
+  const nbdUrl = (req: FastifyRequest, exportName: string): string | null => {
+    const port = ctx.vdi.nbd.port;
+    if (port === null) return null;
+    const host = ctx.vdi.nbd.publicHost ?? req.hostname;
+    return `nbd://${isIPv6(host) ? `[${host}]` : host}:${port}/${exportName}`;
+  };
+
+  app.post<{ Body: { desktop: string; force?: boolean; autoCommit?: boolean } }>('/vdi/sessions', {
+    schema: { body: createVdiSessionBody, tags: ['vdi'], summary: "Start a VDI session on a desktop: takes its lease, answers {session, export, url} (the URL carries the session's secret)" },
+  }, async (req, reply) => {
+    const made = await sessions.create(req.body, who(req.tokenScope));
+    return reply.status(201).send({ session: made.session, export: made.exportName, url: nbdUrl(req, made.exportName) });
+  });
+
+  app.get<{ Querystring: { desktop?: string; all?: boolean } }>('/vdi/sessions', {
+    schema: { querystring: listVdiSessionsQuery, tags: ['vdi'], summary: 'List VDI sessions: open and committing ones (all: committed and discarded too)' },
+  }, async (req) => ({
+    sessions: sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing'] }) }),
+  }));
+
+  app.get<{ Params: P }>('/vdi/sessions/:id', {
+    schema: { params: vdiSessionParams, tags: ['vdi'], summary: 'Show a VDI session: state, base, lease, connections, its cloud increment, the commit outcome' },
+  }, async (req) => sessions.show(req.params.id));
+
+  app.post<{ Params: P }>('/vdi/sessions/:id/commit', {
+    schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Commit the session's cloud increment as a vdi-commit version (fast-forward, or kept as a conflict); 409 while a client is connected" },
+  }, async (req) => sessions.commit(req.params.id, 'admin', who(req.tokenScope)));
+
+  app.post<{ Params: P }>('/vdi/sessions/:id/discard', {
+    schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Discard the session's cloud increment and release its lease; 409 while a client is connected" },
+  }, async (req) => sessions.discard(req.params.id));
+};

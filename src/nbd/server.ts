@@ -1,0 +1,448 @@
+import net from 'node:net';
+import { performance } from 'node:perf_hooks';
+import { dfError, isDeskfuseError, type ErrorCode } from '../errors.js';
+import type { Logger } from '../log.js';
+import { CMD, CMD_FLAG, CMD_NAME, DEFAULT_MAX_PAYLOAD, ERRNO, ERRNO_NAME, REPLY_FLAG } from './constants.js';
+import type { NbdExport, NbdExportProvider } from './export.js';
+import { RequestFramer, type RequestItem } from './framer.js';
+import { Negotiation, wireMessage, type Negotiated } from './negotiate.js';
+import { encodeChunk, encodeOffsetDataHead, encodeSimpleReply, type Extent, type Request } from './transmission.js';
+
+/**
+ * NBD server (NetworkBlockDevice/nbd doc/proto.md): the socket adapter around the codec (packet.ts),
+ * the handshake (negotiate.ts) and the export policy (export.ts). One Connection per TCP socket:
+ * handshake, then transmission, where requests are decoded as they arrive and run concurrently
+ * (replies may complete out of order, proto.md "Transmission"), bounded by `maxInFlight` and by the
+ * socket's write buffer. Bad input ends that one connection; the server keeps serving.
+ */
+
+export interface NbdOptions {
+  host: string;
+  /** Default 10809 (the IANA port); 0 picks a free port. */
+  port?: number;
+  provider: NbdExportProvider;
+  log: Logger;
+  /** Largest READ/WRITE payload (proto.md "Size constraints"); default 32 MiB. A bigger WRITE hangs up. */
+  maxPayload?: number;
+  /** Requests running at once per connection before the socket is paused; default 64. */
+  maxInFlight?: number;
+  /** Time allowed from connect to transmission; default 30 s. */
+  handshakeTimeoutMs?: number;
+}
+
+export interface NbdServer {
+  port: number;
+  /** Stops listening, answers in-flight requests, hangs up every connection; exports get close({clean:false}). */
+  close(): Promise<void>;
+  connections(): number;
+}
+
+/** Stop reading requests while this much reply data waits in the socket (the client reads slowly). */
+const WRITE_HIGH_WATER = 8 << 20;
+/** A hang-up waits this long for queued replies to drain before dropping the socket. */
+const HANGUP_GRACE_MS = 10_000;
+
+export async function startNbd(opts: NbdOptions): Promise<NbdServer> {
+  const cfg: ConnConfig = {
+    provider: opts.provider,
+    maxPayload: opts.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+    maxInFlight: Math.max(1, opts.maxInFlight ?? 64),
+    handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 30_000,
+  };
+  const log = opts.log;
+  const conns = new Set<Connection>();
+  let closing: Promise<void> | undefined;
+  // allowHalfOpen: a client that shuts its side down still gets the replies to what it sent.
+  const server = net.createServer({ allowHalfOpen: true, noDelay: true });
+  server.on('connection', (sock) => {
+    if (closing) { sock.destroy(); return; }
+    const c = new Connection(sock, cfg, log);
+    conns.add(c);
+    void c.done.then(() => conns.delete(c));
+  });
+  server.on('error', (err) => log.error({ err }, 'nbd listener error'));
+  const port = opts.port ?? 10809;
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => reject(dfError('DF_ERR_CONFIG', `nbd cannot listen on ${opts.host}:${port}: ${err.message}`, { field: 'nbd.listen' }, err));
+    server.once('error', onError);
+    server.listen(port, opts.host, () => { server.off('error', onError); resolve(); });
+  });
+  const bound = (server.address() as net.AddressInfo).port;
+  log.debug({ host: opts.host, port: bound }, 'nbd listening'); // the service around it logs at info
+  return {
+    port: bound,
+    connections: () => conns.size,
+    close: () => {
+      closing ??= (async () => {
+        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+        await Promise.all([...conns].map((c) => c.shutdown()));
+        await stopped;
+        log.debug({ port: bound }, 'nbd stopped');
+      })();
+      return closing;
+    },
+  };
+}
+
+interface ConnConfig {
+  provider: NbdExportProvider;
+  maxPayload: number;
+  maxInFlight: number;
+  handshakeTimeoutMs: number;
+}
+
+/** Command flags each command accepts (proto.md "Command flags"); FUA on any, as clients send it. */
+const CMD_FLAGS: Record<number, number> = {
+  [CMD.READ]: CMD_FLAG.FUA | CMD_FLAG.DF,
+  [CMD.WRITE]: CMD_FLAG.FUA,
+  [CMD.FLUSH]: CMD_FLAG.FUA,
+  [CMD.TRIM]: CMD_FLAG.FUA,
+  [CMD.CACHE]: CMD_FLAG.FUA,
+  [CMD.WRITE_ZEROES]: CMD_FLAG.FUA | CMD_FLAG.NO_HOLE,
+  [CMD.BLOCK_STATUS]: CMD_FLAG.FUA | CMD_FLAG.REQ_ONE,
+};
+const WRITES = new Set<number>([CMD.WRITE, CMD.TRIM, CMD.WRITE_ZEROES]);
+/** proto.md "Error values": a write beyond the end is ENOSPC, any other range error EINVAL. */
+const GROWS = new Set<number>([CMD.WRITE, CMD.WRITE_ZEROES]);
+
+/** Export errors to NBD errnos: deskfuse codes, then the system errnos proto.md names; else EIO. */
+const ERRNO_OF_CODE: Partial<Record<ErrorCode, number>> = {
+  DF_ERR_BAD_REQUEST: ERRNO.EINVAL,
+  DF_ERR_GEOMETRY: ERRNO.EINVAL,
+  DF_ERR_UNAUTHORIZED: ERRNO.EPERM,
+  DF_ERR_FORBIDDEN: ERRNO.EPERM,
+  DF_ERR_TOKEN_EXPIRED: ERRNO.EPERM,
+  DF_ERR_LEASE_LOST: ERRNO.EPERM,
+  DF_ERR_DISK_TOO_SMALL: ERRNO.ENOSPC,
+};
+const ERRNO_OF_SYSTEM: Record<string, number> = { ENOSPC: ERRNO.ENOSPC, EDQUOT: ERRNO.ENOSPC, EFBIG: ERRNO.ENOSPC, EROFS: ERRNO.EPERM };
+
+export function errnoOf(err: unknown): number {
+  if (isDeskfuseError(err)) return ERRNO_OF_CODE[err.code] ?? ERRNO.EIO;
+  const code = (err as { code?: unknown } | null)?.code;
+  return (typeof code === 'string' && ERRNO_OF_SYSTEM[code]) || ERRNO.EIO;
+}
+
+interface Refusal { errno: number; message: string }
+const einval = (message: string): Refusal => ({ errno: ERRNO.EINVAL, message });
+
+/**
+ * The checks proto.md asks of a server before it acts ("Command flags", "Size constraints", "Error
+ * values"), so an export only sees requests valid for it (export.ts). Pure.
+ */
+export function validate(q: Request, exp: NbdExport, s: { structured: boolean; allocationContext: number | undefined; maxPayload: number }): Refusal | undefined {
+  const allowed = CMD_FLAGS[q.type];
+  const name = CMD_NAME[q.type] ?? String(q.type);
+  if (allowed === undefined) return einval(`unknown command ${q.type}`);
+  if (q.flags & ~allowed) return einval(`command flags 0x${(q.flags & ~allowed).toString(16)} are not valid for ${name}`);
+  if (q.flags & CMD_FLAG.DF && !s.structured) return einval('NBD_CMD_FLAG_DF needs structured replies');
+  if (WRITES.has(q.type) && exp.readOnly) return { errno: ERRNO.EPERM, message: 'the export is read-only' };
+  if (q.type === CMD.FLUSH) return q.offset !== 0 || q.length !== 0 ? einval('flush offset and length must be zero') : undefined;
+  if (q.type === CMD.BLOCK_STATUS && s.allocationContext === undefined) return einval('no metadata context was negotiated');
+  if (q.length === 0) return einval(`${name} of length 0`);
+  if (q.offset + q.length > exp.size) {
+    return { errno: GROWS.has(q.type) ? ERRNO.ENOSPC : ERRNO.EINVAL, message: `${name} [${q.offset}, +${q.length}) beyond the export's end ${exp.size}` };
+  }
+  const min = exp.blockSize.minimum;
+  if (q.offset % min !== 0 || q.length % min !== 0) return einval(`${name} not aligned to the minimum block size ${min}`);
+  const max = Math.min(exp.blockSize.maximum, s.maxPayload);
+  if ((q.type === CMD.READ || q.type === CMD.WRITE) && q.length > max) return einval(`${name} of ${q.length} bytes exceeds the maximum payload ${max}`);
+  return undefined;
+}
+
+/**
+ * proto.md "NBD_CMD_BLOCK_STATUS": at least one extent, none empty, none past the request (so none past
+ * the export), exactly one with REQ_ONE, at most 2^20; equal neighbours merged. Pure.
+ */
+export function shapeExtents(extents: Extent[], length: number, reqOne: boolean): Extent[] {
+  const out: Extent[] = [];
+  let total = 0;
+  for (const e of extents) {
+    if (total >= length || out.length >= 1 << 20) break;
+    if (e.length <= 0) continue;
+    const n = Math.min(e.length, length - total);
+    const last = out[out.length - 1];
+    if (last && last.flags === e.flags) last.length += n;
+    else out.push({ length: n, flags: e.flags });
+    total += n;
+  }
+  return reqOne ? out.slice(0, 1) : out;
+}
+
+const fieldsOf = (q: Request) => ({ type: CMD_NAME[q.type] ?? q.type, flags: q.flags, offset: q.offset, length: q.length, cookie: q.cookie.toString(16) });
+
+class Connection {
+  readonly done: Promise<void>;
+  private readonly log: Logger;
+  private readonly remote: string;
+  private readonly neg: Negotiation;
+  private readonly timer: NodeJS.Timeout;
+  private readonly closed: Promise<void>;
+  private phase: 'handshake' | 'transmission' = 'handshake';
+  private framer: RequestFramer | undefined;
+  private session: Negotiated | undefined;
+  /** No further requests are read: DISC, hang-up, protocol error or shutdown. */
+  private stopped = false;
+  private disc = false;
+  /** The client shut its side down: what it sent is still served, then we hang up. */
+  private eof = false;
+  private exportClosed = false;
+  private wrote = false;
+  private inFlight = 0;
+  private idleWaiters: (() => void)[] = [];
+  /** Writes in flight: a FLUSH waits for those received before it (proto.md "Ordering of messages and writes"). */
+  private readonly writes = new Set<Promise<void>>();
+  private readonly stats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  private readonly t0 = performance.now();
+
+  constructor(private readonly sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger) {
+    this.remote = sock.remoteFamily === 'IPv6' ? `[${sock.remoteAddress}]:${sock.remotePort}` : `${sock.remoteAddress}:${sock.remotePort}`;
+    this.log = baseLog.child({ nbd: this.remote });
+    this.log.info({}, 'nbd connect');
+    sock.setNoDelay(true);
+    this.neg = new Negotiation({
+      send: (b) => this.send([b]),
+      flow: (on) => { if (on) sock.resume(); else sock.pause(); },
+      remote: this.remote,
+      log: this.log,
+      provider: cfg.provider,
+      maxPayload: cfg.maxPayload,
+    });
+    this.closed = new Promise((resolve) => sock.once('close', () => resolve()));
+    sock.on('data', (b: Buffer) => this.onData(b));
+    sock.on('end', () => this.onEnd());
+    sock.on('error', (err) => this.log.debug({ err: err.message }, 'nbd socket error'));
+    sock.once('close', () => { this.stopped = true; this.neg.abort(); clearTimeout(this.timer); });
+    this.timer = setTimeout(() => {
+      this.log.info({ ms: cfg.handshakeTimeoutMs }, 'nbd handshake timed out');
+      sock.destroy();
+    }, cfg.handshakeTimeoutMs);
+    this.done = this.life().catch((err: unknown) => {
+      this.log.error({ err }, 'nbd connection failed');
+      sock.destroy();
+    });
+  }
+
+  /** Server shutdown: answer what is in flight, then hang up (proto.md "Terminating the transmission phase"). */
+  shutdown(): Promise<void> {
+    if (this.phase === 'handshake') this.sock.destroy();
+    else this.stop();
+    return this.done;
+  }
+
+  private async life(): Promise<void> {
+    let got: Negotiated | undefined;
+    try {
+      got = await this.neg.run();
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'nbd malformed handshake; closing');
+    }
+    clearTimeout(this.timer);
+    if (!got) {
+      this.sock.destroy();
+      await this.closed;
+      this.log.info({ ms: Math.round(performance.now() - this.t0) }, 'nbd disconnect');
+      return;
+    }
+    this.session = got;
+    this.phase = 'transmission';
+    this.framer = new RequestFramer({ maxPayload: this.cfg.maxPayload, payload: 'whole' });
+    this.framer.push(this.neg.takeRest());
+    this.log.info({ export: got.exp.name, size: got.exp.size, readOnly: got.exp.readOnly, structured: got.structured, flags: got.flags }, 'nbd export opened');
+    this.sock.on('drain', () => this.pump());
+    this.pump();
+    await this.closed;
+    if (this.framer.buffered > 0 && !this.disc) this.log.debug({ bytes: this.framer.buffered }, 'nbd request stream truncated');
+    await this.idle();
+    await this.closeExport(false);
+    this.log.info({ export: got.exp.name, clean: this.disc, ...this.stats, ms: Math.round(performance.now() - this.t0) }, 'nbd disconnect');
+  }
+
+  private onData(b: Buffer): void {
+    if (this.phase === 'handshake') { this.neg.push(b); return; }
+    if (this.stopped) return;
+    this.framer!.push(b);
+    this.pump();
+  }
+
+  /** The client shut its side down: serve what it sent (options, then requests), then hang up. */
+  private onEnd(): void {
+    this.eof = true;
+    if (this.phase === 'handshake') this.neg.endOfInput();
+    else this.pump();
+  }
+
+  private canRead(): boolean {
+    return !this.stopped && this.inFlight < this.cfg.maxInFlight && this.sock.writableLength < WRITE_HIGH_WATER;
+  }
+
+  /** Dispatches buffered requests while there is room, and pauses or resumes the socket to match. */
+  private pump(): void {
+    if (this.phase !== 'transmission') return;
+    let drained = false;
+    while (this.canRead()) {
+      let item: RequestItem | undefined;
+      try {
+        item = this.framer!.next();
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'nbd malformed request stream; closing');
+        this.stop();
+        return;
+      }
+      if (!item) { drained = true; break; }
+      this.dispatch(item);
+    }
+    // After the client's FIN, hang up once everything it sent has been dispatched (and answered).
+    if (this.eof && drained) { this.stop(); return; }
+    if (this.canRead()) this.sock.resume();
+    else this.sock.pause();
+  }
+
+  private dispatch(item: RequestItem): void {
+    if (item.kind !== 'request') return; // 'whole' mode: WRITE data comes with its request
+    const q = item.request;
+    this.stats.requests++;
+    if (q.type === CMD.DISC) { this.disconnect(); return; }
+    this.inFlight++;
+    const job = this.handle(q, item.data)
+      .catch((err: unknown) => this.log.error({ err, request: fieldsOf(q) }, 'nbd request failed unexpectedly'))
+      .finally(() => {
+        this.inFlight--;
+        if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+        this.pump();
+      });
+    if (WRITES.has(q.type)) {
+      this.writes.add(job);
+      void job.finally(() => this.writes.delete(job));
+    }
+  }
+
+  private idle(): Promise<void> {
+    return this.inFlight === 0 ? Promise.resolve() : new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Stop reading; hang up once in-flight requests are answered. The export closes on 'close'. */
+  private stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.sock.pause();
+    void this.idle().then(() => this.hangUp());
+  }
+
+  /** proto.md "NBD_CMD_DISC": handle all outstanding requests, then close; no reply. */
+  private disconnect(): void {
+    this.disc = true;
+    this.stopped = true;
+    this.sock.pause();
+    void this.idle()
+      .then(() => this.closeExport(true))
+      .then(() => this.hangUp());
+  }
+
+  private hangUp(): void {
+    if (this.sock.destroyed) return;
+    const t = setTimeout(() => this.sock.destroy(), HANGUP_GRACE_MS);
+    t.unref();
+    void this.closed.then(() => clearTimeout(t));
+    this.sock.end(() => this.sock.destroy());
+  }
+
+  private async closeExport(clean: boolean): Promise<void> {
+    if (this.exportClosed || !this.session) return;
+    this.exportClosed = true;
+    try {
+      await this.session.exp.close({ clean, wrote: this.wrote });
+    } catch (err) {
+      this.log.warn({ err, export: this.session.exp.name }, 'nbd export close failed');
+    }
+  }
+
+  private send(bufs: Buffer[]): void {
+    if (this.sock.destroyed || !this.sock.writable) return;
+    this.sock.cork();
+    for (const b of bufs) this.sock.write(b);
+    this.sock.uncork();
+  }
+
+  private replyOk(q: Request): void {
+    this.send([encodeSimpleReply({ error: 0, cookie: q.cookie })]);
+  }
+
+  /** proto.md "Structured reply chunk message": with structured replies errors carry a message (and READ must use one). */
+  private replyError(q: Request, errno: number, message: string): void {
+    this.stats.errors++;
+    this.send([this.session!.structured
+      ? encodeChunk({ flags: REPLY_FLAG.DONE, cookie: q.cookie, kind: 'error', error: errno, message: wireMessage(message) })
+      : encodeSimpleReply({ error: errno, cookie: q.cookie })]);
+  }
+
+  private async handle(q: Request, data: Buffer | undefined): Promise<void> {
+    const s = this.session!;
+    const exp = s.exp;
+    // A FLUSH covers the writes received before it: snapshot them now, before any await.
+    const before = q.type === CMD.FLUSH ? [...this.writes] : [];
+    const bad = validate(q, exp, { ...s, maxPayload: this.cfg.maxPayload });
+    if (bad) {
+      this.log.debug({ request: fieldsOf(q), errno: ERRNO_NAME[bad.errno], reason: bad.message }, 'nbd request refused');
+      this.replyError(q, bad.errno, bad.message);
+      return;
+    }
+    const fua = (q.flags & CMD_FLAG.FUA) !== 0;
+    try {
+      switch (q.type) {
+        case CMD.READ: return await this.read(q, exp);
+        case CMD.WRITE:
+          this.wrote = true;
+          await exp.write(q.offset, data ?? Buffer.alloc(0), fua);
+          this.stats.bytesWritten += q.length;
+          break;
+        case CMD.TRIM: case CMD.WRITE_ZEROES:
+          this.wrote = true;
+          await exp.zero(q.offset, q.length, fua);
+          break;
+        case CMD.FLUSH:
+          await Promise.allSettled(before);
+          if (!exp.readOnly) await exp.flush();
+          break;
+        case CMD.BLOCK_STATUS: return await this.blockStatus(q, exp, s.allocationContext!);
+        case CMD.CACHE: break; // a hint (proto.md "NBD_CMD_CACHE"); not advertised, answered as done
+      }
+      this.replyOk(q);
+    } catch (err) {
+      const errno = errnoOf(err);
+      this.log.warn({ err, request: fieldsOf(q), export: exp.name, errno: ERRNO_NAME[errno] }, 'nbd export error');
+      this.replyError(q, errno, isDeskfuseError(err) ? err.message : ERRNO_NAME[errno]!);
+    }
+  }
+
+  /**
+   * proto.md "NBD_CMD_READ": everything is in memory before the first byte goes out, so an export
+   * error is always a clean error reply. Structured: one OFFSET_DATA chunk per piece, the last DONE
+   * (one chunk with NBD_CMD_FLAG_DF); simple: header then the bytes.
+   */
+  private async read(q: Request, exp: NbdExport): Promise<void> {
+    const got = await exp.read(q.offset, q.length);
+    let pieces = (Array.isArray(got) ? got : [got]).filter((b) => b.length > 0);
+    const n = pieces.reduce((sum, b) => sum + b.length, 0);
+    if (n !== q.length) throw dfError('DF_ERR_INTERNAL', `export ${exp.name} returned ${n} bytes for a read of ${q.length}`, { export: exp.name });
+    this.stats.bytesRead += n;
+    if (!this.session!.structured) {
+      this.send([encodeSimpleReply({ error: 0, cookie: q.cookie }), ...pieces]);
+      return;
+    }
+    if (q.flags & CMD_FLAG.DF && pieces.length > 1) pieces = [Buffer.concat(pieces)];
+    const out: Buffer[] = [];
+    let at = q.offset;
+    pieces.forEach((b, i) => {
+      out.push(encodeOffsetDataHead(i === pieces.length - 1 ? REPLY_FLAG.DONE : 0, q.cookie, at, b.length), b);
+      at += b.length;
+    });
+    this.send(out);
+  }
+
+  private async blockStatus(q: Request, exp: NbdExport, contextId: number): Promise<void> {
+    const extents = shapeExtents(await exp.extents(q.offset, q.length), q.length, (q.flags & CMD_FLAG.REQ_ONE) !== 0);
+    if (extents.length === 0) throw dfError('DF_ERR_INTERNAL', `export ${exp.name} returned no extents`, { export: exp.name });
+    this.send([encodeChunk({ flags: REPLY_FLAG.DONE, cookie: q.cookie, kind: 'block-status', contextId, extents })]);
+  }
+}

@@ -1,0 +1,335 @@
+import { promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { crc32 } from 'node:zlib';
+import { idHex } from '../chunk/id.js';
+import type { RawChunkCache } from '../chunk/raw-cache.js';
+import { fsyncDir } from '../chunk/fs-store.js';
+import { dfError } from '../errors.js';
+import type { ChunkIndex } from '../image/chunk-index.js';
+import { chunkCount, chunkLength, type Geometry } from '../image/geometry.js';
+import type { Extent } from '../nbd/transmission.js';
+import { zeroChunkExtents } from './version-export.js';
+
+/**
+ * A VDI session's cloud increment: copy-on-write at chunk granularity over a base version, kept in
+ * the session's folder so that a FLUSH makes every write before it durable.
+ *
+ *   overlay.raw   sparse file of the image's virtual size; chunk i lives at i·chunkSize once it is
+ *                 `data` (the first write into a chunk copies the base chunk there, then patches it)
+ *   map.log       header, then 12-byte records appended at each flush:
+ *                   header  "DFVI" | u8 format 1 | 3 reserved | u64 virtual size | u32 chunk size  (20 bytes)
+ *                   record  u32 chunk position | u32 state (0 base, 1 data, 2 zero) | u32 CRC-32 of the first 8
+ *                 (big-endian). The last record of a position wins. A torn or corrupt tail (a crash
+ *                 during a flush) ends the replay: only writes after the last completed flush are lost.
+ *
+ * A flush is: fdatasync(overlay) → append the positions whose state changed → fdatasync(map.log). So a
+ * record never names overlay bytes that a crash could lose. Writes into a chunk already `data` need no
+ * record: the overlay's fdatasync covers them. A whole chunk zeroed (WRITE_ZEROES, TRIM) becomes `zero`
+ * without any I/O; its stale overlay bytes are rewritten before it is `data` again.
+ */
+export const BASE = 0;
+export const DATA = 1;
+export const ZERO = 2;
+export type ChunkState = typeof BASE | typeof DATA | typeof ZERO;
+
+const MAGIC = Buffer.from('DFVI');
+const HEADER = 20;
+const RECORD = 12;
+export const OVERLAY = 'overlay.raw';
+export const MAP = 'map.log';
+
+export interface IncrementStats {
+  /** Chunks that differ from the base (data or zero). */
+  changed: number;
+  bytesWritten: number;
+  flushes: number;
+  lastFlushAt: string | null;
+}
+
+export class CloudIncrement {
+  private readonly state: Uint8Array;
+  /** Positions whose state changed since the last flush (their records are not written yet). */
+  private pending = new Map<number, ChunkState>();
+  /** Chunks being turned into `data` (base copy in flight): later ops on them wait. */
+  private readonly busy = new Map<number, Promise<void>>();
+  private flushing: Promise<void> | undefined;
+  private closed = false;
+  readonly stats: IncrementStats = { changed: 0, bytesWritten: 0, flushes: 0, lastFlushAt: null };
+
+  private constructor(
+    readonly dir: string,
+    readonly geometry: Geometry,
+    private readonly base: ChunkIndex,
+    private readonly chunks: RawChunkCache,
+    private readonly overlay: FileHandle,
+    private readonly map: FileHandle,
+    private mapSize: number,
+    state: Uint8Array,
+  ) {
+    this.state = state;
+    for (const s of state) if (s !== BASE) this.stats.changed++;
+  }
+
+  /** Make the folder, the sparse overlay and the map header, all durable. */
+  static async create(dir: string, g: Geometry): Promise<void> {
+    await fsp.mkdir(dir, { recursive: true, mode: 0o750 });
+    const ov = await fsp.open(path.join(dir, OVERLAY), 'wx', 0o600);
+    try {
+      await ov.truncate(g.virtualSize);
+      await ov.datasync();
+    } finally {
+      await ov.close();
+    }
+    const head = Buffer.alloc(HEADER);
+    MAGIC.copy(head, 0);
+    head[4] = 1;
+    head.writeBigUInt64BE(BigInt(g.virtualSize), 8);
+    head.writeUInt32BE(g.chunkSize, 16);
+    const m = await fsp.open(path.join(dir, MAP), 'wx', 0o600);
+    try {
+      await m.writeFile(head);
+      await m.datasync();
+    } finally {
+      await m.close();
+    }
+    await fsyncDir(dir);
+    await fsyncDir(path.dirname(dir));
+  }
+
+  /** Open and replay the map. `base` must be the index of the session's base version. */
+  static async open(dir: string, base: ChunkIndex, chunks: RawChunkCache): Promise<CloudIncrement> {
+    const g = base.geometry;
+    let overlay: FileHandle | undefined;
+    let map: FileHandle | undefined;
+    try {
+      overlay = await fsp.open(path.join(dir, OVERLAY), 'r+');
+      map = await fsp.open(path.join(dir, MAP), 'r+');
+      const bytes = await map.readFile();
+      const { state, valid } = replay(bytes, g, dir);
+      // Cut a torn tail so later records follow the last good one.
+      if (valid < bytes.length) {
+        await map.truncate(valid);
+        await map.datasync();
+      }
+      return new CloudIncrement(dir, g, base, chunks, overlay, map, valid, state);
+    } catch (err) {
+      await overlay?.close();
+      await map?.close();
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw dfError('DF_ERR_VDI_SESSION_STATE', `the cloud increment in ${dir} is missing`, { dir }, err);
+      }
+      throw err;
+    }
+  }
+
+  stateAt(i: number): ChunkState {
+    return this.state[i] as ChunkState;
+  }
+
+  /** Positions that differ from the base, ascending. */
+  changedPositions(): number[] {
+    const out: number[] = [];
+    for (let i = 0; i < this.state.length; i++) if (this.state[i] !== BASE) out.push(i);
+    return out;
+  }
+
+  async read(offset: number, length: number): Promise<Buffer[]> {
+    const cs = this.geometry.chunkSize;
+    const parts: Promise<Buffer>[] = [];
+    for (let at = offset; at < offset + length;) {
+      const i = Math.floor(at / cs);
+      const within = at - i * cs;
+      const n = Math.min(cs - within, offset + length - at);
+      parts.push(this.readIn(i, within, n));
+      at += n;
+    }
+    return Promise.all(parts);
+  }
+
+  private async readIn(i: number, within: number, n: number): Promise<Buffer> {
+    const b = this.busy.get(i);
+    if (b) await b;
+    const s = this.state[i];
+    if (s === ZERO) return Buffer.alloc(n);
+    if (s === DATA) return this.pread(i * this.geometry.chunkSize + within, n);
+    if (this.base.isZeroAt(i)) return Buffer.alloc(n);
+    const raw = await this.chunks.get(idHex(this.base.idAt(i)));
+    return raw.subarray(within, within + n);
+  }
+
+  /** The whole chunk at position i as it is now (for commits). */
+  async chunk(i: number): Promise<Buffer> {
+    return Buffer.concat(await this.read(i * this.geometry.chunkSize, chunkLength(this.geometry, i)));
+  }
+
+  async write(offset: number, data: Buffer): Promise<void> {
+    this.open();
+    const cs = this.geometry.chunkSize;
+    const jobs: Promise<void>[] = [];
+    for (let at = 0; at < data.length;) {
+      const pos = offset + at;
+      const i = Math.floor(pos / cs);
+      const n = Math.min(cs - (pos - i * cs), data.length - at);
+      jobs.push(this.makeData(i, pos, data.subarray(at, at + n)));
+      at += n;
+    }
+    await Promise.all(jobs);
+    this.stats.bytesWritten += data.length;
+  }
+
+  /** Zero a range: whole chunks become `zero` (no I/O), partial ones are written with zeros. */
+  async zero(offset: number, length: number): Promise<void> {
+    this.open();
+    const cs = this.geometry.chunkSize;
+    const jobs: Promise<void>[] = [];
+    for (let at = offset; at < offset + length;) {
+      const i = Math.floor(at / cs);
+      const within = at - i * cs;
+      const n = Math.min(cs - within, offset + length - at);
+      if (within === 0 && n === chunkLength(this.geometry, i)) jobs.push(this.zeroWhole(i));
+      else jobs.push(this.makeData(i, at, Buffer.alloc(n)));
+      at += n;
+    }
+    await Promise.all(jobs);
+  }
+
+  private async zeroWhole(i: number): Promise<void> {
+    for (let b = this.busy.get(i); b; b = this.busy.get(i)) await b;
+    // A zero chunk of the base is already what this asks for.
+    this.setState(i, this.base.isZeroAt(i) ? BASE : ZERO);
+  }
+
+  /**
+   * Write `piece` (inside chunk i, at absolute offset `pos`). A chunk that is not `data` yet is built
+   * whole in memory (base or zeros, patched) and written at once; one copy at a time per chunk.
+   */
+  private async makeData(i: number, pos: number, piece: Buffer): Promise<void> {
+    for (let b = this.busy.get(i); b; b = this.busy.get(i)) await b;
+    if (this.state[i] === DATA) {
+      await this.pwrite(piece, pos);
+      return;
+    }
+    const cs = this.geometry.chunkSize;
+    const len = chunkLength(this.geometry, i);
+    const job = (async () => {
+      const whole = Buffer.alloc(len);
+      if (this.state[i] === BASE && !this.base.isZeroAt(i)) (await this.chunks.get(idHex(this.base.idAt(i)))).copy(whole);
+      piece.copy(whole, pos - i * cs);
+      await this.pwrite(whole, i * cs);
+      this.setState(i, DATA);
+    })();
+    this.busy.set(i, job);
+    try {
+      await job;
+    } finally {
+      this.busy.delete(i);
+    }
+  }
+
+  private setState(i: number, s: ChunkState): void {
+    const was = this.state[i]!;
+    if (was === s) return;
+    if (was === BASE) this.stats.changed++;
+    if (s === BASE) this.stats.changed--;
+    this.state[i] = s;
+    this.pending.set(i, s);
+  }
+
+  /** Make every completed write durable (NBD_CMD_FLUSH, FUA). Concurrent calls share one flush in flight. */
+  async flush(): Promise<void> {
+    this.open();
+    // A flush asked for while one runs must cover writes that the running one may have missed.
+    while (this.flushing) await this.flushing.catch(() => {});
+    this.flushing = this.doFlush();
+    try {
+      await this.flushing;
+    } finally {
+      this.flushing = undefined;
+    }
+  }
+
+  private async doFlush(): Promise<void> {
+    const batch = this.pending;
+    this.pending = new Map();
+    try {
+      await this.overlay.datasync();
+      if (batch.size) {
+        const recs = Buffer.alloc(batch.size * RECORD);
+        let at = 0;
+        for (const [i, s] of [...batch].sort((a, b) => a[0] - b[0])) {
+          recs.writeUInt32BE(i, at);
+          recs.writeUInt32BE(s, at + 4);
+          recs.writeUInt32BE(crc32(recs.subarray(at, at + 8)), at + 8);
+          at += RECORD;
+        }
+        await this.map.write(recs, 0, recs.length, this.mapSize);
+        this.mapSize += recs.length;
+        await this.map.datasync();
+      }
+      this.stats.flushes++;
+      this.stats.lastFlushAt = new Date().toISOString();
+    } catch (err) {
+      // Not durable: keep the records for the next flush (newer states win).
+      for (const [i, s] of batch) if (!this.pending.has(i)) this.pending.set(i, s);
+      throw err;
+    }
+  }
+
+  /** `base:allocation` extents (proto.md): zero chunks are holes that read as zeros. */
+  extents(offset: number, length: number): Extent[] {
+    return zeroChunkExtents(this.base, offset, length, (i) => this.state[i] === ZERO || (this.state[i] === BASE && this.base.isZeroAt(i)));
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.allSettled([...this.busy.values()]);
+    await this.overlay.close();
+    await this.map.close();
+  }
+
+  private open(): void {
+    if (this.closed) throw dfError('DF_ERR_VDI_SESSION_STATE', `the cloud increment in ${this.dir} is closed`, { dir: this.dir });
+  }
+
+  private async pread(at: number, n: number): Promise<Buffer> {
+    const buf = Buffer.allocUnsafe(n);
+    let got = 0;
+    while (got < n) {
+      const r = await this.overlay.read(buf, got, n - got, at + got);
+      if (r.bytesRead === 0) {
+        buf.fill(0, got);
+        break;
+      }
+      got += r.bytesRead;
+    }
+    return buf;
+  }
+
+  private async pwrite(data: Buffer, at: number): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const r = await this.overlay.write(data, done, data.length - done, at + done);
+      done += r.bytesWritten;
+    }
+  }
+}
+
+function replay(bytes: Buffer, g: Geometry, dir: string): { state: Uint8Array; valid: number } {
+  const bad = (why: string) => dfError('DF_ERR_STATE_CORRUPT', `the cloud increment map in ${dir} ${why}`, { dir });
+  if (bytes.length < HEADER || !bytes.subarray(0, 4).equals(MAGIC) || bytes[4] !== 1) throw bad('has no valid header');
+  if (Number(bytes.readBigUInt64BE(8)) !== g.virtualSize || bytes.readUInt32BE(16) !== g.chunkSize) {
+    throw bad(`is for another geometry (${bytes.readBigUInt64BE(8)} bytes in ${bytes.readUInt32BE(16)}-byte chunks)`);
+  }
+  const n = chunkCount(g);
+  const state = new Uint8Array(n);
+  let at = HEADER;
+  for (; at + RECORD <= bytes.length; at += RECORD) {
+    const i = bytes.readUInt32BE(at);
+    const s = bytes.readUInt32BE(at + 4);
+    if (bytes.readUInt32BE(at + 8) !== crc32(bytes.subarray(at, at + 8)) || i >= n || s > ZERO) break;
+    state[i] = s;
+  }
+  return { state, valid: at };
+}

@@ -1,0 +1,54 @@
+import type { ConflictReason, DesktopMode } from '../meta/repo.js';
+
+/**
+ * A VDI session: one desktop running as a VM on the hypervisor pool, its disk the NBD export
+ * `session/ID`, its writes the session's cloud increment over `base`.
+ *
+ *   open ──(clean disconnect after writes, or `vdi session commit`)──▶ committing ──▶ committed
+ *     └───────────────────────────(`vdi session discard`)───────────────────────────▶ discarded
+ *
+ * `committing` is kept across a crash: a rerun of the commit returns the same version.
+ */
+export type VdiState = 'open' | 'committing' | 'committed' | 'discarded';
+
+export interface VdiOutcome {
+  /** `unchanged`: nothing differed from the base, no version was made. `discarded`: a restore desktop's session ended. */
+  kind: 'fast-forward' | 'conflict' | 'unchanged' | 'discarded';
+  version: number | null;
+  ref: string | null;
+  conflictRef?: string;
+  reason?: ConflictReason;
+  chunksChanged: number;
+  /** What made the commit: the VM's clean disconnect or an admin. */
+  by: 'disconnect' | 'admin';
+  seconds: number;
+}
+
+export interface VdiSessionRow {
+  id: string;
+  desktop: string;
+  image: string;
+  /** The version the session started from (the parent of its commit). */
+  base: number;
+  mode: DesktopMode;
+  /** Lease holder name (`vdi:ID`) and the fencing it got; null for a restore desktop (no lease). */
+  holder: string;
+  fencing: number | null;
+  secretHash: string;
+  autoCommit: boolean;
+  state: VdiState;
+  createdAt: string;
+  createdBy: string;
+  updatedAt: string;
+  lastConnectAt: string | null;
+  lastDisconnectAt: string | null;
+  lastDisconnect: 'clean' | 'dropped' | null;
+  outcome: VdiOutcome | null;
+}
+
+export interface VdiRepo {
+  insert(row: VdiSessionRow): void;
+  get(id: string): VdiSessionRow | undefined;
+  list(opts: { desktop?: string; states?: VdiState[] }): VdiSessionRow[];
+  update(id: string, patch: Partial<Omit<VdiSessionRow, 'id'>>): VdiSessionRow;
+}
