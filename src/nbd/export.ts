@@ -65,4 +65,6 @@ export interface NbdExportProvider {
   /** What NBD_OPT_LIST shows (it carries no credentials); throw DF_ERR_FORBIDDEN to refuse listing. */
   list(): Promise<NbdExportEntry[]>;
   open(name: string, ctx: NbdOpenContext): Promise<NbdExport>;
+  /** A requested name as logs may show it (without the secret it may carry); default: as is. */
+  logName?(name: string): string;
 }

@@ -170,7 +170,7 @@ export class Negotiation {
       if (option === OPT.EXPORT_NAME) return { kind: 'end', reason: `malformed export name: ${(err as Error).message}` };
       return this.fail(option, REP.ERR_INVALID, (err as Error).message);
     }
-    this.io.log.debug({ opt: { option: OPT_NAME[option] ?? option, ...('name' in p ? { name: p.name } : {}) } }, 'nbd option');
+    this.io.log.debug({ opt: { option: OPT_NAME[option] ?? option, ...('name' in p ? { name: this.logName(p.name) } : {}) } }, 'nbd option');
     switch (p.kind) {
       case 'export-name': return this.exportName(p.name);
       case 'abort':
@@ -199,7 +199,7 @@ export class Negotiation {
     try {
       exp = await this.io.provider.open(name, { remote: this.io.remote, purpose });
     } catch (err) {
-      return this.refusal(err, { export: name, purpose });
+      return this.refusal(err, { export: this.logName(name), purpose });
     }
     if (this.ended) {
       // The client left while the export opened: it was never used.
@@ -207,6 +207,10 @@ export class Negotiation {
       return undefined;
     }
     return { exp };
+  }
+
+  private logName(name: string): string {
+    return this.io.provider.logName?.(name) ?? name;
   }
 
   private refusal(err: unknown, what: Record<string, unknown>): { type: number; message: string } {

@@ -50,6 +50,10 @@ export class DeskfuseExports implements NbdExportProvider {
     this.now = deps.now ?? (() => new Date());
   }
 
+  logName(name: string): string {
+    return redactExportName(name);
+  }
+
   async list(): Promise<NbdExportEntry[]> {
     if (!this.deps.anonymousRead) {
       throw dfError('DF_ERR_FORBIDDEN', 'listing is off (a list carries no token); connect to IMAGE@REF:TOKEN or session/ID:SECRET, or start the server with --nbd-anonymous-read');

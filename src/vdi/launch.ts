@@ -34,7 +34,7 @@ export function qemuArgs(s: VmSpec, extra: string[] = []): string[] {
     '-blockdev', `driver=nbd,node-name=disk0,server.type=inet,server.host=${opt(s.host)},server.port=${s.port},export=${opt(s.exportName)}`,
     '-device', 'virtio-blk-pci,drive=disk0,bootindex=1',
     ...(s.net === 'user' ? ['-nic', 'user,model=virtio-net-pci'] : []),
-    ...(s.vnc === null ? ['-display', 'none', '-serial', 'stdio', '-monitor', 'none'] : ['-vga', 'std', '-vnc', `:${s.vnc}`, '-serial', 'none', '-monitor', 'none']),
+    ...(s.vnc === null ? ['-display', 'none', '-serial', 'stdio', '-monitor', 'none'] : ['-vga', 'std', '-vnc', `127.0.0.1:${s.vnc}`, '-serial', 'none', '-monitor', 'none']),
     ...extra,
   ];
 }
