@@ -152,6 +152,8 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
     if (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'clean' && !s.autoCommit) break;
     await new Promise((r) => setTimeout(r, 250));
   }
+  // The VM's console shared our stdout: start on a fresh line so the last line is ours alone.
+  io.out.write('\n');
   emit(io, values.json as boolean, { session: s, qemuExit: code }, () => `${outcomeText(s)}\n`);
   if (s.state === 'committed') return s.outcome?.kind === 'conflict' ? 3 : 0;
   return s.state === 'discarded' ? 0 : 1;

@@ -207,7 +207,7 @@ export class VdiSessions {
     if (!commitNow) return;
     try {
       if (row.mode === 'restore') await this.discard(id, 'disconnect');
-      else await this.commit(id, 'disconnect', row.holder);
+      else await this.commit(id, 'disconnect', row.createdBy);
     } catch (err) {
       this.log.error({ session: id, desktop: row.desktop, err }, 'vdi auto-commit failed: the session is kept open');
     }
@@ -221,7 +221,8 @@ export class VdiSessions {
     return this.once(id, async () => {
       const row = this.get(id);
       if (row.state === 'discarded') return this.view(id);
-      if (row.state !== 'open') throw stateError(row, 'discard');
+      // A commit that failed half-way ('committing') may be retried or given up.
+      if (row.state !== 'open' && row.state !== 'committing') throw stateError(row, 'discard');
       this.notConnected(row);
       const outcome: VdiOutcome = { kind: 'discarded', version: null, ref: null, chunksChanged: 0, by, seconds: 0 };
       this.deps.repo.update(id, { state: 'discarded', outcome, updatedAt: this.now().toISOString() });
@@ -262,7 +263,7 @@ export class VdiSessions {
       const staged = await this.deps.catalog.stageLayer(row.image, bytes);
       const fencing = this.fencingForCommit(row);
       const out = await this.deps.desktops.commit(row.desktop, {
-        parent: row.base, layer: staged.layer, kind: 'vdi-commit', fencing, holder: `${author} (${row.holder})`,
+        parent: row.base, layer: staged.layer, kind: 'vdi-commit', fencing, holder: row.holder,
         message: `VDI session ${id}${by === 'disconnect' ? ' (VM shut down)' : ''}`,
       }, author);
       outcome = out.kind === 'conflict'

@@ -21,6 +21,8 @@ const DESKTOP = 'vm1';
 const MARKER = 'no-nic';
 /** One `vdi start` (boot, power-off, commit) must end well within this; nominal ~10–15 s under TCG. */
 const RUN_GUARD_MS = 150_000;
+/** TCG unless DESKFUSE_E2E_ACCEL=kvm (as in the harness: KVM is unusable on the hosts here). */
+const ACCEL = process.env.DESKFUSE_E2E_ACCEL || 'tcg';
 
 let tmp: ReturnType<typeof tempDir>;
 let srv: VdiAppliance;
@@ -71,7 +73,7 @@ function ourQemu(pid: number, pidfile: string): boolean {
 async function vdiStart(name: string): Promise<VmRun> {
   const pidfile = f(`${name}.qemu.pid`);
   const t0 = performance.now();
-  const child = execa(process.execPath, [CLI, 'vdi', 'start', DESKTOP, '--accel', 'tcg', '--net', 'none', '--memory', '256', '--cpus', '1',
+  const child = execa(process.execPath, [CLI, 'vdi', 'start', DESKTOP, '--accel', ACCEL, '--net', 'none', '--memory', '256', '--cpus', '1',
     '--wait-seconds', '30', '--json', '--', '-no-reboot', '-pidfile', pidfile],
   { env: { DESKFUSE_DATA: '/nonexistent', ...admin }, reject: false, stdin: 'ignore', detached: true });
   let timedOut = false;
@@ -126,6 +128,7 @@ async function markerIn(version: number): Promise<string> {
 
 beforeAll(async () => {
   requireQemu();
+  if (ACCEL !== 'tcg' && ACCEL !== 'kvm') throw new Error(`DESKFUSE_E2E_ACCEL: expected tcg or kvm, received ${JSON.stringify(ACCEL)}`);
   if (spawnSync('debugfs', ['-V']).status !== 0) throw new Error('debugfs missing: bash scripts/setup-deps.sh (apt-get install e2fsprogs)');
   // The test OS (cached by its inputs; a first build downloads and packs a kernel).
   const dir = (await run('bash', [path.join(ROOT, 'test/fixtures/os/build.sh')], 300_000)).trim().split('\n').pop()!;
