@@ -44,7 +44,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ -n "${DESKFUSE_CLI:-}" ]; then CLI=$DESKFUSE_CLI; else cp -a "$REPO/dist" "$T/dist"; CLI=$T/dist/cli/main.js; fi
+if [ -n "${DESKFUSE_CLI:-}" ]; then CLI=$DESKFUSE_CLI; else cp -a "$REPO/dist" "$T/dist"; ln -s "$REPO/ipxe" "$T/ipxe"; CLI=$T/dist/cli/main.js; fi
 OUTROWS=$T/rows.tsv
 : > "$OUTROWS"
 

@@ -5,9 +5,10 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | tftp | netboot   (casync runs without dist/;
-#                         sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
-#                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints)
+#      ONLY=all           all | casync | deskfuse | sync | tftp | netboot | nbd   (casync runs without
+#                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
+#                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
+#                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload)
 #      SYNC_REPS=3        reps of the peer harness run (medians)
 #      SYNC_PEERS='rsync|casync|zsync'   peers.sh ONLY= regex of the built-in peers run
 #                         next to deskfuse. Left out to stay under ~25 min at 2G: xdelta3 and zstd
@@ -57,11 +58,11 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | tftp | netboot) ;; *) die "ONLY must be all, casync, deskfuse, sync, tftp or netboot (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, tftp, netboot or nbd (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
-if { want deskfuse || want sync; } && [ ! -f "$CLI" ]; then
+if { want deskfuse || want sync || want nbd; } && [ ! -f "$CLI" ]; then
   die "$CLI is missing: run npm run build first (or ONLY=casync to bench casync alone)"
 fi
 
@@ -88,10 +89,15 @@ netboot_bench() {
   { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
   { echo; echo "## Netboot phase timings (bench/netboot.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/netboot.sh"; } | tee -a "$RESULTS"
 }
-if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ]; then # need no workload
+nbd_bench() {
+  { echo; echo "## NBD serving (bench/nbd.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/nbd.sh"; } | tee -a "$RESULTS"
+}
+if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ]; then # need no shared workload
   mkdir -p "$BENCH/data"
   if [ "$ONLY" = tftp ]; then
     { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
+  elif [ "$ONLY" = nbd ]; then
+    nbd_bench
   else
     netboot_bench
   fi
@@ -150,6 +156,7 @@ trap 'exit 130' INT TERM
 # the CLI the whole run uses: a copy of dist/ (bare imports still resolve to <repo>/node_modules)
 if [ -z "${DESKFUSE_CLI:-}" ] && [ -f "$CLI" ] && { want deskfuse || want sync; }; then
   cp -a "$REPO/dist" "$T/dist"
+  ln -s "$REPO/ipxe" "$T/ipxe" # the server reads its iPXE templates beside dist/
   CLI=$T/dist/cli/main.js
 fi
 
@@ -319,6 +326,8 @@ fi
 if [ "$ONLY" = all ]; then
   log "netboot: TFTP vs tftpd-hpa, phase timings of QEMU endpoints"
   netboot_bench
+  log "nbd: NBD serving vs nbdkit and qemu-nbd"
+  nbd_bench
 fi
 
 log "results: $RESULTS"

@@ -5,7 +5,7 @@
 #              start: without root it prints the command to run instead.
 #   initramfs  what `npm run build:initramfs` uses (busybox, cpio, zstd, binutils)
 #   test       (default) everything the tests use: the above, QEMU endpoints, real DHCP/TFTP clients
-#   bench      test + the peers the benchmarks compare against
+#   bench      test + the peers the benchmarks compare against (and fio for bench/nbd.sh)
 set -euo pipefail
 group=${1:-test}
 runtime=(qemu-utils ipxe)
@@ -22,7 +22,7 @@ case $group in
   runtime) pkgs=("${runtime[@]}") ;;
   initramfs) pkgs=("${initramfs[@]}") ;;
   test) pkgs=("${test[@]}") ;;
-  bench) pkgs=("${test[@]}" casync faketime time python3 tftpd-hpa) ;;
+  bench) pkgs=("${test[@]}" casync faketime time python3 tftpd-hpa fio) ;;   # fio: its nbd engine (bench/nbd.sh)
   *) echo "usage: $0 [runtime|initramfs|test|bench]" >&2; exit 2 ;;
 esac
 missing=()

@@ -27,6 +27,7 @@ import type { AppContext } from './context.js';
  *   blobs/                       layers and chunk indexes (same format)
  *   deltas/                      per-version deltas (changed 4 KiB blocks), made on first use
  *   vdi/<session>/               a VDI session's cloud increment (overlay.raw + map.log) until it is committed
+ *   nbd-cache/                   verified raw chunks served over NBD (made anew at every start)
  *   admin.token                  the admin token, mode 0600, written once on first start
  */
 export const dataPaths = (dataDir: string) => ({
@@ -35,6 +36,7 @@ export const dataPaths = (dataDir: string) => ({
   blobs: path.join(dataDir, 'blobs'),
   deltas: path.join(dataDir, 'deltas'),
   vdi: path.join(dataDir, 'vdi'),
+  nbdCache: path.join(dataDir, 'nbd-cache'),
   adminToken: path.join(dataDir, 'admin.token'),
 });
 
@@ -74,7 +76,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     });
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
     await fsp.mkdir(p.vdi, { recursive: true, mode: 0o750 });
-    const cache = new RawChunkCache(chunks, config.nbd.cacheMiB * 1024 * 1024);
+    const cache = new RawChunkCache(chunks, p.nbdCache, config.nbd.cacheMiB * 1024 * 1024);
     const sessions = new VdiSessions({
       repo: new SqliteVdiRepo(repo.database), meta: repo, catalog, desktops, chunks, cache, dir: p.vdi, now,
       leaseSeconds: config.nbd.leaseSeconds, ...(log ? { log } : {}),
@@ -87,6 +89,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
       app, ctx, exports, ...(newAdminToken ? { newAdminToken } : {}),
       close: async () => {
         sessions.close();
+        cache.close();
         await app.close();
         repo.close();
       },

@@ -1,32 +1,113 @@
+import { closeSync, mkdirSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import path from 'node:path';
 import type { ChunkReader } from './store.js';
 
 /**
- * Raw chunk bytes, verified once on their way from the store (every ChunkReader verifies) and kept in
- * memory, least recently used first out, within a byte budget. NBD reads are small and random (4 KiB
- * reads of 64 KiB chunks): without it every read would decompress and hash a whole chunk. Concurrent
- * misses of one id share one store read. Cached buffers are shared: callers must not modify them.
+ * Raw chunk bytes for NBD, kept in cache files beside the store so that a read is one pread, as a
+ * plain file server's is. NBD reads are many and small (4 KiB reads of 64 KiB chunks, or a whole disk
+ * in order): without it every read would decompress and hash a whole chunk (measured: 0.24x the reads
+ * of `nbdkit file`).
+ *
+ *   <dir>/slots-<S>.raw   fixed slots of S bytes (S = the chunk's length rounded up to a power of two);
+ *                         chunk id → slot is kept in memory, least recently used first out
+ *
+ * A chunk enters the cache only from the store, which verifies it against its id (decompress + hash);
+ * the files are made anew at every start and never read across restarts, so the bytes served are ones
+ * this process verified and wrote. Memory is the page cache's, not the server's: RSS stays flat.
+ * I/O is synchronous on purpose: slots are reused at once, and a page-cache hit costs microseconds
+ * (reading on the thread pool instead was measured slower: 0.58x nbdkit against 0.66x).
+ * Concurrent misses of one id share one store read.
  */
+interface Entry {
+  file: SlotFile;
+  slot: number;
+  length: number;
+}
+
+interface SlotFile {
+  fd: number;
+  size: number;
+  free: number[];
+  next: number;
+}
+
 export class RawChunkCache {
-  private readonly lru = new Map<string, Buffer>();
+  private readonly lru = new Map<string, Entry>();
   private readonly loading = new Map<string, Promise<Buffer>>();
+  private readonly files = new Map<number, SlotFile>();
   private used = 0;
+  private closed = false;
   hits = 0;
   misses = 0;
 
-  constructor(private readonly store: ChunkReader, readonly budget: number) {}
+  /** `budget`: bytes of slots at most (disk, and page cache while hot). */
+  constructor(private readonly store: ChunkReader, private readonly dir: string, readonly budget: number) {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
 
   get bytes(): number {
     return this.used;
   }
 
+  /** The whole chunk (a private copy: callers may modify it). */
   async get(id: string): Promise<Buffer> {
-    const hit = this.lru.get(id);
-    if (hit) {
-      this.hits++;
-      this.lru.delete(id);
-      this.lru.set(id, hit);
-      return hit;
+    const e = this.touch(id);
+    if (e) return this.pread(e, 0, e.length);
+    return Buffer.from(await this.load(id));
+  }
+
+  /** Bytes [within, within+n) of the chunk. */
+  async read(id: string, within: number, n: number): Promise<Buffer> {
+    const e = this.touch(id);
+    if (e) return this.pread(e, within, n);
+    return (await this.load(id)).subarray(within, within + n);
+  }
+
+  /** Bytes [within, within+n) of the chunk into `out` at `at` (no allocation on a hit). */
+  async readInto(id: string, within: number, n: number, out: Buffer, at: number): Promise<void> {
+    const e = this.touch(id);
+    if (e) {
+      this.preadInto(e, within, n, out, at);
+      return;
     }
+    (await this.load(id)).copy(out, at, within, within + n);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const f of this.files.values()) closeSync(f.fd);
+    this.files.clear();
+    this.lru.clear();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private touch(id: string): Entry | undefined {
+    const e = this.lru.get(id);
+    if (!e) return undefined;
+    this.hits++;
+    this.lru.delete(id);
+    this.lru.set(id, e);
+    return e;
+  }
+
+  private pread(e: Entry, within: number, n: number): Buffer {
+    const buf = Buffer.allocUnsafe(n);
+    this.preadInto(e, within, n, buf, 0);
+    return buf;
+  }
+
+  private preadInto(e: Entry, within: number, n: number, out: Buffer, at: number): void {
+    let got = 0;
+    while (got < n) {
+      const r = readSync(e.file.fd, out, at + got, n - got, e.slot * e.file.size + within + got);
+      if (r === 0) throw new Error(`raw chunk cache: short read in ${this.dir}`);
+      got += r;
+    }
+  }
+
+  private load(id: string): Promise<Buffer> {
     const pending = this.loading.get(id);
     if (pending) return pending;
     this.misses++;
@@ -46,13 +127,31 @@ export class RawChunkCache {
   }
 
   private remember(id: string, raw: Buffer): void {
-    if (raw.length > this.budget || this.lru.has(id)) return;
-    this.lru.set(id, raw);
-    this.used += raw.length;
-    for (const [k, v] of this.lru) {
-      if (this.used <= this.budget) break;
-      this.lru.delete(k);
-      this.used -= v.length;
+    if (this.closed || this.lru.has(id)) return;
+    const size = Math.max(4096, 2 ** Math.ceil(Math.log2(Math.max(1, raw.length))));
+    if (size > this.budget) return;
+    while (this.used + size > this.budget) this.evictOldest();
+    const f = this.fileFor(size);
+    const slot = f.free.pop() ?? f.next++;
+    let done = 0;
+    while (done < raw.length) done += writeSync(f.fd, raw, done, raw.length - done, slot * size + done);
+    this.lru.set(id, { file: f, slot, length: raw.length });
+    this.used += size;
+  }
+
+  private evictOldest(): void {
+    const [id, e] = this.lru.entries().next().value as [string, Entry];
+    this.lru.delete(id);
+    e.file.free.push(e.slot);
+    this.used -= e.file.size;
+  }
+
+  private fileFor(size: number): SlotFile {
+    let f = this.files.get(size);
+    if (!f) {
+      f = { fd: openSync(path.join(this.dir, `slots-${size}.raw`), 'w+', 0o600), size, free: [], next: 0 };
+      this.files.set(size, f);
     }
+    return f;
   }
 }

@@ -119,7 +119,7 @@ describe('parseHostPort', () => {
   );
 
   it('nbd: on the HTTP host at 10809 by default; HOST[:PORT] or off; anonymous read and limits validated', () => {
-    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 256, leaseSeconds: 3600 });
+    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600 });
     expect(loadServerConfig({ env: {}, flags: { listen: '0.0.0.0:8080' } }).nbd.listen).toEqual({ host: '0.0.0.0', port: 10809 });
     expect(loadServerConfig({ env: {}, flags: { nbdListen: '10.0.0.1' } }).nbd.listen).toEqual({ host: '10.0.0.1', port: 10809 });
     expect(loadServerConfig({ env: { DESKFUSE_NBD_LISTEN: '127.0.0.1:0' } }).nbd.listen).toEqual({ host: '127.0.0.1', port: 0 });

@@ -29,7 +29,7 @@ export interface NbdConfig {
   readonly anonymousRead: boolean;
   /** Host name hypervisors use to reach NBD, for the URLs the API hands out. Default: the host the API was called on. */
   readonly publicHost: string | null;
-  /** Memory for verified raw chunks served over NBD, MiB. Default 256. */
+  /** Disk (and page cache) for verified raw chunks served over NBD, MiB (`<data>/nbd-cache`, made anew at start). Default 4096. */
   readonly cacheMiB: number;
   /** Lease TTL of a VDI session, seconds; renewed while a client is connected. Default 3600. */
   readonly leaseSeconds: number;
@@ -81,7 +81,7 @@ export const DEFAULTS: ServerConfig = {
   logLevel: 'info',
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
-  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 256, leaseSeconds: 3600 },
+  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600 },
 };
 
 export interface ConfigSources {
@@ -160,7 +160,7 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) { problems.push(`nbd.${k}: expected an integer ${min}-${max}`); return d[k]; }
     return v;
   };
-  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 65536), leaseSeconds: num('leaseSeconds', 60, 86400) };
+  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400) };
 }
 
 const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds'];

@@ -25,6 +25,11 @@ export interface NbdExport {
   readonly blockSize: { minimum: number; preferred: number; maximum: number };
   /** The bytes of [offset, offset+length): one buffer or pieces in order whose lengths add up to `length`. */
   read(offset: number, length: number): Promise<Buffer | Buffer[]>;
+  /**
+   * Optional, faster: the same bytes written into `out` (out.length = the read's length). The server
+   * then reuses its reply buffers instead of allocating one per read.
+   */
+  readInto?(offset: number, out: Buffer): Promise<void>;
   /** Write; with `fua` durable before it resolves (NBD_CMD_FLAG_FUA). Only on writable exports. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** NBD_CMD_WRITE_ZEROES (and TRIM, which deskfuse also reads back as zeros). */

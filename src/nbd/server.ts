@@ -169,6 +169,32 @@ export function shapeExtents(extents: Extent[], length: number, reqOne: boolean)
   return reqOne ? out.slice(0, 1) : out;
 }
 
+/**
+ * Reply buffers of READs, reused once the socket has taken them (the write callback): a disk read in
+ * 256 KiB requests would otherwise allocate and collect a buffer per request (measured: a fifth of the
+ * server's CPU in the garbage collector). Kept per length, a bounded number per connection.
+ */
+class BufferPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private kept = 0;
+  constructor(private readonly maxBytes: number) {}
+
+  take(n: number): Buffer {
+    const b = this.free.get(n)?.pop();
+    if (!b) return Buffer.allocUnsafe(n);
+    this.kept -= n;
+    return b;
+  }
+
+  give(b: Buffer): void {
+    if (this.kept + b.length > this.maxBytes) return;
+    let list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, (list = []));
+    list.push(b);
+    this.kept += b.length;
+  }
+}
+
 const fieldsOf = (q: Request) => ({ type: CMD_NAME[q.type] ?? q.type, flags: q.flags, offset: q.offset, length: q.length, cookie: q.cookie.toString(16) });
 
 class Connection {
@@ -193,6 +219,7 @@ class Connection {
   /** Writes in flight: a FLUSH waits for those received before it (proto.md "Ordering of messages and writes"). */
   private readonly writes = new Set<Promise<void>>();
   private readonly stats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
+  private readonly pool = new BufferPool(16 << 20);
   private readonly t0 = performance.now();
 
   constructor(private readonly sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger) {
@@ -421,6 +448,7 @@ class Connection {
    * (one chunk with NBD_CMD_FLAG_DF); simple: header then the bytes.
    */
   private async read(q: Request, exp: NbdExport): Promise<void> {
+    if (exp.readInto) return this.readInto(q, exp, exp.readInto);
     const got = await exp.read(q.offset, q.length);
     let pieces = (Array.isArray(got) ? got : [got]).filter((b) => b.length > 0);
     const n = pieces.reduce((sum, b) => sum + b.length, 0);
@@ -438,6 +466,26 @@ class Connection {
       at += b.length;
     });
     this.send(out);
+  }
+
+  /** One buffer from the pool, filled by the export, sent as one OFFSET_DATA chunk (or after a simple reply). */
+  private async readInto(q: Request, exp: NbdExport, readInto: NonNullable<NbdExport['readInto']>): Promise<void> {
+    const buf = this.pool.take(q.length);
+    try {
+      await readInto.call(exp, q.offset, buf);
+    } catch (err) {
+      this.pool.give(buf);
+      throw err;
+    }
+    this.stats.bytesRead += q.length;
+    const head = this.session!.structured
+      ? encodeOffsetDataHead(REPLY_FLAG.DONE, q.cookie, q.offset, q.length)
+      : encodeSimpleReply({ error: 0, cookie: q.cookie });
+    if (this.sock.destroyed || !this.sock.writable) return;
+    this.sock.cork();
+    this.sock.write(head);
+    this.sock.write(buf, () => this.pool.give(buf));
+    this.sock.uncork();
   }
 
   private async blockStatus(q: Request, exp: NbdExport, contextId: number): Promise<void> {

@@ -140,6 +140,8 @@ class SessionExport implements NbdExport {
 
   read(offset: number, length: number): Promise<Buffer[]> { return this.inc.read(offset, length); }
 
+  readInto(offset: number, out: Buffer): Promise<void> { return this.inc.readInto(offset, out); }
+
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     await this.inc.write(offset, data);
     if (fua) await this.inc.flush();

@@ -30,13 +30,20 @@ async function setup() {
     index.set(i, id);
     raw.copy(model, i * g.chunkSize);
   }
-  const cache = new RawChunkCache(store, 1 << 20);
+  const cache = new RawChunkCache(store, path.join(dir, 'cache'), 1 << 20);
   const incDir = path.join(dir, 'vdi', 's1');
   await CloudIncrement.create(incDir, g);
   return { dir: incDir, index, cache, model };
 }
 
-const all = async (inc: CloudIncrement) => Buffer.concat(await inc.read(0, g.virtualSize));
+/** The whole disk, read both ways (pieces, and into one buffer as the NBD server does), which must agree. */
+const all = async (inc: CloudIncrement) => {
+  const a = Buffer.concat(await inc.read(0, g.virtualSize));
+  const b = Buffer.alloc(g.virtualSize, 0xee);
+  await inc.readInto(0, b);
+  expect(b.equals(a)).toBe(true);
+  return a;
+};
 
 describe('CloudIncrement', () => {
   it('reads the base until written; writes copy on write at chunk granularity, odd offsets and sizes', async () => {

@@ -154,8 +154,31 @@ export class CloudIncrement {
     if (s === ZERO) return Buffer.alloc(n);
     if (s === DATA) return this.pread(i * this.geometry.chunkSize + within, n);
     if (this.base.isZeroAt(i)) return Buffer.alloc(n);
-    const raw = await this.chunks.get(idHex(this.base.idAt(i)));
-    return raw.subarray(within, within + n);
+    return this.chunks.read(idHex(this.base.idAt(i)), within, n);
+  }
+
+  /** The bytes at `offset` into `out` (the NBD server's reply buffer). */
+  async readInto(offset: number, out: Buffer): Promise<void> {
+    const cs = this.geometry.chunkSize;
+    const jobs: Promise<unknown>[] = [];
+    for (let at = 0; at < out.length;) {
+      const pos = offset + at;
+      const i = Math.floor(pos / cs);
+      const within = pos - i * cs;
+      const n = Math.min(cs - within, out.length - at);
+      jobs.push(this.readPieceInto(i, within, n, out, at));
+      at += n;
+    }
+    await Promise.all(jobs);
+  }
+
+  private async readPieceInto(i: number, within: number, n: number, out: Buffer, at: number): Promise<void> {
+    const b = this.busy.get(i);
+    if (b) await b;
+    const s = this.state[i];
+    if (s === ZERO || (s === BASE && this.base.isZeroAt(i))) out.fill(0, at, at + n);
+    else if (s === DATA) await this.preadInto(out, at, n, i * this.geometry.chunkSize + within);
+    else await this.chunks.readInto(idHex(this.base.idAt(i)), within, n, out, at);
   }
 
   /** The whole chunk at position i as it is now (for commits). */
@@ -163,19 +186,52 @@ export class CloudIncrement {
     return Buffer.concat(await this.read(i * this.geometry.chunkSize, chunkLength(this.geometry, i)));
   }
 
+  /**
+   * Pieces that need no copy of the base — chunks already `data`, and chunks the write covers whole —
+   * go out as one pwrite per contiguous run; the others are copied on write one chunk at a time.
+   */
   async write(offset: number, data: Buffer): Promise<void> {
     this.open();
     const cs = this.geometry.chunkSize;
     const jobs: Promise<void>[] = [];
+    let run: { start: number; end: number; claim: number[] } | undefined;
+    const flushRun = () => {
+      if (run) jobs.push(this.writeRun(offset + run.start, data.subarray(run.start, run.end), run.claim));
+      run = undefined;
+    };
     for (let at = 0; at < data.length;) {
       const pos = offset + at;
       const i = Math.floor(pos / cs);
-      const n = Math.min(cs - (pos - i * cs), data.length - at);
-      jobs.push(this.makeData(i, pos, data.subarray(at, at + n)));
+      const within = pos - i * cs;
+      const n = Math.min(cs - within, data.length - at);
+      const whole = within === 0 && n === chunkLength(this.geometry, i);
+      if (!this.busy.has(i) && (this.state[i] === DATA || whole)) {
+        if (!run) run = { start: at, end: at, claim: [] };
+        run.end = at + n;
+        if (this.state[i] !== DATA) run.claim.push(i);
+      } else {
+        flushRun();
+        jobs.push(this.makeData(i, pos, data.subarray(at, at + n)));
+      }
       at += n;
     }
+    flushRun();
     await Promise.all(jobs);
     this.stats.bytesWritten += data.length;
+  }
+
+  /** One pwrite; chunks it makes `data` (written whole) are busy until it lands. */
+  private async writeRun(pos: number, bytes: Buffer, claim: number[]): Promise<void> {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    for (const i of claim) this.busy.set(i, gate);
+    try {
+      await this.pwrite(bytes, pos);
+      for (const i of claim) this.setState(i, DATA);
+    } finally {
+      for (const i of claim) if (this.busy.get(i) === gate) this.busy.delete(i);
+      release();
+    }
   }
 
   /** Zero a range: whole chunks become `zero` (no I/O), partial ones are written with zeros. */
@@ -213,8 +269,9 @@ export class CloudIncrement {
     const cs = this.geometry.chunkSize;
     const len = chunkLength(this.geometry, i);
     const job = (async () => {
-      const whole = Buffer.alloc(len);
-      if (this.state[i] === BASE && !this.base.isZeroAt(i)) (await this.chunks.get(idHex(this.base.idAt(i)))).copy(whole);
+      const fromBase = this.state[i] === BASE && !this.base.isZeroAt(i);
+      const whole = fromBase ? Buffer.allocUnsafe(len) : Buffer.alloc(len);
+      if (fromBase) await this.chunks.readInto(idHex(this.base.idAt(i)), 0, len, whole, 0);
       piece.copy(whole, pos - i * cs);
       await this.pwrite(whole, i * cs);
       this.setState(i, DATA);
@@ -295,16 +352,20 @@ export class CloudIncrement {
 
   private async pread(at: number, n: number): Promise<Buffer> {
     const buf = Buffer.allocUnsafe(n);
+    await this.preadInto(buf, 0, n, at);
+    return buf;
+  }
+
+  private async preadInto(buf: Buffer, off: number, n: number, at: number): Promise<void> {
     let got = 0;
     while (got < n) {
-      const r = await this.overlay.read(buf, got, n - got, at + got);
+      const r = await this.overlay.read(buf, off + got, n - got, at + got);
       if (r.bytesRead === 0) {
-        buf.fill(0, got);
+        buf.fill(0, off + got, off + n);
         break;
       }
       got += r.bytesRead;
     }
-    return buf;
   }
 
   private async pwrite(data: Buffer, at: number): Promise<void> {

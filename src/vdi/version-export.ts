@@ -29,10 +29,25 @@ export class VersionExport implements NbdExport {
       const i = Math.floor(at / cs);
       const within = at - i * cs;
       const n = Math.min(cs - within, offset + length - at);
-      parts.push(this.index.isZeroAt(i) ? Buffer.alloc(n) : this.chunks.get(idHex(this.index.idAt(i))).then((raw) => raw.subarray(within, within + n)));
+      parts.push(this.index.isZeroAt(i) ? Buffer.alloc(n) : this.chunks.read(idHex(this.index.idAt(i)), within, n));
       at += n;
     }
     return Promise.all(parts);
+  }
+
+  async readInto(offset: number, out: Buffer): Promise<void> {
+    const cs = this.index.geometry.chunkSize;
+    const jobs: Promise<void>[] = [];
+    for (let at = 0; at < out.length;) {
+      const pos = offset + at;
+      const i = Math.floor(pos / cs);
+      const within = pos - i * cs;
+      const n = Math.min(cs - within, out.length - at);
+      if (this.index.isZeroAt(i)) out.fill(0, at, at + n);
+      else jobs.push(this.chunks.readInto(idHex(this.index.idAt(i)), within, n, out, at));
+      at += n;
+    }
+    await Promise.all(jobs);
   }
 
   async extents(offset: number, length: number): Promise<Extent[]> {
