@@ -74,6 +74,15 @@ export class RawChunkCache {
     (await this.load(id)).copy(out, at, within, within + n);
   }
 
+  /**
+   * Where a cached chunk's bytes are (marking it used), or undefined: for callers that read several
+   * chunks in one pread when their slots are adjacent (chunks cached in disk order usually are).
+   */
+  locate(id: string): { fd: number; at: number; length: number } | undefined {
+    const e = this.touch(id);
+    return e && { fd: e.file.fd, at: e.slot * e.file.size, length: e.length };
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;

@@ -321,8 +321,8 @@ class Connection {
     }
     // After the client's FIN, hang up once everything it sent has been dispatched (and answered).
     if (this.eof && drained) { this.stop(); return; }
-    if (this.canRead()) this.sock.resume();
-    else this.sock.pause();
+    // Only on a change: pause/resume reach the event loop (epoll) every time they are called.
+    if (this.canRead()) { if (this.sock.isPaused()) this.sock.resume(); } else if (!this.sock.isPaused()) this.sock.pause();
   }
 
   private dispatch(item: RequestItem): void {

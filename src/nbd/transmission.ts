@@ -104,9 +104,17 @@ export function decodeChunkHeader(buf: Buffer): ChunkHeader {
 
 /** Header plus offset of an OFFSET_DATA chunk, so a server can send the data after it without a copy. */
 export function encodeOffsetDataHead(flags: number, cookie: bigint, offset: number, dataLength: number): Buffer {
-  checkUint(offset, 64, 'offset');
-  checkUint(dataLength + 8, 32, 'length');
-  return Buffer.concat([encodeChunkHeader({ flags, type: CHUNK.OFFSET_DATA, cookie, length: 8 + dataLength }), new Writer(8).u64(offset).done()]);
+  checkUint(flags, 16, 'reply flags'); checkCookie(cookie); checkUint(offset, 64, 'offset'); checkUint(dataLength + 8, 32, 'length');
+  // One buffer, written in place: this runs once per READ reply.
+  const b = Buffer.allocUnsafe(CHUNK_HEADER + 8);
+  b.writeUInt32BE(STRUCTURED_REPLY_MAGIC, 0);
+  b.writeUInt16BE(flags, 4);
+  b.writeUInt16BE(CHUNK.OFFSET_DATA, 6);
+  b.writeBigUInt64BE(cookie, 8);
+  b.writeUInt32BE(8 + dataLength, 16);
+  b.writeUIntBE(Math.floor(offset / 2 ** 32), 20, 4);
+  b.writeUInt32BE(offset % 2 ** 32, 24);
+  return b;
 }
 
 /** Decodes one whole chunk: header and exactly `length` payload bytes. */

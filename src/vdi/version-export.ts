@@ -1,3 +1,4 @@
+import { readSync } from 'node:fs';
 import { idHex } from '../chunk/id.js';
 import type { RawChunkCache } from '../chunk/raw-cache.js';
 import { dfError } from '../errors.js';
@@ -35,29 +36,72 @@ export class VersionExport implements NbdExport {
     return Promise.all(parts);
   }
 
+  /** Cached chunks in adjacent slots are read with one pread; misses load (and verify) in parallel. */
   async readInto(offset: number, out: Buffer): Promise<void> {
     const cs = this.index.geometry.chunkSize;
     const jobs: Promise<void>[] = [];
+    let run: { fd: number; from: number; to: number; at: number } | undefined;
+    const readRun = () => {
+      if (run) preadAll(run.fd, out, run.at, run.to - run.from, run.from);
+      run = undefined;
+    };
     for (let at = 0; at < out.length;) {
       const pos = offset + at;
       const i = Math.floor(pos / cs);
       const within = pos - i * cs;
       const n = Math.min(cs - within, out.length - at);
-      if (this.index.isZeroAt(i)) out.fill(0, at, at + n);
-      else jobs.push(this.chunks.readInto(idHex(this.index.idAt(i)), within, n, out, at));
+      if (this.index.isZeroAt(i)) {
+        readRun();
+        out.fill(0, at, at + n);
+      } else {
+        const id = idHex(this.index.idAt(i));
+        const hit = this.chunks.locate(id);
+        if (hit && run && run.fd === hit.fd && run.to === hit.at + within) run.to += n;
+        else if (hit) { readRun(); run = { fd: hit.fd, from: hit.at + within, to: hit.at + within + n, at }; }
+        else { readRun(); jobs.push(this.chunks.readInto(id, within, n, out, at)); }
+        // A run continues only into the next chunk's first byte, and only after a whole chunk.
+        if (run && within + n !== hit?.length) readRun();
+      }
       at += n;
     }
-    await Promise.all(jobs);
+    readRun();
+    if (jobs.length) await Promise.all(jobs);
   }
 
+  /** Chunk positions where data and holes alternate (the index never changes): made on first use. */
+  private bounds: number[] | undefined;
+
   async extents(offset: number, length: number): Promise<Extent[]> {
-    return zeroChunkExtents(this.index, offset, length, (i) => this.index.isZeroAt(i));
+    const { chunkSize: cs, virtualSize } = this.index.geometry;
+    const b = (this.bounds ??= runBounds(this.index));
+    const out: Extent[] = [];
+    const end = Math.min(offset + length, virtualSize);
+    // The run holding `offset`: the last bound at or before its chunk (bounds[0] = 0).
+    let lo = 0;
+    for (let hi = b.length - 1, i = Math.floor(offset / cs); lo < hi;) {
+      const mid = (lo + hi + 1) >> 1;
+      if (b[mid]! <= i) lo = mid; else hi = mid - 1;
+    }
+    for (let k = lo, at = offset; at < end && out.length < 4096; k++) {
+      // Like the chunk walk: the last extent runs to its run's end (the server trims it to the request).
+      const stop = k + 1 < b.length ? b[k + 1]! * cs : virtualSize;
+      out.push({ length: stop - at, flags: this.index.isZeroAt(b[k]!) ? STATE.HOLE | STATE.ZERO : 0 });
+      at = stop;
+    }
+    return out;
   }
 
   write(): Promise<void> { return Promise.reject(readOnly(this.name)); }
   zero(): Promise<void> { return Promise.reject(readOnly(this.name)); }
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
+}
+
+/** Positions where a run of zero or non-zero chunks starts (0 first). */
+function runBounds(index: ChunkIndex): number[] {
+  const out = [0];
+  for (let i = 1; i < index.count; i++) if (index.isZeroAt(i) !== index.isZeroAt(i - 1)) out.push(i);
+  return out;
 }
 
 /** Extents at chunk granularity: runs of chunks that are holes (`isHole`) or data, merged. */
@@ -81,4 +125,12 @@ export function zeroChunkExtents(index: ChunkIndex, offset: number, length: numb
 
 function readOnly(name: string) {
   return dfError('DF_ERR_FORBIDDEN', `export ${name} is read-only`, { export: name });
+}
+
+function preadAll(fd: number, out: Buffer, at: number, n: number, pos: number): void {
+  for (let got = 0; got < n;) {
+    const r = readSync(fd, out, at + got, n - got, pos + got);
+    if (r === 0) throw new Error('raw chunk cache: short read');
+    got += r;
+  }
 }
