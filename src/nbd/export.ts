@@ -27,9 +27,10 @@ export interface NbdExport {
   read(offset: number, length: number): Promise<Buffer | Buffer[]>;
   /**
    * Optional, faster: the same bytes written into `out` (out.length = the read's length). The server
-   * then reuses its reply buffers instead of allocating one per read.
+   * then reuses its reply buffers instead of allocating one per read. Returning nothing (not a
+   * promise) means `out` is already filled: the reply goes out at once, with no promise in between.
    */
-  readInto?(offset: number, out: Buffer): Promise<void>;
+  readInto?(offset: number, out: Buffer): Promise<void> | void;
   /** Write; with `fua` durable before it resolves (NBD_CMD_FLAG_FUA). Only on writable exports. */
   write(offset: number, data: Buffer, fua: boolean): Promise<void>;
   /** NBD_CMD_WRITE_ZEROES (and TRIM, which deskfuse also reads back as zeros). */

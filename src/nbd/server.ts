@@ -330,18 +330,21 @@ class Connection {
     const q = item.request;
     this.stats.requests++;
     if (q.type === CMD.DISC) { this.disconnect(); return; }
+    if (q.type === CMD.READ && this.readNow(q)) return;
     this.inFlight++;
     const job = this.handle(q, item.data)
       .catch((err: unknown) => this.log.error({ err, request: fieldsOf(q) }, 'nbd request failed unexpectedly'))
-      .finally(() => {
-        this.inFlight--;
-        if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
-        this.pump();
-      });
+      .finally(() => this.settled());
     if (WRITES.has(q.type)) {
       this.writes.add(job);
       void job.finally(() => this.writes.delete(job));
     }
+  }
+
+  private settled(): void {
+    this.inFlight--;
+    if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    this.pump();
   }
 
   private idle(): Promise<void> {
@@ -403,9 +406,10 @@ class Connection {
       : encodeSimpleReply({ error: errno, cookie: q.cookie })]);
   }
 
-  private async handle(q: Request, data: Buffer | undefined): Promise<void> {
+  private async handle(q: Request, data: Buffer | undefined, failed?: unknown): Promise<void> {
     const s = this.session!;
     const exp = s.exp;
+    if (failed !== undefined) return this.replyFailure(q, exp, failed);
     // A FLUSH covers the writes received before it: snapshot them now, before any await.
     const before = q.type === CMD.FLUSH ? [...this.writes] : [];
     const bad = validate(q, exp, { ...s, maxPayload: this.cfg.maxPayload });
@@ -436,10 +440,14 @@ class Connection {
       }
       this.replyOk(q);
     } catch (err) {
-      const errno = errnoOf(err);
-      this.log.warn({ err, request: fieldsOf(q), export: exp.name, errno: ERRNO_NAME[errno] }, 'nbd export error');
-      this.replyError(q, errno, isDeskfuseError(err) ? err.message : ERRNO_NAME[errno]!);
+      this.replyFailure(q, exp, err);
     }
+  }
+
+  private replyFailure(q: Request, exp: NbdExport, err: unknown): void {
+    const errno = errnoOf(err);
+    this.log.warn({ err, request: fieldsOf(q), export: exp.name, errno: ERRNO_NAME[errno] }, 'nbd export error');
+    this.replyError(q, errno, isDeskfuseError(err) ? err.message : ERRNO_NAME[errno]!);
   }
 
   /**
@@ -468,6 +476,49 @@ class Connection {
     this.send(out);
   }
 
+  /**
+   * A READ the export can answer at once (its readInto returns no promise): validated, filled and
+   * replied in this call, without the promise chain of handle(). False = take the usual path.
+   */
+  private readNow(q: Request): boolean {
+    const s = this.session!;
+    const readInto = s.exp.readInto;
+    if (!readInto || validate(q, s.exp, { ...s, maxPayload: this.cfg.maxPayload })) return false;
+    const buf = this.pool.take(q.length);
+    let r: Promise<void> | void;
+    try {
+      r = readInto.call(s.exp, q.offset, buf);
+    } catch {
+      this.pool.give(buf);
+      return false; // handle() reads again and reports the error
+    }
+    if (r) {
+      // Not ready after all: finish it on the usual path (it owns the buffer from here).
+      this.inFlight++;
+      const job = r.then(() => this.sendRead(q, buf), (err: unknown) => { this.pool.give(buf); return this.handle(q, undefined, err); })
+        .catch((err: unknown) => this.log.error({ err, request: fieldsOf(q) }, 'nbd request failed unexpectedly'))
+        .finally(() => this.settled());
+      void job;
+      return true;
+    }
+    this.sendRead(q, buf);
+    return true;
+  }
+
+  private sendRead(q: Request, buf: Buffer): void {
+    this.stats.bytesRead += q.length;
+    const head = this.session!.structured
+      ? encodeOffsetDataHead(REPLY_FLAG.DONE, q.cookie, q.offset, q.length)
+      : encodeSimpleReply({ error: 0, cookie: q.cookie });
+    if (this.sock.destroyed || !this.sock.writable) return;
+    this.sock.cork();
+    this.sock.write(head);
+    // Flushed to the kernel: the buffer is free, and reading may resume below the high-water mark
+    // (waiting for 'drain', i.e. an empty queue, would leave the pipe idle between bursts).
+    this.sock.write(buf, () => { this.pool.give(buf); this.pump(); });
+    this.sock.uncork();
+  }
+
   /** One buffer from the pool, filled by the export, sent as one OFFSET_DATA chunk (or after a simple reply). */
   private async readInto(q: Request, exp: NbdExport, readInto: NonNullable<NbdExport['readInto']>): Promise<void> {
     const buf = this.pool.take(q.length);
@@ -477,16 +528,9 @@ class Connection {
       this.pool.give(buf);
       throw err;
     }
-    this.stats.bytesRead += q.length;
-    const head = this.session!.structured
-      ? encodeOffsetDataHead(REPLY_FLAG.DONE, q.cookie, q.offset, q.length)
-      : encodeSimpleReply({ error: 0, cookie: q.cookie });
-    if (this.sock.destroyed || !this.sock.writable) return;
-    this.sock.cork();
-    this.sock.write(head);
-    this.sock.write(buf, () => this.pool.give(buf));
-    this.sock.uncork();
+    this.sendRead(q, buf);
   }
+
 
   private async blockStatus(q: Request, exp: NbdExport, contextId: number): Promise<void> {
     const extents = shapeExtents(await exp.extents(q.offset, q.length), q.length, (q.flags & CMD_FLAG.REQ_ONE) !== 0);

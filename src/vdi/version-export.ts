@@ -37,7 +37,7 @@ export class VersionExport implements NbdExport {
   }
 
   /** Cached chunks in adjacent slots are read with one pread; misses load (and verify) in parallel. */
-  async readInto(offset: number, out: Buffer): Promise<void> {
+  readInto(offset: number, out: Buffer): Promise<void> | void {
     const cs = this.index.geometry.chunkSize;
     const jobs: Promise<void>[] = [];
     let run: { fd: number; from: number; to: number; at: number } | undefined;
@@ -65,7 +65,8 @@ export class VersionExport implements NbdExport {
       at += n;
     }
     readRun();
-    if (jobs.length) await Promise.all(jobs);
+    // All from the cache (the usual case): done now, no promise.
+    if (jobs.length) return Promise.all(jobs).then(() => undefined);
   }
 
   /** Chunk positions where data and holes alternate (the index never changes): made on first use. */
