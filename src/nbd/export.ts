@@ -38,7 +38,7 @@ export interface NbdExport {
   /** Everything written before is durable when this resolves (NBD_CMD_FLUSH). */
   flush(): Promise<void>;
   /** `base:allocation` extents covering at least the first byte of [offset, offset+length), in order. */
-  extents(offset: number, length: number): Promise<Extent[]>;
+  extents(offset: number, length: number): Promise<Extent[]> | Extent[];
   /**
    * The connection that opened this export ended: `clean` after NBD_CMD_DISC (everything the client
    * sent was answered), else the socket dropped or the server is stopping. `wrote`: any write, zero or

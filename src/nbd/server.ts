@@ -331,6 +331,7 @@ class Connection {
     this.stats.requests++;
     if (q.type === CMD.DISC) { this.disconnect(); return; }
     if (q.type === CMD.READ && this.readNow(q)) return;
+    if (q.type === CMD.BLOCK_STATUS && this.statusNow(q)) return;
     this.inFlight++;
     const job = this.handle(q, item.data)
       .catch((err: unknown) => this.log.error({ err, request: fieldsOf(q) }, 'nbd request failed unexpectedly'))
@@ -533,8 +534,37 @@ class Connection {
 
 
   private async blockStatus(q: Request, exp: NbdExport, contextId: number): Promise<void> {
-    const extents = shapeExtents(await exp.extents(q.offset, q.length), q.length, (q.flags & CMD_FLAG.REQ_ONE) !== 0);
+    this.sendStatus(q, exp, contextId, await exp.extents(q.offset, q.length));
+  }
+
+  private sendStatus(q: Request, exp: NbdExport, contextId: number, got: Extent[]): void {
+    const extents = shapeExtents(got, q.length, (q.flags & CMD_FLAG.REQ_ONE) !== 0);
     if (extents.length === 0) throw dfError('DF_ERR_INTERNAL', `export ${exp.name} returned no extents`, { export: exp.name });
     this.send([encodeChunk({ flags: REPLY_FLAG.DONE, cookie: q.cookie, kind: 'block-status', contextId, extents })]);
+  }
+
+  /** BLOCK_STATUS an export answers without a promise (an immutable version's map): replied in this call. */
+  private statusNow(q: Request): boolean {
+    const s = this.session!;
+    if (validate(q, s.exp, { ...s, maxPayload: this.cfg.maxPayload })) return false;
+    let got: Promise<Extent[]> | Extent[];
+    try {
+      got = s.exp.extents(q.offset, q.length);
+    } catch {
+      return false; // handle() asks again and reports the error
+    }
+    if (!Array.isArray(got)) {
+      this.inFlight++;
+      void got.then((ex) => this.sendStatus(q, s.exp, s.allocationContext!, ex), (err: unknown) => this.handle(q, undefined, err))
+        .catch((err: unknown) => this.handle(q, undefined, err))
+        .finally(() => this.settled());
+      return true;
+    }
+    try {
+      this.sendStatus(q, s.exp, s.allocationContext!, got);
+    } catch {
+      return false;
+    }
+    return true;
   }
 }

@@ -154,7 +154,7 @@ class SessionExport implements NbdExport {
 
   flush(): Promise<void> { return this.inc.flush(); }
 
-  async extents(offset: number, length: number): Promise<Extent[]> { return this.inc.extents(offset, length); }
+  extents(offset: number, length: number): Extent[] { return this.inc.extents(offset, length); }
 
   async close(how: { clean: boolean; wrote: boolean }): Promise<void> {
     if (this.closed) return;

@@ -72,7 +72,7 @@ export class VersionExport implements NbdExport {
   /** Chunk positions where data and holes alternate (the index never changes): made on first use. */
   private bounds: number[] | undefined;
 
-  async extents(offset: number, length: number): Promise<Extent[]> {
+  extents(offset: number, length: number): Extent[] {
     const { chunkSize: cs, virtualSize } = this.index.geometry;
     const b = (this.bounds ??= runBounds(this.index));
     const out: Extent[] = [];
