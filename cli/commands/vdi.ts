@@ -188,7 +188,7 @@ function showText(s: VdiSessionView): string {
     `  export      ${s.export}:SECRET\n` +
     `  lease       ${s.fencing === null ? 'none (restore desktop)' : `${s.holder}, fencing ${s.fencing}`}\n` +
     `  clients     ${s.connections}; last connect ${s.lastConnectAt ?? '-'}; last disconnect ${s.lastDisconnect ? `${s.lastDisconnect} at ${s.lastDisconnectAt}` : '-'}\n` +
-    (inc ? `  increment   ${inc.changed} chunks changed, ${inc.bytesWritten} bytes written since opened, last flush ${inc.lastFlushAt ?? '-'}\n` : '') +
+    (inc ? `  increment   ${inc.changed} chunks changed${inc.live ? `; since the client connected: ${inc.live.bytesWritten} bytes written, ${inc.live.flushes} flushes, last ${inc.live.lastFlushAt ?? '-'}` : ''}\n` : '') +
     `  auto-commit ${s.autoCommit ? 'on clean disconnect' : 'off'}\n` +
     `  outcome     ${s.outcome ? outcomeText(s) : '-'}\n` +
     `  created     ${s.createdAt} by ${s.createdBy}\n`;

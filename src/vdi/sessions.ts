@@ -43,7 +43,11 @@ export interface VdiSessionView extends Omit<VdiSessionRow, 'secretHash'> {
   /** `session/ID` (the secret follows as `:SECRET` in the name a client sends). */
   export: string;
   connections: number;
-  increment?: IncrementStats;
+  /**
+   * The cloud increment (open sessions, in `show`): chunks that differ from the base; while a client
+   * is connected also what it wrote and flushed since the increment was opened.
+   */
+  increment?: { changed: number; live: Omit<IncrementStats, 'changed'> | null };
 }
 
 export interface CreatedSession {
@@ -120,7 +124,11 @@ export class VdiSessions {
   view(id: string, withStats = false): VdiSessionView {
     const { secretHash: _s, ...row } = this.get(id);
     const live = this.live.get(id);
-    return { ...row, export: sessionExport(id), connections: live?.connections ?? 0, ...(withStats && live ? { increment: { ...live.inc.stats } } : {}) };
+    const stats = live?.inc.stats;
+    return {
+      ...row, export: sessionExport(id), connections: live?.connections ?? 0,
+      ...(withStats && stats ? { increment: { changed: stats.changed, live: { bytesWritten: stats.bytesWritten, flushes: stats.flushes, lastFlushAt: stats.lastFlushAt } } } : {}),
+    };
   }
 
   /** With stats: opens the increment of an idle open session briefly. */
@@ -129,7 +137,7 @@ export class VdiSessions {
     if (row.state !== 'open' || this.live.has(id)) return this.view(id, true);
     const inc = await CloudIncrement.open(this.incDir(id), await this.deps.catalog.index(row.image, row.base), this.deps.cache);
     try {
-      return { ...this.view(id), increment: { ...inc.stats } };
+      return { ...this.view(id), increment: { changed: inc.stats.changed, live: null } };
     } finally {
       await inc.close();
     }
