@@ -61,8 +61,6 @@ export interface CreatedSession {
 interface Live {
   inc: CloudIncrement;
   connections: number;
-  /** A connection wrote since the last commit check. */
-  wrote: boolean;
 }
 
 const ID_RE = /^[0-9a-f]{10}$/;
@@ -76,6 +74,11 @@ export class VdiSessions {
   private readonly opening = new Map<string, Promise<Live>>();
   /** Increments being flushed and closed after their last client: a new client waits for it. */
   private readonly closing = new Map<string, Promise<void>>();
+  /**
+   * Sessions some connection wrote to (since this server started): a VM that lost its connection and
+   * came back still commits at its clean shutdown, even if the last connection wrote nothing.
+   */
+  private readonly wrote = new Set<string>();
   /** One commit or discard at a time per session. */
   private readonly ending = new Map<string, Promise<VdiSessionView>>();
   private readonly timer: NodeJS.Timeout;
@@ -167,7 +170,7 @@ export class VdiSessions {
     if (!live) {
       let p = this.opening.get(id);
       if (!p) {
-        p = (async () => ({ inc: await CloudIncrement.open(this.incDir(id), await this.deps.catalog.index(row.image, row.base), this.deps.cache), connections: 0, wrote: false }))();
+        p = (async () => ({ inc: await CloudIncrement.open(this.incDir(id), await this.deps.catalog.index(row.image, row.base), this.deps.cache), connections: 0 }))();
         this.opening.set(id, p);
         p.finally(() => this.opening.delete(id)).catch(() => {});
       }
@@ -190,14 +193,14 @@ export class VdiSessions {
     const live = this.live.get(id);
     if (!live) return;
     live.connections--;
-    live.wrote ||= how.wrote;
+    if (how.wrote) this.wrote.add(id);
     const at = this.now().toISOString();
     const row = this.deps.repo.update(id, { lastDisconnectAt: at, lastDisconnect: how.clean ? 'clean' : 'dropped', updatedAt: at });
     const fields = { session: id, desktop: row.desktop, clean: how.clean, wrote: how.wrote, connections: live.connections };
     if (!how.clean) this.log.warn(fields, 'vdi client dropped without disconnecting: session kept open, not committed');
     else this.log.info(fields, 'vdi client disconnected');
     if (live.connections > 0) return;
-    const commitNow = how.clean && live.wrote && row.autoCommit && row.state === 'open';
+    const commitNow = how.clean && this.wrote.has(id) && row.autoCommit && row.state === 'open';
     this.live.delete(id);
     const closing = (async () => {
       try {
@@ -347,7 +350,10 @@ export class VdiSessions {
   private async once(id: string, fn: () => Promise<VdiSessionView>): Promise<VdiSessionView> {
     const running = this.ending.get(id);
     if (running) return running;
-    const p = fn().finally(() => this.ending.delete(id));
+    const p = fn().then((v) => {
+      if (v.state !== 'open') this.wrote.delete(id);
+      return v;
+    }).finally(() => this.ending.delete(id));
     this.ending.set(id, p);
     return p;
   }

@@ -41,7 +41,7 @@ beforeAll(async () => {
   await server();
   baseDisk(f('base.img'));
   expect((await cli(['image', 'create', 'win', '--from', f('base.img')], admin)).code).toBe(0);
-  for (const d of ['crash', 'vanish', 'bad']) expect((await cli(['desktop', 'create', d, '--image', 'win'], admin)).code).toBe(0);
+  for (const d of ['crash', 'vanish', 'bad', 'back']) expect((await cli(['desktop', 'create', d, '--image', 'win'], admin)).code).toBe(0);
 });
 afterAll(async () => {
   if (srv) await stopProcess(srv.proc);
@@ -106,6 +106,24 @@ describe('VDI faults', () => {
     const img = readFileSync(f('vanish.raw'));
     expect(img.subarray(2 * MiB, 2 * MiB + a.length).equals(a)).toBe(true);
     expect(img.subarray(0, 512 * 1024).equals(Buffer.alloc(512 * 1024, 0xee))).toBe(false); // the torn write never landed
+  });
+
+  it('a VM that lost its connection and came back commits at its clean shutdown, though it wrote before the drop', async () => {
+    const s = await vdi(['session', 'create', 'back']);
+    const c = await openSession(s.export);
+    expect((await c.request({ type: CMD.WRITE, offset: 4 * MiB }, Buffer.alloc(8192, 0x7b))).error).toBe(0);
+    c.destroy(); // dropped: nothing committed
+    for (let i = 0; i < 100 && !(await vdi(['session', 'show', s.session])).lastDisconnect; i++) await new Promise((r) => setTimeout(r, 50));
+    expect((await vdi(['session', 'show', s.session])).state).toBe('open');
+    // Back, reads, shuts down cleanly (qemu-io: FLUSH then NBD_CMD_DISC).
+    await run('qemu-io', ['-f', 'raw', '-c', 'read -P 0x7b 4194304 8192', `nbd://127.0.0.1:${nbdPort}/${s.export}`]);
+    let shown;
+    for (let i = 0; i < 100; i++) {
+      shown = await vdi(['session', 'show', s.session]);
+      if (shown.state !== 'open') break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    expect(shown.outcome).toMatchObject({ kind: 'fast-forward', by: 'disconnect', ref: 'desktops/back' });
   });
 
   it('bad requests on a session get NBD errors and the connection stays usable; oversized lengths close only that socket', async () => {
