@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CMD, CMD_FLAG, ERRNO, encodeRequest } from '../../src/nbd/packet.js';
+import { CMD, CMD_FLAG, ERRNO, REP, encodeRequest } from '../../src/nbd/packet.js';
 import { baseDisk } from '../helpers/disk.js';
 import { RawNbd } from '../helpers/nbd-client.js';
 import { cli, freePort, startProcess, stopProcess, tempDir } from '../helpers/server.js';
@@ -131,8 +131,8 @@ describe('VDI faults', () => {
     const c = await openSession(s.export);
     const size = 32 * MiB;
     expect((await c.request({ type: CMD.READ, offset: size - 10, length: 20 })).error).toBe(ERRNO.EINVAL);
-    const w = (await c.request({ type: CMD.WRITE, offset: size - 10 }, Buffer.alloc(20))).error;
-    expect([ERRNO.EINVAL, ERRNO.ENOSPC]).toContain(w); // proto.md: ENOSPC for writes past the end
+    // proto.md "Error values": ENOSPC for a write beyond the end, EINVAL for a read or trim.
+    expect((await c.request({ type: CMD.WRITE, offset: size - 10 }, Buffer.alloc(20))).error).toBe(ERRNO.ENOSPC);
     expect((await c.request({ type: CMD.WRITE_ZEROES, offset: size, length: 4096 })).error).not.toBe(0);
     expect((await c.request({ type: CMD.READ, offset: 0, length: 4096 })).error).toBe(0);
     // A WRITE claiming 1 GiB of payload: the server closes this connection and serves the next.
@@ -143,6 +143,17 @@ describe('VDI faults', () => {
     c.disconnect();
     await c.closed;
     expect((await vdi(['session', 'show', s.session])).increment.changed).toBe(0);
+    // Option replies on the wire: unknown exports, missing or wrong secrets.
+    const o = await RawNbd.connect(nbdPort);
+    await o.greet();
+    const go = async (name: string) => (await o.option({ kind: 'go', name, requests: [] })).at(-1)!.type;
+    expect(await go(`nope@main:${srv.token}`)).toBe(REP.ERR_UNKNOWN);
+    expect(await go('session/0123456789:dfv_x')).toBe(REP.ERR_UNKNOWN);
+    expect(await go('win@main')).toBe(REP.ERR_POLICY);
+    expect(await go('win@main:dfa_not-a-token')).toBe(REP.ERR_POLICY);
+    expect(await go(s.export.split(':')[0])).toBe(REP.ERR_POLICY);
+    expect(await go('../../etc/passwd')).toBe(REP.ERR_UNKNOWN);
+    o.destroy();
     // Garbage instead of a handshake, then a real client.
     const g = await RawNbd.connect(nbdPort);
     g.write(Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'.repeat(10)));
