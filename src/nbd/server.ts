@@ -48,6 +48,8 @@ export async function startNbd(opts: NbdOptions): Promise<NbdServer> {
     maxPayload: opts.maxPayload ?? DEFAULT_MAX_PAYLOAD,
     maxInFlight: Math.max(1, opts.maxInFlight ?? 64),
     handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 30_000,
+    // One pool for all connections: its size does not grow with the number of VMs.
+    pool: new BufferPool(32 << 20),
   };
   const log = opts.log;
   const conns = new Set<Connection>();
@@ -89,6 +91,8 @@ interface ConnConfig {
   maxPayload: number;
   maxInFlight: number;
   handshakeTimeoutMs: number;
+  /** READ reply buffers, shared by the server's connections (one thread: no locking needed). */
+  pool: BufferPool;
 }
 
 /** Command flags each command accepts (proto.md "Command flags"); FUA on any, as clients send it. */
@@ -172,7 +176,7 @@ export function shapeExtents(extents: Extent[], length: number, reqOne: boolean)
 /**
  * Reply buffers of READs, reused once the socket has taken them (the write callback): a disk read in
  * 256 KiB requests would otherwise allocate and collect a buffer per request (measured: a fifth of the
- * server's CPU in the garbage collector). Kept per length, a bounded number per connection.
+ * server's CPU in the garbage collector). Kept per length, within a byte budget for the whole server.
  */
 class BufferPool {
   private readonly free = new Map<number, Buffer[]>();
@@ -219,7 +223,7 @@ class Connection {
   /** Writes in flight: a FLUSH waits for those received before it (proto.md "Ordering of messages and writes"). */
   private readonly writes = new Set<Promise<void>>();
   private readonly stats = { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 };
-  private readonly pool = new BufferPool(16 << 20);
+  private get pool(): BufferPool { return this.cfg.pool; }
   private readonly t0 = performance.now();
 
   constructor(private readonly sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger) {
