@@ -38,7 +38,7 @@ export interface TftpOptions {
   maxBlksize?: number;
   /** Largest windowsize offered (RFC 7440); default 64. Bounds memory: 2 · window · blksize per transfer. */
   maxWindow?: number;
-  /** Retransmission timeouts in a row (each twice the last, up to 8 s) before a transfer is abandoned; default 10. */
+  /** Retransmission timeouts in a row (each twice the last, up to 8 s) before a transfer is abandoned; default 14. */
   retries?: number;
   /** Retransmission timeout until the RTT is measured, unless the client negotiates `timeout`; default 1000. */
   timeoutMs?: number;

@@ -30,7 +30,10 @@ export interface Limits {
   retries: number;
   timeoutMs: number;
 }
-export const DEFAULT_LIMITS: Limits = { maxBlksize: 65464, maxWindow: 64, retries: 10, timeoutMs: 1000 };
+// 14 timeouts: from a 25 ms RTO, at least six waits of 6.4-8 s, each a chance for a client that
+// re-ACKs only after 5 s of silence (atftp) to be heard; 10 left as few as two (a CI run at 5 % loss
+// saw atftp stall on one).
+export const DEFAULT_LIMITS: Limits = { maxBlksize: 65464, maxWindow: 64, retries: 14, timeoutMs: 1000 };
 /** Floor of the adaptive timeout: on a LAN the RTT is well below it; a spurious resend is harmless. */
 export const RTO_MIN_MS = 25;
 export const RTO_MAX_MS = 8000;
