@@ -112,8 +112,9 @@ export class VdiSessions {
       this.log.info({ session: id, desktop: d.name, image: d.image, base: base.version, fencing, author }, 'vdi session created');
       return { session: this.view(id), secret, exportName: `${sessionExport(id)}:${secret}` };
     } catch (err) {
-      if (fencing !== null) this.deps.desktops.releaseLease(d.name, fencing);
-      await fsp.rm(this.incDir(id), { recursive: true, force: true });
+      // Undo, without letting a failed undo hide why the session could not be made.
+      if (fencing !== null) try { this.deps.desktops.releaseLease(d.name, fencing); } catch { /* reported below */ }
+      await fsp.rm(this.incDir(id), { recursive: true, force: true }).catch(() => {});
       throw err;
     }
   }
@@ -343,7 +344,8 @@ export class VdiSessions {
   }
 
   private notConnected(row: VdiSessionRow): void {
-    const n = this.live.get(row.id)?.connections ?? 0;
+    // A client still opening the increment counts as connected: two opens of one increment must not mix.
+    const n = (this.live.get(row.id)?.connections ?? 0) + (this.opening.has(row.id) ? 1 : 0);
     if (n > 0) throw dfError('DF_ERR_VDI_SESSION_BUSY', `VDI session ${row.id} has ${n} client(s) connected; shut the VM down first`, { session: row.id, connections: n });
   }
 
