@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { isIPv6 } from 'node:net';
 import { createVdiSessionBody, listVdiSessionsQuery, vdiSessionParams } from '../../src/api/schemas.js';
+import { nbdUrl as formatNbdUrl } from '../../src/vdi/launch.js';
 import type { AppContext } from '../context.js';
 
 type P = { id: string };
@@ -18,8 +18,7 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   const nbdUrl = (req: FastifyRequest, exportName: string): string | null => {
     const port = ctx.vdi.nbd.port;
     if (port === null) return null;
-    const host = ctx.vdi.nbd.publicHost ?? req.hostname;
-    return `nbd://${isIPv6(host) ? `[${host}]` : host}:${port}/${exportName}`;
+    return formatNbdUrl({ host: ctx.vdi.nbd.publicHost ?? req.hostname, port, exportName });
   };
 
   app.post<{ Body: { desktop: string; force?: boolean; autoCommit?: boolean } }>('/vdi/sessions', {

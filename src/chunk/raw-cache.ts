@@ -50,25 +50,11 @@ export class RawChunkCache {
     return this.used;
   }
 
-  /** The whole chunk (a private copy: callers may modify it). */
-  async get(id: string): Promise<Buffer> {
-    const e = this.touch(id);
-    if (e) return this.pread(e, 0, e.length);
-    return Buffer.from(await this.load(id));
-  }
-
-  /** Bytes [within, within+n) of the chunk. */
-  async read(id: string, within: number, n: number): Promise<Buffer> {
-    const e = this.touch(id);
-    if (e) return this.pread(e, within, n);
-    return (await this.load(id)).subarray(within, within + n);
-  }
-
   /** Bytes [within, within+n) of the chunk into `out` at `at` (no allocation on a hit). */
   async readInto(id: string, within: number, n: number, out: Buffer, at: number): Promise<void> {
     const e = this.touch(id);
     if (e) {
-      this.preadInto(e, within, n, out, at);
+      preadFully(e.file.fd, out, at, n, e.slot * e.file.size + within);
       return;
     }
     (await this.load(id)).copy(out, at, within, within + n);
@@ -99,21 +85,6 @@ export class RawChunkCache {
     this.lru.delete(id);
     this.lru.set(id, e);
     return e;
-  }
-
-  private pread(e: Entry, within: number, n: number): Buffer {
-    const buf = Buffer.allocUnsafe(n);
-    this.preadInto(e, within, n, buf, 0);
-    return buf;
-  }
-
-  private preadInto(e: Entry, within: number, n: number, out: Buffer, at: number): void {
-    let got = 0;
-    while (got < n) {
-      const r = readSync(e.file.fd, out, at + got, n - got, e.slot * e.file.size + within + got);
-      if (r === 0) throw new Error(`raw chunk cache: short read in ${this.dir}`);
-      got += r;
-    }
   }
 
   private load(id: string): Promise<Buffer> {
@@ -162,5 +133,14 @@ export class RawChunkCache {
       this.files.set(size, f);
     }
     return f;
+  }
+}
+
+/** n bytes of `fd` at `pos` into `out` at `at`, synchronously (a page-cache read of our own file). */
+export function preadFully(fd: number, out: Buffer, at: number, n: number, pos: number): void {
+  for (let got = 0; got < n;) {
+    const r = readSync(fd, out, at + got, n - got, pos + got);
+    if (r === 0) throw new Error(`raw chunk cache: short read at ${pos + got}`);
+    got += r;
   }
 }

@@ -60,3 +60,19 @@ export function fullMask(g: Geometry): Buffer {
   for (let b = 0; b < blocksPerChunk(g); b++) m[b >> 3]! |= 1 << (b & 7);
   return m;
 }
+
+/**
+ * Walk the byte range [offset, offset+length) chunk by chunk: `fn(i, within, n, at)` for chunk i,
+ * `n` bytes from `within` inside it, which are bytes [at, at+n) of the range.
+ */
+export function forEachChunkPiece(g: Geometry, offset: number, length: number, fn: (i: number, within: number, n: number, at: number) => void): void {
+  const cs = g.chunkSize;
+  for (let at = 0; at < length;) {
+    const pos = offset + at;
+    const i = Math.floor(pos / cs);
+    const within = pos - i * cs;
+    const n = Math.min(cs - within, length - at);
+    fn(i, within, n, at);
+    at += n;
+  }
+}

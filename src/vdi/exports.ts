@@ -34,8 +34,8 @@ export interface ExportsDeps {
 
 /** `name` with its secret cut off, for logs. */
 export function redactExportName(name: string): string {
-  const at = name.lastIndexOf(':');
-  return at < 0 ? name : `${name.slice(0, at)}:…`;
+  const { target, secret } = splitExportName(name);
+  return secret === undefined ? name : `${target}:…`;
 }
 
 export function splitExportName(name: string): { target: string; secret: string | undefined } {

@@ -7,7 +7,7 @@ import type { RawChunkCache } from '../chunk/raw-cache.js';
 import { fsyncDir } from '../chunk/fs-store.js';
 import { dfError } from '../errors.js';
 import type { ChunkIndex } from '../image/chunk-index.js';
-import { chunkCount, chunkLength, type Geometry } from '../image/geometry.js';
+import { chunkCount, chunkLength, forEachChunkPiece, type Geometry } from '../image/geometry.js';
 import type { Extent } from '../nbd/transmission.js';
 import { zeroChunkExtents } from './version-export.js';
 
@@ -54,6 +54,9 @@ export class CloudIncrement {
   /** Chunks being turned into `data` (base copy in flight): later ops on them wait. */
   private readonly busy = new Map<number, Promise<void>>();
   private flushing: Promise<void> | undefined;
+  /** Writes and zeroes completed so far, and how many of them the last flush covered. */
+  private writesDone = 0;
+  private flushedUpTo = 0;
   private closed = false;
   readonly stats: IncrementStats = { changed: 0, bytesWritten: 0, flushes: 0, lastFlushAt: null };
 
@@ -134,41 +137,17 @@ export class CloudIncrement {
     return out;
   }
 
+  /** The bytes of [offset, offset+length) as they are now. */
   async read(offset: number, length: number): Promise<Buffer[]> {
-    const cs = this.geometry.chunkSize;
-    const parts: Promise<Buffer>[] = [];
-    for (let at = offset; at < offset + length;) {
-      const i = Math.floor(at / cs);
-      const within = at - i * cs;
-      const n = Math.min(cs - within, offset + length - at);
-      parts.push(this.readIn(i, within, n));
-      at += n;
-    }
-    return Promise.all(parts);
-  }
-
-  private async readIn(i: number, within: number, n: number): Promise<Buffer> {
-    const b = this.busy.get(i);
-    if (b) await b;
-    const s = this.state[i];
-    if (s === ZERO) return Buffer.alloc(n);
-    if (s === DATA) return this.pread(i * this.geometry.chunkSize + within, n);
-    if (this.base.isZeroAt(i)) return Buffer.alloc(n);
-    return this.chunks.read(idHex(this.base.idAt(i)), within, n);
+    const out = Buffer.allocUnsafe(length);
+    await this.readInto(offset, out);
+    return [out];
   }
 
   /** The bytes at `offset` into `out` (the NBD server's reply buffer). */
   async readInto(offset: number, out: Buffer): Promise<void> {
-    const cs = this.geometry.chunkSize;
-    const jobs: Promise<unknown>[] = [];
-    for (let at = 0; at < out.length;) {
-      const pos = offset + at;
-      const i = Math.floor(pos / cs);
-      const within = pos - i * cs;
-      const n = Math.min(cs - within, out.length - at);
-      jobs.push(this.readPieceInto(i, within, n, out, at));
-      at += n;
-    }
+    const jobs: Promise<void>[] = [];
+    forEachChunkPiece(this.geometry, offset, out.length, (i, within, n, at) => jobs.push(this.readPieceInto(i, within, n, out, at)));
     await Promise.all(jobs);
   }
 
@@ -183,7 +162,9 @@ export class CloudIncrement {
 
   /** The whole chunk at position i as it is now (for commits). */
   async chunk(i: number): Promise<Buffer> {
-    return Buffer.concat(await this.read(i * this.geometry.chunkSize, chunkLength(this.geometry, i)));
+    const out = Buffer.allocUnsafe(chunkLength(this.geometry, i));
+    await this.readInto(i * this.geometry.chunkSize, out);
+    return out;
   }
 
   /**
@@ -192,31 +173,29 @@ export class CloudIncrement {
    */
   async write(offset: number, data: Buffer): Promise<void> {
     this.open();
-    const cs = this.geometry.chunkSize;
     const jobs: Promise<void>[] = [];
     let run: { start: number; end: number; claim: number[] } | undefined;
     const flushRun = () => {
       if (run) jobs.push(this.writeRun(offset + run.start, data.subarray(run.start, run.end), run.claim));
       run = undefined;
     };
-    for (let at = 0; at < data.length;) {
-      const pos = offset + at;
-      const i = Math.floor(pos / cs);
-      const within = pos - i * cs;
-      const n = Math.min(cs - within, data.length - at);
+    forEachChunkPiece(this.geometry, offset, data.length, (i, within, n, at) => {
       const whole = within === 0 && n === chunkLength(this.geometry, i);
       if (!this.busy.has(i) && (this.state[i] === DATA || whole)) {
-        if (!run) run = { start: at, end: at, claim: [] };
+        run ??= { start: at, end: at, claim: [] };
         run.end = at + n;
         if (this.state[i] !== DATA) run.claim.push(i);
       } else {
         flushRun();
-        jobs.push(this.makeData(i, pos, data.subarray(at, at + n)));
+        jobs.push(this.makeData(i, offset + at, data.subarray(at, at + n)));
       }
-      at += n;
-    }
+    });
     flushRun();
-    await Promise.all(jobs);
+    try {
+      await Promise.all(jobs);
+    } finally {
+      this.writesDone++; // even a failed write may have landed in part: the next flush syncs
+    }
     this.stats.bytesWritten += data.length;
   }
 
@@ -237,17 +216,16 @@ export class CloudIncrement {
   /** Zero a range: whole chunks become `zero` (no I/O), partial ones are written with zeros. */
   async zero(offset: number, length: number): Promise<void> {
     this.open();
-    const cs = this.geometry.chunkSize;
     const jobs: Promise<void>[] = [];
-    for (let at = offset; at < offset + length;) {
-      const i = Math.floor(at / cs);
-      const within = at - i * cs;
-      const n = Math.min(cs - within, offset + length - at);
+    forEachChunkPiece(this.geometry, offset, length, (i, within, n, at) => {
       if (within === 0 && n === chunkLength(this.geometry, i)) jobs.push(this.zeroWhole(i));
-      else jobs.push(this.makeData(i, at, Buffer.alloc(n)));
-      at += n;
+      else jobs.push(this.makeData(i, offset + at, Buffer.alloc(n)));
+    });
+    try {
+      await Promise.all(jobs);
+    } finally {
+      this.writesDone++;
     }
-    await Promise.all(jobs);
   }
 
   private async zeroWhole(i: number): Promise<void> {
@@ -307,6 +285,9 @@ export class CloudIncrement {
   }
 
   private async doFlush(): Promise<void> {
+    // Nothing written since the last flush (a reading VM's FLUSH, a read-only client's close): no sync.
+    const upTo = this.writesDone;
+    if (upTo === this.flushedUpTo && this.pending.size === 0) return;
     const batch = this.pending;
     this.pending = new Map();
     try {
@@ -324,6 +305,7 @@ export class CloudIncrement {
         this.mapSize += recs.length;
         await this.map.datasync();
       }
+      this.flushedUpTo = upTo;
       this.stats.flushes++;
       this.stats.lastFlushAt = new Date().toISOString();
     } catch (err) {
@@ -348,12 +330,6 @@ export class CloudIncrement {
 
   private open(): void {
     if (this.closed) throw dfError('DF_ERR_VDI_SESSION_STATE', `the cloud increment in ${this.dir} is closed`, { dir: this.dir });
-  }
-
-  private async pread(at: number, n: number): Promise<Buffer> {
-    const buf = Buffer.allocUnsafe(n);
-    await this.preadInto(buf, 0, n, at);
-    return buf;
   }
 
   private async preadInto(buf: Buffer, off: number, n: number, at: number): Promise<void> {

@@ -7,6 +7,7 @@ import type { ChunkStore } from '../chunk/store.js';
 import { desktopRef, type Desktops } from '../desktop/desktops.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import type { Catalog } from '../image/catalog.js';
+import type { ChunkIndex } from '../image/chunk-index.js';
 import { encodeLayer } from '../image/layer.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
@@ -139,7 +140,7 @@ export class VdiSessions {
   async show(id: string): Promise<VdiSessionView> {
     const row = this.get(id);
     if (row.state !== 'open' || this.live.has(id)) return this.view(id, true);
-    const inc = await CloudIncrement.open(this.incDir(id), await this.deps.catalog.index(row.image, row.base), this.deps.cache);
+    const inc = await this.openIncrement(row);
     try {
       return { ...this.view(id), increment: { changed: inc.stats.changed, live: null } };
     } finally {
@@ -171,7 +172,7 @@ export class VdiSessions {
     if (!live) {
       let p = this.opening.get(id);
       if (!p) {
-        p = (async () => ({ inc: await CloudIncrement.open(this.incDir(id), await this.deps.catalog.index(row.image, row.base), this.deps.cache), connections: 0 }))();
+        p = (async () => ({ inc: await this.openIncrement(row), connections: 0 }))();
         this.opening.set(id, p);
         p.finally(() => this.opening.delete(id)).catch(() => {});
       }
@@ -260,7 +261,7 @@ export class VdiSessions {
     this.notConnected(row);
     row = this.deps.repo.update(id, { state: 'committing', updatedAt: this.now().toISOString() });
     const base = await this.deps.catalog.index(row.image, row.base);
-    const inc = await CloudIncrement.open(this.incDir(id), base, this.deps.cache);
+    const inc = await this.openIncrement(row, base);
     let made;
     try {
       made = await incrementLayer(inc, base, this.deps.chunks);
@@ -358,6 +359,10 @@ export class VdiSessions {
     }).finally(() => this.ending.delete(id));
     this.ending.set(id, p);
     return p;
+  }
+
+  private async openIncrement(row: VdiSessionRow, base?: ChunkIndex): Promise<CloudIncrement> {
+    return CloudIncrement.open(this.incDir(row.id), base ?? (await this.deps.catalog.index(row.image, row.base)), this.deps.cache);
   }
 
   private incDir(id: string): string {

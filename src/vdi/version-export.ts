@@ -1,8 +1,8 @@
-import { readSync } from 'node:fs';
 import { idHex } from '../chunk/id.js';
-import type { RawChunkCache } from '../chunk/raw-cache.js';
+import { preadFully, type RawChunkCache } from '../chunk/raw-cache.js';
 import { dfError } from '../errors.js';
 import type { ChunkIndex } from '../image/chunk-index.js';
+import { forEachChunkPiece } from '../image/geometry.js';
 import { DEFAULT_MAX_PAYLOAD, STATE } from '../nbd/constants.js';
 import type { NbdExport } from '../nbd/export.js';
 import type { Extent } from '../nbd/transmission.js';
@@ -24,46 +24,33 @@ export class VersionExport implements NbdExport {
   }
 
   async read(offset: number, length: number): Promise<Buffer[]> {
-    const cs = this.index.geometry.chunkSize;
-    const parts: Array<Promise<Buffer> | Buffer> = [];
-    for (let at = offset; at < offset + length;) {
-      const i = Math.floor(at / cs);
-      const within = at - i * cs;
-      const n = Math.min(cs - within, offset + length - at);
-      parts.push(this.index.isZeroAt(i) ? Buffer.alloc(n) : this.chunks.read(idHex(this.index.idAt(i)), within, n));
-      at += n;
-    }
-    return Promise.all(parts);
+    const out = Buffer.allocUnsafe(length);
+    await this.readInto(offset, out);
+    return [out];
   }
 
   /** Cached chunks in adjacent slots are read with one pread; misses load (and verify) in parallel. */
   readInto(offset: number, out: Buffer): Promise<void> | void {
-    const cs = this.index.geometry.chunkSize;
     const jobs: Promise<void>[] = [];
     let run: { fd: number; from: number; to: number; at: number } | undefined;
     const readRun = () => {
-      if (run) preadAll(run.fd, out, run.at, run.to - run.from, run.from);
+      if (run) preadFully(run.fd, out, run.at, run.to - run.from, run.from);
       run = undefined;
     };
-    for (let at = 0; at < out.length;) {
-      const pos = offset + at;
-      const i = Math.floor(pos / cs);
-      const within = pos - i * cs;
-      const n = Math.min(cs - within, out.length - at);
+    forEachChunkPiece(this.index.geometry, offset, out.length, (i, within, n, at) => {
       if (this.index.isZeroAt(i)) {
         readRun();
         out.fill(0, at, at + n);
-      } else {
-        const id = idHex(this.index.idAt(i));
-        const hit = this.chunks.locate(id);
-        if (hit && run && run.fd === hit.fd && run.to === hit.at + within) run.to += n;
-        else if (hit) { readRun(); run = { fd: hit.fd, from: hit.at + within, to: hit.at + within + n, at }; }
-        else { readRun(); jobs.push(this.chunks.readInto(id, within, n, out, at)); }
-        // A run continues only into the next chunk's first byte, and only after a whole chunk.
-        if (run && within + n !== hit?.length) readRun();
+        return;
       }
-      at += n;
-    }
+      const id = idHex(this.index.idAt(i));
+      const hit = this.chunks.locate(id);
+      if (hit && run && run.fd === hit.fd && run.to === hit.at + within) run.to += n;
+      else if (hit) { readRun(); run = { fd: hit.fd, from: hit.at + within, to: hit.at + within + n, at }; }
+      else { readRun(); jobs.push(this.chunks.readInto(id, within, n, out, at)); }
+      // A run continues only into the next chunk's first byte, and only after a whole chunk.
+      if (run && within + n !== hit?.length) readRun();
+    });
     readRun();
     // All from the cache (the usual case): done now, no promise.
     if (jobs.length) return Promise.all(jobs).then(() => undefined);
@@ -126,12 +113,4 @@ export function zeroChunkExtents(index: ChunkIndex, offset: number, length: numb
 
 function readOnly(name: string) {
   return dfError('DF_ERR_FORBIDDEN', `export ${name} is read-only`, { export: name });
-}
-
-function preadAll(fd: number, out: Buffer, at: number, n: number, pos: number): void {
-  for (let got = 0; got < n;) {
-    const r = readSync(fd, out, at + got, n - got, pos + got);
-    if (r === 0) throw new Error('raw chunk cache: short read');
-    got += r;
-  }
 }
