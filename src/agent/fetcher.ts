@@ -3,21 +3,41 @@ import { openFrame } from '../chunk/frame.js';
 import { decodePack } from '../chunk/pack.js';
 import { MAX_CHUNK_SIZE } from '../image/geometry.js';
 
+/** Chunks needed again later are kept in memory up to this many bytes; past it they are fetched again. */
+export const REPEAT_BUDGET = 64 * 1024 * 1024;
+
 /**
  * Whole chunks the agent must fetch, in the order it will write them: requested in packs of about
  * 8 MiB, two packs ahead, each chunk verified against its id before anyone sees it.
+ *
+ * Real disks repeat chunks (identical files, 0xFF-filled regions): an id is requested once, in the
+ * pack of its first use, and kept until its last use while the repeat budget allows; a repeat that
+ * did not fit is fetched again on its own. `get` must be called in the order of `ids`.
  */
 export class ChunkFetcher {
   private readonly batches: string[][] = [];
   private readonly batchOf = new Map<string, number>();
   private readonly pending = new Map<number, Promise<Map<string, Buffer>>>();
+  /** Uses still to come, per id (ids used once never enter). */
+  private readonly usesLeft = new Map<string, number>();
+  private readonly kept = new Map<string, Buffer>();
+  private keptBytes = 0;
   private nextToStart = 0;
 
-  constructor(private readonly client: ApiClient, ids: string[], chunkSize: number, private readonly ahead = 2) {
+  constructor(
+    private readonly client: ApiClient,
+    ids: string[],
+    chunkSize: number,
+    private readonly ahead = 2,
+    private readonly repeatBudget = REPEAT_BUDGET,
+  ) {
     // 8 MiB packs, two ahead: the agent stays well under 256 MiB on any disk.
     const per = Math.max(1, Math.min(4096, Math.floor((8 * 1024 * 1024) / chunkSize)));
     for (const id of ids) {
-      if (this.batchOf.has(id)) continue;
+      if (this.batchOf.has(id)) {
+        this.usesLeft.set(id, (this.usesLeft.get(id) ?? 1) + 1);
+        continue;
+      }
       let b = this.batches[this.batches.length - 1];
       if (!b || b.length >= per) this.batches.push((b = []));
       b.push(id);
@@ -26,14 +46,41 @@ export class ChunkFetcher {
   }
 
   async get(id: string): Promise<Buffer> {
+    const got = (await this.lookup(id)) ?? (await this.fetchOne(id));
+    this.used(id, got);
+    return got;
+  }
+
+  private async lookup(id: string): Promise<Buffer | undefined> {
+    const kept = this.kept.get(id);
+    if (kept) return kept;
     const k = this.batchOf.get(id);
-    if (k === undefined) return this.fetchOne(id);
+    if (k === undefined) return undefined;
     while (this.nextToStart <= Math.min(k + this.ahead, this.batches.length - 1)) this.start(this.nextToStart++);
-    const got = (await this.pending.get(k)!).get(id);
-    // Batches before this one are done with: let them be collected.
+    const batch = this.pending.get(k);
+    // A repeat whose pack is gone and that did not fit the budget: fetched again by the caller.
+    if (!batch) return undefined;
+    const got = (await batch).get(id);
+    // Packs before this one are done with: let them be collected.
     for (const old of this.pending.keys()) if (old < k) this.pending.delete(old);
     if (!got) throw new Error(`chunk ${id} missing from its batch`);
     return got;
+  }
+
+  /** Keeps a chunk that is needed again (within the budget), forgets it at its last use. */
+  private used(id: string, raw: Buffer): void {
+    const left = this.usesLeft.get(id);
+    if (left === undefined) return;
+    if (left <= 1) {
+      this.usesLeft.delete(id);
+      if (this.kept.delete(id)) this.keptBytes -= raw.length;
+      return;
+    }
+    this.usesLeft.set(id, left - 1);
+    if (!this.kept.has(id) && this.keptBytes + raw.length <= this.repeatBudget) {
+      this.kept.set(id, raw);
+      this.keptBytes += raw.length;
+    }
   }
 
   private start(k: number): void {
@@ -50,7 +97,7 @@ export class ChunkFetcher {
     return out;
   }
 
-  /** One chunk outside the plan (a rebuilt chunk that failed its check). */
+  /** One chunk outside the plan (a rebuilt chunk that failed its check, or a repeat past the budget). */
   async fetchOne(id: string): Promise<Buffer> {
     return (await this.load([id])).get(id)!;
   }
