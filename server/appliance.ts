@@ -72,7 +72,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const deltas = new DeltaCache(p.deltas, blobs, chunks);
     const nb = config.netboot;
     const endpoints = new Endpoints({
-      repo: new SqliteEndpointRepo(repo.database), meta: repo, desktops, now, autoEnrol: nb.autoEnrol, ...(log ? { log } : {}),
+      repo: new SqliteEndpointRepo(repo.database), meta: repo, desktops, now, autoEnrol: nb.autoEnrol, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
     });
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
     await fsp.mkdir(p.vdi, { recursive: true, mode: 0o750 });

@@ -126,4 +126,12 @@ describe('parseHostPort', () => {
     expect(loadServerConfig({ env: {}, flags: { nbdListen: 'off', nbdAnonymousRead: true } }).nbd).toMatchObject({ listen: null, anonymousRead: true });
     expect(() => loadServerConfig({ env: {}, flags: { nbdListen: 'h:99999' } })).toThrow(/nbdListen: port must be 0-65535/);
   });
+
+  it('netboot.commitWindowSeconds: 120 by default, from the file or DESKFUSE_COMMIT_WINDOW_SECONDS, validated', () => {
+    expect(loadServerConfig({ env: {} }).netboot.commitWindowSeconds).toBe(120);
+    expect(loadServerConfig({ env: {}, file: file({ netboot: { commitWindowSeconds: 300 } }) }).netboot.commitWindowSeconds).toBe(300);
+    expect(loadServerConfig({ env: { DESKFUSE_COMMIT_WINDOW_SECONDS: '60' } }).netboot.commitWindowSeconds).toBe(60);
+    expect(configError({ env: { DESKFUSE_COMMIT_WINDOW_SECONDS: 'soon' } }).message).toMatch(/netboot.commitWindowSeconds: expected an integer 10-3600/);
+    expect(configError({ env: {}, file: file({ netboot: { commitWindowSeconds: 5 } }) }).message).toMatch(/commitWindowSeconds/);
+  });
 });

@@ -59,6 +59,11 @@ export interface NetbootConfig {
   readonly kernelArgs: string;
   /** Seconds a waiting endpoint (pending, no desktop) waits before asking again. */
   readonly retrySeconds: number;
+  /**
+   * Seconds a commit-at-shutdown order holds for the reboot that follows it; a later boot (after a
+   * power loss) commits, syncs and boots instead of powering off. Default 120.
+   */
+  readonly commitWindowSeconds: number;
 }
 
 /** The package root (dist/src/config → ../../..; src/config → ../..). */
@@ -70,7 +75,7 @@ const PACKAGE_ROOT = (() => {
 export const NETBOOT_DEFAULTS: NetbootConfig = {
   dhcp: 'off', interface: null, dhcpRange: null, tftpListen: null, publicUrl: null,
   bootDir: path.join(PACKAGE_ROOT, 'initramfs/out'), tftpRoot: null, ipv6Ra: true, autoEnrol: false,
-  kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', retrySeconds: 10,
+  kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', retrySeconds: 10, commitWindowSeconds: 120,
 };
 
 export const NBD_PORT = 10809;
@@ -163,7 +168,7 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400) };
 }
 
-const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds'];
+const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];
 
 function loadNetboot(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, problems: string[]): NetbootConfig {
   for (const k of Object.keys(file)) if (!NETBOOT_KEYS.includes(k)) problems.push(`config file: unknown key netboot.${k}`);
@@ -197,9 +202,14 @@ function loadNetboot(file: Record<string, unknown>, env: Record<string, string |
   if (/[\r\n]|\$\{/.test(kernelArgs)) problems.push('kernelArgs: no line breaks or "${"');
   const retrySeconds = typeof file.retrySeconds === 'number' ? file.retrySeconds : d.retrySeconds;
   if (!Number.isInteger(retrySeconds) || retrySeconds < 1 || retrySeconds > 3600) problems.push('netboot.retrySeconds: expected an integer 1-3600');
+  const windowRaw = env.DESKFUSE_COMMIT_WINDOW_SECONDS !== undefined ? Number(env.DESKFUSE_COMMIT_WINDOW_SECONDS) : file.commitWindowSeconds ?? d.commitWindowSeconds;
+  const commitWindowSeconds = typeof windowRaw === 'number' ? windowRaw : NaN;
+  if (!Number.isInteger(commitWindowSeconds) || commitWindowSeconds < 10 || commitWindowSeconds > 3600) {
+    problems.push(`netboot.commitWindowSeconds: expected an integer 10-3600, got ${JSON.stringify(windowRaw)}`);
+  }
   return {
     dhcp: dhcp as NetbootConfig['dhcp'], interface: iface, dhcpRange, tftpListen, publicUrl, bootDir: path.resolve(bootDir),
-    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds,
+    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds, commitWindowSeconds,
   };
 }
 

@@ -5,7 +5,7 @@ import type { EndpointRow } from './model.js';
 const NOW = new Date('2026-11-28T12:00:00Z');
 const ep = (o: Partial<EndpointRow> = {}): EndpointRow => ({
   id: 'ep-1', name: 'ep-1', macs: ['52:54:00:00:00:01'], uuid: null, serial: null, state: 'enrolled', desktop: 'alice', mode: 'sync',
-  bootMethod: 'auto', firmware: 'bios', disk: 'clean', diskVersion: 3, commitRequested: false, lastSeen: null, lastSync: null, createdAt: '', ...o,
+  bootMethod: 'auto', firmware: 'bios', disk: 'clean', diskVersion: 3, commitRequested: null, lastSeen: null, lastSync: null, createdAt: '', ...o,
 });
 const desk: DesktopFacts = { head: 3, mode: 'persistent', kexec: false };
 
@@ -29,8 +29,23 @@ describe('decideBoot', () => {
   });
 
   it('a commit request wins over sync (persistent only) and powers off', () => {
-    expect(decideBoot(ep({ commitRequested: true, disk: 'in-use' }), 'bios', desk, NOW)).toMatchObject({ kind: 'agent', action: 'commit-poweroff', handoff: 'poweroff' });
-    expect(decideBoot(ep({ commitRequested: true, disk: 'in-use' }), 'bios', { ...desk, mode: 'restore' }, NOW)).toMatchObject({ action: 'sync' });
+    const asked = '2026-11-28T11:59:30Z'; // 30 s before NOW: the shutdown's own reboot
+    expect(decideBoot(ep({ commitRequested: asked, disk: 'in-use' }), 'bios', desk, NOW)).toMatchObject({ kind: 'agent', action: 'commit-poweroff', handoff: 'poweroff' });
+    expect(decideBoot(ep({ commitRequested: asked, disk: 'in-use' }), 'bios', { ...desk, mode: 'restore' }, NOW)).toMatchObject({ action: 'sync' });
+  });
+
+  it('a commit order outlives its shutdown only for the window: a later power-on commits, syncs and boots', () => {
+    const at = (secondsAgo: number) => new Date(NOW.getTime() - secondsAgo * 1000).toISOString();
+    const e = (s: number) => ep({ commitRequested: at(s), disk: 'in-use' });
+    expect(decideBoot(e(120), 'bios', desk, NOW)).toMatchObject({ action: 'commit-poweroff', handoff: 'poweroff' });
+    const late = decideBoot(e(121), 'bios', desk, NOW);
+    expect(late).toMatchObject({ kind: 'agent', action: 'sync', handoff: 'reboot', reason: expect.stringContaining('commit, then sync') });
+    expect(decideBoot(e(4 * 3600), 'uefi', desk, NOW)).toMatchObject({ action: 'sync', handoff: 'bootnext' });
+    // the window is configurable
+    expect(decideBoot(e(200), 'bios', desk, NOW, 300_000)).toMatchObject({ action: 'commit-poweroff' });
+    expect(decideBoot(e(40), 'bios', desk, NOW, 30_000)).toMatchObject({ action: 'sync' });
+    // a stale order on a disk that is clean and current still commits first (the OS ran after the seal)
+    expect(decideBoot(ep({ commitRequested: at(600) }), 'bios', desk, NOW)).toMatchObject({ action: 'sync' });
   });
 
   it('UEFI never boots the disk from iPXE: the boot stage hands off (kexec when declared, else BootNext)', () => {

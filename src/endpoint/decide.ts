@@ -30,7 +30,13 @@ export const firmwareOf = (platform: string | undefined): Firmware => (platform 
 /** After a failed agent run, boots within this window go to the local disk instead of looping. */
 export const FAILURE_BACKOFF_MS = 10 * 60 * 1000;
 
-export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undefined, now: Date = new Date()): BootDecision {
+/**
+ * A commit-at-shutdown order is for the reboot that follows it. A boot later than this (the machine
+ * lost power on its way down and someone turns it on to work) must not power off: it commits, syncs, boots.
+ */
+export const COMMIT_WINDOW_MS = 120 * 1000;
+
+export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undefined, now: Date = new Date(), commitWindowMs = COMMIT_WINDOW_MS): BootDecision {
   if (e.state === 'pending') return { kind: 'pending', reason: 'waiting for an admin to approve this endpoint' };
   if (e.state === 'disabled') return { kind: 'disabled', reason: 'this endpoint is disabled', local: localBoot(e.bootMethod, fw, false) };
   if (!e.desktop || !d) return { kind: 'unassigned', reason: 'no desktop is assigned to this endpoint' };
@@ -45,8 +51,15 @@ export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undef
     const reason = `the last boot-time ${e.lastSync!.action} failed (${e.lastSync!.error ?? 'error'}); booting the disk as it is`;
     return local === 'agent' ? agent('local', reason) : { kind: 'local', reason, local };
   }
-  if (e.commitRequested && d.mode === 'persistent' && e.disk !== 'unknown') return agent('commit-poweroff', 'the OS asked for a commit at shutdown');
+  const asked = e.commitRequested ? now.getTime() - Date.parse(e.commitRequested) : null;
+  if (asked !== null && asked >= 0 && asked <= commitWindowMs && d.mode === 'persistent' && e.disk !== 'unknown') {
+    return agent('commit-poweroff', 'the OS asked for a commit at shutdown');
+  }
   if (e.disk === 'unknown') return agent('sync', 'first boot: provision the disk');
+  // An order that outlived its shutdown: this boot is a user's, not the shutdown's reboot.
+  if (asked !== null && d.mode === 'persistent') {
+    return agent('sync', `the OS asked for a commit at shutdown ${Math.round(asked / 1000)} s ago and the machine did not come back for it: commit, then sync`);
+  }
   // The OS ran since the last seal (power loss, or shut down without a commit): commit what it
   // changed before syncing (a restore desktop discards it instead).
   if (e.disk === 'in-use') return agent('sync', d.mode === 'persistent' ? 'the disk was in use: commit, then sync' : 'restore desktop: discard local changes');

@@ -5,7 +5,8 @@ import { dfError } from '../errors.js';
 import { checkDesktopName } from '../image/names.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ImageBoot, MetaRepo } from '../meta/repo.js';
-import { decideBoot, firmwareOf, type BootDecision, type DesktopFacts, type Handoff } from './decide.js';
+import { cleanDetail, cleanText } from './untrusted.js';
+import { COMMIT_WINDOW_MS, decideBoot, firmwareOf, type BootDecision, type DesktopFacts, type Handoff } from './decide.js';
 import {
   BOOT_METHODS, ENDPOINT_MODES, endpointIdFor, normalizeMac,
   type BootAction, type BootEvent, type BootMethod, type BootPhase, type EndpointMode, type EndpointRepo, type EndpointRow,
@@ -51,6 +52,8 @@ export interface EndpointsDeps {
   log?: Logger;
   /** Unknown endpoints are enrolled at once (and given this desktop, if set) instead of waiting for an admin. */
   autoEnrol?: { desktop?: string } | false;
+  /** How long a commit-at-shutdown order holds for the reboot that follows it (default COMMIT_WINDOW_MS). */
+  commitWindowMs?: number;
 }
 
 export interface EndpointChange {
@@ -72,6 +75,10 @@ export class Endpoints {
   constructor(private readonly deps: EndpointsDeps) {
     this.log = (deps.log ?? silentLogger).child({ component: 'endpoints' });
     this.events.setMaxListeners(0);
+  }
+
+  private get commitWindowMs(): number {
+    return this.deps.commitWindowMs ?? COMMIT_WINDOW_MS;
   }
 
   private nowIso(): string {
@@ -105,7 +112,8 @@ export class Endpoints {
   }
 
   /** A boot request from a known or new MAC: records it (a new MAC becomes a pending endpoint, or an enrolled one by config). */
-  seen(req: BootRequest): EndpointRow {
+  seen(reqRaw: BootRequest): EndpointRow {
+    const req = { ...reqRaw, uuid: reqRaw.uuid && cleanText(reqRaw.uuid, 64), serial: reqRaw.serial && cleanText(reqRaw.serial, 128) };
     const mac = normalizeMac(req.mac);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.mac)}`, { field: 'mac' });
     const now = this.nowIso();
@@ -120,7 +128,7 @@ export class Endpoints {
     const e: EndpointRow = {
       id: endpointIdFor(mac), name: endpointIdFor(mac), macs: [mac], uuid: req.uuid || null, serial: req.serial || null,
       state: auto ? 'enrolled' : 'pending', desktop: (auto && auto.desktop) || null, mode: 'sync', bootMethod: 'auto', firmware,
-      disk: 'unknown', diskVersion: null, commitRequested: false, lastSeen: now, lastSync: null, createdAt: now,
+      disk: 'unknown', diskVersion: null, commitRequested: null, lastSeen: now, lastSync: null, createdAt: now,
     };
     this.deps.repo.insertEndpoint(e);
     this.record('enrol', mac, { state: e.state, ...(e.desktop ? { desktop: e.desktop } : {}), ...(req.ip ? { ip: req.ip } : {}) }, e);
@@ -130,7 +138,7 @@ export class Endpoints {
 
   /** What this boot does. Never issues a token to a pending, disabled or unassigned endpoint. */
   decide(e: EndpointRow, platform: string | undefined): BootDecision {
-    return decideBoot(e, firmwareOf(platform), e.desktop ? this.facts(e.desktop) : undefined, this.deps.now());
+    return decideBoot(e, firmwareOf(platform), e.desktop ? this.facts(e.desktop) : undefined, this.deps.now(), this.commitWindowMs);
   }
 
   private facts(desktop: string): DesktopFacts | undefined {
@@ -171,7 +179,7 @@ export class Endpoints {
     if (e.state !== 'enrolled' || !e.desktop) throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is ${e.state}${e.desktop ? '' : ' with no desktop'}`, { endpoint: e.id });
     const facts = this.facts(e.desktop);
     if (!facts) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `the endpoint's desktop ${e.desktop} does not exist`, { desktop: e.desktop });
-    const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now());
+    const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now(), this.commitWindowMs);
     const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
     const view = this.deps.desktops.view(e.desktop);
     const dt = this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
@@ -186,8 +194,9 @@ export class Endpoints {
    * A boot event from the server's services or the agent; the agent's outcome events move what the
    * server knows of the disk (clean at a version, or in use by its OS).
    */
-  record(phase: BootPhase, macRaw: string, detail: Record<string, unknown> = {}, known?: EndpointRow): BootEvent {
-    const mac = normalizeMac(macRaw) ?? macRaw;
+  record(phase: BootPhase, macRaw: string, detailRaw: Record<string, unknown> = {}, known?: EndpointRow): BootEvent {
+    const mac = normalizeMac(macRaw) ?? cleanText(macRaw, 64);
+    const detail = cleanDetail(detailRaw); // what endpoints report is untrusted text (it reaches iPXE scripts)
     const e = known ?? this.deps.repo.findByMac(mac);
     const at = this.nowIso();
     if (e) {
@@ -200,7 +209,7 @@ export class Endpoints {
           result: 'ok', action: phase === 'committed' ? 'commit' : 'sync', at, version,
           ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), phases: this.bootPhases(e, at, phase),
         };
-        if (phase === 'committed') next.commitRequested = false;
+        next.commitRequested = null; // a commit (alone, or before a sync) carried out the order
       }
       if (phase === 'local') next.disk = 'in-use';
       if (phase === 'error') next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
@@ -238,7 +247,7 @@ export class Endpoints {
     if (!e || e.state !== 'enrolled' || !e.desktop || e.mode !== 'sync') return { action: 'none', reason: 'not an enrolled, syncing endpoint' };
     const facts = this.facts(e.desktop);
     if (!facts || facts.mode !== 'persistent') return { action: 'none', reason: 'a restore desktop keeps no changes' };
-    const next = { ...e, commitRequested: true };
+    const next = { ...e, commitRequested: this.nowIso() };
     this.deps.repo.updateEndpoint(next);
     this.record('poweroff', mac, { commitRequested: true }, next);
     return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
@@ -253,7 +262,7 @@ export class Endpoints {
     const now = this.nowIso();
     const e: EndpointRow = {
       id: endpointIdFor(mac), name: endpointIdFor(mac), macs: [mac], uuid: null, serial: null, state: 'pending', desktop: null, mode: 'sync',
-      bootMethod: 'auto', firmware: null, disk: 'unknown', diskVersion: null, commitRequested: false, lastSeen: null, lastSync: null, createdAt: now,
+      bootMethod: 'auto', firmware: null, disk: 'unknown', diskVersion: null, commitRequested: null, lastSeen: null, lastSync: null, createdAt: now,
     };
     this.apply(e, change, author, 'checked'); // validates before anything is written
     this.deps.repo.insertEndpoint(e);
@@ -294,7 +303,7 @@ export class Endpoints {
       ...(c.bootMethod ? { bootMethod: c.bootMethod } : {}),
     };
     // A new desktop means the disk holds another line: the next boot reprovisions it.
-    if (c.desktop !== undefined && c.desktop !== e.desktop) Object.assign(next, { disk: 'unknown', diskVersion: null, commitRequested: false });
+    if (c.desktop !== undefined && c.desktop !== e.desktop) Object.assign(next, { disk: 'unknown', diskVersion: null, commitRequested: null });
     if (what === 'checked') return next;
     this.deps.repo.updateEndpoint(next);
     this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);

@@ -51,8 +51,12 @@ export interface EndpointRow {
   firmware: Firmware | null;
   disk: DiskKnown;
   diskVersion: number | null;
-  /** The desktop's OS asked for a commit at shutdown: the next boot commits and powers off. */
-  commitRequested: boolean;
+  /**
+   * When the desktop's OS asked for a commit at shutdown (null: no order). The order is for the
+   * reboot that follows it: a boot within the commit window commits and powers off; a later one (the
+   * machine lost power instead, and someone turns it on to work) commits, syncs and boots.
+   */
+  commitRequested: string | null;
   lastSeen: string | null;
   lastSync: LastSync | null;
   createdAt: string;

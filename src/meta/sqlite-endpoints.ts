@@ -19,6 +19,9 @@ export const ENDPOINT_SCHEMA = [
 
 type Row = Record<string, unknown>;
 
+/** commit_requested: 0 = no order, else the request's time in epoch ms (1, from before times were kept: long ago). */
+const commitRequestedAt = (v: unknown): string | null => (Number(v) > 0 ? new Date(Number(v)).toISOString() : null);
+
 export class SqliteEndpointRepo implements EndpointRepo {
   constructor(private readonly db: Database.Database) {
     for (const s of ENDPOINT_SCHEMA) db.exec(s);
@@ -31,7 +34,7 @@ export class SqliteEndpointRepo implements EndpointRepo {
       state: r.state as EndpointRow['state'], desktop: (r.desktop as string | null) ?? null, mode: r.mode as EndpointRow['mode'],
       bootMethod: r.boot_method as EndpointRow['bootMethod'], firmware: (r.firmware as EndpointRow['firmware']) ?? null,
       disk: r.disk as EndpointRow['disk'], diskVersion: r.disk_version === null ? null : Number(r.disk_version),
-      commitRequested: Number(r.commit_requested) === 1, lastSeen: (r.last_seen as string | null) ?? null,
+      commitRequested: commitRequestedAt(r.commit_requested), lastSeen: (r.last_seen as string | null) ?? null,
       lastSync: r.last_sync ? JSON.parse(r.last_sync as string) : null, createdAt: r.created_at as string,
     };
   }
@@ -41,7 +44,7 @@ export class SqliteEndpointRepo implements EndpointRepo {
       this.db.prepare(`INSERT INTO endpoints (id, name, uuid, serial, state, desktop, mode, boot_method, firmware, disk, disk_version,
         commit_requested, last_seen, last_sync, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
         .run(e.id, e.name, e.uuid, e.serial, e.state, e.desktop, e.mode, e.bootMethod, e.firmware, e.disk, e.diskVersion,
-          e.commitRequested ? 1 : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.createdAt);
+          e.commitRequested ? Date.parse(e.commitRequested) : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.createdAt);
       for (const m of e.macs) this.db.prepare('INSERT INTO endpoint_macs (mac, endpoint) VALUES (?, ?)').run(m, e.id);
     })();
   }
@@ -50,7 +53,7 @@ export class SqliteEndpointRepo implements EndpointRepo {
     this.db.prepare(`UPDATE endpoints SET name = ?, uuid = ?, serial = ?, state = ?, desktop = ?, mode = ?, boot_method = ?, firmware = ?,
       disk = ?, disk_version = ?, commit_requested = ?, last_seen = ?, last_sync = ? WHERE id = ?`)
       .run(e.name, e.uuid, e.serial, e.state, e.desktop, e.mode, e.bootMethod, e.firmware, e.disk, e.diskVersion,
-        e.commitRequested ? 1 : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.id);
+        e.commitRequested ? Date.parse(e.commitRequested) : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.id);
   }
 
   getEndpoint(id: string): EndpointRow | undefined {

@@ -65,7 +65,7 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     expect(exit.timedOut).toBe(false);
     expect(exit.code).toBe(0);
     const e = await endpoint(app, MAC_A);
-    expect(e).toMatchObject({ state: 'enrolled', desktop: 'alice', disk: 'clean', commitRequested: false });
+    expect(e).toMatchObject({ state: 'enrolled', desktop: 'alice', disk: 'clean', commitRequested: null });
     expect(e.diskVersion).toBeGreaterThan(1); // the commit made a new version of alice
     const evs = await events(app, MAC_A);
     expect(evs.map((x) => x.phase)).toEqual(expect.arrayContaining(['dhcp', 'script', 'kernel', 'initrd', 'agent', 'synced', 'local', 'poweroff', 'committed']));
@@ -74,7 +74,7 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
 
   it('BIOS: a boot with nothing to do goes straight to the local disk; after a power loss the next boot commits before it syncs', async () => {
     const seq = Math.max(...(await events(app, MAC_A)).map((e) => e.seq));
-    const vm = endpointVm(lab, 'A-bios-2', 'bios', MAC_A, 0);
+    const vm = endpointVm(lab, 'A-bios-2', 'bios', MAC_A, 0, 'rom', { holdBeforeShutdown: true });
     const booted = await vm.waitFor('OS-BOOTED');
     await vm.waitFor('OS-MARKERS');
     expect(markers(vm)).toContain('52-54-00-91-00-0a');
@@ -83,9 +83,11 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     expect(between.map((e) => e.phase)).not.toContain('kernel');
     expect(between.find((e) => e.phase === 'local')?.detail).toMatchObject({ via: 'sanboot' });
     rows.push(['bios nothing to do (A)', figures(timeline(vm, between))]);
-    // Power loss: the OS wrote its marker (count=2) but never reached its shutdown hook.
+    // Power loss: the OS wrote its marker (count=2) and is held before its shutdown hook until killed.
     expect((await vm.waitFor('OS-MARKER-WRITTEN')).text).toContain('count=2');
+    await vm.waitFor('OS-HOLD');
     await vm.kill();
+    expect(vm.marks.map((m) => m.name)).not.toContain('OS-SHUTDOWN-HOOK');
     expect((await endpoint(app, MAC_A)).disk).toBe('in-use');
 
     const seq2 = Math.max(...(await events(app, MAC_A)).map((e) => e.seq));

@@ -55,10 +55,12 @@ export async function endpoint(app: LabAppliance, mac: string): Promise<Endpoint
  * A QEMU endpoint with network boot first; its disk is <lab>/<MAC>.disk, so each machine keeps its disk across
  * boots. pxe 'rom': the NIC ROM's iPXE; 'native' (UEFI): OVMF's own PXE client, which loads iPXE by TFTP.
  */
-export function endpointVm(lab: Lab, name: string, firmware: 'bios' | 'uefi', mac: string, tapIndex: number, pxe: 'rom' | 'native' = 'rom'): Vm {
+export function endpointVm(lab: Lab, name: string, firmware: 'bios' | 'uefi', mac: string, tapIndex: number, pxe: 'rom' | 'native' = 'rom', o: { holdBeforeShutdown?: boolean } = {}): Vm {
   return startVm({
     lab, tap: lab.tapFor(tapIndex), firmware, pxe, mac, name, disk: path.join(lab.dir, `${mac.replace(/:/g, '')}.disk`),
     diskSizeBytes: DISK_SIZE, timeoutMs: 600_000, memMiB: 1024,
+    // The test OS stops at OS-HOLD before its shutdown hook (test/fixtures/os/init) until the test kills it.
+    ...(o.holdBeforeShutdown ? { extraArgs: ['-fw_cfg', 'name=opt/deskfuse/hold,string=power-loss'] } : {}),
   });
 }
 

@@ -10,6 +10,8 @@ import { startInProcess } from '../helpers/server.js';
 
 const MAC = '52:54:00:12:34:56';
 const OTHER = '52:54:00:ab:cd:ef';
+/** The server's clock runs this far ahead of the real one (a power-on hours after a shutdown). */
+let skewMs = 0;
 
 /** The boot flow over HTTP (inject): enrolment, decisions, one-time tokens, events, commit requests. */
 describe('network boot flow', () => {
@@ -21,7 +23,7 @@ describe('network boot flow', () => {
   beforeAll(async () => {
     tmp = tempDir('df-boot-');
     const data = path.join(tmp.dir, 'data');
-    srv = await startInProcess(data);
+    srv = await startInProcess(data, { now: () => new Date(Date.now() + skewMs) });
     app = srv.appliance.app;
     admin = (method, url, payload) => app.inject({ method, url, headers: { authorization: `Bearer ${srv.token}` }, ...(payload !== undefined ? { payload: payload as object } : {}) });
     const img = path.join(tmp.dir, 'base.img');
@@ -129,6 +131,8 @@ describe('network boot flow', () => {
     const t = tokenOf(s.payload)!;
     const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t, mac: MAC } })).json();
     expect(sess).toMatchObject({ action: 'commit-poweroff', handoff: 'poweroff', assumeDirty: true });
+    expect((await app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${sess.token}` }, payload: { mac: MAC, phase: 'committed', detail: { version: 2 } } })).statusCode).toBe(201);
+    expect((await admin('GET', `/api/v1/endpoints/${MAC}`)).json()).toMatchObject({ commitRequested: null, disk: 'clean', diskVersion: 2 });
     // Unknown MACs get "none" (nothing recorded for them).
     expect((await app.inject({ method: 'POST', url: '/boot/commit-request', payload: { mac: '02:00:00:00:00:99' } })).json().action).toBe('none');
   });
@@ -138,6 +142,43 @@ describe('network boot flow', () => {
     const r = await script(`mac=${OTHER}&platform=pcbios`);
     expect(r.payload).toContain('this endpoint is disabled');
     expect(tokenOf(r.payload)).toBeUndefined();
+  });
+
+  it('a commit order outlives its shutdown only for its window: a power-on hours later commits, syncs and boots', async () => {
+    expect((await app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${srv.token}` }, payload: { mac: MAC, phase: 'local', detail: { via: 'sanboot' } } })).statusCode).toBe(201);
+    expect((await app.inject({ method: 'POST', url: '/boot/commit-request', payload: { mac: MAC } })).json().action).toBe('commit-poweroff');
+    expect((await admin('GET', `/api/v1/endpoints/${MAC}`)).json().commitRequested).toEqual(expect.any(String));
+    // The machine lost power on its way down; someone turns it on three hours later to work.
+    skewMs += 3 * 3600 * 1000;
+    const s = await script(`mac=${MAC}&platform=pcbios`);
+    expect(s.payload).toContain('deskfuse.action=sync');
+    expect(s.payload).not.toContain('commit-poweroff');
+    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: tokenOf(s.payload), mac: MAC } })).json();
+    expect(sess).toMatchObject({ action: 'sync', handoff: 'reboot', assumeDirty: true });
+    const ev = (await admin('GET', `/api/v1/events?endpoint=${MAC}`)).json().events as Array<{ phase: string; detail: { reason?: string } }>;
+    expect(ev.filter((e) => e.phase === 'script').at(-1)?.detail.reason).toMatch(/asked for a commit at shutdown \d+ s ago .*commit, then sync/);
+    // The sync (which commits first) carries out the order.
+    expect((await app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${sess.token}` }, payload: { mac: MAC, phase: 'synced', detail: { version: 3 } } })).statusCode).toBe(201);
+    expect((await admin('GET', `/api/v1/endpoints/${MAC}`)).json()).toMatchObject({ commitRequested: null, disk: 'clean' });
+  });
+
+  it('an agent error with line breaks and ${ is kept as one clean line; the next boot falls back to the disk (no 500)', async () => {
+    const error = 'DF_ERR_DISK_IO: write failed\nat sector 99\r\n#!ipxe\nshell ${net0/mac}';
+    const r = await app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${srv.token}` }, payload: { mac: MAC, phase: 'error', detail: { action: 'sync', error } } });
+    expect(r.statusCode).toBe(201);
+    expect(r.json().detail.error).toBe('DF_ERR_DISK_IO: write failed at sector 99 #!ipxe shell $ {net0/mac}');
+    expect((await admin('GET', `/api/v1/endpoints/${MAC}`)).json().lastSync).toMatchObject({ result: 'error', error: 'DF_ERR_DISK_IO: write failed at sector 99 #!ipxe shell $ {net0/mac}' });
+    const s = await script(`mac=${MAC}&platform=pcbios`);
+    expect(s.statusCode).toBe(200);
+    expect(s.payload).toContain('booting the disk as it is');
+    expect(s.payload).toContain('sanboot --no-describe --drive 0x80');
+    const lines = s.payload.split('\n');
+    expect(lines.filter((l) => l.trim() === '#!ipxe')).toHaveLength(1); // the script's own first line only
+    expect(lines.some((l) => /^\s*shell\b/.test(l))).toBe(false); // the report never became a command
+    // a serial number with a line break is cleaned where it enters too
+    const o = await script(`mac=${OTHER}&platform=pcbios&serial=${encodeURIComponent('SN1\nshell')}`);
+    expect(o.statusCode).toBe(200);
+    expect((await admin('GET', `/api/v1/endpoints/${OTHER}`)).json().serial).toBe('SN1 shell');
   });
 
   it('bad input: coded errors, nothing recorded', async () => {
@@ -159,7 +200,7 @@ describe('network boot flow', () => {
     expect(list.code).toBe(0);
     expect(list.stdout).toMatch(/ep-525400123456\s+52:54:00:12:34:56\s+enrolled\s+alice/);
     const show = await cli(['endpoint', 'show', MAC, '--json'], env);
-    expect(JSON.parse(show.stdout)).toMatchObject({ desktop: 'alice', commitRequested: true });
+    expect(JSON.parse(show.stdout)).toMatchObject({ desktop: 'alice', commitRequested: null });
     expect((await cli(['endpoint', 'assign', MAC, '--boot-method', 'floppy'], env)).code).toBe(2);
   });
 
