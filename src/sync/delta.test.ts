@@ -3,7 +3,7 @@ import { encodeFrame } from '../chunk/frame.js';
 import { hashBytes, idHex, ZERO_ID } from '../chunk/id.js';
 import type { ChunkReader, StoredChunk } from '../chunk/store.js';
 import { DeskfuseError, dfError } from '../errors.js';
-import { fullMask as allMask, type Geometry } from '../image/geometry.js';
+import { fullMask as allMask, MAX_CHUNK_SIZE, type Geometry } from '../image/geometry.js';
 import { encodeLayer, type Layer } from '../image/layer.js';
 import { buildDelta, DELTA_MAGIC, deltaEntries, readDelta } from './delta.js';
 import { FrameReader } from './frames.js';
@@ -91,6 +91,23 @@ const GOLDEN_HEADER_HEX =
 async function built(layerId: string, layer: Layer, store: ChunkReader = chunks): Promise<Buffer> {
   return Buffer.concat(await buildDelta(layerId, layer, store));
 }
+
+describe('whole chunks of the largest size', () => {
+  it('two incompressible 4 MiB chunks sent whole go one per frame and read back in 64 KiB pieces', async () => {
+    const g: Geometry = { virtualSize: 3 * MAX_CHUNK_SIZE, chunkSize: MAX_CHUNK_SIZE };
+    const store = new MemChunks();
+    const raws = [randomBytes(MAX_CHUNK_SIZE), randomBytes(MAX_CHUNK_SIZE)];
+    const layer: Layer = { geometry: g, hasMasks: false, entries: raws.map((raw, i) => ({ index: i * 2, id: store.add(raw) })) };
+    const body = await built(LAYER_ID, layer, store);
+    const r = new FrameReader('test');
+    r.push(body);
+    r.take(44);
+    const sizes: number[] = [];
+    for (let f = r.next(); f; f = r.next()) sizes.push(f.length);
+    expect(sizes).toEqual([MAX_CHUNK_SIZE, MAX_CHUNK_SIZE]);
+    expect(await items(LAYER_ID, layer, pieces(body, () => 65536))).toEqual([[0, raws[0]!.toString('hex')], [2, raws[1]!.toString('hex')]]);
+  });
+});
 
 describe('buildDelta', () => {
   it('writes the header of the diagram, then frames holding exactly the masked blocks, then the end marker', async () => {

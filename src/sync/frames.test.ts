@@ -2,7 +2,9 @@ import { decompress } from 'zstd-napi';
 import { describe, expect, it } from 'vitest';
 import { hashBytes } from '../chunk/id.js';
 import { DeskfuseError } from '../errors.js';
-import { encodeFrameRecord, FRAME_RAW_MAX, FrameReader, FRAMES_END } from './frames.js';
+import { randomBytes } from 'node:crypto';
+import { MAX_CHUNK_SIZE, maskBytes } from '../image/geometry.js';
+import { encodeFrameRecord, FRAME_RAW_MAX, FRAME_Z_MAX, FrameReader, FrameWriter, FRAMES_END } from './frames.js';
 import { prng, thrown } from '../../test/helpers/expect.js';
 
 const hex = (s: string) => Buffer.from(s, 'hex');
@@ -151,6 +153,62 @@ describe('FrameReader over arbitrarily split input', () => {
   });
 });
 
+/** The largest record a format writes: a patch record of a whole 4 MiB chunk (ids, length, mask, blocks). */
+const PATCH_HEAD_AT_MAX = 32 + 32 + 4 + maskBytes({ virtualSize: MAX_CHUNK_SIZE, chunkSize: MAX_CHUNK_SIZE });
+/** The frames of a FrameWriter's output (after a 4-byte header): their raw lengths and decoded bytes. */
+function written(w: FrameWriter): Buffer[] {
+  const r = new FrameReader('test');
+  r.push(Buffer.concat(w.end()));
+  expect(r.take(4)?.toString()).toBe('HEAD');
+  const out: Buffer[] = [];
+  for (let f = r.next(); f; f = r.next()) out.push(f);
+  r.finish();
+  return out;
+}
+
+describe('the largest record: a whole max-size chunk plus its record head', () => {
+  it('a patch head at 4 MiB chunks is 196 bytes; a frame holds a whole max chunk plus it', () => {
+    expect(PATCH_HEAD_AT_MAX).toBe(196);
+    expect(FRAME_RAW_MAX).toBeGreaterThanOrEqual(MAX_CHUNK_SIZE + PATCH_HEAD_AT_MAX);
+  });
+
+  it('FrameWriter puts a record of exactly 4 MiB + 196 incompressible bytes in one frame; the reader takes it', () => {
+    const head = randomBytes(PATCH_HEAD_AT_MAX);
+    const chunk = randomBytes(MAX_CHUNK_SIZE); // compresses to more than its size: the compressed bound counts too
+    const w = new FrameWriter(Buffer.from('HEAD'));
+    w.add(head, chunk);
+    const frames = written(w);
+    expect(frames.map((f) => f.length)).toEqual([MAX_CHUNK_SIZE + PATCH_HEAD_AT_MAX]);
+    expect(frames[0]!.equals(Buffer.concat([head, chunk]))).toBe(true);
+  });
+
+  it('FrameWriter groups small records with a big one up to FRAME_RAW_MAX, never splitting a record', () => {
+    const w = new FrameWriter(Buffer.from('HEAD'));
+    const small = Buffer.alloc(FRAME_RAW_MAX - MAX_CHUNK_SIZE - PATCH_HEAD_AT_MAX, 1);
+    w.add(small);
+    w.add(Buffer.alloc(PATCH_HEAD_AT_MAX, 2), Buffer.alloc(MAX_CHUNK_SIZE, 3)); // fits exactly after `small`
+    w.add(Buffer.alloc(1, 4)); // does not
+    expect(written(w).map((f) => f.length)).toEqual([FRAME_RAW_MAX, 1]);
+  });
+
+  it('FrameWriter refuses a record above FRAME_RAW_MAX (no reader would take its frame)', () => {
+    const w = new FrameWriter(Buffer.from('HEAD'));
+    const err = thrown(() => w.add(Buffer.alloc(FRAME_RAW_MAX - 10), Buffer.alloc(11)));
+    expect(err.code).toBe('DF_ERR_INTERNAL');
+    expect(err.fields).toEqual({ bytes: FRAME_RAW_MAX + 1, max: FRAME_RAW_MAX });
+    expect(written(w)).toEqual([]);
+  });
+
+  it('FrameReader takes an incompressible frame of FRAME_RAW_MAX bytes in 64 KiB pieces', () => {
+    const big = randomBytes(FRAME_RAW_MAX);
+    const rec = encodeFrameRecord(big);
+    expect(rec.length - 8).toBeGreaterThan(FRAME_RAW_MAX);
+    const out = readSplit(Buffer.concat([rec, FRAMES_END]), () => 65536);
+    expect(out).toHaveLength(1);
+    expect(out[0]!.equals(big)).toBe(true);
+  });
+});
+
 describe('FrameReader rejects malformed streams with DF_ERR_DECODE', () => {
   const golden = () => hex(GOLDEN_HEX);
 
@@ -189,8 +247,8 @@ describe('FrameReader rejects malformed streams with DF_ERR_DECODE', () => {
   it.each([
     ['raw length 0 with a body', 0, 14],
     ['compressed length 0', 5, 0],
-    ['raw length above 4 MiB', FRAME_RAW_MAX + 1, 14],
-    ['compressed length far above 4 MiB', 5, FRAME_RAW_MAX + 65537],
+    ['raw length above a max chunk plus its record head', FRAME_RAW_MAX + 1, 14],
+    ['compressed length above the bound of a FRAME_RAW_MAX frame', 5, FRAME_Z_MAX + 1],
     ['both lengths huge', 0xffffffff, 0xffffffff],
   ])('bad lengths: %s (refused from the 8 head bytes alone)', (_name, raw, zl) => {
     const head = Buffer.alloc(8);

@@ -1,18 +1,29 @@
 import { zstdLib } from '../chunk/native-libs.js';
 import { dfError } from '../errors.js';
 import { frameContentSize } from '../chunk/frame.js';
+import { MAX_CHUNK_SIZE } from '../image/geometry.js';
 
 /**
  * A framed zstd stream, shared by deltas and patches: after a format's own header come
  *
- *   repeated  4 raw length R (u32 BE, 1..4 MiB)  4 compressed length Z (u32 BE)  Z bytes: one zstd frame of R bytes
+ *   repeated  4 raw length R (u32 BE, 1..FRAME_RAW_MAX)  4 compressed length Z (u32 BE, 1..FRAME_Z_MAX)
+ *             Z bytes: one zstd frame of R bytes
  *   end       8 zero bytes
  *
- * Records never straddle frames, so a reader decodes frame by frame with bounded memory while the
- * body is still arriving. Compressing many small blocks together is what brings the wire to the
- * 4 KiB-block reference (see README, delta granularity).
+ *   FRAME_RAW_MAX = 4 MiB + 4 KiB: the largest record a format writes is a whole chunk of the largest
+ *   size plus a head of at most RECORD_HEAD_MAX bytes (a patch record's head is 196 bytes at 4 MiB
+ *   chunks). A flat 4 MiB limit could not frame that record (issue 10). Writers group records into
+ *   frames up to FRAME_RAW_MAX and never split a record.
+ *   FRAME_Z_MAX = FRAME_RAW_MAX + 64 KiB: above zstd's worst-case expansion of FRAME_RAW_MAX bytes
+ *   (ZSTD_compressBound: about 1/256 more).
+ *
+ * So a reader decodes frame by frame with memory bounded by one frame while the body is still
+ * arriving. Compressing many small blocks together is what brings the wire to the 4 KiB-block
+ * reference (see README, delta granularity).
  */
-export const FRAME_RAW_MAX = 4 * 1024 * 1024;
+export const RECORD_HEAD_MAX = 4096;
+export const FRAME_RAW_MAX = MAX_CHUNK_SIZE + RECORD_HEAD_MAX;
+export const FRAME_Z_MAX = FRAME_RAW_MAX + 65536;
 const LEVEL = 3;
 
 export function encodeFrameRecord(raw: Buffer): Buffer {
@@ -25,7 +36,7 @@ export function encodeFrameRecord(raw: Buffer): Buffer {
 
 export const FRAMES_END = Buffer.alloc(8);
 
-/** Builds a framed stream after `header`: records are grouped into frames of at most 4 MiB raw. */
+/** Builds a framed stream after `header`: records are grouped into frames of at most FRAME_RAW_MAX raw. */
 export class FrameWriter {
   private readonly out: Buffer[];
   private parts: Buffer[] = [];
@@ -35,9 +46,11 @@ export class FrameWriter {
     this.out = [header];
   }
 
-  /** One record (its pieces stay in the same frame). */
+  /** One record (its pieces stay in the same frame), at most FRAME_RAW_MAX bytes. */
   add(...pieces: Buffer[]): void {
     const n = pieces.reduce((k, p) => k + p.length, 0);
+    // No reader would take it: a format writing such a record is broken, never the data.
+    if (n > FRAME_RAW_MAX) throw dfError('DF_ERR_INTERNAL', `a framed record of ${n} bytes is above the ${FRAME_RAW_MAX}-byte frame limit`, { bytes: n, max: FRAME_RAW_MAX });
     if (this.size + n > FRAME_RAW_MAX) this.flush();
     this.parts.push(...pieces);
     this.size += n;
@@ -135,7 +148,7 @@ export class FrameReader {
       if (this.q.length > 0) throw dfError('DF_ERR_DECODE', `${this.what}: ${this.q.length} bytes after the end marker`, { what: this.what });
       return null;
     }
-    if (raw > FRAME_RAW_MAX || zl === 0 || zl > FRAME_RAW_MAX + 65536 || raw === 0) {
+    if (raw > FRAME_RAW_MAX || zl === 0 || zl > FRAME_Z_MAX || raw === 0) {
       throw dfError('DF_ERR_DECODE', `${this.what}: frame lengths raw ${raw} / compressed ${zl} are out of range`, { what: this.what });
     }
     if (this.q.length < 8 + zl) return undefined;

@@ -1,8 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { hashBytes, idHex } from '../chunk/id.js';
 import { DeskfuseError } from '../errors.js';
-import type { Geometry } from '../image/geometry.js';
-import { encodeFrameRecord, FRAMES_END } from './frames.js';
+import { randomBytes as cryptoBytes } from 'node:crypto';
+import { fullMask, MAX_CHUNK_SIZE, type Geometry } from '../image/geometry.js';
+import { encodeFrameRecord, FRAME_RAW_MAX, FRAMES_END } from './frames.js';
 import { decodePatch, encodePatch, PATCH_MAGIC, rebuild, type PatchRecord } from './patch.js';
 import { prng, thrown } from '../../test/helpers/expect.js';
 
@@ -80,6 +81,41 @@ describe('patch encoding', () => {
     });
     const bytes = encodePatch(g, records);
     expect(bytes.length).toBeLessThan(1 << 20);
+    expect(summary(decodePatch(bytes).records)).toEqual(summary(records));
+  });
+});
+
+/** The raw lengths of a patch body's frames (after its 12-byte header). */
+function frameLengths(body: Buffer): number[] {
+  const out: number[] = [];
+  for (let off = 12; ; off += 8 + body.readUInt32BE(off + 4)) {
+    const raw = body.readUInt32BE(off);
+    if (raw === 0) return out;
+    out.push(raw);
+  }
+}
+
+describe('whole chunks of the largest size', () => {
+  const g: Geometry = { virtualSize: 3 * MAX_CHUNK_SIZE, chunkSize: MAX_CHUNK_SIZE };
+  const HEAD = 32 + 32 + 4 + MAX_CHUNK_SIZE / B / 8; // 196 bytes
+
+  it('a record of exactly a 4 MiB chunk plus its head (incompressible, zero base) encodes, decodes and rebuilds', () => {
+    const chunk = cryptoBytes(MAX_CHUNK_SIZE);
+    const rec: PatchRecord = { id: idOf(chunk), base: null, length: MAX_CHUNK_SIZE, mask: fullMask(g), blocks: chunk };
+    const bytes = encodePatch(g, [rec]);
+    expect(frameLengths(bytes)).toEqual([MAX_CHUNK_SIZE + HEAD]);
+    const back = decodePatch(bytes);
+    expect(back.chunkSize).toBe(MAX_CHUNK_SIZE);
+    expect(summary(back.records)).toEqual(summary([rec]));
+    expect(rebuild(back.records[0]!, null, back.chunkSize)!.equals(chunk)).toBe(true);
+  });
+
+  it('three such records go one per frame, each frame within FRAME_RAW_MAX, and decode in order', () => {
+    const chunks = [0, 1, 2].map(() => cryptoBytes(MAX_CHUNK_SIZE));
+    const records = chunks.map((c, i): PatchRecord => ({ id: idOf(c), base: i === 1 ? idOf(chunks[0]!) : null, length: c.length, mask: fullMask(g), blocks: c }));
+    const bytes = encodePatch(g, records);
+    expect(frameLengths(bytes)).toEqual([MAX_CHUNK_SIZE + HEAD, MAX_CHUNK_SIZE + HEAD, MAX_CHUNK_SIZE + HEAD]);
+    expect(MAX_CHUNK_SIZE + HEAD).toBeLessThanOrEqual(FRAME_RAW_MAX);
     expect(summary(decodePatch(bytes).records)).toEqual(summary(records));
   });
 });

@@ -20,6 +20,8 @@ import { FrameReader, FrameWriter } from './frames.js';
  *            4   new chunk length (u32 BE)
  *            M   mask: the blocks that follow (LSB first)
  *            …   those blocks of the new chunk, in order
+ *            A record is at most a whole chunk plus its head (196 bytes at 4 MiB chunks): within a
+ *            frame's FRAME_RAW_MAX, whatever the chunk size.
  */
 export const PATCH_MAGIC = Buffer.from('DFPT');
 export const PATCH_CONTENT_TYPE = 'application/vnd.deskfuse.patch';
