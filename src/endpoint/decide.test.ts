@@ -12,6 +12,7 @@ const desk: DesktopFacts = { head: 3, mode: 'persistent', kexec: false };
 describe('decideBoot', () => {
   it.each([
     ['pending', ep({ state: 'pending' }), desk, 'pending'],
+    ['pending-reprovision', ep({ state: 'pending-reprovision' }), desk, 'pending'],
     ['disabled', ep({ state: 'disabled' }), desk, 'disabled'],
     ['no desktop', ep({ desktop: null }), undefined, 'unassigned'],
     ['mode local', ep({ mode: 'local', disk: 'in-use' }), desk, 'local'],
