@@ -111,14 +111,14 @@ describe('endpoint secret: a boot proves it holds the disk', () => {
     // UEFI endpoints hand off through the boot stage, so even an up-to-date endpoint gets a token.
     const token = tokenOf(await script(A.mac, 'efi'))!;
     expect(token).toMatch(/^dfb_/);
-    // A well-formed proof, but by the attacker's own key.
-    const r = await session({ token, mac: A.mac, platform: 'efi', proof: proveEndpoint(newEndpointSecret(), A.mac, token), offer: proveEndpoint(newEndpointSecret(), A.mac, token) });
+    // The attacker has the MAC and the token, not the disk.
+    const r = await session({ token, mac: A.mac, platform: 'efi' });
     expect(r.statusCode).toBe(403);
     expect(r.json().code).toBe('DF_ERR_ENDPOINT_SECRET');
     expect(r.payload).not.toContain('dfd_'); // no desktop token in any form
     expect(await endpoint(A.mac)).toMatchObject({ state: 'pending-reprovision', secret: 'bound', diskVersion: 2 });
     const events = (await admin('GET', `/api/v1/events?endpoint=${A.mac}`)).json().events as Array<{ phase: string; detail: Record<string, unknown> }>;
-    expect(events.at(-1)).toMatchObject({ phase: 'refused', detail: { reason: expect.stringContaining('another secret') } });
+    expect(events.at(-1)).toMatchObject({ phase: 'refused', detail: { reason: expect.stringContaining('no proof of the disk secret') } });
     // From now on the MAC gets a wait screen and no token, also for the real endpoint; approving is not the way out.
     const wait = await script(A.mac, 'efi');
     expect(wait).toContain('deskfuse endpoint reprovision pc-a');
