@@ -32,7 +32,7 @@ export const FAILURE_BACKOFF_MS = 10 * 60 * 1000;
 
 export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undefined, now: Date = new Date()): BootDecision {
   if (e.state === 'pending') return { kind: 'pending', reason: 'waiting for an admin to approve this endpoint' };
-  if (e.state === 'pending-reprovision') return { kind: 'pending', reason: 'the disk did not prove the endpoint secret; waiting for an admin to reprovision this endpoint', reprovision: true };
+  if (e.state === 'pending-reprovision') return { kind: 'pending', reason: 'the disk did not prove the endpoint secret: waiting for an admin to reprovision this endpoint', reprovision: true };
   if (e.state === 'disabled') return { kind: 'disabled', reason: 'this endpoint is disabled', local: localBoot(e.bootMethod, fw, false) };
   if (!e.desktop || !d) return { kind: 'unassigned', reason: 'no desktop is assigned to this endpoint' };
   if (e.mode === 'local') return { kind: 'local', reason: 'mode local: the disk is never synced', local: localBoot(e.bootMethod, fw, d.kexec) };
