@@ -48,6 +48,9 @@ export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undef
   }
   if (e.commitRequested && d.mode === 'persistent' && e.disk !== 'unknown') return agent('commit-poweroff', 'the OS asked for a commit at shutdown');
   if (e.disk === 'unknown') return agent('sync', 'first boot: provision the disk');
+  // No bound disk secret yet (an endpoint provisioned before secrets existed, or a provisioning that
+  // did not finish): one boot through the boot stage binds it, so the MAC alone stops opening sessions.
+  if (e.secret === 'none' || e.secret === 'provisioning') return agent('sync', 'bind the disk secret to this endpoint');
   // The OS ran since the last seal (power loss, or shut down without a commit): commit what it
   // changed before syncing (a restore desktop discards it instead).
   if (e.disk === 'in-use') return agent('sync', d.mode === 'persistent' ? 'the disk was in use: commit, then sync' : 'restore desktop: discard local changes');
