@@ -12,6 +12,7 @@ deskfuse endpoint add MAC [--desktop NAME] [--name NAME] [--mode sync|local] [--
 deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
 deskfuse endpoint assign ID [--desktop NAME|none] [--mode sync|local] [--boot-method ${BOOT_METHODS.join('|')}] [--name NAME]
 deskfuse endpoint disable ID              (boots its local disk, never gets a boot token)
+deskfuse endpoint reprovision ID          (its next boot provisions the disk with a new secret: a replaced disk, a lost state area)
 deskfuse endpoint events [ID] [--follow]  (boot events: dhcp, tftp, script, kernel, initrd, agent, synced, local, …)
 `;
 
@@ -49,7 +50,7 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
   };
   const show = (e: EndpointRow) => `endpoint ${e.name} (${e.id}): ${e.state}, desktop ${e.desktop ?? '-'}, mode ${e.mode}, boot ${e.bootMethod}\n` +
     `  MACs      ${e.macs.join(', ')}\n  firmware  ${e.firmware ?? '-'}   uuid ${e.uuid ?? '-'}   serial ${e.serial ?? '-'}\n` +
-    `  disk      ${e.disk}${e.diskVersion !== null ? ` at version ${e.diskVersion}` : ''}${e.commitRequested ? ' (commit requested)' : ''}\n` +
+    `  disk      ${e.disk}${e.diskVersion !== null ? ` at version ${e.diskVersion}` : ''}${e.commitRequested ? ' (commit requested)' : ''}   secret ${e.secret ?? '-'}\n` +
     `  last seen ${e.lastSeen ?? '-'}\n  last sync ${e.lastSync ? `${e.lastSync.result} ${e.lastSync.action} at ${e.lastSync.at}${e.lastSync.version !== undefined ? ` → version ${e.lastSync.version}` : ''}${e.lastSync.seconds !== undefined ? ` in ${e.lastSync.seconds.toFixed(1)} s` : ''}${e.lastSync.error ? `: ${e.lastSync.error}` : ''}` : '-'}\n`;
 
   switch (sub) {
@@ -86,6 +87,11 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
     }
     case 'disable': {
       const e = (await client.json<EndpointRow>('POST', `/api/v1/endpoints/${id()}/disable`, { body: {} })).body;
+      emit(io, json, e, () => show(e));
+      return 0;
+    }
+    case 'reprovision': {
+      const e = (await client.json<EndpointRow>('POST', `/api/v1/endpoints/${id()}/reprovision`, { body: {} })).body;
       emit(io, json, e, () => show(e));
       return 0;
     }

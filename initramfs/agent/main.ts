@@ -1,7 +1,8 @@
 /**
  * The boot stage's program: /init runs it after the network is up. It reads its orders from the
- * kernel command line (ipxe/agent.ipxe), trades the one-time boot token for this boot's session,
- * syncs or commits the local disk, reports each step, and hands the machine to the local OS.
+ * kernel command line (ipxe/agent.ipxe), trades the one-time boot token and a proof of the disk's
+ * endpoint secret for this boot's session, syncs or commits the local disk, reports each step, and
+ * hands the machine to the local OS.
  *
  * Exit codes for /init: it normally never returns (reboot, kexec, power-off). 75 = temporary
  * failure (server unreachable: /init retries), 1 = failure (/init runs `--local`).
@@ -12,10 +13,11 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
 import { isUefi } from '../../src/agent/boot/system.js';
 import type { BootSession } from '../../src/endpoint/endpoints.js';
+import { newEndpointSecret, proveEndpoint } from '../../src/endpoint/proof.js';
 import { isDeskfuseError } from '../../src/errors.js';
 
-// The sync machinery (native zstd and BLAKE3 addons included) loads while the session request is in
-// flight: under TCG both take about a second, so they overlap instead of adding up.
+// The sync machinery (native zstd and BLAKE3 addons included); the session needs it first, to read
+// the disk's secret from its state area.
 const machinery = () => Promise.all([
   import('../../src/agent/commands.js'), import('../../src/agent/sync.js'), import('../../src/agent/boot/system.js'),
 ]).then(([commands, sync, system]) => ({ ...commands, ...sync, ...system }));
@@ -69,21 +71,29 @@ function reporter(p: BootParams, s: BootSession) {
 /**
  * This boot's session: traded once for the one-time boot token, then kept in /run (tmpfs) so that
  * /init's retry after a temporary failure (exit 75) goes on with it instead of spending the token again.
+ * The request proves the secret the disk holds (signed over the boot token, the server's nonce) and
+ * offers a new one; when the server answers `provision`, the new one is what the disk must hold.
  */
 const SESSION_FILE = process.env.DESKFUSE_SESSION_FILE ?? '/run/deskfuse-session.json';
-async function session(p: BootParams): Promise<BootSession> {
+async function session(p: BootParams, m: Machinery, disk: string): Promise<{ s: BootSession; secret: Buffer }> {
   const key = createHash('sha256').update(p.token).digest('hex');
   try {
-    const kept = JSON.parse(readFileSync(SESSION_FILE, 'utf8')) as { key: string; session: BootSession };
-    if (kept.key === key) return kept.session;
+    const kept = JSON.parse(readFileSync(SESSION_FILE, 'utf8')) as { key: string; session: BootSession; secret: string };
+    if (kept.key === key) return { s: kept.session, secret: Buffer.from(kept.secret, 'hex') };
   } catch { /* none yet */ }
-  const s = await post<BootSession>(p, '/boot/session', { token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios' });
+  const held = await m.diskSecret(disk);
+  const fresh = newEndpointSecret();
+  const s = await post<BootSession>(p, '/boot/session', {
+    token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios',
+    offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}),
+  });
+  const secret = s.provision || !held ? fresh : held;
   try {
-    writeFileSync(SESSION_FILE, JSON.stringify({ key, session: s }), { mode: 0o600 });
+    writeFileSync(SESSION_FILE, JSON.stringify({ key, session: s, secret: secret.toString('hex') }), { mode: 0o600 });
   } catch (err) {
     say(`cannot keep the session in ${SESSION_FILE}: ${(err as Error).message}`);
   }
-  return s;
+  return { s, secret };
 }
 
 async function handOff(m: Machinery, s: BootSession, disk: string, report: (phase: string, d?: Record<string, unknown>) => Promise<void>): Promise<never> {
@@ -124,16 +134,15 @@ async function main(argv: string[]): Promise<number> {
   const raw = parseCmdline(process.env.DESKFUSE_CMDLINE ?? readFileSync('/proc/cmdline', 'utf8'));
   if (argv.includes('--local')) return localOnly(await machinery(), raw['deskfuse.disk']);
   const p = bootParams(raw);
-  const loading = machinery();
-  loading.catch(() => undefined); // awaited below; a failure surfaces there
-  const s = await session(p);
-  const m = await loading;
+  // The session needs the disk's secret: the disk first.
+  const m = await machinery();
   const { agentCommit, agentSync } = m;
   const disk = m.findDisk(p.disk);
+  const { s, secret } = await session(p, m, disk);
   const report = reporter(p, s);
-  mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk}`);
+  mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk} secret=${s.provision ? 'provision' : 'proved'}`);
   const message = s.action === 'commit-poweroff' ? `commit at shutdown (endpoint ${s.name})` : `changes found at boot (endpoint ${s.name})`;
-  const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message };
+  const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret };
   try {
     if (s.action === 'sync') {
       say(`syncing ${disk} to desktop ${s.desktop}`);

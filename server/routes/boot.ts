@@ -2,6 +2,7 @@ import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { scopeDesktop } from '../../src/desktop/desktops.js';
+import type { SessionRequest } from '../../src/endpoint/endpoints.js';
 import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
 import { dfError } from '../../src/errors.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
@@ -12,7 +13,7 @@ import type { AppContext } from '../context.js';
  *   GET  /boot/ipxe            iPXE script: who are you → what this boot does (src/endpoint/decide.ts)
  *   GET  /boot/vmlinuz         the boot stage's kernel      } streamed from the initramfs build
  *   GET  /boot/initrd.img      the boot stage's initramfs   }
- *   POST /boot/session         one-time boot token + MAC → this boot's desktop token and orders
+ *   POST /boot/session         one-time boot token + MAC + proof of the disk's secret → this boot's desktop token and orders
  *   POST /boot/events          the agent's progress (desktop token of the endpoint's desktop)
  *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit?
  */
@@ -24,9 +25,17 @@ const ipxeQuery = {
   },
 } as const;
 const macQuery = { type: 'object', properties: { mac: { type: 'string', maxLength: 64 } } } as const;
+// Ed25519 public key and signature over this boot's MAC and token (src/endpoint/proof.ts).
+const proofSchema = {
+  type: 'object', required: ['key', 'sig'], additionalProperties: false,
+  properties: { key: { type: 'string', pattern: '^[0-9a-f]{64}$' }, sig: { type: 'string', pattern: '^[0-9a-f]{128}$' } },
+} as const;
 const sessionBody = {
   type: 'object', required: ['token', 'mac'], additionalProperties: false,
-  properties: { token: { type: 'string', minLength: 8, maxLength: 200 }, mac: { type: 'string', maxLength: 64 }, platform: { type: 'string', maxLength: 32 } },
+  properties: {
+    token: { type: 'string', minLength: 8, maxLength: 200 }, mac: { type: 'string', maxLength: 64 }, platform: { type: 'string', maxLength: 32 },
+    proof: proofSchema, offer: proofSchema,
+  },
 } as const;
 const REPORTABLE: BootPhase[] = ['synced', 'committed', 'local', 'poweroff', 'error'];
 const eventBody = {
@@ -94,9 +103,9 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     });
   }
 
-  app.post<{ Body: { token: string; mac: string; platform?: string } }>('/boot/session', {
-    config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) for its desktop token and orders" },
-  }, async (req) => endpoints.openSession(req.body.token, req.body.mac, req.body.platform));
+  app.post<{ Body: Omit<SessionRequest, 'ip'> }>('/boot/session', {
+    config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },
+  }, async (req) => endpoints.openSession({ ...req.body, ip: req.ip }));
 
   app.post<{ Body: { mac: string; phase: BootPhase; detail?: Record<string, unknown> } }>('/boot/events', {
     config: { access: 'any' }, schema: { body: eventBody, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },

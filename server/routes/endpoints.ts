@@ -27,7 +27,7 @@ const imageBootBody = {
 } as const;
 
 /**
- * Endpoints (admin): list, show, approve, change (desktop, mode, boot method, name), disable; boot
+ * Endpoints (admin): list, show, approve, change (desktop, mode, boot method, name), disable, reprovision; boot
  * events, also as a live stream (Server-Sent Events) for consoles and `deskfuse endpoint events -f`.
  */
 export const endpointRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
@@ -56,6 +56,10 @@ export const endpointRoutes = (ctx: AppContext) => async (app: FastifyInstance) 
 
   app.post<{ Params: { id: string } }>('/endpoints/:id/disable', { schema: { params: idParams, tags: ['endpoints'], summary: 'Disable an endpoint: it boots its local disk and never gets a boot token' } },
     async (req) => endpoints.disable(req.params.id, req.tokenScope));
+
+  app.post<{ Params: { id: string } }>('/endpoints/:id/reprovision', {
+    schema: { params: idParams, tags: ['endpoints'], summary: "Let the endpoint's next boot provision its disk with a new secret (after its disk was replaced or lost its state area)" },
+  }, async (req) => endpoints.reprovision(req.params.id, req.tokenScope));
 
   app.get<{ Querystring: { endpoint?: string; limit?: number } }>('/events', {
     schema: { querystring: eventsQuery, tags: ['endpoints'], summary: 'Recent boot events (Accept: text/event-stream for a live stream)' },

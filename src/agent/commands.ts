@@ -1,5 +1,6 @@
 import { hashBytes } from '../chunk/id.js';
 import { dfError } from '../errors.js';
+import { isBlankSecret } from '../endpoint/proof.js';
 import { chunkCount } from '../image/geometry.js';
 import { scanDisk } from '../sync/scan.js';
 import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
@@ -77,6 +78,17 @@ export async function agentHandoff(path: string): Promise<{ disk: string; state:
     if (st.state === 'applying') throw dfError('DF_ERR_APPLY_PENDING', `${path} is half-synced to version ${st.target}; it must not boot: run agent sync`, { target: st.target });
     const next = st.state === 'dirty' ? st : await writeHeader(d.fh, d.size, { ...st, state: 'dirty' });
     return { disk: path, state: next.state, version: next.version };
+  } finally {
+    await d.close();
+  }
+}
+
+/** The endpoint secret the disk's state area holds (null: blank, torn beyond repair or not ours). */
+export async function diskSecret(path: string): Promise<Buffer | null> {
+  const d = await openDisk(path, false);
+  try {
+    const st = await readState(d.fh, d.size);
+    return st && !isBlankSecret(st.secret) ? st.secret : null;
   } finally {
     await d.close();
   }

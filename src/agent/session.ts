@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { ApiClient } from '../api/client.js';
@@ -6,8 +5,9 @@ import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import type { ImageRow } from '../meta/repo.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
+import { newEndpointSecret } from '../endpoint/proof.js';
 import { openDisk, type Disk } from './disk.js';
-import { areaStart, readSlot, readState, type DiskState, type Slot } from './state-area.js';
+import { areaStart, readSlot, readState, writeHeader, type DiskState, type Slot } from './state-area.js';
 
 /** What the agent learns from the server about its desktop (GET /api/v1/desktops/:name). */
 export interface DesktopView {
@@ -44,6 +44,11 @@ export interface AgentOptions {
   assumeDirty?: boolean;
   /** The message of a version this run commits. */
   message?: string;
+  /**
+   * The endpoint secret the disk must hold when this run is done (the boot stage: the one its boot
+   * session proved or provisioned). Unset: a disk keeps its secret, a fresh state gets a new one.
+   */
+  secret?: Buffer;
 }
 
 /** An open agent run: client, desktop, image, disk and its state. */
@@ -58,6 +63,8 @@ export interface Session {
   slot: Slot | null;
   holder: string;
   message?: string;
+  /** The endpoint secret a fresh state gets. */
+  secret: Buffer;
 }
 
 export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
@@ -69,6 +76,8 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
   try {
     const start = areaStart(geometry, disk.size); // refuses a too-small disk before any write
     let state = await readState(disk.fh, disk.size);
+    // A reprovisioned disk keeps its endpoint secret unless the run brings the one it must hold.
+    const secret = o.secret ?? state?.secret ?? newEndpointSecret();
     if (state && (state.image !== image.name || state.desktop !== desktop.name || state.geometry.virtualSize !== geometry.virtualSize
       || state.geometry.chunkSize !== geometry.chunkSize || state.areaStart !== start)) {
       if (!o.reprovision) {
@@ -79,9 +88,11 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
       state = null;
     }
     const slot = state ? await readSlot(disk.fh, state) : null;
+    // The boot session bound a new secret: on the disk before anything else happens to it.
+    if (state && !state.secret.equals(secret)) state = await writeHeader(disk.fh, disk.size, { ...state, secret });
     if (state?.state === 'clean' && o.assumeDirty) state = { ...state, state: 'dirty' };
     const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
-    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, ...(o.message ? { message: o.message } : {}) };
+    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, ...(o.message ? { message: o.message } : {}) };
   } catch (err) {
     await disk.close();
     throw err;
@@ -92,7 +103,7 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
 export function freshState(s: Session): DiskState {
   return {
     seq: 0, areaStart: s.areaStart, geometry: s.geometry, state: 'dirty', activeSlot: 1, version: null, target: null, progress: 0,
-    lastConflict: null, slotHash: Buffer.alloc(32), image: s.image.name, desktop: s.desktop.name, secret: randomBytes(32),
+    lastConflict: null, slotHash: Buffer.alloc(32), image: s.image.name, desktop: s.desktop.name, secret: s.secret,
   };
 }
 

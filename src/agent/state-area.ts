@@ -30,7 +30,7 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  *     60   4   reserved
  *     64   32  BLAKE3 of the active slot
  *     96   64  image name (UTF-8, zero padded)     160  64  desktop name
- *     224  32  endpoint secret (random, made at provisioning)
+ *     224  32  endpoint secret: an Ed25519 seed made at provisioning (src/endpoint/proof.ts; the server keeps its public key)
  *     256  …   zero
  *     4064 32  BLAKE3 of bytes 0..4063
  *

@@ -12,6 +12,7 @@ const desk: DesktopFacts = { head: 3, mode: 'persistent', kexec: false };
 describe('decideBoot', () => {
   it.each([
     ['pending', ep({ state: 'pending' }), desk, 'pending'],
+    ['pending-reprovision', ep({ state: 'pending-reprovision' }), desk, 'pending'],
     ['disabled', ep({ state: 'disabled' }), desk, 'disabled'],
     ['no desktop', ep({ desktop: null }), undefined, 'unassigned'],
     ['mode local', ep({ mode: 'local', disk: 'in-use' }), desk, 'local'],
@@ -26,6 +27,10 @@ describe('decideBoot', () => {
     expect(a(ep({ diskVersion: 2 }))).toMatchObject({ kind: 'agent', action: 'sync', reason: expect.stringContaining('from version 2 to 3') });
     expect(a(ep())).toMatchObject({ kind: 'local', local: 'sanboot' });
     expect(a(ep({ bootMethod: 'exit' }))).toMatchObject({ kind: 'local', local: 'exit' });
+    // Up to date, but the disk's secret is not bound yet: one boot through the boot stage binds it.
+    expect(a(ep({ secret: 'none' }))).toMatchObject({ kind: 'agent', action: 'sync', reason: expect.stringContaining('secret') });
+    expect(a(ep({ secret: 'provisioning' }))).toMatchObject({ kind: 'agent', action: 'sync' });
+    expect(a(ep({ secret: 'bound' }))).toMatchObject({ kind: 'local' });
   });
 
   it('a commit request wins over sync (persistent only) and powers off', () => {

@@ -6,7 +6,7 @@ import type { BootAction, BootMethod, EndpointRow, Firmware } from './model.js';
  * server/routes/boot.ts renders the answer as an iPXE script.
  */
 export type BootDecision =
-  | { kind: 'pending'; reason: string }
+  | { kind: 'pending'; reason: string; reprovision?: true }
   | { kind: 'unassigned'; reason: string }
   | { kind: 'disabled'; reason: string; local: LocalBoot }
   | { kind: 'agent'; action: BootAction; reason: string; handoff: Handoff }
@@ -38,6 +38,7 @@ export const COMMIT_WINDOW_MS = 120 * 1000;
 
 export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undefined, now: Date = new Date(), commitWindowMs = COMMIT_WINDOW_MS): BootDecision {
   if (e.state === 'pending') return { kind: 'pending', reason: 'waiting for an admin to approve this endpoint' };
+  if (e.state === 'pending-reprovision') return { kind: 'pending', reason: 'the disk did not prove the endpoint secret: waiting for an admin to reprovision this endpoint', reprovision: true };
   if (e.state === 'disabled') return { kind: 'disabled', reason: 'this endpoint is disabled', local: localBoot(e.bootMethod, fw, false) };
   if (!e.desktop || !d) return { kind: 'unassigned', reason: 'no desktop is assigned to this endpoint' };
   if (e.mode === 'local') return { kind: 'local', reason: 'mode local: the disk is never synced', local: localBoot(e.bootMethod, fw, d.kexec) };
@@ -60,6 +61,9 @@ export function decideBoot(e: EndpointRow, fw: Firmware, d: DesktopFacts | undef
   if (asked !== null && d.mode === 'persistent') {
     return agent('sync', `the OS asked for a commit at shutdown ${Math.round(asked / 1000)} s ago and the machine did not come back for it: commit, then sync`);
   }
+  // No bound disk secret yet (an endpoint provisioned before secrets existed, or a provisioning that
+  // did not finish): one boot through the boot stage binds it, so the MAC alone stops opening sessions.
+  if (e.secret === 'none' || e.secret === 'provisioning') return agent('sync', 'bind the disk secret to this endpoint');
   // The OS ran since the last seal (power loss, or shut down without a commit): commit what it
   // changed before syncing (a restore desktop discards it instead).
   if (e.disk === 'in-use') return agent('sync', d.mode === 'persistent' ? 'the disk was in use: commit, then sync' : 'restore desktop: discard local changes');

@@ -7,6 +7,7 @@ import { silentLogger, type Logger } from '../log.js';
 import type { ImageBoot, MetaRepo } from '../meta/repo.js';
 import { cleanDetail, cleanText } from './untrusted.js';
 import { COMMIT_WINDOW_MS, decideBoot, firmwareOf, type BootDecision, type DesktopFacts, type Handoff } from './decide.js';
+import { checkProof, type EndpointProof } from './proof.js';
 import {
   BOOT_METHODS, ENDPOINT_MODES, endpointIdFor, normalizeMac,
   type BootAction, type BootEvent, type BootMethod, type BootPhase, type EndpointMode, type EndpointRepo, type EndpointRow,
@@ -42,6 +43,21 @@ export interface BootSession {
   reprovision: boolean;
   /** The OS may have run on the disk since it was sealed: scan it even if it says clean. */
   assumeDirty: boolean;
+  /** This boot provisions the disk's secret: the agent writes the secret it offered into the state area. */
+  provision: boolean;
+}
+
+/** What the boot stage sends for its session (POST /boot/session). */
+export interface SessionRequest {
+  token: string;
+  mac: string;
+  platform?: string;
+  /** Signed with the secret the disk holds (src/endpoint/proof.ts). */
+  proof?: EndpointProof;
+  /** Signed with a new secret, for the server to bind if this boot provisions the disk. */
+  offer?: EndpointProof;
+  /** The address the request came from (recorded with a refusal). */
+  ip?: string;
 }
 
 export interface EndpointsDeps {
@@ -164,11 +180,16 @@ export class Endpoints {
 
   /**
    * The boot stage trades its one-time boot token for a desktop token: only once, only from the
-   * MAC it was issued to, only while the endpoint is still enrolled with a desktop.
+   * MAC it was issued to, only while the endpoint is still enrolled with a desktop, and only with a
+   * proof of its disk's secret, signed over this boot token (the server's nonce). An endpoint with no
+   * bound secret provisions one: the key the boot offers binds once that disk reports a finished
+   * sync or commit. A boot that cannot prove the bound secret (a blank or replaced disk, or someone
+   * else with the MAC) gets nothing, and the endpoint waits for an admin's `endpoint reprovision`.
    */
-  openSession(bootToken: string, macRaw: string, platform?: string): BootSession {
-    const mac = normalizeMac(macRaw);
-    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
+  openSession(req: SessionRequest): BootSession {
+    const { token: bootToken, platform } = req;
+    const mac = normalizeMac(req.mac);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.mac)}`, { field: 'mac' });
     const now = this.nowIso();
     const t = this.deps.repo.useBootToken(hashToken(bootToken), now);
     if (!t) throw dfError('DF_ERR_UNAUTHORIZED', 'the boot token is not valid');
@@ -179,15 +200,40 @@ export class Endpoints {
     if (e.state !== 'enrolled' || !e.desktop) throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is ${e.state}${e.desktop ? '' : ' with no desktop'}`, { endpoint: e.id });
     const facts = this.facts(e.desktop);
     if (!facts) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `the endpoint's desktop ${e.desktop} does not exist`, { desktop: e.desktop });
+    const provision = this.checkDisk(e, mac, bootToken, req);
     const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now(), this.commitWindowMs);
     const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
     const view = this.deps.desktops.view(e.desktop);
     const dt = this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
-    this.record('agent', mac, { action: t.action, handoff }, e);
+    this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}) }, e);
     return {
       endpoint: e.id, name: e.name, mac, desktop: e.desktop, action: t.action, handoff, token: dt.token, holder: `endpoint:${e.name}`,
-      imageBoot: this.deps.meta.getImage(view.image)?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean',
+      imageBoot: this.deps.meta.getImage(view.image)?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean', provision,
     };
+  }
+
+  /** Does this boot prove the endpoint's disk secret (false), or provision one (true)? Refuses otherwise. */
+  private checkDisk(e: EndpointRow, mac: string, bootToken: string, req: SessionRequest): boolean {
+    const keys = this.deps.repo.getKeys(e.id);
+    if (!keys.key) {
+      // Nothing bound yet (first provisioning, or an admin's reprovision): the boot's new key is
+      // taken, replacing one an unfinished provisioning offered.
+      const offer = req.offer;
+      if (!offer || !checkProof(offer, mac, bootToken)) {
+        throw dfError('DF_ERR_ENDPOINT_SECRET', `endpoint ${e.name} provisions its disk's secret at this boot, and the boot offered no valid key`, { endpoint: e.id });
+      }
+      this.deps.repo.setKeys(e.id, { key: null, pendingKey: offer.key }, this.nowIso());
+      return true;
+    }
+    const p = req.proof;
+    const why = !p ? 'the boot brought no proof of the disk secret (a blank or replaced disk?)'
+      : p.key !== keys.key ? 'the disk holds another secret than the one this endpoint was provisioned with'
+      : !checkProof(p, mac, bootToken) ? 'the proof of the disk secret does not verify' : undefined;
+    if (why === undefined) return false;
+    const next: EndpointRow = { ...e, state: 'pending-reprovision' };
+    this.deps.repo.updateEndpoint(next);
+    this.record('refused', mac, { reason: why, ...(req.ip ? { ip: req.ip } : {}) }, next);
+    throw dfError('DF_ERR_ENDPOINT_SECRET', `endpoint ${e.name}: ${why}; it gets nothing until an admin runs \`deskfuse endpoint reprovision ${e.name}\``, { endpoint: e.id });
   }
 
   /**
@@ -210,6 +256,7 @@ export class Endpoints {
           ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), phases: this.bootPhases(e, at, phase),
         };
         next.commitRequested = null; // a commit (alone, or before a sync) carried out the order
+        this.bindPendingKey(e);
       }
       if (phase === 'local') next.disk = 'in-use';
       if (phase === 'error') next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
@@ -219,6 +266,14 @@ export class Endpoints {
     (phase === 'error' ? this.log.warn : this.log.info).call(this.log, { endpoint: e?.id, mac, phase, ...detail }, `boot: ${phase}`);
     this.events.emit('event', ev);
     return ev;
+  }
+
+  /** The disk that was offered a secret reports a finished sync or commit: that secret is now bound. */
+  private bindPendingKey(e: EndpointRow): void {
+    const k = this.deps.repo.getKeys(e.id);
+    if (!k.pendingKey) return;
+    this.deps.repo.setKeys(e.id, { key: k.pendingKey, pendingKey: null }, this.nowIso());
+    this.log.info({ endpoint: e.id }, "endpoint's disk secret bound");
   }
 
   /**
@@ -271,6 +326,9 @@ export class Endpoints {
 
   approve(key: string, change: EndpointChange = {}, author = 'admin'): EndpointRow {
     const e = this.get(key);
+    if (e.state === 'pending-reprovision') {
+      throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} failed to prove its disk's secret: run \`deskfuse endpoint reprovision ${e.name}\` to let its next boot provision a new one`, { endpoint: e.id });
+    }
     return this.apply(e, { ...change, state: 'enrolled' }, author, 'approved');
   }
 
@@ -280,6 +338,22 @@ export class Endpoints {
 
   disable(key: string, author = 'admin'): EndpointRow {
     return this.apply(this.get(key), { state: 'disabled' }, author, 'disabled');
+  }
+
+  /**
+   * The admin lets the endpoint's next boot provision its disk again, with a new secret (its disk
+   * was replaced or lost its state area). Until that boot binds it, any boot with the MAC may.
+   */
+  reprovision(key: string, author = 'admin'): EndpointRow {
+    const e = this.get(key);
+    if (e.state === 'pending') throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is not approved yet: \`deskfuse endpoint approve ${e.name}\``, { endpoint: e.id });
+    this.deps.repo.setKeys(e.id, { key: null, pendingKey: null }, this.nowIso());
+    const next: EndpointRow = {
+      ...e, state: e.state === 'pending-reprovision' ? 'enrolled' : e.state, disk: 'unknown', diskVersion: null, commitRequested: null, secret: 'none',
+    };
+    this.deps.repo.updateEndpoint(next);
+    this.log.info({ endpoint: e.id, author, state: next.state }, 'endpoint reprovision ordered');
+    return next;
   }
 
   private apply(e: EndpointRow, c: EndpointChange & { state?: EndpointRow['state'] }, author: string, what: 'checked' | 'added' | 'approved' | 'changed' | 'disabled'): EndpointRow {

@@ -4,8 +4,22 @@
  * remembers what it last knew of the endpoint's disk, so a boot with nothing to do goes straight
  * to the local disk.
  */
-export type EndpointState = 'pending' | 'enrolled' | 'disabled';
-export const ENDPOINT_STATES: readonly EndpointState[] = ['pending', 'enrolled', 'disabled'];
+export type EndpointState = 'pending' | 'enrolled' | 'disabled' | 'pending-reprovision';
+export const ENDPOINT_STATES: readonly EndpointState[] = ['pending', 'enrolled', 'disabled', 'pending-reprovision'];
+
+/**
+ * The endpoint's disk secret as the server knows it (src/endpoint/proof.ts): `none` (never provisioned,
+ * or an admin ordered a reprovision), `provisioning` (a boot offered a key; it binds when that disk
+ * reports a finished sync or commit), `bound` (every boot must prove it). A boot that fails to prove a
+ * bound secret puts the endpoint in state `pending-reprovision` until an admin runs `endpoint reprovision`.
+ */
+export type EndpointSecret = 'none' | 'provisioning' | 'bound';
+
+/** The public keys of an endpoint's disk secret (never its secret; never leaves the server). */
+export interface EndpointKeys {
+  key: string | null;
+  pendingKey: string | null;
+}
 
 /** What a boot does: `sync` (merge the desktop's head, then boot local), `local` (never sync). */
 export type EndpointMode = 'sync' | 'local';
@@ -60,11 +74,13 @@ export interface EndpointRow {
   lastSeen: string | null;
   lastSync: LastSync | null;
   createdAt: string;
+  /** Filled in by the repository when it reads the row. */
+  secret?: EndpointSecret;
 }
 
 export type BootPhase =
   | 'dhcp' | 'tftp' | 'script' | 'kernel' | 'initrd' | 'agent' | 'synced' | 'committed' | 'local' | 'poweroff'
-  | 'enrol' | 'error';
+  | 'enrol' | 'error' | 'refused';
 /** The order of a normal boot, for timelines. */
 export const BOOT_PHASES: readonly BootPhase[] = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'agent', 'synced', 'committed', 'local', 'poweroff'];
 
@@ -103,6 +119,8 @@ export interface EndpointRepo {
   addEvent(e: Omit<BootEvent, 'seq'>): BootEvent;
   /** The last `limit` events, of everything or of one endpoint (by id or any of its MACs, also before it was known). */
   listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): BootEvent[];
+  getKeys(endpoint: string): EndpointKeys;
+  setKeys(endpoint: string, keys: EndpointKeys, at: string): void;
 }
 
 /** `aa:bb:cc:dd:ee:ff` from any common spelling (dashes, no separators, upper case); undefined if not a MAC. */

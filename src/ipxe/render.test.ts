@@ -12,6 +12,7 @@ const golden = (name: string) => `../../test/fixtures/ipxe/${name}.ipxe`;
 describe('iPXE scripts (golden)', () => {
   const cases: Array<[string, BootDecision, Partial<typeof ctx> & { token?: string }]> = [
     ['pending', { kind: 'pending', reason: 'waiting for an admin to approve this endpoint' }, {}],
+    ['pending-reprovision', { kind: 'pending', reason: 'the disk did not prove the endpoint secret: waiting for an admin to reprovision this endpoint', reprovision: true }, {}],
     ['unassigned', { kind: 'unassigned', reason: 'no desktop is assigned to this endpoint' }, {}],
     ['sync-bios', { kind: 'agent', action: 'sync', reason: 'first boot: provision the disk', handoff: 'reboot' }, { token: 'dfb_TESTTOKENtesttoken0123456789' }],
     ['commit-uefi', { kind: 'agent', action: 'commit-poweroff', reason: 'the OS asked for a commit at shutdown', handoff: 'poweroff' }, { token: 'dfb_TESTTOKENtesttoken0123456789', firmware: 'uefi' }],

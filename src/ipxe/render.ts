@@ -61,7 +61,7 @@ export function bootScript(t: Templates, d: BootDecision, c: ScriptContext): str
   const common = { base: c.base, mac: c.mac, reason: d.reason };
   switch (d.kind) {
     case 'pending':
-      return render(t.wait, { ...common, retry: c.retrySeconds, self: c.self, command: `approve ${c.endpoint} --desktop NAME` });
+      return render(t.wait, { ...common, retry: c.retrySeconds, self: c.self, command: d.reprovision ? `reprovision ${c.endpoint}` : `approve ${c.endpoint} --desktop NAME` });
     case 'unassigned':
       return render(t.wait, { ...common, retry: c.retrySeconds, self: c.self, command: `assign ${c.endpoint} --desktop NAME` });
     case 'agent': {

@@ -1,5 +1,5 @@
 import type Database from 'better-sqlite3';
-import type { BootEvent, BootTokenRow, EndpointRepo, EndpointRow } from '../endpoint/model.js';
+import type { BootEvent, BootTokenRow, EndpointKeys, EndpointRepo, EndpointRow } from '../endpoint/model.js';
 
 /** Endpoint tables, in the appliance's SQLite database (same conventions as sqlite.ts). */
 export const ENDPOINT_SCHEMA = [
@@ -15,6 +15,10 @@ export const ENDPOINT_SCHEMA = [
   `CREATE TABLE IF NOT EXISTS boot_events (
      seq BIGINT PRIMARY KEY, endpoint TEXT, mac TEXT NOT NULL, phase TEXT NOT NULL, at TEXT NOT NULL, detail TEXT NOT NULL)`,
   `CREATE INDEX IF NOT EXISTS boot_events_by_endpoint ON boot_events (endpoint, seq)`,
+  // The public keys of each endpoint's disk secret (src/endpoint/proof.ts); a table of its own, so the
+  // endpoint rows the API lists never carry them.
+  `CREATE TABLE IF NOT EXISTS endpoint_keys (
+     endpoint TEXT PRIMARY KEY REFERENCES endpoints(id), key TEXT, pending_key TEXT, changed_at TEXT NOT NULL)`,
 ];
 
 type Row = Record<string, unknown>;
@@ -29,6 +33,7 @@ export class SqliteEndpointRepo implements EndpointRepo {
 
   private toEndpoint(r: Row): EndpointRow {
     const macs = (this.db.prepare('SELECT mac FROM endpoint_macs WHERE endpoint = ? ORDER BY mac').all(r.id) as Row[]).map((m) => m.mac as string);
+    const k = this.getKeys(r.id as string);
     return {
       id: r.id as string, name: r.name as string, macs, uuid: (r.uuid as string | null) ?? null, serial: (r.serial as string | null) ?? null,
       state: r.state as EndpointRow['state'], desktop: (r.desktop as string | null) ?? null, mode: r.mode as EndpointRow['mode'],
@@ -36,7 +41,19 @@ export class SqliteEndpointRepo implements EndpointRepo {
       disk: r.disk as EndpointRow['disk'], diskVersion: r.disk_version === null ? null : Number(r.disk_version),
       commitRequested: commitRequestedAt(r.commit_requested), lastSeen: (r.last_seen as string | null) ?? null,
       lastSync: r.last_sync ? JSON.parse(r.last_sync as string) : null, createdAt: r.created_at as string,
+      secret: k.key ? 'bound' : k.pendingKey ? 'provisioning' : 'none',
     };
+  }
+
+  getKeys(endpoint: string): EndpointKeys {
+    const r = this.db.prepare('SELECT key, pending_key FROM endpoint_keys WHERE endpoint = ?').get(endpoint) as Row | undefined;
+    return { key: (r?.key as string | null) ?? null, pendingKey: (r?.pending_key as string | null) ?? null };
+  }
+
+  setKeys(endpoint: string, k: EndpointKeys, at: string): void {
+    this.db.prepare(`INSERT INTO endpoint_keys (endpoint, key, pending_key, changed_at) VALUES (?, ?, ?, ?)
+      ON CONFLICT (endpoint) DO UPDATE SET key = excluded.key, pending_key = excluded.pending_key, changed_at = excluded.changed_at`)
+      .run(endpoint, k.key, k.pendingKey, at);
   }
 
   insertEndpoint(e: EndpointRow): void {

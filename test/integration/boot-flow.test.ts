@@ -4,6 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { loadServerConfig } from '../../src/config/server.js';
+import { newEndpointSecret, proveEndpoint } from '../../src/endpoint/proof.js';
 import { makeDisk, prng } from '../helpers/disk.js';
 import { cli, tempDir } from '../helpers/server.js';
 import { startInProcess } from '../helpers/server.js';
@@ -40,6 +41,8 @@ describe('network boot flow', () => {
 
   const script = (q: string) => app.inject({ method: 'GET', url: `/boot/ipxe?${q}` });
   const tokenOf = (s: string) => /deskfuse\.token=(\S+)/.exec(s)?.[1];
+  // The secret MAC's disk holds once it is provisioned (what the agent keeps in the state area).
+  const diskSecret = newEndpointSecret();
 
   it('first contact without identity chains to a request that carries it', async () => {
     const r = await app.inject({ method: 'GET', url: '/boot/ipxe', headers: { host: '10.0.0.1:8080' } });
@@ -87,9 +90,9 @@ describe('network boot flow', () => {
     expect(again.json().code).toBe('DF_ERR_BOOT_TOKEN_USED');
     // A fresh token works once.
     const t2 = tokenOf((await script(`mac=${MAC}&platform=pcbios`)).payload)!;
-    const ok = await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t2, mac: MAC } });
+    const ok = await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t2, mac: MAC, offer: proveEndpoint(diskSecret, MAC, t2) } });
     expect(ok.statusCode, ok.payload).toBe(200);
-    expect(ok.json()).toMatchObject({ desktop: 'alice', action: 'sync', handoff: 'reboot', reprovision: true, imageBoot: { partition: 1, kernel: '/vmlinuz' } });
+    expect(ok.json()).toMatchObject({ desktop: 'alice', action: 'sync', handoff: 'reboot', reprovision: true, provision: true, imageBoot: { partition: 1, kernel: '/vmlinuz' } });
     expect((await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t2, mac: MAC } })).json().code).toBe('DF_ERR_BOOT_TOKEN_USED');
     expect((await app.inject({ method: 'POST', url: '/boot/session', payload: { token: 'dfb_nonsense-nonsense', mac: MAC } })).json().code).toBe('DF_ERR_UNAUTHORIZED');
 
@@ -129,8 +132,8 @@ describe('network boot flow', () => {
     const s = await script(`mac=${MAC}&platform=pcbios`);
     expect(s.payload).toContain('deskfuse.action=commit-poweroff');
     const t = tokenOf(s.payload)!;
-    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t, mac: MAC } })).json();
-    expect(sess).toMatchObject({ action: 'commit-poweroff', handoff: 'poweroff', assumeDirty: true });
+    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t, mac: MAC, proof: proveEndpoint(diskSecret, MAC, t) } })).json();
+    expect(sess).toMatchObject({ action: 'commit-poweroff', handoff: 'poweroff', assumeDirty: true, provision: false });
     expect((await app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${sess.token}` }, payload: { mac: MAC, phase: 'committed', detail: { version: 2 } } })).statusCode).toBe(201);
     expect((await admin('GET', `/api/v1/endpoints/${MAC}`)).json()).toMatchObject({ commitRequested: null, disk: 'clean', diskVersion: 2 });
     // Unknown MACs get "none" (nothing recorded for them).
@@ -153,7 +156,7 @@ describe('network boot flow', () => {
     const s = await script(`mac=${MAC}&platform=pcbios`);
     expect(s.payload).toContain('deskfuse.action=sync');
     expect(s.payload).not.toContain('commit-poweroff');
-    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: tokenOf(s.payload), mac: MAC } })).json();
+    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: tokenOf(s.payload), mac: MAC, proof: proveEndpoint(diskSecret, MAC, tokenOf(s.payload)!) } })).json();
     expect(sess).toMatchObject({ action: 'sync', handoff: 'reboot', assumeDirty: true });
     const ev = (await admin('GET', `/api/v1/events?endpoint=${MAC}`)).json().events as Array<{ phase: string; detail: { reason?: string } }>;
     expect(ev.filter((e) => e.phase === 'script').at(-1)?.detail.reason).toMatch(/asked for a commit at shutdown \d+ s ago .*commit, then sync/);
