@@ -138,7 +138,8 @@ async function localOnly(m: Machinery, diskOverride: string | undefined): Promis
     say(`${disk} was being synced when it stopped and cannot boot as it is; rebooting to try again`);
     return reboot();
   }
-  if (st.state !== 'blank') await agentHandoff(disk);
+  // Only a disk with deskfuse state is marked in use; blank or unrecognised data boots as it is.
+  if (st.state === 'clean' || st.state === 'dirty') await agentHandoff(disk);
   if (isUefi()) {
     try {
       const o = setBootNextToDisk(disk);

@@ -68,6 +68,7 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
   const disk = await openDisk(o.disk, true);
   try {
     const start = areaStart(geometry, disk.size); // refuses a too-small disk before any write
+    disk.view = { imageSize: geometry.virtualSize, diskSize: disk.size, sectorSize: disk.sectorSize };
     let state = await readState(disk.fh, disk.size);
     if (state && (state.image !== image.name || state.desktop !== desktop.name || state.geometry.virtualSize !== geometry.virtualSize
       || state.geometry.chunkSize !== geometry.chunkSize || state.areaStart !== start)) {
