@@ -17,6 +17,7 @@ test=(
   isc-dhcp-client atftp tftp-hpa iptables iproute2 curl   # real DHCP/TFTP clients, packet loss
   gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
   libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server
+  gdisk fdisk                                   # GPT repair tools (sgdisk -e, sfdisk --relocate) against the disk layout
 )
 case $group in
   runtime) pkgs=("${runtime[@]}") ;;

@@ -55,6 +55,7 @@ export const ERRORS = {
   DF_ERR_VDI_SESSION_STATE: { status: 409, message: 'the VDI session is not in a state that allows this' },
   DF_ERR_VDI_SESSION_BUSY: { status: 409, message: 'a client is connected to the VDI session' },
   DF_ERR_ENDPOINT_SECRET: { status: 403, message: "the boot did not prove the endpoint's disk secret" },
+  DF_ERR_DISK_UNKNOWN_DATA: { status: 409, message: 'the disk holds data but no deskfuse state: it is not overwritten unless reprovisioned' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
 import { isUefi } from '../../src/agent/boot/system.js';
+import type { Report } from '../../src/agent/boot/handoff.js';
 import type { BootSession } from '../../src/endpoint/endpoints.js';
 import { newEndpointSecret, proveEndpoint } from '../../src/endpoint/proof.js';
 import { isDeskfuseError } from '../../src/errors.js';
@@ -19,8 +20,8 @@ import { isDeskfuseError } from '../../src/errors.js';
 // The sync machinery (native zstd and BLAKE3 addons included); the session needs it first, to read
 // the disk's secret from its state area.
 const machinery = () => Promise.all([
-  import('../../src/agent/commands.js'), import('../../src/agent/sync.js'), import('../../src/agent/boot/system.js'),
-]).then(([commands, sync, system]) => ({ ...commands, ...sync, ...system }));
+  import('../../src/agent/commands.js'), import('../../src/agent/sync.js'), import('../../src/agent/boot/system.js'), import('../../src/agent/boot/handoff.js'),
+]).then(([commands, sync, system, handoff]) => ({ ...commands, ...sync, ...system, ...handoff }));
 type Machinery = Awaited<ReturnType<typeof machinery>>;
 
 const uptime = (): string => {
@@ -96,37 +97,11 @@ async function session(p: BootParams, m: Machinery, disk: string): Promise<{ s: 
   return { s, secret };
 }
 
-async function handOff(m: Machinery, s: BootSession, disk: string, report: (phase: string, d?: Record<string, unknown>) => Promise<void>): Promise<never> {
-  const { agentHandoff, kexecInto, powerOff, reboot, setBootNextToDisk } = m;
+async function handOff(m: Machinery, s: BootSession, disk: string, report: Report): Promise<never> {
   m.mustBeBootStage(`hand off (${s.handoff})`);
-  if (s.handoff === 'poweroff') {
-    mark('POWEROFF');
-    say('done; powering off');
-    return powerOff();
-  }
   // The OS is about to run on the disk: the next boot must scan it.
-  await agentHandoff(disk);
-  if (s.handoff === 'kexec' && s.imageBoot) {
-    try {
-      await report('local', { via: 'kexec' });
-      mark('KEXEC', s.imageBoot.kernel);
-      kexecInto(disk, s.imageBoot);
-    } catch (err) {
-      say(`kexec failed (${(err as Error).message}); rebooting into the disk instead`);
-    }
-  }
-  if (isUefi()) {
-    try {
-      const o = setBootNextToDisk(disk);
-      await report('local', { via: 'bootnext', option: o.num, description: o.description });
-      mark('BOOTNEXT', `Boot${o.num.toString(16).toUpperCase().padStart(4, '0')} "${o.description}"`);
-    } catch (err) {
-      await report('error', { action: 'handoff', error: (err as Error).message });
-      say(`cannot set BootNext: ${(err as Error).message}`);
-    }
-  }
-  mark('REBOOT');
-  return reboot();
+  if (s.handoff !== 'poweroff') await m.agentHandoff(disk);
+  return m.handOff({ machine: m, report, mark, say }, s, disk);
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -172,7 +147,8 @@ async function localOnly(m: Machinery, diskOverride: string | undefined): Promis
     say(`${disk} was being synced when it stopped and cannot boot as it is; rebooting to try again`);
     return reboot();
   }
-  if (st.state !== 'blank') await agentHandoff(disk);
+  // Only a disk with deskfuse state is marked in use; blank or unrecognised data boots as it is.
+  if (st.state === 'clean' || st.state === 'dirty') await agentHandoff(disk);
   if (isUefi()) {
     try {
       const o = setBootNextToDisk(disk);

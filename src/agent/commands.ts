@@ -4,7 +4,7 @@ import { isBlankSecret } from '../endpoint/proof.js';
 import { chunkCount } from '../image/geometry.js';
 import { scanDisk } from '../sync/scan.js';
 import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
-import { openDisk } from './disk.js';
+import { hasDataOutside, openDisk } from './disk.js';
 import { openSession, releaseLease, takeLease, type AgentOptions } from './session.js';
 import { areaSize, readSlot, readState, writeHeader } from './state-area.js';
 
@@ -52,7 +52,7 @@ export async function agentCommit(o: AgentOptions): Promise<CommitResult> {
     if (state.state === 'clean') {
       result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
     } else {
-      const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index);
+      const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
       const hints = mergeHints(scan, s.slot.hints);
       if (scan.changed.length === 0) {
         state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean' });
@@ -99,7 +99,8 @@ export async function agentStatus(path: string): Promise<Record<string, unknown>
   const d = await openDisk(path, false);
   try {
     const st = await readState(d.fh, d.size);
-    if (!st) return { disk: path, size: d.size, state: 'blank' };
+    // No state: blank, or data deskfuse does not know (a state area some tool overwrote): never "blank" then.
+    if (!st) return (await hasDataOutside(d, 0)) ? { disk: path, size: d.size, state: 'unrecognised', note: 'the disk holds data but no deskfuse state: agent sync refuses it (DF_ERR_DISK_UNKNOWN_DATA) unless reprovisioned' } : { disk: path, size: d.size, state: 'blank' };
     let slotOk = true;
     let chunks: number | null = null;
     try {

@@ -1,5 +1,7 @@
 import { promises as fsp, readFileSync } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
+import { backupGpt, entrySectors, parseHeader, toDiskView, toImageView, type GptView } from '../disk/gpt.js';
+import { isZero } from '../chunk/id.js';
 import { dfError } from '../errors.js';
 
 /** The endpoint's disk: a block device or (tests, benchmarks) a regular file. */
@@ -7,6 +9,10 @@ export interface Disk {
   path: string;
   fh: FileHandle;
   size: number;
+  /** Logical sector size: the unit of the disk's GPT (512 for a file). */
+  sectorSize: number;
+  /** Set by the session: the image region reads as the image's bytes (see src/disk/gpt.ts). */
+  view: GptView | null;
   close(): Promise<void>;
 }
 
@@ -19,19 +25,28 @@ export async function openDisk(path: string, writable: boolean): Promise<Disk> {
   }
   const st = await fh.stat();
   let size = st.size;
+  let sectorSize = 512;
   if (st.isBlockDevice()) {
     // fstat gives 0 for a block device; the kernel publishes its size in 512-byte sectors.
     const maj = Number(st.rdev >> 8) & 0xfff;
     const min = (Number(st.rdev) & 0xff) | ((Number(st.rdev) >> 12) & 0xfff00);
     size = Number(readFileSync(`/sys/dev/block/${maj}:${min}/size`, 'utf8').trim()) * 512;
+    try { sectorSize = Number(readFileSync(`/sys/dev/block/${maj}:${min}/queue/logical_block_size`, 'utf8').trim()) || 512; } catch { /* a partition: 512 */ }
   } else if (!st.isFile()) {
     await fh.close();
     throw dfError('DF_ERR_NOT_A_DISK', `${path} is neither a block device nor a regular file`, { disk: path });
   }
-  return { path, fh, size, close: () => fh.close() };
+  return { path, fh, size, sectorSize, view: null, close: () => fh.close() };
 }
 
+/** Bytes of the image region at `pos`, as the image has them (the disk's GPT fields mapped back). */
 export async function readChunkAt(d: Disk, pos: number, len: number): Promise<Buffer> {
+  const buf = await readRaw(d, pos, len);
+  if (d.view) toImageView(buf, pos, d.view);
+  return buf;
+}
+
+async function readRaw(d: Disk, pos: number, len: number): Promise<Buffer> {
   const buf = Buffer.alloc(len);
   let done = 0;
   while (done < len) {
@@ -40,4 +55,54 @@ export async function readChunkAt(d: Disk, pos: number, len: number): Promise<Bu
     done += bytesRead;
   }
   return buf;
+}
+
+async function writeRaw(d: Disk, buf: Buffer, pos: number): Promise<void> {
+  let done = 0;
+  while (done < buf.length) done += (await d.fh.write(buf, done, buf.length - done, pos + done)).bytesWritten;
+}
+
+/**
+ * Give the disk a valid GPT for its size (src/disk/gpt.ts) when the image holds one: the backup
+ * entries and header in the last `reserve` bytes first, then the protective MBR and primary header
+ * as the disk wants them. Writes only what differs; every step leaves a disk that reads as the
+ * same image. Returns whether the disk now has the GPT (false: the image has none, or an exotic one).
+ */
+export async function sealGpt(d: Disk, reserve: number): Promise<boolean> {
+  if (!d.view) return false;
+  const ss = d.sectorSize;
+  const head = await readRaw(d, 0, 2 * ss);
+  const want = Buffer.from(head);
+  toImageView(want, 0, d.view);
+  toDiskView(want, 0, d.view);
+  const h = parseHeader(want.subarray(ss, 2 * ss));
+  if (!h || h.entriesLba < 2n || entrySectors(h, ss) * ss + ss > reserve) return false;
+  const entries = await readChunkAt(d, Number(h.entriesLba) * ss, entrySectors(h, ss) * ss);
+  const backup = backupGpt(want.subarray(ss, 2 * ss), entries, d.view);
+  if (!backup) return false;
+  if (!(await readRaw(d, backup.offset, backup.bytes.length)).equals(backup.bytes)) {
+    await writeRaw(d, backup.bytes, backup.offset);
+    await d.fh.datasync();
+  }
+  if (!head.equals(want)) {
+    await writeRaw(d, want, 0);
+    await d.fh.datasync();
+  }
+  return true;
+}
+
+const SAMPLE = 2 * 1024 * 1024;
+
+/**
+ * Whether the disk holds non-zero bytes where deskfuse would find them outside a scan of the image:
+ * its first MiB (partition tables, boot code), the MiB after the image (`imageSize`, 0 for none)
+ * and its last 2 MiB (backup GPT, state headers of this and earlier layouts).
+ */
+export async function hasDataOutside(d: Disk, imageSize: number): Promise<boolean> {
+  const ranges: Array<[number, number]> = [[0, SAMPLE / 2], [imageSize, SAMPLE / 2], [Math.max(0, d.size - SAMPLE), SAMPLE]];
+  for (const [pos, len] of ranges) {
+    const n = Math.min(len, d.size - pos);
+    if (n > 0 && !isZero(await readRaw(d, pos, n))) return true;
+  }
+  return false;
 }

@@ -75,6 +75,7 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
   const disk = await openDisk(o.disk, true);
   try {
     const start = areaStart(geometry, disk.size); // refuses a too-small disk before any write
+    disk.view = { imageSize: geometry.virtualSize, diskSize: disk.size, sectorSize: disk.sectorSize };
     let state = await readState(disk.fh, disk.size);
     // A reprovisioned disk keeps its endpoint secret unless the run brings the one it must hold.
     const secret = o.secret ?? state?.secret ?? newEndpointSecret();

@@ -8,7 +8,7 @@ import { DeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import type { Geometry } from '../image/geometry.js';
 import {
-  areaSize, areaStart, decodeHeader, encodeHeader, encodeSlot, HEADER_SIZE, readSlot, readState, slotSize, writeHeader, writeSlotAndHeader,
+  areaSize, areaStart, decodeHeader, encodeHeader, encodeSlot, GPT_RESERVE, HEADER_SIZE, headersEnd, readSlot, readState, slotSize, writeHeader, writeSlotAndHeader,
   type DiskState, type Slot,
 } from './state-area.js';
 import { prng, rejection, thrown } from '../../test/helpers/expect.js';
@@ -127,30 +127,33 @@ describe('area placement', () => {
     expect(slotSize({ virtualSize: (1 << 20) + 512, chunkSize: 65536 })).toBe(4096);
   });
 
-  it('refuses a device too small for the image plus the area with DF_ERR_DISK_TOO_SMALL', () => {
-    const need = (1 << 20) + areaSize(G);
+  it('refuses a device too small for the image plus the area and the GPT reserve with DF_ERR_DISK_TOO_SMALL', () => {
+    const need = (1 << 20) + areaSize(G) + GPT_RESERVE;
     for (const size of [0, 4096, 1 << 20, need - 512]) {
       const err = thrown(() => areaStart(G, size));
       expect(err.code).toBe('DF_ERR_DISK_TOO_SMALL');
-      expect(err.fields).toEqual({ deviceSize: size, need, virtualSize: 1 << 20, stateArea: areaSize(G) });
+      expect(err.fields).toEqual({ deviceSize: size, need, virtualSize: 1 << 20, stateArea: areaSize(G), gptReserve: GPT_RESERVE });
     }
     expect(areaStart(G, need)).toBe(1 << 20);
   });
 
   it('the image is rounded up to 4 KiB before the area', () => {
     const g: Geometry = { virtualSize: (1 << 20) + 512, chunkSize: 65536 };
-    const need = (1 << 20) + 4096 + areaSize(g);
+    const need = (1 << 20) + 4096 + areaSize(g) + GPT_RESERVE;
     expect(thrown(() => areaStart(g, need - 512)).code).toBe('DF_ERR_DISK_TOO_SMALL');
     expect(areaStart(g, need)).toBe((1 << 20) + 4096);
   });
 
-  it('on larger and unaligned devices the area is aligned, after the image, and ends before the headers', () => {
-    for (const size of [(1 << 20) + areaSize(G) + 512, 10 << 20, (10 << 20) + 512, (10 << 20) + 3584, 2 ** 40 + 512]) {
+  it('on larger and unaligned devices the area is aligned, after the image, the headers after the slots, and the last MiB left to the backup GPT', () => {
+    for (const size of [(1 << 20) + areaSize(G) + GPT_RESERVE + 512, 10 << 20, (10 << 20) + 512, (10 << 20) + 3584, 2 ** 40 + 512]) {
       const start = areaStart(G, size);
+      const end = headersEnd(size);
       expect(start % 4096).toBe(0);
+      expect(end % 4096).toBe(0);
       expect(start).toBeGreaterThanOrEqual(1 << 20);
-      expect(start + 2 * slotSize(G)).toBeLessThanOrEqual(size - 2 * HEADER_SIZE);
-      expect(size - 2 * HEADER_SIZE - (start + 2 * slotSize(G))).toBeLessThan(4096);
+      expect(start + 2 * slotSize(G) + 2 * HEADER_SIZE).toBe(end);
+      expect(end).toBeLessThanOrEqual(size - GPT_RESERVE);
+      expect(size - GPT_RESERVE - end).toBeLessThan(4096);
     }
   });
 });
@@ -159,9 +162,9 @@ describe('state on a disk file', () => {
   let dir: string;
   let file: string;
   let fh: FileHandle;
-  const SIZE = (1 << 20) + (64 << 10) + 512; // unaligned on purpose
-  const h0 = SIZE - 2 * HEADER_SIZE;
-  const h1 = SIZE - HEADER_SIZE;
+  const SIZE = (1 << 20) + (64 << 10) + GPT_RESERVE + 512; // unaligned on purpose
+  const h0 = headersEnd(SIZE) - 2 * HEADER_SIZE;
+  const h1 = headersEnd(SIZE) - HEADER_SIZE;
 
   beforeEach(async () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'deskfuse-state-'));
@@ -197,7 +200,7 @@ describe('state on a disk file', () => {
 
   it('a blank disk, or one smaller than the two headers, has no state', async () => {
     expect(await readState(fh, SIZE)).toBeNull();
-    expect(await readState(fh, 2 * HEADER_SIZE - 512)).toBeNull();
+    expect(await readState(fh, GPT_RESERVE + 2 * HEADER_SIZE - 512)).toBeNull();
   });
 
   it('writeSlotAndHeader then readState/readSlot round-trip, alternating slots and header copies', async () => {
@@ -222,6 +225,8 @@ describe('state on a disk file', () => {
     expect(decodeHeader(await at(h1, HEADER_SIZE))?.seq).toBe(1);
     // Nothing was written over the image.
     expect((await at(0, 1 << 20)).equals(Buffer.alloc(1 << 20))).toBe(true);
+    // Nor into the last MiB, the backup GPT's.
+    expect((await at(SIZE - GPT_RESERVE, GPT_RESERVE)).equals(Buffer.alloc(GPT_RESERVE))).toBe(true);
   });
 
   it('a torn newest copy is ignored: the other copy, and its slot, win', async () => {

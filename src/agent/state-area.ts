@@ -7,11 +7,23 @@ import { Reader, Writer } from '../wire/bytes.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
 
 /**
- * The state area: a reserved region at the end of the endpoint's disk, outside the image. It says
+ * The state area: a reserved region near the end of the endpoint's disk, outside the image. It says
  * what the disk holds, so a boot knows whether to scan, what to commit and what to fetch.
  *
- *   device:  [ image: virtual size bytes | … unused … | slot A | slot B | header 0 | header 1 ]
- *                                                      ^ area start                 ^ end - 4 KiB
+ *   device:  [ image: virtual size bytes | … unused … | slot A | slot B | header 0 | header 1 | GPT reserve: 1 MiB ]
+ *                                                      ^ area start                 ^ headers end   backup GPT ^ last LBA
+ *
+ * The last MiB belongs to the image's GPT (UEFI spec 2.10 §5.3.2: the backup header at the disk's
+ * last LBA, its partition entry array just before it). After every sync the agent writes there the
+ * backup of the image's GPT for this disk's size and points the primary header (and the protective
+ * MBR) at the disk's end (src/disk/gpt.ts, sealGpt in disk.ts; the agent reads those two fields back
+ * as the image has them, so they are never a local change). Firmware and the kernel then find a
+ * valid GPT and nothing asks the user to "fix" it; a tool that rewrites the backup anyway (sgdisk
+ * -e, sfdisk --relocate gpt-bak-std, parted's Fix) writes the last 33 sectors (a 4Kn disk: 5 of
+ * 4 KiB), all inside the reserve. The state area sits between the primary header's LastUsableLBA
+ * (the image's) and the backup entries: space the spec gives to no partition.
+ * A disk with no valid state but data on it is never treated as blank (sync.ts: DF_ERR_DISK_UNKNOWN_DATA).
+ *
  *   slot (each S bytes, 4 KiB aligned):
  *            chunk ids of the on-disk version (32 bytes per chunk position, zero = zero chunk)
  *            block hints of the on-disk version (4 bytes per 4 KiB block, see blockhash.ts)
@@ -38,6 +50,8 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  * and syncs: at every instant one complete, checksummed state is on the disk.
  */
 export const HEADER_SIZE = 4096;
+/** The disk's last MiB: the backup GPT's (a 128-entry array plus header needs 16.5 KiB; 1 MiB keeps the tools' alignment). */
+export const GPT_RESERVE = 1024 * 1024;
 const MAGIC = Buffer.from('DFSTATE1');
 const ALIGN = 4096;
 
@@ -75,13 +89,18 @@ export function areaSize(g: Geometry): number {
 
 /** Where the area starts on a device of `deviceSize`; refuses a device too small before anything is written. */
 export function areaStart(g: Geometry, deviceSize: number): number {
-  const need = align(g.virtualSize) + areaSize(g);
+  const need = align(g.virtualSize) + areaSize(g) + GPT_RESERVE;
   if (deviceSize < need) {
-    throw dfError('DF_ERR_DISK_TOO_SMALL', `the disk has ${deviceSize} bytes; the image needs ${g.virtualSize} plus ${areaSize(g)} for the state area (${need} in all)`, {
-      deviceSize, need, virtualSize: g.virtualSize, stateArea: areaSize(g),
+    throw dfError('DF_ERR_DISK_TOO_SMALL', `the disk has ${deviceSize} bytes; the image needs ${g.virtualSize} plus ${areaSize(g)} for the state area and ${GPT_RESERVE} for the backup GPT (${need} in all)`, {
+      deviceSize, need, virtualSize: g.virtualSize, stateArea: areaSize(g), gptReserve: GPT_RESERVE,
     });
   }
-  return Math.floor((deviceSize - 2 * HEADER_SIZE) / ALIGN) * ALIGN - 2 * slotSize(g);
+  return headersEnd(deviceSize) - 2 * HEADER_SIZE - 2 * slotSize(g);
+}
+
+/** Where the two header copies end: before the GPT reserve, 4 KiB aligned. */
+export function headersEnd(deviceSize: number): number {
+  return Math.floor((deviceSize - GPT_RESERVE) / ALIGN) * ALIGN;
 }
 
 function nameField(s: string, field: string): Buffer {
@@ -171,8 +190,9 @@ async function writeAt(fh: FileHandle, buf: Buffer, pos: number): Promise<void> 
 
 /** The current state of a disk (null: blank or foreign), with its slot when `withSlot`. */
 export async function readState(fh: FileHandle, deviceSize: number): Promise<DiskState | null> {
-  if (deviceSize < 2 * HEADER_SIZE) return null;
-  const copies = [await readAt(fh, HEADER_SIZE, deviceSize - 2 * HEADER_SIZE), await readAt(fh, HEADER_SIZE, deviceSize - HEADER_SIZE)].map(decodeHeader);
+  const end = headersEnd(deviceSize);
+  if (end < 2 * HEADER_SIZE) return null;
+  const copies = [await readAt(fh, HEADER_SIZE, end - 2 * HEADER_SIZE), await readAt(fh, HEADER_SIZE, end - HEADER_SIZE)].map(decodeHeader);
   const valid = copies.filter((c): c is DiskState => c !== null).sort((a, b) => b.seq - a.seq);
   return valid[0] ?? null;
 }
@@ -193,7 +213,7 @@ export async function readSlot(fh: FileHandle, s: DiskState): Promise<Slot> {
 /** Write a new header (sequence + 1) into the older copy, then sync. */
 export async function writeHeader(fh: FileHandle, deviceSize: number, s: DiskState): Promise<DiskState> {
   const next = { ...s, seq: s.seq + 1 };
-  await writeAt(fh, encodeHeader(next), deviceSize - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
+  await writeAt(fh, encodeHeader(next), headersEnd(deviceSize) - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
   await fh.datasync();
   return next;
 }

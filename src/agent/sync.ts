@@ -11,11 +11,11 @@ import { readDelta, type DeltaItem } from '../sync/delta.js';
 import { plan, type Op } from '../sync/plan.js';
 import { scanDisk, type ScanResult } from '../sync/scan.js';
 import { commitChanges, mergeHints, sameIndex } from './commit.js';
-import { readChunkAt } from './disk.js';
+import { hasDataOutside, readChunkAt, sealGpt } from './disk.js';
 import { DiskWriter } from '../disk/writer.js';
 import { ChunkFetcher } from './fetcher.js';
 import { emptyHints, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
-import { writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
+import { GPT_RESERVE, writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
 
 export interface SyncResult {
   desktop: string;
@@ -81,7 +81,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const from = state?.version ?? null;
 
   if (!state || state.state !== 'clean') {
-    scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null);
+    scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null, undefined, undefined, s.disk.view);
     actual = scan.index;
     hints = mergeHints(scan, s.slot?.hints ?? emptyHints(g));
   } else {
@@ -89,6 +89,14 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
     hints = s.slot!.hints;
   }
   if (!state) {
+    // No readable state: blank, or a disk whose state area was overwritten (a partitioning tool, an
+    // old layout) and that may hold its OS's only copy of local changes. Only a blank disk, or one
+    // the admin said to reprovision, is ours to write.
+    if (!o.reprovision && (actual.nonZeroCount() > 0 || await hasDataOutside(s.disk, g.virtualSize))) {
+      throw dfError('DF_ERR_DISK_UNKNOWN_DATA', `${s.disk.path} holds data but no deskfuse state, so its local changes cannot be told apart: nothing was written. Copy off what must be kept, then reprovision it (agent sync --reprovision, or reprovision the endpoint)`, {
+        disk: s.disk.path, nonZeroChunks: actual.nonZeroCount(),
+      });
+    }
     // A blank (or reprovisioned) disk: record what is on it before the first write.
     state = await writeSlotAndHeader(s.disk.fh, s.disk.size, freshState(s), { index: actual, hints });
     s.slot = { index: actual, hints };
@@ -107,7 +115,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
 
   const to = s.desktop.head;
   const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: 0, chunksPatched: 0 });
-  if (state.state === 'clean' && state.version === to) return done(); // a boot with nothing to do
+  if (state.state === 'clean' && state.version === to) return sealed(s, done()); // a boot with nothing to do
 
   // Delta path: the versions from the disk's version to the target; the target's index then follows
   // from the layers, checked against its id. (A blank disk fetches whole chunks: a root version's
@@ -117,14 +125,20 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const target = await targetIndex(s, to, hops && base ? { base, hops } : null);
   if (sameIndex(actual, target)) {
     state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null }, { index: target, hints });
-    return done();
+    return sealed(s, done());
   }
   const ops = plan({ actual, target, base, deltas: hops !== null });
   state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
   await s.disk.fh.datasync();
   state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length }, { index: target, hints });
-  return { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched };
+  return sealed(s, { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched });
+}
+
+/** The disk at its version gets a valid GPT for its size (state-area.ts, the diagram): nothing asks to "fix" it. */
+async function sealed(s: Session, r: SyncCore): Promise<SyncCore> {
+  await sealGpt(s.disk, GPT_RESERVE);
+  return r;
 }
 
 interface Hop {

@@ -259,7 +259,8 @@ export class Endpoints {
         this.bindPendingKey(e);
       }
       if (phase === 'local') next.disk = 'in-use';
-      if (phase === 'error') next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
+      // A recovered error (a kexec that failed before BootNext took over) is logged, not a failed sync.
+      if (phase === 'error' && detail.recovered !== true) next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
       this.deps.repo.updateEndpoint(next);
     }
     const ev = this.deps.repo.addEvent({ endpoint: e?.id ?? null, mac, phase, at, detail });

@@ -1,5 +1,6 @@
 import { closeSync, openSync, readSync } from 'node:fs';
 import { hashBytes, ID_BYTES, isZero } from '../chunk/id.js';
+import { toImageView, type GptView } from '../disk/gpt.js';
 import { blocksPerChunk, chunkLength, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES, blockHashes } from './blockhash.js';
 
@@ -23,6 +24,8 @@ export interface ScanRangeArgs {
   extents: Array<{ start: number; length: number }> | null;
   /** Ids the disk should hold for [first, end) (32 bytes each); null = unknown (compute every hint). */
   expected: Uint8Array | null;
+  /** The disk holds the image's GPT as the disk wants it (src/disk/gpt.ts): hash the image's bytes. */
+  view?: GptView | null;
 }
 
 export interface ScanRangeResult {
@@ -54,6 +57,7 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
       const start = i * g.chunkSize;
       const len = Math.min(k * g.chunkSize, g.virtualSize - start);
       bytesRead += readAllocated(fd, buf, start, len, a.extents);
+      if (a.view && start < 2 * a.view.sectorSize) toImageView(buf.subarray(0, len), start, a.view);
       for (let j = 0; j < k; j++) {
         const pos = i + j;
         const raw = buf.subarray(j * g.chunkSize, j * g.chunkSize + chunkLength(g, pos));

@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { ID_BYTES } from '../chunk/id.js';
+import type { GptView } from '../disk/gpt.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES } from './blockhash.js';
@@ -27,6 +28,7 @@ const WORKER = fileURLToPath(new URL('./scan-worker.js', import.meta.url));
 
 export async function scanDisk(
   path: string, g: Geometry, extents: ScanRangeArgs['extents'], expected: ChunkIndex | null, threads = availableParallelism(), batchBytes = READ_SIZE,
+  view: GptView | null = null,
 ): Promise<ScanResult> {
   const t0 = performance.now();
   const n = chunkCount(g);
@@ -35,7 +37,7 @@ export async function scanDisk(
   const useWorkers = k > 1 && existsSync(WORKER);
   const expectedIds = expected ? new Uint8Array(expected.ids) : null;
   const results = await Promise.all(Array.from({ length: k }, (_, stripe) => {
-    const args: ScanRangeArgs = { path, geometry: { ...g }, first: 0, end: n, stripe, stripes: k, batchBytes, extents, expected: expectedIds };
+    const args: ScanRangeArgs = { path, geometry: { ...g }, first: 0, end: n, stripe, stripes: k, batchBytes, extents, expected: expectedIds, view };
     return useWorkers ? inWorker(args) : Promise.resolve(scanRange(args));
   }));
   const index = ChunkIndex.empty(g);

@@ -113,10 +113,11 @@ describe('agent commit', () => {
     const log = await cli(['image', 'log', 'win@desktops/cap', '--json'], admin);
     expect(log.json.versions[0]).toMatchObject({ version, kind: 'voi-commit', parent: 1 });
 
-    // another endpoint whose disk holds base reaches the committed version
+    // another endpoint whose disk holds base (copied there by the admin, no state: adopted only with
+    // --reprovision, see 'a disk with data but no state') reaches the committed version
     blankDisk('cap2.img');
     execFileSync('dd', [`if=${f('base.img')}`, `of=${f('cap2.img')}`, 'bs=1M', 'conv=notrunc,sparse', 'status=none']);
-    const s2 = await agent(['sync', '--disk', f('cap2.img'), '--desktop', 'cap', '--holder', 'second', '--force'], t);
+    const s2 = await agent(['sync', '--disk', f('cap2.img'), '--desktop', 'cap', '--holder', 'second', '--force', '--reprovision'], t);
     expect(s2.code, s2.stderr).toBe(0);
     expect(s2.json.to).toBe(version);
     expect(imageSha(f('cap2.img'))).toBe(sha256(f('local.img')));

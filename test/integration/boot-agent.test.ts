@@ -2,7 +2,11 @@ import { closeSync, openSync, readSync } from 'node:fs';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { handOff, type Machine } from '../../src/agent/boot/handoff.js';
+import { diskSecret } from '../../src/agent/commands.js';
+import { proveEndpoint } from '../../src/endpoint/proof.js';
 import { areaSize } from '../../src/agent/state-area.js';
+import { dfError } from '../../src/errors.js';
 import { makeDisk, prng } from '../helpers/disk.js';
 import { cli, ROOT, startInProcess, tempDir } from '../helpers/server.js';
 
@@ -76,5 +80,61 @@ describe('boot-stage agent program', () => {
 
     const e = (await srv.appliance.app.inject({ method: 'GET', url: `/api/v1/endpoints/${MAC}`, headers: { authorization: `Bearer ${srv.token}` } })).json();
     expect(e).toMatchObject({ name: 'lab-pc', disk: 'clean', diskVersion: 1, lastSync: { result: 'ok', action: 'sync', version: 1 } });
+  });
+
+  /**
+   * The hand-off after a sync, against the real server's event log. The machine is a stand-in (a real
+   * kexec or reboot would take this host down): its `kexec -e` fails the way kexec-tools does when the
+   * kernel refuses, and its reboot ends the hand-off with an exception the test catches.
+   */
+  it('a kexec that fails is recorded in order: kexec hand-off, the error, then the BootNext fallback', async () => {
+    const script = (await srv.appliance.app.inject({ method: 'GET', url: `/boot/ipxe?mac=${MAC}&platform=efi` })).payload;
+    const token = /deskfuse\.token=(\S+)/.exec(script)![1]!;
+    // The disk was provisioned by the agent above: this boot proves its secret like the agent would.
+    const secret = await diskSecret(disk);
+    expect(secret).not.toBeNull();
+    const s = (await srv.appliance.app.inject({ method: 'POST', url: '/boot/session', payload: { token, mac: MAC, platform: 'efi', proof: proveEndpoint(secret!, MAC, token) } })).json();
+    expect(s.token, JSON.stringify(s)).toEqual(expect.any(String));
+    const before = (await srv.appliance.app.inject({ method: 'GET', url: `/api/v1/endpoints/${MAC}`, headers: { authorization: `Bearer ${srv.token}` } })).json();
+    const report = async (phase: string, detail: Record<string, unknown> = {}) => {
+      const r = await srv.appliance.app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${s.token}` }, payload: { mac: MAC, phase, detail } });
+      expect(r.statusCode, r.payload).toBe(201);
+    };
+    const acts: string[] = [];
+    class Rebooted extends Error {}
+    const machine: Machine = {
+      isUefi: () => true,
+      kexecLoad: (d, b) => { acts.push(`kexec-load ${d} ${b.kernel}`); },
+      kexecExec: () => { acts.push('kexec-exec'); throw dfError('DF_ERR_TOOL_FAILED', 'kexec -e: kexec_core: Starting new kernel failed: Operation not permitted'); },
+      setBootNextToDisk: () => { acts.push('bootnext'); return { num: 1, description: 'UEFI Misc Device' }; },
+      reboot: () => { acts.push('reboot'); throw new Rebooted(); },
+      powerOff: () => { acts.push('poweroff'); throw new Rebooted(); },
+    };
+    const marks: string[] = [];
+    await expect(handOff({ machine, report, mark: (n) => marks.push(n), say: () => {} },
+      { handoff: 'kexec', imageBoot: { partition: 1, kernel: 'vmlinuz', initrd: 'initrd.img', cmdline: 'root=/dev/vda1' } }, disk)).rejects.toBeInstanceOf(Rebooted);
+    expect(acts).toEqual([`kexec-load ${disk} vmlinuz`, 'kexec-exec', 'bootnext', 'reboot']);
+    expect(marks).toEqual(['KEXEC', 'KEXEC-FAILED', 'BOOTNEXT', 'REBOOT']);
+
+    const e = (await srv.appliance.app.inject({ method: 'GET', url: `/api/v1/endpoints/${MAC}`, headers: { authorization: `Bearer ${srv.token}` } })).json();
+    const seen = (e.events as Array<{ seq: number; phase: string; detail: Record<string, unknown> }>)
+      .filter((ev) => ev.seq > Math.max(0, ...before.events.map((x: { seq: number }) => x.seq)) && ev.phase !== 'agent' && ev.phase !== 'script')
+      .sort((a, b) => a.seq - b.seq);
+    expect(seen.map((ev) => [ev.phase, ev.detail.via])).toEqual([['local', 'kexec'], ['error', 'kexec'], ['local', 'bootnext']]);
+    expect(seen[1]!.detail).toMatchObject({ action: 'handoff', stage: 'exec', recovered: true });
+    expect(String(seen[1]!.detail.error)).toContain('DF_ERR_TOOL_FAILED: kexec -e: kexec_core');
+    // The sync before it succeeded: a recovered hand-off error does not turn the endpoint's last sync into a failure.
+    expect(e.lastSync).toMatchObject({ result: 'ok', action: 'sync', version: 1 });
+
+    // A kernel that cannot even be loaded is no hand-off at all: only the error, then BootNext.
+    acts.length = 0;
+    machine.kexecLoad = () => { acts.push('kexec-load'); throw dfError('DF_ERR_TOOL_FAILED', 'mount /dev/vda1: Invalid argument'); };
+    const last = Math.max(...seen.map((x) => x.seq));
+    await expect(handOff({ machine, report, mark: () => {}, say: () => {} },
+      { handoff: 'kexec', imageBoot: { partition: 1, kernel: 'vmlinuz', cmdline: '' } }, disk)).rejects.toBeInstanceOf(Rebooted);
+    expect(acts).toEqual(['kexec-load', 'bootnext', 'reboot']);
+    const e2 = (await srv.appliance.app.inject({ method: 'GET', url: `/api/v1/endpoints/${MAC}`, headers: { authorization: `Bearer ${srv.token}` } })).json();
+    const seen2 = (e2.events as Array<{ seq: number; phase: string; detail: Record<string, unknown> }>).filter((ev) => ev.seq > last).sort((a, b) => a.seq - b.seq);
+    expect(seen2.map((ev) => [ev.phase, ev.detail.via, ev.detail.stage])).toEqual([['error', 'kexec', 'load'], ['local', 'bootnext', undefined]]);
   });
 });

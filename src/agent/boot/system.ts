@@ -75,8 +75,8 @@ export function powerOff(): never {
   process.exit(0);
 }
 
-/** Load the image's own kernel from its boot partition (mounted read-only) and jump into it. */
-export function kexecInto(disk: string, boot: ImageBoot): never {
+/** Load the image's own kernel from its boot partition (mounted read-only) for a `kexecExec`. */
+export function kexecLoad(disk: string, boot: ImageBoot): void {
   mustBeBootStage('kexec');
   const dev = partitionDevice(disk, boot.partition);
   const mnt = '/run/deskfuse-boot';
@@ -93,6 +93,11 @@ export function kexecInto(disk: string, boot: ImageBoot): never {
   const l = run('kexec', args);
   run('umount', [mnt]);
   if (!l.ok) throw dfError('DF_ERR_TOOL_FAILED', `kexec -l ${boot.kernel}: ${l.out}`, { kernel: boot.kernel });
+}
+
+/** Jump into the loaded kernel; returns only by throwing. */
+export function kexecExec(): never {
+  mustBeBootStage('kexec');
   syncDisks();
   const e = run('kexec', ['-e']);
   throw dfError('DF_ERR_TOOL_FAILED', `kexec -e: ${e.out}`);
