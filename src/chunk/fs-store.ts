@@ -34,6 +34,7 @@ export class FsChunkStore implements PrunableStore {
 
   /** Only ENOENT is "absent": EIO, EMFILE, EACCES… are errors (else a caller would re-upload or report a loss). */
   async has(id: string): Promise<boolean> {
+    if (!isIdHex(id)) return false; // no chunk has that name
     const file = this.pathOf(id);
     try {
       await fsp.access(file, FS.F_OK);
