@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeFrame } from '../../src/chunk/frame.js';
 import { hashBytes, idHex } from '../../src/chunk/id.js';
 import { encodePack, PACK_CONTENT_TYPE } from '../../src/chunk/pack.js';
-import { makeDisk, prng, sha256 } from '../helpers/disk.js';
+import { makeDisk, patch, prng, sha256 } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir } from '../helpers/server.js';
 
 const KiB = 1024;
@@ -94,5 +94,30 @@ describe('publish into a full store', () => {
     expect(e.code, e.stderr).toBe(0);
     expect(sha256(f('out.img'))).toBe(sha256(f('v2.img')));
     expect(await tempFiles(chunksDir())).toEqual([]);
+  });
+
+  it('an agent commit into a full store: DF_ERR_NO_SPACE "the server\'s store is full", the disk stays dirty, and the commit goes through once space is freed', async () => {
+    expect((await cli(['desktop', 'create', 'd', '--image', 'full'], env)).code).toBe(0);
+    const disk = f('endpoint.img');
+    makeDisk(disk, VS + MiB, []);
+    const agent = (args: string[]) => cli(['agent', ...args, '--disk', disk, '--json'], env);
+    expect((await agent(['sync', '--desktop', 'd'])).code).toBe(0);
+    expect((await agent(['handoff'])).code).toBe(0);
+    patch(disk, 8 * MiB, prng(8)(2 * MiB)); // the OS wrote 2 MiB the server has never seen
+
+    const filler = path.join(chunksDir(), 'filler');
+    await fsp.writeFile(filler, Buffer.alloc(free() - 600 * KiB));
+    const r = await agent(['commit']);
+    expect(r.code).toBe(1);
+    expect(r.json.error.code).toBe('DF_ERR_NO_SPACE');
+    expect(r.stderr).toContain("the server's store is full");
+    expect(await tempFiles(chunksDir())).toEqual([]);
+    // Not the disk's fault: its state still says dirty (the commit is still to do), no disk failure.
+    expect((await agent(['status'])).json).toMatchObject({ state: 'dirty', version: 2, lastFailure: null });
+
+    await fsp.rm(filler);
+    const again = await agent(['commit']);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.json).toMatchObject({ committed: true, version: 3 });
   });
 });
