@@ -170,7 +170,7 @@ export function decodeHeader(buf: Buffer): DiskState | null {
   if (!kind || (slot !== 0 && slot !== 1)) return null;
   return {
     seq, areaStart: start, geometry: { virtualSize, chunkSize }, state: kind, activeSlot: slot, version: version || null,
-    target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret, failure,
+    target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret, ...(failure ? { failure } : {}),
   };
 }
 
