@@ -252,8 +252,13 @@ export class VdiSessions {
 
   /** A flush of the session's increment failed: the session is `failed` (writes refused, no commit) until discarded. */
   private fail(id: string, reason: string): void {
-    const row = this.deps.repo.update(id, { state: 'failed', failure: reason, updatedAt: this.now().toISOString() });
-    this.log.error({ session: id, desktop: row.desktop, reason }, 'vdi session failed: a flush did not make its writes durable; discard it');
+    try {
+      const row = this.deps.repo.update(id, { state: 'failed', failure: reason, updatedAt: this.now().toISOString() });
+      this.log.error({ session: id, desktop: row.desktop, reason }, 'vdi session failed: a flush did not make its writes durable; discard it');
+    } catch (err) {
+      // The increment refuses writes all the same; the row says `failed` once the database can say it.
+      this.log.error({ session: id, reason, err }, 'vdi session failed, and recording it failed too');
+    }
   }
 
   private async doCommit(id: string, by: 'disconnect' | 'admin', author: string): Promise<VdiSessionView> {
