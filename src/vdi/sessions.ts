@@ -202,7 +202,7 @@ export class VdiSessions {
     if (!how.clean) this.log.warn(fields, 'vdi client dropped without disconnecting: session kept open, not committed');
     else this.log.info(fields, 'vdi client disconnected');
     if (live.connections > 0) return;
-    const commitNow = how.clean && this.wrote.has(id) && row.autoCommit && row.state === 'open';
+    const commitNow = how.clean && this.wrote.has(id) && row.autoCommit && row.state === 'open' && !live.inc.failure;
     this.live.delete(id);
     const closing = (async () => {
       try {
@@ -256,7 +256,7 @@ export class VdiSessions {
       const row = this.deps.repo.update(id, { state: 'failed', failure: reason, updatedAt: this.now().toISOString() });
       this.log.error({ session: id, desktop: row.desktop, reason }, 'vdi session failed: a flush did not make its writes durable; discard it');
     } catch (err) {
-      // The increment refuses writes all the same; the row says `failed` once the database can say it.
+      // The increment refuses writes all the same, and a disconnect does not commit it (detach checks it).
       this.log.error({ session: id, reason, err }, 'vdi session failed, and recording it failed too');
     }
   }
