@@ -24,7 +24,8 @@ let tmp: ReturnType<typeof tempDir>;
 let srv: Awaited<ReturnType<typeof startInProcess>> | undefined;
 let admin: Record<string, string>;
 let pool: string | undefined;
-let thin: ThinDisk | undefined;
+/** Kept so that afterAll undoes the mounts even when a slow machine timed the test out half-way. */
+let making: Promise<ThinDisk> | undefined;
 const f = (n: string) => path.join(tmp.dir, n);
 
 /** sha256 of the first VS bytes (the image region) of a disk file or device. */
@@ -59,24 +60,25 @@ beforeAll(async () => {
 afterAll(async () => {
   await srv?.close();
   if (pool) execFileSync('umount', [pool]);
-  await thin?.close();
+  await (await making?.catch(() => undefined))?.close();
   tmp?.cleanup();
 });
 
 describe('agent on a failing local disk', () => {
   it('a disk file whose file system fills up mid-sync: DF_ERR_DISK_FULL, recorded in the state area; after freeing space the sync resumes and completes', async () => {
-    pool = f('pool-full');
-    await fsp.mkdir(pool);
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', pool]);
-    const disk = path.join(pool, 'disk.img');
+    const dir = f('pool-full');
+    await fsp.mkdir(dir);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', dir]);
+    pool = dir;
+    const disk = path.join(dir, 'disk.img');
     writeFileSync(disk, '');
     truncateSync(disk, DISK);
     const first = await agent(['sync', '--disk', disk, '--desktop', 'full']);
     expect(first.code, first.stderr).toBe(0);
     expect(first.json.to).toBe(1);
 
-    const filler = path.join(pool, 'filler');
-    const s = statfsSync(pool);
+    const filler = path.join(dir, 'filler');
+    const s = statfsSync(dir);
     writeFileSync(filler, Buffer.alloc(s.bavail * s.bsize - 2 * MiB));
     expect((await cli(['desktop', 'reset', 'full', '--to', 'main'], admin)).code).toBe(0);
     const r = await agent(['sync', '--disk', disk, '--desktop', 'full']);
@@ -97,7 +99,8 @@ describe('agent on a failing local disk', () => {
   });
 
   it('a block device whose backing store fails its writeback: DF_ERR_DISK_IO, recorded in the state area; once it has room the sync resumes and completes', async () => {
-    thin = await thinDisk(f('thin'), { poolBytes: 16 * MiB, deviceBytes: DISK });
+    making = thinDisk(f('thin'), { poolBytes: 16 * MiB, deviceBytes: DISK });
+    const thin = await making;
     const disk = thin.device;
     const first = await agent(['sync', '--disk', disk, '--desktop', 'thin']);
     expect(first.code, first.stderr).toBe(0);

@@ -18,6 +18,8 @@ import { startVdiAppliance, type VdiAppliance } from '../helpers/vdi.js';
 const MiB = 1024 * 1024;
 let tmp: ReturnType<typeof tempDir>;
 let thin: ThinDisk | undefined;
+/** Kept so that afterAll undoes the mounts even when a slow machine timed the setup out half-way. */
+let making: Promise<ThinDisk> | undefined;
 let app: VdiAppliance | undefined;
 let admin: Record<string, string>;
 const f = (n: string) => path.join(tmp.dir, n);
@@ -25,17 +27,18 @@ const vdi = async (args: string[]) => cli(['vdi', ...args, '--json'], admin);
 
 beforeAll(async () => {
   tmp = tempDir('df-vdi-flush-');
-  thin = await thinDisk(tmp.dir, { poolBytes: 24 * MiB, deviceBytes: 128 * MiB, mountExt4At: f('data/vdi') });
+  making = thinDisk(tmp.dir, { poolBytes: 24 * MiB, deviceBytes: 128 * MiB, mountExt4At: f('data/vdi') });
+  thin = await making;
   app = await startVdiAppliance(f('data'));
   admin = { DESKFUSE_SERVER: app.url, DESKFUSE_TOKEN: app.token };
   baseDisk(f('base.img'));
   expect((await cli(['image', 'create', 'win', '--from', f('base.img')], admin)).code).toBe(0);
   expect((await cli(['desktop', 'create', 'alice', '--image', 'win'], admin)).code).toBe(0);
-});
+}, 180_000);
 
 afterAll(async () => {
   await app?.close();
-  await thin?.close();
+  await (await making?.catch(() => undefined))?.close();
   tmp?.cleanup();
 });
 
