@@ -1,5 +1,6 @@
 import type { FastifyError, FastifyInstance } from 'fastify';
-import { DeskfuseError } from '../src/errors.js';
+import { isNoSpace } from '../src/chunk/io-errors.js';
+import { DeskfuseError, dfError } from '../src/errors.js';
 
 /** Map every error to `{code, message, …fields}` with a stable DF_ERR_* code. */
 export function installErrorHandler(app: FastifyInstance): void {
@@ -17,6 +18,11 @@ export function installErrorHandler(app: FastifyInstance): void {
     }
     if (fe.statusCode && fe.statusCode < 500) {
       return reply.status(fe.statusCode).send({ code: 'DF_ERR_BAD_REQUEST', message: fe.message, fastifyCode: fe.code });
+    }
+    // A full disk under any other writer (SQLite, a cache file) still gets its code, not a bare 500.
+    if (isNoSpace(err) || (err as { code?: unknown }).code === 'SQLITE_FULL') {
+      req.log.error({ err }, 'the data directory is full');
+      return reply.status(507).send(dfError('DF_ERR_NO_SPACE', "the server's store is full; free space on the server and retry").toJSON());
     }
     req.log.error({ err }, 'unhandled error');
     return reply.status(500).send({ code: 'DF_ERR_INTERNAL', message: 'internal error' });

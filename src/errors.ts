@@ -56,6 +56,11 @@ export const ERRORS = {
   DF_ERR_VDI_SESSION_BUSY: { status: 409, message: 'a client is connected to the VDI session' },
   DF_ERR_ENDPOINT_SECRET: { status: 403, message: "the boot did not prove the endpoint's disk secret" },
   DF_ERR_DISK_UNKNOWN_DATA: { status: 409, message: 'the disk holds data but no deskfuse state: it is not overwritten unless reprovisioned' },
+  DF_ERR_NO_SPACE: { status: 507, message: "the server's store is full" },
+  DF_ERR_STORE_IO: { status: 500, message: "the server's store failed a read, write or sync" },
+  DF_ERR_VDI_SESSION_FAILED: { status: 409, message: 'the VDI session failed: writes since its last good flush may be lost' },
+  DF_ERR_DISK_FULL: { status: 500, message: "the endpoint's disk is full" },
+  DF_ERR_DISK_IO: { status: 500, message: "the endpoint's disk failed a read, write or sync" },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

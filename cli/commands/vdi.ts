@@ -147,7 +147,7 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   let s: VdiSessionView;
   for (;;) {
     s = (await client.json<VdiSessionView>('GET', `/api/v1/vdi/sessions/${id}`)).body;
-    const settled = s.state === 'committed' || s.state === 'discarded' || (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'dropped');
+    const settled = s.state === 'committed' || s.state === 'discarded' || s.state === 'failed' || (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'dropped');
     if (settled || Date.now() > deadline) break;
     if (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'clean' && !s.autoCommit) break;
     await new Promise((r) => setTimeout(r, 250));
@@ -170,6 +170,7 @@ function outcomeShort(s: VdiSessionView): string {
 export function outcomeText(s: VdiSessionView): string {
   const o = s.outcome;
   if (s.state === 'discarded') return `VDI session ${s.id} discarded (nothing committed)`;
+  if (s.state === 'failed') return `VDI session ${s.id} FAILED: ${s.failure ?? 'unknown reason'}; it cannot be committed. Discard it: deskfuse vdi session discard ${s.id}`;
   if (s.state !== 'committed' || !o) {
     return `VDI session ${s.id} is ${s.state}${s.lastDisconnect ? ` (last client ${s.lastDisconnect === 'dropped' ? 'dropped without disconnecting' : 'disconnected'})` : ''}; ` +
       `nothing was committed. Commit it: deskfuse vdi session commit ${s.id}, or discard it: deskfuse vdi session discard ${s.id}`;
@@ -191,5 +192,6 @@ function showText(s: VdiSessionView): string {
     (inc ? `  increment   ${inc.changed} chunks changed${inc.live ? `; since the client connected: ${inc.live.bytesWritten} bytes written, ${inc.live.flushes} flushes, last ${inc.live.lastFlushAt ?? '-'}` : ''}\n` : '') +
     `  auto-commit ${s.autoCommit ? 'on clean disconnect' : 'off'}\n` +
     `  outcome     ${s.outcome ? outcomeText(s) : '-'}\n` +
+    (s.failure ? `  failure     ${outcomeText(s)}\n` : '') +
     `  created     ${s.createdAt} by ${s.createdBy}\n`;
 }

@@ -31,7 +31,7 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   app.get<{ Querystring: { desktop?: string; all?: boolean } }>('/vdi/sessions', {
     schema: { querystring: listVdiSessionsQuery, tags: ['vdi'], summary: 'List VDI sessions: open and committing ones (all: committed and discarded too)' },
   }, async (req) => ({
-    sessions: sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing'] }) }),
+    sessions: sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing', 'failed'] }) }),
   }));
 
   app.get<{ Params: P }>('/vdi/sessions/:id', {

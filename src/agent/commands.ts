@@ -4,6 +4,7 @@ import { isBlankSecret } from '../endpoint/proof.js';
 import { chunkCount } from '../image/geometry.js';
 import { scanDisk } from '../sync/scan.js';
 import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
+import { stopOnDiskFailure } from './disk-failure.js';
 import { hasDataOutside, openDisk } from './disk.js';
 import { openSession, releaseLease, takeLease, type AgentOptions } from './session.js';
 import { areaSize, readSlot, readState, writeHeader } from './state-area.js';
@@ -39,6 +40,10 @@ async function diskDesktop(path: string): Promise<string> {
  * upload what the server lacks, commit, seal the disk `clean` and release the lease.
  */
 export async function agentCommit(o: AgentOptions): Promise<CommitResult> {
+  return stopOnDiskFailure(o.disk, () => commitDisk(o));
+}
+
+async function commitDisk(o: AgentOptions): Promise<CommitResult> {
   const t0 = performance.now();
   const s = await openSession(o, o.desktop ?? (await diskDesktop(o.disk)));
   try {
@@ -55,7 +60,7 @@ export async function agentCommit(o: AgentOptions): Promise<CommitResult> {
       const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
       const hints = mergeHints(scan, s.slot.hints);
       if (scan.changed.length === 0) {
-        state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean' });
+        state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null });
         result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
       } else {
         const c = await commitChanges(s, state, lease, scan, hints);
@@ -113,7 +118,7 @@ export async function agentStatus(path: string): Promise<Record<string, unknown>
       disk: path, size: d.size, state: st.state, image: st.image, desktop: st.desktop, version: st.version, target: st.target,
       progress: st.state === 'applying' ? st.progress : undefined, lastConflict: st.lastConflict, virtualSize: st.geometry.virtualSize,
       chunkSize: st.geometry.chunkSize, chunkPositions: chunkCount(st.geometry), nonZeroChunks: chunks, stateArea: { start: st.areaStart, size: areaSize(st.geometry) },
-      slotOk, sequence: st.seq, endpointSecret: hashBytes(st.secret).toString('hex').slice(0, 16),
+      slotOk, sequence: st.seq, endpointSecret: hashBytes(st.secret).toString('hex').slice(0, 16), lastFailure: st.failure ?? null,
     };
   } finally {
     await d.close();

@@ -96,7 +96,7 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
     chunksChanged: changed.length, chunksUploaded: missing.length,
   };
   const newState = await writeSlotAndHeader(s.disk.fh, s.disk.size, {
-    ...state, state: 'clean', version: v.version, target: null, progress: 0,
+    ...state, state: 'clean', version: v.version, target: null, progress: 0, failure: null,
     lastConflict: outcome.conflict ? v.version : state.lastConflict,
   }, { index: next, hints });
   s.slot = { index: next, hints };

@@ -43,7 +43,11 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  *     64   32  BLAKE3 of the active slot
  *     96   64  image name (UTF-8, zero padded)     160  64  desktop name
  *     224  32  endpoint secret: an Ed25519 seed made at provisioning (src/endpoint/proof.ts; the server keeps its public key)
- *     256  …   zero
+ *     256  1   last failure: 0 none, 1 the disk failed (DF_ERR_DISK_IO), 2 the disk was full (DF_ERR_DISK_FULL)
+ *     257  7   reserved                   264  8   failure time (ms since 1970)
+ *     272  16  failure errno (ASCII, e.g. "EIO")     288  16  failed operation ("write", "fsync", …)
+ *     304  160 failure message (UTF-8, zero padded; cut at 160 bytes)
+ *     464  …   zero
  *     4064 32  BLAKE3 of bytes 0..4063
  *
  * An update writes the inactive slot, syncs, then writes the older header copy with sequence + 1
@@ -59,6 +63,19 @@ export type DiskStateKind = 'clean' | 'dirty' | 'applying';
 const KIND_CODE: Record<DiskStateKind, number> = { clean: 1, dirty: 2, applying: 3 };
 const CODE_KIND = ['', 'clean', 'dirty', 'applying'] as const;
 
+/**
+ * Why the last run on this disk stopped, when the disk itself failed it (the other fields still say
+ * where the disk is, so a rerun resumes or commits). Cleared when a sync or commit completes.
+ */
+export interface DiskFailure {
+  code: 'DF_ERR_DISK_IO' | 'DF_ERR_DISK_FULL';
+  errno: string;
+  op: string;
+  at: string;
+  message: string;
+}
+const FAILURE_CODES = ['', 'DF_ERR_DISK_IO', 'DF_ERR_DISK_FULL'] as const;
+
 export interface DiskState {
   seq: number;
   areaStart: number;
@@ -73,6 +90,8 @@ export interface DiskState {
   image: string;
   desktop: string;
   secret: Buffer;
+  /** Absent or null: the last run did not stop on a disk failure. */
+  failure?: DiskFailure | null;
 }
 
 const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
@@ -103,6 +122,15 @@ export function headersEnd(deviceSize: number): number {
   return Math.floor((deviceSize - GPT_RESERVE) / ALIGN) * ALIGN;
 }
 
+/** `s` as a zero-padded field of `n` bytes, cut (on a character boundary) when longer. */
+function textField(s: string, n: number): Buffer {
+  const out = Buffer.alloc(n);
+  let b = Buffer.from(s, 'utf8');
+  while (b.length > n) b = Buffer.from(s = s.slice(0, -1), 'utf8');
+  b.copy(out);
+  return out;
+}
+
 function nameField(s: string, field: string): Buffer {
   const b = Buffer.from(s, 'utf8');
   if (b.length > 64) throw dfError('DF_ERR_BAD_REQUEST', `${field} is longer than 64 bytes`, { field });
@@ -117,6 +145,11 @@ export function encodeHeader(s: DiskState): Buffer {
     .u8(KIND_CODE[s.state]).u8(s.activeSlot).u16(0)
     .u32(s.version ?? 0).u32(s.target ?? 0).u32(s.progress).u32(s.lastConflict ?? 0).u32(0)
     .bytes(s.slotHash).bytes(nameField(s.image, 'image')).bytes(nameField(s.desktop, 'desktop')).bytes(s.secret);
+  const f = s.failure;
+  if (f) {
+    w.u8(FAILURE_CODES.indexOf(f.code)).bytes(Buffer.alloc(7)).u64(Date.parse(f.at))
+      .bytes(textField(f.errno, 16)).bytes(textField(f.op, 16)).bytes(textField(f.message, 160));
+  }
   w.offset = HEADER_SIZE - 32;
   w.buf.set(hashBytes(w.buf.subarray(0, HEADER_SIZE - 32)), HEADER_SIZE - 32);
   w.offset = HEADER_SIZE;
@@ -147,10 +180,16 @@ export function decodeHeader(buf: Buffer): DiskState | null {
   const image = str(r.bytes(64, 'image'));
   const desktop = str(r.bytes(64, 'desktop'));
   const secret = Buffer.from(r.bytes(32, 'secret'));
+  const fcode = FAILURE_CODES[r.u8('failure')];
+  r.bytes(7, 'reserved');
+  const fat = r.u64('failure time');
+  const failure: DiskFailure | null = fcode
+    ? { code: fcode, at: new Date(fat).toISOString(), errno: str(r.bytes(16, 'errno')), op: str(r.bytes(16, 'op')), message: str(r.bytes(160, 'message')) }
+    : null;
   if (!kind || (slot !== 0 && slot !== 1)) return null;
   return {
     seq, areaStart: start, geometry: { virtualSize, chunkSize }, state: kind, activeSlot: slot, version: version || null,
-    target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret,
+    target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret, ...(failure ? { failure } : {}),
   };
 }
 

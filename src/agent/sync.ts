@@ -13,6 +13,7 @@ import { scanDisk, type ScanResult } from '../sync/scan.js';
 import { commitChanges, mergeHints, sameIndex } from './commit.js';
 import { hasDataOutside, readChunkAt, sealGpt } from './disk.js';
 import { DiskWriter } from '../disk/writer.js';
+import { stopOnDiskFailure } from './disk-failure.js';
 import { ChunkFetcher } from './fetcher.js';
 import { emptyHints, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
 import { GPT_RESERVE, writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
@@ -46,13 +47,17 @@ const ATTEMPTS = 3;
  */
 export async function agentSync(o: AgentOptions): Promise<SyncResult> {
   if (!o.desktop) throw dfError('DF_ERR_USAGE', 'agent sync needs --desktop NAME');
+  return stopOnDiskFailure(o.disk, () => syncWithRetries(o, o.desktop!));
+}
+
+async function syncWithRetries(o: AgentOptions, desktop: string): Promise<SyncResult> {
   const t0 = performance.now();
   let requests = 0;
   let bytes = 0;
   for (let attempt = 1; ; attempt++) {
     let s: Session | undefined;
     try {
-      s = await openSession(o, o.desktop);
+      s = await openSession(o, desktop);
       const r = await syncOnce(s, o);
       return { ...r, requests: requests + s.client.stats.requests, bytesFetched: bytes + s.client.stats.bytesReceived, seconds: (performance.now() - t0) / 1000 };
     } catch (err) {
@@ -124,14 +129,14 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const base = hops ? s.slot!.index : null;
   const target = await targetIndex(s, to, hops && base ? { base, hops } : null);
   if (sameIndex(actual, target)) {
-    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null }, { index: target, hints });
+    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null, failure: null }, { index: target, hints });
     return sealed(s, done());
   }
   const ops = plan({ actual, target, base, deltas: hops !== null });
   state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
   await s.disk.fh.datasync();
-  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length }, { index: target, hints });
+  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
   return sealed(s, { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched });
 }
 

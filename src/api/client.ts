@@ -137,7 +137,8 @@ export class ApiClient {
       }
       if (res.ok || o.accept?.includes(res.status)) return res;
       const text = await res.text();
-      if (res.status >= 500 && idempotent && attempt < this.attempts) {
+      // 507: a full store does not empty itself in a few seconds; the caller says so at once.
+      if (res.status >= 500 && res.status !== 507 && idempotent && attempt < this.attempts) {
         await sleep(250 * 2 ** (attempt - 1));
         continue;
       }

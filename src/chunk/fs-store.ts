@@ -4,6 +4,7 @@ import path from 'node:path';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { encodeFrame, openFrame } from './frame.js';
 import { isIdHex } from './id.js';
+import { storeIoError } from './io-errors.js';
 import type { PrunableStore, StoredChunk } from './store.js';
 
 /**
@@ -31,12 +32,16 @@ export class FsChunkStore implements PrunableStore {
     return path.join(this.root, id.slice(0, 3), `${id}.zst`);
   }
 
+  /** Only ENOENT is "absent": EIO, EMFILE, EACCES… are errors (else a caller would re-upload or report a loss). */
   async has(id: string): Promise<boolean> {
+    if (!isIdHex(id)) return false; // no chunk has that name
+    const file = this.pathOf(id);
     try {
-      await fsp.access(this.pathOf(id), FS.F_OK);
+      await fsp.access(file, FS.F_OK);
       return true;
-    } catch {
-      return false;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw storeIoError(err, 'lookup', `chunk ${id}`);
     }
   }
 
@@ -73,7 +78,8 @@ export class FsChunkStore implements PrunableStore {
     // Parallel fdatasyncs let the journal commit many files at once (measured ~0.4 ms per chunk).
     const unique = new Map(chunks.map((c) => [c.id, c.frame]));
     existing += chunks.length - unique.size;
-    await Promise.all(
+    // Every write settles (and cleans its temp file) before the batch answers, even when one fails.
+    const writes = await Promise.allSettled(
       [...unique].map(async ([id, frame]) => {
         const final = this.pathOf(id);
         if (await this.has(id)) {
@@ -82,15 +88,18 @@ export class FsChunkStore implements PrunableStore {
         }
         const dir = path.dirname(final);
         if (!this.dirs.has(dir)) {
-          await fsp.mkdir(dir, { recursive: true });
+          await fsp.mkdir(dir, { recursive: true }).catch((err) => { throw storeIoError(err, 'mkdir', `chunk ${id}`); });
           this.dirs.add(dir);
         }
-        await writeDurable(final, frame, false); // the folders are synced once for the batch
+        await writeDurable(final, frame, false, `chunk ${id}`); // the folders are synced once for the batch
         dirs.add(dir);
         stored++;
       }),
     );
-    await Promise.all([...dirs].map((d) => fsyncDir(d)));
+    const syncs = await Promise.allSettled([...dirs].map((d) => fsyncDir(d)));
+    // The first failure answers for the batch; a full store first (the client can act on it).
+    const failed = [...writes, ...syncs].flatMap((r) => (r.status === 'rejected' ? [storeIoError(r.reason, 'write', 'a chunk')] : []));
+    if (failed.length) throw failed.find((e) => e.code === 'DF_ERR_NO_SPACE') ?? failed[0]!;
     return { stored, existing };
   }
 
@@ -130,25 +139,36 @@ export class FsChunkStore implements PrunableStore {
 /**
  * Write a file so that its name never points at bytes a crash could lose: a temp file beside it,
  * fdatasync, rename, then (with `syncDir`) fsync of the folder so the name itself survives.
+ * A failed write removes its temp file (a full disk must not stay full of partial files) and throws
+ * DF_ERR_NO_SPACE or DF_ERR_STORE_IO naming `what`.
  */
-export async function writeDurable(final: string, bytes: Buffer, syncDir = true): Promise<void> {
+export async function writeDurable(final: string, bytes: Buffer, syncDir = true, what = path.basename(final)): Promise<void> {
   const tmp = path.join(path.dirname(final), `.tmp-${path.basename(final).slice(0, 16)}-${randomBytes(6).toString('hex')}`);
-  const fh = await fsp.open(tmp, 'wx', 0o644);
   try {
-    await fh.writeFile(bytes);
-    await fh.datasync();
-  } finally {
-    await fh.close();
+    const fh = await fsp.open(tmp, 'wx', 0o644);
+    try {
+      await fh.writeFile(bytes);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, final);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true }).catch(() => {}); // nothing there when the open failed
+    throw storeIoError(err, 'write', what);
   }
-  await fsp.rename(tmp, final);
   if (syncDir) await fsyncDir(path.dirname(final));
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, 'r');
   try {
-    await fh.sync();
-  } finally {
-    await fh.close();
+    const fh = await fsp.open(dir, 'r');
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    throw storeIoError(err, 'sync', `folder ${path.basename(dir)}`);
   }
 }

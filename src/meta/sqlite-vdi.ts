@@ -7,7 +7,7 @@ export const VDI_SCHEMA = [
      id TEXT PRIMARY KEY, desktop TEXT NOT NULL, image TEXT NOT NULL, base INTEGER NOT NULL, mode TEXT NOT NULL,
      holder TEXT NOT NULL, fencing BIGINT, secret_hash TEXT NOT NULL, auto_commit INTEGER NOT NULL, state TEXT NOT NULL,
      created_at TEXT NOT NULL, created_by TEXT NOT NULL, updated_at TEXT NOT NULL, last_connect_at TEXT,
-     last_disconnect_at TEXT, last_disconnect TEXT, outcome TEXT)`,
+     last_disconnect_at TEXT, last_disconnect TEXT, outcome TEXT, failure TEXT)`,
   `CREATE INDEX IF NOT EXISTS vdi_sessions_by_desktop ON vdi_sessions (desktop, created_at)`,
 ];
 
@@ -15,6 +15,7 @@ const COLUMNS: Record<keyof Omit<VdiSessionRow, 'id'>, string> = {
   desktop: 'desktop', image: 'image', base: 'base', mode: 'mode', holder: 'holder', fencing: 'fencing', secretHash: 'secret_hash',
   autoCommit: 'auto_commit', state: 'state', createdAt: 'created_at', createdBy: 'created_by', updatedAt: 'updated_at',
   lastConnectAt: 'last_connect_at', lastDisconnectAt: 'last_disconnect_at', lastDisconnect: 'last_disconnect', outcome: 'outcome',
+  failure: 'failure',
 };
 
 type Row = Record<string, unknown>;
@@ -26,6 +27,7 @@ const toRow = (r: Row): VdiSessionRow => ({
   updatedAt: r.updated_at as string, lastConnectAt: (r.last_connect_at as string | null) ?? null,
   lastDisconnectAt: (r.last_disconnect_at as string | null) ?? null, lastDisconnect: (r.last_disconnect as VdiSessionRow['lastDisconnect']) ?? null,
   outcome: r.outcome ? JSON.parse(r.outcome as string) : null,
+  failure: (r.failure as string | null | undefined) ?? null,
 });
 
 const toColumn = (k: string, v: unknown): unknown => (k === 'autoCommit' ? (v ? 1 : 0) : k === 'outcome' ? (v === null ? null : JSON.stringify(v)) : v);
@@ -33,6 +35,9 @@ const toColumn = (k: string, v: unknown): unknown => (k === 'autoCommit' ? (v ? 
 export class SqliteVdiRepo implements VdiRepo {
   constructor(private readonly db: Database.Database) {
     for (const s of VDI_SCHEMA) db.exec(s);
+    // Databases made before sessions could fail.
+    const cols = db.prepare('PRAGMA table_info(vdi_sessions)').all() as Array<{ name: string }>;
+    if (!cols.some((c) => c.name === 'failure')) db.exec('ALTER TABLE vdi_sessions ADD COLUMN failure TEXT');
   }
 
   insert(row: VdiSessionRow): void {

@@ -27,6 +27,11 @@ import { zeroChunkExtents } from './version-export.js';
  * record never names overlay bytes that a crash could lose. Writes into a chunk already `data` need no
  * record: the overlay's fdatasync covers them. A whole chunk zeroed (WRITE_ZEROES, TRIM) becomes `zero`
  * without any I/O; its stale overlay bytes are rewritten before it is `data` again.
+ *
+ * A failed flush fails the increment for good: on Linux a failed fdatasync drops the dirty pages'
+ * error once reported, so a later fdatasync "succeeds" without the lost writes ever reaching the disk
+ * (PostgreSQL's "fsyncgate", 2018). Every later write and flush is refused (the NBD client gets EIO);
+ * the session is marked `failed` through `onFailed` and only a discard ends it.
  */
 export const BASE = 0;
 export const DATA = 1;
@@ -58,6 +63,8 @@ export class CloudIncrement {
   private writesDone = 0;
   private flushedUpTo = 0;
   private closed = false;
+  /** Why the increment failed (a flush that did not make its writes durable); null while healthy. */
+  failure: string | null = null;
   readonly stats: IncrementStats = { changed: 0, bytesWritten: 0, flushes: 0, lastFlushAt: null };
 
   private constructor(
@@ -69,6 +76,7 @@ export class CloudIncrement {
     private readonly map: FileHandle,
     private mapSize: number,
     state: Uint8Array,
+    private readonly onFailed: ((reason: string) => void) | undefined,
   ) {
     this.state = state;
     for (const s of state) if (s !== BASE) this.stats.changed++;
@@ -100,8 +108,11 @@ export class CloudIncrement {
     await fsyncDir(path.dirname(dir));
   }
 
-  /** Open and replay the map. `base` must be the index of the session's base version. */
-  static async open(dir: string, base: ChunkIndex, chunks: RawChunkCache): Promise<CloudIncrement> {
+  /**
+   * Open and replay the map. `base` must be the index of the session's base version; `onFailed` hears
+   * once when a flush fails (the increment refuses writes from then on).
+   */
+  static async open(dir: string, base: ChunkIndex, chunks: RawChunkCache, onFailed?: (reason: string) => void): Promise<CloudIncrement> {
     const g = base.geometry;
     let overlay: FileHandle | undefined;
     let map: FileHandle | undefined;
@@ -115,7 +126,7 @@ export class CloudIncrement {
         await map.truncate(valid);
         await map.datasync();
       }
-      return new CloudIncrement(dir, g, base, chunks, overlay, map, valid, state);
+      return new CloudIncrement(dir, g, base, chunks, overlay, map, valid, state, onFailed);
     } catch (err) {
       await overlay?.close();
       await map?.close();
@@ -172,7 +183,7 @@ export class CloudIncrement {
    * go out as one pwrite per contiguous run; the others are copied on write one chunk at a time.
    */
   async write(offset: number, data: Buffer): Promise<void> {
-    this.open();
+    this.writable();
     const jobs: Promise<void>[] = [];
     let run: { start: number; end: number; claim: number[] } | undefined;
     const flushRun = () => {
@@ -215,7 +226,7 @@ export class CloudIncrement {
 
   /** Zero a range: whole chunks become `zero` (no I/O), partial ones are written with zeros. */
   async zero(offset: number, length: number): Promise<void> {
-    this.open();
+    this.writable();
     const jobs: Promise<void>[] = [];
     forEachChunkPiece(this.geometry, offset, length, (i, within, n, at) => {
       if (within === 0 && n === chunkLength(this.geometry, i)) jobs.push(this.zeroWhole(i));
@@ -273,9 +284,10 @@ export class CloudIncrement {
 
   /** Make every completed write durable (NBD_CMD_FLUSH, FUA). Concurrent calls share one flush in flight. */
   async flush(): Promise<void> {
-    this.open();
+    this.writable();
     // A flush asked for while one runs must cover writes that the running one may have missed.
     while (this.flushing) await this.flushing.catch(() => {});
+    this.writable(); // the flush waited for may have failed it
     this.flushing = this.doFlush();
     try {
       await this.flushing;
@@ -309,9 +321,11 @@ export class CloudIncrement {
       this.stats.flushes++;
       this.stats.lastFlushAt = new Date().toISOString();
     } catch (err) {
-      // Not durable: keep the records for the next flush (newer states win).
-      for (const [i, s] of batch) if (!this.pending.has(i)) this.pending.set(i, s);
-      throw err;
+      // Not durable, and a retry could not tell: what the failed sync lost is gone from the page cache's
+      // dirty set, so the next fdatasync would report success. Fail for good.
+      this.failure = `flush failed (${(err as Error).message}) at ${new Date().toISOString()}; writes since the last good flush${this.stats.lastFlushAt ? ` (${this.stats.lastFlushAt})` : ''} may be lost`;
+      this.onFailed?.(this.failure);
+      throw this.failedError(err);
     }
   }
 
@@ -330,6 +344,16 @@ export class CloudIncrement {
 
   private open(): void {
     if (this.closed) throw dfError('DF_ERR_VDI_SESSION_STATE', `the cloud increment in ${this.dir} is closed`, { dir: this.dir });
+  }
+
+  /** Open and not failed: writes and flushes go on. */
+  private writable(): void {
+    this.open();
+    if (this.failure) throw this.failedError();
+  }
+
+  private failedError(cause?: unknown) {
+    return dfError('DF_ERR_VDI_SESSION_FAILED', `the cloud increment in ${this.dir} failed: ${this.failure}; discard the session`, { dir: this.dir, reason: this.failure }, cause);
   }
 
   private async preadInto(buf: Buffer, off: number, n: number, at: number): Promise<void> {

@@ -8,8 +8,10 @@ import type { ConflictReason, DesktopMode } from '../meta/repo.js';
  *     └───────────────────────────(`vdi session discard`)───────────────────────────▶ discarded
  *
  * `committing` is kept across a crash: a rerun of the commit returns the same version.
+ *   open ──(a FLUSH whose fdatasync failed)──▶ failed ──(`vdi session discard`)──▶ discarded
+ * A failed session refuses writes and commits: what it lost cannot be known (see increment.ts).
  */
-export type VdiState = 'open' | 'committing' | 'committed' | 'discarded';
+export type VdiState = 'open' | 'committing' | 'committed' | 'discarded' | 'failed';
 
 export interface VdiOutcome {
   /** `unchanged`: nothing differed from the base, no version was made. `discarded`: a restore desktop's session ended. */
@@ -44,6 +46,8 @@ export interface VdiSessionRow {
   lastDisconnectAt: string | null;
   lastDisconnect: 'clean' | 'dropped' | null;
   outcome: VdiOutcome | null;
+  /** Why the session failed (state `failed`), else null. */
+  failure: string | null;
 }
 
 export interface VdiRepo {

@@ -108,7 +108,7 @@ export class VdiSessions {
       this.deps.repo.insert({
         id, desktop: d.name, image: d.image, base: base.version, mode: d.mode, holder, fencing, secretHash: hashToken(secret),
         autoCommit: req.autoCommit ?? true, state: 'open', createdAt: at, createdBy: author, updatedAt: at,
-        lastConnectAt: null, lastDisconnectAt: null, lastDisconnect: null, outcome: null,
+        lastConnectAt: null, lastDisconnectAt: null, lastDisconnect: null, outcome: null, failure: null,
       });
       this.log.info({ session: id, desktop: d.name, image: d.image, base: base.version, fencing, author }, 'vdi session created');
       return { session: this.view(id), secret, exportName: `${sessionExport(id)}:${secret}` };
@@ -172,7 +172,7 @@ export class VdiSessions {
     if (!live) {
       let p = this.opening.get(id);
       if (!p) {
-        p = (async () => ({ inc: await this.openIncrement(row), connections: 0 }))();
+        p = (async () => ({ inc: await this.openIncrement(row, undefined, (reason) => this.fail(id, reason)), connections: 0 }))();
         this.opening.set(id, p);
         p.finally(() => this.opening.delete(id)).catch(() => {});
       }
@@ -202,11 +202,11 @@ export class VdiSessions {
     if (!how.clean) this.log.warn(fields, 'vdi client dropped without disconnecting: session kept open, not committed');
     else this.log.info(fields, 'vdi client disconnected');
     if (live.connections > 0) return;
-    const commitNow = how.clean && this.wrote.has(id) && row.autoCommit && row.state === 'open';
+    const commitNow = how.clean && this.wrote.has(id) && row.autoCommit && row.state === 'open' && !live.inc.failure;
     this.live.delete(id);
     const closing = (async () => {
       try {
-        await live.inc.flush();
+        if (!live.inc.failure) await live.inc.flush(); // a failed increment has nothing it could make durable
       } finally {
         await live.inc.close();
       }
@@ -234,8 +234,8 @@ export class VdiSessions {
     return this.once(id, async () => {
       const row = this.get(id);
       if (row.state === 'discarded') return this.view(id);
-      // A commit that failed half-way ('committing') may be retried or given up.
-      if (row.state !== 'open' && row.state !== 'committing') throw stateError(row, 'discard');
+      // A commit that failed half-way ('committing') may be retried or given up; a failed session only given up.
+      if (row.state !== 'open' && row.state !== 'committing' && row.state !== 'failed') throw stateError(row, 'discard');
       this.notConnected(row);
       const outcome: VdiOutcome = { kind: 'discarded', version: null, ref: null, chunksChanged: 0, by, seconds: 0 };
       this.deps.repo.update(id, { state: 'discarded', outcome, updatedAt: this.now().toISOString() });
@@ -248,6 +248,17 @@ export class VdiSessions {
 
   close(): void {
     clearInterval(this.timer);
+  }
+
+  /** A flush of the session's increment failed: the session is `failed` (writes refused, no commit) until discarded. */
+  private fail(id: string, reason: string): void {
+    try {
+      const row = this.deps.repo.update(id, { state: 'failed', failure: reason, updatedAt: this.now().toISOString() });
+      this.log.error({ session: id, desktop: row.desktop, reason }, 'vdi session failed: a flush did not make its writes durable; discard it');
+    } catch (err) {
+      // The increment refuses writes all the same, and a disconnect does not commit it (detach checks it).
+      this.log.error({ session: id, reason, err }, 'vdi session failed, and recording it failed too');
+    }
   }
 
   private async doCommit(id: string, by: 'disconnect' | 'admin', author: string): Promise<VdiSessionView> {
@@ -361,8 +372,8 @@ export class VdiSessions {
     return p;
   }
 
-  private async openIncrement(row: VdiSessionRow, base?: ChunkIndex): Promise<CloudIncrement> {
-    return CloudIncrement.open(this.incDir(row.id), base ?? (await this.deps.catalog.index(row.image, row.base)), this.deps.cache);
+  private async openIncrement(row: VdiSessionRow, base?: ChunkIndex, onFailed?: (reason: string) => void): Promise<CloudIncrement> {
+    return CloudIncrement.open(this.incDir(row.id), base ?? (await this.deps.catalog.index(row.image, row.base)), this.deps.cache, onFailed);
   }
 
   private incDir(id: string): string {
@@ -372,7 +383,7 @@ export class VdiSessions {
 
 function stateError(row: VdiSessionRow, what: string) {
   const v = row.outcome?.version;
-  return dfError('DF_ERR_VDI_SESSION_STATE', `VDI session ${row.id} is ${row.state}${v ? ` (version ${v})` : ''}: cannot ${what} it`, {
+  return dfError('DF_ERR_VDI_SESSION_STATE', `VDI session ${row.id} is ${row.state}${v ? ` (version ${v})` : ''}${row.failure ? ` (${row.failure})` : ''}: cannot ${what} it${row.state === 'failed' ? `; discard it: deskfuse vdi session discard ${row.id}` : ''}`, {
     session: row.id, state: row.state, ...(v ? { version: v } : {}),
   });
 }
