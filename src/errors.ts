@@ -54,6 +54,8 @@ export const ERRORS = {
   DF_ERR_VDI_SESSION_NOT_FOUND: { status: 404, message: 'no such VDI session' },
   DF_ERR_VDI_SESSION_STATE: { status: 409, message: 'the VDI session is not in a state that allows this' },
   DF_ERR_VDI_SESSION_BUSY: { status: 409, message: 'a client is connected to the VDI session' },
+  DF_ERR_TOKEN_NOT_FOUND: { status: 404, message: 'no token with this id' },
+  DF_ERR_LAST_ADMIN_TOKEN: { status: 409, message: 'the last admin token cannot be revoked' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
