@@ -31,7 +31,10 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   app.get<{ Params: P }>('/images/:image', { schema: { params: imageParams, tags: ['images'], summary: 'Show an image, its refs and version count' } },
     async (req) => {
       const img = showImage(catalog.image(req.params.image));
-      return req.reader ? { ...img, refs: req.reader.refs(img.refs), versions: undefined } : img;
+      if (!req.reader) return img;
+      // A desktop token: its line's refs; the image's version count would tell of other lines, so it is left out.
+      const { versions: _count, ...rest } = img;
+      return { ...rest, refs: req.reader.refs(img.refs) };
     });
 
   app.get<{ Params: P; Querystring: { rev: string } }>('/images/:image/resolve', {
