@@ -44,6 +44,7 @@ Usage:
   deskfuse vdi session create DESKTOP [--force] [--no-auto-commit]
   deskfuse vdi session list [--desktop NAME] [--all] | show ID | commit ID | discard ID
   deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--force] [--print-libvirt-xml] [-- QEMU ARGS]
+  deskfuse token list | create --scope hypervisor[:NAME]|desktop:NAME|admin [--ttl SECONDS] | revoke ID
 
 Global options:
   --server URL    image server (env DESKFUSE_SERVER, default http://127.0.0.1:8080)
@@ -67,6 +68,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'desktop': return await (await import('./commands/desktop.js')).desktopCommand(rest, io);
       case 'endpoint': return await (await import('./commands/endpoint.js')).endpointCommand(rest, io);
       case 'vdi': return await (await import('./commands/vdi.js')).vdiCommand(rest, io);
+      case 'token': return await (await import('./commands/token.js')).tokenCommand(rest, io);
       case undefined: case '-h': case '--help': case 'help':
         io.out.write(USAGE);
         return cmd === undefined ? 2 : 0;

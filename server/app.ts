@@ -11,6 +11,7 @@ import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { opsRoutes } from './routes/ops.js';
 import { syncRoutes } from './routes/sync.js';
+import { tokenRoutes } from './routes/tokens.js';
 import { vdiRoutes } from './routes/vdi.js';
 import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
 
@@ -65,6 +66,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(desktopRoutes(ctx), { prefix: '/api/v1' });
   await app.register(endpointRoutes(ctx), { prefix: '/api/v1' });
   await app.register(vdiRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(tokenRoutes(ctx), { prefix: '/api/v1' });
   await app.register(bootRoutes(ctx));
   return app;
 }

@@ -10,6 +10,7 @@ import { loadTemplates } from '../src/ipxe/render.js';
 import { SqliteEndpointRepo } from '../src/meta/sqlite-endpoints.js';
 import { Catalog } from '../src/image/catalog.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
+import { pruneMeta, type PruneCounts } from '../src/meta/prune.js';
 import { SqliteMetaRepo } from '../src/meta/sqlite.js';
 import { Metrics } from '../src/metrics.js';
 import { DeltaCache } from '../src/sync/delta-cache.js';
@@ -49,6 +50,8 @@ export interface Appliance {
   exports: DeskfuseExports;
   /** Set only on the first start, when the admin token was just generated. */
   newAdminToken?: string;
+  /** Delete used or expired tokens, old events and stale pending endpoints, by the configured retention (server/services/prune.ts runs it). */
+  prune(): PruneCounts;
   close(): Promise<void>;
 }
 
@@ -71,8 +74,9 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const newAdminToken = await ensureAdminToken(repo, p.adminToken);
     const deltas = new DeltaCache(p.deltas, blobs, chunks);
     const nb = config.netboot;
+    const endpointRepo = new SqliteEndpointRepo(repo.database);
     const endpoints = new Endpoints({
-      repo: new SqliteEndpointRepo(repo.database), meta: repo, desktops, now, autoEnrol: nb.autoEnrol, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
+      repo: endpointRepo, meta: repo, desktops, now, autoEnrol: nb.autoEnrol, enrolment: config.enrolment, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
     });
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
     await fsp.mkdir(p.vdi, { recursive: true, mode: 0o750 });
@@ -87,6 +91,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const app = await buildApp(ctx, log);
     return {
       app, ctx, exports, ...(newAdminToken ? { newAdminToken } : {}),
+      prune: () => pruneMeta(repo, endpointRepo, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
       close: async () => {
         sessions.close();
         cache.close();

@@ -1,19 +1,27 @@
 import type { FastifyRequest } from 'fastify';
+import { desktopReader, isHypervisorScope, type DesktopReader } from '../src/auth/scope.js';
 import { hashToken } from '../src/auth/tokens.js';
 import { scopeDesktop } from '../src/desktop/desktops.js';
 import { dfError } from '../src/errors.js';
 import type { MetaRepo } from '../src/meta/repo.js';
 
 /**
- * Who may call what. A token has a scope: `admin` (may do everything) or `desktop:NAME` (an
- * endpoint or VDI session working on one desktop). What a route needs is data: its route config
- * `access`, else the first row of ACCESS_RULES matching its method and route URL, else `admin`.
+ * Who may call what. A token has a scope: `admin` (may do everything), `desktop:NAME` (an endpoint
+ * or VDI session working on one desktop) or `hypervisor[:NAME]` (`vdi start` on a hypervisor host).
+ * What a route needs is data: its route config `access`, else the first row of ACCESS_RULES matching
+ * its method and route URL, else `admin` (a new route is admin-only until listed here).
  *
  *   any               every valid token (chunk traffic: content-addressed, verified on upload)
+ *   hypervisor        a hypervisor token (or admin); the route itself keeps it to its own sessions
  *   desktop: PARAM    a token of the desktop named by route param PARAM
- *   image: PARAM      a token of a desktop whose image is named by route param PARAM
+ *   image: PARAM      a token of a desktop whose image is named by route param PARAM, and of what
+ *                     it names, only the desktop's line (src/auth/scope.ts):
+ *     version: PARAM  the version in route param PARAM must be reachable from the line
+ *     ref: PARAM      the ref in route param PARAM must be one of the line's refs
+ *     rev: FIELD      the ref or version in query field FIELD, if given, likewise
+ *   Lists on such routes (refs, versions, ref log) are filtered by the route with `req.reader`.
  */
-export type Need = 'admin' | 'any' | { desktop: string } | { image: string };
+export type Need = 'admin' | 'any' | 'hypervisor' | { desktop: string } | { image: string; version?: string; ref?: string; rev?: string };
 
 export interface AccessRule {
   methods: readonly string[];
@@ -23,23 +31,40 @@ export interface AccessRule {
 }
 
 const READ = ['GET', 'HEAD'] as const;
+const IMG = '/api/v1/images/:image';
 
 export const ACCESS_RULES: readonly AccessRule[] = [
   { methods: [...READ, 'PUT'], url: '/chunks/:id', need: 'any' },
   { methods: ['POST'], url: /^\/api\/v1\/chunks\//, need: 'any' },
-  // Its image: read anything (versions, layers, indexes, refs, and what later issues add), upload layers.
-  { methods: READ, url: /^\/api\/v1\/images\/:image(\/|$)/, need: { image: 'image' } },
-  { methods: ['POST'], url: '/api/v1/images/:image/layers', need: { image: 'image' } },
+  // Its image: its line only (refs filtered, versions reachable from them), upload layers.
+  { methods: READ, url: IMG, need: { image: 'image' } },
+  { methods: READ, url: `${IMG}/resolve`, need: { image: 'image', rev: 'rev' } },
+  { methods: READ, url: `${IMG}/versions`, need: { image: 'image', rev: 'ref' } },
+  { methods: READ, url: /^\/api\/v1\/images\/:image\/versions\/:version(\/(layer|index|delta))?$/, need: { image: 'image', version: 'version' } },
+  { methods: READ, url: `${IMG}/refs`, need: { image: 'image' } },
+  { methods: READ, url: `${IMG}/refs/*`, need: { image: 'image', ref: '*' } },
+  { methods: READ, url: `${IMG}/reflog`, need: { image: 'image', rev: 'ref' } },
+  { methods: ['POST'], url: `${IMG}/layers`, need: { image: 'image' } },
   // Its desktop: read it, take and give back its lease, commit to it.
   { methods: READ, url: '/api/v1/desktops/:name', need: { desktop: 'name' } },
   { methods: ['POST', 'DELETE'], url: '/api/v1/desktops/:name/lease', need: { desktop: 'name' } },
   { methods: ['POST'], url: '/api/v1/desktops/:name/commits', need: { desktop: 'name' } },
+  // A hypervisor: start VDI sessions and follow its own (server/routes/vdi.ts checks "its own").
+  { methods: ['POST', ...READ], url: '/api/v1/vdi/sessions', need: 'hypervisor' },
+  { methods: READ, url: '/api/v1/vdi/sessions/:id', need: 'hypervisor' },
 ];
+
+/** A token's use is noted at most once a minute (token list shows it): not one write per request. */
+const TOUCH_EVERY_MS = 60_000;
 
 declare module 'fastify' {
   interface FastifyContextConfig {
     /** What this route needs, overriding ACCESS_RULES (default: the table, else admin). */
     access?: Need;
+  }
+  interface FastifyRequest {
+    /** For a desktop token on an image route: what of the image it may see (routes filter lists with it). */
+    reader?: DesktopReader;
   }
 }
 
@@ -52,6 +77,7 @@ export function authenticate(req: FastifyRequest, repo: MetaRepo, now: Date): st
   if (found.expiresAt !== null && found.expiresAt <= now.toISOString()) {
     throw dfError('DF_ERR_TOKEN_EXPIRED', `the token of scope ${found.scope} expired at ${found.expiresAt}; ask an admin for a new one`, { scope: found.scope, expiresAt: found.expiresAt });
   }
+  repo.touchToken(hashToken(token!), now.toISOString(), new Date(now.getTime() - TOUCH_EVERY_MS).toISOString());
   return found.scope;
 }
 
@@ -66,16 +92,31 @@ export function authorize(req: FastifyRequest, scope: string, repo: MetaRepo): v
   if (scope === 'admin' || req.is404) return;
   const url = req.routeOptions.url ?? '';
   const need = needOf(req.method, url, req.routeOptions.config?.access);
-  const desktop = scopeDesktop(scope);
   const params = (req.params ?? {}) as Record<string, string | undefined>;
-  const ok =
-    need === 'any' ||
-    (desktop !== undefined && need !== 'admin' && (
-      'desktop' in need ? params[need.desktop] === desktop : params[need.image] !== undefined && repo.getDesktop(desktop)?.image === params[need.image]
-    ));
-  if (!ok) {
-    throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${scope} may not ${req.method} ${url}${need === 'admin' ? ' (admin only)' : ''}`, {
-      scope, method: req.method, route: url,
-    });
+  const deny = (what?: string) => dfError('DF_ERR_FORBIDDEN', `a token of scope ${scope} may not ${req.method} ${url}${need === 'admin' ? ' (admin only)' : ''}${what ? `: ${what}` : ''}`, {
+    scope, method: req.method, route: url,
+  });
+  if (need === 'any') return;
+  if (need === 'hypervisor') {
+    if (isHypervisorScope(scope)) return;
+    throw deny();
   }
+  const desktop = scopeDesktop(scope);
+  if (need === 'admin' || desktop === undefined) throw deny();
+  if ('desktop' in need) {
+    if (params[need.desktop] === desktop) return;
+    throw deny();
+  }
+  const reader = desktopReader(repo, scope);
+  if (!reader || params[need.image] !== reader.image) throw deny();
+  if (need.version !== undefined) {
+    const v = params[need.version] ?? '';
+    if (!/^\d+$/.test(v) || !reader.versionVisible(Number(v))) throw deny(`version ${v} is not on the line of desktop ${desktop}`);
+  }
+  if (need.ref !== undefined && !reader.refVisible(params[need.ref] ?? '')) throw deny(`ref ${params[need.ref]} is not one desktop ${desktop} reads`);
+  if (need.rev !== undefined) {
+    const rev = (req.query as Record<string, unknown> | undefined)?.[need.rev];
+    if (rev !== undefined && (typeof rev !== 'string' || !reader.revVisible(rev))) throw deny(`${need.rev}=${String(rev)} is not on the line of desktop ${desktop}`);
+  }
+  req.reader = reader;
 }

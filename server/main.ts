@@ -3,6 +3,7 @@ import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
+import { startPruneService } from './services/prune.js';
 
 /**
  * `deskfuse server`: the composition root. config → logger → stores → app → listen → signals → close.
@@ -32,9 +33,12 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
     throw err;
   }
 
+  const pruner = startPruneService(config.retention, appliance, log);
+
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping');
+      pruner.close();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       nbd!.close().then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {

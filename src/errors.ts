@@ -61,6 +61,8 @@ export const ERRORS = {
   DF_ERR_VDI_SESSION_FAILED: { status: 409, message: 'the VDI session failed: writes since its last good flush may be lost' },
   DF_ERR_DISK_FULL: { status: 500, message: "the endpoint's disk is full" },
   DF_ERR_DISK_IO: { status: 500, message: "the endpoint's disk failed a read, write or sync" },
+  DF_ERR_TOKEN_NOT_FOUND: { status: 404, message: 'no token with this id' },
+  DF_ERR_LAST_ADMIN_TOKEN: { status: 409, message: 'the last admin token cannot be revoked' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -15,7 +15,8 @@ import type { AppContext } from '../context.js';
  *   GET  /boot/initrd.img      the boot stage's initramfs   }
  *   POST /boot/session         one-time boot token + MAC + proof of the disk's secret → this boot's desktop token and orders
  *   POST /boot/events          the agent's progress (desktop token of the endpoint's desktop)
- *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit?
+ *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit? (heard only from
+ *                              the endpoint's last-known address: src/endpoint/endpoints.ts)
  */
 const ipxeQuery = {
   type: 'object',
@@ -90,7 +91,8 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     const st = await fsp.stat(p).catch(() => undefined);
     if (!st?.isFile()) throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
     const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
-    if (mac && req.method === 'GET') endpoints.record(phase, mac, { bytes: st.size, ip: req.ip });
+    // Only endpoints we know leave an event (anyone can fetch these files).
+    if (mac && req.method === 'GET' && endpoints.known(mac)) endpoints.record(phase, mac, { bytes: st.size, ip: req.ip });
     reply.type('application/octet-stream').header('content-length', st.size).header('cache-control', 'no-cache');
     if (req.method === 'HEAD') return reply.send();
     return reply.send(createReadStream(p, { highWaterMark: 1024 * 1024 }));
@@ -115,6 +117,7 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     if (scope !== 'admin' && (e.desktop === null || scopeDesktop(scope) !== e.desktop)) {
       throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${scope} may not report for endpoint ${e.name}`, { scope, endpoint: e.id });
     }
+    endpoints.noteAddress(e, req.ip);
     const ev = endpoints.record(req.body.phase, req.body.mac, req.body.detail ?? {}, e);
     return reply.status(201).send(ev);
   });
@@ -124,7 +127,7 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
-    return endpoints.requestCommit(mac);
+    return endpoints.requestCommit(mac, { ip: req.ip });
   });
 };
 

@@ -1,4 +1,4 @@
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import {
   commitBody, createImageBody, imageParams, listQuery, refName, refSetBody, resolveQuery, versionParams, versionSchema,
 } from '../../src/api/schemas.js';
@@ -16,6 +16,8 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   ctx.metrics.onCollect(() => ctx.metrics.gauge('deskfuse_images', 'Images in the catalog')(catalog.listImages().length));
 
   const showImage = (img: ImageRow) => ({ ...img, refs: catalog.refs(img.name), versions: ctx.repo.versionCount(img.name) });
+  // A desktop token (req.reader, set by server/auth.ts) sees only its desktop's line of the image.
+  const refsFor = (req: FastifyRequest, image: string) => (req.reader ? req.reader.refs(catalog.refs(image)) : catalog.refs(image));
 
   app.post<{ Body: { name: string; virtualSize: number; chunkSize: number } }>('/images', {
     schema: { body: createImageBody, tags: ['images'], summary: 'Create an image (idempotent while it has no version)' },
@@ -27,7 +29,13 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   app.get('/images', { schema: { tags: ['images'], summary: 'List images' } }, async () => ({ images: catalog.listImages().map(showImage) }));
 
   app.get<{ Params: P }>('/images/:image', { schema: { params: imageParams, tags: ['images'], summary: 'Show an image, its refs and version count' } },
-    async (req) => showImage(catalog.image(req.params.image)));
+    async (req) => {
+      const img = showImage(catalog.image(req.params.image));
+      if (!req.reader) return img;
+      // A desktop token: its line's refs; the image's version count would tell of other lines, so it is left out.
+      const { versions: _count, ...rest } = img;
+      return { ...rest, refs: req.reader.refs(img.refs) };
+    });
 
   app.get<{ Params: P; Querystring: { rev: string } }>('/images/:image/resolve', {
     schema: { params: imageParams, querystring: resolveQuery, tags: ['versions'], summary: 'Resolve a ref name or version number to a version' },
@@ -37,6 +45,7 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     schema: { params: imageParams, querystring: listQuery, tags: ['versions'], summary: 'Versions, newest first; with ref=, the log of that ref' },
   }, async (req) => {
     const from = req.query.ref ? catalog.resolve(req.params.image, req.query.ref) : undefined;
+    if (req.reader && !from) return { versions: (catalog.image(req.params.image), req.reader.versions(req.query.limit)) };
     return { versions: catalog.versions(req.params.image, { limit: req.query.limit, ...(from ? { from } : {}) }) };
   });
 
@@ -81,12 +90,12 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   });
 
   app.get<{ Params: P }>('/images/:image/refs', { schema: { params: imageParams, tags: ['refs'], summary: 'List refs' } },
-    async (req) => ({ refs: catalog.refs(req.params.image) }));
+    async (req) => ({ refs: refsFor(req, req.params.image) }));
 
   const refParams = { type: 'object', properties: { image: { type: 'string' }, '*': refName }, required: ['image', '*'] } as const;
 
   app.get<{ Params: { image: string; '*': string } }>('/images/:image/refs/*', { schema: { params: refParams, tags: ['refs'], summary: 'Show a ref' } }, async (req) => {
-    const ref = catalog.refs(req.params.image).find((r) => r.name === req.params['*']);
+    const ref = refsFor(req, req.params.image).find((r) => r.name === req.params['*']);
     if (!ref) throw dfError('DF_ERR_REF_NOT_FOUND', `image ${req.params.image} has no ref ${req.params['*']}`, { ref: req.params['*'] });
     return ref;
   });
@@ -97,7 +106,14 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
 
   app.get<{ Params: P; Querystring: { limit: number; ref?: string } }>('/images/:image/reflog', {
     schema: { params: imageParams, querystring: listQuery, tags: ['refs'], summary: 'Every ref move, newest first' },
-  }, async (req) => ({ entries: catalog.refLog(req.params.image, req.query.ref, req.query.limit) }));
+  }, async (req) => {
+    const { image } = req.params;
+    const { ref } = req.query;
+    if (!req.reader || ref !== undefined) return { entries: catalog.refLog(image, ref, req.query.limit) };
+    // A desktop token: the log of each ref it sees, merged newest first.
+    const entries = refsFor(req, image).flatMap((r) => catalog.refLog(image, r.name, req.query.limit));
+    return { entries: entries.sort((a, b) => b.seq - a.seq).slice(0, req.query.limit) };
+  });
 };
 
 /** 201 fast-forward, or 409 DF_ERR_CONFLICT naming where the version is kept and why (shared by desktop commits). */

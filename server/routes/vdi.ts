@@ -1,18 +1,21 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { createVdiSessionBody, listVdiSessionsQuery, vdiSessionParams } from '../../src/api/schemas.js';
 import { nbdUrl as formatNbdUrl } from '../../src/vdi/launch.js';
+import { dfError } from '../../src/errors.js';
 import type { AppContext } from '../context.js';
 
 type P = { id: string };
 
 /**
- * VDI sessions under /api/v1 (admin): create one on a desktop (takes its lease; 409 DF_ERR_LEASE_HELD
+ * VDI sessions under /api/v1 (admin; a hypervisor token may create, list and show its own): create one on a desktop (takes its lease; 409 DF_ERR_LEASE_HELD
  * names the holder, `force` takes it over), list, show, commit, discard. Creating answers the NBD URL
  * a hypervisor connects to, secret included: it is shown once.
  */
 export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   const { sessions } = ctx.vdi;
   const who = (scope: string | undefined) => scope ?? 'admin';
+  /** A hypervisor token sees the sessions it created; the admin sees all. */
+  const mine = (req: FastifyRequest, s: { createdBy: string }) => req.tokenScope === 'admin' || s.createdBy === req.tokenScope;
 
   /** nbd://HOST:PORT/NAME — HOST is the configured public host, else the one the API was called on. */
   const nbdUrl = (req: FastifyRequest, exportName: string): string | null => {
@@ -31,12 +34,16 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   app.get<{ Querystring: { desktop?: string; all?: boolean } }>('/vdi/sessions', {
     schema: { querystring: listVdiSessionsQuery, tags: ['vdi'], summary: 'List VDI sessions: open and committing ones (all: committed and discarded too)' },
   }, async (req) => ({
-    sessions: sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing', 'failed'] }) }),
+    sessions: sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing', 'failed'] }) }).filter((s) => mine(req, s)),
   }));
 
   app.get<{ Params: P }>('/vdi/sessions/:id', {
     schema: { params: vdiSessionParams, tags: ['vdi'], summary: 'Show a VDI session: state, base, lease, connections, its cloud increment, the commit outcome' },
-  }, async (req) => sessions.show(req.params.id));
+  }, async (req) => {
+    const s = await sessions.show(req.params.id);
+    if (!mine(req, s)) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${req.tokenScope} may not show VDI session ${s.id}: another token created it`, { scope: req.tokenScope, session: s.id });
+    return s;
+  });
 
   app.post<{ Params: P }>('/vdi/sessions/:id/commit', {
     schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Commit the session's cloud increment as a vdi-commit version (fast-forward, or kept as a conflict); 409 while a client is connected" },

@@ -134,4 +134,17 @@ describe('parseHostPort', () => {
     expect(configError({ env: { DESKFUSE_COMMIT_WINDOW_SECONDS: 'soon' } }).message).toMatch(/netboot.commitWindowSeconds: expected an integer 10-3600/);
     expect(configError({ env: {}, file: file({ netboot: { commitWindowSeconds: 5 } }) }).message).toMatch(/commitWindowSeconds/);
   });
+
+  it('enrolment and retention: documented defaults, integers from the config file, every bad value reported', () => {
+    const c = loadServerConfig({ env: {} });
+    expect(c.enrolment).toEqual({ pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 });
+    expect(c.retention).toEqual({ intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 });
+    expect(loadServerConfig({ env: {}, file: file({ enrolment: { pendingMax: 5 }, retention: { intervalSeconds: 0 } }) })).toMatchObject({
+      enrolment: { pendingMax: 5, perMinute: 60 }, retention: { intervalSeconds: 0, eventsSeconds: 30 * 86400 },
+    });
+    const err = configError({ env: {}, file: file({ enrolment: { perMinute: -1, colour: 1 }, retention: { eventsSeconds: 'long' } }) });
+    expect(err.message).toContain('enrolment.perMinute: expected an integer');
+    expect(err.message).toContain('config file: unknown key enrolment.colour');
+    expect(err.message).toContain('retention.eventsSeconds: expected an integer');
+  });
 });

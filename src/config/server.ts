@@ -19,6 +19,28 @@ export interface ServerConfig {
   readonly bodyLimit: number;
   readonly netboot: NetbootConfig;
   readonly nbd: NbdConfig;
+  readonly enrolment: EnrolmentConfig;
+  readonly retention: RetentionConfig;
+}
+
+/** Unknown MACs asking /boot/ipxe (anyone on the boot network can): how many become rows, how fast, how long. */
+export interface EnrolmentConfig {
+  /** Most pending endpoints at once; past it an unknown MAC gets the pending answer but no row. Default 1000. */
+  readonly pendingMax: number;
+  /** New endpoint rows (pending or auto-enrolled) per minute, all MACs together; past it, as above. Default 60. */
+  readonly perMinute: number;
+  /** A pending endpoint not seen for this long is deleted (if it asks again it is pending anew). Default 86400 (1 day). */
+  readonly pendingSeconds: number;
+}
+
+/** Housekeeping: what the server deletes, and how often it looks (server/services/prune.ts). */
+export interface RetentionConfig {
+  /** Seconds between two prunes; 0 = never. Default 3600. */
+  readonly intervalSeconds: number;
+  /** Boot events older than this are deleted. Default 2592000 (30 days). */
+  readonly eventsSeconds: number;
+  /** Tokens expired longer ago than this are deleted (until then they answer DF_ERR_TOKEN_EXPIRED). Default 604800 (7 days). Used or expired boot tokens go at every prune. */
+  readonly tokensSeconds: number;
 }
 
 /** The NBD server for the hypervisor pool: image versions read-only, VDI sessions writable. */
@@ -87,6 +109,8 @@ export const DEFAULTS: ServerConfig = {
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
   nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600 },
+  enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
+  retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
 };
 
 export interface ConfigSources {
@@ -125,7 +149,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -141,9 +165,25 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
 
   const netboot = loadNetboot((file.netboot ?? {}) as Record<string, unknown>, env, src.flags ?? {}, problems);
   const nbd = loadNbd((file.nbd ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen?.host ?? DEFAULTS.listen.host, problems);
+  const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
+  const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd });
+  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention });
+}
+
+/** A config-file block of integers, each in its range (the file is the only source: no env or flags). */
+function loadIntegers<T extends { readonly [k in keyof T]: number }>(block: string, file: Record<string, unknown>, d: T, ranges: Record<keyof T, [number, number]>, problems: string[]): T {
+  for (const k of Object.keys(file)) if (!(k in d)) problems.push(`config file: unknown key ${block}.${k}`);
+  const out: Record<string, number> = {};
+  for (const [k, [min, max]] of Object.entries(ranges) as Array<[string, [number, number]]>) {
+    const v = file[k] ?? d[k as keyof T];
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+      problems.push(`${block}.${k}: expected an integer ${min}-${max}, got ${JSON.stringify(v)}`);
+      out[k] = d[k as keyof T];
+    } else out[k] = v;
+  }
+  return out as T;
 }
 
 const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds'];

@@ -70,6 +70,21 @@ export interface EndpointsDeps {
   autoEnrol?: { desktop?: string } | false;
   /** How long a commit-at-shutdown order holds for the reboot that follows it (default COMMIT_WINDOW_MS). */
   commitWindowMs?: number;
+  /** How many unknown MACs become rows, how fast, and how long a pending one lasts (default: DEFAULT_ENROLMENT). */
+  enrolment?: EnrolmentLimits;
+}
+
+export interface EnrolmentLimits {
+  pendingMax: number;
+  perMinute: number;
+  pendingSeconds: number;
+}
+
+export const DEFAULT_ENROLMENT: EnrolmentLimits = { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 };
+
+/** Who is asking for a commit at power-off: the address it asks from, and (later) a proof of its disk's secret. */
+export interface CommitRequestOrigin {
+  ip: string;
 }
 
 export interface EndpointChange {
@@ -87,10 +102,16 @@ export interface EndpointChange {
 export class Endpoints {
   readonly events = new EventEmitter();
   private readonly log: Logger;
+  private readonly enrolment: EnrolmentLimits;
+  /** Token bucket of new endpoint rows: `perMinute` tokens, refilled continuously. */
+  private bucket: { tokens: number; at: number } | undefined;
+  /** Unknown MACs answered past the limits: decided like pending endpoints, never stored. */
+  private readonly unstored = new WeakSet<EndpointRow>();
 
   constructor(private readonly deps: EndpointsDeps) {
     this.log = (deps.log ?? silentLogger).child({ component: 'endpoints' });
     this.events.setMaxListeners(0);
+    this.enrolment = deps.enrolment ?? DEFAULT_ENROLMENT;
   }
 
   private get commitWindowMs(): number {
@@ -107,6 +128,11 @@ export class Endpoints {
     const e = this.deps.repo.getEndpoint(key) ?? this.deps.repo.findByName(key) ?? (mac ? this.deps.repo.findByMac(mac) : undefined);
     if (!e) throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });
     return e;
+  }
+
+  /** Is this MAC one of an endpoint's? */
+  known(mac: string): boolean {
+    return this.deps.repo.findByMac(mac) !== undefined;
   }
 
   list(): EndpointRow[] {
@@ -138,6 +164,7 @@ export class Endpoints {
     if (known) {
       const e: EndpointRow = { ...known, lastSeen: now, firmware, uuid: req.uuid || known.uuid, serial: req.serial || known.serial };
       this.deps.repo.updateEndpoint(e);
+      if (req.ip) this.noteAddress(e, req.ip);
       return e;
     }
     const auto = this.deps.autoEnrol;
@@ -146,10 +173,40 @@ export class Endpoints {
       state: auto ? 'enrolled' : 'pending', desktop: (auto && auto.desktop) || null, mode: 'sync', bootMethod: 'auto', firmware,
       disk: 'unknown', diskVersion: null, commitRequested: null, lastSeen: now, lastSync: null, createdAt: now,
     };
+    const refused = this.enrolRefused(e.state);
+    if (refused) {
+      // Anyone on the boot network can ask with made-up MACs: past the limits they get the pending
+      // answer (wait, ask again) and leave no row and no event behind.
+      const waiting: EndpointRow = { ...e, state: 'pending', desktop: null };
+      this.unstored.add(waiting);
+      this.log.debug({ mac, refused }, 'unknown endpoint not stored');
+      return waiting;
+    }
     this.deps.repo.insertEndpoint(e);
+    if (req.ip) this.noteAddress(e, req.ip);
     this.record('enrol', mac, { state: e.state, ...(e.desktop ? { desktop: e.desktop } : {}), ...(req.ip ? { ip: req.ip } : {}) }, e);
     this.log.info({ endpoint: e.id, mac, state: e.state }, auto ? 'new endpoint enrolled automatically' : 'new endpoint waits for approval');
     return e;
+  }
+
+  /** Why a new MAC gets no row: too many pending rows, or too many new rows this minute; undefined = store it. */
+  private enrolRefused(state: EndpointRow['state']): 'pending-cap' | 'rate' | undefined {
+    const { pendingMax, perMinute, pendingSeconds } = this.enrolment;
+    const now = this.deps.now().getTime();
+    if (state === 'pending' && this.deps.repo.countPending(new Date(now - pendingSeconds * 1000).toISOString()) >= pendingMax) return 'pending-cap';
+    const b = this.bucket ?? { tokens: perMinute, at: now };
+    b.tokens = Math.min(perMinute, b.tokens + ((now - b.at) / 60_000) * perMinute);
+    b.at = now;
+    this.bucket = b;
+    if (b.tokens < 1) return 'rate';
+    b.tokens -= 1;
+    return undefined;
+  }
+
+  /** The address an endpoint boots or reports from: the one a commit request must come from. */
+  noteAddress(e: EndpointRow, ip: string): void {
+    if (this.unstored.has(e)) return;
+    this.deps.repo.setAddress(e.id, plainIp(ip), this.nowIso());
   }
 
   /** What this boot does. Never issues a token to a pending, disabled or unassigned endpoint. */
@@ -243,8 +300,9 @@ export class Endpoints {
   record(phase: BootPhase, macRaw: string, detailRaw: Record<string, unknown> = {}, known?: EndpointRow): BootEvent {
     const mac = normalizeMac(macRaw) ?? cleanText(macRaw, 64);
     const detail = cleanDetail(detailRaw); // what endpoints report is untrusted text (it reaches iPXE scripts)
-    const e = known ?? this.deps.repo.findByMac(mac);
     const at = this.nowIso();
+    if (known && this.unstored.has(known)) return { seq: 0, endpoint: null, mac, phase, at, detail };
+    const e = known ?? this.deps.repo.findByMac(mac);
     if (e) {
       const next = { ...e, lastSeen: at };
       const version = typeof detail.version === 'number' ? detail.version : undefined;
@@ -295,11 +353,16 @@ export class Endpoints {
     return out;
   }
 
-  /** The desktop's OS is shutting down: should it reboot into a commit? */
-  requestCommit(macRaw: string): { action: 'commit-poweroff' | 'none'; reason: string } {
+  /**
+   * The desktop's OS is shutting down: should it reboot into a commit? Anyone can ask (no token: the
+   * OS has none), so only the endpoint itself is heard: the request must come from the address the
+   * endpoint last booted or reported from (and, once endpoints hold a disk secret, may prove it instead).
+   */
+  requestCommit(macRaw: string, from: CommitRequestOrigin): { action: 'commit-poweroff' | 'none'; reason: string } {
     const mac = normalizeMac(macRaw);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
     const e = this.deps.repo.findByMac(mac);
+    if (e) this.checkCommitOrigin(e, from);
     if (!e || e.state !== 'enrolled' || !e.desktop || e.mode !== 'sync') return { action: 'none', reason: 'not an enrolled, syncing endpoint' };
     const facts = this.facts(e.desktop);
     if (!facts || facts.mode !== 'persistent') return { action: 'none', reason: 'a restore desktop keeps no changes' };
@@ -307,6 +370,17 @@ export class Endpoints {
     this.deps.repo.updateEndpoint(next);
     this.record('poweroff', mac, { commitRequested: true }, next);
     return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
+  }
+
+  /** A commit request for `e` is heard only from the endpoint: its last-known address (a secret check goes here too). */
+  private checkCommitOrigin(e: EndpointRow, from: CommitRequestOrigin): void {
+    const known = this.deps.repo.getAddress(e.id);
+    const ip = plainIp(from.ip);
+    if (known?.ip === ip) return;
+    this.log.warn({ endpoint: e.id, ip, known: known?.ip ?? null }, 'commit request refused: not from the endpoint');
+    throw dfError('DF_ERR_FORBIDDEN', `endpoint ${e.name} last booted from ${known ? 'another address' : 'no known address'}; a commit request is accepted only from the endpoint itself`, {
+      endpoint: e.id, ip,
+    });
   }
 
   /** Register a machine before it first boots (e.g. from an inventory list): enrolled at once. */
@@ -384,4 +458,9 @@ export class Endpoints {
     this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);
     return next;
   }
+}
+
+/** `::ffff:10.0.0.5` (an IPv4 client on a dual-stack socket) → `10.0.0.5`, so both spellings match. */
+function plainIp(ip: string): string {
+  return ip.startsWith('::ffff:') && ip.includes('.') ? ip.slice('::ffff:'.length) : ip;
 }

@@ -121,6 +121,15 @@ export interface EndpointRepo {
   listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): BootEvent[];
   getKeys(endpoint: string): EndpointKeys;
   setKeys(endpoint: string, keys: EndpointKeys, at: string): void;
+  /** The address the endpoint last booted or reported from (a commit request must come from it). */
+  setAddress(endpoint: string, ip: string, at: string): void;
+  getAddress(endpoint: string): { ip: string; at: string } | undefined;
+  /** Pending endpoints seen at or after `since`. */
+  countPending(since: string): number;
+  /** Housekeeping (src/endpoint/prune.ts); each returns how many rows it deleted. */
+  prunePending(seenBefore: string): number;
+  pruneBootTokens(now: string): number;
+  pruneEvents(before: string): number;
 }
 
 /** `aa:bb:cc:dd:ee:ff` from any common spelling (dashes, no separators, upper case); undefined if not a MAC. */

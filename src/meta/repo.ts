@@ -130,6 +130,17 @@ export interface TokenRow {
   expiresAt: string | null;
 }
 
+/** A bearer token as `token list` shows it: never its secret, nor its hash. */
+export interface TokenInfo {
+  /** The first 16 hex digits of the token's SHA-256: names it for `token revoke`, proves nothing. */
+  id: string;
+  scope: string;
+  createdAt: string;
+  expiresAt: string | null;
+  /** When it was last accepted (kept to the minute), or null. */
+  lastUsedAt: string | null;
+}
+
 export type RefMoveOutcome = { moved: true; ref: RefRow } | { moved: false; head: number | null };
 
 export interface MetaRepo {
@@ -158,6 +169,17 @@ export interface MetaRepo {
   addToken(hash: string, scope: string, at: string, expiresAt?: string | null): void;
   findToken(hash: string): TokenRow | undefined;
   countTokens(scope: string): number;
+  /** Note a use of the token at `at`, unless one after `since` is noted already (one write a minute, not one a request). */
+  touchToken(hash: string, at: string, since: string): void;
+  listTokens(): TokenInfo[];
+  /** Delete the token with this id; returns it, or undefined when there is none. */
+  deleteToken(id: string): TokenInfo | undefined;
+  /** Delete tokens that expired before `before`; returns how many. */
+  pruneTokens(before: string): number;
+  /** Is `version` `heads` or an ancestor of one of them (walking parents)? */
+  reachable(image: string, heads: readonly number[], version: number): boolean;
+  /** The versions reachable from `heads` (the heads and their ancestors), newest first. */
+  ancestry(image: string, heads: readonly number[], limit: number): VersionRow[];
   /** Insert a desktop; with `ref`, create its ref (compare-and-swap from nothing) in the same transaction. */
   createDesktop(row: DesktopRow, ref?: { name: string; version: number; reason: string; author: string }): DesktopCreateOutcome;
   getDesktop(name: string): DesktopRow | undefined;

@@ -19,6 +19,8 @@ export const ENDPOINT_SCHEMA = [
   // endpoint rows the API lists never carry them.
   `CREATE TABLE IF NOT EXISTS endpoint_keys (
      endpoint TEXT PRIMARY KEY REFERENCES endpoints(id), key TEXT, pending_key TEXT, changed_at TEXT NOT NULL)`,
+  // Where each endpoint last booted or reported from (commit requests are accepted from there only).
+  `CREATE TABLE IF NOT EXISTS endpoint_addresses (endpoint TEXT PRIMARY KEY, ip TEXT NOT NULL, at TEXT NOT NULL)`,
 ];
 
 type Row = Record<string, unknown>;
@@ -127,5 +129,40 @@ export class SqliteEndpointRepo implements EndpointRepo {
       seq: Number(r.seq), endpoint: (r.endpoint as string | null) ?? null, mac: r.mac as string, phase: r.phase as BootEvent['phase'],
       at: r.at as string, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
     }));
+  }
+
+  setAddress(endpoint: string, ip: string, at: string): void {
+    this.db.prepare('INSERT INTO endpoint_addresses (endpoint, ip, at) VALUES (?, ?, ?) ON CONFLICT (endpoint) DO UPDATE SET ip = excluded.ip, at = excluded.at')
+      .run(endpoint, ip, at);
+  }
+
+  getAddress(endpoint: string): { ip: string; at: string } | undefined {
+    const r = this.db.prepare('SELECT ip, at FROM endpoint_addresses WHERE endpoint = ?').get(endpoint) as Row | undefined;
+    return r && { ip: r.ip as string, at: r.at as string };
+  }
+
+  countPending(since: string): number {
+    return Number((this.db.prepare("SELECT COUNT(*) AS n FROM endpoints WHERE state = 'pending' AND last_seen >= ?").get(since) as Row).n);
+  }
+
+  prunePending(seenBefore: string): number {
+    return this.db.transaction(() => {
+      const ids = (this.db.prepare("SELECT id FROM endpoints WHERE state = 'pending' AND (last_seen IS NULL OR last_seen < ?) AND created_at < ?").all(seenBefore, seenBefore) as Row[]).map((r) => r.id as string);
+      for (const id of ids) {
+        this.db.prepare('DELETE FROM endpoint_macs WHERE endpoint = ?').run(id);
+        this.db.prepare('DELETE FROM endpoint_addresses WHERE endpoint = ?').run(id);
+        this.db.prepare('DELETE FROM endpoints WHERE id = ?').run(id);
+      }
+      return ids.length;
+    }).immediate();
+  }
+
+  pruneBootTokens(now: string): number {
+    return this.db.prepare('DELETE FROM boot_tokens WHERE used_at IS NOT NULL OR expires_at <= ?').run(now).changes;
+  }
+
+  pruneEvents(before: string): number {
+    // The newest event stays: event numbers (seq, the event stream's ids) never start over.
+    return this.db.prepare('DELETE FROM boot_events WHERE at < ? AND seq < (SELECT MAX(seq) FROM boot_events)').run(before).changes;
   }
 }

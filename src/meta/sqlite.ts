@@ -2,7 +2,7 @@ import Database from 'better-sqlite3';
 import type {
   ConflictReason,
   CommitFence, CommitOutcome, DesktopCreateOutcome, DesktopRow, ImageBoot, ImageRow, LeaseAcquireOutcome, LeaseReleaseOutcome, LeaseRow, MetaRepo,
-  NewVersion, RefLogRow, RefMoveOutcome, RefRow, TokenRow, VersionRow,
+  NewVersion, RefLogRow, RefMoveOutcome, RefRow, TokenInfo, TokenRow, VersionRow,
 } from './repo.js';
 
 /**
@@ -44,6 +44,8 @@ const ADDED_COLUMNS: Array<[string, string, string]> = [
   ['versions', 'landed_reason', 'TEXT'],
   // What a kexec hand-off boots (ImageBoot as JSON), recorded at publish.
   ['images', 'boot', 'TEXT'],
+  // When a token was last accepted (token list).
+  ['tokens', 'last_used_at', 'TEXT'],
 ];
 
 type Row = Record<string, unknown>;
@@ -65,6 +67,11 @@ const toDesktop = (r: Row): DesktopRow => ({
 });
 const toLease = (r: Row): LeaseRow => ({
   desktop: r.desktop as string, holder: (r.holder as string | null) ?? null, fencing: Number(r.fencing), since: r.since as string, expiresAt: r.expires_at as string,
+});
+const TOKEN_COLUMNS = 'hash, scope, created_at, expires_at, last_used_at';
+const toTokenInfo = (r: Row): TokenInfo => ({
+  id: (r.hash as string).slice(0, 16), scope: r.scope as string, createdAt: r.created_at as string,
+  expiresAt: (r.expires_at as string | null) ?? null, lastUsedAt: (r.last_used_at as string | null) ?? null,
 });
 const toLog = (r: Row): RefLogRow => ({
   seq: Number(r.seq), image: r.image as string, ref: r.ref as string,
@@ -220,6 +227,46 @@ export class SqliteMetaRepo implements MetaRepo {
 
   countTokens(scope: string): number {
     return Number((this.db.prepare('SELECT COUNT(*) AS n FROM tokens WHERE scope = ?').get(scope) as Row).n);
+  }
+
+  touchToken(hash: string, at: string, since: string): void {
+    this.db.prepare('UPDATE tokens SET last_used_at = ? WHERE hash = ? AND (last_used_at IS NULL OR last_used_at < ?)').run(at, hash, since);
+  }
+
+  listTokens(): TokenInfo[] {
+    return (this.db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens ORDER BY created_at, hash`).all() as Row[]).map(toTokenInfo);
+  }
+
+  deleteToken(id: string): TokenInfo | undefined {
+    return this.db.transaction(() => {
+      const r = this.db.prepare(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE substr(hash, 1, 16) = ?`).get(id) as Row | undefined;
+      if (r) this.db.prepare('DELETE FROM tokens WHERE hash = ?').run(r.hash);
+      return r && toTokenInfo(r);
+    }).immediate();
+  }
+
+  pruneTokens(before: string): number {
+    return this.db.prepare('DELETE FROM tokens WHERE expires_at IS NOT NULL AND expires_at < ?').run(before).changes;
+  }
+
+  reachable(image: string, heads: readonly number[], version: number): boolean {
+    if (!heads.length) return false;
+    // Parents are always older (smaller numbers): the walk stops below the version asked about.
+    const r = this.db.prepare(`WITH RECURSIVE reach(v) AS (
+        SELECT version FROM versions WHERE image = ? AND version IN (${heads.map(() => '?').join(', ')}) AND version >= ?
+        UNION SELECT p.parent FROM versions p JOIN reach ON p.image = ? AND p.version = reach.v WHERE p.parent IS NOT NULL AND p.parent >= ?)
+      SELECT 1 AS ok FROM reach WHERE v = ?`).get(image, ...heads, version, image, version, version);
+    return r !== undefined;
+  }
+
+  ancestry(image: string, heads: readonly number[], limit: number): VersionRow[] {
+    if (!heads.length) return [];
+    const rows = this.db.prepare(`WITH RECURSIVE reach(v) AS (
+        SELECT version FROM versions WHERE image = ? AND version IN (${heads.map(() => '?').join(', ')})
+        UNION SELECT p.parent FROM versions p JOIN reach ON p.image = ? AND p.version = reach.v WHERE p.parent IS NOT NULL)
+      SELECT versions.* FROM versions JOIN reach ON versions.image = ? AND versions.version = reach.v ORDER BY versions.version DESC LIMIT ?`)
+      .all(image, ...heads, image, image, limit) as Row[];
+    return rows.map(toVersion);
   }
 
   createDesktop(row: DesktopRow, ref?: { name: string; version: number; reason: string; author: string }): DesktopCreateOutcome {

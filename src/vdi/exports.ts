@@ -1,3 +1,4 @@
+import { desktopReader } from '../auth/scope.js';
 import { hashToken } from '../auth/tokens.js';
 import type { RawChunkCache } from '../chunk/raw-cache.js';
 import { dfError, isDeskfuseError } from '../errors.js';
@@ -18,7 +19,7 @@ import { BLOCK_SIZE, VersionExport } from './version-export.js';
  *   IMAGE@VERSION[:TOKEN] read-only, that version
  *   session/ID:SECRET     writable: a VDI session's disk (its cloud increment over the base)
  *
- * TOKEN is the admin token or a desktop token of a desktop on that image; SECRET is the one the session
+ * TOKEN is the admin token or a desktop token of a desktop on that image whose line holds REF/VERSION; SECRET is the one the session
  * was created with (or the admin token). Without `anonymousRead`, an image export without a token is
  * refused (NBD_REP_ERR_POLICY) and NBD_OPT_LIST too; with it, image exports are open to read and listed.
  * A session export always needs its secret: an unauthenticated client can never write.
@@ -76,7 +77,7 @@ export class DeskfuseExports implements NbdExportProvider {
     } catch (err) {
       throw unknown(target, err);
     }
-    this.checkReader(spec.image, secret);
+    this.checkReader(spec.image, spec.rev, secret);
     try {
       const v = this.deps.catalog.resolve(spec.image, spec.rev);
       const index = await this.deps.catalog.index(spec.image, v.version);
@@ -87,8 +88,11 @@ export class DeskfuseExports implements NbdExportProvider {
     }
   }
 
-  /** The admin token, or a desktop token of a desktop on `image`; or nothing with anonymous read. */
-  private checkReader(image: string, secret: string | undefined): void {
+  /**
+   * The admin token, or a desktop token of a desktop on `image` whose line holds `rev` (its refs, the
+   * ref it follows, the versions they reach: src/auth/scope.ts); or nothing with anonymous read.
+   */
+  private checkReader(image: string, rev: string, secret: string | undefined): void {
     if (secret === undefined) {
       if (this.deps.anonymousRead) return;
       throw dfError('DF_ERR_UNAUTHORIZED', `export ${image}@… needs a token: IMAGE@REF:TOKEN`, { image });
@@ -97,8 +101,9 @@ export class DeskfuseExports implements NbdExportProvider {
     if (!t) throw dfError('DF_ERR_UNAUTHORIZED', 'the token in the export name is not valid', { image });
     if (t.expiresAt !== null && t.expiresAt <= this.now().toISOString()) throw dfError('DF_ERR_TOKEN_EXPIRED', `the token expired at ${t.expiresAt}`, { image });
     if (t.scope === 'admin') return;
-    const desktop = t.scope.startsWith('desktop:') ? this.deps.meta.getDesktop(t.scope.slice('desktop:'.length)) : undefined;
-    if (desktop?.image !== image) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${t.scope} may not read image ${image}`, { image, scope: t.scope });
+    const reader = desktopReader(this.deps.meta, t.scope);
+    if (reader?.image !== image) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${t.scope} may not read image ${image}`, { image, scope: t.scope });
+    if (!reader.revVisible(rev)) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${t.scope} may not read ${image}@${rev}: it is not on the desktop's line`, { image, rev, scope: t.scope });
   }
 
   private async openSession(id: string, secret: string | undefined, ctx: NbdOpenContext): Promise<NbdExport> {

@@ -1,0 +1,53 @@
+import type { MintedToken } from '../../src/auth/registry.js';
+import { dfError } from '../../src/errors.js';
+import type { TokenInfo } from '../../src/meta/repo.js';
+import { clientFrom, need, parse, type Io } from '../args.js';
+import { emit, table } from '../output.js';
+
+const HELP = `deskfuse token list                              id, scope, created, expires, last used (never a secret)
+deskfuse token create --scope SCOPE [--ttl SECONDS]
+      SCOPE: hypervisor[:NAME] (for vdi start: its own VDI sessions, nothing else), desktop:NAME, admin;
+      prints only the token (T=$(deskfuse token create --scope hypervisor)); default 30 days, at most 1 year
+deskfuse token revoke ID                          its next request is refused (401)
+`;
+
+export async function tokenCommand(args: string[], io: Io): Promise<number> {
+  const [sub, ...rest] = args;
+  const { values, positionals } = parse(rest, { scope: { type: 'string' }, ttl: { type: 'string' } });
+  if (values.help || !sub) {
+    io.out.write(HELP);
+    return sub ? 0 : 2;
+  }
+  const client = clientFrom(values, io.env);
+  const json = values.json;
+  switch (sub) {
+    case 'list': {
+      const r = (await client.json<{ tokens: TokenInfo[] }>('GET', '/api/v1/tokens')).body;
+      emit(io, json, r, () => table([['ID', 'SCOPE', 'CREATED', 'EXPIRES', 'LAST USED'], ...r.tokens.map((t) => [
+        t.id, t.scope, t.createdAt, t.expiresAt ?? 'never', t.lastUsedAt ?? '-',
+      ])]));
+      return 0;
+    }
+    case 'create': {
+      const scope = need(values.scope, '--scope SCOPE');
+      let ttl: number | undefined;
+      if (values.ttl !== undefined) {
+        ttl = Number(values.ttl);
+        if (!/^\d+$/.test(values.ttl) || ttl < 1) throw dfError('DF_ERR_USAGE', `--ttl: expected a number of seconds, got ${JSON.stringify(values.ttl)}`, { option: '--ttl' });
+      }
+      const t = (await client.json<MintedToken>('POST', '/api/v1/tokens', { body: { scope, ...(ttl !== undefined ? { ttlSeconds: ttl } : {}) } })).body;
+      emit(io, json, t, () => `${t.token}\n`);
+      if (!json) io.err.write(`token ${t.id} of scope ${t.scope}, expires ${t.expiresAt}\n`);
+      return 0;
+    }
+    case 'revoke': {
+      const id = need(positionals[0], 'token ID');
+      if (!/^[0-9a-f]{16}$/.test(id)) throw dfError('DF_ERR_USAGE', `ID: expected the 16 hex digits deskfuse token list shows, got ${JSON.stringify(id)}`, { option: 'ID' });
+      const r = (await client.json<{ revoked: TokenInfo }>('DELETE', `/api/v1/tokens/${id}`)).body;
+      emit(io, json, r, () => `token ${r.revoked.id} (${r.revoked.scope}) revoked\n`);
+      return 0;
+    }
+    default:
+      throw dfError('DF_ERR_USAGE', `unknown token command ${JSON.stringify(sub)}\n${HELP}`);
+  }
+}

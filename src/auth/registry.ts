@@ -1,0 +1,63 @@
+import { desktopScope, scopeDesktop, TOKEN_TTL, type Desktops } from '../desktop/desktops.js';
+import { dfError } from '../errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import type { MetaRepo, TokenInfo } from '../meta/repo.js';
+import { checkScope, isHypervisorScope } from './scope.js';
+import { hashToken, newToken } from './tokens.js';
+
+export interface MintedToken {
+  /** The secret: shown once, never stored. */
+  token: string;
+  id: string;
+  scope: string;
+  expiresAt: string;
+}
+
+/**
+ * The admin's view of bearer tokens: mint one for a scope, list them (id, scope, times; never a
+ * secret), revoke one by id. A revoked token is deleted: its next request is 401.
+ */
+export class TokenRegistry {
+  private readonly log: Logger;
+
+  constructor(private readonly deps: { repo: MetaRepo; desktops: Desktops; now: () => Date; log?: Logger }) {
+    this.log = deps.log ?? silentLogger;
+  }
+
+  mint(scopeRaw: string, ttlSeconds: number = TOKEN_TTL.default): MintedToken {
+    const scope = checkScope(scopeRaw);
+    const desktop = scopeDesktop(scope);
+    if (desktop !== undefined) {
+      const t = this.deps.desktops.mintToken(desktop, ttlSeconds);
+      return { ...t, id: hashToken(t.token).slice(0, 16), scope: desktopScope(desktop) };
+    }
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < TOKEN_TTL.min || ttlSeconds > TOKEN_TTL.max) {
+      throw dfError('DF_ERR_BAD_REQUEST', `ttlSeconds must be an integer from ${TOKEN_TTL.min} to ${TOKEN_TTL.max}, got ${ttlSeconds}`, { field: 'ttlSeconds' });
+    }
+    const now = this.deps.now();
+    const token = newToken(isHypervisorScope(scope) ? 'dfh' : 'dfa');
+    const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
+    const hash = hashToken(token);
+    this.deps.repo.addToken(hash, scope, now.toISOString(), expiresAt);
+    this.log.info({ scope, id: hash.slice(0, 16), expiresAt }, 'token issued');
+    return { token, id: hash.slice(0, 16), scope, expiresAt };
+  }
+
+  list(): TokenInfo[] {
+    return this.deps.repo.listTokens();
+  }
+
+  revoke(id: string, author: string): TokenInfo {
+    const t = this.deps.repo.listTokens().find((x) => x.id === id);
+    if (!t) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)} (deskfuse token list shows them)`, { id });
+    const now = this.deps.now().toISOString();
+    const liveAdmins = this.deps.repo.listTokens().filter((x) => x.scope === 'admin' && (x.expiresAt === null || x.expiresAt > now));
+    if (t.scope === 'admin' && liveAdmins.length <= 1 && liveAdmins[0]?.id === id) {
+      throw dfError('DF_ERR_LAST_ADMIN_TOKEN', `token ${id} is the last admin token; create another (deskfuse token create --scope admin) before revoking it`, { id });
+    }
+    const gone = this.deps.repo.deleteToken(id);
+    if (!gone) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)}`, { id });
+    this.log.warn({ id, scope: gone.scope, author }, 'token revoked');
+    return gone;
+  }
+}
