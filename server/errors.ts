@@ -15,6 +15,10 @@ export function installErrorHandler(app: FastifyInstance): void {
       const field = v ? `${fe.validationContext ?? 'body'}${v.instancePath ? v.instancePath.replace(/\//g, '.') : ''}${v.params && 'missingProperty' in v.params ? `.${String(v.params.missingProperty)}` : ''}${v.params && 'additionalProperty' in v.params ? `.${String(v.params.additionalProperty)}` : ''}` : fe.validationContext;
       return reply.status(400).send({ code: 'DF_ERR_BAD_REQUEST', message: `${field}: ${v?.message ?? fe.message}`, field });
     }
+    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      const limit = req.routeOptions.bodyLimit;
+      return reply.status(413).send({ code: 'DF_ERR_TOO_LARGE', message: `the body is larger than the ${limit} bytes ${req.method} ${req.routeOptions.url ?? ''} takes`, limit });
+    }
     if (fe.statusCode && fe.statusCode < 500) {
       return reply.status(fe.statusCode).send({ code: 'DF_ERR_BAD_REQUEST', message: fe.message, fastifyCode: fe.code });
     }

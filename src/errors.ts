@@ -54,6 +54,7 @@ export const ERRORS = {
   DF_ERR_VDI_SESSION_NOT_FOUND: { status: 404, message: 'no such VDI session' },
   DF_ERR_VDI_SESSION_STATE: { status: 409, message: 'the VDI session is not in a state that allows this' },
   DF_ERR_VDI_SESSION_BUSY: { status: 409, message: 'a client is connected to the VDI session' },
+  DF_ERR_TOO_LARGE: { status: 413, message: 'the request, or what it decodes or asks for, is larger than this route takes' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
