@@ -47,11 +47,6 @@ export class DeltaCache {
     return p;
   }
 
-  /** The layer's delta bytes (tests and small tools; the server streams the file). */
-  async bytes(layerId: string): Promise<Buffer> {
-    return fsp.readFile((await this.get(layerId)).path);
-  }
-
   private async find(layerId: string): Promise<DeltaFile | undefined> {
     const names = await fsp.readdir(this.dir).catch(() => [] as string[]);
     for (const n of names) {
