@@ -4,6 +4,10 @@ import { DeskfuseError } from '../src/errors.js';
 /** Map every error to `{code, message, …fields}` with a stable DF_ERR_* code. */
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | DeskfuseError | Error, req, reply) => {
+    // The route may have dressed its reply already (a delta's type, length, caching): an error is
+    // always uncached JSON of its own length.
+    for (const h of ['content-length', 'etag', 'cache-control']) reply.removeHeader(h);
+    reply.type('application/json; charset=utf-8');
     if (err instanceof DeskfuseError) {
       if (err.status >= 500) req.log.error({ err }, err.message);
       else req.log.debug({ code: err.code }, err.message);

@@ -1,4 +1,3 @@
-import { createReadStream } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
 import { versionParams } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
@@ -24,11 +23,11 @@ export const syncRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   }, async (req, reply) => {
     const v = ctx.catalog.version(req.params.image, req.params.version);
     // Streamed from its file: a delta of any size costs the server a read buffer, not its size.
-    const delta = await ctx.deltas.get(v.layer);
+    const delta = await ctx.deltas.open(v.layer);
     bytesOut(delta.size);
     reply.type('application/vnd.deskfuse.delta').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`)
       .header('content-length', delta.size);
-    return reply.send(createReadStream(delta.path, { highWaterMark: 1024 * 1024 }));
+    return reply.send(delta.stream);
   });
 
   app.post<{ Body: Buffer }>('/api/v1/chunks/patch', {

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { blakeLib } from '../chunk/native-libs.js';
 import type { ChunkReader } from '../chunk/store.js';
@@ -31,6 +32,25 @@ export class DeltaCache {
   /** Build a new version's delta in the background, so the first endpoint does not wait for it. */
   warm(layerId: string, onError: (err: unknown) => void): void {
     this.get(layerId).then(() => {}, onError);
+  }
+
+  /**
+   * The layer's delta, opened for streaming. A file removed behind the cache's back (by an admin or
+   * a scrub) is made again; once open, the bytes stay readable whatever happens to the name.
+   */
+  async open(layerId: string): Promise<{ size: number; stream: NodeJS.ReadableStream }> {
+    for (let attempt = 0; ; attempt++) {
+      const f = await this.get(layerId);
+      let fh: FileHandle;
+      try {
+        fh = await fsp.open(f.path, 'r');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || attempt > 0) throw err;
+        this.checked.delete(layerId);
+        continue;
+      }
+      return { size: f.size, stream: fh.createReadStream({ highWaterMark: 1024 * 1024 }) };
+    }
   }
 
   /** The layer's delta file (found and checked, or built). */

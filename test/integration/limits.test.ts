@@ -132,6 +132,11 @@ describe('deltas', () => {
     expect(Number(r.headers['content-length'])).toBe(onDisk.length);
     expect(path.basename(file.path)).toBe(`${l2}.${idHex(hashBytes(onDisk))}.dfdl`);
     expect((await fsp.readdir(path.dirname(file.path))).filter((n) => n.startsWith('.tmp-'))).toEqual([]);
+    // A delta file removed behind the server's back is made again, not a broken stream.
+    await fsp.rm(file.path);
+    const again = await req('GET', '/api/v1/images/win/versions/2/delta');
+    expect(again.statusCode).toBe(200);
+    expect(again.rawPayload.equals(onDisk)).toBe(true);
   });
 });
 
