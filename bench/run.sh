@@ -254,7 +254,16 @@ if want deskfuse; then
   timed df-publish node "$CLI" image publish bench --from "$IMG_V2" --json
   IFS=$'\t' read -r cn bu < <(json_fields "$T/df-publish.out")
   row "add v2" deskfuse "$W" "$U" "$S" "$M" "$SCPU" "$SRSS" "$(df_store)" "$(df_meta)" "$(files_of "$DF/chunks")" "$cn" "$bu" -
+  # the server's event-loop delay while it serves the export (a scrape starts its /metrics window)
+  loop_delay() {
+    curl -fsS -H "Authorization: Bearer $DESKFUSE_TOKEN" "$DESKFUSE_SERVER/metrics" 2>/dev/null |
+      awk '/^deskfuse_event_loop_delay_seconds\{quantile="0.99"\}/ {p=$2*1000} /^deskfuse_event_loop_delay_seconds\{quantile="max"\}/ {m=$2*1000}
+           END {if (p == "") print "n/a"; else printf "p99 %.1f ms, max %.1f ms\n", p, m}'
+  }
+  loop_delay > /dev/null
   timed df-export node "$CLI" image export bench@main --to "$T/df-out.img"
+  LOOP_DELAY=$(loop_delay)
+  log "deskfuse server event-loop delay while serving the export: $LOOP_DELAY"
   ok=$(check_sha "$T/df-out.img"); [ "$ok" = ok ] || FAIL=1
   row "restore v2" deskfuse "$W" "$U" "$S" "$M" "$SCPU" "$SRSS" "$(df_store)" "$(df_meta)" "$(files_of "$DF/chunks")" - - "$ok"
   rm -f "$T/df-out.img"
@@ -316,6 +325,7 @@ text = "\n".join(L) + "\n"
 open(out_path, "w").write(text)
 print(text, end="")
 PY
+  [ -z "${LOOP_DELAY:-}" ] || { echo; echo "deskfuse server event-loop delay while serving the export (its /metrics): $LOOP_DELAY"; } | tee -a "$RESULTS"
 fi
 
 if want sync; then

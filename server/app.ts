@@ -14,6 +14,7 @@ import { syncRoutes } from './routes/sync.js';
 import { tokenRoutes } from './routes/tokens.js';
 import { vdiRoutes } from './routes/vdi.js';
 import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
+import { BODY_DEFAULT } from './limits.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -29,7 +30,7 @@ declare module 'fastify' {
 export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
     ...(logger ? { loggerInstance: logger } : { logger: false }),
-    bodyLimit: ctx.bodyLimit,
+    bodyLimit: BODY_DEFAULT, // routes that take more say so (server/limits.ts)
     keepAliveTimeout: 75_000,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });

@@ -5,6 +5,10 @@ import { DeskfuseError, dfError } from '../src/errors.js';
 /** Map every error to `{code, message, …fields}` with a stable DF_ERR_* code. */
 export function installErrorHandler(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | DeskfuseError | Error, req, reply) => {
+    // The route may have dressed its reply already (a delta's type, length, caching): an error is
+    // always uncached JSON of its own length.
+    for (const h of ['content-length', 'etag', 'cache-control']) reply.removeHeader(h);
+    reply.type('application/json; charset=utf-8');
     if (err instanceof DeskfuseError) {
       if (err.status >= 500) req.log.error({ err }, err.message);
       else req.log.debug({ code: err.code }, err.message);
@@ -15,6 +19,10 @@ export function installErrorHandler(app: FastifyInstance): void {
       const v = fe.validation[0];
       const field = v ? `${fe.validationContext ?? 'body'}${v.instancePath ? v.instancePath.replace(/\//g, '.') : ''}${v.params && 'missingProperty' in v.params ? `.${String(v.params.missingProperty)}` : ''}${v.params && 'additionalProperty' in v.params ? `.${String(v.params.additionalProperty)}` : ''}` : fe.validationContext;
       return reply.status(400).send({ code: 'DF_ERR_BAD_REQUEST', message: `${field}: ${v?.message ?? fe.message}`, field });
+    }
+    if (fe.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      const limit = req.routeOptions.bodyLimit;
+      return reply.status(413).send({ code: 'DF_ERR_TOO_LARGE', message: `the body is larger than the ${limit} bytes ${req.method} ${req.routeOptions.url ?? ''} takes`, limit });
     }
     if (fe.statusCode && fe.statusCode < 500) {
       return reply.status(fe.statusCode).send({ code: 'DF_ERR_BAD_REQUEST', message: fe.message, fastifyCode: fe.code });

@@ -63,6 +63,7 @@ export const ERRORS = {
   DF_ERR_DISK_IO: { status: 500, message: "the endpoint's disk failed a read, write or sync" },
   DF_ERR_TOKEN_NOT_FOUND: { status: 404, message: 'no token with this id' },
   DF_ERR_LAST_ADMIN_TOKEN: { status: 409, message: 'the last admin token cannot be revoked' },
+  DF_ERR_TOO_LARGE: { status: 413, message: 'the request, or what it decodes or asks for, is larger than this route takes' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -132,6 +132,14 @@ df_srv_until_idle() {
   SRV=$(python3 -c "print(round(($b-$t0)/$TCK,2))")
 }
 
+# df_loop_delay : the server's event-loop delay since the previous scrape (its /metrics window),
+# as "p99 X ms, max Y ms"; a scrape before a step starts the window
+df_loop_delay() {
+  curl -fsS -H "Authorization: Bearer $DF_ADMIN" "http://127.0.0.1:$DF_PORT/metrics" 2>/dev/null |
+    awk '/^deskfuse_event_loop_delay_seconds\{quantile="0.99"\}/ {p=$2*1000} /^deskfuse_event_loop_delay_seconds\{quantile="max"\}/ {m=$2*1000}
+         END {if (p == "") print "n/a"; else printf "p99 %.1f ms, max %.1f ms\n", p, m}'
+}
+
 df_sha_head() { # FILE -> sha256 of its first $SIZE bytes
   if command -v openssl >/dev/null; then head -c "$SIZE" "$1" | openssl dgst -sha256 -r | cut -d' ' -f1
   else head -c "$SIZE" "$1" | sha256sum | cut -d' ' -f1; fi
@@ -185,11 +193,14 @@ deskfuse_update() {
   for n in a b; do
     local disk=$a tok=$DF_TA peer=deskfuse-first-client
     [ $n = b ] && disk=$b tok=$DF_TB peer=deskfuse
+    df_loop_delay > /dev/null   # the event-loop delay window starts with the sync
     df_timed "$DF_DIR/up.json" env -u DESKFUSE_TOKEN node "$DF_CLI" agent sync --disk "$disk" --desktop "up-$n" --token "$tok" --server "http://127.0.0.1:$DF_PPORT" --json
+    local loop; loop=$(df_loop_delay)
+    df_log "server event-loop delay while serving the update ($peer): $loop"
     local ok=FAILED
     [ "$DF_OK" = 1 ] && ok=$(df_check_head "$disk" "$SHA_V2")
     record update "$peer" "$rep" "$DF_DOWN" "$DF_UP" "$(df_json "$DF_DIR/up.json" requests)" "$ok" \
-      "agent sync $(df_json "$DF_DIR/up.json" from)->$(df_json "$DF_DIR/up.json" to); chunksWritten=$(df_json "$DF_DIR/up.json" chunksWritten) connections=$DF_CONNS"
+      "agent sync $(df_json "$DF_DIR/up.json" from)->$(df_json "$DF_DIR/up.json" to); chunksWritten=$(df_json "$DF_DIR/up.json" chunksWritten) connections=$DF_CONNS; server event loop $loop"
   done
   rm -f "$b"
   if [ "$DF_SCAN" = 1 ]; then

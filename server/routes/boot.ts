@@ -7,6 +7,7 @@ import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
 import { dfError } from '../../src/errors.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
 import type { AppContext } from '../context.js';
+import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
 
 /**
  * The network boot flow, under /boot (no admin token: firmware cannot send one).
@@ -106,11 +107,11 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   }
 
   app.post<{ Body: Omit<SessionRequest, 'ip'> }>('/boot/session', {
-    config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },
+    bodyLimit: BODY_BOOT, config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },
   }, async (req) => endpoints.openSession({ ...req.body, ip: req.ip }));
 
   app.post<{ Body: { mac: string; phase: BootPhase; detail?: Record<string, unknown> } }>('/boot/events', {
-    config: { access: 'any' }, schema: { body: eventBody, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },
+    bodyLimit: BODY_BOOT_EVENTS, config: { access: 'any' }, schema: { body: eventBody, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },
   }, async (req, reply) => {
     const e = endpoints.get(req.body.mac);
     const scope = req.tokenScope ?? '';
@@ -123,7 +124,7 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   });
 
   app.post<{ Body: { mac?: string } | undefined; Querystring: { mac?: string } }>('/boot/commit-request', {
-    config: { public: true }, schema: { querystring: macQuery, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
+    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: macQuery, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });

@@ -1,10 +1,11 @@
 import type { FastifyInstance } from 'fastify';
 import { chunkId, idsBody } from '../../src/api/schemas.js';
 import { dfError, isDeskfuseError } from '../../src/errors.js';
-import { encodeFrame, openFrame } from '../../src/chunk/frame.js';
-import { hashBytes, idHex, isZero } from '../../src/chunk/id.js';
-import { decodePack, encodePack, PACK_CONTENT_TYPE, type PackRecord } from '../../src/chunk/pack.js';
+import { isZero } from '../../src/chunk/id.js';
+import { decodePack, encodePack, PACK_CONTENT_TYPE, PACK_MAX_BYTES, type PackRecord } from '../../src/chunk/pack.js';
+import { chunkWorkers } from '../../src/chunk/workers.js';
 import type { AppContext } from '../context.js';
+import { BODY_CHUNK, BODY_MISSING, BODY_PACK } from '../limits.js';
 
 const IMMUTABLE = 'public, max-age=31536000, immutable';
 const FETCH_MAX_IDS = 4096;
@@ -21,6 +22,8 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   const stored = ctx.metrics.counter('deskfuse_chunks_stored_total', 'Chunks newly stored');
   const invalid = ctx.metrics.counter('deskfuse_chunks_invalid_total', 'Chunks refused or found corrupt, by where');
   const params = { type: 'object', properties: { id: chunkId }, required: ['id'] } as const;
+  // zstd and BLAKE3 of uploads run in worker threads, as store reads do (src/chunk/workers.ts).
+  const workers = chunkWorkers();
 
   const read = async (id: string) => {
     try {
@@ -45,6 +48,7 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   });
 
   app.put<{ Params: { id: string }; Body: Buffer }>('/chunks/:id', {
+    bodyLimit: BODY_CHUNK,
     schema: { params, tags: ['chunks'], summary: 'Store one chunk: body application/zstd (a frame) or application/octet-stream (raw bytes)' },
   }, async (req, reply) => {
     const { id } = req.params;
@@ -55,13 +59,13 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     try {
       if (req.headers['content-type']?.startsWith('application/zstd')) {
         frame = body;
-        raw = openFrame(id, frame, ctx.maxChunkSize);
+        raw = await workers.open(id, frame, ctx.maxChunkSize);
       } else {
         raw = body;
         if (raw.length === 0 || raw.length > ctx.maxChunkSize) throw dfError('DF_ERR_CHUNK_INVALID', `chunk of ${raw.length} bytes is outside 1..${ctx.maxChunkSize}`, { id });
-        const got = idHex(hashBytes(raw));
-        if (got !== id) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${id}: bytes hash to ${got}`, { id, got });
-        frame = encodeFrame(raw);
+        const sealed = await workers.seal(raw);
+        if (sealed.id !== id) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${id}: bytes hash to ${sealed.id}`, { id, got: sealed.id });
+        frame = sealed.frame;
       }
     } catch (err) {
       invalid(1, { where: 'upload' });
@@ -75,10 +79,12 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   });
 
   app.post<{ Body: { ids: string[] } }>('/api/v1/chunks/missing', {
+    bodyLimit: BODY_MISSING,
     schema: { body: idsBody, tags: ['chunks'], summary: 'Which of these chunk ids the server lacks' },
   }, async (req) => ({ missing: await ctx.catalog.missingChunks(req.body.ids) }));
 
   app.post<{ Body: Buffer }>('/api/v1/chunks/pack', {
+    bodyLimit: BODY_PACK,
     schema: { tags: ['chunks'], summary: `Store many chunks in one body (${PACK_CONTENT_TYPE})` },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PACK_CONTENT_TYPE)) {
@@ -87,11 +93,12 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     const records = decodePack(req.body, ctx.maxChunkSize);
     // Verify every record before storing any: a bad pack changes nothing.
     try {
-      for (const r of records) {
-        const raw = openFrame(r.id, r.frame, ctx.maxChunkSize);
+      await inParallel(records.length, async (k) => {
+        const r = records[k]!;
+        const raw = await workers.open(r.id, r.frame, ctx.maxChunkSize);
         if (raw.length !== r.rawLength) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${r.id}: raw length ${raw.length}, pack says ${r.rawLength}`, { id: r.id });
         if (isZero(raw)) throw dfError('DF_ERR_BAD_REQUEST', `chunk ${r.id} is all zero; zero chunks are never stored`, { id: r.id });
-      }
+      });
     } catch (err) {
       invalid(1, { where: 'upload' });
       throw err;
@@ -103,21 +110,40 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   });
 
   app.post<{ Body: { ids: string[] } }>('/api/v1/chunks/fetch', {
-    schema: { body: { ...idsBody, properties: { ids: { ...idsBody.properties.ids, maxItems: FETCH_MAX_IDS } } }, tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks as one pack` },
+    schema: { body: { ...idsBody, properties: { ids: { ...idsBody.properties.ids, maxItems: FETCH_MAX_IDS } } }, tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks (each id once, ${PACK_MAX_BYTES} bytes of frames at most) as one pack` },
   }, async (req, reply) => {
-    // Reads (and their verification) overlap: file I/O runs in the thread pool meanwhile.
-    const ids = req.body.ids;
+    // Each chunk once, however often it is asked for; the pack is held to PACK_MAX_BYTES (reads stop
+    // as soon as it would pass), so one request never makes the server hold more than that.
+    const ids = [...new Set(req.body.ids)];
     const records: PackRecord[] = new Array(ids.length);
-    let next = 0;
-    await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, ids.length) }, async () => {
-      for (let k = next++; k < ids.length; k = next++) {
-        const c = await read(ids[k]!);
-        records[k] = { id: ids[k]!, rawLength: c.raw.length, frame: c.frame };
+    let bytes = 0;
+    await inParallel(ids.length, async (k) => {
+      const c = await read(ids[k]!);
+      bytes += c.frame.length;
+      if (bytes > PACK_MAX_BYTES) {
+        throw dfError('DF_ERR_TOO_LARGE', `these ${ids.length} chunks are more than ${PACK_MAX_BYTES} bytes: ask for fewer at a time`, { limit: PACK_MAX_BYTES, ids: ids.length });
       }
-    }));
+      records[k] = { id: ids[k]!, rawLength: c.raw.length, frame: c.frame };
+    });
     const body = encodePack(records);
     bytesOut(body.length);
     reply.type(PACK_CONTENT_TYPE);
     return body;
   });
 };
+
+/** Run job(0..n-1), READS_IN_FLIGHT at a time (their work runs in worker threads meanwhile); the first failure stops the rest. */
+async function inParallel(n: number, job: (k: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failed = false;
+  await Promise.all(Array.from({ length: Math.min(READS_IN_FLIGHT, n) }, async () => {
+    for (let k = next++; k < n && !failed; k = next++) {
+      try {
+        await job(k);
+      } catch (err) {
+        failed = true;
+        throw err;
+      }
+    }
+  }));
+}

@@ -70,6 +70,7 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   });
 
   app.post<{ Params: P; Body: Buffer }>('/images/:image/layers', {
+    bodyLimit: ctx.bodyLimit, // the largest layer a site's images need (config bodyLimit)
     schema: { params: imageParams, tags: ['commits'], summary: 'Upload a layer (application/octet-stream) for a coming commit' },
   }, async (req, reply) => {
     if (!Buffer.isBuffer(req.body)) throw dfError('DF_ERR_BAD_REQUEST', 'send the layer as application/octet-stream');

@@ -1,9 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import { versionParams } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
-import { encodeFrame } from '../../src/chunk/frame.js';
-import { decodePatch, PATCH_CONTENT_TYPE, rebuild } from '../../src/sync/patch.js';
+import { chunkWorkers } from '../../src/chunk/workers.js';
+import { openPatch, PATCH_CONTENT_TYPE, patched } from '../../src/sync/patch.js';
 import type { AppContext } from '../context.js';
+import { BODY_PATCH } from '../limits.js';
+
+/** Rebuilt chunks are stored in batches of about this many frame bytes. */
+const PUT_BATCH_BYTES = 16 * 1024 * 1024;
 
 /**
  * What the endpoint agent uses beyond plain chunks: per-version deltas (only the changed 4 KiB
@@ -12,37 +16,57 @@ import type { AppContext } from '../context.js';
 export const syncRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   const bytesOut = ctx.metrics.counter('deskfuse_delta_bytes_sent_total', 'Delta bytes sent');
   const stored = ctx.metrics.counter('deskfuse_chunks_stored_total', 'Chunks newly stored');
+  const workers = chunkWorkers();
 
   app.get<{ Params: { image: string; version: number } }>('/api/v1/images/:image/versions/:version/delta', {
     schema: { params: versionParams, tags: ['versions'], summary: "The version's changed 4 KiB blocks against its parent (binary, see src/sync/delta.ts)" },
   }, async (req, reply) => {
     const v = ctx.catalog.version(req.params.image, req.params.version);
-    const body = await ctx.deltas.get(v.layer);
-    bytesOut(body.length);
-    reply.type('application/vnd.deskfuse.delta').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`);
-    return body;
+    // Streamed from its file: a delta of any size costs the server a read buffer, not its size.
+    const delta = await ctx.deltas.open(v.layer);
+    bytesOut(delta.size);
+    reply.type('application/vnd.deskfuse.delta').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`)
+      .header('content-length', delta.size);
+    return reply.send(delta.stream);
   });
 
   app.post<{ Body: Buffer }>('/api/v1/chunks/patch', {
+    bodyLimit: BODY_PATCH,
     schema: { tags: ['chunks'], summary: `Store chunks sent as blocks against base chunks (${PATCH_CONTENT_TYPE}); answers which could not be rebuilt` },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PATCH_CONTENT_TYPE)) throw dfError('DF_ERR_BAD_REQUEST', `send a patch as ${PATCH_CONTENT_TYPE}`);
-    const { chunkSize, records } = decodePatch(req.body);
-    const put: Array<{ id: string; frame: Buffer }> = [];
+    // Records are decoded frame by frame as they are taken (at most PATCH_RAW_MAX in all), and rebuilt
+    // chunks are stored in batches: memory stays at a frame and a batch whatever the body declares.
+    const { chunkSize, records } = openPatch(req.body);
     const failed: string[] = [];
+    let put: Array<{ id: string; frame: Buffer }> = [];
+    let putBytes = 0;
     let existing = 0;
+    let storedNow = 0;
+    const flush = async () => {
+      const r = await ctx.chunks.putMany(put);
+      stored(r.stored);
+      storedNow += r.stored;
+      existing += r.existing;
+      put = [];
+      putBytes = 0;
+    };
     for (const rec of records) {
       if (await ctx.chunks.has(rec.id)) {
         existing++;
         continue;
       }
       const base = rec.base && (await ctx.chunks.has(rec.base)) ? (await ctx.chunks.get(rec.base)).raw : rec.base ? undefined : null;
-      const raw = base === undefined ? null : rebuild(rec, base, chunkSize);
-      if (!raw) failed.push(rec.id);
-      else put.push({ id: rec.id, frame: encodeFrame(raw) });
+      const raw = base === undefined ? null : patched(rec, base, chunkSize);
+      const sealed = raw && (await workers.seal(raw));
+      if (!sealed || sealed.id !== rec.id) failed.push(rec.id);
+      else {
+        put.push({ id: rec.id, frame: sealed.frame });
+        putBytes += sealed.frame.length;
+        if (putBytes >= PUT_BATCH_BYTES) await flush();
+      }
     }
-    const r = await ctx.chunks.putMany(put);
-    stored(r.stored);
-    return { stored: r.stored, existing: existing + r.existing, failed };
+    await flush();
+    return { stored: storedNow, existing, failed };
   });
 };

@@ -1,6 +1,6 @@
 import { encodeFrame } from '../chunk/frame.js';
 import { idHex, isZeroId } from '../chunk/id.js';
-import { encodePack, PACK_CONTENT_TYPE } from '../chunk/pack.js';
+import { encodePack, PACK_CONTENT_TYPE, type PackRecord } from '../chunk/pack.js';
 import { dfError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength, fullMask, maskBytes } from '../image/geometry.js';
@@ -22,7 +22,8 @@ export interface CommitOutcome {
   chunksUploaded: number;
 }
 
-const PATCH_BATCH = 16 * 1024 * 1024;
+const PATCH_BATCH = 16 * 1024 * 1024; // plus one chunk: well under the server's PATCH_RAW_MAX
+const WHOLE_BATCH = 8 * 1024 * 1024;
 
 /**
  * Commit the disk's local changes (found by `scan` against the on-disk version) to the desktop:
@@ -68,15 +69,23 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   await send();
   // A chunk the server could not rebuild (the disk's base was not what the state says, or a hint
   // collided) goes whole.
-  if (failedWhole.length) {
-    const records = [];
-    for (const id of failedWhole) {
-      const pos = idsAt.get(id)!;
-      const raw = await readChunkAt(s.disk, pos * g.chunkSize, chunkLength(g, pos));
-      records.push({ id, rawLength: raw.length, frame: encodeFrame(raw) });
-    }
-    await s.client.json('POST', '/api/v1/chunks/pack', { raw: { data: encodePack(records), type: PACK_CONTENT_TYPE }, idempotent: true });
+  // In packs of about 8 MiB: the server takes PACK_MAX_BYTES per body.
+  let records: PackRecord[] = [];
+  let packBytes = 0;
+  const sendPack = async () => {
+    if (records.length) await s.client.json('POST', '/api/v1/chunks/pack', { raw: { data: encodePack(records), type: PACK_CONTENT_TYPE }, idempotent: true });
+    records = [];
+    packBytes = 0;
+  };
+  for (const id of failedWhole) {
+    const pos = idsAt.get(id)!;
+    const raw = await readChunkAt(s.disk, pos * g.chunkSize, chunkLength(g, pos));
+    const frame = encodeFrame(raw);
+    if (packBytes + frame.length > WHOLE_BATCH) await sendPack();
+    records.push({ id, rawLength: raw.length, frame });
+    packBytes += frame.length;
   }
+  await sendPack();
 
   const next = base.clone();
   for (const pos of changed) next.set(pos, scan.index.idAt(pos));

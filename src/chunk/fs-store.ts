@@ -1,11 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import { constants as FS, promises as fsp, readFileSync } from 'node:fs';
+import { constants as FS, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { dfError, isDeskfuseError } from '../errors.js';
-import { encodeFrame, openFrame } from './frame.js';
+import { encodeFrame } from './frame.js';
 import { isIdHex } from './id.js';
 import { storeIoError } from './io-errors.js';
 import type { PrunableStore, StoredChunk } from './store.js';
+import { chunkWorkers, type ChunkWorkers } from './workers.js';
 
 /**
  * Local filesystem store. Layout (fan-out by the first three hex digits, at most 4,096 folders):
@@ -14,17 +15,19 @@ import type { PrunableStore, StoredChunk } from './store.js';
  *   <root>/<id[0..3]>/.tmp-…       a write in progress (ignored by readers, removed by scrubs)
  *
  * A write is: temp file → fdatasync → rename → fsync of the folder, so a name never points at
- * bytes that a crash could lose. Reads always decompress and hash: a corrupt file is never served.
+ * bytes that a crash could lose. Reads always decompress and hash (in a worker thread, workers.ts):
+ * a corrupt file is never served.
  */
 export class FsChunkStore implements PrunableStore {
   /** Fan-out folders known to exist (saves a mkdir per chunk). */
   private readonly dirs = new Set<string>();
 
-  constructor(readonly root: string, readonly maxChunkSize: number) {}
+  /** Reads go through `workers` (the process's pool unless given). */
+  constructor(readonly root: string, readonly maxChunkSize: number, private readonly workers: ChunkWorkers = chunkWorkers()) {}
 
-  static async open(root: string, maxChunkSize: number): Promise<FsChunkStore> {
+  static async open(root: string, maxChunkSize: number, workers?: ChunkWorkers): Promise<FsChunkStore> {
     await fsp.mkdir(root, { recursive: true });
-    return new FsChunkStore(root, maxChunkSize);
+    return new FsChunkStore(root, maxChunkSize, workers);
   }
 
   pathOf(id: string): string {
@@ -46,20 +49,14 @@ export class FsChunkStore implements PrunableStore {
   }
 
   async get(id: string): Promise<StoredChunk> {
-    let frame: Buffer;
+    const file = this.pathOf(id);
     try {
-      // A chunk file is small and usually in the page cache: a synchronous read costs the server a
-      // third of the CPU of fs/promises' open/stat/read/close round trips (measured on export).
-      frame = readFileSync(this.pathOf(id));
+      // Read, decompress and hash in a worker thread: the event loop serves everyone else meanwhile.
+      return await this.workers.read(file, id, this.maxChunkSize);
     } catch (cause) {
       if ((cause as NodeJS.ErrnoException).code === 'ENOENT') throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${id} is not in the store`, { id });
-      throw cause;
-    }
-    try {
-      return { raw: openFrame(id, frame, this.maxChunkSize), frame };
-    } catch (cause) {
       if (isDeskfuseError(cause, 'DF_ERR_CHUNK_INVALID')) {
-        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, got: cause.fields.got, path: this.pathOf(id) }, cause);
+        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, got: cause.fields.got, path: file }, cause);
       }
       throw cause;
     }

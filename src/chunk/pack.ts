@@ -19,6 +19,8 @@ import { Reader, Writer } from '../wire/bytes.js';
  */
 export const PACK_MAGIC = Buffer.from('DFPK');
 export const PACK_CONTENT_TYPE = 'application/vnd.deskfuse.pack';
+/** The largest pack a server takes or answers (clients send and ask for about 8 to 16 MiB). */
+export const PACK_MAX_BYTES = 32 * 1024 * 1024;
 const HEADER = 8;
 const RECORD_HEAD = ID_BYTES + 8;
 const TRAILER = ID_BYTES + 4;

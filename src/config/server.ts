@@ -15,7 +15,7 @@ export interface ServerConfig {
   readonly listen: { readonly host: string; readonly port: number };
   /** pino level. Default `info`. */
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
-  /** Largest request body (packs, layers), bytes. Default 256 MiB. */
+  /** Largest layer upload, bytes (other routes have their own limits, server/limits.ts). Default 256 MiB. */
   readonly bodyLimit: number;
   readonly netboot: NetbootConfig;
   readonly nbd: NbdConfig;

@@ -5,7 +5,7 @@ import type { ChunkReader, StoredChunk } from '../chunk/store.js';
 import { DeskfuseError, dfError } from '../errors.js';
 import { fullMask as allMask, MAX_CHUNK_SIZE, type Geometry } from '../image/geometry.js';
 import { encodeLayer, type Layer } from '../image/layer.js';
-import { buildDelta, DELTA_MAGIC, deltaEntries, readDelta } from './delta.js';
+import { buildDelta, DELTA_MAGIC, deltaEntries, deltaPieces, readDelta } from './delta.js';
 import { FrameReader } from './frames.js';
 import { prng, rejection } from '../../test/helpers/expect.js';
 
@@ -134,6 +134,26 @@ describe('buildDelta', () => {
     const layer: Layer = { geometry: G, hasMasks: false, entries: [{ index: 1, id: Buffer.from(ZERO_ID) }] };
     expect((await built(LAYER_ID, layer)).toString('hex')).toBe('4446444c' + '01000000' + 'ab'.repeat(32) + '00000000' + '00'.repeat(8));
     expect(await items(LAYER_ID, layer, pieces(await built(LAYER_ID, layer), () => 1))).toEqual([]);
+  });
+
+  it('deltaPieces hands over each full frame before reading the chunks after it (a delta is never held whole)', async () => {
+    const store = new MemChunks();
+    const g: Geometry = { virtualSize: 4 * 4 * 1024 * 1024, chunkSize: 4 * 1024 * 1024 };
+    const raws = [0, 1, 2, 3].map(() => randomBytes(2 * 1024 * 1024 + B)); // two never share a 4 MiB frame
+    const layer: Layer = { geometry: g, hasMasks: false, entries: raws.map((raw, index) => ({ index, id: store.add(raw) })) };
+    const events: string[] = [];
+    const seen = store.reads;
+    let bytes = 0;
+    const parts: Buffer[] = [];
+    for await (const piece of deltaPieces(LAYER_ID, layer, store)) {
+      events.push(`piece after ${seen.length} reads`);
+      bytes += piece.length;
+      parts.push(piece);
+    }
+    // The header goes out with the first chunk, frame 1 once chunk 2 shows it is full, and so on.
+    expect(events).toEqual(['piece after 1 reads', 'piece after 2 reads', 'piece after 3 reads', 'piece after 4 reads', 'piece after 4 reads', 'piece after 4 reads']);
+    expect(Buffer.concat(parts).equals(Buffer.concat(await buildDelta(LAYER_ID, layer, store)))).toBe(true);
+    expect(bytes).toBeGreaterThan(4 * 2 * 1024 * 1024);
   });
 
   it('a chunk missing from the store rejects with the store error', async () => {

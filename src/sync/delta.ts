@@ -30,14 +30,22 @@ export function deltaEntries(layer: Layer): LayerEntry[] {
 
 /** Build a delta from a layer and the store holding its chunks (each read is verified). */
 export async function buildDelta(layerId: string, layer: Layer, chunks: ChunkReader): Promise<Buffer[]> {
+  const out: Buffer[] = [];
+  for await (const piece of deltaPieces(layerId, layer, chunks)) out.push(piece);
+  return out;
+}
+
+/** The same bytes as they are made (the header, then frame by frame): memory stays at about one frame. */
+export async function* deltaPieces(layerId: string, layer: Layer, chunks: ChunkReader): AsyncGenerator<Buffer> {
   const entries = deltaEntries(layer);
   const all = fullMask(layer.geometry);
   const w = new FrameWriter(new Writer(HEADER).bytes(DELTA_MAGIC).u8(1).u8(0).u16(0).bytes(Buffer.from(layerId, 'hex')).u32(entries.length).done());
   for (const e of entries) {
     const { raw } = await chunks.get(idHex(e.id));
     w.add(extractBlocks(raw, e.mask ?? all));
+    yield* w.take();
   }
-  return w.end();
+  yield* w.end();
 }
 
 export interface DeltaItem {

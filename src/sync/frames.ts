@@ -62,7 +62,12 @@ export class FrameWriter {
     this.size = 0;
   }
 
-  /** The header, the frames and the end marker. */
+  /** The pieces complete so far (the header, then full frames), handed over once: a writer streams them. */
+  take(): Buffer[] {
+    return this.out.splice(0);
+  }
+
+  /** What `take` has not handed over yet, the last frame and the end marker. */
   end(): Buffer[] {
     this.flush();
     this.out.push(FRAMES_END);
@@ -119,12 +124,19 @@ class ByteQueue {
   }
 }
 
-/** Incremental reader: push bytes as they arrive, take decoded frames (null after the end marker). */
+/**
+ * Incremental reader: push bytes as they arrive, take decoded frames (null after the end marker).
+ * `budget` caps the raw bytes of all frames together: a frame that would pass it is refused with
+ * DF_ERR_TOO_LARGE from its declared size, before a byte of it is decompressed (a few KiB of zstd
+ * can declare gigabytes).
+ */
 export class FrameReader {
   private readonly q = new ByteQueue();
   ended = false;
+  /** Raw bytes of the frames decoded so far. */
+  decoded = 0;
 
-  constructor(private readonly what: string) {}
+  constructor(private readonly what: string, private readonly budget = Infinity) {}
 
   push(data: Uint8Array): void {
     this.q.push(Buffer.from(data.buffer, data.byteOffset, data.byteLength));
@@ -151,6 +163,9 @@ export class FrameReader {
     if (raw > FRAME_RAW_MAX || zl === 0 || zl > FRAME_Z_MAX || raw === 0) {
       throw dfError('DF_ERR_DECODE', `${this.what}: frame lengths raw ${raw} / compressed ${zl} are out of range`, { what: this.what });
     }
+    if (this.decoded + raw > this.budget) {
+      throw dfError('DF_ERR_TOO_LARGE', `${this.what}: frames decode to more than ${this.budget} bytes`, { what: this.what, limit: this.budget });
+    }
     if (this.q.length < 8 + zl) return undefined;
     this.q.take(8);
     const z = this.q.take(zl);
@@ -162,6 +177,7 @@ export class FrameReader {
       throw dfError('DF_ERR_DECODE', `${this.what}: corrupt zstd frame`, { what: this.what }, cause);
     }
     if (out.length !== raw) throw dfError('DF_ERR_DECODE', `${this.what}: frame holds ${out.length} bytes, header says ${raw}`, { what: this.what });
+    this.decoded += raw;
     return out;
   }
 

@@ -4,7 +4,8 @@ import { DeskfuseError } from '../errors.js';
 import { randomBytes as cryptoBytes } from 'node:crypto';
 import { fullMask, MAX_CHUNK_SIZE, type Geometry } from '../image/geometry.js';
 import { encodeFrameRecord, FRAME_RAW_MAX, FRAMES_END } from './frames.js';
-import { decodePatch, encodePatch, PATCH_MAGIC, rebuild, type PatchRecord } from './patch.js';
+import { decodePatch, encodePatch, openPatch, PATCH_MAGIC, PATCH_RAW_MAX, rebuild, type PatchRecord } from './patch.js';
+import { patchBomb } from '../../test/helpers/bombs.js';
 import { prng, thrown } from '../../test/helpers/expect.js';
 
 const B = 4096;
@@ -286,5 +287,34 @@ describe('decodePatch fuzz', () => {
     expect(bad).toEqual([]);
     expect(accepted).toBeGreaterThan(0);
     expect(inputs.length).toBeGreaterThan(2000);
+  });
+});
+
+describe('a decompression bomb (issue 10 item 8)', () => {
+  it('is refused with DF_ERR_TOO_LARGE before more than the budget is decoded, frame by frame', () => {
+    const { body, rawPerFrame } = patchBomb(100); // ~10 KiB that decode to ~300 MiB
+    expect(body.length).toBeLessThan(32 * 1024);
+    const budget = 8 * 1024 * 1024;
+    const p = openPatch(body, budget);
+    let decoded = 0;
+    let records = 0;
+    const err = thrown(() => {
+      for (const r of p.records) {
+        decoded += 2 * 32 + 4 + r.mask.length + r.blocks.length;
+        records++;
+      }
+    });
+    expect(err.code).toBe('DF_ERR_TOO_LARGE');
+    expect(err.fields).toEqual({ what: 'patch', limit: budget });
+    // Records of the frames within the budget were taken before the next frame was opened; the
+    // frame that would pass the budget was never decompressed.
+    expect(decoded).toBe(Math.floor(budget / rawPerFrame) * rawPerFrame);
+    expect(records).toBe(3 * Math.floor(budget / rawPerFrame));
+  });
+
+  it('the default budget (PATCH_RAW_MAX) holds the whole bomb to 32 MiB', () => {
+    expect(thrown(() => decodePatch(patchBomb(100).body)).code).toBe('DF_ERR_TOO_LARGE');
+    expect(decodePatch(patchBomb(10).body).records.length).toBe(30); // 30 MiB: within the budget
+    expect(PATCH_RAW_MAX).toBe(32 * 1024 * 1024);
   });
 });

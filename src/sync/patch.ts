@@ -44,7 +44,20 @@ export function encodePatch(g: Geometry, records: PatchRecord[]): Buffer {
   return Buffer.concat(w.end());
 }
 
-export function decodePatch(body: Buffer): { chunkSize: number; records: PatchRecord[] } {
+/**
+ * The decoded bytes one patch body may hold: the agent sends about 16 MiB of blocks plus one chunk
+ * (src/agent/commit.ts), and a server never decodes more than this of one body.
+ */
+export const PATCH_RAW_MAX = 32 * 1024 * 1024;
+/** The largest patch body (frames of PATCH_RAW_MAX raw bytes, with zstd's worst-case overhead). */
+export const PATCH_BODY_MAX = PATCH_RAW_MAX + 1024 * 1024;
+
+/**
+ * Open a patch body: the header is checked now, the records are decoded as they are taken, frame by
+ * frame (memory: one frame), and no more than `budget` raw bytes in all (DF_ERR_TOO_LARGE, raised
+ * before the frame that would pass it is decompressed). Malformed input is DF_ERR_DECODE.
+ */
+export function openPatch(body: Buffer, budget = PATCH_RAW_MAX): { chunkSize: number; records: Generator<PatchRecord> } {
   if (body.length < HEADER || !body.subarray(0, 4).equals(PATCH_MAGIC) || body[4] !== 1 || body.readUIntBE(5, 3) !== 0) {
     throw dfError('DF_ERR_DECODE', 'patch: bad header (magic, version or reserved bytes)', { what: 'patch', offset: 0 });
   }
@@ -55,10 +68,12 @@ export function decodePatch(body: Buffer): { chunkSize: number; records: PatchRe
   } catch (cause) {
     throw dfError('DF_ERR_DECODE', `patch: chunk size ${chunkSize} is invalid`, { what: 'patch', field: 'chunk size', offset: 8 }, cause);
   }
-  const mb = maskBytes(g);
-  const r = new FrameReader('patch');
-  r.push(body.subarray(HEADER));
-  const records: PatchRecord[] = [];
+  return { chunkSize, records: patchRecords(body.subarray(HEADER), chunkSize, maskBytes(g), budget) };
+}
+
+function* patchRecords(frames: Buffer, chunkSize: number, mb: number, budget: number): Generator<PatchRecord> {
+  const r = new FrameReader('patch', budget);
+  r.push(frames);
   for (let f = r.next(); f; f = r.next()) {
     let off = 0;
     while (off < f.length) {
@@ -71,12 +86,17 @@ export function decodePatch(body: Buffer): { chunkSize: number; records: PatchRe
       if (length === 0 || length > chunkSize) throw dfError('DF_ERR_DECODE', `patch: chunk ${id} length ${length} is outside 1..${chunkSize}`, { what: 'patch', field: 'length' });
       const n = maskedLength(mask, length);
       if (off + n > f.length) throw dfError('DF_ERR_DECODE', `patch: chunk ${id} blocks are truncated`, { what: 'patch' });
-      records.push({ id, base: isZeroId(baseId) ? null : idHex(baseId), length, mask, blocks: f.subarray(off, off + n) });
+      yield { id, base: isZeroId(baseId) ? null : idHex(baseId), length, mask, blocks: f.subarray(off, off + n) };
       off += n;
     }
   }
   r.finish();
-  return { chunkSize, records };
+}
+
+/** A whole patch decoded at once (tests and small bodies; the server takes records one by one). */
+export function decodePatch(body: Buffer, budget = PATCH_RAW_MAX): { chunkSize: number; records: PatchRecord[] } {
+  const p = openPatch(body, budget);
+  return { chunkSize: p.chunkSize, records: [...p.records] };
 }
 
 /**
@@ -84,9 +104,15 @@ export function decodePatch(body: Buffer): { chunkSize: number; records: PatchRe
  * the new length. Returns the raw chunk if it hashes to the record's id, else null.
  */
 export function rebuild(rec: PatchRecord, baseRaw: Buffer | null, chunkSize: number): Buffer | null {
+  const out = patched(rec, baseRaw, chunkSize);
+  return out && idHex(hashBytes(out)) === rec.id ? out : null;
+}
+
+/** The bytes `rebuild` checks, unhashed (the server hashes them in a worker thread), or null when the record cannot fit. */
+export function patched(rec: PatchRecord, baseRaw: Buffer | null, chunkSize: number): Buffer | null {
   if (rec.length > MAX_CHUNK_SIZE || blocksPerChunk({ chunkSize, virtualSize: chunkSize }) * 4096 < rec.length) return null;
   const out = Buffer.alloc(rec.length);
   if (baseRaw) baseRaw.copy(out, 0, 0, Math.min(baseRaw.length, rec.length));
   patchBlocks(out, rec.mask, rec.blocks);
-  return idHex(hashBytes(out)) === rec.id ? out : null;
+  return out;
 }

@@ -1,0 +1,115 @@
+import { execFileSync, spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { DeskfuseError } from '../errors.js';
+import { encodeFrame } from './frame.js';
+import { FsChunkStore } from './fs-store.js';
+import { hashBytes, idHex } from './id.js';
+import { ChunkWorkers } from './workers.js';
+import { rejection } from '../../test/helpers/expect.js';
+
+const MAX = 64 * 1024;
+const pool = new ChunkWorkers(2);
+afterAll(() => pool.close());
+
+function chunkOf(text: string): { id: string; raw: Buffer; frame: Buffer } {
+  const raw = Buffer.from(text.repeat(100));
+  return { id: idHex(hashBytes(raw)), raw, frame: encodeFrame(raw) };
+}
+
+let dir: string;
+let store: FsChunkStore;
+beforeEach(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'deskfuse-workers-'));
+  store = await FsChunkStore.open(path.join(dir, 'chunks'), MAX, pool);
+});
+afterEach(async () => {
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+describe('FsChunkStore reads off the event loop (issue 10 item 9)', () => {
+  it('a read waiting on its file leaves the event loop free: this thread writes the bytes that read then verifies', async () => {
+    const c = chunkOf('fifo');
+    const file = store.pathOf(c.id);
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    execFileSync('mkfifo', [file]);
+    const frameFile = path.join(dir, 'frame');
+    await fsp.writeFile(frameFile, c.frame);
+    // Were the read to block this thread (a readFileSync), nothing here could feed the FIFO: a
+    // helper process does after a while, so the test fails on the order below instead of hanging.
+    const rescue = spawn('sh', ['-c', 'sleep 15; cat "$0" > "$1"', frameFile, file], { stdio: 'ignore', detached: true });
+    try {
+      const order: string[] = [];
+      const got = store.get(c.id).then((x) => (order.push('read'), x));
+      await new Promise((r) => setImmediate(r));
+      order.push('event loop turned');
+      expect(order).toEqual(['event loop turned']);
+      const fh = await fsp.open(file, 'w');
+      await fh.writeFile(c.frame);
+      await fh.close();
+      const { raw, frame } = await got;
+      expect(raw).toEqual(c.raw);
+      expect(frame).toEqual(c.frame);
+      expect(order).toEqual(['event loop turned', 'read']);
+    } finally {
+      process.kill(-rescue.pid!, 'SIGKILL');
+    }
+  });
+
+  it('reads go through the worker pool', async () => {
+    const c = chunkOf('pooled');
+    await store.put(c.id, { frame: c.frame });
+    const before = pool.done.read;
+    expect((await store.get(c.id)).raw).toEqual(c.raw);
+    expect(pool.done.read).toBe(before + 1);
+  });
+
+  it('a stored file whose bytes are another chunk: DF_ERR_CHUNK_CORRUPT caused by DF_ERR_CHUNK_INVALID {id, got}', async () => {
+    const c = chunkOf('good');
+    const other = chunkOf('evil');
+    await store.put(c.id, { frame: c.frame });
+    await fsp.writeFile(store.pathOf(c.id), other.frame);
+    const err = await rejection(store.get(c.id));
+    expect(err.code).toBe('DF_ERR_CHUNK_CORRUPT');
+    expect(err.fields).toMatchObject({ id: c.id, got: other.id });
+    expect((err.cause as DeskfuseError).code).toBe('DF_ERR_CHUNK_INVALID');
+    expect((err.cause as DeskfuseError).fields).toEqual({ id: c.id, got: other.id });
+  });
+
+  it('a stored file that is not a zstd frame, or declares more than the store takes: DF_ERR_CHUNK_CORRUPT', async () => {
+    const c = chunkOf('junk');
+    await store.put(c.id, { frame: c.frame });
+    await fsp.writeFile(store.pathOf(c.id), Buffer.from('not a frame at all'));
+    expect((await rejection(store.get(c.id))).code).toBe('DF_ERR_CHUNK_CORRUPT');
+    const big = Buffer.alloc(MAX + 1, 7);
+    await fsp.writeFile(store.pathOf(c.id), encodeFrame(big));
+    const err = await rejection(store.get(c.id));
+    expect(err.code).toBe('DF_ERR_CHUNK_CORRUPT');
+    expect((err.cause as DeskfuseError).fields).toEqual({ id: c.id, size: MAX + 1 });
+  });
+
+  it('a missing chunk is DF_ERR_CHUNK_NOT_FOUND', async () => {
+    expect((await rejection(store.get(chunkOf('absent').id))).code).toBe('DF_ERR_CHUNK_NOT_FOUND');
+  });
+});
+
+describe('ChunkWorkers', () => {
+  it('open verifies an uploaded frame (a slice of a larger body) against its id', async () => {
+    const c = chunkOf('upload');
+    const body = Buffer.concat([Buffer.alloc(100), c.frame, Buffer.alloc(100)]);
+    expect(await pool.open(c.id, body.subarray(100, 100 + c.frame.length), MAX)).toEqual(c.raw);
+    const err = await rejection(pool.open(chunkOf('other').id, c.frame, MAX));
+    expect(err.code).toBe('DF_ERR_CHUNK_INVALID');
+    expect(err.fields.got).toBe(c.id);
+  });
+
+  it('seal gives the id and a frame that opens to the same bytes', async () => {
+    const c = chunkOf('seal');
+    const s = await pool.seal(c.raw);
+    expect(s.id).toBe(c.id);
+    expect(await pool.open(c.id, s.frame, MAX)).toEqual(c.raw);
+    expect(c.raw.length).toBe(400); // the caller's buffer is left intact
+  });
+});

@@ -1,0 +1,196 @@
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { dfError } from '../errors.js';
+
+/**
+ * A small pool of worker threads that read, decompress, hash and compress chunks, so the event loop
+ * that DHCP, TFTP, NBD and every HTTP client share never waits on a disk read, zstd or BLAKE3
+ * (neither zstd-napi nor @napi-rs/blake-hash has an asynchronous call).
+ *
+ *   read(path, id, max)   read a stored frame, open and verify it   → {frame, raw}
+ *   open(id, frame, max)  open and verify an uploaded frame         → raw
+ *   seal(raw)             hash and compress raw bytes               → {id, frame}
+ *
+ * Verification is the one of frame.ts `openFrame` (declared size first, so a hostile frame cannot
+ * make a thread allocate more than `max`), with the same DF_ERR_CHUNK_INVALID errors. The worker is
+ * plain JavaScript evaluated from a string, so the same code runs under the test runner (TS source)
+ * and from dist/. Idle workers are unref'd: the pool never keeps a process alive.
+ */
+const WORKER_SOURCE = String.raw`
+'use strict';
+const { parentPort, workerData } = require('node:worker_threads');
+const { readFileSync } = require('node:fs');
+const zstd = require(workerData.zstd);
+const blake = require(workerData.blake);
+
+// RFC 8878 §3.1.1.1: the frame content size a zstd frame header declares (as frame.ts).
+function declaredSize(b) {
+  if (b.length < 6 || b.readUInt32LE(0) !== 0xfd2fb528) return undefined;
+  const fhd = b[4], fcsFlag = fhd >> 6, single = (fhd >> 5) & 1, dictFlag = fhd & 3;
+  const fcsSize = [single ? 1 : 0, 2, 4, 8][fcsFlag];
+  if (fcsSize === 0) return undefined;
+  const at = 5 + (single ? 0 : 1) + [0, 1, 2, 4][dictFlag];
+  if (b.length < at + fcsSize) return undefined;
+  if (fcsSize === 1) return b[at];
+  if (fcsSize === 2) return b.readUInt16LE(at) + 256;
+  if (fcsSize === 4) return b.readUInt32LE(at);
+  const v = b.readBigUInt64LE(at);
+  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
+}
+
+class Invalid { constructor(message, fields) { this.message = message; this.fields = fields; } }
+
+function open(id, frame, max) {
+  const declared = declaredSize(frame);
+  if (declared === undefined) throw new Invalid('chunk ' + id + ': not a zstd frame with a declared content size', { id });
+  if (declared > max) throw new Invalid('chunk ' + id + ': frame declares ' + declared + ' bytes, above the limit of ' + max, { id, size: declared });
+  let raw;
+  try { raw = zstd.decompress(frame); } catch { throw new Invalid('chunk ' + id + ': not a valid zstd frame', { id }); }
+  if (raw.length !== declared || raw.length > max) throw new Invalid('chunk ' + id + ': ' + raw.length + ' bytes exceeds the limit of ' + max, { id, size: raw.length });
+  const got = blake.blake3(raw).toString('hex');
+  if (got !== id) throw new Invalid('chunk ' + id + ': bytes hash to ' + got, { id, got });
+  return raw;
+}
+
+// A buffer that owns its whole ArrayBuffer moves to the main thread without a copy.
+const own = (b) => (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : Buffer.from(b));
+
+parentPort.on('message', (t) => {
+  try {
+    if (t.op === 'read') {
+      const frame = own(readFileSync(t.path));
+      const raw = own(open(t.id, frame, t.max));
+      parentPort.postMessage({ seq: t.seq, frame, raw }, [frame.buffer, raw.buffer]);
+    } else if (t.op === 'open') {
+      const raw = own(open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max));
+      parentPort.postMessage({ seq: t.seq, raw }, [raw.buffer]);
+    } else {
+      const raw = Buffer.from(t.raw.buffer, t.raw.byteOffset, t.raw.byteLength);
+      const frame = own(zstd.compress(raw, { compressionLevel: t.level }));
+      parentPort.postMessage({ seq: t.seq, id: blake.blake3(raw).toString('hex'), frame }, [frame.buffer]);
+    }
+  } catch (e) {
+    if (e instanceof Invalid) parentPort.postMessage({ seq: t.seq, invalid: { message: e.message, fields: e.fields } });
+    else parentPort.postMessage({ seq: t.seq, failed: { message: String(e && e.message), code: e && e.code, syscall: e && e.syscall, path: e && e.path } });
+  }
+});
+`;
+
+type Reply = {
+  seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string;
+  invalid?: { message: string; fields: Record<string, unknown> };
+  failed?: { message: string; code?: string; syscall?: string; path?: string };
+};
+type Task = { resolve: (r: Reply) => void; reject: (e: unknown) => void };
+
+interface Slot {
+  worker: Worker;
+  tasks: Map<number, Task>;
+}
+
+const buf = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+/** postMessage clones a view's whole ArrayBuffer: a slice of a 32 MiB body is copied alone. */
+const alone = (u: Uint8Array): Uint8Array => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? u : new Uint8Array(u));
+
+export class ChunkWorkers {
+  private readonly slots: Array<Slot | undefined>;
+  private seq = 0;
+  /** Tasks done, by operation (observability and tests). */
+  readonly done = { read: 0, open: 0, seal: 0 };
+
+  constructor(readonly size = Math.min(4, Math.max(2, availableParallelism() - 1))) {
+    this.slots = new Array<Slot | undefined>(size).fill(undefined);
+  }
+
+  /** Read a stored frame and verify it: errno errors as thrown by fs, DF_ERR_CHUNK_INVALID on a bad frame. */
+  async read(path: string, id: string, max: number): Promise<{ frame: Buffer; raw: Buffer }> {
+    const r = await this.run({ op: 'read', path, id, max });
+    this.done.read++;
+    return { frame: buf(r.frame!), raw: buf(r.raw!) };
+  }
+
+  /** Open an uploaded frame and verify it against its id (DF_ERR_CHUNK_INVALID). */
+  async open(id: string, frame: Buffer, max: number): Promise<Buffer> {
+    const r = await this.run({ op: 'open', id, frame: alone(frame), max });
+    this.done.open++;
+    return buf(r.raw!);
+  }
+
+  /** Hash raw bytes (their chunk id) and compress them into the stored frame. */
+  async seal(raw: Buffer, level = 3): Promise<{ id: string; frame: Buffer }> {
+    const r = await this.run({ op: 'seal', raw: alone(raw), level });
+    this.done.seal++;
+    return { id: r.id!, frame: buf(r.frame!) };
+  }
+
+  async close(): Promise<void> {
+    const all = this.slots.splice(0).filter((s): s is Slot => s !== undefined);
+    await Promise.all(all.map((s) => s.worker.terminate()));
+  }
+
+  private run(task: Record<string, unknown>): Promise<Reply> {
+    const slot = this.pick();
+    const seq = ++this.seq;
+    return new Promise<Reply>((resolve, reject) => {
+      slot.tasks.set(seq, { resolve, reject });
+      if (slot.tasks.size === 1) slot.worker.ref();
+      slot.worker.postMessage({ ...task, seq });
+    }).then((r) => {
+      if (r.invalid) throw dfError('DF_ERR_CHUNK_INVALID', r.invalid.message, r.invalid.fields);
+      if (r.failed) throw Object.assign(new Error(r.failed.message), { code: r.failed.code, syscall: r.failed.syscall, path: r.failed.path });
+      return r;
+    });
+  }
+
+  /** The least busy worker (started on first use). */
+  private pick(): Slot {
+    let best = -1;
+    for (let i = 0; i < this.slots.length; i++) {
+      const s = this.slots[i];
+      if (!s) {
+        this.slots[i] = this.start(i);
+        return this.slots[i]!;
+      }
+      if (best < 0 || s.tasks.size < this.slots[best]!.tasks.size) best = i;
+    }
+    return this.slots[best]!;
+  }
+
+  private start(i: number): Slot {
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: LIBS() });
+    worker.unref();
+    const slot: Slot = { worker, tasks: new Map() };
+    worker.on('message', (r: Reply) => {
+      const t = slot.tasks.get(r.seq);
+      if (!t) return;
+      slot.tasks.delete(r.seq);
+      if (slot.tasks.size === 0) worker.unref();
+      t.resolve(r);
+    });
+    // A worker that dies takes its tasks with it; the next task starts a fresh one.
+    const fail = (err: unknown) => {
+      if (this.slots[i] === slot) this.slots[i] = undefined;
+      for (const t of slot.tasks.values()) t.reject(err);
+      slot.tasks.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`chunk worker exited with ${code}`)));
+    return slot;
+  }
+}
+
+const LIBS = (() => {
+  let libs: { zstd: string; blake: string } | undefined;
+  return () => {
+    const req = createRequire(import.meta.url);
+    return (libs ??= { zstd: req.resolve('zstd-napi'), blake: req.resolve('@napi-rs/blake-hash') });
+  };
+})();
+
+let shared: ChunkWorkers | undefined;
+
+/** The process's pool (started lazily; its idle workers never keep the process alive). */
+export function chunkWorkers(): ChunkWorkers {
+  return (shared ??= new ChunkWorkers());
+}
