@@ -90,6 +90,20 @@ function rootPartition(raw: string, out: string): string {
   return out;
 }
 
+/**
+ * The mark `name` (after `after`), or a failure as soon as the boot stage reports AGENT-ERROR: a sync that
+ * crashes would otherwise retry on every boot until the VM's timeout.
+ */
+function reach(vm: Vm, name: string, after?: Mark): Promise<Mark> {
+  const opts = after ? { after } : undefined;
+  const target = vm.waitFor(name, undefined, opts);
+  const failed = vm.waitFor('AGENT-ERROR', undefined, opts).then(
+    (m) => { throw new Error(`the boot stage failed before ${name}: ${m.text} (serial log ${vm.serialLog})`); },
+    () => target, // QEMU exited: the target's own outcome decides
+  );
+  return Promise.race([target, failed]);
+}
+
 const debugfs = (part: string, request: string) =>
   execFileSync('debugfs', ['-R', request, part], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
@@ -128,12 +142,12 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     const t0 = performance.now();
     const vm: Vm = startVm({
       lab, tap: lab.tapFor(0), firmware: 'bios', mac: MAC, name: 'debian-bios', disk, diskSizeBytes: diskSize,
-      memMiB: 1024, timeoutMs: 2_000_000, extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`],
+      memMiB: 1024, timeoutMs: 1_200_000, extraArgs: ['-qmp', `unix:${qmpSocket},server=on,wait=off`],
     });
 
     // Provisioning: the sync completes, and what it wrote is the source disk, byte for byte. The VM is
     // paused for the comparison, so Debian cannot have written anything yet.
-    const synced = await vm.waitFor('SYNCED');
+    const synced = await reach(vm, 'SYNCED');
     await qmp(qmpSocket, 'stop');
     const diff = firstDifference(os.disk, disk, imageSize);
     await qmp(qmpSocket, 'cont');
@@ -142,7 +156,7 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     expect(chunks).toBeGreaterThan(1000); // a real OS: thousands of chunks, some of them repeated
 
     // Debian boots from the disk (iPXE sanboot → syslinux → Linux → systemd), writes its file, powers off.
-    const up = await vm.waitFor('REALOS-UP', undefined, { after: synced });
+    const up = await reach(vm, 'REALOS-UP', synced);
     expect(up.text).toMatch(/pid1=systemd commit-unit=active earlier=\[\]/);
     const bootId = /boot_id=([0-9a-f-]{36})/.exec(up.text)?.[1];
     expect(bootId).toBeDefined();
@@ -153,7 +167,7 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     const asked = await vm.waitForLine(/deskfuse: the server asks to commit this disk \(52:54:00:91:00:e1\)/);
     expect(asked.t).toBeGreaterThan(poweroff.t);
     // The forced reboot comes back in the boot stage, which commits and powers off.
-    const committed = await vm.waitFor('COMMITTED', undefined, { after: poweroff });
+    const committed = await reach(vm, 'COMMITTED', poweroff);
     const exit = await vm.exited;
     const seconds = (performance.now() - t0) / 1000;
     expect(exit.timedOut).toBe(false);
