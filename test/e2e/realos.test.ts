@@ -198,6 +198,7 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     rmSync(raw);
 
     rows(vm, evs, seconds);
+    console.log(`${synced.text}; ${committed.text}`);
     passed = true;
   });
 });
