@@ -4,7 +4,7 @@
 #   rootfs: busybox-static, this machine's node (stripped) + libs, kexec + libs, modules, /init,
 #           the agent bundled by esbuild with its native modules
 # Reproducible: the same inputs give the same initrd.img (sorted cpio, uid/gid 0, fixed mtimes, gzip -n).
-# Env: DESKFUSE_CACHE (default <repo>/.cache)  DESKFUSE_INITRAMFS_OUT (default initramfs/out)
+# Env: DESKFUSE_CACHE (default ~/.cache/deskfuse: shared by every clone, so CI and a second checkout reuse it)  DESKFUSE_INITRAMFS_OUT (default initramfs/out)
 #      DESKFUSE_INITRD_COMPRESS=zstd-9|zstd-19|gzip-9|gzip-6|none  (default zstd-9)
 #      DESKFUSE_INITRAMFS_MEASURE=1 (also time every compression, into manifest.json)
 #      SOURCE_DATE_EPOCH (default: the kernel image's date in its package)

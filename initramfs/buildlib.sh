@@ -4,7 +4,7 @@
 # packed into a reproducible newc cpio.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-CACHE=${DESKFUSE_CACHE:-$ROOT/.cache}
+CACHE=${DESKFUSE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/deskfuse}
 DEBS=$CACHE/initramfs/debs        # downloaded .deb files
 XDIR=$CACHE/initramfs/x           # one unpacked tree per .deb file
 

@@ -14,7 +14,7 @@ deskfuse token revoke ID                          its next request is refused (4
 export async function tokenCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
   const { values, positionals } = parse(rest, { scope: { type: 'string' }, ttl: { type: 'string' } });
-  if (values.help || !sub) {
+  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
     io.out.write(HELP);
     return sub ? 0 : 2;
   }

@@ -174,7 +174,7 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     expect(exit.code).toBe(0);
 
     const e = await endpoint(app, MAC);
-    expect(e).toMatchObject({ state: 'enrolled', desktop: 'erin', disk: 'clean', commitRequested: false });
+    expect(e).toMatchObject({ state: 'enrolled', desktop: 'erin', disk: 'clean', commitRequested: null });
     const evs = await events(app, MAC);
     const phases = evs.map((x) => x.phase);
     expect(phases).toEqual(expect.arrayContaining(['dhcp', 'script', 'agent', 'synced', 'local', 'poweroff', 'committed']));

@@ -80,6 +80,15 @@ describe('a hypervisor token', () => {
 });
 
 describe('deskfuse token list | revoke', () => {
+  it('token --help and token help print the usage and exit 0; no subcommand is a usage error (2)', async () => {
+    for (const a of [['token', '--help'], ['token', 'help'], ['token', 'list', '--help']]) {
+      const h = await cli(a, {});
+      expect(h.code, a.join(' ')).toBe(0);
+      expect(h.stdout).toContain('deskfuse token revoke ID');
+    }
+    expect((await cli(['token'], {})).code).toBe(2);
+  });
+
   it('lists id, scope, created, expires and last use, never a secret or its hash', async () => {
     const desk = (await cli(['desktop', 'token', 'alice'], admin)).stdout.trim();
     const l = await cli(['token', 'list', '--json'], admin);
