@@ -133,3 +133,21 @@ install_modules() {
     basename "$rel" .ko >> "$r/etc/modules.order"
   done <<< "$mods"
 }
+
+# mbr_two_partitions IMG P1TYPE P1START P2START END: an MBR partition table (LBA sectors; CHS set to the
+# "beyond 8 GiB" marker values): p1 active of type P1TYPE, p2 Linux (0x83) up to END. Boot code untouched.
+mbr_two_partitions() {
+  node -e '
+    const fs = require("fs"), [img, ...p] = process.argv.slice(1).map((x, i) => (i ? Number(x) : x));
+    const b = Buffer.alloc(66);
+    const entry = (i, active, type, start, count) => {
+      const o = i * 16;
+      b[o] = active ? 0x80 : 0; b.set([0xfe, 0xff, 0xff], o + 1); b[o + 4] = type; b.set([0xfe, 0xff, 0xff], o + 5);
+      b.writeUInt32LE(start, o + 8); b.writeUInt32LE(count, o + 12);
+    };
+    entry(0, true, p[0], p[1], p[2] - p[1]);
+    entry(1, false, 0x83, p[2], p[3] - p[2]);
+    b[64] = 0x55; b[65] = 0xaa;
+    const fd = fs.openSync(img, "r+"); fs.writeSync(fd, b, 0, 66, 446); fs.closeSync(fd);
+  ' "$1" "$(($2))" "$3" "$4" "$5"
+}

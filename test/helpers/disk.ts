@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, writeSync, ftruncateSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, writeSync, ftruncateSync } from 'node:fs';
 
 /** Deterministic bytes (xorshift32) so tests are reproducible. */
 export function prng(seed: number): (n: number) => Buffer {
@@ -49,6 +49,19 @@ export function patch(file: string, at: number, data: Buffer): void {
   } finally {
     closeSync(fd);
   }
+}
+
+/** sha256 of the first `bytes` bytes of a disk file or device: a disk's image region (the state area follows). */
+export function sha256Prefix(file: string, bytes: number): string {
+  const h = createHash('sha256');
+  const fd = openSync(file, 'r');
+  const buf = Buffer.alloc(4 * 1024 * 1024);
+  try {
+    for (let off = 0; off < bytes; off += buf.length) h.update(buf.subarray(0, readSync(fd, buf, 0, Math.min(buf.length, bytes - off), off)));
+  } finally {
+    closeSync(fd);
+  }
+  return h.digest('hex');
 }
 
 export function sha256(file: string): string {

@@ -7,12 +7,12 @@
  * disk's state area (the rest of the state untouched), and once the disk has room again the next
  * sync resumes and lands on the target byte for byte. Needs root (mount, losetup).
  */
-import { createHash } from 'node:crypto';
+
 import { execFileSync } from 'node:child_process';
-import { closeSync, promises as fsp, openSync, readSync, statfsSync, truncateSync, writeFileSync } from 'node:fs';
+import { promises as fsp, statfsSync, truncateSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { makeDisk, prng } from '../helpers/disk.js';
+import { makeDisk, prng, sha256Prefix } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir, type CliResult } from '../helpers/server.js';
 import { thinDisk, type ThinDisk } from '../helpers/thin-disk.js';
 
@@ -28,18 +28,7 @@ let pool: string | undefined;
 let making: Promise<ThinDisk> | undefined;
 const f = (n: string) => path.join(tmp.dir, n);
 
-/** sha256 of the first VS bytes (the image region) of a disk file or device. */
-function imageSha(file: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(file, 'r');
-  const buf = Buffer.alloc(MiB);
-  try {
-    for (let off = 0; off < VS; off += buf.length) h.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, off)));
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
-}
+const imageSha = (disk: string) => sha256Prefix(disk, VS); // the image region; the state area follows
 
 const agent = (args: string[]): Promise<CliResult> => cli(['agent', ...args, '--json'], admin);
 const status = async (disk: string) => (await agent(['status', '--disk', disk])).json;

@@ -17,7 +17,7 @@ import { agentHandoff, agentStatus } from '../../src/agent/commands.js';
 import { encodeFrame } from '../../src/chunk/frame.js';
 import { hashBytes, idHex } from '../../src/chunk/id.js';
 import { ChunkIndex } from '../../src/image/chunk-index.js';
-import { baseDisk, makeDisk, patch, prng, sha256, textish } from '../helpers/disk.js';
+import { baseDisk, makeDisk, patch, prng, sha256, sha256Prefix, textish } from '../helpers/disk.js';
 import { startProxy, type TestProxy } from '../helpers/proxy.js';
 import { CLI, cli, freePort, startProcess, stopProcess, tempDir, type CliResult } from '../helpers/server.js';
 
@@ -42,18 +42,7 @@ const tokens: Record<string, string> = {};
 
 // ---------------------------------------------------------------- disks
 
-/** sha256 of a disk's image region (its first VS bytes; the state area follows). */
-function imageSha(file: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(file, 'r');
-  const buf = Buffer.alloc(4 * MiB);
-  try {
-    for (let off = 0; off < VS; off += buf.length) h.update(buf.subarray(0, readSync(fd, buf, 0, buf.length, off)));
-  } finally {
-    closeSync(fd);
-  }
-  return h.digest('hex');
-}
+const imageSha = (disk: string) => sha256Prefix(disk, VS); // the image region; the state area follows
 
 /** BLAKE3 id of every chunk of a disk's image region (zero chunks as 64 zeros, as in an index). */
 function chunkIds(file: string): string[] {

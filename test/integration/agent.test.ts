@@ -1,9 +1,9 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, openSync, readSync } from 'node:fs';
+import { copyFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { baseDisk, patch, prng, sha256, textish } from '../helpers/disk.js';
+import { baseDisk, patch, prng, sha256, sha256Prefix, textish } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir } from '../helpers/server.js';
 
 const MiB = 1024 * 1024;
@@ -13,15 +13,7 @@ let srv: Awaited<ReturnType<typeof startInProcess>>;
 let admin: Record<string, string>;
 const f = (n: string) => path.join(tmp.dir, n);
 
-/** sha256 of the image region of a disk (its first SIZE bytes; the state area follows). */
-function imageSha(disk: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(disk, 'r');
-  const buf = Buffer.alloc(MiB);
-  for (let off = 0; off < SIZE; off += MiB) h.update(buf.subarray(0, readSync(fd, buf, 0, MiB, off)));
-  closeSync(fd);
-  return h.digest('hex');
-}
+const imageSha = (disk: string) => sha256Prefix(disk, SIZE); // the image region; the state area follows
 const blankDisk = (name: string) => execFileSync('truncate', ['-s', String(SIZE + 4 * MiB), f(name)]);
 const agent = (args: string[], token: string) => cli(['agent', ...args, '--json'], { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: token });
 

@@ -1,10 +1,9 @@
 import { execFileSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { closeSync, copyFileSync, openSync, readFileSync, readSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MAX_CHUNK_SIZE, MIN_CHUNK_SIZE } from '../../src/image/geometry.js';
-import { makeDisk, patch, prng, sha256, textish } from '../helpers/disk.js';
+import { makeDisk, patch, prng, sha256, sha256Prefix, textish } from '../helpers/disk.js';
 import { cli, tempDir } from '../helpers/server.js';
 import { requireNbdClients, run, startVdiAppliance, type VdiAppliance } from '../helpers/vdi.js';
 
@@ -27,15 +26,7 @@ let srv: VdiAppliance;
 let admin: Record<string, string>;
 const f = (n: string) => path.join(tmp.dir, n);
 
-/** sha256 of the image region of a VOI disk (its first SIZE bytes; the state area follows). */
-function imageSha(disk: string): string {
-  const h = createHash('sha256');
-  const fd = openSync(disk, 'r');
-  const buf = Buffer.alloc(MiB);
-  for (let off = 0; off < SIZE; off += MiB) h.update(buf.subarray(0, readSync(fd, buf, 0, MiB, off)));
-  closeSync(fd);
-  return h.digest('hex');
-}
+const imageSha = (disk: string) => sha256Prefix(disk, SIZE); // the image region; the state area follows
 const imageBytes = (disk: string) => readFileSync(disk).subarray(0, SIZE);
 
 beforeAll(async () => {
