@@ -6,7 +6,7 @@ import { hashBytes, idHex } from '../chunk/id.js';
 import { encodePack } from '../chunk/pack.js';
 import { ChunkFetcher } from './fetcher.js';
 
-const CHUNK = 64 * 1024;
+const CHUNK = 4 * 1024; // 2,048 chunks a pack: position 5000 is two packs past the first
 
 /** A server that answers /chunks/fetch from a map and counts what it was asked for. */
 function fakeServer(chunks: Map<string, Buffer>) {
@@ -21,13 +21,13 @@ function fakeServer(chunks: Map<string, Buffer>) {
   return { client, asked };
 }
 
-/** 600 distinct chunks (about 5 packs of 128) with one chunk X at positions 0, 1, 300 and the last. */
+/** 6,000 positions (three packs of 2,048) of distinct chunks, but one chunk X at positions 0, 1, 5000 and the last. */
 function plan() {
   const chunks = new Map<string, Buffer>();
   const add = (b: Buffer) => (chunks.set(idHex(hashBytes(b)), b), idHex(hashBytes(b)));
   const x = add(Buffer.alloc(CHUNK, 0xff));
   const ids: string[] = [];
-  for (let i = 0; i < 600; i++) ids.push(i === 0 || i === 1 || i === 300 || i === 599 ? x : add(randomBytes(CHUNK)));
+  for (let i = 0; i < 6000; i++) ids.push(i === 0 || i === 1 || i === 5000 || i === 5999 ? x : add(randomBytes(CHUNK)));
   return { chunks, ids, x };
 }
 
@@ -46,7 +46,7 @@ describe('ChunkFetcher', () => {
     const s = fakeServer(chunks);
     const f = new ChunkFetcher(s.client, ids, CHUNK, 2, 0);
     for (const id of ids) expect((await f.get(id)).equals(chunks.get(id)!)).toBe(true);
-    // position 1 is still in its pack; 300 and 599 come after that pack was let go
+    // position 1 is still in its pack; 5000 and the last come after that pack was let go
     expect(s.asked.filter((b) => b.length === 1 && b[0] === x)).toHaveLength(2);
   });
 });
