@@ -7,7 +7,7 @@ import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { hasDataOutside, openDisk } from './disk.js';
 import { openSession, releaseLease, takeLease, type AgentOptions } from './session.js';
-import { areaSize, readSlot, readState, writeHeader } from './state-area.js';
+import { adoptLegacyState, areaSize, readLegacyState, readSlot, readState, writeHeader } from './state-area.js';
 
 export interface CommitResult extends Partial<CommitOutcome> {
   desktop: string;
@@ -27,7 +27,7 @@ export interface CommitResult extends Partial<CommitOutcome> {
 async function diskDesktop(path: string): Promise<string> {
   const d = await openDisk(path, false);
   try {
-    const st = await readState(d.fh, d.size);
+    const st = (await readState(d.fh, d.size)) ?? (await readLegacyState(d.fh, d.size));
     if (!st) throw dfError('DF_ERR_DISK_BLANK', `${path} has no deskfuse state area: run agent sync first`, { disk: path });
     return st.desktop;
   } finally {
@@ -78,6 +78,7 @@ async function commitDisk(o: AgentOptions): Promise<CommitResult> {
 export async function agentHandoff(path: string): Promise<{ disk: string; state: string; version: number | null }> {
   const d = await openDisk(path, true);
   try {
+    await adoptLegacyState(d.fh, d.size);
     const st = await readState(d.fh, d.size);
     if (!st) throw dfError('DF_ERR_DISK_BLANK', `${path} has no deskfuse state area: run agent sync first`, { disk: path });
     if (st.state === 'applying') throw dfError('DF_ERR_APPLY_PENDING', `${path} is half-synced to version ${st.target}; it must not boot: run agent sync`, { target: st.target });
@@ -92,7 +93,7 @@ export async function agentHandoff(path: string): Promise<{ disk: string; state:
 export async function diskSecret(path: string): Promise<Buffer | null> {
   const d = await openDisk(path, false);
   try {
-    const st = await readState(d.fh, d.size);
+    const st = (await readState(d.fh, d.size)) ?? (await readLegacyState(d.fh, d.size));
     return st && !isBlankSecret(st.secret) ? st.secret : null;
   } finally {
     await d.close();
@@ -103,7 +104,8 @@ export async function diskSecret(path: string): Promise<Buffer | null> {
 export async function agentStatus(path: string): Promise<Record<string, unknown>> {
   const d = await openDisk(path, false);
   try {
-    const st = await readState(d.fh, d.size);
+    const current = await readState(d.fh, d.size);
+    const st = current ?? (await readLegacyState(d.fh, d.size));
     // No state: blank, or data deskfuse does not know (a state area some tool overwrote): never "blank" then.
     if (!st) return (await hasDataOutside(d, 0)) ? { disk: path, size: d.size, state: 'unrecognised', note: 'the disk holds data but no deskfuse state: agent sync refuses it (DF_ERR_DISK_UNKNOWN_DATA) unless reprovisioned' } : { disk: path, size: d.size, state: 'blank' };
     let slotOk = true;
@@ -119,6 +121,7 @@ export async function agentStatus(path: string): Promise<Record<string, unknown>
       progress: st.state === 'applying' ? st.progress : undefined, lastConflict: st.lastConflict, virtualSize: st.geometry.virtualSize,
       chunkSize: st.geometry.chunkSize, chunkPositions: chunkCount(st.geometry), nonZeroChunks: chunks, stateArea: { start: st.areaStart, size: areaSize(st.geometry) },
       slotOk, sequence: st.seq, endpointSecret: hashBytes(st.secret).toString('hex').slice(0, 16), lastFailure: st.failure ?? null,
+      ...(current ? {} : { layout: 'legacy', note: 'state area of an older release (headers at the very end): moved before the backup GPT at the next sync or commit' }),
     };
   } finally {
     await d.close();

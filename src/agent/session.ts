@@ -7,7 +7,7 @@ import type { ImageRow } from '../meta/repo.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
 import { newEndpointSecret } from '../endpoint/proof.js';
 import { openDisk, type Disk } from './disk.js';
-import { areaStart, readSlot, readState, writeHeader, type DiskState, type Slot } from './state-area.js';
+import { adoptLegacyState, areaStart, type DiskState, readSlot, readState, type Slot, writeHeader } from './state-area.js';
 
 /** What the agent learns from the server about its desktop (GET /api/v1/desktops/:name). */
 export interface DesktopView {
@@ -76,6 +76,7 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
   try {
     const start = areaStart(geometry, disk.size); // refuses a too-small disk before any write
     disk.view = { imageSize: geometry.virtualSize, diskSize: disk.size, sectorSize: disk.sectorSize };
+    await adoptLegacyState(disk.fh, disk.size); // a disk provisioned before the GPT reserve: its state moves first
     let state = await readState(disk.fh, disk.size);
     // A reprovisioned disk keeps its endpoint secret unless the run brings the one it must hold.
     const secret = o.secret ?? state?.secret ?? newEndpointSecret();

@@ -227,13 +227,52 @@ async function writeAt(fh: FileHandle, buf: Buffer, pos: number): Promise<void> 
   while (done < buf.length) done += (await fh.write(buf, done, buf.length - done, pos + done)).bytesWritten;
 }
 
-/** The current state of a disk (null: blank or foreign), with its slot when `withSlot`. */
-export async function readState(fh: FileHandle, deviceSize: number): Promise<DiskState | null> {
-  const end = headersEnd(deviceSize);
+/** The newer valid header copy of the two that end at `end` (null: none). */
+async function readHeadersAt(fh: FileHandle, end: number): Promise<DiskState | null> {
   if (end < 2 * HEADER_SIZE) return null;
   const copies = [await readAt(fh, HEADER_SIZE, end - 2 * HEADER_SIZE), await readAt(fh, HEADER_SIZE, end - HEADER_SIZE)].map(decodeHeader);
   const valid = copies.filter((c): c is DiskState => c !== null).sort((a, b) => b.seq - a.seq);
   return valid[0] ?? null;
+}
+
+/** The current state of a disk (null: blank or foreign). */
+export async function readState(fh: FileHandle, deviceSize: number): Promise<DiskState | null> {
+  return readHeadersAt(fh, headersEnd(deviceSize));
+}
+
+/**
+ * Disks provisioned before the GPT reserve kept their headers at the very end of the device (where
+ * the backup GPT now goes) and their slots just before. Such a state is moved to today's place the
+ * first time the agent opens the disk for writing; until then it reads as the disk's state.
+ */
+export async function readLegacyState(fh: FileHandle, deviceSize: number): Promise<DiskState | null> {
+  return (await readState(fh, deviceSize)) ? null : readHeadersAt(fh, deviceSize);
+}
+
+/**
+ * Moves a legacy state (above) to today's place; null when there is none. Every step leaves one
+ * complete, checksummed state on the disk: if the legacy active slot is A, the new slot A would
+ * overlap it, so it is first copied to the legacy slot B (a legacy header switch); then the slot is
+ * written to the new slot A, synced, and the new header written. A disk with no room for the GPT
+ * reserve is refused (DF_ERR_DISK_TOO_SMALL) and keeps its legacy state.
+ */
+export async function adoptLegacyState(fh: FileHandle, deviceSize: number): Promise<DiskState | null> {
+  let old = await readLegacyState(fh, deviceSize);
+  if (!old) return null;
+  const g = checkGeometry(old.geometry);
+  const start = areaStart(g, deviceSize);
+  const slot = await readSlot(fh, old);
+  if (old.activeSlot === 0 && start + slotSize(g) > old.areaStart) old = await switchSlot(fh, deviceSize, old, slot);
+  // Written into slot A (`which` is the inactive one of activeSlot 1), then the header at today's place.
+  return writeSlotAndHeader(fh, deviceSize, { ...old, areaStart: start, activeSlot: 1 }, slot);
+}
+
+async function switchSlot(fh: FileHandle, headersEndAt: number, s: DiskState, slot: Slot): Promise<DiskState> {
+  const which: 0 | 1 = s.activeSlot === 0 ? 1 : 0;
+  const bytes = encodeSlot(slot);
+  await writeAt(fh, bytes, slotOffset(s, which));
+  await fh.datasync();
+  return writeHeaderAt(fh, headersEndAt, { ...s, activeSlot: which, slotHash: hashBytes(bytes) });
 }
 
 export async function readSlot(fh: FileHandle, s: DiskState): Promise<Slot> {
@@ -251,8 +290,12 @@ export async function readSlot(fh: FileHandle, s: DiskState): Promise<Slot> {
 
 /** Write a new header (sequence + 1) into the older copy, then sync. */
 export async function writeHeader(fh: FileHandle, deviceSize: number, s: DiskState): Promise<DiskState> {
+  return writeHeaderAt(fh, headersEnd(deviceSize), s);
+}
+
+async function writeHeaderAt(fh: FileHandle, end: number, s: DiskState): Promise<DiskState> {
   const next = { ...s, seq: s.seq + 1 };
-  await writeAt(fh, encodeHeader(next), headersEnd(deviceSize) - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
+  await writeAt(fh, encodeHeader(next), end - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
   await fh.datasync();
   return next;
 }

@@ -2,7 +2,9 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, copyFileSync, openSync, readSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { areaSize, GPT_RESERVE, headersEnd, HEADER_SIZE } from '../../src/agent/state-area.js';
+import { open } from 'node:fs/promises';
+import { areaSize, encodeHeader, encodeSlot, GPT_RESERVE, headersEnd, HEADER_SIZE, readSlot, readState, slotSize } from '../../src/agent/state-area.js';
+import { hashBytes } from '../../src/chunk/id.js';
 import { patch, prng, sha256 } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir } from '../helpers/server.js';
 
@@ -135,6 +137,52 @@ describe('a GPT image on a larger disk', () => {
     // The disk is sealed again: nothing for the tools to correct.
     expect(tool('sgdisk', ['-v', disk]).out).toContain('No problems found');
     expect(read(disk, 20 * MiB, local.length).equals(local)).toBe(true);
+  });
+});
+
+describe('a disk provisioned before the GPT reserve (its state at the very end of the device)', () => {
+  /** Rewrites a provisioned disk as an older release left it: primary GPT as the image has it, state headers at the device's end. */
+  async function toLegacyLayout(disk: string): Promise<void> {
+    const fh = await open(disk, 'r+');
+    try {
+      const st = (await readState(fh, DISK))!;
+      const slot = encodeSlot(await readSlot(fh, st));
+      await fh.write(read(f('gpt.img'), 0, 1024), 0, 1024, 0); // never sealed: LBA 0 and 1 are the image's
+      await fh.write(Buffer.alloc(GPT_RESERVE + 2 * HEADER_SIZE + 2 * slotSize(G)), 0, GPT_RESERVE + 2 * HEADER_SIZE + 2 * slotSize(G), DISK - GPT_RESERVE - 2 * HEADER_SIZE - 2 * slotSize(G) - 4096);
+      const legacyStart = Math.floor((DISK - 2 * HEADER_SIZE) / 4096) * 4096 - 2 * slotSize(G); // the old areaStart
+      await fh.write(slot, 0, slot.length, legacyStart);
+      const h = encodeHeader({ ...st, seq: 7, areaStart: legacyStart, activeSlot: 0, slotHash: hashBytes(slot) });
+      await fh.write(h, 0, h.length, DISK - HEADER_SIZE); // odd sequence: the second copy, as writeHeader put it
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  it('is read as the disk\'s state, moved before the reserve at the next sync, and its local changes are committed', async () => {
+    const { disk, token } = await provisioned('old');
+    const local = prng(4242)(96 * 1024);
+    write(disk, 30 * MiB, local);
+    await toLegacyLayout(disk);
+    expect(tool('sgdisk', ['-v', disk]).out).not.toContain('No problems found'); // the backup is where the old image put it
+    const st = await agent(['status', '--disk', disk], token);
+    expect(st.json).toMatchObject({ state: 'dirty', version: 1, desktop: 'old', slotOk: true, layout: 'legacy' });
+
+    const s = await agent(['sync', '--disk', disk, '--desktop', 'old'], token);
+    expect(s.code, s.stderr).toBe(0);
+    expect(s.json).toMatchObject({ from: 1, conflict: null });
+    expect(s.json.localChanges).toBeGreaterThan(0);
+    const version = s.json.committed as number;
+    expect(version).toBeGreaterThan(1);
+    const after = await agent(['status', '--disk', disk], token);
+    expect(after.json).toMatchObject({ state: 'clean', version, desktop: 'old', slotOk: true });
+    expect(after.json.layout).toBeUndefined();
+    expect(tool('sgdisk', ['-v', disk]).out).toContain('No problems found');
+    const expected = f('old.expected');
+    copyFileSync(f('gpt.img'), expected);
+    patch(expected, 30 * MiB, local);
+    expect((await cli(['image', 'export', `gpt@${version}`, '--to', f('old.out')], admin)).code).toBe(0);
+    expect(sha256(f('old.out'))).toBe(sha256(expected));
   });
 });
 
