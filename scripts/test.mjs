@@ -19,7 +19,8 @@ try {
   passed = j.numPassedTests;
   failed = j.numFailedTests + (j.numRuntimeErrorTestSuites ?? 0);
   skipped = j.numPendingTests + j.numTodoTests;
-  for (const s of j.testResults ?? []) if (s.status === 'failed' && (s.assertionResults ?? []).length === 0) failed++;
+  // A file that failed outside its tests (an import, a hook such as afterAll) counts as one failure.
+  for (const s of j.testResults ?? []) if (s.status === 'failed' && !(s.assertionResults ?? []).some((a) => a.status === 'failed')) failed++;
 } catch {
   failed = failed || 1;
 }

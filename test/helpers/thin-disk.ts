@@ -22,6 +22,18 @@ export interface ThinDisk {
   close(): Promise<void>;
 }
 
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** umount, retried while the mount is busy (a loaded machine), then lazily so a temp dir can always go. */
+export async function unmount(where: string): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    const r = await execa('umount', [where], { reject: false });
+    if (r.exitCode === 0 || /not mounted|no mount point/i.test(r.stderr)) return;
+    await sleep(200);
+  }
+  await execa('umount', ['-l', where], { reject: false });
+}
+
 export async function thinDisk(dir: string, o: { poolBytes: number; deviceBytes: number; mountExt4At?: string }): Promise<ThinDisk> {
   const pool = path.join(dir, 'pool');
   await fsp.mkdir(pool, { recursive: true });
@@ -31,9 +43,13 @@ export async function thinDisk(dir: string, o: { poolBytes: number; deviceBytes:
   let device = '';
   let mountpoint: string | null = null;
   const close = async () => {
-    if (mountpoint) await execa('umount', [mountpoint], { reject: false });
-    if (device) await execa('losetup', ['-d', device], { reject: false });
-    await execa('umount', [pool], { reject: false });
+    if (mountpoint) await unmount(mountpoint);
+    if (device) {
+      await execa('losetup', ['-d', device], { reject: false });
+      // The kernel lets go of the backing file asynchronously; the pool stays busy until it has.
+      for (let i = 0; i < 100 && (await execa('losetup', ['-j', backing], { reject: false })).stdout.trim() !== ''; i++) await sleep(100);
+    }
+    await unmount(pool);
   };
   try {
     await fsp.writeFile(backing, '');

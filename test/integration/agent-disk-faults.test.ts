@@ -14,7 +14,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeDisk, prng, sha256Prefix } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir, type CliResult } from '../helpers/server.js';
-import { thinDisk, type ThinDisk } from '../helpers/thin-disk.js';
+import { thinDisk, type ThinDisk, unmount } from '../helpers/thin-disk.js';
 
 const MiB = 1024 * 1024;
 const VS = 16 * MiB;
@@ -48,7 +48,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await srv?.close();
-  if (pool) execFileSync('umount', [pool]);
+  if (pool) await unmount(pool);
   await (await making?.catch(() => undefined))?.close();
   tmp?.cleanup();
 });

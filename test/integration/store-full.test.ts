@@ -14,6 +14,7 @@ import { hashBytes, idHex } from '../../src/chunk/id.js';
 import { encodePack, PACK_CONTENT_TYPE } from '../../src/chunk/pack.js';
 import { makeDisk, patch, prng, sha256 } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir } from '../helpers/server.js';
+import { unmount } from '../helpers/thin-disk.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -48,7 +49,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await srv?.close();
-  if (mounted) execFileSync('umount', [chunksDir()]);
+  if (mounted) await unmount(chunksDir());
   tmp?.cleanup();
 });
 
