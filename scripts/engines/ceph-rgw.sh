@@ -128,7 +128,16 @@ start_bg() { # name cmd… ; the PID is recorded the moment the daemon starts, s
   say "started $name (pid $!)"
 }
 
-alive() { local f=$RUN/$1.fgpid; [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; }
+# The recorded PID of a daemon, if that process is still ours: its command line names this DIR's
+# ceph.conf (a PID recorded long ago may since belong to someone else's process).
+pid_of() {
+  local f=$RUN/$1.fgpid pid
+  [ -f "$f" ] || return 1
+  pid=$(cat "$f")
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$CONF" || return 1
+  echo "$pid"
+}
+alive() { pid_of "$1" >/dev/null; }
 
 wait_for() { # desc timeout_s cmd…
   local desc=$1 t=$2; shift 2
@@ -235,8 +244,7 @@ stop_daemons() {
   for name in "${DAEMONS[@]}"; do # one at a time, in order, each waited for
     f=$RUN/$name.fgpid
     [ -f "$f" ] || continue
-    pid=$(cat "$f")
-    if kill -0 "$pid" 2>/dev/null; then
+    if pid=$(pid_of "$name"); then
       kill -TERM "$pid"
       for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; say "SIGKILL $name (pid $pid)"; fi
@@ -247,11 +255,10 @@ stop_daemons() {
 }
 
 rss_kib() {
-  local total=0 name f kib
+  local total=0 name pid kib
   for name in "${DAEMONS[@]}"; do
-    f=$RUN/$name.fgpid
-    [ -f "$f" ] || continue
-    kib=$(awk '/^VmRSS/ {print $2}' "/proc/$(cat "$f")/status" 2>/dev/null || echo 0)
+    pid=$(pid_of "$name") || continue
+    kib=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
     echo "$name ${kib:-0} KiB" >&2
     total=$(( total + ${kib:-0} ))
   done
@@ -280,7 +287,7 @@ case $cmd in
   stop) ours || die "$DIR holds no cluster"; stop_daemons ;;
   destroy) if ours; then stop_daemons; rm -rf "$DIR"; say "removed $DIR"; fi ;;
   env) print_env ;;
-  pids) for name in "${DAEMONS[@]}"; do f=$RUN/$name.fgpid; [ -f "$f" ] && echo "$name $(cat "$f")"; done; true ;;
+  pids) for name in "${DAEMONS[@]}"; do pid=$(pid_of "$name") && echo "$name $pid"; done; true ;;
   rss) rss_kib ;;
   *) echo "usage: $0 start|stop|destroy|env|pids|rss DIR" >&2; exit 2 ;;
 esac
