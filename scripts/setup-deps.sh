@@ -6,12 +6,15 @@
 #   initramfs  what `npm run build:initramfs` uses (busybox, cpio, zstd, binutils)
 #   test       (default) everything the tests use: the above, QEMU endpoints, real DHCP/TFTP clients
 #   bench      test + the peers the benchmarks compare against (and fio for bench/nbd.sh)
+#   engines    the scale-out engines the tests start themselves: single-node Ceph RADOS Gateway (S3),
+#              scripts/engines/ceph-rgw.sh (ceph-mgr is not needed for S3)
 set -euo pipefail
 group=${1:-test}
 runtime=(qemu-utils ipxe)
 initramfs=(busybox-static cpio zstd binutils)
+engines=(ceph-mon ceph-osd radosgw ceph-common uuid-runtime)
 test=(
-  "${runtime[@]}" "${initramfs[@]}"
+  "${runtime[@]}" "${initramfs[@]}" "${engines[@]}"
   qemu-system-x86 ipxe-qemu ovmf                # QEMU endpoints in the netboot tests and `npm run demo`
   mtools syslinux syslinux-common e2fsprogs     # the test OS image
   mmdebstrap                                    # the real-OS fixture: Debian 12 with systemd (test/fixtures/realos)
@@ -23,9 +26,10 @@ test=(
 case $group in
   runtime) pkgs=("${runtime[@]}") ;;
   initramfs) pkgs=("${initramfs[@]}") ;;
+  engines) pkgs=("${engines[@]}") ;;
   test) pkgs=("${test[@]}") ;;
   bench) pkgs=("${test[@]}" casync faketime time python3 tftpd-hpa fio) ;;   # fio: its nbd engine (bench/nbd.sh)
-  *) echo "usage: $0 [runtime|initramfs|test|bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 [runtime|initramfs|engines|test|bench]" >&2; exit 2 ;;
 esac
 missing=()
 for p in "${pkgs[@]}"; do

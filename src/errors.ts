@@ -64,6 +64,10 @@ export const ERRORS = {
   DF_ERR_TOKEN_NOT_FOUND: { status: 404, message: 'no token with this id' },
   DF_ERR_LAST_ADMIN_TOKEN: { status: 409, message: 'the last admin token cannot be revoked' },
   DF_ERR_TOO_LARGE: { status: 413, message: 'the request, or what it decodes or asks for, is larger than this route takes' },
+  DF_ERR_S3_UNREACHABLE: { status: 503, message: "the S3 store's endpoint did not answer" },
+  DF_ERR_S3_DENIED: { status: 500, message: 'the S3 store refused the credentials' },
+  DF_ERR_S3_NO_BUCKET: { status: 500, message: "the S3 store's bucket does not exist" },
+  DF_ERR_S3: { status: 502, message: 'the S3 store answered with an error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;
