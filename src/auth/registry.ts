@@ -48,10 +48,11 @@ export class TokenRegistry {
   }
 
   revoke(id: string, author: string): TokenInfo {
-    const t = this.deps.repo.listTokens().find((x) => x.id === id);
+    const all = this.deps.repo.listTokens();
+    const t = all.find((x) => x.id === id);
     if (!t) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)} (deskfuse token list shows them)`, { id });
     const now = this.deps.now().toISOString();
-    const liveAdmins = this.deps.repo.listTokens().filter((x) => x.scope === 'admin' && (x.expiresAt === null || x.expiresAt > now));
+    const liveAdmins = all.filter((x) => x.scope === 'admin' && (x.expiresAt === null || x.expiresAt > now));
     if (t.scope === 'admin' && liveAdmins.length <= 1 && liveAdmins[0]?.id === id) {
       throw dfError('DF_ERR_LAST_ADMIN_TOKEN', `token ${id} is the last admin token; create another (deskfuse token create --scope admin) before revoking it`, { id });
     }

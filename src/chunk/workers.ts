@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { dfError } from '../errors.js';
+import { frameContentSize } from './frame.js';
 
 /**
  * A small pool of worker threads that read, decompress, hash and compress chunks, so the event loop
@@ -14,8 +15,8 @@ import { dfError } from '../errors.js';
  *
  * Verification is the one of frame.ts `openFrame` (declared size first, so a hostile frame cannot
  * make a thread allocate more than `max`), with the same DF_ERR_CHUNK_INVALID errors. The worker is
- * plain JavaScript evaluated from a string, so the same code runs under the test runner (TS source)
- * and from dist/. Idle workers are unref'd: the pool never keeps a process alive.
+ * plain JavaScript evaluated from a string (with frame.ts's `frameContentSize` inlined from its own
+ * source), so the same code runs under the test runner (TS source) and from dist/. Idle workers are unref'd: the pool never keeps a process alive.
  */
 const WORKER_SOURCE = String.raw`
 'use strict';
@@ -24,25 +25,13 @@ const { readFileSync } = require('node:fs');
 const zstd = require(workerData.zstd);
 const blake = require(workerData.blake);
 
-// RFC 8878 §3.1.1.1: the frame content size a zstd frame header declares (as frame.ts).
-function declaredSize(b) {
-  if (b.length < 6 || b.readUInt32LE(0) !== 0xfd2fb528) return undefined;
-  const fhd = b[4], fcsFlag = fhd >> 6, single = (fhd >> 5) & 1, dictFlag = fhd & 3;
-  const fcsSize = [single ? 1 : 0, 2, 4, 8][fcsFlag];
-  if (fcsSize === 0) return undefined;
-  const at = 5 + (single ? 0 : 1) + [0, 1, 2, 4][dictFlag];
-  if (b.length < at + fcsSize) return undefined;
-  if (fcsSize === 1) return b[at];
-  if (fcsSize === 2) return b.readUInt16LE(at) + 256;
-  if (fcsSize === 4) return b.readUInt32LE(at);
-  const v = b.readBigUInt64LE(at);
-  return v > BigInt(Number.MAX_SAFE_INTEGER) ? Number.MAX_SAFE_INTEGER : Number(v);
-}
+// RFC 8878 §3.1.1.1: the content size a frame declares — frame.ts's own function, its source inlined.
+const frameContentSize = ${frameContentSize.toString()};
 
 class Invalid { constructor(message, fields) { this.message = message; this.fields = fields; } }
 
 function open(id, frame, max) {
-  const declared = declaredSize(frame);
+  const declared = frameContentSize(frame);
   if (declared === undefined) throw new Invalid('chunk ' + id + ': not a zstd frame with a declared content size', { id });
   if (declared > max) throw new Invalid('chunk ' + id + ': frame declares ' + declared + ' bytes, above the limit of ' + max, { id, size: declared });
   let raw;

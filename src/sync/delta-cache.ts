@@ -1,10 +1,9 @@
-import { randomBytes } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { blakeLib } from '../chunk/native-libs.js';
 import type { ChunkReader } from '../chunk/store.js';
-import { fsyncDir } from '../chunk/fs-store.js';
+import { writeDurable } from '../chunk/fs-store.js';
 import { decodeLayer } from '../image/layer.js';
 import { deltaPieces } from './delta.js';
 
@@ -88,28 +87,18 @@ export class DeltaCache {
   private async build(layerId: string): Promise<DeltaFile> {
     const layer = decodeLayer((await this.blobs.get(layerId)).raw);
     await fsp.mkdir(this.dir, { recursive: true });
-    const tmp = path.join(this.dir, `.tmp-${layerId.slice(0, 16)}-${randomBytes(6).toString('hex')}`);
+    // Written frame by frame and hashed as it goes: the file is named by its hash once it is complete.
     const h = new (blakeLib().Blake3Hasher)();
     let size = 0;
-    const fh = await fsp.open(tmp, 'wx', 0o644);
-    try {
-      try {
-        for await (const piece of deltaPieces(layerId, layer, this.chunks)) {
-          h.update(piece);
-          size += piece.length;
-          await fh.write(piece);
-        }
-        await fh.datasync();
-      } finally {
-        await fh.close();
+    const chunks = this.chunks;
+    async function* hashed(): AsyncIterable<Buffer> {
+      for await (const piece of deltaPieces(layerId, layer, chunks)) {
+        h.update(piece);
+        size += piece.length;
+        yield piece;
       }
-      const file = path.join(this.dir, `${layerId}.${h.digest('hex')}.dfdl`);
-      await fsp.rename(tmp, file);
-      await fsyncDir(this.dir);
-      return { path: file, size };
-    } catch (err) {
-      await fsp.rm(tmp, { force: true });
-      throw err;
     }
+    const file = await writeDurable({ dir: this.dir, name: () => `${layerId}.${h.digest('hex')}.dfdl` }, hashed(), true, `the delta of layer ${layerId}`);
+    return { path: file, size };
   }
 }
