@@ -54,24 +54,24 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     const { id } = req.params;
     const body = req.body;
     if (!Buffer.isBuffer(body)) throw dfError('DF_ERR_BAD_REQUEST', 'send the chunk as application/zstd or application/octet-stream');
-    let raw: Buffer;
+    let zero: boolean;
     let frame: Buffer;
     try {
       if (req.headers['content-type']?.startsWith('application/zstd')) {
         frame = body;
-        raw = await workers.open(id, frame, ctx.maxChunkSize);
+        zero = (await workers.check(id, frame, ctx.maxChunkSize)).zero;
       } else {
-        raw = body;
-        if (raw.length === 0 || raw.length > ctx.maxChunkSize) throw dfError('DF_ERR_CHUNK_INVALID', `chunk of ${raw.length} bytes is outside 1..${ctx.maxChunkSize}`, { id });
-        const sealed = await workers.seal(raw);
+        if (body.length === 0 || body.length > ctx.maxChunkSize) throw dfError('DF_ERR_CHUNK_INVALID', `chunk of ${body.length} bytes is outside 1..${ctx.maxChunkSize}`, { id });
+        const sealed = await workers.seal(body);
         if (sealed.id !== id) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${id}: bytes hash to ${sealed.id}`, { id, got: sealed.id });
         frame = sealed.frame;
+        zero = isZero(body);
       }
     } catch (err) {
       invalid(1, { where: 'upload' });
       throw err;
     }
-    if (isZero(raw)) throw dfError('DF_ERR_BAD_REQUEST', 'all-zero chunks are never stored; layers mark them as zero', { id });
+    if (zero) throw dfError('DF_ERR_BAD_REQUEST', 'all-zero chunks are never stored; layers mark them as zero', { id });
     bytesIn(body.length);
     const created = await ctx.chunks.put(id, { frame });
     if (created) stored(1);
@@ -95,9 +95,9 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     try {
       await inParallel(records.length, async (k) => {
         const r = records[k]!;
-        const raw = await workers.open(r.id, r.frame, ctx.maxChunkSize);
-        if (raw.length !== r.rawLength) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${r.id}: raw length ${raw.length}, pack says ${r.rawLength}`, { id: r.id });
-        if (isZero(raw)) throw dfError('DF_ERR_BAD_REQUEST', `chunk ${r.id} is all zero; zero chunks are never stored`, { id: r.id });
+        const c = await workers.check(r.id, r.frame, ctx.maxChunkSize);
+        if (c.length !== r.rawLength) throw dfError('DF_ERR_CHUNK_INVALID', `chunk ${r.id}: raw length ${c.length}, pack says ${r.rawLength}`, { id: r.id });
+        if (c.zero) throw dfError('DF_ERR_BAD_REQUEST', `chunk ${r.id} is all zero; zero chunks are never stored`, { id: r.id });
       });
     } catch (err) {
       invalid(1, { where: 'upload' });

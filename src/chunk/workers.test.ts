@@ -105,6 +105,16 @@ describe('ChunkWorkers', () => {
     expect(err.fields.got).toBe(c.id);
   });
 
+  it('check verifies an upload and answers only its length and whether it is all zero', async () => {
+    const c = chunkOf('check');
+    expect(await pool.check(c.id, c.frame, MAX)).toEqual({ length: 500, zero: false });
+    const zeros = Buffer.alloc(64 * 1024);
+    expect(await pool.check(idHex(hashBytes(zeros)), encodeFrame(zeros), MAX)).toEqual({ length: 64 * 1024, zero: true });
+    const err = await rejection(pool.check(chunkOf('other').id, c.frame, MAX));
+    expect(err.code).toBe('DF_ERR_CHUNK_INVALID');
+    expect(err.fields.got).toBe(c.id);
+  });
+
   it('seal gives the id and a frame that opens to the same bytes', async () => {
     const c = chunkOf('seal');
     const s = await pool.seal(c.raw);

@@ -3,6 +3,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { dfError } from '../errors.js';
 import { frameContentSize } from './frame.js';
+import { isZero } from './id.js';
 
 /**
  * A small pool of worker threads that read, decompress, hash and compress chunks, so the event loop
@@ -11,6 +12,7 @@ import { frameContentSize } from './frame.js';
  *
  *   read(path, id, max)   read a stored frame, open and verify it   → {frame, raw}
  *   open(id, frame, max)  open and verify an uploaded frame         → raw
+ *   check(id, frame, max) the same, answering only                  → {length, zero}
  *   seal(raw)             hash and compress raw bytes               → {id, frame}
  *
  * Verification is the one of frame.ts `openFrame` (declared size first, so a hostile frame cannot
@@ -27,6 +29,9 @@ const blake = require(workerData.blake);
 
 // RFC 8878 §3.1.1.1: the content size a frame declares — frame.ts's own function, its source inlined.
 const frameContentSize = ${frameContentSize.toString()};
+// id.ts's isZero, likewise (a memcmp against a zero page).
+const ZERO_PAGE = Buffer.alloc(4 * 1024 * 1024);
+const isZero = ${isZero.toString()};
 
 class Invalid { constructor(message, fields) { this.message = message; this.fields = fields; } }
 
@@ -51,6 +56,10 @@ parentPort.on('message', (t) => {
       const frame = own(readFileSync(t.path));
       const raw = own(open(t.id, frame, t.max));
       parentPort.postMessage({ seq: t.seq, frame, raw }, [frame.buffer, raw.buffer]);
+    } else if (t.op === 'check') {
+      // An upload is verified here and stored as the frame it came as: only two facts go back.
+      const raw = open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max);
+      parentPort.postMessage({ seq: t.seq, length: raw.length, zero: isZero(raw) });
     } else if (t.op === 'open') {
       const raw = own(open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max));
       parentPort.postMessage({ seq: t.seq, raw }, [raw.buffer]);
@@ -67,7 +76,7 @@ parentPort.on('message', (t) => {
 `;
 
 type Reply = {
-  seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string;
+  seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string; length?: number; zero?: boolean;
   invalid?: { message: string; fields: Record<string, unknown> };
   failed?: { message: string; code?: string; syscall?: string; path?: string };
 };
@@ -104,6 +113,13 @@ export class ChunkWorkers {
     const r = await this.run({ op: 'open', id, frame: alone(frame), max });
     this.done.open++;
     return buf(r.raw!);
+  }
+
+  /** Verify an uploaded frame against its id (DF_ERR_CHUNK_INVALID) without sending its bytes back: their length and whether all are zero. */
+  async check(id: string, frame: Buffer, max: number): Promise<{ length: number; zero: boolean }> {
+    const r = await this.run({ op: 'check', id, frame: alone(frame), max });
+    this.done.open++;
+    return { length: r.length!, zero: r.zero! };
   }
 
   /** Hash raw bytes (their chunk id) and compress them into the stored frame. */
