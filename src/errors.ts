@@ -68,6 +68,10 @@ export const ERRORS = {
   DF_ERR_S3_DENIED: { status: 500, message: 'the S3 store refused the credentials' },
   DF_ERR_S3_NO_BUCKET: { status: 500, message: "the S3 store's bucket does not exist" },
   DF_ERR_S3: { status: 502, message: 'the S3 store answered with an error' },
+  DF_ERR_META_UNREACHABLE: { status: 503, message: 'the metadata database cannot be reached' },
+  DF_ERR_META_DENIED: { status: 500, message: 'the metadata database refused the credentials' },
+  DF_ERR_META_SCHEMA: { status: 500, message: "the metadata database's schema is newer than this server" },
+  DF_ERR_META: { status: 500, message: 'the metadata database failed a query' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

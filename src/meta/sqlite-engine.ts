@@ -1,0 +1,128 @@
+import Database from 'better-sqlite3';
+import { dfError } from '../errors.js';
+import type { Migration, Row, Sql, SqlEngine, SqlValue } from './sql.js';
+
+/**
+ * The embedded engine: one better-sqlite3 connection (WAL, synchronous=FULL so a commit that
+ * answered is on disk). better-sqlite3 is synchronous, so a transaction that awaits between its
+ * statements must keep every other caller out until it ends: one async queue orders transactions
+ * and plain statements alike (a statement outside a transaction runs at once when none is open).
+ */
+export class SqliteEngine implements SqlEngine {
+  readonly dialect = 'sqlite' as const;
+  private readonly db: Database.Database;
+  private queue: Promise<unknown> = Promise.resolve();
+  private inTx = false;
+  private readonly listeners = new Map<string, Set<(payload: string) => void>>();
+
+  constructor(file: string) {
+    try {
+      this.db = new Database(file);
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = ON');
+      this.db.pragma('busy_timeout = 5000');
+    } catch (err) {
+      throw dfError('DF_ERR_META_UNREACHABLE', `cannot open the SQLite database ${file}: ${(err as Error).message}`, { file }, err);
+    }
+  }
+
+  private readonly direct: Sql = {
+    all: async (sql, params = []) => this.stmt(sql).all(...(params as SqlValue[])) as Row[],
+    get: async (sql, params = []) => this.stmt(sql).get(...(params as SqlValue[])) as Row | undefined,
+    run: async (sql, params = []) => this.stmt(sql).run(...(params as SqlValue[])).changes,
+  };
+
+  private readonly cache = new Map<string, Database.Statement>();
+  private stmt(sql: string): Database.Statement {
+    let s = this.cache.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      this.cache.set(sql, s);
+    }
+    return s;
+  }
+
+  /** A statement outside a transaction: at once when no transaction is open, else after it. */
+  private outside<T>(fn: () => T): Promise<T> {
+    if (!this.inTx) {
+      try {
+        return Promise.resolve(fn());
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    }
+    return this.enqueue(async () => fn());
+  }
+
+  private enqueue<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.queue.then(fn, fn);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  all(sql: string, params?: readonly SqlValue[]): Promise<Row[]> {
+    return this.outside(() => this.stmt(sql).all(...((params ?? []) as SqlValue[])) as Row[]);
+  }
+  get(sql: string, params?: readonly SqlValue[]): Promise<Row | undefined> {
+    return this.outside(() => this.stmt(sql).get(...((params ?? []) as SqlValue[])) as Row | undefined);
+  }
+  run(sql: string, params?: readonly SqlValue[]): Promise<number> {
+    return this.outside(() => this.stmt(sql).run(...((params ?? []) as SqlValue[])).changes);
+  }
+
+  tx<T>(fn: (q: Sql) => Promise<T>): Promise<T> {
+    return this.enqueue(async () => {
+      this.inTx = true;
+      this.db.exec('BEGIN IMMEDIATE');
+      try {
+        const out = await fn(this.direct);
+        this.db.exec('COMMIT');
+        return out;
+      } catch (err) {
+        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+        throw err;
+      } finally {
+        this.inTx = false;
+      }
+    });
+  }
+
+  async migrate(migrations: readonly Migration[]): Promise<number[]> {
+    await this.run('CREATE TABLE IF NOT EXISTS schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+    const done = new Set((await this.all('SELECT id FROM schema_migrations')).map((r) => Number(r.id)));
+    const known = new Set(migrations.map((m) => m.id));
+    const unknown = [...done].filter((id) => !known.has(id));
+    if (unknown.length) {
+      throw dfError('DF_ERR_META_SCHEMA', `the database has migrations this server does not know (${unknown.join(', ')}): run a newer deskfuse`, { unknown });
+    }
+    const applied: number[] = [];
+    for (const m of [...migrations].sort((a, b) => a.id - b.id)) {
+      if (done.has(m.id)) continue;
+      await this.tx(async (q) => {
+        await m.up(q, 'sqlite');
+        await q.run('INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)', [m.id, m.name, new Date().toISOString()]);
+      });
+      applied.push(m.id);
+    }
+    return applied;
+  }
+
+  async notify(channel: string, payload: string): Promise<void> {
+    for (const fn of this.listeners.get(channel) ?? []) fn(payload);
+  }
+
+  async listen(channel: string, fn: (payload: string) => void): Promise<() => Promise<void>> {
+    let set = this.listeners.get(channel);
+    if (!set) this.listeners.set(channel, (set = new Set()));
+    set.add(fn);
+    return async () => {
+      set.delete(fn);
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.enqueue(async () => undefined);
+    if (this.db.open) this.db.close();
+  }
+}
