@@ -48,8 +48,8 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   // Who (token → scope, 401) and what they may do (scope vs the route's need, 403), before any body is read.
   app.addHook('onRequest', async (req) => {
     if (req.routeOptions.config?.public) return;
-    req.tokenScope = authenticate(req, ctx.repo, ctx.now());
-    authorize(req, req.tokenScope, ctx.repo);
+    req.tokenScope = await authenticate(req, ctx.meta, ctx.now());
+    await authorize(req, req.tokenScope, ctx.meta);
   });
 
   await app.register(swagger, {

@@ -7,15 +7,15 @@ import type { ServerConfig } from '../src/config/server.js';
 import { Desktops } from '../src/desktop/desktops.js';
 import { Endpoints } from '../src/endpoint/endpoints.js';
 import { loadTemplates } from '../src/ipxe/render.js';
-import { SqliteEndpointRepo } from '../src/meta/sqlite-endpoints.js';
 import { Catalog } from '../src/image/catalog.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { pruneMeta, type PruneCounts } from '../src/meta/prune.js';
-import { SqliteMetaRepo } from '../src/meta/sqlite.js';
+import { openMeta } from '../src/meta/open.js';
+import type { Meta } from '../src/meta/repo.js';
+import { SqliteEngine } from '../src/meta/sqlite-engine.js';
 import { Metrics } from '../src/metrics.js';
 import { DeltaCache } from '../src/sync/delta-cache.js';
 import { RawChunkCache } from '../src/chunk/raw-cache.js';
-import { SqliteVdiRepo } from '../src/meta/sqlite-vdi.js';
 import { DeskfuseExports } from '../src/vdi/exports.js';
 import { VdiSessions } from '../src/vdi/sessions.js';
 import { buildApp } from './app.js';
@@ -51,7 +51,7 @@ export interface Appliance {
   /** Set only on the first start, when the admin token was just generated. */
   newAdminToken?: string;
   /** Delete used or expired tokens, old events and stale pending endpoints, by the configured retention (server/services/prune.ts runs it). */
-  prune(): PruneCounts;
+  prune(): Promise<PruneCounts>;
   close(): Promise<void>;
 }
 
@@ -63,55 +63,56 @@ export interface ApplianceOptions {
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
-  const repo = new SqliteMetaRepo(p.meta);
+  const meta = await openMeta(new SqliteEngine(p.meta));
   try {
     const chunks = await FsChunkStore.open(p.chunks, MAX_CHUNK_SIZE);
     const blobs = await FsChunkStore.open(p.blobs, MAX_BLOB_SIZE);
     const metrics = new Metrics();
     const now = opts.now ?? (() => new Date());
-    const catalog = new Catalog({ repo, chunks, blobs, now, ...(log ? { log } : {}) });
-    const desktops = new Desktops({ repo, catalog, now, ...(log ? { log } : {}) });
-    const newAdminToken = await ensureAdminToken(repo, p.adminToken);
+    const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
+    const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
+    const newAdminToken = await ensureAdminToken(meta, p.adminToken);
     const deltas = new DeltaCache(p.deltas, blobs, chunks);
     const nb = config.netboot;
-    const endpointRepo = new SqliteEndpointRepo(repo.database);
     const endpoints = new Endpoints({
-      repo: endpointRepo, meta: repo, desktops, now, autoEnrol: nb.autoEnrol, enrolment: config.enrolment, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
+      repo: meta.endpoints, bus: meta.engine, meta, desktops, now, autoEnrol: nb.autoEnrol, enrolment: config.enrolment, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
     });
+    const unlisten = await endpoints.listen();
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
     await fsp.mkdir(p.vdi, { recursive: true, mode: 0o750 });
     const cache = new RawChunkCache(chunks, p.nbdCache, config.nbd.cacheMiB * 1024 * 1024);
     const sessions = new VdiSessions({
-      repo: new SqliteVdiRepo(repo.database), meta: repo, catalog, desktops, chunks, cache, dir: p.vdi, now,
+      repo: meta.vdi, meta, catalog, desktops, chunks, cache, dir: p.vdi, now,
       leaseSeconds: config.nbd.leaseSeconds, ...(log ? { log } : {}),
     });
-    const exports = new DeskfuseExports({ catalog, sessions, meta: repo, cache, anonymousRead: config.nbd.anonymousRead, now });
+    const exports = new DeskfuseExports({ catalog, sessions, meta, cache, anonymousRead: config.nbd.anonymousRead, now });
     const vdi = { sessions, nbd: { port: null, publicHost: config.nbd.publicHost } };
-    const ctx: AppContext = { catalog, desktops, chunks, repo, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi };
+    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, exports, ...(newAdminToken ? { newAdminToken } : {}),
-      prune: () => pruneMeta(repo, endpointRepo, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
+      prune: () => pruneMeta(meta, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
       close: async () => {
         sessions.close();
         cache.close();
         await app.close();
-        repo.close();
+        await unlisten();
+        await meta.close();
       },
     };
   } catch (err) {
-    repo.close();
+    await meta.close();
     throw err;
   }
 }
 
 /** First start: generate the admin token, keep only its hash, write it to admin.token (0600). */
-async function ensureAdminToken(repo: SqliteMetaRepo, file: string): Promise<string | undefined> {
-  if (repo.countTokens('admin') > 0) return undefined;
+async function ensureAdminToken(meta: Meta, file: string): Promise<string | undefined> {
+  if ((await meta.tokens.countTokens('admin')) > 0) return undefined;
   const token = newToken('dfa');
   const tmp = `${file}.tmp`;
   await fsp.writeFile(tmp, `${token}\n`, { mode: 0o600 });
   await fsp.rename(tmp, file);
-  repo.addToken(hashToken(token), 'admin', new Date().toISOString());
+  await meta.tokens.addToken(hashToken(token), 'admin', new Date().toISOString());
   return token;
 }

@@ -3,7 +3,7 @@ import { desktopReader, isHypervisorScope, type DesktopReader } from '../src/aut
 import { hashToken } from '../src/auth/tokens.js';
 import { scopeDesktop } from '../src/desktop/desktops.js';
 import { dfError } from '../src/errors.js';
-import type { MetaRepo } from '../src/meta/repo.js';
+import type { Meta } from '../src/meta/repo.js';
 
 /**
  * Who may call what. A token has a scope: `admin` (may do everything), `desktop:NAME` (an endpoint
@@ -69,15 +69,15 @@ declare module 'fastify' {
 }
 
 /** The bearer token → its scope; 401 when missing, unknown or expired. */
-export function authenticate(req: FastifyRequest, repo: MetaRepo, now: Date): string {
+export async function authenticate(req: FastifyRequest, meta: Pick<Meta, 'tokens'>, now: Date): Promise<string> {
   const h = req.headers.authorization;
   const token = h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined;
-  const found = token ? repo.findToken(hashToken(token)) : undefined;
+  const found = token ? await meta.tokens.findToken(hashToken(token)) : undefined;
   if (!found) throw dfError('DF_ERR_UNAUTHORIZED', token ? 'the token is not valid' : 'send the token as "Authorization: Bearer <token>"');
   if (found.expiresAt !== null && found.expiresAt <= now.toISOString()) {
     throw dfError('DF_ERR_TOKEN_EXPIRED', `the token of scope ${found.scope} expired at ${found.expiresAt}; ask an admin for a new one`, { scope: found.scope, expiresAt: found.expiresAt });
   }
-  repo.touchToken(hashToken(token!), now.toISOString(), new Date(now.getTime() - TOUCH_EVERY_MS).toISOString());
+  await meta.tokens.touchToken(hashToken(token!), now.toISOString(), new Date(now.getTime() - TOUCH_EVERY_MS).toISOString());
   return found.scope;
 }
 
@@ -88,7 +88,7 @@ export function needOf(method: string, url: string, configured: Need | undefined
 }
 
 /** Throws DF_ERR_FORBIDDEN unless `scope` satisfies what the route needs. */
-export function authorize(req: FastifyRequest, scope: string, repo: MetaRepo): void {
+export async function authorize(req: FastifyRequest, scope: string, meta: Pick<Meta, 'images' | 'desktops'>): Promise<void> {
   if (scope === 'admin' || req.is404) return;
   const url = req.routeOptions.url ?? '';
   const need = needOf(req.method, url, req.routeOptions.config?.access);
@@ -107,16 +107,16 @@ export function authorize(req: FastifyRequest, scope: string, repo: MetaRepo): v
     if (params[need.desktop] === desktop) return;
     throw deny();
   }
-  const reader = desktopReader(repo, scope);
+  const reader = await desktopReader(meta, scope);
   if (!reader || params[need.image] !== reader.image) throw deny();
   if (need.version !== undefined) {
     const v = params[need.version] ?? '';
-    if (!/^\d+$/.test(v) || !reader.versionVisible(Number(v))) throw deny(`version ${v} is not on the line of desktop ${desktop}`);
+    if (!/^\d+$/.test(v) || !(await reader.versionVisible(Number(v)))) throw deny(`version ${v} is not on the line of desktop ${desktop}`);
   }
   if (need.ref !== undefined && !reader.refVisible(params[need.ref] ?? '')) throw deny(`ref ${params[need.ref]} is not one desktop ${desktop} reads`);
   if (need.rev !== undefined) {
     const rev = (req.query as Record<string, unknown> | undefined)?.[need.rev];
-    if (rev !== undefined && (typeof rev !== 'string' || !reader.revVisible(rev))) throw deny(`${need.rev}=${String(rev)} is not on the line of desktop ${desktop}`);
+    if (rev !== undefined && (typeof rev !== 'string' || !(await reader.revVisible(rev)))) throw deny(`${need.rev}=${String(rev)} is not on the line of desktop ${desktop}`);
   }
   req.reader = reader;
 }

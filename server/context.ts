@@ -3,7 +3,7 @@ import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
 import type { Catalog } from '../src/image/catalog.js';
-import type { MetaRepo } from '../src/meta/repo.js';
+import type { Meta } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
 import type { DeltaCache } from '../src/sync/delta-cache.js';
 import type { VdiSessions } from '../src/vdi/sessions.js';
@@ -13,7 +13,7 @@ export interface AppContext {
   catalog: Catalog;
   desktops: Desktops;
   chunks: ChunkStore;
-  repo: MetaRepo;
+  meta: Meta;
   metrics: Metrics;
   deltas: DeltaCache;
   /** Largest raw chunk accepted (the largest chunk size). */

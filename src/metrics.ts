@@ -15,7 +15,7 @@ const labelKey = (l: Labels | undefined): string =>
 
 export class Metrics {
   private readonly families = new Map<string, Family>();
-  private readonly collectors: Array<() => void> = [];
+  private readonly collectors: Array<() => void | Promise<void>> = [];
 
   private family(name: string, type: Family['type'], help: string): Family {
     let f = this.families.get(name);
@@ -37,12 +37,12 @@ export class Metrics {
   }
 
   /** Run before each scrape (for gauges read from elsewhere). */
-  onCollect(fn: () => void): void {
+  onCollect(fn: () => void | Promise<void>): void {
     this.collectors.push(fn);
   }
 
-  render(): string {
-    for (const c of this.collectors) c();
+  async render(): Promise<string> {
+    for (const c of this.collectors) await c();
     const out: string[] = [];
     for (const [name, f] of this.families) {
       out.push(`# HELP ${name} ${f.help}`, `# TYPE ${name} ${f.type}`);

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { checkImageName, parseImageRev } from '../../src/image/names.js';
-import type { ImageBoot, ImageRow, RefRow, VersionRow } from '../../src/meta/repo.js';
+import type { ImageBoot, ImageRow, RefRow, VersionRow } from '../../src/image/model.js';
 import { fmtBytes } from '../../src/progress.js';
 import { exportVersion } from '../../src/transfer/export.js';
 import { publishDisk } from '../../src/transfer/publish.js';

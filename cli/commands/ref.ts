@@ -1,5 +1,5 @@
 import { checkImageName, checkRefName } from '../../src/image/names.js';
-import type { RefLogRow, RefRow } from '../../src/meta/repo.js';
+import type { RefLogRow, RefRow } from '../../src/image/model.js';
 import { dfError } from '../../src/errors.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
 import { emit, table } from '../output.js';

@@ -4,7 +4,8 @@ import { FsChunkStore } from '../../src/chunk/fs-store.js';
 import { scrub } from '../../src/chunk/scrub.js';
 import { dfError } from '../../src/errors.js';
 import { MAX_CHUNK_SIZE } from '../../src/image/geometry.js';
-import { SqliteMetaRepo } from '../../src/meta/sqlite.js';
+import { openMeta } from '../../src/meta/open.js';
+import { SqliteEngine } from '../../src/meta/sqlite-engine.js';
 import { fmtBytes } from '../../src/progress.js';
 import { parse, type Io } from '../args.js';
 import { emit } from '../output.js';
@@ -20,9 +21,9 @@ export async function storeCommand(args: string[], io: Io): Promise<number> {
   const dir = path.resolve(values.data ?? io.env.DESKFUSE_DATA ?? 'data');
   const p = dataPaths(dir);
   if (!existsSync(p.meta)) throw dfError('DF_ERR_FILE_UNREADABLE', `${dir} holds no deskfuse data (no meta.sqlite)`, { dataDir: dir });
-  const repo = new SqliteMetaRepo(p.meta);
+  const meta = await openMeta(new SqliteEngine(p.meta));
   try {
-    const r = await scrub(repo, await FsChunkStore.open(p.chunks, MAX_CHUNK_SIZE), await FsChunkStore.open(p.blobs, MAX_BLOB_SIZE));
+    const r = await scrub(meta, await FsChunkStore.open(p.chunks, MAX_CHUNK_SIZE), await FsChunkStore.open(p.blobs, MAX_BLOB_SIZE));
     emit(io, values.json, r, () => {
       const lines = [`${r.ok ? 'OK' : 'PROBLEMS'}: ${r.chunks} chunks (${fmtBytes(r.bytes)} stored), ${r.blobs} layers/indexes, ${r.versions} versions checked`];
       for (const c of r.corrupt) lines.push(`corrupt ${c.what} ${c.id} (${c.path}) hashes to ${String(c.got ?? 'undecodable')}`);
@@ -32,6 +33,6 @@ export async function storeCommand(args: string[], io: Io): Promise<number> {
     });
     return r.ok ? 0 : 1;
   } finally {
-    repo.close();
+    await meta.close();
   }
 }

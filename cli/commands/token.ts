@@ -1,6 +1,6 @@
 import type { MintedToken } from '../../src/auth/registry.js';
 import { dfError } from '../../src/errors.js';
-import type { TokenInfo } from '../../src/meta/repo.js';
+import type { TokenInfo } from '../../src/auth/model.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 

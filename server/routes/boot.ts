@@ -68,18 +68,18 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     const mac = normalizeMac(req.query.mac);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.query.mac)}`, { field: 'mac' });
     const q = req.query;
-    const e = endpoints.seen({ mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
-    const d = endpoints.decide(e, q.platform);
+    const e = await endpoints.seen({ mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
+    const d = await endpoints.decide(e, q.platform);
     const self = `${b}/boot/ipxe?${new URLSearchParams({ mac, ...pick(q, ['uuid', 'serial', 'buildarch', 'platform']) }).toString()}`;
-    const token = d.kind === 'agent' ? endpoints.issueBootToken(e, mac, d.action) : undefined;
+    const token = d.kind === 'agent' ? await endpoints.issueBootToken(e, mac, d.action) : undefined;
     // A waiting endpoint asks again every few seconds: one event per wait, not one per question.
     const waiting = d.kind === 'pending' || d.kind === 'unassigned';
-    const last = waiting ? endpoints.recentEvents(mac, 1)[0] : undefined;
+    const last = waiting ? (await endpoints.recentEvents(mac, 1))[0] : undefined;
     if (!(last?.phase === 'script' && last.detail.decision === d.kind)) {
-      endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
+      await endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
     }
     // iPXE boots the disk itself: from now on the OS may change it.
-    if (d.kind === 'local' || d.kind === 'disabled') endpoints.record('local', mac, { via: d.local }, e);
+    if (d.kind === 'local' || d.kind === 'disabled') await endpoints.record('local', mac, { via: d.local }, e);
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
     return bootScript(boot.templates, d, {
       base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
@@ -93,7 +93,7 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     if (!st?.isFile()) throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
     const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
     // Only endpoints we know leave an event (anyone can fetch these files).
-    if (mac && req.method === 'GET' && endpoints.known(mac)) endpoints.record(phase, mac, { bytes: st.size, ip: req.ip });
+    if (mac && req.method === 'GET' && await endpoints.known(mac)) await endpoints.record(phase, mac, { bytes: st.size, ip: req.ip });
     reply.type('application/octet-stream').header('content-length', st.size).header('cache-control', 'no-cache');
     if (req.method === 'HEAD') return reply.send();
     return reply.send(createReadStream(p, { highWaterMark: 1024 * 1024 }));
@@ -108,18 +108,18 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
 
   app.post<{ Body: Omit<SessionRequest, 'ip'> }>('/boot/session', {
     bodyLimit: BODY_BOOT, config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },
-  }, async (req) => endpoints.openSession({ ...req.body, ip: req.ip }));
+  }, async (req) => await endpoints.openSession({ ...req.body, ip: req.ip }));
 
   app.post<{ Body: { mac: string; phase: BootPhase; detail?: Record<string, unknown> } }>('/boot/events', {
     bodyLimit: BODY_BOOT_EVENTS, config: { access: 'any' }, schema: { body: eventBody, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },
   }, async (req, reply) => {
-    const e = endpoints.get(req.body.mac);
+    const e = await endpoints.get(req.body.mac);
     const scope = req.tokenScope ?? '';
     if (scope !== 'admin' && (e.desktop === null || scopeDesktop(scope) !== e.desktop)) {
       throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${scope} may not report for endpoint ${e.name}`, { scope, endpoint: e.id });
     }
-    endpoints.noteAddress(e, req.ip);
-    const ev = endpoints.record(req.body.phase, req.body.mac, req.body.detail ?? {}, e);
+    await endpoints.noteAddress(e, req.ip);
+    const ev = await endpoints.record(req.body.phase, req.body.mac, req.body.detail ?? {}, e);
     return reply.status(201).send(ev);
   });
 
@@ -128,7 +128,7 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
-    return endpoints.requestCommit(mac, { ip: req.ip });
+    return await endpoints.requestCommit(mac, { ip: req.ip });
   });
 };
 

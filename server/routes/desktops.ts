@@ -3,7 +3,7 @@ import {
   createDesktopBody, desktopCommitBody, desktopParams, desktopTokenBody, leaseBody, leaseReleaseQuery, resetDesktopBody,
 } from '../../src/api/schemas.js';
 import type { DesktopCommitRequest } from '../../src/desktop/desktops.js';
-import type { DesktopMode } from '../../src/meta/repo.js';
+import type { DesktopMode } from '../../src/desktop/model.js';
 import type { AppContext } from '../context.js';
 import { sendCommit } from './images.js';
 
@@ -24,28 +24,28 @@ export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) =
 
   app.post<{ Body: { name: string; image: string; from?: string; mode?: DesktopMode } }>('/desktops', {
     schema: { body: createDesktopBody, tags: ['desktops'], summary: 'Create a desktop: persistent (own ref desktops/NAME at the head of `from`) or restore (follows `from`)' },
-  }, async (req, reply) => reply.status(201).send(desktops.create(req.body, who(req.tokenScope))));
+  }, async (req, reply) => reply.status(201).send(await desktops.create(req.body, who(req.tokenScope))));
 
-  app.get('/desktops', { schema: { tags: ['desktops'], summary: 'List desktops with their heads and leases' } }, async () => ({ desktops: desktops.list() }));
+  app.get('/desktops', { schema: { tags: ['desktops'], summary: 'List desktops with their heads and leases' } }, async () => ({ desktops: await desktops.list() }));
 
   app.get<{ Params: P }>('/desktops/:name', { schema: { params: desktopParams, tags: ['desktops'], summary: 'Show a desktop: the version a sync must reach, its lease' } },
-    async (req) => desktops.view(req.params.name));
+    async (req) => await desktops.view(req.params.name));
 
   app.post<{ Params: P; Body: { to?: string } }>('/desktops/:name/reset', {
     preValidation: optionalBody,
     schema: { params: desktopParams, body: resetDesktopBody, tags: ['desktops'], summary: "Move a persistent desktop's ref to an image ref's head (default: the ref it follows); the ref log keeps the old line" },
-  }, async (req) => desktops.reset(req.params.name, req.body.to, who(req.tokenScope)));
+  }, async (req) => await desktops.reset(req.params.name, req.body.to, who(req.tokenScope)));
 
   app.post<{ Params: P; Body: { ttlSeconds?: number } }>('/desktops/:name/tokens', {
     preValidation: optionalBody,
     schema: { params: desktopParams, body: desktopTokenBody, tags: ['desktops'], summary: 'Issue a token scoped to this desktop (default 30 days, at most 1 year)' },
-  }, async (req, reply) => reply.status(201).send(desktops.mintToken(req.params.name, req.body.ttlSeconds)));
+  }, async (req, reply) => reply.status(201).send(await desktops.mintToken(req.params.name, req.body.ttlSeconds)));
 
   app.post<{ Params: P; Body: { holder: string; ttlSeconds?: number; force?: boolean } }>('/desktops/:name/lease', {
     schema: { params: desktopParams, body: leaseBody, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing)' },
   }, async (req) => {
     try {
-      const lease = desktops.acquireLease(req.params.name, req.body.holder, req.body.ttlSeconds, req.body.force ?? false);
+      const lease = await desktops.acquireLease(req.params.name, req.body.holder, req.body.ttlSeconds, req.body.force ?? false);
       leaseOps(1, { op: 'acquire', outcome: 'ok' });
       return lease;
     } catch (err) {
@@ -57,7 +57,7 @@ export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) =
   app.delete<{ Params: P; Querystring: { fencing: number } }>('/desktops/:name/lease', {
     schema: { params: desktopParams, querystring: leaseReleaseQuery, tags: ['leases'], summary: 'Release the lease with this fencing (409 DF_ERR_LEASE_LOST if it is not the current one)' },
   }, async (req) => {
-    const r = desktops.releaseLease(req.params.name, req.query.fencing);
+    const r = await desktops.releaseLease(req.params.name, req.query.fencing);
     leaseOps(1, { op: 'release', outcome: 'ok' });
     return r;
   });
@@ -66,7 +66,7 @@ export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) =
     schema: { params: desktopParams, tags: ['leases'], summary: 'Break the lease (admin), e.g. of a dead endpoint' },
   }, async (req) => {
     leaseOps(1, { op: 'break', outcome: 'ok' });
-    return desktops.breakLease(req.params.name, who(req.tokenScope));
+    return await desktops.breakLease(req.params.name, who(req.tokenScope));
   });
 
   app.post<{ Params: P; Body: DesktopCommitRequest }>('/desktops/:name/commits', {

@@ -34,38 +34,38 @@ export const endpointRoutes = (ctx: AppContext) => async (app: FastifyInstance) 
   const { endpoints } = ctx;
   const optionalBody = async (req: { body: unknown }) => void (req.body ??= {});
 
-  app.get('/endpoints', { schema: { tags: ['endpoints'], summary: 'List endpoints' } }, async () => ({ endpoints: endpoints.list() }));
+  app.get('/endpoints', { schema: { tags: ['endpoints'], summary: 'List endpoints' } }, async () => ({ endpoints: await endpoints.list() }));
 
   app.post<{ Body: EndpointChange & { mac: string } }>('/endpoints', {
     schema: { body: { ...changeBody, required: ['mac'], properties: { ...changeBody.properties, mac: { type: 'string', maxLength: 64 } } }, tags: ['endpoints'], summary: 'Register an endpoint by MAC before its first boot (enrolled at once)' },
   }, async (req, reply) => {
     const { mac, ...change } = req.body;
-    return reply.status(201).send(endpoints.add(mac, change, req.tokenScope));
+    return reply.status(201).send(await endpoints.add(mac, change, req.tokenScope));
   });
 
   app.get<{ Params: { id: string } }>('/endpoints/:id', { schema: { params: idParams, tags: ['endpoints'], summary: 'Show an endpoint (id, name or MAC) with its recent boot events' } },
-    async (req) => ({ ...endpoints.get(req.params.id), events: endpoints.recentEvents(req.params.id, 30) }));
+    async (req) => ({ ...(await endpoints.get(req.params.id)), events: await endpoints.recentEvents(req.params.id, 30) }));
 
   app.post<{ Params: { id: string }; Body: EndpointChange }>('/endpoints/:id/approve', {
     preValidation: optionalBody, schema: { params: idParams, body: changeBody, tags: ['endpoints'], summary: 'Approve a pending endpoint (optionally assigning its desktop)' },
-  }, async (req) => endpoints.approve(req.params.id, req.body, req.tokenScope));
+  }, async (req) => await endpoints.approve(req.params.id, req.body, req.tokenScope));
 
   app.patch<{ Params: { id: string }; Body: EndpointChange }>('/endpoints/:id', {
     schema: { params: idParams, body: changeBody, tags: ['endpoints'], summary: "Change an endpoint's desktop, mode, boot method or name" },
-  }, async (req) => endpoints.assign(req.params.id, req.body, req.tokenScope));
+  }, async (req) => await endpoints.assign(req.params.id, req.body, req.tokenScope));
 
   app.post<{ Params: { id: string } }>('/endpoints/:id/disable', { schema: { params: idParams, tags: ['endpoints'], summary: 'Disable an endpoint: it boots its local disk and never gets a boot token' } },
-    async (req) => endpoints.disable(req.params.id, req.tokenScope));
+    async (req) => await endpoints.disable(req.params.id, req.tokenScope));
 
   app.post<{ Params: { id: string } }>('/endpoints/:id/reprovision', {
     schema: { params: idParams, tags: ['endpoints'], summary: "Let the endpoint's next boot provision its disk with a new secret (after its disk was replaced or lost its state area)" },
-  }, async (req) => endpoints.reprovision(req.params.id, req.tokenScope));
+  }, async (req) => await endpoints.reprovision(req.params.id, req.tokenScope));
 
   app.get<{ Querystring: { endpoint?: string; limit?: number } }>('/events', {
     schema: { querystring: eventsQuery, tags: ['endpoints'], summary: 'Recent boot events (Accept: text/event-stream for a live stream)' },
   }, async (req, reply) => {
-    const filter = req.query.endpoint ? endpoints.eventFilter(req.query.endpoint) : undefined;
-    const recent = endpoints.recentEvents(req.query.endpoint, req.query.limit ?? 100);
+    const filter = req.query.endpoint ? await endpoints.eventFilter(req.query.endpoint) : undefined;
+    const recent = await endpoints.recentEvents(req.query.endpoint, req.query.limit ?? 100);
     if (!(req.headers.accept ?? '').includes('text/event-stream')) return { events: recent };
     reply.hijack();
     const res = reply.raw;
@@ -84,8 +84,8 @@ export const endpointRoutes = (ctx: AppContext) => async (app: FastifyInstance) 
   app.put<{ Params: { image: string }; Body: { partition: number; kernel: string; initrd?: string; cmdline: string } }>('/images/:image/boot', {
     schema: { params: { type: 'object', required: ['image'], properties: { image: imageName } }, body: imageBootBody, tags: ['images'], summary: 'Declare the kernel the image boots (for the kexec hand-off)' },
   }, async (req) => {
-    ctx.catalog.image(req.params.image);
-    ctx.repo.setImageBoot(req.params.image, req.body);
-    return ctx.repo.getImage(req.params.image);
+    await ctx.catalog.image(req.params.image);
+    await ctx.meta.images.setImageBoot(req.params.image, req.body);
+    return ctx.meta.images.getImage(req.params.image);
   });
 };

@@ -3,7 +3,7 @@ import {
   commitBody, createImageBody, imageParams, listQuery, refName, refSetBody, resolveQuery, versionParams, versionSchema,
 } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
-import type { CommitOutcome, ImageRow, VersionKind } from '../../src/meta/repo.js';
+import type { CommitOutcome, ImageRow, VersionKind } from '../../src/image/model.js';
 import type { AppContext } from '../context.js';
 
 type P = { image: string };
@@ -13,24 +13,24 @@ type PV = { image: string; version: number };
 export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   const { catalog } = ctx;
   const commits = ctx.metrics.counter('deskfuse_commits_total', 'Commits by outcome');
-  ctx.metrics.onCollect(() => ctx.metrics.gauge('deskfuse_images', 'Images in the catalog')(catalog.listImages().length));
+  ctx.metrics.onCollect(async () => ctx.metrics.gauge('deskfuse_images', 'Images in the catalog')((await catalog.listImages()).length));
 
-  const showImage = (img: ImageRow) => ({ ...img, refs: catalog.refs(img.name), versions: ctx.repo.versionCount(img.name) });
+  const showImage = async (img: ImageRow) => ({ ...img, refs: await catalog.refs(img.name), versions: await ctx.meta.images.versionCount(img.name) });
   // A desktop token (req.reader, set by server/auth.ts) sees only its desktop's line of the image.
-  const refsFor = (req: FastifyRequest, image: string) => (req.reader ? req.reader.refs(catalog.refs(image)) : catalog.refs(image));
+  const refsFor = async (req: FastifyRequest, image: string) => (req.reader ? req.reader.refs(await catalog.refs(image)) : catalog.refs(image));
 
   app.post<{ Body: { name: string; virtualSize: number; chunkSize: number } }>('/images', {
     schema: { body: createImageBody, tags: ['images'], summary: 'Create an image (idempotent while it has no version)' },
   }, async (req, reply) => {
-    const r = catalog.createImage(req.body.name, { virtualSize: req.body.virtualSize, chunkSize: req.body.chunkSize });
-    return reply.status(r.created ? 201 : 200).send(showImage(r.image));
+    const r = await catalog.createImage(req.body.name, { virtualSize: req.body.virtualSize, chunkSize: req.body.chunkSize });
+    return reply.status(r.created ? 201 : 200).send(await showImage(r.image));
   });
 
-  app.get('/images', { schema: { tags: ['images'], summary: 'List images' } }, async () => ({ images: catalog.listImages().map(showImage) }));
+  app.get('/images', { schema: { tags: ['images'], summary: 'List images' } }, async () => ({ images: await Promise.all((await catalog.listImages()).map(showImage)) }));
 
   app.get<{ Params: P }>('/images/:image', { schema: { params: imageParams, tags: ['images'], summary: 'Show an image, its refs and version count' } },
     async (req) => {
-      const img = showImage(catalog.image(req.params.image));
+      const img = await showImage(await catalog.image(req.params.image));
       if (!req.reader) return img;
       // A desktop token: its line's refs; the image's version count would tell of other lines, so it is left out.
       const { versions: _count, ...rest } = img;
@@ -44,9 +44,9 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   app.get<{ Params: P; Querystring: { limit: number; ref?: string } }>('/images/:image/versions', {
     schema: { params: imageParams, querystring: listQuery, tags: ['versions'], summary: 'Versions, newest first; with ref=, the log of that ref' },
   }, async (req) => {
-    const from = req.query.ref ? catalog.resolve(req.params.image, req.query.ref) : undefined;
-    if (req.reader && !from) return { versions: (catalog.image(req.params.image), req.reader.versions(req.query.limit)) };
-    return { versions: catalog.versions(req.params.image, { limit: req.query.limit, ...(from ? { from } : {}) }) };
+    const from = req.query.ref ? await catalog.resolve(req.params.image, req.query.ref) : undefined;
+    if (req.reader && !from) return { versions: (await catalog.image(req.params.image), await req.reader.versions(req.query.limit)) };
+    return { versions: await catalog.versions(req.params.image, { limit: req.query.limit, ...(from ? { from } : {}) }) };
   });
 
   app.get<{ Params: PV }>('/images/:image/versions/:version', {
@@ -56,7 +56,7 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   app.get<{ Params: PV }>('/images/:image/versions/:version/layer', {
     schema: { params: versionParams, tags: ['versions'], summary: "The version's layer (binary, see src/image/layer.ts)" },
   }, async (req, reply) => {
-    const v = catalog.version(req.params.image, req.params.version);
+    const v = await catalog.version(req.params.image, req.params.version);
     reply.type('application/vnd.deskfuse.layer').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`);
     return catalog.layerBytes(req.params.image, req.params.version);
   });
@@ -64,7 +64,7 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   app.get<{ Params: PV }>('/images/:image/versions/:version/index', {
     schema: { params: versionParams, tags: ['versions'], summary: "The version's full chunk index (binary, see src/image/chunk-index.ts)" },
   }, async (req, reply) => {
-    const v = catalog.version(req.params.image, req.params.version);
+    const v = await catalog.version(req.params.image, req.params.version);
     reply.type('application/vnd.deskfuse.index').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.index}"`);
     return catalog.indexBytes(req.params.image, req.params.version);
   });
@@ -91,12 +91,12 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   });
 
   app.get<{ Params: P }>('/images/:image/refs', { schema: { params: imageParams, tags: ['refs'], summary: 'List refs' } },
-    async (req) => ({ refs: refsFor(req, req.params.image) }));
+    async (req) => ({ refs: await refsFor(req, req.params.image) }));
 
   const refParams = { type: 'object', properties: { image: { type: 'string' }, '*': refName }, required: ['image', '*'] } as const;
 
   app.get<{ Params: { image: string; '*': string } }>('/images/:image/refs/*', { schema: { params: refParams, tags: ['refs'], summary: 'Show a ref' } }, async (req) => {
-    const ref = refsFor(req, req.params.image).find((r) => r.name === req.params['*']);
+    const ref = (await refsFor(req, req.params.image)).find((r) => r.name === req.params['*']);
     if (!ref) throw dfError('DF_ERR_REF_NOT_FOUND', `image ${req.params.image} has no ref ${req.params['*']}`, { ref: req.params['*'] });
     return ref;
   });
@@ -110,9 +110,9 @@ export const imageRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
   }, async (req) => {
     const { image } = req.params;
     const { ref } = req.query;
-    if (!req.reader || ref !== undefined) return { entries: catalog.refLog(image, ref, req.query.limit) };
+    if (!req.reader || ref !== undefined) return { entries: await catalog.refLog(image, ref, req.query.limit) };
     // A desktop token: the log of each ref it sees, merged newest first.
-    const entries = refsFor(req, image).flatMap((r) => catalog.refLog(image, r.name, req.query.limit));
+    const entries = (await Promise.all((await refsFor(req, image)).map((r) => catalog.refLog(image, r.name, req.query.limit)))).flat();
     return { entries: entries.sort((a, b) => b.seq - a.seq).slice(0, req.query.limit) };
   });
 };

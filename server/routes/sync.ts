@@ -21,7 +21,7 @@ export const syncRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   app.get<{ Params: { image: string; version: number } }>('/api/v1/images/:image/versions/:version/delta', {
     schema: { params: versionParams, tags: ['versions'], summary: "The version's changed 4 KiB blocks against its parent (binary, see src/sync/delta.ts)" },
   }, async (req, reply) => {
-    const v = ctx.catalog.version(req.params.image, req.params.version);
+    const v = await ctx.catalog.version(req.params.image, req.params.version);
     // Streamed from its file: a delta of any size costs the server a read buffer, not its size.
     const delta = await ctx.deltas.open(v.layer);
     bytesOut(delta.size);

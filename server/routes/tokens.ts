@@ -14,16 +14,16 @@ const idParams = { type: 'object', required: ['id'], properties: { id: { type: '
  * secret), revoke one by id.
  */
 export const tokenRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
-  const tokens = new TokenRegistry({ repo: ctx.repo, desktops: ctx.desktops, now: ctx.now, log: app.log });
+  const tokens = new TokenRegistry({ meta: ctx.meta, desktops: ctx.desktops, now: ctx.now, log: app.log });
 
   app.get('/tokens', { schema: { tags: ['tokens'], summary: 'List tokens: id, scope, created, expires, last used (never the secret)' } },
-    async () => ({ tokens: tokens.list() }));
+    async () => ({ tokens: await tokens.list() }));
 
   app.post<{ Body: { scope: string; ttlSeconds?: number } }>('/tokens', {
     schema: { body: createBody, tags: ['tokens'], summary: 'Create a token for a scope; its secret is in this answer only' },
-  }, async (req, reply) => reply.status(201).send(tokens.mint(req.body.scope, req.body.ttlSeconds)));
+  }, async (req, reply) => reply.status(201).send(await tokens.mint(req.body.scope, req.body.ttlSeconds)));
 
   app.delete<{ Params: { id: string } }>('/tokens/:id', {
     schema: { params: idParams, tags: ['tokens'], summary: 'Revoke a token: its next request is 401 (409 for the last admin token)' },
-  }, async (req) => ({ revoked: tokens.revoke(req.params.id, req.tokenScope ?? 'admin') }));
+  }, async (req) => ({ revoked: await tokens.revoke(req.params.id, req.tokenScope ?? 'admin') }));
 };

@@ -34,7 +34,7 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   app.get<{ Querystring: { desktop?: string; all?: boolean } }>('/vdi/sessions', {
     schema: { querystring: listVdiSessionsQuery, tags: ['vdi'], summary: 'List VDI sessions: open and committing ones (all: committed and discarded too)' },
   }, async (req) => ({
-    sessions: sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing', 'failed'] }) }).filter((s) => mine(req, s)),
+    sessions: (await sessions.list({ ...(req.query.desktop ? { desktop: req.query.desktop } : {}), ...(req.query.all ? {} : { states: ['open', 'committing', 'failed'] }) })).filter((s) => mine(req, s)),
   }));
 
   app.get<{ Params: P }>('/vdi/sessions/:id', {
@@ -47,9 +47,9 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
 
   app.post<{ Params: P }>('/vdi/sessions/:id/commit', {
     schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Commit the session's cloud increment as a vdi-commit version (fast-forward, or kept as a conflict); 409 while a client is connected" },
-  }, async (req) => sessions.commit(req.params.id, 'admin', who(req.tokenScope)));
+  }, async (req) => await sessions.commit(req.params.id, 'admin', who(req.tokenScope)));
 
   app.post<{ Params: P }>('/vdi/sessions/:id/discard', {
     schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Discard the session's cloud increment and release its lease; 409 while a client is connected" },
-  }, async (req) => sessions.discard(req.params.id));
+  }, async (req) => await sessions.discard(req.params.id));
 };

@@ -84,7 +84,8 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
           if (!mac || e.kind === 'start') return;
           // PXE firmware first asks for the size only and aborts (ERROR 8, RFC 2347 §4): not a failure.
           const probe = e.kind === 'error' && /ERROR 8\b/.test(e.error ?? '');
-          endpoints.record('tftp', mac, { file: e.file, kind: probe ? 'size-probe' : e.kind, bytes: e.bytes, ms: e.ms, ...(e.error && !probe ? { error: e.error } : {}) });
+          endpoints.record('tftp', mac, { file: e.file, kind: probe ? 'size-probe' : e.kind, bytes: e.bytes, ms: e.ms, ...(e.error && !probe ? { error: e.error } : {}) })
+            .catch((err: unknown) => log.warn({ err, mac }, 'recording a TFTP event failed'));
         },
       });
       closers.push(() => t.close());
@@ -103,7 +104,8 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
         onAddress: (mac, ip) => macByIp.set(ip, mac),
         onEvent: (e) => {
           if (e.ip) macByIp.set(e.ip, e.mac);
-          endpoints.record('dhcp', e.mac, { kind: e.kind, ...(e.ip ? { ip: e.ip } : {}), ...(e.file ? { file: e.file } : {}), ...(e.arch !== undefined ? { arch: e.arch } : {}), ipxe: e.isIpxe });
+          endpoints.record('dhcp', e.mac, { kind: e.kind, ...(e.ip ? { ip: e.ip } : {}), ...(e.file ? { file: e.file } : {}), ...(e.arch !== undefined ? { arch: e.arch } : {}), ipxe: e.isIpxe })
+            .catch((err: unknown) => log.warn({ err, mac: e.mac }, 'recording a DHCP event failed'));
         },
       });
       closers.push(() => d.close());

@@ -9,16 +9,16 @@ export interface PruneService {
 /** Prune on a timer (src/meta/prune.ts): once at start, then every `intervalSeconds` (0 = never). */
 export function startPruneService(config: RetentionConfig, appliance: Appliance, log: Logger): PruneService {
   if (config.intervalSeconds === 0) return { close: () => {} };
-  const run = () => {
+  const run = async () => {
     try {
-      const n = appliance.prune();
+      const n = await appliance.prune();
       if (n.tokens + n.bootTokens + n.events + n.pending > 0) log.info({ pruned: n }, 'pruned old tokens, events and pending endpoints');
     } catch (err) {
       log.error({ err }, 'prune failed');
     }
   };
-  run();
-  const timer = setInterval(run, config.intervalSeconds * 1000);
+  void run();
+  const timer = setInterval(() => void run(), config.intervalSeconds * 1000);
   timer.unref();
   return { close: () => clearInterval(timer) };
 }

@@ -5,7 +5,7 @@ import { dfError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength, fullMask, maskBytes } from '../image/geometry.js';
 import { diffIndexes, encodeLayer } from '../image/layer.js';
-import type { VersionRow } from '../meta/repo.js';
+import type { VersionRow } from '../image/model.js';
 import { extractBlocks, hintMask } from '../sync/blockhash.js';
 import { encodePatch, PATCH_CONTENT_TYPE, type PatchRecord } from '../sync/patch.js';
 import type { ScanResult } from '../sync/scan.js';

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { ApiClient } from '../api/client.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
-import type { ImageRow } from '../meta/repo.js';
+import type { ImageRow } from '../image/model.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
 import { newEndpointSecret } from '../endpoint/proof.js';
 import { openDisk, type Disk } from './disk.js';

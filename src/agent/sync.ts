@@ -4,7 +4,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength } from '../image/geometry.js';
 import { applyLayer, decodeLayer, type Layer } from '../image/layer.js';
-import type { VersionRow } from '../meta/repo.js';
+import type { VersionRow } from '../image/model.js';
 import { Progress } from '../progress.js';
 import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
 import { readDelta, type DeltaItem } from '../sync/delta.js';

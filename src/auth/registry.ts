@@ -1,7 +1,8 @@
 import { desktopScope, scopeDesktop, TOKEN_TTL, type Desktops } from '../desktop/desktops.js';
 import { dfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { MetaRepo, TokenInfo } from '../meta/repo.js';
+import type { TokenInfo } from './model.js';
+import type { Meta } from '../meta/repo.js';
 import { checkScope, isHypervisorScope } from './scope.js';
 import { hashToken, newToken } from './tokens.js';
 
@@ -20,15 +21,15 @@ export interface MintedToken {
 export class TokenRegistry {
   private readonly log: Logger;
 
-  constructor(private readonly deps: { repo: MetaRepo; desktops: Desktops; now: () => Date; log?: Logger }) {
+  constructor(private readonly deps: { meta: Pick<Meta, 'tokens'>; desktops: Desktops; now: () => Date; log?: Logger }) {
     this.log = deps.log ?? silentLogger;
   }
 
-  mint(scopeRaw: string, ttlSeconds: number = TOKEN_TTL.default): MintedToken {
+  async mint(scopeRaw: string, ttlSeconds: number = TOKEN_TTL.default): Promise<MintedToken> {
     const scope = checkScope(scopeRaw);
     const desktop = scopeDesktop(scope);
     if (desktop !== undefined) {
-      const t = this.deps.desktops.mintToken(desktop, ttlSeconds);
+      const t = await this.deps.desktops.mintToken(desktop, ttlSeconds);
       return { ...t, id: hashToken(t.token).slice(0, 16), scope: desktopScope(desktop) };
     }
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < TOKEN_TTL.min || ttlSeconds > TOKEN_TTL.max) {
@@ -38,17 +39,17 @@ export class TokenRegistry {
     const token = newToken(isHypervisorScope(scope) ? 'dfh' : 'dfa');
     const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
     const hash = hashToken(token);
-    this.deps.repo.addToken(hash, scope, now.toISOString(), expiresAt);
+    await this.deps.meta.tokens.addToken(hash, scope, now.toISOString(), expiresAt);
     this.log.info({ scope, id: hash.slice(0, 16), expiresAt }, 'token issued');
     return { token, id: hash.slice(0, 16), scope, expiresAt };
   }
 
-  list(): TokenInfo[] {
-    return this.deps.repo.listTokens();
+  list(): Promise<TokenInfo[]> {
+    return this.deps.meta.tokens.listTokens();
   }
 
-  revoke(id: string, author: string): TokenInfo {
-    const all = this.deps.repo.listTokens();
+  async revoke(id: string, author: string): Promise<TokenInfo> {
+    const all = await this.deps.meta.tokens.listTokens();
     const t = all.find((x) => x.id === id);
     if (!t) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)} (deskfuse token list shows them)`, { id });
     const now = this.deps.now().toISOString();
@@ -56,7 +57,7 @@ export class TokenRegistry {
     if (t.scope === 'admin' && liveAdmins.length <= 1 && liveAdmins[0]?.id === id) {
       throw dfError('DF_ERR_LAST_ADMIN_TOKEN', `token ${id} is the last admin token; create another (deskfuse token create --scope admin) before revoking it`, { id });
     }
-    const gone = this.deps.repo.deleteToken(id);
+    const gone = await this.deps.meta.tokens.deleteToken(id);
     if (!gone) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)}`, { id });
     this.log.warn({ id, scope: gone.scope, author }, 'token revoked');
     return gone;

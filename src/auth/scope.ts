@@ -1,7 +1,9 @@
 import { desktopRef, scopeDesktop } from '../desktop/desktops.js';
 import { dfError } from '../errors.js';
 import { checkDesktopName } from '../image/names.js';
-import type { DesktopRow, MetaRepo, RefLogRow, RefRow, VersionRow } from '../meta/repo.js';
+import type { DesktopRow } from '../desktop/model.js';
+import type { RefLogRow, RefRow, VersionRow } from '../image/model.js';
+import type { Meta } from '../meta/repo.js';
 
 /**
  * Token scopes and what a desktop token may read of its image.
@@ -35,7 +37,7 @@ export function checkScope(scope: string): string {
 export class DesktopReader {
   private heads: number[] | undefined;
 
-  constructor(private readonly repo: MetaRepo, readonly desktop: DesktopRow) {}
+  constructor(private readonly meta: Pick<Meta, 'images'>, readonly desktop: DesktopRow) {}
 
   get image(): string {
     return this.desktop.image;
@@ -47,17 +49,17 @@ export class DesktopReader {
   }
 
   /** The heads of its visible refs (read once per request). */
-  private visibleHeads(): number[] {
-    this.heads ??= this.repo.listRefs(this.image).filter((r) => this.refVisible(r.name)).map((r) => r.version);
+  private async visibleHeads(): Promise<number[]> {
+    this.heads ??= (await this.meta.images.listRefs(this.image)).filter((r) => this.refVisible(r.name)).map((r) => r.version);
     return this.heads;
   }
 
-  versionVisible(version: number): boolean {
-    return this.repo.reachable(this.image, this.visibleHeads(), version);
+  async versionVisible(version: number): Promise<boolean> {
+    return this.meta.images.reachable(this.image, await this.visibleHeads(), version);
   }
 
   /** A rev as the API takes it: digits are a version number, anything else a ref name (catalog.resolve). */
-  revVisible(rev: string): boolean {
+  async revVisible(rev: string): Promise<boolean> {
     return /^\d+$/.test(rev) ? this.versionVisible(Number(rev)) : this.refVisible(rev);
   }
 
@@ -69,14 +71,14 @@ export class DesktopReader {
     return all.filter((e) => this.refVisible(e.ref));
   }
 
-  versions(limit: number): VersionRow[] {
-    return this.repo.ancestry(this.image, this.visibleHeads(), limit);
+  async versions(limit: number): Promise<VersionRow[]> {
+    return this.meta.images.ancestry(this.image, await this.visibleHeads(), limit);
   }
 }
 
 /** The reader of a desktop scope, or undefined for any other scope (admin reads all; the rest nothing). */
-export function desktopReader(repo: MetaRepo, scope: string): DesktopReader | undefined {
+export async function desktopReader(meta: Pick<Meta, 'images' | 'desktops'>, scope: string): Promise<DesktopReader | undefined> {
   const name = scopeDesktop(scope);
-  const d = name === undefined ? undefined : repo.getDesktop(name);
-  return d && new DesktopReader(repo, d);
+  const d = name === undefined ? undefined : await meta.desktops.getDesktop(name);
+  return d && new DesktopReader(meta, d);
 }

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
-import type { MetaRepo } from '../meta/repo.js';
+import type { Meta } from '../meta/repo.js';
 import type { FsChunkStore } from './fs-store.js';
 
 /**
@@ -21,7 +21,7 @@ export interface ScrubReport {
 
 const STALE_TEMP_MS = 60 * 60 * 1000;
 
-export async function scrub(repo: MetaRepo, chunks: FsChunkStore, blobs: FsChunkStore, onProgress?: (n: number) => void): Promise<ScrubReport> {
+export async function scrub(meta: Pick<Meta, 'images'>, chunks: FsChunkStore, blobs: FsChunkStore, onProgress?: (n: number) => void): Promise<ScrubReport> {
   const r: ScrubReport = { ok: true, chunks: 0, bytes: 0, blobs: 0, versions: 0, corrupt: [], missing: [], tempFilesRemoved: 0 };
   const present = new Set<string>();
 
@@ -55,9 +55,9 @@ export async function scrub(repo: MetaRepo, chunks: FsChunkStore, blobs: FsChunk
   }
 
   const corruptChunks = new Set(r.corrupt.filter((c) => c.what === 'chunk').map((c) => c.id));
-  for (const img of repo.listImages()) {
+  for (const img of await meta.images.listImages()) {
     const needBy = new Map<string, number[]>();
-    for (const v of repo.listVersions(img.name, Number.MAX_SAFE_INTEGER)) {
+    for (const v of await meta.images.listVersions(img.name, Number.MAX_SAFE_INTEGER)) {
       r.versions++;
       let index: ChunkIndex;
       try {

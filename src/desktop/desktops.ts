@@ -4,7 +4,9 @@ import type { Catalog } from '../image/catalog.js';
 import { checkDesktopName, checkImageName, checkRefName, isConflictRef } from '../image/names.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import type { CommitOutcome, DesktopMode, DesktopRow, LeaseRow, MetaRepo } from '../meta/repo.js';
+import type { DesktopMode, DesktopRow, LeaseRow } from './model.js';
+import type { CommitOutcome } from '../image/model.js';
+import type { Meta } from '../meta/repo.js';
 
 /**
  * Desktops, their leases and their scoped tokens, over the catalog and the metadata repository.
@@ -16,7 +18,7 @@ import type { CommitOutcome, DesktopMode, DesktopRow, LeaseRow, MetaRepo } from 
  * that is no longer current is kept as a conflict version and never moves the desktop's ref.
  */
 export interface DesktopsDeps {
-  repo: MetaRepo;
+  meta: Pick<Meta, 'desktops' | 'images' | 'tokens'>;
   catalog: Catalog;
   log?: Logger;
   now?: () => Date;
@@ -77,17 +79,17 @@ export class Desktops {
     this.now = deps.now ?? (() => new Date());
   }
 
-  create(req: { name: string; image: string; from?: string; mode?: DesktopMode }, author: string): DesktopView {
+  async create(req: { name: string; image: string; from?: string; mode?: DesktopMode }, author: string): Promise<DesktopView> {
     const name = checkDesktopName(req.name);
     const image = checkImageName(req.image);
     const from = checkRefName(req.from ?? 'main', 'from');
     const mode = req.mode ?? 'persistent';
     if (isConflictRef(from)) throw dfError('DF_ERR_REF_NAME', 'a desktop cannot follow a conflicts/ ref', { field: 'from', ref: from });
-    if (this.deps.repo.getDesktop(name)) throw exists(name);
-    const head = this.deps.catalog.resolve(image, from).version;
+    if (await this.deps.meta.desktops.getDesktop(name)) throw exists(name);
+    const head = (await this.deps.catalog.resolve(image, from)).version;
     const row: DesktopRow = { name, image, mode, follows: from, createdAt: this.now().toISOString() };
     // The desktop row and its ref are made in one transaction: a crash leaves both or neither.
-    const out = this.deps.repo.createDesktop(row, mode === 'persistent'
+    const out = await this.deps.meta.desktops.createDesktop(row, mode === 'persistent'
       ? { name: desktopRef(name), version: head, reason: `desktop create from ${from}@${head}`, author }
       : undefined);
     if (out.kind === 'exists') throw exists(name);
@@ -100,51 +102,51 @@ export class Desktops {
     return this.view(name);
   }
 
-  get(name: string): DesktopRow {
-    const d = this.deps.repo.getDesktop(name);
+  async get(name: string): Promise<DesktopRow> {
+    const d = await this.deps.meta.desktops.getDesktop(name);
     if (!d) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `no desktop named ${JSON.stringify(name)}`, { desktop: name });
     return d;
   }
 
-  view(name: string): DesktopView {
-    return this.toView(this.get(name));
+  async view(name: string): Promise<DesktopView> {
+    return this.toView(await this.get(name));
   }
 
-  list(): DesktopView[] {
-    return this.deps.repo.listDesktops().map((d) => this.toView(d));
+  async list(): Promise<DesktopView[]> {
+    return Promise.all((await this.deps.meta.desktops.listDesktops()).map((d) => this.toView(d)));
   }
 
   /** Move a persistent desktop's ref to the head of an image ref (compare-and-swap; the ref log keeps the old line). */
-  reset(name: string, to: string | undefined, author: string): DesktopView {
-    const d = this.get(name);
+  async reset(name: string, to: string | undefined, author: string): Promise<DesktopView> {
+    const d = await this.get(name);
     if (d.mode === 'restore') throw restoreMode(d, 'reset');
     const target = checkRefName(to ?? d.follows, 'to');
-    const v = this.deps.catalog.resolve(d.image, target).version;
+    const v = (await this.deps.catalog.resolve(d.image, target)).version;
     const ref = desktopRef(name);
-    const head = this.deps.repo.getRef(d.image, ref)?.version ?? null;
-    this.deps.catalog.moveRef(d.image, ref, v, head, author, `reset to ${target}@${v}`);
+    const head = (await this.deps.meta.images.getRef(d.image, ref))?.version ?? null;
+    await this.deps.catalog.moveRef(d.image, ref, v, head, author, `reset to ${target}@${v}`);
     this.log.info({ desktop: name, image: d.image, from: head, to: v, target, author }, 'desktop reset');
     return this.view(name);
   }
 
-  mintToken(name: string, ttlSeconds: number = TOKEN_TTL.default): DesktopToken {
-    this.get(name);
+  async mintToken(name: string, ttlSeconds: number = TOKEN_TTL.default): Promise<DesktopToken> {
+    await this.get(name);
     checkRange(ttlSeconds, TOKEN_TTL, 'ttlSeconds');
     const now = this.now();
     const token = newToken('dfd');
     const scope = desktopScope(name);
     const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
-    this.deps.repo.addToken(hashToken(token), scope, now.toISOString(), expiresAt);
+    await this.deps.meta.tokens.addToken(hashToken(token), scope, now.toISOString(), expiresAt);
     this.log.info({ desktop: name, scope, expiresAt }, 'desktop token issued');
     return { token, scope, expiresAt };
   }
 
-  acquireLease(name: string, holder: string, ttlSeconds: number = LEASE_TTL.default, force = false): LeaseView {
-    this.get(name);
+  async acquireLease(name: string, holder: string, ttlSeconds: number = LEASE_TTL.default, force = false): Promise<LeaseView> {
+    await this.get(name);
     if (holder.length < 1 || holder.length > HOLDER_MAX) throw dfError('DF_ERR_BAD_REQUEST', `holder must be 1-${HOLDER_MAX} characters`, { field: 'holder' });
     checkRange(ttlSeconds, LEASE_TTL, 'ttlSeconds');
     const now = this.now();
-    const out = this.deps.repo.acquireLease(name, holder, now.toISOString(), new Date(now.getTime() + ttlSeconds * 1000).toISOString(), force);
+    const out = await this.deps.meta.desktops.acquireLease(name, holder, now.toISOString(), new Date(now.getTime() + ttlSeconds * 1000).toISOString(), force);
     const l = out.lease;
     switch (out.kind) {
       case 'held':
@@ -164,9 +166,9 @@ export class Desktops {
     return leaseView(l)!;
   }
 
-  releaseLease(name: string, fencing: number): { released: true } {
-    this.get(name);
-    const out = this.deps.repo.releaseLease(name, fencing);
+  async releaseLease(name: string, fencing: number): Promise<{ released: true }> {
+    await this.get(name);
+    const out = await this.deps.meta.desktops.releaseLease(name, fencing);
     if (!out.released) {
       const c = out.current;
       throw dfError('DF_ERR_LEASE_LOST', `fencing ${fencing} is not the current lease of desktop ${name}${c?.holder ? `; it is held by ${c.holder} with fencing ${c.fencing}` : ''}`, {
@@ -177,9 +179,9 @@ export class Desktops {
     return { released: true };
   }
 
-  breakLease(name: string, author: string): { broken: LeaseView | null } {
-    this.get(name);
-    const broken = this.deps.repo.breakLease(name);
+  async breakLease(name: string, author: string): Promise<{ broken: LeaseView | null }> {
+    await this.get(name);
+    const broken = await this.deps.meta.desktops.breakLease(name);
     if (broken) this.log.warn({ desktop: name, holder: broken.holder, fencing: broken.fencing, since: broken.since, author }, 'lease broken');
     return { broken: broken ? leaseView(broken) : null };
   }
@@ -189,7 +191,7 @@ export class Desktops {
    * released, broken or expired lease) keeps the version as a conflict; so does a stale parent.
    */
   async commit(name: string, req: DesktopCommitRequest, author: string): Promise<CommitOutcome> {
-    const d = this.get(name);
+    const d = await this.get(name);
     if (d.mode === 'restore') throw restoreMode(d, 'commit');
     return this.deps.catalog.commit({
       image: d.image, parent: req.parent, ref: desktopRef(name), layer: req.layer, kind: req.kind,
@@ -197,10 +199,10 @@ export class Desktops {
     });
   }
 
-  private toView(d: DesktopRow): DesktopView {
+  private async toView(d: DesktopRow): Promise<DesktopView> {
     const ref = d.mode === 'persistent' ? desktopRef(d.name) : null;
-    const head = this.deps.catalog.resolve(d.image, ref ?? d.follows).version;
-    const l = this.deps.repo.getLease(d.name);
+    const head = (await this.deps.catalog.resolve(d.image, ref ?? d.follows)).version;
+    const l = await this.deps.meta.desktops.getLease(d.name);
     const live = l && l.holder !== null && l.expiresAt > this.now().toISOString() ? leaseView(l) : null;
     return { name: d.name, image: d.image, mode: d.mode, follows: d.follows, ref, head, lease: live, createdAt: d.createdAt };
   }

@@ -4,7 +4,9 @@ import type { Desktops } from '../desktop/desktops.js';
 import { dfError } from '../errors.js';
 import { checkDesktopName } from '../image/names.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { ImageBoot, MetaRepo } from '../meta/repo.js';
+import type { ImageBoot } from '../image/model.js';
+import type { Meta } from '../meta/repo.js';
+import type { SqlEngine } from '../meta/sql.js';
 import { cleanDetail, cleanText } from './untrusted.js';
 import { COMMIT_WINDOW_MS, decideBoot, firmwareOf, type BootDecision, type DesktopFacts, type Handoff } from './decide.js';
 import { checkProof, type EndpointProof } from './proof.js';
@@ -62,7 +64,9 @@ export interface SessionRequest {
 
 export interface EndpointsDeps {
   repo: EndpointRepo;
-  meta: MetaRepo;
+  /** Where boot events are published to every server's event stream (without one: this process only). */
+  bus?: Pick<SqlEngine, 'notify' | 'listen'>;
+  meta: Meta;
   desktops: Desktops;
   now: () => Date;
   log?: Logger;
@@ -73,6 +77,9 @@ export interface EndpointsDeps {
   /** How many unknown MACs become rows, how fast, and how long a pending one lasts (default: DEFAULT_ENROLMENT). */
   enrolment?: EnrolmentLimits;
 }
+
+/** The engine channel boot events travel on. */
+export const EVENT_CHANNEL = 'deskfuse_boot_events';
 
 export interface EnrolmentLimits {
   pendingMax: number;
@@ -114,6 +121,33 @@ export class Endpoints {
     this.enrolment = deps.enrolment ?? DEFAULT_ENROLMENT;
   }
 
+  /**
+   * Boot events reach the event streams of every server: each is published on the engine's channel
+   * (PostgreSQL NOTIFY; in-process on SQLite) and every server's listener emits it on `events`.
+   * A payload past PostgreSQL's 8000-byte limit goes as its number and is read back from the table.
+   */
+  async listen(): Promise<() => Promise<void>> {
+    if (!this.deps.bus) return async () => {};
+    return this.deps.bus.listen(EVENT_CHANNEL, (payload) => {
+      void this.received(payload).catch((err: unknown) => this.log.warn({ err }, 'a boot event from the event channel could not be read'));
+    });
+  }
+
+  private async received(payload: string): Promise<void> {
+    const msg = JSON.parse(payload) as BootEvent | { seq: number; ref: true };
+    const ev = 'ref' in msg ? await this.deps.repo.getEvent(msg.seq) : msg;
+    if (ev) this.events.emit('event', ev);
+  }
+
+  private async publish(ev: BootEvent): Promise<void> {
+    if (!this.deps.bus) {
+      this.events.emit('event', ev);
+      return;
+    }
+    const text = JSON.stringify(ev);
+    await this.deps.bus.notify(EVENT_CHANNEL, Buffer.byteLength(text) < 7000 ? text : JSON.stringify({ seq: ev.seq, ref: true }));
+  }
+
   private get commitWindowMs(): number {
     return this.deps.commitWindowMs ?? COMMIT_WINDOW_MS;
   }
@@ -123,48 +157,48 @@ export class Endpoints {
   }
 
   /** An endpoint by id, name or MAC. */
-  get(key: string): EndpointRow {
+  async get(key: string): Promise<EndpointRow> {
     const mac = normalizeMac(key);
-    const e = this.deps.repo.getEndpoint(key) ?? this.deps.repo.findByName(key) ?? (mac ? this.deps.repo.findByMac(mac) : undefined);
+    const e = await this.deps.repo.getEndpoint(key) ?? await this.deps.repo.findByName(key) ?? (mac ? await this.deps.repo.findByMac(mac) : undefined);
     if (!e) throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });
     return e;
   }
 
   /** Is this MAC one of an endpoint's? */
-  known(mac: string): boolean {
-    return this.deps.repo.findByMac(mac) !== undefined;
+  async known(mac: string): Promise<boolean> {
+    return await this.deps.repo.findByMac(mac) !== undefined;
   }
 
-  list(): EndpointRow[] {
-    return this.deps.repo.listEndpoints();
+  async list(): Promise<EndpointRow[]> {
+    return await this.deps.repo.listEndpoints();
   }
 
   /** Recent events of everything, or of one endpoint (id, name or MAC; a MAC not enrolled yet too). */
-  recentEvents(key: string | undefined, limit = 50): BootEvent[] {
-    return this.deps.repo.listEvents(key === undefined ? undefined : this.eventFilter(key), limit);
+  async recentEvents(key: string | undefined, limit = 50): Promise<BootEvent[]> {
+    return await this.deps.repo.listEvents(key === undefined ? undefined : await this.eventFilter(key), limit);
   }
 
   /** Which events belong to `key`: the endpoint's id and MACs, or just the MAC of a machine not seen yet. */
-  eventFilter(key: string): { endpoint: string | null; macs: string[] } {
+  async eventFilter(key: string): Promise<{ endpoint: string | null; macs: string[] }> {
     const mac = normalizeMac(key);
-    const e = this.deps.repo.getEndpoint(key) ?? this.deps.repo.findByName(key) ?? (mac ? this.deps.repo.findByMac(mac) : undefined);
+    const e = await this.deps.repo.getEndpoint(key) ?? await this.deps.repo.findByName(key) ?? (mac ? await this.deps.repo.findByMac(mac) : undefined);
     if (e) return { endpoint: e.id, macs: e.macs };
     if (mac) return { endpoint: null, macs: [mac] };
     throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });
   }
 
   /** A boot request from a known or new MAC: records it (a new MAC becomes a pending endpoint, or an enrolled one by config). */
-  seen(reqRaw: BootRequest): EndpointRow {
+  async seen(reqRaw: BootRequest): Promise<EndpointRow> {
     const req = { ...reqRaw, uuid: reqRaw.uuid && cleanText(reqRaw.uuid, 64), serial: reqRaw.serial && cleanText(reqRaw.serial, 128) };
     const mac = normalizeMac(req.mac);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.mac)}`, { field: 'mac' });
     const now = this.nowIso();
-    const known = this.deps.repo.findByMac(mac);
+    const known = await this.deps.repo.findByMac(mac);
     const firmware = firmwareOf(req.platform);
     if (known) {
       const e: EndpointRow = { ...known, lastSeen: now, firmware, uuid: req.uuid || known.uuid, serial: req.serial || known.serial };
-      this.deps.repo.updateEndpoint(e);
-      if (req.ip) this.noteAddress(e, req.ip);
+      await this.deps.repo.updateEndpoint(e);
+      if (req.ip) await this.noteAddress(e, req.ip);
       return e;
     }
     const auto = this.deps.autoEnrol;
@@ -173,7 +207,7 @@ export class Endpoints {
       state: auto ? 'enrolled' : 'pending', desktop: (auto && auto.desktop) || null, mode: 'sync', bootMethod: 'auto', firmware,
       disk: 'unknown', diskVersion: null, commitRequested: null, lastSeen: now, lastSync: null, createdAt: now,
     };
-    const refused = this.enrolRefused(e.state);
+    const refused = await this.enrolRefused(e.state);
     if (refused) {
       // Anyone on the boot network can ask with made-up MACs: past the limits they get the pending
       // answer (wait, ask again) and leave no row and no event behind.
@@ -182,18 +216,18 @@ export class Endpoints {
       this.log.debug({ mac, refused }, 'unknown endpoint not stored');
       return waiting;
     }
-    this.deps.repo.insertEndpoint(e);
-    if (req.ip) this.noteAddress(e, req.ip);
-    this.record('enrol', mac, { state: e.state, ...(e.desktop ? { desktop: e.desktop } : {}), ...(req.ip ? { ip: req.ip } : {}) }, e);
+    await this.deps.repo.insertEndpoint(e);
+    if (req.ip) await this.noteAddress(e, req.ip);
+    await this.record('enrol', mac, { state: e.state, ...(e.desktop ? { desktop: e.desktop } : {}), ...(req.ip ? { ip: req.ip } : {}) }, e);
     this.log.info({ endpoint: e.id, mac, state: e.state }, auto ? 'new endpoint enrolled automatically' : 'new endpoint waits for approval');
     return e;
   }
 
   /** Why a new MAC gets no row: too many pending rows, or too many new rows this minute; undefined = store it. */
-  private enrolRefused(state: EndpointRow['state']): 'pending-cap' | 'rate' | undefined {
+  private async enrolRefused(state: EndpointRow['state']): Promise<'pending-cap' | 'rate' | undefined> {
     const { pendingMax, perMinute, pendingSeconds } = this.enrolment;
     const now = this.deps.now().getTime();
-    if (state === 'pending' && this.deps.repo.countPending(new Date(now - pendingSeconds * 1000).toISOString()) >= pendingMax) return 'pending-cap';
+    if (state === 'pending' && await this.deps.repo.countPending(new Date(now - pendingSeconds * 1000).toISOString()) >= pendingMax) return 'pending-cap';
     const b = this.bucket ?? { tokens: perMinute, at: now };
     b.tokens = Math.min(perMinute, b.tokens + ((now - b.at) / 60_000) * perMinute);
     b.at = now;
@@ -204,31 +238,31 @@ export class Endpoints {
   }
 
   /** The address an endpoint boots or reports from: the one a commit request must come from. */
-  noteAddress(e: EndpointRow, ip: string): void {
+  async noteAddress(e: EndpointRow, ip: string): Promise<void> {
     if (this.unstored.has(e)) return;
-    this.deps.repo.setAddress(e.id, plainIp(ip), this.nowIso());
+    await this.deps.repo.setAddress(e.id, plainIp(ip), this.nowIso());
   }
 
   /** What this boot does. Never issues a token to a pending, disabled or unassigned endpoint. */
-  decide(e: EndpointRow, platform: string | undefined): BootDecision {
-    return decideBoot(e, firmwareOf(platform), e.desktop ? this.facts(e.desktop) : undefined, this.deps.now(), this.commitWindowMs);
+  async decide(e: EndpointRow, platform: string | undefined): Promise<BootDecision> {
+    return decideBoot(e, firmwareOf(platform), e.desktop ? await this.facts(e.desktop) : undefined, this.deps.now(), this.commitWindowMs);
   }
 
-  private facts(desktop: string): DesktopFacts | undefined {
+  private async facts(desktop: string): Promise<DesktopFacts | undefined> {
     try {
-      const v = this.deps.desktops.view(desktop);
-      return { head: v.head, mode: v.mode, kexec: Boolean(this.deps.meta.getImage(v.image)?.boot) };
+      const v = await this.deps.desktops.view(desktop);
+      return { head: v.head, mode: v.mode, kexec: Boolean((await this.deps.meta.images.getImage(v.image))?.boot) };
     } catch {
       return undefined;
     }
   }
 
   /** A one-time token bound to the MAC, for the kernel command line of this boot. */
-  issueBootToken(e: EndpointRow, mac: string, action: BootAction): string {
+  async issueBootToken(e: EndpointRow, mac: string, action: BootAction): Promise<string> {
     if (e.state !== 'enrolled' || !e.desktop) throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is ${e.state}${e.desktop ? '' : ' with no desktop'}`, { endpoint: e.id });
     const token = newToken('dfb');
     const now = this.deps.now();
-    this.deps.repo.addBootToken({
+    await this.deps.repo.addBootToken({
       hash: hashToken(token), endpoint: e.id, mac, action, createdAt: now.toISOString(),
       expiresAt: new Date(now.getTime() + BOOT_TOKEN_TTL_S * 1000).toISOString(), usedAt: null,
     });
@@ -243,35 +277,35 @@ export class Endpoints {
    * sync or commit. A boot that cannot prove the bound secret (a blank or replaced disk, or someone
    * else with the MAC) gets nothing, and the endpoint waits for an admin's `endpoint reprovision`.
    */
-  openSession(req: SessionRequest): BootSession {
+  async openSession(req: SessionRequest): Promise<BootSession> {
     const { token: bootToken, platform } = req;
     const mac = normalizeMac(req.mac);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.mac)}`, { field: 'mac' });
     const now = this.nowIso();
-    const t = this.deps.repo.useBootToken(hashToken(bootToken), now);
+    const t = await this.deps.repo.useBootToken(hashToken(bootToken), now);
     if (!t) throw dfError('DF_ERR_UNAUTHORIZED', 'the boot token is not valid');
     if (t.usedAt !== null) throw dfError('DF_ERR_BOOT_TOKEN_USED', `the boot token was already used at ${t.usedAt}; reboot the endpoint for a new one`, { usedAt: t.usedAt, mac });
     if (t.mac !== mac) throw dfError('DF_ERR_BOOT_TOKEN_MAC', `the boot token was issued to ${t.mac}, not ${mac}`, { issuedTo: t.mac, mac });
     if (t.expiresAt <= now) throw dfError('DF_ERR_TOKEN_EXPIRED', `the boot token expired at ${t.expiresAt}`, { expiresAt: t.expiresAt });
-    const e = this.get(t.endpoint);
+    const e = await this.get(t.endpoint);
     if (e.state !== 'enrolled' || !e.desktop) throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is ${e.state}${e.desktop ? '' : ' with no desktop'}`, { endpoint: e.id });
-    const facts = this.facts(e.desktop);
+    const facts = await this.facts(e.desktop);
     if (!facts) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `the endpoint's desktop ${e.desktop} does not exist`, { desktop: e.desktop });
-    const provision = this.checkDisk(e, mac, bootToken, req);
+    const provision = await this.checkDisk(e, mac, bootToken, req);
     const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now(), this.commitWindowMs);
     const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
-    const view = this.deps.desktops.view(e.desktop);
-    const dt = this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
-    this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}) }, e);
+    const view = await this.deps.desktops.view(e.desktop);
+    const dt = await this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
+    await this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}) }, e);
     return {
       endpoint: e.id, name: e.name, mac, desktop: e.desktop, action: t.action, handoff, token: dt.token, holder: `endpoint:${e.name}`,
-      imageBoot: this.deps.meta.getImage(view.image)?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean', provision,
+      imageBoot: (await this.deps.meta.images.getImage(view.image))?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean', provision,
     };
   }
 
   /** Does this boot prove the endpoint's disk secret (false), or provision one (true)? Refuses otherwise. */
-  private checkDisk(e: EndpointRow, mac: string, bootToken: string, req: SessionRequest): boolean {
-    const keys = this.deps.repo.getKeys(e.id);
+  private async checkDisk(e: EndpointRow, mac: string, bootToken: string, req: SessionRequest): Promise<boolean> {
+    const keys = await this.deps.repo.getKeys(e.id);
     if (!keys.key) {
       // Nothing bound yet (first provisioning, or an admin's reprovision): the boot's new key is
       // taken, replacing one an unfinished provisioning offered.
@@ -279,7 +313,7 @@ export class Endpoints {
       if (!offer || !checkProof(offer, mac, bootToken)) {
         throw dfError('DF_ERR_ENDPOINT_SECRET', `endpoint ${e.name} provisions its disk's secret at this boot, and the boot offered no valid key`, { endpoint: e.id });
       }
-      this.deps.repo.setKeys(e.id, { key: null, pendingKey: offer.key }, this.nowIso());
+      await this.deps.repo.setKeys(e.id, { key: null, pendingKey: offer.key }, this.nowIso());
       return true;
     }
     const p = req.proof;
@@ -288,8 +322,8 @@ export class Endpoints {
       : !checkProof(p, mac, bootToken) ? 'the proof of the disk secret does not verify' : undefined;
     if (why === undefined) return false;
     const next: EndpointRow = { ...e, state: 'pending-reprovision' };
-    this.deps.repo.updateEndpoint(next);
-    this.record('refused', mac, { reason: why, ...(req.ip ? { ip: req.ip } : {}) }, next);
+    await this.deps.repo.updateEndpoint(next);
+    await this.record('refused', mac, { reason: why, ...(req.ip ? { ip: req.ip } : {}) }, next);
     throw dfError('DF_ERR_ENDPOINT_SECRET', `endpoint ${e.name}: ${why}; it gets nothing until an admin runs \`deskfuse endpoint reprovision ${e.name}\``, { endpoint: e.id });
   }
 
@@ -297,12 +331,12 @@ export class Endpoints {
    * A boot event from the server's services or the agent; the agent's outcome events move what the
    * server knows of the disk (clean at a version, or in use by its OS).
    */
-  record(phase: BootPhase, macRaw: string, detailRaw: Record<string, unknown> = {}, known?: EndpointRow): BootEvent {
+  async record(phase: BootPhase, macRaw: string, detailRaw: Record<string, unknown> = {}, known?: EndpointRow): Promise<BootEvent> {
     const mac = normalizeMac(macRaw) ?? cleanText(macRaw, 64);
     const detail = cleanDetail(detailRaw); // what endpoints report is untrusted text (it reaches iPXE scripts)
     const at = this.nowIso();
     if (known && this.unstored.has(known)) return { seq: 0, endpoint: null, mac, phase, at, detail };
-    const e = known ?? this.deps.repo.findByMac(mac);
+    const e = known ?? await this.deps.repo.findByMac(mac);
     if (e) {
       const next = { ...e, lastSeen: at };
       const version = typeof detail.version === 'number' ? detail.version : undefined;
@@ -311,27 +345,27 @@ export class Endpoints {
         next.diskVersion = version;
         next.lastSync = {
           result: 'ok', action: phase === 'committed' ? 'commit' : 'sync', at, version,
-          ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), phases: this.bootPhases(e, at, phase),
+          ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), phases: await this.bootPhases(e, at, phase),
         };
         next.commitRequested = null; // a commit (alone, or before a sync) carried out the order
-        this.bindPendingKey(e);
+        await this.bindPendingKey(e);
       }
       if (phase === 'local') next.disk = 'in-use';
       // A recovered error (a kexec that failed before BootNext took over) is logged, not a failed sync.
       if (phase === 'error' && detail.recovered !== true) next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
-      this.deps.repo.updateEndpoint(next);
+      await this.deps.repo.updateEndpoint(next);
     }
-    const ev = this.deps.repo.addEvent({ endpoint: e?.id ?? null, mac, phase, at, detail });
+    const ev = await this.deps.repo.addEvent({ endpoint: e?.id ?? null, mac, phase, at, detail });
     (phase === 'error' ? this.log.warn : this.log.info).call(this.log, { endpoint: e?.id, mac, phase, ...detail }, `boot: ${phase}`);
-    this.events.emit('event', ev);
+    await this.publish(ev);
     return ev;
   }
 
   /** The disk that was offered a secret reports a finished sync or commit: that secret is now bound. */
-  private bindPendingKey(e: EndpointRow): void {
-    const k = this.deps.repo.getKeys(e.id);
+  private async bindPendingKey(e: EndpointRow): Promise<void> {
+    const k = await this.deps.repo.getKeys(e.id);
     if (!k.pendingKey) return;
-    this.deps.repo.setKeys(e.id, { key: k.pendingKey, pendingKey: null }, this.nowIso());
+    await this.deps.repo.setKeys(e.id, { key: k.pendingKey, pendingKey: null }, this.nowIso());
     this.log.info({ endpoint: e.id }, "endpoint's disk secret bound");
   }
 
@@ -339,8 +373,8 @@ export class Endpoints {
    * This boot's phases, in seconds since its first DHCP request: from the events since the iPXE
    * script that sent it to the boot stage (and the DHCP exchange just before that script).
    */
-  private bootPhases(e: EndpointRow, at: string, last: BootPhase): Record<string, number> {
-    const evs = this.deps.repo.listEvents({ endpoint: e.id, macs: e.macs }, 200);
+  private async bootPhases(e: EndpointRow, at: string, last: BootPhase): Promise<Record<string, number>> {
+    const evs = await this.deps.repo.listEvents({ endpoint: e.id, macs: e.macs }, 200);
     let script = evs.length - 1;
     while (script >= 0 && !(evs[script]!.phase === 'script' && evs[script]!.detail.decision === 'agent')) script--;
     if (script < 0) return {};
@@ -358,23 +392,23 @@ export class Endpoints {
    * OS has none), so only the endpoint itself is heard: the request must come from the address the
    * endpoint last booted or reported from (and, once endpoints hold a disk secret, may prove it instead).
    */
-  requestCommit(macRaw: string, from: CommitRequestOrigin): { action: 'commit-poweroff' | 'none'; reason: string } {
+  async requestCommit(macRaw: string, from: CommitRequestOrigin): Promise<{ action: 'commit-poweroff' | 'none'; reason: string }> {
     const mac = normalizeMac(macRaw);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
-    const e = this.deps.repo.findByMac(mac);
-    if (e) this.checkCommitOrigin(e, from);
+    const e = await this.deps.repo.findByMac(mac);
+    if (e) await this.checkCommitOrigin(e, from);
     if (!e || e.state !== 'enrolled' || !e.desktop || e.mode !== 'sync') return { action: 'none', reason: 'not an enrolled, syncing endpoint' };
-    const facts = this.facts(e.desktop);
+    const facts = await this.facts(e.desktop);
     if (!facts || facts.mode !== 'persistent') return { action: 'none', reason: 'a restore desktop keeps no changes' };
     const next = { ...e, commitRequested: this.nowIso() };
-    this.deps.repo.updateEndpoint(next);
-    this.record('poweroff', mac, { commitRequested: true }, next);
+    await this.deps.repo.updateEndpoint(next);
+    await this.record('poweroff', mac, { commitRequested: true }, next);
     return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
   }
 
   /** A commit request for `e` is heard only from the endpoint: its last-known address (a secret check goes here too). */
-  private checkCommitOrigin(e: EndpointRow, from: CommitRequestOrigin): void {
-    const known = this.deps.repo.getAddress(e.id);
+  private async checkCommitOrigin(e: EndpointRow, from: CommitRequestOrigin): Promise<void> {
+    const known = await this.deps.repo.getAddress(e.id);
     const ip = plainIp(from.ip);
     if (known?.ip === ip) return;
     this.log.warn({ endpoint: e.id, ip, known: known?.ip ?? null }, 'commit request refused: not from the endpoint');
@@ -384,63 +418,63 @@ export class Endpoints {
   }
 
   /** Register a machine before it first boots (e.g. from an inventory list): enrolled at once. */
-  add(macRaw: string, change: EndpointChange = {}, author = 'admin'): EndpointRow {
+  async add(macRaw: string, change: EndpointChange = {}, author = 'admin'): Promise<EndpointRow> {
     const mac = normalizeMac(macRaw);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
-    const known = this.deps.repo.findByMac(mac);
+    const known = await this.deps.repo.findByMac(mac);
     if (known) throw dfError('DF_ERR_ENDPOINT_STATE', `${mac} is already endpoint ${known.name}`, { endpoint: known.id });
     const now = this.nowIso();
     const e: EndpointRow = {
       id: endpointIdFor(mac), name: endpointIdFor(mac), macs: [mac], uuid: null, serial: null, state: 'pending', desktop: null, mode: 'sync',
       bootMethod: 'auto', firmware: null, disk: 'unknown', diskVersion: null, commitRequested: null, lastSeen: null, lastSync: null, createdAt: now,
     };
-    this.apply(e, change, author, 'checked'); // validates before anything is written
-    this.deps.repo.insertEndpoint(e);
-    return this.apply(e, { ...change, state: 'enrolled' }, author, 'added');
+    await this.apply(e, change, author, 'checked'); // validates before anything is written
+    await this.deps.repo.insertEndpoint(e);
+    return await this.apply(e, { ...change, state: 'enrolled' }, author, 'added');
   }
 
-  approve(key: string, change: EndpointChange = {}, author = 'admin'): EndpointRow {
-    const e = this.get(key);
+  async approve(key: string, change: EndpointChange = {}, author = 'admin'): Promise<EndpointRow> {
+    const e = await this.get(key);
     if (e.state === 'pending-reprovision') {
       throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} failed to prove its disk's secret: run \`deskfuse endpoint reprovision ${e.name}\` to let its next boot provision a new one`, { endpoint: e.id });
     }
-    return this.apply(e, { ...change, state: 'enrolled' }, author, 'approved');
+    return await this.apply(e, { ...change, state: 'enrolled' }, author, 'approved');
   }
 
-  assign(key: string, change: EndpointChange, author = 'admin'): EndpointRow {
-    return this.apply(this.get(key), change, author, 'changed');
+  async assign(key: string, change: EndpointChange, author = 'admin'): Promise<EndpointRow> {
+    return await this.apply(await this.get(key), change, author, 'changed');
   }
 
-  disable(key: string, author = 'admin'): EndpointRow {
-    return this.apply(this.get(key), { state: 'disabled' }, author, 'disabled');
+  async disable(key: string, author = 'admin'): Promise<EndpointRow> {
+    return await this.apply(await this.get(key), { state: 'disabled' }, author, 'disabled');
   }
 
   /**
    * The admin lets the endpoint's next boot provision its disk again, with a new secret (its disk
    * was replaced or lost its state area). Until that boot binds it, any boot with the MAC may.
    */
-  reprovision(key: string, author = 'admin'): EndpointRow {
-    const e = this.get(key);
+  async reprovision(key: string, author = 'admin'): Promise<EndpointRow> {
+    const e = await this.get(key);
     if (e.state === 'pending') throw dfError('DF_ERR_ENDPOINT_STATE', `endpoint ${e.name} is not approved yet: \`deskfuse endpoint approve ${e.name}\``, { endpoint: e.id });
-    this.deps.repo.setKeys(e.id, { key: null, pendingKey: null }, this.nowIso());
+    await this.deps.repo.setKeys(e.id, { key: null, pendingKey: null }, this.nowIso());
     const next: EndpointRow = {
       ...e, state: e.state === 'pending-reprovision' ? 'enrolled' : e.state, disk: 'unknown', diskVersion: null, commitRequested: null, secret: 'none',
     };
-    this.deps.repo.updateEndpoint(next);
+    await this.deps.repo.updateEndpoint(next);
     this.log.info({ endpoint: e.id, author, state: next.state }, 'endpoint reprovision ordered');
     return next;
   }
 
-  private apply(e: EndpointRow, c: EndpointChange & { state?: EndpointRow['state'] }, author: string, what: 'checked' | 'added' | 'approved' | 'changed' | 'disabled'): EndpointRow {
+  private async apply(e: EndpointRow, c: EndpointChange & { state?: EndpointRow['state'] }, author: string, what: 'checked' | 'added' | 'approved' | 'changed' | 'disabled'): Promise<EndpointRow> {
     if (c.mode !== undefined && !ENDPOINT_MODES.includes(c.mode)) throw dfError('DF_ERR_BAD_REQUEST', `mode: expected one of ${ENDPOINT_MODES.join(', ')}`, { field: 'mode' });
     if (c.bootMethod !== undefined && !BOOT_METHODS.includes(c.bootMethod)) throw dfError('DF_ERR_BAD_REQUEST', `bootMethod: expected one of ${BOOT_METHODS.join(', ')}`, { field: 'bootMethod' });
     if (c.desktop) {
       checkDesktopName(c.desktop);
-      this.deps.desktops.get(c.desktop); // DF_ERR_DESKTOP_NOT_FOUND
+      await this.deps.desktops.get(c.desktop); // DF_ERR_DESKTOP_NOT_FOUND
     }
     if (c.name !== undefined) {
       if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(c.name)) throw dfError('DF_ERR_BAD_REQUEST', 'name: 1-64 letters, digits, dots, dashes or underscores', { field: 'name' });
-      const other = this.deps.repo.findByName(c.name);
+      const other = await this.deps.repo.findByName(c.name);
       if (other && other.id !== e.id) throw dfError('DF_ERR_BAD_REQUEST', `another endpoint is named ${c.name}`, { field: 'name' });
     }
     const next: EndpointRow = {
@@ -454,7 +488,7 @@ export class Endpoints {
     // A new desktop means the disk holds another line: the next boot reprovisions it.
     if (c.desktop !== undefined && c.desktop !== e.desktop) Object.assign(next, { disk: 'unknown', diskVersion: null, commitRequested: null });
     if (what === 'checked') return next;
-    this.deps.repo.updateEndpoint(next);
+    await this.deps.repo.updateEndpoint(next);
     this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);
     return next;
   }

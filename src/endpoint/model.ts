@@ -107,29 +107,30 @@ export type BootAction = 'sync' | 'commit-poweroff' | 'local';
 
 /** Persistence of endpoints, their boot tokens and boot events (SQLite: src/meta/sqlite-endpoints.ts). */
 export interface EndpointRepo {
-  insertEndpoint(row: EndpointRow): void;
-  updateEndpoint(row: EndpointRow): void;
-  getEndpoint(id: string): EndpointRow | undefined;
-  findByMac(mac: string): EndpointRow | undefined;
-  findByName(name: string): EndpointRow | undefined;
-  listEndpoints(): EndpointRow[];
-  addBootToken(row: BootTokenRow): void;
+  insertEndpoint(row: EndpointRow): Promise<void>;
+  updateEndpoint(row: EndpointRow): Promise<void>;
+  getEndpoint(id: string): Promise<EndpointRow | undefined>;
+  findByMac(mac: string): Promise<EndpointRow | undefined>;
+  findByName(name: string): Promise<EndpointRow | undefined>;
+  listEndpoints(): Promise<EndpointRow[]>;
+  addBootToken(row: BootTokenRow): Promise<void>;
   /** Mark used in one statement; returns the row as it was before (undefined: unknown hash). */
-  useBootToken(hash: string, at: string): BootTokenRow | undefined;
-  addEvent(e: Omit<BootEvent, 'seq'>): BootEvent;
+  useBootToken(hash: string, at: string): Promise<BootTokenRow | undefined>;
+  addEvent(e: Omit<BootEvent, 'seq'>): Promise<BootEvent>;
+  getEvent(seq: number): Promise<BootEvent | undefined>;
   /** The last `limit` events, of everything or of one endpoint (by id or any of its MACs, also before it was known). */
-  listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): BootEvent[];
-  getKeys(endpoint: string): EndpointKeys;
-  setKeys(endpoint: string, keys: EndpointKeys, at: string): void;
+  listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): Promise<BootEvent[]>;
+  getKeys(endpoint: string): Promise<EndpointKeys>;
+  setKeys(endpoint: string, keys: EndpointKeys, at: string): Promise<void>;
   /** The address the endpoint last booted or reported from (a commit request must come from it). */
-  setAddress(endpoint: string, ip: string, at: string): void;
-  getAddress(endpoint: string): { ip: string; at: string } | undefined;
+  setAddress(endpoint: string, ip: string, at: string): Promise<void>;
+  getAddress(endpoint: string): Promise<{ ip: string; at: string } | undefined>;
   /** Pending endpoints seen at or after `since`. */
-  countPending(since: string): number;
+  countPending(since: string): Promise<number>;
   /** Housekeeping (src/endpoint/prune.ts); each returns how many rows it deleted. */
-  prunePending(seenBefore: string): number;
-  pruneBootTokens(now: string): number;
-  pruneEvents(before: string): number;
+  prunePending(seenBefore: string): Promise<number>;
+  pruneBootTokens(now: string): Promise<number>;
+  pruneEvents(before: string): Promise<number>;
 }
 
 /** `aa:bb:cc:dd:ee:ff` from any common spelling (dashes, no separators, upper case); undefined if not a MAC. */

@@ -3,7 +3,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HASH_ALG, hashBytes, idHex, isZeroId } from '../chunk/id.js';
 import type { ChunkStore } from '../chunk/store.js';
-import type { CommitFence, CommitOutcome, ImageRow, MetaRepo, RefLogRow, RefRow, VersionKind, VersionRow } from '../meta/repo.js';
+import type { CommitFence, CommitOutcome, ImageRepo, ImageRow, RefLogRow, RefRow, VersionKind, VersionRow } from './model.js';
 import { blockMask } from './blocks.js';
 import { ChunkIndex } from './chunk-index.js';
 import { checkGeometry, chunkLength, fullMask, maskBytes, type Geometry } from './geometry.js';
@@ -17,7 +17,7 @@ import { checkImageName, checkRefName, conflictRefName, isConflictRef } from './
  * compare-and-swap; a commit that lost the race is kept under `conflicts/…`.
  */
 export interface CatalogDeps {
-  repo: MetaRepo;
+  images: ImageRepo;
   chunks: ChunkStore;
   blobs: ChunkStore;
   log?: Logger;
@@ -48,14 +48,14 @@ export class Catalog {
     this.now = deps.now ?? (() => new Date());
   }
 
-  createImage(name: string, g: Geometry): { created: boolean; image: ImageRow } {
+  async createImage(name: string, g: Geometry): Promise<{ created: boolean; image: ImageRow }> {
     checkImageName(name);
     checkGeometry(g);
-    const r = this.deps.repo.createImage({ name, virtualSize: g.virtualSize, chunkSize: g.chunkSize, hashAlg: HASH_ALG, createdAt: this.now().toISOString() });
+    const r = await this.deps.images.createImage({ name, virtualSize: g.virtualSize, chunkSize: g.chunkSize, hashAlg: HASH_ALG, createdAt: this.now().toISOString() });
     if (!r.created) {
       const same = r.image.virtualSize === g.virtualSize && r.image.chunkSize === g.chunkSize;
       // An image created by an interrupted `image create` (no version yet) may be taken over.
-      if (!same || this.deps.repo.versionCount(name) > 0) {
+      if (!same || (await this.deps.images.versionCount(name)) > 0) {
         throw dfError('DF_ERR_IMAGE_EXISTS', `image ${name} already exists`, { image: name, virtualSize: r.image.virtualSize, chunkSize: r.image.chunkSize });
       }
     }
@@ -63,49 +63,49 @@ export class Catalog {
     return r;
   }
 
-  image(name: string): ImageRow {
-    const img = this.deps.repo.getImage(name);
+  async image(name: string): Promise<ImageRow> {
+    const img = await this.deps.images.getImage(name);
     if (!img) throw dfError('DF_ERR_IMAGE_NOT_FOUND', `no image named ${JSON.stringify(name)}`, { image: name });
     return img;
   }
 
-  listImages(): ImageRow[] {
-    return this.deps.repo.listImages();
+  async listImages(): Promise<ImageRow[]> {
+    return await this.deps.images.listImages();
   }
 
-  refs(image: string): RefRow[] {
-    this.image(image);
-    return this.deps.repo.listRefs(image);
+  async refs(image: string): Promise<RefRow[]> {
+    await this.image(image);
+    return await this.deps.images.listRefs(image);
   }
 
-  version(image: string, version: number): VersionRow {
-    this.image(image);
-    const v = this.deps.repo.getVersion(image, version);
+  async version(image: string, version: number): Promise<VersionRow> {
+    await this.image(image);
+    const v = await this.deps.images.getVersion(image, version);
     if (!v) throw dfError('DF_ERR_VERSION_NOT_FOUND', `image ${image} has no version ${version}`, { image, version });
     return v;
   }
 
   /** A revision is a version number or a ref name. */
-  resolve(image: string, rev: string): VersionRow {
+  async resolve(image: string, rev: string): Promise<VersionRow> {
     if (/^\d+$/.test(rev)) return this.version(image, Number(rev));
     checkRefName(rev, 'rev');
-    this.image(image);
-    const ref = this.deps.repo.getRef(image, rev);
+    await this.image(image);
+    const ref = await this.deps.images.getRef(image, rev);
     if (!ref) throw dfError('DF_ERR_REF_NOT_FOUND', `image ${image} has no ref ${rev}`, { image, ref: rev });
     return this.version(image, ref.version);
   }
 
   /** Versions newest first; with `from`, the ancestry of that version (a log). */
-  versions(image: string, opts: { from?: VersionRow; limit: number }): VersionRow[] {
-    this.image(image);
-    if (!opts.from) return this.deps.repo.listVersions(image, opts.limit);
+  async versions(image: string, opts: { from?: VersionRow; limit: number }): Promise<VersionRow[]> {
+    await this.image(image);
+    if (!opts.from) return await this.deps.images.listVersions(image, opts.limit);
     const out: VersionRow[] = [];
-    for (let v: VersionRow | undefined = opts.from; v && out.length < opts.limit; v = v.parent === null ? undefined : this.deps.repo.getVersion(image, v.parent)) out.push(v);
+    for (let v: VersionRow | undefined = opts.from; v && out.length < opts.limit; v = v.parent === null ? undefined : await this.deps.images.getVersion(image, v.parent)) out.push(v);
     return out;
   }
 
   async index(image: string, version: number): Promise<ChunkIndex> {
-    const v = this.version(image, version);
+    const v = await this.version(image, version);
     return this.loadIndex(v.index);
   }
 
@@ -119,16 +119,16 @@ export class Catalog {
   }
 
   async indexBytes(image: string, version: number): Promise<Buffer> {
-    return (await this.deps.blobs.get(this.version(image, version).index)).raw;
+    return (await this.deps.blobs.get((await this.version(image, version)).index)).raw;
   }
 
   async layerBytes(image: string, version: number): Promise<Buffer> {
-    return (await this.deps.blobs.get(this.version(image, version).layer)).raw;
+    return (await this.deps.blobs.get((await this.version(image, version)).layer)).raw;
   }
 
   /** Store an uploaded layer (no masks yet) so a commit can name it. */
   async stageLayer(image: string, bytes: Buffer): Promise<{ layer: string; entries: number }> {
-    const img = this.image(image);
+    const img = await this.image(image);
     const layer = decodeLayer(bytes);
     this.checkSameGeometry(img, layer.geometry);
     const id = idHex(hashBytes(bytes));
@@ -142,17 +142,17 @@ export class Catalog {
   }
 
   async commit(req: CommitRequest): Promise<CommitOutcome> {
-    const img = this.image(req.image);
+    const img = await this.image(req.image);
     checkRefName(req.ref);
     if (isConflictRef(req.ref)) throw dfError('DF_ERR_REF_NAME', 'commits cannot target a conflicts/ ref', { ref: req.ref });
-    const parent = req.parent === null ? null : this.version(req.image, req.parent);
+    const parent = req.parent === null ? null : await this.version(req.image, req.parent);
     if (!(await this.deps.blobs.has(req.layer))) throw dfError('DF_ERR_LAYER_NOT_FOUND', `layer ${req.layer} was not uploaded`, { layer: req.layer });
     const staged = decodeLayer((await this.deps.blobs.get(req.layer)).raw);
     this.checkSameGeometry(img, staged.geometry);
     // A retry of a commit that already landed (the client died before it heard the answer) gets
     // the same version back, not a duplicate.
     const commitKey = idHex(hashBytes(Buffer.from(JSON.stringify([req.ref, req.parent, req.layer, req.kind]))));
-    const again = this.deps.repo.findCommit(req.image, commitKey, req.ref);
+    const again = await this.deps.images.findCommit(req.image, commitKey, req.ref);
     if (again) {
       this.log.info({ image: req.image, version: again.version.version, ref: req.ref }, 'commit retried: returning the version it made');
       return again;
@@ -174,7 +174,7 @@ export class Catalog {
     await this.deps.blobs.put(indexId, { raw: indexBytes });
 
     const at = this.now();
-    const outcome = this.deps.repo.commitVersion(
+    const outcome = await this.deps.images.commitVersion(
       {
         image: req.image, commitKey, parent: req.parent, layer: layerId, index: indexId, kind: req.kind, author: req.author,
         message: req.message, chunksChanged: final.entries.length, chunksTotal: index.nonZeroCount(), at: at.toISOString(),
@@ -214,10 +214,10 @@ export class Catalog {
     return { geometry: g, hasMasks: true, entries: out };
   }
 
-  moveRef(image: string, ref: string, to: number, expect: number | null, author: string, reason = 'ref set'): RefRow {
+  async moveRef(image: string, ref: string, to: number, expect: number | null, author: string, reason = 'ref set'): Promise<RefRow> {
     checkRefName(ref);
-    this.version(image, to);
-    const r = this.deps.repo.moveRef(image, ref, to, expect, reason, author, this.now().toISOString());
+    await this.version(image, to);
+    const r = await this.deps.images.moveRef(image, ref, to, expect, reason, author, this.now().toISOString());
     if (!r.moved) {
       throw dfError('DF_ERR_REF_MOVED', `ref ${ref} is at ${r.head ?? 'nothing'}, not at the expected ${expect ?? 'nothing'}`, { image, ref, head: r.head, expected: expect });
     }
@@ -225,10 +225,10 @@ export class Catalog {
     return r.ref;
   }
 
-  refLog(image: string, ref: string | undefined, limit: number): RefLogRow[] {
-    this.image(image);
+  async refLog(image: string, ref: string | undefined, limit: number): Promise<RefLogRow[]> {
+    await this.image(image);
     if (ref !== undefined) checkRefName(ref);
-    return this.deps.repo.refLog(image, ref, limit);
+    return await this.deps.images.refLog(image, ref, limit);
   }
 
   private checkSameGeometry(img: ImageRow, g: Geometry): void {

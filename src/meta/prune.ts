@@ -1,5 +1,4 @@
-import type { EndpointRepo } from '../endpoint/model.js';
-import type { MetaRepo } from './repo.js';
+import type { Meta } from './repo.js';
 
 /**
  * Housekeeping of the tables anonymous and routine traffic grows: boot tokens (one per agent boot),
@@ -23,13 +22,13 @@ export interface PruneCounts {
   pending: number;
 }
 
-export function pruneMeta(meta: MetaRepo, endpoints: EndpointRepo, now: Date, p: PrunePolicy): PruneCounts {
+export async function pruneMeta(meta: Pick<Meta, 'tokens' | 'endpoints'>, now: Date, p: PrunePolicy): Promise<PruneCounts> {
   const ago = (s: number) => new Date(now.getTime() - s * 1000).toISOString();
   return {
     // A boot token is good for one session: once used or expired it proves nothing any more.
-    bootTokens: endpoints.pruneBootTokens(now.toISOString()),
-    tokens: meta.pruneTokens(ago(p.tokensSeconds)),
-    events: endpoints.pruneEvents(ago(p.eventsSeconds)),
-    pending: endpoints.prunePending(ago(p.pendingSeconds)),
+    bootTokens: await meta.endpoints.pruneBootTokens(now.toISOString()),
+    tokens: await meta.tokens.pruneTokens(ago(p.tokensSeconds)),
+    events: await meta.endpoints.pruneEvents(ago(p.eventsSeconds)),
+    pending: await meta.endpoints.prunePending(ago(p.pendingSeconds)),
   };
 }

@@ -9,7 +9,7 @@ import { convert } from '../disk/qemu-img.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { MAX_CHUNK_SIZE } from '../image/geometry.js';
 import { DiskWriter } from '../disk/writer.js';
-import type { VersionRow } from '../meta/repo.js';
+import type { VersionRow } from '../image/model.js';
 import { Progress } from '../progress.js';
 
 /**

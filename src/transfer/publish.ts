@@ -8,7 +8,7 @@ import { openDiskSource } from '../disk/source.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { DEFAULT_CHUNK_SIZE, type Geometry } from '../image/geometry.js';
 import { diffIndexes, encodeLayer } from '../image/layer.js';
-import type { ImageRow, VersionKind, VersionRow } from '../meta/repo.js';
+import type { ImageRow, VersionKind, VersionRow } from '../image/model.js';
 import { Progress } from '../progress.js';
 
 /**

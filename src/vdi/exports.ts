@@ -4,7 +4,7 @@ import type { RawChunkCache } from '../chunk/raw-cache.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import type { Catalog } from '../image/catalog.js';
 import { isConflictRef, parseImageRev } from '../image/names.js';
-import type { MetaRepo } from '../meta/repo.js';
+import type { Meta } from '../meta/repo.js';
 import type { NbdExport, NbdExportEntry, NbdExportProvider, NbdOpenContext } from '../nbd/export.js';
 import type { Extent } from '../nbd/transmission.js';
 import type { CloudIncrement } from './increment.js';
@@ -27,7 +27,7 @@ import { BLOCK_SIZE, VersionExport } from './version-export.js';
 export interface ExportsDeps {
   catalog: Catalog;
   sessions: VdiSessions;
-  meta: MetaRepo;
+  meta: Pick<Meta, 'tokens' | 'images' | 'desktops'>;
   cache: RawChunkCache;
   anonymousRead: boolean;
   now?: () => Date;
@@ -60,8 +60,8 @@ export class DeskfuseExports implements NbdExportProvider {
       throw dfError('DF_ERR_FORBIDDEN', 'listing is off (a list carries no token); connect to IMAGE@REF:TOKEN or session/ID:SECRET, or start the server with --nbd-anonymous-read');
     }
     const out: NbdExportEntry[] = [];
-    for (const img of this.deps.catalog.listImages()) {
-      for (const r of this.deps.catalog.refs(img.name)) {
+    for (const img of await this.deps.catalog.listImages()) {
+      for (const r of await this.deps.catalog.refs(img.name)) {
         if (!isConflictRef(r.name)) out.push({ name: `${img.name}@${r.name}`, description: `${img.name} ref ${r.name} (version ${r.version}), read-only` });
       }
     }
@@ -77,9 +77,9 @@ export class DeskfuseExports implements NbdExportProvider {
     } catch (err) {
       throw unknown(target, err);
     }
-    this.checkReader(spec.image, spec.rev, secret);
+    await this.checkReader(spec.image, spec.rev, secret);
     try {
-      const v = this.deps.catalog.resolve(spec.image, spec.rev);
+      const v = await this.deps.catalog.resolve(spec.image, spec.rev);
       const index = await this.deps.catalog.index(spec.image, v.version);
       return new VersionExport(`${spec.image}@${spec.rev}`, `${spec.image}@${spec.rev}: version ${v.version} (${v.kind}), read-only`, index, this.deps.cache);
     } catch (err) {
@@ -92,24 +92,24 @@ export class DeskfuseExports implements NbdExportProvider {
    * The admin token, or a desktop token of a desktop on `image` whose line holds `rev` (its refs, the
    * ref it follows, the versions they reach: src/auth/scope.ts); or nothing with anonymous read.
    */
-  private checkReader(image: string, rev: string, secret: string | undefined): void {
+  private async checkReader(image: string, rev: string, secret: string | undefined): Promise<void> {
     if (secret === undefined) {
       if (this.deps.anonymousRead) return;
       throw dfError('DF_ERR_UNAUTHORIZED', `export ${image}@… needs a token: IMAGE@REF:TOKEN`, { image });
     }
-    const t = this.deps.meta.findToken(hashToken(secret));
+    const t = await this.deps.meta.tokens.findToken(hashToken(secret));
     if (!t) throw dfError('DF_ERR_UNAUTHORIZED', 'the token in the export name is not valid', { image });
     if (t.expiresAt !== null && t.expiresAt <= this.now().toISOString()) throw dfError('DF_ERR_TOKEN_EXPIRED', `the token expired at ${t.expiresAt}`, { image });
     if (t.scope === 'admin') return;
-    const reader = desktopReader(this.deps.meta, t.scope);
+    const reader = await desktopReader(this.deps.meta, t.scope);
     if (reader?.image !== image) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${t.scope} may not read image ${image}`, { image, scope: t.scope });
-    if (!reader.revVisible(rev)) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${t.scope} may not read ${image}@${rev}: it is not on the desktop's line`, { image, rev, scope: t.scope });
+    if (!(await reader.revVisible(rev))) throw dfError('DF_ERR_FORBIDDEN', `a token of scope ${t.scope} may not read ${image}@${rev}: it is not on the desktop's line`, { image, rev, scope: t.scope });
   }
 
   private async openSession(id: string, secret: string | undefined, ctx: NbdOpenContext): Promise<NbdExport> {
     let row;
     try {
-      row = this.deps.sessions.authorize(id, secret);
+      row = await this.deps.sessions.authorize(id, secret);
     } catch (err) {
       if (isDeskfuseError(err, 'DF_ERR_VDI_SESSION_NOT_FOUND')) throw unknown(`session/${id}`, err);
       throw err;
@@ -118,7 +118,7 @@ export class DeskfuseExports implements NbdExportProvider {
       const v = row.outcome?.version;
       throw dfError('DF_ERR_NBD_EXPORT_UNKNOWN', `VDI session ${id} is ${row.state}${v ? ` as version ${v}` : ''}; create a new session`, { session: id, state: row.state });
     }
-    const img = this.deps.catalog.image(row.image);
+    const img = await this.deps.catalog.image(row.image);
     const name = `session/${id}`;
     const description = `VDI session of desktop ${row.desktop} over ${row.image}@${row.base}, writable`;
     if (ctx.purpose === 'info') return new SessionInfo(name, description, img.virtualSize);

@@ -1,4 +1,5 @@
-import type { ConflictReason, DesktopMode } from '../meta/repo.js';
+import type { DesktopMode } from '../desktop/model.js';
+import type { ConflictReason } from '../image/model.js';
 
 /**
  * A VDI session: one desktop running as a VM on the hypervisor pool, its disk the NBD export
@@ -51,8 +52,8 @@ export interface VdiSessionRow {
 }
 
 export interface VdiRepo {
-  insert(row: VdiSessionRow): void;
-  get(id: string): VdiSessionRow | undefined;
-  list(opts: { desktop?: string; states?: VdiState[] }): VdiSessionRow[];
-  update(id: string, patch: Partial<Omit<VdiSessionRow, 'id'>>): VdiSessionRow;
+  insert(row: VdiSessionRow): Promise<void>;
+  get(id: string): Promise<VdiSessionRow | undefined>;
+  list(opts: { desktop?: string; states?: VdiState[] }): Promise<VdiSessionRow[]>;
+  update(id: string, patch: Partial<Omit<VdiSessionRow, 'id'>>): Promise<VdiSessionRow>;
 }

@@ -11,7 +11,7 @@ import type { ChunkIndex } from '../image/chunk-index.js';
 import { encodeLayer } from '../image/layer.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
-import type { MetaRepo } from '../meta/repo.js';
+import type { Meta } from '../meta/repo.js';
 import { incrementLayer } from './commit.js';
 import { CloudIncrement, type IncrementStats } from './increment.js';
 import type { VdiOutcome, VdiRepo, VdiSessionRow, VdiState } from './model.js';
@@ -27,7 +27,7 @@ import type { VdiOutcome, VdiRepo, VdiSessionRow, VdiState } from './model.js';
  */
 export interface VdiSessionsDeps {
   repo: VdiRepo;
-  meta: MetaRepo;
+  meta: Pick<Meta, 'desktops' | 'tokens'>;
   catalog: Catalog;
   desktops: Desktops;
   chunks: ChunkStore;
@@ -88,46 +88,46 @@ export class VdiSessions {
     this.log = deps.log ?? silentLogger;
     this.now = deps.now ?? (() => new Date());
     this.leaseSeconds = deps.leaseSeconds ?? 3600;
-    this.timer = setInterval(() => this.renewLeases(), (this.leaseSeconds * 1000) / 3);
+    this.timer = setInterval(() => void this.renewLeases(), (this.leaseSeconds * 1000) / 3);
     this.timer.unref();
   }
 
   async create(req: { desktop: string; force?: boolean; autoCommit?: boolean }, author: string): Promise<CreatedSession> {
-    const d = this.deps.desktops.get(req.desktop);
+    const d = await this.deps.desktops.get(req.desktop);
     const id = randomBytes(5).toString('hex');
     const holder = `vdi:${id}`;
     let fencing: number | null = null;
-    if (d.mode === 'persistent') fencing = this.deps.desktops.acquireLease(d.name, holder, this.leaseSeconds, req.force ?? false).fencing;
+    if (d.mode === 'persistent') fencing = (await this.deps.desktops.acquireLease(d.name, holder, this.leaseSeconds, req.force ?? false)).fencing;
     try {
       // The base is read after the lease is ours: what the previous holder committed is in it.
-      const base = this.deps.catalog.resolve(d.image, d.mode === 'persistent' ? desktopRef(d.name) : d.follows);
-      const img = this.deps.catalog.image(d.image);
+      const base = await this.deps.catalog.resolve(d.image, d.mode === 'persistent' ? desktopRef(d.name) : d.follows);
+      const img = await this.deps.catalog.image(d.image);
       await CloudIncrement.create(this.incDir(id), { virtualSize: img.virtualSize, chunkSize: img.chunkSize });
       const secret = newToken('dfv');
       const at = this.now().toISOString();
-      this.deps.repo.insert({
+      await this.deps.repo.insert({
         id, desktop: d.name, image: d.image, base: base.version, mode: d.mode, holder, fencing, secretHash: hashToken(secret),
         autoCommit: req.autoCommit ?? true, state: 'open', createdAt: at, createdBy: author, updatedAt: at,
         lastConnectAt: null, lastDisconnectAt: null, lastDisconnect: null, outcome: null, failure: null,
       });
       this.log.info({ session: id, desktop: d.name, image: d.image, base: base.version, fencing, author }, 'vdi session created');
-      return { session: this.view(id), secret, exportName: `${sessionExport(id)}:${secret}` };
+      return { session: await this.view(id), secret, exportName: `${sessionExport(id)}:${secret}` };
     } catch (err) {
       // Undo, without letting a failed undo hide why the session could not be made.
-      if (fencing !== null) try { this.deps.desktops.releaseLease(d.name, fencing); } catch { /* reported below */ }
+      if (fencing !== null) try { await this.deps.desktops.releaseLease(d.name, fencing); } catch { /* reported below */ }
       await fsp.rm(this.incDir(id), { recursive: true, force: true }).catch(() => {});
       throw err;
     }
   }
 
-  get(id: string): VdiSessionRow {
-    const row = ID_RE.test(id) ? this.deps.repo.get(id) : undefined;
+  async get(id: string): Promise<VdiSessionRow> {
+    const row = ID_RE.test(id) ? await this.deps.repo.get(id) : undefined;
     if (!row) throw dfError('DF_ERR_VDI_SESSION_NOT_FOUND', `no VDI session ${JSON.stringify(id)}`, { session: id });
     return row;
   }
 
-  view(id: string, withStats = false): VdiSessionView {
-    const { secretHash: _s, ...row } = this.get(id);
+  async view(id: string, withStats = false): Promise<VdiSessionView> {
+    const { secretHash: _s, ...row } = await this.get(id);
     const live = this.live.get(id);
     const stats = live?.inc.stats;
     return {
@@ -138,27 +138,27 @@ export class VdiSessions {
 
   /** With stats: opens the increment of an idle open session briefly. */
   async show(id: string): Promise<VdiSessionView> {
-    const row = this.get(id);
-    if (row.state !== 'open' || this.live.has(id)) return this.view(id, true);
+    const row = await this.get(id);
+    if (row.state !== 'open' || this.live.has(id)) return await this.view(id, true);
     const inc = await this.openIncrement(row);
     try {
-      return { ...this.view(id), increment: { changed: inc.stats.changed, live: null } };
+      return { ...(await this.view(id)), increment: { changed: inc.stats.changed, live: null } };
     } finally {
       await inc.close();
     }
   }
 
-  list(opts: { desktop?: string; states?: VdiState[] } = {}): VdiSessionView[] {
-    return this.deps.repo.list(opts).map((r) => this.view(r.id));
+  async list(opts: { desktop?: string; states?: VdiState[] } = {}): Promise<VdiSessionView[]> {
+    return Promise.all((await this.deps.repo.list(opts)).map((r) => this.view(r.id)));
   }
 
   /** Is `secret` the session's secret (or an unexpired admin token)? */
-  authorize(id: string, secret: string | undefined): VdiSessionRow {
-    const row = this.get(id);
+  async authorize(id: string, secret: string | undefined): Promise<VdiSessionRow> {
+    const row = await this.get(id);
     if (!secret) throw dfError('DF_ERR_UNAUTHORIZED', `export ${sessionExport(id)} needs its secret: session/ID:SECRET`, { session: id });
     const a = Buffer.from(hashToken(secret), 'hex');
     if (timingSafeEqual(a, Buffer.from(row.secretHash, 'hex'))) return row;
-    const t = this.deps.meta.findToken(hashToken(secret));
+    const t = await this.deps.meta.tokens.findToken(hashToken(secret));
     if (t?.scope === 'admin' && (t.expiresAt === null || t.expiresAt > this.now().toISOString())) return row;
     throw dfError('DF_ERR_UNAUTHORIZED', `wrong secret for ${sessionExport(id)}`, { session: id });
   }
@@ -166,13 +166,13 @@ export class VdiSessions {
   /** A client connects: the increment, opened once and shared by the session's connections. */
   async attach(id: string, remote: string): Promise<CloudIncrement> {
     await this.closing.get(id);
-    const row = this.get(id);
+    const row = await this.get(id);
     if (row.state !== 'open') throw stateError(row, 'serve');
     let live = this.live.get(id);
     if (!live) {
       let p = this.opening.get(id);
       if (!p) {
-        p = (async () => ({ inc: await this.openIncrement(row, undefined, (reason) => this.fail(id, reason)), connections: 0 }))();
+        p = (async () => ({ inc: await this.openIncrement(row, undefined, (reason) => void this.fail(id, reason)), connections: 0 }))();
         this.opening.set(id, p);
         p.finally(() => this.opening.delete(id)).catch(() => {});
       }
@@ -180,8 +180,8 @@ export class VdiSessions {
       this.live.set(id, live);
     }
     live.connections++;
-    this.deps.repo.update(id, { lastConnectAt: this.now().toISOString(), updatedAt: this.now().toISOString() });
-    this.renew(row);
+    await this.deps.repo.update(id, { lastConnectAt: this.now().toISOString(), updatedAt: this.now().toISOString() });
+    await this.renew(row);
     this.log.info({ session: id, desktop: row.desktop, remote, connections: live.connections }, 'vdi session connected');
     return live.inc;
   }
@@ -197,7 +197,7 @@ export class VdiSessions {
     live.connections--;
     if (how.wrote) this.wrote.add(id);
     const at = this.now().toISOString();
-    const row = this.deps.repo.update(id, { lastDisconnectAt: at, lastDisconnect: how.clean ? 'clean' : 'dropped', updatedAt: at });
+    const row = await this.deps.repo.update(id, { lastDisconnectAt: at, lastDisconnect: how.clean ? 'clean' : 'dropped', updatedAt: at });
     const fields = { session: id, desktop: row.desktop, clean: how.clean, wrote: how.wrote, connections: live.connections };
     if (!how.clean) this.log.warn(fields, 'vdi client dropped without disconnecting: session kept open, not committed');
     else this.log.info(fields, 'vdi client disconnected');
@@ -232,17 +232,17 @@ export class VdiSessions {
 
   async discard(id: string, by: 'disconnect' | 'admin' = 'admin'): Promise<VdiSessionView> {
     return this.once(id, async () => {
-      const row = this.get(id);
-      if (row.state === 'discarded') return this.view(id);
+      const row = await this.get(id);
+      if (row.state === 'discarded') return await this.view(id);
       // A commit that failed half-way ('committing') may be retried or given up; a failed session only given up.
       if (row.state !== 'open' && row.state !== 'committing' && row.state !== 'failed') throw stateError(row, 'discard');
       this.notConnected(row);
       const outcome: VdiOutcome = { kind: 'discarded', version: null, ref: null, chunksChanged: 0, by, seconds: 0 };
-      this.deps.repo.update(id, { state: 'discarded', outcome, updatedAt: this.now().toISOString() });
-      this.releaseLease(row);
+      await this.deps.repo.update(id, { state: 'discarded', outcome, updatedAt: this.now().toISOString() });
+      await this.releaseLease(row);
       await fsp.rm(this.incDir(id), { recursive: true, force: true });
       this.log.info({ session: id, desktop: row.desktop, by }, 'vdi session discarded');
-      return this.view(id);
+      return await this.view(id);
     });
   }
 
@@ -251,9 +251,9 @@ export class VdiSessions {
   }
 
   /** A flush of the session's increment failed: the session is `failed` (writes refused, no commit) until discarded. */
-  private fail(id: string, reason: string): void {
+  private async fail(id: string, reason: string): Promise<void> {
     try {
-      const row = this.deps.repo.update(id, { state: 'failed', failure: reason, updatedAt: this.now().toISOString() });
+      const row = await this.deps.repo.update(id, { state: 'failed', failure: reason, updatedAt: this.now().toISOString() });
       this.log.error({ session: id, desktop: row.desktop, reason }, 'vdi session failed: a flush did not make its writes durable; discard it');
     } catch (err) {
       // The increment refuses writes all the same, and a disconnect does not commit it (detach checks it).
@@ -263,14 +263,14 @@ export class VdiSessions {
 
   private async doCommit(id: string, by: 'disconnect' | 'admin', author: string): Promise<VdiSessionView> {
     const t0 = performance.now();
-    let row = this.get(id);
-    if (row.state === 'committed') return this.view(id);
+    let row = await this.get(id);
+    if (row.state === 'committed') return await this.view(id);
     if (row.state !== 'open' && row.state !== 'committing') throw stateError(row, 'commit');
     if (row.mode === 'restore') {
       throw dfError('DF_ERR_RESTORE_MODE', `desktop ${row.desktop} is in restore mode: its VDI sessions are discarded, never committed`, { desktop: row.desktop, session: id });
     }
     this.notConnected(row);
-    row = this.deps.repo.update(id, { state: 'committing', updatedAt: this.now().toISOString() });
+    row = await this.deps.repo.update(id, { state: 'committing', updatedAt: this.now().toISOString() });
     const base = await this.deps.catalog.index(row.image, row.base);
     const inc = await this.openIncrement(row, base);
     let made;
@@ -285,7 +285,7 @@ export class VdiSessions {
     } else {
       const bytes = encodeLayer(made.layer);
       const staged = await this.deps.catalog.stageLayer(row.image, bytes);
-      const fencing = this.fencingForCommit(row);
+      const fencing = await this.fencingForCommit(row);
       const out = await this.deps.desktops.commit(row.desktop, {
         parent: row.base, layer: staged.layer, kind: 'vdi-commit', fencing, holder: row.holder,
         message: `VDI session ${id}${by === 'disconnect' ? ' (VM shut down)' : ''}`,
@@ -295,13 +295,13 @@ export class VdiSessions {
         : { kind: 'fast-forward', version: out.version.version, ref: out.ref, chunksChanged: made.layer.entries.length, by, seconds: 0 };
     }
     outcome.seconds = Math.round(performance.now() - t0) / 1000;
-    this.deps.repo.update(id, { state: 'committed', outcome, updatedAt: this.now().toISOString() });
-    this.releaseLease(this.get(id));
+    await this.deps.repo.update(id, { state: 'committed', outcome, updatedAt: this.now().toISOString() });
+    await this.releaseLease(await this.get(id));
     await fsp.rm(this.incDir(id), { recursive: true, force: true });
     const fields = { session: id, desktop: row.desktop, image: row.image, parent: row.base, ...outcome, stored: made.stored, bytes: made.bytes };
     if (outcome.kind === 'conflict') this.log.warn(fields, 'vdi session committed as a conflict version');
     else this.log.info(fields, 'vdi session committed');
-    return this.view(id);
+    return await this.view(id);
   }
 
   /**
@@ -309,14 +309,14 @@ export class VdiSessions {
    * ran out while the session sat abandoned) and commit under the new one. The parent check still
    * keeps the version as a conflict if anything else was committed meanwhile.
    */
-  private fencingForCommit(row: VdiSessionRow): number {
-    const l = this.deps.meta.getLease(row.desktop);
+  private async fencingForCommit(row: VdiSessionRow): Promise<number> {
+    const l = await this.deps.meta.desktops.getLease(row.desktop);
     const live = l && l.holder !== null && l.expiresAt > this.now().toISOString();
     if (live && l.holder === row.holder) return l.fencing;
     if (live) return row.fencing ?? 0; // someone else holds it: kept as a conflict
     try {
-      const got = this.deps.desktops.acquireLease(row.desktop, row.holder, this.leaseSeconds);
-      this.deps.repo.update(row.id, { fencing: got.fencing });
+      const got = await this.deps.desktops.acquireLease(row.desktop, row.holder, this.leaseSeconds);
+      await this.deps.repo.update(row.id, { fencing: got.fencing });
       return got.fencing;
     } catch (err) {
       if (isDeskfuseError(err, 'DF_ERR_LEASE_HELD')) return row.fencing ?? 0;
@@ -324,10 +324,10 @@ export class VdiSessions {
     }
   }
 
-  private releaseLease(row: VdiSessionRow): void {
+  private async releaseLease(row: VdiSessionRow): Promise<void> {
     if (row.fencing === null) return;
     try {
-      this.deps.desktops.releaseLease(row.desktop, row.fencing);
+      await this.deps.desktops.releaseLease(row.desktop, row.fencing);
     } catch (err) {
       // Broken, expired or taken over since: nothing of ours to release.
       if (!isDeskfuseError(err, 'DF_ERR_LEASE_LOST')) throw err;
@@ -335,20 +335,20 @@ export class VdiSessions {
   }
 
   /** Keep a connected session's lease; never re-take one that was broken or taken over. */
-  private renew(row: VdiSessionRow): void {
+  private async renew(row: VdiSessionRow): Promise<void> {
     if (row.fencing === null) return;
-    const l = this.deps.meta.getLease(row.desktop);
+    const l = await this.deps.meta.desktops.getLease(row.desktop);
     if (!l || l.holder !== row.holder || l.fencing !== row.fencing || l.expiresAt <= this.now().toISOString()) {
       this.log.warn({ session: row.id, desktop: row.desktop, holder: l?.holder ?? null, fencing: l?.fencing ?? null }, 'vdi session no longer holds its lease: its commit will be kept as a conflict');
       return;
     }
-    this.deps.desktops.acquireLease(row.desktop, row.holder, this.leaseSeconds);
+    await this.deps.desktops.acquireLease(row.desktop, row.holder, this.leaseSeconds);
   }
 
-  private renewLeases(): void {
+  private async renewLeases(): Promise<void> {
     for (const id of this.live.keys()) {
       try {
-        this.renew(this.get(id));
+        await this.renew(await this.get(id));
       } catch (err) {
         this.log.error({ session: id, err }, 'vdi lease renewal failed');
       }

@@ -1,0 +1,22 @@
+import { SqlDesktopRepo } from './sql-desktops.js';
+import { SqlEndpointRepo } from './sql-endpoints.js';
+import { SqlImageRepo } from './sql-images.js';
+import { SqlTokenRepo } from './sql-tokens.js';
+import { SqlVdiRepo } from './sql-vdi.js';
+import { MIGRATIONS } from './migrations.js';
+import type { Meta } from './repo.js';
+import type { SqlEngine } from './sql.js';
+
+/** The repositories over an opened engine, after bringing its schema up to date. Closing the result closes the engine. */
+export async function openMeta(engine: SqlEngine): Promise<Meta> {
+  await engine.migrate(MIGRATIONS);
+  return {
+    images: new SqlImageRepo(engine),
+    desktops: new SqlDesktopRepo(engine),
+    tokens: new SqlTokenRepo(engine),
+    endpoints: new SqlEndpointRepo(engine),
+    vdi: new SqlVdiRepo(engine),
+    engine,
+    close: () => engine.close(),
+  };
+}
