@@ -11,6 +11,11 @@ import { dfError } from '../errors.js';
 export interface ServerConfig {
   /** Where metadata (SQLite), chunks, blobs and the admin token live. Default `./data`. */
   readonly dataDir: string;
+  /**
+   * Where the metadata lives: null = SQLite in `<dataDir>/meta.sqlite` (the embedded default, one
+   * server); a `postgres://USER:PASS@HOST:PORT/DB` URL = PostgreSQL, shared by several servers.
+   */
+  readonly meta: string | null;
   /** HTTP listen address. Default 127.0.0.1:8080 (give 0.0.0.0:8080 to serve a network). */
   readonly listen: { readonly host: string; readonly port: number };
   /** pino level. Default `info`. */
@@ -104,6 +109,7 @@ export const NBD_PORT = 10809;
 
 export const DEFAULTS: ServerConfig = {
   dataDir: './data',
+  meta: null,
   listen: { host: '127.0.0.1', port: 8080 },
   logLevel: 'info',
   bodyLimit: 256 * 1024 * 1024,
@@ -117,7 +123,7 @@ export interface ConfigSources {
   file?: string;
   env?: Record<string, string | undefined>;
   flags?: {
-    data?: string; listen?: string; logLevel?: string;
+    data?: string; meta?: string; listen?: string; logLevel?: string;
     dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
     autoEnrol?: string; ipv6Ra?: boolean;
     nbdListen?: string; nbdAnonymousRead?: boolean;
@@ -149,13 +155,15 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
 
   const dataDir = pick(src.flags?.data, env.DESKFUSE_DATA, file.dataDir as string | undefined, DEFAULTS.dataDir);
   if (typeof dataDir !== 'string' || !dataDir) problems.push('dataDir: expected a non-empty path');
+  const meta = pick<string | null>(src.flags?.meta, env.DESKFUSE_META, file.meta as string | undefined, DEFAULTS.meta);
+  if (meta !== null) checkMetaUrl(meta, problems);
   const listenRaw = pick(src.flags?.listen, env.DESKFUSE_LISTEN, file.listen as string | undefined, `${DEFAULTS.listen.host}:${DEFAULTS.listen.port}`);
   const listen = typeof listenRaw === 'string' ? parseHostPort(listenRaw, problems, 'listen') : (problems.push('listen: expected HOST:PORT'), undefined);
   const logLevel = pick(src.flags?.logLevel, env.DESKFUSE_LOG_LEVEL, file.logLevel as string | undefined, DEFAULTS.logLevel);
@@ -169,7 +177,29 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention });
+}
+
+/** `postgres://…` (or `sqlite`, the default). The password never appears in a problem. */
+function checkMetaUrl(v: unknown, problems: string[]): void {
+  if (v === 'sqlite') return;
+  if (typeof v !== 'string') { problems.push('meta: expected "sqlite" or a postgres:// URL'); return; }
+  let u: URL | undefined;
+  try { u = new URL(v); } catch { /* below */ }
+  if (!u || !['postgres:', 'postgresql:'].includes(u.protocol) || !u.hostname) {
+    problems.push(`meta: expected "sqlite" or postgres://USER:PASSWORD@HOST[:PORT]/DATABASE, got ${JSON.stringify(maskUrl(v))}`);
+  }
+}
+
+/** A URL as logs and errors may show it: without its password. */
+export function maskUrl(v: string): string {
+  try {
+    const u = new URL(v);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return v.replace(/:[^:@/]*@/, ':***@');
+  }
 }
 
 /** A config-file block of integers, each in its range (the file is the only source: no env or flags). */
