@@ -47,7 +47,7 @@ Usage:
   deskfuse token list | create --scope hypervisor[:NAME]|desktop:NAME|admin [--ttl SECONDS] | revoke ID
 
 Global options:
-  --server URL    image server (env DESKFUSE_SERVER, default http://127.0.0.1:8080)
+  --server URL    image server, or several: URL,URL… (failover; env DESKFUSE_SERVER, default http://127.0.0.1:8080)
   --token T       API token (env DESKFUSE_TOKEN, default: ./data/admin.token if readable)
   --json          print one JSON object (errors too) for scripts
   -h, --help      this text

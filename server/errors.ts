@@ -1,5 +1,5 @@
 import type { FastifyError, FastifyInstance } from 'fastify';
-import { isNoSpace } from '../src/chunk/io-errors.js';
+import { isNoSpace } from '../src/fs/io-errors.js';
 import { DeskfuseError, dfError } from '../src/errors.js';
 
 /** Map every error to `{code, message, …fields}` with a stable DF_ERR_* code. */

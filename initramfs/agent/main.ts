@@ -16,6 +16,7 @@ import type { Report } from '../../src/agent/boot/handoff.js';
 import type { BootSession } from '../../src/endpoint/endpoints.js';
 import { newEndpointSecret, proveEndpoint } from '../../src/endpoint/proof.js';
 import { isDeskfuseError } from '../../src/errors.js';
+import { ApiClient } from '../../src/api/client.js';
 
 // The sync machinery (native zstd and BLAKE3 addons included); the session needs it first, to read
 // the disk's secret from its state area.
@@ -29,40 +30,20 @@ const uptime = (): string => {
 };
 const mark = (name: string, extra = ''): void => console.log(`@@MARK ${name} uptime=${uptime()}${extra ? ` ${extra}` : ''}`);
 const say = (text: string): void => console.log(`deskfuse: ${text}`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-class TempFail extends Error {}
+/**
+ * The boot stage's client: the servers of `deskfuse.server=` (one URL or several, comma-separated),
+ * 20 s per answer, 6 attempts. Both boot calls are safe to repeat: a repeated /boot/session is
+ * refused (DF_ERR_BOOT_TOKEN_USED: the one-time token), never a second session; a repeated progress
+ * event is only a duplicate line in the endpoint's history.
+ */
+const bootClient = (p: BootParams): ApiClient => new ApiClient({ server: p.server, attempts: 6, timeoutMs: 20_000, backoffMs: 500 });
 
-async function post<T>(p: BootParams, url: string, body: unknown, token?: string, tries = 6): Promise<T> {
-  for (let i = 1; ; i++) {
-    let res: Response;
-    try {
-      res = await fetch(`${p.server}${url}`, {
-        method: 'POST', body: JSON.stringify(body),
-        headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
-        signal: AbortSignal.timeout(20_000),
-      });
-    } catch (err) {
-      if (i >= tries) throw new TempFail(`${p.server} unreachable: ${(err as Error).cause ?? (err as Error).message}`);
-      await sleep(500 * i);
-      continue;
-    }
-    const text = await res.text();
-    if (res.ok) return JSON.parse(text) as T;
-    if (res.status >= 500 && i < tries) {
-      await sleep(500 * i);
-      continue;
-    }
-    let msg = text;
-    try { const j = JSON.parse(text) as { code?: string; message?: string }; msg = `${j.code}: ${j.message}`; } catch { /* not JSON */ }
-    throw new Error(`${url}: HTTP ${res.status} ${msg}`);
-  }
-}
-
-function reporter(p: BootParams, s: BootSession) {
+function reporter(client: ApiClient, p: BootParams, s: BootSession) {
+  const c = client.withToken(s.token);
   return async (phase: string, detail: Record<string, unknown> = {}): Promise<void> => {
     try {
-      await post(p, '/boot/events', { mac: p.mac, phase, detail }, s.token, 3);
+      await c.json('POST', '/boot/events', { body: { mac: p.mac, phase, detail }, idempotent: true, attempts: 3 });
     } catch (err) {
       say(`could not report ${phase}: ${(err as Error).message}`);
     }
@@ -76,7 +57,7 @@ function reporter(p: BootParams, s: BootSession) {
  * offers a new one; when the server answers `provision`, the new one is what the disk must hold.
  */
 const SESSION_FILE = process.env.DESKFUSE_SESSION_FILE ?? '/run/deskfuse-session.json';
-async function session(p: BootParams, m: Machinery, disk: string): Promise<{ s: BootSession; secret: Buffer }> {
+async function session(client: ApiClient, p: BootParams, m: Machinery, disk: string): Promise<{ s: BootSession; secret: Buffer }> {
   const key = createHash('sha256').update(p.token).digest('hex');
   try {
     const kept = JSON.parse(readFileSync(SESSION_FILE, 'utf8')) as { key: string; session: BootSession; secret: string };
@@ -84,10 +65,13 @@ async function session(p: BootParams, m: Machinery, disk: string): Promise<{ s: 
   } catch { /* none yet */ }
   const held = await m.diskSecret(disk);
   const fresh = newEndpointSecret();
-  const s = await post<BootSession>(p, '/boot/session', {
-    token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios',
-    offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}),
-  });
+  const s = (await client.json<BootSession>('POST', '/boot/session', {
+    body: {
+      token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios',
+      offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}),
+    },
+    idempotent: true,
+  })).body;
   const secret = s.provision || !held ? fresh : held;
   try {
     writeFileSync(SESSION_FILE, JSON.stringify({ key, session: s, secret: secret.toString('hex') }), { mode: 0o600 });
@@ -113,11 +97,13 @@ async function main(argv: string[]): Promise<number> {
   const m = await machinery();
   const { agentCommit, agentSync } = m;
   const disk = m.findDisk(p.disk);
-  const { s, secret } = await session(p, m, disk);
-  const report = reporter(p, s);
+  const client = bootClient(p);
+  const { s, secret } = await session(client, p, m, disk);
+  const report = reporter(client, p, s);
   mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk} secret=${s.provision ? 'provision' : 'proved'}`);
   const message = s.action === 'commit-poweroff' ? `commit at shutdown (endpoint ${s.name})` : `changes found at boot (endpoint ${s.name})`;
-  const opts = { server: p.server, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret };
+  // The sync's client shares the server list: it starts on the server that traded the session.
+  const opts = { server: client.servers, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret };
   try {
     if (s.action === 'sync') {
       say(`syncing ${disk} to desktop ${s.desktop}`);
@@ -162,7 +148,7 @@ async function localOnly(m: Machinery, diskOverride: string | undefined): Promis
 }
 
 main(process.argv.slice(2)).then((code) => process.exit(code), (err) => {
-  const temp = err instanceof TempFail || (isDeskfuseError(err) && err.code === 'DF_ERR_UNREACHABLE');
+  const temp = isDeskfuseError(err) && err.code === 'DF_ERR_UNREACHABLE';
   const msg = isDeskfuseError(err) ? `${err.code}: ${err.message}` : (err as Error)?.message ?? String(err);
   mark('AGENT-ERROR', JSON.stringify(msg));
   say(`${temp ? 'temporary failure' : 'failed'}: ${msg}`);

@@ -68,6 +68,14 @@ describe.each([['curl', false], ['busybox wget', true]] as const)('commit-at-shu
     expect(r.out).toContain('no commit needed');
   });
 
+  it('asks several servers (comma-separated) in turn until one answers', async () => {
+    answer = '{"action":"commit-poweroff"}';
+    bodies.length = 0;
+    const r = await hook(`http://127.0.0.1:9,${url}`, bb);
+    expect(r.out).toContain('REBOOT-REQUESTED');
+    expect(bodies).toEqual([`mac=${MAC}`]);
+  });
+
   it('gives up within ~5 s when the server does not answer, or is not there', async () => {
     answer = null;
     const hung = await hook(url, bb);

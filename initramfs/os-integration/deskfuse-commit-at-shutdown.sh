@@ -5,7 +5,8 @@
 # Otherwise (or when the server cannot be asked within ~5 s) it returns 0 and the power-off goes on.
 #
 #   deskfuse-commit-at-shutdown [--if-poweroff] [SERVER_URL]
-#     SERVER_URL    default: DESKFUSE_SERVER= from /etc/deskfuse.conf
+#     SERVER_URL    default: DESKFUSE_SERVER= from /etc/deskfuse.conf; several comma-separated are asked
+#                   in turn until one answers (each within ~5 s)
 #     --if-poweroff do nothing unless systemd is powering off or halting (not rebooting)
 # Env (tests): DESKFUSE_MAC (skip the NIC lookup), DESKFUSE_REBOOT_CMD (instead of rebooting).
 # Exit: 0 = go on powering off; 2 = a reboot was asked for but the reboot command returned.
@@ -40,14 +41,21 @@ if [ -z "$mac" ]; then
 fi
 [ -n "$mac" ] || { say "no network interface; powering off"; exit 0; }
 
-url=${server%/}/boot/commit-request
 limit() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
-if command -v curl >/dev/null 2>&1; then
-  answer=$(curl -fsS --connect-timeout 3 --max-time 5 -d "mac=$mac" "$url" 2>&1)
-else
-  answer=$(limit 5 wget -q -O - --post-data "mac=$mac" "$url" 2>&1)
-fi
-rc=$?
+ask() {
+  url=${1%/}/boot/commit-request
+  if command -v curl >/dev/null 2>&1; then
+    curl -fsS --connect-timeout 3 --max-time 5 -d "mac=$mac" "$url" 2>&1
+  else
+    limit 5 wget -q -O - --post-data "mac=$mac" "$url" 2>&1
+  fi
+}
+answer= rc=1
+for s in $(echo "$server" | tr ',' ' '); do
+  answer=$(ask "$s")
+  rc=$?
+  case $answer in *'"action"'*) break ;; esac
+done
 
 case $answer in
   *'"action"'*'"commit-poweroff"'*)

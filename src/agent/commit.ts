@@ -93,7 +93,9 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   const staged = (await s.client.json<{ layer: string }>('POST', `/api/v1/images/${s.image.name}/layers`, { raw: { data: layer, type: 'application/octet-stream' }, idempotent: true })).body;
   const r = await s.client.json<{ version: VersionRow; ref: string; conflictRef?: string; head?: number | null; reason?: string; code?: string }>(
     'POST', `/api/v1/desktops/${s.desktop.name}/commits`,
-    { body: { parent, layer: staged.layer, kind: 'voi-commit', fencing: lease.fencing, holder: lease.holder, ...(s.message ? { message: s.message } : {}) }, accept: [409] },
+    // Retry-safe: the server keys a commit by (ref, parent, layer, kind) and answers a repeat with
+    // the version the first one made (src/image/catalog.ts), whichever server the repeat reaches.
+    { body: { parent, layer: staged.layer, kind: 'voi-commit', fencing: lease.fencing, holder: lease.holder, ...(s.message ? { message: s.message } : {}) }, accept: [409], idempotent: true },
   );
   if (r.status === 409 && r.body.code !== 'DF_ERR_CONFLICT') {
     throw dfError('DF_ERR_CHUNKS_MISSING', 'the server lost chunks during the commit; run it again', { ...r.body });

@@ -1,5 +1,5 @@
 import { promises as fsp } from 'node:fs';
-import { errnoName } from '../chunk/io-errors.js';
+import { errnoName } from '../fs/io-errors.js';
 import { dfError, isDeskfuseError, type DeskfuseError } from '../errors.js';
 import { openDisk } from './disk.js';
 import { readState, writeHeader, type DiskFailure } from './state-area.js';

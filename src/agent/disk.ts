@@ -3,6 +3,8 @@ import type { FileHandle } from 'node:fs/promises';
 import { backupGpt, entrySectors, parseHeader, toDiskView, toImageView, type GptView } from '../disk/gpt.js';
 import { isZero } from '../chunk/id.js';
 import { dfError } from '../errors.js';
+import { readAt } from '../fs/read.js';
+import { writeFull } from '../fs/write.js';
 
 /** The endpoint's disk: a block device or (tests, benchmarks) a regular file. */
 export interface Disk {
@@ -41,25 +43,9 @@ export async function openDisk(path: string, writable: boolean): Promise<Disk> {
 
 /** Bytes of the image region at `pos`, as the image has them (the disk's GPT fields mapped back). */
 export async function readChunkAt(d: Disk, pos: number, len: number): Promise<Buffer> {
-  const buf = await readRaw(d, pos, len);
+  const buf = await readAt(d.fh, pos, len);
   if (d.view) toImageView(buf, pos, d.view);
   return buf;
-}
-
-async function readRaw(d: Disk, pos: number, len: number): Promise<Buffer> {
-  const buf = Buffer.alloc(len);
-  let done = 0;
-  while (done < len) {
-    const { bytesRead } = await d.fh.read(buf, done, len - done, pos + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return buf;
-}
-
-async function writeRaw(d: Disk, buf: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) done += (await d.fh.write(buf, done, buf.length - done, pos + done)).bytesWritten;
 }
 
 /**
@@ -71,7 +57,7 @@ async function writeRaw(d: Disk, buf: Buffer, pos: number): Promise<void> {
 export async function sealGpt(d: Disk, reserve: number): Promise<boolean> {
   if (!d.view) return false;
   const ss = d.sectorSize;
-  const head = await readRaw(d, 0, 2 * ss);
+  const head = await readAt(d.fh, 0, 2 * ss);
   const want = Buffer.from(head);
   toImageView(want, 0, d.view);
   toDiskView(want, 0, d.view);
@@ -80,12 +66,12 @@ export async function sealGpt(d: Disk, reserve: number): Promise<boolean> {
   const entries = await readChunkAt(d, Number(h.entriesLba) * ss, entrySectors(h, ss) * ss);
   const backup = backupGpt(want.subarray(ss, 2 * ss), entries, d.view);
   if (!backup) return false;
-  if (!(await readRaw(d, backup.offset, backup.bytes.length)).equals(backup.bytes)) {
-    await writeRaw(d, backup.bytes, backup.offset);
+  if (!(await readAt(d.fh, backup.offset, backup.bytes.length)).equals(backup.bytes)) {
+    await writeFull(d.fh, backup.bytes, backup.offset);
     await d.fh.datasync();
   }
   if (!head.equals(want)) {
-    await writeRaw(d, want, 0);
+    await writeFull(d.fh, want, 0);
     await d.fh.datasync();
   }
   return true;
@@ -102,7 +88,7 @@ export async function hasDataOutside(d: Disk, imageSize: number): Promise<boolea
   const ranges: Array<[number, number]> = [[0, SAMPLE / 2], [imageSize, SAMPLE / 2], [Math.max(0, d.size - SAMPLE), SAMPLE]];
   for (const [pos, len] of ranges) {
     const n = Math.min(len, d.size - pos);
-    if (n > 0 && !isZero(await readRaw(d, pos, n))) return true;
+    if (n > 0 && !isZero(await readAt(d.fh, pos, n))) return true;
   }
   return false;
 }

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { ApiClient } from '../api/client.js';
+import { ApiClient, ServerList } from '../api/client.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import type { ImageRow } from '../image/model.js';
@@ -26,7 +26,11 @@ export interface Lease {
 }
 
 export interface AgentOptions {
-  server: string;
+  /**
+   * The image server: a base URL, several comma-separated (failover, src/api/client.ts), or a
+   * ServerList that several sessions share (a retried sync starts where the last attempt ended).
+   */
+  server: string | ServerList;
   token: string;
   disk: string;
   /** Desktop name; for commit/status it defaults to the one recorded on the disk. */

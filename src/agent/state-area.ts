@@ -1,5 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import { dfError } from '../errors.js';
+import { readAt } from '../fs/read.js';
+import { writeFull } from '../fs/write.js';
 import { hashBytes, ID_BYTES } from '../chunk/id.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, checkGeometry, chunkCount, type Geometry } from '../image/geometry.js';
@@ -211,26 +213,10 @@ function slotOffset(s: { areaStart: number; geometry: Geometry }, which: 0 | 1):
   return s.areaStart + which * slotSize(s.geometry);
 }
 
-async function readAt(fh: FileHandle, len: number, pos: number): Promise<Buffer> {
-  const buf = Buffer.alloc(len);
-  let done = 0;
-  while (done < len) {
-    const { bytesRead } = await fh.read(buf, done, len - done, pos + done);
-    if (bytesRead === 0) break;
-    done += bytesRead;
-  }
-  return buf;
-}
-
-async function writeAt(fh: FileHandle, buf: Buffer, pos: number): Promise<void> {
-  let done = 0;
-  while (done < buf.length) done += (await fh.write(buf, done, buf.length - done, pos + done)).bytesWritten;
-}
-
 /** The newer valid header copy of the two that end at `end` (null: none). */
 async function readHeadersAt(fh: FileHandle, end: number): Promise<DiskState | null> {
   if (end < 2 * HEADER_SIZE) return null;
-  const copies = [await readAt(fh, HEADER_SIZE, end - 2 * HEADER_SIZE), await readAt(fh, HEADER_SIZE, end - HEADER_SIZE)].map(decodeHeader);
+  const copies = [await readAt(fh, end - 2 * HEADER_SIZE, HEADER_SIZE), await readAt(fh, end - HEADER_SIZE, HEADER_SIZE)].map(decodeHeader);
   const valid = copies.filter((c): c is DiskState => c !== null).sort((a, b) => b.seq - a.seq);
   return valid[0] ?? null;
 }
@@ -270,14 +256,14 @@ export async function adoptLegacyState(fh: FileHandle, deviceSize: number): Prom
 async function switchSlot(fh: FileHandle, headersEndAt: number, s: DiskState, slot: Slot): Promise<DiskState> {
   const which: 0 | 1 = s.activeSlot === 0 ? 1 : 0;
   const bytes = encodeSlot(slot);
-  await writeAt(fh, bytes, slotOffset(s, which));
+  await writeFull(fh, bytes, slotOffset(s, which));
   await fh.datasync();
   return writeHeaderAt(fh, headersEndAt, { ...s, activeSlot: which, slotHash: hashBytes(bytes) });
 }
 
 export async function readSlot(fh: FileHandle, s: DiskState): Promise<Slot> {
   const g = checkGeometry(s.geometry);
-  const bytes = await readAt(fh, slotSize(g), slotOffset(s, s.activeSlot));
+  const bytes = await readAt(fh, slotOffset(s, s.activeSlot), slotSize(g));
   if (!hashBytes(bytes).equals(s.slotHash)) {
     throw dfError('DF_ERR_STATE_CORRUPT', 'the state area slot does not match its header checksum; rerun with --reprovision', { slot: s.activeSlot });
   }
@@ -295,7 +281,7 @@ export async function writeHeader(fh: FileHandle, deviceSize: number, s: DiskSta
 
 async function writeHeaderAt(fh: FileHandle, end: number, s: DiskState): Promise<DiskState> {
   const next = { ...s, seq: s.seq + 1 };
-  await writeAt(fh, encodeHeader(next), end - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
+  await writeFull(fh, encodeHeader(next), end - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
   await fh.datasync();
   return next;
 }
@@ -304,7 +290,7 @@ async function writeHeaderAt(fh: FileHandle, end: number, s: DiskState): Promise
 export async function writeSlotAndHeader(fh: FileHandle, deviceSize: number, s: DiskState, slot: Slot): Promise<DiskState> {
   const which: 0 | 1 = s.activeSlot === 0 ? 1 : 0;
   const bytes = encodeSlot(slot);
-  await writeAt(fh, bytes, slotOffset(s, which));
+  await writeFull(fh, bytes, slotOffset(s, which));
   await fh.datasync();
   return writeHeader(fh, deviceSize, { ...s, activeSlot: which, slotHash: hashBytes(bytes) });
 }

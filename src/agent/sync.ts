@@ -1,4 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
+import { ServerList } from '../api/client.js';
 import { hashBytes, idHex, isZeroId } from '../chunk/id.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
@@ -47,7 +48,9 @@ const ATTEMPTS = 3;
  */
 export async function agentSync(o: AgentOptions): Promise<SyncResult> {
   if (!o.desktop) throw dfError('DF_ERR_USAGE', 'agent sync needs --desktop NAME');
-  return stopOnDiskFailure(o.disk, () => syncWithRetries(o, o.desktop!));
+  // One server list for every attempt: a retry goes on with the server that answered last.
+  const server = o.server instanceof ServerList ? o.server : new ServerList(o.server);
+  return stopOnDiskFailure(o.disk, () => syncWithRetries({ ...o, server }, o.desktop!));
 }
 
 async function syncWithRetries(o: AgentOptions, desktop: string): Promise<SyncResult> {

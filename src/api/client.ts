@@ -2,24 +2,62 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DeskfuseError, dfError, ERRORS, type ErrorCode } from '../errors.js';
 
 /**
- * HTTP client of the image server API, shared by the CLI and (later) the agent. Node's fetch keeps
- * connections alive. Transport failures and 5xx answers of idempotent calls are retried with
- * backoff; error bodies become DeskfuseErrors with the server's code and fields.
+ * The one HTTP client of the image server API: the CLI, the agent and the boot stage use it.
+ * Node's fetch (undici) keeps connections alive.
+ *
+ * Servers: one base URL or several (`http://a:8080,http://b:8080`), all serving the same API. A
+ * client talks to one at a time and stays with it while it answers. A failure that another server
+ * may not share (connection refused or reset, a timeout, a 5xx other than 507) moves the client to
+ * the next URL (failover), so a sync that began on server A goes on on server B.
+ *
+ * Retries: a request is sent again, up to `attempts` times plus once per extra server, when
+ *   - it is retry-safe: GET, HEAD and PUT, or a call the caller flags `idempotent` (the server makes
+ *     it so: chunk uploads are keyed by content, commits by the server's commit key);
+ *   - or it never left: the connection was refused or could not be made (any method).
+ * A non-idempotent call that may have reached the server is never sent twice. The first retry on a
+ * server not tried yet in this request goes at once; later ones wait a jittered exponential backoff
+ * (`backoffMs` × 2^k, between half and all of it, at most 10 s).
+ *
+ * Timeouts: `timeoutMs` until the answer's headers, then at most `timeoutMs` between two pieces of
+ * its body (a long download that keeps moving is never cut). Errors: DF_ERR_UNREACHABLE (no answer,
+ * a timeout, a connection broken mid-body), the server's own coded error (its code, message and
+ * fields, with `status`), else DF_ERR_HTTP {status, serverCode?}.
  */
 export interface ClientOptions {
-  server: string;
+  /** Base URL, several comma-separated, an array of them, or a ServerList shared with other clients. */
+  server: string | readonly string[] | ServerList;
   token?: string;
-  /** Attempts for idempotent calls (default 4: waits 0.25, 0.5, 1 s). */
+  /** Attempts per request on one server (default 4: the waits are about 0.25, 0.5, 1 s). */
   attempts?: number;
+  /** Milliseconds until the headers, and between body pieces (default 60,000). */
+  timeoutMs?: number;
+  /** First backoff step in milliseconds (default 250). */
+  backoffMs?: number;
+  /** Called before each retry (logs, tests). */
+  onRetry?: (r: RetryInfo) => void;
+}
+
+export interface RetryInfo {
+  method: string;
+  path: string;
+  /** The attempt that failed (1 = the first) and where it went. */
+  attempt: number;
+  from: string;
+  /** Where the next attempt goes, and after how long. */
+  to: string;
+  delayMs: number;
+  reason: string;
 }
 
 export interface RequestOptions {
   body?: unknown;
   raw?: { data: Buffer; type: string };
-  /** Retry on transport errors and 5xx (default: true for GET/HEAD/PUT). */
+  /** Retry-safe: retried on transport errors and 5xx (default: true for GET/HEAD/PUT). */
   idempotent?: boolean;
   /** Statuses returned to the caller instead of thrown. */
   accept?: number[];
+  /** Attempts for this request (default: the client's). */
+  attempts?: number;
 }
 
 export interface ApiResponse<T> {
@@ -28,90 +66,214 @@ export interface ApiResponse<T> {
   bytesSent: number;
 }
 
+/** The server URLs and which one answers now; clients made from one list share the choice. */
+export class ServerList {
+  readonly urls: readonly string[];
+  private at = 0;
+
+  constructor(spec: string | readonly string[]) {
+    this.urls = parseServers(spec);
+  }
+
+  get current(): string {
+    return this.urls[this.at]!;
+  }
+
+  /** Move on from `url` (the next request goes to the following URL); no-op if already moved. */
+  failed(url: string): string {
+    if (this.current === url) this.at = (this.at + 1) % this.urls.length;
+    return this.current;
+  }
+
+  toString(): string {
+    return this.urls.join(',');
+  }
+}
+
+/**
+ * `http://a:8080,http://b:8080/` → ['http://a:8080', 'http://b:8080'] (spaces and trailing slashes
+ * dropped, duplicates once). Anything but http(s) URLs is DF_ERR_USAGE naming the bad entry.
+ */
+export function parseServers(spec: string | readonly string[]): string[] {
+  const parts = (typeof spec === 'string' ? spec.split(',') : spec.flatMap((s) => s.split(','))).map((s) => s.trim().replace(/\/+$/, ''));
+  const bad = parts.filter((s) => !/^https?:\/\/[^\s/,]+(\/[^\s,]*)?$/.test(s));
+  if (bad.length || parts.length === 0) {
+    throw dfError('DF_ERR_USAGE', `server: expected http://HOST[:PORT], or several separated by commas, got ${JSON.stringify(typeof spec === 'string' ? spec : spec.join(','))}`, { option: 'server' });
+  }
+  return [...new Set(parts)];
+}
+
+/** Transport errors where the request cannot have reached a server (safe to send elsewhere). */
+const NOT_SENT = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', 'EADDRNOTAVAIL', 'UND_ERR_CONNECT_TIMEOUT']);
+const RETRY_SAFE_METHODS = ['GET', 'HEAD', 'PUT'];
+const MAX_BACKOFF_MS = 10_000;
+
+class Timeout extends Error {
+  constructor(readonly ms: number, readonly phase: string) {
+    super(`no ${phase} within ${ms} ms`);
+  }
+}
+
+/** One attempt's deadline: armed until the headers, re-armed per body piece, cleared at the end. */
+class Deadline {
+  readonly controller = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly ms: number) {
+    this.timer = setTimeout(() => this.controller.abort(new Timeout(ms, 'answer')), ms);
+    this.timer.unref?.();
+  }
+
+  /** A body piece arrived: the next one has `ms` again. */
+  progress(): void {
+    this.timer?.refresh();
+  }
+
+  /** The next wait is for the body (the message says so). */
+  body(): void {
+    if (!this.timer) return;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.controller.abort(new Timeout(this.ms, 'body data')), this.ms);
+    this.timer.unref?.();
+  }
+
+  clear(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+interface Sent {
+  res: Response;
+  server: string;
+  deadline: Deadline;
+}
+
+/** One request's retry state, across its attempts (sends and body reads). */
+interface Try {
+  method: string;
+  path: string;
+  safe: boolean;
+  budget: number;
+  attempt: number;
+  tried: Set<string>;
+  /** Backoff waits so far (retries to a server this request already tried). */
+  waits: number;
+}
+
 export class ApiClient {
-  readonly base: string;
-  /** Requests sent and body bytes each way, for reports (`requests`, `bytesFetched`, `bytesUploaded`). */
-  readonly stats = { requests: 0, bytesSent: 0, bytesReceived: 0 };
+  readonly servers: ServerList;
+  /**
+   * Requests sent (every attempt), body bytes each way, retries and moves to another server, for
+   * reports (`requests`, `bytesFetched`, `bytesUploaded`) and tests.
+   */
+  readonly stats = { requests: 0, bytesSent: 0, bytesReceived: 0, retries: 0, failovers: 0 };
   private readonly attempts: number;
+  private readonly timeoutMs: number;
+  private readonly backoffMs: number;
 
   constructor(private readonly opts: ClientOptions) {
-    this.base = opts.server.replace(/\/+$/, '');
+    this.servers = opts.server instanceof ServerList ? opts.server : new ServerList(opts.server);
     this.attempts = opts.attempts ?? 4;
+    this.timeoutMs = opts.timeoutMs ?? 60_000;
+    this.backoffMs = opts.backoffMs ?? 250;
+  }
+
+  /** The URL requests go to now. */
+  get base(): string {
+    return this.servers.current;
+  }
+
+  /** A client with another token (or none) on the same servers (it shares their failover state). */
+  withToken(token: string | undefined): ApiClient {
+    const { token: _t, ...rest } = this.opts;
+    return new ApiClient({ ...rest, server: this.servers, ...(token ? { token } : {}) });
   }
 
   async json<T>(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<T>> {
-    const { res, body: text } = await this.sendAndRead(method, path, o, (r) => r.text());
-    this.stats.bytesReceived += Buffer.byteLength(text);
+    const { res, body } = await this.sendAndRead(method, path, o);
+    const text = body.toString('utf8');
     return { status: res.status, body: (text ? JSON.parse(text) : undefined) as T, bytesSent: bodySize(o) };
   }
 
   async binary(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<Buffer>> {
-    const { res, body } = await this.sendAndRead(method, path, o, async (r) => Buffer.from(await r.arrayBuffer()));
-    this.stats.bytesReceived += body.length;
+    const { res, body } = await this.sendAndRead(method, path, o);
     return { status: res.status, body, bytesSent: bodySize(o) };
-  }
-
-  /**
-   * send() and read the whole body. A connection that breaks mid-body (the server died while
-   * answering) is DF_ERR_UNREACHABLE, retried like a failed connect when the call is idempotent.
-   */
-  private async sendAndRead<B>(method: string, path: string, o: RequestOptions, read: (res: Response) => Promise<B>): Promise<{ res: Response; body: B }> {
-    const idempotent = o.idempotent ?? ['GET', 'HEAD', 'PUT'].includes(method);
-    for (let attempt = 1; ; attempt++) {
-      const res = await this.send(method, path, o);
-      try {
-        return { res, body: await read(res) };
-      } catch (cause) {
-        if (idempotent && attempt < this.attempts) {
-          await sleep(250 * 2 ** (attempt - 1));
-          continue;
-        }
-        throw dfError('DF_ERR_UNREACHABLE', `${method} ${path}: the connection to ${this.base} broke mid-body: ${causeText(cause)}`, { server: this.base, url: `${this.base}${path}` }, cause);
-      }
-    }
   }
 
   /** A response body as it arrives (for deltas: decoded frame by frame with bounded memory). */
   async *stream(method: string, path: string, o: RequestOptions = {}): AsyncGenerator<Uint8Array> {
-    const res = await this.send(method, path, o);
-    if (!res.body) return;
+    const { res, server, deadline } = await this.send(this.try(method, path, o), o);
     try {
+      if (!res.body) return;
+      deadline.body();
       for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+        deadline.progress();
         this.stats.bytesReceived += piece.byteLength;
         yield piece;
       }
     } catch (cause) {
-      throw dfError('DF_ERR_UNREACHABLE', `${method} ${path}: the connection broke mid-body: ${causeText(cause)}`, { server: this.base }, cause);
+      // Not resumable here: the caller's retry goes to the next server.
+      this.moveOn(server);
+      throw this.unreachable(method, path, server, `the connection broke mid-body: ${causeText(cause)}`, cause);
+    } finally {
+      deadline.clear();
     }
   }
 
-  /** Server-Sent Events: yields each event's `data` (one JSON document per event). */
+  /** Server-Sent Events: yields each event's `data` (one JSON document per event). No idle limit. */
   async *sse(path: string): AsyncGenerator<string> {
-    const headers: Record<string, string> = { accept: 'text/event-stream' };
-    if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
-    let res: Response;
-    try {
-      res = await fetch(`${this.base}${path}`, { headers });
-    } catch (cause) {
-      throw dfError('DF_ERR_UNREACHABLE', `cannot reach ${this.base}: ${causeText(cause)}`, { server: this.base }, cause);
-    }
-    if (!res.ok || !res.body) throw toError(res.status, await res.text(), 'GET', path);
+    const { res, server, deadline } = await this.send(this.try('GET', path, {}), {}, { accept: 'text/event-stream' });
+    deadline.clear(); // events may be minutes apart
+    if (!res.body) return;
     let buf = '';
-    for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += Buffer.from(piece).toString('utf8');
-      let i;
-      while ((i = buf.indexOf('\n\n')) >= 0) {
-        const block = buf.slice(0, i);
-        buf = buf.slice(i + 2);
-        const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
-        if (data) yield data;
+    try {
+      for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+        buf += Buffer.from(piece).toString('utf8');
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+          if (data) yield data;
+        }
+      }
+    } catch (cause) {
+      this.moveOn(server);
+      throw this.unreachable('GET', path, server, `the event stream broke: ${causeText(cause)}`, cause);
+    }
+  }
+
+  /**
+   * send() and read the whole body. A connection that breaks mid-body (the server died while
+   * answering) is retried like a failed connect when the call is retry-safe, on the next server.
+   */
+  private async sendAndRead(method: string, path: string, o: RequestOptions): Promise<{ res: Response; body: Buffer }> {
+    const t = this.try(method, path, o);
+    for (;;) {
+      const { res, server, deadline } = await this.send(t, o);
+      try {
+        deadline.body();
+        const body = await readBody(res, deadline);
+        this.stats.bytesReceived += body.length;
+        return { res, body };
+      } catch (cause) {
+        if (t.safe && t.attempt < t.budget) {
+          await this.retry(t, server, `the body broke: ${causeText(cause)}`);
+          continue;
+        }
+        this.moveOn(server);
+        throw this.unreachable(method, path, server, `the connection broke mid-body: ${causeText(cause)}`, cause);
+      } finally {
+        deadline.clear();
       }
     }
   }
 
-  private async send(method: string, path: string, o: RequestOptions): Promise<Response> {
-    const idempotent = o.idempotent ?? ['GET', 'HEAD', 'PUT'].includes(method);
-    const headers: Record<string, string> = {};
+  /** Send until a server answers with headers; the caller reads the body and clears the deadline. */
+  private async send(t: Try, o: RequestOptions, extra: Record<string, string> = {}): Promise<Sent> {
+    const { method, path } = t;
+    const headers: Record<string, string> = { ...extra };
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
     let body: string | Uint8Array | undefined;
     if (o.raw) {
@@ -121,30 +283,105 @@ export class ApiClient {
       body = JSON.stringify(o.body);
       headers['content-type'] = 'application/json';
     }
-    const url = `${this.base}${path}`;
-    for (let attempt = 1; ; attempt++) {
+    for (;;) {
+      t.attempt++;
+      const server = this.servers.current;
+      t.tried.add(server);
+      const deadline = new Deadline(this.timeoutMs);
       let res: Response;
       this.stats.requests++;
       this.stats.bytesSent += bodySize(o);
       try {
-        res = await fetch(url, { method, headers, ...(body !== undefined ? { body: body as BodyInit } : {}) });
+        res = await fetch(`${server}${path}`, { method, headers, signal: deadline.controller.signal, ...(body !== undefined ? { body: body as BodyInit } : {}) });
       } catch (cause) {
-        if (idempotent && attempt < this.attempts) {
-          await sleep(250 * 2 ** (attempt - 1));
+        deadline.clear();
+        const why = causeText(deadline.controller.signal.reason ?? cause);
+        if ((t.safe || notSent(cause)) && t.attempt < t.budget) {
+          await this.retry(t, server, why);
           continue;
         }
-        throw dfError('DF_ERR_UNREACHABLE', `cannot reach ${this.base}: ${causeText(cause)}`, { server: this.base, url }, cause);
+        this.moveOn(server);
+        throw this.unreachable(method, path, server, why, cause);
       }
-      if (res.ok || o.accept?.includes(res.status)) return res;
-      const text = await res.text();
+      if (res.ok || o.accept?.includes(res.status)) return { res, server, deadline };
+      let text: string;
+      try {
+        deadline.body();
+        text = (await readBody(res, deadline)).toString('utf8');
+      } catch {
+        text = '';
+      } finally {
+        deadline.clear();
+      }
       // 507: a full store does not empty itself in a few seconds; the caller says so at once.
-      if (res.status >= 500 && res.status !== 507 && idempotent && attempt < this.attempts) {
-        await sleep(250 * 2 ** (attempt - 1));
-        continue;
+      if (res.status >= 500 && res.status !== 507) {
+        if (t.safe && t.attempt < t.budget) {
+          await this.retry(t, server, `HTTP ${res.status}`);
+          continue;
+        }
+        this.moveOn(server);
       }
       throw toError(res.status, text, method, path);
     }
   }
+
+  /** A request's retry state: `attempts` on one server, one more per extra server. */
+  private try(method: string, path: string, o: RequestOptions): Try {
+    const budget = (o.attempts ?? this.attempts) + this.servers.urls.length - 1;
+    return { method, path, safe: o.idempotent ?? RETRY_SAFE_METHODS.includes(method), budget, attempt: 0, tried: new Set(), waits: 0 };
+  }
+
+  /**
+   * Count, move to the next server and wait: not at all for a server this request has not tried
+   * yet, else backoffMs × 2^k (k = the waits before), jittered between half and all of it.
+   */
+  private async retry(t: Try, from: string, reason: string): Promise<void> {
+    const to = this.moveOn(from);
+    this.stats.retries++;
+    let delayMs = 0;
+    if (t.tried.has(to)) {
+      const step = Math.min(MAX_BACKOFF_MS, this.backoffMs * 2 ** t.waits++);
+      delayMs = Math.round(step / 2 + Math.random() * (step / 2));
+    }
+    this.opts.onRetry?.({ method: t.method, path: t.path, attempt: t.attempt, from, to, delayMs, reason });
+    if (delayMs > 0) await sleep(delayMs);
+  }
+
+  private moveOn(from: string): string {
+    const to = this.servers.failed(from);
+    if (to !== from) this.stats.failovers++;
+    return to;
+  }
+
+  private unreachable(method: string, path: string, server: string, why: string, cause: unknown): DeskfuseError {
+    const many = this.servers.urls.length > 1;
+    return dfError('DF_ERR_UNREACHABLE', `${method} ${path}: cannot reach ${server}: ${why}${many ? ` (servers: ${this.servers})` : ''}`, {
+      server, url: `${server}${path}`, ...(many ? { servers: [...this.servers.urls] } : {}),
+    }, cause);
+  }
+}
+
+/** A refused or impossible connection: the request was never sent. */
+function notSent(cause: unknown): boolean {
+  const c = (cause as { cause?: { code?: string } }).cause;
+  return NOT_SENT.has(c?.code ?? '');
+}
+
+/**
+ * The whole body, each piece re-arming the deadline. One piece is used as is; several are copied
+ * once into one buffer (what arrayBuffer() costs).
+ */
+async function readBody(res: Response, deadline: Deadline): Promise<Buffer> {
+  if (!res.body) return Buffer.alloc(0);
+  const pieces: Uint8Array[] = [];
+  let total = 0;
+  for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+    deadline.progress();
+    pieces.push(piece);
+    total += piece.byteLength;
+  }
+  if (pieces.length === 1) return Buffer.from(pieces[0]!.buffer, pieces[0]!.byteOffset, pieces[0]!.byteLength);
+  return Buffer.concat(pieces, total);
 }
 
 function bodySize(o: RequestOptions): number {
@@ -152,10 +389,15 @@ function bodySize(o: RequestOptions): number {
 }
 
 function causeText(cause: unknown): string {
+  if (cause instanceof Timeout) return cause.message;
   const c = cause as { cause?: { code?: string; message?: string }; message?: string };
   return c.cause?.code ?? c.cause?.message ?? c.message ?? String(cause);
 }
 
+/**
+ * An error answer as a coded error: the server's own code (known to this client) with its message
+ * and fields; else DF_ERR_HTTP with the status and, when the server sent one, its code and message.
+ */
 export function toError(status: number, text: string, method: string, path: string): DeskfuseError {
   let parsed: Record<string, unknown> | undefined;
   try {
@@ -163,10 +405,12 @@ export function toError(status: number, text: string, method: string, path: stri
   } catch {
     parsed = undefined;
   }
-  const code = parsed?.code as string | undefined;
+  const code = typeof parsed?.code === 'string' ? parsed.code : undefined;
   if (code && code in ERRORS) {
     const { code: _c, message, ...fields } = parsed!;
     return new DeskfuseError(code as ErrorCode, String(message ?? ERRORS[code as ErrorCode].message), { ...fields, status });
   }
-  return dfError('DF_ERR_HTTP', `${method} ${path}: HTTP ${status} ${text.slice(0, 200)}`, { status });
+  const serverMessage = typeof parsed?.message === 'string' ? parsed.message : undefined;
+  const shown = code ? `${code}: ${serverMessage ?? ''}` : text.slice(0, 200);
+  return dfError('DF_ERR_HTTP', `${method} ${path}: HTTP ${status} ${shown}`, { status, ...(code ? { serverCode: code } : {}), ...(serverMessage ? { serverMessage } : {}) });
 }

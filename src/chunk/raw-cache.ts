@@ -1,5 +1,6 @@
-import { closeSync, mkdirSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, rmSync, writeSync } from 'node:fs';
 import path from 'node:path';
+import { readExactSync } from '../fs/read.js';
 import type { ChunkReader } from './store.js';
 
 /**
@@ -54,7 +55,7 @@ export class RawChunkCache {
   async readInto(id: string, within: number, n: number, out: Buffer, at: number): Promise<void> {
     const e = this.touch(id);
     if (e) {
-      preadFully(e.file.fd, out, at, n, e.slot * e.file.size + within);
+      readExactSync(e.file.fd, out, at, n, e.slot * e.file.size + within, 'raw chunk cache');
       return;
     }
     (await this.load(id)).copy(out, at, within, within + n);
@@ -133,14 +134,5 @@ export class RawChunkCache {
       this.files.set(size, f);
     }
     return f;
-  }
-}
-
-/** n bytes of `fd` at `pos` into `out` at `at`, synchronously (a page-cache read of our own file). */
-export function preadFully(fd: number, out: Buffer, at: number, n: number, pos: number): void {
-  for (let got = 0; got < n;) {
-    const r = readSync(fd, out, at + got, n - got, pos + got);
-    if (r === 0) throw new Error(`raw chunk cache: short read at ${pos + got}`);
-    got += r;
   }
 }

@@ -1,6 +1,6 @@
 import { mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { writeDurable } from '../chunk/fs-store.js';
+import { writeDurable } from '../fs/durable.js';
 import { dfError } from '../errors.js';
 
 /**

@@ -1,5 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
+import { readFull } from '../fs/read.js';
 import { chunkLength, type Geometry } from '../image/geometry.js';
 import type { DiskSource } from './source.js';
 
@@ -29,7 +30,7 @@ export async function* readChunks(src: DiskSource, g: Geometry, onBytes?: (n: nu
         const s = Math.max(ex[k]!.start, cStart);
         const t = Math.min(ex[k]!.start + ex[k]!.length, cEnd);
         if (t > s) {
-          await readFully(fh, raw, s - cStart, t - s, s);
+          await readFull(fh, raw, s - cStart, t - s, s); // past EOF stays zero (a raw file shorter than its map)
           onBytes?.(t - s);
         }
       }
@@ -39,14 +40,5 @@ export async function* readChunks(src: DiskSource, g: Geometry, onBytes?: (n: nu
     }
   } finally {
     await fh.close();
-  }
-}
-
-async function readFully(fh: FileHandle, buf: Buffer, off: number, len: number, pos: number): Promise<void> {
-  let done = 0;
-  while (done < len) {
-    const { bytesRead } = await fh.read(buf, off + done, len - done, pos + done);
-    if (bytesRead === 0) break; // past EOF reads as zero (a raw file shorter than its map)
-    done += bytesRead;
   }
 }

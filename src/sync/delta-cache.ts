@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { blakeLib } from '../chunk/native-libs.js';
 import type { ChunkReader } from '../chunk/store.js';
-import { writeDurable } from '../chunk/fs-store.js';
+import { writeDurable } from '../fs/durable.js';
 import { decodeLayer } from '../image/layer.js';
 import { deltaPieces } from './delta.js';
 

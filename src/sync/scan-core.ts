@@ -1,6 +1,7 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import { closeSync, openSync } from 'node:fs';
 import { hashBytes, ID_BYTES, isZero } from '../chunk/id.js';
 import { toImageView, type GptView } from '../disk/gpt.js';
+import { readFullSync } from '../fs/read.js';
 import { blocksPerChunk, chunkLength, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES, blockHashes } from './blockhash.js';
 
@@ -83,7 +84,7 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
 /** Fill buf[0, len) with the disk bytes at `start`: allocated extents read, holes zeroed. */
 function readAllocated(fd: number, buf: Buffer, start: number, len: number, extents: ScanRangeArgs['extents']): number {
   if (!extents) {
-    const n = readFully(fd, buf, 0, len, start);
+    const n = readFullSync(fd, buf, 0, len, start);
     buf.fill(0, n, len); // past the end of a short file reads as zero, never as the previous batch
     return n;
   }
@@ -101,17 +102,7 @@ function readAllocated(fd: number, buf: Buffer, start: number, len: number, exte
   for (let e = lo; e < extents.length && extents[e]!.start < end; e++) {
     const s = Math.max(extents[e]!.start, start);
     const t = Math.min(extents[e]!.start + extents[e]!.length, end);
-    if (t > s) n += readFully(fd, buf, s - start, t - s, s);
+    if (t > s) n += readFullSync(fd, buf, s - start, t - s, s);
   }
   return n;
-}
-
-function readFully(fd: number, buf: Buffer, off: number, len: number, pos: number): number {
-  let done = 0;
-  while (done < len) {
-    const r = readSync(fd, buf, off + done, len - done, pos + done);
-    if (r === 0) break;
-    done += r;
-  }
-  return done;
 }

@@ -1,4 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
+import { readFull } from '../fs/read.js';
 import { writeDataHeader } from './packet.js';
 
 /**
@@ -33,13 +34,8 @@ export type ByteReader = (dst: Buffer, off: number, n: number) => Promise<number
 export function octetReader(fh: FileHandle): ByteReader {
   let pos = 0;
   return async (dst, off, n) => {
-    let got = 0;
-    while (got < n) {
-      const { bytesRead } = await fh.read(dst, off + got, n - got, pos);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-      pos += bytesRead;
-    }
+    const got = await readFull(fh, dst, off, n, pos);
+    pos += got;
     return got;
   };
 }

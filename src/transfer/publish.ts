@@ -135,7 +135,7 @@ export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
     const staged = await call(c.json<{ layer: string }>('POST', `/api/v1/images/${o.image}/layers`, { raw: { data: layer, type: 'application/octet-stream' }, idempotent: true }));
     const r = await call(c.json<{ version: VersionRow; conflictRef?: string; head?: number | null }>('POST', `/api/v1/images/${o.image}/commits`, {
       body: { parent: parent?.version ?? null, ref: o.ref, layer: staged.layer, kind, message: o.message },
-      accept: [409],
+      accept: [409], idempotent: true, // the server's commit key answers a repeat with the first outcome
     }).then((res) => {
       const b = res.body as { code?: string };
       if (res.status === 409 && b.code !== 'DF_ERR_CONFLICT') throw dfError('DF_ERR_CHUNKS_MISSING', 'the server lost chunks during the publish; run the command again', { ...res.body });

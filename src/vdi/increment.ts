@@ -4,8 +4,10 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import { idHex } from '../chunk/id.js';
 import type { RawChunkCache } from '../chunk/raw-cache.js';
-import { fsyncDir } from '../chunk/fs-store.js';
 import { dfError } from '../errors.js';
+import { fsyncDir } from '../fs/durable.js';
+import { readFull } from '../fs/read.js';
+import { writeFull } from '../fs/write.js';
 import type { ChunkIndex } from '../image/chunk-index.js';
 import { chunkCount, chunkLength, forEachChunkPiece, type Geometry } from '../image/geometry.js';
 import type { Extent } from '../nbd/transmission.js';
@@ -356,25 +358,16 @@ export class CloudIncrement {
     return dfError('DF_ERR_VDI_SESSION_FAILED', `the cloud increment in ${this.dir} failed: ${this.failure}; discard the session`, { dir: this.dir, reason: this.failure }, cause);
   }
 
+  /** n bytes of the overlay at `at` into buf[off…]; past its end reads as zeros. */
   private async preadInto(buf: Buffer, off: number, n: number, at: number): Promise<void> {
-    let got = 0;
-    while (got < n) {
-      const r = await this.overlay.read(buf, off + got, n - got, at + got);
-      if (r.bytesRead === 0) {
-        buf.fill(0, off + got, off + n);
-        break;
-      }
-      got += r.bytesRead;
-    }
+    const got = await readFull(this.overlay, buf, off, n, at);
+    buf.fill(0, off + got, off + n);
   }
 
   private async pwrite(data: Buffer, at: number): Promise<void> {
-    let done = 0;
-    while (done < data.length) {
-      const r = await this.overlay.write(data, done, data.length - done, at + done);
-      done += r.bytesWritten;
-    }
+    await writeFull(this.overlay, data, at);
   }
+
 }
 
 function replay(bytes: Buffer, g: Geometry, dir: string): { state: Uint8Array; valid: number } {

@@ -1,6 +1,7 @@
 import { idHex } from '../chunk/id.js';
-import { preadFully, type RawChunkCache } from '../chunk/raw-cache.js';
+import type { RawChunkCache } from '../chunk/raw-cache.js';
 import { dfError } from '../errors.js';
+import { readExactSync } from '../fs/read.js';
 import type { ChunkIndex } from '../image/chunk-index.js';
 import { forEachChunkPiece } from '../image/geometry.js';
 import { DEFAULT_MAX_PAYLOAD, STATE } from '../nbd/constants.js';
@@ -34,7 +35,7 @@ export class VersionExport implements NbdExport {
     const jobs: Promise<void>[] = [];
     let run: { fd: number; from: number; to: number; at: number } | undefined;
     const readRun = () => {
-      if (run) preadFully(run.fd, out, run.at, run.to - run.from, run.from);
+      if (run) readExactSync(run.fd, out, run.at, run.to - run.from, run.from, 'raw chunk cache');
       run = undefined;
     };
     forEachChunkPiece(this.index.geometry, offset, out.length, (i, within, n, at) => {

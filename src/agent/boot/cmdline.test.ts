@@ -9,6 +9,11 @@ describe('boot stage command line', () => {
     expect(a.x).toBe('a b');
     expect(bootParams(a)).toEqual({ server: 'http://10.91.0.1:8080', token: 'dfb_abcdefghijklmnopqrstuvwxyz012345', mac: '52:54:00:12:34:56', action: 'commit-poweroff', debug: false });
   });
+  it('takes several servers, comma-separated (the agent fails over across them)', () => {
+    const a = parseCmdline('deskfuse.server=http://10.91.0.1:8080/,http://10.91.0.2:8080 deskfuse.token=dfb_abcdefghijklmnopqrstuvwxyz012345 deskfuse.mac=52:54:00:12:34:56');
+    expect(bootParams(a).server).toBe('http://10.91.0.1:8080,http://10.91.0.2:8080');
+    expect(() => bootParams({ ...a, 'deskfuse.server': 'http://10.91.0.1:8080,10.91.0.2' })).toThrow(/deskfuse.server: expected/);
+  });
   it('reports every problem at once', () => {
     try {
       bootParams(parseCmdline('deskfuse.server=ftp://x deskfuse.mac=zz deskfuse.action=dance'));

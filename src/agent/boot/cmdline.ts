@@ -1,8 +1,10 @@
+import { parseServers } from '../../api/client.js';
 import { dfError } from '../../errors.js';
 import { normalizeMac } from '../../endpoint/model.js';
 
 /** What the iPXE script put on the boot stage's kernel command line (ipxe/agent.ipxe). */
 export interface BootParams {
+  /** `deskfuse.server=`: one base URL or several, comma-separated (normalized: no trailing slash). */
   server: string;
   token: string;
   mac: string;
@@ -26,8 +28,13 @@ export function parseCmdline(text: string): Record<string, string> {
 
 export function bootParams(args: Record<string, string>): BootParams {
   const problems: string[] = [];
-  const server = args['deskfuse.server'] ?? '';
-  if (!/^https?:\/\/\S+$/.test(server)) problems.push(`deskfuse.server: expected http://HOST[:PORT], got ${JSON.stringify(server)}`);
+  const given = args['deskfuse.server'] ?? '';
+  let server = '';
+  try {
+    server = parseServers(given).join(',');
+  } catch {
+    problems.push(`deskfuse.server: expected http://HOST[:PORT], or several separated by commas, got ${JSON.stringify(given)}`);
+  }
   const token = args['deskfuse.token'] ?? '';
   if (!/^dfb_[A-Za-z0-9_-]{16,}$/.test(token)) problems.push('deskfuse.token: missing or malformed');
   const mac = normalizeMac(args['deskfuse.mac'] ?? '');
@@ -36,7 +43,7 @@ export function bootParams(args: Record<string, string>): BootParams {
   if (!['sync', 'commit-poweroff', 'local'].includes(action)) problems.push(`deskfuse.action: expected sync, commit-poweroff or local, got ${JSON.stringify(action)}`);
   if (problems.length) throw dfError('DF_ERR_USAGE', `the kernel command line is not a deskfuse boot:\n  - ${problems.join('\n  - ')}`, { problems });
   return {
-    server: server.replace(/\/+$/, ''), token, mac: mac!, action: action as BootParams['action'],
+    server, token, mac: mac!, action: action as BootParams['action'],
     ...(args['deskfuse.disk'] ? { disk: args['deskfuse.disk'] } : {}), debug: args['deskfuse.debug'] === '1',
   };
 }
