@@ -31,8 +31,10 @@ export class CacheStore implements PrunableStore {
   /** Misses in flight (and chunks being written to the cache): every caller of one id shares it. */
   private readonly loading = new Map<string, Promise<StoredChunk>>();
   private used = 0;
-  /** Reads answered from the cache, and reads that went to the remote store. */
-  readonly stats = { hits: 0, misses: 0, admitFailures: 0 };
+  /** Reads answered from a cache file, from a miss already in flight, and reads that went to the remote store. */
+  readonly stats = { hits: 0, shared: 0, misses: 0, admitFailures: 0 };
+  /** Cache writes after misses, running in the background. */
+  private readonly admitting = new Set<Promise<void>>();
 
   private constructor(readonly remote: PrunableStore, private readonly local: FsChunkStore, readonly budget: number) {}
 
@@ -77,7 +79,10 @@ export class CacheStore implements PrunableStore {
 
   async get(id: string): Promise<StoredChunk> {
     const pending = this.loading.get(id);
-    if (pending) return pending;
+    if (pending) {
+      this.stats.shared++;
+      return pending;
+    }
     const size = this.lru.get(id);
     if (size !== undefined) {
       this.lru.delete(id); // most recently used now
@@ -102,8 +107,17 @@ export class CacheStore implements PrunableStore {
     const p = this.remote.get(id);
     this.loading.set(id, p);
     // Callers get the chunk as soon as it is verified; the entry stays until the cache file is written.
-    p.then((c) => this.admit([{ id, frame: c.frame }]), () => {}).finally(() => this.loading.delete(id));
+    const admitted: Promise<void> = p.then((c) => this.admit([{ id, frame: c.frame }]), () => {}).finally(() => {
+      this.loading.delete(id);
+      this.admitting.delete(admitted);
+    });
+    this.admitting.add(admitted);
     return p;
+  }
+
+  /** Resolves once the cache writes of past misses are done (before a shutdown; tests). */
+  async idle(): Promise<void> {
+    while (this.admitting.size) await Promise.all([...this.admitting]);
   }
 
   async put(id: string, chunk: { frame: Buffer } | { raw: Buffer }): Promise<boolean> {
