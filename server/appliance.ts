@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { hashToken, newToken } from '../src/auth/tokens.js';
-import { FsChunkStore } from '../src/chunk/fs-store.js';
+import { openStores } from '../src/chunk/open-stores.js';
 import type { ServerConfig } from '../src/config/server.js';
 import { Desktops } from '../src/desktop/desktops.js';
 import { Endpoints } from '../src/endpoint/endpoints.js';
@@ -14,7 +14,6 @@ import { openMeta } from '../src/meta/open.js';
 import type { Meta } from '../src/meta/repo.js';
 import { SqliteEngine } from '../src/meta/sqlite-engine.js';
 import { Metrics } from '../src/metrics.js';
-import { DeltaCache } from '../src/sync/delta-cache.js';
 import { RawChunkCache } from '../src/chunk/raw-cache.js';
 import { DeskfuseExports } from '../src/vdi/exports.js';
 import { VdiSessions } from '../src/vdi/sessions.js';
@@ -27,6 +26,8 @@ import type { AppContext } from './context.js';
  *   chunks/                      chunk store (zstd frames named by BLAKE3 id)
  *   blobs/                       layers and chunk indexes (same format)
  *   deltas/                      per-version deltas (changed 4 KiB blocks), made on first use
+ *   store-cache/                 with an S3 store (--store s3://…) instead of the three above: the disk
+ *                                cache of the bucket's chunks/, blobs/ and deltas/ (src/chunk/open-stores.ts)
  *   vdi/<session>/               a VDI session's cloud increment (overlay.raw + map.log) until it is committed
  *   nbd-cache/                   verified raw chunks served over NBD (made anew at every start)
  *   admin.token                  the admin token, mode 0600, written once on first start
@@ -36,6 +37,7 @@ export const dataPaths = (dataDir: string) => ({
   chunks: path.join(dataDir, 'chunks'),
   blobs: path.join(dataDir, 'blobs'),
   deltas: path.join(dataDir, 'deltas'),
+  storeCache: path.join(dataDir, 'store-cache'),
   vdi: path.join(dataDir, 'vdi'),
   nbdCache: path.join(dataDir, 'nbd-cache'),
   adminToken: path.join(dataDir, 'admin.token'),
@@ -65,14 +67,13 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
   const meta = await openMeta(new SqliteEngine(p.meta));
   try {
-    const chunks = await FsChunkStore.open(p.chunks, MAX_CHUNK_SIZE);
-    const blobs = await FsChunkStore.open(p.blobs, MAX_BLOB_SIZE);
+    const { chunks, blobs, deltas, where } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
+    log?.info({ store: where }, 'chunk store');
     const metrics = new Metrics();
     const now = opts.now ?? (() => new Date());
     const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(meta, p.adminToken);
-    const deltas = new DeltaCache(p.deltas, blobs, chunks);
     const nb = config.netboot;
     const endpoints = new Endpoints({
       repo: meta.endpoints, bus: meta.engine, meta, desktops, now, autoEnrol: nb.autoEnrol, enrolment: config.enrolment, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),

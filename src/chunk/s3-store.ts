@@ -11,6 +11,7 @@ import { chunkWorkers, type ChunkWorkers } from './workers.js';
  * A chunk store in an S3 bucket (Ceph RGW, AWS, MinIO…). Layout, one object per chunk:
  *
  *   <prefix>chunks/<id[0..2]>/<id>     the zstd frame of the chunk's raw bytes (as fs-store's .zst)
+ *   <prefix>blobs/<id[0..2]>/<id>      layers and chunk indexes, the same way (option `folder`)
  *
  * Writes are conditional, `If-None-Match: *` (412 when the key exists), so two servers storing the
  * same chunk at once end with one object and both succeed; `Content-MD5` makes the engine refuse a
@@ -29,6 +30,10 @@ export interface S3StoreOptions extends S3ClientOptions {
   concurrency?: number;
   /** Keys per listing page (S3 max-keys; default and most 1,000). */
   listPageSize?: number;
+  /** The folder under the prefix (default `chunks`; the server keeps layers and indexes under `blobs`). */
+  folder?: string;
+  /** Retry budget of the bucket check in `open` (default 5 s: a start fails soon, naming what failed). */
+  probeRetryMs?: number;
 }
 
 export class S3ChunkStore implements PrunableStore {
@@ -38,6 +43,8 @@ export class S3ChunkStore implements PrunableStore {
   private readonly concurrency: number;
   /** A frame is at most a little larger than its raw bytes (zstd's bound: +1/128 and a header). */
   private readonly maxFrame: number;
+  /** `<prefix><folder>/` */
+  readonly root: string;
 
   constructor(readonly loc: S3Location, cred: S3Credentials, readonly opts: S3StoreOptions) {
     this.client = new S3Client(loc, cred, opts);
@@ -45,24 +52,33 @@ export class S3ChunkStore implements PrunableStore {
     this.conditional = opts.conditionalPut ?? true;
     this.concurrency = opts.concurrency ?? 16;
     this.maxFrame = opts.maxChunkSize + (opts.maxChunkSize >> 7) + 65_536;
+    this.root = `${loc.prefix}${opts.folder ?? 'chunks'}/`;
   }
 
   /**
    * Parse `s3://BUCKET/PREFIX?endpoint=…&region=…` and check that the bucket answers with these
    * credentials: DF_ERR_CONFIG, DF_ERR_S3_UNREACHABLE, DF_ERR_S3_DENIED or DF_ERR_S3_NO_BUCKET at start.
    */
-  static async open(url: string, cred: S3Credentials, opts: S3StoreOptions): Promise<S3ChunkStore> {
+  static async open(url: string | S3Location, cred: S3Credentials, opts: S3StoreOptions): Promise<S3ChunkStore> {
     if (!cred.accessKeyId || !cred.secretAccessKey) throw dfError('DF_ERR_CONFIG', 'the S3 store needs credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)', { field: 'store' });
-    const store = new S3ChunkStore(parseS3Url(url), cred, opts);
-    // A one-key listing, not a HEAD: its error body says why (NoSuchBucket, InvalidAccessKeyId,
-    // SignatureDoesNotMatch…), and it proves the right to list that garbage collection needs.
-    await store.client.request('GET', undefined, 'the bucket check (a listing)', { query: { 'list-type': '2', 'max-keys': '1', prefix: `${store.loc.prefix}chunks/` }, maxBody: 1 << 20 });
+    const store = new S3ChunkStore(typeof url === 'string' ? parseS3Url(url) : url, cred, opts);
+    await store.probe();
     return store;
+  }
+
+  /**
+   * A one-key listing, not a HEAD: its error body says why (NoSuchBucket, InvalidAccessKeyId,
+   * SignatureDoesNotMatch…), and it proves the right to list that garbage collection needs.
+   */
+  async probe(): Promise<void> {
+    await this.client.request('GET', undefined, 'the bucket check (a listing)', {
+      query: { 'list-type': '2', 'max-keys': '1', prefix: this.root }, maxBody: 1 << 20, retryMs: this.opts.probeRetryMs ?? 5_000,
+    });
   }
 
   keyOf(id: string): string {
     if (!isIdHex(id)) throw dfError('DF_ERR_BAD_REQUEST', `invalid chunk id ${JSON.stringify(id.slice(0, 80))}`, { id });
-    return `${this.loc.prefix}chunks/${id.slice(0, 2)}/${id}`;
+    return `${this.root}${id.slice(0, 2)}/${id}`;
   }
 
   async has(id: string): Promise<boolean> {
@@ -155,7 +171,7 @@ export class S3ChunkStore implements PrunableStore {
 
   /** Every chunk object, in key order (ListObjectsV2, 1,000 a page, following continuation tokens). */
   private async *objects(): AsyncIterable<{ id: string; size: number }> {
-    const prefix = `${this.loc.prefix}chunks/`;
+    const prefix = this.root;
     let token: string | undefined;
     do {
       const query: Record<string, string> = { 'list-type': '2', prefix, 'max-keys': String(this.opts.listPageSize ?? 1000) };
@@ -166,7 +182,7 @@ export class S3ChunkStore implements PrunableStore {
         const key = xmlText(/<Key>([^<]*)<\/Key>/.exec(m[1]!)?.[1] ?? '');
         const size = Number(/<Size>(\d+)<\/Size>/.exec(m[1]!)?.[1] ?? NaN);
         const id = key.slice(key.lastIndexOf('/') + 1);
-        // Only well-formed chunk keys count: <prefix>chunks/<id[0..2]>/<id>
+        // Only well-formed chunk keys count: <prefix><folder>/<id[0..2]>/<id>
         if (isIdHex(id) && key === `${prefix}${id.slice(0, 2)}/${id}` && Number.isFinite(size)) yield { id, size };
       }
       const truncated = /<IsTruncated>true<\/IsTruncated>/.test(xml);

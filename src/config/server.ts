@@ -2,7 +2,9 @@ import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { dfError } from '../errors.js';
+import { parseS3Url, type S3Location } from '../chunk/s3-url.js';
+import type { S3Credentials } from '../chunk/s3-sigv4.js';
+import { dfError, isDeskfuseError } from '../errors.js';
 
 /**
  * Server configuration: one schema with documented defaults. load = defaults < file < env < flags,
@@ -26,6 +28,33 @@ export interface ServerConfig {
   readonly nbd: NbdConfig;
   readonly enrolment: EnrolmentConfig;
   readonly retention: RetentionConfig;
+  readonly store: StoreConfig;
+}
+
+/**
+ * Where chunks, layers, chunk indexes and per-version deltas live (src/chunk/open-stores.ts).
+ * Config-file keys `store`, `storeCacheMiB`, `storeRetrySeconds`, `storeCredentials`.
+ */
+export interface StoreConfig {
+  /**
+   * null (default): the local store under the data directory. Else an S3 bucket shared by every
+   * server: `--store s3://BUCKET/PREFIX?endpoint=URL&region=R` (env DESKFUSE_STORE, file `store`).
+   * Credentials: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN) or the file's
+   * `storeCredentials: {accessKeyId, secretAccessKey, sessionToken?}`; the secret is a
+   * non-enumerable property, so printing or serializing the config never shows it.
+   */
+  readonly s3: { readonly url: string; readonly location: S3Location; readonly credentials: S3Credentials } | null;
+  /**
+   * With S3: the local disk cache in front of the bucket, MiB (`<data>/store-cache`; chunks, plus an
+   * eighth of it for layers and indexes). File `storeCacheMiB`, env DESKFUSE_STORE_CACHE_MIB. Default 4096.
+   */
+  readonly cacheMiB: number;
+  /**
+   * With S3: how long one S3 call keeps retrying an engine that does not answer or answers 5xx
+   * (a radosgw restart) before the request fails with DF_ERR_S3_UNREACHABLE (503), seconds.
+   * File `storeRetrySeconds`, env DESKFUSE_STORE_RETRY_SECONDS. Default 120.
+   */
+  readonly retrySeconds: number;
 }
 
 /** Unknown MACs asking /boot/ipxe (anyone on the boot network can): how many become rows, how fast, how long. */
@@ -117,6 +146,7 @@ export const DEFAULTS: ServerConfig = {
   nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600 },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
+  store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
 };
 
 export interface ConfigSources {
@@ -127,6 +157,7 @@ export interface ConfigSources {
     dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
     autoEnrol?: string; ipv6Ra?: boolean;
     nbdListen?: string; nbdAnonymousRead?: boolean;
+    store?: string;
   };
 }
 
@@ -155,7 +186,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention'].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -175,9 +206,10 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const nbd = loadNbd((file.nbd ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen?.host ?? DEFAULTS.listen.host, problems);
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
+  const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, store });
 }
 
 /** `postgres://…` (or `sqlite`, the default). The password never appears in a problem. */
@@ -214,6 +246,63 @@ function loadIntegers<T extends { readonly [k in keyof T]: number }>(block: stri
     } else out[k] = v;
   }
   return out as T;
+}
+
+const STORE_KEYS = ['store', 'storeCacheMiB', 'storeRetrySeconds', 'storeCredentials'];
+
+function loadStore(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, problems: string[]): StoreConfig {
+  const d = DEFAULTS.store;
+  const num = (key: string, envKey: string, def: number, min: number, max: number): number => {
+    const raw = env[envKey] !== undefined ? Number(env[envKey]) : (file[key] ?? def);
+    if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < min || raw > max) {
+      problems.push(`${key}: expected an integer ${min}-${max}, got ${JSON.stringify(env[envKey] ?? file[key])}`);
+      return def;
+    }
+    return raw;
+  };
+  const cacheMiB = num('storeCacheMiB', 'DESKFUSE_STORE_CACHE_MIB', d.cacheMiB, 64, 1 << 24);
+  const retrySeconds = num('storeRetrySeconds', 'DESKFUSE_STORE_RETRY_SECONDS', d.retrySeconds, 0, 3600);
+  const raw = flags.store ?? env.DESKFUSE_STORE ?? file.store;
+  if (raw !== undefined && raw !== null && typeof raw !== 'string') problems.push('store: expected a string (s3://BUCKET/PREFIX?endpoint=URL&region=R, or "local")');
+  if (typeof raw !== 'string' || raw === '' || raw === 'local') {
+    if (file.storeCredentials !== undefined) problems.push('storeCredentials: only for an s3:// store');
+    return { s3: null, cacheMiB, retrySeconds };
+  }
+  let location: S3Location | undefined;
+  try {
+    location = parseS3Url(raw);
+  } catch (err) {
+    if (!isDeskfuseError(err, 'DF_ERR_CONFIG')) throw err;
+    problems.push(err.message);
+  }
+  // Credentials: the environment, else the config file. Never echoed in a problem.
+  const fc = file.storeCredentials;
+  let fileCred: Record<string, unknown> = {};
+  if (fc !== undefined) {
+    if (fc && typeof fc === 'object' && !Array.isArray(fc)) {
+      fileCred = fc as Record<string, unknown>;
+      for (const k of Object.keys(fileCred)) if (!['accessKeyId', 'secretAccessKey', 'sessionToken'].includes(k)) problems.push(`config file: unknown key storeCredentials.${k}`);
+      for (const k of ['accessKeyId', 'secretAccessKey', 'sessionToken']) if (fileCred[k] !== undefined && typeof fileCred[k] !== 'string') problems.push(`storeCredentials.${k}: expected a string`);
+    } else problems.push('storeCredentials: expected {accessKeyId, secretAccessKey, sessionToken?}');
+  }
+  const fromEnv = env.AWS_ACCESS_KEY_ID !== undefined || env.AWS_SECRET_ACCESS_KEY !== undefined;
+  const str = (v: unknown) => (typeof v === 'string' && v ? v : undefined);
+  const accessKeyId = str(fromEnv ? env.AWS_ACCESS_KEY_ID : fileCred.accessKeyId);
+  const secretAccessKey = str(fromEnv ? env.AWS_SECRET_ACCESS_KEY : fileCred.secretAccessKey);
+  const sessionToken = str(fromEnv ? env.AWS_SESSION_TOKEN : fileCred.sessionToken);
+  if (!accessKeyId || !secretAccessKey) {
+    problems.push(`store: an s3:// store needs credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the config file's storeCredentials (${fromEnv ? 'the environment has only one of the two' : 'neither is set'})`);
+  }
+  if (!location || !accessKeyId || !secretAccessKey) return { s3: null, cacheMiB, retrySeconds };
+  return { s3: { url: raw, location, credentials: hiddenCredentials(accessKeyId, secretAccessKey, sessionToken) }, cacheMiB, retrySeconds };
+}
+
+/** Credentials whose secret parts are not enumerable: JSON, util.inspect and spreads of the config leave them out. */
+function hiddenCredentials(accessKeyId: string, secretAccessKey: string, sessionToken: string | undefined): S3Credentials {
+  const c = { accessKeyId } as S3Credentials;
+  Object.defineProperty(c, 'secretAccessKey', { value: secretAccessKey, enumerable: false });
+  if (sessionToken) Object.defineProperty(c, 'sessionToken', { value: sessionToken, enumerable: false });
+  return c;
 }
 
 const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds'];

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
@@ -5,6 +6,7 @@ import { blakeLib } from '../chunk/native-libs.js';
 import type { ChunkReader } from '../chunk/store.js';
 import { writeDurable } from '../fs/durable.js';
 import { decodeLayer } from '../image/layer.js';
+import { dfError } from '../errors.js';
 import { deltaPieces } from './delta.js';
 
 /** A delta on disk, ready to be streamed. */
@@ -14,19 +16,39 @@ export interface DeltaFile {
 }
 
 /**
+ * Where deltas are shared between servers (the S3 bucket, src/sync/delta-bucket.ts): one object per
+ * layer, written once by whichever server builds it first.
+ */
+export interface DeltaBucket {
+  /** The layer's delta from the bucket into a file of `dir` named as the cache names it (verified against its hash), or undefined when absent. */
+  fetch(layerId: string, dir: string): Promise<DeltaFile | undefined>;
+  /** Store a built delta unless one is there: true when this call stored it, else the stored one's hash. */
+  store(layerId: string, f: DeltaFile & { hash: string; md5: string }): Promise<true | { hash: string | undefined }>;
+}
+
+/**
  * Deltas are a pure function of a layer (and its chunks), so they are made once and kept as files
  * named `<layer id>.<delta BLAKE3>.dfdl`. A delta is built straight into a temp file (frame by
  * frame, hashed as it goes, fdatasync, rename, fsync of the folder) and served as a file stream:
  * however large a delta, the server holds about one frame of it. The first use in a process checks
  * the file against its name (a corrupt one is rebuilt from verified chunks); the page cache then
  * serves the 8 a.m. crowd.
+ *
+ * With a bucket (several servers on one S3 store) the folder is a local cache of the bucket: a delta
+ * not here is fetched from the bucket, and only when the bucket has none is it built, then stored
+ * with `If-None-Match: *`. Two servers building the same delta at once end with one object; the one
+ * whose write lost serves the stored object's bytes (its own file when the hashes agree, else the
+ * bucket's), so every server answers the same bytes.
  */
 export class DeltaCache {
   private readonly building = new Map<string, Promise<DeltaFile>>();
   /** Files checked against their name since this process started. */
   private readonly checked = new Map<string, DeltaFile>();
 
-  constructor(private readonly dir: string, private readonly blobs: ChunkReader, private readonly chunks: ChunkReader) {}
+  /** Deltas built here, fetched from the bucket, and stored in it by this cache. */
+  readonly stats = { built: 0, fetched: 0, stored: 0 };
+
+  constructor(private readonly dir: string, private readonly blobs: ChunkReader, private readonly chunks: ChunkReader, private readonly bucket?: DeltaBucket) {}
 
   /** Build a new version's delta in the background, so the first endpoint does not wait for it. */
   warm(layerId: string, onError: (err: unknown) => void): void {
@@ -58,7 +80,7 @@ export class DeltaCache {
     if (known) return known;
     let p = this.building.get(layerId);
     if (!p) {
-      p = (async () => (await this.find(layerId)) ?? (await this.build(layerId)))()
+      p = (async () => (await this.find(layerId)) ?? (await this.fromBucket(layerId)) ?? (await this.build(layerId)))()
         .then((f) => (this.checked.set(layerId, f), f))
         .finally(() => this.building.delete(layerId));
       this.building.set(layerId, p);
@@ -84,21 +106,44 @@ export class DeltaCache {
     return undefined;
   }
 
+  private async fromBucket(layerId: string): Promise<DeltaFile | undefined> {
+    if (!this.bucket) return undefined;
+    await fsp.mkdir(this.dir, { recursive: true });
+    const f = await this.bucket.fetch(layerId, this.dir);
+    if (f) this.stats.fetched++;
+    return f;
+  }
+
   private async build(layerId: string): Promise<DeltaFile> {
     const layer = decodeLayer((await this.blobs.get(layerId)).raw);
     await fsp.mkdir(this.dir, { recursive: true });
     // Written frame by frame and hashed as it goes: the file is named by its hash once it is complete.
     const h = new (blakeLib().Blake3Hasher)();
+    const md5 = createHash('md5'); // the bucket checks the upload against it (Content-MD5)
     let size = 0;
     const chunks = this.chunks;
     async function* hashed(): AsyncIterable<Buffer> {
       for await (const piece of deltaPieces(layerId, layer, chunks)) {
         h.update(piece);
+        md5.update(piece);
         size += piece.length;
         yield piece;
       }
     }
-    const file = await writeDurable({ dir: this.dir, name: () => `${layerId}.${h.digest('hex')}.dfdl` }, hashed(), true, `the delta of layer ${layerId}`);
-    return { path: file, size };
+    let hash = '';
+    const file = await writeDurable({ dir: this.dir, name: () => `${layerId}.${(hash = h.digest('hex'))}.dfdl` }, hashed(), true, `the delta of layer ${layerId}`);
+    this.stats.built++;
+    if (!this.bucket) return { path: file, size };
+    const r = await this.bucket.store(layerId, { path: file, size, hash, md5: md5.digest('base64') });
+    if (r === true) {
+      this.stats.stored++;
+      return { path: file, size };
+    }
+    if (r.hash === hash) return { path: file, size }; // another server stored the same bytes first
+    // Another server stored different bytes first (another build of the server): serve those, as it does.
+    await fsp.rm(file, { force: true });
+    const theirs = await this.fromBucket(layerId);
+    if (!theirs) throw dfError('DF_ERR_S3', `the delta of layer ${layerId} was in the bucket and is gone`, { layer: layerId });
+    return theirs;
   }
 }

@@ -1,0 +1,58 @@
+import path from 'node:path';
+import type { ServerConfig } from '../config/server.js';
+import { DeltaCache } from '../sync/delta-cache.js';
+import { S3DeltaBucket } from '../sync/delta-bucket.js';
+import { CacheStore } from './cache-store.js';
+import { FsChunkStore } from './fs-store.js';
+import { S3ChunkStore } from './s3-store.js';
+import type { PrunableStore } from './store.js';
+
+/**
+ * The stores a server runs on, from its configuration (the composition root calls this once).
+ *
+ * Local (default): everything under the data directory, as ever:
+ *   chunks/ and blobs/ (FsChunkStore), deltas/ (DeltaCache's folder)
+ *
+ * S3 (`store: s3://BUCKET/PREFIX?…`): the bucket holds everything, each server a disk cache of it:
+ *   PREFIX/chunks/<id[0..2]>/<id>   chunks         ← CacheStore, <data>/store-cache/chunks (storeCacheMiB)
+ *   PREFIX/blobs/<id[0..2]>/<id>    layers, indexes ← CacheStore, <data>/store-cache/blobs (storeCacheMiB / 8)
+ *   PREFIX/deltas/<layer id>        deltas         ← DeltaCache, <data>/store-cache/deltas
+ * The bucket is checked at start (one listing): DF_ERR_S3_NO_BUCKET, DF_ERR_S3_DENIED or
+ * DF_ERR_S3_UNREACHABLE naming the endpoint and bucket (never the secret) when it does not answer.
+ */
+export interface Stores {
+  chunks: PrunableStore;
+  /** Layers and chunk indexes. */
+  blobs: PrunableStore;
+  deltas: DeltaCache;
+  /** `local` or the S3 endpoint and bucket (for the start log line; no secret). */
+  where: string;
+  /** With S3: the chunk store's client (its request counts), for metrics and tests. */
+  s3?: S3ChunkStore;
+}
+
+export interface LocalPaths {
+  chunks: string;
+  blobs: string;
+  deltas: string;
+  /** The S3 store's disk cache (chunks/, blobs/, deltas/ under it). */
+  storeCache: string;
+}
+
+export async function openStores(config: ServerConfig, paths: LocalPaths, limits: { maxChunkSize: number; maxBlobSize: number }): Promise<Stores> {
+  const s3 = config.store.s3;
+  if (!s3) {
+    const chunks = await FsChunkStore.open(paths.chunks, limits.maxChunkSize);
+    const blobs = await FsChunkStore.open(paths.blobs, limits.maxBlobSize);
+    return { chunks, blobs, deltas: new DeltaCache(paths.deltas, blobs, chunks), where: 'local' };
+  }
+  const retryMs = config.store.retrySeconds * 1000;
+  const remoteChunks = await S3ChunkStore.open(s3.location, s3.credentials, { maxChunkSize: limits.maxChunkSize, retryMs });
+  const remoteBlobs = new S3ChunkStore(s3.location, s3.credentials, { maxChunkSize: limits.maxBlobSize, retryMs, folder: 'blobs' });
+  const mib = 1024 * 1024;
+  const chunks = await CacheStore.open(remoteChunks, path.join(paths.storeCache, 'chunks'), config.store.cacheMiB * mib, limits.maxChunkSize);
+  const blobs = await CacheStore.open(remoteBlobs, path.join(paths.storeCache, 'blobs'), Math.max(64, config.store.cacheMiB >> 3) * mib, limits.maxBlobSize);
+  const deltas = new DeltaCache(path.join(paths.storeCache, 'deltas'), blobs, chunks, new S3DeltaBucket(remoteChunks.client));
+  const { endpoint, bucket, prefix } = s3.location;
+  return { chunks, blobs, deltas, where: `${endpoint} bucket ${bucket}${prefix ? ` prefix ${prefix}` : ''}`, s3: remoteChunks };
+}
