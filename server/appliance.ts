@@ -10,9 +10,8 @@ import { loadTemplates } from '../src/ipxe/render.js';
 import { Catalog } from '../src/image/catalog.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { pruneMeta, type PruneCounts } from '../src/meta/prune.js';
-import { openMeta } from '../src/meta/open.js';
+import { openConfiguredMeta } from '../src/meta/open.js';
 import type { Meta } from '../src/meta/repo.js';
-import { SqliteEngine } from '../src/meta/sqlite-engine.js';
 import { Metrics } from '../src/metrics.js';
 import { RawChunkCache } from '../src/chunk/raw-cache.js';
 import { DeskfuseExports } from '../src/vdi/exports.js';
@@ -65,7 +64,7 @@ export interface ApplianceOptions {
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
-  const meta = await openMeta(new SqliteEngine(p.meta));
+  const meta = await openConfiguredMeta(config.meta, p.meta);
   try {
     const { chunks, blobs, deltas, where } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     log?.info({ store: where }, 'chunk store');

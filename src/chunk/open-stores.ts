@@ -56,3 +56,17 @@ export async function openStores(config: ServerConfig, paths: LocalPaths, limits
   const { endpoint, bucket, prefix } = s3.location;
   return { chunks, blobs, deltas, where: `${endpoint} bucket ${bucket}${prefix ? ` prefix ${prefix}` : ''}`, s3: remoteChunks };
 }
+
+/**
+ * The stores themselves, without the disk cache: what `store verify` reads back and `admin migrate`
+ * copies to (the bucket is the truth; a server's cache is only a copy of it).
+ */
+export async function openBareStores(config: ServerConfig, paths: LocalPaths, limits: { maxChunkSize: number; maxBlobSize: number }): Promise<{ chunks: PrunableStore & { pathOf?(id: string): string; temps?(): AsyncIterable<string> }; blobs: PrunableStore & { pathOf?(id: string): string; temps?(): AsyncIterable<string> }; where: string }> {
+  const s3 = config.store.s3;
+  if (!s3) return { chunks: await FsChunkStore.open(paths.chunks, limits.maxChunkSize), blobs: await FsChunkStore.open(paths.blobs, limits.maxBlobSize), where: 'local' };
+  const retryMs = config.store.retrySeconds * 1000;
+  const chunks = await S3ChunkStore.open(s3.location, s3.credentials, { maxChunkSize: limits.maxChunkSize, retryMs });
+  const blobs = new S3ChunkStore(s3.location, s3.credentials, { maxChunkSize: limits.maxBlobSize, retryMs, folder: 'blobs' });
+  const { endpoint, bucket, prefix } = s3.location;
+  return { chunks, blobs, where: `${endpoint} bucket ${bucket}${prefix ? ` prefix ${prefix}` : ''}` };
+}

@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import { isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import type { Meta } from '../meta/repo.js';
-import type { FsChunkStore } from './fs-store.js';
+import type { PrunableStore } from './store.js';
 
 /**
  * `store verify`: read back every stored chunk and blob (decompress + hash), and check that every
@@ -21,7 +21,10 @@ export interface ScrubReport {
 
 const STALE_TEMP_MS = 60 * 60 * 1000;
 
-export async function scrub(meta: Pick<Meta, 'images'>, chunks: FsChunkStore, blobs: FsChunkStore, onProgress?: (n: number) => void): Promise<ScrubReport> {
+/** A store to scrub: any prunable store (S3 included); a local one also names files and stale temps. */
+export type ScrubbedStore = PrunableStore & { pathOf?(id: string): string; temps?(): AsyncIterable<string> };
+
+export async function scrub(meta: Pick<Meta, 'images'>, chunks: ScrubbedStore, blobs: ScrubbedStore, onProgress?: (n: number) => void): Promise<ScrubReport> {
   const r: ScrubReport = { ok: true, chunks: 0, bytes: 0, blobs: 0, versions: 0, corrupt: [], missing: [], tempFilesRemoved: 0 };
   const present = new Set<string>();
 
@@ -40,11 +43,12 @@ export async function scrub(meta: Pick<Meta, 'images'>, chunks: FsChunkStore, bl
           } else r.blobs++;
         } catch (err) {
           if (!isDeskfuseError(err, 'DF_ERR_CHUNK_CORRUPT')) throw err;
-          r.corrupt.push({ id, path: store.pathOf(id), got: err.fields.got, what });
+          r.corrupt.push({ id, path: store.pathOf?.(id) ?? id, got: err.fields.got, what });
         }
       }));
     }
     const now = Date.now();
+    if (!store.temps) continue;
     for await (const tmp of store.temps()) {
       const st = await fsp.stat(tmp).catch(() => null);
       if (st && now - st.mtimeMs > STALE_TEMP_MS) {

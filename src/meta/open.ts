@@ -3,6 +3,7 @@ import { SqlEndpointRepo } from './sql-endpoints.js';
 import { SqlImageRepo } from './sql-images.js';
 import { SqlTokenRepo } from './sql-tokens.js';
 import { SqlVdiRepo } from './sql-vdi.js';
+import { openEngine } from './engine.js';
 import { MIGRATIONS } from './migrations.js';
 import type { Meta } from './repo.js';
 import type { SqlEngine } from './sql.js';
@@ -19,4 +20,15 @@ export async function openMeta(engine: SqlEngine): Promise<Meta> {
     engine,
     close: () => engine.close(),
   };
+}
+
+/** The engine a server's config names: PostgreSQL for a URL, else SQLite in the data directory. */
+export async function openConfiguredMeta(meta: string | null, sqliteFile: string): Promise<Meta> {
+  const engine = await openEngine(meta ?? sqliteFile);
+  try {
+    return await openMeta(engine);
+  } catch (err) {
+    await engine.close();
+    throw err;
+  }
 }
