@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientMsg, events, MSG, OPT, probe, pxeOptions, requireClients, startRunner, udhcpcOnce, udhcpcScript, enc, type Runner } from '../helpers/dhcp.js';
@@ -13,13 +14,13 @@ const SCRIPT_URL = 'http://10.231.0.1:8080/boot/ipxe';
 
 describe('DHCP full mode (real clients in namespaces)', () => {
   const tmp = tempDir('df-dhcp-');
-  const leases = path.join(tmp.dir, 'leases.json');
+  const metaDb = path.join(tmp.dir, 'meta.sqlite');
   const made: Netns[] = [];
   let srv: Netns, c1: Netns, c2: Netns, c3: Netns, runner: Runner;
   const cfg = {
     dhcp: {
       mode: 'full', interface: 'br0', serverIp: SERVER,
-      pool: { first: '10.231.0.100', last: '10.231.0.150', netmask: '255.255.255.0', router: SERVER, dns: [SERVER], leaseSeconds: 3600, file: leases },
+      pool: { first: '10.231.0.100', last: '10.231.0.150', netmask: '255.255.255.0', router: SERVER, dns: [SERVER], leaseSeconds: 3600, meta: metaDb },
     },
     scriptUrl: SCRIPT_URL,
     logLevel: 'debug',
@@ -71,7 +72,12 @@ describe('DHCP full mode (real clients in namespaces)', () => {
   it('keeps leases across a restart: the same MAC (now via dhclient) gets the same address', async () => {
     const first = events(path.join(tmp.dir, 'c1.out')).find((e) => e.event === 'bound')!.ip;
     await runner.close();
-    expect(JSON.parse(readFileSync(leases, 'utf8')).leases).toContainEqual(expect.objectContaining({ mac: '52:54:00:aa:00:01', ip: first, state: 'bound' }));
+    const db = new Database(metaDb, { readonly: true });
+    try {
+      expect(db.prepare('SELECT ip, mac, state FROM dhcp_leases').all()).toContainEqual({ mac: '52:54:00:aa:00:01', ip: first, state: 'bound' });
+    } finally {
+      db.close();
+    }
     runner = await startRunner(srv, cfg);
     const lease = path.join(tmp.dir, 'dhclient.lease');
     const r = await c1.runAsync('timeout', ['30', 'dhclient', '-1', '-sf', '/bin/true', '-lf', lease, '-pf', path.join(tmp.dir, 'dhclient.pid'), 'eth0']);
@@ -180,7 +186,7 @@ describe('DHCP on a multi-NIC server: only the boot interface is answered', () =
     plug(srv, 'br1', other, 'eth0', '52:54:00:bb:00:01');
     plug(srv, 'br0', boot, 'eth0', '52:54:00:bb:00:02');
     runner = await startRunner(srv, {
-      dhcp: { mode: 'full', interface: 'br0', serverIp: '10.233.0.1', pool: { first: '10.233.0.100', last: '10.233.0.110', netmask: '255.255.255.0', leaseSeconds: 600, file: path.join(tmp.dir, 'l.json') } },
+      dhcp: { mode: 'full', interface: 'br0', serverIp: '10.233.0.1', pool: { first: '10.233.0.100', last: '10.233.0.110', netmask: '255.255.255.0', leaseSeconds: 600, meta: path.join(tmp.dir, 'meta.sqlite') } },
       scriptUrl: 'http://10.233.0.1/boot/ipxe',
     });
     const outOther = path.join(tmp.dir, 'other.out');
