@@ -97,7 +97,11 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
       if (!nb.interface || !serverIp || !publicUrl) throw dfError('DF_ERR_CONFIG', `--dhcp ${nb.dhcp} needs --interface`);
       const { startDhcp } = await import('../../src/dhcp/server.js');
       const { tableBooter } = await import('../../src/dhcp/policy.js');
-      if (nb.dhcp === 'full') await (await import('../../src/dhcp/leases.js')).importLeaseFile(path.join(dataDir, 'dhcp-leases.json'), meta.dhcp, log);
+      // Releases before the pool moved into the database kept it in this file: import it once.
+      if (nb.dhcp === 'full') {
+        const { importLeaseFile } = await import('../../src/dhcp/leases.js');
+        await importLeaseFile(path.join(dataDir, 'dhcp-leases.json'), meta.dhcp, log);
+      }
       const d = await startDhcp({
         mode: nb.dhcp, interface: nb.interface, serverIp, log,
         booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp }),
