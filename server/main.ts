@@ -25,7 +25,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   let nbd: NbdService | undefined;
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
-    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, log);
+    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log);
     nbd = await startNbdService(config.nbd, appliance, log);
   } catch (err) {
     await netboot?.close();

@@ -5,6 +5,7 @@ import type { NetbootConfig } from '../../src/config/server.js';
 import type { Endpoints } from '../../src/endpoint/endpoints.js';
 import { dfError } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
+import type { Meta } from '../../src/meta/repo.js';
 
 /** Where Debian's `ipxe` package puts its binaries (scripts/setup-deps.sh installs it). */
 export const IPXE_DIRS = ['/usr/lib/ipxe', '/usr/share/ipxe'];
@@ -58,9 +59,10 @@ export function prepareTftpRoot(root: string, log: Logger): Set<string> {
 
 /**
  * DHCP/proxyDHCP, TFTP and the IPv6 RA responder on the boot interface, as the config says. Their
- * events feed the endpoints' boot timeline (dhcp, tftp).
+ * events feed the endpoints' boot timeline (dhcp, tftp). Full DHCP keeps its pool in `meta` (shared by
+ * every server on that database); a lease file of an older release is imported into it once.
  */
-export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, log: Logger): Promise<NetbootServices> {
+export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, meta: Meta, log: Logger): Promise<NetbootServices> {
   const closers: Array<() => Promise<void>> = [];
   const close = async () => {
     for (const c of closers.reverse()) await c().catch((err) => log.error({ err }, 'closing a netboot service failed'));
@@ -95,11 +97,16 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
       if (!nb.interface || !serverIp || !publicUrl) throw dfError('DF_ERR_CONFIG', `--dhcp ${nb.dhcp} needs --interface`);
       const { startDhcp } = await import('../../src/dhcp/server.js');
       const { tableBooter } = await import('../../src/dhcp/policy.js');
+      // Releases before the pool moved into the database kept it in this file: import it once.
+      if (nb.dhcp === 'full') {
+        const { importLeaseFile } = await import('../../src/dhcp/leases.js');
+        await importLeaseFile(path.join(dataDir, 'dhcp-leases.json'), meta.dhcp, log);
+      }
       const d = await startDhcp({
         mode: nb.dhcp, interface: nb.interface, serverIp, log,
         booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp }),
         ...(nb.dhcp === 'full' && nb.dhcpRange ? {
-          pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: ifAddr!.netmask, leaseSeconds: 3600, file: path.join(dataDir, 'dhcp-leases.json') },
+          pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: ifAddr!.netmask, leaseSeconds: 3600, leases: meta.dhcp },
         } : {}),
         onAddress: (mac, ip) => macByIp.set(ip, mac),
         onEvent: (e) => {

@@ -2,6 +2,7 @@ import dgram from 'node:dgram';
 import type { Logger } from '../log.js';
 import { loadNative } from '../native/addon.js';
 import { LeasePool, ipToInt } from './leases.js';
+import type { DhcpLeaseRepo } from './model.js';
 import {
   BOOTREPLY, BOOTREQUEST, decodeDhcp, enc, encodeDhcp, FLAG_BROADCAST, IPXE_NO_PXEDHCP, MSG, MSG_NAME, OPT, PXE_DISCOVERY_CONTROL,
   type DecodedDhcp,
@@ -10,11 +11,13 @@ import { classify, type BootSpec, type Booter, type Client } from './policy.js';
 
 /**
  * The DHCP service: the socket adapter around the pure codec (packet.ts), policy (policy.ts) and
- * pool (leases.ts). Sockets come from the native addon, bound to the boot interface
- * (SO_BINDTODEVICE), so on a multi-NIC server only the boot LAN is heard and answered.
+ * pool (leases.ts: its bindings live in the metadata database, shared by every server). Sockets
+ * come from the native addon, bound to the boot interface (SO_BINDTODEVICE), so on a multi-NIC server only the boot LAN is heard and answered.
  *
  *   proxy: a proxyDHCP (PXE spec 2.1 §2.2): answers PXE clients only, never hands out addresses.
  *   full:  a DHCP server with a pool (RFC 2131 §4.3), plus the same boot options for PXE/iPXE.
+ *          Several servers may answer one LAN over one database: each pool decision is one
+ *          transaction there, so they never hand out one address twice.
  * Both answer PXE boot-server requests on UDP 4011 (PXE spec §2.2.5) unicast to the sender.
  */
 export interface DhcpEvent {
@@ -34,7 +37,7 @@ export interface DhcpOptions {
   serverIp: string;
   booter: Booter;
   log: Logger;
-  pool?: { first: string; last: string; netmask: string; router?: string; dns?: string[]; leaseSeconds: number; file: string };
+  pool?: { first: string; last: string; netmask: string; router?: string; dns?: string[]; leaseSeconds: number; leases: DhcpLeaseRepo };
   onEvent?: (e: DhcpEvent) => void;
   /** A client's address as seen in its REQUEST, answered or not (proxy mode: the site's server gave it). */
   onAddress?: (mac: string, ip: string) => void;
@@ -53,7 +56,7 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
   const p = opts.pool;
   if (opts.mode === 'full' && !p) throw new Error('startDhcp: full mode needs a pool');
   const pool = opts.mode === 'full' && p
-    ? new LeasePool({ first: p.first, last: p.last, leaseSeconds: p.leaseSeconds, file: p.file, exclude: [opts.serverIp, ...(p.router ? [p.router] : [])] })
+    ? new LeasePool(p.leases, { first: p.first, last: p.last, leaseSeconds: p.leaseSeconds, exclude: [opts.serverIp, ...(p.router ? [p.router] : [])] })
     : undefined;
   const native = loadNative();
   const open = async (port: number): Promise<dgram.Socket> => {
@@ -188,7 +191,7 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
     };
     switch (t) {
       case MSG.DISCOVER: {
-        const ip = pl.offer(c.mac, req.opts.requestedIp);
+        const ip = await pl.offer(c.mac, req.opts.requestedIp);
         if (!ip) {
           log.warn({ mac: c.mac }, 'dhcp pool exhausted');
           return;
@@ -203,14 +206,14 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
         const requested = req.opts.requestedIp;
         if (req.opts.serverId !== undefined) {
           // SELECTING (§4.3.2): another server's id means the client chose that server's offer.
-          if (!ours) return pl.dropOffer(c.mac);
+          if (!ours) return pl.dropOffer(c.mac, requested);
           if (!requested) return;
           return (await pl.bind(c.mac, requested)) ? ack(requested) : nak('address not available');
         }
         if (requested && req.ciaddr === ZERO) {
           // INIT-REBOOT: NAK a wrong network or another binding; no record at all → silence.
           if (!onOurNet(requested)) return nak('wrong network');
-          const own = pl.byMac(c.mac);
+          const own = await pl.byMac(c.mac);
           if (!own) return;
           if (own.ip !== requested) return nak('not your address');
           return (await pl.bind(c.mac, requested)) ? ack(requested) : nak('address not available');
@@ -270,8 +273,9 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
       if (pool) return full67(req, c, pool);
       return proxy67(req, c);
     };
-    // One message at a time: pool decisions and lease writes stay in arrival order.
-    pending = pending.then(work).catch((err: unknown) => log.warn({ err, mac: c.mac }, 'dhcp: answering failed'));
+    // One message at a time: pool decisions stay in arrival order. A failed one (the database
+    // unreachable) drops the message: the client retransmits (RFC 2131 §4.1).
+    pending = pending.then(work).catch((err: unknown) => log.warn({ err, mac: c.mac }, 'dhcp: answering failed, message dropped'));
   };
   main.on('message', handle(ports.server));
   pxe.on('message', handle(ports.pxe));
@@ -281,7 +285,6 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
     async close() {
       await Promise.all([main, pxe].map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
       await pending;
-      await pool?.flush();
     },
   };
 }

@@ -47,7 +47,7 @@ describe('SQLite databases from before migrations', () => {
       }
       const raw = new Database(f);
       expect((raw.prepare('PRAGMA table_info(vdi_sessions)').all() as Array<{ name: string }>).map((c) => c.name)).toContain('failure');
-      expect(raw.prepare('SELECT id FROM schema_migrations').all()).toEqual([{ id: 1 }]);
+      expect(raw.prepare('SELECT id FROM schema_migrations ORDER BY id').all()).toEqual(MIGRATIONS.map((m) => ({ id: m.id })));
       raw.close();
     } finally {
       rmSync(d, { recursive: true, force: true });

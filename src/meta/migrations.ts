@@ -81,6 +81,16 @@ async function v1(q: Sql, dialect: SqlDialect): Promise<void> {
   for (const s of V1_TABLES) await q.run(s);
 }
 
+/**
+ * The full-mode DHCP pool, shared by every server on the boot LAN (src/meta/sql-dhcp.ts). expires: epoch ms.
+ * (Number 2 is VDI session ownership, from another branch; ids need not be contiguous.)
+ */
+async function v3(q: Sql): Promise<void> {
+  await q.run('CREATE TABLE IF NOT EXISTS dhcp_leases (ip TEXT PRIMARY KEY, mac TEXT NOT NULL, state TEXT, expires BIGINT)');
+  await q.run('CREATE INDEX IF NOT EXISTS dhcp_leases_by_mac ON dhcp_leases (mac)');
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
+  { id: 3, name: 'DHCP pool', up: v3 },
 ];

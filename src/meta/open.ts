@@ -1,4 +1,5 @@
 import { SqlDesktopRepo } from './sql-desktops.js';
+import { SqlDhcpLeaseRepo } from './sql-dhcp.js';
 import { SqlEndpointRepo } from './sql-endpoints.js';
 import { SqlImageRepo } from './sql-images.js';
 import { SqlTokenRepo } from './sql-tokens.js';
@@ -17,6 +18,7 @@ export async function openMeta(engine: SqlEngine): Promise<Meta> {
     tokens: new SqlTokenRepo(engine),
     endpoints: new SqlEndpointRepo(engine),
     vdi: new SqlVdiRepo(engine),
+    dhcp: new SqlDhcpLeaseRepo(engine),
     engine,
     close: () => engine.close(),
   };

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import Database from 'better-sqlite3';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { clientMsg, events, MSG, OPT, probe, pxeOptions, requireClients, startRunner, udhcpcOnce, udhcpcScript, enc, type Runner } from '../helpers/dhcp.js';
@@ -13,13 +14,13 @@ const SCRIPT_URL = 'http://10.231.0.1:8080/boot/ipxe';
 
 describe('DHCP full mode (real clients in namespaces)', () => {
   const tmp = tempDir('df-dhcp-');
-  const leases = path.join(tmp.dir, 'leases.json');
+  const metaDb = path.join(tmp.dir, 'meta.sqlite');
   const made: Netns[] = [];
   let srv: Netns, c1: Netns, c2: Netns, c3: Netns, runner: Runner;
   const cfg = {
     dhcp: {
       mode: 'full', interface: 'br0', serverIp: SERVER,
-      pool: { first: '10.231.0.100', last: '10.231.0.150', netmask: '255.255.255.0', router: SERVER, dns: [SERVER], leaseSeconds: 3600, file: leases },
+      pool: { first: '10.231.0.100', last: '10.231.0.150', netmask: '255.255.255.0', router: SERVER, dns: [SERVER], leaseSeconds: 3600, meta: metaDb },
     },
     scriptUrl: SCRIPT_URL,
     logLevel: 'debug',
@@ -71,7 +72,12 @@ describe('DHCP full mode (real clients in namespaces)', () => {
   it('keeps leases across a restart: the same MAC (now via dhclient) gets the same address', async () => {
     const first = events(path.join(tmp.dir, 'c1.out')).find((e) => e.event === 'bound')!.ip;
     await runner.close();
-    expect(JSON.parse(readFileSync(leases, 'utf8')).leases).toContainEqual(expect.objectContaining({ mac: '52:54:00:aa:00:01', ip: first, state: 'bound' }));
+    const db = new Database(metaDb, { readonly: true });
+    try {
+      expect(db.prepare('SELECT ip, mac, state FROM dhcp_leases').all()).toContainEqual({ mac: '52:54:00:aa:00:01', ip: first, state: 'bound' });
+    } finally {
+      db.close();
+    }
     runner = await startRunner(srv, cfg);
     const lease = path.join(tmp.dir, 'dhclient.lease');
     const r = await c1.runAsync('timeout', ['30', 'dhclient', '-1', '-sf', '/bin/true', '-lf', lease, '-pf', path.join(tmp.dir, 'dhclient.pid'), 'eth0']);
@@ -180,7 +186,7 @@ describe('DHCP on a multi-NIC server: only the boot interface is answered', () =
     plug(srv, 'br1', other, 'eth0', '52:54:00:bb:00:01');
     plug(srv, 'br0', boot, 'eth0', '52:54:00:bb:00:02');
     runner = await startRunner(srv, {
-      dhcp: { mode: 'full', interface: 'br0', serverIp: '10.233.0.1', pool: { first: '10.233.0.100', last: '10.233.0.110', netmask: '255.255.255.0', leaseSeconds: 600, file: path.join(tmp.dir, 'l.json') } },
+      dhcp: { mode: 'full', interface: 'br0', serverIp: '10.233.0.1', pool: { first: '10.233.0.100', last: '10.233.0.110', netmask: '255.255.255.0', leaseSeconds: 600, meta: path.join(tmp.dir, 'meta.sqlite') } },
       scriptUrl: 'http://10.233.0.1/boot/ipxe',
     });
     const outOther = path.join(tmp.dir, 'other.out');
@@ -190,6 +196,67 @@ describe('DHCP on a multi-NIC server: only the boot interface is answered', () =
     expect(await udhcpcOnce(boot, 'eth0', script, outBoot)).toBe(0);
     expect(events(outBoot).find((e) => e.event === 'bound')?.ip).toMatch(/^10\.233\.0\.1(0\d|10)$/);
     expect(runner.events.lines.filter((e) => e.mac === '52:54:00:bb:00:01')).toEqual([]);
+  });
+});
+
+describe('DHCP full mode, two servers on one database (real clients at once)', () => {
+  const tmp = tempDir('df-dhcp-');
+  const made: Netns[] = [];
+  const runners: Runner[] = [];
+  const script = udhcpcScript(tmp.dir);
+
+  afterAll(async () => {
+    for (const r of runners) await r.close();
+    for (const n of made) n.delete();
+    tmp.cleanup();
+  });
+
+  it('both answer every DISCOVER, never with one address for two clients; an old lease file is kept; the rest get nothing', async () => {
+    requireClients();
+    const srv = new Netns('dhcp3');
+    made.push(srv);
+    bridge(srv, 'br0', '10.234.0.1/24');
+    srv.run('ip', ['addr', 'add', '10.234.0.2/24', 'dev', 'br0']);
+    const clients = Array.from({ length: 6 }, (_, i) => {
+      const c = new Netns('dhcpc');
+      made.push(c);
+      plug(srv, 'br0', c, 'eth0', `52:54:00:cc:00:0${i + 1}`);
+      return c;
+    });
+    // Server A upgrades from a release with a lease file: the first client's binding lives on.
+    const old = path.join(tmp.dir, 'dhcp-leases.json');
+    writeFileSync(old, JSON.stringify({ version: 1, leases: [{ mac: '52:54:00:cc:00:01', ip: '10.234.0.103', state: 'bound', expires: Date.now() + 3600_000 }] }));
+    const meta = path.join(tmp.dir, 'meta.sqlite');
+    const pool = { first: '10.234.0.100', last: '10.234.0.103', netmask: '255.255.255.0', leaseSeconds: 600, meta };
+    runners.push(await startRunner(srv, { dhcp: { mode: 'full', interface: 'br0', serverIp: '10.234.0.1', pool: { ...pool, importFile: old } }, scriptUrl: 'http://10.234.0.1/boot/ipxe' }));
+    runners.push(await startRunner(srv, { dhcp: { mode: 'full', interface: 'br0', serverIp: '10.234.0.2', pool }, scriptUrl: 'http://10.234.0.2/boot/ipxe' }));
+    expect(existsSync(`${old}.imported`)).toBe(true);
+
+    const outs = clients.map((_, i) => path.join(tmp.dir, `two-${i + 1}.out`));
+    const codes = await Promise.all(clients.map((c, i) => udhcpcOnce(c, 'eth0', script, outs[i]!)));
+    const bound = outs.map((o) => events(o).find((e) => e.event === 'bound'));
+    expect(bound[0]?.ip).toBe('10.234.0.103');
+    const ips = bound.filter((b) => b !== undefined).map((b) => b.ip);
+    // Four addresses: four clients bound, each its own; the other two heard no offer and gave up.
+    expect(ips).toHaveLength(4);
+    expect(new Set(ips).size).toBe(4);
+    expect(codes.filter((c) => c === 0)).toHaveLength(4);
+    const offers = (r: Runner) => r.events.lines.filter((e) => e.kind === 'offer');
+    // Both servers answered the broadcasts, and for one client both offered the same address.
+    expect(offers(runners[0]!).length).toBeGreaterThan(0);
+    expect(offers(runners[1]!).length).toBeGreaterThan(0);
+    for (const e of [...offers(runners[0]!), ...offers(runners[1]!)]) {
+      const i = Number(String(e.mac).slice(-2)) - 1;
+      expect(e.ip).toBe(bound[i]?.ip);
+    }
+    const db = new Database(meta, { readonly: true });
+    try {
+      const rows = db.prepare("SELECT mac, ip FROM dhcp_leases WHERE state = 'bound' ORDER BY ip").all() as Array<{ mac: string; ip: string }>;
+      expect(rows.map((r) => r.ip)).toEqual([...ips].sort());
+      expect(new Set(rows.map((r) => r.mac)).size).toBe(4);
+    } finally {
+      db.close();
+    }
   });
 });
 
