@@ -7,12 +7,13 @@
 #   test       (default) everything the tests use: the above, QEMU endpoints, real DHCP/TFTP clients
 #   bench      test + the peers the benchmarks compare against (and fio for bench/nbd.sh)
 #   engines    the scale-out engines the tests start themselves: single-node Ceph RADOS Gateway (S3),
-#              scripts/engines/ceph-rgw.sh (ceph-mgr is not needed for S3)
+#              scripts/engines/ceph-rgw.sh (ceph-mgr is not needed for S3); PostgreSQL 15 (metadata),
+#              scripts/engines/postgres.sh (Debian's package; its default cluster is not used)
 set -euo pipefail
 group=${1:-test}
 runtime=(qemu-utils ipxe)
 initramfs=(busybox-static cpio zstd binutils)
-engines=(ceph-mon ceph-osd radosgw ceph-common uuid-runtime)
+engines=(ceph-mon ceph-osd radosgw ceph-common uuid-runtime postgresql)
 test=(
   "${runtime[@]}" "${initramfs[@]}" "${engines[@]}"
   qemu-system-x86 ipxe-qemu ovmf                # QEMU endpoints in the netboot tests and `npm run demo`

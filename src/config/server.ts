@@ -223,17 +223,6 @@ function checkMetaUrl(v: unknown, problems: string[]): void {
   }
 }
 
-/** A URL as logs and errors may show it: without its password. */
-export function maskUrl(v: string): string {
-  try {
-    const u = new URL(v);
-    if (u.password) u.password = '***';
-    return u.toString();
-  } catch {
-    return v.replace(/:[^:@/]*@/, ':***@');
-  }
-}
-
 /** A config-file block of integers, each in its range (the file is the only source: no env or flags). */
 function loadIntegers<T extends { readonly [k in keyof T]: number }>(block: string, file: Record<string, unknown>, d: T, ranges: Record<keyof T, [number, number]>, problems: string[]): T {
   for (const k of Object.keys(file)) if (!(k in d)) problems.push(`config file: unknown key ${block}.${k}`);

@@ -99,11 +99,14 @@ export class SqliteEngine implements SqlEngine {
     const applied: number[] = [];
     for (const m of [...migrations].sort((a, b) => a.id - b.id)) {
       if (done.has(m.id)) continue;
-      await this.tx(async (q) => {
+      // the transaction queue is the lock: a concurrent migrate may have applied it since the read
+      const now = await this.tx(async (q) => {
+        if (await q.get('SELECT id FROM schema_migrations WHERE id = ?', [m.id])) return false;
         await m.up(q, 'sqlite');
         await q.run('INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)', [m.id, m.name, new Date().toISOString()]);
+        return true;
       });
-      applied.push(m.id);
+      if (now) applied.push(m.id);
     }
     return applied;
   }

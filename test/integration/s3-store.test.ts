@@ -1,20 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import net from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { S3ChunkStore, type S3StoreOptions } from '../../src/chunk/s3-store.js';
 import { CONTRACT_MAX, chunkOf, listed, storeContract } from '../../src/chunk/store-contract.js';
 import { rejection } from '../helpers/expect.js';
-import { startRgw, type Rgw } from '../helpers/rgw.js';
+import { sharedRgw, type SharedRgw } from '../helpers/engines.js';
 
-// The S3 chunk store against a real Ceph RADOS Gateway (mon + BlueStore OSD + radosgw on loopback),
-// started once for this file by scripts/engines/ceph-rgw.sh and stopped by its recorded PIDs.
-let rgw: Rgw;
+// The S3 chunk store against a real Ceph RADOS Gateway (mon + BlueStore OSD + radosgw on loopback):
+// the run's shared one (scripts/engines/ceph-rgw.sh, started once per run, stopped by its recorded
+// PIDs at the end), under a prefix of this file's own.
+let rgw: SharedRgw;
 beforeAll(async () => {
-  rgw = await startRgw();
+  rgw = await sharedRgw('s3-store');
 }, 300_000);
-afterAll(async () => {
-  await rgw?.destroy();
-}, 120_000);
 
 const cred = () => ({ accessKeyId: rgw.accessKeyId, secretAccessKey: rgw.secretAccessKey });
 const opts = (o: Partial<S3StoreOptions> = {}): S3StoreOptions => ({ maxChunkSize: CONTRACT_MAX, ...o });
@@ -40,7 +38,7 @@ describe('S3ChunkStore on Ceph RGW', () => {
     const store = await S3ChunkStore.open(rgw.url(`deep/${prefix}`), cred(), opts());
     const c = chunkOf('layout');
     await store.put(c.id, { frame: c.frame });
-    const key = `deep/${prefix}chunks/${c.id.slice(0, 2)}/${c.id}`;
+    const key = `${rgw.prefix}deep/${prefix}chunks/${c.id.slice(0, 2)}/${c.id}`;
     expect(store.keyOf(c.id)).toBe(key);
     const r = await store.client.request('GET', key, 'a raw read');
     expect(r.body).toEqual(c.frame);
