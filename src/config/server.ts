@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { parseS3Url, type S3Location } from '../chunk/s3-url.js';
 import type { S3Credentials } from '../chunk/s3-sigv4.js';
 import { dfError, isDeskfuseError } from '../errors.js';
+import { maskUrl } from '../meta/engine.js';
 
 /**
  * Server configuration: one schema with documented defaults. load = defaults < file < env < flags,
