@@ -11,7 +11,7 @@ process.env.UV_THREADPOOL_SIZE ??= '16';
 export const USAGE = `deskfuse — PXE/iPXE boot-time sync appliance for desktop fusion
 
 Usage:
-  deskfuse server [--data DIR] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
+  deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--store local|s3://…] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
                   [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]
                   [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]
                   [--nbd-listen HOST[:PORT]|off] [--nbd-anonymous-read]
@@ -24,7 +24,8 @@ Usage:
   deskfuse ref list IMAGE
   deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]
   deskfuse ref log IMAGE [REF] [--limit N]
-  deskfuse store verify [--data DIR]
+  deskfuse store verify [--data DIR] [--meta URL] [--store URL]
+  deskfuse admin migrate [--data DIR] --to-meta postgres://… --to-store s3://…
   deskfuse agent sync --disk PATH --desktop NAME [--force] [--reprovision]
   deskfuse agent commit --disk PATH [--force]
   deskfuse agent status --disk PATH
@@ -64,6 +65,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'image': return await (await import('./commands/image.js')).imageCommand(rest, io);
       case 'ref': return await (await import('./commands/ref.js')).refCommand(rest, io);
       case 'store': return await (await import('./commands/store.js')).storeCommand(rest, io);
+      case 'admin': return await (await import('./commands/admin.js')).adminCommand(rest, io);
       case 'agent': return await (await import('./commands/agent.js')).agentCommand(rest, io);
       case 'desktop': return await (await import('./commands/desktop.js')).desktopCommand(rest, io);
       case 'endpoint': return await (await import('./commands/endpoint.js')).endpointCommand(rest, io);
