@@ -27,7 +27,7 @@ metaContract('SQLite', {
 });
 
 describe('SQLite databases from before migrations', () => {
-  it('are brought up by migration 1 with their rows and the columns they lacked', async () => {
+  it('are brought up by migration 1 with their rows and the columns they lacked, then migration 2 (VDI ownership)', async () => {
     const d = mkdtempSync(path.join(os.tmpdir(), 'deskfuse-meta-old-'));
     try {
       const f = path.join(d, 'meta.sqlite');
@@ -47,7 +47,8 @@ describe('SQLite databases from before migrations', () => {
       }
       const raw = new Database(f);
       expect((raw.prepare('PRAGMA table_info(vdi_sessions)').all() as Array<{ name: string }>).map((c) => c.name)).toContain('failure');
-      expect(raw.prepare('SELECT id FROM schema_migrations').all()).toEqual([{ id: 1 }]);
+      expect((raw.prepare('PRAGMA table_info(vdi_sessions)').all() as Array<{ name: string }>).map((c) => c.name)).toEqual(expect.arrayContaining(['server', 'nbd_host', 'nbd_port', 'heartbeat_at', 'checkpoint_layer', 'checkpoint_at']));
+      expect(raw.prepare('SELECT id FROM schema_migrations').all()).toEqual([{ id: 1 }, { id: 2 }]);
       raw.close();
     } finally {
       rmSync(d, { recursive: true, force: true });
