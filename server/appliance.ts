@@ -93,7 +93,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const cache = new RawChunkCache(chunks, opts.nbdCacheDir ?? p.nbdCache, config.nbd.cacheMiB * 1024 * 1024);
     const sessions = new VdiSessions({
       repo: meta.vdi, meta, catalog, desktops, chunks, cache, dir: vdiDir, now, server: config.serverName,
-      leaseSeconds: config.nbd.leaseSeconds, checkpointSeconds: config.nbd.checkpointSeconds, ...(log ? { log } : {}),
+      leaseSeconds: config.nbd.leaseSeconds, checkpointSeconds: config.nbd.checkpointSeconds, heartbeatSeconds: config.nbd.heartbeatSeconds, ...(log ? { log } : {}),
     });
     // Increments of sessions committed or discarded through another server while this one was down.
     await sessions.sweep();

@@ -71,6 +71,11 @@ export interface NbdConfig {
    * chunk store as a staged layer another server can commit if this one dies). Default 10.
    */
   readonly checkpointSeconds: number;
+  /**
+   * Seconds between two heartbeats of a VDI session a client is connected to; another server takes the
+   * session over (commit, discard) only once it is 3 heartbeats old. Same value on every server. Default 10.
+   */
+  readonly heartbeatSeconds: number;
 }
 
 /** Network boot: DHCP/proxyDHCP, TFTP, IPv6 RA on the boot interface, and what /boot serves. */
@@ -126,7 +131,7 @@ export const DEFAULTS: ServerConfig = {
   logLevel: 'info',
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
-  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10 },
+  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
 };
@@ -240,7 +245,7 @@ function loadIntegers<T extends { readonly [k in keyof T]: number }>(block: stri
   return out as T;
 }
 
-const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds'];
+const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds'];
 
 function loadNbd(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, httpHost: string, problems: string[]): NbdConfig {
   for (const k of Object.keys(file)) if (!NBD_KEYS.includes(k)) problems.push(`config file: unknown key nbd.${k}`);
@@ -254,12 +259,12 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   const anonymousRead = flags.nbdAnonymousRead ?? (envAnon !== undefined ? envAnon === '1' || envAnon === 'true' : typeof file.anonymousRead === 'boolean' ? file.anonymousRead : d.anonymousRead);
   const publicHost = env.DESKFUSE_NBD_PUBLIC_HOST ?? (typeof file.publicHost === 'string' ? file.publicHost : null);
   if (publicHost !== null && !/^[A-Za-z0-9.:[\]-]{1,253}$/.test(publicHost)) problems.push(`nbd.publicHost: not a host name or address: ${JSON.stringify(publicHost)}`);
-  const num = (k: 'cacheMiB' | 'leaseSeconds' | 'checkpointSeconds', min: number, max: number) => {
+  const num = (k: 'cacheMiB' | 'leaseSeconds' | 'checkpointSeconds' | 'heartbeatSeconds', min: number, max: number) => {
     const v = file[k] ?? d[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) { problems.push(`nbd.${k}: expected an integer ${min}-${max}`); return d[k]; }
     return v;
   };
-  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600) };
+  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600) };
 }
 
 const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];

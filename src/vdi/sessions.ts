@@ -264,7 +264,7 @@ export class VdiSessions {
     if (!live) {
       let p = this.opening.get(id);
       if (!p) {
-        p = (async () => ({ inc: await this.openIncrement(row, undefined, (reason) => void this.fail(id, reason)), connections: 0, lastCheckpoint: 0 }))();
+        p = (async () => ({ inc: await this.openIncrement(row, undefined, (reason) => void this.fail(id, reason)), connections: 0, lastCheckpoint: -Infinity }))();
         this.opening.set(id, p);
         p.finally(() => this.opening.delete(id)).catch(() => {});
       }
