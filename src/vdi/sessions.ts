@@ -404,6 +404,7 @@ export class VdiSessions {
   private async checkpoint(id: string, live: Live, always: boolean): Promise<void> {
     const row = await this.get(id);
     if (row.state !== 'open' || this.owner(row) !== this.deps.server) return this.takenOver(id, live, row);
+    if (row.mode === 'restore') return; // discarded, never committed: nothing to keep
     const prev = this.recorded.get(id);
     const full = !prev || prev.layer !== row.checkpointLayer;
     if (!full && !always && live.inc.dirtyCount === 0) return;
@@ -433,12 +434,13 @@ export class VdiSessions {
     live.inc.revoke(reason);
   }
 
-  /** Keep the heartbeat of the sessions served here fresh; one that was taken over is revoked. */
+  /** Keep the heartbeat of the sessions served (or being committed) here fresh; one that was taken over is revoked. */
   private async heartbeat(): Promise<void> {
     for (const id of this.serving) {
       try {
         const at = this.now().toISOString();
-        const ok = await this.deps.repo.updateIf(id, { state: 'open', server: this.deps.server }, { heartbeatAt: at });
+        // Taken over = moved to another server (a commit or discard here keeps the server).
+        const ok = await this.deps.repo.updateIf(id, { server: this.deps.server }, { heartbeatAt: at });
         const live = this.live.get(id);
         if (!ok && live) this.takenOver(id, live, await this.get(id));
       } catch (err) {
@@ -515,9 +517,22 @@ export class VdiSessions {
     const fromCheckpoint = this.owner(row) !== this.deps.server || !(await exists(this.incDir(id)));
     if (this.owner(row) !== this.deps.server) row = await this.takeOver(row, { state: 'committing' }, force);
     this.notConnected(row);
-    const claimed = await this.deps.repo.updateIf(id, { server: row.server, state: row.state }, { state: 'committing', updatedAt: this.now().toISOString() });
+    // The heartbeat runs while the commit does: no other server takes a session over mid-commit
+    // unless this one dies (then the heartbeat goes stale and the commit is rerun there).
+    const at = this.now().toISOString();
+    const claimed = await this.deps.repo.updateIf(id, { server: row.server, state: row.state }, { state: 'committing', heartbeatAt: at, updatedAt: at });
     if (!claimed) return await this.changedMeanwhile(id, 'commit');
     row = claimed;
+    this.serving.add(id);
+    try {
+      return await this.commitClaimed(row, by, author, fromCheckpoint, t0);
+    } finally {
+      if (!this.live.has(id)) await this.idle(id);
+    }
+  }
+
+  private async commitClaimed(row: VdiSessionRow, by: 'disconnect' | 'admin', author: string, fromCheckpoint: boolean, t0: number): Promise<VdiSessionView> {
+    const id = row.id;
     let made: { layer: { entries: unknown[] }; stored: number; bytes: number; staged?: string };
     if (fromCheckpoint) {
       // The checkpoint's chunks were stored before its layer was recorded.
