@@ -11,7 +11,7 @@ process.env.UV_THREADPOOL_SIZE ??= '16';
 export const USAGE = `deskfuse — PXE/iPXE boot-time sync appliance for desktop fusion
 
 Usage:
-  deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--store local|s3://…] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
+  deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--store local|s3://…] [--server-name NAME] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
                   [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]
                   [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]
                   [--nbd-listen HOST[:PORT]|off] [--nbd-anonymous-read]

@@ -28,6 +28,7 @@ import type { AppContext } from './context.js';
  *   store-cache/                 with an S3 store (--store s3://…) instead of the three above: the disk
  *                                cache of the bucket's chunks/, blobs/ and deltas/ (src/chunk/open-stores.ts)
  *   vdi/<session>/               a VDI session's cloud increment (overlay.raw + map.log) until it is committed
+ *                                (this server's sessions only: a session lives on the server that made it)
  *   nbd-cache/                   verified raw chunks served over NBD (made anew at every start)
  *   admin.token                  the admin token, mode 0600, written once on first start
  */
@@ -49,6 +50,8 @@ export interface Appliance {
   ctx: AppContext;
   /** What the NBD server serves (server/services/nbd.ts listens). */
   exports: DeskfuseExports;
+  /** This server's name among several (`serverName`): the owner of the VDI sessions it makes. */
+  serverName: string;
   /** Set only on the first start, when the admin token was just generated. */
   newAdminToken?: string;
   /** Delete used or expired tokens, old events and stale pending endpoints, by the configured retention (server/services/prune.ts runs it). */
@@ -59,6 +62,12 @@ export interface Appliance {
 export interface ApplianceOptions {
   /** The clock for versions, ref moves, token expiry and leases (tests pass one they can advance). */
   now?: () => Date;
+  /**
+   * Where this server keeps VDI increments and its NBD chunk cache (default under the data directory).
+   * Tests that run two servers on one data directory (standing in for a shared database and store) give each its own.
+   */
+  vdiDir?: string;
+  nbdCacheDir?: string;
 }
 
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
@@ -79,18 +88,21 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     });
     const unlisten = await endpoints.listen();
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };
-    await fsp.mkdir(p.vdi, { recursive: true, mode: 0o750 });
-    const cache = new RawChunkCache(chunks, p.nbdCache, config.nbd.cacheMiB * 1024 * 1024);
+    const vdiDir = opts.vdiDir ?? p.vdi;
+    await fsp.mkdir(vdiDir, { recursive: true, mode: 0o750 });
+    const cache = new RawChunkCache(chunks, opts.nbdCacheDir ?? p.nbdCache, config.nbd.cacheMiB * 1024 * 1024);
     const sessions = new VdiSessions({
-      repo: meta.vdi, meta, catalog, desktops, chunks, cache, dir: p.vdi, now,
-      leaseSeconds: config.nbd.leaseSeconds, ...(log ? { log } : {}),
+      repo: meta.vdi, meta, catalog, desktops, chunks, cache, dir: vdiDir, now, server: config.serverName,
+      leaseSeconds: config.nbd.leaseSeconds, checkpointSeconds: config.nbd.checkpointSeconds, heartbeatSeconds: config.nbd.heartbeatSeconds, ...(log ? { log } : {}),
     });
+    // Increments of sessions committed or discarded through another server while this one was down.
+    await sessions.sweep();
     const exports = new DeskfuseExports({ catalog, sessions, meta, cache, anonymousRead: config.nbd.anonymousRead, now });
-    const vdi = { sessions, nbd: { port: null, publicHost: config.nbd.publicHost } };
+    const vdi = { sessions, serverName: config.serverName, nbd: { port: null, publicHost: config.nbd.publicHost, listenHost: config.nbd.listen?.host ?? null } };
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi };
     const app = await buildApp(ctx, log);
     return {
-      app, ctx, exports, ...(newAdminToken ? { newAdminToken } : {}),
+      app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),
       prune: () => pruneMeta(meta, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
       close: async () => {
         sessions.close();

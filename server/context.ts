@@ -26,10 +26,14 @@ export interface AppContext {
   vdi: VdiContext;
 }
 
-/** VDI: the sessions and how hypervisors reach the NBD server (its port is known once it listens). */
+/**
+ * VDI: the sessions, this server's name, and how hypervisors reach its NBD server (its port is known
+ * once it listens; the host is the public one, else the listen host unless that is a wildcard).
+ */
 export interface VdiContext {
   sessions: VdiSessions;
-  nbd: { port: number | null; publicHost: string | null };
+  serverName: string;
+  nbd: { port: number | null; publicHost: string | null; listenHost: string | null };
 }
 
 /** What the /boot routes serve: the boot stage's files, iPXE templates, how endpoints reach us. */

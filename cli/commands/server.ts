@@ -5,6 +5,7 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
   const { values } = parse(args, {
     data: { type: 'string' },
     meta: { type: 'string' },
+    'server-name': { type: 'string' },
     listen: { type: 'string' },
     config: { type: 'string' },
     'log-level': { type: 'string' },
@@ -21,12 +22,14 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
     store: { type: 'string' },
   });
   if (values.help) {
-    io.out.write('deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]\n' +
+    io.out.write('deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--server-name NAME] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]\n' +
       '                [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]\n' +
       '                [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]\n' +
       '                [--nbd-listen HOST[:PORT]|off] [--nbd-anonymous-read] [--store s3://BUCKET/PREFIX?endpoint=URL&region=R]\n' +
       '  defaults: --data ./data (env DESKFUSE_DATA), --listen 127.0.0.1:8080 (env DESKFUSE_LISTEN; 0.0.0.0:8080 serves the network)\n' +
       '  metadata: --meta sqlite (default: DIR/meta.sqlite, one server) or postgres://USER:PASS@HOST:PORT/DB (env DESKFUSE_META; several servers)\n' +
+      '  --server-name NAME names this server among several (env DESKFUSE_SERVER_NAME; default: the host name): a VDI session\n' +
+      '  lives on the server that made it\n' +
       '  network boot: --dhcp off (the site DHCP points PXE at us), proxy (PXE answers beside the site DHCP), full (address pool);\n' +
       '  with DHCP on, TFTP serves the iPXE binaries on 0.0.0.0:69 and IPv6 RAs (lifetime 0) spare iPXE its IPv6 wait;\n' +
       '  --public-url is how endpoints reach this server (default: the Host they used); --boot-dir holds vmlinuz + initrd.img\n' +
@@ -43,6 +46,7 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
     flags: {
       ...(values.data ? { data: values.data } : {}),
       ...(values.meta ? { meta: values.meta } : {}),
+      ...(values['server-name'] ? { serverName: values['server-name'] } : {}),
       ...(values.listen ? { listen: values.listen } : {}),
       ...(values['log-level'] ? { logLevel: values['log-level'] } : {}),
       ...(values.dhcp ? { dhcp: values.dhcp } : {}),

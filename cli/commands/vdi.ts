@@ -10,8 +10,10 @@ import { emit, table } from '../output.js';
 const HELP = `deskfuse vdi session create DESKTOP [--force] [--no-auto-commit]
       takes the desktop's lease; prints the session and its NBD URL (the URL carries the session's secret)
 deskfuse vdi session list [--desktop NAME] [--all] | show ID
-deskfuse vdi session commit ID      commit the cloud increment (exit 3 when kept as a conflict version)
-deskfuse vdi session discard ID     drop the cloud increment, release the lease
+deskfuse vdi session commit ID [--force]   commit the cloud increment (exit 3 when kept as a conflict version)
+deskfuse vdi session discard ID [--force]  drop the cloud increment, release the lease
+      a session lives on the server that created it; through another server, commit takes its last
+      checkpoint once that server serves no client (--force: that server is dead)
 deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--cpus N] [--accel auto|kvm|tcg] [--net user|none]
                    [--force] [--print-libvirt-xml] [-- QEMU ARGS]
       on a hypervisor host: creates a session, runs qemu-system-x86_64 on its export (KVM when it works,
@@ -80,12 +82,12 @@ export async function vdiCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     case 'commit': {
-      const s = (await client.json<VdiSessionView>('POST', path(id()) + '/commit')).body;
+      const s = (await client.json<VdiSessionView>('POST', path(id()) + `/commit${values.force ? '?force=true' : ''}`)).body;
       emit(io, json, s, () => `${outcomeText(s)}\n`);
       return s.outcome?.kind === 'conflict' ? 3 : 0;
     }
     case 'discard': {
-      const s = (await client.json<VdiSessionView>('POST', path(id()) + '/discard')).body;
+      const s = (await client.json<VdiSessionView>('POST', path(id()) + `/discard${values.force ? '?force=true' : ''}`)).body;
       emit(io, json, s, () => `VDI session ${s.id} discarded; desktop ${s.desktop}'s lease released\n`);
       return 0;
     }
@@ -187,6 +189,8 @@ function showText(s: VdiSessionView): string {
   const inc = s.increment;
   return `VDI session ${s.id}: desktop ${s.desktop} (${s.mode}), base ${s.image}@${s.base}, ${s.state}\n` +
     `  export      ${s.export}:SECRET\n` +
+    `  server      ${s.server}${s.url ? ` (${s.url}:SECRET)` : ''}\n` +
+    `  checkpoint  ${s.checkpointLayer ? `${s.checkpointAt} (what another server commits if ${s.server} dies)` : '-'}\n` +
     `  lease       ${s.fencing === null ? 'none (restore desktop)' : `${s.holder}, fencing ${s.fencing}`}\n` +
     `  clients     ${s.connections}; last connect ${s.lastConnectAt ?? '-'}; last disconnect ${s.lastDisconnect ? `${s.lastDisconnect} at ${s.lastDisconnectAt}` : '-'}\n` +
     (inc ? `  increment   ${inc.changed} chunks changed${inc.live ? `; since the client connected: ${inc.live.bytesWritten} bytes written, ${inc.live.flushes} flushes, last ${inc.live.lastFlushAt ?? '-'}` : ''}\n` : '') +

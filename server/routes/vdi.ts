@@ -1,15 +1,19 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
-import { createVdiSessionBody, listVdiSessionsQuery, vdiSessionParams } from '../../src/api/schemas.js';
-import { nbdUrl as formatNbdUrl } from '../../src/vdi/launch.js';
+import { createVdiSessionBody, endVdiSessionQuery, listVdiSessionsQuery, vdiSessionParams } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import type { AppContext } from '../context.js';
 
 type P = { id: string };
+type Q = { force?: boolean };
 
 /**
  * VDI sessions under /api/v1 (admin; a hypervisor token may create, list and show its own): create one on a desktop (takes its lease; 409 DF_ERR_LEASE_HELD
  * names the holder, `force` takes it over), list, show, commit, discard. Creating answers the NBD URL
  * a hypervisor connects to, secret included: it is shown once.
+ *
+ * Several servers: a session lives on the server that created it; its URLs name that server whichever
+ * server answers. Commit and discard work through any server: a non-owner takes the session over once
+ * its owner serves no client (`?force=true`: the owner is dead) and commits the last checkpoint.
  */
 export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   const { sessions } = ctx.vdi;
@@ -17,18 +21,22 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
   /** A hypervisor token sees the sessions it created; the admin sees all. */
   const mine = (req: FastifyRequest, s: { createdBy: string }) => req.tokenScope === 'admin' || s.createdBy === req.tokenScope;
 
-  /** nbd://HOST:PORT/NAME — HOST is the configured public host, else the one the API was called on. */
-  const nbdUrl = (req: FastifyRequest, exportName: string): string | null => {
-    const port = ctx.vdi.nbd.port;
+  /**
+   * Where hypervisors reach this server's NBD (recorded in the rows of the sessions it makes): the
+   * configured public host, else the NBD listen host, else (a wildcard) the host the API was called on.
+   */
+  const nbdAddress = (req: FastifyRequest): { host: string; port: number } | null => {
+    const { port, publicHost, listenHost } = ctx.vdi.nbd;
     if (port === null) return null;
-    return formatNbdUrl({ host: ctx.vdi.nbd.publicHost ?? req.hostname, port, exportName });
+    const wildcard = listenHost === null || listenHost === '0.0.0.0' || listenHost === '::' || listenHost === '';
+    return { host: publicHost ?? (wildcard ? req.hostname : listenHost), port };
   };
 
   app.post<{ Body: { desktop: string; force?: boolean; autoCommit?: boolean } }>('/vdi/sessions', {
     schema: { body: createVdiSessionBody, tags: ['vdi'], summary: "Start a VDI session on a desktop: takes its lease, answers {session, export, url} (the URL carries the session's secret)" },
   }, async (req, reply) => {
-    const made = await sessions.create(req.body, who(req.tokenScope));
-    return reply.status(201).send({ session: made.session, export: made.exportName, url: nbdUrl(req, made.exportName) });
+    const made = await sessions.create(req.body, who(req.tokenScope), nbdAddress(req));
+    return reply.status(201).send({ session: made.session, export: made.exportName, url: made.url });
   });
 
   app.get<{ Querystring: { desktop?: string; all?: boolean } }>('/vdi/sessions', {
@@ -45,11 +53,11 @@ export const vdiRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     return s;
   });
 
-  app.post<{ Params: P }>('/vdi/sessions/:id/commit', {
-    schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Commit the session's cloud increment as a vdi-commit version (fast-forward, or kept as a conflict); 409 while a client is connected" },
-  }, async (req) => await sessions.commit(req.params.id, 'admin', who(req.tokenScope)));
+  app.post<{ Params: P; Querystring: Q }>('/vdi/sessions/:id/commit', {
+    schema: { params: vdiSessionParams, querystring: endVdiSessionQuery, tags: ['vdi'], summary: "Commit the session's cloud increment as a vdi-commit version (fast-forward, or kept as a conflict); 409 while a client is connected. Through another server than its owner: the owner's last checkpoint (force: the owner is dead)" },
+  }, async (req) => await sessions.commit(req.params.id, 'admin', who(req.tokenScope), req.query.force ?? false));
 
-  app.post<{ Params: P }>('/vdi/sessions/:id/discard', {
-    schema: { params: vdiSessionParams, tags: ['vdi'], summary: "Discard the session's cloud increment and release its lease; 409 while a client is connected" },
-  }, async (req) => await sessions.discard(req.params.id));
+  app.post<{ Params: P; Querystring: Q }>('/vdi/sessions/:id/discard', {
+    schema: { params: vdiSessionParams, querystring: endVdiSessionQuery, tags: ['vdi'], summary: "Discard the session's cloud increment and release its lease; 409 while a client is connected (through another server: force = its owner is dead)" },
+  }, async (req) => await sessions.discard(req.params.id, 'admin', req.query.force ?? false));
 };

@@ -144,3 +144,9 @@ export const listVdiSessionsQuery = {
   properties: { desktop: desktopName, all: { type: 'boolean' } },
   additionalProperties: false,
 } as const;
+/** Commit or discard through a server that does not own the session: `force` = its owner is dead (its heartbeat may still look fresh). */
+export const endVdiSessionQuery = {
+  type: 'object',
+  properties: { force: { type: 'boolean' } },
+  additionalProperties: false,
+} as const;

@@ -119,12 +119,25 @@ describe('parseHostPort', () => {
   );
 
   it('nbd: on the HTTP host at 10809 by default; HOST[:PORT] or off; anonymous read and limits validated', () => {
-    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600 });
+    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 });
     expect(loadServerConfig({ env: {}, flags: { listen: '0.0.0.0:8080' } }).nbd.listen).toEqual({ host: '0.0.0.0', port: 10809 });
     expect(loadServerConfig({ env: {}, flags: { nbdListen: '10.0.0.1' } }).nbd.listen).toEqual({ host: '10.0.0.1', port: 10809 });
     expect(loadServerConfig({ env: { DESKFUSE_NBD_LISTEN: '127.0.0.1:0' } }).nbd.listen).toEqual({ host: '127.0.0.1', port: 0 });
     expect(loadServerConfig({ env: {}, flags: { nbdListen: 'off', nbdAnonymousRead: true } }).nbd).toMatchObject({ listen: null, anonymousRead: true });
     expect(() => loadServerConfig({ env: {}, flags: { nbdListen: 'h:99999' } })).toThrow(/nbdListen: port must be 0-65535/);
+  });
+
+  it('serverName: the host name by default; --server-name, DESKFUSE_SERVER_NAME or the file, validated; nbd.checkpointSeconds and heartbeatSeconds', () => {
+    expect(loadServerConfig({ env: {} }).serverName).toMatch(/^[A-Za-z0-9][A-Za-z0-9._-]*$/);
+    expect(loadServerConfig({ env: {}, file: file({ serverName: 'f1' }) }).serverName).toBe('f1');
+    expect(loadServerConfig({ env: { DESKFUSE_SERVER_NAME: 'e1' }, file: file({ serverName: 'f1' }) }).serverName).toBe('e1');
+    expect(loadServerConfig({ env: { DESKFUSE_SERVER_NAME: 'e1' }, flags: { serverName: 'srv-a.lan' } }).serverName).toBe('srv-a.lan');
+    expect(configError({ env: {}, flags: { serverName: 'a b' } }).message).toMatch(/serverName: expected 1-63 letters/);
+    expect(configError({ env: {}, file: file({ serverName: 7 }) }).message).toMatch(/serverName: .*got 7/);
+    expect(loadServerConfig({ env: {}, file: file({ nbd: { checkpointSeconds: 2 } }) }).nbd.checkpointSeconds).toBe(2);
+    expect(configError({ env: {}, file: file({ nbd: { checkpointSeconds: 0 } }) }).message).toMatch(/nbd.checkpointSeconds: expected an integer 1-3600/);
+    expect(loadServerConfig({ env: {}, file: file({ nbd: { heartbeatSeconds: 30 } }) }).nbd.heartbeatSeconds).toBe(30);
+    expect(configError({ env: {}, file: file({ nbd: { heartbeatSeconds: 'x' } }) }).message).toMatch(/nbd.heartbeatSeconds: expected an integer 1-3600/);
   });
 
   it('netboot.commitWindowSeconds: 120 by default, from the file or DESKFUSE_COMMIT_WINDOW_SECONDS, validated', () => {

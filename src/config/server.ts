@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIPv4 } from 'node:net';
+import { hostname } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseS3Url, type S3Location } from '../chunk/s3-url.js';
@@ -19,6 +20,11 @@ export interface ServerConfig {
    * server); a `postgres://USER:PASS@HOST:PORT/DB` URL = PostgreSQL, shared by several servers.
    */
   readonly meta: string | null;
+  /**
+   * This server's name among several on one metadata database: a VDI session's row names the server
+   * that hosts its NBD export (its cloud increment is local there). Default: the machine's host name.
+   */
+  readonly serverName: string;
   /** HTTP listen address. Default 127.0.0.1:8080 (give 0.0.0.0:8080 to serve a network). */
   readonly listen: { readonly host: string; readonly port: number };
   /** pino level. Default `info`. */
@@ -90,6 +96,16 @@ export interface NbdConfig {
   readonly cacheMiB: number;
   /** Lease TTL of a VDI session, seconds; renewed while a client is connected. Default 3600. */
   readonly leaseSeconds: number;
+  /**
+   * Least seconds between two checkpoints of a VDI session (after a FLUSH, its changed chunks go to the
+   * chunk store as a staged layer another server can commit if this one dies). Default 10.
+   */
+  readonly checkpointSeconds: number;
+  /**
+   * Seconds between two heartbeats of a VDI session a client is connected to; another server takes the
+   * session over (commit, discard) only once it is 3 heartbeats old. Same value on every server. Default 10.
+   */
+  readonly heartbeatSeconds: number;
 }
 
 /** Network boot: DHCP/proxyDHCP, TFTP, IPv6 RA on the boot interface, and what /boot serves. */
@@ -140,11 +156,12 @@ export const NBD_PORT = 10809;
 export const DEFAULTS: ServerConfig = {
   dataDir: './data',
   meta: null,
+  serverName: defaultServerName(),
   listen: { host: '127.0.0.1', port: 8080 },
   logLevel: 'info',
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
-  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600 },
+  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
@@ -154,7 +171,7 @@ export interface ConfigSources {
   file?: string;
   env?: Record<string, string | undefined>;
   flags?: {
-    data?: string; meta?: string; listen?: string; logLevel?: string;
+    data?: string; meta?: string; serverName?: string; listen?: string; logLevel?: string;
     dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
     autoEnrol?: string; ipv6Ra?: boolean;
     nbdListen?: string; nbdAnonymousRead?: boolean;
@@ -187,7 +204,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -196,6 +213,10 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   if (typeof dataDir !== 'string' || !dataDir) problems.push('dataDir: expected a non-empty path');
   const meta = pick<string | null>(src.flags?.meta, env.DESKFUSE_META, file.meta as string | undefined, DEFAULTS.meta);
   if (meta !== null) checkMetaUrl(meta, problems);
+  const serverName = pick<unknown>(src.flags?.serverName, env.DESKFUSE_SERVER_NAME, file.serverName, DEFAULTS.serverName);
+  if (typeof serverName !== 'string' || !SERVER_NAME_RE.test(serverName)) {
+    problems.push(`serverName: expected 1-63 letters, digits, '.', '_' or '-' (starting with a letter or digit), got ${JSON.stringify(serverName)}`);
+  }
   const listenRaw = pick(src.flags?.listen, env.DESKFUSE_LISTEN, file.listen as string | undefined, `${DEFAULTS.listen.host}:${DEFAULTS.listen.port}`);
   const listen = typeof listenRaw === 'string' ? parseHostPort(listenRaw, problems, 'listen') : (problems.push('listen: expected HOST:PORT'), undefined);
   const logLevel = pick(src.flags?.logLevel, env.DESKFUSE_LOG_LEVEL, file.logLevel as string | undefined, DEFAULTS.logLevel);
@@ -210,7 +231,15 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, store });
+}
+
+const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+
+/** The machine's host name, cut to what a server name may hold (`localhost` if nothing is left). */
+function defaultServerName(): string {
+  const n = hostname().replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 63);
+  return n || 'localhost';
 }
 
 /** `postgres://…` (or `sqlite`, the default). The password never appears in a problem. */
@@ -295,7 +324,7 @@ function hiddenCredentials(accessKeyId: string, secretAccessKey: string, session
   return c;
 }
 
-const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds'];
+const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds'];
 
 function loadNbd(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, httpHost: string, problems: string[]): NbdConfig {
   for (const k of Object.keys(file)) if (!NBD_KEYS.includes(k)) problems.push(`config file: unknown key nbd.${k}`);
@@ -309,12 +338,12 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   const anonymousRead = flags.nbdAnonymousRead ?? (envAnon !== undefined ? envAnon === '1' || envAnon === 'true' : typeof file.anonymousRead === 'boolean' ? file.anonymousRead : d.anonymousRead);
   const publicHost = env.DESKFUSE_NBD_PUBLIC_HOST ?? (typeof file.publicHost === 'string' ? file.publicHost : null);
   if (publicHost !== null && !/^[A-Za-z0-9.:[\]-]{1,253}$/.test(publicHost)) problems.push(`nbd.publicHost: not a host name or address: ${JSON.stringify(publicHost)}`);
-  const num = (k: 'cacheMiB' | 'leaseSeconds', min: number, max: number) => {
+  const num = (k: 'cacheMiB' | 'leaseSeconds' | 'checkpointSeconds' | 'heartbeatSeconds', min: number, max: number) => {
     const v = file[k] ?? d[k];
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) { problems.push(`nbd.${k}: expected an integer ${min}-${max}`); return d[k]; }
     return v;
   };
-  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400) };
+  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600) };
 }
 
 const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];

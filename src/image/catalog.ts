@@ -126,6 +126,11 @@ export class Catalog {
     return (await this.deps.blobs.get((await this.version(image, version)).layer)).raw;
   }
 
+  /** A staged layer (by its id), decoded. */
+  async stagedLayer(id: string): Promise<Layer> {
+    return decodeLayer((await this.deps.blobs.get(id)).raw);
+  }
+
   /** Store an uploaded layer (no masks yet) so a commit can name it. */
   async stageLayer(image: string, bytes: Buffer): Promise<{ layer: string; entries: number }> {
     const img = await this.image(image);

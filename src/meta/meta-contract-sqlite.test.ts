@@ -27,7 +27,7 @@ metaContract('SQLite', {
 });
 
 describe('SQLite databases from before migrations', () => {
-  it('are brought up by migration 1 with their rows and the columns they lacked', async () => {
+  it('are brought up by migration 1 with their rows and the columns they lacked, then migration 2 (VDI ownership)', async () => {
     const d = mkdtempSync(path.join(os.tmpdir(), 'deskfuse-meta-old-'));
     try {
       const f = path.join(d, 'meta.sqlite');
@@ -46,6 +46,7 @@ describe('SQLite databases from before migrations', () => {
         await meta.close();
       }
       const raw = new Database(f);
+      expect((raw.prepare('PRAGMA table_info(vdi_sessions)').all() as Array<{ name: string }>).map((c) => c.name)).toEqual(expect.arrayContaining(['server', 'nbd_host', 'nbd_port', 'heartbeat_at', 'checkpoint_layer', 'checkpoint_at']));
       expect((raw.prepare('PRAGMA table_info(vdi_sessions)').all() as Array<{ name: string }>).map((c) => c.name)).toContain('failure');
       expect(raw.prepare('SELECT id FROM schema_migrations ORDER BY id').all()).toEqual(MIGRATIONS.map((m) => ({ id: m.id })));
       raw.close();

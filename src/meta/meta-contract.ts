@@ -331,6 +331,28 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
       }
     });
 
+    it('a VDI session taken over through both servers at once (conditional update): exactly one wins; the row keeps its ownership fields', async () => {
+      const b = await second();
+      await meta.vdi.insert({
+        id: '0123456789', desktop: 'alice', image: 'win11', base: 1, mode: 'persistent', holder: 'vdi:0123456789', fencing: 1, secretHash: 'h',
+        autoCommit: true, state: 'open', createdAt: at(0), createdBy: 'admin', updatedAt: at(0), lastConnectAt: null, lastDisconnectAt: null,
+        lastDisconnect: null, outcome: null, failure: null, server: 'a', nbdHost: '10.0.0.1', nbdPort: 10809, heartbeatAt: null,
+        checkpointLayer: 'c'.repeat(64), checkpointAt: at(1),
+      });
+      expect(await b.vdi.get('0123456789')).toMatchObject({ server: 'a', nbdHost: '10.0.0.1', nbdPort: 10809, heartbeatAt: null, checkpointLayer: 'c'.repeat(64), checkpointAt: at(1) });
+      const expect0 = { server: 'a', heartbeatAt: null, state: 'open' } as const;
+      const outs = await Promise.all([
+        meta.vdi.updateIf('0123456789', expect0, { server: 'b', state: 'committing' }),
+        b.vdi.updateIf('0123456789', expect0, { server: 'c', state: 'committing' }),
+      ]);
+      expect(outs.filter((o) => o === undefined)).toHaveLength(1);
+      const won = outs.find((o) => o !== undefined)!;
+      expect((await meta.vdi.get('0123456789'))!.server).toBe(won.server);
+      // A heartbeat from the old owner, conditional on still owning it, changes nothing.
+      expect(await meta.vdi.updateIf('0123456789', { server: 'a', state: 'open' }, { heartbeatAt: at(2) })).toBeUndefined();
+      expect((await b.vdi.get('0123456789'))!.heartbeatAt).toBeNull();
+    });
+
     it('compare-and-swap ref moves at once: exactly one wins', async () => {
       const b = await second();
       await meta.images.commitVersion(dversion(1, at(1)), 'main', 'unused');

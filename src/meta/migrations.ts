@@ -82,6 +82,16 @@ async function v1(q: Sql, dialect: SqlDialect): Promise<void> {
 }
 
 /**
+ * VDI session ownership (several servers on one database): the server hosting the session's NBD
+ * export and its address, the owner's heartbeat while a client is connected, the last checkpoint.
+ */
+async function v2(q: Sql): Promise<void> {
+  for (const [column, def] of [['server', 'TEXT'], ['nbd_host', 'TEXT'], ['nbd_port', 'INTEGER'], ['heartbeat_at', 'TEXT'], ['checkpoint_layer', 'TEXT'], ['checkpoint_at', 'TEXT']]) {
+    await q.run(`ALTER TABLE vdi_sessions ADD COLUMN ${column} ${def}`);
+  }
+}
+
+/**
  * The full-mode DHCP pool, shared by every server on the boot LAN (src/meta/sql-dhcp.ts). expires: epoch ms.
  * (Number 2 is VDI session ownership, from another branch; ids need not be contiguous.)
  */
@@ -92,5 +102,6 @@ async function v3(q: Sql): Promise<void> {
 
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
+  { id: 2, name: 'VDI session ownership: server, NBD address, heartbeat, checkpoint', up: v2 },
   { id: 3, name: 'DHCP pool', up: v3 },
 ];

@@ -6,7 +6,8 @@ const COLUMNS: Record<keyof Omit<VdiSessionRow, 'id'>, string> = {
   desktop: 'desktop', image: 'image', base: 'base', mode: 'mode', holder: 'holder', fencing: 'fencing', secretHash: 'secret_hash',
   autoCommit: 'auto_commit', state: 'state', createdAt: 'created_at', createdBy: 'created_by', updatedAt: 'updated_at',
   lastConnectAt: 'last_connect_at', lastDisconnectAt: 'last_disconnect_at', lastDisconnect: 'last_disconnect', outcome: 'outcome',
-  failure: 'failure',
+  failure: 'failure', server: 'server', nbdHost: 'nbd_host', nbdPort: 'nbd_port', heartbeatAt: 'heartbeat_at',
+  checkpointLayer: 'checkpoint_layer', checkpointAt: 'checkpoint_at',
 };
 
 const toRow = (r: Row): VdiSessionRow => ({
@@ -17,9 +18,15 @@ const toRow = (r: Row): VdiSessionRow => ({
   lastDisconnectAt: (r.last_disconnect_at as string | null) ?? null, lastDisconnect: (r.last_disconnect as VdiSessionRow['lastDisconnect']) ?? null,
   outcome: r.outcome ? JSON.parse(r.outcome as string) : null,
   failure: (r.failure as string | null | undefined) ?? null,
+  // Rows from before migration 2 have no server: they are the (only) server's, whichever name it has now.
+  server: (r.server as string | null) ?? '', nbdHost: (r.nbd_host as string | null) ?? null,
+  nbdPort: r.nbd_port === null || r.nbd_port === undefined ? null : Number(r.nbd_port), heartbeatAt: (r.heartbeat_at as string | null) ?? null,
+  checkpointLayer: (r.checkpoint_layer as string | null) ?? null, checkpointAt: (r.checkpoint_at as string | null) ?? null,
 });
 
-const toColumn = (k: string, v: unknown): SqlValue => (k === 'autoCommit' ? (v ? 1 : 0) : k === 'outcome' ? (v === null ? null : JSON.stringify(v)) : (v as SqlValue));
+// A row's server is '' when it predates migration 2 (NULL in the table).
+const toColumn = (k: string, v: unknown): SqlValue =>
+  (k === 'autoCommit' ? (v ? 1 : 0) : k === 'outcome' ? (v === null ? null : JSON.stringify(v)) : k === 'server' && v === '' ? null : (v as SqlValue));
 
 export class SqlVdiRepo implements VdiRepo {
   constructor(private readonly db: SqlEngine) {}
@@ -51,6 +58,24 @@ export class SqlVdiRepo implements VdiRepo {
         await q.run(`UPDATE vdi_sessions SET ${keys.map((k) => `${COLUMNS[k]} = ?`).join(', ')} WHERE id = ?`,
           [...keys.map((k) => toColumn(k, patch[k])), id]);
       }
+      return toRow((await q.get('SELECT * FROM vdi_sessions WHERE id = ?', [id]))!);
+    });
+  }
+
+  updateIf(id: string, expect: Partial<Omit<VdiSessionRow, 'id'>>, patch: Partial<Omit<VdiSessionRow, 'id'>>): Promise<VdiSessionRow | undefined> {
+    return this.db.tx(async (q) => {
+      const conds: string[] = [];
+      const args: SqlValue[] = [];
+      for (const k of Object.keys(expect) as Array<keyof typeof COLUMNS>) {
+        const v = toColumn(k, expect[k]);
+        if (v === null) conds.push(`${COLUMNS[k]} IS NULL`);
+        else { conds.push(`${COLUMNS[k]} = ?`); args.push(v); }
+      }
+      const keys = Object.keys(patch) as Array<keyof typeof COLUMNS>;
+      const set = keys.length ? keys.map((k) => `${COLUMNS[k]} = ?`).join(', ') : 'id = id';
+      const n = await q.run(`UPDATE vdi_sessions SET ${set} WHERE id = ?${conds.map((c) => ` AND ${c}`).join('')}`,
+        [...keys.map((k) => toColumn(k, patch[k])), id, ...args]);
+      if (n === 0) return undefined;
       return toRow((await q.get('SELECT * FROM vdi_sessions WHERE id = ?', [id]))!);
     });
   }

@@ -118,12 +118,14 @@ export class DeskfuseExports implements NbdExportProvider {
       const v = row.outcome?.version;
       throw dfError('DF_ERR_NBD_EXPORT_UNKNOWN', `VDI session ${id} is ${row.state}${v ? ` as version ${v}` : ''}; create a new session`, { session: id, state: row.state });
     }
+    // Its increment is on the server that made it: another server refuses, naming it.
+    this.deps.sessions.checkOwner(row);
     const img = await this.deps.catalog.image(row.image);
     const name = `session/${id}`;
     const description = `VDI session of desktop ${row.desktop} over ${row.image}@${row.base}, writable`;
     if (ctx.purpose === 'info') return new SessionInfo(name, description, img.virtualSize);
     const inc = await this.deps.sessions.attach(id, ctx.remote);
-    return new SessionExport(name, description, inc, (how) => this.deps.sessions.detach(id, how));
+    return new SessionExport(name, description, inc, (how) => this.deps.sessions.detach(id, how), () => this.deps.sessions.flushed(id));
   }
 }
 
@@ -139,6 +141,8 @@ class SessionExport implements NbdExport {
     readonly description: string,
     private readonly inc: CloudIncrement,
     private readonly onClose: (how: { clean: boolean; wrote: boolean }) => Promise<void>,
+    /** After a FLUSH or FUA write made writes durable: the session checkpoints (debounced). */
+    private readonly onFlushed: () => void,
   ) {
     this.size = inc.geometry.virtualSize;
   }
@@ -149,15 +153,18 @@ class SessionExport implements NbdExport {
 
   async write(offset: number, data: Buffer, fua: boolean): Promise<void> {
     await this.inc.write(offset, data);
-    if (fua) await this.inc.flush();
+    if (fua) await this.flush();
   }
 
   async zero(offset: number, length: number, fua: boolean): Promise<void> {
     await this.inc.zero(offset, length);
-    if (fua) await this.inc.flush();
+    if (fua) await this.flush();
   }
 
-  flush(): Promise<void> { return this.inc.flush(); }
+  async flush(): Promise<void> {
+    await this.inc.flush();
+    this.onFlushed();
+  }
 
   extents(offset: number, length: number): Extent[] { return this.inc.extents(offset, length); }
 

@@ -177,3 +177,35 @@ describe('VersionExport', () => {
     expect(out.equals(model)).toBe(true);
   });
 });
+
+describe('CloudIncrement snapshots (checkpoints)', () => {
+  it('are one instant: writes after it, racing the reads, never show; they are the next snapshot\'s chunks', async () => {
+    const { dir, index, cache } = await setup();
+    const inc = await CloudIncrement.open(dir, index, cache);
+    await inc.write(10, Buffer.alloc(100, 0xa1)); // chunk 0 (data base)
+    await inc.write(65536 + 5, Buffer.alloc(65536, 0xa2)); // chunks 1 and 2
+    await inc.zero(3 * 65536, 65536); // chunk 3 zeroed whole
+    expect(inc.dirtyCount).toBe(4);
+    const before = await Promise.all([0, 1, 2].map((i) => inc.chunk(i)));
+    const snap = await inc.snapshot(false);
+    expect(snap.positions).toEqual([0, 1, 2, 3]);
+    expect(inc.dirtyCount).toBe(0);
+    // Writes land on chunks 0-2 and 5 while the snapshot is read: each chunk is read as it was.
+    const writes = Promise.all([inc.write(0, Buffer.alloc(65536 * 3, 0xb3)), inc.write(5 * 65536, Buffer.alloc(10, 0xb5))]);
+    const took = await Promise.all(snap.positions.map((i) => snap.take(i)));
+    await writes;
+    snap.release(false);
+    for (const i of [0, 1, 2]) expect(took[i]).toEqual({ state: DATA, bytes: before[i] });
+    expect(took[3]).toEqual({ state: ZERO, bytes: null });
+    expect((await inc.chunk(1)).every((b) => b === 0xb3)).toBe(true);
+    const next = await inc.snapshot(false);
+    expect(next.positions).toEqual([0, 1, 2, 5]);
+    expect((await next.take(5)).bytes!.subarray(0, 10).every((b) => b === 0xb5)).toBe(true);
+    next.release(true); // failed: its chunks stay for the next one
+    expect(inc.dirtyCount).toBe(4);
+    const whole = await inc.snapshot(true);
+    expect(whole.positions).toEqual([0, 1, 2, 3, 5]);
+    whole.release(false);
+    await inc.close();
+  });
+});

@@ -34,6 +34,12 @@ import { zeroChunkExtents } from './version-export.js';
  * error once reported, so a later fdatasync "succeeds" without the lost writes ever reaching the disk
  * (PostgreSQL's "fsyncgate", 2018). Every later write and flush is refused (the NBD client gets EIO);
  * the session is marked `failed` through `onFailed` and only a discard ends it.
+ *
+ * Checkpoints (sessions.ts) read a point-in-time snapshot of the chunks written since the previous
+ * one while the VM goes on writing: taking it waits for the writes in flight and holds new ones back
+ * (a copy of a few state bytes), then a write into a chunk the snapshot has not read yet first has the
+ * chunk's bytes read for it (copy-on-write). So a checkpoint is one instant of the disk: never a later
+ * write without every write completed before it.
  */
 export const BASE = 0;
 export const DATA = 1;
@@ -45,6 +51,26 @@ const HEADER = 20;
 const RECORD = 12;
 export const OVERLAY = 'overlay.raw';
 export const MAP = 'map.log';
+
+/** A chunk as a snapshot saw it: its state, and its bytes when `data`. */
+export interface SnapshotChunk {
+  state: ChunkState;
+  bytes: Buffer | null;
+}
+
+/** A point-in-time view of some chunks (`positions`, ascending); `release` when done (failed: they stay dirty). */
+export interface IncrementSnapshot {
+  readonly positions: number[];
+  take(i: number): Promise<SnapshotChunk>;
+  release(failed: boolean): void;
+}
+
+interface SnapState {
+  states: Map<number, ChunkState>;
+  /** Positions not taken yet: a write into one has it captured first. */
+  pending: Set<number>;
+  captured: Map<number, Promise<SnapshotChunk>>;
+}
 
 export interface IncrementStats {
   /** Chunks that differ from the base (data or zero). */
@@ -65,6 +91,13 @@ export class CloudIncrement {
   private writesDone = 0;
   private flushedUpTo = 0;
   private closed = false;
+  /** Chunks written or zeroed since the last snapshot took them. */
+  private dirty = new Set<number>();
+  private snap: SnapState | undefined;
+  /** Writes and zeroes running; while a snapshot is taken new ones wait at `gate`. */
+  private inflight = 0;
+  private gate: Promise<void> | undefined;
+  private drained: (() => void) | undefined;
   /** Why the increment failed (a flush that did not make its writes durable); null while healthy. */
   failure: string | null = null;
   readonly stats: IncrementStats = { changed: 0, bytesWritten: 0, flushes: 0, lastFlushAt: null };
@@ -186,6 +219,15 @@ export class CloudIncrement {
    */
   async write(offset: number, data: Buffer): Promise<void> {
     this.writable();
+    await this.enter(offset, data.length);
+    try {
+      await this.writeNow(offset, data);
+    } finally {
+      this.leave();
+    }
+  }
+
+  private async writeNow(offset: number, data: Buffer): Promise<void> {
     const jobs: Promise<void>[] = [];
     let run: { start: number; end: number; claim: number[] } | undefined;
     const flushRun = () => {
@@ -229,6 +271,15 @@ export class CloudIncrement {
   /** Zero a range: whole chunks become `zero` (no I/O), partial ones are written with zeros. */
   async zero(offset: number, length: number): Promise<void> {
     this.writable();
+    await this.enter(offset, length);
+    try {
+      await this.zeroNow(offset, length);
+    } finally {
+      this.leave();
+    }
+  }
+
+  private async zeroNow(offset: number, length: number): Promise<void> {
     const jobs: Promise<void>[] = [];
     forEachChunkPiece(this.geometry, offset, length, (i, within, n, at) => {
       if (within === 0 && n === chunkLength(this.geometry, i)) jobs.push(this.zeroWhole(i));
@@ -282,6 +333,93 @@ export class CloudIncrement {
     if (s === BASE) this.stats.changed--;
     this.state[i] = s;
     this.pending.set(i, s);
+  }
+
+  /** A write or zero starts: past a snapshot being taken, its chunks marked dirty and captured for a running snapshot. */
+  private async enter(offset: number, length: number): Promise<void> {
+    while (this.gate) await this.gate;
+    this.inflight++;
+    if (length === 0) return;
+    const cs = this.geometry.chunkSize;
+    const first = Math.floor(offset / cs);
+    const last = Math.min(Math.floor((offset + length - 1) / cs), chunkCount(this.geometry) - 1);
+    const waits: Promise<SnapshotChunk>[] = [];
+    for (let i = first; i <= last; i++) {
+      this.dirty.add(i);
+      if (this.snap?.pending.has(i)) waits.push(this.capture(this.snap, i));
+    }
+    if (waits.length) {
+      try {
+        await Promise.all(waits);
+      } catch (err) {
+        this.leave();
+        throw err;
+      }
+    }
+  }
+
+  private leave(): void {
+    if (--this.inflight === 0) this.drained?.();
+  }
+
+  /** Chunks written since the last snapshot took them. */
+  get dirtyCount(): number {
+    return this.dirty.size;
+  }
+
+  /**
+   * A point-in-time view of the chunks written since the last snapshot (`all`: of every chunk that
+   * differs from the base, and those). One at a time.
+   */
+  async snapshot(all: boolean): Promise<IncrementSnapshot> {
+    this.open();
+    if (this.snap || this.gate) throw dfError('DF_ERR_INTERNAL', `a snapshot of the cloud increment in ${this.dir} is already running`, { dir: this.dir });
+    let open!: () => void;
+    this.gate = new Promise<void>((r) => (open = r));
+    try {
+      if (this.inflight > 0) await new Promise<void>((r) => (this.drained = r));
+    } finally {
+      this.drained = undefined;
+    }
+    const set = new Set(this.dirty);
+    if (all) for (const i of this.changedPositions()) set.add(i);
+    const positions = [...set].sort((a, b) => a - b);
+    const snap: SnapState = { states: new Map(positions.map((i) => [i, this.state[i] as ChunkState])), pending: new Set(positions), captured: new Map() };
+    this.dirty = new Set();
+    this.snap = snap;
+    this.gate = undefined;
+    open();
+    return {
+      positions,
+      take: async (i) => {
+        if (!snap.pending.has(i) && !snap.captured.has(i)) throw dfError('DF_ERR_INTERNAL', `chunk ${i} is not in the snapshot or was taken`, { dir: this.dir });
+        const c = await this.capture(snap, i);
+        snap.pending.delete(i);
+        snap.captured.delete(i);
+        return c;
+      },
+      release: (failed) => {
+        if (this.snap === snap) this.snap = undefined;
+        if (failed) for (const i of positions) this.dirty.add(i);
+      },
+    };
+  }
+
+  /** Chunk i as the snapshot saw it: read once, before any write changes it. */
+  private capture(snap: SnapState, i: number): Promise<SnapshotChunk> {
+    let c = snap.captured.get(i);
+    if (!c) {
+      const state = snap.states.get(i)!;
+      c = (async () => ({ state, bytes: state === DATA ? await this.chunk(i) : null }))();
+      snap.captured.set(i, c);
+      snap.pending.delete(i);
+    }
+    return c;
+  }
+
+  /** Refuse writes from now on, without failing the session (it was taken over by another server). */
+  revoke(reason: string): void {
+    this.failure ??= reason;
   }
 
   /** Make every completed write durable (NBD_CMD_FLUSH, FUA). Concurrent calls share one flush in flight. */

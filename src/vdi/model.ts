@@ -49,6 +49,19 @@ export interface VdiSessionRow {
   outcome: VdiOutcome | null;
   /** Why the session failed (state `failed`), else null. */
   failure: string | null;
+  /**
+   * The server that hosts the session's NBD export and cloud increment (its `serverName`); a commit or
+   * discard through another server, once the owner is gone, moves the session to that server.
+   */
+  server: string;
+  /** Where hypervisors reach the owner's NBD server (when the session was made); null when NBD was off. */
+  nbdHost: string | null;
+  nbdPort: number | null;
+  /** Refreshed by the owner while a client is connected: a non-owner takes the session over only when it is stale. */
+  heartbeatAt: string | null;
+  /** The last checkpoint: a staged layer over `base` holding the increment as of `checkpointAt`, or null. */
+  checkpointLayer: string | null;
+  checkpointAt: string | null;
 }
 
 export interface VdiRepo {
@@ -56,4 +69,9 @@ export interface VdiRepo {
   get(id: string): Promise<VdiSessionRow | undefined>;
   list(opts: { desktop?: string; states?: VdiState[] }): Promise<VdiSessionRow[]>;
   update(id: string, patch: Partial<Omit<VdiSessionRow, 'id'>>): Promise<VdiSessionRow>;
+  /**
+   * One transaction: apply `patch` only if every field in `expect` still has that value (null
+   * included); answers the row after, or undefined (nothing changed) when one differs or the row is gone.
+   */
+  updateIf(id: string, expect: Partial<Omit<VdiSessionRow, 'id'>>, patch: Partial<Omit<VdiSessionRow, 'id'>>): Promise<VdiSessionRow | undefined>;
 }

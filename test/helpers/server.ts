@@ -34,11 +34,13 @@ export async function freePort(): Promise<number> {
 }
 
 /** `deskfuse server` as a child process (for kill -9 tests). */
-export async function startProcess(dataDir: string, port?: number, nbdPort?: number): Promise<{ proc: ChildProcess; url: string; token: string; port: number }> {
+export async function startProcess(dataDir: string, port?: number, nbdPort?: number, extra: { args?: string[]; env?: Record<string, string> } = {}): Promise<{ proc: ChildProcess; url: string; token: string; port: number }> {
   const p = port ?? (await freePort());
   // NBD only where a test asks for it: parallel test files must not all bind the default port 10809.
   const nbd = nbdPort === undefined ? 'off' : `127.0.0.1:${nbdPort}`;
-  const proc = spawn(process.execPath, [CLI, 'server', '--data', dataDir, '--listen', `127.0.0.1:${p}`, '--log-level', 'warn', '--nbd-listen', nbd], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [CLI, 'server', '--data', dataDir, '--listen', `127.0.0.1:${p}`, '--log-level', 'warn', '--nbd-listen', nbd, ...(extra.args ?? [])], {
+    stdio: ['ignore', 'pipe', 'pipe'], ...(extra.env ? { env: { ...process.env, ...extra.env } } : {}),
+  });
   const url = `http://127.0.0.1:${p}`;
   for (let i = 0; i < 100; i++) {
     try {

@@ -25,10 +25,16 @@ export interface VdiAppliance {
   close(): Promise<void>;
 }
 
-/** An appliance in this process with its HTTP API and NBD server on free loopback ports. */
-export async function startVdiAppliance(dataDir: string, o: { anonymousRead?: boolean } = {}): Promise<VdiAppliance> {
-  const config = loadServerConfig({ flags: { data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent', nbdListen: '127.0.0.1:0', ...(o.anonymousRead ? { nbdAnonymousRead: true } : {}) } });
-  const appliance = await openAppliance(config);
+/**
+ * An appliance in this process with its HTTP API and NBD server on free loopback ports (`serverName`,
+ * and its own VDI and NBD cache folders when it shares a data directory with another server).
+ */
+export async function startVdiAppliance(dataDir: string, o: { anonymousRead?: boolean; serverName?: string; vdiDir?: string; nbdCacheDir?: string; configFile?: string } = {}): Promise<VdiAppliance> {
+  const config = loadServerConfig({ ...(o.configFile ? { file: o.configFile } : {}), flags: {
+    data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent', nbdListen: '127.0.0.1:0', ...(o.anonymousRead ? { nbdAnonymousRead: true } : {}),
+    ...(o.serverName ? { serverName: o.serverName } : {}),
+  } });
+  const appliance = await openAppliance(config, undefined, { ...(o.vdiDir ? { vdiDir: o.vdiDir } : {}), ...(o.nbdCacheDir ? { nbdCacheDir: o.nbdCacheDir } : {}) });
   const url = await appliance.app.listen({ host: '127.0.0.1', port: 0 });
   const nbd = await startNbdService(config.nbd, appliance, silentLogger);
   const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
