@@ -68,6 +68,8 @@ export interface ApplianceOptions {
    */
   vdiDir?: string;
   nbdCacheDir?: string;
+  /** Boot events larger than this (bytes) are published by number (default 7000, under PostgreSQL's NOTIFY limit); tests lower it. */
+  notifyLimit?: number;
 }
 
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
@@ -84,7 +86,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const newAdminToken = await ensureAdminToken(meta, p.adminToken);
     const nb = config.netboot;
     const endpoints = new Endpoints({
-      repo: meta.endpoints, bus: meta.engine, meta, desktops, now, autoEnrol: nb.autoEnrol, enrolment: config.enrolment, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
+      repo: meta.endpoints, bus: meta.engine, ...(opts.notifyLimit ? { notifyLimit: opts.notifyLimit } : {}), meta, desktops, now, autoEnrol: nb.autoEnrol, enrolment: config.enrolment, commitWindowMs: nb.commitWindowSeconds * 1000, ...(log ? { log } : {}),
     });
     const unlisten = await endpoints.listen();
     const boot = { dir: nb.bootDir, templates: loadTemplates(), publicUrl: nb.publicUrl, kernelArgs: nb.kernelArgs, retrySeconds: nb.retrySeconds };

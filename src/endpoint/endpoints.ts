@@ -66,6 +66,8 @@ export interface EndpointsDeps {
   repo: EndpointRepo;
   /** Where boot events are published to every server's event stream (without one: this process only). */
   bus?: Pick<SqlEngine, 'notify' | 'listen'>;
+  /** Largest event sent whole on the bus, bytes (PostgreSQL's NOTIFY takes < 8000); a larger one goes as its number. */
+  notifyLimit?: number;
   meta: Meta;
   desktops: Desktops;
   now: () => Date;
@@ -145,7 +147,7 @@ export class Endpoints {
       return;
     }
     const text = JSON.stringify(ev);
-    await this.deps.bus.notify(EVENT_CHANNEL, Buffer.byteLength(text) < 7000 ? text : JSON.stringify({ seq: ev.seq, ref: true }));
+    await this.deps.bus.notify(EVENT_CHANNEL, Buffer.byteLength(text) <= (this.deps.notifyLimit ?? 7000) ? text : JSON.stringify({ seq: ev.seq, ref: true }));
   }
 
   private get commitWindowMs(): number {
