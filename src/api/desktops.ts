@@ -24,12 +24,14 @@ export const Desktop = Type.Object({
 });
 export type Desktop = Static<typeof Desktop>;
 export const DesktopList = Type.Object({ desktops: Type.Array(Desktop) });
+export type DesktopList = Static<typeof DesktopList>;
 
 /** A token scoped to one desktop: its secret is in this answer only. */
 export const DesktopToken = Type.Object({ token: Type.String(), scope: Type.String(), expiresAt: Time });
 export type DesktopToken = Static<typeof DesktopToken>;
 
 export const LeaseReleased = Type.Object({ released: Type.Literal(true) });
+export type LeaseReleased = Static<typeof LeaseReleased>;
 export const LeaseBroken = Type.Object({ broken: Nullable(Lease) });
 export type LeaseBroken = Static<typeof LeaseBroken>;
 

@@ -43,6 +43,7 @@ export const Endpoint = Type.Object({
 });
 export type Endpoint = Static<typeof Endpoint>;
 export const EndpointList = Type.Object({ endpoints: Type.Array(Endpoint) });
+export type EndpointList = Static<typeof EndpointList>;
 
 export const BootEvent = Type.Object({
   seq: Type.Integer(),
@@ -54,6 +55,7 @@ export const BootEvent = Type.Object({
 });
 export type BootEvent = Static<typeof BootEvent>;
 export const BootEventList = Type.Object({ events: Type.Array(BootEvent) });
+export type BootEventList = Static<typeof BootEventList>;
 
 /** An endpoint as shown: with its recent boot events. */
 export const EndpointShow = Type.Composite([Endpoint, Type.Object({ events: Type.Array(BootEvent) })]);

@@ -38,6 +38,7 @@ export type Ref = Static<typeof Ref>;
 export const ImageShow = Type.Composite([Image, Type.Object({ refs: Type.Array(Ref), versions: Type.Optional(Type.Integer()) })]);
 export type ImageShow = Static<typeof ImageShow>;
 export const ImageList = Type.Object({ images: Type.Array(ImageShow) });
+export type ImageList = Static<typeof ImageList>;
 
 export const Version = Type.Object({
   image: Type.String(),
@@ -54,6 +55,7 @@ export const Version = Type.Object({
 });
 export type Version = Static<typeof Version>;
 export const VersionList = Type.Object({ versions: Type.Array(Version) });
+export type VersionList = Static<typeof VersionList>;
 
 export const RefLogEntry = Type.Object({
   seq: Type.Integer(),
@@ -67,7 +69,9 @@ export const RefLogEntry = Type.Object({
 });
 export type RefLogEntry = Static<typeof RefLogEntry>;
 export const RefList = Type.Object({ refs: Type.Array(Ref) });
+export type RefList = Static<typeof RefList>;
 export const RefLog = Type.Object({ entries: Type.Array(RefLogEntry) });
+export type RefLog = Static<typeof RefLog>;
 
 export const CreateImageBody = Type.Object({
   name: ImageName,

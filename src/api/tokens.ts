@@ -12,6 +12,7 @@ export const TokenInfo = Type.Object({
 });
 export type TokenInfo = Static<typeof TokenInfo>;
 export const TokenList = Type.Object({ tokens: Type.Array(TokenInfo) });
+export type TokenList = Static<typeof TokenList>;
 export const TokenRevoked = Type.Object({ revoked: TokenInfo });
 export type TokenRevoked = Static<typeof TokenRevoked>;
 

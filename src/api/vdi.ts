@@ -46,6 +46,7 @@ export const VdiSession = Type.Object({
 });
 export type VdiSession = Static<typeof VdiSession>;
 export const VdiSessionList = Type.Object({ sessions: Type.Array(VdiSession) });
+export type VdiSessionList = Static<typeof VdiSessionList>;
 
 /** A new session: the NBD URL carries its secret and is shown once (null while the NBD server is off). */
 export const VdiSessionCreated = Type.Object({ session: VdiSession, export: Type.String(), url: Nullable(Type.String()) });
