@@ -60,7 +60,7 @@ describe('unknown MACs on /boot/ipxe', () => {
     clock += 3601_000;
     expect((await app.inject({ method: 'GET', url: `/boot/ipxe?mac=${mac(60)}` })).statusCode).toBe(200);
     expect(await endpointCount(app)).toBe(11);
-    expect(ap!.prune()).toMatchObject({ pending: 10 });
+    expect(await ap!.prune()).toMatchObject({ pending: 10 });
     expect((await admin(app, 'GET', '/api/v1/endpoints')).json().endpoints.map((e: { macs: string[] }) => e.macs[0])).toEqual([mac(60)]);
   });
 
