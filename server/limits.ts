@@ -26,5 +26,5 @@ export const BODY_PACK = PACK_MAX_BYTES;
 /** A patch upload (its decoded records are held to PATCH_RAW_MAX on top of this, src/sync/patch.ts). */
 export const BODY_PATCH = PATCH_BODY_MAX;
 
-/** "Which of these are missing": up to 1,048,576 ids of 64 hex digits as JSON (src/api/schemas.ts idsBody). */
+/** "Which of these are missing": up to 1,048,576 ids of 64 hex digits as JSON (src/api/chunks.ts IdsBody). */
 export const BODY_MISSING = 1048576 * 67 + 64 * KiB;

@@ -1,4 +1,4 @@
-import type { DesktopToken, DesktopView, LeaseView } from '../../src/desktop/desktops.js';
+import type { Desktop, DesktopList, DesktopToken, Lease, LeaseBroken } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName, checkImageName, checkRefName } from '../../src/image/names.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
@@ -11,8 +11,8 @@ deskfuse desktop reset NAME [--to REF]          (persistent: move desktops/NAME 
 deskfuse desktop lease break NAME
 `;
 
-const line = (d: DesktopView) => (d.ref ?? `follows ${d.follows}`);
-const leaseText = (l: LeaseView | null) => (l ? `${l.holder} (fencing ${l.fencing}) since ${l.since}, until ${l.expiresAt}` : '-');
+const line = (d: Desktop) => (d.ref ?? `follows ${d.follows}`);
+const leaseText = (l: Lease | null) => (l ? `${l.holder} (fencing ${l.fencing}) since ${l.since}, until ${l.expiresAt}` : '-');
 
 export async function desktopCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
@@ -38,21 +38,21 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
       const image = checkImageName(need(values.image, '--image IMAGE'));
       if (values.mode !== 'persistent' && values.mode !== 'restore') throw dfError('DF_ERR_USAGE', `--mode: expected persistent or restore, got ${JSON.stringify(values.mode)}`, { option: '--mode' });
       const body = { name: n, image, mode: values.mode, ...(values.from ? { from: checkRefName(values.from, '--from') } : {}) };
-      const d = (await client.json<DesktopView>('POST', '/api/v1/desktops', { body })).body;
+      const d = (await client.json<Desktop>('POST', '/api/v1/desktops', { body })).body;
       emit(io, json, d, () => d.ref
         ? `desktop ${d.name} (persistent) on ${d.image}: ${d.ref} at version ${d.head}, from ${d.follows}\n`
         : `desktop ${d.name} (restore) on ${d.image}: follows ${d.follows}, now version ${d.head}\n`);
       return 0;
     }
     case 'list': {
-      const r = (await client.json<{ desktops: DesktopView[] }>('GET', '/api/v1/desktops')).body;
+      const r = (await client.json<DesktopList>('GET', '/api/v1/desktops')).body;
       emit(io, json, r, () => table([['DESKTOP', 'IMAGE', 'MODE', 'LINE', 'HEAD', 'LEASE'], ...r.desktops.map((d) => [
         d.name, d.image, d.mode, line(d), String(d.head), d.lease ? `${d.lease.holder} (fencing ${d.lease.fencing})` : '-',
       ])]));
       return 0;
     }
     case 'show': {
-      const d = (await client.json<DesktopView>('GET', path(name()))).body;
+      const d = (await client.json<Desktop>('GET', path(name()))).body;
       emit(io, json, d, () => `desktop ${d.name}: ${d.mode} on image ${d.image}, ${line(d)}, head version ${d.head}\n` +
         `  created ${d.createdAt}\n  lease   ${leaseText(d.lease)}\n`);
       return 0;
@@ -73,7 +73,7 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
     case 'reset': {
       const n = name();
       const body = values.to ? { to: checkRefName(values.to, '--to') } : {};
-      const d = (await client.json<DesktopView>('POST', `${path(n)}/reset`, { body })).body;
+      const d = (await client.json<Desktop>('POST', `${path(n)}/reset`, { body })).body;
       emit(io, json, d, () => `desktop ${d.name}: ${d.ref} is now version ${d.head} (reset to ${values.to ?? d.follows})\n`);
       return 0;
     }
@@ -81,7 +81,7 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
       const [op, target] = positionals;
       if (op !== 'break') throw dfError('DF_ERR_USAGE', `unknown desktop lease command ${JSON.stringify(op ?? '')}; expected: desktop lease break NAME`);
       const n = checkDesktopName(need(target, 'desktop NAME'), 'NAME');
-      const r = (await client.json<{ broken: LeaseView | null }>('POST', `${path(n)}/lease/break`)).body;
+      const r = (await client.json<LeaseBroken>('POST', `${path(n)}/lease/break`)).body;
       emit(io, json, r, () => r.broken
         ? `lease of desktop ${n} broken: it was held by ${r.broken.holder} (fencing ${r.broken.fencing}) since ${r.broken.since}\n`
         : `desktop ${n} had no lease\n`);

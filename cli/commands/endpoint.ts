@@ -1,4 +1,4 @@
-import type { BootEvent, EndpointRow } from '../../src/endpoint/model.js';
+import type { BootEvent, BootEventList, Endpoint, EndpointList, EndpointShow } from '../../src/api/schemas.js';
 import { BOOT_METHODS, ENDPOINT_MODES } from '../../src/endpoint/model.js';
 import type { EndpointChange } from '../../src/endpoint/endpoints.js';
 import { dfError } from '../../src/errors.js';
@@ -48,14 +48,14 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
     }
     return c;
   };
-  const show = (e: EndpointRow) => `endpoint ${e.name} (${e.id}): ${e.state}, desktop ${e.desktop ?? '-'}, mode ${e.mode}, boot ${e.bootMethod}\n` +
+  const show = (e: Endpoint) => `endpoint ${e.name} (${e.id}): ${e.state}, desktop ${e.desktop ?? '-'}, mode ${e.mode}, boot ${e.bootMethod}\n` +
     `  MACs      ${e.macs.join(', ')}\n  firmware  ${e.firmware ?? '-'}   uuid ${e.uuid ?? '-'}   serial ${e.serial ?? '-'}\n` +
     `  disk      ${e.disk}${e.diskVersion !== null ? ` at version ${e.diskVersion}` : ''}${e.commitRequested ? ' (commit requested)' : ''}   secret ${e.secret ?? '-'}\n` +
     `  last seen ${e.lastSeen ?? '-'}\n  last sync ${e.lastSync ? `${e.lastSync.result} ${e.lastSync.action} at ${e.lastSync.at}${e.lastSync.version !== undefined ? ` → version ${e.lastSync.version}` : ''}${e.lastSync.seconds !== undefined ? ` in ${e.lastSync.seconds.toFixed(1)} s` : ''}${e.lastSync.error ? `: ${e.lastSync.error}` : ''}` : '-'}\n`;
 
   switch (sub) {
     case 'list': {
-      const r = (await client.json<{ endpoints: EndpointRow[] }>('GET', '/api/v1/endpoints')).body;
+      const r = (await client.json<EndpointList>('GET', '/api/v1/endpoints')).body;
       emit(io, json, r, () => table([['ENDPOINT', 'MAC', 'STATE', 'DESKTOP', 'MODE', 'DISK', 'LAST SEEN', 'LAST SYNC'], ...r.endpoints.map((e) => [
         e.name, e.macs[0] ?? '-', e.state, e.desktop ?? '-', e.mode, `${e.disk}${e.diskVersion !== null ? `@${e.diskVersion}` : ''}`, e.lastSeen ?? '-',
         e.lastSync ? `${e.lastSync.result} ${e.lastSync.action}` : '-',
@@ -63,42 +63,42 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     case 'show': {
-      const e = (await client.json<EndpointRow & { events: BootEvent[] }>('GET', `/api/v1/endpoints/${id()}`)).body;
+      const e = (await client.json<EndpointShow>('GET', `/api/v1/endpoints/${id()}`)).body;
       emit(io, json, e, () => `${show(e)}  events:\n${e.events.map((x) => `    ${evText(x)}`).join('')}`);
       return 0;
     }
     case 'add': {
       const mac = need(positionals[0], 'endpoint MAC');
-      const e = (await client.json<EndpointRow>('POST', '/api/v1/endpoints', { body: { mac, ...change() } })).body;
+      const e = (await client.json<Endpoint>('POST', '/api/v1/endpoints', { body: { mac, ...change() } })).body;
       emit(io, json, e, () => show(e));
       return 0;
     }
     case 'approve': {
-      const e = (await client.json<EndpointRow>('POST', `/api/v1/endpoints/${id()}/approve`, { body: change() })).body;
+      const e = (await client.json<Endpoint>('POST', `/api/v1/endpoints/${id()}/approve`, { body: change() })).body;
       emit(io, json, e, () => show(e));
       return 0;
     }
     case 'assign': {
       const c = change();
       if (Object.keys(c).length === 0) throw dfError('DF_ERR_USAGE', 'assign: give --desktop, --mode, --boot-method or --name');
-      const e = (await client.json<EndpointRow>('PATCH', `/api/v1/endpoints/${id()}`, { body: c })).body;
+      const e = (await client.json<Endpoint>('PATCH', `/api/v1/endpoints/${id()}`, { body: c })).body;
       emit(io, json, e, () => show(e));
       return 0;
     }
     case 'disable': {
-      const e = (await client.json<EndpointRow>('POST', `/api/v1/endpoints/${id()}/disable`, { body: {} })).body;
+      const e = (await client.json<Endpoint>('POST', `/api/v1/endpoints/${id()}/disable`, { body: {} })).body;
       emit(io, json, e, () => show(e));
       return 0;
     }
     case 'reprovision': {
-      const e = (await client.json<EndpointRow>('POST', `/api/v1/endpoints/${id()}/reprovision`, { body: {} })).body;
+      const e = (await client.json<Endpoint>('POST', `/api/v1/endpoints/${id()}/reprovision`, { body: {} })).body;
       emit(io, json, e, () => show(e));
       return 0;
     }
     case 'events': {
       const q = positionals[0] ? `?endpoint=${encodeURIComponent(positionals[0])}` : '';
       if (!values.follow) {
-        const r = (await client.json<{ events: BootEvent[] }>('GET', `/api/v1/events${q}`)).body;
+        const r = (await client.json<BootEventList>('GET', `/api/v1/events${q}`)).body;
         emit(io, json, r, () => r.events.map(evText).join(''));
         return 0;
       }

@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { checkImageName, parseImageRev } from '../../src/image/names.js';
-import type { ImageBoot, ImageRow, RefRow, VersionRow } from '../../src/image/model.js';
+import type { Image, ImageBoot, ImageList, ImageShow, VersionList } from '../../src/api/schemas.js';
 import { fmtBytes } from '../../src/progress.js';
 import { exportVersion } from '../../src/transfer/export.js';
 import { publishDisk } from '../../src/transfer/publish.js';
@@ -18,7 +18,6 @@ deskfuse image list | show NAME | log NAME[@REF] [--limit N]
 deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
 `;
 
-type ImageShow = ImageRow & { refs: RefRow[]; versions: number };
 
 export async function imageCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
@@ -60,7 +59,7 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     case 'boot': {
       const name = checkImageName(need(positionals[0], 'image NAME'));
       const b = need(boot(), '--boot-partition, --boot-kernel and --boot-cmdline');
-      const r = (await client.json<ImageRow>('PUT', `/api/v1/images/${name}/boot`, { body: b })).body;
+      const r = (await client.json<Image>('PUT', `/api/v1/images/${name}/boot`, { body: b })).body;
       emit(io, json, r, () => `${name}: kexec hand-off boots partition ${b.partition}: ${b.kernel}${b.initrd ? ` + ${b.initrd}` : ''} "${b.cmdline}"\n`);
       return 0;
     }
@@ -83,7 +82,7 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
       return r.conflict ? 3 : 0;
     }
     case 'list': {
-      const r = (await client.json<{ images: ImageShow[] }>('GET', '/api/v1/images')).body;
+      const r = (await client.json<ImageList>('GET', '/api/v1/images')).body;
       emit(io, json, r, () => table([['IMAGE', 'SIZE', 'CHUNK', 'VERSIONS', 'REFS'], ...r.images.map((i) => [
         i.name, fmtBytes(i.virtualSize), fmtBytes(i.chunkSize), String(i.versions), i.refs.map((x) => `${x.name}=${x.version}`).join(' '),
       ])]));
@@ -99,7 +98,7 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     case 'log': {
       const { image, rev } = parseImageRev(need(positionals[0], 'NAME[@REF]'));
       const q = /^\d+$/.test(rev) ? '' : `&ref=${encodeURIComponent(rev)}`;
-      const r = (await client.json<{ versions: VersionRow[] }>('GET', `/api/v1/images/${image}/versions?limit=${Number(values.limit)}${q}`)).body;
+      const r = (await client.json<VersionList>('GET', `/api/v1/images/${image}/versions?limit=${Number(values.limit)}${q}`)).body;
       emit(io, json, r, () => table([['VERSION', 'PARENT', 'KIND', 'AUTHOR', 'CHANGED', 'CHUNKS', 'TIME', 'MESSAGE'], ...r.versions.map((v) => [
         String(v.version), String(v.parent ?? '-'), v.kind, v.author, String(v.chunksChanged), String(v.chunksTotal), v.createdAt, v.message,
       ])]));

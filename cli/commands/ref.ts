@@ -1,5 +1,5 @@
 import { checkImageName, checkRefName } from '../../src/image/names.js';
-import type { RefLogRow, RefRow } from '../../src/image/model.js';
+import type { Ref, RefList, RefLog } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
 import { emit, table } from '../output.js';
@@ -20,7 +20,7 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
   const image = checkImageName(need(positionals[0], 'IMAGE'));
   switch (sub) {
     case 'list': {
-      const r = (await client.json<{ refs: RefRow[] }>('GET', `/api/v1/images/${image}/refs`)).body;
+      const r = (await client.json<RefList>('GET', `/api/v1/images/${image}/refs`)).body;
       emit(io, values.json, r, () => table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), x.updatedAt])]));
       return 0;
     }
@@ -31,7 +31,7 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
       const ex = need(values.expect, '--expect OLD (the version the ref is at now, or "none" to create it)');
       const expect = ex === 'none' ? null : Number(ex);
       if (expect !== null && (!Number.isInteger(expect) || expect < 1)) throw dfError('DF_ERR_USAGE', `--expect: expected a version number or none, got ${ex}`);
-      const r = (await client.json<RefRow>('PUT', `/api/v1/images/${image}/refs/${ref}`, {
+      const r = (await client.json<Ref>('PUT', `/api/v1/images/${image}/refs/${ref}`, {
         body: { version, expect, ...(values.reason ? { reason: values.reason } : {}) }, idempotent: false,
       })).body;
       emit(io, values.json, r, () => `${image}@${ref}: ${expect ?? 'none'} -> ${r.version}\n`);
@@ -40,7 +40,7 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
     case 'log': {
       const ref = positionals[1] ? checkRefName(positionals[1]) : undefined;
       const q = `limit=${Number(values.limit)}${ref ? `&ref=${encodeURIComponent(ref)}` : ''}`;
-      const r = (await client.json<{ entries: RefLogRow[] }>('GET', `/api/v1/images/${image}/reflog?${q}`)).body;
+      const r = (await client.json<RefLog>('GET', `/api/v1/images/${image}/reflog?${q}`)).body;
       emit(io, values.json, r, () => table([['TIME', 'REF', 'FROM', 'TO', 'BY', 'REASON'], ...r.entries.map((e) => [
         e.at, e.ref, String(e.oldVersion ?? '-'), String(e.newVersion), e.author, e.reason,
       ])]));

@@ -1,6 +1,5 @@
-import type { MintedToken } from '../../src/auth/registry.js';
 import { dfError } from '../../src/errors.js';
-import type { TokenInfo } from '../../src/auth/model.js';
+import type { MintedToken, TokenList, TokenRevoked } from '../../src/api/schemas.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 
@@ -22,7 +21,7 @@ export async function tokenCommand(args: string[], io: Io): Promise<number> {
   const json = values.json;
   switch (sub) {
     case 'list': {
-      const r = (await client.json<{ tokens: TokenInfo[] }>('GET', '/api/v1/tokens')).body;
+      const r = (await client.json<TokenList>('GET', '/api/v1/tokens')).body;
       emit(io, json, r, () => table([['ID', 'SCOPE', 'CREATED', 'EXPIRES', 'LAST USED'], ...r.tokens.map((t) => [
         t.id, t.scope, t.createdAt, t.expiresAt ?? 'never', t.lastUsedAt ?? '-',
       ])]));
@@ -43,7 +42,7 @@ export async function tokenCommand(args: string[], io: Io): Promise<number> {
     case 'revoke': {
       const id = need(positionals[0], 'token ID');
       if (!/^[0-9a-f]{16}$/.test(id)) throw dfError('DF_ERR_USAGE', `ID: expected the 16 hex digits deskfuse token list shows, got ${JSON.stringify(id)}`, { option: 'ID' });
-      const r = (await client.json<{ revoked: TokenInfo }>('DELETE', `/api/v1/tokens/${id}`)).body;
+      const r = (await client.json<TokenRevoked>('DELETE', `/api/v1/tokens/${id}`)).body;
       emit(io, json, r, () => `token ${r.revoked.id} (${r.revoked.scope}) revoked\n`);
       return 0;
     }

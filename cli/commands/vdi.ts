@@ -3,7 +3,7 @@ import type { ApiClient } from '../../src/api/client.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName } from '../../src/image/names.js';
 import { kvmWorks, libvirtXml, qemuArgs, type VmSpec } from '../../src/vdi/launch.js';
-import type { VdiSessionView } from '../../src/vdi/sessions.js';
+import type { VdiSession, VdiSessionCreated, VdiSessionList } from '../../src/api/schemas.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 
@@ -20,12 +20,6 @@ deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--cpus N] [--accel auto|kv
       TCG otherwise), waits for the VM to shut down and reports the commit. --print-libvirt-xml prints a
       libvirt domain for the session instead (virsh create FILE).
 `;
-
-export interface CreateAnswer {
-  session: VdiSessionView;
-  export: string;
-  url: string | null;
-}
 
 export async function vdiCommand(args: string[], io: Io): Promise<number> {
   const dashdash = args.indexOf('--');
@@ -59,7 +53,7 @@ export async function vdiCommand(args: string[], io: Io): Promise<number> {
   switch (op) {
     case 'create': {
       const desktop = checkDesktopName(need(arg, 'DESKTOP'), 'DESKTOP');
-      const r = (await client.json<CreateAnswer>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force, autoCommit: !values['no-auto-commit'] } })).body;
+      const r = (await client.json<VdiSessionCreated>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force, autoCommit: !values['no-auto-commit'] } })).body;
       emit(io, json, { session: r.session.id, export: r.export, url: r.url, base: r.session.base, desktop: r.session.desktop, fencing: r.session.fencing }, () =>
         `VDI session ${r.session.id} on desktop ${r.session.desktop}: ${r.session.image}@${r.session.base}` +
         `${r.session.fencing !== null ? `, lease fencing ${r.session.fencing}` : ' (restore desktop: changes are discarded)'}\n` +
@@ -69,7 +63,7 @@ export async function vdiCommand(args: string[], io: Io): Promise<number> {
     }
     case 'list': {
       const q = new URLSearchParams({ ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.all ? { all: 'true' } : {}) });
-      const r = (await client.json<{ sessions: VdiSessionView[] }>('GET', `/api/v1/vdi/sessions${q.size ? `?${q}` : ''}`)).body;
+      const r = (await client.json<VdiSessionList>('GET', `/api/v1/vdi/sessions${q.size ? `?${q}` : ''}`)).body;
       emit(io, json, r, () => table([['SESSION', 'DESKTOP', 'BASE', 'STATE', 'CLIENTS', 'LAST DISCONNECT', 'OUTCOME', 'CREATED'], ...r.sessions.map((s) => [
         s.id, s.desktop, `${s.image}@${s.base}`, s.state, String(s.connections), s.lastDisconnect ? `${s.lastDisconnect} ${s.lastDisconnectAt}` : '-',
         outcomeShort(s), s.createdAt,
@@ -77,17 +71,17 @@ export async function vdiCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     case 'show': {
-      const s = (await client.json<VdiSessionView>('GET', path(id()))).body;
+      const s = (await client.json<VdiSession>('GET', path(id()))).body;
       emit(io, json, s, () => showText(s));
       return 0;
     }
     case 'commit': {
-      const s = (await client.json<VdiSessionView>('POST', path(id()) + `/commit${values.force ? '?force=true' : ''}`)).body;
+      const s = (await client.json<VdiSession>('POST', path(id()) + `/commit${values.force ? '?force=true' : ''}`)).body;
       emit(io, json, s, () => `${outcomeText(s)}\n`);
       return s.outcome?.kind === 'conflict' ? 3 : 0;
     }
     case 'discard': {
-      const s = (await client.json<VdiSessionView>('POST', path(id()) + `/discard${values.force ? '?force=true' : ''}`)).body;
+      const s = (await client.json<VdiSession>('POST', path(id()) + `/discard${values.force ? '?force=true' : ''}`)).body;
       emit(io, json, s, () => `VDI session ${s.id} discarded; desktop ${s.desktop}'s lease released\n`);
       return 0;
     }
@@ -118,7 +112,7 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   if (!['user', 'none'].includes(String(values.net))) throw dfError('DF_ERR_USAGE', `--net: expected user or none, got ${JSON.stringify(values.net)}`, { option: '--net' });
   const accel = values.accel === 'auto' ? ((await kvmWorks()) ? 'kvm' : 'tcg') : (values.accel as 'kvm' | 'tcg');
 
-  const made = (await client.json<CreateAnswer>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force } })).body;
+  const made = (await client.json<VdiSessionCreated>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force } })).body;
   if (!made.url) throw dfError('DF_ERR_CONFIG', 'the server runs without NBD (--nbd-listen off); a VDI session needs it');
   const u = new URL(made.url);
   const spec: VmSpec = {
@@ -146,9 +140,9 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
 
   // The server commits once the VM's client has flushed and disconnected; a crashed VM leaves it open.
   const deadline = Date.now() + waitSeconds * 1000;
-  let s: VdiSessionView;
+  let s: VdiSession;
   for (;;) {
-    s = (await client.json<VdiSessionView>('GET', `/api/v1/vdi/sessions/${id}`)).body;
+    s = (await client.json<VdiSession>('GET', `/api/v1/vdi/sessions/${id}`)).body;
     const settled = s.state === 'committed' || s.state === 'discarded' || s.state === 'failed' || (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'dropped');
     if (settled || Date.now() > deadline) break;
     if (s.state === 'open' && s.connections === 0 && s.lastDisconnect === 'clean' && !s.autoCommit) break;
@@ -161,7 +155,7 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   return s.state === 'discarded' ? 0 : 1;
 }
 
-function outcomeShort(s: VdiSessionView): string {
+function outcomeShort(s: VdiSession): string {
   const o = s.outcome;
   if (!o) return '-';
   if (o.kind === 'conflict') return `conflict v${o.version}`;
@@ -169,7 +163,7 @@ function outcomeShort(s: VdiSessionView): string {
   return o.kind;
 }
 
-export function outcomeText(s: VdiSessionView): string {
+export function outcomeText(s: VdiSession): string {
   const o = s.outcome;
   if (s.state === 'discarded') return `VDI session ${s.id} discarded (nothing committed)`;
   if (s.state === 'failed') return `VDI session ${s.id} FAILED: ${s.failure ?? 'unknown reason'}; it cannot be committed. Discard it: deskfuse vdi session discard ${s.id}`;
@@ -185,7 +179,7 @@ export function outcomeText(s: VdiSessionView): string {
   return `VDI session ${s.id} committed: version ${o.version} on ${o.ref} (parent ${s.base}, ${o.chunksChanged} chunks changed, ${o.seconds} s)`;
 }
 
-function showText(s: VdiSessionView): string {
+function showText(s: VdiSession): string {
   const inc = s.increment;
   return `VDI session ${s.id}: desktop ${s.desktop} (${s.mode}), base ${s.image}@${s.base}, ${s.state}\n` +
     `  export      ${s.export}:SECRET\n` +

@@ -13,7 +13,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { bootParams, parseCmdline, type BootParams } from '../../src/agent/boot/cmdline.js';
 import { isUefi } from '../../src/agent/boot/system.js';
 import type { Report } from '../../src/agent/boot/handoff.js';
-import type { BootSession } from '../../src/endpoint/endpoints.js';
+import type { BootSession } from '../../src/api/schemas.js';
 import { newEndpointSecret, proveEndpoint } from '../../src/endpoint/proof.js';
 import { isDeskfuseError } from '../../src/errors.js';
 import { ApiClient } from '../../src/api/client.js';

@@ -1,8 +1,11 @@
 import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import {
+  BootEvent, BootEventBody, BootSession, CommitRequestAnswer, type CommitRequestBody, IpxeQuery, MacQuery, SessionBody,
+} from '../../src/api/schemas.js';
 import { scopeDesktop } from '../../src/desktop/desktops.js';
-import type { SessionRequest } from '../../src/endpoint/endpoints.js';
 import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
 import { dfError } from '../../src/errors.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
@@ -19,35 +22,7 @@ import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
  *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit? (heard only from
  *                              the endpoint's last-known address: src/endpoint/endpoints.ts)
  */
-const ipxeQuery = {
-  type: 'object',
-  properties: {
-    mac: { type: 'string', maxLength: 64 }, uuid: { type: 'string', maxLength: 64 }, serial: { type: 'string', maxLength: 128 },
-    buildarch: { type: 'string', maxLength: 32 }, platform: { type: 'string', maxLength: 32 },
-  },
-} as const;
-const macQuery = { type: 'object', properties: { mac: { type: 'string', maxLength: 64 } } } as const;
-// Ed25519 public key and signature over this boot's MAC and token (src/endpoint/proof.ts).
-const proofSchema = {
-  type: 'object', required: ['key', 'sig'], additionalProperties: false,
-  properties: { key: { type: 'string', pattern: '^[0-9a-f]{64}$' }, sig: { type: 'string', pattern: '^[0-9a-f]{128}$' } },
-} as const;
-const sessionBody = {
-  type: 'object', required: ['token', 'mac'], additionalProperties: false,
-  properties: {
-    token: { type: 'string', minLength: 8, maxLength: 200 }, mac: { type: 'string', maxLength: 64 }, platform: { type: 'string', maxLength: 32 },
-    proof: proofSchema, offer: proofSchema,
-  },
-} as const;
-const REPORTABLE: BootPhase[] = ['synced', 'committed', 'local', 'poweroff', 'error'];
-const eventBody = {
-  type: 'object', required: ['mac', 'phase'], additionalProperties: false,
-  properties: { mac: { type: 'string', maxLength: 64 }, phase: { type: 'string', enum: REPORTABLE }, detail: { type: 'object' } },
-} as const;
-
-type IpxeQ = { mac?: string; uuid?: string; serial?: string; buildarch?: string; platform?: string };
-
-export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const { endpoints, boot } = ctx;
   const scripts = ctx.metrics.counter('deskfuse_boot_scripts_total', 'iPXE scripts served by decision');
   const base = (req: FastifyRequest) => boot.publicUrl ?? `${req.protocol}://${req.headers.host ?? `${req.hostname}`}`;
@@ -56,8 +31,8 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
 
-  app.get<{ Querystring: IpxeQ }>('/boot/ipxe', {
-    config: { public: true }, schema: { querystring: ipxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
+  app.get('/boot/ipxe', {
+    config: { public: true }, schema: { querystring: IpxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
   }, async (req, reply) => {
     reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
     const b = base(req);
@@ -87,7 +62,7 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     });
   });
 
-  const serveFile = (file: 'vmlinuz' | 'initrd.img', phase: BootPhase) => async (req: FastifyRequest<{ Querystring: { mac?: string } }>, reply: FastifyReply) => {
+  const serveFile = (file: 'vmlinuz' | 'initrd.img', phase: BootPhase) => async (req: FastifyRequest<{ Querystring: MacQuery }>, reply: FastifyReply) => {
     const p = path.join(boot.dir, file);
     const st = await fsp.stat(p).catch(() => undefined);
     if (!st?.isFile()) throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
@@ -99,19 +74,19 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     return reply.send(createReadStream(p, { highWaterMark: 1024 * 1024 }));
   };
   for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
-    app.route<{ Querystring: { mac?: string } }>({
+    app.route({
       method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true },
-      schema: { querystring: macQuery, tags: ['boot'], summary: `The boot stage's ${phase === 'kernel' ? 'kernel' : 'initramfs'}` },
+      schema: { querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${phase === 'kernel' ? 'kernel' : 'initramfs'}` },
       handler: serveFile(file, phase),
     });
   }
 
-  app.post<{ Body: Omit<SessionRequest, 'ip'> }>('/boot/session', {
-    bodyLimit: BODY_BOOT, config: { public: true }, schema: { body: sessionBody, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },
+  app.post('/boot/session', {
+    bodyLimit: BODY_BOOT, config: { public: true }, schema: { body: SessionBody, response: { 200: BootSession }, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },
   }, async (req) => await endpoints.openSession({ ...req.body, ip: req.ip }));
 
-  app.post<{ Body: { mac: string; phase: BootPhase; detail?: Record<string, unknown> } }>('/boot/events', {
-    bodyLimit: BODY_BOOT_EVENTS, config: { access: 'any' }, schema: { body: eventBody, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },
+  app.post('/boot/events', {
+    bodyLimit: BODY_BOOT_EVENTS, config: { access: 'any' }, schema: { body: BootEventBody, response: { 201: BootEvent }, tags: ['boot'], summary: "The agent's progress (desktop token of the endpoint's desktop)" },
   }, async (req, reply) => {
     const e = await endpoints.get(req.body.mac);
     const scope = req.tokenScope ?? '';
@@ -123,8 +98,8 @@ export const bootRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     return reply.status(201).send(ev);
   });
 
-  app.post<{ Body: { mac?: string } | undefined; Querystring: { mac?: string } }>('/boot/commit-request', {
-    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: macQuery, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
+  app.post<{ Body: CommitRequestBody | undefined; Querystring: MacQuery; Reply: CommitRequestAnswer }>('/boot/commit-request', {
+    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: MacQuery, response: { 200: CommitRequestAnswer }, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });

@@ -1,5 +1,5 @@
-import type { FastifyInstance } from 'fastify';
-import { chunkId, idsBody } from '../../src/api/schemas.js';
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { ChunkParams, ChunkStored, IdsBody, Missing, PackStored } from '../../src/api/schemas.js';
 import { dfError, isDeskfuseError } from '../../src/errors.js';
 import { isZero } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE, PACK_MAX_BYTES, type PackRecord } from '../../src/chunk/pack.js';
@@ -16,12 +16,11 @@ const READS_IN_FLIGHT = 16;
  * the id. Batches: "which of these are missing", pack upload, pack fetch. Bytes are verified
  * against their id on the way in and on every read from the store.
  */
-export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const bytesIn = ctx.metrics.counter('deskfuse_chunk_bytes_received_total', 'Compressed chunk bytes received');
   const bytesOut = ctx.metrics.counter('deskfuse_chunk_bytes_sent_total', 'Compressed chunk bytes sent');
   const stored = ctx.metrics.counter('deskfuse_chunks_stored_total', 'Chunks newly stored');
   const invalid = ctx.metrics.counter('deskfuse_chunks_invalid_total', 'Chunks refused or found corrupt, by where');
-  const params = { type: 'object', properties: { id: chunkId }, required: ['id'] } as const;
   // zstd and BLAKE3 of uploads run in worker threads, as store reads do (src/chunk/workers.ts).
   const workers = chunkWorkers();
 
@@ -34,22 +33,22 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     }
   };
 
-  app.get<{ Params: { id: string } }>('/chunks/:id', { schema: { params, tags: ['chunks'], summary: 'A chunk as one zstd frame (immutable)' }, exposeHeadRoute: false }, async (req, reply) => {
+  app.get('/chunks/:id', { schema: { params: ChunkParams, tags: ['chunks'], summary: 'A chunk as one zstd frame (immutable)' }, exposeHeadRoute: false }, async (req, reply) => {
     const { frame } = await read(req.params.id);
     bytesOut(frame.length);
     reply.header('cache-control', IMMUTABLE).header('etag', `"${req.params.id}"`).type('application/zstd');
     return frame;
   });
 
-  app.head<{ Params: { id: string } }>('/chunks/:id', { schema: { params, tags: ['chunks'], summary: 'Whether the chunk is stored' } }, async (req, reply) => {
+  app.head('/chunks/:id', { schema: { params: ChunkParams, tags: ['chunks'], summary: 'Whether the chunk is stored' } }, async (req, reply) => {
     if (!(await ctx.chunks.has(req.params.id))) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${req.params.id} is not in the store`, { id: req.params.id });
     reply.header('cache-control', IMMUTABLE).header('etag', `"${req.params.id}"`).type('application/zstd');
     return reply.send();
   });
 
-  app.put<{ Params: { id: string }; Body: Buffer }>('/chunks/:id', {
+  app.put('/chunks/:id', {
     bodyLimit: BODY_CHUNK,
-    schema: { params, tags: ['chunks'], summary: 'Store one chunk: body application/zstd (a frame) or application/octet-stream (raw bytes)' },
+    schema: { params: ChunkParams, response: { 200: ChunkStored, 201: ChunkStored }, tags: ['chunks'], summary: 'Store one chunk: body application/zstd (a frame) or application/octet-stream (raw bytes)' },
   }, async (req, reply) => {
     const { id } = req.params;
     const body = req.body;
@@ -78,14 +77,14 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     return reply.status(created ? 201 : 200).send({ id, stored: created });
   });
 
-  app.post<{ Body: { ids: string[] } }>('/api/v1/chunks/missing', {
+  app.post('/api/v1/chunks/missing', {
     bodyLimit: BODY_MISSING,
-    schema: { body: idsBody, tags: ['chunks'], summary: 'Which of these chunk ids the server lacks' },
+    schema: { body: IdsBody, response: { 200: Missing }, tags: ['chunks'], summary: 'Which of these chunk ids the server lacks' },
   }, async (req) => ({ missing: await ctx.catalog.missingChunks(req.body.ids) }));
 
-  app.post<{ Body: Buffer }>('/api/v1/chunks/pack', {
+  app.post('/api/v1/chunks/pack', {
     bodyLimit: BODY_PACK,
-    schema: { tags: ['chunks'], summary: `Store many chunks in one body (${PACK_CONTENT_TYPE})` },
+    schema: { response: { 200: PackStored }, tags: ['chunks'], summary: `Store many chunks in one body (${PACK_CONTENT_TYPE})` },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PACK_CONTENT_TYPE)) {
       throw dfError('DF_ERR_BAD_REQUEST', `send a pack as ${PACK_CONTENT_TYPE}`);
@@ -109,8 +108,8 @@ export const chunkRoutes = (ctx: AppContext) => async (app: FastifyInstance) => 
     return r;
   });
 
-  app.post<{ Body: { ids: string[] } }>('/api/v1/chunks/fetch', {
-    schema: { body: { ...idsBody, properties: { ids: { ...idsBody.properties.ids, maxItems: FETCH_MAX_IDS } } }, tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks (each id once, ${PACK_MAX_BYTES} bytes of frames at most) as one pack` },
+  app.post('/api/v1/chunks/fetch', {
+    schema: { body: Type.Object({ ids: Type.Array(IdsBody.properties.ids.items, { maxItems: FETCH_MAX_IDS }) }, { additionalProperties: false }), tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks (each id once, ${PACK_MAX_BYTES} bytes of frames at most) as one pack` },
   }, async (req, reply) => {
     // Each chunk once, however often it is asked for; the pack is held to PACK_MAX_BYTES (reads stop
     // as soon as it would pass), so one request never makes the server hold more than that.

@@ -1,20 +1,17 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import {
-  createDesktopBody, desktopCommitBody, desktopParams, desktopTokenBody, leaseBody, leaseReleaseQuery, resetDesktopBody,
+  CommitAnswer, CreateDesktopBody, Desktop, DesktopCommitBody, DesktopList, DesktopParams, DesktopToken, DesktopTokenBody, Lease, LeaseBody,
+  LeaseBroken, LeaseReleased, LeaseReleaseQuery, ResetDesktopBody,
 } from '../../src/api/schemas.js';
-import type { DesktopCommitRequest } from '../../src/desktop/desktops.js';
-import type { DesktopMode } from '../../src/desktop/model.js';
 import type { AppContext } from '../context.js';
 import { sendCommit } from './images.js';
-
-type P = { name: string };
 
 /**
  * Desktops under /api/v1: create, show, reset; scoped tokens; leases; commits to a desktop's ref
  * under its lease. Who may call which is in server/auth.ts (ACCESS_RULES): a desktop token may read
  * its desktop, take and release its lease and commit to it; the rest is admin only.
  */
-export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+export const desktopRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const { desktops } = ctx;
   const commits = ctx.metrics.counter('deskfuse_commits_total', 'Commits by outcome');
   const leaseOps = ctx.metrics.counter('deskfuse_lease_ops_total', 'Lease operations by outcome');
@@ -22,27 +19,27 @@ export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) =
   // Bodies whose every field is optional may be left out altogether.
   const optionalBody = async (req: { body: unknown }) => void (req.body ??= {});
 
-  app.post<{ Body: { name: string; image: string; from?: string; mode?: DesktopMode } }>('/desktops', {
-    schema: { body: createDesktopBody, tags: ['desktops'], summary: 'Create a desktop: persistent (own ref desktops/NAME at the head of `from`) or restore (follows `from`)' },
+  app.post('/desktops', {
+    schema: { body: CreateDesktopBody, response: { 201: Desktop }, tags: ['desktops'], summary: 'Create a desktop: persistent (own ref desktops/NAME at the head of `from`) or restore (follows `from`)' },
   }, async (req, reply) => reply.status(201).send(await desktops.create(req.body, who(req.tokenScope))));
 
-  app.get('/desktops', { schema: { tags: ['desktops'], summary: 'List desktops with their heads and leases' } }, async () => ({ desktops: await desktops.list() }));
+  app.get('/desktops', { schema: { response: { 200: DesktopList }, tags: ['desktops'], summary: 'List desktops with their heads and leases' } }, async () => ({ desktops: await desktops.list() }));
 
-  app.get<{ Params: P }>('/desktops/:name', { schema: { params: desktopParams, tags: ['desktops'], summary: 'Show a desktop: the version a sync must reach, its lease' } },
+  app.get('/desktops/:name', { schema: { params: DesktopParams, response: { 200: Desktop }, tags: ['desktops'], summary: 'Show a desktop: the version a sync must reach, its lease' } },
     async (req) => await desktops.view(req.params.name));
 
-  app.post<{ Params: P; Body: { to?: string } }>('/desktops/:name/reset', {
+  app.post('/desktops/:name/reset', {
     preValidation: optionalBody,
-    schema: { params: desktopParams, body: resetDesktopBody, tags: ['desktops'], summary: "Move a persistent desktop's ref to an image ref's head (default: the ref it follows); the ref log keeps the old line" },
+    schema: { params: DesktopParams, body: ResetDesktopBody, response: { 200: Desktop }, tags: ['desktops'], summary: "Move a persistent desktop's ref to an image ref's head (default: the ref it follows); the ref log keeps the old line" },
   }, async (req) => await desktops.reset(req.params.name, req.body.to, who(req.tokenScope)));
 
-  app.post<{ Params: P; Body: { ttlSeconds?: number } }>('/desktops/:name/tokens', {
+  app.post('/desktops/:name/tokens', {
     preValidation: optionalBody,
-    schema: { params: desktopParams, body: desktopTokenBody, tags: ['desktops'], summary: 'Issue a token scoped to this desktop (default 30 days, at most 1 year)' },
+    schema: { params: DesktopParams, body: DesktopTokenBody, response: { 201: DesktopToken }, tags: ['desktops'], summary: 'Issue a token scoped to this desktop (default 30 days, at most 1 year)' },
   }, async (req, reply) => reply.status(201).send(await desktops.mintToken(req.params.name, req.body.ttlSeconds)));
 
-  app.post<{ Params: P; Body: { holder: string; ttlSeconds?: number; force?: boolean } }>('/desktops/:name/lease', {
-    schema: { params: desktopParams, body: leaseBody, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing)' },
+  app.post('/desktops/:name/lease', {
+    schema: { params: DesktopParams, body: LeaseBody, response: { 200: Lease }, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing)' },
   }, async (req) => {
     try {
       const lease = await desktops.acquireLease(req.params.name, req.body.holder, req.body.ttlSeconds, req.body.force ?? false);
@@ -54,23 +51,23 @@ export const desktopRoutes = (ctx: AppContext) => async (app: FastifyInstance) =
     }
   });
 
-  app.delete<{ Params: P; Querystring: { fencing: number } }>('/desktops/:name/lease', {
-    schema: { params: desktopParams, querystring: leaseReleaseQuery, tags: ['leases'], summary: 'Release the lease with this fencing (409 DF_ERR_LEASE_LOST if it is not the current one)' },
+  app.delete('/desktops/:name/lease', {
+    schema: { params: DesktopParams, querystring: LeaseReleaseQuery, response: { 200: LeaseReleased }, tags: ['leases'], summary: 'Release the lease with this fencing (409 DF_ERR_LEASE_LOST if it is not the current one)' },
   }, async (req) => {
     const r = await desktops.releaseLease(req.params.name, req.query.fencing);
     leaseOps(1, { op: 'release', outcome: 'ok' });
     return r;
   });
 
-  app.post<{ Params: P }>('/desktops/:name/lease/break', {
-    schema: { params: desktopParams, tags: ['leases'], summary: 'Break the lease (admin), e.g. of a dead endpoint' },
+  app.post('/desktops/:name/lease/break', {
+    schema: { params: DesktopParams, response: { 200: LeaseBroken }, tags: ['leases'], summary: 'Break the lease (admin), e.g. of a dead endpoint' },
   }, async (req) => {
     leaseOps(1, { op: 'break', outcome: 'ok' });
     return await desktops.breakLease(req.params.name, who(req.tokenScope));
   });
 
-  app.post<{ Params: P; Body: DesktopCommitRequest }>('/desktops/:name/commits', {
-    schema: { params: desktopParams, body: desktopCommitBody, tags: ['commits'], summary: "Commit to the desktop's ref under its lease: 201 fast-forward; 409 DF_ERR_CONFLICT (stale parent or fencing; the version is kept)" },
+  app.post('/desktops/:name/commits', {
+    schema: { params: DesktopParams, body: DesktopCommitBody, response: { 201: CommitAnswer }, tags: ['commits'], summary: "Commit to the desktop's ref under its lease: 201 fast-forward; 409 DF_ERR_CONFLICT (stale parent or fencing; the version is kept)" },
   }, async (req, reply) => {
     const out = await desktops.commit(req.params.name, req.body, who(req.tokenScope));
     commits(1, { outcome: out.kind });

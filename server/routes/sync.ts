@@ -1,5 +1,5 @@
-import type { FastifyInstance } from 'fastify';
-import { versionParams } from '../../src/api/schemas.js';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { PatchStored, VersionParams } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { chunkWorkers } from '../../src/chunk/workers.js';
 import { openPatch, PATCH_CONTENT_TYPE, patched } from '../../src/sync/patch.js';
@@ -13,13 +13,13 @@ const PUT_BATCH_BYTES = 16 * 1024 * 1024;
  * What the endpoint agent uses beyond plain chunks: per-version deltas (only the changed 4 KiB
  * blocks, static and cacheable) to update, and patch uploads (blocks against a base chunk) to commit.
  */
-export const syncRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
+export const syncRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const bytesOut = ctx.metrics.counter('deskfuse_delta_bytes_sent_total', 'Delta bytes sent');
   const stored = ctx.metrics.counter('deskfuse_chunks_stored_total', 'Chunks newly stored');
   const workers = chunkWorkers();
 
-  app.get<{ Params: { image: string; version: number } }>('/api/v1/images/:image/versions/:version/delta', {
-    schema: { params: versionParams, tags: ['versions'], summary: "The version's changed 4 KiB blocks against its parent (binary, see src/sync/delta.ts)" },
+  app.get('/api/v1/images/:image/versions/:version/delta', {
+    schema: { params: VersionParams, tags: ['versions'], summary: "The version's changed 4 KiB blocks against its parent (binary, see src/sync/delta.ts)" },
   }, async (req, reply) => {
     const v = await ctx.catalog.version(req.params.image, req.params.version);
     // Streamed from its file: a delta of any size costs the server a read buffer, not its size.
@@ -30,9 +30,9 @@ export const syncRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     return reply.send(delta.stream);
   });
 
-  app.post<{ Body: Buffer }>('/api/v1/chunks/patch', {
+  app.post('/api/v1/chunks/patch', {
     bodyLimit: BODY_PATCH,
-    schema: { tags: ['chunks'], summary: `Store chunks sent as blocks against base chunks (${PATCH_CONTENT_TYPE}); answers which could not be rebuilt` },
+    schema: { response: { 200: PatchStored }, tags: ['chunks'], summary: `Store chunks sent as blocks against base chunks (${PATCH_CONTENT_TYPE}); answers which could not be rebuilt` },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PATCH_CONTENT_TYPE)) throw dfError('DF_ERR_BAD_REQUEST', `send a patch as ${PATCH_CONTENT_TYPE}`);
     // Records are decoded frame by frame as they are taken (at most PATCH_RAW_MAX in all), and rebuilt

@@ -1,3 +1,4 @@
+import type { CommitAnswer, CommitConflict, ErrorBody, Missing, PatchStored, StagedLayer } from '../api/schemas.js';
 import { encodeFrame } from '../chunk/frame.js';
 import { idHex, isZeroId } from '../chunk/id.js';
 import { encodePack, PACK_CONTENT_TYPE, type PackRecord } from '../chunk/pack.js';
@@ -5,7 +6,6 @@ import { dfError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength, fullMask, maskBytes } from '../image/geometry.js';
 import { diffIndexes, encodeLayer } from '../image/layer.js';
-import type { VersionRow } from '../image/model.js';
 import { extractBlocks, hintMask } from '../sync/blockhash.js';
 import { encodePatch, PATCH_CONTENT_TYPE, type PatchRecord } from '../sync/patch.js';
 import type { ScanResult } from '../sync/scan.js';
@@ -40,7 +40,7 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   const changed = scan.changed;
   const idsAt = new Map<string, number>();
   for (const pos of changed) if (!scan.index.isZeroAt(pos)) idsAt.set(idHex(scan.index.idAt(pos)), pos);
-  const { missing } = (await s.client.json<{ missing: string[] }>('POST', '/api/v1/chunks/missing', { body: { ids: [...idsAt.keys()] }, idempotent: true })).body;
+  const { missing } = (await s.client.json<Missing>('POST', '/api/v1/chunks/missing', { body: { ids: [...idsAt.keys()] }, idempotent: true })).body;
 
   // Patches: the blocks whose hints changed, against the on-disk version's chunk at that position.
   const mb = maskBytes(g);
@@ -50,7 +50,7 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   let size = 0;
   const send = async () => {
     if (!batch.length) return;
-    const r = await s.client.json<{ failed: string[] }>('POST', '/api/v1/chunks/patch', { raw: { data: encodePatch(g, batch), type: PATCH_CONTENT_TYPE }, idempotent: true });
+    const r = await s.client.json<PatchStored>('POST', '/api/v1/chunks/patch', { raw: { data: encodePatch(g, batch), type: PATCH_CONTENT_TYPE }, idempotent: true });
     failedWhole.push(...r.body.failed);
     batch = [];
     size = 0;
@@ -90,20 +90,23 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   const next = base.clone();
   for (const pos of changed) next.set(pos, scan.index.idAt(pos));
   const layer = encodeLayer(diffIndexes(base, next));
-  const staged = (await s.client.json<{ layer: string }>('POST', `/api/v1/images/${s.image.name}/layers`, { raw: { data: layer, type: 'application/octet-stream' }, idempotent: true })).body;
-  const r = await s.client.json<{ version: VersionRow; ref: string; conflictRef?: string; head?: number | null; reason?: string; code?: string }>(
+  const staged = (await s.client.json<StagedLayer>('POST', `/api/v1/images/${s.image.name}/layers`, { raw: { data: layer, type: 'application/octet-stream' }, idempotent: true })).body;
+  const r = await s.client.json<CommitAnswer | CommitConflict | ErrorBody>(
     'POST', `/api/v1/desktops/${s.desktop.name}/commits`,
     // Retry-safe: the server keys a commit by (ref, parent, layer, kind) and answers a repeat with
     // the version the first one made (src/image/catalog.ts), whichever server the repeat reaches.
     { body: { parent, layer: staged.layer, kind: 'voi-commit', fencing: lease.fencing, holder: lease.holder, ...(s.message ? { message: s.message } : {}) }, accept: [409], idempotent: true },
   );
-  if (r.status === 409 && r.body.code !== 'DF_ERR_CONFLICT') {
+  // 201 fast-forward, 409 DF_ERR_CONFLICT (kept as a conflict version), or another 409: chunks went missing.
+  if (r.status === 409 && (r.body as ErrorBody).code !== 'DF_ERR_CONFLICT') {
     throw dfError('DF_ERR_CHUNKS_MISSING', 'the server lost chunks during the commit; run it again', { ...r.body });
   }
-  const v = r.body.version;
+  const answer = r.body as CommitAnswer | CommitConflict;
+  const v = answer.version;
+  const conflict = 'conflictRef' in answer ? answer : null;
   const outcome: CommitOutcome = {
-    version: v.version, parent, ref: r.body.ref ?? `desktops/${s.desktop.name}`,
-    conflict: r.body.conflictRef ? { conflictRef: r.body.conflictRef, head: r.body.head ?? null, reason: r.body.reason ?? 'parent' } : null,
+    version: v.version, parent, ref: answer.ref,
+    conflict: conflict ? { conflictRef: conflict.conflictRef, head: conflict.head, reason: conflict.reason } : null,
     chunksChanged: changed.length, chunksUploaded: missing.length,
   };
   const newState = await writeSlotAndHeader(s.disk.fh, s.disk.size, {

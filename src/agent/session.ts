@@ -1,24 +1,13 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { ApiClient, ServerList } from '../api/client.js';
+import type { Desktop, Image, Lease as LeaseAnswer } from '../api/schemas.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
-import type { ImageRow } from '../image/model.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
 import { newEndpointSecret } from '../endpoint/proof.js';
 import { openDisk, type Disk } from './disk.js';
 import { adoptLegacyState, areaStart, type DiskState, readSlot, readState, type Slot, writeHeader } from './state-area.js';
-
-/** What the agent learns from the server about its desktop (GET /api/v1/desktops/:name). */
-export interface DesktopView {
-  name: string;
-  image: string;
-  mode: 'persistent' | 'restore';
-  follows: string;
-  ref: string | null;
-  head: number;
-  lease: { holder: string; fencing: number; since: string; expiresAt: string } | null;
-}
 
 export interface Lease {
   holder: string;
@@ -58,8 +47,8 @@ export interface AgentOptions {
 /** An open agent run: client, desktop, image, disk and its state. */
 export interface Session {
   client: ApiClient;
-  desktop: DesktopView;
-  image: ImageRow;
+  desktop: Desktop;
+  image: Image;
   geometry: Geometry;
   disk: Disk;
   areaStart: number;
@@ -73,8 +62,8 @@ export interface Session {
 
 export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
   const client = new ApiClient({ server: o.server, token: o.token });
-  const desktop = (await client.json<DesktopView>('GET', `/api/v1/desktops/${encodeURIComponent(desktopName)}`)).body;
-  const image = (await client.json<ImageRow>('GET', `/api/v1/images/${desktop.image}`)).body;
+  const desktop = (await client.json<Desktop>('GET', `/api/v1/desktops/${encodeURIComponent(desktopName)}`)).body;
+  const image = (await client.json<Image>('GET', `/api/v1/images/${desktop.image}`)).body;
   const geometry = { virtualSize: image.virtualSize, chunkSize: image.chunkSize };
   const disk = await openDisk(o.disk, true);
   try {
@@ -123,7 +112,7 @@ export function hintsAt(hints: Buffer, g: Geometry, pos: number): Buffer {
 }
 
 export async function takeLease(s: Session, force: boolean): Promise<Lease> {
-  const r = await s.client.json<{ holder: string; fencing: number }>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
+  const r = await s.client.json<LeaseAnswer>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
     body: { holder: s.holder, ttlSeconds: 86400, force }, idempotent: true,
   });
   return { holder: r.body.holder, fencing: r.body.fencing };

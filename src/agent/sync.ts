@@ -5,7 +5,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength } from '../image/geometry.js';
 import { applyLayer, decodeLayer, type Layer } from '../image/layer.js';
-import type { VersionRow } from '../image/model.js';
+import type { Version, VersionList } from '../api/schemas.js';
 import { Progress } from '../progress.js';
 import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
 import { readDelta, type DeltaItem } from '../sync/delta.js';
@@ -157,7 +157,7 @@ interface Hop {
 }
 
 async function deltaPath(s: Session, from: number, to: number): Promise<Hop[] | null> {
-  const chain = (await s.client.json<{ versions: VersionRow[] }>('GET', `/api/v1/images/${s.image.name}/versions?ref=${to}&limit=${MAX_HOPS + 1}`)).body.versions;
+  const chain = (await s.client.json<VersionList>('GET', `/api/v1/images/${s.image.name}/versions?ref=${to}&limit=${MAX_HOPS + 1}`)).body.versions;
   const j = chain.findIndex((v) => v.version === from);
   if (j <= 0 || j > MAX_HOPS) return null;
   const hops: Hop[] = [];
@@ -177,7 +177,7 @@ async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hop
     verifyBlob(idx.encode(), path.hops[path.hops.length - 1]!.indexId, `index of version ${to}`);
     return idx;
   }
-  const v = (await s.client.json<VersionRow>('GET', `/api/v1/images/${s.image.name}/versions/${to}`)).body;
+  const v = (await s.client.json<Version>('GET', `/api/v1/images/${s.image.name}/versions/${to}`)).body;
   const bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${to}/index`)).body;
   verifyBlob(bytes, v.index, `index of version ${to}`);
   return ChunkIndex.decode(bytes);

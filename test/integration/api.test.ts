@@ -8,6 +8,7 @@ import { decodePack, encodePack, PACK_CONTENT_TYPE } from '../../src/chunk/pack.
 import { loadServerConfig } from '../../src/config/server.js';
 import { ChunkIndex } from '../../src/image/chunk-index.js';
 import { decodeLayer, encodeLayer } from '../../src/image/layer.js';
+import { ImageShow, RefLogEntry, Version } from '../../src/api/schemas.js';
 import { prng } from '../helpers/disk.js';
 import { tempDir } from '../helpers/server.js';
 
@@ -287,5 +288,56 @@ describe('versions and refs', () => {
     const l = await layer([]);
     await req('POST', '/api/v1/images/win/commits', { parent: null, ref: 'main', layer: l, kind: 'import' });
     expect((await req('POST', '/api/v1/images', { name: 'win', virtualSize: VS, chunkSize: CS })).statusCode).toBe(409);
+  });
+});
+
+describe('contract (src/api schemas)', () => {
+  it('the OpenAPI document lists the routes with their bodies, parameters and answers', async () => {
+    const oa = (await ap.app.inject({ method: 'GET', url: '/api/v1/openapi.json' })).json();
+    const body = (method: string, p: string) => oa.paths[p]?.[method]?.requestBody?.content?.['application/json']?.schema;
+    const answer = (method: string, p: string, status: number) => oa.paths[p]?.[method]?.responses?.[status]?.content?.['application/json']?.schema;
+    const bodies: Array<[string, string, string[]]> = [
+      ['post', '/api/v1/images', ['name', 'virtualSize', 'chunkSize']],
+      ['post', '/api/v1/images/{image}/commits', ['parent', 'ref', 'layer', 'kind']],
+      ['put', '/api/v1/images/{image}/refs/{*}', ['version', 'expect']],
+      ['put', '/api/v1/images/{image}/boot', ['partition', 'kernel', 'cmdline']],
+      ['post', '/api/v1/desktops', ['name', 'image']],
+      ['post', '/api/v1/desktops/{name}/lease', ['holder']],
+      ['post', '/api/v1/desktops/{name}/commits', ['parent', 'layer', 'kind', 'fencing']],
+      ['post', '/api/v1/endpoints', ['mac']],
+      ['post', '/api/v1/vdi/sessions', ['desktop']],
+      ['post', '/api/v1/tokens', ['scope']],
+      ['post', '/api/v1/chunks/missing', ['ids']],
+      ['post', '/boot/session', ['token', 'mac']],
+      ['post', '/boot/events', ['mac', 'phase']],
+    ];
+    for (const [method, p, required] of bodies) expect(body(method, p)?.required, `${method} ${p}`).toEqual(required);
+    expect(body('post', '/api/v1/desktops/{name}/commits').properties.kind.enum).toEqual(['voi-commit', 'vdi-commit']);
+    expect(oa.paths['/api/v1/images/{image}/versions/{version}'].get.parameters.map((x: { name: string; in: string }) => `${x.in}:${x.name}`)).toEqual(['path:image', 'path:version']);
+    expect(Object.keys(answer('post', '/api/v1/images/{image}/commits', 201).properties)).toEqual(['outcome', 'version', 'ref']);
+    expect(answer('get', '/api/v1/desktops/{name}', 200).required).toContain('head');
+    expect(answer('post', '/boot/session', 200).required).toEqual(expect.arrayContaining(['token', 'holder', 'action', 'handoff', 'imageBoot']));
+    expect(answer('get', '/api/v1/vdi/sessions/{id}', 200).properties).toHaveProperty('outcome');
+    expect(answer('get', '/api/v1/tokens', 200).properties.tokens.items.required).toEqual(['id', 'scope', 'createdAt', 'expiresAt', 'lastUsedAt']);
+  });
+
+  it('answers carry the wire fields their schema names: a version, a ref, an image, a ref log entry', async () => {
+    await createImage();
+    const a = chunk();
+    await upload([a]);
+    const l1 = await layer([{ index: 0, id: a.id }]);
+    expect((await req('POST', '/api/v1/images/win/commits', { parent: null, ref: 'main', layer: l1, kind: 'import' })).statusCode).toBe(201);
+    const v = (await req('GET', '/api/v1/images/win/versions/1')).json();
+    expect(Object.keys(v).sort()).toEqual(Object.keys(Version.properties).sort());
+    // limit has a default: leaving it out is not a 400
+    const listed = await req('GET', '/api/v1/images/win/versions');
+    expect(listed.statusCode).toBe(200);
+    expect(listed.json().versions).toEqual([v]);
+    const log = await req('GET', '/api/v1/images/win/reflog');
+    expect(log.statusCode).toBe(200);
+    expect(Object.keys(log.json().entries[0]).sort()).toEqual(Object.keys(RefLogEntry.properties).sort());
+    const img = (await req('GET', '/api/v1/images/win')).json();
+    expect(img).toMatchObject({ name: 'win', virtualSize: VS, chunkSize: CS, versions: 1, refs: [{ image: 'win', name: 'main', version: 1 }] });
+    expect(Object.keys(img).every((k) => k in ImageShow.properties)).toBe(true);
   });
 });

@@ -1,5 +1,5 @@
 import type { Handoff } from '../../endpoint/decide.js';
-import type { ImageBoot } from '../../image/model.js';
+import type { ImageBoot } from '../../api/schemas.js';
 
 /** What the hand-off does to the machine (src/agent/boot/system.ts in the boot stage). */
 export interface Machine {

@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { dfError } from '../../errors.js';
-import type { ImageBoot } from '../../image/model.js';
+import type { ImageBoot } from '../../api/schemas.js';
 import { bootNextValue, EFI_GLOBAL, findDiskOption, parseLoadOption, pciChainOfSysfs, type LoadOption } from './efi.js';
 
 /**
