@@ -41,6 +41,16 @@ export async function startProcess(dataDir: string, port?: number, nbdPort?: num
   const proc = spawn(process.execPath, [CLI, 'server', '--data', dataDir, '--listen', `127.0.0.1:${p}`, '--log-level', 'warn', '--nbd-listen', nbd, ...(extra.args ?? [])], {
     stdio: ['ignore', 'pipe', 'pipe'], ...(extra.env ? { env: { ...process.env, ...extra.env } } : {}),
   });
+  // Drain the server's output (a full pipe would block its logger, and with it the server), keeping a tail to read on failure.
+  const tail: string[] = [];
+  for (const stream of [proc.stdout, proc.stderr]) {
+    stream?.setEncoding('utf8');
+    stream?.on('data', (d: string) => {
+      tail.push(d);
+      if (tail.length > 200) tail.shift();
+      if (process.env.DESKFUSE_TEST_SERVER_LOG) process.stderr.write(d);
+    });
+  }
   const url = `http://127.0.0.1:${p}`;
   for (let i = 0; i < 100; i++) {
     try {
