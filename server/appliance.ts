@@ -73,7 +73,7 @@ export interface ApplianceOptions {
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
-  const meta = await openConfiguredMeta(config.meta, p.meta);
+  const meta = await openConfiguredMeta(config.meta, p.meta, log);
   try {
     const { chunks, blobs, deltas, where } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     log?.info({ store: where }, 'chunk store');

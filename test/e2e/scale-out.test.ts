@@ -19,7 +19,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -162,14 +162,27 @@ async function desktopToken(env: Record<string, string>, name: string): Promise<
 
 const agent = (args: string[], server: string, token: string) => cli(['agent', ...args, '--server', server, '--json'], { DESKFUSE_TOKEN: token });
 
+// The private engines start at once, beside the first cases (RGW takes ≈ 25 s), and are destroyed at the end.
+let privatePg: Promise<Postgres> | undefined;
+let privateRgw: Promise<Rgw> | undefined;
+
 beforeAll(() => {
   tmp = tempDir('df-scale-out-');
   makeImages();
+  privatePg = startPostgres();
+  privateRgw = startRgw();
+  // awaited (and their failures reported) by the second describe
+  privatePg.catch(() => {});
+  privateRgw.catch(() => {});
 });
 afterAll(async () => {
-  await Promise.all(servers.map((s) => stopServer(s, 'SIGKILL')));
+  await Promise.all(servers.map((s) => stopServer(s)));
+  // DESKFUSE_E2E_LOGS=DIR keeps each server's log there (pino JSON lines)
+  const keep = process.env.DESKFUSE_E2E_LOGS;
+  if (keep) for (const s of servers) writeFileSync(path.join(keep, `scale-out-${s.name}-${s.port}.log`), s.log());
+  await Promise.all([privatePg?.then((e) => e.destroy()).catch(() => {}), privateRgw?.then((e) => e.destroy()).catch(() => {})]);
   tmp?.cleanup();
-});
+}, 180_000);
 
 // ---------------------------------------------------------------- A and B on the shared engines
 
@@ -313,6 +326,7 @@ describe('two servers on one PostgreSQL and one RGW', () => {
     const before = (await cli(['image', 'show', 'win', '--json'], asAdmin(b))).json;
 
     const from = a.log().length;
+    const fromB = b.log().length;
     const sinceCommit = () => a.log().slice(from);
     const commit = running(['agent', 'commit', '--disk', f('crash.img'), '--server', both, '--json'], { DESKFUSE_TOKEN: t });
     // A is receiving the upload (the first patch body): kill it there, before the commit call
@@ -325,8 +339,10 @@ describe('two servers on one PostgreSQL and one RGW', () => {
     const c = await commit.done;
     expect(c.code, c.stderr).toBe(0);
     expect(c.json).toMatchObject({ committed: true, conflict: null, parent: 2, ref: 'desktops/crash' });
-    // it went on on B: B took the rest of the upload and the commit
-    expect(b.log()).toContain('/api/v1/desktops/crash/commits');
+    // it went on on B: B took the upload A died in, and the commit
+    expect(b.log().slice(fromB)).toContain('/api/v1/chunks/patch');
+    expect(b.log().slice(fromB)).toContain('/api/v1/desktops/crash/commits');
+    expect(a.log().slice(from)).not.toContain('/api/v1/desktops/crash/commits');
     const after = (await cli(['image', 'show', 'win', '--json'], asAdmin(b))).json;
     expect(after.versions).toBe(before.versions + 1);
     expect((await http(b, 'GET', '/api/v1/desktops/crash', token)).body.head).toBe(c.json.version);
@@ -343,15 +359,15 @@ describe('two servers on one PostgreSQL and one RGW', () => {
 // ---------------------------------------------------------------- C and D on private engines
 
 describe('two servers while their engines stop and start', () => {
-  let pg: Postgres | undefined;
-  let rgw: Rgw | undefined;
+  let pg: Postgres;
+  let rgw: Rgw;
   let c: Server;
   let d: Server;
   let token: string;
   const asAdmin = (s: Server | string) => ({ DESKFUSE_SERVER: typeof s === 'string' ? s : s.url, DESKFUSE_TOKEN: token });
 
   beforeAll(async () => {
-    [pg, rgw] = await Promise.all([startPostgres(), startRgw()]);
+    [pg, rgw] = await Promise.all([privatePg!, privateRgw!]);
     const store = rgw.url('scale-out/');
     c = await startServer('c', pg.url, store, rgw);
     d = await startServer('d', pg.url, store, rgw);
@@ -359,14 +375,14 @@ describe('two servers while their engines stop and start', () => {
     await publish(asAdmin(c));
   }, 300_000);
   afterAll(async () => {
+    // before their engines go (the file's afterAll destroys those)
     for (const s of [c, d]) if (s) await stopServer(s);
-    await Promise.all([pg?.destroy(), rgw?.destroy()]);
-  }, 120_000);
+  }, 60_000);
 
   it('6. radosgw stopped during a sync through D and started again: the sync completes byte-exact', async () => {
     const t = await desktopToken(asAdmin(c), 'rgw');
     blankDisk('rgw.img');
-    const pids = await rgwCommand('pids', rgw!.dir);
+    const pids = await rgwCommand('pids', rgw.dir);
     const pid = Number(/^rgw\.local (\d+)$/m.exec(pids)?.[1]);
     expect(pid).toBeGreaterThan(0);
 
@@ -387,7 +403,7 @@ describe('two servers while their engines stop and start', () => {
     expect(stoppedMidSync).toBe(true);
     await sleep(10_000);
     expect(sync.finished()).toBe(false); // it waited for the bucket
-    await rgwStart(rgw!.dir); // radosgw alone: the mon and the OSD still run
+    await rgwStart(rgw.dir); // radosgw alone: the mon and the OSD still run
 
     const s = await sync.done;
     expect(s.code, s.stderr).toBe(0);
@@ -411,7 +427,7 @@ describe('two servers while their engines stop and start', () => {
       before.set(u, r.sha);
     }
 
-    await pg!.stop();
+    await pg.stop();
     const codes = new Set<string>();
     for (const s of [c, d]) {
       for (const [m, u, body] of calls) {
@@ -423,14 +439,14 @@ describe('two servers while their engines stop and start', () => {
           codes.add(r.body.code);
         }
       }
-      // the CLI says so, coded, having tried both servers
-      const show = await cli(['image', 'show', 'win', '--json'], asAdmin(`${c.url},${d.url}`));
-      expect(show.code).not.toBe(0);
-      expect(show.json.error.code).toBe('DF_ERR_META_UNREACHABLE');
     }
+    // the CLI says so, coded, having tried both servers
+    const show = await cli(['image', 'show', 'win', '--json'], asAdmin(`${c.url},${d.url}`));
+    expect(show.code).not.toBe(0);
+    expect(show.json.error.code).toBe('DF_ERR_META_UNREACHABLE');
     expect([...codes]).toEqual(['DF_ERR_META_UNREACHABLE']);
 
-    await pg!.start();
+    await pg.start();
     for (const s of [c, d]) {
       for (const u of before.keys()) {
         const r = await http(s, 'GET', u, token);
@@ -448,6 +464,30 @@ describe('two servers while their engines stop and start', () => {
     const s2 = await agent(['sync', '--disk', f('pg2.img'), '--desktop', 'pg2'], c.url, t2);
     expect(s2.code, s2.stderr).toBe(0);
     expect(imageSha(f('pg2.img'))).toBe(sha256(f('v2.img')));
+
+    // boot events cross servers again (LISTEN/NOTIFY): once D has its LISTEN connection back, an
+    // endpoint enrolled at C shows in D's live stream
+    await until('D listens again', () => d.log().includes('LISTEN connection to PostgreSQL restored'));
+    const MAC = '52:54:00:77:00:07';
+    const stream = new AbortController();
+    const res = await fetch(`${d.url}/api/v1/events`, { headers: { authorization: `Bearer ${token}`, accept: 'text/event-stream' }, signal: stream.signal });
+    expect(res.status).toBe(200);
+    let seen = '';
+    const reading = (async () => {
+      try {
+        for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
+          seen += Buffer.from(piece).toString('utf8');
+          if (seen.includes(MAC)) return;
+        }
+      } catch {
+        /* aborted */
+      }
+    })();
+    expect((await http(c, 'GET', `/boot/ipxe?mac=${MAC}&platform=pcbios`)).status).toBe(200);
+    await until('the enrolment at C reaches D', () => seen.includes(MAC), 30_000).finally(() => stream.abort());
+    await reading;
+    const ev = seen.split('\n').filter((l) => l.startsWith('data: ') && l.includes(MAC)).map((l) => JSON.parse(l.slice(6)));
+    expect(ev[0]).toMatchObject({ mac: MAC, phase: 'enrol' });
     expect(c.proc.exitCode).toBeNull();
     expect(d.proc.exitCode).toBeNull();
   }, 240_000);
