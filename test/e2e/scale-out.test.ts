@@ -13,7 +13,10 @@
  * Private engines (startPostgres / startRgw: this file stops and starts them), servers C and D:
  *   6. radosgw stopped during a sync through D, started again ~10 s later: the sync completes byte-exact;
  *   7. PostgreSQL restarted while C and D run: requests during the outage get 503 coded errors (never a
- *      200 with another body), and both answer correctly afterwards without a restart.
+ *      200 with another body), and both answer correctly afterwards without a restart (reads, writes, a
+ *      sync through each, a boot event at C in D's live stream once D listens again).
+ * Both pairs start at once on an empty database: one admin token is made, by one of them.
+ * DESKFUSE_E2E_LOGS=DIR keeps the servers' logs (one request per line) for a failed run.
  * Images are small (64 MiB virtual, 64 KiB chunks, sparse). Every process and engine started here is
  * stopped by PID in afterAll.
  */
@@ -369,8 +372,7 @@ describe('two servers while their engines stop and start', () => {
   beforeAll(async () => {
     [pg, rgw] = await Promise.all([privatePg!, privateRgw!]);
     const store = rgw.url('scale-out/');
-    c = await startServer('c', pg.url, store, rgw);
-    d = await startServer('d', pg.url, store, rgw);
+    [c, d] = await Promise.all([startServer('c', pg.url, store, rgw), startServer('d', pg.url, store, rgw)]);
     token = adminToken(c, d);
     await publish(asAdmin(c));
   }, 300_000);
