@@ -75,7 +75,7 @@ export interface ApplianceOptions {
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
-  const meta = await openConfiguredMeta(config.meta, p.meta);
+  const meta = await openConfiguredMeta(config.meta, p.meta, log);
   try {
     const { chunks, blobs, deltas, where } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     log?.info({ store: where }, 'chunk store');
@@ -120,13 +120,21 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
   }
 }
 
-/** First start: generate the admin token, keep only its hash, write it to admin.token (0600). */
+/**
+ * First start: generate the admin token, keep only its hash, write it to admin.token (0600). The
+ * check and the insert are one transaction: of several servers starting at once on one database,
+ * one makes the token (the others keep no admin.token: use the first one's, or mint one through it).
+ * The token is on disk (admin.token.tmp, then renamed) before its hash is stored: a crash never leaves a token nobody has.
+ */
 async function ensureAdminToken(meta: Meta, file: string): Promise<string | undefined> {
   if ((await meta.tokens.countTokens('admin')) > 0) return undefined;
   const token = newToken('dfa');
   const tmp = `${file}.tmp`;
   await fsp.writeFile(tmp, `${token}\n`, { mode: 0o600 });
+  if (!(await meta.tokens.addTokenIfNone(hashToken(token), 'admin', new Date().toISOString()))) {
+    await fsp.rm(tmp, { force: true });
+    return undefined;
+  }
   await fsp.rename(tmp, file);
-  await meta.tokens.addToken(hashToken(token), 'admin', new Date().toISOString());
   return token;
 }

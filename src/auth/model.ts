@@ -21,6 +21,8 @@ export interface TokenRepo {
   addToken(hash: string, scope: string, at: string, expiresAt?: string | null): Promise<void>;
   findToken(hash: string): Promise<TokenRow | undefined>;
   countTokens(scope: string): Promise<number>;
+  /** Add the token only if no token of `scope` exists, in one transaction (two servers starting at once make one admin token). Resolves to whether it was added. */
+  addTokenIfNone(hash: string, scope: string, at: string): Promise<boolean>;
   /** Note a use of the token at `at`, unless one after `since` is noted already (one write a minute, not one a request). */
   touchToken(hash: string, at: string, since: string): Promise<void>;
   listTokens(): Promise<TokenInfo[]>;

@@ -227,6 +227,13 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
         expect(await meta.tokens.findToken('h1')).toEqual({ scope: 'admin', expiresAt: null });
         expect(await meta.tokens.findToken('h2')).toEqual({ scope: 'desktop:alice', expiresAt: at(60) });
       });
+
+      it('adds a first admin token once when two add it at once', async () => {
+        const added = await Promise.all([meta.tokens.addTokenIfNone('a1', 'admin', at(0)), meta.tokens.addTokenIfNone('a2', 'admin', at(0))]);
+        expect(added.filter(Boolean)).toHaveLength(1);
+        expect(await meta.tokens.countTokens('admin')).toBe(1);
+        expect(await meta.tokens.addTokenIfNone('a3', 'admin', at(1))).toBe(false);
+      });
     });
 
   });

@@ -4,6 +4,7 @@ import { SqlEndpointRepo } from './sql-endpoints.js';
 import { SqlImageRepo } from './sql-images.js';
 import { SqlTokenRepo } from './sql-tokens.js';
 import { SqlVdiRepo } from './sql-vdi.js';
+import type { Logger } from '../log.js';
 import { openEngine } from './engine.js';
 import { MIGRATIONS } from './migrations.js';
 import type { Meta } from './repo.js';
@@ -24,9 +25,12 @@ export async function openMeta(engine: SqlEngine): Promise<Meta> {
   };
 }
 
-/** The engine a server's config names: PostgreSQL for a URL, else SQLite in the data directory. */
-export async function openConfiguredMeta(meta: string | null, sqliteFile: string): Promise<Meta> {
-  const engine = await openEngine(meta ?? sqliteFile);
+/**
+ * The engine a server's config names: PostgreSQL for a URL, else SQLite in the data directory.
+ * `log` gets the engine's own lines (PostgreSQL: a lost connection, the LISTEN connection restored).
+ */
+export async function openConfiguredMeta(meta: string | null, sqliteFile: string, log?: Logger): Promise<Meta> {
+  const engine = await openEngine(meta ?? sqliteFile, log ? { log } : {});
   try {
     return await openMeta(engine);
   } catch (err) {

@@ -24,6 +24,14 @@ export class SqlTokenRepo implements TokenRepo {
     return Number((await this.db.get('SELECT COUNT(*) AS n FROM tokens WHERE scope = ?', [scope]))!.n);
   }
 
+  addTokenIfNone(hash: string, scope: string, at: string): Promise<boolean> {
+    return this.db.tx(async (q) => {
+      if (Number((await q.get('SELECT COUNT(*) AS n FROM tokens WHERE scope = ?', [scope]))!.n) > 0) return false;
+      await q.run('INSERT INTO tokens (hash, scope, created_at, expires_at) VALUES (?, ?, ?, NULL)', [hash, scope, at]);
+      return true;
+    });
+  }
+
   async touchToken(hash: string, at: string, since: string): Promise<void> {
     await this.db.run('UPDATE tokens SET last_used_at = ? WHERE hash = ? AND (last_used_at IS NULL OR last_used_at < ?)', [at, hash, since]);
   }
