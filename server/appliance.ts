@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { hashToken, newToken } from '../src/auth/tokens.js';
 import { openStores } from '../src/chunk/open-stores.js';
+import { registerStoreMetrics } from '../src/chunk/store-metrics.js';
 import type { ServerConfig } from '../src/config/server.js';
 import { Desktops } from '../src/desktop/desktops.js';
 import { Endpoints } from '../src/endpoint/endpoints.js';
@@ -75,9 +76,10 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
   const meta = await openConfiguredMeta(config.meta, p.meta);
   try {
-    const { chunks, blobs, deltas, where } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
+    const { chunks, blobs, deltas, where, tallies } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     log?.info({ store: where }, 'chunk store');
     const metrics = new Metrics();
+    registerStoreMetrics(metrics, tallies);
     const now = opts.now ?? (() => new Date());
     const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
