@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import { cachedTokens } from '../src/auth/token-cache.js';
 import { hashToken, newToken } from '../src/auth/tokens.js';
 import { openStores } from '../src/chunk/open-stores.js';
 import { registerStoreMetrics } from '../src/chunk/store-metrics.js';
@@ -75,6 +76,8 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
   const meta = await openConfiguredMeta(config.meta, p.meta);
+  // Every request authenticates: token lookups are remembered a few seconds (src/auth/token-cache.ts).
+  meta.tokens = cachedTokens(meta.tokens);
   try {
     const { chunks, blobs, deltas, where, tallies } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     log?.info({ store: where }, 'chunk store');
