@@ -5,10 +5,13 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | tftp | netboot | nbd   (casync runs without
+#      ONLY=all           all | casync | deskfuse | sync | scaleout | tftp | netboot | nbd   (casync runs without
 #                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
 #                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
-#                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload)
+#                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload;
+#                         scaleout = only bench/scaleout.sh, the workload through one server on SQLite +
+#                         local store vs PostgreSQL + Ceph RGW, engines from scripts/engines/)
+#      CLIENTS=2          scaleout: endpoints that provision and sync (SO_PORT=18490: its server)
 #      SYNC_REPS=3        reps of the peer harness run (medians)
 #      SYNC_PEERS='rsync|casync|zsync'   peers.sh ONLY= regex of the built-in peers run
 #                         next to deskfuse. Left out to stay under ~25 min at 2G: xdelta3 and zstd
@@ -58,11 +61,11 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, tftp, netboot or nbd (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | scaleout | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, tftp, netboot or nbd (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
-if { want deskfuse || want sync || want nbd; } && [ ! -f "$CLI" ]; then
+if { want deskfuse || want sync || want nbd || want scaleout; } && [ ! -f "$CLI" ]; then
   die "$CLI is missing: run npm run build first (or ONLY=casync to bench casync alone)"
 fi
 
@@ -120,6 +123,7 @@ SHA_V2=$(sha_of v2.img)
 # ---- delta granularity (pure measurement, no server) ----
 if [ "$SIZE" = 2G ]; then GJSON=$BENCH/data/granularity.json; else GJSON=$BENCH/data/granularity-$SIZE.json; fi
 gran_fresh() { [ -f "$GJSON" ] && [ "$GJSON" -nt "$DATA/base.img" ] && [ "$GJSON" -nt "$DATA/v2.img" ] && [ "$GJSON" -nt "$DATA/local.img" ]; }
+[ "$ONLY" != scaleout ] || GRANULARITY=never   # not this leg's measure
 case $GRANULARITY in
   never) log "granularity: skipped (GRANULARITY=never)" ;;
   auto | always)
@@ -154,7 +158,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # the CLI the whole run uses: a copy of dist/ (bare imports still resolve to <repo>/node_modules)
-if [ -z "${DESKFUSE_CLI:-}" ] && [ -f "$CLI" ] && { want deskfuse || want sync; }; then
+if [ -z "${DESKFUSE_CLI:-}" ] && [ -f "$CLI" ] && { want deskfuse || want sync || want scaleout; }; then
   cp -a "$REPO/dist" "$T/dist"
   ln -s "$REPO/ipxe" "$T/ipxe" # the server reads its iPXE templates beside dist/
   CLI=$T/dist/cli/main.js
@@ -326,6 +330,17 @@ open(out_path, "w").write(text)
 print(text, end="")
 PY
   [ -z "${LOOP_DELAY:-}" ] || { echo; echo "deskfuse server event-loop delay while serving the export (its /metrics): $LOOP_DELAY"; } | tee -a "$RESULTS"
+fi
+
+if want scaleout; then
+  log "scale-out: SQLite + local store vs PostgreSQL + Ceph RGW (bench/scaleout.sh, CLIENTS=${CLIENTS:-2})"
+  t_so=$(date +%s)
+  CLI=$CLI SIZE=$SIZE bash "$BENCH/scaleout.sh" "$DATA" "$T/scaleout.md" || FAIL=1
+  if [ -f "$T/scaleout.md" ]; then
+    { echo; echo "## Scale-out (issue 11): one server, SQLite + local store vs PostgreSQL + Ceph RGW"; echo; cat "$T/scaleout.md"; } > "$T/scaleout-section.md"
+    if [ "$ONLY" = scaleout ]; then cp "$T/scaleout-section.md" "$RESULTS"; else cat "$T/scaleout-section.md" >> "$RESULTS"; fi
+  fi
+  log "scale-out: $(( $(date +%s) - t_so )) s"
 fi
 
 if want sync; then

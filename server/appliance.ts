@@ -1,8 +1,10 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
+import { cachedTokens } from '../src/auth/token-cache.js';
 import { hashToken, newToken } from '../src/auth/tokens.js';
 import { openStores } from '../src/chunk/open-stores.js';
+import { registerStoreMetrics } from '../src/chunk/store-metrics.js';
 import type { ServerConfig } from '../src/config/server.js';
 import { Desktops } from '../src/desktop/desktops.js';
 import { Endpoints } from '../src/endpoint/endpoints.js';
@@ -76,10 +78,13 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
   const meta = await openConfiguredMeta(config.meta, p.meta, log);
+  // Every request authenticates: token lookups are remembered a few seconds (src/auth/token-cache.ts).
+  meta.tokens = cachedTokens(meta.tokens);
   try {
-    const { chunks, blobs, deltas, where } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
+    const { chunks, blobs, deltas, where, tallies } = await openStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     log?.info({ store: where }, 'chunk store');
     const metrics = new Metrics();
+    registerStoreMetrics(metrics, tallies);
     const now = opts.now ?? (() => new Date());
     const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
@@ -130,11 +135,13 @@ async function ensureAdminToken(meta: Meta, file: string): Promise<string | unde
   if ((await meta.tokens.countTokens('admin')) > 0) return undefined;
   const token = newToken('dfa');
   const tmp = `${file}.tmp`;
+  // The file first: a crash before the row leaves a file the next start overwrites, never a token in
+  // the database that no file holds. Of servers starting at once, one stores its token; the others drop their file.
   await fsp.writeFile(tmp, `${token}\n`, { mode: 0o600 });
+  await fsp.rename(tmp, file);
   if (!(await meta.tokens.addTokenIfNone(hashToken(token), 'admin', new Date().toISOString()))) {
-    await fsp.rm(tmp, { force: true });
+    await fsp.rm(file, { force: true });
     return undefined;
   }
-  await fsp.rename(tmp, file);
   return token;
 }

@@ -36,6 +36,15 @@ export class Metrics {
     return (v, labels) => void f.values.set(labelKey(labels), v);
   }
 
+  /**
+   * A counter whose value is kept elsewhere (a client's own tally): the setter takes the running
+   * total, called from an `onCollect` hook. The caller keeps it monotonic.
+   */
+  counterTotal(name: string, help: string): (total: number, labels?: Labels) => void {
+    const f = this.family(name, 'counter', help);
+    return (total, labels) => void f.values.set(labelKey(labels), total);
+  }
+
   /** Run before each scrape (for gauges read from elsewhere). */
   onCollect(fn: () => void | Promise<void>): void {
     this.collectors.push(fn);

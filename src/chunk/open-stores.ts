@@ -5,6 +5,7 @@ import { S3DeltaBucket } from '../sync/delta-bucket.js';
 import { CacheStore } from './cache-store.js';
 import { FsChunkStore } from './fs-store.js';
 import { S3ChunkStore } from './s3-store.js';
+import type { StoreTallies } from './store-metrics.js';
 import type { PrunableStore } from './store.js';
 
 /**
@@ -29,6 +30,8 @@ export interface Stores {
   where: string;
   /** With S3: the chunk store's client (its request counts), for metrics and tests. */
   s3?: S3ChunkStore;
+  /** What /metrics reports of the stores (src/chunk/store-metrics.ts). */
+  tallies: StoreTallies;
 }
 
 export interface LocalPaths {
@@ -44,7 +47,8 @@ export async function openStores(config: ServerConfig, paths: LocalPaths, limits
   if (!s3) {
     const chunks = await FsChunkStore.open(paths.chunks, limits.maxChunkSize);
     const blobs = await FsChunkStore.open(paths.blobs, limits.maxBlobSize);
-    return { chunks, blobs, deltas: new DeltaCache(paths.deltas, blobs, chunks), where: 'local' };
+    const deltas = new DeltaCache(paths.deltas, blobs, chunks);
+    return { chunks, blobs, deltas, where: 'local', tallies: { deltas } };
   }
   const retryMs = config.store.retrySeconds * 1000;
   const remoteChunks = await S3ChunkStore.open(s3.location, s3.credentials, { maxChunkSize: limits.maxChunkSize, retryMs });
@@ -54,7 +58,8 @@ export async function openStores(config: ServerConfig, paths: LocalPaths, limits
   const blobs = await CacheStore.open(remoteBlobs, path.join(paths.storeCache, 'blobs'), Math.max(64, config.store.cacheMiB >> 3) * mib, limits.maxBlobSize);
   const deltas = new DeltaCache(path.join(paths.storeCache, 'deltas'), blobs, chunks, new S3DeltaBucket(remoteChunks.client));
   const { endpoint, bucket, prefix } = s3.location;
-  return { chunks, blobs, deltas, where: `${endpoint} bucket ${bucket}${prefix ? ` prefix ${prefix}` : ''}`, s3: remoteChunks };
+  const tallies: StoreTallies = { s3: { chunks: remoteChunks.client, blobs: remoteBlobs.client }, caches: { chunks, blobs }, deltas };
+  return { chunks, blobs, deltas, where: `${endpoint} bucket ${bucket}${prefix ? ` prefix ${prefix}` : ''}`, s3: remoteChunks, tallies };
 }
 
 /**
