@@ -56,7 +56,9 @@ export async function adminCommand(args: string[], io: Io): Promise<number> {
     const from = await openConfiguredMeta(null, p.meta);
     try {
       const fromStores = await openBareStores(src, p, limits);
-      const say = (line: string) => io.err.write(`${line}\n`); // with --json too: stdout holds the JSON
+      const t0 = Date.now();
+      // With --json too: stdout holds the JSON. Each line ends with the time since the start.
+      const say = (line: string) => io.err.write(`${line} [${Math.round((Date.now() - t0) / 1000)} s]\n`);
       say(`migrating ${src.dataDir} (SQLite, local store) → PostgreSQL ${maskUrl(toMeta!)}, S3 ${toStores.where}`);
       const r = await migrateInstall({ meta: from.engine, ...fromStores }, { meta: toEngine, ...toStores }, { onProgress: (e) => say(progressLine(e)) });
       emit(io, values.json, { ok: true, from: src.dataDir, toMeta: maskUrl(toMeta!), toStore, ...r }, () => {

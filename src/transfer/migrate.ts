@@ -41,7 +41,7 @@ export interface InstallSide {
 export type MigrateProgress =
   /** The destination's rows before anything is written: 0 (empty) or those of an earlier run. */
   | { phase: 'check'; destinationRows: number }
-  /** A store: listed (`copied` 0, `done` false), every 5 % of what is to copy, and at the end (`done`). */
+  /** A store: listed (`copied` 0, `done` false), every 5 % of what is to copy (at least 50 objects), and at the end (`done`). */
   | { phase: 'chunks' | 'blobs'; total: number; present: number; copied: number; done: boolean }
   /** A table, once copied. */
   | { phase: 'rows'; table: string; total: number; copied: number }
@@ -71,7 +71,9 @@ export const MIGRATED_TABLES = [
 ] as const;
 
 const BATCH = 200;
-const CONCURRENCY = 8;
+const CONCURRENCY = 16;
+/** Progress at most every 5 % of a store's copy, and not more often than every STEP_MIN objects. */
+const STEP_MIN = 50;
 /** Rows compared per query. */
 const PAGE = 2000;
 
@@ -203,7 +205,7 @@ async function copyStore(phase: 'chunks' | 'blobs', from: PrunableStore, to: Pru
   const present = total - todo.length;
   let copied = 0;
   progress({ phase, total, present, copied, done: false });
-  const step = Math.max(1, Math.ceil(todo.length / 20));
+  const step = Math.max(STEP_MIN, Math.ceil(todo.length / 20));
   await pool(todo, async (id) => {
     const c = await from.get(id); // verified against its id on the way
     if (await to.put(id, { frame: c.frame })) copied++;
