@@ -104,6 +104,9 @@ beforeAll(async () => {
       body: JSON.stringify({ mac: MAC, phase: 'synced', detail: { version: 3, seconds: 2.5, note: 'ünïcödé "q" \\ \n' } }),
     });
     expect(ev.status).toBe(201);
+    // A commit request: endpoints.commit_requested holds epoch milliseconds (a BIGINT past 2^31).
+    const order = await fetch(`${s.url}/boot/commit-request?mac=${MAC}`, { method: 'POST' });
+    expect(await order.json()).toMatchObject({ action: 'commit-poweroff' });
     for (const v of VERSIONS) {
       await ok(['image', 'export', v, '--to', f(`src-${v}.img`)]);
       exported[v] = sha256(f(`src-${v}.img`));
@@ -112,6 +115,7 @@ beforeAll(async () => {
     expect(exported['bulk@1']).toBe(sha256(f('bulk.img')));
     before = await views(env);
     expect(before.desktop.lease).toMatchObject({ holder: 'pc-1' });
+    expect(before.endpoint.commitRequested).toEqual(expect.any(String));
     expect(before.events.events.length).toBeGreaterThanOrEqual(2);
     expect(before.reflog.entries.length).toBeGreaterThanOrEqual(3);
   } finally {
@@ -201,7 +205,7 @@ describe('deskfuse admin migrate', () => {
       // The source's admin token, and its desktop token, work against the new server.
       expect((await fetch(`${srv.url}/api/v1/images`, { headers: { authorization: `Bearer ${admin}` } })).status).toBe(200);
       const asDesk = await fetch(`${srv.url}/boot/events`, {
-        method: 'POST', headers: { authorization: `Bearer ${deskToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ mac: MAC, phase: 'poweroff', detail: { after: 'migrate' } }),
+        method: 'POST', headers: { authorization: `Bearer ${deskToken}`, 'content-type': 'application/json' }, body: JSON.stringify({ mac: MAC, phase: 'error', detail: { after: 'migrate' } }),
       });
       expect(asDesk.status, await asDesk.text()).toBe(201);
       const after = await views(env);
@@ -209,8 +213,8 @@ describe('deskfuse admin migrate', () => {
       expect({ ...after.endpoint, events: undefined, lastSeen: undefined }).toEqual({ ...before.endpoint, events: undefined, lastSeen: undefined });
       // The events, and the new one numbered after them.
       const evs = after.events.events as Array<{ seq: number; phase: string }>;
-      expect(evs.filter((e) => e.phase !== 'poweroff')).toEqual(before.events.events);
-      const newest = evs.find((e) => e.phase === 'poweroff')!;
+      expect(evs.filter((e) => e.phase !== 'error')).toEqual(before.events.events);
+      const newest = evs.find((e) => e.phase === 'error')!;
       expect(newest.seq).toBeGreaterThan(Math.max(...before.events.events.map((e: { seq: number }) => e.seq)));
 
       for (const v of VERSIONS) {
