@@ -17,9 +17,10 @@ export const STORE_USAGE = 'deskfuse store verify [--data DIR] [--meta URL] [--s
 export async function storeCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
   const { values } = parse(rest, { data: { type: 'string' }, meta: { type: 'string' }, store: { type: 'string' }, config: { type: 'string' } });
-  if (sub !== 'verify' || values.help) {
+  const asksHelp = values.help || sub === '--help' || sub === '-h' || sub === 'help';
+  if (sub !== 'verify' || asksHelp) {
     io.out.write(STORE_USAGE);
-    return sub === 'verify' || values.help ? 0 : 2;
+    return asksHelp ? 0 : 2;
   }
   const config = loadServerConfig({
     ...(values.config ? { file: values.config } : {}), env: io.env,
