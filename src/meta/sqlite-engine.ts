@@ -38,6 +38,8 @@ export class SqliteEngine implements SqlEngine {
     let s = this.cache.get(sql);
     if (!s) {
       s = this.db.prepare(sql);
+      // Texts with a variable number of placeholders (IN lists, batches) are many: keep the cache bounded.
+      if (this.cache.size >= 1000) this.cache.clear();
       this.cache.set(sql, s);
     }
     return s;
