@@ -6,25 +6,10 @@ import { openMeta } from '../meta/open.js';
 import type { Meta } from '../meta/repo.js';
 import { SqliteEngine } from '../meta/sqlite-engine.js';
 import { importLeaseFile, LeasePool } from './leases.js';
+import { sqliteFixture } from '../meta/meta-contract.js';
 import { dhcpPoolContract } from './pool-contract.js';
 
-let dir: string | undefined;
-let engine: SqliteEngine | undefined;
-
-// SQLite is the one-server engine: "another server" is another caller of the same connection, whose
-// transactions queue behind this one's (src/meta/meta-contract-sqlite.test.ts, sqlite-engine.ts).
-dhcpPoolContract('SQLite', {
-  open: async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'deskfuse-dhcp-'));
-    engine = new SqliteEngine(path.join(dir, 'meta.sqlite'));
-    return openMeta(engine);
-  },
-  second: async () => ({ ...(await openMeta(engine!)), close: async () => {} }),
-  drop: async () => {
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    dir = undefined;
-  },
-});
+dhcpPoolContract('SQLite', sqliteFixture('deskfuse-dhcp-'));
 
 describe('the lease file of older releases', () => {
   let d: string;

@@ -3,28 +3,12 @@ import os from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { describe, expect, it } from 'vitest';
-import { metaContract } from './meta-contract.js';
+import { metaContract, sqliteFixture } from './meta-contract.js';
 import { MIGRATIONS } from './migrations.js';
 import { openMeta } from './open.js';
 import { SqliteEngine } from './sqlite-engine.js';
 
-let dir: string | undefined;
-let engine: SqliteEngine | undefined;
-
-// SQLite is the one-server engine: "another server" is another caller of the same connection, so
-// the races are between concurrent requests of one server (its transactions queue; see sqlite-engine.ts).
-metaContract('SQLite', {
-  open: async () => {
-    dir = mkdtempSync(path.join(os.tmpdir(), 'deskfuse-meta-'));
-    engine = new SqliteEngine(path.join(dir, 'meta.sqlite'));
-    return openMeta(engine);
-  },
-  second: async () => ({ ...(await openMeta(engine!)), close: async () => {} }),
-  drop: async () => {
-    if (dir) rmSync(dir, { recursive: true, force: true });
-    dir = undefined;
-  },
-});
+metaContract('SQLite', sqliteFixture('deskfuse-meta-'));
 
 describe('SQLite databases from before migrations', () => {
   it('are brought up by migration 1 with their rows and the columns they lacked, then migration 2 (VDI ownership)', async () => {

@@ -1,8 +1,13 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { EndpointRow } from '../endpoint/model.js';
 import type { NewVersion } from '../image/model.js';
 import { pruneMeta } from './prune.js';
+import { openMeta } from './open.js';
 import type { Meta } from './repo.js';
+import { SqliteEngine } from './sqlite-engine.js';
 
 /**
  * The metadata contract: every repository answers the same on every engine, races included (two
@@ -16,6 +21,28 @@ export interface MetaEngineFixture {
   second(): Promise<Meta>;
   /** Drop what `open` made (after the connections are closed). */
   drop(): Promise<void>;
+}
+
+/**
+ * A fresh SQLite database per test. SQLite is the one-server engine: "another server" is another caller
+ * of the same connection, so the races are between concurrent requests of one server (its transactions
+ * queue; see sqlite-engine.ts).
+ */
+export function sqliteFixture(prefix: string): MetaEngineFixture {
+  let dir: string | undefined;
+  let engine: SqliteEngine | undefined;
+  return {
+    open: async () => {
+      dir = mkdtempSync(path.join(os.tmpdir(), prefix));
+      engine = new SqliteEngine(path.join(dir, 'meta.sqlite'));
+      return openMeta(engine);
+    },
+    second: async () => ({ ...(await openMeta(engine!)), close: async () => {} }),
+    drop: async () => {
+      if (dir) rmSync(dir, { recursive: true, force: true });
+      dir = undefined;
+    },
+  };
 }
 
 const T0 = '2026-01-01T00:00:00.000Z';

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { DeskfuseError, dfError, isDeskfuseError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import type { Migration, Row, Sql, SqlEngine, SqlValue } from './sql.js';
+import { MIGRATIONS_TABLE_DDL, pendingMigrations, type Migration, type Row, type Sql, type SqlEngine, type SqlValue } from './sql.js';
 
 /**
  * The networked engine: PostgreSQL over a node-postgres pool, so several deskfuse servers share one
@@ -195,29 +195,41 @@ export class PgEngine implements SqlEngine {
     }
   }
 
-  /** Runs `fn` on one checked-out client between BEGIN and COMMIT; the client is dropped if its connection failed. */
-  private async once<T>(begin: string, fn: (q: Sql) => Promise<T>): Promise<T> {
+  /**
+   * Runs `fn` on one checked-out client. Between statements (while `fn` awaits something else) the
+   * connection may fail: the error is kept, never crashes the process, and the client is dropped.
+   */
+  private async withClient<T>(fn: (q: Sql, conn: { broken(): boolean; drop(err: unknown): void }) => Promise<T>): Promise<T> {
     const client = await this.checkout();
     let broken: unknown;
-    // between statements (while `fn` awaits something else) the connection may fail: keep the error, never crash
     const onError = (err: unknown) => {
       broken = err;
     };
     client.on('error', onError);
-    const q = PgEngine.bound(client, (err) => pgError(err, this.target));
     try {
-      await q.run(begin);
-      const out = await fn(q);
-      await q.run('COMMIT');
-      return out;
-    } catch (err) {
-      // what `fn` threw passes through as it is (statements' failures are already coded)
-      if (!broken) await client.query('ROLLBACK').catch((e: unknown) => (broken = e));
-      throw err;
+      const conn = { broken: () => broken !== undefined, drop: (err: unknown) => void (broken = err) };
+      return await fn(PgEngine.bound(client, (err) => pgError(err, this.target)), conn);
     } finally {
       client.off('error', onError);
       client.release(broken ? (broken as Error) : undefined);
     }
+  }
+
+  /** Runs `fn` between BEGIN and COMMIT on one client. */
+  private once<T>(begin: string, fn: (q: Sql) => Promise<T>): Promise<T> {
+    return this.withClient(async (q, conn) => {
+      try {
+        await q.run(begin);
+        const out = await fn(q);
+        await q.run('COMMIT');
+        return out;
+      } catch (err) {
+        // what `fn` threw passes through as it is (statements' failures are already coded)
+        // a client whose ROLLBACK failed is not put back in the pool
+        if (!conn.broken()) await q.run('ROLLBACK').catch((e: unknown) => conn.drop(e));
+        throw err;
+      }
+    });
   }
 
   async tx<T>(fn: (q: Sql) => Promise<T>): Promise<T> {
@@ -237,34 +249,21 @@ export class PgEngine implements SqlEngine {
   }
 
   async migrate(migrations: readonly Migration[]): Promise<number[]> {
-    const client = await this.checkout();
-    let broken: unknown;
-    const onError = (err: unknown) => {
-      broken = err;
-    };
-    client.on('error', onError);
-    const q = PgEngine.bound(client, (err) => pgError(err, this.target));
-    try {
+    return this.withClient(async (q, conn) => {
       // one migrator per database at a time: a second server waits here, then finds the work done
       await q.run('SELECT pg_advisory_lock(?)', [MIGRATE_LOCK]);
       try {
-        await q.run('CREATE TABLE IF NOT EXISTS schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+        await q.run(MIGRATIONS_TABLE_DDL);
         const done = new Set((await q.all('SELECT id FROM schema_migrations')).map((r) => Number(r.id)));
-        const known = new Set(migrations.map((m) => m.id));
-        const unknown = [...done].filter((id) => !known.has(id)).sort((a, b) => a - b);
-        if (unknown.length) {
-          throw dfError('DF_ERR_META_SCHEMA', `the database has migrations this server does not know (${unknown.join(', ')}): run a newer deskfuse`, { unknown });
-        }
         const applied: number[] = [];
-        for (const m of [...migrations].sort((a, b) => a.id - b.id)) {
-          if (done.has(m.id)) continue;
+        for (const m of pendingMigrations(done, migrations)) {
           await q.run('BEGIN');
           try {
             await m.up(q, 'postgres');
             await q.run('INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)', [m.id, m.name, new Date().toISOString()]);
             await q.run('COMMIT');
           } catch (err) {
-            await q.run('ROLLBACK').catch(() => {});
+            await q.run('ROLLBACK').catch((e: unknown) => conn.drop(e));
             throw err;
           }
           applied.push(m.id);
@@ -272,12 +271,9 @@ export class PgEngine implements SqlEngine {
         }
         return applied;
       } finally {
-        if (!broken) await q.run('SELECT pg_advisory_unlock(?)', [MIGRATE_LOCK]).catch(() => {});
+        if (!conn.broken()) await q.run('SELECT pg_advisory_unlock(?)', [MIGRATE_LOCK]).catch(() => {});
       }
-    } finally {
-      client.off('error', onError);
-      client.release(broken ? (broken as Error) : undefined);
-    }
+    });
   }
 
   async notify(channel: string, payload: string): Promise<void> {

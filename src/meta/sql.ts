@@ -7,6 +7,8 @@
  * `INSERT … ON CONFLICT … DO UPDATE`, `RETURNING`, no AUTOINCREMENT. Engines hand numbers back
  * as they like (PostgreSQL BIGINT and COUNT come as strings): mappers wrap them in Number().
  */
+import { dfError } from '../errors.js';
+
 export type SqlValue = string | number | null;
 export type Row = Record<string, unknown>;
 
@@ -40,4 +42,20 @@ export interface SqlEngine extends Sql {
   /** Subscribes; resolves to an unsubscribe. */
   listen(channel: string, fn: (payload: string) => void): Promise<() => Promise<void>>;
   close(): Promise<void>;
+}
+
+/** The table both engines record applied migrations in. */
+export const MIGRATIONS_TABLE_DDL = 'CREATE TABLE IF NOT EXISTS schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)';
+
+/**
+ * The migrations still to apply, in order, given the ids a database has applied; an applied id this
+ * server does not know means the database is newer than the server (DF_ERR_META_SCHEMA).
+ */
+export function pendingMigrations(done: ReadonlySet<number>, migrations: readonly Migration[]): Migration[] {
+  const known = new Set(migrations.map((m) => m.id));
+  const unknown = [...done].filter((id) => !known.has(id)).sort((a, b) => a - b);
+  if (unknown.length) {
+    throw dfError('DF_ERR_META_SCHEMA', `the database has migrations this server does not know (${unknown.join(', ')}): run a newer deskfuse`, { unknown });
+  }
+  return [...migrations].filter((m) => !done.has(m.id)).sort((a, b) => a.id - b.id);
 }

@@ -1,6 +1,6 @@
 import Database from 'better-sqlite3';
 import { dfError } from '../errors.js';
-import type { Migration, Row, Sql, SqlEngine, SqlValue } from './sql.js';
+import { MIGRATIONS_TABLE_DDL, pendingMigrations, type Migration, type Row, type Sql, type SqlEngine, type SqlValue } from './sql.js';
 
 /**
  * The embedded engine: one better-sqlite3 connection (WAL, synchronous=FULL so a commit that
@@ -91,16 +91,10 @@ export class SqliteEngine implements SqlEngine {
   }
 
   async migrate(migrations: readonly Migration[]): Promise<number[]> {
-    await this.run('CREATE TABLE IF NOT EXISTS schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)');
+    await this.run(MIGRATIONS_TABLE_DDL);
     const done = new Set((await this.all('SELECT id FROM schema_migrations')).map((r) => Number(r.id)));
-    const known = new Set(migrations.map((m) => m.id));
-    const unknown = [...done].filter((id) => !known.has(id));
-    if (unknown.length) {
-      throw dfError('DF_ERR_META_SCHEMA', `the database has migrations this server does not know (${unknown.join(', ')}): run a newer deskfuse`, { unknown });
-    }
     const applied: number[] = [];
-    for (const m of [...migrations].sort((a, b) => a.id - b.id)) {
-      if (done.has(m.id)) continue;
+    for (const m of pendingMigrations(done, migrations)) {
       // the transaction queue is the lock: a concurrent migrate may have applied it since the read
       const now = await this.tx(async (q) => {
         if (await q.get('SELECT id FROM schema_migrations WHERE id = ?', [m.id])) return false;
