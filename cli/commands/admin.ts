@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dataPaths, MAX_BLOB_SIZE } from '../../server/appliance.js';
 import { openBareStores } from '../../src/chunk/open-stores.js';
-import { loadServerConfig } from '../../src/config/server.js';
+import { loadServerConfig, type ServerConfig } from '../../src/config/server.js';
 import { dfError } from '../../src/errors.js';
 import { MAX_CHUNK_SIZE } from '../../src/image/geometry.js';
 import { maskUrl, openEngine } from '../../src/meta/engine.js';
@@ -43,10 +43,11 @@ export async function adminCommand(args: string[], io: Io): Promise<number> {
 
   const common = { ...(values.config ? { file: values.config } : {}), env: io.env };
   const data = values.data ? { data: values.data } : {};
-  const src = loadServerConfig({ ...common, flags: { ...data, meta: 'sqlite', store: 'local' } });
+  const dst = loadServerConfig({ ...common, flags: { ...data, meta: toMeta!, store: toStore! } });
+  // The source is the same install on its embedded engines (a config file naming S3 credentials serves the destination).
+  const src: ServerConfig = { ...dst, meta: null, store: { ...dst.store, s3: null } };
   const p = dataPaths(src.dataDir);
   if (!existsSync(p.meta)) throw dfError('DF_ERR_FILE_UNREADABLE', `${src.dataDir} holds no deskfuse data (no meta.sqlite): name the install's data directory with --data`, { dataDir: src.dataDir });
-  const dst = loadServerConfig({ ...common, flags: { ...data, meta: toMeta!, store: toStore! } });
 
   // The destination first, nothing written: the bucket is listed, the database connected to.
   const limits = { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE };

@@ -68,7 +68,8 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     if (!st?.isFile()) throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
     const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
     // Only endpoints we know leave an event (anyone can fetch these files).
-    if (mac && req.method === 'GET' && await endpoints.known(mac)) await endpoints.record(phase, mac, { bytes: st.size, ip: req.ip });
+    const known = mac && req.method === 'GET' ? await ctx.meta.endpoints.findByMac(mac) : undefined;
+    if (known) await endpoints.record(phase, mac!, { bytes: st.size, ip: req.ip }, known);
     reply.type('application/octet-stream').header('content-length', st.size).header('cache-control', 'no-cache');
     if (req.method === 'HEAD') return reply.send();
     return reply.send(createReadStream(p, { highWaterMark: 1024 * 1024 }));

@@ -14,7 +14,7 @@ export const imageRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
   const commits = ctx.metrics.counter('deskfuse_commits_total', 'Commits by outcome');
   ctx.metrics.onCollect(async () => ctx.metrics.gauge('deskfuse_images', 'Images in the catalog')((await catalog.listImages()).length));
 
-  const showImage = async (img: ImageRow): Promise<ImageShow> => ({ ...img, refs: await catalog.refs(img.name), versions: await ctx.meta.images.versionCount(img.name) });
+  const showImage = async (img: ImageRow): Promise<ImageShow> => ({ ...img, refs: await ctx.meta.images.listRefs(img.name), versions: await ctx.meta.images.versionCount(img.name) });
   // A desktop token (req.reader, set by server/auth.ts) sees only its desktop's line of the image.
   const refsFor = async (req: FastifyRequest, image: string) => (req.reader ? req.reader.refs(await catalog.refs(image)) : catalog.refs(image));
 

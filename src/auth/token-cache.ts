@@ -24,26 +24,22 @@ export interface TokenCacheOptions {
 
 export const TOKEN_CACHE_TTL_MS = 5_000;
 
-export function cachedTokens(repo: TokenRepo, opts: TokenCacheOptions = {}): TokenRepo & { readonly stats: { hits: number; lookups: number } } {
+export function cachedTokens(repo: TokenRepo, opts: TokenCacheOptions = {}): TokenRepo {
   const ttl = opts.ttlMs ?? TOKEN_CACHE_TTL_MS;
   const max = opts.max ?? 10_000;
   const clock = opts.clock ?? (() => performance.now());
   const found = new Map<string, { row: TokenRow; until: number }>();
   const touched = new Map<string, string>(); // hash → the `at` this server last noted
   let generation = 0; // bumped by every deletion: a lookup in flight across one is not remembered
-  const stats = { hits: 0, lookups: 0 };
   const forgetAll = () => { generation++; found.clear(); touched.clear(); };
   return {
-    stats,
     addToken: (hash, scope, at, expiresAt) => repo.addToken(hash, scope, at, expiresAt),
     addTokenIfNone: (hash, scope, at) => repo.addTokenIfNone(hash, scope, at),
     async findToken(hash) {
       const c = found.get(hash);
       if (c && c.until > clock()) {
-        stats.hits++;
         return c.row;
       }
-      stats.lookups++;
       const gen = generation;
       const row = await repo.findToken(hash);
       if (row && gen === generation) {

@@ -28,8 +28,6 @@ export interface Stores {
   deltas: DeltaCache;
   /** `local` or the S3 endpoint and bucket (for the start log line; no secret). */
   where: string;
-  /** With S3: the chunk store's client (its request counts), for metrics and tests. */
-  s3?: S3ChunkStore;
   /** What /metrics reports of the stores (src/chunk/store-metrics.ts). */
   tallies: StoreTallies;
 }
@@ -42,31 +40,30 @@ export interface LocalPaths {
   storeCache: string;
 }
 
-export async function openStores(config: ServerConfig, paths: LocalPaths, limits: { maxChunkSize: number; maxBlobSize: number }): Promise<Stores> {
-  const s3 = config.store.s3;
-  if (!s3) {
-    const chunks = await FsChunkStore.open(paths.chunks, limits.maxChunkSize);
-    const blobs = await FsChunkStore.open(paths.blobs, limits.maxBlobSize);
-    const deltas = new DeltaCache(paths.deltas, blobs, chunks);
-    return { chunks, blobs, deltas, where: 'local', tallies: { deltas } };
+export async function openStores(config: ServerConfig, paths: LocalPaths, limits: StoreLimits): Promise<Stores> {
+  const bare = await openBareStores(config, paths, limits);
+  if (!(bare.chunks instanceof S3ChunkStore) || !(bare.blobs instanceof S3ChunkStore)) {
+    const deltas = new DeltaCache(paths.deltas, bare.blobs, bare.chunks);
+    return { chunks: bare.chunks, blobs: bare.blobs, deltas, where: bare.where, tallies: { deltas } };
   }
-  const retryMs = config.store.retrySeconds * 1000;
-  const remoteChunks = await S3ChunkStore.open(s3.location, s3.credentials, { maxChunkSize: limits.maxChunkSize, retryMs });
-  const remoteBlobs = new S3ChunkStore(s3.location, s3.credentials, { maxChunkSize: limits.maxBlobSize, retryMs, folder: 'blobs' });
   const mib = 1024 * 1024;
-  const chunks = await CacheStore.open(remoteChunks, path.join(paths.storeCache, 'chunks'), config.store.cacheMiB * mib, limits.maxChunkSize);
-  const blobs = await CacheStore.open(remoteBlobs, path.join(paths.storeCache, 'blobs'), Math.max(64, config.store.cacheMiB >> 3) * mib, limits.maxBlobSize);
-  const deltas = new DeltaCache(path.join(paths.storeCache, 'deltas'), blobs, chunks, new S3DeltaBucket(remoteChunks.client));
-  const { endpoint, bucket, prefix } = s3.location;
-  const tallies: StoreTallies = { s3: { chunks: remoteChunks.client, blobs: remoteBlobs.client }, caches: { chunks, blobs }, deltas };
-  return { chunks, blobs, deltas, where: `${endpoint} bucket ${bucket}${prefix ? ` prefix ${prefix}` : ''}`, s3: remoteChunks, tallies };
+  const chunks = await CacheStore.open(bare.chunks, path.join(paths.storeCache, 'chunks'), config.store.cacheMiB * mib, limits.maxChunkSize);
+  const blobs = await CacheStore.open(bare.blobs, path.join(paths.storeCache, 'blobs'), Math.max(64, config.store.cacheMiB >> 3) * mib, limits.maxBlobSize);
+  const deltas = new DeltaCache(path.join(paths.storeCache, 'deltas'), blobs, chunks, new S3DeltaBucket(bare.chunks.client));
+  const tallies: StoreTallies = { s3: { chunks: bare.chunks.client, blobs: bare.blobs.client }, caches: { chunks, blobs }, deltas };
+  return { chunks, blobs, deltas, where: bare.where, tallies };
+}
+
+export interface StoreLimits {
+  maxChunkSize: number;
+  maxBlobSize: number;
 }
 
 /**
  * The stores themselves, without the disk cache: what `store verify` reads back and `admin migrate`
  * copies to (the bucket is the truth; a server's cache is only a copy of it).
  */
-export async function openBareStores(config: ServerConfig, paths: LocalPaths, limits: { maxChunkSize: number; maxBlobSize: number }): Promise<{ chunks: PrunableStore & { pathOf?(id: string): string; temps?(): AsyncIterable<string> }; blobs: PrunableStore & { pathOf?(id: string): string; temps?(): AsyncIterable<string> }; where: string }> {
+export async function openBareStores(config: ServerConfig, paths: LocalPaths, limits: StoreLimits): Promise<{ chunks: FsChunkStore | S3ChunkStore; blobs: FsChunkStore | S3ChunkStore; where: string }> {
   const s3 = config.store.s3;
   if (!s3) return { chunks: await FsChunkStore.open(paths.chunks, limits.maxChunkSize), blobs: await FsChunkStore.open(paths.blobs, limits.maxBlobSize), where: 'local' };
   const retryMs = config.store.retrySeconds * 1000;

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { hashToken, newToken } from '../auth/tokens.js';
 import type { Desktops } from '../desktop/desktops.js';
-import { dfError } from '../errors.js';
+import { dfError, isDeskfuseError } from '../errors.js';
 import { checkDesktopName } from '../image/names.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { ImageBoot } from '../image/model.js';
@@ -166,11 +166,6 @@ export class Endpoints {
     return e;
   }
 
-  /** Is this MAC one of an endpoint's? */
-  async known(mac: string): Promise<boolean> {
-    return await this.deps.repo.findByMac(mac) !== undefined;
-  }
-
   async list(): Promise<EndpointRow[]> {
     return await this.deps.repo.listEndpoints();
   }
@@ -199,7 +194,7 @@ export class Endpoints {
     const firmware = firmwareOf(req.platform);
     if (known) {
       const e: EndpointRow = { ...known, lastSeen: now, firmware, uuid: req.uuid || known.uuid, serial: req.serial || known.serial };
-      await this.deps.repo.updateEndpoint(e);
+      await this.deps.repo.updateEndpoint(e, known);
       if (req.ip) await this.noteAddress(e, req.ip);
       return e;
     }
@@ -254,7 +249,9 @@ export class Endpoints {
     try {
       const v = await this.deps.desktops.view(desktop);
       return { head: v.head, mode: v.mode, kexec: Boolean((await this.deps.meta.images.getImage(v.image))?.boot) };
-    } catch {
+    } catch (err) {
+      // a desktop (or its image or line) that is gone: no facts; a database that does not answer is not that
+      if (!isDeskfuseError(err) || err.code.startsWith('DF_ERR_META')) throw err;
       return undefined;
     }
   }
@@ -324,7 +321,7 @@ export class Endpoints {
       : !checkProof(p, mac, bootToken) ? 'the proof of the disk secret does not verify' : undefined;
     if (why === undefined) return false;
     const next: EndpointRow = { ...e, state: 'pending-reprovision' };
-    await this.deps.repo.updateEndpoint(next);
+    await this.deps.repo.updateEndpoint(next, e);
     await this.record('refused', mac, { reason: why, ...(req.ip ? { ip: req.ip } : {}) }, next);
     throw dfError('DF_ERR_ENDPOINT_SECRET', `endpoint ${e.name}: ${why}; it gets nothing until an admin runs \`deskfuse endpoint reprovision ${e.name}\``, { endpoint: e.id });
   }
@@ -355,7 +352,7 @@ export class Endpoints {
       if (phase === 'local') next.disk = 'in-use';
       // A recovered error (a kexec that failed before BootNext took over) is logged, not a failed sync.
       if (phase === 'error' && detail.recovered !== true) next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
-      await this.deps.repo.updateEndpoint(next);
+      await this.deps.repo.updateEndpoint(next, e);
     }
     const ev = await this.deps.repo.addEvent({ endpoint: e?.id ?? null, mac, phase, at, detail });
     (phase === 'error' ? this.log.warn : this.log.info).call(this.log, { endpoint: e?.id, mac, phase, ...detail }, `boot: ${phase}`);
@@ -403,7 +400,7 @@ export class Endpoints {
     const facts = await this.facts(e.desktop);
     if (!facts || facts.mode !== 'persistent') return { action: 'none', reason: 'a restore desktop keeps no changes' };
     const next = { ...e, commitRequested: this.nowIso() };
-    await this.deps.repo.updateEndpoint(next);
+    await this.deps.repo.updateEndpoint(next, e);
     await this.record('poweroff', mac, { commitRequested: true }, next);
     return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
   }
@@ -462,7 +459,7 @@ export class Endpoints {
     const next: EndpointRow = {
       ...e, state: e.state === 'pending-reprovision' ? 'enrolled' : e.state, disk: 'unknown', diskVersion: null, commitRequested: null, secret: 'none',
     };
-    await this.deps.repo.updateEndpoint(next);
+    await this.deps.repo.updateEndpoint(next, e);
     this.log.info({ endpoint: e.id, author, state: next.state }, 'endpoint reprovision ordered');
     return next;
   }
@@ -490,7 +487,7 @@ export class Endpoints {
     // A new desktop means the disk holds another line: the next boot reprovisions it.
     if (c.desktop !== undefined && c.desktop !== e.desktop) Object.assign(next, { disk: 'unknown', diskVersion: null, commitRequested: null });
     if (what === 'checked') return next;
-    await this.deps.repo.updateEndpoint(next);
+    await this.deps.repo.updateEndpoint(next, e);
     this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);
     return next;
   }

@@ -108,7 +108,11 @@ export type BootAction = 'sync' | 'commit-poweroff' | 'local';
 /** Persistence of endpoints, their boot tokens and boot events (SQLite: src/meta/sqlite-endpoints.ts). */
 export interface EndpointRepo {
   insertEndpoint(row: EndpointRow): Promise<void>;
-  updateEndpoint(row: EndpointRow): Promise<void>;
+  /**
+   * Write `row`; with `before` (the row as its writer read it), only the fields that differ from it, so
+   * two writers of different fields (an admin's approve, the endpoint's own boot) never undo each other.
+   */
+  updateEndpoint(row: EndpointRow, before?: EndpointRow): Promise<void>;
   getEndpoint(id: string): Promise<EndpointRow | undefined>;
   findByMac(mac: string): Promise<EndpointRow | undefined>;
   findByName(name: string): Promise<EndpointRow | undefined>;

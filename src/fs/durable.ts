@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { storeIoError } from './io-errors.js';
+import { writeFull } from './write.js';
 
 /**
  * Write a file so that its name never points at bytes a crash could lose: a temp file beside it,
@@ -24,7 +25,13 @@ export async function writeDurable(
     const fh = await fsp.open(tmp, 'wx', 0o644);
     try {
       if (Buffer.isBuffer(content)) await fh.writeFile(content);
-      else for await (const piece of content) await fh.write(piece);
+      else {
+        let pos = 0;
+        for await (const piece of content) {
+          await writeFull(fh, piece, pos);
+          pos += piece.length;
+        }
+      }
       await fh.datasync();
     } finally {
       await fh.close();

@@ -421,6 +421,18 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
       }
     });
 
+    it('two writers of one endpoint row (an admin approving, the endpoint booting) keep both changes', async () => {
+      const b = await second();
+      await meta.endpoints.insertEndpoint(endpoint('ep-07', 'pending', at(0)));
+      const read = (await meta.endpoints.getEndpoint('ep-07'))!;
+      const readB = (await b.endpoints.getEndpoint('ep-07'))!;
+      await Promise.all([
+        meta.endpoints.updateEndpoint({ ...read, state: 'enrolled', desktop: 'alice' }, read),
+        b.endpoints.updateEndpoint({ ...readB, lastSeen: at(5), firmware: 'uefi' }, readB),
+      ]);
+      expect(await meta.endpoints.getEndpoint('ep-07')).toMatchObject({ state: 'enrolled', desktop: 'alice', lastSeen: at(5), firmware: 'uefi' });
+    });
+
     it('boot events recorded through both servers at once get distinct, growing numbers', async () => {
       const b = await second();
       const evs = await Promise.all(Array.from({ length: 20 }, (_, i) =>

@@ -1,5 +1,5 @@
 import type { BootEvent, BootTokenRow, EndpointKeys, EndpointRepo, EndpointRow } from '../endpoint/model.js';
-import type { Row, Sql, SqlEngine } from './sql.js';
+import type { Row, Sql, SqlEngine, SqlValue } from './sql.js';
 
 /** Endpoints, their MACs, boot tokens, boot events, disk-secret keys and last addresses, over either engine. */
 
@@ -30,6 +30,15 @@ const toEvent = (r: Row): BootEvent => ({
   at: r.at as string, detail: JSON.parse(r.detail as string) as Record<string, unknown>,
 });
 
+/** The columns an update may change, with how each field is stored (compared in that form). */
+const asIs = (v: unknown): SqlValue => (v ?? null) as SqlValue;
+const UPDATED_COLUMNS: Partial<Record<keyof EndpointRow, [string, (v: unknown) => SqlValue]>> = {
+  name: ['name', asIs], uuid: ['uuid', asIs], serial: ['serial', asIs], state: ['state', asIs], desktop: ['desktop', asIs],
+  mode: ['mode', asIs], bootMethod: ['boot_method', asIs], firmware: ['firmware', asIs], disk: ['disk', asIs], diskVersion: ['disk_version', asIs],
+  commitRequested: ['commit_requested', (v) => (v ? Date.parse(v as string) : 0)], lastSeen: ['last_seen', asIs],
+  lastSync: ['last_sync', (v) => (v ? JSON.stringify(v) : null)],
+};
+
 export class SqlEndpointRepo implements EndpointRepo {
   constructor(private readonly db: SqlEngine) {}
 
@@ -53,11 +62,12 @@ export class SqlEndpointRepo implements EndpointRepo {
     });
   }
 
-  async updateEndpoint(e: EndpointRow): Promise<void> {
-    await this.db.run(`UPDATE endpoints SET name = ?, uuid = ?, serial = ?, state = ?, desktop = ?, mode = ?, boot_method = ?, firmware = ?,
-      disk = ?, disk_version = ?, commit_requested = ?, last_seen = ?, last_sync = ? WHERE id = ?`,
-    [e.name, e.uuid, e.serial, e.state, e.desktop, e.mode, e.bootMethod, e.firmware, e.disk, e.diskVersion,
-      e.commitRequested ? Date.parse(e.commitRequested) : 0, e.lastSeen, e.lastSync ? JSON.stringify(e.lastSync) : null, e.id]);
+  async updateEndpoint(e: EndpointRow, before?: EndpointRow): Promise<void> {
+    const cols = Object.entries(UPDATED_COLUMNS)
+      .map(([k, [col, enc]]) => [col, enc(e[k as keyof EndpointRow]), before === undefined ? undefined : enc(before[k as keyof EndpointRow])] as const)
+      .filter(([, now, was]) => before === undefined || now !== was);
+    if (!cols.length) return;
+    await this.db.run(`UPDATE endpoints SET ${cols.map(([col]) => `${col} = ?`).join(', ')} WHERE id = ?`, [...cols.map(([, v]) => v), e.id]);
   }
 
   async getEndpoint(id: string): Promise<EndpointRow | undefined> {

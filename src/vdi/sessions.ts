@@ -206,7 +206,12 @@ export class VdiSessions {
   }
 
   async view(id: string, withStats = false): Promise<VdiSessionView> {
-    const { secretHash: _s, ...row } = await this.get(id);
+    return this.viewOf(await this.get(id), withStats);
+  }
+
+  private viewOf(full: VdiSessionRow, withStats = false): VdiSessionView {
+    const { secretHash: _s, ...row } = full;
+    const id = row.id;
     const live = this.live.get(id);
     const stats = live?.inc.stats;
     const url = row.nbdHost !== null && row.nbdPort !== null ? nbdUrl({ host: row.nbdHost, port: row.nbdPort, exportName: sessionExport(id) }) : null;
@@ -229,7 +234,7 @@ export class VdiSessions {
   }
 
   async list(opts: { desktop?: string; states?: VdiState[] } = {}): Promise<VdiSessionView[]> {
-    return Promise.all((await this.deps.repo.list(opts)).map((r) => this.view(r.id)));
+    return (await this.deps.repo.list(opts)).map((r) => this.viewOf(r));
   }
 
   /** Is `secret` the session's secret (or an unexpired admin token)? */
@@ -412,16 +417,19 @@ export class VdiSessions {
     const base = await this.deps.catalog.index(row.image, row.base);
     const snap = await live.inc.snapshot(full);
     let made;
+    let staged;
+    let done;
     try {
       made = await checkpointLayer(snap, base, this.deps.chunks, full ? new Map() : prev.entries);
+      staged = await this.deps.catalog.stageLayer(row.image, encodeLayer(made.layer));
+      const at = this.now().toISOString();
+      done = await this.deps.repo.updateIf(id, { state: 'open', server: row.server }, { checkpointLayer: staged.layer, checkpointAt: at });
     } catch (err) {
+      // nothing recorded: the positions stay dirty, so the next checkpoint takes them again
       snap.release(true);
       throw err;
     }
-    snap.release(false);
-    const staged = await this.deps.catalog.stageLayer(row.image, encodeLayer(made.layer));
-    const at = this.now().toISOString();
-    const done = await this.deps.repo.updateIf(id, { state: 'open', server: row.server }, { checkpointLayer: staged.layer, checkpointAt: at });
+    snap.release(!done);
     if (!done) return this.takenOver(id, live, await this.get(id));
     this.recorded.set(id, { layer: staged.layer, entries: made.entries });
     this.log.info({ session: id, desktop: row.desktop, layer: staged.layer, chunks: made.layer.entries.length, read: snap.positions.length, stored: made.stored, full, seconds: Math.round(performance.now() - t0) / 1000 }, 'vdi checkpoint');
@@ -633,7 +641,10 @@ export class VdiSessions {
     const running = this.ending.get(id);
     if (running) return running;
     const p = fn().then((v) => {
-      if (v.state !== 'open') this.wrote.delete(id);
+      if (v.state !== 'open') {
+        this.wrote.delete(id);
+        this.recorded.delete(id);
+      }
       return v;
     }).finally(() => this.ending.delete(id));
     this.ending.set(id, p);

@@ -52,17 +52,23 @@ export async function startProcess(dataDir: string, port?: number, nbdPort?: num
     });
   }
   const url = `http://127.0.0.1:${p}`;
-  for (let i = 0; i < 100; i++) {
-    try {
-      if ((await fetch(`${url}/healthz`)).ok) break;
-    } catch {
-      /* not up yet */
+  try {
+    let up = false;
+    for (let i = 0; i < 100 && !up; i++) {
+      try {
+        up = (await fetch(`${url}/healthz`)).ok;
+      } catch {
+        /* not up yet */
+      }
+      if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}: ${tail.join('').slice(-2000)}`);
+      if (!up) await new Promise((r) => setTimeout(r, 100));
     }
-    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}`);
-    await new Promise((r) => setTimeout(r, 100));
+    const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
+    return { proc, url, token, port: p };
+  } catch (err) {
+    proc.kill('SIGKILL'); // a server that never came up is not left behind
+    throw err;
   }
-  const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
-  return { proc, url, token, port: p };
 }
 
 export async function stopProcess(proc: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {

@@ -2,6 +2,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { loadServerConfig } from '../../src/config/server.js';
+import { EVENT_CHANNEL } from '../../src/endpoint/endpoints.js';
 import { sharedPostgres } from '../helpers/engines.js';
 import { tempDir } from '../helpers/server.js';
 
@@ -89,10 +90,15 @@ describe('boot events across servers (PostgreSQL LISTEN/NOTIFY)', () => {
   it('an event larger than the payload limit travels as its number and arrives whole', async () => {
     const mac = '02:00:00:00:aa:02';
     const big = 'x'.repeat(1200);
+    // what travels on the channel, as a third listener sees it
+    const payloads: string[] = [];
+    const unlisten = await a.ctx.meta.engine.listen(EVENT_CHANNEL, (p) => payloads.push(p));
     const evs = await follow(mac, 1, async () => {
       await a.ctx.endpoints.record('error', mac, { error: big });
     });
+    await unlisten();
     expect(evs).toHaveLength(1);
+    expect(payloads.map((p) => JSON.parse(p) as unknown)).toContainEqual({ seq: evs[0]!.seq, ref: true });
     const stored = (await b.ctx.meta.endpoints.getEvent(evs[0]!.seq))!;
     expect(JSON.stringify(stored).length).toBeGreaterThan(300);
     expect(evs[0]).toEqual(stored);

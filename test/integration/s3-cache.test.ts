@@ -1,10 +1,8 @@
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { inspect, promisify } from 'node:util';
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { CacheStore } from '../../src/chunk/cache-store.js';
@@ -19,14 +17,12 @@ import { S3DeltaBucket } from '../../src/sync/delta-bucket.js';
 import { DeltaCache, type DeltaBucket } from '../../src/sync/delta-cache.js';
 import { prng } from '../helpers/disk.js';
 import { rejection } from '../helpers/expect.js';
-import { startRgw, type Rgw } from '../helpers/rgw.js';
+import { rgwCommand, rgwStart, startRgw, type Rgw } from '../helpers/rgw.js';
 import { tempDir } from '../helpers/server.js';
 
 // The S3 store as the server runs it, on a real Ceph RADOS Gateway (one for this file, started and
 // stopped by scripts/engines/ceph-rgw.sh): the disk cache in front of it, retries through a radosgw
 // restart, deltas in the bucket, a server started with --store s3://…, and its start-time errors.
-const run = promisify(execFile);
-const SCRIPT = fileURLToPath(new URL('../../scripts/engines/ceph-rgw.sh', import.meta.url));
 
 let rgw: Rgw;
 const tmp = tempDir('df-s3cache-');
@@ -255,25 +251,27 @@ describe('S3 requests through a radosgw restart', () => {
     const neu = chunkOf(`during the restart ${randomBytes(4).toString('hex')}`);
     await store.put(old.id, { frame: old.frame });
 
-    await run('bash', [SCRIPT, 'stop', rgw.dir], { timeout: 120_000 });
+    await rgwCommand('stop', rgw.dir);
     const tries0 = (store.client.requests.GET ?? 0) + (store.client.requests.PUT ?? 0);
     const get = store.get(old.id);
     const put = store.put(neu.id, { frame: neu.frame });
-    let settled = false;
-    void Promise.allSettled([get, put]).then(() => (settled = true));
+    try {
+      let settled = false;
+      void Promise.allSettled([get, put]).then(() => (settled = true));
 
-    // A call with a small budget gives up with the coded 503 error, naming the endpoint.
-    const short = await S3ChunkStore.open(url, cred(), opts({ retryMs: 1_500 })).catch((e: unknown) => e);
-    expect((short as { code?: string }).code).toBe('DF_ERR_S3_UNREACHABLE');
-    const quick = new S3ChunkStore(store.loc, cred(), opts({ retryMs: 1_500 }));
-    const err = await rejection(quick.get(old.id));
-    expect(err.code).toBe('DF_ERR_S3_UNREACHABLE');
-    expect(err.status).toBe(503);
-    expect(err.message).toContain(rgw.endpoint);
-    expect(err.fields.tries).toBeGreaterThan(1);
-    expect(settled).toBe(false); // the long-budget calls are still waiting
-
-    await run('bash', [SCRIPT, 'start', rgw.dir], { timeout: 300_000 });
+      // A call with a small budget gives up with the coded 503 error, naming the endpoint.
+      const short = await S3ChunkStore.open(url, cred(), opts({ retryMs: 1_500 })).catch((e: unknown) => e);
+      expect((short as { code?: string }).code).toBe('DF_ERR_S3_UNREACHABLE');
+      const quick = new S3ChunkStore(store.loc, cred(), opts({ retryMs: 1_500 }));
+      const err = await rejection(quick.get(old.id));
+      expect(err.code).toBe('DF_ERR_S3_UNREACHABLE');
+      expect(err.status).toBe(503);
+      expect(err.message).toContain(rgw.endpoint);
+      expect(err.fields.tries).toBeGreaterThan(1);
+      expect(settled).toBe(false); // the long-budget calls are still waiting
+    } finally {
+      await rgwStart(rgw.dir); // up again even when an assertion failed: the later tests need it
+    }
     const [got, stored] = await Promise.all([get, put]);
     expect(digest(got.raw)).toBe(digest(old.raw));
     expect(digest(got.frame)).toBe(digest(old.frame));
