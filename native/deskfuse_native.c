@@ -14,11 +14,14 @@
  *   icmp6Send(fd, ifindex, dest, buf)   sendto dest (e.g. ff02::1) scoped to ifindex.
  *   seekData(fd, offset) / seekHole(fd, offset) -> offset, or -1 at ENXIO (past the last data).
  *   close(fd)
+ *   sendfile(sockFd, fileFd, offset, length, idleMs, cb(err, sent))   zero-copy file -> socket, off the
+ *        main thread (native/sendfile.c).
  *
  * Errors become JS exceptions with .code (errno name), .errno and .syscall, like Node's own.
  */
 #define _GNU_SOURCE
 #include <node_api.h>
+#include "deskfuse_native.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -38,8 +41,8 @@ static napi_value throw_msg(napi_env env, const char *msg) {
   return NULL;
 }
 
-/* Throw an Error carrying errno/code/syscall, as Node's uvException does. */
-static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *detail) {
+/* An Error carrying errno/code/syscall, as Node's uvException makes. */
+napi_value df_errno_error(napi_env env, int err, const char *syscall, const char *detail) {
   char msg[256];
   const char *name = strerrorname_np(err);
   snprintf(msg, sizeof msg, "%s %s%s%s: %s", syscall, name ? name : "E?", detail ? " " : "", detail ? detail : "", strerror(err));
@@ -52,7 +55,11 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall, const 
   napi_set_named_property(env, e, "code", v);
   napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &v);
   napi_set_named_property(env, e, "syscall", v);
-  napi_throw(env, e);
+  return e;
+}
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall, const char *detail) {
+  napi_throw(env, df_errno_error(env, err, syscall, detail));
   return NULL;
 }
 
@@ -275,6 +282,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL },
     { "seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL },
     { "close", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendfile", NULL, df_sendfile, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

@@ -1,13 +1,14 @@
 #!/usr/bin/env node
-// Builds native/deskfuse_native.c into dist/native/deskfuse_native.node with the system C compiler
+// Builds native/*.c (deskfuse_native.c and what it registers) into dist/native/deskfuse_native.node with the system C compiler
 // (no node-gyp: one file, Node-API only, so the .node works with any Node >= 20 on this libc).
 // Skips the compile when the output is newer than the source and this script.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, renameSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import path from 'node:path';
 
 const root = path.resolve(import.meta.dirname, '..');
-const src = path.join(root, 'native/deskfuse_native.c');
+const nativeDir = path.join(root, 'native');
+const srcs = readdirSync(nativeDir).filter((f) => /\.[ch]$/.test(f)).map((f) => path.join(nativeDir, f));
 const out = path.join(root, 'dist/native/deskfuse_native.node');
 const cc = process.env.CC || 'cc';
 
@@ -28,7 +29,7 @@ function nodeInclude() {
 }
 
 const mtime = (f) => (existsSync(f) ? statSync(f).mtimeMs : 0);
-if (mtime(out) > Math.max(mtime(src), mtime(import.meta.filename))) process.exit(0);
+if (mtime(out) > Math.max(...srcs.map(mtime), mtime(import.meta.filename))) process.exit(0);
 
 if (spawnSync(cc, ['--version'], { stdio: 'ignore' }).status !== 0) {
   fail(`no C compiler ('${cc}'): apt-get install gcc libc6-dev  (or run scripts/setup-deps.sh)`);
@@ -36,7 +37,7 @@ if (spawnSync(cc, ['--version'], { stdio: 'ignore' }).status !== 0) {
 mkdirSync(path.dirname(out), { recursive: true });
 const tmp = `${out}.tmp-${process.pid}`;
 const args = ['-O2', '-shared', '-fPIC', '-std=gnu11', '-Wall', '-Wextra', '-Wno-unused-parameter', '-fvisibility=hidden',
-  '-DNODE_GYP_MODULE_NAME=deskfuse_native', '-DNAPI_VERSION=8', `-I${nodeInclude()}`, '-o', tmp, src];
+  '-DNODE_GYP_MODULE_NAME=deskfuse_native', '-DNAPI_VERSION=8', `-I${nodeInclude()}`, '-pthread', '-o', tmp, ...srcs.filter((f) => f.endsWith('.c'))];
 const r = spawnSync(cc, args, { stdio: 'inherit' });
 if (r.status !== 0) {
   fail(`'${cc} ${args.join(' ')}' failed (exit ${r.status}); if headers such as <sys/socket.h> are missing: apt-get install gcc libc6-dev`);

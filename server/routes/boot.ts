@@ -1,4 +1,4 @@
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -11,6 +11,7 @@ import { dfError } from '../../src/errors.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
 import type { AppContext } from '../context.js';
 import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
+import { sendFile } from '../send-file.js';
 
 /**
  * The network boot flow, under /boot (no admin token: firmware cannot send one).
@@ -64,15 +65,27 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
 
   const serveFile = (file: 'vmlinuz' | 'initrd.img', phase: BootPhase) => async (req: FastifyRequest<{ Querystring: MacQuery }>, reply: FastifyReply) => {
     const p = path.join(boot.dir, file);
-    const st = await fsp.stat(p).catch(() => undefined);
-    if (!st?.isFile()) throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
+    const fh = await fsp.open(p, 'r').catch(() => undefined);
+    const st = await fh?.stat().catch(() => undefined);
+    if (!fh || !st?.isFile()) {
+      await fh?.close();
+      throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
+    }
     const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
     // Only endpoints we know leave an event (anyone can fetch these files).
-    const known = mac && req.method === 'GET' ? await ctx.meta.endpoints.findByMac(mac) : undefined;
-    if (known) await endpoints.record(phase, mac!, { bytes: st.size, ip: req.ip }, known);
-    reply.type('application/octet-stream').header('content-length', st.size).header('cache-control', 'no-cache');
-    if (req.method === 'HEAD') return reply.send();
-    return reply.send(createReadStream(p, { highWaterMark: 1024 * 1024 }));
+    try {
+      const known = mac && req.method === 'GET' ? await ctx.meta.endpoints.findByMac(mac) : undefined;
+      if (known) await endpoints.record(phase, mac!, { bytes: st.size, ip: req.ip }, known);
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    reply.type('application/octet-stream').header('cache-control', 'no-cache');
+    if (req.method === 'HEAD') {
+      await fh.close();
+      return reply.header('content-length', st.size).send();
+    }
+    return sendFile(reply, fh, st.size);
   };
   for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
     app.route({

@@ -4,9 +4,9 @@ import path from 'node:path';
 import { dfError } from '../errors.js';
 
 /**
- * The native addon (native/deskfuse_native.c, built by scripts/build-native.mjs into
- * dist/native/deskfuse_native.node): socket options Node lacks (SO_BINDTODEVICE, raw ICMPv6) and
- * lseek SEEK_DATA/SEEK_HOLE. Calls throw Errors with `code` (errno name), `errno` and `syscall`.
+ * The native addon (native/*.c, built by scripts/build-native.mjs into
+ * dist/native/deskfuse_native.node): socket options Node lacks (SO_BINDTODEVICE, raw ICMPv6),
+ * lseek SEEK_DATA/SEEK_HOLE and zero-copy sendfile(2). Calls throw Errors with `code` (errno name), `errno` and `syscall`.
  */
 export interface Native {
   /** UDPv4 socket bound to 0.0.0.0:port and to the device; nonblocking. Give it to dgram's bind({fd}). */
@@ -21,6 +21,13 @@ export interface Native {
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
   close(fd: number): void;
+  /**
+   * Send `length` bytes of the file from `offset` to the TCP socket with sendfile(2), on the addon's
+   * sender thread (native/sendfile.c); both fds are dup()ed at the call. `cb` gets (null, sent) or
+   * (Error{code: EPIPE | ECONNRESET | ETIMEDOUT (no progress for idleMs) | ENODATA (file too short)}, sent).
+   * Nothing else may write to the socket until `cb` ran.
+   */
+  sendfile(sockFd: number, fileFd: number, offset: number, length: number, idleMs: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void): void;
 }
 
 /**

@@ -56,10 +56,10 @@ export class DeltaCache {
   }
 
   /**
-   * The layer's delta, opened for streaming. A file removed behind the cache's back (by an admin or
-   * a scrub) is made again; once open, the bytes stay readable whatever happens to the name.
+   * The layer's delta file, opened (the caller closes it). A file removed behind the cache's back (by
+   * an admin or a scrub) is made again; once open, the bytes stay readable whatever happens to the name.
    */
-  async open(layerId: string): Promise<{ size: number; stream: NodeJS.ReadableStream }> {
+  async open(layerId: string): Promise<{ size: number; fh: FileHandle }> {
     for (let attempt = 0; ; attempt++) {
       const f = await this.get(layerId);
       let fh: FileHandle;
@@ -70,7 +70,7 @@ export class DeltaCache {
         this.checked.delete(layerId);
         continue;
       }
-      return { size: f.size, stream: fh.createReadStream({ highWaterMark: 1024 * 1024 }) };
+      return { size: f.size, fh };
     }
   }
 

@@ -185,7 +185,7 @@ describe('deltas in the bucket', () => {
 
   const bytesOf = async (d: DeltaCache, layer: string) => {
     const parts: Buffer[] = [];
-    for await (const p of (await d.open(layer)).stream) parts.push(p as Buffer);
+    for await (const p of (await d.open(layer)).fh.createReadStream()) parts.push(p as Buffer);
     return Buffer.concat(parts);
   };
 

@@ -1,0 +1,12 @@
+/* What the files of the native addon share (every native/ C file is compiled into one .node). */
+#ifndef DESKFUSE_NATIVE_H
+#define DESKFUSE_NATIVE_H
+#include <node_api.h>
+
+/* An Error with .code (errno name), .errno and .syscall, as Node's own; not thrown. */
+napi_value df_errno_error(napi_env env, int err, const char *syscall, const char *detail);
+
+/* sendfile(sockFd, fileFd, offset, length, idleMs, cb): native/sendfile.c */
+napi_value df_sendfile(napi_env env, napi_callback_info info);
+
+#endif

@@ -1,0 +1,137 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, ftruncateSync, openSync, readdirSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { tempDir } from '../../test/helpers/server.js';
+import { loadNative } from './addon.js';
+
+type Sent = { err: NodeJS.ErrnoException | null; sent: number };
+
+/** A connected TCP pair on loopback: `near` is the server's side (what sendfile writes to). */
+async function pair(): Promise<{ near: net.Socket; far: net.Socket; close: () => void }> {
+  const srv = net.createServer();
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  const port = (srv.address() as net.AddressInfo).port;
+  const nearP = new Promise<net.Socket>((r) => srv.once('connection', r));
+  const far = net.connect(port, '127.0.0.1');
+  const near = await nearP;
+  srv.close();
+  return { near, far, close: () => { near.destroy(); far.destroy(); } };
+}
+const fdOf = (s: net.Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
+const collect = (s: net.Socket) => {
+  const parts: Buffer[] = [];
+  s.on('data', (d: Buffer) => parts.push(d));
+  return new Promise<Buffer>((r) => s.on('close', () => r(Buffer.concat(parts))));
+};
+const send = (sock: number, file: number, off: number, len: number, idleMs = 30_000) =>
+  new Promise<Sent>((r) => loadNative().sendfile(sock, file, off, len, idleMs, (err, sent) => r({ err, sent })));
+const openFds = () => readdirSync('/proc/self/fd').length;
+
+describe('native sendfile (a real TCP connection on loopback)', () => {
+  const tmp = tempDir('df-sendfile-');
+  afterAll(() => tmp.cleanup());
+  const data = randomBytes(5 << 20);
+  const file = path.join(tmp.dir, 'data');
+  writeFileSync(file, data);
+
+  it('sends exactly the range asked for, and the socket stays usable by Node afterwards', async () => {
+    const { near, far, close } = await pair();
+    const got = collect(far);
+    const fd = openSync(file, 'r');
+    expect(await send(fdOf(near), fd, 0, 0)).toEqual({ err: null, sent: 0 }); // starts the sender (its epoll and eventfd stay)
+    const before = openFds();
+    try {
+      const r = await send(fdOf(near), fd, 1000, (3 << 20) + 7);
+      expect(r).toEqual({ err: null, sent: (3 << 20) + 7 });
+      expect(openFds()).toBe(before); // the sender closed its copies
+      near.end('tail');
+      const body = await got;
+      expect(body.subarray(0, -4).equals(data.subarray(1000, 1000 + (3 << 20) + 7))).toBe(true);
+      expect(body.subarray(-4).toString()).toBe('tail');
+    } finally {
+      closeSync(fd);
+      close();
+    }
+  });
+
+  it('a file shorter than the range: ENODATA after what there was', async () => {
+    const { near, far, close } = await pair();
+    const got = collect(far);
+    const fd = openSync(file, 'r');
+    try {
+      const r = await send(fdOf(near), fd, data.length - 4096, 1 << 20);
+      expect(r.err?.code).toBe('ENODATA');
+      expect(r.sent).toBe(4096);
+      near.end();
+      expect((await got).equals(data.subarray(-4096))).toBe(true);
+    } finally {
+      closeSync(fd);
+      close();
+    }
+  });
+
+  it('a reader that leaves ends the transfer with EPIPE or ECONNRESET', async () => {
+    const big = path.join(tmp.dir, 'sparse');
+    const bfd = openSync(big, 'w+');
+    ftruncateSync(bfd, 1 << 30); // reads as zeros, fast
+    const { near, far, close } = await pair();
+    try {
+      let seen = 0;
+      far.on('data', (d: Buffer) => { seen += d.length; if (seen > (1 << 20)) far.destroy(); });
+      const r = await send(fdOf(near), bfd, 0, 1 << 30);
+      expect(['EPIPE', 'ECONNRESET']).toContain(r.err?.code);
+      expect(r.sent).toBeGreaterThan(1 << 20);
+      expect(r.sent).toBeLessThan(1 << 30);
+    } finally {
+      closeSync(bfd);
+      close();
+    }
+  });
+
+  it('a reader that stops reading loses the transfer after idleMs without progress (ETIMEDOUT)', async () => {
+    const big = path.join(tmp.dir, 'sparse2');
+    const bfd = openSync(big, 'w+');
+    ftruncateSync(bfd, 1 << 30);
+    const { near, far, close } = await pair();
+    try {
+      far.pause(); // takes nothing: the socket buffers fill, then no progress
+      const r = await send(fdOf(near), bfd, 0, 1 << 30, 300);
+      expect(r.err?.code).toBe('ETIMEDOUT');
+      expect(r.sent).toBeGreaterThan(0);
+      expect(r.sent).toBeLessThan(1 << 30);
+    } finally {
+      closeSync(bfd);
+      close();
+    }
+  });
+
+  it("works on its own copies: Node closing its socket and file mid-transfer does not cut the body", async () => {
+    const { near, far, close } = await pair();
+    const got = collect(far);
+    const fd = openSync(file, 'r');
+    const p = send(fdOf(near), fd, 0, data.length);
+    closeSync(fd);
+    near.destroy(); // Node's descriptor is gone; the sender's dup keeps the connection until the end
+    try {
+      expect(await p).toEqual({ err: null, sent: data.length });
+      expect((await got).equals(data)).toBe(true);
+    } finally {
+      close();
+    }
+  });
+
+  it('bad arguments are a TypeError, and a closed descriptor is EBADF, before anything is sent', () => {
+    const n = loadNative();
+    expect(() => n.sendfile(-1, 0, 0, 1, 1000, () => {})).toThrow(/sendfile/);
+    expect(() => (n.sendfile as unknown as (...a: unknown[]) => void)(1, 2, 0, 1, 1000)).toThrow(/sendfile/);
+    let err: NodeJS.ErrnoException | undefined;
+    try {
+      n.sendfile(999_999, 0, 0, 1, 1000, () => {});
+    } catch (e) {
+      err = e as NodeJS.ErrnoException;
+    }
+    expect(err).toMatchObject({ code: 'EBADF' });
+  });
+});
