@@ -26,8 +26,12 @@ export interface TokenRepo {
   /** Note a use of the token at `at`, unless one after `since` is noted already (one write a minute, not one a request). */
   touchToken(hash: string, at: string, since: string): Promise<void>;
   listTokens(): Promise<TokenInfo[]>;
-  /** Delete the token with this id; returns it, or undefined when there is none. */
-  deleteToken(id: string): Promise<TokenInfo | undefined>;
+  /**
+   * Delete the token with this id; returns it, or undefined when there is none. With `keepLastAdmin`
+   * (now), an admin token that is the last one live at that time is kept and 'last-admin' returned,
+   * in the same transaction as the delete (two revokes at once cannot remove the last two).
+   */
+  deleteToken(id: string, keepLastAdmin?: string): Promise<TokenInfo | 'last-admin' | undefined>;
   /** Delete tokens that expired before `before`; returns how many. */
   pruneTokens(before: string): Promise<number>;
 }

@@ -49,16 +49,12 @@ export class TokenRegistry {
   }
 
   async revoke(id: string, author: string): Promise<TokenInfo> {
-    const all = await this.deps.meta.tokens.listTokens();
-    const t = all.find((x) => x.id === id);
-    if (!t) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)} (deskfuse token list shows them)`, { id });
-    const now = this.deps.now().toISOString();
-    const liveAdmins = all.filter((x) => x.scope === 'admin' && (x.expiresAt === null || x.expiresAt > now));
-    if (t.scope === 'admin' && liveAdmins.length <= 1 && liveAdmins[0]?.id === id) {
+    // The last-admin check and the delete are one transaction: two revokes at once keep one admin.
+    const gone = await this.deps.meta.tokens.deleteToken(id, this.deps.now().toISOString());
+    if (gone === 'last-admin') {
       throw dfError('DF_ERR_LAST_ADMIN_TOKEN', `token ${id} is the last admin token; create another (deskfuse token create --scope admin) before revoking it`, { id });
     }
-    const gone = await this.deps.meta.tokens.deleteToken(id);
-    if (!gone) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)}`, { id });
+    if (!gone) throw dfError('DF_ERR_TOKEN_NOT_FOUND', `no token with id ${JSON.stringify(id)} (deskfuse token list shows them)`, { id });
     this.log.warn({ id, scope: gone.scope, author }, 'token revoked');
     return gone;
   }

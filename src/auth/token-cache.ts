@@ -57,10 +57,10 @@ export function cachedTokens(repo: TokenRepo, opts: TokenCacheOptions = {}): Tok
       touched.set(hash, at);
     },
     listTokens: () => repo.listTokens(),
-    async deleteToken(id) {
+    async deleteToken(id, keepLastAdmin) {
       forgetAll();
       try {
-        return await repo.deleteToken(id);
+        return await repo.deleteToken(id, keepLastAdmin);
       } finally {
         forgetAll();
       }

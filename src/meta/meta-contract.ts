@@ -261,6 +261,18 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
         expect(await meta.tokens.countTokens('admin')).toBe(1);
         expect(await meta.tokens.addTokenIfNone('a3', 'admin', at(1))).toBe(false);
       });
+
+      it('keeps the last live admin token when asked: an expired admin does not count, other scopes go', async () => {
+        await meta.tokens.addToken('aaaaaaaaaaaaaaaa-live', 'admin', at(0));
+        await meta.tokens.addToken('bbbbbbbbbbbbbbbb-old', 'admin', at(0), at(10));
+        await meta.tokens.addToken('cccccccccccccccc-d', 'desktop:alice', at(0));
+        expect(await meta.tokens.deleteToken('aaaaaaaaaaaaaaaa', at(20))).toBe('last-admin');
+        expect(await meta.tokens.deleteToken('bbbbbbbbbbbbbbbb', at(20))).toMatchObject({ scope: 'admin' });
+        expect(await meta.tokens.deleteToken('cccccccccccccccc', at(20))).toMatchObject({ scope: 'desktop:alice' });
+        expect(await meta.tokens.deleteToken('cccccccccccccccc', at(20))).toBeUndefined();
+        expect(await meta.tokens.findToken('aaaaaaaaaaaaaaaa-live')).toBeDefined();
+        expect(await meta.tokens.deleteToken('aaaaaaaaaaaaaaaa')).toMatchObject({ scope: 'admin' }); // unguarded
+      });
     });
 
   });
@@ -409,6 +421,18 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
       const out = await meta.images.commitVersion(dversion(1, at(2)), 'desktops/alice', 'conflicts/desktops/alice/x', { desktop: 'alice', fencing: f });
       expect(out).toMatchObject({ kind: 'conflict', reason: 'fencing' });
       expect((await b.images.getRef('win11', 'desktops/alice'))!.version).toBe(1);
+    });
+
+    it('the two last admin tokens revoked at once, through both servers: one goes, one stays', async () => {
+      const b = await second();
+      for (let i = 0; i < 5; i++) {
+        await meta.tokens.addToken(`${i}aaaaaaaaaaaaaaa-x`, 'admin', at(0));
+        await meta.tokens.addToken(`${i}bbbbbbbbbbbbbbb-x`, 'admin', at(0));
+        const outs = await Promise.all([meta.tokens.deleteToken(`${i}aaaaaaaaaaaaaaa`, at(1)), b.tokens.deleteToken(`${i}bbbbbbbbbbbbbbb`, at(1))]);
+        expect(outs.filter((o) => o === 'last-admin')).toHaveLength(1);
+        expect(await meta.tokens.countTokens('admin')).toBe(1);
+        await meta.tokens.deleteToken(outs[0] === 'last-admin' ? `${i}aaaaaaaaaaaaaaa` : `${i}bbbbbbbbbbbbbbb`);
+      }
     });
 
     it('a one-time boot token used twice at once, through both servers: one use sees it fresh', async () => {

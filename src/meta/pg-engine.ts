@@ -10,7 +10,9 @@ import { MIGRATIONS_TABLE_DDL, pendingMigrations, type Migration, type Row, type
  * - SQL comes with `?` placeholders (src/meta/sql.ts) and is numbered `$1…` here, once per text.
  * - `tx` runs SERIALIZABLE; a serialization failure (40001), a deadlock (40P01) or a unique violation
  *   (23505: repositories read, then insert; the retry reads the winner's row) rolls back and runs `fn`
- *   again after a short jittered pause, at most `txAttempts` times, then fails DF_ERR_META.
+ *   again after a short jittered pause, at most `txAttempts` times, then fails DF_ERR_META. A unique
+ *   violation that a re-read does not explain (a genuine duplicate) fails after UNIQUE_ATTEMPTS with
+ *   the statement's own error.
  * - A lost connection never retries a statement (a COMMIT whose answer was lost may have happened):
  *   the call fails DF_ERR_META_UNREACHABLE and the next one connects again.
  * - The server restarting must never take the process down: idle pooled clients, the client of a
@@ -51,6 +53,8 @@ export function pgTarget(url: string): PgTarget {
 }
 
 const RETRY = new Set(['40001', '40P01', '23505']);
+/** One retry settles a read-then-insert race; a violation that outlives it is a real duplicate. */
+const UNIQUE_ATTEMPTS = 3;
 const UNREACHABLE_ERRNO = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'ECONNABORTED']);
 // admin shutdown, crash shutdown, cannot connect now (starting up / shutting down)
 const UNREACHABLE_SQLSTATE = new Set(['57P01', '57P02', '57P03']);
@@ -239,6 +243,7 @@ export class PgEngine implements SqlEngine {
       } catch (err) {
         const state = sqlstate(err);
         if (!state || !RETRY.has(state) || !isDeskfuseError(err, 'DF_ERR_META')) throw err;
+        if (state === '23505' && attempt >= UNIQUE_ATTEMPTS) throw err;
         if (attempt >= this.txAttempts) {
           throw dfError('DF_ERR_META', `a transaction still conflicted after ${attempt} attempts (SQLSTATE ${state})`, { attempts: attempt, sqlstate: state }, err);
         }

@@ -40,11 +40,17 @@ export class SqlTokenRepo implements TokenRepo {
     return (await this.db.all(`SELECT ${TOKEN_COLUMNS} FROM tokens ORDER BY created_at, hash`)).map(toTokenInfo);
   }
 
-  deleteToken(id: string): Promise<TokenInfo | undefined> {
+  deleteToken(id: string, keepLastAdmin?: string): Promise<TokenInfo | 'last-admin' | undefined> {
     return this.db.tx(async (q) => {
       const r = await q.get(`SELECT ${TOKEN_COLUMNS} FROM tokens WHERE substr(hash, 1, 16) = ?`, [id]);
-      if (r) await q.run('DELETE FROM tokens WHERE hash = ?', [r.hash as string]);
-      return r && toTokenInfo(r);
+      if (!r) return undefined;
+      if (keepLastAdmin !== undefined && r.scope === 'admin') {
+        const live = await q.get("SELECT COUNT(*) AS n FROM tokens WHERE scope = 'admin' AND (expires_at IS NULL OR expires_at > ?)", [keepLastAdmin]);
+        const self = r.expires_at === null || (r.expires_at as string) > keepLastAdmin;
+        if (self && Number(live!.n) <= 1) return 'last-admin';
+      }
+      await q.run('DELETE FROM tokens WHERE hash = ?', [r.hash as string]);
+      return toTokenInfo(r);
     });
   }
 

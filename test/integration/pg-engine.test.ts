@@ -120,6 +120,25 @@ describe('PgEngine: transactions', () => {
     }
   });
 
+  it('a genuine duplicate (a unique violation no re-read explains) fails with its own error after 3 attempts, not 30', async () => {
+    const db = await sharedPostgres('dup');
+    const e = await PgEngine.open(db.url);
+    try {
+      await e.run('CREATE TABLE names (name TEXT PRIMARY KEY)');
+      await e.run("INSERT INTO names (name) VALUES ('a')");
+      let attempts = 0;
+      const err = await rejection(e.tx(async (q) => {
+        attempts++;
+        await q.run("INSERT INTO names (name) VALUES ('a')");
+      }));
+      expect(err).toMatchObject({ code: 'DF_ERR_META', fields: { sqlstate: '23505' } });
+      expect(attempts).toBe(3);
+      expect(Number((await e.get('SELECT COUNT(*) AS n FROM names'))!.n)).toBe(1);
+    } finally {
+      await e.close();
+    }
+  });
+
   it('a failing statement is DF_ERR_META with its SQLSTATE and cause', async () => {
     const db = await sharedPostgres('bad-sql');
     const e = await PgEngine.open(db.url);
