@@ -257,6 +257,31 @@ describe('two servers on one PostgreSQL and one RGW', () => {
     expect(again.body.code).toBe('DF_ERR_BOOT_TOKEN_USED');
   }, 60_000);
 
+  it('2b. a wrong token is 401 at both servers; a token revoked through A stops working at B within the 5 s token cache', async () => {
+    for (const s of [a, b]) {
+      const r = await http(s, 'GET', '/api/v1/images', 'dfa_not-a-real-token');
+      expect(r.status).toBe(401);
+      expect(r.body.code).toBe('DF_ERR_UNAUTHORIZED');
+      const c = await cli(['image', 'list'], { DESKFUSE_SERVER: s.url, DESKFUSE_TOKEN: `${token}x` });
+      expect(c.code).not.toBe(0);
+      expect(c.stderr).toContain('DF_ERR_UNAUTHORIZED');
+    }
+    const t = await cli(['token', 'create', '--scope', 'admin'], asAdmin(a));
+    expect(t.code, t.stderr).toBe(0);
+    const second = t.stdout.trim();
+    const id = /token ([0-9a-f]{16}) of scope admin/.exec(t.stderr)![1]!;
+    expect((await http(b, 'GET', '/api/v1/images', second)).status).toBe(200); // B now remembers it
+    const rv = await cli(['token', 'revoke', id], asAdmin(a));
+    expect(rv.code, rv.stderr).toBe(0);
+    let status = 200;
+    for (const end = Date.now() + 15_000; status !== 401 && Date.now() < end; ) {
+      status = (await http(b, 'GET', '/api/v1/images', second)).status;
+      if (status !== 401) await sleep(250);
+    }
+    expect(status).toBe(401);
+    expect((await http(b, 'GET', '/api/v1/images', token)).status).toBe(200); // the other admin token still works
+  }, 60_000);
+
   it('3. a desktop lease taken through A is refused through B', async () => {
     const t = await desktopToken(asAdmin(b), 'solo');
     blankDisk('s1.img');
