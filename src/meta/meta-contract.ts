@@ -262,6 +262,19 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
         expect(await meta.tokens.addTokenIfNone('a3', 'admin', at(1))).toBe(false);
       });
 
+      it('lists endpoints with their MACs and key state, as each one reads alone', async () => {
+        await meta.endpoints.insertEndpoint({ ...endpoint('ep-12', 'enrolled', at(0)), macs: ['02:00:00:00:01:02', '02:00:00:00:01:01'] });
+        await meta.endpoints.insertEndpoint(endpoint('ep-11', 'pending', at(0)));
+        await meta.endpoints.insertEndpoint(endpoint('ep-13', 'enrolled', at(0)));
+        await meta.endpoints.setKeys('ep-12', { key: 'k', pendingKey: null }, at(1));
+        await meta.endpoints.setKeys('ep-13', { key: null, pendingKey: 'p' }, at(1));
+        const list = await meta.endpoints.listEndpoints();
+        expect(list.map((e) => [e.id, e.macs, e.secret])).toEqual([
+          ['ep-11', ['02:00:00:00:00:11'], 'none'], ['ep-12', ['02:00:00:00:01:01', '02:00:00:00:01:02'], 'bound'], ['ep-13', ['02:00:00:00:00:13'], 'provisioning'],
+        ]);
+        for (const e of list) expect(await meta.endpoints.getEndpoint(e.id)).toEqual(e);
+      });
+
       it('keeps the last live admin token when asked: an expired admin does not count, other scopes go', async () => {
         await meta.tokens.addToken('aaaaaaaaaaaaaaaa-live', 'admin', at(0));
         await meta.tokens.addToken('bbbbbbbbbbbbbbbb-old', 'admin', at(0), at(10));

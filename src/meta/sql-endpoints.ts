@@ -13,7 +13,10 @@ async function getKeys(q: Sql, endpoint: string): Promise<EndpointKeys> {
 
 async function toEndpoint(q: Sql, r: Row): Promise<EndpointRow> {
   const macs = (await q.all('SELECT mac FROM endpoint_macs WHERE endpoint = ? ORDER BY mac', [r.id as string])).map((m) => m.mac as string);
-  const k = await getKeys(q, r.id as string);
+  return endpointFrom(r, macs, await getKeys(q, r.id as string));
+}
+
+function endpointFrom(r: Row, macs: string[], k: EndpointKeys): EndpointRow {
   return {
     id: r.id as string, name: r.name as string, macs, uuid: (r.uuid as string | null) ?? null, serial: (r.serial as string | null) ?? null,
     state: r.state as EndpointRow['state'], desktop: (r.desktop as string | null) ?? null, mode: r.mode as EndpointRow['mode'],
@@ -85,9 +88,22 @@ export class SqlEndpointRepo implements EndpointRepo {
     return r && toEndpoint(this.db, r);
   }
 
-  async listEndpoints(): Promise<EndpointRow[]> {
-    const rows = await this.db.all('SELECT * FROM endpoints ORDER BY name');
-    return Promise.all(rows.map((r) => toEndpoint(this.db, r)));
+  listEndpoints(): Promise<EndpointRow[]> {
+    // Three queries however many endpoints (not two per endpoint), read in one snapshot.
+    return this.db.tx(async (q) => {
+      const rows = await q.all('SELECT * FROM endpoints ORDER BY name');
+      const macs = new Map<string, string[]>();
+      for (const m of await q.all('SELECT endpoint, mac FROM endpoint_macs ORDER BY endpoint, mac')) {
+        const list = macs.get(m.endpoint as string) ?? [];
+        list.push(m.mac as string);
+        macs.set(m.endpoint as string, list);
+      }
+      const keys = new Map<string, EndpointKeys>();
+      for (const k of await q.all('SELECT endpoint, key, pending_key FROM endpoint_keys')) {
+        keys.set(k.endpoint as string, { key: (k.key as string | null) ?? null, pendingKey: (k.pending_key as string | null) ?? null });
+      }
+      return rows.map((r) => endpointFrom(r, macs.get(r.id as string) ?? [], keys.get(r.id as string) ?? { key: null, pendingKey: null }));
+    });
   }
 
   async addBootToken(t: BootTokenRow): Promise<void> {
