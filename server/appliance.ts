@@ -3,6 +3,8 @@ import path from 'node:path';
 import type { FastifyBaseLogger, FastifyInstance } from 'fastify';
 import { cachedTokens } from '../src/auth/token-cache.js';
 import { hashToken, newToken } from '../src/auth/tokens.js';
+import { scrubLocalStore, type ScrubPass } from '../src/chunk/background-scrub.js';
+import { FsChunkStore } from '../src/chunk/fs-store.js';
 import { openStores } from '../src/chunk/open-stores.js';
 import { registerStoreMetrics } from '../src/chunk/store-metrics.js';
 import type { ServerConfig } from '../src/config/server.js';
@@ -43,6 +45,7 @@ export const dataPaths = (dataDir: string) => ({
   vdi: path.join(dataDir, 'vdi'),
   nbdCache: path.join(dataDir, 'nbd-cache'),
   adminToken: path.join(dataDir, 'admin.token'),
+  quarantine: path.join(dataDir, 'quarantine', 'chunks'),
 });
 
 export const MAX_BLOB_SIZE = 1024 * 1024 * 1024;
@@ -58,6 +61,8 @@ export interface Appliance {
   newAdminToken?: string;
   /** Delete used or expired tokens, old events and stale pending endpoints, by the configured retention (server/services/prune.ts runs it). */
   prune(): Promise<PruneCounts>;
+  /** One background scrub pass of the local chunk store (server/services/scrub.ts runs it); undefined on an S3 store (its reads verify). */
+  scrub(signal?: AbortSignal): Promise<ScrubPass | undefined>;
   close(): Promise<void>;
 }
 
@@ -111,6 +116,20 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     return {
       app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),
       prune: () => pruneMeta(meta, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
+      scrub: async (signal) => {
+        if (!(chunks instanceof FsChunkStore)) return undefined;
+        const invalid = metrics.counter('deskfuse_chunks_invalid_total', 'Chunks refused or found corrupt, by where');
+        const scrubbed = metrics.counter('deskfuse_scrub_chunks_total', 'Chunks read back and verified by the background scrub');
+        const pass = await scrubLocalStore(chunks, {
+          bytesPerSecond: config.scrub.mibPerSecond * 1024 * 1024, quarantine: p.quarantine, ...(signal ? { signal } : {}),
+          onCorrupt: (id, movedTo) => {
+            invalid(1, { where: 'scrub' });
+            log?.error({ id, movedTo }, 'a stored chunk is corrupt: moved to quarantine (the next publish or commit that has it stores it again)');
+          },
+        });
+        scrubbed(pass.chunks);
+        return pass;
+      },
       close: async () => {
         sessions.close();
         cache.close();

@@ -4,6 +4,7 @@ import { openAppliance } from './appliance.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
 import { startPruneService } from './services/prune.js';
+import { startScrubService } from './services/scrub.js';
 
 /**
  * `deskfuse server`: the composition root. config → logger → stores → app → listen → signals → close.
@@ -34,11 +35,13 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   }
 
   const pruner = startPruneService(config.retention, appliance, log);
+  const scrubber = startScrubService(config.scrub, appliance, log);
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping');
       pruner.close();
+      scrubber.close();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       nbd!.close().then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {

@@ -3,7 +3,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
-import { encodeFrame } from './frame.js';
+import { encodeFrame, openFrame } from './frame.js';
+import { decodePack, encodePack } from './pack.js';
 import { FsChunkStore } from './fs-store.js';
 import { hashBytes, idHex } from './id.js';
 import { rejection } from '../../test/helpers/expect.js';
@@ -147,5 +148,41 @@ describe('FsChunkStore', () => {
     expect(() => store.pathOf('../../etc/passwd')).toThrow(DeskfuseError);
     expect((await rejection(store.get('A'.repeat(64)))).code).toBe('DF_ERR_BAD_REQUEST');
     expect(await store.has('nope')).toBe(false);
+  });
+});
+
+describe('FsChunkStore.readPack (a batch fetch served as stored)', () => {
+  it("is byte for byte pack.ts's encoding of the stored frames, in the order asked", async () => {
+    const cs = ['one', 'two', 'three', 'four'].map(chunkOf);
+    for (const c of cs) await store.put(c.id, { frame: c.frame });
+    const order = [cs[2]!, cs[0]!, cs[3]!];
+    const body = await store.readPack(order.map((c) => c.id), 1 << 20);
+    expect(body.equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
+    expect(decodePack(body, MAX).map((r) => r.id)).toEqual(order.map((c) => c.id));
+    expect((await store.readPack([], 1 << 20)).equals(encodePack([]))).toBe(true);
+  });
+
+  it('an absent chunk is DF_ERR_CHUNK_NOT_FOUND naming it; frames past the limit DF_ERR_TOO_LARGE', async () => {
+    const a = chunkOf('a');
+    const b = chunkOf('b');
+    await store.put(a.id, { frame: a.frame });
+    expect(await rejection(store.readPack([a.id, b.id], 1 << 20))).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', fields: { id: b.id } });
+    await store.put(b.id, { frame: b.frame });
+    expect((await rejection(store.readPack([a.id, b.id], a.frame.length + b.frame.length - 1))).code).toBe('DF_ERR_TOO_LARGE');
+    expect(decodePack(await store.readPack([a.id, b.id], a.frame.length + b.frame.length), MAX)).toHaveLength(2);
+  });
+
+  it('a stored file that is no zstd frame is DF_ERR_CHUNK_CORRUPT; a frame with other bytes is served for the receiver to refuse', async () => {
+    const a = chunkOf('a');
+    const b = chunkOf('b');
+    await store.put(a.id, { frame: a.frame });
+    await store.put(b.id, { frame: b.frame });
+    await fsp.writeFile(store.pathOf(a.id), Buffer.from('not a frame'));
+    expect(await rejection(store.readPack([b.id, a.id], 1 << 20))).toMatchObject({ code: 'DF_ERR_CHUNK_CORRUPT', fields: { id: a.id } });
+    const other = encodeFrame(Buffer.from('other bytes'));
+    await fsp.writeFile(store.pathOf(a.id), other);
+    const [rec] = decodePack(await store.readPack([a.id], 1 << 20), MAX);
+    expect(rec!.frame.equals(other)).toBe(true);
+    expect(() => openFrame(a.id, rec!.frame, MAX)).toThrow(/hash to/); // what the agent does with every record
   });
 });

@@ -5,7 +5,7 @@ import { fsyncDir, writeDurable } from '../fs/durable.js';
 import { storeIoError } from '../fs/io-errors.js';
 import { encodeFrame } from './frame.js';
 import { isIdHex } from './id.js';
-import type { PrunableStore, StoredChunk } from './store.js';
+import type { PackReader, PrunableStore, StoredChunk } from './store.js';
 import { chunkWorkers, type ChunkWorkers } from './workers.js';
 
 /**
@@ -18,7 +18,7 @@ import { chunkWorkers, type ChunkWorkers } from './workers.js';
  * bytes that a crash could lose. Reads always decompress and hash (in a worker thread, workers.ts):
  * a corrupt file is never served.
  */
-export class FsChunkStore implements PrunableStore {
+export class FsChunkStore implements PrunableStore, PackReader {
   /** Fan-out folders known to exist (saves a mkdir per chunk). */
   private readonly dirs = new Set<string>();
 
@@ -60,6 +60,28 @@ export class FsChunkStore implements PrunableStore {
       }
       throw cause;
     }
+  }
+
+  /**
+   * A batch fetch's pack, read in a worker and served as stored: frames are verified when they come in
+   * (put, putMany's callers, scrub) and by whoever receives them, not again on every read.
+   */
+  async readPack(ids: string[], maxFrameBytes: number): Promise<Buffer> {
+    let r: Awaited<ReturnType<ChunkWorkers['pack']>>;
+    try {
+      r = await this.workers.pack(ids.map((id) => ({ id, path: this.pathOf(id) })), maxFrameBytes, this.maxChunkSize);
+    } catch (cause) {
+      if (isDeskfuseError(cause, 'DF_ERR_CHUNK_INVALID')) {
+        const id = cause.fields.id as string;
+        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, path: this.pathOf(id) }, cause);
+      }
+      throw cause;
+    }
+    if ('missing' in r) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${r.missing} is not in the store`, { id: r.missing });
+    if ('tooLarge' in r) {
+      throw dfError('DF_ERR_TOO_LARGE', `these ${ids.length} chunks are more than ${maxFrameBytes} bytes: ask for fewer at a time`, { limit: maxFrameBytes, ids: ids.length });
+    }
+    return r.body;
   }
 
   async put(id: string, chunk: { frame: Buffer } | { raw: Buffer }): Promise<boolean> {

@@ -30,6 +30,17 @@ export interface ChunkStore extends ChunkReader {
   putMany(chunks: Array<{ id: string; frame: Buffer }>): Promise<{ stored: number; existing: number }>;
 }
 
+/** A store that can answer a batch fetch as one pack body without opening the frames (src/chunk/pack.ts). */
+export interface PackReader {
+  /**
+   * The chunks as one pack body, in order: DF_ERR_CHUNK_NOT_FOUND (the first absent id),
+   * DF_ERR_TOO_LARGE (frames past `maxFrameBytes`), DF_ERR_CHUNK_CORRUPT (a frame without a sane header).
+   */
+  readPack(ids: string[], maxFrameBytes: number): Promise<Buffer>;
+}
+
+export const isPackReader = (s: object): s is PackReader => typeof (s as Partial<PackReader>).readPack === 'function';
+
 export interface PrunableStore extends ChunkStore {
   list(): AsyncIterable<string>;
   remove(id: string): Promise<void>;

@@ -14,6 +14,8 @@ import { isZero } from './id.js';
  *   open(id, frame, max)  open and verify an uploaded frame         → raw
  *   check(id, frame, max) the same, answering only                  → {length, zero}
  *   seal(raw)             hash and compress raw bytes               → {id, frame}
+ *   pack(files, …)        stored frames as one pack body, NOT opened → {body} | {missing} | {tooLarge}
+ *                         (serving: the frames were verified when stored, the receiver verifies each)
  *
  * Verification is the one of frame.ts `openFrame` (declared size first, so a hostile frame cannot
  * make a thread allocate more than `max`), with the same DF_ERR_CHUNK_INVALID errors. The worker is
@@ -56,6 +58,40 @@ parentPort.on('message', (t) => {
       const frame = own(readFileSync(t.path));
       const raw = own(open(t.id, frame, t.max));
       parentPort.postMessage({ seq: t.seq, frame, raw }, [frame.buffer, raw.buffer]);
+    } else if (t.op === 'pack') {
+      // The pack format of pack.ts (golden-tested against encodePack): "DFPK" 1 0 0 0, per record id(32)
+      // raw length(u32 BE) frame length(u32 BE) frame, then 32 zero bytes and the count (u32 BE).
+      const frames = [];
+      let framesBytes = 0;
+      let total = 8 + 36;
+      for (let k = 0; k < t.paths.length; k++) {
+        let frame;
+        try { frame = readFileSync(t.paths[k]); } catch (e) {
+          if (e && e.code === 'ENOENT') { parentPort.postMessage({ seq: t.seq, missing: t.ids[k] }); return; }
+          throw e;
+        }
+        const rawLength = frameContentSize(frame);
+        if (rawLength === undefined || rawLength > t.max) throw new Invalid('chunk ' + t.ids[k] + ': the stored frame declares no content size of at most ' + t.max, { id: t.ids[k] });
+        framesBytes += frame.length;
+        if (framesBytes > t.maxBytes) { parentPort.postMessage({ seq: t.seq, tooLarge: true }); return; }
+        total += 40 + frame.length;
+        frames.push([frame, rawLength]);
+      }
+      const body = Buffer.allocUnsafeSlow(total);
+      body.write('DFPK', 0, 'latin1');
+      body.writeUInt32BE(0x01000000, 4);
+      let at = 8;
+      for (let k = 0; k < frames.length; k++) {
+        const [frame, rawLength] = frames[k];
+        body.write(t.ids[k], at, 'hex');
+        body.writeUInt32BE(rawLength, at + 32);
+        body.writeUInt32BE(frame.length, at + 36);
+        frame.copy(body, at + 40);
+        at += 40 + frame.length;
+      }
+      body.fill(0, at, at + 32);
+      body.writeUInt32BE(frames.length, at + 32);
+      parentPort.postMessage({ seq: t.seq, body }, [body.buffer]);
     } else if (t.op === 'check') {
       // An upload is verified here and stored as the frame it came as: only two facts go back.
       const raw = open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max);
@@ -77,6 +113,7 @@ parentPort.on('message', (t) => {
 
 type Reply = {
   seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string; length?: number; zero?: boolean;
+  body?: Uint8Array; missing?: string; tooLarge?: boolean;
   invalid?: { message: string; fields: Record<string, unknown> };
   failed?: { message: string; code?: string; syscall?: string; path?: string };
 };
@@ -95,7 +132,7 @@ export class ChunkWorkers {
   private readonly slots: Array<Slot | undefined>;
   private seq = 0;
   /** Tasks done, by operation (observability and tests). */
-  readonly done = { read: 0, open: 0, seal: 0 };
+  readonly done = { read: 0, open: 0, seal: 0, pack: 0 };
 
   constructor(readonly size = Math.min(4, Math.max(2, availableParallelism() - 1))) {
     this.slots = new Array<Slot | undefined>(size).fill(undefined);
@@ -106,6 +143,20 @@ export class ChunkWorkers {
     const r = await this.run({ op: 'read', path, id, max });
     this.done.read++;
     return { frame: buf(r.frame!), raw: buf(r.raw!) };
+  }
+
+  /**
+   * Stored frames as one pack body (pack.ts's format), read in a worker and not opened: serving
+   * trusts what was verified on entry, and the receiver verifies every frame (a frame whose header
+   * declares no size of at most `max` is DF_ERR_CHUNK_INVALID). Stops at the first missing file, or
+   * when the frames pass `maxFrameBytes`.
+   */
+  async pack(files: Array<{ id: string; path: string }>, maxFrameBytes: number, max: number): Promise<{ body: Buffer } | { missing: string } | { tooLarge: true }> {
+    const r = await this.run({ op: 'pack', ids: files.map((f) => f.id), paths: files.map((f) => f.path), maxBytes: maxFrameBytes, max });
+    this.done.pack++;
+    if (r.missing) return { missing: r.missing };
+    if (r.tooLarge) return { tooLarge: true };
+    return { body: buf(r.body!) };
   }
 
   /** Open an uploaded frame and verify it against its id (DF_ERR_CHUNK_INVALID). */

@@ -160,4 +160,12 @@ describe('parseHostPort', () => {
     expect(err.message).toContain('config file: unknown key enrolment.colour');
     expect(err.message).toContain('retention.eventsSeconds: expected an integer');
   });
+
+  it('scrub: daily at 32 MiB/s by default, 0 = never, bad values reported', () => {
+    expect(loadServerConfig({ env: {} }).scrub).toEqual({ intervalSeconds: 86400, mibPerSecond: 32 });
+    expect(loadServerConfig({ env: {}, file: file({ scrub: { intervalSeconds: 0 } }) }).scrub).toEqual({ intervalSeconds: 0, mibPerSecond: 32 });
+    const err = configError({ env: {}, file: file({ scrub: { mibPerSecond: 0, when: 'night' } }) });
+    expect(err.message).toContain('scrub.mibPerSecond: expected an integer');
+    expect(err.message).toContain('config file: unknown key scrub.when');
+  });
 });

@@ -35,6 +35,7 @@ export interface ServerConfig {
   readonly nbd: NbdConfig;
   readonly enrolment: EnrolmentConfig;
   readonly retention: RetentionConfig;
+  readonly scrub: ScrubConfig;
   readonly store: StoreConfig;
 }
 
@@ -82,6 +83,18 @@ export interface RetentionConfig {
   readonly eventsSeconds: number;
   /** Tokens expired longer ago than this are deleted (until then they answer DF_ERR_TOKEN_EXPIRED). Default 604800 (7 days). Used or expired boot tokens go at every prune. */
   readonly tokensSeconds: number;
+}
+
+/**
+ * The local chunk store is served as stored (a batch fetch reads frames without opening them; the agent
+ * verifies each), so a background pass reads every chunk back, decompresses and hashes it, and moves a
+ * corrupt one to <data>/quarantine/ (server/services/scrub.ts).
+ */
+export interface ScrubConfig {
+  /** Seconds from the start of one pass to the next; 0 = never. Default 86400 (daily). */
+  readonly intervalSeconds: number;
+  /** Read rate of a pass, MiB of stored frames per second (the disk and the workers stay for serving). Default 32. */
+  readonly mibPerSecond: number;
 }
 
 /** The NBD server for the hypervisor pool: image versions read-only, VDI sessions writable. */
@@ -164,6 +177,7 @@ export const DEFAULTS: ServerConfig = {
   nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
+  scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
 };
 
@@ -204,7 +218,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -228,10 +242,11 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const nbd = loadNbd((file.nbd ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen?.host ?? DEFAULTS.listen.host, problems);
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
+  const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, store });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

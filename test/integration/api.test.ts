@@ -1,8 +1,8 @@
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
-import { encodeFrame } from '../../src/chunk/frame.js';
+import { encodeFrame, openFrame } from '../../src/chunk/frame.js';
 import { hashBytes, idHex } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE } from '../../src/chunk/pack.js';
 import { loadServerConfig } from '../../src/config/server.js';
@@ -150,7 +150,7 @@ describe('bad input', () => {
     expect(r.json().code).toBe('DF_ERR_SIZE_MISMATCH');
   });
 
-  it('a corrupted chunk file is never served', async () => {
+  it('a corrupted chunk file: GET refuses it, a batch fetch serves it as stored for the receiver to refuse, the scrub quarantines it, a re-upload repairs it', async () => {
     const c = chunk();
     await upload([c]);
     const file = path.join(tmp.dir, 'chunks', c.id.slice(0, 3), `${c.id}.zst`);
@@ -160,9 +160,27 @@ describe('bad input', () => {
     const r = await req('GET', `/chunks/${c.id}`);
     expect(r.statusCode).toBe(500);
     expect(r.json()).toMatchObject({ code: 'DF_ERR_CHUNK_CORRUPT', id: c.id });
+    // the fetch path does not open frames: the agent's check (openFrame on every record) refuses it
     const f = await req('POST', '/api/v1/chunks/fetch', { ids: [c.id] });
-    expect(f.statusCode).toBe(500);
-    expect(f.rawPayload.includes(c.frame.subarray(0, 64))).toBe(false);
+    expect(f.statusCode).toBe(200);
+    const [rec] = decodePack(f.rawPayload, CS);
+    expect(rec!.frame.equals(bytes)).toBe(true);
+    expect(() => openFrame(c.id, rec!.frame, CS)).toThrow(expect.objectContaining({ code: 'DF_ERR_CHUNK_INVALID' }));
+
+    const pass = await ap.scrub();
+    expect(pass).toMatchObject({ quarantined: [c.id], stopped: false });
+    expect(readFileSync(path.join(tmp.dir, 'quarantine', 'chunks', `${c.id}.zst`)).equals(bytes)).toBe(true);
+    const gone = await req('POST', '/api/v1/chunks/fetch', { ids: [c.id] });
+    expect(gone.statusCode).toBe(404);
+    expect(gone.json()).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', id: c.id });
+    expect((await req('POST', '/api/v1/chunks/missing', { ids: [c.id] })).json()).toEqual({ missing: [c.id] });
+    const m = (await req('GET', '/metrics')).body;
+    expect(m).toMatch(/^deskfuse_chunks_invalid_total\{where="scrub"\} 1$/m);
+
+    await upload([c]); // a publish or commit that has the chunk stores it again
+    const back = await req('POST', '/api/v1/chunks/fetch', { ids: [c.id] });
+    expect(back.statusCode).toBe(200);
+    expect(openFrame(c.id, decodePack(back.rawPayload, CS)[0]!.frame, CS).equals(c.raw)).toBe(true);
   });
 });
 
