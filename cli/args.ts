@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { ApiClient } from '../src/api/client.js';
+import { ApiClient, busyLine } from '../src/api/client.js';
 import { dfError } from '../src/errors.js';
 
 /** Global options every command takes. */
@@ -39,7 +39,7 @@ export function clientFrom(values: { server?: string | undefined; token?: string
       token = undefined;
     }
   }
-  return new ApiClient({ server, ...(token ? { token } : {}) });
+  return new ApiClient({ server, ...(token ? { token } : {}), onBusy: (b) => process.stderr.write(busyLine('deskfuse', b)) });
 }
 
 /** "64K", "1M", "65536" → bytes. */

@@ -4,6 +4,7 @@ import { PACK_CONTENT_TYPE } from '../src/chunk/pack.js';
 import { authenticate, authorize } from './auth.js';
 import type { AppContext } from './context.js';
 import { installErrorHandler } from './errors.js';
+import { dfError } from '../src/errors.js';
 import { chunkRoutes } from './routes/chunks.js';
 import { bootRoutes } from './routes/boot.js';
 import { desktopRoutes } from './routes/desktops.js';
@@ -20,6 +21,8 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Route needs no token (health, OpenAPI document). */
     public?: boolean;
+    /** A heavy transfer: counted against `admission.heavyTransfers` (server/admission.ts). */
+    heavy?: boolean;
   }
   interface FastifyRequest {
     tokenScope?: string;
@@ -50,6 +53,29 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
     if (req.routeOptions.config?.public) return;
     req.tokenScope = await authenticate(req, ctx.meta, ctx.now());
     await authorize(req, req.tokenScope, ctx.meta);
+  });
+
+  // After the token check (no ticket for a wrong token): heavy transfers past the limit wait in line.
+  const refused = ctx.metrics.counter('deskfuse_admission_refused_total', 'Heavy transfers answered 503 DF_ERR_BUSY (the client waits and retries)');
+  const transfers = ctx.metrics.gauge('deskfuse_heavy_transfers', 'Heavy transfers running, and clients waiting in line');
+  ctx.metrics.onCollect(() => {
+    transfers(ctx.admission.running, { state: 'running' });
+    transfers(ctx.admission.waiting, { state: 'waiting' });
+  });
+  app.addHook('onRequest', async (req, reply) => {
+    if (!req.routeOptions.config?.heavy) return;
+    const t = req.headers['x-deskfuse-ticket'];
+    const a = ctx.admission.enter(typeof t === 'string' ? t : undefined);
+    if (a.admitted) {
+      reply.raw.once('close', a.release); // answered, failed or cut: the slot is free again
+      return;
+    }
+    refused(1);
+    const retryAfter = ctx.retryAfterSeconds;
+    reply.header('retry-after', String(retryAfter));
+    throw dfError('DF_ERR_BUSY', `the server is serving its ${ctx.admission.max} heavy transfers at once; you are number ${a.position} in line: retry after ${retryAfter} s with header x-deskfuse-ticket`, {
+      ticket: a.ticket, position: a.position, retryAfter,
+    });
   });
 
   await app.register(swagger, {

@@ -20,6 +20,7 @@ import { Metrics } from '../src/metrics.js';
 import { RawChunkCache } from '../src/chunk/raw-cache.js';
 import { DeskfuseExports } from '../src/vdi/exports.js';
 import { VdiSessions } from '../src/vdi/sessions.js';
+import { Admission } from './admission.js';
 import { buildApp } from './app.js';
 import type { AppContext } from './context.js';
 
@@ -111,7 +112,9 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     await sessions.sweep();
     const exports = new DeskfuseExports({ catalog, sessions, meta, cache, anonymousRead: config.nbd.anonymousRead, now });
     const vdi = { sessions, serverName: config.serverName, nbd: { port: null, publicHost: config.nbd.publicHost, listenHost: config.nbd.listen?.host ?? null } };
-    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi };
+    const { heavyTransfers, retryAfterSeconds } = config.admission;
+    const admission = new Admission(heavyTransfers, (3 * retryAfterSeconds + 10) * 1000);
+    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, retryAfterSeconds };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),

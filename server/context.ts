@@ -1,4 +1,5 @@
 import type { ChunkStore } from '../src/chunk/store.js';
+import type { Admission } from './admission.js';
 import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
@@ -24,6 +25,9 @@ export interface AppContext {
   endpoints: Endpoints;
   boot: BootContext;
   vdi: VdiContext;
+  /** Heavy transfers at once, and the line past them (routes with `config.heavy`). */
+  admission: Admission;
+  retryAfterSeconds: number;
 }
 
 /**

@@ -38,6 +38,7 @@ export const ERRORS = {
   DF_ERR_TOOL_FAILED: { status: 500, message: 'an external program failed' },
   DF_ERR_HTTP: { status: 502, message: 'the server answered with an error' },
   DF_ERR_UNREACHABLE: { status: 503, message: 'the server cannot be reached' },
+  DF_ERR_BUSY: { status: 503, message: 'the server is serving as many transfers as it is configured to: retry after the time it says' },
   DF_ERR_DISK_TOO_SMALL: { status: 400, message: 'the disk is smaller than the image plus its state area' },
   DF_ERR_DISK_FOREIGN: { status: 400, message: "the disk's state area belongs to another image or desktop" },
   DF_ERR_DISK_BLANK: { status: 400, message: 'the disk has no deskfuse state: sync it first' },

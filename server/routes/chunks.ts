@@ -85,6 +85,7 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
 
   app.post('/api/v1/chunks/pack', {
     bodyLimit: BODY_PACK,
+    config: { heavy: true },
     schema: { response: { 200: PackStored }, tags: ['chunks'], summary: `Store many chunks in one body (${PACK_CONTENT_TYPE})` },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PACK_CONTENT_TYPE)) {
@@ -110,6 +111,7 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
   });
 
   app.post('/api/v1/chunks/fetch', {
+    config: { heavy: true },
     schema: { body: Type.Object({ ids: Type.Array(IdsBody.properties.ids.items, { maxItems: FETCH_MAX_IDS }) }, { additionalProperties: false }), tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks (each id once, ${PACK_MAX_BYTES} bytes of frames at most) as one pack` },
   }, async (req, reply) => {
     // Each chunk once, however often it is asked for; the pack is held to PACK_MAX_BYTES (reads stop

@@ -20,6 +20,7 @@ export const syncRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   const workers = chunkWorkers();
 
   app.get('/api/v1/images/:image/versions/:version/delta', {
+    config: { heavy: true },
     schema: { params: VersionParams, tags: ['versions'], summary: "The version's changed 4 KiB blocks against its parent (binary, see src/sync/delta.ts)" },
   }, async (req, reply) => {
     const v = await ctx.catalog.version(req.params.image, req.params.version);
@@ -32,6 +33,7 @@ export const syncRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
 
   app.post('/api/v1/chunks/patch', {
     bodyLimit: BODY_PATCH,
+    config: { heavy: true },
     schema: { response: { 200: PatchStored }, tags: ['chunks'], summary: `Store chunks sent as blocks against base chunks (${PATCH_CONTENT_TYPE}); answers which could not be rebuilt` },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body) || !req.headers['content-type']?.startsWith(PATCH_CONTENT_TYPE)) throw dfError('DF_ERR_BAD_REQUEST', `send a patch as ${PATCH_CONTENT_TYPE}`);

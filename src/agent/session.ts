@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { ApiClient, ServerList } from '../api/client.js';
+import { ApiClient, busyLine, ServerList } from '../api/client.js';
 import type { Desktop, Image, Lease as LeaseAnswer } from '../api/schemas.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
@@ -61,7 +61,7 @@ export interface Session {
 }
 
 export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
-  const client = new ApiClient({ server: o.server, token: o.token });
+  const client = new ApiClient({ server: o.server, token: o.token, onBusy: (b) => process.stderr.write(busyLine('deskfuse agent', b)) });
   const desktop = (await client.json<Desktop>('GET', `/api/v1/desktops/${encodeURIComponent(desktopName)}`)).body;
   const image = (await client.json<Image>('GET', `/api/v1/images/${desktop.image}`)).body;
   const geometry = { virtualSize: image.virtualSize, chunkSize: image.chunkSize };

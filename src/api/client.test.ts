@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { isDeskfuseError } from '../errors.js';
-import { ApiClient, parseServers, ServerList, type RetryInfo } from './client.js';
+import { ApiClient, busyLine, parseServers, ServerList, type BusyInfo, type RetryInfo } from './client.js';
 
 // Real HTTP servers on loopback: what each one saw, and a switch to kill it.
 interface TestServer {
@@ -208,6 +208,43 @@ describe('non-idempotent requests', () => {
     const c = new ApiClient({ server: [a.url, b.url], backoffMs: 1 });
     expect((await c.json<{ from: string }>('POST', '/api/v1/tokens', { body: {} })).body.from).toBe('b');
     expect(b.seen).toEqual(['POST /api/v1/tokens']);
+  });
+});
+
+describe('a busy server (503 DF_ERR_BUSY)', () => {
+  it('even a plain POST waits Retry-After with its ticket, on the same server, without using an attempt, then goes through', async () => {
+    const tickets: Array<string | undefined> = [];
+    let n = 0;
+    const a = await serve('a', (req, res) => {
+      tickets.push(req.headers['x-deskfuse-ticket'] as string | undefined);
+      if (++n <= 3) res.setHeader('retry-after', '0.02');
+      if (n <= 3) return json(res, 503, { code: 'DF_ERR_BUSY', message: 'busy', ticket: 'T1', position: 4 - n, retryAfter: 1 });
+      json(res, 200, { ok: true });
+    });
+    const b = await serve('b', named('b'));
+    const waits: Array<{ position: number; server: string; delayMs: number }> = [];
+    const c = new ApiClient({ server: [a.url, b.url], attempts: 1, onBusy: (w) => waits.push(w) });
+    expect((await c.json('POST', '/api/v1/chunks/pack', { body: {} })).body).toEqual({ ok: true });
+    expect(tickets).toEqual([undefined, 'T1', 'T1', 'T1']);
+    expect(waits.map((w) => [w.position, w.server])).toEqual([[3, a.url], [2, a.url], [1, a.url]]);
+    for (const w of waits) expect(w.delayMs).toBeGreaterThanOrEqual(15); // Retry-After 20 ms, ±25 %
+    expect(b.seen).toEqual([]);
+    expect(busyLine('deskfuse agent', waits[0] as BusyInfo)).toMatch(/^deskfuse agent: waiting for the server \(position 3 in line at http:\/\/127\.0\.0\.1:\d+, next try in [\d.]+ s\)\n$/);
+  });
+
+  it('gives up after busyWaitMs with DF_ERR_BUSY and its fields; a 503 of another code is not a line to wait in', async () => {
+    const a = await serve('a', (_req, res) => {
+      res.setHeader('retry-after', '0.05');
+      json(res, 503, { code: 'DF_ERR_BUSY', message: 'busy', ticket: 'T', position: 7, retryAfter: 1 });
+    });
+    const c = new ApiClient({ server: a.url, busyWaitMs: 120 });
+    const err = await caught(c.json('POST', '/x', { body: {} }));
+    expect(err).toMatchObject({ code: 'DF_ERR_BUSY', fields: { position: 7, ticket: 'T', status: 503 } });
+    expect(a.seen.length).toBeGreaterThanOrEqual(2);
+    const m = await serve('m', (_req, res) => json(res, 503, { code: 'DF_ERR_META_UNREACHABLE', message: 'db' }));
+    const c2 = new ApiClient({ server: m.url, backoffMs: 1 });
+    expect((await caught(c2.json('POST', '/y', { body: {} }))).code).toBe('DF_ERR_META_UNREACHABLE');
+    expect(m.seen).toHaveLength(1);
   });
 });
 

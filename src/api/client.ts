@@ -18,6 +18,11 @@ import { DeskfuseError, dfError, ERRORS, type ErrorCode } from '../errors.js';
  * server not tried yet in this request goes at once; later ones wait a jittered exponential backoff
  * (`backoffMs` × 2^k, between half and all of it, at most 10 s).
  *
+ * Busy: a server at its limit of heavy transfers answers 503 DF_ERR_BUSY with Retry-After, a ticket
+ * and the client's place in line (server/admission.ts). That request was not processed, so any method
+ * waits Retry-After (jittered ±25 %) and goes again to the same server with its ticket, without using
+ * an attempt, for up to `busyWaitMs` in all; `onBusy` hears each wait ("waiting for the server").
+ *
  * Timeouts: `timeoutMs` until the answer's headers, then at most `timeoutMs` between two pieces of
  * its body (a long download that keeps moving is never cut). Errors: DF_ERR_UNREACHABLE (no answer,
  * a timeout, a connection broken mid-body), the server's own coded error (its code, message and
@@ -35,6 +40,19 @@ export interface ClientOptions {
   backoffMs?: number;
   /** Called before each retry (logs, tests). */
   onRetry?: (r: RetryInfo) => void;
+  /** How long one request may wait in a busy server's line, in all (default 30 minutes). */
+  busyWaitMs?: number;
+  /** Called before each wait in a busy server's line. */
+  onBusy?: (b: BusyInfo) => void;
+}
+
+export interface BusyInfo {
+  method: string;
+  path: string;
+  server: string;
+  /** Place in the server's line (1 = next). */
+  position: number;
+  delayMs: number;
 }
 
 export interface RetryInfo {
@@ -159,6 +177,8 @@ interface Try {
   tried: Set<string>;
   /** Backoff waits so far (retries to a server this request already tried). */
   waits: number;
+  /** Time spent waiting in busy servers' lines. */
+  busyMs: number;
 }
 
 export class ApiClient {
@@ -313,6 +333,16 @@ export class ApiClient {
       } finally {
         deadline.clear();
       }
+      const busy = res.status === 503 ? busyAnswer(text, res.headers.get('retry-after')) : undefined;
+      if (busy && t.busyMs < (this.opts.busyWaitMs ?? BUSY_WAIT_MS)) {
+        const delayMs = Math.round(busy.retryAfterMs * (0.75 + Math.random() * 0.5));
+        headers['x-deskfuse-ticket'] = busy.ticket;
+        t.attempt--; // refused before anything was done: it costs no attempt
+        t.busyMs += delayMs;
+        this.opts.onBusy?.({ method, path, server, position: busy.position, delayMs });
+        await sleep(delayMs);
+        continue;
+      }
       // 507: a full store does not empty itself in a few seconds; the caller says so at once.
       if (res.status >= 500 && res.status !== 507) {
         if (t.safe && t.attempt < t.budget) {
@@ -328,7 +358,7 @@ export class ApiClient {
   /** A request's retry state: `attempts` on one server, one more per extra server. */
   private try(method: string, path: string, o: RequestOptions): Try {
     const budget = (o.attempts ?? this.attempts) + this.servers.urls.length - 1;
-    return { method, path, safe: o.idempotent ?? RETRY_SAFE_METHODS.includes(method), budget, attempt: 0, tried: new Set(), waits: 0 };
+    return { method, path, safe: o.idempotent ?? RETRY_SAFE_METHODS.includes(method), budget, attempt: 0, tried: new Set(), waits: 0, busyMs: 0 };
   }
 
   /**
@@ -359,6 +389,26 @@ export class ApiClient {
       server, url: `${server}${path}`, ...(many ? { servers: [...this.servers.urls] } : {}),
     }, cause);
   }
+}
+
+const BUSY_WAIT_MS = 30 * 60 * 1000;
+
+/** What the agent and the CLI print while they wait in a busy server's line. */
+export function busyLine(who: string, b: BusyInfo): string {
+  return `${who}: waiting for the server (position ${b.position} in line at ${b.server}, next try in ${Math.round(b.delayMs / 100) / 10} s)\n`;
+}
+
+/** A 503 DF_ERR_BUSY's ticket, place in line and wait (Retry-After in seconds, else the body's). */
+function busyAnswer(text: string, retryAfter: string | null): { ticket: string; position: number; retryAfterMs: number } | undefined {
+  let b: { code?: unknown; ticket?: unknown; position?: unknown; retryAfter?: unknown };
+  try {
+    b = JSON.parse(text) as typeof b;
+  } catch {
+    return undefined;
+  }
+  if (b.code !== 'DF_ERR_BUSY' || typeof b.ticket !== 'string') return undefined;
+  const s = Number(retryAfter ?? b.retryAfter);
+  return { ticket: b.ticket, position: Number(b.position) || 0, retryAfterMs: (Number.isFinite(s) && s > 0 ? Math.min(s, 600) : 5) * 1000 };
 }
 
 /** A refused or impossible connection: the request was never sent. */

@@ -36,6 +36,7 @@ export interface ServerConfig {
   readonly enrolment: EnrolmentConfig;
   readonly retention: RetentionConfig;
   readonly scrub: ScrubConfig;
+  readonly admission: AdmissionConfig;
   readonly store: StoreConfig;
 }
 
@@ -95,6 +96,18 @@ export interface ScrubConfig {
   readonly intervalSeconds: number;
   /** Read rate of a pass, MiB of stored frames per second (the disk and the workers stay for serving). Default 32. */
   readonly mibPerSecond: number;
+}
+
+/**
+ * Heavy transfers (batch fetches, deltas, chunk and patch uploads) at once: past `heavyTransfers`, a
+ * new one is answered 503 DF_ERR_BUSY with Retry-After and its place in line (server/admission.ts);
+ * the boot script, the boot stage and small API calls are never refused.
+ */
+export interface AdmissionConfig {
+  /** Most heavy transfers at once; 0 = no limit. Default 16 (a batch fetch holds up to 32 MiB while it is built). */
+  readonly heavyTransfers: number;
+  /** Seconds a refused client is told to wait (Retry-After). Default 5. */
+  readonly retryAfterSeconds: number;
 }
 
 /** The NBD server for the hypervisor pool: image versions read-only, VDI sessions writable. */
@@ -178,6 +191,7 @@ export const DEFAULTS: ServerConfig = {
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
   scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
+  admission: { heavyTransfers: 16, retryAfterSeconds: 5 },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
 };
 
@@ -218,7 +232,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', 'admission', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -243,10 +257,11 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
   const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
+  const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, admission, store });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
