@@ -17,6 +17,8 @@ async function pair(): Promise<{ near: net.Socket; far: net.Socket; close: () =>
   const far = net.connect(port, '127.0.0.1');
   const near = await nearP;
   srv.close();
+  // the tests cut connections on purpose: a reset is what they check, not an uncaught error
+  for (const s of [near, far]) s.on('error', () => {});
   return { near, far, close: () => { near.destroy(); far.destroy(); } };
 }
 const fdOf = (s: net.Socket) => (s as unknown as { _handle: { fd: number } })._handle.fd;
