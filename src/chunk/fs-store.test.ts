@@ -7,6 +7,7 @@ import { encodeFrame, openFrame } from './frame.js';
 import { decodePack, encodePack } from './pack.js';
 import { FsChunkStore } from './fs-store.js';
 import { hashBytes, idHex } from './id.js';
+import { ChunkWorkers } from './workers.js';
 import { rejection } from '../../test/helpers/expect.js';
 
 const MAX = 64 * 1024;
@@ -160,6 +161,27 @@ describe('FsChunkStore.readPack (a batch fetch served as stored)', () => {
     expect(body.equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
     expect(decodePack(body, MAX).map((r) => r.id)).toEqual(order.map((c) => c.id));
     expect((await store.readPack([], 1 << 20)).equals(encodePack([]))).toBe(true);
+  });
+
+  it('identical requests in flight share one read; other ids, or the same later, read again', async () => {
+    const workers = new ChunkWorkers(1);
+    const s = await FsChunkStore.open(path.join(dir, 'shared'), MAX, workers);
+    try {
+      const cs = ['p', 'q', 'r'].map(chunkOf);
+      for (const c of cs) await s.put(c.id, { frame: c.frame });
+      const ids = cs.map((c) => c.id);
+      const same = await Promise.all(Array.from({ length: 20 }, () => s.readPack(ids, 1 << 20)));
+      expect(workers.done.pack).toBe(1);
+      for (const b of same) expect(b).toBe(same[0]);
+      await Promise.all([s.readPack(ids, 1 << 20), s.readPack(ids.slice(1), 1 << 20)]);
+      expect(workers.done.pack).toBe(3);
+      // a shared failure reaches every waiter
+      const missing = chunkOf('absent').id;
+      const errs = await Promise.all([s.readPack([missing], 1 << 20), s.readPack([missing], 1 << 20)].map((p) => rejection(p)));
+      expect(errs.map((e) => e.code)).toEqual(['DF_ERR_CHUNK_NOT_FOUND', 'DF_ERR_CHUNK_NOT_FOUND']);
+    } finally {
+      await workers.close();
+    }
   });
 
   it('an absent chunk is DF_ERR_CHUNK_NOT_FOUND naming it; frames past the limit DF_ERR_TOO_LARGE', async () => {

@@ -62,11 +62,25 @@ export class FsChunkStore implements PrunableStore, PackReader {
     }
   }
 
+  /** Pack reads in flight, by what they read: endpoints provisioning one image ask for the same batches. */
+  private readonly packsInFlight = new Map<string, Promise<Buffer>>();
+
   /**
    * A batch fetch's pack, read in a worker and served as stored: frames are verified when they come in
-   * (put, putMany's callers, scrub) and by whoever receives them, not again on every read.
+   * (put, putMany's callers, scrub) and by whoever receives them, not again on every read. Identical
+   * requests in flight share one read (and one buffer: a pack is never written to once made).
    */
-  async readPack(ids: string[], maxFrameBytes: number): Promise<Buffer> {
+  readPack(ids: string[], maxFrameBytes: number): Promise<Buffer> {
+    const key = `${maxFrameBytes}:${ids.join(',')}`;
+    let p = this.packsInFlight.get(key);
+    if (!p) {
+      p = this.readPackOnce(ids, maxFrameBytes).finally(() => this.packsInFlight.delete(key));
+      this.packsInFlight.set(key, p);
+    }
+    return p;
+  }
+
+  private async readPackOnce(ids: string[], maxFrameBytes: number): Promise<Buffer> {
     let r: Awaited<ReturnType<ChunkWorkers['pack']>>;
     try {
       r = await this.workers.pack(ids.map((id) => ({ id, path: this.pathOf(id) })), maxFrameBytes, this.maxChunkSize);
