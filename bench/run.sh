@@ -5,12 +5,15 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | scaleout | tftp | netboot | nbd   (casync runs without
+#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | tftp | netboot | nbd   (casync runs without
 #                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
 #                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
 #                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload;
 #                         scaleout = only bench/scaleout.sh, the workload through one server on SQLite +
-#                         local store vs PostgreSQL + Ceph RGW, engines from scripts/engines/)
+#                         local store vs PostgreSQL + Ceph RGW, engines from scripts/engines/;
+#                         storm = only bench/storm.sh, K endpoints at once vs nginx on the same bytes,
+#                         its own workload bench/data/$STORM_SIZE)
+#      STORM_SIZE=512M KS="50 200 500" HEAVY=16   storm: workload, endpoint counts, admission limit
 #      CLIENTS=2          scaleout: endpoints that provision and sync (SO_PORT=18490: its server)
 #      SYNC_REPS=3        reps of the peer harness run (medians)
 #      SYNC_PEERS='rsync|casync|zsync'   peers.sh ONLY= regex of the built-in peers run
@@ -61,11 +64,11 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | scaleout | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, tftp, netboot or nbd (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | scaleout | storm | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, tftp, netboot or nbd (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
-if { want deskfuse || want sync || want nbd || want scaleout; } && [ ! -f "$CLI" ]; then
+if { want deskfuse || want sync || want nbd || want scaleout || want storm; } && [ ! -f "$CLI" ]; then
   die "$CLI is missing: run npm run build first (or ONLY=casync to bench casync alone)"
 fi
 
@@ -74,7 +77,8 @@ bash "$REPO/scripts/setup-deps.sh" bench   # the tests' tools + tftpd-hpa and th
 need_pkgs=()
 for pair in casync:casync qemu-img:qemu-utils mkfs.ext4:e2fsprogs debugfs:e2fsprogs e2fsck:e2fsprogs \
   faketime:faketime /usr/bin/time:time zstd:zstd curl:curl python3:python3 sha256sum:coreutils numfmt:coreutils \
-  $(want sync && echo rsync:rsync zsync:zsync zsyncmake:zsync nginx:nginx-light xxhsum:xxhash || true); do
+  $(want sync && echo rsync:rsync zsync:zsync zsyncmake:zsync nginx:nginx-light xxhsum:xxhash || true) \
+  $(want storm && echo nginx:nginx-light || true); do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
@@ -95,9 +99,20 @@ netboot_bench() {
 nbd_bench() {
   { echo; echo "## NBD serving (bench/nbd.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/nbd.sh"; } | tee -a "$RESULTS"
 }
-if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ]; then # need no shared workload
+storm_bench() { # its own, smaller workload: K endpoints × the provisioning must fit on loopback
+  local sdata=$BENCH/data/${STORM_SIZE:-512M}
+  if ! { [ -s "$sdata/SHA256SUMS" ] && [ -f "$sdata/base.img" ] && [ -f "$sdata/v2.img" ]; }; then
+    [ -f "$SHARED/bench/make-workload.sh" ] || die "workload generator not found at $SHARED/bench/make-workload.sh (set DESKFUSE_SHARED)"
+    log "storm workload: SIZE=${STORM_SIZE:-512M} SEED=$SEED $sdata"
+    SIZE=${STORM_SIZE:-512M} SEED=$SEED bash "$SHARED/bench/make-workload.sh" "$sdata"
+  fi
+  { echo; echo "## Boot storm (bench/storm.sh, $(date -u +%FT%TZ))"; echo; CLI=$CLI bash "$BENCH/storm.sh" "$sdata" "$BENCH/data/storm.md"; } | tee -a "$RESULTS"
+}
+if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ]; then # need no shared workload
   mkdir -p "$BENCH/data"
-  if [ "$ONLY" = tftp ]; then
+  if [ "$ONLY" = storm ]; then
+    storm_bench
+  elif [ "$ONLY" = tftp ]; then
     { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
   elif [ "$ONLY" = nbd ]; then
     nbd_bench
@@ -353,6 +368,8 @@ if [ "$ONLY" = all ]; then
   netboot_bench
   log "nbd: NBD serving vs nbdkit and qemu-nbd"
   nbd_bench
+  log "storm: K endpoints at once vs nginx on the same bytes"
+  storm_bench
 fi
 
 log "results: $RESULTS"

@@ -1,0 +1,171 @@
+#!/usr/bin/env node
+// The boot-storm load generator (issue 12; bench/storm.sh runs it): K endpoints at once, each playing
+// the real agent's request sequence against a deskfuse server, then the same request list against
+// nginx serving the same bytes (recorded from the server first), in the same run. One process, many
+// keep-alive connections, no disks: bodies are counted and dropped.
+//
+//   provision: boot stage (kernel, initramfs), desktop, image, versions, the version's chunk index,
+//              then every batch fetch of its chunks (8 MiB of raw chunk per batch, two in flight, as
+//              src/agent/fetcher.ts)
+//   update:    boot stage, desktop, image, versions, the new version's layer and its delta
+// (The lease and boot-session calls are left out: one desktop stands for every endpoint.)
+//
+// env: SERVER URL, TOKEN (admin), IMAGE, DESKTOP, FROM (version provisioned), TO (version updated to),
+//      SERVER_PID, NGINX URL, NGINX_ROOT (folder nginx serves: the recorded bodies go there),
+//      NGINX_PIDS (master and workers, comma-separated), KS (e.g. "50 200 500"), PHASES
+// Prints one JSON line per (phase, K, target) on stdout.
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { ChunkIndex } from '../dist/src/image/chunk-index.js';
+
+const env = process.env;
+const need = (k) => env[k] ?? (console.error(`storm: set ${k}`), process.exit(2));
+const SERVER = need('SERVER');
+const TOKEN = need('TOKEN');
+const IMAGE = need('IMAGE');
+const DESKTOP = need('DESKTOP');
+const FROM = Number(need('FROM'));
+const TO = Number(need('TO'));
+const NGINX = need('NGINX');
+const ROOT = need('NGINX_ROOT');
+const KS = (env.KS ?? '50').split(/[ ,]+/).filter(Boolean).map(Number);
+const PHASES = (env.PHASES ?? 'provision update').split(/[ ,]+/).filter(Boolean);
+const CLK = 100; // USER_HZ
+
+const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
+
+/** One request; the body is counted (or kept when `keep`). 503 DF_ERR_BUSY waits Retry-After with its ticket. */
+function request(base, { method = 'GET', path: p, body, keep = false }, stats) {
+  return new Promise((resolve, reject) => {
+    const attempt = (ticket) => {
+      const headers = { authorization: `Bearer ${TOKEN}` };
+      if (body) headers['content-type'] = 'application/json';
+      if (ticket) headers['x-deskfuse-ticket'] = ticket;
+      const req = http.request(`${base}${p}`, { method, agent, headers }, (res) => {
+        const parts = [];
+        let n = 0;
+        res.on('data', (d) => { n += d.length; if (keep || res.statusCode >= 400) parts.push(d); });
+        res.on('end', () => {
+          stats.bytes += n;
+          if (res.statusCode === 503) {
+            let b = {};
+            try { b = JSON.parse(Buffer.concat(parts).toString()); } catch {}
+            if (b.code === 'DF_ERR_BUSY') {
+              stats.busy++;
+              const wait = Number(res.headers['retry-after'] ?? 5) * 1000 * (0.75 + Math.random() * 0.5);
+              setTimeout(() => attempt(b.ticket), wait);
+              return;
+            }
+          }
+          if (res.statusCode >= 400) return reject(new Error(`${method} ${p}: HTTP ${res.statusCode} ${Buffer.concat(parts).toString().slice(0, 200)}`));
+          resolve(keep ? Buffer.concat(parts) : n);
+        });
+        res.on('error', reject);
+      });
+      req.on('error', reject);
+      req.end(body ? JSON.stringify(body) : undefined);
+    };
+    attempt();
+  });
+}
+
+// ---- the request lists, recorded once from the server (their bodies become nginx's files) ----
+const keepGet = (p) => request(SERVER, { path: p, keep: true }, { bytes: 0, busy: 0 });
+const boot = [];
+for (const f of ['vmlinuz', 'initrd.img']) {
+  try {
+    await keepGet(`/boot/${f}`);
+    boot.push({ path: `/boot/${f}`, file: `boot/${f}` });
+  } catch { console.error(`storm: /boot/${f} not served (build the boot stage): left out`); }
+}
+const api = [
+  { path: `/api/v1/desktops/${DESKTOP}`, file: 'api/desktop.json' },
+  { path: `/api/v1/images/${IMAGE}`, file: 'api/image.json' },
+  { path: `/api/v1/images/${IMAGE}/versions?ref=${TO}&limit=17`, file: 'api/versions.json' },
+];
+const index = ChunkIndex.decode(await keepGet(`/api/v1/images/${IMAGE}/versions/${FROM}/index`));
+const ids = [...index.distinctIds()];
+const per = Math.max(1, Math.min(4096, Math.floor((8 * 1024 * 1024) / index.geometry.chunkSize)));
+const batches = [];
+for (let k = 0; k < ids.length; k += per) batches.push({ method: 'POST', path: '/api/v1/chunks/fetch', body: { ids: ids.slice(k, k + per) }, file: `fetch/${batches.length}.pack` });
+const lists = {
+  provision: { serial: [...boot, ...api, { path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, file: 'api/index.bin' }], batches },
+  update: { serial: [...boot, ...api, { path: `/api/v1/images/${IMAGE}/versions/${TO}/layer`, file: 'api/layer.bin' }, { path: `/api/v1/images/${IMAGE}/versions/${TO}/delta`, file: 'api/delta.bin' }], batches: [] },
+};
+for (const l of Object.values(lists)) {
+  for (const r of [...l.serial, ...l.batches]) {
+    const out = path.join(ROOT, r.file);
+    mkdirSync(path.dirname(out), { recursive: true });
+    if (!existsSync(out)) writeFileSync(out, await request(SERVER, { ...r, keep: true }, { bytes: 0, busy: 0 }), { mode: 0o644 });
+  }
+}
+
+// ---- one endpoint: its list in order, batch fetches two in flight ----
+async function endpoint(target, list, stats) {
+  const nginx = target === 'nginx';
+  const as = (r) => (nginx ? { path: `/${r.file}` } : r);
+  for (const r of list.serial) await request(nginx ? NGINX : SERVER, as(r), stats);
+  let next = 0;
+  await Promise.all([0, 1].map(async () => {
+    while (next < list.batches.length) await request(nginx ? NGINX : SERVER, as(list.batches[next++]), stats);
+  }));
+}
+
+/** utime + stime of the processes (all their threads), in clock ticks. */
+const ticks = (pids) => pids.reduce((n, pid) => {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return n + Number(f[11]) + Number(f[12]);
+}, 0);
+const rssMiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
+const pct = (a, q) => a[Math.min(a.length - 1, Math.floor(q * a.length))];
+async function metrics() {
+  const t = (await request(SERVER, { path: '/metrics', keep: true }, { bytes: 0, busy: 0 })).toString();
+  const q = (k) => Number(new RegExp(`^deskfuse_event_loop_delay_seconds\\{quantile="${k}"\\} (\\S+)$`, 'm').exec(t)?.[1] ?? NaN) * 1000;
+  return { p99: q('0.99'), max: q('max') };
+}
+
+for (const phase of PHASES) {
+  for (const K of KS) {
+    for (const target of ['deskfuse', 'nginx']) {
+      const pids = target === 'nginx' ? need('NGINX_PIDS').split(',').map(Number) : [Number(need('SERVER_PID'))];
+      if (target === 'deskfuse') await metrics(); // resets the server's delay histogram
+      const stats = { bytes: 0, busy: 0 };
+      const done = [];
+      let failures = 0;
+      let firstError;
+      let peak = 0;
+      const sampler = setInterval(() => { peak = Math.max(peak, ...pids.map(rssMiB)); }, 100);
+      const self = monitorEventLoopDelay({ resolution: 20 });
+      self.enable();
+      const c0 = ticks(pids);
+      const me0 = process.cpuUsage();
+      const t0 = performance.now();
+      await Promise.all(Array.from({ length: K }, async () => {
+        try {
+          await endpoint(target, lists[phase], stats);
+          done.push((performance.now() - t0) / 1000);
+        } catch (err) {
+          failures++;
+          firstError ??= err.message;
+        }
+      }));
+      const wall = (performance.now() - t0) / 1000;
+      clearInterval(sampler);
+      self.disable();
+      const cpu = (ticks(pids) - c0) / CLK;
+      const me = process.cpuUsage(me0);
+      done.sort((a, b) => a - b);
+      const delay = target === 'deskfuse' ? await metrics() : { p99: NaN, max: NaN };
+      console.log(JSON.stringify({
+        phase, K, target, failures, firstError, wall: +wall.toFixed(2), cpu: +cpu.toFixed(2), cpuPerClient: +(cpu / K).toFixed(4),
+        p50: +(pct(done, 0.5) ?? NaN).toFixed(2), p99: +(pct(done, 0.99) ?? NaN).toFixed(2), max: +(done.at(-1) ?? NaN).toFixed(2),
+        rssPeakMiB: Math.round(peak), bytesPerClient: Math.round(stats.bytes / K), busyWaits: stats.busy,
+        loopDelayP99ms: +delay.p99.toFixed(1), loopDelayMaxMs: +delay.max.toFixed(1), generatorCpu: +((me.user + me.system) / 1e6).toFixed(2),
+      }));
+    }
+  }
+}
+agent.destroy();
