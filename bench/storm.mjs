@@ -36,14 +36,18 @@ const CLK = 100; // USER_HZ
 
 const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
 
-/** One request; the body is counted (or kept when `keep`). 503 DF_ERR_BUSY waits Retry-After with its ticket. */
-function request(base, { method = 'GET', path: p, body, keep = false }, stats) {
+/**
+ * One request; the body is counted (or kept when `keep`). As the agent: the admission ticket a server
+ * gives (`me.ticket`) goes with every later request, and 503 DF_ERR_BUSY waits Retry-After (±25 %).
+ */
+function request(base, { method = 'GET', path: p, body, keep = false }, stats, me = {}) {
   return new Promise((resolve, reject) => {
-    const attempt = (ticket) => {
+    const attempt = () => {
       const headers = { authorization: `Bearer ${TOKEN}` };
       if (body) headers['content-type'] = 'application/json';
-      if (ticket) headers['x-deskfuse-ticket'] = ticket;
+      if (me.ticket) headers['x-deskfuse-ticket'] = me.ticket;
       const req = http.request(`${base}${p}`, { method, agent, headers }, (res) => {
+        if (res.headers['x-deskfuse-ticket']) me.ticket = res.headers['x-deskfuse-ticket'];
         const parts = [];
         let n = 0;
         res.on('data', (d) => { n += d.length; if (keep || res.statusCode >= 400) parts.push(d); });
@@ -54,8 +58,9 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats) {
             try { b = JSON.parse(Buffer.concat(parts).toString()); } catch {}
             if (b.code === 'DF_ERR_BUSY') {
               stats.busy++;
+              me.ticket = b.ticket;
               const wait = Number(res.headers['retry-after'] ?? 5) * 1000 * (0.75 + Math.random() * 0.5);
-              setTimeout(() => attempt(b.ticket), wait);
+              setTimeout(attempt, wait);
               return;
             }
           }
@@ -106,10 +111,11 @@ for (const l of Object.values(lists)) {
 async function endpoint(target, list, stats) {
   const nginx = target === 'nginx';
   const as = (r) => (nginx ? { path: `/${r.file}` } : r);
-  for (const r of list.serial) await request(nginx ? NGINX : SERVER, as(r), stats);
+  const me = {};
+  for (const r of list.serial) await request(nginx ? NGINX : SERVER, as(r), stats, me);
   let next = 0;
   await Promise.all([0, 1].map(async () => {
-    while (next < list.batches.length) await request(nginx ? NGINX : SERVER, as(list.batches[next++]), stats);
+    while (next < list.batches.length) await request(nginx ? NGINX : SERVER, as(list.batches[next++]), stats, me);
   }));
 }
 

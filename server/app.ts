@@ -67,13 +67,14 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
     const t = req.headers['x-deskfuse-ticket'];
     const a = ctx.admission.enter(typeof t === 'string' ? t : undefined);
     if (a.admitted) {
-      reply.raw.once('close', a.release); // answered, failed or cut: the slot is free again
+      reply.header('x-deskfuse-ticket', a.ticket); // the client's pass for its next heavy requests
+      reply.raw.once('close', a.release); // answered, failed or cut: this request no longer holds the slot
       return;
     }
     refused(1);
     const retryAfter = ctx.retryAfterSeconds;
     reply.header('retry-after', String(retryAfter));
-    throw dfError('DF_ERR_BUSY', `the server is serving its ${ctx.admission.max} heavy transfers at once; you are number ${a.position} in line: retry after ${retryAfter} s with header x-deskfuse-ticket`, {
+    throw dfError('DF_ERR_BUSY', `the server is serving ${ctx.admission.max} clients' heavy transfers at once; you are number ${a.position} in line: retry after ${retryAfter} s with header x-deskfuse-ticket`, {
       ticket: a.ticket, position: a.position, retryAfter,
     });
   });

@@ -18,10 +18,12 @@ import { DeskfuseError, dfError, ERRORS, type ErrorCode } from '../errors.js';
  * server not tried yet in this request goes at once; later ones wait a jittered exponential backoff
  * (`backoffMs` × 2^k, between half and all of it, at most 10 s).
  *
- * Busy: a server at its limit of heavy transfers answers 503 DF_ERR_BUSY with Retry-After, a ticket
- * and the client's place in line (server/admission.ts). That request was not processed, so any method
- * waits Retry-After (jittered ±25 %) and goes again to the same server with its ticket, without using
- * an attempt, for up to `busyWaitMs` in all; `onBusy` hears each wait ("waiting for the server").
+ * Busy: a server at its limit of clients transferring answers 503 DF_ERR_BUSY with Retry-After, a
+ * ticket and the client's place in line (server/admission.ts). That request was not processed, so any
+ * method waits Retry-After (jittered ±25 %) and goes again to the same server with its ticket, without
+ * using an attempt, for up to `busyWaitMs` in all; `onBusy` hears each wait ("waiting for the server").
+ * The ticket a server gives (header `x-deskfuse-ticket`, on a refusal or an admission) goes with every
+ * later request to it: admitted, it is the client's pass until its transfers pause.
  *
  * Timeouts: `timeoutMs` until the answer's headers, then at most `timeoutMs` between two pieces of
  * its body (a long download that keeps moving is never cut). Errors: DF_ERR_UNREACHABLE (no answer,
@@ -188,6 +190,8 @@ export class ApiClient {
    * reports (`requests`, `bytesFetched`, `bytesUploaded`) and tests.
    */
   readonly stats = { requests: 0, bytesSent: 0, bytesReceived: 0, retries: 0, failovers: 0 };
+  /** The admission ticket each server gave this client (its place in line, then its pass). */
+  private readonly tickets = new Map<string, string>();
   private readonly attempts: number;
   private readonly timeoutMs: number;
   private readonly backoffMs: number;
@@ -307,6 +311,9 @@ export class ApiClient {
       t.attempt++;
       const server = this.servers.current;
       t.tried.add(server);
+      const ticket = this.tickets.get(server);
+      if (ticket) headers['x-deskfuse-ticket'] = ticket;
+      else delete headers['x-deskfuse-ticket'];
       const deadline = new Deadline(this.timeoutMs);
       let res: Response;
       this.stats.requests++;
@@ -323,6 +330,8 @@ export class ApiClient {
         this.moveOn(server);
         throw this.unreachable(method, path, server, why, cause);
       }
+      const given = res.headers.get('x-deskfuse-ticket');
+      if (given) this.tickets.set(server, given);
       if (res.ok || o.accept?.includes(res.status)) return { res, server, deadline };
       let text: string;
       try {
@@ -336,7 +345,7 @@ export class ApiClient {
       const busy = res.status === 503 ? busyAnswer(text, res.headers.get('retry-after')) : undefined;
       if (busy && t.busyMs < (this.opts.busyWaitMs ?? BUSY_WAIT_MS)) {
         const delayMs = Math.round(busy.retryAfterMs * (0.75 + Math.random() * 0.5));
-        headers['x-deskfuse-ticket'] = busy.ticket;
+        this.tickets.set(server, busy.ticket);
         t.attempt--; // refused before anything was done: it costs no attempt
         t.busyMs += delayMs;
         this.opts.onBusy?.({ method, path, server, position: busy.position, delayMs });

@@ -99,12 +99,12 @@ export interface ScrubConfig {
 }
 
 /**
- * Heavy transfers (batch fetches, deltas, chunk and patch uploads) at once: past `heavyTransfers`, a
- * new one is answered 503 DF_ERR_BUSY with Retry-After and its place in line (server/admission.ts);
- * the boot script, the boot stage and small API calls are never refused.
+ * Clients making heavy transfers (batch fetches, deltas, chunk and patch uploads) at once: past
+ * `heavyTransfers`, a new client is answered 503 DF_ERR_BUSY with Retry-After and its place in line
+ * (server/admission.ts); the boot script, the boot stage and small API calls are never refused.
  */
 export interface AdmissionConfig {
-  /** Most heavy transfers at once; 0 = no limit. Default 16 (a batch fetch holds up to 32 MiB while it is built). */
+  /** Most clients transferring at once; 0 = no limit. Default 16 (an agent has two batch fetches of up to 32 MiB in flight). */
   readonly heavyTransfers: number;
   /** Seconds a refused client is told to wait (Retry-After). Default 5. */
   readonly retryAfterSeconds: number;

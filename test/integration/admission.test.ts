@@ -17,8 +17,10 @@ let token = '';
 const f = (n: string) => path.join(tmp.dir, n);
 const admin = () => ({ DESKFUSE_SERVER: url, DESKFUSE_TOKEN: token });
 
-/** A heavy request that holds its slot: a pack upload whose body never ends, until `release`. */
+/** A client that holds the one slot: a pack upload whose body never ends, until `release`. */
 async function holdSlot(): Promise<() => void> {
+  // a pass frees its slot 2 s after its client's last request (server/admission.ts)
+  for (let i = 0; i < 200 && (await running()) > 0; i++) await new Promise((r) => setTimeout(r, 25));
   const before = await running();
   const req = http.request(`${url}/api/v1/chunks/pack`, {
     method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/vnd.deskfuse.pack', 'content-length': '1000000' },
@@ -60,6 +62,7 @@ afterAll(async () => {
 describe('admission: heavy transfers past the limit wait in line', () => {
   it('an agent that finds the server full waits, says where it stands, and completes byte-exact once a slot frees', async () => {
     const release = await holdSlot();
+    expect(await running()).toBe(1);
     const dt = (await cli(['desktop', 'token', 'd1'], admin())).stdout.trim();
     writeFileSync(f('d1.img'), '');
     truncateSync(f('d1.img'), SIZE + 4 * MiB);
@@ -71,6 +74,8 @@ describe('admission: heavy transfers past the limit wait in line', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.stderr).toMatch(/deskfuse agent: waiting for the server \(position 1 in line at http:\/\/127\.0\.0\.1:\d+, next try in [\d.]+ s\)/);
     expect(sha256Prefix(f('d1.img'), SIZE)).toBe(sha256(f('base.img')));
+    // the agent's pass frees its slot shortly after its last transfer
+    for (let i = 0; i < 200 && (await running()) > 0; i++) await new Promise((r) => setTimeout(r, 25));
     expect(await running()).toBe(0);
   }, 60_000);
 
