@@ -45,9 +45,12 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats, m
     const attempt = () => {
       const headers = { authorization: `Bearer ${TOKEN}` };
       if (body) headers['content-type'] = 'application/json';
-      if (me.ticket) headers['x-deskfuse-ticket'] = me.ticket;
+      const sent = me.ticket;
+      if (sent) headers['x-deskfuse-ticket'] = sent;
+      // as src/api/client.ts: of two tickets given at once, keep the first heard of
+      const adopt = (t) => { if (sent !== undefined || me.ticket === undefined) me.ticket = t; };
       const req = http.request(`${base}${p}`, { method, agent, headers }, (res) => {
-        if (res.headers['x-deskfuse-ticket']) me.ticket = res.headers['x-deskfuse-ticket'];
+        if (res.headers['x-deskfuse-ticket']) adopt(res.headers['x-deskfuse-ticket']);
         const parts = [];
         let n = 0;
         res.on('data', (d) => { n += d.length; if (keep || res.statusCode >= 400) parts.push(d); });
@@ -58,7 +61,7 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats, m
             try { b = JSON.parse(Buffer.concat(parts).toString()); } catch {}
             if (b.code === 'DF_ERR_BUSY') {
               stats.busy++;
-              me.ticket = b.ticket;
+              adopt(b.ticket);
               const wait = Number(res.headers['retry-after'] ?? 5) * 1000 * (0.75 + Math.random() * 0.5);
               setTimeout(attempt, wait);
               return;

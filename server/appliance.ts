@@ -113,7 +113,8 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const exports = new DeskfuseExports({ catalog, sessions, meta, cache, anonymousRead: config.nbd.anonymousRead, now });
     const vdi = { sessions, serverName: config.serverName, nbd: { port: null, publicHost: config.nbd.publicHost, listenHost: config.nbd.listen?.host ?? null } };
     const { heavyTransfers, retryAfterSeconds } = config.admission;
-    const admission = new Admission(heavyTransfers, (3 * retryAfterSeconds + 10) * 1000);
+    // A waiting client comes back within 1.25 × Retry-After: a ticket unseen for longer is forgotten.
+    const admission = new Admission(heavyTransfers, (1.5 * retryAfterSeconds + 2) * 1000);
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, retryAfterSeconds };
     const app = await buildApp(ctx, log);
     return {

@@ -232,6 +232,26 @@ describe('a busy server (503 DF_ERR_BUSY)', () => {
     expect(busyLine('deskfuse agent', waits[0] as BusyInfo)).toMatch(/^deskfuse agent: waiting for the server \(position 3 in line at http:\/\/127\.0\.0\.1:\d+, next try in [\d.]+ s\)\n$/);
   });
 
+  it('two requests refused at once get a ticket each: the client keeps the first, both come back with it, and later requests carry it', async () => {
+    let n = 0;
+    const seen: Array<string | undefined> = [];
+    const a = await serve('a', (req, res) => {
+      const t = req.headers['x-deskfuse-ticket'] as string | undefined;
+      seen.push(t);
+      if (t === undefined) {
+        res.setHeader('retry-after', '0.02');
+        return json(res, 503, { code: 'DF_ERR_BUSY', message: 'busy', ticket: `T${++n}`, position: n, retryAfter: 1 });
+      }
+      res.setHeader('x-deskfuse-ticket', t);
+      json(res, 200, { ticket: t });
+    });
+    const c = new ApiClient({ server: a.url });
+    const both = await Promise.all([c.json('POST', '/p', { body: {} }), c.json('POST', '/p', { body: {} })]);
+    expect(both.map((r) => r.body)).toEqual([{ ticket: 'T1' }, { ticket: 'T1' }]);
+    expect((await c.json('GET', '/later')).body).toEqual({ ticket: 'T1' });
+    expect(seen.filter((t) => t === undefined)).toHaveLength(2);
+  });
+
   it('gives up after busyWaitMs with DF_ERR_BUSY and its fields; a 503 of another code is not a line to wait in', async () => {
     const a = await serve('a', (_req, res) => {
       res.setHeader('retry-after', '0.05');

@@ -314,6 +314,9 @@ export class ApiClient {
       const ticket = this.tickets.get(server);
       if (ticket) headers['x-deskfuse-ticket'] = ticket;
       else delete headers['x-deskfuse-ticket'];
+      // Two requests sent at once without a ticket get one each: the client keeps the first it hears
+      // of (the other, never shown again, leaves the server's line), unless it sent one, now stale.
+      const adopt = (t: string) => { if (ticket !== undefined || !this.tickets.has(server)) this.tickets.set(server, t); };
       const deadline = new Deadline(this.timeoutMs);
       let res: Response;
       this.stats.requests++;
@@ -331,7 +334,7 @@ export class ApiClient {
         throw this.unreachable(method, path, server, why, cause);
       }
       const given = res.headers.get('x-deskfuse-ticket');
-      if (given) this.tickets.set(server, given);
+      if (given) adopt(given);
       if (res.ok || o.accept?.includes(res.status)) return { res, server, deadline };
       let text: string;
       try {
@@ -345,7 +348,7 @@ export class ApiClient {
       const busy = res.status === 503 ? busyAnswer(text, res.headers.get('retry-after')) : undefined;
       if (busy && t.busyMs < (this.opts.busyWaitMs ?? BUSY_WAIT_MS)) {
         const delayMs = Math.round(busy.retryAfterMs * (0.75 + Math.random() * 0.5));
-        this.tickets.set(server, busy.ticket);
+        adopt(busy.ticket);
         t.attempt--; // refused before anything was done: it costs no attempt
         t.busyMs += delayMs;
         this.opts.onBusy?.({ method, path, server, position: busy.position, delayMs });
