@@ -66,6 +66,17 @@ export interface Postgres extends PostgresSettings {
 
 /** Start a fresh cluster (≈1.5 s). Prefer sharedPostgres() (test/helpers/engines.ts) unless the test stops it. */
 export async function startPostgres(): Promise<Postgres> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startPostgresOnce();
+    } catch (err) {
+      // the free port the script picked was taken by another process before postgres bound it
+      if (attempt >= 3 || !/Address already in use/.test((err as Error).message)) throw err;
+    }
+  }
+}
+
+async function startPostgresOnce(): Promise<Postgres> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'deskfuse-pg-'));
   const destroy = async () => {
     await postgresCommand('destroy', dir);
