@@ -81,11 +81,7 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
       throw err;
     }
     reply.type('application/octet-stream').header('cache-control', 'no-cache');
-    if (req.method === 'HEAD') {
-      await fh.close();
-      return reply.header('content-length', st.size).send();
-    }
-    return sendFile(reply, fh, st.size);
+    return sendFile(reply, fh, st.size); // HEAD: the headers alone
   };
   for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
     app.route({
