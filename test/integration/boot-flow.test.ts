@@ -219,6 +219,10 @@ describe('network boot flow', () => {
         const f = await a.app.inject({ method: 'GET', url: '/boot/initrd.img' });
         expect(f.statusCode).toBe(200);
         expect(f.rawPayload.equals(Buffer.alloc(3 * 1024 * 1024, 7))).toBe(true);
+        const head = await a.app.inject({ method: 'HEAD', url: '/boot/initrd.img' });
+        expect(head.statusCode).toBe(200);
+        expect(head.headers['content-length']).toBe(String(3 * 1024 * 1024));
+        expect(head.rawPayload.length).toBe(0);
         const missing = await a.app.inject({ method: 'GET', url: `/boot/vmlinuz?mac=${MAC}` });
         expect(missing.statusCode).toBe(503);
         expect(missing.json()).toMatchObject({ code: 'DF_ERR_BOOT_FILES_MISSING' });
