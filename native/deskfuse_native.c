@@ -15,7 +15,8 @@
  *   seekData(fd, offset) / seekHole(fd, offset) -> offset, or -1 at ENXIO (past the last data).
  *   close(fd)
  *   sendfile(sockFd, fileFd, offset, length, idleMs, cb(err, sent))   zero-copy file -> socket, off the
- *        main thread (native/sendfile.c).
+ *        main thread (native/sendfile.c); sendParts(sockFd, parts, idleMs, cb) a body of buffers and
+ *        whole files; sendRate(bytesPerSecond) the sender's token bucket; sendStats().
  *
  * Errors become JS exceptions with .code (errno name), .errno and .syscall, like Node's own.
  */
@@ -283,6 +284,9 @@ static napi_value init(napi_env env, napi_value exports) {
     { "seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL },
     { "close", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendfile", NULL, df_sendfile, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendParts", NULL, df_send_parts, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendRate", NULL, df_send_rate, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendStats", NULL, df_send_stats, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

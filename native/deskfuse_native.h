@@ -8,5 +8,9 @@ napi_value df_errno_error(napi_env env, int err, const char *syscall, const char
 
 /* sendfile(sockFd, fileFd, offset, length, idleMs, cb): native/sendfile.c */
 napi_value df_sendfile(napi_env env, napi_callback_info info);
+/* sendParts(sockFd, parts, idleMs, cb), sendRate(bytesPerSecond), sendStats(): native/sendfile.c */
+napi_value df_send_parts(napi_env env, napi_callback_info info);
+napi_value df_send_rate(napi_env env, napi_callback_info info);
+napi_value df_send_stats(napi_env env, napi_callback_info info);
 
 #endif

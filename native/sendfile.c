@@ -1,34 +1,61 @@
 /*
- * sendfile(sockFd, fileFd, offset, length, idleMs, cb(err, sent)): send a file's bytes to a TCP socket
- * with sendfile(2), from the page cache to the socket without a copy through the process, on one
- * sender thread for the whole process (epoll, edge-triggered EPOLLOUT), so the event loop neither
- * reads, allocates nor writes the body and a slow reader costs nothing while it is slow.
+ * The sender thread: response bodies from files to TCP sockets with sendfile(2), from the page cache
+ * to the socket without a copy through the process, on one thread for the whole process (epoll,
+ * edge-triggered EPOLLOUT), so the event loop neither reads, allocates nor writes a body and a slow
+ * reader costs nothing while it is slow.
  *
- * Both descriptors are dup()ed when the call is made: whatever Node does with its own (a client gone,
- * the socket destroyed, the file handle closed), the sender writes to the same socket and reads the
- * same file, and closes its copies when the job ends. cb runs on the main thread with (null, sent)
- * when `length` bytes went out, or (Error{code}, sent): EPIPE/ECONNRESET (the reader left), ETIMEDOUT
- * (no progress for idleMs), ENODATA (the file is shorter than offset + length).
- * The caller must not write to the socket until cb ran. One Node environment (the main thread) may
- * use it.
+ *   sendfile(sockFd, fileFd, offset, length, idleMs, cb(err, sent))   one range of one open file
+ *   sendParts(sockFd, parts, idleMs, cb(err, sent))   a body made of parts in order: a Buffer is sent
+ *        as it is (copied at the call), [path, size] is the whole file at path, opened by the sender
+ *        when its turn comes and refused (ESTALE) unless it is exactly `size` bytes. A pack of stored
+ *        chunk frames goes out this way: record heads from memory, frames straight from their files.
+ *   sendRate(bytesPerSecond)   a token bucket over every body this thread sends (0: no cap), so a
+ *        storm cannot fill the uplink; jobs share it in turns of at most QUANTUM bytes.
+ *   sendStats() -> {active, bytes, throttled, rate}   throttled: times the sender waited for the bucket.
+ *
+ * Descriptors are dup()ed when the call is made: whatever Node does with its own (a client gone, the
+ * socket destroyed, the file handle closed), the sender writes to the same socket and reads the same
+ * file, and closes its copies when the job ends. cb runs on the main thread with (null, sent) when
+ * every byte went out, or (Error{code}, sent): EPIPE/ECONNRESET (the reader left), ETIMEDOUT (no
+ * progress for idleMs while the reader could take bytes), ENODATA (a file is shorter than asked),
+ * ENOENT/ESTALE (a part's file is gone or changed). The caller must not write to the socket until cb
+ * ran. One Node environment (the main thread) may use it.
  */
 #define _GNU_SOURCE
 #include "deskfuse_native.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#define QUANTUM (256 * 1024) /* a job's turn: many bodies progress together, none hogs the thread */
+
+typedef struct seg {
+  int64_t off, len; /* a memory part: offset in the job's arena; a file part: offset in the file */
+  char *path;       /* a file part opened by the sender, or NULL */
+  int fd;           /* a file part's descriptor (dup()ed at the call, or opened from path), or -1 */
+  int mem;
+} seg;
+
 typedef struct job {
-  int sock, file;
-  int64_t off, end, sent, idle_ms, deadline;
-  int err;
+  int sock;
+  seg *segs;
+  int nsegs, cur;
+  int64_t done; /* bytes of segs[cur] sent */
+  char *arena;
+  int64_t sent, idle_ms, deadline;
+  int err, ready;
   napi_ref cb;
   struct job *next, *prev; /* the sender's active list */
   struct job *queued;      /* submitted, not yet taken by the sender */
@@ -40,6 +67,10 @@ static int ep = -1, wake = -1;
 static napi_threadsafe_function tsfn;
 static napi_env owner;
 static job *active; /* the sender thread's only */
+static int64_t rate;                         /* bytes per second, 0: no cap (atomic) */
+static int64_t stat_bytes, stat_throttled, stat_active; /* atomic */
+static double tokens;                        /* the sender thread's only */
+static int64_t refilled_ms;
 
 static int64_t now_ms(void) {
   struct timespec t;
@@ -47,38 +78,84 @@ static int64_t now_ms(void) {
   return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
+static void free_job(job *j) {
+  for (int i = 0; i < j->nsegs; i++) {
+    if (j->segs[i].fd >= 0) close(j->segs[i].fd);
+    free(j->segs[i].path);
+  }
+  free(j->segs);
+  free(j->arena);
+}
+
+static void cork(int sock, int on) {
+  setsockopt(sock, IPPROTO_TCP, TCP_CORK, &on, sizeof on); /* not TCP (a test's socketpair): no matter */
+}
+
 static void finish(job *j, int err) {
+  cork(j->sock, 0); /* what is held goes out now */
   epoll_ctl(ep, EPOLL_CTL_DEL, j->sock, NULL);
   close(j->sock);
-  close(j->file);
+  free_job(j);
   if (j->prev) j->prev->next = j->next; else active = j->next;
   if (j->next) j->next->prev = j->prev;
   j->err = err;
+  __atomic_sub_fetch(&stat_active, 1, __ATOMIC_RELAXED);
   napi_call_threadsafe_function(tsfn, j, napi_tsfn_blocking);
 }
 
-/* Send until done or the socket is full (EAGAIN: wait for EPOLLOUT). */
-static void pump(job *j) {
-  while (j->off < j->end) {
-    off_t o = (off_t)j->off;
-    size_t n = (size_t)(j->end - j->off);
-    if (n > 0x7ffff000) n = 0x7ffff000; /* sendfile's largest count */
-    ssize_t r = sendfile(j->sock, j->file, &o, n);
+/* Opens a file part when its turn comes; 0 or an errno. */
+static int open_part(seg *s) {
+  s->fd = open(s->path, O_RDONLY | O_CLOEXEC);
+  if (s->fd < 0) return errno;
+  struct stat st;
+  if (fstat(s->fd, &st) < 0) return errno;
+  return st.st_size == s->off + s->len ? 0 : ESTALE;
+}
+
+/*
+ * Send up to `budget` bytes: stops when the job is done (finished), the socket is full (EAGAIN: wait
+ * for EPOLLOUT; ready = 0) or the budget is spent (ready = 1: another turn). Returns the bytes sent.
+ */
+static int64_t pump(job *j, int64_t budget) {
+  int64_t spent = 0;
+  while (j->cur < j->nsegs) {
+    seg *s = &j->segs[j->cur];
+    if (j->done == s->len) {
+      if (s->fd >= 0) { close(s->fd); s->fd = -1; }
+      j->cur++;
+      j->done = 0;
+      continue;
+    }
+    if (spent >= budget) { j->ready = 1; return spent; }
+    int64_t want = s->len - j->done;
+    if (want > budget - spent) want = budget - spent;
+    ssize_t r;
+    if (s->mem) {
+      r = send(j->sock, j->arena + s->off + j->done, (size_t)want, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } else {
+      if (s->fd < 0) {
+        int err = open_part(s);
+        if (err) { finish(j, err); return spent; }
+      }
+      off_t o = (off_t)(s->off + j->done);
+      r = sendfile(j->sock, s->fd, &o, (size_t)want);
+      if (r == 0) { finish(j, ENODATA); return spent; }
+    }
     if (r > 0) {
-      j->off = o;
+      j->done += r;
       j->sent += r;
+      spent += r;
       j->deadline = now_ms() + j->idle_ms;
-    } else if (r == 0) {
-      finish(j, ENODATA);
-      return;
     } else if (errno == EAGAIN) {
-      return;
+      j->ready = 0;
+      return spent;
     } else if (errno != EINTR) {
       finish(j, errno);
-      return;
+      return spent;
     }
   }
   finish(j, 0);
+  return spent;
 }
 
 static void take_submitted(void) {
@@ -90,32 +167,86 @@ static void take_submitted(void) {
   pthread_mutex_unlock(&mu);
   job *fifo = NULL; /* submitted is newest first */
   while (q) { job *n = q->queued; q->queued = fifo; fifo = q; q = n; }
-  while (fifo) {
+  job *tail = active;
+  while (tail && tail->next) tail = tail->next;
+  while (fifo) { /* appended: turns go in arrival order */
     job *j = fifo;
     fifo = j->queued;
-    j->prev = NULL;
-    j->next = active;
-    if (active) active->prev = j;
-    active = j;
+    j->next = NULL;
+    j->prev = tail;
+    if (tail) tail->next = j; else active = j;
+    tail = j;
     j->deadline = now_ms() + j->idle_ms;
+    j->ready = 1;
+    /* Full segments only while the body goes out (nginx's tcp_nopush): a record head and its frame
+       share segments instead of a frame's last bytes going alone. */
+    cork(j->sock, 1);
     struct epoll_event e = { .events = EPOLLOUT | EPOLLET, .data.ptr = j };
     if (epoll_ctl(ep, EPOLL_CTL_ADD, j->sock, &e) < 0) finish(j, errno);
-    else pump(j);
   }
+}
+
+/* The bucket holds at most 100 ms of the rate (at least one turn). */
+static void refill(int64_t now, int64_t r) {
+  double cap = r / 10.0 > QUANTUM ? r / 10.0 : QUANTUM;
+  tokens += (double)(now - refilled_ms) * (double)r / 1000.0;
+  if (tokens > cap) tokens = cap;
+  refilled_ms = now;
+}
+
+/* One turn for every job that can send; returns 1 when some job still can (and tokens allow). */
+static int turns(void) {
+  int64_t r = __atomic_load_n(&rate, __ATOMIC_RELAXED);
+  int64_t now = now_ms();
+  if (r > 0) refill(now, r);
+  int again = 0;
+  for (job *j = active, *next; j; j = next) {
+    next = j->next;
+    if (!j->ready) continue;
+    int64_t budget = QUANTUM;
+    if (r > 0) {
+      if (tokens < 1) { again = 1; continue; }
+      if (budget > (int64_t)tokens) budget = (int64_t)tokens;
+    }
+    int64_t sent = pump(j, budget); /* may finish (free) j: next was saved */
+    __atomic_add_fetch(&stat_bytes, sent, __ATOMIC_RELAXED);
+    if (r > 0) tokens -= (double)sent;
+    again = 1;
+  }
+  return again;
 }
 
 static void *sender(void *arg) {
   struct epoll_event ev[64];
+  int busy = 0;
+  int64_t checked = now_ms();
+  refilled_ms = checked;
   for (;;) {
-    int n = epoll_wait(ep, ev, 64, 1000);
+    int timeout = 1000;
+    if (busy) {
+      int64_t r = __atomic_load_n(&rate, __ATOMIC_RELAXED);
+      double want = r > 0 ? (r / 100.0 < QUANTUM ? r / 100.0 + 1 : QUANTUM) : 0; /* wake for ~10 ms of the rate */
+      timeout = 0;
+      if (r > 0 && tokens < want) {
+        timeout = (int)((want - tokens) * 1000 / (double)r) + 1;
+        __atomic_add_fetch(&stat_throttled, 1, __ATOMIC_RELAXED);
+      }
+    }
+    int n = epoll_wait(ep, ev, 64, timeout);
     for (int i = 0; i < n; i++) {
       if (ev[i].data.ptr == NULL) take_submitted();
-      else pump((job *)ev[i].data.ptr);
+      else ((job *)ev[i].data.ptr)->ready = 1;
     }
+    busy = turns();
     int64_t now = now_ms();
-    for (job *j = active, *next; j; j = next) {
-      next = j->next;
-      if (j->deadline <= now) finish(j, ETIMEDOUT);
+    if (now - checked >= 100) {
+      checked = now;
+      /* a job waiting for the bucket is not the reader's fault */
+      for (job *j = active, *next; j; j = next) {
+        next = j->next;
+        if (j->ready) j->deadline = now + j->idle_ms;
+        else if (j->deadline <= now) finish(j, ETIMEDOUT);
+      }
     }
   }
   return NULL;
@@ -141,9 +272,14 @@ static napi_value fail(napi_env env, int err, const char *what) {
   return NULL;
 }
 
+static napi_value usage(napi_env env, const char *msg) {
+  napi_throw_type_error(env, "DF_ERR_NATIVE", msg);
+  return NULL;
+}
+
 /* The sender thread, its epoll set and wake-up eventfd, made on first use. */
 static int start(napi_env env) {
-  if (ep >= 0) return 0;
+  if (ep >= 0) return env == owner ? 0 : EPERM;
   napi_value name;
   napi_create_string_utf8(env, "deskfuse sendfile", NAPI_AUTO_LENGTH, &name);
   if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, NULL, NULL, NULL, call_js, &tsfn) != napi_ok) return EINVAL;
@@ -167,45 +303,21 @@ static int start(napi_env env) {
   return 0;
 }
 
-napi_value df_sendfile(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  int64_t sock, file, off, len, idle;
-  napi_valuetype t;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6) {
-    napi_throw_type_error(env, "DF_ERR_NATIVE", "sendfile(sockFd, fileFd, offset, length, idleMs, cb)");
-    return NULL;
-  }
-  if (napi_get_value_int64(env, argv[0], &sock) != napi_ok || napi_get_value_int64(env, argv[1], &file) != napi_ok ||
-      napi_get_value_int64(env, argv[2], &off) != napi_ok || napi_get_value_int64(env, argv[3], &len) != napi_ok ||
-      napi_get_value_int64(env, argv[4], &idle) != napi_ok || napi_typeof(env, argv[5], &t) != napi_ok || t != napi_function ||
-      sock < 0 || file < 0 || off < 0 || len < 0 || idle <= 0) {
-    napi_throw_type_error(env, "DF_ERR_NATIVE", "sendfile: fds, offset and length must be numbers >= 0, idleMs > 0, cb a function");
-    return NULL;
-  }
-  if (ep < 0) {
-    int err = start(env);
-    if (err) return fail(env, err, "sendfile (starting the sender thread)");
-  } else if (env != owner) {
-    napi_throw_error(env, "DF_ERR_NATIVE", "sendfile: only the main thread may send");
-    return NULL;
-  }
-  job *j = calloc(1, sizeof *j);
-  if (!j) return fail(env, ENOMEM, "sendfile");
+/* A job for `sock` (dup()ed; it must be nonblocking), its parts already filled; hands it to the sender. */
+static napi_value submit(napi_env env, job *j, int64_t sock, int64_t idle, napi_value cb) {
+  int err = start(env);
+  if (err) { free_job(j); free(j); return fail(env, err, "sendfile (the sender thread)"); }
   j->sock = fcntl((int)sock, F_DUPFD_CLOEXEC, 0);
-  if (j->sock < 0) { int err = errno; free(j); return fail(env, err, "sendfile (dup of the socket)"); }
-  j->file = fcntl((int)file, F_DUPFD_CLOEXEC, 0);
-  if (j->file < 0) { int err = errno; close(j->sock); free(j); return fail(env, err, "sendfile (dup of the file)"); }
+  if (j->sock < 0) { err = errno; free_job(j); free(j); return fail(env, err, "sendfile (dup of the socket)"); }
   /* O_NONBLOCK belongs to the socket's open file, shared with Node's descriptor: it is set already */
   int fl = fcntl(j->sock, F_GETFL);
   if (fl < 0 || !(fl & O_NONBLOCK)) {
-    close(j->sock); close(j->file); free(j);
+    close(j->sock); free_job(j); free(j);
     return fail(env, EINVAL, "sendfile (the socket is blocking)");
   }
-  j->off = off;
-  j->end = off + len;
   j->idle_ms = idle;
-  napi_create_reference(env, argv[5], 1, &j->cb);
+  napi_create_reference(env, cb, 1, &j->cb);
+  __atomic_add_fetch(&stat_active, 1, __ATOMIC_RELAXED);
   pthread_mutex_lock(&mu);
   j->queued = submitted;
   submitted = j;
@@ -213,4 +325,128 @@ napi_value df_sendfile(napi_env env, napi_callback_info info) {
   uint64_t one = 1;
   if (write(wake, &one, sizeof one) < 0 && errno != EAGAIN) { /* the counter is full: the sender is awake anyway */ }
   return NULL;
+}
+
+static int is_fn(napi_env env, napi_value v) {
+  napi_valuetype t;
+  return napi_typeof(env, v, &t) == napi_ok && t == napi_function;
+}
+
+napi_value df_sendfile(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  int64_t sock, file, off, len, idle;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 6) {
+    return usage(env, "sendfile(sockFd, fileFd, offset, length, idleMs, cb)");
+  }
+  if (napi_get_value_int64(env, argv[0], &sock) != napi_ok || napi_get_value_int64(env, argv[1], &file) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &off) != napi_ok || napi_get_value_int64(env, argv[3], &len) != napi_ok ||
+      napi_get_value_int64(env, argv[4], &idle) != napi_ok || !is_fn(env, argv[5]) ||
+      sock < 0 || file < 0 || off < 0 || len < 0 || idle <= 0) {
+    return usage(env, "sendfile: fds, offset and length must be numbers >= 0, idleMs > 0, cb a function");
+  }
+  job *j = calloc(1, sizeof *j);
+  seg *s = calloc(1, sizeof *s);
+  if (!j || !s) { free(j); free(s); return fail(env, ENOMEM, "sendfile"); }
+  j->segs = s;
+  j->nsegs = 1;
+  s->off = off;
+  s->len = len;
+  s->fd = fcntl((int)file, F_DUPFD_CLOEXEC, 0);
+  if (s->fd < 0) { int err = errno; free_job(j); free(j); return fail(env, err, "sendfile (dup of the file)"); }
+  return submit(env, j, sock, idle, argv[5]);
+}
+
+napi_value df_send_parts(napi_env env, napi_callback_info info) {
+  static const char *use = "sendParts(sockFd, parts: Array<Buffer | [path, size]>, idleMs, cb)";
+  size_t argc = 4;
+  napi_value argv[4];
+  int64_t sock, idle;
+  uint32_t n;
+  bool arr;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4 ||
+      napi_get_value_int64(env, argv[0], &sock) != napi_ok || napi_get_value_int64(env, argv[2], &idle) != napi_ok ||
+      napi_is_array(env, argv[1], &arr) != napi_ok || !arr || napi_get_array_length(env, argv[1], &n) != napi_ok ||
+      !is_fn(env, argv[3]) || sock < 0 || idle <= 0 || n == 0 || n > 1 << 20) {
+    return usage(env, use);
+  }
+  job *j = calloc(1, sizeof *j);
+  if (!j) return fail(env, ENOMEM, "sendParts");
+  j->segs = calloc(n, sizeof *j->segs);
+  if (!j->segs) { free(j); return fail(env, ENOMEM, "sendParts"); }
+  j->nsegs = (int)n;
+  for (uint32_t i = 0; i < n; i++) j->segs[i].fd = -1;
+  for (int copy = 0; copy < 2; copy++) { /* two passes: sizes, then copies */
+    int64_t at = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      napi_value p;
+      bool isbuf = false, ispair = false;
+      napi_get_element(env, argv[1], i, &p);
+      napi_is_buffer(env, p, &isbuf);
+      if (!isbuf) napi_is_array(env, p, &ispair);
+      seg *s = &j->segs[i];
+      if (isbuf) {
+        void *data;
+        size_t len;
+        napi_get_buffer_info(env, p, &data, &len);
+        if (copy) { memcpy(j->arena + at, data, len); s->mem = 1; s->off = at; s->len = (int64_t)len; }
+        at += (int64_t)len;
+      } else if (ispair) {
+        if (copy) continue;
+        napi_value pv, sv;
+        size_t plen;
+        int64_t size;
+        napi_valuetype pt;
+        if (napi_get_element(env, p, 0, &pv) != napi_ok || napi_typeof(env, pv, &pt) != napi_ok || pt != napi_string ||
+            napi_get_element(env, p, 1, &sv) != napi_ok || napi_get_value_int64(env, sv, &size) != napi_ok || size < 0 ||
+            napi_get_value_string_utf8(env, pv, NULL, 0, &plen) != napi_ok || plen == 0 || plen > 4096) {
+          free_job(j); free(j);
+          return usage(env, use);
+        }
+        s->path = malloc(plen + 1);
+        if (!s->path) { free_job(j); free(j); return fail(env, ENOMEM, "sendParts"); }
+        napi_get_value_string_utf8(env, pv, s->path, plen + 1, &plen);
+        s->off = 0;
+        s->len = size;
+      } else {
+        free_job(j); free(j);
+        return usage(env, use);
+      }
+    }
+    if (!copy) {
+      j->arena = malloc(at ? (size_t)at : 1);
+      if (!j->arena) { free_job(j); free(j); return fail(env, ENOMEM, "sendParts"); }
+    }
+  }
+  return submit(env, j, sock, idle, argv[3]);
+}
+
+napi_value df_send_rate(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int64_t r;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int64(env, argv[0], &r) != napi_ok || r < 0) {
+    return usage(env, "sendRate(bytesPerSecond >= 0; 0: no cap)");
+  }
+  __atomic_store_n(&rate, r, __ATOMIC_RELAXED);
+  if (ep >= 0) { /* wake the sender: jobs waiting for the bucket see the new rate at once */
+    uint64_t one = 1;
+    if (write(wake, &one, sizeof one) < 0 && errno != EAGAIN) {}
+  }
+  return NULL;
+}
+
+napi_value df_send_stats(napi_env env, napi_callback_info info) {
+  napi_value o, v;
+  napi_create_object(env, &o);
+  napi_create_double(env, (double)__atomic_load_n(&stat_active, __ATOMIC_RELAXED), &v);
+  napi_set_named_property(env, o, "active", v);
+  napi_create_double(env, (double)__atomic_load_n(&stat_bytes, __ATOMIC_RELAXED), &v);
+  napi_set_named_property(env, o, "bytes", v);
+  napi_create_double(env, (double)__atomic_load_n(&stat_throttled, __ATOMIC_RELAXED), &v);
+  napi_set_named_property(env, o, "throttled", v);
+  napi_create_double(env, (double)__atomic_load_n(&rate, __ATOMIC_RELAXED), &v);
+  napi_set_named_property(env, o, "rate", v);
+  return o;
 }

@@ -16,6 +16,7 @@ import { tokenRoutes } from './routes/tokens.js';
 import { vdiRoutes } from './routes/vdi.js';
 import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
 import { BODY_DEFAULT } from './limits.js';
+import { sendRateStats } from './send-file.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -61,6 +62,14 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   ctx.metrics.onCollect(() => {
     transfers(ctx.admission.running, { state: 'running' });
     transfers(ctx.admission.waiting, { state: 'waiting' });
+  });
+  const sentBytes = ctx.metrics.counterTotal('deskfuse_sender_bytes_total', 'Body bytes sent from files by the sender thread (sendfile)');
+  const bucketWaits = ctx.metrics.counterTotal('deskfuse_sender_bandwidth_waits_total', 'Times the sender thread waited for its token bucket (admission.maxMbitPerSecond)');
+  ctx.metrics.onCollect(() => {
+    const s = sendRateStats();
+    if (!s) return;
+    sentBytes(s.bytes);
+    bucketWaits(s.throttled);
   });
   app.addHook('onRequest', async (req, reply) => {
     if (!req.routeOptions.config?.heavy) return;

@@ -23,6 +23,7 @@ import { VdiSessions } from '../src/vdi/sessions.js';
 import { Admission } from './admission.js';
 import { buildApp } from './app.js';
 import type { AppContext } from './context.js';
+import { setSendRate } from './send-file.js';
 
 /**
  * Where data lives (all under the data directory):
@@ -112,7 +113,9 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     await sessions.sweep();
     const exports = new DeskfuseExports({ catalog, sessions, meta, cache, anonymousRead: config.nbd.anonymousRead, now });
     const vdi = { sessions, serverName: config.serverName, nbd: { port: null, publicHost: config.nbd.publicHost, listenHost: config.nbd.listen?.host ?? null } };
-    const { heavyTransfers, retryAfterSeconds } = config.admission;
+    const { heavyTransfers, retryAfterSeconds, maxMbitPerSecond } = config.admission;
+    // The sender thread is the process's: its bucket is this server's uplink cap (Mbit/s → bytes/s).
+    if (!setSendRate(maxMbitPerSecond * 125_000) && maxMbitPerSecond > 0) log?.warn({ maxMbitPerSecond }, 'admission.maxMbitPerSecond needs the native addon (npm run build): no cap');
     // A waiting client comes back within 1.25 × Retry-After: a ticket unseen for longer is forgotten.
     const admission = new Admission(heavyTransfers, (1.5 * retryAfterSeconds + 2) * 1000);
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, retryAfterSeconds };

@@ -7,7 +7,7 @@ import { loadNative, type Native } from '../src/native/addon.js';
 export const SEND_IDLE_MS = 60_000;
 
 /** Bodies sent by each path since the process started (tests, and a check that sendfile is in use). */
-export const sendFileStats = { sendfile: 0, stream: 0 };
+export const sendFileStats = { sendfile: 0, stream: 0, parts: 0 };
 
 let native: Native | null | undefined;
 function sender(): Native | null {
@@ -61,6 +61,23 @@ export async function sendFile(reply: FastifyReply, fh: FileHandle, size: number
     return reply.send(stream);
   }
   sendFileStats.sendfile++;
+  try {
+    await sendOnThread(reply, (fd, cb) => n.sendfile(fd, fh.fd, 0, size, SEND_IDLE_MS, cb));
+  } catch (err) {
+    reply.log.info({ err, size }, 'file transfer cut short');
+  } finally {
+    await fh.close();
+  }
+  return undefined;
+}
+
+/**
+ * Headers (already set on `reply`) through Node, then the body on the sender thread; the response is
+ * ended (keep-alive goes on) or, when the body was cut short, the connection destroyed and the error
+ * thrown. `send` gets the socket's descriptor read in the same tick: the addon dups it before
+ * anything can close the socket, so the bytes cannot reach a descriptor number reused by another connection.
+ */
+async function sendOnThread(reply: FastifyReply, send: (fd: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void) => void): Promise<void> {
   reply.hijack(); // the body bypasses Fastify; onResponse and the request log still run at 'finish'
   const res = reply.raw;
   try {
@@ -68,17 +85,48 @@ export async function sendFile(reply: FastifyReply, fh: FileHandle, size: number
     res.writeHead(reply.statusCode);
     res.flushHeaders();
     await flushed(res.socket!);
-    // Read the descriptor again in the same tick as the call: the addon dups it before anything can
-    // close the socket, so the bytes cannot reach a descriptor number reused by another connection.
     const fd = plainFd(reply);
     if (fd === undefined) throw Object.assign(new Error('the client left before the body'), { code: 'ECONNRESET' });
-    await new Promise<number>((resolve, reject) => n.sendfile(fd, fh.fd, 0, size, SEND_IDLE_MS, (err, sent) => (err ? reject(err) : resolve(sent))));
+    await new Promise<number>((resolve, reject) => send(fd, (err, sent) => (err ? reject(err) : resolve(sent))));
     res.end();
   } catch (err) {
-    reply.log.info({ err, size }, 'file transfer cut short');
     res.destroy();
-  } finally {
-    await fh.close();
+    throw err;
+  }
+}
+
+/** Whether a body can go out on the sender thread (plain TCP GET or POST answer, addon loaded). */
+export function canSendParts(reply: FastifyReply): boolean {
+  return plainFd(reply) !== undefined && sender() !== null;
+}
+
+/**
+ * Answer with a body of parts (headers already set on `reply`): buffers and whole files, sent by the
+ * sender thread as sendFile's body (native sendParts). Only when canSendParts(reply). `onCut` hears
+ * why a body was cut short (ENOENT/ESTALE: a part's file was gone or changed; the client retries).
+ */
+export async function sendParts(reply: FastifyReply, size: number, parts: Array<Buffer | [string, number]>, onCut?: (err: NodeJS.ErrnoException) => void): Promise<undefined> {
+  const n = sender()!;
+  reply.header('content-length', size);
+  sendFileStats.parts++;
+  try {
+    await sendOnThread(reply, (fd, cb) => n.sendParts(fd, parts, SEND_IDLE_MS, cb));
+  } catch (err) {
+    reply.log.info({ err, size }, 'transfer cut short');
+    onCut?.(err as NodeJS.ErrnoException);
   }
   return undefined;
+}
+
+/** The sender thread's token bucket over every body it sends (0: no cap); false without the addon. */
+export function setSendRate(bytesPerSecond: number): boolean {
+  const n = sender();
+  if (!n) return false;
+  n.sendRate(Math.round(bytesPerSecond));
+  return true;
+}
+
+/** What the sender thread did (metrics): bytes sent, times it waited for the bucket, the cap; undefined without the addon. */
+export function sendRateStats(): { bytes: number; throttled: number; rate: number } | undefined {
+  return sender()?.sendStats();
 }

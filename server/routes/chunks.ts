@@ -5,6 +5,7 @@ import { isZero } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE, PACK_MAX_BYTES, type PackRecord } from '../../src/chunk/pack.js';
 import { isPackReader } from '../../src/chunk/store.js';
 import { chunkWorkers } from '../../src/chunk/workers.js';
+import { canSendParts, sendParts } from '../send-file.js';
 import type { AppContext } from '../context.js';
 import { BODY_CHUNK, BODY_MISSING, BODY_PACK } from '../limits.js';
 
@@ -119,10 +120,21 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
     const ids = [...new Set(req.body.ids)];
     reply.type(PACK_CONTENT_TYPE);
     if (isPackReader(ctx.chunks)) {
-      // The local store answers with the stored frames as they are, assembled in a worker: no
-      // decompress or hash per served chunk (each was verified on entry; the agent verifies each).
+      // The local store answers with the stored frames as they are: no decompress or hash per served
+      // chunk (each was verified on entry; the agent verifies each). On plain TCP the frames go from
+      // their files to the socket on the sender thread (record heads from memory); otherwise the
+      // pack is assembled in a worker.
+      const store = ctx.chunks;
       try {
-        const body = await ctx.chunks.readPack(ids, PACK_MAX_BYTES);
+        if (canSendParts(reply)) {
+          const plan = await store.packPlan(ids, PACK_MAX_BYTES);
+          bytesOut(plan.size);
+          return await sendParts(reply, plan.size, plan.parts, (err) => {
+            // a file gone or changed since its size was learnt: look again next time (the agent retries)
+            if (err.code === 'ENOENT' || err.code === 'ESTALE') store.forget(ids);
+          });
+        }
+        const body = await store.readPack(ids, PACK_MAX_BYTES);
         bytesOut(body.length);
         return body;
       } catch (err) {

@@ -31,7 +31,7 @@ export interface ScrubPassOptions {
  * answers DF_ERR_CHUNK_NOT_FOUND, never the bad bytes again; the next publish or commit that has the
  * chunk uploads it anew, as `missing` now names it).
  */
-export async function scrubLocalStore(store: Pick<FsChunkStore, 'list' | 'get' | 'pathOf'>, opts: ScrubPassOptions): Promise<ScrubPass> {
+export async function scrubLocalStore(store: Pick<FsChunkStore, 'list' | 'get' | 'pathOf' | 'forget'>, opts: ScrubPassOptions): Promise<ScrubPass> {
   const pass: ScrubPass = { chunks: 0, bytes: 0, quarantined: [], stopped: false };
   const start = performance.now();
   for await (const id of store.list()) {
@@ -49,6 +49,7 @@ export async function scrubLocalStore(store: Pick<FsChunkStore, 'list' | 'get' |
       await fsp.mkdir(opts.quarantine, { recursive: true });
       const to = path.join(opts.quarantine, `${id}.zst`);
       await fsp.rename(store.pathOf(id), to);
+      store.forget([id]); // batch fetches stop planning to send its file
       pass.quarantined.push(id);
       opts.onCorrupt?.(id, to);
     }

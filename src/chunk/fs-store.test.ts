@@ -6,6 +6,7 @@ import { DeskfuseError } from '../errors.js';
 import { encodeFrame, openFrame } from './frame.js';
 import { decodePack, encodePack } from './pack.js';
 import { FsChunkStore } from './fs-store.js';
+import type { PackPlan } from './store.js';
 import { hashBytes, idHex } from './id.js';
 import { ChunkWorkers } from './workers.js';
 import { rejection } from '../../test/helpers/expect.js';
@@ -206,5 +207,63 @@ describe('FsChunkStore.readPack (a batch fetch served as stored)', () => {
     const [rec] = decodePack(await store.readPack([a.id], 1 << 20), MAX);
     expect(rec!.frame.equals(other)).toBe(true);
     expect(() => openFrame(a.id, rec!.frame, MAX)).toThrow(/hash to/); // what the agent does with every record
+  });
+});
+
+/** What the sender thread sends for a plan: its buffers, and each file part read whole (checking its size). */
+async function materialize(plan: PackPlan): Promise<Buffer> {
+  const out: Buffer[] = [];
+  for (const p of plan.parts) {
+    if (Buffer.isBuffer(p)) out.push(p);
+    else {
+      const b = await fsp.readFile(p[0]);
+      expect(b.length).toBe(p[1]);
+      out.push(b);
+    }
+  }
+  const body = Buffer.concat(out);
+  expect(body.length).toBe(plan.size);
+  return body;
+}
+
+describe('FsChunkStore.packPlan (a batch fetch sent from the stored files)', () => {
+  it("is byte for byte pack.ts's encoding of the stored frames, frames as file parts; each file's head is read once", async () => {
+    const workers = new ChunkWorkers(1);
+    const s = await FsChunkStore.open(path.join(dir, 'plan'), MAX, workers);
+    try {
+      const cs = ['one', 'two', 'three', 'four'].map(chunkOf);
+      for (const c of cs) await s.put(c.id, { frame: c.frame });
+      const order = [cs[2]!, cs[0]!, cs[3]!];
+      const plan = await s.packPlan(order.map((c) => c.id), 1 << 20);
+      expect(plan.parts.filter((p) => !Buffer.isBuffer(p))).toEqual(order.map((c) => [s.pathOf(c.id), c.frame.length]));
+      expect((await materialize(plan)).equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
+      expect((await materialize(await s.packPlan([], 1 << 20))).equals(encodePack([]))).toBe(true);
+      expect(workers.done.heads).toBe(1);
+      // known heads are not read again; concurrent plans needing the same unknown ones share one read
+      await Promise.all(Array.from({ length: 10 }, () => s.packPlan([cs[1]!.id, cs[2]!.id], 1 << 20)));
+      expect(workers.done.heads).toBe(2);
+      await s.packPlan(cs.map((c) => c.id), 1 << 20);
+      expect(workers.done.heads).toBe(2);
+      s.forget([cs[0]!.id]);
+      await s.packPlan(cs.map((c) => c.id), 1 << 20);
+      expect(workers.done.heads).toBe(3);
+    } finally {
+      await workers.close();
+    }
+  });
+
+  it('absent → DF_ERR_CHUNK_NOT_FOUND naming it; past the limit → DF_ERR_TOO_LARGE; no frame header → DF_ERR_CHUNK_CORRUPT', async () => {
+    const s = await FsChunkStore.open(path.join(dir, 'plan-errors'), MAX);
+    const a = chunkOf('a');
+    const b = chunkOf('b');
+    await s.put(a.id, { frame: a.frame });
+    expect(await rejection(s.packPlan([a.id, b.id], 1 << 20))).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', fields: { id: b.id } });
+    await s.put(b.id, { frame: b.frame });
+    expect((await rejection(s.packPlan([a.id, b.id], a.frame.length + b.frame.length - 1))).code).toBe('DF_ERR_TOO_LARGE');
+    expect(decodePack(await materialize(await s.packPlan([a.id, b.id], a.frame.length + b.frame.length)), MAX)).toHaveLength(2);
+    const c = chunkOf('c');
+    await s.put(c.id, { frame: c.frame });
+    await fsp.writeFile(s.pathOf(c.id), Buffer.from('not a frame'));
+    expect(await rejection(s.packPlan([a.id, c.id], 1 << 20))).toMatchObject({ code: 'DF_ERR_CHUNK_CORRUPT', fields: { id: c.id } });
   });
 });

@@ -5,7 +5,7 @@ import { fsyncDir, writeDurable } from '../fs/durable.js';
 import { storeIoError } from '../fs/io-errors.js';
 import { encodeFrame } from './frame.js';
 import { isIdHex } from './id.js';
-import type { PackReader, PrunableStore, StoredChunk } from './store.js';
+import type { PackPlan, PackReader, PrunableStore, StoredChunk } from './store.js';
 import { chunkWorkers, type ChunkWorkers } from './workers.js';
 
 /**
@@ -98,6 +98,85 @@ export class FsChunkStore implements PrunableStore, PackReader {
     return r.body;
   }
 
+  /**
+   * Each stored frame's [file size, declared raw length], learnt once from its first bytes: chunk
+   * files never change, so a storm of endpoints asking for the same batches costs one look each.
+   * Bounded (the oldest go first); `forget` drops ids whose file was found gone or changed.
+   */
+  private readonly heads = new Map<string, [size: number, raw: number]>();
+  private readonly headsInFlight = new Map<string, Promise<Map<string, [number, number]>>>();
+  static readonly HEADS_KEPT = 100_000;
+
+  async packPlan(ids: string[], maxFrameBytes: number): Promise<PackPlan> {
+    const miss = ids.filter((id) => !this.heads.has(id));
+    const learnt = miss.length ? await this.learnHeads(miss) : undefined;
+    const meta = Buffer.allocUnsafe(8 + 40 * ids.length + 36); // header, record heads, trailer (pack.ts)
+    meta.write('DFPK', 0, 'latin1');
+    meta.writeUInt32BE(0x01000000, 4);
+    const parts: PackPlan['parts'] = [];
+    let frames = 0;
+    let from = 0; // the memory part not yet pushed starts here
+    for (let k = 0; k < ids.length; k++) {
+      const id = ids[k]!;
+      const h = learnt?.get(id) ?? this.heads.get(id);
+      if (!h) return this.packPlan(ids, maxFrameBytes); // dropped meanwhile (bounded, or forgotten): look again
+      frames += h[0];
+      if (frames > maxFrameBytes) {
+        throw dfError('DF_ERR_TOO_LARGE', `these ${ids.length} chunks are more than ${maxFrameBytes} bytes: ask for fewer at a time`, { limit: maxFrameBytes, ids: ids.length });
+      }
+      const at = 8 + 40 * k;
+      meta.write(id, at, 'hex');
+      meta.writeUInt32BE(h[1], at + 32);
+      meta.writeUInt32BE(h[0], at + 36);
+      parts.push(meta.subarray(from, at + 40), [this.pathOf(id), h[0]]);
+      from = at + 40;
+    }
+    const end = 8 + 40 * ids.length;
+    meta.fill(0, end, end + 32);
+    meta.writeUInt32BE(ids.length, end + 32);
+    parts.push(meta.subarray(from, end + 36));
+    return { size: meta.length + frames, parts };
+  }
+
+  forget(ids: string[]): void {
+    for (const id of ids) this.heads.delete(id);
+  }
+
+  private learnHeads(ids: string[]): Promise<Map<string, [number, number]>> {
+    const key = ids.join(',');
+    let p = this.headsInFlight.get(key);
+    if (!p) {
+      p = this.learnHeadsOnce(ids).finally(() => this.headsInFlight.delete(key));
+      this.headsInFlight.set(key, p);
+    }
+    return p;
+  }
+
+  private async learnHeadsOnce(ids: string[]): Promise<Map<string, [number, number]>> {
+    let r: Awaited<ReturnType<ChunkWorkers['heads']>>;
+    try {
+      r = await this.workers.heads(ids.map((id) => ({ id, path: this.pathOf(id) })), this.maxChunkSize);
+    } catch (cause) {
+      if (isDeskfuseError(cause, 'DF_ERR_CHUNK_INVALID')) {
+        const id = cause.fields.id as string;
+        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, path: this.pathOf(id) }, cause);
+      }
+      throw cause;
+    }
+    if ('missing' in r) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${r.missing} is not in the store`, { id: r.missing });
+    const out = new Map<string, [number, number]>();
+    ids.forEach((id, k) => out.set(id, [r.sizes[k]!, r.raws[k]!]));
+    if (this.heads.size + out.size > FsChunkStore.HEADS_KEPT) {
+      let drop = this.heads.size + out.size - FsChunkStore.HEADS_KEPT + (FsChunkStore.HEADS_KEPT >> 4);
+      for (const id of this.heads.keys()) {
+        if (drop-- <= 0) break;
+        this.heads.delete(id);
+      }
+    }
+    for (const [id, h] of out) this.heads.set(id, h);
+    return out;
+  }
+
   async put(id: string, chunk: { frame: Buffer } | { raw: Buffer }): Promise<boolean> {
     const frame = 'frame' in chunk ? chunk.frame : encodeFrame(chunk.raw);
     const r = await this.putMany([{ id, frame }]);
@@ -155,6 +234,7 @@ export class FsChunkStore implements PrunableStore, PackReader {
   }
 
   async remove(id: string): Promise<void> {
+    this.heads.delete(id);
     await fsp.rm(this.pathOf(id), { force: true });
   }
 

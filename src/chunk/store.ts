@@ -37,6 +37,20 @@ export interface PackReader {
    * DF_ERR_TOO_LARGE (frames past `maxFrameBytes`), DF_ERR_CHUNK_CORRUPT (a frame without a sane header).
    */
   readPack(ids: string[], maxFrameBytes: number): Promise<Buffer>;
+  /**
+   * The same body as parts for the sender thread (native sendParts): record heads in memory, each
+   * frame as `[path, size]` of its stored file, so no byte of a frame passes through the process.
+   * Same errors as readPack. `forget` drops what was learnt of these ids (a part's file was gone or
+   * had changed when it was sent).
+   */
+  packPlan(ids: string[], maxFrameBytes: number): Promise<PackPlan>;
+  forget(ids: string[]): void;
+}
+
+export interface PackPlan {
+  /** The body's length (Content-Length). */
+  size: number;
+  parts: Array<Buffer | [path: string, size: number]>;
 }
 
 export const isPackReader = (s: object): s is PackReader => typeof (s as Partial<PackReader>).readPack === 'function';

@@ -15,6 +15,8 @@ import { isZero } from './id.js';
  *   check(id, frame, max) the same, answering only                  → {length, zero}
  *   seal(raw)             hash and compress raw bytes               → {id, frame}
  *   pack(files, …)        stored frames as one pack body, NOT opened → {body} | {missing} | {tooLarge}
+ *   heads(files, max)     each stored frame's size and declared raw length (its first bytes only)
+ *                         → {sizes, raws} | {missing}: what a pack sent from the files needs to know
  *                         (serving: the frames were verified when stored, the receiver verifies each)
  *
  * Verification is the one of frame.ts `openFrame` (declared size first, so a hostile frame cannot
@@ -25,7 +27,7 @@ import { isZero } from './id.js';
 const WORKER_SOURCE = String.raw`
 'use strict';
 const { parentPort, workerData } = require('node:worker_threads');
-const { closeSync, openSync, readFileSync, readSync, statSync } = require('node:fs');
+const { closeSync, fstatSync, openSync, readFileSync, readSync, statSync } = require('node:fs');
 const zstd = require(workerData.zstd);
 const blake = require(workerData.blake);
 
@@ -98,6 +100,22 @@ parentPort.on('message', (t) => {
       body.fill(0, at, at + 32);
       body.writeUInt32BE(sizes.length, at + 32);
       parentPort.postMessage({ seq: t.seq, body }, [body.buffer]);
+    } else if (t.op === 'heads') {
+      const sizes = new Float64Array(t.paths.length);
+      const raws = new Float64Array(t.paths.length);
+      const head = Buffer.allocUnsafe(18); // the longest zstd frame header (RFC 8878 §3.1.1.1)
+      for (let k = 0; k < t.paths.length; k++) {
+        let fd;
+        try { fd = openSync(t.paths[k], 'r'); } catch (e) { if (e && e.code === 'ENOENT') { parentPort.postMessage({ seq: t.seq, missing: t.ids[k] }); return; } throw e; }
+        try {
+          sizes[k] = fstatSync(fd).size;
+          const n = readSync(fd, head, 0, 18, 0);
+          const raw = frameContentSize(head.subarray(0, n));
+          if (raw === undefined || raw === 0 || raw > t.max) throw new Invalid('chunk ' + t.ids[k] + ': the stored frame declares no content size of 1..' + t.max, { id: t.ids[k] });
+          raws[k] = raw;
+        } finally { closeSync(fd); }
+      }
+      parentPort.postMessage({ seq: t.seq, sizes, raws }, [sizes.buffer, raws.buffer]);
     } else if (t.op === 'check') {
       // An upload is verified here and stored as the frame it came as: only two facts go back.
       const raw = open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max);
@@ -119,7 +137,7 @@ parentPort.on('message', (t) => {
 
 type Reply = {
   seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string; length?: number; zero?: boolean;
-  body?: Uint8Array; missing?: string; tooLarge?: boolean;
+  body?: Uint8Array; missing?: string; tooLarge?: boolean; sizes?: Float64Array; raws?: Float64Array;
   invalid?: { message: string; fields: Record<string, unknown> };
   failed?: { message: string; code?: string; syscall?: string; path?: string };
 };
@@ -138,7 +156,7 @@ export class ChunkWorkers {
   private readonly slots: Array<Slot | undefined>;
   private seq = 0;
   /** Tasks done, by operation (observability and tests). */
-  readonly done = { read: 0, open: 0, seal: 0, pack: 0 };
+  readonly done = { read: 0, open: 0, seal: 0, pack: 0, heads: 0 };
 
   constructor(readonly size = Math.min(4, Math.max(2, availableParallelism() - 1))) {
     this.slots = new Array<Slot | undefined>(size).fill(undefined);
@@ -163,6 +181,17 @@ export class ChunkWorkers {
     if (r.missing) return { missing: r.missing };
     if (r.tooLarge) return { tooLarge: true };
     return { body: buf(r.body!) };
+  }
+
+  /**
+   * Each stored frame's size and the raw length its header declares (DF_ERR_CHUNK_INVALID when it
+   * declares none of 1..max), from its first 18 bytes: what a pack sent straight from the files needs.
+   */
+  async heads(files: Array<{ id: string; path: string }>, max: number): Promise<{ sizes: Float64Array; raws: Float64Array } | { missing: string }> {
+    const r = await this.run({ op: 'heads', ids: files.map((f) => f.id), paths: files.map((f) => f.path), max });
+    this.done.heads++;
+    if (r.missing) return { missing: r.missing };
+    return { sizes: r.sizes!, raws: r.raws! };
   }
 
   /** Open an uploaded frame and verify it against its id (DF_ERR_CHUNK_INVALID). */

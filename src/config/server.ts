@@ -108,6 +108,11 @@ export interface AdmissionConfig {
   readonly heavyTransfers: number;
   /** Seconds a refused client is told to wait (Retry-After). Default 5. */
   readonly retryAfterSeconds: number;
+  /**
+   * The uplink a storm may fill: a token bucket over every body sent from files (boot stage, deltas,
+   * chunk packs; the bulk of the bytes), in Mbit/s; 0 = no cap (default).
+   */
+  readonly maxMbitPerSecond: number;
 }
 
 /** The NBD server for the hypervisor pool: image versions read-only, VDI sessions writable. */
@@ -191,7 +196,7 @@ export const DEFAULTS: ServerConfig = {
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
   scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
-  admission: { heavyTransfers: 16, retryAfterSeconds: 5 },
+  admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
 };
 
@@ -257,7 +262,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
   const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
-  const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600] }, problems);
+  const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });

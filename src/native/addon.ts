@@ -28,6 +28,16 @@ export interface Native {
    * Nothing else may write to the socket until `cb` ran.
    */
   sendfile(sockFd: number, fileFd: number, offset: number, length: number, idleMs: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void): void;
+  /**
+   * Send a body made of parts, in order, on the same sender thread: a Buffer as it is (copied at the
+   * call), `[path, size]` the whole file at `path`, opened when its turn comes (ENOENT if gone, ESTALE
+   * unless it is exactly `size` bytes). Errors as sendfile's.
+   */
+  sendParts(sockFd: number, parts: Array<Buffer | [path: string, size: number]>, idleMs: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void): void;
+  /** The sender's token bucket over every body it sends, in bytes per second (0: no cap). */
+  sendRate(bytesPerSecond: number): void;
+  /** Bodies in progress, bytes sent, turns that waited for the bucket, the rate. */
+  sendStats(): { active: number; bytes: number; throttled: number; rate: number };
 }
 
 /**

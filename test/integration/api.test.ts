@@ -11,6 +11,7 @@ import { decodeLayer, encodeLayer } from '../../src/image/layer.js';
 import { ImageShow, RefLogEntry, Version } from '../../src/api/schemas.js';
 import { prng } from '../helpers/disk.js';
 import { tempDir } from '../helpers/server.js';
+import { sendFileStats } from '../../server/send-file.js';
 
 const CS = 64 * 1024;
 const VS = 8 * CS;
@@ -204,6 +205,32 @@ describe('chunks', () => {
     expect(recs.map((r) => r.id)).toEqual([b.id, a.id]);
     expect(recs[0]!.rawLength).toBe(1000);
     expect((await req('PUT', `/chunks/${idHex(hashBytes(Buffer.alloc(CS)))}`, Buffer.alloc(CS), { 'content-type': 'application/octet-stream' })).statusCode).toBe(400);
+  });
+});
+
+describe('batch fetch over a real connection (frames sent from their files by the sender thread)', () => {
+  it('answers the exact pack, twice on one keep-alive connection; a chunk file gone behind the store cuts that body, and the next fetch says 404', async () => {
+    const url = await ap.app.listen({ host: '127.0.0.1', port: 0 });
+    const cs = [chunk(), chunk(1000), chunk(CS - 3)];
+    await upload(cs);
+    const fetchPack = (ids: string[]) => fetch(`${url}/api/v1/chunks/fetch`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json' }, body: JSON.stringify({ ids }) });
+    const before = sendFileStats.parts;
+    for (const order of [[cs[2]!, cs[0]!, cs[1]!], [cs[1]!]]) {
+      const r = await fetchPack(order.map((c) => c.id));
+      expect(r.status).toBe(200);
+      expect(r.headers.get('content-type')).toBe(PACK_CONTENT_TYPE);
+      const body = Buffer.from(await r.arrayBuffer());
+      expect(Number(r.headers.get('content-length'))).toBe(body.length);
+      expect(body.equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
+    }
+    expect(sendFileStats.parts - before).toBe(2);
+    await fsp.rm(path.join(tmp.dir, 'chunks', cs[0]!.id.slice(0, 3), `${cs[0]!.id}.zst`));
+    const cut = await fetchPack(cs.map((c) => c.id));
+    expect(cut.status).toBe(200); // the headers went out before the file was missed
+    await expect(cut.arrayBuffer()).rejects.toThrow(); // the body is cut short: the agent retries
+    const gone = await fetchPack(cs.map((c) => c.id));
+    expect(gone.status).toBe(404);
+    expect(await gone.json()).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', id: cs[0]!.id });
   });
 });
 
