@@ -12,8 +12,13 @@
 //
 // env: SERVER URL, TOKEN (admin), IMAGE, DESKTOP, FROM (version provisioned), TO (version updated to),
 //      SERVER_PID, NGINX URL, NGINX_ROOT (folder nginx serves: the recorded bodies go there),
-//      NGINX_PIDS (master and workers, comma-separated), KS (e.g. "50 200 500"), PHASES
+//      NGINX_PIDS (master and workers, comma-separated), KS (e.g. "50 200 500"), PHASES;
+//      optional VARNISH URL, VARNISH_PIDS, VARNISH_N (its -n folder): the update phase a third time
+//      through Varnish (deploy/varnish/deskfuse.vcl) in front of the same server, its cache emptied
+//      (ban) before each K, reporting the bytes the origin sent with and without the cache.
 // Prints one JSON line per (phase, K, target) on stdout.
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -30,6 +35,7 @@ const FROM = Number(need('FROM'));
 const TO = Number(need('TO'));
 const NGINX = need('NGINX');
 const ROOT = need('NGINX_ROOT');
+const VARNISH = env.VARNISH || undefined;
 const KS = (env.KS ?? '50').split(/[ ,]+/).filter(Boolean).map(Number);
 const PHASES = (env.PHASES ?? 'provision update').split(/[ ,]+/).filter(Boolean);
 const CLK = 100; // USER_HZ
@@ -84,8 +90,9 @@ const keepGet = (p) => request(SERVER, { path: p, keep: true }, { bytes: 0, busy
 const boot = [];
 for (const f of ['vmlinuz', 'initrd.img']) {
   try {
-    await keepGet(`/boot/${f}`);
-    boot.push({ path: `/boot/${f}`, file: `boot/${f}` });
+    // Under its content hash, as the iPXE script names it (what a site cache may keep).
+    const hash = createHash('sha256').update(await keepGet(`/boot/${f}`)).digest('hex').slice(0, 32);
+    boot.push({ path: `/boot/stage/${hash}/${f}`, file: `boot/${f}` });
   } catch { console.error(`storm: /boot/${f} not served (build the boot stage): left out`); }
 }
 const api = [
@@ -114,11 +121,12 @@ for (const l of Object.values(lists)) {
 async function endpoint(target, list, stats) {
   const nginx = target === 'nginx';
   const as = (r) => (nginx ? { path: `/${r.file}` } : r);
+  const base = { nginx: NGINX, varnish: VARNISH, deskfuse: SERVER }[target];
   const me = {};
-  for (const r of list.serial) await request(nginx ? NGINX : SERVER, as(r), stats, me);
+  for (const r of list.serial) await request(base, as(r), stats, me);
   let next = 0;
   await Promise.all([0, 1].map(async () => {
-    while (next < list.batches.length) await request(nginx ? NGINX : SERVER, as(list.batches[next++]), stats, me);
+    while (next < list.batches.length) await request(base, as(list.batches[next++]), stats, me);
   }));
 }
 
@@ -128,6 +136,8 @@ const ticks = (pids) => pids.reduce((n, pid) => {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return n + Number(f[11]) + Number(f[12]);
 }, 0);
+/** Bytes the process wrote (write(2) and sendfile(2) of all its threads: sockets, and its few file writes). */
+const wchar = (pid) => Number(/^wchar: (\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))[1]);
 const rssMiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
 const pct = (a, q) => a[Math.min(a.length - 1, Math.floor(q * a.length))];
 async function metrics() {
@@ -138,9 +148,13 @@ async function metrics() {
 
 for (const phase of PHASES) {
   for (const K of KS) {
-    for (const target of ['deskfuse', 'nginx']) {
-      const pids = target === 'nginx' ? need('NGINX_PIDS').split(',').map(Number) : [Number(need('SERVER_PID'))];
+    for (const target of ['deskfuse', 'nginx', ...(VARNISH && phase === 'update' ? ['varnish'] : [])]) {
+      const server = Number(need('SERVER_PID'));
+      const pids = target === 'deskfuse' ? [server] : need(target === 'nginx' ? 'NGINX_PIDS' : 'VARNISH_PIDS').split(',').map(Number);
       if (target === 'deskfuse') await metrics(); // resets the server's delay histogram
+      // Each K starts from an empty site cache: what the origin sends is what K endpoints cost it.
+      if (target === 'varnish') execFileSync('varnishadm', ['-n', need('VARNISH_N'), 'ban', 'req.url', '~', '.']);
+      const w0 = wchar(server);
       const stats = { bytes: 0, busy: 0 };
       const done = [];
       let failures = 0;
@@ -165,13 +179,14 @@ for (const phase of PHASES) {
       clearInterval(sampler);
       self.disable();
       const cpu = (ticks(pids) - c0) / CLK;
+      const originMiB = target === 'nginx' ? null : +((wchar(server) - w0) / 2 ** 20).toFixed(1);
       const me = process.cpuUsage(me0);
       done.sort((a, b) => a - b);
       const delay = target === 'deskfuse' ? await metrics() : { p99: NaN, max: NaN };
       console.log(JSON.stringify({
         phase, K, target, failures, firstError, wall: +wall.toFixed(2), cpu: +cpu.toFixed(2), cpuPerClient: +(cpu / K).toFixed(4),
         p50: +(pct(done, 0.5) ?? NaN).toFixed(2), p99: +(pct(done, 0.99) ?? NaN).toFixed(2), max: +(done.at(-1) ?? NaN).toFixed(2),
-        rssPeakMiB: Math.round(peak), bytesPerClient: Math.round(stats.bytes / K), busyWaits: stats.busy,
+        rssPeakMiB: Math.round(peak), originMiB, bytesPerClient: Math.round(stats.bytes / K), busyWaits: stats.busy,
         loopDelayP99ms: +delay.p99.toFixed(1), loopDelayMaxMs: +delay.max.toFixed(1), generatorCpu: +((me.user + me.system) / 1e6).toFixed(2),
       }));
     }

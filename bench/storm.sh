@@ -5,12 +5,15 @@
 #
 #   bash bench/storm.sh DATA OUT     DATA: a workload folder (base.img v2.img), OUT: markdown table
 # env: CLI (default <repo>/dist/cli/main.js), KS="50 200 500", PHASES="provision update",
-#      HEAVY=16 (admission.heavyTransfers), STORM_PORT=18495, NGINX_PORT=18496, KEEP_TMP=0
+#      HEAVY=16 (admission.heavyTransfers), STORM_PORT=18495, NGINX_PORT=18496, KEEP_TMP=0,
+#      VARNISH=1 (default when varnishd is installed; 0 leaves it out), VARNISH_PORT=18497
 #
 # The server runs on the embedded default (SQLite + local store) on 127.0.0.1 with its boot stage
 # (initramfs/out, if built), the base image as version 1 (ref `base`) and v2 published on `main`.
 # nginx: Debian's nginx-light, `sendfile on`, worker_processes auto, serving the bodies the
-# generator recorded from the server. Both are stopped by their PIDs at exit.
+# generator recorded from the server. Varnish (Debian's, deploy/varnish/deskfuse.vcl) in front of the
+# same server replays the update phase: "origin MiB" is what the server wrote meanwhile (/proc/PID/io
+# wchar: sockets incl. sendfile, and its few file writes). All are stopped by their PIDs at exit.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,6 +26,8 @@ HEAVY=${HEAVY:-16}
 PORT=${STORM_PORT:-18495}
 NPORT=${NGINX_PORT:-18496}
 KEEP_TMP=${KEEP_TMP:-0}
+VPORT=${VARNISH_PORT:-18497}
+VARNISH=${VARNISH:-$(command -v varnishd > /dev/null && echo 1 || echo 0)}
 
 die() { echo "storm: $*" >&2; exit 1; }
 log() { echo "== storm: $*" >&2; }
@@ -31,15 +36,16 @@ for f in base.img v2.img; do [ -f "$DATA/$f" ] || die "$DATA/$f is missing (benc
 command -v nginx > /dev/null || die "nginx is missing: apt-get install -y nginx-light (bench/run.sh installs it)"
 
 T=$(mktemp -d /tmp/deskfuse-bench-storm-XXXXXX)
-SPID= NPID=
+SPID= NPID= VPID=
 cleanup() {
+  [ -z "$VPID" ] || { kill "$VPID" 2> /dev/null || true; wait "$VPID" 2> /dev/null || true; }
   [ -z "$SPID" ] || { kill "$SPID" 2> /dev/null || true; wait "$SPID" 2> /dev/null || true; }
   [ -z "$NPID" ] || { kill "$NPID" 2> /dev/null || true; wait "$NPID" 2> /dev/null || true; }
   [ "$KEEP_TMP" = 1 ] || rm -rf "$T"
 }
 trap cleanup EXIT
 
-for p in "$PORT" "$NPORT"; do
+for p in "$PORT" "$NPORT" $([ "$VARNISH" = 1 ] && echo "$VPORT"); do
   if curl -fsS -o /dev/null "http://127.0.0.1:$p/" 2> /dev/null; then die "something already answers on 127.0.0.1:$p"; fi
 done
 echo "{\"admission\": {\"heavyTransfers\": $HEAVY}}" > "$T/config.json"
@@ -73,7 +79,22 @@ for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.
 NPIDS=$(echo "$NPID" $(pgrep -P "$NPID") | tr ' ' ',')
 log "nginx pids $NPIDS on 127.0.0.1:$NPORT"
 
-SERVER="http://127.0.0.1:$PORT" TOKEN="$ADMIN" IMAGE=storm DESKTOP=storm FROM=1 TO=2 SERVER_PID=$SPID \
+VENV=()
+if [ "$VARNISH" = 1 ]; then
+  command -v varnishd > /dev/null || die "varnishd is missing: bash scripts/setup-deps.sh test (or VARNISH=0)"
+  mkdir -p "$T/varnish" && chmod 755 "$T/varnish" # varnishd compiles the VCL as its own user
+  echo "backend default { .host = \"127.0.0.1\"; .port = \"$PORT\"; .first_byte_timeout = 300s; }" > "$T/varnish/deskfuse-backend.vcl"
+  varnishd -F -n "$T/varnish/n" -a "127.0.0.1:$VPORT" -f "$REPO/deploy/varnish/deskfuse.vcl" \
+    -p "vcl_path=$T/varnish:/usr/share/varnish/vcl" -s malloc,2G > "$T/varnish.log" 2>&1 &
+  VPID=$!
+  for _ in $(seq 100); do [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$VPORT/healthz")" = 200 ] && break; sleep 0.1; done
+  kill -0 "$VPID" 2> /dev/null || { cat "$T/varnish.log" >&2; VPID=; die "varnishd did not start"; }
+  VPIDS=$(echo "$VPID" $(pgrep -P "$VPID") | tr ' ' ',')
+  log "varnish pids $VPIDS on 127.0.0.1:$VPORT"
+  VENV=(VARNISH="http://127.0.0.1:$VPORT" VARNISH_PIDS="$VPIDS" VARNISH_N="$T/varnish/n")
+fi
+
+env "${VENV[@]}" SERVER="http://127.0.0.1:$PORT" TOKEN="$ADMIN" IMAGE=storm DESKTOP=storm FROM=1 TO=2 SERVER_PID=$SPID \
   NGINX="http://127.0.0.1:$NPORT" NGINX_ROOT="$T/www" NGINX_PIDS="$NPIDS" KS="$KS" PHASES="$PHASES" \
   node "$REPO/bench/storm.mjs" | tee "$T/rows.jsonl" >&2
 
@@ -82,14 +103,15 @@ import json, sys, datetime
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r["phase"], r["K"], r["target"]): r for r in rows}
 L = [f"deskfuse boot storm, workload {sys.argv[3]}, admission.heavyTransfers={sys.argv[4]}, {datetime.datetime.now().isoformat(timespec='seconds')}", "",
-     "| phase | K | target | failures | wall s | done p50 / p99 / max s | server CPU s | CPU s per client | ratio to nginx | peak RSS MiB | event-loop delay p99 / max ms | 503 waits | MiB per client |",
-     "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+     "| phase | K | target | failures | wall s | done p50 / p99 / max s | server CPU s | CPU s per client | ratio to nginx | peak RSS MiB | event-loop delay p99 / max ms | 503 waits | MiB per client | origin MiB |",
+     "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 for (phase, k, target), r in by.items():
     ng = by.get((phase, k, "nginx"))
     ratio = f"{r['cpuPerClient'] / ng['cpuPerClient']:.1f}x" if target == "deskfuse" and ng and ng["cpuPerClient"] > 0 else ""
     delay = f"{r['loopDelayP99ms']} / {r['loopDelayMaxMs']}" if target == "deskfuse" else ""
-    L.append(f"| {phase} | {k} | {target} | {r['failures']} | {r['wall']} | {r['p50']} / {r['p99']} / {r['max']} | {r['cpu']} | {r['cpuPerClient']} | {ratio} | {r['rssPeakMiB']} | {delay} | {r['busyWaits'] if target == 'deskfuse' else ''} | {r['bytesPerClient'] / 2**20:.1f} |")
-L += ["", "One generator process (bench/storm.mjs) plays K endpoints at once on the same 2 cores; CPU = /proc utime+stime of the server process (nginx: master + workers) over the phase; RSS sampled every 100 ms."]
+    L.append(f"| {phase} | {k} | {target} | {r['failures']} | {r['wall']} | {r['p50']} / {r['p99']} / {r['max']} | {r['cpu']} | {r['cpuPerClient']} | {ratio} | {r['rssPeakMiB']} | {delay} | {r['busyWaits'] if target == 'deskfuse' else ''} | {r['bytesPerClient'] / 2**20:.1f} | {'' if r.get('originMiB') is None else r['originMiB']} |")
+L += ["", "One generator process (bench/storm.mjs) plays K endpoints at once on the same 2 cores; CPU = /proc utime+stime of the target's processes (nginx: master + workers; varnish: varnishd's) over the phase; RSS sampled every 100 ms.",
+      "varnish: the update through Varnish (deploy/varnish/deskfuse.vcl, its cache emptied before each K) in front of the same server; origin MiB = what the deskfuse server wrote meanwhile (/proc/PID/io wchar: sockets incl. sendfile), with (varnish) and without (deskfuse) the cache."]
 open(sys.argv[2], "w").write("\n".join(L) + "\n")
 print("\n".join(L))
 PY

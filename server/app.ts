@@ -3,6 +3,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { PACK_CONTENT_TYPE } from '../src/chunk/pack.js';
 import { authenticate, authorize } from './auth.js';
 import type { AppContext } from './context.js';
+import { installCachingContract } from './conditional.js';
 import { installErrorHandler } from './errors.js';
 import { dfError } from '../src/errors.js';
 import { chunkRoutes } from './routes/chunks.js';
@@ -39,6 +40,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
   });
   installErrorHandler(app);
+  installCachingContract(app);
 
   for (const type of ['application/octet-stream', 'application/zstd', PACK_CONTENT_TYPE, PATCH_CONTENT_TYPE]) {
     app.addContentTypeParser(type, { parseAs: 'buffer' }, (_req, body, done) => done(null, body));

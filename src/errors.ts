@@ -49,6 +49,7 @@ export const ERRORS = {
   DF_ERR_BOOT_TOKEN_USED: { status: 401, message: 'the boot token was already used' },
   DF_ERR_BOOT_TOKEN_MAC: { status: 403, message: 'the boot token belongs to another endpoint' },
   DF_ERR_BOOT_FILES_MISSING: { status: 503, message: 'the boot stage (kernel and initramfs) is not built' },
+  DF_ERR_BOOT_STAGE_CHANGED: { status: 404, message: 'the boot stage changed since this URL was given: ask /boot/ipxe again' },
   DF_ERR_STORE_VERIFY: { status: 500, message: 'the store has missing or corrupt chunks' },
   DF_ERR_NATIVE_MISSING: { status: 500, message: 'the native addon is not built' },
   DF_ERR_NBD_EXPORT_UNKNOWN: { status: 404, message: 'no such NBD export' },

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
   BootEvent, BootEventBody, BootSession, CommitRequestAnswer, type CommitRequestBody, IpxeQuery, MacQuery, SessionBody,
@@ -9,6 +9,8 @@ import { scopeDesktop } from '../../src/desktop/desktops.js';
 import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
 import { dfError } from '../../src/errors.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
+import { BootStageHashes, keyOf, STAGE_HASH_HEX, type StageFile } from '../boot-stage.js';
+import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
 import { sendFile } from '../send-file.js';
@@ -17,7 +19,10 @@ import { sendFile } from '../send-file.js';
  * The network boot flow, under /boot (no admin token: firmware cannot send one).
  *   GET  /boot/ipxe            iPXE script: who are you → what this boot does (src/endpoint/decide.ts)
  *   GET  /boot/vmlinuz         the boot stage's kernel      } streamed from the initramfs build
- *   GET  /boot/initrd.img      the boot stage's initramfs   }
+ *   GET  /boot/initrd.img      the boot stage's initramfs   } (no-cache: their bytes change with a rebuild)
+ *   GET  /boot/stage/HASH/vmlinuz, /boot/stage/HASH/initrd.img   the same bytes under their content
+ *                              hash (immutable: any HTTP cache keeps them; the iPXE script names these;
+ *                              a HASH that is no longer current is 404 DF_ERR_BOOT_STAGE_CHANGED)
  *   POST /boot/session         one-time boot token + MAC + proof of the disk's secret → this boot's desktop token and orders
  *   POST /boot/events          the agent's progress (desktop token of the endpoint's desktop)
  *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit? (heard only from
@@ -26,6 +31,7 @@ import { sendFile } from '../send-file.js';
 export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const { endpoints, boot } = ctx;
   const scripts = ctx.metrics.counter('deskfuse_boot_scripts_total', 'iPXE scripts served by decision');
+  const stage = new BootStageHashes(boot.dir);
   const base = (req: FastifyRequest) => boot.publicUrl ?? `${req.protocol}://${req.headers.host ?? `${req.hostname}`}`;
 
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
@@ -57,36 +63,61 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     // iPXE boots the disk itself: from now on the OS may change it.
     if (d.kind === 'local' || d.kind === 'disabled') await endpoints.record('local', mac, { via: d.local }, e);
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
+    const paths = d.kind === 'agent' ? await stage.paths() : undefined;
     return bootScript(boot.templates, d, {
       base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
-      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}),
+      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'] } : {}),
     });
   });
 
-  const serveFile = (file: 'vmlinuz' | 'initrd.img', phase: BootPhase) => async (req: FastifyRequest<{ Querystring: MacQuery }>, reply: FastifyReply) => {
+  const missing = (p: string) => dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
+
+  // Only endpoints we know leave an event (anyone can fetch these files).
+  const noteFetch = async (req: FastifyRequest<{ Querystring: MacQuery }>, phase: BootPhase, bytes: number) => {
+    const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
+    const known = mac && req.method === 'GET' ? await ctx.meta.endpoints.findByMac(mac) : undefined;
+    if (known) await endpoints.record(phase, mac!, { bytes, ip: req.ip }, known);
+  };
+
+  const serveFile = (file: StageFile, phase: BootPhase) => async (req: FastifyRequest<{ Querystring: MacQuery; Params: { hash?: string } }>, reply: FastifyReply) => {
     const p = path.join(boot.dir, file);
     const fh = await fsp.open(p, 'r').catch(() => undefined);
     const st = await fh?.stat().catch(() => undefined);
     if (!fh || !st?.isFile()) {
       await fh?.close();
-      throw dfError('DF_ERR_BOOT_FILES_MISSING', `${p} is missing: build the boot stage with \`npm run build:initramfs\``, { file: p });
+      throw missing(p);
     }
-    const mac = req.query.mac ? normalizeMac(req.query.mac) : undefined;
-    // Only endpoints we know leave an event (anyone can fetch these files).
     try {
-      const known = mac && req.method === 'GET' ? await ctx.meta.endpoints.findByMac(mac) : undefined;
-      if (known) await endpoints.record(phase, mac!, { bytes: st.size, ip: req.ip }, known);
+      const want = req.params.hash;
+      if (want !== undefined) {
+        // The hash must be of the bytes this descriptor reads (a rebuild that just renamed a new file in: changed).
+        const cur = await stage.current(file);
+        if (cur?.hash !== want || cur.key !== keyOf(st)) throw dfError('DF_ERR_BOOT_STAGE_CHANGED', `${file} is now ${cur?.hash ?? 'missing'}, not ${want}: ask /boot/ipxe for the current boot script`, { file, hash: want, current: cur?.hash ?? null });
+      }
+      await noteFetch(req, phase, st.size);
+      if (want !== undefined && immutable(req, reply, `"${want}"`)) {
+        await fh.close();
+        return reply;
+      }
     } catch (err) {
       await fh.close();
       throw err;
     }
-    reply.type('application/octet-stream').header('cache-control', 'no-cache');
+    if (req.params.hash === undefined) reply.header('cache-control', 'no-cache');
+    reply.type('application/octet-stream');
     return sendFile(reply, fh, st.size); // HEAD: the headers alone
   };
+  const StageParams = Type.Object({ hash: Type.String({ pattern: `^[0-9a-f]{${STAGE_HASH_HEX}}$` }) });
   for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
+    const what = phase === 'kernel' ? 'kernel' : 'initramfs';
     app.route({
       method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true },
-      schema: { querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${phase === 'kernel' ? 'kernel' : 'initramfs'}` },
+      schema: { querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${what}` },
+      handler: serveFile(file, phase),
+    });
+    app.route({
+      method: ['GET', 'HEAD'], url: `/boot/stage/:hash/${file}`, config: { public: true },
+      schema: { params: StageParams, querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${what} under its content hash (immutable)` },
       handler: serveFile(file, phase),
     });
   }

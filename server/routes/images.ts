@@ -6,6 +6,7 @@ import {
 } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import type { CommitOutcome, ImageRow } from '../../src/image/model.js';
+import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 
 /** Images, versions, layers, indexes, commits and refs under /api/v1. */
@@ -56,7 +57,8 @@ export const imageRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
     schema: { params: VersionParams, tags: ['versions'], summary: "The version's layer (binary, see src/image/layer.ts)" },
   }, async (req, reply) => {
     const v = await catalog.version(req.params.image, req.params.version);
-    reply.type('application/vnd.deskfuse.layer').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`);
+    if (immutable(req, reply, `"${v.layer}"`)) return reply;
+    reply.type('application/vnd.deskfuse.layer');
     return catalog.layerBytes(req.params.image, req.params.version);
   });
 
@@ -64,7 +66,8 @@ export const imageRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
     schema: { params: VersionParams, tags: ['versions'], summary: "The version's full chunk index (binary, see src/image/chunk-index.ts)" },
   }, async (req, reply) => {
     const v = await catalog.version(req.params.image, req.params.version);
-    reply.type('application/vnd.deskfuse.index').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.index}"`);
+    if (immutable(req, reply, `"${v.index}"`)) return reply;
+    reply.type('application/vnd.deskfuse.index');
     return catalog.indexBytes(req.params.image, req.params.version);
   });
 

@@ -3,6 +3,7 @@ import { PatchStored, VersionParams } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { chunkWorkers } from '../../src/chunk/workers.js';
 import { openPatch, PATCH_CONTENT_TYPE, patched } from '../../src/sync/patch.js';
+import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 import { BODY_PATCH } from '../limits.js';
 import { sendFile } from '../send-file.js';
@@ -24,10 +25,12 @@ export const syncRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     schema: { params: VersionParams, tags: ['versions'], summary: "The version's changed 4 KiB blocks against its parent (binary, see src/sync/delta.ts)" },
   }, async (req, reply) => {
     const v = await ctx.catalog.version(req.params.image, req.params.version);
+    // A cache revalidating with the client's token (deploy/varnish) gets its 304 before any delta is opened.
+    if (immutable(req, reply, `"${v.layer}"`)) return reply;
     // Sent from its file (sendfile(2) where it can): a delta of any size costs the server no buffer.
     const delta = await ctx.deltas.open(v.layer);
-    bytesOut(delta.size);
-    reply.type('application/vnd.deskfuse.delta').header('cache-control', 'public, max-age=31536000, immutable').header('etag', `"${v.layer}"`);
+    if (req.method === 'GET') bytesOut(delta.size);
+    reply.type('application/vnd.deskfuse.delta');
     return sendFile(reply, delta.fh, delta.size);
   });
 

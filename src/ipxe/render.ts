@@ -45,6 +45,12 @@ export interface ScriptContext {
   self: string;
   /** The one-time boot token (agent decisions). */
   token?: string;
+  /**
+   * URL paths of the boot stage's files (default the plain /boot/vmlinuz, /boot/initrd.img): the
+   * server names them by content hash, so an HTTP cache at a site may keep them.
+   */
+  kernel?: string;
+  initrd?: string;
   /** Extra kernel parameters (consoles). */
   kernelArgs: string;
   firmware: 'bios' | 'uefi';
@@ -70,7 +76,7 @@ export function bootScript(t: Templates, d: BootDecision, c: ScriptContext): str
       const message = d.action === 'commit-poweroff' ? 'committing this disk, then powering off' : d.action === 'local' ? 'starting the local disk' : `syncing this disk (${d.reason})`;
       // UEFI iPXE cannot boot the local disk itself: `exit 1` at least moves on to the next boot option.
       const fallback = c.firmware === 'uefi' ? 'exit 1' : 'sanboot --no-describe --drive 0x80 || exit';
-      return render(t.agent, { ...common, message, cmdline, fallback });
+      return render(t.agent, { ...common, message, cmdline, fallback, kernel: c.kernel ?? '/boot/vmlinuz', initrd: c.initrd ?? '/boot/initrd.img' });
     }
     case 'local':
     case 'disabled': {

@@ -16,8 +16,9 @@ export function tempDir(prefix = 'df-'): { dir: string; cleanup: () => void } {
 }
 
 /** An appliance in this process, listening on a free loopback port. */
-export async function startInProcess(dataDir: string, opts: { now?: () => Date } = {}): Promise<{ appliance: Appliance; url: string; token: string; close: () => Promise<void> }> {
-  const appliance = await openAppliance(loadServerConfig({ flags: { data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent' } }), undefined, opts);
+export async function startInProcess(dataDir: string, opts: { now?: () => Date; bootDir?: string } = {}): Promise<{ appliance: Appliance; url: string; token: string; close: () => Promise<void> }> {
+  const { bootDir, ...rest } = opts;
+  const appliance = await openAppliance(loadServerConfig({ flags: { data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent', ...(bootDir ? { bootDir } : {}) } }), undefined, rest);
   const url = await appliance.app.listen({ host: '127.0.0.1', port: 0 });
   const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
   return { appliance, url, token, close: () => appliance.close() };

@@ -1,4 +1,5 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -11,6 +12,10 @@ import { startInProcess } from '../helpers/server.js';
 
 const MAC = '52:54:00:12:34:56';
 const OTHER = '52:54:00:ab:cd:ef';
+const KERNEL = prng(11)(200 * 1024);
+const INITRD = prng(12)(3 * 1024 * 1024 + 5);
+const stageHash = (b: Buffer) => createHash('sha256').update(b).digest('hex').slice(0, 32);
+let bootDir = '';
 /** The server's clock runs this far ahead of the real one (a power-on hours after a shutdown). */
 let skewMs = 0;
 
@@ -24,7 +29,11 @@ describe('network boot flow', () => {
   beforeAll(async () => {
     tmp = tempDir('df-boot-');
     const data = path.join(tmp.dir, 'data');
-    srv = await startInProcess(data, { now: () => new Date(Date.now() + skewMs) });
+    bootDir = path.join(tmp.dir, 'boot');
+    mkdirSync(bootDir);
+    writeFileSync(path.join(bootDir, 'vmlinuz'), KERNEL);
+    writeFileSync(path.join(bootDir, 'initrd.img'), INITRD);
+    srv = await startInProcess(data, { now: () => new Date(Date.now() + skewMs), bootDir });
     app = srv.appliance.app;
     admin = (method, url, payload) => app.inject({ method, url, headers: { authorization: `Bearer ${srv.token}` }, ...(payload !== undefined ? { payload: payload as object } : {}) });
     const img = path.join(tmp.dir, 'base.img');
@@ -77,7 +86,9 @@ describe('network boot flow', () => {
   it('assigned: the boot stage with a one-time token bound to the MAC, used once', async () => {
     expect((await admin('PATCH', `/api/v1/endpoints/${MAC}`, { desktop: 'alice' })).statusCode).toBe(200);
     const r = await script(`mac=${MAC}&platform=pcbios`);
-    expect(r.payload).toContain('kernel --name vmlinuz');
+    // The boot stage under its content hashes (an HTTP cache at the site may keep them forever).
+    expect(r.payload).toContain(`kernel --name vmlinuz http://localhost:80/boot/stage/${stageHash(KERNEL)}/vmlinuz?mac=${MAC} initrd=initrd.img`);
+    expect(r.payload).toContain(`initrd --name initrd.img http://localhost:80/boot/stage/${stageHash(INITRD)}/initrd.img?mac=${MAC} ||`);
     expect(r.payload).toContain('deskfuse.action=sync');
     const token = tokenOf(r.payload)!;
     expect(token).toMatch(/^dfb_/);
@@ -205,6 +216,50 @@ describe('network boot flow', () => {
     const show = await cli(['endpoint', 'show', MAC, '--json'], env);
     expect(JSON.parse(show.stdout)).toMatchObject({ desktop: 'alice', commitRequested: null });
     expect((await cli(['endpoint', 'assign', MAC, '--boot-method', 'floppy'], env)).code).toBe(2);
+  });
+
+  it('the boot stage under its content hash: immutable, 304 to its etag, a stale hash is 404 coded, a rebuild gets a new URL', async () => {
+    const k = stageHash(KERNEL);
+    const i = stageHash(INITRD);
+    const before = (await admin('GET', `/api/v1/events?endpoint=${MAC}`)).json().events.length as number;
+    const kr = await app.inject({ method: 'GET', url: `/boot/stage/${k}/vmlinuz?mac=${MAC}` });
+    expect(kr.statusCode).toBe(200);
+    expect(kr.rawPayload.equals(KERNEL)).toBe(true);
+    expect(kr.headers).toMatchObject({ 'cache-control': 'public, max-age=31536000, immutable', etag: `"${k}"`, 'content-length': String(KERNEL.length) });
+    // Over a real socket too (sendfile(2) path), byte-exact.
+    const ir = await fetch(`${srv.url}/boot/stage/${i}/initrd.img`);
+    expect(ir.status).toBe(200);
+    expect(Buffer.from(await ir.arrayBuffer()).equals(INITRD)).toBe(true);
+    expect(ir.headers.get('etag')).toBe(`"${i}"`);
+    // The known endpoint's fetch left its event, as with the plain URL.
+    const ev = (await admin('GET', `/api/v1/events?endpoint=${MAC}&limit=200`)).json().events as Array<{ phase: string; detail: { bytes?: number } }>;
+    expect(ev.length).toBe(before + 1);
+    expect(ev.at(-1)).toMatchObject({ phase: 'kernel', detail: { bytes: KERNEL.length } });
+    // A cache revalidating gets 304 and no body; HEAD the headers alone.
+    const nm = await app.inject({ method: 'GET', url: `/boot/stage/${k}/vmlinuz`, headers: { 'if-none-match': `"${k}"` } });
+    expect(nm.statusCode).toBe(304);
+    expect(nm.rawPayload.length).toBe(0);
+    expect(nm.headers).toMatchObject({ etag: `"${k}"`, 'cache-control': 'public, max-age=31536000, immutable' });
+    const head = await app.inject({ method: 'HEAD', url: `/boot/stage/${i}/initrd.img` });
+    expect([head.statusCode, head.headers['content-length'], head.rawPayload.length]).toEqual([200, String(INITRD.length), 0]);
+    // Bad input: a malformed hash is 400; a well-formed stale one 404 with its code and no caching.
+    expect((await app.inject({ method: 'GET', url: '/boot/stage/xyz/vmlinuz' })).json().code).toBe('DF_ERR_BAD_REQUEST');
+    const stale = await app.inject({ method: 'GET', url: `/boot/stage/${'0'.repeat(32)}/vmlinuz` });
+    expect(stale.statusCode).toBe(404);
+    expect(stale.json()).toMatchObject({ code: 'DF_ERR_BOOT_STAGE_CHANGED', file: 'vmlinuz', current: k });
+    expect(stale.headers['cache-control']).toBe('no-store');
+    // Rebuilt (a new file renamed in): the script names the new hash, the old one is refused, the plain URL serves the new bytes.
+    const k2 = Buffer.concat([KERNEL, Buffer.from('rebuilt')]);
+    writeFileSync(path.join(bootDir, 'vmlinuz.new'), k2);
+    renameSync(path.join(bootDir, 'vmlinuz.new'), path.join(bootDir, 'vmlinuz'));
+    expect((await script(`mac=${OTHER}&platform=pcbios`)).statusCode).toBe(200); // (not an agent boot: no hash needed)
+    const old = await app.inject({ method: 'GET', url: `/boot/stage/${k}/vmlinuz` });
+    expect(old.json()).toMatchObject({ code: 'DF_ERR_BOOT_STAGE_CHANGED', current: stageHash(k2) });
+    const fresh = await app.inject({ method: 'GET', url: `/boot/stage/${stageHash(k2)}/vmlinuz` });
+    expect(fresh.rawPayload.equals(k2)).toBe(true);
+    const plain = await app.inject({ method: 'GET', url: '/boot/vmlinuz' });
+    expect(plain.rawPayload.equals(k2)).toBe(true);
+    expect(plain.headers['cache-control']).toBe('no-cache');
   });
 
   it('the boot stage files: 503 with the build command when missing, streamed when present', async () => {
