@@ -16,7 +16,7 @@
  *   close(fd)
  *   sendfile(sockFd, fileFd, offset, length, idleMs, cb(err, sent))   zero-copy file -> socket, off the
  *        main thread (native/sendfile.c); sendParts(sockFd, parts, idleMs, cb) a body of buffers and
- *        whole files; sendRate(bytesPerSecond) the sender's token bucket; sendStats().
+ *        whole files; sendRate(bytesPerSecond) the sender's token bucket; sendStats(); sendForget(); sendPack(sockFd, meta, root, idleMs, cb) a pack from a chunk store's files.
  *
  * Errors become JS exceptions with .code (errno name), .errno and .syscall, like Node's own.
  */
@@ -287,6 +287,8 @@ static napi_value init(napi_env env, napi_value exports) {
     { "sendParts", NULL, df_send_parts, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendRate", NULL, df_send_rate, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendStats", NULL, df_send_stats, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendForget", NULL, df_send_forget, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "sendPack", NULL, df_send_pack, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

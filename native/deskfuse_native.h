@@ -8,9 +8,11 @@ napi_value df_errno_error(napi_env env, int err, const char *syscall, const char
 
 /* sendfile(sockFd, fileFd, offset, length, idleMs, cb): native/sendfile.c */
 napi_value df_sendfile(napi_env env, napi_callback_info info);
-/* sendParts(sockFd, parts, idleMs, cb), sendRate(bytesPerSecond), sendStats(): native/sendfile.c */
+/* sendParts(sockFd, parts, idleMs, cb), sendRate(bytesPerSecond), sendStats(), sendForget(): native/sendfile.c */
 napi_value df_send_parts(napi_env env, napi_callback_info info);
 napi_value df_send_rate(napi_env env, napi_callback_info info);
 napi_value df_send_stats(napi_env env, napi_callback_info info);
+napi_value df_send_forget(napi_env env, napi_callback_info info);
+napi_value df_send_pack(napi_env env, napi_callback_info info);
 
 #endif

@@ -23,7 +23,7 @@ import { VdiSessions } from '../src/vdi/sessions.js';
 import { Admission } from './admission.js';
 import { buildApp } from './app.js';
 import type { AppContext } from './context.js';
-import { setSendRate } from './send-file.js';
+import { forgetSentFiles, setSendRate } from './send-file.js';
 
 /**
  * Where data lives (all under the data directory):
@@ -93,6 +93,8 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const metrics = new Metrics();
     registerStoreMetrics(metrics, tallies);
     const now = opts.now ?? (() => new Date());
+    // Chunk files the sender thread keeps open are let go when the store drops or quarantines some.
+    if (chunks instanceof FsChunkStore) chunks.onForget = forgetSentFiles;
     const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(meta, p.adminToken);

@@ -1,6 +1,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { Socket } from 'node:net';
 import type { FastifyReply } from 'fastify';
+import type { PackPlan } from '../src/chunk/store.js';
 import { loadNative, type Native } from '../src/native/addon.js';
 
 /** A reader that takes no bytes for this long loses its transfer (the socket is closed). */
@@ -95,27 +96,33 @@ async function sendOnThread(reply: FastifyReply, send: (fd: number, cb: (err: No
   }
 }
 
-/** Whether a body can go out on the sender thread (plain TCP GET or POST answer, addon loaded). */
-export function canSendParts(reply: FastifyReply): boolean {
+/** Whether a body can go out on the sender thread (plain TCP, addon loaded). */
+export function canSendOnThread(reply: FastifyReply): boolean {
   return plainFd(reply) !== undefined && sender() !== null;
 }
 
 /**
- * Answer with a body of parts (headers already set on `reply`): buffers and whole files, sent by the
- * sender thread as sendFile's body (native sendParts). Only when canSendParts(reply). `onCut` hears
- * why a body was cut short (ENOENT/ESTALE: a part's file was gone or changed; the client retries).
+ * Answer with a pack whose frames are a local store's files (headers already set on `reply`; only
+ * when canSendOnThread(reply)): the record heads from `plan.meta`, each frame from its file, by the
+ * sender thread (native sendPack). `onCut` hears why a body was cut short (ENOENT/ESTALE: a file was
+ * gone or had changed; the agent retries).
  */
-export async function sendParts(reply: FastifyReply, size: number, parts: Array<Buffer | [string, number]>, onCut?: (err: NodeJS.ErrnoException) => void): Promise<undefined> {
+export async function sendPack(reply: FastifyReply, plan: PackPlan, onCut?: (err: NodeJS.ErrnoException) => void): Promise<undefined> {
   const n = sender()!;
-  reply.header('content-length', size);
+  reply.header('content-length', plan.size);
   sendFileStats.parts++;
   try {
-    await sendOnThread(reply, (fd, cb) => n.sendParts(fd, parts, SEND_IDLE_MS, cb));
+    await sendOnThread(reply, (fd, cb) => n.sendPack(fd, plan.meta, plan.root, SEND_IDLE_MS, cb));
   } catch (err) {
-    reply.log.info({ err, size }, 'transfer cut short');
+    reply.log.info({ err, size: plan.size }, 'transfer cut short');
     onCut?.(err as NodeJS.ErrnoException);
   }
   return undefined;
+}
+
+/** The sender closes the chunk files it keeps open (the store removed or quarantined some). */
+export function forgetSentFiles(): void {
+  sender()?.sendForget();
 }
 
 /** The sender thread's token bucket over every body it sends (0: no cap); false without the addon. */

@@ -5,7 +5,7 @@ import { isZero } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE, PACK_MAX_BYTES, type PackRecord } from '../../src/chunk/pack.js';
 import { isPackReader } from '../../src/chunk/store.js';
 import { chunkWorkers } from '../../src/chunk/workers.js';
-import { canSendParts, sendParts } from '../send-file.js';
+import { canSendOnThread, sendPack } from '../send-file.js';
 import type { AppContext } from '../context.js';
 import { BODY_CHUNK, BODY_MISSING, BODY_PACK } from '../limits.js';
 
@@ -126,10 +126,10 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
       // pack is assembled in a worker.
       const store = ctx.chunks;
       try {
-        if (canSendParts(reply)) {
+        if (canSendOnThread(reply)) {
           const plan = await store.packPlan(ids, PACK_MAX_BYTES);
           bytesOut(plan.size);
-          return await sendParts(reply, plan.size, plan.parts, (err) => {
+          return await sendPack(reply, plan, (err) => {
             // a file gone or changed since its size was learnt: look again next time (the agent retries)
             if (err.code === 'ENOENT' || err.code === 'ESTALE') store.forget(ids);
           });

@@ -210,17 +210,18 @@ describe('FsChunkStore.readPack (a batch fetch served as stored)', () => {
   });
 });
 
-/** What the sender thread sends for a plan: its buffers, and each file part read whole (checking its size). */
-async function materialize(plan: PackPlan): Promise<Buffer> {
-  const out: Buffer[] = [];
-  for (const p of plan.parts) {
-    if (Buffer.isBuffer(p)) out.push(p);
-    else {
-      const b = await fsp.readFile(p[0]);
-      expect(b.length).toBe(p[1]);
-      out.push(b);
-    }
+/** What the sender thread sends for a plan (native sendPack): each record head, then its id's file, which must have the size the head says. */
+async function materialize(s: FsChunkStore, plan: PackPlan): Promise<Buffer> {
+  expect(plan.root).toBe(s.root);
+  const out: Buffer[] = [plan.meta.subarray(0, 8)];
+  const n = (plan.meta.length - 44) / 40;
+  for (let k = 0; k < n; k++) {
+    const head = plan.meta.subarray(8 + 40 * k, 48 + 40 * k);
+    const file = await fsp.readFile(path.join(plan.root, head.toString('hex', 0, 32).slice(0, 3), `${head.toString('hex', 0, 32)}.zst`));
+    expect(file.length).toBe(head.readUInt32BE(36));
+    out.push(head, file);
   }
+  out.push(plan.meta.subarray(8 + 40 * n));
   const body = Buffer.concat(out);
   expect(body.length).toBe(plan.size);
   return body;
@@ -235,9 +236,8 @@ describe('FsChunkStore.packPlan (a batch fetch sent from the stored files)', () 
       for (const c of cs) await s.put(c.id, { frame: c.frame });
       const order = [cs[2]!, cs[0]!, cs[3]!];
       const plan = await s.packPlan(order.map((c) => c.id), 1 << 20);
-      expect(plan.parts.filter((p) => !Buffer.isBuffer(p))).toEqual(order.map((c) => [s.pathOf(c.id), c.frame.length]));
-      expect((await materialize(plan)).equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
-      expect((await materialize(await s.packPlan([], 1 << 20))).equals(encodePack([]))).toBe(true);
+      expect((await materialize(s, plan)).equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
+      expect((await materialize(s, await s.packPlan([], 1 << 20))).equals(encodePack([]))).toBe(true);
       expect(workers.done.heads).toBe(1);
       // known heads are not read again; concurrent plans needing the same unknown ones share one read
       await Promise.all(Array.from({ length: 10 }, () => s.packPlan([cs[1]!.id, cs[2]!.id], 1 << 20)));
@@ -260,7 +260,7 @@ describe('FsChunkStore.packPlan (a batch fetch sent from the stored files)', () 
     expect(await rejection(s.packPlan([a.id, b.id], 1 << 20))).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', fields: { id: b.id } });
     await s.put(b.id, { frame: b.frame });
     expect((await rejection(s.packPlan([a.id, b.id], a.frame.length + b.frame.length - 1))).code).toBe('DF_ERR_TOO_LARGE');
-    expect(decodePack(await materialize(await s.packPlan([a.id, b.id], a.frame.length + b.frame.length)), MAX)).toHaveLength(2);
+    expect(decodePack(await materialize(s, await s.packPlan([a.id, b.id], a.frame.length + b.frame.length)), MAX)).toHaveLength(2);
     const c = chunkOf('c');
     await s.put(c.id, { frame: c.frame });
     await fsp.writeFile(s.pathOf(c.id), Buffer.from('not a frame'));

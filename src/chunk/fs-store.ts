@@ -113,9 +113,7 @@ export class FsChunkStore implements PrunableStore, PackReader {
     const meta = Buffer.allocUnsafe(8 + 40 * ids.length + 36); // header, record heads, trailer (pack.ts)
     meta.write('DFPK', 0, 'latin1');
     meta.writeUInt32BE(0x01000000, 4);
-    const parts: PackPlan['parts'] = [];
     let frames = 0;
-    let from = 0; // the memory part not yet pushed starts here
     for (let k = 0; k < ids.length; k++) {
       const id = ids[k]!;
       const h = learnt?.get(id) ?? this.heads.get(id);
@@ -128,19 +126,21 @@ export class FsChunkStore implements PrunableStore, PackReader {
       meta.write(id, at, 'hex');
       meta.writeUInt32BE(h[1], at + 32);
       meta.writeUInt32BE(h[0], at + 36);
-      parts.push(meta.subarray(from, at + 40), [this.pathOf(id), h[0]]);
-      from = at + 40;
     }
     const end = 8 + 40 * ids.length;
     meta.fill(0, end, end + 32);
     meta.writeUInt32BE(ids.length, end + 32);
-    parts.push(meta.subarray(from, end + 36));
-    return { size: meta.length + frames, parts };
+    return { size: meta.length + frames, meta, root: this.root };
   }
 
+  /** Forget what was learnt of these ids; `onForget` (the server's sender thread) lets go of their files. */
   forget(ids: string[]): void {
     for (const id of ids) this.heads.delete(id);
+    this.onForget?.();
   }
+
+  /** Called when files were forgotten or removed: whoever keeps chunk files open closes them. */
+  onForget?: () => void;
 
   private learnHeads(ids: string[]): Promise<Map<string, [number, number]>> {
     const key = ids.join(',');
@@ -234,7 +234,7 @@ export class FsChunkStore implements PrunableStore, PackReader {
   }
 
   async remove(id: string): Promise<void> {
-    this.heads.delete(id);
+    this.forget([id]);
     await fsp.rm(this.pathOf(id), { force: true });
   }
 

@@ -38,10 +38,10 @@ export interface PackReader {
    */
   readPack(ids: string[], maxFrameBytes: number): Promise<Buffer>;
   /**
-   * The same body as parts for the sender thread (native sendParts): record heads in memory, each
-   * frame as `[path, size]` of its stored file, so no byte of a frame passes through the process.
-   * Same errors as readPack. `forget` drops what was learnt of these ids (a part's file was gone or
-   * had changed when it was sent).
+   * The same body without its frames, for the sender thread (native sendPack): `meta` is the header,
+   * the record heads and the trailer, and each frame is the file of its id under `root`
+   * (`<root>/<id[0..3]>/<id>.zst`), `size` the whole body's length. Same errors as readPack. `forget`
+   * drops what was learnt of these ids (a file was gone or had changed when it was sent).
    */
   packPlan(ids: string[], maxFrameBytes: number): Promise<PackPlan>;
   forget(ids: string[]): void;
@@ -50,7 +50,10 @@ export interface PackReader {
 export interface PackPlan {
   /** The body's length (Content-Length). */
   size: number;
-  parts: Array<Buffer | [path: string, size: number]>;
+  /** The pack without its frames: header (8 bytes), record heads (40 each), trailer (36). */
+  meta: Buffer;
+  /** The store's folder: a frame is `<root>/<id[0..3]>/<id>.zst`. */
+  root: string;
 }
 
 export const isPackReader = (s: object): s is PackReader => typeof (s as Partial<PackReader>).readPack === 'function';

@@ -34,6 +34,14 @@ export interface Native {
    * unless it is exactly `size` bytes). Errors as sendfile's.
    */
   sendParts(sockFd: number, parts: Array<Buffer | [path: string, size: number]>, idleMs: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void): void;
+  /**
+   * A pack body (src/chunk/pack.ts) whose frames are a local chunk store's files
+   * (`<root>/<id[0..3]>/<id>.zst`): `meta` is the pack without its frames (header, 40-byte record
+   * heads, trailer); each head names its file and that file's size. Errors as sendParts'.
+   */
+  sendPack(sockFd: number, meta: Buffer, root: string, idleMs: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void): void;
+  /** The sender closes the part files it keeps open (files were removed or quarantined). */
+  sendForget(): void;
   /** The sender's token bucket over every body it sends, in bytes per second (0: no cap). */
   sendRate(bytesPerSecond: number): void;
   /** Bodies in progress, bytes sent, turns that waited for the bucket, the rate. */

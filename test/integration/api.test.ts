@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { encodeFrame, openFrame } from '../../src/chunk/frame.js';
+import type { FsChunkStore } from '../../src/chunk/fs-store.js';
 import { hashBytes, idHex } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE } from '../../src/chunk/pack.js';
 import { loadServerConfig } from '../../src/config/server.js';
@@ -211,11 +212,11 @@ describe('chunks', () => {
 describe('batch fetch over a real connection (frames sent from their files by the sender thread)', () => {
   it('answers the exact pack, twice on one keep-alive connection; a chunk file gone behind the store cuts that body, and the next fetch says 404', async () => {
     const url = await ap.app.listen({ host: '127.0.0.1', port: 0 });
-    const cs = [chunk(), chunk(1000), chunk(CS - 3)];
+    const cs = [chunk(), chunk(1000), chunk(CS - 3), chunk()];
     await upload(cs);
     const fetchPack = (ids: string[]) => fetch(`${url}/api/v1/chunks/fetch`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json' }, body: JSON.stringify({ ids }) });
     const before = sendFileStats.parts;
-    for (const order of [[cs[2]!, cs[0]!, cs[1]!], [cs[1]!]]) {
+    for (const order of [[cs[2]!, cs[0]!, cs[1]!], [cs[1]!], [cs[3]!]]) {
       const r = await fetchPack(order.map((c) => c.id));
       expect(r.status).toBe(200);
       expect(r.headers.get('content-type')).toBe(PACK_CONTENT_TYPE);
@@ -223,14 +224,25 @@ describe('batch fetch over a real connection (frames sent from their files by th
       expect(Number(r.headers.get('content-length'))).toBe(body.length);
       expect(body.equals(encodePack(order.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame }))))).toBe(true);
     }
-    expect(sendFileStats.parts - before).toBe(2);
-    await fsp.rm(path.join(tmp.dir, 'chunks', cs[0]!.id.slice(0, 3), `${cs[0]!.id}.zst`));
-    const cut = await fetchPack(cs.map((c) => c.id));
+    expect(sendFileStats.parts - before).toBe(3);
+    // removed by the store (as a prune would): its file is let go and it is missing at once
+    const store = ap.ctx.chunks as FsChunkStore;
+    await store.remove(cs[3]!.id);
+    const removed = await fetchPack([cs[3]!.id]);
+    expect(removed.status).toBe(404);
+    expect(await removed.json()).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', id: cs[3]!.id });
+    // removed behind the store's back, never sent yet: the body is cut when its turn comes, then 404
+    const never = chunk();
+    await upload([never]);
+    expect((await fetchPack([never.id])).status).toBe(200); // its size is learnt (and it is sent once)
+    store.forget([]); // the sender lets go of the files it keeps open (as after a prune)
+    await fsp.rm(path.join(tmp.dir, 'chunks', never.id.slice(0, 3), `${never.id}.zst`));
+    const cut = await fetchPack([cs[0]!.id, never.id]);
     expect(cut.status).toBe(200); // the headers went out before the file was missed
     await expect(cut.arrayBuffer()).rejects.toThrow(); // the body is cut short: the agent retries
-    const gone = await fetchPack(cs.map((c) => c.id));
+    const gone = await fetchPack([cs[0]!.id, never.id]);
     expect(gone.status).toBe(404);
-    expect(await gone.json()).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', id: cs[0]!.id });
+    expect(await gone.json()).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', id: never.id });
   });
 });
 
