@@ -1,6 +1,7 @@
 import { readFileSync, renameSync } from 'node:fs';
 import { dfError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { GroupCommit } from '../meta/group-commit.js';
 import type { DhcpLease, DhcpLeaseRepo } from './model.js';
 
 /**
@@ -61,19 +62,16 @@ class View {
   }
 }
 
-/** Most decisions committed in one transaction (a burst's group commit stays short). */
-const MAX_BATCH = 256;
-
-interface Pending {
-  fn: (v: View, now: number) => unknown;
-  resolve: (v: unknown) => void;
-  reject: (err: unknown) => void;
-}
-
 export class LeasePool {
-  /** Decisions waiting for the next transaction, in call order, and whether one is running. */
-  private queue: Pending[] = [];
-  private running = false;
+  /** Decisions asked for at once share a transaction, in call order (see decide). */
+  private readonly batch = new GroupCommit<(v: View, now: number) => unknown, unknown>((fns) => {
+    const now = this.now();
+    // Pure over what the transaction read: on a serialization failure it runs again (PostgreSQL).
+    return this.repo.update((leases) => {
+      const v = new View(leases, (ip) => this.inRange(ip));
+      return { result: fns.map((fn) => fn(v, now)), changes: v.changes };
+    });
+  });
   private readonly first: number;
   private readonly last: number;
   private readonly exclude: Set<string>;
@@ -107,31 +105,7 @@ export class LeasePool {
    * (one fsync on SQLite) per batch, not per message; the database still decides races between servers.
    */
   private decide<T>(fn: (v: View, now: number) => T): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject });
-      // setImmediate: after the poll phase, so every datagram read in this turn joins the batch.
-      if (this.queue.length === 1 && !this.running) setImmediate(() => void this.flush());
-    });
-  }
-
-  private async flush(): Promise<void> {
-    if (this.running || this.queue.length === 0) return;
-    this.running = true;
-    const batch = this.queue.splice(0, MAX_BATCH);
-    try {
-      const now = this.now();
-      // Pure over what the transaction read: on a serialization failure it runs again (PostgreSQL).
-      const results = await this.repo.update((leases) => {
-        const v = new View(leases, (ip) => this.inRange(ip));
-        return { result: batch.map((b) => b.fn(v, now)), changes: v.changes };
-      });
-      batch.forEach((b, i) => b.resolve(results[i]));
-    } catch (err) {
-      for (const b of batch) b.reject(err);
-    } finally {
-      this.running = false;
-      if (this.queue.length) setImmediate(() => void this.flush());
-    }
+    return this.batch.add(fn) as Promise<T>;
   }
 
   /** The binding of this MAC in this pool's range, whatever its state but declined. */
