@@ -6,7 +6,7 @@ import { dfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { decode, encode, encodeError, ERR, OP, requestOptions } from './packet.js';
 import { openInRoot } from './path.js';
-import { TransferSlots } from './slots.js';
+import { TFTP_DEFAULTS, TransferSlots } from './slots.js';
 import { FileBlocks, netasciiReader, octetReader } from './source.js';
 import { DEFAULT_LIMITS, negotiate, Transfer, type Limits, type Outcome } from './transfer.js';
 
@@ -79,7 +79,6 @@ function bindSocket(sock: dgram.Socket, port: number, host: string): Promise<voi
   });
 }
 
-export const TFTP_DEFAULTS = { maxTransfers: 32, maxQueued: 1000 } as const;
 /** A waiting client silent this long gave up (clients retransmit an unanswered RRQ every 1-8 s). */
 const STALE_MS = 20_000;
 

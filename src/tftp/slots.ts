@@ -26,6 +26,9 @@ export interface SlotLimits {
   staleMs: number;
 }
 
+/** Defaults of config tftp.maxTransfers / tftp.maxQueued (why: src/config/server.ts, TftpConfig). */
+export const TFTP_DEFAULTS = { maxTransfers: 32, maxQueued: 1000 } as const;
+
 export type Admit = 'start' | 'queued' | 'duplicate' | 'refused';
 
 export class TransferSlots {

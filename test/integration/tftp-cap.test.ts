@@ -1,8 +1,12 @@
+import dgram from 'node:dgram';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { NETBOOT_DEFAULTS } from '../../src/config/server.js';
 import { silentLogger } from '../../src/log.js';
+import { Metrics } from '../../src/metrics.js';
+import { startNetboot } from '../../server/services/netboot.js';
 import { decode, encode } from '../../src/tftp/packet.js';
 import { startTftp, type TftpEvent, type TftpServer } from '../../src/tftp/server.js';
 import { prng } from '../helpers/expect.js';
@@ -102,4 +106,38 @@ describe('TFTP with a concurrency cap of 2', () => {
       for (const p of [a, b, c]) p.close();
     }
   }, 120_000);
+
+  it('the appliance: tftp.maxTransfers and maxQueued from the config; /metrics shows running, waiting and refused', async () => {
+    const metrics = new Metrics();
+    const port = await freeUdpPort();
+    const nb = { ...NETBOOT_DEFAULTS, tftpListen: { host: '127.0.0.1', port }, tftpRoot: root };
+    // DHCP is off: the netboot service never touches endpoints or the metadata.
+    const svc = await startNetboot(nb, 8080, dir, undefined as never, undefined as never, silentLogger, { tftp: { maxTransfers: 1, maxQueued: 0 }, metrics });
+    const a = await rawPeer();
+    try {
+      a.send(encode({ op: 'rrq', filename: 'file', mode: 'octet', options: [] }), port);
+      const d = await a.next(); // A holds the one slot
+      const busy = await fetchWith(CLIENTS.hpa, port, 'file', out());
+      expect(busy.out).toMatch(/Error code 0: server busy: 1 transfers running, 0 waiting/);
+      const text = await metrics.render();
+      expect(text).toContain('deskfuse_tftp_transfers{state="running"} 1');
+      expect(text).toContain('deskfuse_tftp_transfers{state="waiting"} 0');
+      expect(text).toContain('deskfuse_tftp_refused_total 1');
+      a.send(encode({ op: 'error', code: 0, message: 'enough' }), d.port);
+      const local = out();
+      expect(await fetchWith(CLIENTS.hpa, port, 'file', local)).toMatchObject({ ok: true });
+      expect(await sha256File(local)).toBe(want);
+    } finally {
+      a.close();
+      await svc.close();
+    }
+  });
 });
+
+function freeUdpPort(): Promise<number> {
+  const s = dgram.createSocket('udp4');
+  return new Promise((resolve) => s.bind(0, '127.0.0.1', () => {
+    const { port } = s.address();
+    s.close(() => resolve(port));
+  }));
+}
