@@ -10,7 +10,8 @@
 # 10th MAC sending its DISCOVER twice; a client that hears nothing retransmits after 4 s, as PXE ROMs
 # do. Reported: MACs answered / MACs, answers / messages sent, latency (first send → first answer)
 # p50/p99/max, the server's CPU (utime+stime of its process) over the storm, and the load client's
-# correctness problems (must be 0). Output: a markdown table.
+# correctness problems (must be 0). Output: a markdown table (KEEP_TMP=1 keeps one row per MAC:
+# answered?, latencies, address, boot file, in /tmp/df-dhcpstorm.*/load-N.json).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MACS=${MACS:-500}
@@ -62,7 +63,7 @@ for mode in full proxy; do
     for _ in $(seq 150); do grep -q 'DHCP answering' "$T/server-$n.log" && break; sleep 0.2; done
     grep -q 'DHCP answering' "$T/server-$n.log" || die "the server did not start: $(tail -5 "$T/server-$n.log")"
     c0=$(cpu)
-    ip netns exec "$C" node "$REPO/test/helpers/dhcp-load.mjs" "{\"iface\":\"eth0\",\"mode\":\"$mode\",\"count\":$MACS,\"durationMs\":$spread,
+    ip netns exec "$C" node "$REPO/test/helpers/dhcp-load.mjs" "{\"perMac\":true,\"iface\":\"eth0\",\"mode\":\"$mode\",\"count\":$MACS,\"durationMs\":$spread,
       \"server\":\"10.237.0.1\",\"ciaddr\":\"10.237.0.9\",\"pool\":{\"first\":\"10.237.0.10\",\"last\":\"10.237.3.250\"},
       \"expect\":{\"files\":{\"0\":\"undionly.kpxe\",\"7\":\"snponly.efi\",\"9\":\"snponly.efi\"},\"ipxe\":\"http://10.237.0.1:8080/boot/ipxe\"}}" > "$T/load-$n.json"
     c1=$(cpu)

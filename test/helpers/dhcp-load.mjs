@@ -12,6 +12,7 @@
 // A client that heard nothing retransmits after `retransmitMs`, doubling, `tries` times in all (PXE
 // ROMs: 4, 8, 16, 32 s). Every `dupEvery`-th MAC sends its DISCOVER twice at once (a retransmission
 // racing the answer): both must be answered with the same address.
+// Prints a summary (counts, latency percentiles, `problems`), and with "perMac": true a row per MAC.
 // Checks (→ `problems`): every MAC offered and acked; at most one answer per message sent; full: all
 // offers of a MAC name one address, addresses distinct and in the pool, ACK = OFFER, lease time set;
 // proxy: yiaddr 0; both: server id, next-server and boot file right for the arch (iPXE: script URL).
@@ -183,4 +184,13 @@ process.stdout.write(JSON.stringify({
   },
   addresses: mode === 'full' ? owner.size : 0,
   problems,
+  // With "perMac": true, one row per client: answered?, latencies, the address offered.
+  ...(cfg.perMac ? {
+    perMac: clients.map((c) => ({
+      mac: c.mac, arch: c.arch, ipxe: c.ipxe, sent: c.sent, offers: c.offers.length, acks: c.acks.length,
+      offerMs: c.offers.length ? Math.round((c.offers[0].t - c.firstDiscover) * 10) / 10 : null,
+      ackMs: c.acks.length ? Math.round((c.acks[0].t - c.firstRequest) * 10) / 10 : null,
+      ip: c.offers[0]?.yiaddr ?? null, file: c.offers[0]?.bootfile ?? null,
+    })),
+  } : {}),
 }) + '\n');
