@@ -84,6 +84,10 @@ const STALE_MS = 20_000;
 
 export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
   const log = opts.log;
+  const maxActive = opts.maxTransfers ?? TFTP_DEFAULTS.maxTransfers;
+  const maxQueued = opts.maxQueued ?? TFTP_DEFAULTS.maxQueued;
+  if (!Number.isInteger(maxActive) || maxActive < 1) throw dfError('DF_ERR_CONFIG', `tftp.maxTransfers: expected an integer of at least 1, got ${maxActive}`, { field: 'tftp.maxTransfers' });
+  if (!Number.isInteger(maxQueued) || maxQueued < 0) throw dfError('DF_ERR_CONFIG', `tftp.maxQueued: expected an integer of at least 0, got ${maxQueued}`, { field: 'tftp.maxQueued' });
   const limits: Limits = {
     maxBlksize: opts.maxBlksize ?? DEFAULT_LIMITS.maxBlksize,
     maxWindow: Math.min(opts.maxWindow ?? DEFAULT_LIMITS.maxWindow, 1024),
@@ -112,7 +116,7 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
   const closingSockets = new Set<Promise<void>>();
   let closing = false;
   const emit = (e: Omit<TftpEvent, 'phase'>): void => opts.onEvent?.({ phase: 'tftp', ...e });
-  const slots = new TransferSlots({ maxActive: opts.maxTransfers ?? TFTP_DEFAULTS.maxTransfers, maxQueued: opts.maxQueued ?? TFTP_DEFAULTS.maxQueued, staleMs: STALE_MS });
+  const slots = new TransferSlots({ maxActive, maxQueued, staleMs: STALE_MS });
   /** How to start each waiting request, by client address:port. */
   const waiting = new Map<string, () => void>();
   /** A transfer ended: its slot goes to the next one in line. */

@@ -107,6 +107,11 @@ describe('TFTP with a concurrency cap of 2', () => {
     }
   }, 120_000);
 
+  it('a cap below 1 or a negative line is DF_ERR_CONFIG naming the option, before anything listens', async () => {
+    await expect(startTftp({ host: '127.0.0.1', port: 0, root, log: silentLogger, maxTransfers: 0 })).rejects.toMatchObject({ code: 'DF_ERR_CONFIG', message: expect.stringContaining('tftp.maxTransfers') });
+    await expect(startTftp({ host: '127.0.0.1', port: 0, root, log: silentLogger, maxQueued: -1 })).rejects.toMatchObject({ code: 'DF_ERR_CONFIG', message: expect.stringContaining('tftp.maxQueued') });
+  });
+
   it('the appliance: tftp.maxTransfers and maxQueued from the config; /metrics shows running, waiting and refused', async () => {
     const metrics = new Metrics();
     const port = await freeUdpPort();
