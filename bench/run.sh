@@ -5,14 +5,15 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | tftp | netboot | nbd   (casync runs without
+#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd   (casync runs without
 #                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
 #                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
 #                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload;
 #                         scaleout = only bench/scaleout.sh, the workload through one server on SQLite +
 #                         local store vs PostgreSQL + Ceph RGW, engines from scripts/engines/;
 #                         storm = only bench/storm.sh, K endpoints at once vs nginx on the same bytes,
-#                         its own workload bench/data/$STORM_SIZE)
+#                         its own workload bench/data/$STORM_SIZE; dhcpstorm = only bench/dhcpstorm.sh, 500 PXE
+#                         clients' DHCP at the real server in namespaces, full and proxy)
 #      STORM_SIZE=512M KS="50 200 500" HEAVY=16   storm: workload, endpoint counts, admission limit
 #      CLIENTS=2          scaleout: endpoints that provision and sync (SO_PORT=18490: its server)
 #      SYNC_REPS=3        reps of the peer harness run (medians)
@@ -64,11 +65,11 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | scaleout | storm | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, tftp, netboot or nbd (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, dhcpstorm, tftp, netboot or nbd (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
-if { want deskfuse || want sync || want nbd || want scaleout || want storm; } && [ ! -f "$CLI" ]; then
+if { want deskfuse || want sync || want nbd || want scaleout || want storm || want dhcpstorm; } && [ ! -f "$CLI" ]; then
   die "$CLI is missing: run npm run build first (or ONLY=casync to bench casync alone)"
 fi
 
@@ -99,6 +100,9 @@ netboot_bench() {
 nbd_bench() {
   { echo; echo "## NBD serving (bench/nbd.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/nbd.sh"; } | tee -a "$RESULTS"
 }
+dhcpstorm_bench() {
+  { echo; echo "## DHCP storm (bench/dhcpstorm.sh, $(date -u +%FT%TZ))"; echo; CLI=$CLI bash "$BENCH/dhcpstorm.sh"; } | tee -a "$RESULTS"
+}
 storm_bench() { # its own, smaller workload: K endpoints × the provisioning must fit on loopback
   local sdata=$BENCH/data/${STORM_SIZE:-512M}
   if ! { [ -s "$sdata/SHA256SUMS" ] && [ -f "$sdata/base.img" ] && [ -f "$sdata/v2.img" ]; }; then
@@ -108,10 +112,12 @@ storm_bench() { # its own, smaller workload: K endpoints × the provisioning mus
   fi
   { echo; echo "## Boot storm (bench/storm.sh, $(date -u +%FT%TZ))"; echo; CLI=$CLI bash "$BENCH/storm.sh" "$sdata" "$BENCH/data/storm.md"; } | tee -a "$RESULTS"
 }
-if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ]; then # need no shared workload
+if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ] || [ "$ONLY" = dhcpstorm ]; then # need no shared workload
   mkdir -p "$BENCH/data"
   if [ "$ONLY" = storm ]; then
     storm_bench
+  elif [ "$ONLY" = dhcpstorm ]; then
+    dhcpstorm_bench
   elif [ "$ONLY" = tftp ]; then
     { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
   elif [ "$ONLY" = nbd ]; then
@@ -366,6 +372,8 @@ fi
 if [ "$ONLY" = all ]; then
   log "netboot: TFTP vs tftpd-hpa, phase timings of QEMU endpoints"
   netboot_bench
+  log "dhcpstorm: 500 PXE clients' DHCP, full and proxy"
+  dhcpstorm_bench
   log "nbd: NBD serving vs nbdkit and qemu-nbd"
   nbd_bench
   log "storm: K endpoints at once vs nginx on the same bytes"

@@ -26,7 +26,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   let nbd: NbdService | undefined;
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
-    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log);
+    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
     nbd = await startNbdService(config.nbd, appliance, log);
   } catch (err) {
     await netboot?.close();

@@ -1,11 +1,12 @@
 import { copyFileSync, existsSync, mkdirSync, readdirSync, renameSync, statSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import type { NetbootConfig } from '../../src/config/server.js';
+import type { NetbootConfig, TftpConfig } from '../../src/config/server.js';
 import type { Endpoints } from '../../src/endpoint/endpoints.js';
 import { dfError } from '../../src/errors.js';
 import type { Logger } from '../../src/log.js';
 import type { Meta } from '../../src/meta/repo.js';
+import type { Metrics } from '../../src/metrics.js';
 
 /** Where Debian's `ipxe` package puts its binaries (scripts/setup-deps.sh installs it). */
 export const IPXE_DIRS = ['/usr/lib/ipxe', '/usr/share/ipxe'];
@@ -62,7 +63,10 @@ export function prepareTftpRoot(root: string, log: Logger): Set<string> {
  * events feed the endpoints' boot timeline (dhcp, tftp). Full DHCP keeps its pool in `meta` (shared by
  * every server on that database); a lease file of an older release is imported into it once.
  */
-export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, meta: Meta, log: Logger): Promise<NetbootServices> {
+export async function startNetboot(
+  nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, meta: Meta, log: Logger,
+  more: { tftp?: TftpConfig; metrics?: Metrics } = {},
+): Promise<NetbootServices> {
   const closers: Array<() => Promise<void>> = [];
   const close = async () => {
     for (const c of closers.reverse()) await c().catch((err) => log.error({ err }, 'closing a netboot service failed'));
@@ -80,7 +84,7 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
       const root = tftpRoot;
       const host = nb.tftpListen.host === '0.0.0.0' && serverIp ? serverIp : nb.tftpListen.host;
       const t = await startTftp({
-        host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }),
+        host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }), ...more.tftp,
         onEvent: (e) => {
           const mac = macByIp.get(e.ip);
           if (!mac || e.kind === 'start') return;
@@ -91,7 +95,17 @@ export async function startNetboot(nb: NetbootConfig, httpPort: number, dataDir:
         },
       });
       closers.push(() => t.close());
-      log.info({ host, port: t.port, root }, 'TFTP serving the iPXE binaries');
+      if (more.metrics) {
+        const transfers = more.metrics.gauge('deskfuse_tftp_transfers', 'TFTP transfers running, and requests waiting for a slot (tftp.maxTransfers)');
+        const refused = more.metrics.counterTotal('deskfuse_tftp_refused_total', 'TFTP requests answered ERROR 0 "server busy" (the line of waiting requests was full)');
+        more.metrics.onCollect(() => {
+          const s = t.stats();
+          transfers(s.active, { state: 'running' });
+          transfers(s.queued, { state: 'waiting' });
+          refused(s.refused);
+        });
+      }
+      log.info({ host, port: t.port, root, maxTransfers: more.tftp?.maxTransfers }, 'TFTP serving the iPXE binaries');
     }
     if (nb.dhcp !== 'off') {
       if (!nb.interface || !serverIp || !publicUrl) throw dfError('DF_ERR_CONFIG', `--dhcp ${nb.dhcp} needs --interface`);

@@ -168,4 +168,15 @@ describe('parseHostPort', () => {
     expect(err.message).toContain('scrub.mibPerSecond: expected an integer');
     expect(err.message).toContain('config file: unknown key scrub.when');
   });
+
+  it('tftp: 32 transfers at once and 1000 waiting by default; from the file; 0 transfers, a fraction or a string reported', () => {
+    expect(loadServerConfig({ env: {} }).tftp).toEqual({ maxTransfers: 32, maxQueued: 1000 });
+    expect(loadServerConfig({ env: {}, file: file({ tftp: { maxTransfers: 2, maxQueued: 0 } }) }).tftp).toEqual({ maxTransfers: 2, maxQueued: 0 });
+    const err = configError({ env: {}, file: file({ tftp: { maxTransfers: 0, maxQueued: 'lots', cap: 3 } }) });
+    expect(err).toMatchObject({ code: 'DF_ERR_CONFIG' });
+    expect(err.message).toContain('tftp.maxTransfers: expected an integer 1-10000, got 0');
+    expect(err.message).toContain('tftp.maxQueued: expected an integer 0-100000, got "lots"');
+    expect(err.message).toContain('config file: unknown key tftp.cap');
+    expect(configError({ env: {}, file: file({ tftp: { maxTransfers: 1.5 } }) }).message).toContain('tftp.maxTransfers: expected an integer');
+  });
 });

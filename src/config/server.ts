@@ -7,6 +7,7 @@ import { parseS3Url, type S3Location } from '../chunk/s3-url.js';
 import type { S3Credentials } from '../chunk/s3-sigv4.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { maskUrl } from '../meta/engine.js';
+import { TFTP_DEFAULTS } from '../tftp/slots.js';
 
 /**
  * Server configuration: one schema with documented defaults. load = defaults < file < env < flags,
@@ -37,7 +38,25 @@ export interface ServerConfig {
   readonly retention: RetentionConfig;
   readonly scrub: ScrubConfig;
   readonly admission: AdmissionConfig;
+  readonly tftp: TftpConfig;
   readonly store: StoreConfig;
+}
+
+/**
+ * TFTP transfers at once (src/tftp/slots.ts). Past `maxTransfers` a request waits in line and starts
+ * when a slot frees (its retransmissions are dropped meanwhile); past `maxQueued` it is answered
+ * ERROR 0 "server busy" — the last resort, as PXE firmware gives up on an ERROR.
+ */
+export interface TftpConfig {
+  /**
+   * Transfers running at once, 1-10000. Default 32: a transfer buffers up to 2 · windowsize · blksize
+   * (8 MiB at the largest options a client may negotiate), so 32 bound that to 256 MiB; PXE ROMs
+   * (blksize ≤ 1468, window 1) hold a few KiB each and fetch an iPXE binary in well under a second
+   * on a LAN, so a 500-machine storm drains in seconds.
+   */
+  readonly maxTransfers: number;
+  /** Requests waiting for a slot, 0-100000 (0: refuse at once). Default 1000 (twice a 500-machine storm). */
+  readonly maxQueued: number;
 }
 
 /**
@@ -197,6 +216,7 @@ export const DEFAULTS: ServerConfig = {
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
   scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
+  tftp: { ...TFTP_DEFAULTS },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
 };
 
@@ -237,7 +257,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', 'admission', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', 'admission', 'tftp', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -263,10 +283,11 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
   const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
+  const tftp = loadIntegers('tftp', (file.tftp ?? {}) as Record<string, unknown>, DEFAULTS.tftp, { maxTransfers: [1, 10_000], maxQueued: [0, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, admission, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, admission, tftp, store });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -6,6 +6,7 @@ import { dfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { decode, encode, encodeError, ERR, OP, requestOptions } from './packet.js';
 import { openInRoot } from './path.js';
+import { TFTP_DEFAULTS, TransferSlots } from './slots.js';
 import { FileBlocks, netasciiReader, octetReader } from './source.js';
 import { DEFAULT_LIMITS, negotiate, Transfer, type Limits, type Outcome } from './transfer.js';
 
@@ -42,10 +43,24 @@ export interface TftpOptions {
   retries?: number;
   /** Retransmission timeout until the RTT is measured, unless the client negotiates `timeout`; default 1000. */
   timeoutMs?: number;
+  /** Transfers running at once; more wait in line (slots.ts). Default 32 (config tftp.maxTransfers). */
+  maxTransfers?: number;
+  /** Requests waiting for a slot; past it an RRQ is answered ERROR 0 "server busy". Default 1000 (config tftp.maxQueued). */
+  maxQueued?: number;
+}
+
+export interface TftpStats {
+  active: number;
+  queued: number;
+  /** RRQs answered "server busy" since start. */
+  refused: number;
+  /** Most transfers that ran at once since start. */
+  peakActive: number;
 }
 
 export interface TftpServer {
   port: number;
+  stats(): TftpStats;
   close(): Promise<void>;
 }
 
@@ -64,8 +79,15 @@ function bindSocket(sock: dgram.Socket, port: number, host: string): Promise<voi
   });
 }
 
+/** A waiting client silent this long gave up (clients retransmit an unanswered RRQ every 1-8 s). */
+const STALE_MS = 20_000;
+
 export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
   const log = opts.log;
+  const maxActive = opts.maxTransfers ?? TFTP_DEFAULTS.maxTransfers;
+  const maxQueued = opts.maxQueued ?? TFTP_DEFAULTS.maxQueued;
+  if (!Number.isInteger(maxActive) || maxActive < 1) throw dfError('DF_ERR_CONFIG', `tftp.maxTransfers: expected an integer of at least 1, got ${maxActive}`, { field: 'tftp.maxTransfers' });
+  if (!Number.isInteger(maxQueued) || maxQueued < 0) throw dfError('DF_ERR_CONFIG', `tftp.maxQueued: expected an integer of at least 0, got ${maxQueued}`, { field: 'tftp.maxQueued' });
   const limits: Limits = {
     maxBlksize: opts.maxBlksize ?? DEFAULT_LIMITS.maxBlksize,
     maxWindow: Math.min(opts.maxWindow ?? DEFAULT_LIMITS.maxWindow, 1024),
@@ -94,6 +116,21 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
   const closingSockets = new Set<Promise<void>>();
   let closing = false;
   const emit = (e: Omit<TftpEvent, 'phase'>): void => opts.onEvent?.({ phase: 'tftp', ...e });
+  const slots = new TransferSlots({ maxActive, maxQueued, staleMs: STALE_MS });
+  /** How to start each waiting request, by client address:port. */
+  const waiting = new Map<string, () => void>();
+  /** A transfer ended: its slot goes to the next one in line. */
+  const release = (): void => {
+    const { start, dropped } = slots.release(performance.now());
+    for (const k of dropped) {
+      waiting.delete(k);
+      log.debug({ tftp: { client: k } }, 'tftp waiting request dropped: the client went silent');
+    }
+    if (start === undefined || closing) return;
+    const go = waiting.get(start);
+    waiting.delete(start);
+    go?.();
+  };
 
   main.on('error', (err) => log.error({ err }, 'tftp socket error'));
   main.on('message', (msg, rinfo) => {
@@ -115,15 +152,42 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
     }
     if (p.op !== 'rrq') return reply(ERR.UNKNOWN_TID, 'unknown transfer ID');
     if (p.mode !== 'octet' && p.mode !== 'netascii') return reply(ERR.ILLEGAL_OP, `unsupported mode ${p.mode}`);
-    const job = serve(p.filename, p.mode === 'netascii', requestOptions(p.options), rinfo.address, rinfo.port, reply)
-      .catch((err: unknown) => log.error({ err, tftp: { ip: rinfo.address, file: p.filename } }, 'tftp request failed'));
-    pending.add(job);
-    void job.finally(() => pending.delete(job));
+    const rrq = p;
+    const start = (): void => {
+      let released = false;
+      const done = (): void => {
+        if (released) return;
+        released = true;
+        release();
+      };
+      const job = serve(rrq.filename, rrq.mode === 'netascii', requestOptions(rrq.options), rinfo.address, rinfo.port, reply, done)
+        .catch((err: unknown) => {
+          log.error({ err, tftp: { ip: rinfo.address, file: rrq.filename } }, 'tftp request failed');
+          done();
+        });
+      pending.add(job);
+      void job.finally(() => pending.delete(job));
+    };
+    const client = `${rinfo.address}:${rinfo.port}`;
+    switch (slots.request(client, performance.now())) {
+      case 'start':
+        return start();
+      case 'queued':
+        waiting.set(client, start);
+        return log.debug({ tftp: { ip: rinfo.address, port: rinfo.port, file: rrq.filename, queued: slots.queued } }, 'tftp request waits for a transfer slot');
+      case 'duplicate':
+        return; // a retransmission of a request already in line
+      case 'refused':
+        log.warn({ tftp: { ip: rinfo.address, file: rrq.filename }, active: slots.active, queued: slots.queued }, 'tftp request refused: every slot taken and the line full');
+        emit({ ip: rinfo.address, port: rinfo.port, file: rrq.filename, kind: 'error', error: 'server busy' });
+        // Code 0 (not defined): no RFC 1350 code means "busy"; the message says what to do.
+        return reply(ERR.UNDEFINED, `server busy: ${slots.active} transfers running, ${slots.queued} waiting; try again later`);
+    }
   });
 
   async function serve(
     file: string, netascii: boolean, req: ReturnType<typeof requestOptions>, ip: string, peerPort: number,
-    reply: (code: number, message: string) => void,
+    reply: (code: number, message: string) => void, done: () => void,
   ): Promise<void> {
     const t0 = performance.now();
     const tlog = log.child({ tftp: { ip, port: peerPort, file } });
@@ -134,7 +198,7 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
       else tlog.info({ reason: r.reason }, 'tftp file not found');
       reply(r.code, r.code === ERR.ACCESS ? 'access violation' : 'file not found');
       emit({ ip, port: peerPort, file, kind: 'error', error: r.reason, ms: performance.now() - t0 });
-      return;
+      return done();
     }
     const neg = negotiate(req, limits, netascii ? undefined : r.size);
     const sock = dgram.createSocket({ type, lookup });
@@ -155,6 +219,7 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
         emit({ ip, port: peerPort, file, kind: 'error', bytes: o.bytes, ms, error: o.error });
       }
       sessions.delete(session);
+      done();
       // Close after the ERROR above left; the file only once no send can reference its buffers.
       setImmediate(() => sock.close(() => { void r.fh.close().finally(resolveClosed); }));
     };
@@ -199,9 +264,12 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
 
   return {
     port,
+    stats: () => ({ active: slots.active, queued: slots.queued, refused: slots.refused, peakActive: slots.peakActive }),
     async close(): Promise<void> {
       if (closing) return;
       closing = true;
+      slots.drain();
+      waiting.clear();
       await new Promise<void>((res) => main.close(() => res()));
       await Promise.allSettled([...pending]);
       for (const s of [...sessions]) s.abort('server closing');

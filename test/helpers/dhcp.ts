@@ -6,6 +6,7 @@ import { ROOT } from './server.js';
 
 const RUNNER = path.join(ROOT, 'test/helpers/dhcp-runner.mjs');
 const PROBE = path.join(ROOT, 'test/helpers/dhcp-probe.mjs');
+const LOAD = path.join(ROOT, 'test/helpers/dhcp-load.mjs');
 
 /** The real clients the tests drive; fail (never skip) with the install command when one is missing. */
 export function requireClients(): void {
@@ -74,6 +75,30 @@ export function pxeOptions(arch: number, ipxe = false): [number, Buffer][] {
     [OPT.UUID, Buffer.concat([Buffer.from([0]), Buffer.alloc(16, 0x5a)])],
     ...(ipxe ? [[OPT.USER_CLASS, enc.str('iPXE')] as [number, Buffer]] : []),
   ];
+}
+
+export interface Percentiles { n: number; p50: number | null; p99: number | null; max: number | null }
+/** What test/helpers/dhcp-load.mjs prints (see its header for the checks behind `problems`). */
+export interface LoadSummary {
+  mode: 'full' | 'proxy';
+  macs: number;
+  sent: { discover: number; request: number };
+  /** MACs that got at least one OFFER / ACK. */
+  answered: { offer: number; ack: number };
+  /** Answers received in all. */
+  replies: { offer: number; ack: number };
+  retransmitted: number;
+  duplicated: number;
+  latencyMs: { offer: Percentiles; ack: Percentiles };
+  addresses: number;
+  problems: string[];
+}
+
+/** The DHCP load client in `ns` (N PXE clients from one process); resolves to its summary. */
+export async function dhcpLoad(ns: Netns, cfg: Record<string, unknown>): Promise<LoadSummary> {
+  const r = await ns.runAsync(process.execPath, [LOAD, JSON.stringify(cfg)]);
+  if (r.status !== 0) throw new Error(`dhcp-load failed (${r.status}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as LoadSummary;
 }
 
 export { MSG, OPT, enc };
