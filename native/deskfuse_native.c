@@ -1,9 +1,11 @@
 /*
  * deskfuse_native: the few socket and file calls Node cannot make.
  *
- *   udpSocket(ifname, port, {broadcast, reuseAddr}) -> fd   UDPv4 bound to 0.0.0.0:port and to the
+ *   udpSocket(ifname, port, {broadcast, reuseAddr, rcvbuf?}) -> fd   UDPv4 bound to 0.0.0.0:port and to the
  *        device (SO_BINDTODEVICE), nonblocking; hand the fd to dgram's bind({fd}). Node's dgram has
  *        no SO_BINDTODEVICE, so on a multi-NIC server it could not tell (or choose) the boot LAN.
+ *        rcvbuf: receive buffer bytes, forced past net.core.rmem_max when the process may
+ *        (SO_RCVBUFFORCE), else as much as the kernel grants.
  *   ifIndex(ifname) -> number
  *   icmp6Socket(ifname, types?) -> fd   raw ICMPv6, bound to the device, member of ff02::2 (all-routers,
  *        so Router Solicitations arrive), hop limit 255 (RFC 4861 §6.1.2 drops anything else), passing
@@ -100,6 +102,16 @@ static int get_bool_prop(napi_env env, napi_value obj, const char *name, int dfl
   return b;
 }
 
+static int64_t get_int_prop(napi_env env, napi_value obj, const char *name, int64_t dflt) {
+  napi_valuetype t;
+  napi_value v;
+  int64_t n;
+  if (napi_typeof(env, obj, &t) != napi_ok || t != napi_object) return dflt;
+  if (napi_get_named_property(env, obj, name, &v) != napi_ok) return dflt;
+  if (napi_get_value_int64(env, v, &n) != napi_ok) return dflt;
+  return n;
+}
+
 static napi_value num(napi_env env, double d) {
   napi_value v;
   napi_create_double(env, d, &v);
@@ -119,6 +131,12 @@ static napi_value udp_socket(napi_env env, napi_callback_info info) {
   if (fd < 0) return throw_errno(env, errno, "socket", NULL);
   if (get_bool_prop(env, argv[2], "reuseAddr", 1) && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) goto fail_opt;
   if (get_bool_prop(env, argv[2], "broadcast", 1) && setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) < 0) goto fail_opt;
+  int64_t rcvbuf = get_int_prop(env, argv[2], "rcvbuf", 0);
+  if (rcvbuf > 0 && rcvbuf <= 1 << 30) {
+    /* past net.core.rmem_max when we may (CAP_NET_ADMIN: a DHCP server binds port 67 as root anyway) */
+    int b = (int)rcvbuf;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &b, sizeof b) < 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &b, sizeof b);
+  }
   if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, ifname, strlen(ifname) + 1) < 0) {
     int e = errno;
     close(fd);

@@ -52,7 +52,8 @@ const ZERO = '0.0.0.0';
 /**
  * Receive buffer of each DHCP socket. The default (208 KiB: ~150 queued messages) overflows when a
  * few hundred machines power on at once, and a lost DISCOVER costs its client a 4 s retransmission
- * (PXE ROMs: 4, 8, 16, 32 s). 4 MiB queues thousands; the kernel caps it at net.core.rmem_max.
+ * (PXE ROMs: 4, 8, 16, 32 s). 4 MiB queues thousands; set with SO_RCVBUFFORCE (a DHCP server runs
+ * privileged), else the kernel caps it at net.core.rmem_max.
  */
 const RCVBUF = 4 << 20;
 
@@ -66,7 +67,7 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
     : undefined;
   const native = loadNative();
   const open = async (port: number): Promise<dgram.Socket> => {
-    const fd = native.udpSocket(opts.interface, port, { broadcast: true, reuseAddr: true });
+    const fd = native.udpSocket(opts.interface, port, { broadcast: true, reuseAddr: true, rcvbuf: RCVBUF });
     const s = dgram.createSocket('udp4');
     await new Promise<void>((resolve, reject) => {
       s.once('error', reject);
@@ -76,7 +77,6 @@ export async function startDhcp(opts: DhcpOptions): Promise<DhcpServer> {
       });
     });
     s.on('error', (err) => log.warn({ err, port }, 'dhcp socket error'));
-    s.setRecvBufferSize(RCVBUF);
     // Linux reports twice what it granted (the doubling covers its own bookkeeping, socket(7)).
     const got = s.getRecvBufferSize() / 2;
     if (got < RCVBUF) log.warn({ port, bytes: got, wanted: RCVBUF }, `dhcp receive buffer capped by the kernel: a burst of requests may be dropped (sysctl -w net.core.rmem_max=${RCVBUF})`);

@@ -9,8 +9,8 @@ import { dfError } from '../errors.js';
  * lseek SEEK_DATA/SEEK_HOLE and zero-copy sendfile(2). Calls throw Errors with `code` (errno name), `errno` and `syscall`.
  */
 export interface Native {
-  /** UDPv4 socket bound to 0.0.0.0:port and to the device; nonblocking. Give it to dgram's bind({fd}). */
-  udpSocket(ifname: string, port: number, opts: { broadcast: boolean; reuseAddr: boolean }): number;
+  /** UDPv4 socket bound to 0.0.0.0:port and to the device; nonblocking; `rcvbuf` bytes of receive buffer (forced past net.core.rmem_max when privileged). Give it to dgram's bind({fd}). */
+  udpSocket(ifname: string, port: number, opts: { broadcast: boolean; reuseAddr: boolean; rcvbuf?: number }): number;
   ifIndex(ifname: string): number;
   /** Raw ICMPv6 socket on the device, in ff02::2, hop limit 255, passing only `types` (default [133]: Router Solicitations), 1 s receive timeout (blocking). */
   icmp6Socket(ifname: string, types?: number[]): number;
