@@ -48,7 +48,7 @@ trap cleanup EXIT
 for p in "$PORT" "$NPORT" $([ "$VARNISH" = 1 ] && echo "$VPORT"); do
   if curl -fsS -o /dev/null "http://127.0.0.1:$p/" 2> /dev/null; then die "something already answers on 127.0.0.1:$p"; fi
 done
-echo "{\"admission\": {\"heavyTransfers\": $HEAVY}}" > "$T/config.json"
+echo "{\"admission\": {\"heavyTransfers\": $HEAVY}, \"packCache\": {\"mib\": ${PACK_CACHE_MIB:-2048}}}" > "$T/config.json"
 node "$CLI" server --data "$T/data" --listen "127.0.0.1:$PORT" --nbd-listen off --log-level warn --config "$T/config.json" > "$T/server.log" 2>&1 &
 SPID=$!
 for _ in $(seq 600); do

@@ -9,7 +9,7 @@ const go = (a: Admitted): Extract<Admitted, { admitted: true }> => {
 describe('Admission (clients transferring at once, and the line past them)', () => {
   it('admits up to max clients; a pass lets its client through while it transfers; past max, tickets in arrival order', () => {
     let now = 0;
-    const a = new Admission(2, 60_000, 2000, () => now);
+    const a = new Admission(2, 5, 2000, () => now);
     const c1 = go(a.enter());
     const c2 = go(a.enter());
     expect(c1.ticket).not.toBe(c2.ticket);
@@ -37,17 +37,47 @@ describe('Admission (clients transferring at once, and the line past them)', () 
     expect(a.enter('no-such-ticket')).toMatchObject({ admitted: false, position: 3 }); // an unknown ticket is a newcomer
   });
 
-  it('forgets a waiting ticket not seen for forgetMs (the client gave up); max 0 admits everything', () => {
+  it('forgets a waiting ticket not seen within 1.5 × its Retry-After + 2 s (the client gave up); max 0 admits everything', () => {
     let now = 0;
-    const a = new Admission(1, 1000, 2000, () => now);
+    const a = new Admission(1, 1, 2000, () => now);
     const c = go(a.enter());
-    expect(a.enter()).toMatchObject({ admitted: false, position: 1 });
+    expect(a.enter()).toMatchObject({ admitted: false, position: 1, retryAfter: 1 });
     now = 500;
     expect(a.enter()).toMatchObject({ admitted: false, position: 2 });
-    now = 1200; // the first ticket is gone, the second (seen at 500) is first now
+    now = 3600; // the first ticket (forgotten at 3500) is gone, the second (seen at 500) is first now
     expect(a.waiting).toBe(1);
     expect(go(a.enter(c.ticket)).ticket).toBe(c.ticket); // a pass in use never expires
-    const open = new Admission(0, 1000);
+    const open = new Admission(0, 5);
     for (let i = 0; i < 100; i++) expect(open.enter().admitted).toBe(true);
+  });
+
+  it('Retry-After: the base near the head of the line; further back, its place over the rate slots freed in the last minute (at most 60 s)', () => {
+    let now = 0;
+    const a = new Admission(1, 5, 0, () => now);
+    const slot = () => go(a.enter()).release();
+    slot();
+    now = 120_000; // a lull: slots freed long ago say nothing
+    slot();
+    now = 120_500;
+    slot();
+    now = 121_000;
+    slot();
+    now = 121_500;
+    slot();
+    now = 122_000;
+    go(a.enter()); // four freed in the last 1.5 s (120 000 … 121 500, the one at 0 is too old): 2.67 per s
+    const line = Array.from({ length: 200 }, () => a.enter());
+    expect(line[0]).toMatchObject({ admitted: false, position: 1, retryAfter: 5 });
+    expect(line[1]).toMatchObject({ position: 2, retryAfter: 5 }); // within twice max: the base
+    expect(line[9]).toMatchObject({ position: 10, retryAfter: 5 }); // 0.8 × 9 / 2.67 = 2.7: never below the base
+    expect(line[29]).toMatchObject({ position: 30, retryAfter: 9 }); // 0.8 × 29 / 2.67
+    expect(line[199]).toMatchObject({ position: 200, retryAfter: 60 });
+    // a ticket told to wait 60 s is still in line 90 s later, and keeps its place
+    now += 90_000;
+    expect(a.enter((line[199] as { ticket: string }).ticket)).toMatchObject({ admitted: false });
+    // no slot freed in the last minute: the base again
+    const b = new Admission(1, 5, 0, () => now);
+    go(b.enter());
+    expect(Array.from({ length: 50 }, () => b.enter()).at(-1)).toMatchObject({ position: 50, retryAfter: 5 });
   });
 });

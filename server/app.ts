@@ -83,10 +83,9 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
       return;
     }
     refused(1);
-    const retryAfter = ctx.retryAfterSeconds;
-    reply.header('retry-after', String(retryAfter));
-    throw dfError('DF_ERR_BUSY', `the server is serving ${ctx.admission.max} clients' heavy transfers at once; you are number ${a.position} in line: retry after ${retryAfter} s with header x-deskfuse-ticket`, {
-      ticket: a.ticket, position: a.position, retryAfter,
+    reply.header('retry-after', String(a.retryAfter));
+    throw dfError('DF_ERR_BUSY', `the server is serving ${ctx.admission.max} clients' heavy transfers at once; you are number ${a.position} in line: retry after ${a.retryAfter} s with header x-deskfuse-ticket`, {
+      ticket: a.ticket, position: a.position, retryAfter: a.retryAfter,
     });
   });
 

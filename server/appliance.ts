@@ -5,6 +5,8 @@ import { cachedTokens } from '../src/auth/token-cache.js';
 import { hashToken, newToken } from '../src/auth/tokens.js';
 import { scrubLocalStore, type ScrubPass } from '../src/chunk/background-scrub.js';
 import { FsChunkStore } from '../src/chunk/fs-store.js';
+import { PackFileCache } from '../src/chunk/pack-cache.js';
+import { PACK_MAX_BYTES } from '../src/chunk/pack.js';
 import { openStores } from '../src/chunk/open-stores.js';
 import { registerStoreMetrics } from '../src/chunk/store-metrics.js';
 import type { ServerConfig } from '../src/config/server.js';
@@ -36,6 +38,7 @@ import { forgetSentFiles, setSendRate } from './send-file.js';
  *   vdi/<session>/               a VDI session's cloud increment (overlay.raw + map.log) until it is committed
  *                                (this server's sessions only: a session lives on the server that made it)
  *   nbd-cache/                   verified raw chunks served over NBD (made anew at every start)
+ *   pack-cache/                  batch fetches asked for twice, as pack files (made anew at every start)
  *   admin.token                  the admin token, mode 0600, written once on first start
  */
 export const dataPaths = (dataDir: string) => ({
@@ -46,6 +49,7 @@ export const dataPaths = (dataDir: string) => ({
   storeCache: path.join(dataDir, 'store-cache'),
   vdi: path.join(dataDir, 'vdi'),
   nbdCache: path.join(dataDir, 'nbd-cache'),
+  packCache: path.join(dataDir, 'pack-cache'),
   adminToken: path.join(dataDir, 'admin.token'),
   quarantine: path.join(dataDir, 'quarantine', 'chunks'),
 });
@@ -93,8 +97,16 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const metrics = new Metrics();
     registerStoreMetrics(metrics, tallies);
     const now = opts.now ?? (() => new Date());
-    // Chunk files the sender thread keeps open are let go when the store drops or quarantines some.
-    if (chunks instanceof FsChunkStore) chunks.onForget = forgetSentFiles;
+    // Batch fetches asked for twice are kept as pack files (a storm); chunk files the sender thread
+    // keeps open, and packs that may hold their bytes, go when the store drops or quarantines chunks.
+    let packs: PackFileCache | undefined;
+    if (chunks instanceof FsChunkStore) {
+      packs = await PackFileCache.open(p.packCache, config.packCache.mib * 1024 * 1024, chunks, PACK_MAX_BYTES, (err) => log?.debug({ err }, 'pack file not cached'));
+      chunks.onForget = () => {
+        forgetSentFiles();
+        packs?.clear();
+      };
+    }
     const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(meta, p.adminToken);
@@ -118,9 +130,8 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const { heavyTransfers, retryAfterSeconds, maxMbitPerSecond } = config.admission;
     // The sender thread is the process's: its bucket is this server's uplink cap (Mbit/s → bytes/s).
     if (!setSendRate(maxMbitPerSecond * 125_000) && maxMbitPerSecond > 0) log?.warn({ maxMbitPerSecond }, 'admission.maxMbitPerSecond needs the native addon (npm run build): no cap');
-    // A waiting client comes back within 1.25 × Retry-After: a ticket unseen for longer is forgotten.
-    const admission = new Admission(heavyTransfers, (1.5 * retryAfterSeconds + 2) * 1000);
-    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, retryAfterSeconds };
+    const admission = new Admission(heavyTransfers, retryAfterSeconds);
+    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, ...(packs ? { packs } : {}) };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),
@@ -131,6 +142,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
         const scrubbed = metrics.counter('deskfuse_scrub_chunks_total', 'Chunks read back and verified by the background scrub');
         const pass = await scrubLocalStore(chunks, {
           bytesPerSecond: config.scrub.mibPerSecond * 1024 * 1024, quarantine: p.quarantine, ...(signal ? { signal } : {}),
+          busy: () => admission.running > 0, // endpoints first: the pass waits out a storm
           onCorrupt: (id, movedTo) => {
             invalid(1, { where: 'scrub' });
             log?.error({ id, movedTo }, 'a stored chunk is corrupt: moved to quarantine (the next publish or commit that has it stores it again)');

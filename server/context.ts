@@ -1,4 +1,5 @@
 import type { ChunkStore } from '../src/chunk/store.js';
+import type { PackFileCache } from '../src/chunk/pack-cache.js';
 import type { Admission } from './admission.js';
 import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
@@ -17,6 +18,8 @@ export interface AppContext {
   meta: Meta;
   metrics: Metrics;
   deltas: DeltaCache;
+  /** Batch fetches kept as files (local store only). */
+  packs?: PackFileCache;
   /** Largest raw chunk accepted (the largest chunk size). */
   maxChunkSize: number;
   bodyLimit: number;
@@ -27,7 +30,6 @@ export interface AppContext {
   vdi: VdiContext;
   /** Heavy transfers at once, and the line past them (routes with `config.heavy`). */
   admission: Admission;
-  retryAfterSeconds: number;
 }
 
 /**

@@ -55,7 +55,7 @@ export async function sendFile(reply: FastifyReply, fh: FileHandle, size: number
     reply.raw.writeHead(reply.statusCode).end();
     return undefined;
   }
-  const n = reply.request.method === 'GET' && plainFd(reply) !== undefined ? sender() : null;
+  const n = plainFd(reply) !== undefined ? sender() : null; // GET, or a POST answered with a file (a cached pack)
   if (!n) {
     const stream = fh.createReadStream({ highWaterMark: 1024 * 1024 }); // closes fh at its end
     sendFileStats.stream++;
@@ -116,6 +116,22 @@ export async function sendPack(reply: FastifyReply, plan: PackPlan, onCut?: (err
   } catch (err) {
     reply.log.info({ err, size: plan.size }, 'transfer cut short');
     onCut?.(err as NodeJS.ErrnoException);
+  }
+  return undefined;
+}
+
+/**
+ * Answer with a whole file the caller holds open (and keeps open until this resolves: the sender dups
+ * `fd` at the call), on the sender thread; only when canSendOnThread(reply).
+ */
+export async function sendFd(reply: FastifyReply, fd: number, size: number): Promise<undefined> {
+  const n = sender()!;
+  reply.header('content-length', size);
+  sendFileStats.sendfile++;
+  try {
+    await sendOnThread(reply, (sock, cb) => n.sendfile(sock, fd, 0, size, SEND_IDLE_MS, cb));
+  } catch (err) {
+    reply.log.info({ err, size }, 'file transfer cut short');
   }
   return undefined;
 }

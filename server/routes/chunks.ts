@@ -5,7 +5,7 @@ import { isZero } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE, PACK_MAX_BYTES, type PackRecord } from '../../src/chunk/pack.js';
 import { isPackReader } from '../../src/chunk/store.js';
 import { chunkWorkers } from '../../src/chunk/workers.js';
-import { canSendOnThread, sendPack } from '../send-file.js';
+import { canSendOnThread, sendFd, sendPack } from '../send-file.js';
 import type { AppContext } from '../context.js';
 import { BODY_CHUNK, BODY_MISSING, BODY_PACK } from '../limits.js';
 
@@ -25,6 +25,15 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
   const invalid = ctx.metrics.counter('deskfuse_chunks_invalid_total', 'Chunks refused or found corrupt, by where');
   // zstd and BLAKE3 of uploads run in worker threads, as store reads do (src/chunk/workers.ts).
   const workers = chunkWorkers();
+
+  const packHits = ctx.metrics.counterTotal('deskfuse_pack_cache_requests_total', 'Batch fetches served from a cached pack file (hit) or from the chunk files (miss)');
+  const packBytes = ctx.metrics.gauge('deskfuse_pack_cache_bytes', 'Bytes of cached pack files');
+  ctx.metrics.onCollect(() => {
+    if (!ctx.packs) return;
+    packHits(ctx.packs.stats.hits, { result: 'hit' });
+    packHits(ctx.packs.stats.misses, { result: 'miss' });
+    packBytes(ctx.packs.size.bytes);
+  });
 
   const read = async (id: string) => {
     try {
@@ -127,6 +136,15 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
       const store = ctx.chunks;
       try {
         if (canSendOnThread(reply)) {
+          const cached = await ctx.packs?.acquire(ids); // a batch asked for before: one file
+          if (cached) {
+            bytesOut(cached.size);
+            try {
+              return await sendFd(reply, cached.fd, cached.size);
+            } finally {
+              cached.release();
+            }
+          }
           const plan = await store.packPlan(ids, PACK_MAX_BYTES);
           bytesOut(plan.size);
           return await sendPack(reply, plan, (err) => {

@@ -232,7 +232,7 @@ describe('a busy server (503 DF_ERR_BUSY)', () => {
     expect(busyLine('deskfuse agent', waits[0] as BusyInfo)).toMatch(/^deskfuse agent: waiting for the server \(position 3 in line at http:\/\/127\.0\.0\.1:\d+, next try in [\d.]+ s\)\n$/);
   });
 
-  it('two requests refused at once get a ticket each: the client keeps the first, both come back with it, and later requests carry it', async () => {
+  it('two requests refused at once get a ticket each: the client keeps the first, both come back with it, and later requests carry it; heavy ones wait for the first ticket', async () => {
     let n = 0;
     const seen: Array<string | undefined> = [];
     const a = await serve('a', (req, res) => {
@@ -250,6 +250,15 @@ describe('a busy server (503 DF_ERR_BUSY)', () => {
     expect(both.map((r) => r.body)).toEqual([{ ticket: 'T1' }, { ticket: 'T1' }]);
     expect((await c.json('GET', '/later')).body).toEqual({ ticket: 'T1' });
     expect(seen.filter((t) => t === undefined)).toHaveLength(2);
+    // heavy requests (the routes the server admits by client) sent at once: the first goes alone,
+    // so the server's line holds this client once
+    n = 0;
+    seen.length = 0;
+    const d = new ApiClient({ server: a.url });
+    const fetches = await Promise.all([0, 1, 2].map(() => d.json('POST', '/api/v1/chunks/fetch', { body: { ids: [] } })));
+    expect(fetches.map((r) => r.body)).toEqual([{ ticket: 'T1' }, { ticket: 'T1' }, { ticket: 'T1' }]);
+    expect(seen.filter((t) => t === undefined)).toHaveLength(1);
+    expect(n).toBe(1);
   });
 
   it('gives up after busyWaitMs with DF_ERR_BUSY and its fields; a 503 of another code is not a line to wait in', async () => {

@@ -192,6 +192,8 @@ export class ApiClient {
   readonly stats = { requests: 0, bytesSent: 0, bytesReceived: 0, retries: 0, failovers: 0 };
   /** The admission ticket each server gave this client (its place in line, then its pass). */
   private readonly tickets = new Map<string, string>();
+  /** A heavy request sent without a ticket, by server: the others wait for its answer (and ticket). */
+  private readonly ticketGates = new Map<string, Promise<void>>();
   private readonly attempts: number;
   private readonly timeoutMs: number;
   private readonly backoffMs: number;
@@ -311,6 +313,25 @@ export class ApiClient {
       t.attempt++;
       const server = this.servers.current;
       t.tried.add(server);
+      // One ticket per client: of heavy requests sent at once without one, the first goes alone and
+      // the others wait for its answer (two tickets would put this client twice in the server's line,
+      // the second a ghost holding a place until it is forgotten).
+      let gate: (() => void) | undefined;
+      if (!this.tickets.has(server) && HEAVY.test(`${method} ${path}`)) {
+        const first = this.ticketGates.get(server);
+        if (first) {
+          await first;
+          t.attempt--;
+          continue;
+        }
+        this.ticketGates.set(server, new Promise<void>((resolve) => { gate = resolve; }));
+      }
+      const opened = () => {
+        if (!gate) return;
+        this.ticketGates.delete(server);
+        gate();
+        gate = undefined;
+      };
       const ticket = this.tickets.get(server);
       if (ticket) headers['x-deskfuse-ticket'] = ticket;
       else delete headers['x-deskfuse-ticket'];
@@ -324,6 +345,7 @@ export class ApiClient {
       try {
         res = await fetch(`${server}${path}`, { method, headers, signal: deadline.controller.signal, ...(body !== undefined ? { body: body as BodyInit } : {}) });
       } catch (cause) {
+        opened();
         deadline.clear();
         const why = causeText(deadline.controller.signal.reason ?? cause);
         if ((t.safe || notSent(cause)) && t.attempt < t.budget) {
@@ -335,7 +357,10 @@ export class ApiClient {
       }
       const given = res.headers.get('x-deskfuse-ticket');
       if (given) adopt(given);
-      if (res.ok || o.accept?.includes(res.status)) return { res, server, deadline };
+      if (res.ok || o.accept?.includes(res.status)) {
+        opened();
+        return { res, server, deadline };
+      }
       let text: string;
       try {
         deadline.body();
@@ -346,9 +371,10 @@ export class ApiClient {
         deadline.clear();
       }
       const busy = res.status === 503 ? busyAnswer(text, res.headers.get('retry-after')) : undefined;
+      if (busy) adopt(busy.ticket);
+      opened();
       if (busy && t.busyMs < (this.opts.busyWaitMs ?? BUSY_WAIT_MS)) {
         const delayMs = Math.round(busy.retryAfterMs * (0.75 + Math.random() * 0.5));
-        adopt(busy.ticket);
         t.attempt--; // refused before anything was done: it costs no attempt
         t.busyMs += delayMs;
         this.opts.onBusy?.({ method, path, server, position: busy.position, delayMs });
@@ -404,6 +430,8 @@ export class ApiClient {
 }
 
 const BUSY_WAIT_MS = 30 * 60 * 1000;
+/** The routes the server admits by client (`config: { heavy: true }` in server/routes/chunks.ts and sync.ts). */
+const HEAVY = /^(POST \/api\/v1\/chunks\/(fetch|pack|patch)|GET \/api\/v1\/images\/[^/]+\/versions\/[^/]+\/delta)(\?|$)/;
 
 /** What the agent and the CLI print while they wait in a busy server's line. */
 export function busyLine(who: string, b: BusyInfo): string {

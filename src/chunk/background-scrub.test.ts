@@ -59,4 +59,19 @@ describe('scrubLocalStore (the background pass over a store served as stored)', 
     expect(r.stopped).toBe(true);
     expect(r.chunks).toBe(1);
   });
+
+  it('waits while endpoints are being served (busy), then goes on; a signal stops it while it waits', async () => {
+    for (const c of ['a', 'b', 'c'].map(chunkOf)) await store.put(c.id, { frame: c.frame });
+    let busy = true;
+    let asked = 0;
+    const p = scrubLocalStore(store, { bytesPerSecond: 1 << 30, quarantine: path.join(dir, 'q'), busy: () => (asked++, busy) });
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(asked).toBeGreaterThanOrEqual(2); // it looked again while busy, and read nothing
+    busy = false;
+    expect(await p).toMatchObject({ chunks: 3, stopped: false });
+    const stop = new AbortController();
+    const waiting = scrubLocalStore(store, { bytesPerSecond: 1 << 30, quarantine: path.join(dir, 'q'), signal: stop.signal, busy: () => true });
+    setTimeout(() => stop.abort(), 50);
+    expect(await waiting).toMatchObject({ chunks: 0, stopped: true });
+  });
 });

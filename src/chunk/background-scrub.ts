@@ -21,6 +21,8 @@ export interface ScrubPassOptions {
   quarantine: string;
   signal?: AbortSignal;
   onCorrupt?: (id: string, movedTo: string) => void;
+  /** While this says so (endpoints are being served heavy transfers), the pass waits: a storm comes first. */
+  busy?: () => boolean;
 }
 
 /**
@@ -33,8 +35,15 @@ export interface ScrubPassOptions {
  */
 export async function scrubLocalStore(store: Pick<FsChunkStore, 'list' | 'get' | 'pathOf' | 'forget'>, opts: ScrubPassOptions): Promise<ScrubPass> {
   const pass: ScrubPass = { chunks: 0, bytes: 0, quarantined: [], stopped: false };
-  const start = performance.now();
+  let start = performance.now();
   for await (const id of store.list()) {
+    if (opts.signal?.aborted) {
+      pass.stopped = true;
+      break;
+    }
+    const waitFrom = performance.now();
+    while (opts.busy?.() && !opts.signal?.aborted) await sleep(1000, undefined, opts.signal ? { signal: opts.signal } : {}).catch(() => {});
+    start += performance.now() - waitFrom; // time waited is not time to catch up on
     if (opts.signal?.aborted) {
       pass.stopped = true;
       break;

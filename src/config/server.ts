@@ -37,6 +37,7 @@ export interface ServerConfig {
   readonly enrolment: EnrolmentConfig;
   readonly retention: RetentionConfig;
   readonly scrub: ScrubConfig;
+  readonly packCache: PackCacheConfig;
   readonly admission: AdmissionConfig;
   readonly tftp: TftpConfig;
   readonly store: StoreConfig;
@@ -115,6 +116,15 @@ export interface ScrubConfig {
   readonly intervalSeconds: number;
   /** Read rate of a pass, MiB of stored frames per second (the disk and the workers stay for serving). Default 32. */
   readonly mibPerSecond: number;
+}
+
+/**
+ * Batch fetches asked for twice are kept as files (src/chunk/pack-cache.ts), so a storm of endpoints
+ * provisioning one version is served pack files with sendfile(2), as a static web server would.
+ */
+export interface PackCacheConfig {
+  /** Disk for them under <data>/pack-cache/, MiB; 0 = off. Default 2048 (about ten 200 MiB versions). */
+  readonly mib: number;
 }
 
 /**
@@ -215,6 +225,7 @@ export const DEFAULTS: ServerConfig = {
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
   scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
+  packCache: { mib: 2048 },
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
   tftp: { ...TFTP_DEFAULTS },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
@@ -257,7 +268,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', 'admission', 'tftp', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', 'packCache', 'admission', 'tftp', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -282,12 +293,13 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
   const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
+  const packCache = loadIntegers('packCache', (file.packCache ?? {}) as Record<string, unknown>, DEFAULTS.packCache, { mib: [0, 1 << 20] }, problems);
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
   const tftp = loadIntegers('tftp', (file.tftp ?? {}) as Record<string, unknown>, DEFAULTS.tftp, { maxTransfers: [1, 10_000], maxQueued: [0, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, admission, tftp, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, packCache, admission, tftp, store });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

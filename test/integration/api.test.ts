@@ -246,6 +246,32 @@ describe('batch fetch over a real connection (frames sent from their files by th
   });
 });
 
+describe('batch fetches asked for again (a storm): one cached pack file, sent with sendfile', () => {
+  it('the third ask of a batch is the same bytes from one file; a removed chunk empties the cache', async () => {
+    const url = await ap.app.listen({ host: '127.0.0.1', port: 0 });
+    const cs = [chunk(), chunk(2000), chunk()];
+    await upload(cs);
+    const ids = cs.map((c) => c.id);
+    const fetchPack = () => fetch(`${url}/api/v1/chunks/fetch`, { method: 'POST', headers: { ...auth(), 'content-type': 'application/json' }, body: JSON.stringify({ ids }) });
+    const want = encodePack(cs.map((c) => ({ id: c.id, rawLength: c.raw.length, frame: c.frame })));
+    const before = { ...sendFileStats };
+    for (let i = 0; i < 2; i++) expect(Buffer.from(await (await fetchPack()).arrayBuffer()).equals(want)).toBe(true);
+    await ap.ctx.packs!.settled();
+    const third = await fetchPack();
+    expect(Buffer.from(await third.arrayBuffer()).equals(want)).toBe(true);
+    expect(sendFileStats.parts - before.parts).toBe(2); // the first two from the chunk files
+    expect(sendFileStats.sendfile - before.sendfile).toBe(1); // the third as one file
+    const m = (await req('GET', '/metrics')).body;
+    expect(m).toMatch(/^deskfuse_pack_cache_requests_total\{result="hit"\} 1$/m);
+    expect(m).toMatch(new RegExp(`^deskfuse_pack_cache_bytes ${want.length}$`, 'm'));
+    await (ap.ctx.chunks as FsChunkStore).remove(cs[1]!.id);
+    expect(ap.ctx.packs!.size.files).toBe(0);
+    const gone = await fetchPack();
+    expect(gone.status).toBe(404);
+    expect(await gone.json()).toMatchObject({ code: 'DF_ERR_CHUNK_NOT_FOUND', id: cs[1]!.id });
+  });
+});
+
 describe('versions and refs', () => {
   it('commits fast-forward, keeps a racing commit under conflicts/, moves refs by CAS with a log', async () => {
     await createImage();
