@@ -175,7 +175,9 @@ static void fdc_clear(void) {
 static int open_part(seg *s) {
   uint64_t h = fnv1a(s->path);
   fdc_slot *c = fdc ? &fdc[h & fdc_mask] : NULL;
-  if (c && c->fd >= 0 && !c->doomed && c->h == h && strcmp(c->path, s->path) == 0) {
+  struct stat st;
+  /* a hit is checked against the file as it is now: one replaced in place (an admin's repair) is read anew */
+  if (c && c->fd >= 0 && !c->doomed && c->h == h && strcmp(c->path, s->path) == 0 && fstat(c->fd, &st) == 0 && st.st_size == c->size && st.st_nlink > 0) {
     if (c->size != s->off + s->len) return ESTALE;
     c->users++;
     s->fd = c->fd;
@@ -188,7 +190,6 @@ static int open_part(seg *s) {
   if (fd < 0 && errno == EPERM) fd = open(s->path, O_RDONLY | O_CLOEXEC);
   if (fd < 0 && (errno == EMFILE || errno == ENFILE)) { fdc_clear(); fd = open(s->path, O_RDONLY | O_CLOEXEC); }
   if (fd < 0) return errno;
-  struct stat st;
   if (fstat(fd, &st) < 0) { int err = errno; close(fd); return err; }
   s->fd = fd; /* the job's own until the cache takes it */
   if (st.st_size != s->off + s->len) return ESTALE;

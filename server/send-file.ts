@@ -1,4 +1,5 @@
 import type { FileHandle } from 'node:fs/promises';
+import type { Server } from 'node:http';
 import type { Socket } from 'node:net';
 import type { FastifyReply } from 'fastify';
 import type { PackPlan } from '../src/chunk/store.js';
@@ -89,6 +90,11 @@ async function sendOnThread(reply: FastifyReply, send: (fd: number, cb: (err: No
     const fd = plainFd(reply);
     if (fd === undefined) throw Object.assign(new Error('the client left before the body'), { code: 'ECONNRESET' });
     await new Promise<number>((resolve, reject) => send(fd, (err, sent) => (err ? reject(err) : resolve(sent))));
+    // The client may have had the whole body before this response ends here: a close() of the server
+    // meanwhile found the connection busy and left it; once idle it must go, or close() waits for
+    // the keep-alive timeout.
+    const server = (res.socket as (Socket & { server?: Server }) | null)?.server;
+    res.once('finish', () => { if (server && !server.listening) server.closeIdleConnections(); });
     res.end();
   } catch (err) {
     res.destroy();
