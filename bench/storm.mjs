@@ -13,7 +13,7 @@
 // env: SERVER URL, TOKEN (admin), IMAGE, DESKTOP, FROM (version provisioned), TO (version updated to),
 //      SERVER_PID, NGINX URL, NGINX_ROOT (folder nginx serves: the recorded bodies go there),
 //      NGINX_PIDS (master and workers, comma-separated), KS (e.g. "50 200 500"), PHASES;
-//      optional VARNISH URL, VARNISH_PIDS, VARNISH_N (its -n folder): the update phase a third time
+//      optional VARNISH_URL, VARNISH_PIDS, VARNISH_N (its -n folder): the update phase a third time
 //      through Varnish (deploy/varnish/deskfuse.vcl) in front of the same server, its cache emptied
 //      (ban) before each K, reporting the bytes the origin sent with and without the cache.
 // Prints one JSON line per (phase, K, target) on stdout.
@@ -35,7 +35,7 @@ const FROM = Number(need('FROM'));
 const TO = Number(need('TO'));
 const NGINX = need('NGINX');
 const ROOT = need('NGINX_ROOT');
-const VARNISH = env.VARNISH || undefined;
+const VARNISH = env.VARNISH_URL || undefined;
 const KS = (env.KS ?? '50').split(/[ ,]+/).filter(Boolean).map(Number);
 const PHASES = (env.PHASES ?? 'provision update').split(/[ ,]+/).filter(Boolean);
 const CLK = 100; // USER_HZ
@@ -78,9 +78,14 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats, m
         });
         res.on('error', reject);
       });
-      req.on('error', reject);
+      // as the agent (src/api/client.ts): a request cut before any answer (a keep-alive connection the
+      // other side closed as it was reused: Varnish's timeout_idle is 5 s) is sent again, twice at most
+      let answered = false;
+      req.on('response', () => { answered = true; });
+      req.on('error', (err) => (tries++ < 2 && !answered ? (stats.resent = (stats.resent ?? 0) + 1, attempt()) : reject(err)));
       req.end(body ? JSON.stringify(body) : undefined);
     };
+    let tries = 0;
     attempt();
   });
 }

@@ -91,7 +91,7 @@ if [ "$VARNISH" = 1 ]; then
   kill -0 "$VPID" 2> /dev/null || { cat "$T/varnish.log" >&2; VPID=; die "varnishd did not start"; }
   VPIDS=$(echo "$VPID" $(pgrep -P "$VPID") | tr ' ' ',')
   log "varnish pids $VPIDS on 127.0.0.1:$VPORT"
-  VENV=(VARNISH="http://127.0.0.1:$VPORT" VARNISH_PIDS="$VPIDS" VARNISH_N="$T/varnish/n")
+  VENV=(VARNISH_URL="http://127.0.0.1:$VPORT" VARNISH_PIDS="$VPIDS" VARNISH_N="$T/varnish/n")
 fi
 
 env "${VENV[@]}" SERVER="http://127.0.0.1:$PORT" TOKEN="$ADMIN" IMAGE=storm DESKTOP=storm FROM=1 TO=2 SERVER_PID=$SPID \

@@ -41,7 +41,7 @@ describe('Admission (clients transferring at once, and the line past them)', () 
     let now = 0;
     const a = new Admission(1, 1, 2000, () => now);
     const c = go(a.enter());
-    expect(a.enter()).toMatchObject({ admitted: false, position: 1, retryAfter: 1 });
+    expect(a.enter()).toMatchObject({ admitted: false, position: 1, retryAfter: 1 }); // never below 1 s
     now = 500;
     expect(a.enter()).toMatchObject({ admitted: false, position: 2 });
     now = 3600; // the first ticket (forgotten at 3500) is gone, the second (seen at 500) is first now
@@ -65,16 +65,26 @@ describe('Admission (clients transferring at once, and the line past them)', () 
     now = 121_500;
     slot();
     now = 122_000;
-    go(a.enter()); // four freed in the last 1.5 s (120 000 … 121 500, the one at 0 is too old): 2.67 per s
+    go(a.enter()); // five freed from 120 000 to 122 000 (each when the next came, after a 2-minute lull): 2.5 per s
     const line = Array.from({ length: 200 }, () => a.enter());
-    expect(line[0]).toMatchObject({ admitted: false, position: 1, retryAfter: 5 });
+    expect(line[0]).toMatchObject({ admitted: false, position: 1, retryAfter: 2 }); // next to get a slot: a third of the base
     expect(line[1]).toMatchObject({ position: 2, retryAfter: 5 }); // within twice max: the base
-    expect(line[9]).toMatchObject({ position: 10, retryAfter: 5 }); // 0.8 × 9 / 2.67 = 2.7: never below the base
-    expect(line[29]).toMatchObject({ position: 30, retryAfter: 9 }); // 0.8 × 29 / 2.67
-    expect(line[199]).toMatchObject({ position: 200, retryAfter: 60 });
-    // a ticket told to wait 60 s is still in line 90 s later, and keeps its place
-    now += 90_000;
+    expect(line[9]).toMatchObject({ position: 10, retryAfter: 5 }); // 0.5 × 9 / 2.5 = 1.8: never below the base
+    expect(line[29]).toMatchObject({ position: 30, retryAfter: 6 }); // 0.5 × 29 / 2.5 per s
+    expect(line[199]).toMatchObject({ position: 200, retryAfter: 40 }); // 0.5 × 199 / 2.5
+    expect(a.enter()).toMatchObject({ position: 201, retryAfter: 40 });
+    // a ticket told to wait 40 s is still in line 60 s later, and keeps its place
+    now += 60_000;
     expect(a.enter((line[199] as { ticket: string }).ticket)).toMatchObject({ admitted: false });
+    // a slow line: at most 60 s
+    const slow = new Admission(1, 5, 0, () => now);
+    for (let k = 0; k < 5; k++) {
+      now += 10_000;
+      go(slow.enter()).release();
+    }
+    now += 10_000;
+    go(slow.enter());
+    expect(Array.from({ length: 100 }, () => slow.enter()).at(-1)).toMatchObject({ position: 100, retryAfter: 60 });
     // no slot freed in the last minute: the base again
     const b = new Admission(1, 5, 0, () => now);
     go(b.enter());

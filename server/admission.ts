@@ -69,12 +69,14 @@ export class Admission {
   }
 
   /**
-   * Seconds until a client at `position` is worth asking again: the base near the head of the line;
-   * further back, 80 % of the time the slots freed lately take to reach it (an early client just waits
-   * again, keeping its place).
+   * Seconds until a client at `position` is worth asking again: a third of the base for the next
+   * `max` in line (the next slots to free are theirs), the base for the next `max`; further back, half
+   * of the time the slots freed lately take to reach it (an early client just waits again, keeping its place).
    */
   private retryAfterFor(position: number): number {
     const base = this.retryAfterSeconds;
+    // the next to get a slot come back sooner: a slot freed while the head of the line sleeps stays idle
+    if (position <= this.max) return Math.max(1, Math.round(base / 3));
     if (position <= 2 * this.max) return base;
     // the rate over the last minute only: slots freed before a lull say nothing about now
     const now = this.now();
@@ -82,7 +84,7 @@ export class Admission {
     if (recent.length < 4) return base;
     const perSecond = recent.length / Math.max(1, (now - recent[0]!) / 1000);
     const ahead = position - this.max; // the first `max` in line get the next slots to free
-    return Math.max(base, Math.min(RETRY_AFTER_MAX, Math.round((0.8 * ahead) / perSecond)));
+    return Math.max(base, Math.min(RETRY_AFTER_MAX, Math.round((0.5 * ahead) / perSecond)));
   }
 
   private admit(ticket: string, pass: Pass): Admitted {

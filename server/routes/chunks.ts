@@ -127,7 +127,7 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
     // Each chunk once, however often it is asked for; the pack is held to PACK_MAX_BYTES (reads stop
     // as soon as it would pass), so one request never makes the server hold more than that.
     const ids = [...new Set(req.body.ids)];
-    reply.type(PACK_CONTENT_TYPE);
+    reply.type(PACK_CONTENT_TYPE).header('cache-control', 'no-store'); // set here: a body sent by the sender thread skips onSend
     if (isPackReader(ctx.chunks)) {
       // The local store answers with the stored frames as they are: no decompress or hash per served
       // chunk (each was verified on entry; the agent verifies each). On plain TCP the frames go from

@@ -169,6 +169,18 @@ describe('parseHostPort', () => {
     expect(err.message).toContain('config file: unknown key scrub.when');
   });
 
+  it('packCache: 2048 MiB by default, 0 = off; admission.maxMbitPerSecond: no cap by default; bad values reported', () => {
+    const c = loadServerConfig({ env: {} });
+    expect(c.packCache).toEqual({ mib: 2048 });
+    expect(c.admission).toEqual({ heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 });
+    expect(loadServerConfig({ env: {}, file: file({ packCache: { mib: 0 }, admission: { maxMbitPerSecond: 900 } }) })).toMatchObject({ packCache: { mib: 0 }, admission: { maxMbitPerSecond: 900 } });
+    const err = configError({ env: {}, file: file({ packCache: { mib: -1, gib: 2 }, admission: { maxMbitPerSecond: 'fast' } }) });
+    expect(err).toMatchObject({ code: 'DF_ERR_CONFIG' });
+    expect(err.message).toContain('packCache.mib: expected an integer');
+    expect(err.message).toContain('config file: unknown key packCache.gib');
+    expect(err.message).toContain('admission.maxMbitPerSecond: expected an integer');
+  });
+
   it('tftp: 32 transfers at once and 1000 waiting by default; from the file; 0 transfers, a fraction or a string reported', () => {
     expect(loadServerConfig({ env: {} }).tftp).toEqual({ maxTransfers: 32, maxQueued: 1000 });
     expect(loadServerConfig({ env: {}, file: file({ tftp: { maxTransfers: 2, maxQueued: 0 } }) }).tftp).toEqual({ maxTransfers: 2, maxQueued: 0 });
