@@ -117,7 +117,10 @@ export class PackFileCache {
         this.drop(old);
         this.stats.evicted++;
       }
-    })().catch((err: unknown) => this.onError(err)).finally(() => this.building.delete(key));
+    })().catch((err: unknown) => {
+      this.asked.delete(key); // two more asks before another try: a batch that cannot be read is not read on every ask
+      this.onError(err);
+    }).finally(() => this.building.delete(key));
     this.building.set(key, p);
   }
 
