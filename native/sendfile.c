@@ -222,6 +222,15 @@ static void done_part(seg *s) {
   s->cached = 0;
 }
 
+/* When the current part is all sent: its file let go, the next part's turn (1). */
+static int part_done(job *j, seg *s) {
+  if (j->done != s->len) return 0;
+  done_part(s);
+  j->cur++;
+  j->done = 0;
+  return 1;
+}
+
 /* The part's file, opened when its turn comes; 0, or the job is finished with the error. */
 static int ready_part(job *j, seg *s) {
   if (s->fd >= 0) return 0;
@@ -239,12 +248,7 @@ static int64_t pump_direct(job *j, int64_t budget) {
   int64_t spent = 0;
   while (j->cur < j->nsegs) {
     seg *s = &j->segs[j->cur];
-    if (j->done == s->len) {
-      done_part(s);
-      j->cur++;
-      j->done = 0;
-      continue;
-    }
+    if (part_done(j, s)) continue;
     if (spent >= budget) { j->ready = 1; return spent; }
     int64_t want = s->len - j->done;
     if (want > budget - spent) want = budget - spent;
@@ -301,12 +305,7 @@ static int64_t pump_pipe(job *j, int64_t budget) {
     if (j->cur == j->nsegs) { finish(j, 0); return spent; }
     while (j->cur < j->nsegs) { /* fill the pipe */
       seg *s = &j->segs[j->cur];
-      if (j->done == s->len) {
-        done_part(s);
-        j->cur++;
-        j->done = 0;
-        continue;
-      }
+      if (part_done(j, s)) continue;
       ssize_t r;
       if (s->mem && j->mapped) {
         /* a record head joins the pipe by reference: no page allocated and copied per 40 bytes */

@@ -81,17 +81,7 @@ export class FsChunkStore implements PrunableStore, PackReader {
   }
 
   private async readPackOnce(ids: string[], maxFrameBytes: number): Promise<Buffer> {
-    let r: Awaited<ReturnType<ChunkWorkers['pack']>>;
-    try {
-      r = await this.workers.pack(ids.map((id) => ({ id, path: this.pathOf(id) })), maxFrameBytes, this.maxChunkSize);
-    } catch (cause) {
-      if (isDeskfuseError(cause, 'DF_ERR_CHUNK_INVALID')) {
-        const id = cause.fields.id as string;
-        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, path: this.pathOf(id) }, cause);
-      }
-      throw cause;
-    }
-    if ('missing' in r) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${r.missing} is not in the store`, { id: r.missing });
+    const r = await this.overFiles(ids, (files) => this.workers.pack(files, maxFrameBytes, this.maxChunkSize));
     if ('tooLarge' in r) {
       throw dfError('DF_ERR_TOO_LARGE', `these ${ids.length} chunks are more than ${maxFrameBytes} bytes: ask for fewer at a time`, { limit: maxFrameBytes, ids: ids.length });
     }
@@ -153,17 +143,7 @@ export class FsChunkStore implements PrunableStore, PackReader {
   }
 
   private async learnHeadsOnce(ids: string[]): Promise<Map<string, [number, number]>> {
-    let r: Awaited<ReturnType<ChunkWorkers['heads']>>;
-    try {
-      r = await this.workers.heads(ids.map((id) => ({ id, path: this.pathOf(id) })), this.maxChunkSize);
-    } catch (cause) {
-      if (isDeskfuseError(cause, 'DF_ERR_CHUNK_INVALID')) {
-        const id = cause.fields.id as string;
-        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, path: this.pathOf(id) }, cause);
-      }
-      throw cause;
-    }
-    if ('missing' in r) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${r.missing} is not in the store`, { id: r.missing });
+    const r = await this.overFiles(ids, (files) => this.workers.heads(files, this.maxChunkSize));
     const out = new Map<string, [number, number]>();
     ids.forEach((id, k) => out.set(id, [r.sizes[k]!, r.raws[k]!]));
     if (this.heads.size + out.size > FsChunkStore.HEADS_KEPT) {
@@ -175,6 +155,25 @@ export class FsChunkStore implements PrunableStore, PackReader {
     }
     for (const [id, h] of out) this.heads.set(id, h);
     return out;
+  }
+
+  /**
+   * A worker task over these ids' stored files: a frame without a sane header is
+   * DF_ERR_CHUNK_CORRUPT, the first absent file DF_ERR_CHUNK_NOT_FOUND.
+   */
+  private async overFiles<T extends object>(ids: string[], task: (files: Array<{ id: string; path: string }>) => Promise<T | { missing: string }>): Promise<Exclude<T, { missing: string }>> {
+    let r: T | { missing: string };
+    try {
+      r = await task(ids.map((id) => ({ id, path: this.pathOf(id) })));
+    } catch (cause) {
+      if (isDeskfuseError(cause, 'DF_ERR_CHUNK_INVALID')) {
+        const id = cause.fields.id as string;
+        throw dfError('DF_ERR_CHUNK_CORRUPT', `stored chunk ${id} is corrupt: ${cause.message}`, { id, path: this.pathOf(id) }, cause);
+      }
+      throw cause;
+    }
+    if ('missing' in r) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `chunk ${r.missing} is not in the store`, { id: r.missing });
+    return r as Exclude<T, { missing: string }>;
   }
 
   async put(id: string, chunk: { frame: Buffer } | { raw: Buffer }): Promise<boolean> {
