@@ -5,7 +5,7 @@
 // keep-alive connections, no disks: bodies are counted and dropped.
 //
 //   provision: boot stage (kernel, initramfs), desktop, image, versions, the version's chunk index,
-//              then every batch fetch of its chunks (8 MiB of raw chunk per batch, two in flight, as
+//              then every batch fetch of its chunks (16 MiB of raw chunk per batch, its ids raw, two in flight, as
 //              src/agent/fetcher.ts)
 //   update:    boot stage, desktop, image, versions, the new version's layer and its delta
 // (The lease and boot-session calls are left out: one desktop stands for every endpoint.)
@@ -23,6 +23,8 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { idsPerFetch } from '../dist/src/agent/fetcher.js';
+import { encodeIdList, ID_LIST_TYPE } from '../dist/src/chunk/id.js';
 import { ChunkIndex } from '../dist/src/image/chunk-index.js';
 
 const env = process.env;
@@ -50,7 +52,7 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats, m
   return new Promise((resolve, reject) => {
     const attempt = () => {
       const headers = { authorization: `Bearer ${TOKEN}` };
-      if (body) headers['content-type'] = 'application/json';
+      if (body) headers['content-type'] = Buffer.isBuffer(body) ? ID_LIST_TYPE : 'application/json';
       const sent = me.ticket;
       if (sent) headers['x-deskfuse-ticket'] = sent;
       // as src/api/client.ts: of two tickets given at once, keep the first heard of
@@ -83,7 +85,7 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats, m
       let answered = false;
       req.on('response', () => { answered = true; });
       req.on('error', (err) => (tries++ < 2 && !answered ? (stats.resent = (stats.resent ?? 0) + 1, attempt()) : reject(err)));
-      req.end(body ? JSON.stringify(body) : undefined);
+      req.end(body ? (Buffer.isBuffer(body) ? body : JSON.stringify(body)) : undefined);
     };
     let tries = 0;
     attempt();
@@ -107,9 +109,9 @@ const api = [
 ];
 const index = ChunkIndex.decode(await keepGet(`/api/v1/images/${IMAGE}/versions/${FROM}/index`));
 const ids = [...index.distinctIds()];
-const per = Math.max(1, Math.min(4096, Math.floor((8 * 1024 * 1024) / index.geometry.chunkSize)));
+const per = idsPerFetch(index.geometry.chunkSize);
 const batches = [];
-for (let k = 0; k < ids.length; k += per) batches.push({ method: 'POST', path: '/api/v1/chunks/fetch', body: { ids: ids.slice(k, k + per) }, file: `fetch/${batches.length}.pack` });
+for (let k = 0; k < ids.length; k += per) batches.push({ method: 'POST', path: '/api/v1/chunks/fetch', body: encodeIdList(ids.slice(k, k + per)), file: `fetch/${batches.length}.pack` });
 const lists = {
   provision: { serial: [...boot, ...api, { path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, file: 'api/index.bin' }], batches },
   update: { serial: [...boot, ...api, { path: `/api/v1/images/${IMAGE}/versions/${TO}/layer`, file: 'api/layer.bin' }, { path: `/api/v1/images/${IMAGE}/versions/${TO}/delta`, file: 'api/delta.bin' }], batches: [] },

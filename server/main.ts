@@ -35,7 +35,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   }
 
   const pruner = startPruneService(config.retention, appliance, log);
-  const scrubber = startScrubService(config.scrub, appliance, log);
+  const scrubber = startScrubService(config.scrub, config.dataDir, appliance, log);
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {

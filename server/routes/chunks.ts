@@ -1,7 +1,7 @@
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { ChunkParams, ChunkStored, IdsBody, Missing, PackStored } from '../../src/api/schemas.js';
 import { dfError, isDeskfuseError } from '../../src/errors.js';
-import { isZero } from '../../src/chunk/id.js';
+import { checkIdList, decodeIdList, ID_BYTES, ID_LIST_TYPE, isZero } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE, PACK_MAX_BYTES, type PackRecord } from '../../src/chunk/pack.js';
 import { isPackReader } from '../../src/chunk/store.js';
 import { chunkWorkers } from '../../src/chunk/workers.js';
@@ -122,11 +122,21 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
 
   app.post('/api/v1/chunks/fetch', {
     config: { heavy: true },
-    schema: { body: Type.Object({ ids: Type.Array(IdsBody.properties.ids.items, { maxItems: FETCH_MAX_IDS }) }, { additionalProperties: false }), tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks (each id once, ${PACK_MAX_BYTES} bytes of frames at most) as one pack` },
+    schema: {
+      // JSON for people and scripts; the agent sends the raw ids (src/chunk/id.ts): no string per id to parse and match.
+      body: { content: {
+        'application/json': { schema: Type.Object({ ids: Type.Array(IdsBody.properties.ids.items, { maxItems: FETCH_MAX_IDS }) }, { additionalProperties: false }) },
+        [ID_LIST_TYPE]: { schema: { description: `up to ${FETCH_MAX_IDS} raw ${ID_BYTES}-byte chunk ids back to back` } },
+      } },
+      tags: ['chunks'], summary: `Fetch up to ${FETCH_MAX_IDS} chunks (each id once, ${PACK_MAX_BYTES} bytes of frames at most) as one pack`,
+    },
   }, async (req, reply) => {
     // Each chunk once, however often it is asked for; the pack is held to PACK_MAX_BYTES (reads stop
     // as soon as it would pass), so one request never makes the server hold more than that.
-    const ids = [...new Set(req.body.ids)];
+    const body = req.body as Buffer | { ids: string[] };
+    const raw = Buffer.isBuffer(body) ? checkIdList(body, FETCH_MAX_IDS) : undefined;
+    let list: string[] | undefined;
+    const idList = () => (list ??= raw ? decodeIdList(raw) : [...new Set((body as { ids: string[] }).ids)]);
     reply.type(PACK_CONTENT_TYPE).header('cache-control', 'no-store'); // set here: a body sent by the sender thread skips onSend
     if (isPackReader(ctx.chunks)) {
       // The local store answers with the stored frames as they are: no decompress or hash per served
@@ -136,7 +146,7 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
       const store = ctx.chunks;
       try {
         if (canSendOnThread(reply)) {
-          const cached = await ctx.packs?.acquire(ids); // a batch asked for before: one file
+          const cached = await ctx.packs?.acquire(raw ?? idList()); // a batch asked for before: one file
           if (cached) {
             bytesOut(cached.size);
             try {
@@ -145,6 +155,7 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
               cached.release();
             }
           }
+          const ids = idList();
           const plan = await store.packPlan(ids, PACK_MAX_BYTES);
           bytesOut(plan.size);
           return await sendPack(reply, plan, (err) => {
@@ -152,14 +163,15 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
             if (err.code === 'ENOENT' || err.code === 'ESTALE') store.forget(ids);
           });
         }
-        const body = await store.readPack(ids, PACK_MAX_BYTES);
-        bytesOut(body.length);
-        return body;
+        const pack = await store.readPack(idList(), PACK_MAX_BYTES);
+        bytesOut(pack.length);
+        return pack;
       } catch (err) {
         if (isDeskfuseError(err, 'DF_ERR_CHUNK_CORRUPT')) invalid(1, { where: 'store' });
         throw err;
       }
     }
+    const ids = idList();
     const records: PackRecord[] = new Array(ids.length);
     let bytes = 0;
     await inParallel(ids.length, async (k) => {
@@ -170,9 +182,9 @@ export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
       }
       records[k] = { id: ids[k]!, rawLength: c.raw.length, frame: c.frame };
     });
-    const body = encodePack(records);
-    bytesOut(body.length);
-    return body;
+    const pack = encodePack(records);
+    bytesOut(pack.length);
+    return pack;
   });
 };
 

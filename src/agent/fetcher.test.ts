@@ -2,19 +2,21 @@ import { randomBytes } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import type { ApiClient } from '../api/client.js';
 import { encodeFrame } from '../chunk/frame.js';
-import { hashBytes, idHex } from '../chunk/id.js';
+import { decodeIdList, hashBytes, ID_LIST_TYPE, idHex } from '../chunk/id.js';
 import { encodePack } from '../chunk/pack.js';
 import { ChunkFetcher } from './fetcher.js';
 
-const CHUNK = 4 * 1024; // 2,048 chunks a pack: position 5000 is two packs past the first
+const CHUNK = 8 * 1024; // 2,048 chunks a pack (16 MiB): position 5000 is two packs past the first
 
 /** A server that answers /chunks/fetch from a map and counts what it was asked for. */
 function fakeServer(chunks: Map<string, Buffer>) {
   const asked: string[][] = [];
   const client = {
-    async binary(_m: string, _p: string, o: { body: { ids: string[] } }) {
-      asked.push(o.body.ids);
-      const body = encodePack(o.body.ids.map((id) => ({ id, rawLength: chunks.get(id)!.length, frame: encodeFrame(chunks.get(id)!) })));
+    async binary(_m: string, _p: string, o: { raw: { data: Buffer; type: string } }) {
+      expect(o.raw.type).toBe(ID_LIST_TYPE); // the raw id list (src/chunk/id.ts)
+      const ids = decodeIdList(o.raw.data);
+      asked.push(ids);
+      const body = encodePack(ids.map((id) => ({ id, rawLength: chunks.get(id)!.length, frame: encodeFrame(chunks.get(id)!) })));
       return { status: 200, body, bytesSent: 0 };
     },
   } as unknown as ApiClient;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
-import { hashBytes, ID_BYTES, idHex, isIdHex, isZero, isZeroId, parseId, ZERO_ID } from './id.js';
+import { checkIdList, decodeIdList, encodeIdList, hashBytes, ID_BYTES, idHex, isIdHex, isZero, isZeroId, parseId, ZERO_ID } from './id.js';
 
 describe('hashBytes', () => {
   it('is BLAKE3-256: the test vector for "abc"', () => {
@@ -96,5 +96,22 @@ describe('isZeroId', () => {
     const one = Buffer.alloc(32);
     one[31] = 1;
     expect(isZeroId(one)).toBe(false);
+  });
+});
+
+describe('id lists (batch fetch bodies)', () => {
+  const a = 'af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262'; // BLAKE3 of nothing
+  const b = '2d3adedff11b61f14c886e35afa036736dcd87a74d27b5c1510225d0f592e213'; // BLAKE3 of "\0"
+  it('golden: raw ids back to back; decoded each once, in order', () => {
+    const body = encodeIdList([a, b, a]);
+    expect(body.toString('hex')).toBe(a + b + a);
+    expect(decodeIdList(checkIdList(body, 3))).toEqual([a, b]);
+    expect(encodeIdList(decodeIdList(encodeIdList([b, a])))).toEqual(Buffer.from(b + a, 'hex'));
+  });
+  it('refuses a torn id, an empty list, too many ids and a bad hex id, with DF_ERR_BAD_REQUEST', () => {
+    expect(() => checkIdList(Buffer.alloc(33), 10)).toThrow(/33 bytes is not a list of 32-byte chunk ids/);
+    expect(() => checkIdList(Buffer.alloc(0), 10)).toThrow(/0 bytes/);
+    expect(() => checkIdList(Buffer.alloc(32 * 3), 2)).toThrow(/3 ids, at most 2/);
+    expect(() => encodeIdList([a, 'A'.repeat(64)])).toThrow(expect.objectContaining({ code: 'DF_ERR_BAD_REQUEST', message: expect.stringContaining('ids[1]') }));
   });
 });

@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { PackReader } from './store.js';
+import { decodeIdList, encodeIdList } from './id.js';
 
 /**
  * Batch-fetch answers kept as files, for storms: endpoints provisioning one version ask for the same
@@ -36,8 +37,10 @@ export class PackFileCache {
     return new PackFileCache(dir, maxBytes, store, maxFrameBytes, onError);
   }
 
-  static key(ids: readonly string[]): string {
-    return createHash('sha256').update(ids.join(',')).digest('hex').slice(0, 40);
+  /** A batch's key: of its raw id list (src/chunk/id.ts), so a hit makes no string per id. */
+  static key(batch: readonly string[] | Buffer): string {
+    const raw = Buffer.isBuffer(batch) ? batch : encodeIdList(batch);
+    return createHash('sha256').update(raw).digest('hex').slice(0, 40);
   }
 
   /**
@@ -45,9 +48,9 @@ export class PackFileCache {
    * from the chunk files. A second ask for a batch starts building its file in the background. The
    * descriptor stays open while the pack is cached, so a hit costs no open or close.
    */
-  async acquire(ids: readonly string[]): Promise<{ fd: number; size: number; release: () => void } | undefined> {
-    if (this.maxBytes === 0 || ids.length === 0) return undefined;
-    const key = PackFileCache.key(ids);
+  async acquire(batch: readonly string[] | Buffer): Promise<{ fd: number; size: number; release: () => void } | undefined> {
+    if (this.maxBytes === 0 || batch.length === 0) return undefined;
+    const key = PackFileCache.key(batch);
     const e = this.files.get(key);
     if (e) {
       e.users++; // held while it opens: a clear() meanwhile closes it after us
@@ -66,7 +69,7 @@ export class PackFileCache {
       }
     }
     this.stats.misses++;
-    if (this.asked.has(key)) this.build(key, ids);
+    if (this.asked.has(key)) this.build(key, Buffer.isBuffer(batch) ? decodeIdList(batch) : batch);
     else {
       this.asked.set(key, true);
       if (this.asked.size > PackFileCache.ASKED_KEPT) this.asked.delete(this.asked.keys().next().value!);

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ApiClient } from '../api/client.js';
 import { openFrame } from '../chunk/frame.js';
-import { idHex } from '../chunk/id.js';
+import { encodeIdList, idHex, ID_LIST_TYPE } from '../chunk/id.js';
 import { decodePack } from '../chunk/pack.js';
 import { convert } from '../disk/qemu-img.js';
 import { ChunkIndex } from '../image/chunk-index.js';
@@ -82,7 +82,7 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
       return p;
     };
     const fetchOne = async (b: string[]) => {
-      const r = await c.binary('POST', '/api/v1/chunks/fetch', { body: { ids: b }, idempotent: true });
+      const r = await c.binary('POST', '/api/v1/chunks/fetch', { raw: { data: encodeIdList(b), type: ID_LIST_TYPE }, idempotent: true });
       requests++;
       bytesFetched += r.body.length;
       return decodePack(r.body, MAX_CHUNK_SIZE);

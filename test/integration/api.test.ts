@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { encodeFrame, openFrame } from '../../src/chunk/frame.js';
 import type { FsChunkStore } from '../../src/chunk/fs-store.js';
-import { hashBytes, idHex } from '../../src/chunk/id.js';
+import { encodeIdList, hashBytes, ID_LIST_TYPE, idHex } from '../../src/chunk/id.js';
 import { decodePack, encodePack, PACK_CONTENT_TYPE } from '../../src/chunk/pack.js';
 import { loadServerConfig } from '../../src/config/server.js';
 import { ChunkIndex } from '../../src/image/chunk-index.js';
@@ -205,6 +205,15 @@ describe('chunks', () => {
     const recs = decodePack(f.rawPayload, CS);
     expect(recs.map((r) => r.id)).toEqual([b.id, a.id]);
     expect(recs[0]!.rawLength).toBe(1000);
+    // the agent's form: the raw ids back to back (src/chunk/id.ts), the same pack; each id once
+    const bin = await req('POST', '/api/v1/chunks/fetch', encodeIdList([b.id, a.id, b.id]), { 'content-type': ID_LIST_TYPE });
+    expect(bin.statusCode).toBe(200);
+    expect(bin.rawPayload.equals(f.rawPayload)).toBe(true);
+    for (const [body, says] of [[Buffer.alloc(33), /33 bytes is not a list of 32-byte chunk ids/], [Buffer.alloc(0), /0 bytes/], [Buffer.alloc(32 * 4097), /4097 ids, at most 4096/]] as const) {
+      const bad = await req('POST', '/api/v1/chunks/fetch', body, { 'content-type': ID_LIST_TYPE });
+      expect(bad.statusCode).toBe(400);
+      expect(bad.json()).toMatchObject({ code: 'DF_ERR_BAD_REQUEST', field: 'body', message: expect.stringMatching(says) });
+    }
     expect((await req('PUT', `/chunks/${idHex(hashBytes(Buffer.alloc(CS)))}`, Buffer.alloc(CS), { 'content-type': 'application/octet-stream' })).statusCode).toBe(400);
   });
 });
