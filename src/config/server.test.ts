@@ -151,7 +151,7 @@ describe('parseHostPort', () => {
   it('enrolment and retention: documented defaults, integers from the config file, every bad value reported', () => {
     const c = loadServerConfig({ env: {} });
     expect(c.enrolment).toEqual({ pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 });
-    expect(c.retention).toEqual({ intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 });
+    expect(c.retention).toEqual({ intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400, keepLast: 10, keepDays: 14, conflictDays: 30, deltaIdleDays: 30 });
     expect(loadServerConfig({ env: {}, file: file({ enrolment: { pendingMax: 5 }, retention: { intervalSeconds: 0 } }) })).toMatchObject({
       enrolment: { pendingMax: 5, perMinute: 60 }, retention: { intervalSeconds: 0, eventsSeconds: 30 * 86400 },
     });

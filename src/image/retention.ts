@@ -37,7 +37,7 @@ export interface PolicyOverride {
   conflictDays: number | null;
 }
 
-export const POLICY_RANGES: Readonly<Record<keyof RetentionPolicy, readonly [number, number]>> = {
+export const POLICY_RANGES: Readonly<Record<keyof RetentionPolicy, [number, number]>> = {
   keepLast: [1, 1_000_000],
   keepDays: [0, 36_500],
   conflictDays: [0, 36_500],
