@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, readdirSync } from 'node:fs';
+import { copyFileSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, patch, prng, sha256, sha256Prefix } from '../helpers/disk.js';
@@ -116,8 +116,14 @@ describe('retention: prune', () => {
     expect(next.code, next.stderr).toBe(0);
     expect(next.json).toMatchObject({ from: 1, to: 7 });
     expect(imageSha(f('pc.img'))).toBe(sha256(last));
-    // The timer's pass (every image) finds nothing more to drop; a delta removed is built again on demand.
+    // The timer's pass (every image) finds nothing more to drop.
     expect(await srv.appliance.pruneVersions()).toMatchObject({ images: 1, versions: 0 });
+    // Deltas are a cache: one dropped (idle, or by hand) is built again when a sync asks for it.
+    for (const n of readdirSync(f('data/deltas'))) if (n.startsWith(layer.get(7)!)) rmSync(f(`data/deltas/${n}`));
+    const again = await fetch(`${srv.url}/api/v1/images/win/versions/7/delta`, { headers: { authorization: `Bearer ${token}` } });
+    expect(again.status).toBe(200);
+    expect((await again.arrayBuffer()).byteLength).toBeGreaterThan(0);
+    expect(deltaLayers()).toContain(layer.get(7));
   });
 });
 
