@@ -59,7 +59,7 @@ export interface RefLogRow {
   author: string;
   at: string;
   /** The ref was deleted here (it pointed at `oldVersion`; `newVersion` repeats it). */
-  deleted?: boolean;
+  deleted: boolean;
 }
 
 export interface NewVersion {

@@ -23,7 +23,7 @@ const toLog = (r: Row): RefLogRow => ({
   seq: Number(r.seq), image: r.image as string, ref: r.ref as string,
   oldVersion: r.old_version === null ? null : Number(r.old_version), newVersion: Number(r.new_version),
   reason: r.reason as string, author: r.author as string, at: r.at as string,
-  ...(Number(r.deleted ?? 0) === 1 ? { deleted: true } : {}),
+  deleted: Number(r.deleted ?? 0) === 1,
 });
 
 export async function getRef(q: Sql, image: string, name: string): Promise<RefRow | undefined> {
