@@ -69,12 +69,15 @@ async function rootsOf(q: Sql, image: string, now: string): Promise<RetentionRoo
   const refs = new Map((await q.all('SELECT * FROM refs WHERE image = ?', [image])).map((r) => [r.name as string, Number(r.version)]));
   const desktops = await q.all('SELECT name, mode, follows FROM desktops WHERE image = ?', [image]);
   const names = desktops.map((d) => d.name as string);
+  // Live leases of this image's desktops, in one query (a site has hundreds of desktops).
+  const leases = new Map((await q.all('SELECT l.desktop, l.holder, l.fencing FROM leases l JOIN desktops d ON d.name = l.desktop WHERE d.image = ? AND l.holder IS NOT NULL AND l.expires_at > ?', [image, now]))
+    .map((l) => [l.desktop as string, l]));
   for (const d of desktops) {
     const ref = d.mode === 'persistent' ? desktopRefOf(d.name as string) : (d.follows as string);
     const head = refs.get(ref);
     if (head === undefined) continue;
     roots.push({ kind: 'desktop', name: d.name as string, version: head, detail: `head of ${ref}` });
-    const lease = await q.get('SELECT holder, fencing, expires_at FROM leases WHERE desktop = ? AND holder IS NOT NULL AND expires_at > ?', [d.name as string, now]);
+    const lease = leases.get(d.name as string);
     if (lease) roots.push({ kind: 'lease', name: lease.holder as string, version: head, line: true, detail: `on desktop ${d.name as string}, fencing ${Number(lease.fencing)}` });
   }
   for (const s of await q.all(`SELECT id, desktop, base, state FROM vdi_sessions WHERE image = ? AND state IN (${marks(UNFINISHED_VDI.length)})`, [image, ...UNFINISHED_VDI])) {
