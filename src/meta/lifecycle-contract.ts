@@ -202,6 +202,37 @@ export function lifecycleContract(engine: string, fx: MetaEngineFixture): void {
       expect(await meta.lifecycle.deleteImage('win', OPTS)).toEqual({ kind: 'not-found' });
     });
 
+    it('a prune racing commits on another connection: a commit that lands keeps its parent; one that loses fails coded', async () => {
+      const other = await fx.second();
+      try {
+        for (let round = 0; round < 4; round++) {
+          await line(0);
+          const head = (await meta.images.getRef('win', 'main'))?.version ?? null;
+          if (head === null) await line(8);
+          const top = (await meta.images.getRef('win', 'main'))!.version;
+          const all = await versions();
+          const stale = all[all.length - 1 - round] ?? all[all.length - 1]!; // an old version a disk may still be at
+          const n = top + 1;
+          const results = await Promise.allSettled([
+            meta.lifecycle.prune('win', { keepLast: 2, keepDays: 0, conflictDays: 0 }, NOW, { dryRun: false, author: 'admin' }),
+            other.images.commitVersion(v(stale, n * 10 + 1, 0), 'main', `conflicts/main/r${round}a`),
+            other.images.commitVersion(v(top, n * 10 + 2, 0), 'main', `conflicts/main/r${round}b`),
+          ]);
+          expect(results[0].status).toBe('fulfilled');
+          for (const r of results.slice(1)) {
+            if (r.status === 'rejected') {
+              expect((r.reason as { code?: string }).code).toBe('DF_ERR_VERSION_NOT_FOUND');
+              continue;
+            }
+            const made = (r.value as { version: { parent: number | null } }).version;
+            if (made.parent !== null) expect(await meta.images.getVersion('win', made.parent), `parent ${made.parent}`).toBeDefined();
+          }
+        }
+      } finally {
+        await other.close();
+      }
+    });
+
     it('a commit whose parent was pruned meanwhile fails, coded, and adds nothing', async () => {
       await line(6);
       await meta.lifecycle.prune('win', policy, NOW, { dryRun: false, author: 'admin' });
