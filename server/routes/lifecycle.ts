@@ -3,6 +3,8 @@ import {
   DesktopDeleted, DesktopParams, EndpointDeleted, EndpointParams, ForceQuery, ImageDeleted, ImageParams, PolicyBody, PolicyView, PruneBody, PruneReport,
   RefDeleted, RefParams,
 } from '../../src/api/schemas.js';
+import { dfError } from '../../src/errors.js';
+import { policyProblems } from '../../src/image/retention.js';
 import type { AppContext } from '../context.js';
 
 /**
@@ -20,6 +22,12 @@ export const lifecycleRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => a
   }, async (req) => lifecycle.policy(req.params.image));
 
   app.put('/images/:image/policy', {
+    // Checked before the schema: its type coercion would read 0 or false as null ("back to the default").
+    preValidation: async (req) => {
+      const body = req.body;
+      const p = body && typeof body === 'object' && !Array.isArray(body) ? policyProblems(body as Record<string, unknown>) : [];
+      if (p.length) throw dfError('DF_ERR_BAD_REQUEST', `retention policy: ${p.join('; ')}`, { problems: p });
+    },
     schema: { params: ImageParams, body: PolicyBody, response: { 200: PolicyView }, tags: ['retention'], summary: "Set the image's retention values (a number sets, null returns to the server's default, absent keeps)" },
   }, async (req) => lifecycle.setPolicy(req.params.image, req.body, who(req.tokenScope)));
 
