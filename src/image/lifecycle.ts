@@ -142,13 +142,19 @@ export class Lifecycle {
     return { image, ref, version: done.version };
   }
 
+  /** Before a forced delete: end the unfinished VDI sessions (of a desktop, or of every desktop of an image) through their owner. */
+  private async discardSessions(which: { desktop: string } | { image: string }): Promise<void> {
+    if (!this.deps.discardSession) return;
+    const open = (await this.deps.meta.vdi.list({ ...('desktop' in which ? { desktop: which.desktop } : {}), states: ['open', 'committing', 'failed'] }))
+      .filter((s) => !('image' in which) || s.image === which.image);
+    for (const s of open) {
+      await this.deps.discardSession(s.id).catch((err: unknown) => this.log.warn({ err, session: s.id, desktop: s.desktop }, 'discarding the VDI session of a deleted desktop failed: its row is marked discarded'));
+    }
+  }
+
   async deleteDesktop(name: string, o: { force: boolean; author: string }) {
     checkDesktopName(name);
-    if (o.force && this.deps.discardSession) {
-      for (const s of await this.deps.meta.vdi.list({ desktop: name, states: ['open', 'committing', 'failed'] })) {
-        await this.deps.discardSession(s.id).catch((err: unknown) => this.log.warn({ err, session: s.id, desktop: name }, 'discarding the VDI session of a deleted desktop failed: its row is marked discarded'));
-      }
-    }
+    if (o.force) await this.discardSessions({ desktop: name });
     const out = await this.deps.meta.lifecycle.deleteDesktop(name, { ...o, at: this.now().toISOString() });
     const done = this.settle(out, `desktop ${name}`, { desktop: name }, () => notFound('DF_ERR_DESKTOP_NOT_FOUND', `no desktop named ${JSON.stringify(name)}`, { desktop: name }));
     const { kind: _k, ...rest } = done;
@@ -166,6 +172,7 @@ export class Lifecycle {
 
   async deleteImage(name: string, o: { force: boolean; author: string }): Promise<{ image: string; versions: number; desktops: string[]; bytes: number; chunks: string }> {
     checkImageName(name);
+    if (o.force) await this.discardSessions({ image: name });
     const out = await this.deps.meta.lifecycle.deleteImage(name, { ...o, at: this.now().toISOString() });
     const done = this.settle(out, `image ${name}`, { image: name }, () => notFound('DF_ERR_IMAGE_NOT_FOUND', `no image named ${JSON.stringify(name)}`, { image: name }));
     const bytes = (await this.blobBytes(done.freedBlobs)) + (await this.deps.deltas.drop(done.freedLayers));

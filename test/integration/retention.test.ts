@@ -146,6 +146,13 @@ describe('deletes', () => {
     await srv.appliance.ctx.desktops.acquireLease('lab', 'endpoint:lab01', 600);
     expect((await refused(['desktop', 'delete', 'lab'], 'DF_ERR_IN_USE')).dependents).toEqual([expect.objectContaining({ kind: 'lease', name: 'endpoint:lab01' })]);
     expect((await ok(['desktop', 'delete', 'lab', '--force', '--json'])).json).toMatchObject({ desktop: 'lab', image: 'win' });
+    // An open VDI session holds its desktop: refused; forced, the session is discarded through its owner first.
+    await ok(['desktop', 'create', 'vd', '--image', 'win']);
+    const session = (await ok(['vdi', 'session', 'create', 'vd', '--json'])).json.session as string;
+    expect((await refused(['desktop', 'delete', 'vd'], 'DF_ERR_IN_USE')).dependents.map((x: { kind: string; name: string }) => [x.kind, x.name]))
+      .toEqual([['lease', `vdi:${session}`], ['vdi-session', session]]);
+    expect((await ok(['desktop', 'delete', 'vd', '--force', '--json'])).json).toMatchObject({ desktop: 'vd', sessionsDiscarded: [] });
+    expect((await ok(['vdi', 'session', 'show', session, '--json'])).json).toMatchObject({ state: 'discarded' });
     // Once the agent's lease is broken and pc01 gone, nothing depends on pc.
     await ok(['desktop', 'lease', 'break', 'pc']);
     const del = await ok(['desktop', 'delete', 'pc', '--json']);
