@@ -19,7 +19,7 @@ import {
  * byte estimate counts the blobs only dropped versions name, and their deltas, which go now.
  */
 export interface LifecycleDeps {
-  meta: Pick<Meta, 'lifecycle' | 'images' | 'vdi'>;
+  meta: Pick<Meta, 'lifecycle' | 'images' | 'vdi' | 'tokens'>;
   blobs: ChunkReader;
   deltas: { drop(layers: readonly string[]): Promise<number>; sizeOf(layers: readonly string[]): Promise<number>; dropIdle(before: number): Promise<{ files: number; bytes: number }> };
   defaults: RetentionPolicy;
@@ -157,6 +157,9 @@ export class Lifecycle {
     if (o.force) await this.discardSessions({ desktop: name });
     const out = await this.deps.meta.lifecycle.deleteDesktop(name, { ...o, at: this.now().toISOString() });
     const done = this.settle(out, `desktop ${name}`, { desktop: name }, () => notFound('DF_ERR_DESKTOP_NOT_FOUND', `no desktop named ${JSON.stringify(name)}`, { desktop: name }));
+    // This server remembers token lookups a few seconds (src/auth/token-cache.ts); a prune of tokens
+    // (none expired before 1970) is the cache's way to forget them, as a revoke does.
+    if (done.tokensRevoked > 0) await this.deps.meta.tokens.pruneTokens(new Date(0).toISOString());
     const { kind: _k, ...rest } = done;
     this.log.warn({ desktop: name, ...rest, force: o.force, author: o.author }, 'desktop deleted');
     return { desktop: name, ...rest };
