@@ -178,6 +178,7 @@ export class Lifecycle {
     if (o.force) await this.discardSessions({ image: name });
     const out = await this.deps.meta.lifecycle.deleteImage(name, { ...o, at: this.now().toISOString() });
     const done = this.settle(out, `image ${name}`, { image: name }, () => notFound('DF_ERR_IMAGE_NOT_FOUND', `no image named ${JSON.stringify(name)}`, { image: name }));
+    if (done.desktops.length) await this.deps.meta.tokens.pruneTokens(new Date(0).toISOString()); // their tokens: see deleteDesktop
     const bytes = (await this.blobBytes(done.freedBlobs)) + (await this.deps.deltas.drop(done.freedLayers));
     this.log.warn({ image: name, versions: done.versions, desktops: done.desktops, bytes, force: o.force, author: o.author }, 'image deleted');
     return { image: name, versions: done.versions, desktops: done.desktops, bytes, chunks: CHUNKS_NOTE };
