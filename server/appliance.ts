@@ -134,9 +134,9 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     // The sender thread is the process's: its bucket is this server's uplink cap (Mbit/s → bytes/s).
     if (!setSendRate(maxMbitPerSecond * 125_000) && maxMbitPerSecond > 0) log?.warn({ maxMbitPerSecond }, 'admission.maxMbitPerSecond needs the native addon (npm run build): no cap');
     const admission = new Admission(heavyTransfers, retryAfterSeconds);
-    const { keepLast, keepDays, conflictDays, deltaIdleDays } = config.retention;
+    const { keepLast, keepDays, conflictDays, deltaIdleDays, pruneVersions } = config.retention;
     const lifecycle = new Lifecycle({
-      meta, blobs, deltas, defaults: { keepLast, keepDays, conflictDays }, deltaIdleDays, now, ...(log ? { log } : {}),
+      meta, blobs, deltas, defaults: { keepLast, keepDays, conflictDays }, deltaIdleDays, pruneVersions: pruneVersions === 1, now, ...(log ? { log } : {}),
       discardSession: (id) => sessions.discard(id, 'admin', true),
     });
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, lifecycle, ...(packs ? { packs } : {}) };

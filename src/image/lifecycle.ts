@@ -25,6 +25,8 @@ export interface LifecycleDeps {
   defaults: RetentionPolicy;
   /** Delta files not asked for in this many days go at each timer prune; 0 = never for idleness. */
   deltaIdleDays: number;
+  /** false: the timer's pass leaves versions alone (only `image prune` drops them). Default true. */
+  pruneVersions?: boolean;
   /** Ends a VDI session's export before a forced desktop delete (its owner's discard); errors are logged, the row is marked anyway. */
   discardSession?: (id: string) => Promise<unknown>;
   log?: Logger;
@@ -112,7 +114,7 @@ export class Lifecycle {
   async pruneAll(author = 'retention'): Promise<{ images: number; versions: number; deltaFiles: number; bytes: number }> {
     let versions = 0;
     let bytes = 0;
-    const images = await this.deps.meta.images.listImages();
+    const images = this.deps.pruneVersions === false ? [] : await this.deps.meta.images.listImages();
     for (const img of images) {
       try {
         const r = await this.prune(img.name, { dryRun: false, author });
