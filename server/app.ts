@@ -10,6 +10,7 @@ import { bootRoutes } from './routes/boot.js';
 import { desktopRoutes } from './routes/desktops.js';
 import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
+import { lifecycleRoutes } from './routes/lifecycle.js';
 import { opsRoutes } from './routes/ops.js';
 import { syncRoutes } from './routes/sync.js';
 import { tokenRoutes } from './routes/tokens.js';
@@ -105,6 +106,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(endpointRoutes(ctx), { prefix: '/api/v1' });
   await app.register(vdiRoutes(ctx), { prefix: '/api/v1' });
   await app.register(tokenRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(lifecycleRoutes(ctx), { prefix: '/api/v1' });
   await app.register(bootRoutes(ctx));
   return app;
 }

@@ -14,6 +14,7 @@ import { Desktops } from '../src/desktop/desktops.js';
 import { Endpoints } from '../src/endpoint/endpoints.js';
 import { loadTemplates } from '../src/ipxe/render.js';
 import { Catalog } from '../src/image/catalog.js';
+import { Lifecycle } from '../src/image/lifecycle.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { pruneMeta, type PruneCounts } from '../src/meta/prune.js';
 import { openConfiguredMeta } from '../src/meta/open.js';
@@ -67,6 +68,8 @@ export interface Appliance {
   newAdminToken?: string;
   /** Delete used or expired tokens, old events and stale pending endpoints, by the configured retention (server/services/prune.ts runs it). */
   prune(): Promise<PruneCounts>;
+  /** Prune every image's versions by its retention policy, and idle deltas (server/services/prune.ts runs it too). */
+  pruneVersions(): ReturnType<Lifecycle['pruneAll']>;
   /** One background scrub pass of the local chunk store (server/services/scrub.ts runs it); undefined on an S3 store (its reads verify). */
   scrub(signal?: AbortSignal): Promise<ScrubPass | undefined>;
   close(): Promise<void>;
@@ -131,11 +134,17 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     // The sender thread is the process's: its bucket is this server's uplink cap (Mbit/s → bytes/s).
     if (!setSendRate(maxMbitPerSecond * 125_000) && maxMbitPerSecond > 0) log?.warn({ maxMbitPerSecond }, 'admission.maxMbitPerSecond needs the native addon (npm run build): no cap');
     const admission = new Admission(heavyTransfers, retryAfterSeconds);
-    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, ...(packs ? { packs } : {}) };
+    const { keepLast, keepDays, conflictDays, deltaIdleDays, pruneVersions } = config.retention;
+    const lifecycle = new Lifecycle({
+      meta, blobs, deltas, defaults: { keepLast, keepDays, conflictDays }, deltaIdleDays, pruneVersions: pruneVersions === 1, now, ...(log ? { log } : {}),
+      discardSession: (id) => sessions.discard(id, 'admin', true),
+    });
+    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, lifecycle, ...(packs ? { packs } : {}) };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),
       prune: () => pruneMeta(meta, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
+      pruneVersions: () => lifecycle.pruneAll(),
       scrub: async (signal) => {
         if (!(chunks instanceof FsChunkStore)) return undefined;
         const invalid = metrics.counter('deskfuse_chunks_invalid_total', 'Chunks refused or found corrupt, by where');

@@ -5,6 +5,7 @@ import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
 import type { Catalog } from '../src/image/catalog.js';
+import type { Lifecycle } from '../src/image/lifecycle.js';
 import type { Meta } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
 import type { DeltaCache } from '../src/sync/delta-cache.js';
@@ -30,6 +31,8 @@ export interface AppContext {
   vdi: VdiContext;
   /** Heavy transfers at once, and the line past them (routes with `config.heavy`). */
   admission: Admission;
+  /** Retention policies, prune and deletes (server/routes/lifecycle.ts). */
+  lifecycle: Lifecycle;
 }
 
 /**

@@ -76,6 +76,8 @@ export const ERRORS = {
   DF_ERR_META: { status: 500, message: 'the metadata database failed a query' },
   DF_ERR_MIGRATE_VERIFY: { status: 500, message: 'the migrated install differs from its source' },
   DF_ERR_VDI_SESSION_ELSEWHERE: { status: 409, message: 'the VDI session lives on another server' },
+  DF_ERR_IN_USE: { status: 409, message: 'something live depends on it: nothing was deleted (--force deletes it anyway and undoes what depends on it)' },
+  DF_ERR_REF_IN_USE: { status: 409, message: "a desktop's line is this ref: delete or change the desktop first" },
   DF_ERR_MIGRATE_NOT_EMPTY: { status: 409, message: "the migration's destination database holds another install's data" },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -1,4 +1,4 @@
-import type { Desktop, DesktopList, DesktopToken, Lease, LeaseBroken } from '../../src/api/schemas.js';
+import type { Desktop, DesktopDeleted, DesktopList, DesktopToken, Lease, LeaseBroken } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName, checkImageName, checkRefName } from '../../src/image/names.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
@@ -9,6 +9,8 @@ deskfuse desktop list | show NAME
 deskfuse desktop token NAME [--ttl SECONDS]     (prints only the token: T=$(deskfuse desktop token alice))
 deskfuse desktop reset NAME [--to REF]          (persistent: move desktops/NAME to REF's head; default the ref it follows)
 deskfuse desktop lease break NAME
+deskfuse desktop delete NAME [--force]          (its ref, lease and tokens; refused while leased, in a VDI
+                                                session or assigned to endpoints, unless --force)
 `;
 
 const line = (d: Desktop) => (d.ref ?? `follows ${d.follows}`);
@@ -22,8 +24,9 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
     mode: { type: 'string', default: 'persistent' },
     ttl: { type: 'string' },
     to: { type: 'string' },
+    force: { type: 'boolean', default: false },
   });
-  if (values.help || !sub) {
+  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
     io.out.write(HELP);
     return sub ? 0 : 2;
   }
@@ -85,6 +88,15 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
       emit(io, json, r, () => r.broken
         ? `lease of desktop ${n} broken: it was held by ${r.broken.holder} (fencing ${r.broken.fencing}) since ${r.broken.since}\n`
         : `desktop ${n} had no lease\n`);
+      return 0;
+    }
+    case 'delete': {
+      const n = name();
+      const r = (await client.json<DesktopDeleted>('DELETE', `${path(n)}${values.force ? '?force=true' : ''}`)).body;
+      emit(io, json, r, () => `desktop ${n} deleted (image ${r.image})` +
+        `${r.endpointsUnassigned.length ? `; endpoints unassigned: ${r.endpointsUnassigned.join(', ')}` : ''}` +
+        `${r.sessionsDiscarded.length ? `; VDI sessions discarded: ${r.sessionsDiscarded.join(', ')}` : ''}` +
+        `${r.tokensRevoked ? `; ${r.tokensRevoked} token(s) revoked` : ''}\n`);
       return 0;
     }
     default:

@@ -1,4 +1,4 @@
-import type { BootEvent, BootEventList, Endpoint, EndpointList, EndpointShow } from '../../src/api/schemas.js';
+import type { BootEvent, BootEventList, Endpoint, EndpointDeleted, EndpointList, EndpointShow } from '../../src/api/schemas.js';
 import { BOOT_METHODS, ENDPOINT_MODES } from '../../src/endpoint/model.js';
 import type { EndpointChange } from '../../src/endpoint/endpoints.js';
 import { dfError } from '../../src/errors.js';
@@ -13,6 +13,7 @@ deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
 deskfuse endpoint assign ID [--desktop NAME|none] [--mode sync|local] [--boot-method ${BOOT_METHODS.join('|')}] [--name NAME]
 deskfuse endpoint disable ID              (boots its local disk, never gets a boot token)
 deskfuse endpoint reprovision ID          (its next boot provisions the disk with a new secret: a replaced disk, a lost state area)
+deskfuse endpoint delete ID [--force]     (refused while it holds a lease or is enrolled with a desktop, unless --force)
 deskfuse endpoint events [ID] [--follow]  (boot events: dhcp, tftp, script, kernel, initrd, agent, synced, local, …)
 `;
 
@@ -26,8 +27,9 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
     mode: { type: 'string' },
     'boot-method': { type: 'string' },
     follow: { type: 'boolean', short: 'f', default: false },
+    force: { type: 'boolean', default: false },
   });
-  if (values.help || !sub) {
+  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
     io.out.write(HELP);
     return sub ? 0 : 2;
   }
@@ -93,6 +95,11 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
     case 'reprovision': {
       const e = (await client.json<Endpoint>('POST', `/api/v1/endpoints/${id()}/reprovision`, { body: {} })).body;
       emit(io, json, e, () => show(e));
+      return 0;
+    }
+    case 'delete': {
+      const r = (await client.json<EndpointDeleted>('DELETE', `/api/v1/endpoints/${id()}${values.force ? '?force=true' : ''}`)).body;
+      emit(io, json, r, () => `endpoint ${r.name} (${r.id}) deleted: its next boot is an unknown machine's\n`);
       return 0;
     }
     case 'events': {

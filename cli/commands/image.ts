@@ -1,7 +1,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { checkImageName, parseImageRev } from '../../src/image/names.js';
-import type { Image, ImageBoot, ImageList, ImageShow, VersionList } from '../../src/api/schemas.js';
+import type { Image, ImageBoot, ImageDeleted, ImageList, ImageShow, PolicyBody, PolicyView, PruneReport, VersionList } from '../../src/api/schemas.js';
 import { fmtBytes } from '../../src/progress.js';
 import { exportVersion } from '../../src/transfer/export.js';
 import { publishDisk } from '../../src/transfer/publish.js';
@@ -16,6 +16,14 @@ deskfuse image boot NAME --boot-partition N --boot-kernel PATH [--boot-initrd PA
         --boot-partition N --boot-kernel /vmlinuz [--boot-initrd /initrd.img] --boot-cmdline "root=… quiet"
 deskfuse image list | show NAME | log NAME[@REF] [--limit N]
 deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
+deskfuse image policy NAME [--keep-last N] [--keep-days D] [--conflict-days C]
+      retention: keep the last N versions of each ref's line, every version younger than D days, a
+      conflict's version C days; "default" returns a value to the server's (retention.* in its config)
+deskfuse image prune NAME [--dry-run] [--verbose]
+      drop the versions outside the policy (the ref log keeps them); versions a ref, desktop, lease,
+      VDI session or endpoint's disk holds always stay; --verbose says why each kept one is kept
+deskfuse image delete NAME [--force]
+      its refs, versions and policy (the ref log stays); refused while desktops use it, unless --force
 `;
 
 
@@ -34,8 +42,14 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     'boot-kernel': { type: 'string' },
     'boot-initrd': { type: 'string' },
     'boot-cmdline': { type: 'string' },
+    'keep-last': { type: 'string' },
+    'keep-days': { type: 'string' },
+    'conflict-days': { type: 'string' },
+    'dry-run': { type: 'boolean', default: false },
+    verbose: { type: 'boolean', short: 'v', default: false },
+    force: { type: 'boolean', default: false },
   });
-  if (values.help || !sub) {
+  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
     io.out.write(HELP);
     return sub ? 0 : 2;
   }
@@ -91,8 +105,43 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     case 'show': {
       const name = checkImageName(need(positionals[0], 'image NAME'));
       const r = (await client.json<ImageShow>('GET', `/api/v1/images/${name}`)).body;
-      emit(io, json, r, () => `image ${r.name}: ${fmtBytes(r.virtualSize)} (${r.virtualSize} bytes), ${fmtBytes(r.chunkSize)} chunks, ${r.hashAlg}, ${r.versions} versions, created ${r.createdAt}\n` +
+      // The retention policy is an admin's to read: a desktop token's show leaves it out.
+      const policy = await client.json<PolicyView>('GET', `/api/v1/images/${name}/policy`).then((p) => p.body, () => undefined);
+      emit(io, json, { ...r, ...(policy ? { policy } : {}) }, () => `image ${r.name}: ${fmtBytes(r.virtualSize)} (${r.virtualSize} bytes), ${fmtBytes(r.chunkSize)} chunks, ${r.hashAlg}, ${r.versions} versions, created ${r.createdAt}\n` +
+        (policy ? `retention: ${policyText(policy)}\n` : '') +
         table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), x.updatedAt])]));
+      return 0;
+    }
+    case 'policy': {
+      const name = checkImageName(need(positionals[0], 'image NAME'));
+      const body: PolicyBody = {};
+      const opt = (flag: 'keep-last' | 'keep-days' | 'conflict-days', key: keyof PolicyBody, min: number) => {
+        const raw = values[flag];
+        if (raw === undefined) return;
+        if (raw === 'default') { body[key] = null; return; }
+        if (!/^\d+$/.test(raw) || Number(raw) < min) throw dfError('DF_ERR_USAGE', `--${flag}: expected a whole number of at least ${min}, or "default", got ${JSON.stringify(raw)}`, { option: `--${flag}` });
+        body[key] = Number(raw);
+      };
+      opt('keep-last', 'keepLast', 1);
+      opt('keep-days', 'keepDays', 0);
+      opt('conflict-days', 'conflictDays', 0);
+      const r = Object.keys(body).length
+        ? (await client.json<PolicyView>('PUT', `/api/v1/images/${name}/policy`, { body })).body
+        : (await client.json<PolicyView>('GET', `/api/v1/images/${name}/policy`)).body;
+      emit(io, json, r, () => `${name} retention: ${policyText(r)}\n`);
+      return 0;
+    }
+    case 'prune': {
+      const name = checkImageName(need(positionals[0], 'image NAME'));
+      const dry = values['dry-run'];
+      const r = (await client.json<PruneReport>('POST', `/api/v1/images/${name}/prune`, { body: { dryRun: dry }, idempotent: dry })).body;
+      emit(io, json, r, () => pruneText(r, values.verbose));
+      return 0;
+    }
+    case 'delete': {
+      const name = checkImageName(need(positionals[0], 'image NAME'));
+      const r = (await client.json<ImageDeleted>('DELETE', `/api/v1/images/${name}${values.force ? '?force=true' : ''}`)).body;
+      emit(io, json, r, () => `image ${name} deleted: ${r.versions} versions${r.desktops.length ? `, desktops ${r.desktops.join(', ')}` : ''}; ${fmtBytes(r.bytes)} of layers, indexes and deltas freed; ${r.chunks}\n`);
       return 0;
     }
     case 'log': {
@@ -115,6 +164,26 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     default:
       throw dfError('DF_ERR_USAGE', `unknown image command ${JSON.stringify(sub)}\n${HELP}`);
   }
+}
+
+function policyText(p: PolicyView): string {
+  const v = (k: keyof PolicyView['effective']) => `${p.effective[k]}${p.override[k] === null ? ' (server default)' : ''}`;
+  return `keep the last ${v('keepLast')} versions of each ref's line, versions younger than ${v('keepDays')} days, conflicts ${v('conflictDays')} days`;
+}
+
+function pruneText(r: PruneReport, verbose: boolean): string {
+  const verb = r.dryRun ? 'would drop' : 'dropped';
+  const lines = [
+    `${r.image}: ${verb} ${r.dropped.length} version${r.dropped.length === 1 ? '' : 's'}${r.dropped.length ? `: ${r.dropped.map((v) => v.version).join(' ')}` : ''}; ${r.kept.length} kept`,
+    `${r.dryRun ? 'would free' : 'freed'} ${fmtBytes(r.bytes.total)} (layers ${fmtBytes(r.bytes.layers)}, indexes ${fmtBytes(r.bytes.indexes)}, deltas ${fmtBytes(r.bytes.deltas)}); ${r.chunks}`,
+  ];
+  const deleted = r.conflicts.filter((c) => c.deleted);
+  if (deleted.length) lines.push(`resolved conflict refs ${r.dryRun ? 'to delete' : 'deleted'}: ${deleted.map((c) => c.ref).join(', ')}`);
+  const open = r.conflicts.filter((c) => !c.resolved);
+  if (open.length) lines.push(`unresolved conflicts (kept until resolved: reset or promote to one, or deskfuse ref delete ${r.image} REF --force):`, ...open.map((c) => `  ${c.ref} at version ${c.version} since ${c.updatedAt}`));
+  let out = `${lines.join('\n')}\n`;
+  if (verbose) out += table([['KEPT', 'WHY'], ...r.kept.map((k) => [String(k.version), k.why.join('; ')])]);
+  return out;
 }
 
 function positiveInt(s: string, option: string): number {

@@ -1,5 +1,5 @@
 import { checkImageName, checkRefName } from '../../src/image/names.js';
-import type { Ref, RefList, RefLog } from '../../src/api/schemas.js';
+import type { Ref, RefDeleted, RefList, RefLog } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { clientFrom, need, parse, type Io } from '../args.js';
 import { emit, table } from '../output.js';
@@ -7,12 +7,14 @@ import { emit, table } from '../output.js';
 const HELP = `deskfuse ref list IMAGE
 deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]   (promote, rollback; compare-and-swap)
 deskfuse ref log IMAGE [REF] [--limit N]
+deskfuse ref delete IMAGE REF [--force]   (the ref log records it; refused for a desktop's line, and for a
+                                          conflict not resolved yet unless --force)
 `;
 
 export async function refCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, { expect: { type: 'string' }, reason: { type: 'string' }, limit: { type: 'string', default: '50' } });
-  if (values.help || !sub) {
+  const { values, positionals } = parse(rest, { expect: { type: 'string' }, reason: { type: 'string' }, limit: { type: 'string', default: '50' }, force: { type: 'boolean', default: false } });
+  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
     io.out.write(HELP);
     return sub ? 0 : 2;
   }
@@ -42,8 +44,14 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
       const q = `limit=${Number(values.limit)}${ref ? `&ref=${encodeURIComponent(ref)}` : ''}`;
       const r = (await client.json<RefLog>('GET', `/api/v1/images/${image}/reflog?${q}`)).body;
       emit(io, values.json, r, () => table([['TIME', 'REF', 'FROM', 'TO', 'BY', 'REASON'], ...r.entries.map((e) => [
-        e.at, e.ref, String(e.oldVersion ?? '-'), String(e.newVersion), e.author, e.reason,
+        e.at, e.ref, String(e.oldVersion ?? '-'), e.deleted ? '(deleted)' : String(e.newVersion), e.author, e.reason,
       ])]));
+      return 0;
+    }
+    case 'delete': {
+      const ref = checkRefName(need(positionals[1], 'REF'));
+      const r = (await client.json<RefDeleted>('DELETE', `/api/v1/images/${image}/refs/${ref}${values.force ? '?force=true' : ''}`)).body;
+      emit(io, values.json, r, () => `${image}@${ref} deleted (it was at version ${r.version})\n`);
       return 0;
     }
     default:

@@ -6,7 +6,7 @@ export interface PruneService {
   close(): void;
 }
 
-/** Prune on a timer (src/meta/prune.ts): once at start, then every `intervalSeconds` (0 = never). */
+/** Prune on a timer (src/meta/prune.ts, then src/image/lifecycle.ts pruneAll): once at start, then every `intervalSeconds` (0 = never). */
 export function startPruneService(config: RetentionConfig, appliance: Appliance, log: Logger): PruneService {
   if (config.intervalSeconds === 0) return { close: () => {} };
   const run = async () => {
@@ -15,6 +15,13 @@ export function startPruneService(config: RetentionConfig, appliance: Appliance,
       if (n.tokens + n.bootTokens + n.events + n.pending > 0) log.info({ pruned: n }, 'pruned old tokens, events and pending endpoints');
     } catch (err) {
       log.error({ err }, 'prune failed');
+    }
+    try {
+      // Versions outside each image's retention policy, and deltas idle past retention.deltaIdleDays.
+      const v = await appliance.pruneVersions();
+      if (v.versions + v.deltaFiles > 0) log.info({ pruned: v }, 'pruned versions and idle deltas');
+    } catch (err) {
+      log.error({ err }, 'prune of versions failed');
     }
   };
   void run();

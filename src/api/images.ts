@@ -63,6 +63,7 @@ export const RefLogEntry = Type.Object({
   ref: Type.String(),
   oldVersion: Nullable(Type.Integer()),
   newVersion: Type.Integer(),
+  deleted: Type.Boolean({ description: 'the ref was deleted here (it pointed at oldVersion; newVersion repeats it)' }),
   reason: Type.String(),
   author: Type.String(),
   at: Time,

@@ -10,3 +10,4 @@ export * from './endpoints.js';
 export * from './vdi.js';
 export * from './tokens.js';
 export * from './chunks.js';
+export * from './lifecycle.js';

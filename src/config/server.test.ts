@@ -151,7 +151,7 @@ describe('parseHostPort', () => {
   it('enrolment and retention: documented defaults, integers from the config file, every bad value reported', () => {
     const c = loadServerConfig({ env: {} });
     expect(c.enrolment).toEqual({ pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 });
-    expect(c.retention).toEqual({ intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 });
+    expect(c.retention).toEqual({ intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400, keepLast: 10, keepDays: 14, conflictDays: 30, deltaIdleDays: 30, pruneVersions: 1 });
     expect(loadServerConfig({ env: {}, file: file({ enrolment: { pendingMax: 5 }, retention: { intervalSeconds: 0 } }) })).toMatchObject({
       enrolment: { pendingMax: 5, perMinute: 60 }, retention: { intervalSeconds: 0, eventsSeconds: 30 * 86400 },
     });
@@ -159,6 +159,11 @@ describe('parseHostPort', () => {
     expect(err.message).toContain('enrolment.perMinute: expected an integer');
     expect(err.message).toContain('config file: unknown key enrolment.colour');
     expect(err.message).toContain('retention.eventsSeconds: expected an integer');
+    const policy = configError({ env: {}, file: file({ retention: { keepLast: 0, keepDays: -1, conflictDays: 'long', deltaIdleDays: 1.5, pruneVersions: 2 } }) });
+    for (const k of ['keepLast: expected an integer 1-1000000', 'keepDays: expected an integer 0-36500', 'conflictDays: expected an integer 0-36500', 'deltaIdleDays: expected an integer 0-36500', 'pruneVersions: expected an integer 0-1']) {
+      expect(policy.message).toContain(`retention.${k}`);
+    }
+    expect(Object.isFrozen(loadServerConfig({ env: {}, file: file({ retention: { keepLast: 3 } }) }).retention)).toBe(true);
   });
 
   it('scrub: daily at 32 MiB/s by default, 0 = never, bad values reported', () => {

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { parseS3Url, type S3Location } from '../chunk/s3-url.js';
 import type { S3Credentials } from '../chunk/s3-sigv4.js';
 import { dfError, isDeskfuseError } from '../errors.js';
+import { DEFAULT_RETENTION_POLICY, POLICY_RANGES } from '../image/retention.js';
 import { maskUrl } from '../meta/engine.js';
 import { TFTP_DEFAULTS } from '../tftp/slots.js';
 
@@ -104,6 +105,19 @@ export interface RetentionConfig {
   readonly eventsSeconds: number;
   /** Tokens expired longer ago than this are deleted (until then they answer DF_ERR_TOKEN_EXPIRED). Default 604800 (7 days). Used or expired boot tokens go at every prune. */
   readonly tokensSeconds: number;
+  /**
+   * Versions (src/image/retention.ts; an image's own policy, `deskfuse image policy`, overrides these):
+   * keep the last `keepLast` versions of each ref's line (default 10, at least 1), every version younger
+   * than `keepDays` days (default 14), a conflict's version `conflictDays` days (default 30). Versions a
+   * ref, desktop, lease, unfinished VDI session or endpoint's disk holds are always kept.
+   */
+  readonly keepLast: number;
+  readonly keepDays: number;
+  readonly conflictDays: number;
+  /** A delta file no sync asked for in this many days is deleted (it is rebuilt on demand); 0 = only with its version. Default 30. */
+  readonly deltaIdleDays: number;
+  /** 1 (default): the timer prunes every image's versions; 0: only `deskfuse image prune` does (deltas still go when idle). */
+  readonly pruneVersions: number;
 }
 
 /**
@@ -223,7 +237,7 @@ export const DEFAULTS: ServerConfig = {
   netboot: NETBOOT_DEFAULTS,
   nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
-  retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400 },
+  retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400, ...DEFAULT_RETENTION_POLICY, deltaIdleDays: 30, pruneVersions: 1 },
   scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
   packCache: { mib: 2048 },
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
@@ -291,7 +305,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const netboot = loadNetboot((file.netboot ?? {}) as Record<string, unknown>, env, src.flags ?? {}, problems);
   const nbd = loadNbd((file.nbd ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen?.host ?? DEFAULTS.listen.host, problems);
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
-  const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400] }, problems);
+  const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400], ...POLICY_RANGES, deltaIdleDays: [0, 36_500], pruneVersions: [0, 1] }, problems);
   const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
   const packCache = loadIntegers('packCache', (file.packCache ?? {}) as Record<string, unknown>, DEFAULTS.packCache, { mib: [0, 1 << 20] }, problems);
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);

@@ -58,6 +58,8 @@ export interface RefLogRow {
   reason: string;
   author: string;
   at: string;
+  /** The ref was deleted here (it pointed at `oldVersion`; `newVersion` repeats it). */
+  deleted: boolean;
 }
 
 export interface NewVersion {

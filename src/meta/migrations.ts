@@ -100,8 +100,19 @@ async function v3(q: Sql): Promise<void> {
   await q.run('CREATE INDEX IF NOT EXISTS dhcp_leases_by_mac ON dhcp_leases (mac)');
 }
 
+/**
+ * Retention (src/image/retention.ts): each image's override of the server's policy (a null column
+ * takes the server's default), and ref deletions in the ref log (`deleted` 1: the ref was deleted at
+ * `old_version`; `new_version` repeats it, the column being NOT NULL). Number 5 is garbage collection.
+ */
+async function v4(q: Sql): Promise<void> {
+  await q.run('CREATE TABLE IF NOT EXISTS image_policies (image TEXT PRIMARY KEY, keep_last INTEGER, keep_days INTEGER, conflict_days INTEGER, updated_at TEXT NOT NULL)');
+  await q.run('ALTER TABLE ref_log ADD COLUMN deleted INTEGER');
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
   { id: 2, name: 'VDI session ownership: server, NBD address, heartbeat, checkpoint', up: v2 },
   { id: 3, name: 'DHCP pool', up: v3 },
+  { id: 4, name: 'retention: image policies, ref deletions in the ref log', up: v4 },
 ];

@@ -2,6 +2,7 @@ import { SqlDesktopRepo } from './sql-desktops.js';
 import { SqlDhcpLeaseRepo } from './sql-dhcp.js';
 import { SqlEndpointRepo } from './sql-endpoints.js';
 import { SqlImageRepo } from './sql-images.js';
+import { SqlLifecycleRepo } from './sql-lifecycle.js';
 import { SqlTokenRepo } from './sql-tokens.js';
 import { SqlVdiRepo } from './sql-vdi.js';
 import type { Logger } from '../log.js';
@@ -19,6 +20,7 @@ export async function openMeta(engine: SqlEngine): Promise<Meta> {
     tokens: new SqlTokenRepo(engine),
     endpoints: new SqlEndpointRepo(engine),
     vdi: new SqlVdiRepo(engine),
+    lifecycle: new SqlLifecycleRepo(engine),
     dhcp: new SqlDhcpLeaseRepo(engine),
     engine,
     close: () => engine.close(),

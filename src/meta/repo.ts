@@ -3,6 +3,7 @@ import type { DesktopRepo } from '../desktop/model.js';
 import type { DhcpLeaseRepo } from '../dhcp/model.js';
 import type { EndpointRepo } from '../endpoint/model.js';
 import type { ImageRepo } from '../image/model.js';
+import type { LifecycleRepo } from '../image/retention.js';
 import type { VdiRepo } from '../vdi/model.js';
 import type { SqlEngine } from './sql.js';
 
@@ -18,6 +19,8 @@ export interface Meta {
   tokens: TokenRepo;
   endpoints: EndpointRepo;
   vdi: VdiRepo;
+  /** Retention policies, prune and deletes (src/meta/sql-lifecycle.ts). */
+  lifecycle: LifecycleRepo;
   /** The full-mode DHCP pool's bindings. */
   dhcp: DhcpLeaseRepo;
   /** The engine, for what spans servers (notify/listen) and for housekeeping. */

@@ -1,3 +1,4 @@
+import { dfError } from '../errors.js';
 import type {
   CommitFence, CommitOutcome, ConflictReason, ImageBoot, ImageRepo, ImageRow, NewVersion, RefLogRow, RefMoveOutcome, RefRow, VersionRow,
 } from '../image/model.js';
@@ -22,6 +23,7 @@ const toLog = (r: Row): RefLogRow => ({
   seq: Number(r.seq), image: r.image as string, ref: r.ref as string,
   oldVersion: r.old_version === null ? null : Number(r.old_version), newVersion: Number(r.new_version),
   reason: r.reason as string, author: r.author as string, at: r.at as string,
+  deleted: Number(r.deleted ?? 0) === 1,
 });
 
 export async function getRef(q: Sql, image: string, name: string): Promise<RefRow | undefined> {
@@ -112,6 +114,10 @@ export class SqlImageRepo implements ImageRepo {
     return this.db.tx(async (q): Promise<CommitOutcome> => {
       const again = v.commitKey ? await findCommit(q, v.image, v.commitKey, ref) : undefined;
       if (again) return again;
+      // The parent was read before this transaction: a prune may have dropped it since (src/image/retention.ts).
+      if (v.parent !== null && !(await getVersion(q, v.image, v.parent))) {
+        throw dfError('DF_ERR_VERSION_NOT_FOUND', `image ${v.image} has no version ${v.parent} (pruned meanwhile?)`, { image: v.image, version: v.parent });
+      }
       const next = Number((await q.get('SELECT COALESCE(MAX(version), 0) + 1 AS n FROM versions WHERE image = ?', [v.image]))!.n);
       await q.run(`INSERT INTO versions (image, version, parent, layer_id, index_id, kind, author, message, created_at, chunks_changed, chunks_total)
                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,

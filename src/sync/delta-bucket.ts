@@ -53,6 +53,10 @@ export class S3DeltaBucket implements DeltaBucket {
     return undefined;
   }
 
+  async remove(layerId: string): Promise<void> {
+    await this.client.request('DELETE', this.keyOf(layerId), `DELETE of the delta of layer ${layerId}`, { expect: [404] });
+  }
+
   async store(layerId: string, f: DeltaFile & { hash: string; md5: string }): Promise<true | { hash: string | undefined }> {
     const key = this.keyOf(layerId);
     for (let attempt = 0; ; attempt++) {

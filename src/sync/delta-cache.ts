@@ -24,7 +24,14 @@ export interface DeltaBucket {
   fetch(layerId: string, dir: string): Promise<DeltaFile | undefined>;
   /** Store a built delta unless one is there: true when this call stored it, else the stored one's hash. */
   store(layerId: string, f: DeltaFile & { hash: string; md5: string }): Promise<true | { hash: string | undefined }>;
+  /** Delete the layer's delta (its version was pruned); absent is fine. */
+  remove(layerId: string): Promise<void>;
 }
+
+/** A delta file's name: `<layer id>.<BLAKE3 of the delta>.dfdl`. */
+const DELTA_NAME = /^([0-9a-f]{64})\.([0-9a-f]{64})\.dfdl$/;
+/** A served delta's file gets its mtime set at most this often: the mark `dropIdle` reads across restarts. */
+const TOUCH_MS = 3600_000;
 
 /**
  * Deltas are a pure function of a layer (and its chunks), so they are made once and kept as files
@@ -44,6 +51,9 @@ export class DeltaCache {
   private readonly building = new Map<string, Promise<DeltaFile>>();
   /** Files checked against their name since this process started. */
   private readonly checked = new Map<string, DeltaFile>();
+
+  /** When each delta was last asked for in this process (its file's mtime is set from it, at most hourly). */
+  private readonly used = new Map<string, number>();
 
   /** Deltas built here, fetched from the bucket, and stored in it by this cache. */
   readonly stats = { built: 0, fetched: 0, stored: 0 };
@@ -77,21 +87,91 @@ export class DeltaCache {
   /** The layer's delta file (found and checked, or built). */
   async get(layerId: string): Promise<DeltaFile> {
     const known = this.checked.get(layerId);
-    if (known) return known;
+    if (known) {
+      this.noteUse(layerId, known);
+      return known;
+    }
     let p = this.building.get(layerId);
     if (!p) {
       p = (async () => (await this.find(layerId)) ?? (await this.fromBucket(layerId)) ?? (await this.build(layerId)))()
-        .then((f) => (this.checked.set(layerId, f), f))
+        .then((f) => (this.checked.set(layerId, f), this.noteUse(layerId, f), f))
         .finally(() => this.building.delete(layerId));
       this.building.set(layerId, p);
     }
     return p;
   }
 
+  /**
+   * Deltas are a cache (issue 13): the files of these layers go (their versions were pruned), here and
+   * in the bucket; a later ask builds them again. Resolves to the bytes the local files took.
+   */
+  async drop(layerIds: readonly string[]): Promise<number> {
+    const gone = new Set(layerIds);
+    let bytes = 0;
+    for (const f of await this.files()) {
+      if (!gone.has(f.layer)) continue;
+      await fsp.rm(f.path, { force: true });
+      bytes += f.size;
+    }
+    for (const id of gone) {
+      this.checked.delete(id);
+      this.used.delete(id);
+      if (this.bucket) await this.bucket.remove(id);
+    }
+    return bytes;
+  }
+
+  /** The bytes the local files of these layers' deltas take (for a prune's estimate). */
+  async sizeOf(layerIds: readonly string[]): Promise<number> {
+    const want = new Set(layerIds);
+    return (await this.files()).filter((f) => want.has(f.layer)).reduce((n, f) => n + f.size, 0);
+  }
+
+  /**
+   * Local delta files no one asked for since `before` (epoch ms; this process's asks, else the file's
+   * mtime, which a served delta's file gets at most hourly) are deleted. With a bucket the objects
+   * stay (the bucket is the shared copy; they go with their versions). Resolves to files and bytes.
+   */
+  async dropIdle(before: number): Promise<{ files: number; bytes: number }> {
+    let files = 0;
+    let bytes = 0;
+    for (const f of await this.files()) {
+      const last = Math.max(this.used.get(f.layer) ?? 0, f.mtimeMs);
+      if (last >= before || this.building.has(f.layer)) continue;
+      await fsp.rm(f.path, { force: true });
+      this.checked.delete(f.layer);
+      this.used.delete(f.layer);
+      files++;
+      bytes += f.size;
+    }
+    return { files, bytes };
+  }
+
+  private async files(): Promise<Array<{ layer: string; path: string; size: number; mtimeMs: number }>> {
+    const out: Array<{ layer: string; path: string; size: number; mtimeMs: number }> = [];
+    for (const n of await fsp.readdir(this.dir).catch(() => [] as string[])) {
+      const m = DELTA_NAME.exec(n);
+      if (!m) continue;
+      const file = path.join(this.dir, n);
+      const st = await fsp.stat(file).catch(() => undefined);
+      if (st) out.push({ layer: m[1]!, path: file, size: st.size, mtimeMs: st.mtimeMs });
+    }
+    return out;
+  }
+
+  private noteUse(layerId: string, f: DeltaFile): void {
+    const now = Date.now();
+    const last = this.used.get(layerId);
+    this.used.set(layerId, now);
+    if (last !== undefined && now - last < TOUCH_MS) return;
+    const t = new Date(now);
+    fsp.utimes(f.path, t, t).catch(() => {}); // gone meanwhile: open() makes it again
+  }
+
   private async find(layerId: string): Promise<DeltaFile | undefined> {
     const names = await fsp.readdir(this.dir).catch(() => [] as string[]);
     for (const n of names) {
-      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.dfdl$/.exec(n);
+      const m = DELTA_NAME.exec(n);
       if (!m || m[1] !== layerId) continue;
       const file = path.join(this.dir, n);
       const h = new (blakeLib().Blake3Hasher)();

@@ -4,7 +4,7 @@ import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { startPruneService } from '../../server/services/prune.js';
-import { loadServerConfig, type ServerConfig } from '../../src/config/server.js';
+import { DEFAULTS, loadServerConfig, type ServerConfig } from '../../src/config/server.js';
 import { silentLogger } from '../../src/log.js';
 import { makeDisk, prng } from '../helpers/disk.js';
 import { cli, tempDir } from '../helpers/server.js';
@@ -119,7 +119,7 @@ describe('commit requests', () => {
 
 describe('pruning', () => {
   it('the prune service (started by the server program) prunes when it starts', async () => {
-    const app = await open({ retention: { intervalSeconds: 1, eventsSeconds: 3600, tokensSeconds: 0 } });
+    const app = await open({ retention: { ...DEFAULTS.retention, intervalSeconds: 1, eventsSeconds: 3600, tokensSeconds: 0 } });
     for (let i = 0; i < 3; i++) await app.inject({ method: 'GET', url: `/boot/ipxe?mac=${mac(i)}` });
     const minted = (await admin(app, 'POST', '/api/v1/tokens', { scope: 'hypervisor', ttlSeconds: 60 })).json();
     clock += 2 * 3600_000;

@@ -166,6 +166,7 @@ describe('deltas in the bucket', () => {
           return undefined;
         },
         store: (layer, f) => bucket.store(layer, f),
+        remove: (layer) => bucket.remove(layer),
       }
       : bucket;
     const deltas = new DeltaCache(freshDir(), blobs, chunks, shared);
