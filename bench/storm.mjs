@@ -4,13 +4,19 @@
 // nginx serving the same bytes (recorded from the server first), in the same run. One process, many
 // keep-alive connections, no disks: bodies are counted and dropped.
 //
-//   provision: boot stage (kernel, initramfs), desktop, image, versions, the version's chunk index,
-//              then every batch fetch of its chunks (16 MiB of raw chunk per batch, its ids raw, two in flight, as
-//              src/agent/fetcher.ts)
-//   update:    boot stage, desktop, image, versions, the new version's layer and its delta
-// (The lease and boot-session calls are left out: one desktop stands for every endpoint.)
+// Each endpoint boots as a real one in a classroom at 8:00: its own MAC, enrolled on one restore-mode
+// desktop (any number of endpoints may follow one; they take no lease and never commit back):
+//   the iPXE script for its MAC (the server notes the boot and issues a one-time boot token), the
+//   kernel and initramfs at the URLs the script names, the boot session (the token and the disk
+//   secret's proof traded for a desktop token), then with that token: desktop, image, versions,
+//   provision: the version's chunk index and every batch fetch of its chunks (16 MiB of raw chunk per
+//              batch, its ids raw, two in flight, as src/agent/fetcher.ts)
+//   update:    the new version's layer and its delta
+//   and the agent's boot events (synced, local). Before each K the admin orders a reprovision of the
+//   endpoints (provision) or records their disks at the old version (update), as an unmeasured setup.
+// nginx gets the same list as GETs of the bodies one recorded endpoint was answered.
 //
-// env: SERVER URL, TOKEN (admin), IMAGE, DESKTOP, FROM (version provisioned), TO (version updated to),
+// env: SERVER URL, TOKEN (admin), IMAGE, DESKTOP (restore mode, following ref REF), REF, FROM (version provisioned), TO (version updated to),
 //      SERVER_PID, NGINX URL, NGINX_ROOT (folder nginx serves: the recorded bodies go there),
 //      NGINX_PIDS (master and workers, comma-separated), KS (e.g. "50 200 500"), PHASES;
 //      optional VARNISH_URL, VARNISH_PIDS, VARNISH_N (its -n folder): the update phase a third time
@@ -25,6 +31,7 @@ import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { idsPerFetch } from '../dist/src/agent/fetcher.js';
 import { encodeIdList, ID_LIST_TYPE } from '../dist/src/chunk/id.js';
+import { newEndpointSecret, proveEndpoint } from '../dist/src/endpoint/proof.js';
 import { ChunkIndex } from '../dist/src/image/chunk-index.js';
 
 const env = process.env;
@@ -33,6 +40,7 @@ const SERVER = need('SERVER');
 const TOKEN = need('TOKEN');
 const IMAGE = need('IMAGE');
 const DESKTOP = need('DESKTOP');
+const REF = env.REF ?? 'base';
 const FROM = Number(need('FROM'));
 const TO = Number(need('TO'));
 const NGINX = need('NGINX');
@@ -48,16 +56,16 @@ const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity });
  * One request; the body is counted (or kept when `keep`). As the agent: the admission ticket a server
  * gives (`me.ticket`) goes with every later request, and 503 DF_ERR_BUSY waits Retry-After (±25 %).
  */
-function request(base, { method = 'GET', path: p, body, keep = false }, stats, me = {}) {
+function request(base, { method = 'GET', path: p, body, keep = false, token = TOKEN }, stats, me = {}) {
   return new Promise((resolve, reject) => {
     const attempt = () => {
-      const headers = { authorization: `Bearer ${TOKEN}` };
+      const headers = token ? { authorization: `Bearer ${token}` } : {};
       if (body) headers['content-type'] = Buffer.isBuffer(body) ? ID_LIST_TYPE : 'application/json';
       const sent = me.ticket;
       if (sent) headers['x-deskfuse-ticket'] = sent;
       // as src/api/client.ts: of two tickets given at once, keep the first heard of
       const adopt = (t) => { if (sent !== undefined || me.ticket === undefined) me.ticket = t; };
-      const req = http.request(`${base}${p}`, { method, agent, headers }, (res) => {
+      const req = http.request(p.startsWith('http') ? p : `${base}${p}`, { method, agent, headers }, (res) => {
         if (res.headers['x-deskfuse-ticket']) adopt(res.headers['x-deskfuse-ticket']);
         const parts = [];
         let n = 0;
@@ -92,51 +100,105 @@ function request(base, { method = 'GET', path: p, body, keep = false }, stats, m
   });
 }
 
-// ---- the request lists, recorded once from the server (their bodies become nginx's files) ----
-const keepGet = (p) => request(SERVER, { path: p, keep: true }, { bytes: 0, busy: 0 });
-const boot = [];
-for (const f of ['vmlinuz', 'initrd.img']) {
-  try {
-    // Under its content hash, as the iPXE script names it (what a site cache may keep).
-    const hash = createHash('sha256').update(await keepGet(`/boot/${f}`)).digest('hex').slice(0, 32);
-    boot.push({ path: `/boot/stage/${hash}/${f}`, file: `boot/${f}` });
-  } catch { console.error(`storm: /boot/${f} not served (build the boot stage): left out`); }
+// ---- set-up: the endpoints, and the bodies one endpoint is answered (nginx's files) ----
+const admin = (method, p, body) => request(SERVER, { method, path: p, body, keep: true }, { bytes: 0, busy: 0 }).then((b) => (b.length ? JSON.parse(b) : null));
+const KMAX = Math.max(...KS);
+const macOf = (i) => `52:54:00:${[i >> 16, (i >> 8) & 255, i & 255].map((x) => x.toString(16).padStart(2, '0')).join(':')}`;
+const RECORDER = KMAX; // one more endpoint, whose answers become nginx's files
+const listed = new Set((await admin('GET', '/api/v1/endpoints')).endpoints.flatMap((e) => e.macs));
+for (let i = 0; i <= KMAX; i++) if (!listed.has(macOf(i))) await admin('POST', '/api/v1/endpoints', { mac: macOf(i), desktop: DESKTOP });
+const secrets = new Map(); // mac → { secret, bound }: the disk's secret, as the agent keeps it in the state area
+let refAt = (await admin('GET', `/api/v1/images/${IMAGE}/refs/${REF}`)).version;
+/** Unmeasured: the desktop's line at the phase's version; endpoints [from, to) reprovisioned (provision) or at FROM (update). */
+async function prepare(phase, from, to) {
+  const want = phase === 'provision' ? FROM : TO;
+  if (refAt !== want) await admin('PUT', `/api/v1/images/${IMAGE}/refs/${REF}`, { version: want, expect: refAt, reason: 'storm bench' });
+  refAt = want;
+  for (let i = from; i < to; i++) {
+    const mac = macOf(i);
+    if (phase === 'provision') {
+      await admin('POST', `/api/v1/endpoints/${mac}/reprovision`);
+      secrets.delete(mac); // a blank disk: the agent offers a new secret
+    } else {
+      await admin('POST', '/boot/events', { mac, phase: 'synced', detail: { version: FROM } });
+    }
+  }
 }
-const api = [
-  { path: `/api/v1/desktops/${DESKTOP}`, file: 'api/desktop.json' },
-  { path: `/api/v1/images/${IMAGE}`, file: 'api/image.json' },
-  { path: `/api/v1/images/${IMAGE}/versions?ref=${TO}&limit=17`, file: 'api/versions.json' },
-];
-const index = ChunkIndex.decode(await keepGet(`/api/v1/images/${IMAGE}/versions/${FROM}/index`));
+
+const index = ChunkIndex.decode(await request(SERVER, { path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, keep: true }, { bytes: 0, busy: 0 }));
 const ids = [...index.distinctIds()];
 const per = idsPerFetch(index.geometry.chunkSize);
 const batches = [];
 for (let k = 0; k < ids.length; k += per) batches.push({ method: 'POST', path: '/api/v1/chunks/fetch', body: encodeIdList(ids.slice(k, k + per)), file: `fetch/${batches.length}.pack` });
-const lists = {
-  provision: { serial: [...boot, ...api, { path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, file: 'api/index.bin' }], batches },
-  update: { serial: [...boot, ...api, { path: `/api/v1/images/${IMAGE}/versions/${TO}/layer`, file: 'api/layer.bin' }, { path: `/api/v1/images/${IMAGE}/versions/${TO}/delta`, file: 'api/delta.bin' }], batches: [] },
-};
-for (const l of Object.values(lists)) {
-  for (const r of [...l.serial, ...l.batches]) {
-    const out = path.join(ROOT, r.file);
-    mkdirSync(path.dirname(out), { recursive: true });
-    if (!existsSync(out)) writeFileSync(out, await request(SERVER, { ...r, keep: true }, { bytes: 0, busy: 0 }), { mode: 0o644 });
+
+/**
+ * One endpoint's boot against a deskfuse server (directly or through Varnish): each request as the
+ * agent makes it, with the answers of the ones before. `record` (set-up) keeps every body as nginx's file.
+ */
+async function boot(base, phase, i, stats, record) {
+  const mac = macOf(i);
+  const me = {};
+  const get = async (r, token) => {
+    const body = await request(base, { ...r, token, keep: Boolean(record) || r.keep }, stats, me);
+    if (record) {
+      const out = path.join(ROOT, r.file);
+      mkdirSync(path.dirname(out), { recursive: true });
+      writeFileSync(out, body, { mode: 0o644 });
+      record.push({ path: `/${r.file}` });
+    }
+    return body;
+  };
+  const q = `mac=${mac}&platform=pcbios&buildarch=i386`;
+  const script = (await get({ path: `/boot/ipxe?${q}`, file: 'boot/script.ipxe', keep: true }, null)).toString();
+  const bootToken = /deskfuse\.token=(\S+)/.exec(script)?.[1];
+  if (!bootToken) throw new Error(`${mac}: the script is not an agent boot: ${script.slice(0, 300)}`);
+  await get({ path: /^kernel --name \S+ (\S+)/m.exec(script)[1], file: 'boot/vmlinuz' }, null);
+  await get({ path: /^initrd --name \S+ (\S+)/m.exec(script)[1], file: 'boot/initrd.img' }, null);
+  const known = secrets.get(mac);
+  const disk = known ?? { secret: newEndpointSecret(), bound: false };
+  const proof = proveEndpoint(disk.secret, mac, bootToken);
+  const session = JSON.parse(await get({ method: 'POST', path: '/boot/session', body: { token: bootToken, mac, platform: 'pcbios', ...(disk.bound ? { proof } : { offer: proof }) }, file: 'api/session.json', keep: true }, null));
+  const t = session.token;
+  const version = phase === 'provision' ? FROM : TO;
+  await get({ path: `/api/v1/desktops/${DESKTOP}`, file: 'api/desktop.json' }, t);
+  await get({ path: `/api/v1/images/${IMAGE}`, file: 'api/image.json' }, t);
+  await get({ path: `/api/v1/images/${IMAGE}/versions?ref=${version}&limit=17`, file: `api/versions-${version}.json` }, t);
+  if (phase === 'provision') {
+    await get({ path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, file: 'api/index.bin' }, t);
+    let next = 0;
+    // as src/api/client.ts: the first heavy request goes alone until the server gave a ticket
+    if (!me.ticket && batches.length) await get(batches[next++], t);
+    await Promise.all([0, 1].map(async () => {
+      while (next < batches.length) await get(batches[next++], t);
+    }));
+  } else {
+    await get({ path: `/api/v1/images/${IMAGE}/versions/${TO}/layer`, file: 'api/layer.bin' }, t);
+    await get({ path: `/api/v1/images/${IMAGE}/versions/${TO}/delta`, file: 'api/delta.bin' }, t);
   }
+  await get({ method: 'POST', path: '/boot/events', body: { mac, phase: 'synced', detail: { version, seconds: 1 } }, file: 'api/event-synced.json' }, t);
+  await get({ method: 'POST', path: '/boot/events', body: { mac, phase: 'local', detail: { via: 'reboot' } }, file: 'api/event-local.json' }, t);
+  disk.bound = true; // the synced event bound an offered secret
+  secrets.set(mac, disk);
 }
 
-// ---- one endpoint: its list in order, batch fetches two in flight ----
-async function endpoint(target, list, stats) {
-  const nginx = target === 'nginx';
-  const as = (r) => (nginx ? { path: `/${r.file}` } : r);
-  const base = { nginx: NGINX, varnish: VARNISH, deskfuse: SERVER }[target];
-  const me = {};
-  for (const r of list.serial) await request(base, as(r), stats, me);
+const nginxLists = {};
+for (const phase of PHASES) {
+  await prepare(phase, RECORDER, RECORDER + 1);
+  nginxLists[phase] = [];
+  await boot(SERVER, phase, RECORDER, { bytes: 0, busy: 0 }, nginxLists[phase]);
+}
+
+// ---- one endpoint against nginx: the recorded list in order, batch fetches two in flight ----
+async function endpoint(list, stats) {
+  const serial = list.filter((r) => !r.path.startsWith('/fetch/'));
+  const packs = list.filter((r) => r.path.startsWith('/fetch/'));
+  const upTo = serial.findIndex((r) => r.path === '/api/index.bin') + 1 || serial.length - 2;
+  for (const r of serial.slice(0, upTo)) await request(NGINX, r, stats);
   let next = 0;
-  // as src/api/client.ts: the first heavy request goes alone until the server gave a ticket
-  if (!me.ticket && list.batches.length) await request(base, as(list.batches[next++]), stats, me);
   await Promise.all([0, 1].map(async () => {
-    while (next < list.batches.length) await request(base, as(list.batches[next++]), stats, me);
+    while (next < packs.length) await request(NGINX, packs[next++], stats);
   }));
+  for (const r of serial.slice(upTo)) await request(NGINX, r, stats);
 }
 
 /** utime + stime of the processes (all their threads), in clock ticks. */
@@ -163,6 +225,7 @@ for (const phase of PHASES) {
       if (target === 'deskfuse') await metrics(); // resets the server's delay histogram
       // Each K starts from an empty site cache: what the origin sends is what K endpoints cost it.
       if (target === 'varnish') execFileSync('varnishadm', ['-n', need('VARNISH_N'), 'ban', 'req.url', '~', '.']);
+      if (target !== 'nginx') await prepare(phase, 0, K);
       const w0 = wchar(server);
       const stats = { bytes: 0, busy: 0 };
       const done = [];
@@ -175,9 +238,10 @@ for (const phase of PHASES) {
       const c0 = ticks(pids);
       const me0 = process.cpuUsage();
       const t0 = performance.now();
-      await Promise.all(Array.from({ length: K }, async () => {
+      await Promise.all(Array.from({ length: K }, async (_, i) => {
         try {
-          await endpoint(target, lists[phase], stats);
+          if (target === 'nginx') await endpoint(nginxLists[phase], stats);
+          else await boot(target === 'varnish' ? VARNISH : SERVER, phase, i, stats);
           done.push((performance.now() - t0) / 1000);
         } catch (err) {
           failures++;

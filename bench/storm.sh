@@ -62,7 +62,7 @@ log "server pid $SPID: image from $DATA (base = 1, main = 2)"
 admin image create storm --from "$DATA/base.img" > /dev/null
 admin ref set storm base 1 --expect none > /dev/null
 admin image publish storm --from "$DATA/v2.img" > /dev/null
-admin desktop create storm --image storm --from base > /dev/null
+admin desktop create storm --image storm --from base --mode restore > /dev/null # a classroom: every endpoint follows ref base
 sleep 3 # v2's delta is built in the background after the publish
 
 mkdir -p "$T/www"
@@ -94,7 +94,7 @@ if [ "$VARNISH" = 1 ]; then
   VENV=(VARNISH_URL="http://127.0.0.1:$VPORT" VARNISH_PIDS="$VPIDS" VARNISH_N="$T/varnish/n")
 fi
 
-env "${VENV[@]}" SERVER="http://127.0.0.1:$PORT" TOKEN="$ADMIN" IMAGE=storm DESKTOP=storm FROM=1 TO=2 SERVER_PID=$SPID \
+env "${VENV[@]}" SERVER="http://127.0.0.1:$PORT" TOKEN="$ADMIN" IMAGE=storm DESKTOP=storm REF=base FROM=1 TO=2 SERVER_PID=$SPID \
   NGINX="http://127.0.0.1:$NPORT" NGINX_ROOT="$T/www" NGINX_PIDS="$NPIDS" KS="$KS" PHASES="$PHASES" \
   node "$REPO/bench/storm.mjs" | tee "$T/rows.jsonl" >&2
 
