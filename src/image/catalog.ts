@@ -1,4 +1,5 @@
 import { dfError } from '../errors.js';
+import type { CommitGuard } from '../gc/guard.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HASH_ALG, hashBytes, idHex, isZeroId } from '../chunk/id.js';
@@ -22,6 +23,8 @@ export interface CatalogDeps {
   blobs: ChunkStore;
   log?: Logger;
   now?: () => Date;
+  /** Garbage collection's protection of what a commit is about to reference (src/gc/guard.ts). */
+  guard?: CommitGuard;
 }
 
 export interface CommitRequest {
@@ -164,6 +167,21 @@ export class Catalog {
     }
 
     const needed = [...new Set(staged.entries.filter((e) => !isZeroId(e.id)).map((e) => idHex(e.id)))];
+    // From here until its version row is in, garbage collection keeps the staged layer and its chunks.
+    const release = this.deps.guard ? await this.deps.guard.hold(req.image, req.layer, parent?.index ?? null, needed) : undefined;
+    try {
+      return await this.commitHeld(req, staged, needed, parent, commitKey);
+    } finally {
+      await release?.();
+    }
+  }
+
+  private async commitHeld(req: CommitRequest, staged: Layer, needed: string[], parent: VersionRow | null, commitKey: string): Promise<CommitOutcome> {
+    if (this.deps.guard) {
+      // Checked again under the hold: a sweep may have taken the staged layer, or retention the parent, meanwhile.
+      if (!(await this.deps.blobs.has(req.layer))) throw dfError('DF_ERR_LAYER_NOT_FOUND', `layer ${req.layer} was not uploaded`, { layer: req.layer });
+      if (parent) await this.version(req.image, parent.version);
+    }
     const missing = await this.missingChunks(needed);
     if (missing.length) {
       throw dfError('DF_ERR_CHUNKS_MISSING', `${missing.length} of the commit's chunks are not stored`, { image: req.image, missing });

@@ -1,5 +1,6 @@
 import { SqlDesktopRepo } from './sql-desktops.js';
 import { SqlDhcpLeaseRepo } from './sql-dhcp.js';
+import { SqlGcRepo } from './sql-gc.js';
 import { SqlEndpointRepo } from './sql-endpoints.js';
 import { SqlImageRepo } from './sql-images.js';
 import { SqlTokenRepo } from './sql-tokens.js';
@@ -20,6 +21,7 @@ export async function openMeta(engine: SqlEngine): Promise<Meta> {
     endpoints: new SqlEndpointRepo(engine),
     vdi: new SqlVdiRepo(engine),
     dhcp: new SqlDhcpLeaseRepo(engine),
+    gc: new SqlGcRepo(engine),
     engine,
     close: () => engine.close(),
   };

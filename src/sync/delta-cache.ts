@@ -24,6 +24,9 @@ export interface DeltaBucket {
   fetch(layerId: string, dir: string): Promise<DeltaFile | undefined>;
   /** Store a built delta unless one is there: true when this call stored it, else the stored one's hash. */
   store(layerId: string, f: DeltaFile & { hash: string; md5: string }): Promise<true | { hash: string | undefined }>;
+  /** Every delta in the bucket (layer id, size, LastModified in epoch ms), for garbage collection. */
+  list?(): AsyncIterable<{ layer: string; size: number; mtime: number }>;
+  remove?(layerId: string): Promise<void>;
 }
 
 /**
@@ -72,6 +75,30 @@ export class DeltaCache {
       }
       return { size: f.size, fh };
     }
+  }
+
+  /** The delta files in this cache's folder (layer id, file name, size, modification time in epoch ms), for garbage collection. */
+  async *files(): AsyncIterable<{ layer: string; name: string; size: number; mtime: number }> {
+    const names = await fsp.readdir(this.dir).catch(() => [] as string[]);
+    for (const name of names.sort()) {
+      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.dfdl$/.exec(name);
+      if (!m) continue;
+      const st = await fsp.stat(path.join(this.dir, name)).catch(() => undefined);
+      if (st) yield { layer: m[1]!, name, size: st.size, mtime: Math.floor(st.mtimeMs) };
+    }
+  }
+
+  /** Remove a delta file (its layer is gone); an open handle keeps its bytes until closed. */
+  async removeFile(name: string): Promise<void> {
+    const m = /^([0-9a-f]{64})\.[0-9a-f]{64}\.dfdl$/.exec(name);
+    if (!m) return;
+    this.checked.delete(m[1]!);
+    await fsp.rm(path.join(this.dir, name), { force: true });
+  }
+
+  /** The shared bucket's deltas, when there is one. */
+  get shared(): DeltaBucket | undefined {
+    return this.bucket;
   }
 
   /** The layer's delta file (found and checked, or built). */
