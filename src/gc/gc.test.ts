@@ -1,0 +1,123 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { hashBytes, idHex } from '../chunk/id.js';
+import { FsChunkStore } from '../chunk/fs-store.js';
+import { scrub } from '../chunk/scrub.js';
+import { openMeta } from '../meta/open.js';
+import { SqliteEngine } from '../meta/sqlite-engine.js';
+import { DeltaCache } from '../sync/delta-cache.js';
+import { checkExports, CHUNKS, dropUnreferencedVersions, G, gc, makeCatalog, poolChunk, publish, tmpDir, type World } from '../../test/helpers/gc-world.js';
+import { MarkSet } from './mark-set.js';
+
+const HOUR = 3600_000;
+const content = (...ks: number[]) => Array.from({ length: CHUNKS }, (_, i) => poolChunk(ks[i] ?? 0, 7));
+const idOf = (b: Buffer) => idHex(hashBytes(b));
+
+describe('garbage collection', () => {
+  let dir: string;
+  let w: World;
+  beforeEach(async () => {
+    dir = await tmpDir('df-gc-');
+    const meta = await openMeta(new SqliteEngine(path.join(dir, 'meta.sqlite')));
+    const chunks = await FsChunkStore.open(path.join(dir, 'chunks'), 1 << 20);
+    const blobs = await FsChunkStore.open(path.join(dir, 'blobs'), 1 << 20);
+    const catalog = makeCatalog(meta, chunks, blobs);
+    await catalog.createImage('img', G);
+    w = { meta, chunks, blobs, catalog, image: 'img', expected: new Map() };
+  });
+  afterEach(async () => {
+    await w.meta.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+
+  it('removes what no version reaches in two runs, only past the grace period, and keeps the rest', async () => {
+    await publish(w, 'main', content(1, 2, 3));
+    await publish(w, 'main', content(4, 2, 3)); // chunk 1 now only in version 1
+    expect(await dropUnreferencedVersions(w)).toBe(1);
+    const one = idOf(poolChunk(1, 7));
+    // Young: not even a candidate.
+    let r = await gc(w, { tmpDir: dir, graceMs: HOUR });
+    expect(r.candidates.chunks).toBe(0);
+    expect(r.usage.kinds.unreferencedChunks.count).toBe(1);
+    // Old (the clock two hours on): a candidate, still stored.
+    const later = () => Date.now() + 2 * HOUR;
+    r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    expect(r.candidates.chunks).toBe(1);
+    expect(r.deleted.chunks).toBe(0);
+    expect(await w.chunks.has(one)).toBe(true);
+    // Dry run: says what would go, changes nothing.
+    r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: later }, true);
+    expect(r.deleted.chunks).toBe(1);
+    expect(await w.chunks.has(one)).toBe(true);
+    // The next run removes it (and the blobs of version 1 and the staged layers).
+    r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    expect(r.deleted.chunks).toBe(1);
+    expect(r.deleted.blobs).toBeGreaterThanOrEqual(2);
+    expect(r.deleted.bytes).toBeGreaterThan(0);
+    expect(await w.chunks.has(one)).toBe(false);
+    expect(await checkExports(w)).toBe(1);
+    expect((await scrub(w.meta, w.chunks, w.blobs)).ok).toBe(true);
+    expect(r.usage.images[0]!.image).toBe('img');
+    expect(r.usage.images[0]!.chunks.count).toBe(3);
+  });
+
+  it('a candidate written again, or referenced again, before the sweep is kept', async () => {
+    await publish(w, 'main', content(1, 2));
+    await publish(w, 'main', content(3, 4));
+    await dropUnreferencedVersions(w);
+    const later = () => Date.now() + 2 * HOUR;
+    let r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    expect(r.candidates.chunks).toBe(2);
+    // Chunk 1 is uploaded again (its time becomes now); chunk 2 is referenced by a new version.
+    await w.chunks.put(idOf(poolChunk(1, 7)), { raw: poolChunk(1, 7) });
+    await publish(w, 'main', content(3, 2));
+    r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    expect(r.deleted.chunks).toBe(0);
+    expect(r.cancelled).toBe(1); // the upload; the commit's hold dropped chunk 2's row itself
+    expect(await w.chunks.has(idOf(poolChunk(1, 7)))).toBe(true);
+    expect(await w.chunks.has(idOf(poolChunk(2, 7)))).toBe(true);
+    expect(await checkExports(w)).toBe(1);
+  });
+
+  it('one at a time: a second run gets DF_ERR_GC_RUNNING until the first finishes or its lease runs out', async () => {
+    await publish(w, 'main', content(1));
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const first = gc(w, { tmpDir: dir, holder: 'server-a', step: () => gate });
+    await new Promise((r) => setTimeout(r, 50));
+    await expect(gc(w, { tmpDir: dir, holder: 'server-b' })).rejects.toMatchObject({ code: 'DF_ERR_GC_RUNNING', fields: { holder: 'server-a' } });
+    release();
+    await first;
+    await expect(gc(w, { tmpDir: dir, holder: 'server-b' })).resolves.toMatchObject({ dryRun: false });
+    // A holder that died: its lease (1 s here) runs out and another server takes over.
+    await w.meta.gc.acquire('dead', 'r0', Date.now(), Date.now() + 1000);
+    await expect(gc(w, { tmpDir: dir, holder: 'server-b' })).rejects.toMatchObject({ code: 'DF_ERR_GC_RUNNING' });
+    await expect(gc(w, { tmpDir: dir, holder: 'server-b', now: () => Date.now() + 2000 })).resolves.toMatchObject({ dryRun: false });
+  });
+
+  it('orphan deltas go with their layer; a kept version keeps its delta', async () => {
+    await publish(w, 'main', content(1, 2));
+    await publish(w, 'main', content(3, 2));
+    const deltas = new DeltaCache(path.join(dir, 'deltas'), w.blobs, w.chunks);
+    for (const v of await w.meta.images.listVersions('img', 10)) await deltas.get(v.layer);
+    await dropUnreferencedVersions(w);
+    const r = await gc(w, { tmpDir: dir, graceMs: 0, deltas, now: () => Date.now() + 1000 });
+    expect(r.deleted.deltas).toBe(1);
+    const left = [];
+    for await (const f of deltas.files()) left.push(f.layer);
+    expect(left).toEqual([(await w.meta.images.getVersion('img', 2))!.layer]);
+    expect(r.usage.kinds.deltas.count).toBe(1);
+  });
+
+  it('the mark set merges sorted runs on disk', async () => {
+    const m = new MarkSet(dir, 't', 3);
+    const ids = Array.from({ length: 20 }, (_, i) => idOf(Buffer.from([i % 7])));
+    for (const [i, id] of ids.entries()) await m.add(id, i % 2);
+    const out = [];
+    for await (const e of m.entries()) out.push(e);
+    expect(out.map((e) => e.id)).toEqual([...new Set(ids)].sort());
+    expect(out.every((e) => e.tags.length === 2 || e.tags.length === 1)).toBe(true);
+    await m.dispose();
+  });
+});
