@@ -12,6 +12,7 @@ import { desktopRoutes } from './routes/desktops.js';
 import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { opsRoutes } from './routes/ops.js';
+import { storeRoutes } from './routes/store.js';
 import { syncRoutes } from './routes/sync.js';
 import { tokenRoutes } from './routes/tokens.js';
 import { vdiRoutes } from './routes/vdi.js';
@@ -105,6 +106,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(endpointRoutes(ctx), { prefix: '/api/v1' });
   await app.register(vdiRoutes(ctx), { prefix: '/api/v1' });
   await app.register(tokenRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(storeRoutes(ctx), { prefix: '/api/v1' });
   await app.register(bootRoutes(ctx));
   return app;
 }

@@ -5,6 +5,8 @@ import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
 import type { Catalog } from '../src/image/catalog.js';
+import type { GcResult } from '../src/gc/gc.js';
+import type { GcRunOptions, GcStatus } from './appliance.js';
 import type { Meta } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
 import type { DeltaCache } from '../src/sync/delta-cache.js';
@@ -30,6 +32,11 @@ export interface AppContext {
   vdi: VdiContext;
   /** Heavy transfers at once, and the line past them (routes with `config.heavy`). */
   admission: Admission;
+  /** Garbage collection of the stores (set by the composition root; routes/store.ts). */
+  gc?: {
+    run(opts?: GcRunOptions): Promise<GcResult>;
+    status(run?: string): Promise<GcStatus>;
+  };
 }
 
 /**

@@ -75,6 +75,8 @@ export interface GcDeps {
   now?: () => number;
   log?: Logger;
   onProgress?: (p: GcProgress) => void;
+  /** Called once the run holds the lock (a dry run: at once), with its id. */
+  onStarted?: (run: string) => void;
   /** Awaited between batches (tests slow a run down or stop it at a chosen point). */
   step?: (phase: string) => Promise<void>;
   /** Ids per mark run file (default 200,000). */
@@ -140,6 +142,7 @@ export async function runGc(deps: GcDeps, opts: { dryRun?: boolean } = {}): Prom
         { holder: held.holder, run: held.run, expires: new Date(held.expires).toISOString(), phase: held.phase });
     }
   }
+  deps.onStarted?.(run);
   const dir = path.join(deps.tmpDir, `gc-${run.replace(/[^0-9a-zA-Z-]/g, '')}`);
   let phase = 'mark';
   let done = 0;
