@@ -165,7 +165,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     const admission = new Admission(heavyTransfers, retryAfterSeconds);
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, ...(packs ? { packs } : {}) };
     // Garbage collection: one run at a time in this process (the database lock covers every server).
-    let gcRunning: { progress: GcProgress } | undefined;
+    let gcRunning: { progress: GcProgress; run?: string } | undefined;
     let lastUsage: StoreUsage | undefined;
     registerUsageMetrics(metrics, () => lastUsage);
     // Runs of this server, by id: in progress, finished (result) or failed (error); the last few are kept.
@@ -207,8 +207,9 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     };
     const gcStatus = async (run?: string): Promise<GcStatus> => {
       const r = run ? runs.get(run) : undefined;
-      const live = r ? (r.result || r.error ? null : { ...r.progress, run: run!, dryRun: r.dryRun }) : gcRunning?.progress && (gcRunning as { run?: string }).run
-        ? { ...gcRunning.progress, run: (gcRunning as { run?: string }).run!, dryRun: false } : null;
+      const live = r
+        ? (r.result || r.error ? null : { ...r.progress, run: run!, dryRun: r.dryRun })
+        : gcRunning?.run ? { ...gcRunning.progress, run: gcRunning.run, dryRun: false } : null;
       return { running: live, result: r?.result ?? null, error: r?.error ?? null, lock: (await meta.gc.state()) ?? null };
     };
     ctx.gc = { run: gc, status: gcStatus };

@@ -25,9 +25,11 @@ export const storeRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
     schema: { querystring: Type.Object({ dryRun: Type.Optional(Type.Boolean()) }), response: { 202: Loose }, tags: ['store'], summary: 'Start one garbage collection of the stores (two phases: unreferenced old objects become candidates, removed by the next run)' },
   }, async (req, reply) => {
     let started!: (run: string) => void;
+    let didStart = false;
     const running = new Promise<string>((r) => (started = r));
-    const done = gc().run({ dryRun: req.query.dryRun ?? false, onStarted: (run) => started(run) });
-    done.catch((err: unknown) => app.log.error({ err }, 'garbage collection failed'));
+    const done = gc().run({ dryRun: req.query.dryRun ?? false, onStarted: (run) => ((didStart = true), started(run)) });
+    // Once started, a failure is the run's (GET /store/gc shows it); before, it is this request's answer.
+    done.catch((err: unknown) => { if (didStart) app.log.error({ err }, 'garbage collection failed'); });
     const run = await Promise.race([running, done.then((r) => r.run)]);
     return reply.status(202).send({ run, dryRun: req.query.dryRun ?? false });
   });
