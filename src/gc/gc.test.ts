@@ -8,6 +8,7 @@ import { openMeta } from '../meta/open.js';
 import { SqliteEngine } from '../meta/sqlite-engine.js';
 import { DeltaCache } from '../sync/delta-cache.js';
 import { checkExports, CHUNKS, dropUnreferencedVersions, G, gc, makeCatalog, poolChunk, publish, tmpDir, type World } from '../../test/helpers/gc-world.js';
+import { encodeLayer } from '../image/layer.js';
 import { MarkSet } from './mark-set.js';
 
 const HOUR = 3600_000;
@@ -108,6 +109,33 @@ describe('garbage collection', () => {
     for await (const f of deltas.files()) left.push(f.layer);
     expect(left).toEqual([(await w.meta.images.getVersion('img', 2))!.layer]);
     expect(r.usage.kinds.deltas.count).toBe(1);
+  });
+
+  it("an open VDI session's checkpoint and an in-flight commit's hold are roots", async () => {
+    await publish(w, 'main', content(1));
+    const stage = async (k: number) => {
+      const c = poolChunk(k, 7);
+      await w.chunks.put(idOf(c), { raw: c });
+      return (await w.catalog.stageLayer('img', encodeLayer({ geometry: G, hasMasks: false, entries: [{ index: 3, id: hashBytes(c) }] }))).layer;
+    };
+    const checkpoint = await stage(5);
+    const held = await stage(6);
+    const at = new Date().toISOString();
+    await w.meta.vdi.insert({
+      id: 's1', desktop: 'd', image: 'img', base: 1, mode: 'persistent', holder: 'vdi:s1', fencing: 1, secretHash: 'x', autoCommit: true, state: 'open',
+      createdAt: at, createdBy: 't', updatedAt: at, lastConnectAt: null, lastDisconnectAt: null, lastDisconnect: null, outcome: null, failure: null,
+      server: 'a', nbdHost: null, nbdPort: null, heartbeatAt: null, checkpointLayer: checkpoint, checkpointAt: at,
+    });
+    await w.meta.gc.hold({ id: 'h1', image: 'img', layer: held, parentIndex: null }, [], [], Date.now() + 10 * HOUR); // past the runs' clock
+    const orphan = await stage(7);
+    const later = () => Date.now() + 2 * HOUR;
+    await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    const r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    expect(r.deleted.chunks).toBe(1); // pool chunk 7, whose staged layer nothing holds
+    for (const k of [5, 6]) expect(await w.chunks.has(idOf(poolChunk(k, 7)))).toBe(true);
+    expect(await w.chunks.has(idOf(poolChunk(7, 7)))).toBe(false);
+    for (const l of [checkpoint, held]) expect(await w.blobs.has(l)).toBe(true);
+    expect(await w.blobs.has(orphan)).toBe(false);
   });
 
   it('the mark set merges sorted runs on disk', async () => {

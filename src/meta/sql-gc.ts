@@ -111,6 +111,8 @@ export class SqlGcRepo implements GcRepo {
     return this.db.tx(async (q) => {
       await q.run('INSERT INTO gc_holds (id, image, layer, parent_index, expires) VALUES (?, ?, ?, ?, ?)', [h.id, h.image, h.layer, h.parentIndex, expires]);
       const deleting: string[] = [];
+      // Most of the time there is no candidate at all: an import of a million chunks then costs one query.
+      if (!(await q.get('SELECT 1 AS x FROM gc_objects LIMIT 1'))) return { deleting };
       for (const [kind, ids] of [['chunk', chunks], ['blob', blobs]] as const) {
         for (const b of batches(ids)) await q.run(`DELETE FROM gc_objects WHERE kind = ? AND state = 'candidate' AND id IN (${marks(b.length)})`, [kind, ...b]);
         deleting.push(...await deletingIn(q, kind, ids));
