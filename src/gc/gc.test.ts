@@ -81,6 +81,29 @@ describe('garbage collection', () => {
     expect(await checkExports(w)).toBe(2);
   });
 
+  it('a commit takes back rows a dead run left `deleting`; a live run makes it wait, then report them missing', async () => {
+    await publish(w, 'main', content(1, 2));
+    await publish(w, 'main', content(3, 4));
+    await dropUnreferencedVersions(w);
+    const later = () => Date.now() + 2 * HOUR;
+    await gc(w, { tmpDir: dir, graceMs: HOUR, now: later });
+    const one = idOf(poolChunk(1, 7));
+    expect(await w.meta.gc.startDeleting('chunk', [one])).toEqual([one]); // a run died right after this
+    // A live run holds the lock: the commit waits for it (5 s in these tests), then reports the chunk missing.
+    await w.meta.gc.acquire('other', 'r1', Date.now(), Date.now() + HOUR);
+    const head = (await w.meta.images.getRef('img', 'main'))!.version;
+    const layer = (await w.catalog.stageLayer('img', encodeLayer({ geometry: G, hasMasks: false, entries: [{ index: 0, id: hashBytes(poolChunk(1, 7)) }] }))).layer;
+    const t = Date.now();
+    await expect(w.catalog.commit({ image: 'img', parent: head, ref: 'main', layer, kind: 'publish', author: 't', message: '' }))
+      .rejects.toMatchObject({ code: 'DF_ERR_CHUNKS_MISSING', fields: { missing: [one] } });
+    expect(Date.now() - t).toBeGreaterThanOrEqual(4_000);
+    // Its lease gone (the run died): the next commit takes the row back and lands.
+    await w.meta.gc.release('r1', new Date().toISOString(), null);
+    await expect(w.catalog.commit({ image: 'img', parent: head, ref: 'main', layer, kind: 'publish', author: 't', message: '' })).resolves.toMatchObject({ kind: 'fast-forward' });
+    expect(await w.meta.gc.deleting('chunk', [one])).toEqual([]);
+    expect(await w.chunks.has(one)).toBe(true);
+  }, 20_000);
+
   it('one at a time: a second run gets DF_ERR_GC_RUNNING until the first finishes or its lease runs out', async () => {
     await publish(w, 'main', content(1));
     let release!: () => void;

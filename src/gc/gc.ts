@@ -329,7 +329,7 @@ export async function runGc(deps: GcDeps, opts: { dryRun?: boolean } = {}): Prom
       const gone = new Map<string, GcCandidate>();
       for (const c of page) {
         // Only what was recorded before this run read its roots (the lock makes that every other run's; this is a second guard).
-        if (c.run === run || (c.markedAt !== undefined && c.markedAt >= res.startedAt)) continue;
+        if (c.run === run || (c.markedAt !== undefined && c.markedAt > res.startedAt)) continue;
         if (await cursor.seek(c.id)) referenced.push(c.id);
         else gone.set(c.id, c);
       }

@@ -32,9 +32,10 @@ export function commitGuard(repo: GcRepo, opts: GuardOptions = {}): CommitGuard 
       const release = () => repo.unhold(id);
       const until = now() + waitMs;
       while (deleting.length && now() < until) {
-        await new Promise((r) => setTimeout(r, 20));
         const ids = new Set(deleting);
-        deleting = [...await repo.deleting('chunk', chunks.filter((c) => ids.has(c))), ...await repo.deleting('blob', ids.has(layer) ? [layer] : [])];
+        // A live run finishes its batch in moments; rows a dead run left are taken back at once.
+        deleting = [...await repo.reclaimStale('chunk', chunks.filter((c) => ids.has(c)), now()), ...await repo.reclaimStale('blob', ids.has(layer) ? [layer] : [], now())];
+        if (deleting.length) await new Promise((r) => setTimeout(r, 20));
       }
       if (deleting.length) {
         await release();

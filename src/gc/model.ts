@@ -82,6 +82,13 @@ export interface GcRepo {
   hold(h: GcHold, chunks: string[], blobs: string[], expires: number): Promise<{ deleting: string[] }>;
   /** Ids among these in state `deleting` (a commit waits for those to finish). */
   deleting(kind: GcKind, ids: string[]): Promise<string[]>;
+  /**
+   * Rows among these left `deleting` by a run that died (no live lock at `now`, epoch ms) are dropped,
+   * in one transaction with that check: the commit holding them then finds each object there (kept:
+   * its hold and version are roots for every later run) or not (uploaded again). Returns the ids
+   * still being deleted by a live run.
+   */
+  reclaimStale(kind: GcKind, ids: string[], now: number): Promise<string[]>;
   unhold(id: string): Promise<void>;
   /** Live holds (expired ones are dropped). */
   holds(now: number): Promise<GcHold[]>;

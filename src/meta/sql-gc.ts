@@ -125,6 +125,15 @@ export class SqlGcRepo implements GcRepo {
     return deletingIn(this.db, kind, ids);
   }
 
+  reclaimStale(kind: GcKind, ids: string[], now: number): Promise<string[]> {
+    return this.db.tx(async (q) => {
+      const live = await q.get('SELECT 1 AS x FROM gc_lock WHERE name = ? AND holder IS NOT NULL AND expires >= ?', [LOCK, now]);
+      if (live) return deletingIn(q, kind, ids);
+      for (const b of batches(ids)) await q.run(`DELETE FROM gc_objects WHERE kind = ? AND state = 'deleting' AND id IN (${marks(b.length)})`, [kind, ...b]);
+      return [];
+    });
+  }
+
   async unhold(id: string): Promise<void> {
     await this.db.run('DELETE FROM gc_holds WHERE id = ?', [id]);
   }
