@@ -281,9 +281,14 @@ export class FsChunkStore implements PrunableStore, PackReader {
       await fsp.rm(tomb, { force: true });
       return 'newer';
     }
-    this.forget([id]);
+    this.heads.delete(id); // the sender and the pack cache are told once per batch (afterRemovals)
     await fsp.rm(tomb, { force: true });
     return 'removed';
+  }
+
+  /** After a batch of removeIfUnchanged: whoever keeps chunk files open (the sender, the pack cache) lets go of them. */
+  afterRemovals(): void {
+    this.onForget?.();
   }
 
   async remove(id: string): Promise<void> {

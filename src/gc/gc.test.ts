@@ -161,6 +161,30 @@ describe('garbage collection', () => {
     expect(await w.blobs.has(orphan)).toBe(false);
   });
 
+  it('FsChunkStore.removeIfUnchanged spares a file written again; a sweep tells the sender once per batch', async () => {
+    const store = w.chunks as FsChunkStore;
+    const c = poolChunk(9, 7);
+    await store.put(idOf(c), { raw: c });
+    const [o] = await collect(store.objects());
+    await new Promise((r) => setTimeout(r, 5));
+    await store.put(idOf(c), { raw: c }); // stored already: its time becomes now
+    expect(await store.removeIfUnchanged(idOf(c), o!.mtime)).toBe('newer');
+    expect((await store.get(idOf(c))).raw).toEqual(c);
+    const [o2] = await collect(store.objects());
+    expect(await store.removeIfUnchanged(idOf(c), o2!.mtime)).toBe('removed');
+    expect(await store.removeIfUnchanged(idOf(c), o2!.mtime)).toBe('absent');
+    expect(await store.has(idOf(c))).toBe(false);
+    let told = 0;
+    store.onForget = () => told++;
+    await publish(w, 'main', content(1, 2));
+    await publish(w, 'main', content(3, 4));
+    await dropUnreferencedVersions(w);
+    await gc(w, { tmpDir: dir, graceMs: 0, now: () => Date.now() + 1000 });
+    const r = await gc(w, { tmpDir: dir, graceMs: 0, now: () => Date.now() + 2000 });
+    expect(r.deleted.chunks).toBe(2);
+    expect(told).toBe(1);
+  });
+
   it('the mark set merges sorted runs on disk', async () => {
     const m = new MarkSet(dir, 't', 3);
     const ids = Array.from({ length: 20 }, (_, i) => idOf(Buffer.from([i % 7])));
@@ -172,3 +196,9 @@ describe('garbage collection', () => {
     await m.dispose();
   });
 });
+
+async function collect<T>(it: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of it) out.push(x);
+  return out;
+}

@@ -49,6 +49,8 @@ export interface GcObject {
 export interface GcStore {
   objects(): AsyncIterable<GcObject>;
   removeIfUnchanged(id: string, mtime: number): Promise<'removed' | 'newer' | 'absent'>;
+  /** Called after each batch of removals (the local store tells its sender and pack cache). */
+  afterRemovals?(): void;
 }
 
 export interface GcProgress {
@@ -349,6 +351,7 @@ export async function runGc(deps: GcDeps, opts: { dryRun?: boolean } = {}): Prom
           }
         };
         await Promise.all(Array.from({ length: REMOVE_CONCURRENCY }, lane));
+        if (ids.length) store.afterRemovals?.();
         await deps.repo.dropCandidates(kind, ids);
       }
       seen += page.length;
