@@ -81,6 +81,28 @@ describe('garbage collection', () => {
     expect(await checkExports(w)).toBe(2);
   });
 
+  it("a commit whose final layer and index are old candidates (the same change made before, since dropped) cancels them", async () => {
+    await publish(w, 'main', content(1, 2));
+    const base = (await w.meta.images.getRef('img', 'main'))!.version;
+    await publish(w, 'main', content(3, 2));
+    const gone = (await w.meta.images.getVersion('img', base + 1))!;
+    await w.meta.images.moveRef('img', 'main', base, base + 1, 'rollback', 't', new Date().toISOString());
+    await dropUnreferencedVersions(w);
+    await gc(w, { tmpDir: dir, graceMs: HOUR, now: () => Date.now() + 2 * HOUR });
+    const blobs = (await w.meta.gc.candidates('blob', '', 100)).map((c) => c.id);
+    expect(blobs).toEqual(expect.arrayContaining([gone.layer, gone.index]));
+    const again = await publish(w, 'main', content(3, 2)); // the same change on the same parent: the same final layer and index
+    const v = (await w.meta.images.getVersion('img', again))!;
+    expect([v.layer, v.index]).toEqual([gone.layer, gone.index]);
+    const left = (await w.meta.gc.candidates('blob', '', 100)).map((c) => c.id);
+    expect(left).not.toContain(gone.layer);
+    expect(left).not.toContain(gone.index);
+    const r = await gc(w, { tmpDir: dir, graceMs: HOUR, now: () => Date.now() + 2 * HOUR });
+    expect(await w.blobs.has(gone.layer)).toBe(true);
+    expect(r.deleted.chunks).toBe(0);
+    expect(await checkExports(w)).toBe(2);
+  });
+
   it('a commit takes back rows a dead run left `deleting`; a live run makes it wait, then report them missing', async () => {
     await publish(w, 'main', content(1, 2));
     await publish(w, 'main', content(3, 4));

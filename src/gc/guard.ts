@@ -28,13 +28,14 @@ export function commitGuard(repo: GcRepo, opts: GuardOptions = {}): CommitGuard 
   return {
     async hold(image, layer, parentIndex, chunks) {
       const id = `${now()}-${randomBytes(6).toString('hex')}`;
-      let { deleting } = await repo.hold({ id, image, layer, parentIndex }, chunks, [layer], now() + holdMs);
+      const blobs = parentIndex ? [layer, parentIndex] : [layer];
+      let { deleting } = await repo.hold({ id, image, layer, parentIndex }, chunks, blobs, now() + holdMs);
       const release = () => repo.unhold(id);
       const until = now() + waitMs;
       while (deleting.length && now() < until) {
         const ids = new Set(deleting);
         // A live run finishes its batch in moments; rows a dead run left are taken back at once.
-        deleting = [...await repo.reclaimStale('chunk', chunks.filter((c) => ids.has(c)), now()), ...await repo.reclaimStale('blob', ids.has(layer) ? [layer] : [], now())];
+        deleting = [...await repo.reclaimStale('chunk', chunks.filter((c) => ids.has(c)), now()), ...await repo.reclaimStale('blob', blobs.filter((b) => ids.has(b)), now())];
         if (deleting.length) await new Promise((r) => setTimeout(r, 20));
       }
       if (deleting.length) {

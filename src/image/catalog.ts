@@ -193,9 +193,19 @@ export class Catalog {
     const index = applyLayer(parentIndex, final);
     const indexBytes = index.encode();
     const indexId = idHex(hashBytes(indexBytes));
-    await this.deps.blobs.put(layerId, { raw: layerBytes });
-    await this.deps.blobs.put(indexId, { raw: indexBytes });
+    // The final layer and index may be stored already (the same change made before, since dropped):
+    // held too, so a sweep neither takes them between these puts and the version row nor counts on their old time.
+    const release = this.deps.guard ? await this.deps.guard.hold(req.image, layerId, indexId, []) : undefined;
+    try {
+      await this.deps.blobs.put(layerId, { raw: layerBytes });
+      await this.deps.blobs.put(indexId, { raw: indexBytes });
+      return await this.land(req, commitKey, layerId, indexId, final, index);
+    } finally {
+      await release?.();
+    }
+  }
 
+  private async land(req: CommitRequest, commitKey: string, layerId: string, indexId: string, final: Layer, index: ChunkIndex): Promise<CommitOutcome> {
     const at = this.now();
     const outcome = await this.deps.images.commitVersion(
       {
