@@ -30,9 +30,9 @@ import type { GcCandidate, GcKind, GcRepo } from './model.js';
  *            (deltas are a cache: one phase; whoever needs one again builds it)
  *
  * Why nothing reachable goes: an object is removed only if a run R2 found it unreferenced although
- * it was recorded as a candidate before R2 read its roots. A commit records a hold (its staged layer)
- * and cancels candidates among its chunks in one transaction before it checks they are stored; it
- * drops the hold after its version row is in. So a commit that began before the candidate row
+ * it was recorded as a candidate before R2 read its roots. A commit records a hold (its staged layer
+ * and parent index; later its final layer and index) and cancels candidates among its chunks and those
+ * blobs in one transaction before it checks they are stored; it drops the holds after its version row is in. So a commit that began before the candidate row
  * existed is seen by R2 (hold or version, as holds are read before versions), and one that began
  * after cancelled the row, or found it 'deleting' and waits, then finds the chunk missing and
  * asks for it again (DF_ERR_CHUNKS_MISSING) — never a version without its chunks. Uploads that
