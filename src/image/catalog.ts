@@ -144,6 +144,15 @@ export class Catalog {
     return { layer: id, entries: layer.entries.length };
   }
 
+  /**
+   * Hold a staged layer against garbage collection until the returned release: a VDI checkpoint
+   * between staging its layer and recording it in the session row (a root from then on). `fresh`: the
+   * chunks it stored just now (candidates among them are cancelled).
+   */
+  async holdStaged(image: string, layer: string, fresh: string[]): Promise<() => Promise<void>> {
+    return this.deps.guard ? await this.deps.guard.hold(image, layer, null, fresh) : async () => {};
+  }
+
   async missingChunks(ids: string[]): Promise<string[]> {
     const flags = await Promise.all(ids.map((id) => this.deps.chunks.has(id)));
     return ids.filter((_, i) => !flags[i]);
