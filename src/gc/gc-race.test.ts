@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FsChunkStore } from '../chunk/fs-store.js';
+import { hashBytes, idHex } from '../chunk/id.js';
 import { scrub } from '../chunk/scrub.js';
 import { isDeskfuseError } from '../errors.js';
 import { openMeta } from '../meta/open.js';
@@ -88,5 +89,4 @@ describe('garbage collection races publishes, commits and retention', () => {
   }, 240_000);
 });
 
-import { hashBytes, idHex } from '../chunk/id.js';
 const idOf = (b: Buffer) => idHex(hashBytes(b));

@@ -1,3 +1,4 @@
+import { writeFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadServerConfig } from '../../src/config/server.js';
 import { baseDisk } from '../helpers/disk.js';
@@ -55,7 +56,6 @@ describe('store gc and store usage through the server', () => {
   });
 });
 
-import { writeFileSync } from 'node:fs';
 function writeJson(dir: string, v: unknown): string {
   const f = `${dir}/cfg.json`;
   writeFileSync(f, JSON.stringify(v));
