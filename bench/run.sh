@@ -5,7 +5,7 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd   (casync runs without
+#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc   (casync runs without
 #                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
 #                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
 #                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload;
@@ -65,7 +65,7 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, dhcpstorm, tftp, netboot or nbd (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, dhcpstorm, tftp, netboot, nbd or gc (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
@@ -112,9 +112,14 @@ storm_bench() { # its own, smaller workload: K endpoints × the provisioning mus
   fi
   { echo; echo "## Boot storm (bench/storm.sh, $(date -u +%FT%TZ))"; echo; CLI=$CLI bash "$BENCH/storm.sh" "$sdata" "$BENCH/data/storm.md"; } | tee -a "$RESULTS"
 }
-if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ] || [ "$ONLY" = dhcpstorm ]; then # need no shared workload
+gc_bench() { # its own synthetic store (GC_VERSIONS versions)
+  bash "$BENCH/gc.sh" "$RESULTS"
+}
+if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ] || [ "$ONLY" = dhcpstorm ] || [ "$ONLY" = gc ]; then # need no shared workload
   mkdir -p "$BENCH/data"
-  if [ "$ONLY" = storm ]; then
+  if [ "$ONLY" = gc ]; then
+    gc_bench
+  elif [ "$ONLY" = storm ]; then
     storm_bench
   elif [ "$ONLY" = dhcpstorm ]; then
     dhcpstorm_bench
@@ -378,6 +383,8 @@ if [ "$ONLY" = all ]; then
   nbd_bench
   log "storm: K endpoints at once vs nginx on the same bytes"
   storm_bench
+  log "gc: garbage collection of a store of GC_VERSIONS versions"
+  gc_bench
 fi
 
 log "results: $RESULTS"

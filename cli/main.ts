@@ -25,6 +25,7 @@ Usage:
   deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]
   deskfuse ref log IMAGE [REF] [--limit N]
   deskfuse store verify [--data DIR] [--meta URL] [--store URL]
+  deskfuse store gc [--dry-run] | deskfuse store usage
   deskfuse admin migrate [--data DIR] --to-meta postgres://… --to-store s3://…
   deskfuse agent sync --disk PATH --desktop NAME [--force] [--reprovision]
   deskfuse agent commit --disk PATH [--force]

@@ -12,6 +12,7 @@ import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { lifecycleRoutes } from './routes/lifecycle.js';
 import { opsRoutes } from './routes/ops.js';
+import { storeRoutes } from './routes/store.js';
 import { syncRoutes } from './routes/sync.js';
 import { tokenRoutes } from './routes/tokens.js';
 import { vdiRoutes } from './routes/vdi.js';
@@ -107,6 +108,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(vdiRoutes(ctx), { prefix: '/api/v1' });
   await app.register(tokenRoutes(ctx), { prefix: '/api/v1' });
   await app.register(lifecycleRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(storeRoutes(ctx), { prefix: '/api/v1' });
   await app.register(bootRoutes(ctx));
   return app;
 }

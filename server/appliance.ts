@@ -15,6 +15,12 @@ import { Endpoints } from '../src/endpoint/endpoints.js';
 import { loadTemplates } from '../src/ipxe/render.js';
 import { Catalog } from '../src/image/catalog.js';
 import { Lifecycle } from '../src/image/lifecycle.js';
+import { runGc, type GcProgress, type GcResult, type StoreUsage } from '../src/gc/gc.js';
+import { commitGuard } from '../src/gc/guard.js';
+import type { GcLockState } from '../src/gc/model.js';
+import { gcStoreOf } from '../src/gc/stores.js';
+import { registerUsageMetrics } from '../src/gc/usage-metrics.js';
+import { dfError } from '../src/errors.js';
 import { MAX_CHUNK_SIZE } from '../src/image/geometry.js';
 import { pruneMeta, type PruneCounts } from '../src/meta/prune.js';
 import { openConfiguredMeta } from '../src/meta/open.js';
@@ -40,10 +46,13 @@ import { forgetSentFiles, setSendRate } from './send-file.js';
  *                                (this server's sessions only: a session lives on the server that made it)
  *   nbd-cache/                   verified raw chunks served over NBD (made anew at every start)
  *   pack-cache/                  batch fetches asked for twice, as pack files (made anew at every start)
+ *   gc-tmp/                      garbage collection's sorted mark files while a run works
  *   admin.token                  the admin token, mode 0600, written once on first start
  */
 export const dataPaths = (dataDir: string) => ({
   meta: path.join(dataDir, 'meta.sqlite'),
+  /** Garbage collection's sorted mark files while a run works. */
+  gcTmp: path.join(dataDir, 'gc-tmp'),
   chunks: path.join(dataDir, 'chunks'),
   blobs: path.join(dataDir, 'blobs'),
   deltas: path.join(dataDir, 'deltas'),
@@ -70,9 +79,30 @@ export interface Appliance {
   prune(): Promise<PruneCounts>;
   /** Prune every image's versions by its retention policy, and idle deltas (server/services/prune.ts runs it too). */
   pruneVersions(): ReturnType<Lifecycle['pruneAll']>;
+  /**
+   * One garbage collection of the stores (src/gc/gc.ts): DF_ERR_GC_RUNNING when one runs here or on
+   * another server. A dry run changes nothing (and is what `store usage` runs).
+   */
+  gc(opts?: GcRunOptions): Promise<GcResult>;
+  /** What a run here does now (or its result, or why it failed), and the database's lock row (the last run of any server). */
+  gcStatus(run?: string): Promise<GcStatus>;
   /** One background scrub pass of the local chunk store (server/services/scrub.ts runs it); undefined on an S3 store (its reads verify). */
   scrub(signal?: AbortSignal): Promise<ScrubPass | undefined>;
   close(): Promise<void>;
+}
+
+export interface GcRunOptions {
+  dryRun?: boolean;
+  onProgress?: (p: GcProgress) => void;
+  onStarted?: (run: string) => void;
+}
+
+export interface GcStatus {
+  running: (GcProgress & { run: string; dryRun: boolean }) | null;
+  /** The asked-for run, once finished here. */
+  result: GcResult | null;
+  error: { code: string; message: string } | null;
+  lock: GcLockState | null;
 }
 
 export interface ApplianceOptions {
@@ -84,6 +114,8 @@ export interface ApplianceOptions {
    */
   vdiDir?: string;
   nbdCacheDir?: string;
+  /** Awaited between GC batches (tests slow a run down to kill the server in the middle of it). */
+  gcStep?: (phase: string) => Promise<void>;
   /** Boot events larger than this (bytes) are published by number (default 7000, under PostgreSQL's NOTIFY limit); tests lower it. */
   notifyLimit?: number;
 }
@@ -110,7 +142,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
         packs?.clear();
       };
     }
-    const catalog = new Catalog({ images: meta.images, chunks, blobs, now, ...(log ? { log } : {}) });
+    const catalog = new Catalog({ images: meta.images, chunks, blobs, now, guard: commitGuard(meta.gc), ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(meta, p.adminToken);
     const nb = config.netboot;
@@ -140,9 +172,59 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
       discardSession: (id) => sessions.discard(id, 'admin', true),
     });
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, lifecycle, ...(packs ? { packs } : {}) };
+    // Garbage collection: one run at a time in this process (the database lock covers every server).
+    let gcRunning: { progress: GcProgress; run?: string } | undefined;
+    let lastUsage: StoreUsage | undefined;
+    registerUsageMetrics(metrics, () => lastUsage);
+    // Runs of this server, by id: in progress, finished (result) or failed (error); the last few are kept.
+    const runs = new Map<string, { dryRun: boolean; progress: GcProgress; result?: GcResult; error?: { code: string; message: string } }>();
+    const gc = async (o: GcRunOptions = {}): Promise<GcResult> => {
+      if (gcRunning && !o.dryRun) throw dfError('DF_ERR_GC_RUNNING', `a garbage collection is already running on ${config.serverName} (${gcRunning.progress.phase})`, { holder: config.serverName, phase: gcRunning.progress.phase });
+      const mine: { progress: GcProgress; run?: string } = { progress: { phase: 'start', done: 0 } };
+      if (!o.dryRun) gcRunning = mine;
+      try {
+        const r = await runGc({
+          repo: meta.gc, images: meta.images, chunks: gcStoreOf(chunks), blobs: gcStoreOf(blobs), deltas,
+          readBlob: async (id) => (await blobs.get(id)).raw, tmpDir: p.gcTmp, holder: config.serverName,
+          graceMs: config.gc.graceSeconds * 1000, leaseMs: config.gc.leaseSeconds * 1000,
+          onProgress: (pr) => {
+            mine.progress = pr;
+            const r = mine.run && runs.get(mine.run);
+            if (r) r.progress = pr;
+            o.onProgress?.(pr);
+          },
+          onStarted: (run) => {
+            mine.run = run;
+            runs.set(run, { dryRun: o.dryRun ?? false, progress: mine.progress });
+            while (runs.size > 16) runs.delete(runs.keys().next().value!);
+            o.onStarted?.(run);
+          },
+          ...(opts.gcStep ? { step: opts.gcStep } : {}), ...(log ? { log } : {}),
+        }, { dryRun: o.dryRun ?? false });
+        lastUsage = r.usage;
+        const kept = runs.get(r.run);
+        if (kept) kept.result = r;
+        return r;
+      } catch (err) {
+        const kept = mine.run && runs.get(mine.run);
+        if (kept) kept.error = { code: (err as { code?: string }).code ?? 'DF_ERR_INTERNAL', message: (err as Error).message };
+        throw err;
+      } finally {
+        if (gcRunning === mine) gcRunning = undefined;
+      }
+    };
+    const gcStatus = async (run?: string): Promise<GcStatus> => {
+      const r = run ? runs.get(run) : undefined;
+      const live = r
+        ? (r.result || r.error ? null : { ...r.progress, run: run!, dryRun: r.dryRun })
+        : gcRunning?.run ? { ...gcRunning.progress, run: gcRunning.run, dryRun: false } : null;
+      return { running: live, result: r?.result ?? null, error: r?.error ?? null, lock: (await meta.gc.state()) ?? null };
+    };
+    ctx.gc = { run: gc, status: gcStatus };
     const app = await buildApp(ctx, log);
     return {
       app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),
+      gc, gcStatus,
       prune: () => pruneMeta(meta, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
       pruneVersions: () => lifecycle.pruneAll(),
       scrub: async (signal) => {

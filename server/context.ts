@@ -6,6 +6,8 @@ import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
 import type { Catalog } from '../src/image/catalog.js';
 import type { Lifecycle } from '../src/image/lifecycle.js';
+import type { GcResult } from '../src/gc/gc.js';
+import type { GcRunOptions, GcStatus } from './appliance.js';
 import type { Meta } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
 import type { DeltaCache } from '../src/sync/delta-cache.js';
@@ -33,6 +35,11 @@ export interface AppContext {
   admission: Admission;
   /** Retention policies, prune and deletes (server/routes/lifecycle.ts). */
   lifecycle: Lifecycle;
+  /** Garbage collection of the stores (set by the composition root; routes/store.ts). */
+  gc?: {
+    run(opts?: GcRunOptions): Promise<GcResult>;
+    status(run?: string): Promise<GcStatus>;
+  };
 }
 
 /**

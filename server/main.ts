@@ -3,6 +3,7 @@ import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
+import { startGcService } from './services/gc.js';
 import { startPruneService } from './services/prune.js';
 import { startScrubService } from './services/scrub.js';
 
@@ -13,7 +14,9 @@ import { startScrubService } from './services/scrub.js';
 export async function runServer(src: ConfigSources, out: NodeJS.WritableStream = process.stdout): Promise<void> {
   const config = loadServerConfig(src);
   const log = pino({ level: config.logLevel, base: { svc: 'deskfuse' }, redact: ['req.headers.authorization'] });
-  const appliance = await openAppliance(config, log);
+  // Tests kill a server in the middle of a garbage collection: this slows each of its batches down.
+  const gcStepMs = Number(process.env.DESKFUSE_TEST_GC_STEP_MS ?? 0);
+  const appliance = await openAppliance(config, log, gcStepMs > 0 ? { gcStep: () => new Promise((r) => setTimeout(r, gcStepMs)) } : {});
   if (appliance.newAdminToken) {
     out.write(
       `\nAdmin token (shown once; also saved to ${config.dataDir}/admin.token, mode 0600):\n\n  ${appliance.newAdminToken}\n\n` +
@@ -36,12 +39,14 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
 
   const pruner = startPruneService(config.retention, appliance, log);
   const scrubber = startScrubService(config.scrub, config.dataDir, appliance, log);
+  const collector = startGcService(config.gc, appliance, log);
 
   await new Promise<void>((resolve) => {
     const stop = (signal: string) => {
       log.info({ signal }, 'stopping');
       pruner.close();
       scrubber.close();
+      collector.close();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
       nbd!.close().then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {

@@ -26,6 +26,8 @@ export const ERRORS = {
   DF_ERR_REF_MOVED: { status: 409, message: 'the ref is not at the expected version' },
   DF_ERR_CONFLICT: { status: 409, message: "the commit's parent is not the ref's head (or its lease is stale); the version is kept as a conflict" },
   DF_ERR_CHUNKS_MISSING: { status: 409, message: 'the server lacks chunks the commit needs' },
+  DF_ERR_GC_UNSAFE: { status: 409, message: 'garbage collection refused: a root cannot be read (run store verify)' },
+  DF_ERR_GC_RUNNING: { status: 409, message: 'a garbage collection is already running' },
   DF_ERR_LAYER_NOT_FOUND: { status: 409, message: 'the layer was not uploaded' },
   DF_ERR_DESKTOP_NOT_FOUND: { status: 404, message: 'no such desktop' },
   DF_ERR_DESKTOP_EXISTS: { status: 409, message: 'the desktop already exists' },

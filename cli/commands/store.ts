@@ -7,17 +7,22 @@ import { dfError } from '../../src/errors.js';
 import { MAX_CHUNK_SIZE } from '../../src/image/geometry.js';
 import { openConfiguredMeta } from '../../src/meta/open.js';
 import { fmtBytes } from '../../src/progress.js';
-import { parse, type Io } from '../args.js';
+import { clientFrom, parse, type Io } from '../args.js';
+import type { GcResult, StoreUsage, Tally } from '../../src/gc/gc.js';
 import { emit } from '../output.js';
 
 export const STORE_USAGE = 'deskfuse store verify [--data DIR] [--meta URL] [--store URL] [--config FILE]\n' +
   '  read back every chunk and check every version has its chunks (the same --data/--meta/--store as the server:\n' +
-  '  with s3:// the bucket itself is read, not a server\'s cache)\n';
+  '  with s3:// the bucket itself is read, not a server\'s cache)\n' +
+  'deskfuse store gc [--dry-run]     one garbage collection on the server: unreferenced objects older than the grace\n' +
+  '  period become candidates; candidates of an earlier run still unreferenced are removed (--dry-run: say what would go)\n' +
+  'deskfuse store usage              bytes stored by kind and by image, and what garbage collection can reclaim\n';
 
 export async function storeCommand(args: string[], io: Io): Promise<number> {
   const [sub, ...rest] = args;
-  const { values } = parse(rest, { data: { type: 'string' }, meta: { type: 'string' }, store: { type: 'string' }, config: { type: 'string' } });
+  const { values } = parse(rest, { data: { type: 'string' }, meta: { type: 'string' }, store: { type: 'string' }, config: { type: 'string' }, 'dry-run': { type: 'boolean', default: false } });
   const asksHelp = values.help || sub === '--help' || sub === '-h' || sub === 'help';
+  if (!asksHelp && (sub === 'gc' || sub === 'usage')) return await gcCommand(sub, values, io);
   if (sub !== 'verify' || asksHelp) {
     io.out.write(STORE_USAGE);
     return asksHelp ? 0 : 2;
@@ -43,4 +48,56 @@ export async function storeCommand(args: string[], io: Io): Promise<number> {
   } finally {
     await meta.close();
   }
+}
+
+interface GcStatusBody {
+  running: { phase: string; done: number } | null;
+  result: GcResult | null;
+  error: { code: string; message: string } | null;
+}
+
+/** `store gc` and `store usage`: start a run on the server (usage: a dry run), show its progress, print its figures. */
+async function gcCommand(sub: 'gc' | 'usage', values: { server?: string | undefined; token?: string | undefined; json: boolean; 'dry-run': boolean }, io: Io): Promise<number> {
+  const client = clientFrom(values, io.env);
+  const dryRun = sub === 'usage' || values['dry-run'];
+  const { run } = (await client.json<{ run: string }>('POST', `/api/v1/store/gc${dryRun ? '?dryRun=true' : ''}`)).body;
+  let shown = '';
+  for (;;) {
+    const s = (await client.json<GcStatusBody>('GET', `/api/v1/store/gc?run=${encodeURIComponent(run)}`)).body;
+    if (s.error) throw dfError(s.error.code as never, s.error.message, { run });
+    if (s.result) {
+      if (shown && !values.json) io.err.write('\n');
+      const r = s.result;
+      if (sub === 'usage') emit(io, values.json, r.usage, () => usageText(r.usage));
+      else emit(io, values.json, r, () => gcText(r));
+      return 0;
+    }
+    const line = s.running ? `${s.running.phase}: ${s.running.done}` : 'starting';
+    if (line !== shown && !values.json && io.err.isTTY) io.err.write(`\r${line.padEnd(40)}`);
+    else if (line !== shown && !values.json) io.err.write(`${line}\n`);
+    shown = line;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
+
+const t = (x: Tally) => `${x.count} (${fmtBytes(x.bytes)})`;
+
+function gcText(r: GcResult): string {
+  return [
+    `garbage collection ${r.run}${r.dryRun ? ' (dry run: nothing changed)' : ''} in ${r.seconds.toFixed(1)} s`,
+    `  marked (referenced):   ${r.marked.chunks} chunks, ${r.marked.blobs} layers/indexes, ${fmtBytes(r.marked.bytes)}`,
+    `  new candidates:        ${r.candidates.chunks} chunks, ${r.candidates.blobs} layers/indexes, ${fmtBytes(r.candidates.bytes)} (removed by the next run if still unreferenced)`,
+    `  cancelled:             ${r.cancelled} (referenced or written again since they were marked)`,
+    `  ${r.dryRun ? 'would delete:' : 'deleted:     '}          ${r.deleted.chunks} chunks, ${r.deleted.blobs} layers/indexes, ${r.deleted.deltas} deltas, ${fmtBytes(r.deleted.bytes)} freed`,
+  ].join('\n') + '\n';
+}
+
+function usageText(u: StoreUsage): string {
+  const lines = [
+    `chunks:               ${t(u.kinds.chunks)}`, `layers:               ${t(u.kinds.layers)}`, `chunk indexes:        ${t(u.kinds.indexes)}`,
+    `deltas:               ${t(u.kinds.deltas)}`, `unreferenced chunks:  ${t(u.kinds.unreferencedChunks)}`, `unreferenced blobs:   ${t(u.kinds.unreferencedBlobs)}`,
+    `reclaimable:          ${t(u.reclaimable)} (unreferenced and older than the grace period)`, '', 'by image (bytes its versions reference; shared chunks count in each):',
+  ];
+  for (const i of u.images) lines.push(`  ${i.image}: ${fmtBytes(i.chunks.bytes + i.blobs.bytes)} (${i.chunks.count} chunks, ${i.blobs.count} layers/indexes)`);
+  return lines.join('\n') + '\n';
 }

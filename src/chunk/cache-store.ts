@@ -186,6 +186,11 @@ export class CacheStore implements PrunableStore {
     await Promise.all(victims.map((id) => this.local.remove(id).catch(() => {})));
   }
 
+  /** Drop this server's cached copy (the remote object was removed, by garbage collection). */
+  drop(id: string): Promise<void> {
+    return this.forget(id);
+  }
+
   private async forget(id: string): Promise<void> {
     const size = this.lru.get(id);
     if (size !== undefined) {

@@ -193,7 +193,9 @@ export class FsChunkStore implements PrunableStore, PackReader {
     const writes = await Promise.allSettled(
       [...unique].map(async ([id, frame]) => {
         const final = this.pathOf(id);
-        if (await this.has(id)) {
+        // Stored already: its modification time becomes now, so a garbage collection that marked it
+        // (unreferenced and old) sees it written again and keeps it (src/gc/gc.ts).
+        if (await this.touch(final)) {
           existing++;
           return;
         }
@@ -230,6 +232,63 @@ export class FsChunkStore implements PrunableStore, PackReader {
     for (const fan of fans) {
       for (const n of await fsp.readdir(path.join(this.root, fan))) if (n.startsWith('.tmp-')) yield path.join(this.root, fan, n);
     }
+  }
+
+  /** Set a stored file's modification time to now: false when there is no such file. */
+  private async touch(file: string): Promise<boolean> {
+    const now = new Date();
+    try {
+      await fsp.utimes(file, now, now);
+      return true;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw storeIoError(err, 'lookup', path.basename(file));
+    }
+  }
+
+  /** Every stored chunk in id order, with its size and modification time (epoch ms), for garbage collection. */
+  async *objects(): AsyncIterable<{ id: string; size: number; mtime: number }> {
+    for await (const id of this.list()) {
+      const st = await fsp.stat(this.pathOf(id)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return undefined; // removed meanwhile
+        throw err;
+      });
+      if (st) yield { id, size: st.size, mtime: Math.floor(st.mtimeMs) };
+    }
+  }
+
+  /**
+   * Remove a chunk unless it was written (or touched by a put) after `mtime`: the name is first
+   * renamed away (atomic: a put from then on finds no file and writes a new one), then the file's
+   * time is checked; a newer one is linked back (unless a put already wrote the name again).
+   */
+  async removeIfUnchanged(id: string, mtime: number): Promise<'removed' | 'newer' | 'absent'> {
+    const file = this.pathOf(id);
+    const tomb = `${file}.gc`;
+    try {
+      await fsp.rename(file, tomb);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw storeIoError(err, 'remove', `chunk ${id}`);
+      // A crash may have left the renamed file (a rerun finishes what it started).
+      const left = await fsp.stat(tomb).catch(() => undefined);
+      if (!left) return 'absent';
+    }
+    const st = await fsp.stat(tomb);
+    if (Math.floor(st.mtimeMs) > mtime) {
+      await fsp.link(tomb, file).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+      });
+      await fsp.rm(tomb, { force: true });
+      return 'newer';
+    }
+    this.heads.delete(id); // the sender and the pack cache are told once per batch (afterRemovals)
+    await fsp.rm(tomb, { force: true });
+    return 'removed';
+  }
+
+  /** After a batch of removeIfUnchanged: whoever keeps chunk files open (the sender, the pack cache) lets go of them. */
+  afterRemovals(): void {
+    this.onForget?.();
   }
 
   async remove(id: string): Promise<void> {

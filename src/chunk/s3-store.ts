@@ -169,27 +169,49 @@ export class S3ChunkStore implements PrunableStore {
     return { chunks, bytes };
   }
 
-  /** Every chunk object, in key order (ListObjectsV2, 1,000 a page, following continuation tokens). */
-  private async *objects(): AsyncIterable<{ id: string; size: number }> {
-    const prefix = this.root;
-    let token: string | undefined;
-    do {
-      const query: Record<string, string> = { 'list-type': '2', prefix, 'max-keys': String(this.opts.listPageSize ?? 1000) };
-      if (token) query['continuation-token'] = token;
-      const r = await this.client.request('GET', undefined, 'a chunk listing', { query, maxBody: 16 * 1024 * 1024 });
-      const xml = r.body.toString('utf8');
-      for (const m of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
-        const key = xmlText(/<Key>([^<]*)<\/Key>/.exec(m[1]!)?.[1] ?? '');
-        const size = Number(/<Size>(\d+)<\/Size>/.exec(m[1]!)?.[1] ?? NaN);
-        const id = key.slice(key.lastIndexOf('/') + 1);
-        // Only well-formed chunk keys count: <prefix><folder>/<id[0..2]>/<id>
-        if (isIdHex(id) && key === `${prefix}${id.slice(0, 2)}/${id}` && Number.isFinite(size)) yield { id, size };
-      }
-      const truncated = /<IsTruncated>true<\/IsTruncated>/.test(xml);
-      token = truncated ? xmlText(/<NextContinuationToken>([^<]*)<\/NextContinuationToken>/.exec(xml)?.[1] ?? '') : undefined;
-      if (truncated && !token) throw dfError('DF_ERR_S3', `the S3 store ${this.loc.endpoint} sent a truncated listing without a continuation token`, { bucket: this.loc.bucket });
-    } while (token);
+  /**
+   * Remove an object unless it was written after `mtime` (epoch ms; S3 answers a HEAD's Last-Modified
+   * in whole seconds). A conditional PUT of an existing key does not write it, so "newer" means it was
+   * deleted and written again.
+   */
+  async removeIfUnchanged(id: string, mtime: number): Promise<'removed' | 'newer' | 'absent'> {
+    const head = await this.client.request('HEAD', this.keyOf(id), `HEAD of chunk ${id}`, { expect: [404] });
+    if (head.status === 404) return 'absent';
+    const lm = Date.parse(head.headers.get('last-modified') ?? '');
+    if (Number.isFinite(lm) && lm > Math.floor(mtime / 1000) * 1000) return 'newer';
+    await this.remove(id);
+    return 'removed';
   }
+
+  /** Every chunk object, in key order (ListObjectsV2, 1,000 a page, following continuation tokens), with its LastModified (epoch ms). */
+  async *objects(): AsyncIterable<{ id: string; size: number; mtime: number }> {
+    const prefix = this.root;
+    for await (const o of listObjects(this.client, prefix, this.opts.listPageSize ?? 1000)) {
+      const id = o.key.slice(o.key.lastIndexOf('/') + 1);
+      // Only well-formed chunk keys count: <prefix><folder>/<id[0..2]>/<id>
+      if (isIdHex(id) && o.key === `${prefix}${id.slice(0, 2)}/${id}`) yield { id, size: o.size, mtime: o.mtime };
+    }
+  }
+}
+
+/** Every object under `prefix`, in key order (ListObjectsV2, following continuation tokens): key, size, LastModified (epoch ms, 0 if unsaid). */
+export async function* listObjects(client: S3Client, prefix: string, pageSize = 1000): AsyncIterable<{ key: string; size: number; mtime: number }> {
+  let token: string | undefined;
+  do {
+    const query: Record<string, string> = { 'list-type': '2', prefix, 'max-keys': String(pageSize) };
+    if (token) query['continuation-token'] = token;
+    const r = await client.request('GET', undefined, 'a listing', { query, maxBody: 16 * 1024 * 1024 });
+    const xml = r.body.toString('utf8');
+    for (const m of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
+      const key = xmlText(/<Key>([^<]*)<\/Key>/.exec(m[1]!)?.[1] ?? '');
+      const size = Number(/<Size>(\d+)<\/Size>/.exec(m[1]!)?.[1] ?? NaN);
+      const mtime = Date.parse(/<LastModified>([^<]*)<\/LastModified>/.exec(m[1]!)?.[1] ?? '');
+      if (Number.isFinite(size)) yield { key, size, mtime: Number.isFinite(mtime) ? mtime : 0 };
+    }
+    const truncated = /<IsTruncated>true<\/IsTruncated>/.test(xml);
+    token = truncated ? xmlText(/<NextContinuationToken>([^<]*)<\/NextContinuationToken>/.exec(xml)?.[1] ?? '') : undefined;
+    if (truncated && !token) throw dfError('DF_ERR_S3', `the S3 store ${client.loc.endpoint} sent a truncated listing without a continuation token`, { bucket: client.loc.bucket });
+  } while (token);
 }
 
 /** The five predefined XML entities and numeric references (S3 escapes keys and tokens this way). */

@@ -37,6 +37,7 @@ export interface ServerConfig {
   readonly nbd: NbdConfig;
   readonly enrolment: EnrolmentConfig;
   readonly retention: RetentionConfig;
+  readonly gc: GcConfig;
   readonly scrub: ScrubConfig;
   readonly packCache: PackCacheConfig;
   readonly admission: AdmissionConfig;
@@ -118,6 +119,20 @@ export interface RetentionConfig {
   readonly deltaIdleDays: number;
   /** 1 (default): the timer prunes every image's versions; 0: only `deskfuse image prune` does (deltas still go when idle). */
   readonly pruneVersions: number;
+}
+
+/**
+ * Garbage collection of the stores (src/gc/gc.ts; server/services/gc.ts runs it): chunks, layers, chunk
+ * indexes and deltas no version, VDI checkpoint or in-flight commit reaches. An object goes on the
+ * second run that finds it unreferenced and older than the grace period.
+ */
+export interface GcConfig {
+  /** Seconds between two runs (the first one interval after start); 0 = never (run `deskfuse store gc`). Default 86400 (daily). */
+  readonly intervalSeconds: number;
+  /** Unreferenced objects younger than this stay: it must be longer than the longest upload (a client uploads before it commits). Default 86400 (24 h). */
+  readonly graceSeconds: number;
+  /** The run's lock lease in the database (renewed every third of it): how soon another server takes over after a crash. Default 60. */
+  readonly leaseSeconds: number;
 }
 
 /**
@@ -238,6 +253,7 @@ export const DEFAULTS: ServerConfig = {
   nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400, ...DEFAULT_RETENTION_POLICY, deltaIdleDays: 30, pruneVersions: 1 },
+  gc: { intervalSeconds: 86400, graceSeconds: 86400, leaseSeconds: 60 },
   scrub: { intervalSeconds: 86400, mibPerSecond: 32 },
   packCache: { mib: 2048 },
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
@@ -282,7 +298,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'scrub', 'packCache', 'admission', 'tftp', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
@@ -306,6 +322,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const nbd = loadNbd((file.nbd ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen?.host ?? DEFAULTS.listen.host, problems);
   const enrolment = loadIntegers('enrolment', (file.enrolment ?? {}) as Record<string, unknown>, DEFAULTS.enrolment, { pendingMax: [0, 1e7], perMinute: [0, 1e6], pendingSeconds: [60, 365 * 86400] }, problems);
   const retention = loadIntegers('retention', (file.retention ?? {}) as Record<string, unknown>, DEFAULTS.retention, { intervalSeconds: [0, 7 * 86400], eventsSeconds: [3600, 10 * 365 * 86400], tokensSeconds: [0, 10 * 365 * 86400], ...POLICY_RANGES, deltaIdleDays: [0, 36_500], pruneVersions: [0, 1] }, problems);
+  const gc = loadIntegers('gc', (file.gc ?? {}) as Record<string, unknown>, DEFAULTS.gc, { intervalSeconds: [0, 30 * 86400], graceSeconds: [0, 365 * 86400], leaseSeconds: [2, 3600] }, problems);
   const scrub = loadIntegers('scrub', (file.scrub ?? {}) as Record<string, unknown>, DEFAULTS.scrub, { intervalSeconds: [0, 30 * 86400], mibPerSecond: [1, 100_000] }, problems);
   const packCache = loadIntegers('packCache', (file.packCache ?? {}) as Record<string, unknown>, DEFAULTS.packCache, { mib: [0, 1 << 20] }, problems);
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
@@ -313,7 +330,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, scrub, packCache, admission, tftp, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

@@ -1,4 +1,5 @@
 import { dfError } from '../errors.js';
+import type { CommitGuard } from '../gc/guard.js';
 import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { HASH_ALG, hashBytes, idHex, isZeroId } from '../chunk/id.js';
@@ -22,6 +23,8 @@ export interface CatalogDeps {
   blobs: ChunkStore;
   log?: Logger;
   now?: () => Date;
+  /** Garbage collection's protection of what a commit is about to reference (src/gc/guard.ts). */
+  guard?: CommitGuard;
 }
 
 export interface CommitRequest {
@@ -141,6 +144,15 @@ export class Catalog {
     return { layer: id, entries: layer.entries.length };
   }
 
+  /**
+   * Hold a staged layer against garbage collection until the returned release: a VDI checkpoint
+   * between staging its layer and recording it in the session row (a root from then on). `fresh`: the
+   * chunks it stored just now (candidates among them are cancelled).
+   */
+  async holdStaged(image: string, layer: string, fresh: string[]): Promise<() => Promise<void>> {
+    return this.deps.guard ? await this.deps.guard.hold(image, layer, null, fresh) : async () => {};
+  }
+
   async missingChunks(ids: string[]): Promise<string[]> {
     const flags = await Promise.all(ids.map((id) => this.deps.chunks.has(id)));
     return ids.filter((_, i) => !flags[i]);
@@ -164,6 +176,21 @@ export class Catalog {
     }
 
     const needed = [...new Set(staged.entries.filter((e) => !isZeroId(e.id)).map((e) => idHex(e.id)))];
+    // From here until its version row is in, garbage collection keeps the staged layer and its chunks.
+    const release = this.deps.guard ? await this.deps.guard.hold(req.image, req.layer, parent?.index ?? null, needed) : undefined;
+    try {
+      return await this.commitHeld(req, staged, needed, parent, commitKey);
+    } finally {
+      await release?.();
+    }
+  }
+
+  private async commitHeld(req: CommitRequest, staged: Layer, needed: string[], parent: VersionRow | null, commitKey: string): Promise<CommitOutcome> {
+    if (this.deps.guard) {
+      // Checked again under the hold: a sweep may have taken the staged layer, or retention the parent, meanwhile.
+      if (!(await this.deps.blobs.has(req.layer))) throw dfError('DF_ERR_LAYER_NOT_FOUND', `layer ${req.layer} was not uploaded`, { layer: req.layer });
+      if (parent) await this.version(req.image, parent.version);
+    }
     const missing = await this.missingChunks(needed);
     if (missing.length) {
       throw dfError('DF_ERR_CHUNKS_MISSING', `${missing.length} of the commit's chunks are not stored`, { image: req.image, missing });
@@ -175,9 +202,19 @@ export class Catalog {
     const index = applyLayer(parentIndex, final);
     const indexBytes = index.encode();
     const indexId = idHex(hashBytes(indexBytes));
-    await this.deps.blobs.put(layerId, { raw: layerBytes });
-    await this.deps.blobs.put(indexId, { raw: indexBytes });
+    // The final layer and index may be stored already (the same change made before, since dropped):
+    // held too, so a sweep neither takes them between these puts and the version row nor counts on their old time.
+    const release = this.deps.guard ? await this.deps.guard.hold(req.image, layerId, indexId, []) : undefined;
+    try {
+      await this.deps.blobs.put(layerId, { raw: layerBytes });
+      await this.deps.blobs.put(indexId, { raw: indexBytes });
+      return await this.land(req, commitKey, layerId, indexId, final, index);
+    } finally {
+      await release?.();
+    }
+  }
 
+  private async land(req: CommitRequest, commitKey: string, layerId: string, indexId: string, final: Layer, index: ChunkIndex): Promise<CommitOutcome> {
     const at = this.now();
     const outcome = await this.deps.images.commitVersion(
       {

@@ -339,6 +339,60 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
 
   });
 
+  describe(`garbage collection (${engine})`, () => {
+    const id = (c: string) => c.repeat(64);
+    beforeEach(async () => {
+      meta = await fx.open();
+      await meta.images.createImage({ name: 'win11', virtualSize: 1 << 30, chunkSize: 65536, hashAlg: 'blake3', createdAt: T0 });
+    });
+
+    it('the lock: one holder until it releases or its lease runs out; renew fails once taken over', async () => {
+      expect(await meta.gc.acquire('a', 'r1', NOW, NOW + 60_000)).toBeUndefined();
+      expect(await meta.gc.acquire('b', 'r2', NOW + 1000, NOW + 61_000)).toMatchObject({ holder: 'a', run: 'r1' });
+      expect(await meta.gc.renew('r1', NOW + 120_000, 'mark', { done: 5 })).toBe(true);
+      expect(await meta.gc.state()).toMatchObject({ holder: 'a', phase: 'mark', progress: { done: 5 } });
+      expect(await meta.gc.acquire('b', 'r2', NOW + 121_000, NOW + 200_000)).toBeUndefined(); // a's lease ran out
+      expect(await meta.gc.renew('r1', NOW + 300_000, 'sweep', {})).toBe(false);
+      await meta.gc.release('r2', ago(0), { ok: 1 });
+      expect(await meta.gc.state()).toMatchObject({ holder: null, phase: 'done', result: { ok: 1 } });
+      expect(await meta.gc.acquire('c', 'r3', NOW, NOW + 1)).toBeUndefined();
+    });
+
+    it('candidates page in id order; startDeleting moves only rows still there; a hold cancels candidates and reports those being deleted', async () => {
+      const row = (c: string) => ({ kind: 'chunk' as const, id: id(c), state: 'candidate' as const, size: 10, mtime: 5, run: 'r1' });
+      await meta.gc.addCandidates(['3', '1', '2', '4'].map(row), ago(0));
+      await meta.gc.addCandidates([row('1')], ago(0)); // again: kept once
+      expect((await meta.gc.candidates('chunk', '', 2)).map((c) => c.id)).toEqual([id('1'), id('2')]);
+      expect((await meta.gc.candidates('chunk', id('2'), 10)).map((c) => c.id)).toEqual([id('3'), id('4')]);
+      expect(await meta.gc.candidates('blob', '', 10)).toEqual([]);
+      expect(await meta.gc.startDeleting('chunk', [id('1')])).toEqual([id('1')]);
+      const h = await meta.gc.hold({ id: 'h1', image: 'win11', layer: id('a'), parentIndex: id('b') }, [id('1'), id('2')], [id('a')], NOW + 1000);
+      expect(h.deleting).toEqual([id('1')]);
+      expect((await meta.gc.candidates('chunk', '', 10)).map((c) => c.id)).toEqual([id('1'), id('3'), id('4')]); // 2 cancelled
+      expect(await meta.gc.startDeleting('chunk', [id('2'), id('3')])).toEqual([id('3')]);
+      expect(await meta.gc.holds(NOW)).toEqual([{ id: 'h1', image: 'win11', layer: id('a'), parentIndex: id('b') }]);
+      expect(await meta.gc.holds(NOW + 2000)).toEqual([]); // expired holds go
+      // A live run's rows stay; a dead run's are taken back.
+      await meta.gc.acquire('a', 'r9', NOW, NOW + 60_000);
+      expect((await meta.gc.reclaimStale('chunk', [id('1'), id('3')], NOW)).sort()).toEqual([id('1'), id('3')]);
+      expect(await meta.gc.reclaimStale('chunk', [id('1'), id('3')], NOW + 61_000)).toEqual([]);
+      expect(await meta.gc.deleting('chunk', [id('1'), id('3')])).toEqual([]);
+      await meta.gc.dropCandidates('chunk', [id('4')]);
+      expect(await meta.gc.candidates('chunk', '', 10)).toEqual([]);
+    });
+
+    it('version roots page in (image, version) order and say whether the parent row is kept; open sessions checkpoint roots', async () => {
+      await meta.images.commitVersion(version(null, at(1), { layer: id('1'), index: id('2') }), 'main', 'c/1');
+      await meta.images.commitVersion(version(1, at(2), { layer: id('3'), index: id('4') }), 'main', 'c/2');
+      await meta.images.commitVersion(version(2, at(3), { layer: id('5'), index: id('6') }), 'main', 'c/3');
+      await meta.engine.run('DELETE FROM versions WHERE image = ? AND version = 2', ['win11']);
+      const first = await meta.gc.versionRoots(null, 1);
+      expect(first).toEqual([{ image: 'win11', version: 1, layer: id('1'), index: id('2'), parentKept: false }]);
+      expect(await meta.gc.versionRoots({ image: 'win11', version: 1 }, 10)).toEqual([{ image: 'win11', version: 3, layer: id('5'), index: id('6'), parentKept: false }]);
+      expect(await meta.gc.sessionRoots()).toEqual([]);
+    });
+  });
+
   describe(`races between two servers (${engine})`, () => {
     beforeEach(async () => {
       meta = await fx.open();

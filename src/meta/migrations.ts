@@ -110,9 +110,26 @@ async function v4(q: Sql): Promise<void> {
   await q.run('ALTER TABLE ref_log ADD COLUMN deleted INTEGER');
 }
 
+/**
+ * Garbage collection of the stores (src/gc/gc.ts). (Number 4 is retention.)
+ *   gc_lock     one row per lock name: who runs a GC (holder, run id) until when (expires, epoch ms),
+ *               its phase and progress (JSON), the last finished run's result (JSON)
+ *   gc_objects  objects a run found unreferenced and old (state 'candidate'), and those a sweep is
+ *               removing right now ('deleting'): kind chunk|blob, id, size and mtime (epoch ms) when marked
+ *   gc_holds    in-flight commits: a staged layer (and its chunks), its parent's index, that a commit is about to reference
+ */
+async function v5(q: Sql): Promise<void> {
+  await q.run(`CREATE TABLE IF NOT EXISTS gc_lock (name TEXT PRIMARY KEY, holder TEXT, run TEXT, expires BIGINT NOT NULL,
+     phase TEXT, progress TEXT, started_at TEXT, finished_at TEXT, result TEXT)`);
+  await q.run(`CREATE TABLE IF NOT EXISTS gc_objects (kind TEXT NOT NULL, id TEXT NOT NULL, state TEXT NOT NULL, size BIGINT NOT NULL,
+     mtime BIGINT NOT NULL, run TEXT NOT NULL, marked_at TEXT NOT NULL, PRIMARY KEY (kind, id))`);
+  await q.run('CREATE TABLE IF NOT EXISTS gc_holds (id TEXT PRIMARY KEY, image TEXT NOT NULL, layer TEXT NOT NULL, parent_index TEXT, expires BIGINT NOT NULL)');
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
   { id: 2, name: 'VDI session ownership: server, NBD address, heartbeat, checkpoint', up: v2 },
   { id: 3, name: 'DHCP pool', up: v3 },
   { id: 4, name: 'retention: image policies, ref deletions in the ref log', up: v4 },
+  { id: 5, name: 'garbage collection: lock, candidates, in-flight commit holds', up: v5 },
 ];

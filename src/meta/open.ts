@@ -1,5 +1,6 @@
 import { SqlDesktopRepo } from './sql-desktops.js';
 import { SqlDhcpLeaseRepo } from './sql-dhcp.js';
+import { SqlGcRepo } from './sql-gc.js';
 import { SqlEndpointRepo } from './sql-endpoints.js';
 import { SqlImageRepo } from './sql-images.js';
 import { SqlLifecycleRepo } from './sql-lifecycle.js';
@@ -22,6 +23,7 @@ export async function openMeta(engine: SqlEngine): Promise<Meta> {
     vdi: new SqlVdiRepo(engine),
     lifecycle: new SqlLifecycleRepo(engine),
     dhcp: new SqlDhcpLeaseRepo(engine),
+    gc: new SqlGcRepo(engine),
     engine,
     close: () => engine.close(),
   };

@@ -1,6 +1,7 @@
 import type { TokenRepo } from '../auth/model.js';
 import type { DesktopRepo } from '../desktop/model.js';
 import type { DhcpLeaseRepo } from '../dhcp/model.js';
+import type { GcRepo } from '../gc/model.js';
 import type { EndpointRepo } from '../endpoint/model.js';
 import type { ImageRepo } from '../image/model.js';
 import type { LifecycleRepo } from '../image/retention.js';
@@ -23,6 +24,8 @@ export interface Meta {
   lifecycle: LifecycleRepo;
   /** The full-mode DHCP pool's bindings. */
   dhcp: DhcpLeaseRepo;
+  /** Garbage collection's lock, candidates and in-flight commit holds (src/gc/gc.ts). */
+  gc: GcRepo;
   /** The engine, for what spans servers (notify/listen) and for housekeeping. */
   engine: SqlEngine;
   close(): Promise<void>;

@@ -4,6 +4,7 @@ import { blakeLib } from '../chunk/native-libs.js';
 import { writeDurable } from '../fs/durable.js';
 import type { S3Client } from '../chunk/s3-client.js';
 import { isIdHex } from '../chunk/id.js';
+import { listObjects } from '../chunk/s3-store.js';
 import { dfError } from '../errors.js';
 import type { DeltaBucket, DeltaFile } from './delta-cache.js';
 
@@ -25,6 +26,14 @@ export class S3DeltaBucket implements DeltaBucket {
   keyOf(layerId: string): string {
     if (!isIdHex(layerId)) throw dfError('DF_ERR_BAD_REQUEST', `invalid layer id ${JSON.stringify(layerId.slice(0, 80))}`, { layer: layerId });
     return `${this.client.loc.prefix}deltas/${layerId}`;
+  }
+
+  async *list(): AsyncIterable<{ layer: string; size: number; mtime: number }> {
+    const prefix = `${this.client.loc.prefix}deltas/`;
+    for await (const o of listObjects(this.client, prefix)) {
+      const layer = o.key.slice(prefix.length);
+      if (isIdHex(layer)) yield { layer, size: o.size, mtime: o.mtime };
+    }
   }
 
   async fetch(layerId: string, dir: string): Promise<DeltaFile | undefined> {

@@ -26,6 +26,8 @@ export interface DeltaBucket {
   store(layerId: string, f: DeltaFile & { hash: string; md5: string }): Promise<true | { hash: string | undefined }>;
   /** Delete the layer's delta (its version was pruned); absent is fine. */
   remove(layerId: string): Promise<void>;
+  /** Every delta in the bucket (layer id, size, LastModified in epoch ms), for garbage collection. */
+  list?(): AsyncIterable<{ layer: string; size: number; mtime: number }>;
 }
 
 /** A delta file's name: `<layer id>.<BLAKE3 of the delta>.dfdl`. */
@@ -84,6 +86,30 @@ export class DeltaCache {
     }
   }
 
+  /** The delta files in this cache's folder (layer id, file name, size, modification time in epoch ms), for garbage collection. */
+  async *files(): AsyncIterable<{ layer: string; name: string; size: number; mtime: number }> {
+    const names = await fsp.readdir(this.dir).catch(() => [] as string[]);
+    for (const name of names.sort()) {
+      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.dfdl$/.exec(name);
+      if (!m) continue;
+      const st = await fsp.stat(path.join(this.dir, name)).catch(() => undefined);
+      if (st) yield { layer: m[1]!, name, size: st.size, mtime: Math.floor(st.mtimeMs) };
+    }
+  }
+
+  /** Remove a delta file (its layer is gone); an open handle keeps its bytes until closed. */
+  async removeFile(name: string): Promise<void> {
+    const m = /^([0-9a-f]{64})\.[0-9a-f]{64}\.dfdl$/.exec(name);
+    if (!m) return;
+    this.checked.delete(m[1]!);
+    await fsp.rm(path.join(this.dir, name), { force: true });
+  }
+
+  /** The shared bucket's deltas, when there is one. */
+  get shared(): DeltaBucket | undefined {
+    return this.bucket;
+  }
+
   /** The layer's delta file (found and checked, or built). */
   async get(layerId: string): Promise<DeltaFile> {
     const known = this.checked.get(layerId);
@@ -108,7 +134,7 @@ export class DeltaCache {
   async drop(layerIds: readonly string[]): Promise<number> {
     const gone = new Set(layerIds);
     let bytes = 0;
-    for (const f of await this.files()) {
+    for (const f of await this.localFiles()) {
       if (!gone.has(f.layer)) continue;
       await fsp.rm(f.path, { force: true });
       bytes += f.size;
@@ -124,7 +150,7 @@ export class DeltaCache {
   /** The bytes the local files of these layers' deltas take (for a prune's estimate). */
   async sizeOf(layerIds: readonly string[]): Promise<number> {
     const want = new Set(layerIds);
-    return (await this.files()).filter((f) => want.has(f.layer)).reduce((n, f) => n + f.size, 0);
+    return (await this.localFiles()).filter((f) => want.has(f.layer)).reduce((n, f) => n + f.size, 0);
   }
 
   /**
@@ -135,7 +161,7 @@ export class DeltaCache {
   async dropIdle(before: number): Promise<{ files: number; bytes: number }> {
     let files = 0;
     let bytes = 0;
-    for (const f of await this.files()) {
+    for (const f of await this.localFiles()) {
       const last = Math.max(this.used.get(f.layer) ?? 0, f.mtimeMs);
       if (last >= before || this.building.has(f.layer)) continue;
       await fsp.rm(f.path, { force: true });
@@ -147,7 +173,7 @@ export class DeltaCache {
     return { files, bytes };
   }
 
-  private async files(): Promise<Array<{ layer: string; path: string; size: number; mtimeMs: number }>> {
+  private async localFiles(): Promise<Array<{ layer: string; path: string; size: number; mtimeMs: number }>> {
     const out: Array<{ layer: string; path: string; size: number; mtimeMs: number }> = [];
     for (const n of await fsp.readdir(this.dir).catch(() => [] as string[])) {
       const m = DELTA_NAME.exec(n);

@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { hashToken, newToken } from '../auth/tokens.js';
 import type { RawChunkCache } from '../chunk/raw-cache.js';
+import { idHex, isZeroId } from '../chunk/id.js';
 import type { ChunkStore } from '../chunk/store.js';
 import { desktopRef, type Desktops } from '../desktop/desktops.js';
 import { dfError, isDeskfuseError } from '../errors.js';
@@ -422,8 +423,16 @@ export class VdiSessions {
     try {
       made = await checkpointLayer(snap, base, this.deps.chunks, full ? new Map() : prev.entries);
       staged = await this.deps.catalog.stageLayer(row.image, encodeLayer(made.layer));
-      const at = this.now().toISOString();
-      done = await this.deps.repo.updateIf(id, { state: 'open', server: row.server }, { checkpointLayer: staged.layer, checkpointAt: at });
+      // Until the row names it, garbage collection keeps the layer and cancels candidates among the chunks just stored.
+      const before = full ? undefined : prev.entries;
+      const fresh = [...made.entries].filter(([i, c]) => !isZeroId(c) && !before?.get(i)?.equals(c)).map(([, c]) => idHex(c));
+      const release = await this.deps.catalog.holdStaged(row.image, staged.layer, fresh);
+      try {
+        const at = this.now().toISOString();
+        done = await this.deps.repo.updateIf(id, { state: 'open', server: row.server }, { checkpointLayer: staged.layer, checkpointAt: at });
+      } finally {
+        await release();
+      }
     } catch (err) {
       // nothing recorded: the positions stay dirty, so the next checkpoint takes them again
       snap.release(true);
