@@ -19,6 +19,8 @@ import {
 export const BOOT_TOKEN_TTL_S = 15 * 60;
 /** The desktop token a boot session gets: one boot's sync or commit. */
 export const SESSION_TOKEN_TTL_S = 4 * 3600;
+/** An endpoint's address is written again after this long even when unchanged (another server may have written another). */
+const ADDRESS_NOTED_MS = 60_000;
 
 export interface BootRequest {
   mac: string;
@@ -116,6 +118,8 @@ export class Endpoints {
   private bucket: { tokens: number; at: number } | undefined;
   /** Unknown MACs answered past the limits: decided like pending endpoints, never stored. */
   private readonly unstored = new WeakSet<EndpointRow>();
+  /** The address last written per endpoint, and when (noteAddress). */
+  private readonly noted = new Map<string, { ip: string; at: number }>();
 
   constructor(private readonly deps: EndpointsDeps) {
     this.log = (deps.log ?? silentLogger).child({ component: 'endpoints' });
@@ -237,7 +241,14 @@ export class Endpoints {
   /** The address an endpoint boots or reports from: the one a commit request must come from. */
   async noteAddress(e: EndpointRow, ip: string): Promise<void> {
     if (this.unstored.has(e)) return;
-    await this.deps.repo.setAddress(e.id, plainIp(ip), this.nowIso());
+    // A boot reports from one address five times in a minute: one write, not five.
+    const addr = plainIp(ip);
+    const now = this.deps.now().getTime();
+    const noted = this.noted.get(e.id);
+    if (noted && noted.ip === addr && now - noted.at < ADDRESS_NOTED_MS) return;
+    await this.deps.repo.setAddress(e.id, addr, new Date(now).toISOString());
+    if (this.noted.size >= 10_000) this.noted.clear();
+    this.noted.set(e.id, { ip: addr, at: now });
   }
 
   /** What this boot does. Never issues a token to a pending, disabled or unassigned endpoint. */

@@ -126,10 +126,16 @@ async function v5(q: Sql): Promise<void> {
   await q.run('CREATE TABLE IF NOT EXISTS gc_holds (id TEXT PRIMARY KEY, image TEXT NOT NULL, layer TEXT NOT NULL, parent_index TEXT, expires BIGINT NOT NULL)');
 }
 
+/** Boot events by MAC (the events of a MAC before its endpoint was known are read with the endpoint's). */
+async function v6(q: Sql): Promise<void> {
+  await q.run('CREATE INDEX IF NOT EXISTS boot_events_by_mac ON boot_events (mac, seq)');
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
   { id: 2, name: 'VDI session ownership: server, NBD address, heartbeat, checkpoint', up: v2 },
   { id: 3, name: 'DHCP pool', up: v3 },
   { id: 4, name: 'retention: image policies, ref deletions in the ref log', up: v4 },
   { id: 5, name: 'garbage collection: lock, candidates, in-flight commit holds', up: v5 },
+  { id: 6, name: 'boot events by MAC', up: v6 },
 ];

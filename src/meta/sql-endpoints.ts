@@ -148,8 +148,11 @@ export class SqlEndpointRepo implements EndpointRepo {
   async listEvents(filter: { endpoint: string | null; macs: string[] } | undefined, limit: number): Promise<BootEvent[]> {
     const rows = filter === undefined
       ? await this.db.all('SELECT * FROM boot_events ORDER BY seq DESC LIMIT ?', [limit])
-      : await this.db.all(`SELECT * FROM boot_events WHERE endpoint = ? OR mac IN (${filter.macs.map(() => '?').join(', ') || 'NULL'}) ORDER BY seq DESC LIMIT ?`,
-        [filter.endpoint, ...filter.macs, limit]);
+      // Two index walks (by endpoint, by MAC: migration 6), not one `endpoint = ? OR mac IN (…)`, which
+      // scanned every event of every endpoint back from the newest: every synced report reads these.
+      : await this.db.all(`SELECT * FROM (SELECT * FROM (SELECT * FROM boot_events WHERE endpoint = ? ORDER BY seq DESC LIMIT ?) by_endpoint
+          UNION SELECT * FROM (SELECT * FROM boot_events WHERE mac IN (${filter.macs.map(() => '?').join(', ') || 'NULL'}) ORDER BY seq DESC LIMIT ?) by_mac) e
+          ORDER BY seq DESC LIMIT ?`, [filter.endpoint, limit, ...filter.macs, limit, limit]);
     return rows.reverse().map(toEvent);
   }
 
