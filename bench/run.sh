@@ -5,7 +5,7 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc   (casync runs without
+#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc | prune   (casync runs without
 #                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
 #                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
 #                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload;
@@ -14,6 +14,8 @@
 #                         storm = only bench/storm.sh, K endpoints at once vs nginx on the same bytes,
 #                         its own workload bench/data/$STORM_SIZE; dhcpstorm = only bench/dhcpstorm.sh, 500 PXE
 #                         clients' DHCP at the real server in namespaces, full and proxy)
+#                         gc = bench/gc.sh (a store of GC_VERSIONS versions) then bench/prune.sh (prune of a
+#                         PRUNE_DESKTOPS-desktop day and the GC after it); prune = only bench/prune.sh
 #      STORM_SIZE=512M KS="50 200 500" HEAVY=16   storm: workload, endpoint counts, admission limit
 #      CLIENTS=2          scaleout: endpoints that provision and sync (SO_PORT=18490: its server)
 #      SYNC_REPS=3        reps of the peer harness run (medians)
@@ -65,7 +67,7 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, dhcpstorm, tftp, netboot, nbd or gc (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc | prune) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, dhcpstorm, tftp, netboot, nbd, gc or prune (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
@@ -115,10 +117,16 @@ storm_bench() { # its own, smaller workload: K endpoints × the provisioning mus
 gc_bench() { # its own synthetic store (GC_VERSIONS versions)
   bash "$BENCH/gc.sh" "$RESULTS"
 }
-if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ] || [ "$ONLY" = dhcpstorm ] || [ "$ONLY" = gc ]; then # need no shared workload
+prune_bench() { # its own synthetic site (PRUNE_DESKTOPS desktops × PRUNE_DAYS days of commits)
+  bash "$BENCH/prune.sh" "$RESULTS"
+}
+if [ "$ONLY" = tftp ] || [ "$ONLY" = netboot ] || [ "$ONLY" = nbd ] || [ "$ONLY" = storm ] || [ "$ONLY" = dhcpstorm ] || [ "$ONLY" = gc ] || [ "$ONLY" = prune ]; then # need no shared workload
   mkdir -p "$BENCH/data"
   if [ "$ONLY" = gc ]; then
     gc_bench
+    prune_bench
+  elif [ "$ONLY" = prune ]; then
+    prune_bench
   elif [ "$ONLY" = storm ]; then
     storm_bench
   elif [ "$ONLY" = dhcpstorm ]; then
@@ -385,6 +393,8 @@ if [ "$ONLY" = all ]; then
   storm_bench
   log "gc: garbage collection of a store of GC_VERSIONS versions"
   gc_bench
+  log "prune: retention of a PRUNE_DESKTOPS-desktop site's day, then GC"
+  prune_bench
 fi
 
 log "results: $RESULTS"
