@@ -23,10 +23,11 @@ export async function storeCommand(args: string[], io: Io): Promise<number> {
   const { values } = parse(rest, { data: { type: 'string' }, meta: { type: 'string' }, store: { type: 'string' }, config: { type: 'string' }, 'dry-run': { type: 'boolean', default: false } });
   const asksHelp = values.help || sub === '--help' || sub === '-h' || sub === 'help';
   if (!asksHelp && (sub === 'gc' || sub === 'usage')) return await gcCommand(sub, values, io);
-  if (sub !== 'verify' || asksHelp) {
+  if (asksHelp) {
     io.out.write(STORE_USAGE);
-    return asksHelp ? 0 : 2;
+    return 0;
   }
+  if (sub !== 'verify') throw dfError('DF_ERR_USAGE', `${sub === undefined ? 'missing store command' : `unknown store command ${JSON.stringify(sub)}`}\n${STORE_USAGE}`);
   const config = loadServerConfig({
     ...(values.config ? { file: values.config } : {}), env: io.env,
     flags: { ...(values.data ? { data: values.data } : {}), ...(values.meta ? { meta: values.meta } : {}), ...(values.store ? { store: values.store } : {}) },

@@ -17,9 +17,12 @@ describe('scale-out options on the command line', () => {
       expect(h.code, args.join(' ')).toBe(0);
       expect(h.stdout).toContain('deskfuse store verify [--data DIR] [--meta URL] [--store URL]');
     }
-    const typo = await cli(['store', 'verfy']);
-    expect(typo.code).toBe(2);
-    expect(typo.stdout).toContain('deskfuse store verify');
+    for (const [args, says] of [[['store', 'verfy'], 'unknown store command "verfy"'], [['store', 'gcc'], 'unknown store command "gcc"'], [['store'], 'missing store command']] as const) {
+      const typo = await cli([...args]);
+      expect(typo.code).toBe(2);
+      expect(typo.stderr).toContain(`DF_ERR_USAGE: ${says}`);
+      expect(typo.stderr).toContain('deskfuse store gc [--dry-run]');
+    }
   });
 
   it('a bad --meta or --store URL is a coded configuration error naming it, never echoing a password', async () => {
