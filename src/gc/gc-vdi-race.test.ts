@@ -22,9 +22,11 @@ import { checkExports, CHUNK, CHUNKS, G, gc, makeCatalog, poolChunk, publish, Rn
  * through the real VdiSessions code: writes and flushes on the cloud increment, checkpoints (after a
  * FLUSH and when the last client leaves: chunks stored, a staged layer held and recorded in the row),
  * commits from the increment (an admin's, or a clean shutdown's auto-commit), commits from the last
- * checkpoint by a second server, and discards. A GC run about to sweep chunks sometimes has a VM write
- * one of the candidates it is about to remove and checkpoint it (a chunk stored just before the sweep,
- * referenced just after). Afterwards: every version row exports byte-exact, every open session's last
+ * checkpoint by a second server, and discards. A chunk stored just before a sweep and referenced just
+ * after, two ways: a quarter of the first server's checkpoints and commits wait some GC steps between
+ * storing their chunks and staging and holding their layer (with no grace period, a run in between may
+ * find those chunks unreferenced and the next remove them); and a run about to sweep chunks has a third
+ * desktop's session (or a VM's) write one of the candidates it is about to remove, and checkpoint it. Afterwards: every version row exports byte-exact, every open session's last
  * checkpoint is complete (its layer and all its chunks stored) and holds a state the VM wrote, the
  * second server commits it, the result exports byte-exact, and `store verify` is clean.
  */
@@ -127,10 +129,9 @@ describe('garbage collection races VDI sessions: writes, checkpoints, commits an
       const waiting: Array<{ steps: number; go: () => void }> = [];
       let gcOver = false;
       const stepped = () => {
-        for (const x of waiting.splice(0)) if (gcOver || --x.steps > 0) waiting.push(x); else x.go();
-        if (gcOver) for (const x of waiting.splice(0)) x.go();
+        for (const x of waiting.splice(0)) if (gcOver || --x.steps <= 0) x.go(); else waiting.push(x);
       };
-      const slow = () => (gcOver || rng.int(4) !== 0 ? Promise.resolve() : new Promise<void>((go) => { waiting.push({ steps: 4 + rng.int(20), go }); totals.slowed++; }));
+      const slow = () => (gcOver || rng.int(4) !== 0 ? Promise.resolve() : new Promise<void>((go) => { waiting.push({ steps: 4 + rng.int(14), go }); totals.slowed++; }));
       const w = await world(dir, () => slow());
       const rng = new Rng(seed);
       const pause = async () => {
