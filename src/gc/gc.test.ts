@@ -183,6 +183,24 @@ describe('garbage collection', () => {
     expect(await w.blobs.has(orphan)).toBe(false);
   });
 
+  it("a VDI checkpoint's hold refuses a layer whose chunks a sweep took after they were stored (no grace period)", async () => {
+    await publish(w, 'main', content(1));
+    const c = poolChunk(5, 7);
+    await w.chunks.put(idOf(c), { raw: c }); // the checkpoint stores its chunk…
+    await gc(w, { tmpDir: dir, graceMs: 0, now: () => Date.now() + 1000 }); // …a run finds it unreferenced…
+    const { layer } = await w.catalog.stageLayer('img', encodeLayer({ geometry: G, hasMasks: false, entries: [{ index: 3, id: hashBytes(c) }] }));
+    const r = await gc(w, { tmpDir: dir, graceMs: 0, now: () => Date.now() + 2000 }); // …the next removes it before the hold
+    expect(r.deleted.chunks).toBe(1);
+    // Recording this layer in the session row would make a checkpoint that cannot be committed.
+    await expect(w.catalog.holdStaged('img', layer, [idOf(c)])).rejects.toMatchObject({ code: 'DF_ERR_CHUNKS_MISSING' });
+    expect(await w.meta.gc.holds(Date.now())).toEqual([]);
+    // Stored again (the next checkpoint takes the same positions again), it is held.
+    await w.chunks.put(idOf(c), { raw: c });
+    const release = await w.catalog.holdStaged('img', layer, [idOf(c)]);
+    expect(await w.meta.gc.holds(Date.now())).toHaveLength(1);
+    await release();
+  });
+
   it('FsChunkStore.removeIfUnchanged spares a file written again; a sweep tells the sender once per batch', async () => {
     const store = w.chunks as FsChunkStore;
     const c = poolChunk(9, 7);

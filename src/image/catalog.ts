@@ -150,7 +150,16 @@ export class Catalog {
    * chunks it stored just now (candidates among them are cancelled).
    */
   async holdStaged(image: string, layer: string, fresh: string[]): Promise<() => Promise<void>> {
-    return this.deps.guard ? await this.deps.guard.hold(image, layer, null, fresh) : async () => {};
+    if (!this.deps.guard) return async () => {};
+    const release = await this.deps.guard.hold(image, layer, null, fresh);
+    // Checked again under the hold, as a commit does: a sweep may have taken the layer or a chunk since
+    // they were stored (older than the grace period by then). Recorded anyway, the checkpoint could never be committed.
+    const missing = (await this.deps.blobs.has(layer)) ? await this.missingChunks(fresh) : [layer];
+    if (missing.length) {
+      await release();
+      throw dfError('DF_ERR_CHUNKS_MISSING', `${missing.length} of the checkpoint's chunks or its layer were removed by garbage collection since they were stored`, { image, missing });
+    }
+    return release;
   }
 
   async missingChunks(ids: string[]): Promise<string[]> {
