@@ -299,9 +299,9 @@ export class FsChunkStore implements PrunableStore, PackReader {
   async size(): Promise<{ chunks: number; bytes: number }> {
     let chunks = 0;
     let bytes = 0;
-    for await (const id of this.list()) {
+    for await (const o of this.objects()) {
       chunks++;
-      bytes += (await fsp.stat(this.pathOf(id))).size;
+      bytes += o.size;
     }
     return { chunks, bytes };
   }

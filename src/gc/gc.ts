@@ -370,7 +370,7 @@ export async function runGc(deps: GcDeps, opts: { dryRun?: boolean } = {}): Prom
     const layerKept = async (cursor: SortedCursor<MarkEntry>, layer: string) => (await cursor.seek(layer))?.tags.some((t) => t % 4 === KIND_LAYER) ?? false;
     // The shared bucket's deltas (S3), then this server's folder (a local store's deltas, or an S3 server's cache of them).
     const bucket = deltas.shared;
-    if (bucket?.list && bucket.remove) {
+    if (bucket?.list) {
       const cursor = cursorOf(blobMarks);
       let seen = 0;
       for await (const d of bucket.list()) {

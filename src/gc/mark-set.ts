@@ -30,15 +30,12 @@ export class MarkSet {
   private pending: string[] = [];
   private readonly runs: string[] = [];
   private finished = false;
-  /** Records added (with repeats). */
-  added = 0;
 
   constructor(private readonly dir: string, private readonly name: string, private readonly runSize = 200_000) {}
 
   async add(id: string, tag: number): Promise<void> {
     if (this.finished) throw new Error('MarkSet: add after entries()');
     this.pending.push(id + tag.toString(16).padStart(8, '0'));
-    this.added++;
     if (this.pending.length >= this.runSize) await this.flush();
   }
 

@@ -18,7 +18,7 @@ const toVersion = (r: Row): VersionRow => ({
   author: r.author as string, message: r.message as string, createdAt: r.created_at as string,
   chunksChanged: Number(r.chunks_changed), chunksTotal: Number(r.chunks_total),
 });
-const toRef = (r: Row): RefRow => ({ image: r.image as string, name: r.name as string, version: Number(r.version), updatedAt: r.updated_at as string });
+export const toRef = (r: Row): RefRow => ({ image: r.image as string, name: r.name as string, version: Number(r.version), updatedAt: r.updated_at as string });
 const toLog = (r: Row): RefLogRow => ({
   seq: Number(r.seq), image: r.image as string, ref: r.ref as string,
   oldVersion: r.old_version === null ? null : Number(r.old_version), newVersion: Number(r.new_version),
@@ -39,9 +39,14 @@ async function getVersion(q: Sql, image: string, version: number): Promise<Versi
 async function setRef(q: Sql, image: string, name: string, old: number | null, to: number, reason: string, author: string, at: string): Promise<void> {
   if (old === null) await q.run('INSERT INTO refs (image, name, version, updated_at) VALUES (?, ?, ?, ?)', [image, name, to, at]);
   else await q.run('UPDATE refs SET version = ?, updated_at = ? WHERE image = ? AND name = ?', [to, at, image, name]);
+  await appendRefLog(q, image, name, old, to, reason, author, at);
+}
+
+/** One ref log entry; `deleted`: the ref was deleted at `old` (`to` repeats it, the column being NOT NULL). */
+export async function appendRefLog(q: Sql, image: string, name: string, old: number | null, to: number, reason: string, author: string, at: string, deleted = false): Promise<void> {
   const seq = Number((await q.get('SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM ref_log'))!.n);
-  await q.run('INSERT INTO ref_log (seq, image, ref, old_version, new_version, reason, author, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-    [seq, image, name, old, to, reason, author, at]);
+  await q.run('INSERT INTO ref_log (seq, image, ref, old_version, new_version, reason, author, at, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+    [seq, image, name, old, to, reason, author, at, deleted ? 1 : 0]);
 }
 
 /** Compare-and-swap of a ref inside a caller's transaction. */

@@ -4,6 +4,8 @@ import {
   planRetention, type DeleteOpts, type DeleteOutcome, type Dependent, type LifecycleRepo, type PolicyOverride, type PruneOutcome,
   type RetentionPolicy, type RetentionRoot, type RetentionVersion,
 } from '../image/retention.js';
+import { desktopRef, desktopScope } from '../desktop/desktops.js';
+import { appendRefLog, getRef, toRef } from './sql-images.js';
 import type { Row, Sql, SqlEngine } from './sql.js';
 
 /**
@@ -13,25 +15,15 @@ import type { Row, Sql, SqlEngine } from './sql.js';
  * serializable, retried on conflict).
  */
 const UNFINISHED_VDI = ['open', 'committing', 'failed'];
-const desktopRefOf = (name: string) => `desktops/${name}`;
-
-const toRef = (r: Row): RefRow => ({ image: r.image as string, name: r.name as string, version: Number(r.version), updatedAt: r.updated_at as string });
 const toRetentionVersion = (r: Row): RetentionVersion => ({
   version: Number(r.version), parent: r.parent === null ? null : Number(r.parent), createdAt: r.created_at as string,
   landedRef: (r.landed_ref as string | null) ?? null, layer: r.layer_id as string, index: r.index_id as string,
 });
 const marks = (n: number) => Array.from({ length: n }, () => '?').join(', ');
 
-/** The ref log's record of a deletion: from the version it pointed at, `deleted` set. */
-async function logRefDeletion(q: Sql, image: string, ref: string, version: number, reason: string, author: string, at: string): Promise<void> {
-  const seq = Number((await q.get('SELECT COALESCE(MAX(seq), 0) + 1 AS n FROM ref_log'))!.n);
-  await q.run('INSERT INTO ref_log (seq, image, ref, old_version, new_version, reason, author, at, deleted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)',
-    [seq, image, ref, version, version, reason, author, at]);
-}
-
 async function deleteRefRow(q: Sql, r: RefRow, reason: string, author: string, at: string): Promise<void> {
   await q.run('DELETE FROM refs WHERE image = ? AND name = ?', [r.image, r.name]);
-  await logRefDeletion(q, r.image, r.name, r.version, reason, author, at);
+  await appendRefLog(q, r.image, r.name, r.version, r.version, reason, author, at, true);
 }
 
 /** Of `ids`, those a version other than `except` (image → versions) still names. */
@@ -73,7 +65,7 @@ async function rootsOf(q: Sql, image: string, now: string): Promise<RetentionRoo
   const leases = new Map((await q.all('SELECT l.desktop, l.holder, l.fencing FROM leases l JOIN desktops d ON d.name = l.desktop WHERE d.image = ? AND l.holder IS NOT NULL AND l.expires_at > ?', [image, now]))
     .map((l) => [l.desktop as string, l]));
   for (const d of desktops) {
-    const ref = d.mode === 'persistent' ? desktopRefOf(d.name as string) : (d.follows as string);
+    const ref = d.mode === 'persistent' ? desktopRef(d.name as string) : (d.follows as string);
     const head = refs.get(ref);
     if (head === undefined) continue;
     roots.push({ kind: 'desktop', name: d.name as string, version: head, detail: `head of ${ref}` });
@@ -137,11 +129,11 @@ async function deleteDesktopIn(q: Sql, name: string, o: DeleteOpts): Promise<Del
       [`desktop ${name} deleted by ${o.author}`, o.at, name, ...UNFINISHED_VDI]);
   }
   await q.run('DELETE FROM leases WHERE desktop = ?', [name]);
-  const tokensRevoked = await q.run('DELETE FROM tokens WHERE scope = ?', [`desktop:${name}`]);
+  const tokensRevoked = await q.run('DELETE FROM tokens WHERE scope = ?', [desktopScope(name)]);
   const image = d.image as string;
   if (d.mode === 'persistent') {
-    const r = await q.get('SELECT * FROM refs WHERE image = ? AND name = ?', [image, desktopRefOf(name)]);
-    if (r) await deleteRefRow(q, toRef(r), `desktop ${name} deleted`, o.author, o.at);
+    const r = await getRef(q, image, desktopRef(name));
+    if (r) await deleteRefRow(q, r, `desktop ${name} deleted`, o.author, o.at);
   }
   await q.run('DELETE FROM desktops WHERE name = ?', [name]);
   return { kind: 'deleted', image, endpointsUnassigned: endpoints.map((e) => e.name as string), sessionsDiscarded: sessions, tokensRevoked };
@@ -191,11 +183,10 @@ export class SqlLifecycleRepo implements LifecycleRepo {
 
   deleteRef(image: string, name: string, o: DeleteOpts): Promise<DeleteOutcome<{ version: number }>> {
     return this.db.tx(async (q): Promise<DeleteOutcome<{ version: number }>> => {
-      const r = await q.get('SELECT * FROM refs WHERE image = ? AND name = ?', [image, name]);
-      if (!r) return { kind: 'not-found' };
-      const ref = toRef(r);
+      const ref = await getRef(q, image, name);
+      if (!ref) return { kind: 'not-found' };
       const lines = (await q.all('SELECT name, mode, follows FROM desktops WHERE image = ? ORDER BY name', [image]))
-        .filter((d) => d.follows === name || (d.mode === 'persistent' && desktopRefOf(d.name as string) === name))
+        .filter((d) => d.follows === name || (d.mode === 'persistent' && desktopRef(d.name as string) === name))
         .map((d): Dependent => ({ kind: 'desktop', name: d.name as string, detail: d.follows === name ? `follows ${name}` : `its line is ${name}` }));
       if (lines.length) return { kind: 'in-use', dependents: lines, forceable: false };
       if (isConflictRef(name) && !o.force) {
