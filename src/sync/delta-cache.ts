@@ -90,7 +90,7 @@ export class DeltaCache {
   async *files(): AsyncIterable<{ layer: string; name: string; size: number; mtime: number }> {
     const names = await fsp.readdir(this.dir).catch(() => [] as string[]);
     for (const name of names.sort()) {
-      const m = /^([0-9a-f]{64})\.([0-9a-f]{64})\.dfdl$/.exec(name);
+      const m = DELTA_NAME.exec(name);
       if (!m) continue;
       const st = await fsp.stat(path.join(this.dir, name)).catch(() => undefined);
       if (st) yield { layer: m[1]!, name, size: st.size, mtime: Math.floor(st.mtimeMs) };
@@ -99,9 +99,10 @@ export class DeltaCache {
 
   /** Remove a delta file (its layer is gone); an open handle keeps its bytes until closed. */
   async removeFile(name: string): Promise<void> {
-    const m = /^([0-9a-f]{64})\.[0-9a-f]{64}\.dfdl$/.exec(name);
+    const m = DELTA_NAME.exec(name);
     if (!m) return;
     this.checked.delete(m[1]!);
+    this.used.delete(m[1]!);
     await fsp.rm(path.join(this.dir, name), { force: true });
   }
 
@@ -134,9 +135,9 @@ export class DeltaCache {
   async drop(layerIds: readonly string[]): Promise<number> {
     const gone = new Set(layerIds);
     let bytes = 0;
-    for (const f of await this.localFiles()) {
+    for await (const f of this.files()) {
       if (!gone.has(f.layer)) continue;
-      await fsp.rm(f.path, { force: true });
+      await fsp.rm(path.join(this.dir, f.name), { force: true });
       bytes += f.size;
     }
     for (const id of gone) {
@@ -150,7 +151,9 @@ export class DeltaCache {
   /** The bytes the local files of these layers' deltas take (for a prune's estimate). */
   async sizeOf(layerIds: readonly string[]): Promise<number> {
     const want = new Set(layerIds);
-    return (await this.localFiles()).filter((f) => want.has(f.layer)).reduce((n, f) => n + f.size, 0);
+    let bytes = 0;
+    for await (const f of this.files()) if (want.has(f.layer)) bytes += f.size;
+    return bytes;
   }
 
   /**
@@ -161,28 +164,16 @@ export class DeltaCache {
   async dropIdle(before: number): Promise<{ files: number; bytes: number }> {
     let files = 0;
     let bytes = 0;
-    for (const f of await this.localFiles()) {
-      const last = Math.max(this.used.get(f.layer) ?? 0, f.mtimeMs);
+    for await (const f of this.files()) {
+      const last = Math.max(this.used.get(f.layer) ?? 0, f.mtime);
       if (last >= before || this.building.has(f.layer)) continue;
-      await fsp.rm(f.path, { force: true });
+      await fsp.rm(path.join(this.dir, f.name), { force: true });
       this.checked.delete(f.layer);
       this.used.delete(f.layer);
       files++;
       bytes += f.size;
     }
     return { files, bytes };
-  }
-
-  private async localFiles(): Promise<Array<{ layer: string; path: string; size: number; mtimeMs: number }>> {
-    const out: Array<{ layer: string; path: string; size: number; mtimeMs: number }> = [];
-    for (const n of await fsp.readdir(this.dir).catch(() => [] as string[])) {
-      const m = DELTA_NAME.exec(n);
-      if (!m) continue;
-      const file = path.join(this.dir, n);
-      const st = await fsp.stat(file).catch(() => undefined);
-      if (st) out.push({ layer: m[1]!, path: file, size: st.size, mtimeMs: st.mtimeMs });
-    }
-    return out;
   }
 
   private noteUse(layerId: string, f: DeltaFile): void {
