@@ -10,7 +10,13 @@ export const STAGE_HASH_HEX = 32;
 interface Known {
   key: string;
   hash: Promise<string>;
+  /** The last answer, and when the file was last seen unchanged (ms). */
+  last?: { hash: string; size: number; key: string };
+  checkedAt?: number;
 }
+
+/** How long an answer is reused without looking at the file again: a rebuild shows within a second. */
+export const STAGE_RECHECK_MS = 1000;
 
 /**
  * The content hash of each boot-stage file, for its immutable URL `/boot/stage/<hash>/<file>`: any
@@ -24,8 +30,16 @@ export class BootStageHashes {
 
   constructor(private readonly dir: string) {}
 
-  /** The file's current hash, size and identity (keyOf); undefined when it is missing. */
-  async current(file: StageFile): Promise<{ hash: string; size: number; key: string } | undefined> {
+  /**
+   * The file's current hash, size and identity (keyOf); undefined when it is missing. A storm asks
+   * for it several times per boot: within STAGE_RECHECK_MS of a check the answer is reused unstat'ed,
+   * unless the caller holds a descriptor of another file (`opened`: its keyOf).
+   */
+  async current(file: StageFile, opened?: string): Promise<{ hash: string; size: number; key: string } | undefined> {
+    const seen = this.known.get(file);
+    // `opened`: the identity of a descriptor the caller holds; another one means look now.
+    const fresh = seen?.last && seen.checkedAt !== undefined && Date.now() - seen.checkedAt < STAGE_RECHECK_MS;
+    if (fresh && (opened === undefined || opened === seen.last!.key)) return seen.last;
     const p = path.join(this.dir, file);
     const s = await fsp.stat(p).catch(() => undefined);
     if (!s?.isFile()) return undefined;
@@ -41,7 +55,9 @@ export class BootStageHashes {
     // Changed while it was read (a rebuild in place): hash what is there now.
     const after = await fsp.stat(p).catch(() => undefined);
     if (!after || keyOf(after) !== key) return this.current(file);
-    return { hash, size: s.size, key };
+    k.last = { hash, size: s.size, key };
+    k.checkedAt = Date.now();
+    return k.last;
   }
 
   /** The URL path of each file (its hashed one; the plain one while it is missing). */

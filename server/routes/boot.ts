@@ -91,7 +91,7 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
       const want = req.params.hash;
       if (want !== undefined) {
         // The hash must be of the bytes this descriptor reads (a rebuild that just renamed a new file in: changed).
-        const cur = await stage.current(file);
+        const cur = await stage.current(file, keyOf(st));
         if (cur?.hash !== want || cur.key !== keyOf(st)) throw dfError('DF_ERR_BOOT_STAGE_CHANGED', `${file} is now ${cur?.hash ?? 'missing'}, not ${want}: ask /boot/ipxe for the current boot script`, { file, hash: want, current: cur?.hash ?? null });
       }
       await noteFetch(req, phase, st.size);

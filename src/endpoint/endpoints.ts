@@ -21,6 +21,8 @@ export const BOOT_TOKEN_TTL_S = 15 * 60;
 export const SESSION_TOKEN_TTL_S = 4 * 3600;
 /** An endpoint's address is written again after this long even when unchanged (another server may have written another). */
 const ADDRESS_NOTED_MS = 60_000;
+/** How stale `lastSeen` may get before an event that changes nothing else writes it. */
+const LAST_SEEN_MS = 60_000;
 
 export interface BootRequest {
   mac: string;
@@ -350,7 +352,11 @@ export class Endpoints {
     if (e) {
       const next = { ...e, lastSeen: at };
       const version = typeof detail.version === 'number' ? detail.version : undefined;
+      // A boot reports half a dozen events within seconds: `lastSeen` alone is written at most once a
+      // minute (the event itself is always stored).
+      let skip = e.lastSeen !== null && Date.parse(at) - Date.parse(e.lastSeen) < LAST_SEEN_MS;
       if ((phase === 'synced' || phase === 'committed') && version !== undefined) {
+        skip = false;
         next.disk = 'clean';
         next.diskVersion = version;
         next.lastSync = {
@@ -360,10 +366,16 @@ export class Endpoints {
         next.commitRequested = null; // a commit (alone, or before a sync) carried out the order
         await this.bindPendingKey(e);
       }
-      if (phase === 'local') next.disk = 'in-use';
+      if (phase === 'local' && e.disk !== 'in-use') {
+        next.disk = 'in-use';
+        skip = false;
+      }
       // A recovered error (a kexec that failed before BootNext took over) is logged, not a failed sync.
-      if (phase === 'error' && detail.recovered !== true) next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
-      await this.deps.repo.updateEndpoint(next, e);
+      if (phase === 'error' && detail.recovered !== true) {
+        next.lastSync = { result: 'error', action: String(detail.action ?? 'sync'), at, error: String(detail.error ?? 'unknown error') };
+        skip = false;
+      }
+      if (!skip) await this.deps.repo.updateEndpoint(next, e);
     }
     const ev = await this.deps.repo.addEvent({ endpoint: e?.id ?? null, mac, phase, at, detail });
     (phase === 'error' ? this.log.warn : this.log.info).call(this.log, { endpoint: e?.id, mac, phase, ...detail }, `boot: ${phase}`);
