@@ -130,7 +130,12 @@ ${all.length === 0 ? html`<p class="empty">No endpoint yet. An endpoint appears 
     });
   });
 
-  // The live table: each boot event (and each admin change) of an endpoint sends its row, rendered.
+  // The live table: each boot event (and each admin change made through this server) of an endpoint
+  // sends its row, rendered. Open streams end when the server closes.
+  const streams = new Set<import('node:http').ServerResponse>();
+  app.addHook('preClose', async () => {
+    for (const r of streams) r.end();
+  });
   app.get('/console/events', route, async (req, reply) => {
     const sessionId = parseCookies(req.headers.cookie)[kit.cookieName];
     const csrf = kit.csrf(req);
@@ -138,6 +143,7 @@ ${all.length === 0 ? html`<p class="empty">No endpoint yet. An endpoint appears 
     const res = reply.raw;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-content-type-options': 'nosniff' });
     res.write(': open\n\n');
+    streams.add(res);
     let queue = Promise.resolve();
     const sendRow = (key: string, ev: BootEvent | undefined) => {
       queue = queue.then(async () => {
@@ -161,6 +167,7 @@ ${all.length === 0 ? html`<p class="empty">No endpoint yet. An endpoint appears 
       res.write(': ping\n\n');
     }, LIVE_PING_MS);
     req.raw.on('close', () => {
+      streams.delete(res);
       clearInterval(ping);
       endpoints.events.off('event', onEvent);
       endpoints.events.off('changed', onChange);

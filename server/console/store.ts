@@ -28,13 +28,18 @@ export async function storePages(app: FastifyInstance, kit: ConsoleKit, route: o
     delay.disable();
   });
 
+  /** The run last started from this console (its result is kept by the server for a while). */
+  let consoleRun: string | undefined;
   const sum = (name: string, pick: (labels: string) => boolean = () => true) => ctx.metrics.peek(name).filter((v) => pick(v.labels)).reduce((a, v) => a + v.value, 0);
 
   app.get('/store', route, async (req, reply) => {
     const now = ctx.now();
     const csrf = kit.csrf(req);
     const status = ctx.gc ? await ctx.gc.status() : null;
-    const lastRun = (status?.lock?.result ?? null) as GcResult | null;
+    // The newest of: the run last started here (a dry run too: it measures), the database's last run.
+    const mine = ctx.gc && consoleRun ? (await ctx.gc.status(consoleRun)).result : null;
+    const theirs = (status?.lock?.result ?? null) as GcResult | null;
+    const lastRun = mine && (!theirs || mine.finishedAt >= theirs.finishedAt) ? mine : theirs;
     const usage: StoreUsage | null = lastRun?.usage ?? null;
     const requests = { all: sum('deskfuse_http_requests_total'), s2: sum('deskfuse_http_requests_total', (l) => /status="2/.test(l)), s4: sum('deskfuse_http_requests_total', (l) => /status="4/.test(l)), s5: sum('deskfuse_http_requests_total', (l) => /status="5/.test(l)) };
     const commits = ctx.metrics.peek('deskfuse_commits_total');
@@ -79,6 +84,7 @@ ${ctx.gc ? html`<p>${button('/store/gc', 'Measure usage (dry run)', csrf, { fiel
     const done = gc.run({ dryRun, onStarted: (run) => ((didStart = true), started(run)) });
     done.catch((err: unknown) => { if (didStart) app.log.error({ err }, 'garbage collection failed'); });
     const run = await Promise.race([running, done.then((r) => r.run)]);
+    consoleRun = run;
     return `${dryRun ? 'Dry run' : 'Garbage collection'} ${run} started: reload this page for its result.`;
   }));
 }
