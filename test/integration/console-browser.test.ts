@@ -56,6 +56,7 @@ describe('web console in Chromium', () => {
     // Two commits that raced the one above: each kept as a conflict beside `test`.
     await run(['image', 'publish', 'os', '--from', img('v3.img', [[65536, 3]]), '--ref', 'test', '--parent', '1', '-m', 'printer driver'], 3);
     await run(['image', 'publish', 'os', '--from', img('v4.img', [[131072, 4]]), '--ref', 'test', '--parent', '1', '-m', 'browser policy'], 3);
+    await run(['image', 'publish', 'os', '--from', img('v5.img', [[196608, 5]]), '--ref', 'test', '--parent', '1', '-m', 'wallpaper'], 3);
     await run(['desktop', 'create', 'alice', '--image', 'os', '--mode', 'persistent']);
     await run(['desktop', 'create', 'bob', '--image', 'os', '--mode', 'persistent']);
     await run(['desktop', 'create', 'kiosk', '--image', 'os', '--from', 'main', '--mode', 'restore']);
@@ -103,8 +104,11 @@ describe('web console in Chromium', () => {
     expect(session).toMatchObject({ httpOnly: true, sameSite: 'Strict', path: '/' });
     expect(session.value).not.toContain(srv.token);
     expect(page.url()).not.toContain(srv.token);
-    // The token never reaches the page's script.
+    // The session never reaches the page's script.
     expect(await page.evaluate(() => document.cookie)).toBe('');
+    // Keyboard first: the first Tab stop skips to the content.
+    await page.keyboard.press('Tab');
+    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Skip to content');
     await expect.poll(() => page.locator('#endpoints tbody tr').count()).toBe(7);
   });
 
@@ -132,7 +136,7 @@ describe('web console in Chromium', () => {
       reject: false, timeout: 60_000,
       env: {
         DESKFUSE_CMDLINE: `deskfuse.server=${srv.url} deskfuse.token=${token} deskfuse.mac=${MAC} deskfuse.action=sync deskfuse.disk=${disk}`,
-        DESKFUSE_SESSION_FILE: path.join(tmp.dir, 'session.json'), DESKFUSE_BOOT_STAGE: '',
+        DESKFUSE_SESSION_FILE: path.join(tmp.dir, 'session.json'), DESKFUSE_BOOT_STAGE: '', DESKFUSE_PROGRESS_MS: '0', // every chunk's progress: this sync is short
       },
     });
     expect(agent.stdout).toMatch(/@@MARK SYNCED .*version=1 /);
@@ -179,11 +183,16 @@ describe('web console in Chromium', () => {
     expect(log.map((e) => e.reason)).toContain('console: roll back main to 1');
   });
 
-  it('resolves conflicts: take it, keep both', async () => {
+  it('resolves conflicts: take it, take the other, keep both', async () => {
     await page.goto(`${srv.url}/images/os`);
     await shot('image', true);
     const conflicts = () => page.locator('section[aria-labelledby="conf-h"] tbody tr');
-    expect(await conflicts().count()).toBe(2);
+    expect(await conflicts().count()).toBe(3);
+    // Version 5: take the other (the line stays; the conflict is given up).
+    await conflicts().filter({ has: page.getByRole('link', { name: '5', exact: true }) }).getByRole('button', { name: 'Take the other…' }).click();
+    expect(await page.locator('#confirm-text').textContent()).toContain('Keep test at version 2 and give up the conflict');
+    await page.getByRole('button', { name: 'Resolve' }).click();
+    await expect.poll(() => page.getByRole('status').first().textContent()).toMatch(/conflicts\/test\/\S+ given up; test stays at 2\./);
     // The newer conflict (version 4): keep both, as a new ref.
     await conflicts().filter({ has: page.getByRole('link', { name: '4', exact: true }) }).getByRole('button', { name: 'Keep both…' }).click();
     expect(await page.locator('#confirm-text').textContent()).toContain('make the new ref test-kept at version 4');
@@ -197,6 +206,7 @@ describe('web console in Chromium', () => {
     expect(await page.locator('section[aria-labelledby="conf-h"]').textContent()).toContain('No unresolved conflict.');
     const refs = Object.fromEntries((await srv.appliance.ctx.catalog.refs('os')).map((r) => [r.name, r.version]));
     expect(refs).toMatchObject({ main: 1, test: 3, 'test-kept': 4 });
+    expect(Object.values(refs)).not.toContain(5);
     expect(Object.keys(refs).filter((r) => r.startsWith('conflicts/'))).toEqual([]);
 
     // The diff of two versions: one 64 KiB chunk apart.
@@ -264,6 +274,21 @@ describe('web console in Chromium', () => {
     expect((await srv.appliance.ctx.endpoints.get('lab-2')).state).toBe(before.state);
   });
 
+  it('deletes an endpoint after a confirmation page', async () => {
+    await page.goto(`${srv.url}/endpoints/lab-6`);
+    await page.getByRole('link', { name: 'Delete…' }).click();
+    expect(await page.locator('h1').textContent()).toBe('Delete endpoint lab-6?');
+    // Enrolled with a desktop: refused unless forced, and it says why.
+    await page.getByRole('button', { name: 'Delete lab-6' }).click();
+    await expect.poll(() => page.getByRole('alert').first().textContent()).toContain('DF_ERR_IN_USE');
+    await page.getByRole('link', { name: 'Delete…' }).click();
+    await page.getByLabel(/force/).check();
+    await page.getByRole('button', { name: 'Delete lab-6' }).click();
+    await page.waitForURL(/\/endpoints$/);
+    expect(await page.getByRole('status').first().textContent()).toContain('Endpoint lab-6 deleted.');
+    await expect(srv.appliance.ctx.endpoints.get('lab-6')).rejects.toMatchObject({ code: 'DF_ERR_ENDPOINT_NOT_FOUND' });
+  });
+
   it('a 500-endpoint table loads and filters fast', async () => {
     const eps = srv.appliance.ctx.endpoints;
     for (let i = 0; i < 500; i++) await eps.add(`52:54:01:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 255).toString(16).padStart(2, '0')}`, { name: `room${Math.floor(i / 25)}-pc${i % 25}`, desktop: 'kiosk' });
@@ -271,7 +296,7 @@ describe('web console in Chromium', () => {
     await page.goto(`${srv.url}/endpoints`);
     await page.waitForSelector('#endpoints tbody tr');
     const loadMs = Date.now() - t0;
-    expect(await page.locator('#endpoints tbody tr').count()).toBe(507);
+    expect(await page.locator('#endpoints tbody tr').count()).toBe(506);
     const ms = await page.evaluate(async () => {
       const box = document.querySelector<HTMLInputElement>('#q')!;
       const t = performance.now();
@@ -281,7 +306,7 @@ describe('web console in Chromium', () => {
       return performance.now() - t;
     });
     expect(await page.locator('#endpoints tbody tr:not([hidden])').count()).toBe(25);
-    expect(await page.locator('#count').textContent()).toBe('25 endpoints shown of 507');
+    expect(await page.locator('#count').textContent()).toBe('25 endpoints shown of 506');
     // Loose bounds for a busy 2-core machine: the point is "not seconds".
     expect(loadMs).toBeLessThan(5000);
     expect(ms).toBeLessThan(1000);
