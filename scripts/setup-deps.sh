@@ -24,6 +24,7 @@ test=(
   libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server
   gdisk fdisk                                   # GPT repair tools (sgdisk -e, sfdisk --relocate) against the disk layout
   varnish nginx-light                           # the site caches (deploy/varnish, deploy/nginx): test/integration/{varnish,nginx-cache}.test.ts
+  chromium fonts-dejavu-core                    # the web console's browser tests (playwright-core drives Debian's chromium): test/integration/console-browser.test.ts
 )
 case $group in
   runtime) pkgs=("${runtime[@]}") ;;

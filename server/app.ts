@@ -16,6 +16,7 @@ import { storeRoutes } from './routes/store.js';
 import { syncRoutes } from './routes/sync.js';
 import { tokenRoutes } from './routes/tokens.js';
 import { vdiRoutes } from './routes/vdi.js';
+import { consoleRoutes } from './console/plugin.js';
 import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
 import { BODY_DEFAULT } from './limits.js';
 import { sendRateStats } from './send-file.js';
@@ -110,5 +111,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(lifecycleRoutes(ctx), { prefix: '/api/v1' });
   await app.register(storeRoutes(ctx), { prefix: '/api/v1' });
   await app.register(bootRoutes(ctx));
+  // The web console at / (its own sign-in: a session cookie, not the bearer token).
+  await app.register(consoleRoutes(ctx));
   return app;
 }

@@ -45,6 +45,14 @@ export class Metrics {
     return (total, labels) => void f.values.set(labelKey(labels), total);
   }
 
+  /**
+   * A family's current values (labels as rendered, e.g. `method="GET",status="200"`) without running
+   * the collectors: for a console's glance, which must not reset what a scrape measures since the last one.
+   */
+  peek(name: string): Array<{ labels: string; value: number }> {
+    return [...(this.families.get(name)?.values ?? [])].map(([labels, value]) => ({ labels, value }));
+  }
+
   /** Run before each scrape (for gauges read from elsewhere). */
   onCollect(fn: () => void | Promise<void>): void {
     this.collectors.push(fn);

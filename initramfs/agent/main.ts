@@ -51,6 +51,29 @@ function reporter(client: ApiClient, p: BootParams, s: BootSession) {
 }
 
 /**
+ * The sync's progress as `syncing` events (the console's "syncing n%"): the first after 2 s (a short
+ * sync, most of a boot storm's, sends none), then at most one every 2 s and only when the percentage
+ * moved, one at a time, all sent before the outcome is reported. DESKFUSE_PROGRESS_MS changes the 2 s (tests).
+ */
+const PROGRESS_MS = Number(process.env.DESKFUSE_PROGRESS_MS ?? 2000);
+function progressReporter(report: (phase: string, detail: Record<string, unknown>) => Promise<void>, everyMs = PROGRESS_MS, clock = Date.now) {
+  let chain = Promise.resolve();
+  let lastAt = clock();
+  let lastPct = -1;
+  return {
+    onProgress(done: number, total: number): void {
+      const percent = total > 0 ? Math.floor((done * 100) / total) : 100;
+      const t = clock();
+      if (done >= total || percent === lastPct || t - lastAt < everyMs) return;
+      lastAt = t;
+      lastPct = percent;
+      chain = chain.then(() => report('syncing', { done, total, percent }));
+    },
+    settled: (): Promise<void> => chain,
+  };
+}
+
+/**
  * This boot's session: traded once for the one-time boot token, then kept in /run (tmpfs) so that
  * /init's retry after a temporary failure (exit 75) goes on with it instead of spending the token again.
  * The request proves the secret the disk holds (signed over the boot token, the server's nonce) and
@@ -107,7 +130,9 @@ async function main(argv: string[]): Promise<number> {
   try {
     if (s.action === 'sync') {
       say(`syncing ${disk} to desktop ${s.desktop}`);
-      const r = await agentSync(opts);
+      const progress = progressReporter(report);
+      const r = await agentSync({ ...opts, onProgress: progress.onProgress });
+      await progress.settled();
       mark('SYNCED', `version=${r.to} chunks=${r.chunksWritten} bytes=${r.bytesFetched} seconds=${r.seconds.toFixed(2)}${r.committed ? ` committed=${r.committed}` : ''}`);
       await report('synced', { version: r.to, from: r.from, committed: r.committed, conflict: r.conflict, chunksWritten: r.chunksWritten, bytesFetched: r.bytesFetched, seconds: r.seconds });
     } else if (s.action === 'commit-poweroff') {

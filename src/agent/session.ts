@@ -30,6 +30,8 @@ export interface AgentOptions {
   reprovision?: boolean;
   holder?: string;
   progress?: boolean;
+  /** Called as a sync writes its chunks (the boot stage reports it to the server: the console's "syncing n%"). */
+  onProgress?: (done: number, total: number) => void;
   /**
    * The OS may have run since the disk was sealed clean (the server let the endpoint boot its disk
    * straight from iPXE): treat a clean disk as dirty, so it is scanned and nothing it changed is missed.

@@ -137,7 +137,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   }
   const ops = plan({ actual, target, base, deltas: hops !== null });
   state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
-  const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
+  const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false, o.onProgress);
   await s.disk.fh.datasync();
   state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
   return sealed(s, { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched });
@@ -227,7 +227,7 @@ class HopCursor {
 }
 
 
-async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean): Promise<{ state: DiskState; patched: number }> {
+async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean, onProgress?: (done: number, total: number) => void): Promise<{ state: DiskState; patched: number }> {
   const g = s.geometry;
   const fetcher = new ChunkFetcher(s.client, ops.filter((op) => op.kind === 'fetch').map((op) => op.id), g.chunkSize);
   const cursors = ops.some((op) => op.kind === 'patch') ? hops.map((h) => new HopCursor(s, h)) : [];
@@ -252,6 +252,7 @@ async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hi
       await out.chunk(raw, op.pos * g.chunkSize);
       blockHashes(raw, g, hints, op.pos * hl);
       progress.add(g.chunkSize);
+      onProgress?.(k + 1, ops.length);
       sinceJournal += len;
       if (sinceJournal >= JOURNAL_EVERY) {
         await out.flush();

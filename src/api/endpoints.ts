@@ -5,10 +5,10 @@ import { ImageBoot } from './images.js';
 
 /** Endpoints and their boot events (server/routes/endpoints.ts), the boot flow (server/routes/boot.ts). */
 
-const PHASES = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'agent', 'synced', 'committed', 'local', 'poweroff', 'enrol', 'error', 'refused'] as const satisfies readonly BootPhase[];
+const PHASES = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'agent', 'syncing', 'synced', 'committed', 'local', 'poweroff', 'enrol', 'error', 'refused'] as const satisfies readonly BootPhase[];
 export const BootPhaseSchema = StringEnum<BootPhase>(PHASES);
 /** The phases the agent reports (POST /boot/events); the rest the server records itself. */
-export const REPORTABLE_PHASES = ['synced', 'committed', 'local', 'poweroff', 'error'] as const satisfies readonly BootPhase[];
+export const REPORTABLE_PHASES = ['syncing', 'synced', 'committed', 'local', 'poweroff', 'error'] as const satisfies readonly BootPhase[];
 
 export const EndpointParams = Type.Object({ id: Type.String({ minLength: 1, maxLength: 64, description: 'id, name or MAC' }) });
 
@@ -18,6 +18,7 @@ export const LastSync = Type.Object({
   at: Time,
   version: Type.Optional(Type.Integer()),
   seconds: Type.Optional(Type.Number()),
+  bytes: Type.Optional(Type.Integer({ description: 'bytes the sync fetched or the commit uploaded' })),
   error: Type.Optional(Type.String()),
   phases: Type.Optional(Type.Record(Type.String(), Type.Number(), { description: 'seconds since the boot\'s DHCP request at which each phase was reached' })),
 });

@@ -361,7 +361,9 @@ export class Endpoints {
         next.diskVersion = version;
         next.lastSync = {
           result: 'ok', action: phase === 'committed' ? 'commit' : 'sync', at, version,
-          ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}), phases: await this.bootPhases(e, at, phase),
+          ...(typeof detail.seconds === 'number' ? { seconds: detail.seconds } : {}),
+          ...(typeof detail.bytesFetched === 'number' ? { bytes: detail.bytesFetched } : typeof detail.bytesUploaded === 'number' ? { bytes: detail.bytesUploaded } : {}),
+          phases: await this.bootPhases(e, at, phase),
         };
         next.commitRequested = null; // a commit (alone, or before a sync) carried out the order
         await this.bindPendingKey(e);
@@ -484,6 +486,7 @@ export class Endpoints {
     };
     await this.deps.repo.updateEndpoint(next, e);
     this.log.info({ endpoint: e.id, author, state: next.state }, 'endpoint reprovision ordered');
+    this.events.emit('changed', next);
     return next;
   }
 
@@ -512,6 +515,7 @@ export class Endpoints {
     if (what === 'checked') return next;
     await this.deps.repo.updateEndpoint(next, e);
     this.log.info({ endpoint: e.id, author, state: next.state, desktop: next.desktop, mode: next.mode, bootMethod: next.bootMethod }, `endpoint ${what}`);
+    this.events.emit('changed', next); // this server's console redraws the row
     return next;
   }
 }

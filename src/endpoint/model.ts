@@ -48,6 +48,8 @@ export interface LastSync {
   version?: number;
   seconds?: number;
   error?: string;
+  /** Bytes the sync fetched (or the commit uploaded). */
+  bytes?: number;
   /** Seconds since the boot's DHCP request at which each phase was reached. */
   phases?: Record<string, number>;
 }
@@ -79,10 +81,10 @@ export interface EndpointRow {
 }
 
 export type BootPhase =
-  | 'dhcp' | 'tftp' | 'script' | 'kernel' | 'initrd' | 'agent' | 'synced' | 'committed' | 'local' | 'poweroff'
+  | 'dhcp' | 'tftp' | 'script' | 'kernel' | 'initrd' | 'agent' | 'syncing' | 'synced' | 'committed' | 'local' | 'poweroff'
   | 'enrol' | 'error' | 'refused';
 /** The order of a normal boot, for timelines. */
-export const BOOT_PHASES: readonly BootPhase[] = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'agent', 'synced', 'committed', 'local', 'poweroff'];
+export const BOOT_PHASES: readonly BootPhase[] = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'agent', 'syncing', 'synced', 'committed', 'local', 'poweroff'];
 
 export interface BootEvent {
   seq: number;
