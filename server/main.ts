@@ -1,6 +1,6 @@
-import pino from 'pino';
 import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
+import { createLogger } from './log.js';
 import { listenError, probeListen, type ListenTarget } from './listen-check.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
@@ -13,8 +13,10 @@ import { startScrubService } from './services/scrub.js';
  * Returns when the server has stopped.
  */
 export async function runServer(src: ConfigSources, out: NodeJS.WritableStream = process.stdout): Promise<void> {
-  const config = loadServerConfig(src);
-  const log = pino({ level: config.logLevel, base: { svc: 'deskfuse' }, redact: ['req.headers.authorization'] });
+  const warnings: string[] = [];
+  const config = loadServerConfig({ ...src, warn: (m) => warnings.push(m) });
+  const log = createLogger(config, process.stdout);
+  for (const w of warnings) log.warn({}, w);
   // Tests kill a server in the middle of a garbage collection: this slows each of its batches down.
   const gcStepMs = Number(process.env.DESKFUSE_TEST_GC_STEP_MS ?? 0);
   const httpTarget: ListenTarget = { service: 'HTTP', ...config.listen, advice: 'stop the other program or choose another address with --listen HOST:PORT' };
