@@ -2,6 +2,7 @@ import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
 import { createLogger } from './log.js';
 import { listenError, probeListen, type ListenTarget } from './listen-check.js';
+import { startMetricsService, type MetricsService } from './services/metrics.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
 import { startGcService } from './services/gc.js';
@@ -23,8 +24,11 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   const nbdTarget: ListenTarget | undefined = config.nbd.listen
     ? { service: 'NBD', ...config.nbd.listen, advice: 'is another deskfuse server running on this machine? give --nbd-listen off (no VDI exports) or --nbd-listen HOST:PORT' }
     : undefined;
+  const metricsTarget: ListenTarget | undefined = config.metricsListen
+    ? { service: 'metrics', ...config.metricsListen, advice: 'choose another address with --metrics-listen HOST:PORT, or --metrics-listen off' }
+    : undefined;
   // Before anything is created: a start that cannot listen leaves no data directory and no token behind.
-  await probeListen(nbdTarget ? [httpTarget, nbdTarget] : [httpTarget]);
+  await probeListen([httpTarget, nbdTarget, metricsTarget].filter((t) => t !== undefined));
   const appliance = await openAppliance(config, log, gcStepMs > 0 ? { gcStep: () => new Promise((r) => setTimeout(r, gcStepMs)) } : {});
   let url: string;
   try {
@@ -36,11 +40,14 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
   let netboot: NetbootServices | undefined;
   let nbd: NbdService | undefined;
+  let metricsService: MetricsService | undefined;
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
     netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
     nbd = await startNbdService(config.nbd, appliance, log).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
+    if (metricsTarget) metricsService = await startMetricsService(metricsTarget, appliance.ctx.metrics, log).catch((err: unknown) => { throw listenError(metricsTarget, err); });
   } catch (err) {
+    await nbd?.close();
     await netboot?.close();
     await appliance.close();
     throw err;
@@ -66,7 +73,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
       collector.close();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      nbd!.close().then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
+      Promise.resolve(metricsService?.close()).then(() => nbd!.close()).then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
         log.error({ err }, 'error while stopping');
         resolve();
       });
