@@ -11,6 +11,7 @@ import { desktopRoutes } from './routes/desktops.js';
 import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { lifecycleRoutes } from './routes/lifecycle.js';
+import { documentResponses } from './openapi.js';
 import { opsRoutes } from './routes/ops.js';
 import { storeRoutes } from './routes/store.js';
 import { syncRoutes } from './routes/sync.js';
@@ -109,6 +110,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    transform: documentResponses,
   });
   await app.register(opsRoutes(ctx));
   await app.register(chunkRoutes(ctx));
