@@ -65,16 +65,17 @@ describe('config-file key names', () => {
   });
 
   it('unknown keys are reported with the nearest known key', () => {
-    const p = problemsOf(write({ dataDirectory: '/x', loglevel: 'info', 'log-format': 'json', colour: 'blue', nbd: { listn: 'off' }, gc: { graceSecond: 5 }, retention: { keepLastt: 3 } }));
-    expect(p).toEqual(expect.arrayContaining([
+    const p = problemsOf(write({ datadir: '/x', loglevel: 'info', 'log-format': 'json', colour: 'blue', nbdListen: 'off', nbd: { listn: 'off' }, gc: { graceSecond: 5 }, retention: { keepLastt: 3 } }));
+    expect(p).toEqual([
+      'config file: unknown key "datadir" (did you mean "data"?)',
       'config file: unknown key "loglevel" (did you mean "logLevel"?)',
       'config file: unknown key "log-format" (did you mean "logFormat"?)',
       'config file: unknown key "colour"',
+      'config file: unknown key "nbdListen" (did you mean nbd.listen?)',
       'config file: unknown key nbd.listn (did you mean nbd.listen?)',
-      'config file: unknown key gc.graceSecond (did you mean gc.graceSeconds?)',
       'config file: unknown key retention.keepLastt (did you mean retention.keepLast?)',
-    ]));
-    expect(p.find((x) => x.includes('dataDirectory'))).toMatch(/unknown key "dataDirectory"( \(did you mean "(data|dataDir)"\?\))?$/);
+      'config file: unknown key gc.graceSecond (did you mean gc.graceSeconds?)',
+    ]);
   });
 
   it('a file that is not a JSON object is DF_ERR_CONFIG', () => {

@@ -2,11 +2,19 @@
  * Unknown config-file keys, reported with the nearest known key ("did you mean"). Keys starting
  * with "//" are comments (JSON has none), so a config file can explain itself.
  */
-export function checkKeys(block: string | null, obj: Record<string, unknown>, known: readonly string[], problems: string[]): void {
+export function checkKeys(
+  block: string | null, obj: Record<string, unknown>, known: readonly string[], problems: string[],
+  opts: { renamed?: Readonly<Record<string, string>>; elsewhere?: Readonly<Record<string, string>> } = {},
+): void {
+  const name = (k: string) => (block ? `${block}.${k}` : JSON.stringify(k));
+  const renamed = opts.renamed ?? {};
   for (const k of Object.keys(obj)) {
-    if (known.includes(k) || k.startsWith('//')) continue;
-    const near = closest(k, known);
-    problems.push(`config file: unknown key ${block ? `${block}.${k}` : JSON.stringify(k)}${near ? ` (did you mean ${block ? `${block}.${near}` : JSON.stringify(near)}?)` : ''}`);
+    if (known.includes(k) || k in renamed || k.startsWith('//')) continue;
+    // A key that belongs in a block (a flag's name, e.g. nbdListen → nbd.listen), else the nearest one
+    // here (an old name stands for its new one).
+    const c = closest(k, [...known, ...Object.keys(renamed)]);
+    const near = opts.elsewhere?.[k] ?? (c !== undefined ? name(renamed[c] ?? c) : undefined);
+    problems.push(`config file: unknown key ${name(k)}${near ? ` (did you mean ${near}?)` : ''}`);
   }
 }
 

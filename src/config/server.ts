@@ -290,6 +290,11 @@ export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'lo
 /** Old names still read, with a warning: old → new. */
 const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
 const LOG_FORMATS = ['auto', 'pretty', 'json'];
+/** Flags whose file keys live in a block: named so when a file has them at the top. */
+const IN_BLOCKS: Record<string, string> = {
+  nbdListen: 'nbd.listen', nbdAnonymousRead: 'nbd.anonymousRead', dhcp: 'netboot.dhcp', interface: 'netboot.interface', dhcpRange: 'netboot.dhcpRange',
+  tftpListen: 'netboot.tftpListen', publicUrl: 'netboot.publicUrl', bootDir: 'netboot.bootDir', autoEnrol: 'netboot.autoEnrol', ipv6Ra: 'netboot.ipv6Ra',
+};
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -317,7 +322,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
     if (!file || typeof file !== 'object' || Array.isArray(file)) throw dfError('DF_ERR_CONFIG', `config file ${src.file}: expected a JSON object`, { file: src.file });
-    checkKeys(null, file, [...TOP_KEYS, ...STORE_KEYS, ...Object.keys(DEPRECATED_KEYS)], problems);
+    checkKeys(null, file, [...TOP_KEYS, ...STORE_KEYS], problems, { renamed: DEPRECATED_KEYS, elsewhere: IN_BLOCKS });
     for (const [old, now] of Object.entries(DEPRECATED_KEYS)) {
       if (file[old] === undefined) continue;
       if (file[now] !== undefined) problems.push(`config file: ${JSON.stringify(old)} and ${JSON.stringify(now)} both given; keep ${JSON.stringify(now)} (${JSON.stringify(old)} is its old name)`);
