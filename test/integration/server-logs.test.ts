@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { execa } from 'execa';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, freePort, stopProcess, tempDir } from '../helpers/server.js';
@@ -61,5 +62,17 @@ describe('server logs (issue 14 point 8)', () => {
     expect(out.split('\n').filter((l) => l.startsWith('{'))).toEqual([]);
     expect(logLines.filter((l) => l.includes(' request '))).toEqual([]);
     expect(out).not.toContain('QUERYSECRET1234');
+  });
+
+  it('auto: pretty on a terminal, JSON into a pipe', async () => {
+    const port = await freePort();
+    const cmd = `timeout -s INT 4 ${process.execPath} ${CLI} server --data ${path.join(tmp.dir, 'tty')} --listen 127.0.0.1:${port} --nbd-listen off --log-level info`;
+    // script(1) (bsdutils, essential in Debian) runs the server on a pseudo-terminal.
+    const tty = await execa('script', ['-qec', cmd, '/dev/null'], { reject: false });
+    expect(tty.stdout).toMatch(/\d\d:\d\d:\d\d\.\d{3} INFO  deskfuse server listening url=/);
+    expect(tty.stdout).not.toContain('{"level"');
+    const s = await serve(path.join(tmp.dir, 'pipe'), ['--log-level', 'info']);
+    await s.stop();
+    expect(s.output().split('\n').some((l) => l.startsWith('{') && JSON.parse(l).msg === 'deskfuse server listening')).toBe(true);
   });
 });

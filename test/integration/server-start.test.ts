@@ -54,4 +54,20 @@ describe('deskfuse server start-up', () => {
     expect(existsSync(data)).toBe(false);
     expect(readdirSync(tmp.dir)).not.toContain('nbd');
   });
+
+  it('a second server on the default NBD port 10809 is told to give --nbd-listen off', async () => {
+    // Hold 10809 ourselves if it is free (if another test holds it, it is in use all the same).
+    const holder = createServer();
+    await new Promise<void>((r) => holder.once('error', () => r()).listen(10809, '127.0.0.1', () => r()));
+    try {
+      const data = path.join(tmp.dir, 'second');
+      const r = await cli(['server', '--data', data, '--listen', '127.0.0.1:0', '--log-level', 'silent']);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain('DF_ERR_LISTEN: NBD cannot listen on 127.0.0.1:10809: the address is already in use');
+      expect(r.stderr).toContain('give --nbd-listen off');
+      expect(existsSync(data)).toBe(false);
+    } finally {
+      await new Promise((r) => (holder.listening ? holder.close(r) : r(undefined)));
+    }
+  });
 });
