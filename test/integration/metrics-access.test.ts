@@ -29,6 +29,7 @@ beforeAll(async () => {
     const r = await fetch(`${url}/api/v1/tokens`, { method: 'POST', headers: { authorization: `Bearer ${admin}`, 'content-type': 'application/json' }, body: JSON.stringify({ scope }) });
     expect(r.status, scope).toBe(201);
     tokens[scope] = ((await r.json()) as { token: string }).token;
+    if (scope === 'metrics') expect(tokens[scope]).toMatch(/^dfm_/); // not to be taken for an admin token (dfa_)
   }
 });
 afterAll(async () => {
