@@ -23,6 +23,7 @@ test=(
   gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
   libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server
   gdisk fdisk                                   # GPT repair tools (sgdisk -e, sfdisk --relocate) against the disk layout
+  systemd                                       # systemd-analyze verify of deploy/systemd/deskfuse.service
   varnish nginx-light                           # the site caches (deploy/varnish, deploy/nginx): test/integration/{varnish,nginx-cache}.test.ts
   chromium fonts-dejavu-core                    # the web console's browser tests (playwright-core drives Debian's chromium): test/integration/console-browser.test.ts
 )

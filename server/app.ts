@@ -1,5 +1,5 @@
 import swagger from '@fastify/swagger';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import { PACK_CONTENT_TYPE } from '../src/chunk/pack.js';
 import { authenticate, authorize } from './auth.js';
 import type { AppContext } from './context.js';
@@ -11,6 +11,7 @@ import { desktopRoutes } from './routes/desktops.js';
 import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { lifecycleRoutes } from './routes/lifecycle.js';
+import { documentResponses } from './openapi.js';
 import { opsRoutes } from './routes/ops.js';
 import { storeRoutes } from './routes/store.js';
 import { syncRoutes } from './routes/sync.js';
@@ -19,6 +20,7 @@ import { vdiRoutes } from './routes/vdi.js';
 import { consoleRoutes } from './console/plugin.js';
 import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
 import { BODY_DEFAULT } from './limits.js';
+import { safeUrl } from './log.js';
 import { sendRateStats } from './send-file.js';
 
 declare module 'fastify' {
@@ -33,10 +35,15 @@ declare module 'fastify' {
   }
 }
 
+/** A request this slow is logged at info (heavy transfers of a storm can take seconds: this is well past them). */
+const SLOW_REQUEST_MS = 10_000;
+
 /** Build the HTTP app (no listen): tests drive it with inject(), main.ts listens. */
 export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
     ...(logger ? { loggerInstance: logger } : { logger: false }),
+    // fastify's two lines per request ("incoming request", "request completed") give way to one (below).
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_DEFAULT, // routes that take more say so (server/limits.ts)
     keepAliveTimeout: 75_000,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', allErrors: false } },
@@ -51,6 +58,11 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   const requests = ctx.metrics.counter('deskfuse_http_requests_total', 'HTTP requests by route and status');
   app.addHook('onResponse', async (req, reply) => {
     requests(1, { method: req.method, route: req.routeOptions.url ?? 'unknown', status: reply.statusCode });
+    // One line per request: at debug (a boot storm is thousands), at info when it failed on our side or was slow.
+    const ms = Math.round(reply.elapsedTime);
+    const line = { method: req.method, url: safeUrl(req.url), status: reply.statusCode, ms };
+    if (reply.statusCode >= 500 || ms >= SLOW_REQUEST_MS) req.log.info(line, 'request');
+    else req.log.debug(line, 'request');
   });
 
   // Who (token → scope, 401) and what they may do (scope vs the route's need, 403), before any body is read.
@@ -99,6 +111,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
       components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
       security: [{ bearer: [] }],
     },
+    transform: documentResponses,
   });
   await app.register(opsRoutes(ctx));
   await app.register(chunkRoutes(ctx));

@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify';
-import { desktopReader, isHypervisorScope, type DesktopReader } from '../src/auth/scope.js';
+import { desktopReader, isHypervisorScope, METRICS_SCOPE, type DesktopReader } from '../src/auth/scope.js';
 import { hashToken } from '../src/auth/tokens.js';
 import { scopeDesktop } from '../src/desktop/desktops.js';
 import { dfError } from '../src/errors.js';
@@ -11,7 +11,8 @@ import type { Meta } from '../src/meta/repo.js';
  * What a route needs is data: its route config `access`, else the first row of ACCESS_RULES matching
  * its method and route URL, else `admin` (a new route is admin-only until listed here).
  *
- *   any               every valid token (chunk traffic: content-addressed, verified on upload)
+ *   any               every valid token but a metrics one (chunk traffic: content-addressed, verified on upload)
+ *   metrics           a metrics token (or admin): GET /metrics, the one thing a metrics token may do
  *   hypervisor        a hypervisor token (or admin); the route itself keeps it to its own sessions
  *   desktop: PARAM    a token of the desktop named by route param PARAM
  *   image: PARAM      a token of a desktop whose image is named by route param PARAM, and of what
@@ -21,7 +22,7 @@ import type { Meta } from '../src/meta/repo.js';
  *     rev: FIELD      the ref or version in query field FIELD, if given, likewise
  *   Lists on such routes (refs, versions, ref log) are filtered by the route with `req.reader`.
  */
-export type Need = 'admin' | 'any' | 'hypervisor' | { desktop: string } | { image: string; version?: string; ref?: string; rev?: string };
+export type Need = 'admin' | 'any' | 'hypervisor' | 'metrics' | { desktop: string } | { image: string; version?: string; ref?: string; rev?: string };
 
 export interface AccessRule {
   methods: readonly string[];
@@ -96,6 +97,10 @@ export async function authorize(req: FastifyRequest, scope: string, meta: Pick<M
   const deny = (what?: string) => dfError('DF_ERR_FORBIDDEN', `a token of scope ${scope} may not ${req.method} ${url}${need === 'admin' ? ' (admin only)' : ''}${what ? `: ${what}` : ''}`, {
     scope, method: req.method, route: url,
   });
+  if (scope === METRICS_SCOPE || need === 'metrics') {
+    if (scope === METRICS_SCOPE && need === 'metrics') return;
+    throw deny();
+  }
   if (need === 'any') return;
   if (need === 'hypervisor') {
     if (isHypervisorScope(scope)) return;

@@ -1,6 +1,8 @@
-import pino from 'pino';
 import { loadServerConfig, type ConfigSources } from '../src/config/server.js';
 import { openAppliance } from './appliance.js';
+import { createLogger } from './log.js';
+import { listenError, probeListen, type ListenTarget } from './listen-check.js';
+import { startMetricsService, type MetricsService } from './services/metrics.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
 import { startGcService } from './services/gc.js';
@@ -12,29 +14,51 @@ import { startScrubService } from './services/scrub.js';
  * Returns when the server has stopped.
  */
 export async function runServer(src: ConfigSources, out: NodeJS.WritableStream = process.stdout): Promise<void> {
-  const config = loadServerConfig(src);
-  const log = pino({ level: config.logLevel, base: { svc: 'deskfuse' }, redact: ['req.headers.authorization'] });
+  const warnings: string[] = [];
+  const config = loadServerConfig({ ...src, warn: (m) => warnings.push(m) });
+  const log = createLogger(config, process.stdout);
+  for (const w of warnings) log.warn({}, w);
   // Tests kill a server in the middle of a garbage collection: this slows each of its batches down.
   const gcStepMs = Number(process.env.DESKFUSE_TEST_GC_STEP_MS ?? 0);
+  const httpTarget: ListenTarget = { service: 'HTTP', ...config.listen, advice: 'stop the other program or choose another address with --listen HOST:PORT' };
+  const nbdTarget: ListenTarget | undefined = config.nbd.listen
+    ? { service: 'NBD', ...config.nbd.listen, advice: 'is another deskfuse server running on this machine? give --nbd-listen off (no VDI exports) or --nbd-listen HOST:PORT' }
+    : undefined;
+  const metricsTarget: ListenTarget | undefined = config.metricsListen
+    ? { service: 'metrics', ...config.metricsListen, advice: 'choose another address with --metrics-listen HOST:PORT, or --metrics-listen off' }
+    : undefined;
+  // Before anything is created: a start that cannot listen leaves no data directory and no token behind.
+  await probeListen([httpTarget, nbdTarget, metricsTarget].filter((t) => t !== undefined));
   const appliance = await openAppliance(config, log, gcStepMs > 0 ? { gcStep: () => new Promise((r) => setTimeout(r, gcStepMs)) } : {});
+  let url: string;
+  try {
+    url = await appliance.app.listen({ host: config.listen.host, port: config.listen.port });
+  } catch (err) {
+    await appliance.close();
+    throw listenError(httpTarget, err);
+  }
+  log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
+  let netboot: NetbootServices | undefined;
+  let nbd: NbdService | undefined;
+  let metricsService: MetricsService | undefined;
+  try {
+    const port = (appliance.app.server.address() as { port: number }).port;
+    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
+    nbd = await startNbdService(config.nbd, appliance, log).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
+    if (metricsTarget) metricsService = await startMetricsService(metricsTarget, appliance.ctx.metrics, log).catch((err: unknown) => { throw listenError(metricsTarget, err); });
+  } catch (err) {
+    await nbd?.close();
+    await netboot?.close();
+    await appliance.close();
+    throw err;
+  }
+
+  // Shown once everything listens: a start that fails leaves the token in admin.token, never half-announced.
   if (appliance.newAdminToken) {
     out.write(
       `\nAdmin token (shown once; also saved to ${config.dataDir}/admin.token, mode 0600):\n\n  ${appliance.newAdminToken}\n\n` +
         `  export DESKFUSE_TOKEN=$(cat ${config.dataDir}/admin.token)\n\n`,
     );
-  }
-  const url = await appliance.app.listen({ host: config.listen.host, port: config.listen.port });
-  log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
-  let netboot: NetbootServices | undefined;
-  let nbd: NbdService | undefined;
-  try {
-    const port = (appliance.app.server.address() as { port: number }).port;
-    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
-    nbd = await startNbdService(config.nbd, appliance, log);
-  } catch (err) {
-    await netboot?.close();
-    await appliance.close();
-    throw err;
   }
 
   const pruner = startPruneService(config.retention, appliance, log);
@@ -49,7 +73,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
       collector.close();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      nbd!.close().then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
+      Promise.resolve(metricsService?.close()).then(() => nbd!.close()).then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
         log.error({ err }, 'error while stopping');
         resolve();
       });

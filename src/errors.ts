@@ -11,6 +11,7 @@ export const ERRORS = {
   DF_ERR_FORBIDDEN: { status: 403, message: "the token's scope does not allow this" },
   DF_ERR_NOT_FOUND: { status: 404, message: 'no such resource' },
   DF_ERR_CONFIG: { status: 500, message: 'the configuration is invalid' },
+  DF_ERR_LISTEN: { status: 500, message: 'a listen address cannot be bound' },
   DF_ERR_USAGE: { status: 400, message: 'invalid command-line usage' },
   DF_ERR_CHUNK_INVALID: { status: 400, message: 'chunk bytes do not match the chunk id' },
   DF_ERR_CHUNK_NOT_FOUND: { status: 404, message: 'chunk not found' },

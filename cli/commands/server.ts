@@ -9,6 +9,8 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
     listen: { type: 'string' },
     config: { type: 'string' },
     'log-level': { type: 'string' },
+    'log-format': { type: 'string' },
+    'metrics-listen': { type: 'string' },
     dhcp: { type: 'string' },
     interface: { type: 'string' },
     'dhcp-range': { type: 'string' },
@@ -23,6 +25,7 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
   });
   if (values.help) {
     io.out.write('deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--server-name NAME] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]\n' +
+      '                [--log-format auto|pretty|json] [--metrics-listen HOST:PORT|off]\n' +
       '                [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]\n' +
       '                [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]\n' +
       '                [--nbd-listen HOST[:PORT]|off] [--nbd-anonymous-read] [--store s3://BUCKET/PREFIX?endpoint=URL&region=R]\n' +
@@ -36,6 +39,11 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       '  (default initramfs/out, made by npm run build:initramfs)\n' +
       '  VDI: NBD on the --listen host, port 10809 (env DESKFUSE_NBD_LISTEN); export names carry a token\n' +
       '  (IMAGE@REF:TOKEN, session/ID:SECRET); --nbd-anonymous-read opens (and lists) image exports without one\n' +
+      '  logs: --log-format pretty (readable lines; the default on a terminal) or json (the default otherwise); each HTTP\n' +
+      '  request is one line at --log-level debug (at info only failed or slow ones); secrets are never logged\n' +
+      '  --metrics-listen HOST:PORT serves GET /metrics there without a token (Prometheus on a trusted network; env\n' +
+      '  DESKFUSE_METRICS_LISTEN); on the main address /metrics takes an admin or a metrics token (token create --scope metrics)\n' +
+      '  config file (--config FILE, JSON): keys named as the flags in camelCase (data, listen, logLevel, …); see deploy/deskfuse.example.json\n' +
       '  store: chunks, layers and deltas under --data (default), or --store s3://… (env DESKFUSE_STORE) with credentials from\n' +
       '  AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and a disk cache in <data>/store-cache (config file storeCacheMiB, default 4096)\n');
     return 0;
@@ -49,6 +57,8 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       ...(values['server-name'] ? { serverName: values['server-name'] } : {}),
       ...(values.listen ? { listen: values.listen } : {}),
       ...(values['log-level'] ? { logLevel: values['log-level'] } : {}),
+      ...(values['log-format'] ? { logFormat: values['log-format'] } : {}),
+      ...(values['metrics-listen'] ? { metricsListen: values['metrics-listen'] } : {}),
       ...(values.dhcp ? { dhcp: values.dhcp } : {}),
       ...(values.interface ? { interface: values.interface } : {}),
       ...(values['dhcp-range'] ? { dhcpRange: values['dhcp-range'] } : {}),

@@ -23,7 +23,8 @@ export const opsRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
 
   app.get('/healthz', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok' }));
 
-  app.get('/metrics', { schema: { hide: true } }, async (_req, reply) => {
+  // An admin or a metrics token (token create --scope metrics); or, without one, the --metrics-listen address.
+  app.get('/metrics', { config: { access: 'metrics' }, schema: { hide: true } }, async (_req, reply) => {
     reply.type('text/plain; version=0.0.4; charset=utf-8');
     return ctx.metrics.render();
   });

@@ -3,7 +3,7 @@ import { dfError } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { TokenInfo } from './model.js';
 import type { Meta } from '../meta/repo.js';
-import { checkScope, isHypervisorScope } from './scope.js';
+import { checkScope, isHypervisorScope, METRICS_SCOPE } from './scope.js';
 import { hashToken, newToken } from './tokens.js';
 
 export interface MintedToken {
@@ -36,7 +36,7 @@ export class TokenRegistry {
       throw dfError('DF_ERR_BAD_REQUEST', `ttlSeconds must be an integer from ${TOKEN_TTL.min} to ${TOKEN_TTL.max}, got ${ttlSeconds}`, { field: 'ttlSeconds' });
     }
     const now = this.deps.now();
-    const token = newToken(isHypervisorScope(scope) ? 'dfh' : 'dfa');
+    const token = newToken(isHypervisorScope(scope) ? 'dfh' : scope === METRICS_SCOPE ? 'dfm' : 'dfa');
     const expiresAt = new Date(now.getTime() + ttlSeconds * 1000).toISOString();
     const hash = hashToken(token);
     await this.deps.meta.tokens.addToken(hash, scope, now.toISOString(), expiresAt);

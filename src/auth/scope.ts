@@ -11,6 +11,7 @@ import type { Meta } from '../meta/repo.js';
  *   admin               everything
  *   desktop:NAME        its desktop; of its image only its line (below), chunks by id
  *   hypervisor[:NAME]   VDI sessions it creates (vdi start), nothing else
+ *   metrics             GET /metrics (a Prometheus scraper), nothing else
  *
  * A desktop's line is what a user's desktop holds, so one desktop's token must not read another's:
  * it sees the refs `desktops/NAME` (its own), `conflicts/desktops/NAME/…` (its commits that lost a
@@ -20,16 +21,18 @@ import type { Meta } from '../meta/repo.js';
  */
 export const HYPERVISOR_SCOPE = 'hypervisor';
 
+export const METRICS_SCOPE = 'metrics';
+
 export const isHypervisorScope = (scope: string): boolean => scope === HYPERVISOR_SCOPE || scope.startsWith(`${HYPERVISOR_SCOPE}:`);
 
-/** A scope an admin may mint a token for: `admin`, `hypervisor`, `hypervisor:NAME`, `desktop:NAME`. */
+/** A scope an admin may mint a token for: `admin`, `metrics`, `hypervisor`, `hypervisor:NAME`, `desktop:NAME`. */
 export function checkScope(scope: string): string {
   const [kind, name, extra] = scope.split(':');
   const ok = extra === undefined && (
-    (kind === 'admin' && name === undefined) ||
+    ((kind === 'admin' || kind === METRICS_SCOPE) && name === undefined) ||
     (kind === HYPERVISOR_SCOPE && (name === undefined || /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(name))) ||
     (kind === 'desktop' && name !== undefined && (checkDesktopName(name, 'scope'), true)));
-  if (!ok) throw dfError('DF_ERR_BAD_REQUEST', `scope: expected admin, hypervisor[:NAME] or desktop:NAME, got ${JSON.stringify(scope)}`, { field: 'scope' });
+  if (!ok) throw dfError('DF_ERR_BAD_REQUEST', `scope: expected admin, metrics, hypervisor[:NAME] or desktop:NAME, got ${JSON.stringify(scope)}`, { field: 'scope' });
   return scope;
 }
 

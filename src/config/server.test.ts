@@ -38,7 +38,7 @@ describe('loadServerConfig', () => {
   });
 
   it('precedence: flags > env > file > defaults, per key', () => {
-    const f = file({ dataDir: '/from/file', listen: '10.0.0.1:1', logLevel: 'warn', bodyLimit: 2 * 1024 * 1024 });
+    const f = file({ data: '/from/file', listen: '10.0.0.1:1', logLevel: 'warn', bodyLimit: 2 * 1024 * 1024 });
     const env = { DESKFUSE_DATA: '/from/env', DESKFUSE_LISTEN: '10.0.0.2:2', DESKFUSE_LOG_LEVEL: 'debug' };
     expect(loadServerConfig({ file: f })).toMatchObject({ dataDir: '/from/file', listen: { host: '10.0.0.1', port: 1 }, logLevel: 'warn', bodyLimit: 2097152 });
     expect(loadServerConfig({ file: f, env })).toMatchObject({ dataDir: '/from/env', listen: { host: '10.0.0.2', port: 2 }, logLevel: 'debug', bodyLimit: 2097152 });
@@ -63,7 +63,7 @@ describe('loadServerConfig', () => {
     expect(problems).toHaveLength(5);
     expect(problems).toEqual(expect.arrayContaining([
       'config file: unknown key "colour"',
-      'dataDir: expected a non-empty path',
+      'data: expected a non-empty path',
       'listen: expected HOST:PORT, got "nohost"',
       expect.stringMatching(/^logLevel: expected one of fatal, .*, got "loud"$/),
       'bodyLimit: expected an integer of at least 1048576',
@@ -72,9 +72,9 @@ describe('loadServerConfig', () => {
   });
 
   it('refuses values of the wrong type in the file', () => {
-    const problems = configError({ file: file({ dataDir: 5, listen: 8080, logLevel: true, bodyLimit: '1g' }), env: {} }).fields.problems as string[];
+    const problems = configError({ file: file({ data: 5, listen: 8080, logLevel: true, bodyLimit: '1g' }), env: {} }).fields.problems as string[];
     expect(problems).toHaveLength(4);
-    expect(problems.map((p) => p.split(':')[0])).toEqual(['dataDir', 'listen', 'logLevel', 'bodyLimit']);
+    expect(problems.map((p) => p.split(':')[0])).toEqual(['data', 'listen', 'logLevel', 'bodyLimit']);
   });
 
   it('an unreadable or malformed file is DF_ERR_CONFIG naming the file', () => {

@@ -9,6 +9,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { DEFAULT_RETENTION_POLICY, POLICY_RANGES } from '../image/retention.js';
 import { maskUrl } from '../meta/engine.js';
 import { TFTP_DEFAULTS } from '../tftp/slots.js';
+import { checkKeys } from './keys.js';
 
 /**
  * Server configuration: one schema with documented defaults. load = defaults < file < env < flags,
@@ -29,8 +30,12 @@ export interface ServerConfig {
   readonly serverName: string;
   /** HTTP listen address. Default 127.0.0.1:8080 (give 0.0.0.0:8080 to serve a network). */
   readonly listen: { readonly host: string; readonly port: number };
-  /** pino level. Default `info`. */
+  /** pino level. Default `info` (one line per state change; each HTTP request at `debug`). */
   readonly logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+  /** `pretty` (one readable line per entry), `json` (one JSON object per line), `auto` (default: pretty on a terminal, else json). */
+  readonly logFormat: 'auto' | 'pretty' | 'json';
+  /** A second HTTP listener serving only `GET /metrics`, without a token (Prometheus on a trusted network). Default null (off). */
+  readonly metricsListen: { readonly host: string; readonly port: number } | null;
   /** Largest layer upload, bytes (other routes have their own limits, server/limits.ts). Default 256 MiB. */
   readonly bodyLimit: number;
   readonly netboot: NetbootConfig;
@@ -248,6 +253,8 @@ export const DEFAULTS: ServerConfig = {
   serverName: defaultServerName(),
   listen: { host: '127.0.0.1', port: 8080 },
   logLevel: 'info',
+  logFormat: 'auto',
+  metricsListen: null,
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
   nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
@@ -265,13 +272,29 @@ export interface ConfigSources {
   file?: string;
   env?: Record<string, string | undefined>;
   flags?: {
-    data?: string; meta?: string; serverName?: string; listen?: string; logLevel?: string;
+    data?: string; meta?: string; serverName?: string; listen?: string; logLevel?: string; logFormat?: string; metricsListen?: string;
     dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
     autoEnrol?: string; ipv6Ra?: boolean;
     nbdListen?: string; nbdAnonymousRead?: boolean;
     store?: string;
   };
+  /** Told about deprecated keys the file still uses (the config loads). */
+  warn?: (message: string) => void;
 }
+
+/**
+ * Top-level config-file keys: a flag's name in camelCase (`--log-level` → `logLevel`, `--data` → `data`);
+ * the network-boot and NBD flags live in their blocks (`--dhcp` → `netboot.dhcp`, `--nbd-listen` → `nbd.listen`).
+ */
+export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp'];
+/** Old names still read, with a warning: old → new. */
+const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
+const LOG_FORMATS = ['auto', 'pretty', 'json'];
+/** Flags whose file keys live in a block: named so when a file has them at the top. */
+const IN_BLOCKS: Record<string, string> = {
+  nbdListen: 'nbd.listen', nbdAnonymousRead: 'nbd.anonymousRead', dhcp: 'netboot.dhcp', interface: 'netboot.interface', dhcpRange: 'netboot.dhcpRange',
+  tftpListen: 'netboot.tftpListen', publicUrl: 'netboot.publicUrl', bootDir: 'netboot.bootDir', autoEnrol: 'netboot.autoEnrol', ipv6Ra: 'netboot.ipv6Ra',
+};
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
 
@@ -298,13 +321,20 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
     } catch (cause) {
       throw dfError('DF_ERR_CONFIG', `config file ${src.file}: ${(cause as Error).message}`, { file: src.file }, cause);
     }
-    for (const k of Object.keys(file)) if (!['dataDir', 'meta', 'serverName', 'listen', 'logLevel', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', ...STORE_KEYS].includes(k)) problems.push(`config file: unknown key ${JSON.stringify(k)}`);
+    if (!file || typeof file !== 'object' || Array.isArray(file)) throw dfError('DF_ERR_CONFIG', `config file ${src.file}: expected a JSON object`, { file: src.file });
+    checkKeys(null, file, [...TOP_KEYS, ...STORE_KEYS], problems, { renamed: DEPRECATED_KEYS, elsewhere: IN_BLOCKS });
+    for (const [old, now] of Object.entries(DEPRECATED_KEYS)) {
+      if (file[old] === undefined) continue;
+      if (file[now] !== undefined) problems.push(`config file: ${JSON.stringify(old)} and ${JSON.stringify(now)} both given; keep ${JSON.stringify(now)} (${JSON.stringify(old)} is its old name)`);
+      else src.warn?.(`config file ${src.file}: key ${JSON.stringify(old)} is deprecated: call it ${JSON.stringify(now)}, as the flag --${now}`);
+      file[now] ??= file[old];
+    }
   }
   const env = src.env ?? {};
   const pick = <T>(flag: T | undefined, envv: T | undefined, filev: T | undefined, def: T): T => flag ?? envv ?? filev ?? def;
 
-  const dataDir = pick(src.flags?.data, env.DESKFUSE_DATA, file.dataDir as string | undefined, DEFAULTS.dataDir);
-  if (typeof dataDir !== 'string' || !dataDir) problems.push('dataDir: expected a non-empty path');
+  const dataDir = pick(src.flags?.data, env.DESKFUSE_DATA, file.data as string | undefined, DEFAULTS.dataDir);
+  if (typeof dataDir !== 'string' || !dataDir) problems.push('data: expected a non-empty path');
   const meta = pick<string | null>(src.flags?.meta, env.DESKFUSE_META, file.meta as string | undefined, DEFAULTS.meta);
   if (meta !== null) checkMetaUrl(meta, problems);
   const serverName = pick<unknown>(src.flags?.serverName, env.DESKFUSE_SERVER_NAME, file.serverName, DEFAULTS.serverName);
@@ -315,6 +345,11 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const listen = typeof listenRaw === 'string' ? parseHostPort(listenRaw, problems, 'listen') : (problems.push('listen: expected HOST:PORT'), undefined);
   const logLevel = pick(src.flags?.logLevel, env.DESKFUSE_LOG_LEVEL, file.logLevel as string | undefined, DEFAULTS.logLevel);
   if (!LEVELS.includes(logLevel)) problems.push(`logLevel: expected one of ${LEVELS.join(', ')}, got ${JSON.stringify(logLevel)}`);
+  const logFormat = pick(src.flags?.logFormat, env.DESKFUSE_LOG_FORMAT, file.logFormat as string | undefined, DEFAULTS.logFormat);
+  if (!LOG_FORMATS.includes(logFormat)) problems.push(`logFormat: expected one of ${LOG_FORMATS.join(', ')}, got ${JSON.stringify(logFormat)}`);
+  const metricsRaw = pick<unknown>(src.flags?.metricsListen, env.DESKFUSE_METRICS_LISTEN, file.metricsListen, 'off');
+  const metricsListen = metricsRaw === 'off' || metricsRaw === null ? null
+    : typeof metricsRaw === 'string' ? parseHostPort(metricsRaw, problems, 'metricsListen') ?? null : (problems.push('metricsListen: expected HOST:PORT or "off"'), null);
   const bodyLimit = file.bodyLimit ?? DEFAULTS.bodyLimit;
   if (typeof bodyLimit !== 'number' || !Number.isInteger(bodyLimit) || bodyLimit < 1024 * 1024) problems.push('bodyLimit: expected an integer of at least 1048576');
 
@@ -330,7 +365,7 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const store = loadStore(file, env, src.flags ?? {}, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -354,7 +389,7 @@ function checkMetaUrl(v: unknown, problems: string[]): void {
 
 /** A config-file block of integers, each in its range (the file is the only source: no env or flags). */
 function loadIntegers<T extends { readonly [k in keyof T]: number }>(block: string, file: Record<string, unknown>, d: T, ranges: Record<keyof T, [number, number]>, problems: string[]): T {
-  for (const k of Object.keys(file)) if (!(k in d)) problems.push(`config file: unknown key ${block}.${k}`);
+  checkKeys(block, file, Object.keys(d), problems);
   const out: Record<string, number> = {};
   for (const [k, [min, max]] of Object.entries(ranges) as Array<[string, [number, number]]>) {
     const v = file[k] ?? d[k as keyof T];
@@ -399,7 +434,7 @@ function loadStore(file: Record<string, unknown>, env: Record<string, string | u
   if (fc !== undefined) {
     if (fc && typeof fc === 'object' && !Array.isArray(fc)) {
       fileCred = fc as Record<string, unknown>;
-      for (const k of Object.keys(fileCred)) if (!['accessKeyId', 'secretAccessKey', 'sessionToken'].includes(k)) problems.push(`config file: unknown key storeCredentials.${k}`);
+      checkKeys('storeCredentials', fileCred, ['accessKeyId', 'secretAccessKey', 'sessionToken'], problems);
       for (const k of ['accessKeyId', 'secretAccessKey', 'sessionToken']) if (fileCred[k] !== undefined && typeof fileCred[k] !== 'string') problems.push(`storeCredentials.${k}: expected a string`);
     } else problems.push('storeCredentials: expected {accessKeyId, secretAccessKey, sessionToken?}');
   }
@@ -423,10 +458,10 @@ function hiddenCredentials(accessKeyId: string, secretAccessKey: string, session
   return c;
 }
 
-const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds'];
+export const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds'];
 
 function loadNbd(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, httpHost: string, problems: string[]): NbdConfig {
-  for (const k of Object.keys(file)) if (!NBD_KEYS.includes(k)) problems.push(`config file: unknown key nbd.${k}`);
+  checkKeys('nbd', file, NBD_KEYS, problems);
   const d = DEFAULTS.nbd;
   const raw = flags.nbdListen ?? env.DESKFUSE_NBD_LISTEN ?? (file.listen as string | undefined);
   let listen: NbdConfig['listen'] = { host: httpHost, port: NBD_PORT };
@@ -445,10 +480,10 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600) };
 }
 
-const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];
+export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];
 
 function loadNetboot(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, problems: string[]): NetbootConfig {
-  for (const k of Object.keys(file)) if (!NETBOOT_KEYS.includes(k)) problems.push(`config file: unknown key netboot.${k}`);
+  checkKeys('netboot', file, NETBOOT_KEYS, problems);
   const str = (flag: string | undefined, envKey: string, key: string): string | undefined =>
     flag ?? env[envKey] ?? (typeof file[key] === 'string' ? (file[key] as string) : file[key] === undefined || file[key] === null ? undefined : (problems.push(`netboot.${key}: expected a string`), undefined));
   const d = NETBOOT_DEFAULTS;
