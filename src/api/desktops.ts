@@ -43,7 +43,20 @@ export const CreateDesktopBody = Type.Object({
 }, { additionalProperties: false });
 export type CreateDesktopBody = Static<typeof CreateDesktopBody>;
 
-export const ResetDesktopBody = Type.Object({ to: Type.Optional(RefName) }, { additionalProperties: false });
+export const ResetDesktopBody = Type.Object({
+  to: Type.Optional(RefName),
+  expect: Type.Optional(Nullable(VersionNumber)),
+  force: Type.Optional(Type.Boolean({ description: 'reset even while an endpoint or VDI session holds the lease (its next commit is kept as a conflict)' })),
+}, { additionalProperties: false });
+export type ResetDesktopBody = Static<typeof ResetDesktopBody>;
+
+/** A reset's answer: the desktop now, the head it dropped (kept in the ref log), the lease it overrode. */
+export const DesktopReset = Type.Composite([Desktop, Type.Object({
+  dropped: Nullable(Type.Integer({ description: 'the head before the reset (kept in the ref log)' })),
+  /** The live lease a forced reset went past: its holder's next commit becomes a conflict. */
+  overrode: Nullable(Lease),
+})]);
+export type DesktopReset = Static<typeof DesktopReset>;
 
 export const DesktopTokenBody = Type.Object({
   ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 365 * 86400 })),

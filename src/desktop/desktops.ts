@@ -116,17 +116,32 @@ export class Desktops {
     return Promise.all((await this.deps.meta.desktops.listDesktops()).map((d) => this.toView(d)));
   }
 
-  /** Move a persistent desktop's ref to the head of an image ref (compare-and-swap; the ref log keeps the old line). */
-  async reset(name: string, to: string | undefined, author: string): Promise<DesktopView> {
+  /**
+   * Move a persistent desktop's ref to the head of an image ref (compare-and-swap; the ref log keeps
+   * the old line). `expect`: the head the caller saw (refused with DF_ERR_REF_MOVED otherwise).
+   * Refused while a holder's lease is live (its work would land as a conflict) unless `force`.
+   */
+  async reset(name: string, to: string | undefined, author: string, opts: { expect?: number | null; force?: boolean } = {}): Promise<DesktopView & { dropped: number | null; overrode: LeaseView | null }> {
     const d = await this.get(name);
     if (d.mode === 'restore') throw restoreMode(d, 'reset');
     const target = checkRefName(to ?? d.follows, 'to');
     const v = (await this.deps.catalog.resolve(d.image, target)).version;
     const ref = desktopRef(name);
     const head = (await this.deps.meta.images.getRef(d.image, ref))?.version ?? null;
-    await this.deps.catalog.moveRef(d.image, ref, v, head, author, `reset to ${target}@${v}`);
-    this.log.info({ desktop: name, image: d.image, from: head, to: v, target, author }, 'desktop reset');
-    return this.view(name);
+    if (opts.expect !== undefined && opts.expect !== head) {
+      throw dfError('DF_ERR_REF_MOVED', `desktop ${name} is at version ${head ?? 'nothing'}, not at the expected ${opts.expect ?? 'nothing'}: nothing was reset`, {
+        image: d.image, ref, head, expected: opts.expect,
+      });
+    }
+    const lease = await this.liveLease(name);
+    if (lease && !opts.force) {
+      throw dfError('DF_ERR_LEASE_HELD', `desktop ${name} is in use: ${lease.holder} holds its lease since ${lease.since}; a reset now would turn its next commit into a conflict. Wait for it to commit, break the lease (desktop lease break ${name}), or reset --force`, {
+        desktop: name, holder: lease.holder, since: lease.since, expiresAt: lease.expiresAt,
+      });
+    }
+    await this.deps.catalog.moveRef(d.image, ref, v, opts.expect !== undefined ? opts.expect : head, author, `reset to ${target}@${v}`);
+    this.log.info({ desktop: name, image: d.image, from: head, to: v, target, author, ...(lease ? { overrode: lease.holder } : {}) }, 'desktop reset');
+    return { ...(await this.view(name)), dropped: head, overrode: lease };
   }
 
   async mintToken(name: string, ttlSeconds: number = TOKEN_TTL.default): Promise<DesktopToken> {
@@ -202,9 +217,12 @@ export class Desktops {
   private async toView(d: DesktopRow): Promise<DesktopView> {
     const ref = d.mode === 'persistent' ? desktopRef(d.name) : null;
     const head = (await this.deps.catalog.resolve(d.image, ref ?? d.follows)).version;
-    const l = await this.deps.meta.desktops.getLease(d.name);
-    const live = l && l.holder !== null && l.expiresAt > this.now().toISOString() ? leaseView(l) : null;
-    return { name: d.name, image: d.image, mode: d.mode, follows: d.follows, ref, head, lease: live, createdAt: d.createdAt };
+    return { name: d.name, image: d.image, mode: d.mode, follows: d.follows, ref, head, lease: await this.liveLease(d.name), createdAt: d.createdAt };
+  }
+
+  private async liveLease(name: string): Promise<LeaseView | null> {
+    const l = await this.deps.meta.desktops.getLease(name);
+    return l && l.holder !== null && l.expiresAt > this.now().toISOString() ? leaseView(l) : null;
   }
 }
 

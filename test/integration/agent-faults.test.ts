@@ -144,7 +144,7 @@ async function desktop(name: string, from: string, mode = 'persistent'): Promise
 }
 
 async function reset(name: string, to: string): Promise<void> {
-  const r = await cli(['desktop', 'reset', name, '--to', to], admin);
+  const r = await cli(['desktop', 'reset', name, '--to', to, '--force'], admin);
   expect(r.code, r.stderr).toBe(0);
 }
 

@@ -345,11 +345,15 @@ describe('desktops over HTTP', () => {
     expect(own).toBe(3);
     const v4 = await publish(admin, 'win', 'main', 2);
 
-    const r = await admin('POST', '/api/v1/desktops/alice/reset'); // no body: reset to the ref it follows
+    // endpoint-1 holds the lease: refused unless forced, and the forced answer names it
+    const held = await admin('POST', '/api/v1/desktops/alice/reset');
+    expect(held.json()).toMatchObject({ code: 'DF_ERR_LEASE_HELD', holder: 'endpoint-1' });
+    const r = await admin('POST', '/api/v1/desktops/alice/reset', { force: true }); // reset to the ref it follows
     expect(r.statusCode, r.payload).toBe(200);
-    expect(r.json()).toMatchObject({ name: 'alice', ref: 'desktops/alice', head: v4 });
+    expect(r.json()).toMatchObject({ name: 'alice', ref: 'desktops/alice', head: v4, dropped: own, overrode: { holder: 'endpoint-1', fencing } });
     await admin('PUT', '/api/v1/images/win/refs/test', { version: 1, expect: null });
-    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'test' })).json().head).toBe(1);
+    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'test', expect: own, force: true })).json()).toMatchObject({ code: 'DF_ERR_REF_MOVED', head: v4 });
+    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'test', expect: v4, force: true })).json().head).toBe(1);
     const log = (await admin('GET', '/api/v1/images/win/reflog?ref=desktops/alice')).json().entries;
     expect(log.map((e: { oldVersion: number | null; newVersion: number; reason: string }) => [e.oldVersion, e.newVersion, e.reason])).toEqual([
       [v4, 1, 'reset to test@1'], [own, v4, `reset to main@${v4}`], [2, own, 'voi-commit'], [null, 2, 'desktop create from main@2'],
@@ -357,7 +361,7 @@ describe('desktops over HTTP', () => {
     expect((await admin('GET', `/api/v1/images/win/versions/${own}`)).statusCode).toBe(200);
     // the endpoint's next commit on the old head is kept as a conflict, not lost
     expect((await desk('POST', '/api/v1/desktops/alice/commits', { parent: own, layer: await change(desk), kind: 'voi-commit', fencing })).json().reason).toBe('parent');
-    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'nope' })).json().code).toBe('DF_ERR_REF_NOT_FOUND');
+    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'nope', force: true })).json().code).toBe('DF_ERR_REF_NOT_FOUND');
     // an image commit names the reason too
     const img = await admin('POST', '/api/v1/images/win/commits', { parent: 1, ref: 'main', layer: await change(admin), kind: 'publish' });
     expect(img.json()).toMatchObject({ code: 'DF_ERR_CONFLICT', reason: 'parent', head: v4 });
@@ -408,7 +412,7 @@ describe('deskfuse desktop (built CLI)', () => {
     const br = await cli(['desktop', 'lease', 'break', 'alice', '--json'], env);
     expect(br.json.broken).toMatchObject({ holder: 'endpoint-9', fencing: 1 });
     const reset = await cli(['desktop', 'reset', 'alice', '--to', 'main'], env);
-    expect(reset.stdout).toBe('desktop alice: desktops/alice is now version 2 (reset to main)');
+    expect(reset.stdout).toBe('desktop alice: desktops/alice is now version 2 (reset to main); dropped head v2 (kept in the ref log)');
     const bad = await cli(['desktop', 'create', 'x', '--image', 'win', '--mode', 'sometimes'], env);
     expect(bad.code).toBe(2);
   });
