@@ -11,7 +11,8 @@ deskfuse agent commit --disk PATH [--server URL --token T] [--force]
 deskfuse agent status --disk PATH
 deskfuse agent handoff --disk PATH     (mark the disk in use by the OS: the next boot scans it)
   --token: the desktop's token (deskfuse desktop token NAME) or an admin token
-  --force: take the desktop's lease from another holder (its later commit becomes a conflict)
+  --force: take the desktop's lease from another holder, named on stderr (its later commit becomes a
+           conflict). Without it, a commit while another holds the lease is kept as a conflict version
   --reprovision: overwrite a disk that belongs to another image or desktop
 `;
 
@@ -39,6 +40,7 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
   switch (sub) {
     case 'sync': {
       const r = await agentSync(opts());
+      tookLease(io, json, r.desktop, r.tookLeaseFrom);
       emit(io, json, r, () =>
         `${r.desktop}: ${r.from ?? 'blank'} -> ${r.to}${r.committed ? ` (committed local changes as ${r.committed}${r.conflict ? `, kept as ${r.conflict}` : ''})` : ''}: ` +
         `${r.chunksWritten} chunks written (${r.chunksPatched} from 4 KiB deltas), ${fmtBytes(r.bytesFetched)} fetched in ${r.requests} requests, ${r.seconds.toFixed(1)} s\n`);
@@ -46,11 +48,15 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
     }
     case 'commit': {
       const r = await agentCommit(opts());
+      tookLease(io, json, r.desktop, r.tookLeaseFrom);
       emit(io, json, r, () => !r.committed
         ? `${r.desktop}: nothing to commit (disk clean at version ${r.version})\n`
-        : r.conflict
-          ? `${r.desktop}: version ${r.version} kept as ${r.conflict.conflictRef} (${r.conflict.reason}: the desktop moved to ${r.conflict.head})\n`
-          : `${r.desktop}: committed version ${r.version} (parent ${r.parent}), ${r.localChanges} chunks changed, ${fmtBytes(r.bytesUploaded)} uploaded\n`);
+        : r.conflict && r.leaseHeldBy
+          ? `${r.desktop}: ${r.leaseHeldBy.holder} holds the desktop's lease (since ${r.leaseHeldBy.since}), so these changes were not put on its line: ` +
+            `they became conflict ref ${r.conflict.conflictRef} (version ${r.version}). Nothing is lost; to continue from them: deskfuse desktop reset ${r.desktop} --to ${r.conflict.conflictRef}\n`
+          : r.conflict
+            ? `${r.desktop}: version ${r.version} became conflict ref ${r.conflict.conflictRef} (${r.conflict.reason}: the desktop moved to ${r.conflict.head})\n`
+            : `${r.desktop}: committed version ${r.version} (parent ${r.parent}), ${r.localChanges} chunks changed, ${fmtBytes(r.bytesUploaded)} uploaded\n`);
       return r.conflict ? 3 : 0;
     }
     case 'status': {
@@ -66,4 +72,9 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
     default:
       throw dfError('DF_ERR_USAGE', `unknown agent command ${JSON.stringify(sub)}\n${HELP}`);
   }
+}
+
+/** A forced take-over is never silent: whose lease it was goes to stderr. */
+function tookLease(io: Io, json: boolean, desktop: string, from: { holder: string; fencing: number; since: string } | null): void {
+  if (from && !json) io.err.write(`deskfuse: took the lease of desktop ${desktop} from ${from.holder} (fencing ${from.fencing}, since ${from.since}): its next commit will be kept as a conflict\n`);
 }

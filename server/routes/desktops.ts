@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import {
-  CommitAnswer, CreateDesktopBody, Desktop, DesktopCommitBody, DesktopList, DesktopParams, DesktopToken, DesktopTokenBody, Lease, LeaseBody,
-  DesktopReset, LeaseBroken, LeaseReleased, LeaseReleaseQuery, ResetDesktopBody,
+  CommitAnswer, CreateDesktopBody, Desktop, DesktopCommitBody, DesktopList, DesktopParams, DesktopToken, DesktopTokenBody, LeaseBody,
+  DesktopReset, LeaseBroken, LeaseTaken, LeaseReleased, LeaseReleaseQuery, ResetDesktopBody,
 } from '../../src/api/schemas.js';
 import type { AppContext } from '../context.js';
 import { sendCommit } from './images.js';
@@ -42,7 +42,7 @@ export const desktopRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => asy
   }, async (req, reply) => reply.status(201).send(await desktops.mintToken(req.params.name, req.body.ttlSeconds)));
 
   app.post('/desktops/:name/lease', {
-    schema: { params: DesktopParams, body: LeaseBody, response: { 200: Lease }, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing)' },
+    schema: { params: DesktopParams, body: LeaseBody, response: { 200: LeaseTaken }, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing and names the lease it took in `takenFrom`)' },
   }, async (req) => {
     try {
       const lease = await desktops.acquireLease(req.params.name, req.body.holder, req.body.ttlSeconds, req.body.force ?? false);

@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { ApiClient, busyLine, ServerList } from '../api/client.js';
-import type { Desktop, Image, Lease as LeaseAnswer } from '../api/schemas.js';
+import type { Desktop, Image, LeaseTaken } from '../api/schemas.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
@@ -11,7 +11,10 @@ import { adoptLegacyState, areaStart, type DiskState, readSlot, readState, type 
 
 export interface Lease {
   holder: string;
+  /** 0: not held (another holder has it): a commit under it is kept as a conflict. */
   fencing: number;
+  /** The live lease a forced take-over displaced. */
+  takenFrom?: { holder: string; fencing: number; since: string } | null;
 }
 
 export interface AgentOptions {
@@ -112,10 +115,11 @@ export function hintsAt(hints: Buffer, g: Geometry, pos: number): Buffer {
 }
 
 export async function takeLease(s: Session, force: boolean): Promise<Lease> {
-  const r = await s.client.json<LeaseAnswer>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
+  const r = await s.client.json<LeaseTaken>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
     body: { holder: s.holder, ttlSeconds: 86400, force }, idempotent: true,
   });
-  return { holder: r.body.holder, fencing: r.body.fencing };
+  const t = r.body.takenFrom;
+  return { holder: r.body.holder, fencing: r.body.fencing, takenFrom: t ? { holder: t.holder, fencing: t.fencing, since: t.since } : null };
 }
 
 export async function releaseLease(s: Session, lease: Lease): Promise<void> {

@@ -35,6 +35,8 @@ export interface SyncResult {
   bytesFetched: number;
   requests: number;
   seconds: number;
+  /** The live lease `force` took over (its holder's next commit becomes a conflict). */
+  tookLeaseFrom: { holder: string; fencing: number; since: string } | null;
 }
 
 const MAX_HOPS = 16;
@@ -122,7 +124,10 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   }
 
   const to = s.desktop.head;
-  const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: 0, chunksPatched: 0 });
+  const done = (): SyncCore => ({
+    desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges,
+    chunksWritten: 0, chunksPatched: 0, tookLeaseFrom: lease?.takenFrom ?? null,
+  });
   if (state.state === 'clean' && state.version === to) return sealed(s, done()); // a boot with nothing to do
 
   // Delta path: the versions from the disk's version to the target; the target's index then follows
@@ -140,7 +145,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false);
   await s.disk.fh.datasync();
   state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
-  return sealed(s, { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched });
+  return sealed(s, { ...done(), chunksWritten: ops.length, chunksPatched: res.patched });
 }
 
 /** The disk at its version gets a valid GPT for its size (state-area.ts, the diagram): nothing asks to "fix" it. */

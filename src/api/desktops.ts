@@ -12,6 +12,10 @@ export const DesktopParams = Type.Object({ name: DesktopName });
 export const Lease = Type.Object({ desktop: Type.String(), holder: Type.String(), fencing: Type.Integer(), since: Time, expiresAt: Time });
 export type Lease = Static<typeof Lease>;
 
+/** The answer to taking a lease: the lease, and the live one it took over (`force`), if any. */
+export const LeaseTaken = Type.Composite([Lease, Type.Object({ takenFrom: Nullable(Lease) })]);
+export type LeaseTaken = Static<typeof LeaseTaken>;
+
 export const Desktop = Type.Object({
   name: Type.String(),
   image: Type.String(),
@@ -75,7 +79,8 @@ export const DesktopCommitBody = Type.Object({
   parent: Nullable(VersionNumber),
   layer: ChunkId,
   kind: StringEnum(['voi-commit', 'vdi-commit'] as const),
-  fencing: Type.Integer({ minimum: 1 }),
+  /** The lease's fencing; 0: the committer holds no lease (another does): the version is kept as a conflict. */
+  fencing: Type.Integer({ minimum: 0 }),
   message: Type.Optional(Type.String({ maxLength: 4000 })),
   holder: Type.Optional(Holder),
 }, { additionalProperties: false });

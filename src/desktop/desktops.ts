@@ -156,7 +156,8 @@ export class Desktops {
     return { token, scope, expiresAt };
   }
 
-  async acquireLease(name: string, holder: string, ttlSeconds: number = LEASE_TTL.default, force = false): Promise<LeaseView> {
+  /** Take or renew the lease; `takenFrom` names the live lease a forced take-over displaced. */
+  async acquireLease(name: string, holder: string, ttlSeconds: number = LEASE_TTL.default, force = false): Promise<LeaseView & { takenFrom: LeaseView | null }> {
     await this.get(name);
     if (holder.length < 1 || holder.length > HOLDER_MAX) throw dfError('DF_ERR_BAD_REQUEST', `holder must be 1-${HOLDER_MAX} characters`, { field: 'holder' });
     checkRange(ttlSeconds, LEASE_TTL, 'ttlSeconds');
@@ -178,7 +179,7 @@ export class Desktops {
         this.log.debug({ desktop: name, holder, fencing: l.fencing, expiresAt: l.expiresAt }, 'lease renewed');
         break;
     }
-    return leaseView(l)!;
+    return { ...leaseView(l)!, takenFrom: out.kind === 'taken-over' ? leaseView(out.previous) : null };
   }
 
   async releaseLease(name: string, fencing: number): Promise<{ released: true }> {

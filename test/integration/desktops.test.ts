@@ -221,7 +221,7 @@ describe('desktops over HTTP', () => {
     const a = await acquire('endpoint-1');
     expect(a.statusCode).toBe(200);
     const since = new Date(T0).toISOString();
-    expect(a.json()).toEqual({ desktop: 'alice', holder: 'endpoint-1', fencing: 1, since, expiresAt: new Date(T0 + 3600_000).toISOString() });
+    expect(a.json()).toEqual({ desktop: 'alice', holder: 'endpoint-1', fencing: 1, since, expiresAt: new Date(T0 + 3600_000).toISOString(), takenFrom: null });
 
     advance(5);
     const held = await acquire('vdi-7');
@@ -230,12 +230,14 @@ describe('desktops over HTTP', () => {
     expect(held.json().message).toBe(`desktop alice is held by endpoint-1 since ${since}; ask an admin to break the lease or retry with force`);
 
     advance(5);
-    const renewed = (await acquire('endpoint-1', { ttlSeconds: 600 })).json();
+    const { takenFrom, ...renewed } = (await acquire('endpoint-1', { ttlSeconds: 600 })).json();
     expect(renewed).toMatchObject({ holder: 'endpoint-1', fencing: 1, since, expiresAt: new Date(clock + 600_000).toISOString() });
+    expect(takenFrom).toBeNull();
     expect((await desk('GET', '/api/v1/desktops/alice')).json().lease).toEqual(renewed);
 
+    // a forced take-over names the lease it took
     const forced = (await acquire('vdi-7', { force: true })).json();
-    expect(forced).toMatchObject({ holder: 'vdi-7', fencing: 2, since: new Date(clock).toISOString() });
+    expect(forced).toMatchObject({ holder: 'vdi-7', fencing: 2, since: new Date(clock).toISOString(), takenFrom: { holder: 'endpoint-1', fencing: 1, since } });
 
     // the old holder lost it: its release is refused, naming the current one
     const lost = await desk('DELETE', '/api/v1/desktops/alice/lease?fencing=1');
