@@ -6,7 +6,7 @@ import { fmtBytes } from '../../src/progress.js';
 import { DEFAULT_SERVER, need, parse, type Io } from '../args.js';
 import { emit } from '../output.js';
 
-const HELP = `deskfuse agent sync   --disk PATH --desktop NAME [--server URL --token T] [--force] [--reprovision]
+const HELP = `deskfuse agent sync   --disk PATH --desktop NAME [--server URL --token T] [--force] [--reprovision] [--lease-ttl S]
 deskfuse agent commit --disk PATH [--server URL --token T] [--force]
 deskfuse agent status --disk PATH
 deskfuse agent handoff --disk PATH     (mark the disk in use by the OS: the next boot scans it)
@@ -14,6 +14,9 @@ deskfuse agent handoff --disk PATH     (mark the disk in use by the OS: the next
   --force: take the desktop's lease from another holder, named on stderr (its later commit becomes a
            conflict). Without it, a commit while another holds the lease is kept as a conflict version
   --reprovision: overwrite a disk that belongs to another image or desktop
+  --lease-ttl SECONDS: how long the desktop's lease lasts unless renewed (default 300; 10-86400). The
+           agent renews it while it runs; after a sync, the endpoint's OS renews it (POST /boot/keepalive,
+           initramfs/os-integration), so a dead endpoint frees the desktop within this time
 `;
 
 export async function agentCommand(args: string[], io: Io): Promise<number> {
@@ -24,18 +27,24 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
     force: { type: 'boolean', default: false },
     reprovision: { type: 'boolean', default: false },
     holder: { type: 'string' },
+    'lease-ttl': { type: 'string' },
   });
   if (values.help || !sub) {
     io.out.write(HELP);
     return sub ? 0 : 2;
   }
   const disk = need(values.disk, '--disk PATH');
+  const leaseTtl = values['lease-ttl'];
+  if (leaseTtl !== undefined && (!/^\d+$/.test(leaseTtl) || Number(leaseTtl) < 10 || Number(leaseTtl) > 86400)) {
+    throw dfError('DF_ERR_USAGE', `--lease-ttl: expected seconds from 10 to 86400, got ${JSON.stringify(leaseTtl)}`, { option: '--lease-ttl' });
+  }
   const json = values.json;
   const opts = (): AgentOptions => ({
     server: values.server ?? io.env.DESKFUSE_SERVER ?? DEFAULT_SERVER,
     token: need(values.token ?? io.env.DESKFUSE_TOKEN, '--token (or DESKFUSE_TOKEN)'),
     disk, force: values.force, reprovision: values.reprovision, progress: !json && Boolean(io.err.isTTY),
     ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.holder ? { holder: values.holder } : {}),
+    ...(leaseTtl !== undefined ? { leaseSeconds: Number(leaseTtl) } : {}),
   });
   switch (sub) {
     case 'sync': {

@@ -6,7 +6,7 @@ import { scanDisk } from '../sync/scan.js';
 import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { hasDataOutside, openDisk } from './disk.js';
-import { openSession, releaseLease, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
+import { keepLease, openSession, releaseLease, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
 import { adoptLegacyState, areaSize, readLegacyState, readSlot, readState, writeHeader } from './state-area.js';
 
 export interface CommitResult extends Partial<CommitOutcome> {
@@ -61,18 +61,23 @@ async function commitDisk(o: AgentOptions): Promise<CommitResult> {
       leaseHeldBy: heldBy, tookLeaseFrom: lease.takenFrom ?? null,
     };
     let result: CommitResult;
-    if (state.state === 'clean') {
-      result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
-    } else {
-      const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
-      const hints = mergeHints(scan, s.slot.hints);
-      if (scan.changed.length === 0) {
-        state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null });
-        result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+    const stop = heldBy ? null : keepLease(s);
+    try {
+      if (state.state === 'clean') {
+        result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
       } else {
-        const c = await commitChanges(s, state, lease, scan, hints);
-        result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+        const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
+        const hints = mergeHints(scan, s.slot.hints);
+        if (scan.changed.length === 0) {
+          state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null });
+          result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+        } else {
+          const c = await commitChanges(s, state, lease, scan, hints);
+          result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+        }
       }
+    } finally {
+      await stop?.();
     }
     if (!heldBy) await releaseLease(s, lease);
     return { ...result, bytesUploaded: s.client.stats.bytesSent, requests: s.client.stats.requests, seconds: (performance.now() - t0) / 1000 };

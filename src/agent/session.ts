@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import { ApiClient, busyLine, ServerList } from '../api/client.js';
 import type { Desktop, Image, LeaseTaken } from '../api/schemas.js';
+import { AGENT_LEASE_SECONDS } from '../desktop/desktops.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
@@ -32,6 +33,12 @@ export interface AgentOptions {
   /** Wipe a state area that belongs to another image or desktop. */
   reprovision?: boolean;
   holder?: string;
+  /**
+   * Seconds the desktop's lease lasts without a renewal (default AGENT_LEASE_SECONDS). The run
+   * renews it every third of that; afterwards the endpoint's OS does (POST /boot/keepalive), so a
+   * dead endpoint frees its desktop within this time.
+   */
+  leaseSeconds?: number;
   progress?: boolean;
   /**
    * The OS may have run since the disk was sealed clean (the server let the endpoint boot its disk
@@ -58,6 +65,7 @@ export interface Session {
   state: DiskState | null;
   slot: Slot | null;
   holder: string;
+  leaseSeconds: number;
   message?: string;
   /** The endpoint secret a fresh state gets. */
   secret: Buffer;
@@ -90,7 +98,10 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
     if (state && !state.secret.equals(secret)) state = await writeHeader(disk.fh, disk.size, { ...state, secret });
     if (state?.state === 'clean' && o.assumeDirty) state = { ...state, state: 'dirty' };
     const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
-    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, ...(o.message ? { message: o.message } : {}) };
+    return {
+      client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, leaseSeconds: o.leaseSeconds ?? AGENT_LEASE_SECONDS,
+      ...(o.message ? { message: o.message } : {}),
+    };
   } catch (err) {
     await disk.close();
     throw err;
@@ -116,10 +127,30 @@ export function hintsAt(hints: Buffer, g: Geometry, pos: number): Buffer {
 
 export async function takeLease(s: Session, force: boolean): Promise<Lease> {
   const r = await s.client.json<LeaseTaken>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
-    body: { holder: s.holder, ttlSeconds: 86400, force }, idempotent: true,
+    body: { holder: s.holder, ttlSeconds: s.leaseSeconds, force }, idempotent: true,
   });
   const t = r.body.takenFrom;
   return { holder: r.body.holder, fencing: r.body.fencing, takenFrom: t ? { holder: t.holder, fencing: t.fencing, since: t.since } : null };
+}
+
+/**
+ * Renew the lease every third of its time while this run lasts (a sync of a large image can take
+ * longer than the lease). A failed renewal is left alone: a commit under a lost lease is kept as a
+ * conflict. Returns the function that stops it.
+ */
+export function keepLease(s: Session): () => Promise<void> {
+  let inflight: Promise<unknown> = Promise.resolve();
+  const renew = () => {
+    inflight = s.client.json('POST', `/api/v1/desktops/${s.desktop.name}/lease`, { body: { holder: s.holder, ttlSeconds: s.leaseSeconds, force: false }, idempotent: true })
+      .catch(() => {});
+  };
+  const t = setInterval(renew, (s.leaseSeconds * 1000) / 3);
+  t.unref();
+  // Stopped before a release: a renewal still on its way must not take the lease back after it.
+  return async () => {
+    clearInterval(t);
+    await inflight;
+  };
 }
 
 export async function releaseLease(s: Session, lease: Lease): Promise<void> {

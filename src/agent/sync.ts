@@ -16,7 +16,7 @@ import { hasDataOutside, readChunkAt, sealGpt } from './disk.js';
 import { DiskWriter } from '../disk/writer.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { ChunkFetcher } from './fetcher.js';
-import { emptyHints, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
+import { emptyHints, freshState, keepLease, openSession, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
 import { GPT_RESERVE, writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
 
 export interface SyncResult {
@@ -80,10 +80,19 @@ async function syncWithRetries(o: AgentOptions, desktop: string): Promise<SyncRe
 type SyncCore = Omit<SyncResult, 'requests' | 'bytesFetched' | 'seconds'>;
 
 async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
-  const g = s.geometry;
   // One writer per persistent desktop; restore desktops never write back, so any number of
   // endpoints may follow one (a classroom of kiosks).
   const lease = s.desktop.mode === 'persistent' ? await takeLease(s, o.force ?? false) : null;
+  const stop = lease ? keepLease(s) : null;
+  try {
+    return await syncLeased(s, o, lease);
+  } finally {
+    await stop?.();
+  }
+}
+
+async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Promise<SyncCore> {
+  const g = s.geometry;
   let state = s.state;
   let scan: ScanResult | null = null;
   let actual: ChunkIndex;

@@ -63,6 +63,8 @@ export interface DesktopCommitRequest {
 
 export const TOKEN_TTL = { default: 30 * 86400, min: 1, max: 365 * 86400 } as const;
 export const LEASE_TTL = { default: 3600, min: 10, max: 86400 } as const;
+/** An endpoint agent's lease: short, renewed while the endpoint lives, so a dead one frees its desktop soon. */
+export const AGENT_LEASE_SECONDS = 300;
 export const HOLDER_MAX = 200;
 
 export const desktopRef = (name: string): string => `desktops/${name}`;

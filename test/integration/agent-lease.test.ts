@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, patch, prng, sha256, sha256Prefix } from '../helpers/disk.js';
 import { cli, startInProcess, tempDir } from '../helpers/server.js';
@@ -12,6 +13,7 @@ let srv: Awaited<ReturnType<typeof startInProcess>>;
 let admin: Record<string, string>;
 const f = (n: string) => path.join(tmp.dir, n);
 const imageSha = (disk: string) => sha256Prefix(disk, SIZE);
+const KEEPALIVE = path.resolve(import.meta.dirname, '../../initramfs/os-integration/deskfuse-commit-at-shutdown.sh');
 
 beforeAll(async () => {
   tmp = tempDir('df-lease-');
@@ -100,5 +102,58 @@ describe('a displaced lease holder', () => {
     expect((await show('race')).head).toBe(rb.json.version);
     expect(await exportSha(`win@${ra.json.conflict.conflictRef}`, 'ra.out')).toBe(imageSha(f('ra.img')));
     expect(await exportSha(`win@${rb.json.version}`, 'rb.out')).toBe(imageSha(f('rb.img')));
+  });
+});
+
+describe('an endpoint lease', () => {
+  it('is renewed while the endpoint lives and runs out soon after it dies; a VDI session can then take the desktop', async () => {
+    const agent = await desktop('live');
+    const mac = '02:00:00:00:09:09';
+    expect((await cli(['endpoint', 'add', mac, '--desktop', 'live', '--name', 'pc9'], admin)).code).toBe(0);
+    expect((await fetch(`${srv.url}/boot/ipxe?mac=${mac}`)).status).toBe(200); // its boot: the server learns its address
+    execFileSync('truncate', ['-s', String(SIZE + 4 * MiB), f('live.img')]);
+    const s = await agent(['sync', '--disk', f('live.img'), '--desktop', 'live', '--holder', 'endpoint:pc9', '--lease-ttl', '10']);
+    expect(s.code, s.stderr).toBe(0);
+    const lease = (await show('live')).lease;
+    expect(lease.holder).toBe('endpoint:pc9');
+    expect(Date.parse(lease.expiresAt) - Date.now()).toBeLessThanOrEqual(10_000);
+
+    // the desktop's OS says it is alive every 3 s, with the shipped script (its timer: every minute)
+    const keepalive = async () => (await fetch(`${srv.url}/boot/keepalive`, {
+      method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded' }, body: `mac=${mac}&ttlSeconds=10`,
+    })).json();
+    // (asynchronously: the server answers from this process)
+    const script = async () => (await execa('sh', [KEEPALIVE, '--keepalive', srv.url], { env: { PATH: process.env.PATH!, DESKFUSE_MAC: mac, DESKFUSE_CONF: '/nonexistent', DESKFUSE_LEASE_SECONDS: '10' }, extendEnv: false })).stdout;
+    const t0 = Date.now();
+    let renewals = 0;
+    while (Date.now() - t0 < 14_000) {
+      const out = await script();
+      expect(out).toContain(`deskfuse: lease renewed (${mac})`);
+      renewals++;
+      await new Promise((r) => setTimeout(r, 3000));
+    }
+    expect(renewals).toBeGreaterThanOrEqual(4);
+    expect(await keepalive()).toMatchObject({ renewed: true, desktop: 'live' });
+    const refused = await cli(['vdi', 'session', 'create', 'live', '--json'], admin);
+    expect(refused.code).toBe(1);
+    expect(refused.json.error).toMatchObject({ code: 'DF_ERR_LEASE_HELD', holder: 'endpoint:pc9' });
+
+    // the endpoint dies: no more renewals; within the lease time the desktop is free
+    await new Promise((r) => setTimeout(r, 10_500));
+    expect((await show('live')).lease).toBeNull();
+    const vdi = await cli(['vdi', 'session', 'create', 'live', '--json'], admin);
+    expect(vdi.code, vdi.stderr).toBe(0);
+    expect((await show('live')).lease.holder).toBe(`vdi:${vdi.json.session}`);
+    // the dead endpoint's keepalive, were it to come back, does not take the desktop from the session
+    expect(await keepalive()).toMatchObject({ renewed: false, reason: `the lease is held by vdi:${vdi.json.session}` });
+  }, 60_000);
+
+  it('a keepalive with a bad lease time or MAC is a coded error', async () => {
+    const r = await fetch(`${srv.url}/boot/keepalive`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mac: '02:00:00:00:09:09', ttlSeconds: 5 }) });
+    expect(r.status).toBe(400);
+    expect((await r.json()).code).toBe('DF_ERR_BAD_REQUEST');
+    const other = await fetch(`${srv.url}/boot/keepalive`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ mac: 'zz' }) });
+    expect(other.status).toBe(400);
+    expect(await other.json()).toMatchObject({ code: 'DF_ERR_BAD_REQUEST', field: 'mac' });
   });
 });
