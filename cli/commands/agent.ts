@@ -7,13 +7,17 @@ import { DEFAULT_SERVER, need, parse, type Io } from '../args.js';
 import { emit } from '../output.js';
 
 const HELP = `deskfuse agent sync   --disk PATH --desktop NAME [--server URL --token T] [--force] [--reprovision] [--lease-ttl S]
-deskfuse agent commit --disk PATH [--server URL --token T] [--force]
+deskfuse agent commit --disk PATH [--server URL --token T] [-m MESSAGE] [--force] [--scan] [--progress]
 deskfuse agent status --disk PATH
 deskfuse agent handoff --disk PATH     (mark the disk in use by the OS: the next boot scans it)
   --token: the desktop's token (deskfuse desktop token NAME) or an admin token
   --force: take the desktop's lease from another holder, named on stderr (its later commit becomes a
            conflict). Without it, a commit while another holds the lease is kept as a conflict version
   --reprovision: overwrite a disk that belongs to another image or desktop
+  -m MESSAGE: the message of the version a commit makes (image log shows it); agent sync takes it too
+  --progress: the progress line on stderr also when it is not a terminal (default: only on a terminal)
+  --scan: hash the whole disk even when it is sealed clean (a disk file written since its seal is
+          scanned anyway: its mtime moved; a block device's writes leave no such trace)
   --lease-ttl SECONDS: how long the desktop's lease lasts unless renewed (default 300; 10-86400). The
            agent renews it while it runs; after a sync, the endpoint's OS renews it (POST /boot/keepalive,
            initramfs/os-integration), so a dead endpoint frees the desktop within this time
@@ -28,6 +32,9 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
     reprovision: { type: 'boolean', default: false },
     holder: { type: 'string' },
     'lease-ttl': { type: 'string' },
+    scan: { type: 'boolean', default: false },
+    message: { type: 'string', short: 'm' },
+    progress: { type: 'boolean', default: false },
   });
   if (values.help || !sub) {
     io.out.write(HELP);
@@ -42,9 +49,10 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
   const opts = (): AgentOptions => ({
     server: values.server ?? io.env.DESKFUSE_SERVER ?? DEFAULT_SERVER,
     token: need(values.token ?? io.env.DESKFUSE_TOKEN, '--token (or DESKFUSE_TOKEN)'),
-    disk, force: values.force, reprovision: values.reprovision, progress: !json && Boolean(io.err.isTTY),
+    disk, force: values.force, reprovision: values.reprovision, progress: values.progress ? 'always' : !json && Boolean(io.err.isTTY),
+    ...(values.message !== undefined ? { message: values.message } : {}),
     ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.holder ? { holder: values.holder } : {}),
-    ...(leaseTtl !== undefined ? { leaseSeconds: Number(leaseTtl) } : {}),
+    ...(leaseTtl !== undefined ? { leaseSeconds: Number(leaseTtl) } : {}), ...(values.scan ? { assumeDirty: true } : {}),
   });
   switch (sub) {
     case 'sync': {
@@ -59,7 +67,12 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
       const r = await agentCommit(opts());
       tookLease(io, json, r.desktop, r.tookLeaseFrom);
       emit(io, json, r, () => !r.committed
-        ? `${r.desktop}: nothing to commit (disk clean at version ${r.version})\n`
+        ? r.scanSeconds !== null
+          ? `${r.desktop}: nothing to commit: the disk holds version ${r.version} unchanged (scanned${r.unsealed ? ': its file changed since it was sealed' : ''})\n`
+          : r.sealCheck === 'mtime'
+            ? `${r.desktop}: nothing to commit: the disk was sealed clean at version ${r.version} and its file is unchanged since (agent commit --scan hashes it anyway)\n`
+            : `${r.desktop}: nothing committed: the disk was sealed clean at version ${r.version}, so it was not scanned, and changes made to it outside the boot flow ` +
+              `are not seen. To commit such changes: deskfuse agent commit --scan (hashes the whole disk); before using the disk outside the boot flow: deskfuse agent handoff\n`
         : r.conflict && r.leaseHeldBy
           ? `${r.desktop}: ${r.leaseHeldBy.holder} holds the desktop's lease (since ${r.leaseHeldBy.since}), so these changes were not put on its line: ` +
             `they became conflict ref ${r.conflict.conflictRef} (version ${r.version}). Nothing is lost; to continue from them: deskfuse desktop reset ${r.desktop} --to ${r.conflict.conflictRef}\n`

@@ -25,6 +25,10 @@ export interface CommitResult extends Partial<CommitOutcome> {
   leaseHeldBy: { holder: string; since: string } | null;
   /** The live lease `force` took over (its holder's next commit becomes a conflict). */
   tookLeaseFrom: { holder: string; fencing: number; since: string } | null;
+  /** The disk said clean, but its file changed since it was sealed: it was scanned. */
+  unsealed: boolean;
+  /** How a clean disk is known to be unchanged: its file's mtime against its seal, or not at all (a block device, an old seal). */
+  sealCheck: 'mtime' | 'none';
 }
 
 /** The desktop a disk belongs to, from its state area (no server needed). */
@@ -59,6 +63,7 @@ async function commitDisk(o: AgentOptions): Promise<CommitResult> {
     const base = {
       desktop: s.desktop.name, ref: s.desktop.ref ?? `desktops/${s.desktop.name}`, conflict: null, parent: state.version,
       leaseHeldBy: heldBy, tookLeaseFrom: lease.takenFrom ?? null,
+      unsealed: s.unsealed, sealCheck: (state.sealedAt != null && s.disk.mtimeMs !== null) || s.unsealed ? 'mtime' as const : 'none' as const,
     };
     let result: CommitResult;
     const stop = heldBy ? null : keepLease(s);

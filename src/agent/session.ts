@@ -39,7 +39,8 @@ export interface AgentOptions {
    * dead endpoint frees its desktop within this time.
    */
   leaseSeconds?: number;
-  progress?: boolean;
+  /** A progress line on stderr: on a TTY (true), or also where it is not one ('always': --progress). */
+  progress?: boolean | 'always';
   /**
    * The OS may have run since the disk was sealed clean (the server let the endpoint boot its disk
    * straight from iPXE): treat a clean disk as dirty, so it is scanned and nothing it changed is missed.
@@ -66,6 +67,9 @@ export interface Session {
   slot: Slot | null;
   holder: string;
   leaseSeconds: number;
+  /** The disk said clean but its file changed since it was sealed: it is treated as dirty. */
+  unsealed: boolean;
+  progress: boolean | 'always';
   message?: string;
   /** The endpoint secret a fresh state gets. */
   secret: Buffer;
@@ -93,19 +97,29 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
       }
       state = null;
     }
+    // A disk file written since a run sealed it clean (its mtime moved: loop-mounted, a tool, a copy)
+    // is scanned like a dirty one, never trusted as clean; dirty on the disk at once, so a run that
+    // stops before it reseals leaves it to the next one.
+    const unsealed = state?.state === 'clean' && changedSinceSeal(state, disk);
+    if (unsealed) state = await writeHeader(disk.fh, disk.size, { ...state!, state: 'dirty' });
     const slot = state ? await readSlot(disk.fh, state) : null;
     // The boot session bound a new secret: on the disk before anything else happens to it.
     if (state && !state.secret.equals(secret)) state = await writeHeader(disk.fh, disk.size, { ...state, secret });
     if (state?.state === 'clean' && o.assumeDirty) state = { ...state, state: 'dirty' };
     const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
     return {
-      client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, leaseSeconds: o.leaseSeconds ?? AGENT_LEASE_SECONDS,
+      client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, leaseSeconds: o.leaseSeconds ?? AGENT_LEASE_SECONDS, unsealed, progress: o.progress ?? false,
       ...(o.message ? { message: o.message } : {}),
     };
   } catch (err) {
     await disk.close();
     throw err;
   }
+}
+
+/** The disk file's mtime is not the one its clean seal stamped (state-area.ts, `sealed at`). */
+export function changedSinceSeal(state: DiskState, disk: Pick<Disk, 'mtimeMs'>): boolean {
+  return state.sealedAt != null && disk.mtimeMs !== null && Math.abs(disk.mtimeMs - state.sealedAt) >= 1;
 }
 
 /** A first state for a disk that has none (the slot is filled by the caller). */

@@ -241,7 +241,7 @@ class HopCursor {
 }
 
 
-async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean): Promise<{ state: DiskState; patched: number }> {
+async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean | 'always'): Promise<{ state: DiskState; patched: number }> {
   const g = s.geometry;
   const fetcher = new ChunkFetcher(s.client, ops.filter((op) => op.kind === 'fetch').map((op) => op.id), g.chunkSize);
   const cursors = ops.some((op) => op.kind === 'patch') ? hops.map((h) => new HopCursor(s, h)) : [];
