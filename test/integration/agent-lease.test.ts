@@ -3,6 +3,7 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, patch, prng, sha256, sha256Prefix } from '../helpers/disk.js';
+import { startProxy } from '../helpers/proxy.js';
 import { cli, startInProcess, tempDir } from '../helpers/server.js';
 
 /** Two endpoints on one desktop through the built CLI: a displaced holder's commit is a conflict, a forced take-over is named. */
@@ -146,6 +147,38 @@ describe('an endpoint lease', () => {
     expect((await show('live')).lease.holder).toBe(`vdi:${vdi.json.session}`);
     // the dead endpoint's keepalive, were it to come back, does not take the desktop from the session
     expect(await keepalive()).toMatchObject({ renewed: false, reason: `the lease is held by vdi:${vdi.json.session}` });
+  }, 60_000);
+
+  it('an agent run renews its own lease while it lasts: a sync slower than --lease-ttl keeps the desktop', async () => {
+    expect((await cli(['desktop', 'create', 'slow', '--image', 'win'], admin)).code).toBe(0);
+    const token = (await cli(['desktop', 'token', 'slow'], admin)).stdout.trim();
+    let leasedAt = 0;
+    let held = false;
+    const proxy = await startProxy(srv.url, {
+      onRequest: async (method, url) => {
+        if (method === 'POST' && url === '/api/v1/desktops/slow/lease' && !leasedAt) leasedAt = Date.now();
+        // the first chunk request waits 14 s: the run outlives its 10 s lease unless it renews it
+        if (url.startsWith('/api/v1/chunks/') && !held) {
+          held = true;
+          await new Promise((r) => setTimeout(r, 14_000));
+        }
+      },
+    });
+    try {
+      execFileSync('truncate', ['-s', String(SIZE + 4 * MiB), f('slow.img')]);
+      const run = cli(['agent', 'sync', '--disk', f('slow.img'), '--desktop', 'slow', '--holder', 'endpoint:slow', '--lease-ttl', '10', '--json'], { DESKFUSE_SERVER: proxy.url, DESKFUSE_TOKEN: token });
+      while (!held) await new Promise((r) => setTimeout(r, 100));
+      await new Promise((r) => setTimeout(r, Math.max(0, leasedAt + 12_000 - Date.now())));
+      const lease = (await show('slow')).lease; // 12 s after it was taken for 10 s
+      expect(lease).toMatchObject({ holder: 'endpoint:slow', fencing: 1 });
+      expect(Date.parse(lease.expiresAt)).toBeGreaterThan(Date.now());
+      const r = await run;
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.json).toMatchObject({ from: null, to: 1 });
+      expect(proxy.seen.filter((x) => x === 'POST /api/v1/desktops/slow/lease').length).toBeGreaterThanOrEqual(4); // taken, then renewed every ~3.3 s
+    } finally {
+      await proxy.close();
+    }
   }, 60_000);
 
   it('a keepalive with a bad lease time or MAC is a coded error', async () => {
