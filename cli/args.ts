@@ -50,6 +50,14 @@ export function parseSize(s: string, option: string): number {
   return Number(m[1]) * mult;
 }
 
+/** `--expect` of a compare-and-swap: a version number, or "none" (no version yet). */
+export function parseExpect(s: string, option = '--expect'): number | null {
+  if (s === 'none') return null;
+  const n = Number(s);
+  if (!/^\d+$/.test(s) || n < 1) throw dfError('DF_ERR_USAGE', `${option}: expected a version number or none, got ${JSON.stringify(s)}`, { option });
+  return n;
+}
+
 export function need<T>(v: T | undefined, what: string): T {
   if (v === undefined || v === '') throw dfError('DF_ERR_USAGE', `missing ${what}`);
   return v;

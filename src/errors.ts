@@ -37,6 +37,8 @@ export const ERRORS = {
   DF_ERR_LEASE_LOST: { status: 409, message: 'the lease is no longer the current one' },
   DF_ERR_NOT_A_DISK: { status: 400, message: 'the file is not a disk image' },
   DF_ERR_FILE_UNREADABLE: { status: 400, message: 'the file cannot be read' },
+  DF_ERR_FILE_EXISTS: { status: 409, message: 'the output file exists: nothing was written (--force replaces it)' },
+  DF_ERR_OUTPUT_DIR: { status: 400, message: "the output file's directory does not exist or is not a directory: nothing was written" },
   DF_ERR_TOOL_MISSING: { status: 500, message: 'a required program is not installed' },
   DF_ERR_TOOL_FAILED: { status: 500, message: 'an external program failed' },
   DF_ERR_HTTP: { status: 502, message: 'the server answered with an error' },

@@ -13,7 +13,7 @@ describe('Progress', () => {
     p.add(5 * 1024 * 1024);
     p.finish();
     const text = t.chunks.join('');
-    expect(text).toMatch(/^\rimport \[#{12}\.{12}\] 5\.0 MiB\/10\.0 MiB [\d.]+ [KMG]?i?B\/s ETA \d+s/);
+    expect(text).toMatch(/^\rimport \[#{12}\.{12}\] 5\.0 MiB\/10\.0 MiB 50% [\d.]+ [KMG]?i?B\/s ETA \d+s/);
     expect(text.endsWith('\n')).toBe(true);
   });
 
@@ -26,6 +26,18 @@ describe('Progress', () => {
     const q = Progress.for('x', 100, false, fakeTty().stream);
     q.add(1);
     expect(t.chunks).toEqual([]);
+  });
+
+  it("'always' (a --progress flag) writes plain lines where the stream is not a TTY", () => {
+    const t = fakeTty();
+    (t.stream as { isTTY: boolean }).isTTY = false;
+    const p = Progress.for('commit', 4096, 'always', t.stream);
+    p.add(1024);
+    p.add(3072); // within the second: no second line until finish
+    p.finish();
+    expect(t.chunks).toHaveLength(2);
+    expect(t.chunks[0]).toMatch(/^commit \[#{6}\.{18}\] 1\.0 KiB\/4\.0 KiB 25% .*\n$/);
+    expect(t.chunks[1]).toMatch(/^commit \[#{24}\] 4\.0 KiB\/4\.0 KiB 100% .*\n$/);
   });
 
   it('formats sizes', () => {

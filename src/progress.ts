@@ -1,6 +1,7 @@
 /**
- * A progress line for long work on a TTY: bytes done / total, rate and ETA, redrawn at most 10×/s.
- * Off when the stream is not a TTY (scripts, --json), so logs stay clean.
+ * A progress line for long work on a TTY: bytes done / total, percent, rate and ETA, redrawn at most
+ * 10×/s. Off when the stream is not a TTY (scripts, --json), so logs stay clean, unless `'always'`
+ * (a --progress flag): then one plain line per second.
  */
 export class Progress {
   private done = 0;
@@ -9,15 +10,15 @@ export class Progress {
 
   constructor(private readonly label: string, private readonly total: number, private readonly out?: NodeJS.WriteStream) {}
 
-  static for(label: string, total: number, enabled: boolean, out: NodeJS.WriteStream = process.stderr): Progress {
-    return new Progress(label, total, enabled && out.isTTY ? out : undefined);
+  static for(label: string, total: number, enabled: boolean | 'always', out: NodeJS.WriteStream = process.stderr): Progress {
+    return new Progress(label, total, enabled === 'always' || (enabled && out.isTTY) ? out : undefined);
   }
 
   add(n: number): void {
     this.done += n;
     if (!this.out) return;
     const now = Date.now();
-    if (now - this.last < 100) return;
+    if (now - this.last < (this.out.isTTY ? 100 : 1000)) return;
     this.last = now;
     this.draw(now);
   }
@@ -29,13 +30,14 @@ export class Progress {
     const eta = rate > 0 ? (this.total - this.done) / rate : 0;
     const width = 24;
     const bar = '#'.repeat(Math.round(frac * width)).padEnd(width, '.');
-    this.out!.write(`\r${this.label} [${bar}] ${fmtBytes(this.done)}/${fmtBytes(this.total)} ${fmtBytes(rate)}/s ETA ${Math.ceil(eta)}s  `);
+    const text = `${this.label} [${bar}] ${fmtBytes(this.done)}/${fmtBytes(this.total)} ${Math.floor(frac * 100)}% ${fmtBytes(rate)}/s ETA ${Math.ceil(eta)}s`;
+    this.out!.write(this.out!.isTTY ? `\r${text}  ` : `${text}\n`);
   }
 
   finish(): void {
     if (!this.out) return;
     this.draw(Date.now());
-    this.out.write('\n');
+    if (this.out.isTTY) this.out.write('\n');
   }
 }
 

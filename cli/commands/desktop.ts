@@ -1,13 +1,18 @@
-import type { Desktop, DesktopDeleted, DesktopList, DesktopToken, Lease, LeaseBroken } from '../../src/api/schemas.js';
+import type { Desktop, DesktopDeleted, DesktopReset, DesktopList, DesktopToken, Lease, LeaseBroken } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName, checkImageName, checkRefName } from '../../src/image/names.js';
-import { clientFrom, need, parse, type Io } from '../args.js';
+import { clientFrom, need, parse, parseExpect, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 
 const HELP = `deskfuse desktop create NAME --image IMAGE [--from REF] [--mode persistent|restore]
 deskfuse desktop list | show NAME
 deskfuse desktop token NAME [--ttl SECONDS]     (prints only the token: T=$(deskfuse desktop token alice))
-deskfuse desktop reset NAME [--to REF]          (persistent: move desktops/NAME to REF's head; default the ref it follows)
+deskfuse desktop reset NAME [--to REF] [--expect VERSION] [--force]
+                                                (persistent: move desktops/NAME to REF's head, default the ref it
+                                                follows; prints the head it dropped, kept in the ref log. --expect:
+                                                only if the head is still VERSION. Refused while an endpoint or VDI
+                                                session holds the lease; --force resets anyway and names the holder,
+                                                whose next commit is then kept as a conflict)
 deskfuse desktop lease break NAME
 deskfuse desktop delete NAME [--force]          (its ref, lease and tokens; refused while leased, in a VDI
                                                 session or assigned to endpoints, unless --force)
@@ -24,6 +29,7 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
     mode: { type: 'string', default: 'persistent' },
     ttl: { type: 'string' },
     to: { type: 'string' },
+    expect: { type: 'string' },
     force: { type: 'boolean', default: false },
   });
   if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
@@ -75,9 +81,15 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
     }
     case 'reset': {
       const n = name();
-      const body = values.to ? { to: checkRefName(values.to, '--to') } : {};
-      const d = (await client.json<Desktop>('POST', `${path(n)}/reset`, { body })).body;
-      emit(io, json, d, () => `desktop ${d.name}: ${d.ref} is now version ${d.head} (reset to ${values.to ?? d.follows})\n`);
+      const body = {
+        ...(values.to ? { to: checkRefName(values.to, '--to') } : {}),
+        ...(values.expect !== undefined ? { expect: parseExpect(values.expect) } : {}),
+        ...(values.force ? { force: true } : {}),
+      };
+      const d = (await client.json<DesktopReset>('POST', `${path(n)}/reset`, { body })).body;
+      emit(io, json, d, () => `desktop ${d.name}: ${d.ref} is now version ${d.head} (reset to ${values.to ?? d.follows}); ` +
+        `${d.dropped === null ? 'it had no head' : `dropped head v${d.dropped} (kept in the ref log)`}\n` +
+        (d.overrode ? `  the lease of ${d.overrode.holder} (fencing ${d.overrode.fencing}, since ${d.overrode.since}) was left in place: its next commit will be kept as a conflict\n` : ''));
       return 0;
     }
     case 'lease': {

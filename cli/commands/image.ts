@@ -15,7 +15,9 @@ deskfuse image boot NAME --boot-partition N --boot-kernel PATH [--boot-initrd PA
   BOOT: the kernel the image's OS boots, for endpoints that hand off by kexec:
         --boot-partition N --boot-kernel /vmlinuz [--boot-initrd /initrd.img] --boot-cmdline "root=… quiet"
 deskfuse image list | show NAME | log NAME[@REF] [--limit N]
-deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
+deskfuse image export NAME[@REF|@VERSION] --to FILE|DIR [--format raw|qcow2] [--force]
+      DIR: an existing directory gets NAME-vN.img (or .qcow2); an existing FILE is replaced only with
+      --force; an interrupted export resumes from FILE.part on the next run
 deskfuse image policy NAME [--keep-last N] [--keep-days D] [--conflict-days C]
       retention: keep the last N versions of each ref's line, every version younger than D days, a
       conflict's version C days; "default" returns a value to the server's (retention.* in its config)
@@ -157,8 +159,12 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
       const { image, rev } = parseImageRev(need(positionals[0], 'NAME[@REF|@VERSION]'));
       const to = need(values.to, '--to FILE');
       if (values.format !== 'raw' && values.format !== 'qcow2') throw dfError('DF_ERR_USAGE', `--format: expected raw or qcow2, got ${JSON.stringify(values.format)}`);
-      const r = await exportVersion({ client, image, rev, to, format: values.format, progress: tty });
-      emit(io, json, r, () => `exported ${image}@${rev} (version ${r.version}) to ${to} as ${r.format}: ${r.chunks} chunks, ${fmtBytes(r.bytesFetched)} fetched in ${r.seconds.toFixed(1)} s\n`);
+      const r = await exportVersion({
+        client, image, rev, to, format: values.format, progress: tty, force: values.force,
+        onResume: (part, kept, total) => { if (!json) io.err.write(`resuming the export in ${part}: ${kept} of ${total} chunks already there\n`); },
+      });
+      emit(io, json, r, () => `exported ${image}@${rev} (version ${r.version}) to ${r.to} as ${r.format}: ${r.chunks} chunks` +
+        `${r.chunksResumed ? ` (${r.chunksResumed} already in the .part of an earlier run)` : ''}, ${fmtBytes(r.bytesFetched)} fetched in ${r.seconds.toFixed(1)} s\n`);
       return 0;
     }
     default:

@@ -1,7 +1,7 @@
 import { checkImageName, checkRefName } from '../../src/image/names.js';
 import type { Ref, RefDeleted, RefList, RefLog } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
-import { clientFrom, need, parse, type Io } from '../args.js';
+import { clientFrom, need, parse, parseExpect, type Io } from '../args.js';
 import { emit, table } from '../output.js';
 
 const HELP = `deskfuse ref list IMAGE
@@ -31,8 +31,7 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
       const version = Number(need(positionals[2], 'VERSION'));
       if (!Number.isInteger(version) || version < 1) throw dfError('DF_ERR_USAGE', `VERSION must be a positive integer, got ${positionals[2]}`);
       const ex = need(values.expect, '--expect OLD (the version the ref is at now, or "none" to create it)');
-      const expect = ex === 'none' ? null : Number(ex);
-      if (expect !== null && (!Number.isInteger(expect) || expect < 1)) throw dfError('DF_ERR_USAGE', `--expect: expected a version number or none, got ${ex}`);
+      const expect = parseExpect(ex);
       const r = (await client.json<Ref>('PUT', `/api/v1/images/${image}/refs/${ref}`, {
         body: { version, expect, ...(values.reason ? { reason: values.reason } : {}) }, idempotent: false,
       })).body;

@@ -4,23 +4,30 @@
 # stage, where the agent commits the disk (nothing is mounted there), seals it clean and powers off.
 # Otherwise (or when the server cannot be asked within ~5 s) it returns 0 and the power-off goes on.
 #
-#   deskfuse-commit-at-shutdown [--if-poweroff] [SERVER_URL]
+#   deskfuse-commit-at-shutdown [--if-poweroff | --keepalive] [SERVER_URL]
 #     SERVER_URL    default: DESKFUSE_SERVER= from /etc/deskfuse.conf; several comma-separated are asked
 #                   in turn until one answers (each within ~5 s)
 #     --if-poweroff do nothing unless systemd is powering off or halting (not rebooting)
+#     --keepalive   instead: tell the server this endpoint is alive, which renews the desktop lease its
+#                   boot took (POST /boot/keepalive; deskfuse-lease-keepalive.timer runs it every minute).
+#                   Without it the lease runs out a few minutes after the endpoint dies, and the desktop
+#                   is free for a VDI session. DESKFUSE_LEASE_SECONDS= (env or the conf file) sets how long
+#                   each renewal lasts (default: the server's, 300 s).
 # Env (tests): DESKFUSE_MAC (skip the NIC lookup), DESKFUSE_REBOOT_CMD (instead of rebooting).
 # Exit: 0 = go on powering off; 2 = a reboot was asked for but the reboot command returned.
 # POSIX sh; uses curl or, failing that, busybox wget.
 
 conf=${DESKFUSE_CONF:-/etc/deskfuse.conf}
-server= only_poweroff=0
+server= only_poweroff=0 route=/boot/commit-request
 for a in "$@"; do
   case $a in
     --if-poweroff) only_poweroff=1 ;;
+    --keepalive) route=/boot/keepalive ;;
     *) server=$a ;;
   esac
 done
 [ -z "$server" ] && [ -r "$conf" ] && server=$(sed -n 's/^DESKFUSE_SERVER=//p' "$conf" | tr -d "\"' " | tail -n1)
+[ -z "${DESKFUSE_LEASE_SECONDS:-}" ] && [ -r "$conf" ] && DESKFUSE_LEASE_SECONDS=$(sed -n 's/^DESKFUSE_LEASE_SECONDS=//p' "$conf" | tr -d "\"' " | tail -n1)
 say() { echo "deskfuse: $*"; }
 [ -n "$server" ] || { say "no server configured ($conf); powering off"; exit 0; }
 
@@ -41,21 +48,31 @@ if [ -z "$mac" ]; then
 fi
 [ -n "$mac" ] || { say "no network interface; powering off"; exit 0; }
 
+form() { if [ $route = /boot/keepalive ] && [ -n "${DESKFUSE_LEASE_SECONDS:-}" ]; then echo "mac=$mac&ttlSeconds=$DESKFUSE_LEASE_SECONDS"; else echo "mac=$mac"; fi; }
 limit() { if command -v timeout >/dev/null 2>&1; then timeout "$@"; else shift; "$@"; fi; }
 ask() {
-  url=${1%/}/boot/commit-request
+  url=${1%/}$route
   if command -v curl >/dev/null 2>&1; then
-    curl -fsS --connect-timeout 3 --max-time 5 -d "mac=$mac" "$url" 2>&1
+    curl -fsS --connect-timeout 3 --max-time 5 -d "$(form)" "$url" 2>&1
   else
-    limit 5 wget -q -O - --post-data "mac=$mac" "$url" 2>&1
+    limit 5 wget -q -O - --post-data "$(form)" "$url" 2>&1
   fi
 }
 answer= rc=1
 for s in $(echo "$server" | tr ',' ' '); do
   answer=$(ask "$s")
   rc=$?
-  case $answer in *'"action"'*) break ;; esac
+  case $answer in *'"action"'*|*'"renewed"'*) break ;; esac
 done
+
+if [ $route = /boot/keepalive ]; then
+  case $answer in
+    *'"renewed":true'*) say "lease renewed ($mac): $answer" ;;
+    *'"renewed"'*) say "no lease renewed ($mac): $answer" ;;
+    *) say "server $server not reachable or no answer (exit $rc)" ;;
+  esac
+  exit 0
+fi
 
 case $answer in
   *'"action"'*'"commit-poweroff"'*)

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
-  BootEvent, BootEventBody, BootSession, CommitRequestAnswer, type CommitRequestBody, IpxeQuery, MacQuery, SessionBody,
+  BootEvent, BootEventBody, BootSession, CommitRequestAnswer, type CommitRequestBody, IpxeQuery, KeepaliveAnswer, type KeepaliveBody, MacQuery, SessionBody,
 } from '../../src/api/schemas.js';
 import { scopeDesktop } from '../../src/desktop/desktops.js';
 import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
@@ -27,6 +27,7 @@ import { sendFile } from '../send-file.js';
  *   POST /boot/events          the agent's progress (desktop token of the endpoint's desktop)
  *   POST /boot/commit-request  the desktop's OS at power-off: reboot into a commit? (heard only from
  *                              the endpoint's last-known address: src/endpoint/endpoints.ts)
+ *   POST /boot/keepalive       the desktop's OS, every minute: renew the lease its boot left (same origin check)
  */
 export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const { endpoints, boot } = ctx;
@@ -145,6 +146,16 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
     return await endpoints.requestCommit(mac, { ip: req.ip });
+  });
+  app.post<{ Body: KeepaliveBody | undefined; Querystring: MacQuery; Reply: KeepaliveAnswer }>('/boot/keepalive', {
+    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: MacQuery, response: { 200: KeepaliveAnswer }, tags: ['boot'], summary: "The desktop OS, while it runs: renew the desktop lease its endpoint's boot left (holder endpoint:NAME); answers {renewed, expiresAt}" },
+  }, async (req) => {
+    const mac = req.body?.mac ?? req.query.mac;
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
+    const raw = req.body?.ttlSeconds;
+    const ttl = raw === undefined ? undefined : Number(raw);
+    if (ttl !== undefined && (!Number.isInteger(ttl) || ttl < 10 || ttl > 86400)) throw dfError('DF_ERR_BAD_REQUEST', `ttlSeconds: expected 10 to 86400, got ${JSON.stringify(raw)}`, { field: 'ttlSeconds' });
+    return await endpoints.keepalive(mac, { ip: req.ip }, ttl);
   });
 };
 

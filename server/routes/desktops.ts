@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import {
-  CommitAnswer, CreateDesktopBody, Desktop, DesktopCommitBody, DesktopList, DesktopParams, DesktopToken, DesktopTokenBody, Lease, LeaseBody,
-  LeaseBroken, LeaseReleased, LeaseReleaseQuery, ResetDesktopBody,
+  CommitAnswer, CreateDesktopBody, Desktop, DesktopCommitBody, DesktopList, DesktopParams, DesktopToken, DesktopTokenBody, LeaseBody,
+  DesktopReset, LeaseBroken, LeaseTaken, LeaseReleased, LeaseReleaseQuery, ResetDesktopBody,
 } from '../../src/api/schemas.js';
 import type { AppContext } from '../context.js';
 import { sendCommit } from './images.js';
@@ -30,8 +30,11 @@ export const desktopRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => asy
 
   app.post('/desktops/:name/reset', {
     preValidation: optionalBody,
-    schema: { params: DesktopParams, body: ResetDesktopBody, response: { 200: Desktop }, tags: ['desktops'], summary: "Move a persistent desktop's ref to an image ref's head (default: the ref it follows); the ref log keeps the old line" },
-  }, async (req) => await desktops.reset(req.params.name, req.body.to, who(req.tokenScope)));
+    schema: { params: DesktopParams, body: ResetDesktopBody, response: { 200: DesktopReset }, tags: ['desktops'], summary: "Move a persistent desktop's ref to an image ref's head (default: the ref it follows); the ref log keeps the old line. `expect`: compare-and-swap on the head (409 DF_ERR_REF_MOVED); 409 DF_ERR_LEASE_HELD while leased unless `force`" },
+  }, async (req) => {
+    const { to, expect, force } = req.body;
+    return await desktops.reset(req.params.name, to, who(req.tokenScope), { ...(expect !== undefined ? { expect } : {}), force: force ?? false });
+  });
 
   app.post('/desktops/:name/tokens', {
     preValidation: optionalBody,
@@ -39,7 +42,7 @@ export const desktopRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => asy
   }, async (req, reply) => reply.status(201).send(await desktops.mintToken(req.params.name, req.body.ttlSeconds)));
 
   app.post('/desktops/:name/lease', {
-    schema: { params: DesktopParams, body: LeaseBody, response: { 200: Lease }, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing)' },
+    schema: { params: DesktopParams, body: LeaseBody, response: { 200: LeaseTaken }, tags: ['leases'], summary: 'Take or renew the desktop\'s lease (409 DF_ERR_LEASE_HELD naming the holder; force takes it over with a new fencing and names the lease it took in `takenFrom`)' },
   }, async (req) => {
     try {
       const lease = await desktops.acquireLease(req.params.name, req.body.holder, req.body.ttlSeconds, req.body.force ?? false);

@@ -1,12 +1,12 @@
 import { hashBytes } from '../chunk/id.js';
-import { dfError } from '../errors.js';
+import { dfError, isDeskfuseError } from '../errors.js';
 import { isBlankSecret } from '../endpoint/proof.js';
 import { chunkCount } from '../image/geometry.js';
 import { scanDisk } from '../sync/scan.js';
 import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { hasDataOutside, openDisk } from './disk.js';
-import { openSession, releaseLease, takeLease, type AgentOptions } from './session.js';
+import { keepLease, openSession, releaseLease, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
 import { adoptLegacyState, areaSize, readLegacyState, readSlot, readState, writeHeader } from './state-area.js';
 
 export interface CommitResult extends Partial<CommitOutcome> {
@@ -21,6 +21,14 @@ export interface CommitResult extends Partial<CommitOutcome> {
   bytesUploaded: number;
   requests: number;
   seconds: number;
+  /** Another holder had the lease, so the commit was kept as a conflict and the desktop's line left alone. */
+  leaseHeldBy: { holder: string; since: string } | null;
+  /** The live lease `force` took over (its holder's next commit becomes a conflict). */
+  tookLeaseFrom: { holder: string; fencing: number; since: string } | null;
+  /** The disk said clean, but its file changed since it was sealed: it was scanned. */
+  unsealed: boolean;
+  /** How a clean disk is known to be unchanged: its file's mtime against its seal, or not at all (a block device, an old seal). */
+  sealCheck: 'mtime' | 'none';
 }
 
 /** The desktop a disk belongs to, from its state area (no server needed). */
@@ -51,26 +59,50 @@ async function commitDisk(o: AgentOptions): Promise<CommitResult> {
     if (!state || !s.slot) throw dfError('DF_ERR_DISK_BLANK', `${o.disk} has no deskfuse state area: run agent sync first`, { disk: o.disk });
     if (state.state === 'applying') throw dfError('DF_ERR_APPLY_PENDING', `${o.disk} was being synced to version ${state.target} when it stopped: run agent sync to finish first`, { target: state.target });
     if (s.desktop.mode === 'restore') throw dfError('DF_ERR_RESTORE_MODE', `desktop ${s.desktop.name} is in restore mode: its local changes are discarded at the next sync, never committed`, { desktop: s.desktop.name });
-    const lease = await takeLease(s, o.force ?? false);
-    const base = { desktop: s.desktop.name, ref: s.desktop.ref ?? `desktops/${s.desktop.name}`, conflict: null, parent: state.version };
+    const { lease, heldBy } = await leaseForCommit(s, o.force ?? false);
+    const base = {
+      desktop: s.desktop.name, ref: s.desktop.ref ?? `desktops/${s.desktop.name}`, conflict: null, parent: state.version,
+      leaseHeldBy: heldBy, tookLeaseFrom: lease.takenFrom ?? null,
+      unsealed: s.unsealed, sealCheck: (state.sealedAt != null && s.disk.mtimeMs !== null) || s.unsealed ? 'mtime' as const : 'none' as const,
+    };
     let result: CommitResult;
-    if (state.state === 'clean') {
-      result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
-    } else {
-      const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
-      const hints = mergeHints(scan, s.slot.hints);
-      if (scan.changed.length === 0) {
-        state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null });
-        result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+    const stop = heldBy ? null : keepLease(s);
+    try {
+      if (state.state === 'clean') {
+        result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
       } else {
-        const c = await commitChanges(s, state, lease, scan, hints);
-        result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+        const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
+        const hints = mergeHints(scan, s.slot.hints);
+        if (scan.changed.length === 0) {
+          state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null });
+          result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+        } else {
+          const c = await commitChanges(s, state, lease, scan, hints);
+          result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+        }
       }
+    } finally {
+      await stop?.();
     }
-    await releaseLease(s, lease);
+    if (!heldBy) await releaseLease(s, lease);
     return { ...result, bytesUploaded: s.client.stats.bytesSent, requests: s.client.stats.requests, seconds: (performance.now() - t0) / 1000 };
   } finally {
     await s.disk.close();
+  }
+}
+
+/**
+ * The lease a commit runs under. Held by another (this endpoint was displaced: its lease was taken
+ * over, or it expired and someone took it): the commit goes on without one (fencing 0), so the
+ * server keeps it as a conflict version and the other holder's line is never touched. Only `force`
+ * takes the lease, and the result names whose it was.
+ */
+async function leaseForCommit(s: Session, force: boolean): Promise<{ lease: Lease; heldBy: { holder: string; since: string } | null }> {
+  try {
+    return { lease: await takeLease(s, force), heldBy: null };
+  } catch (err) {
+    if (force || !isDeskfuseError(err, 'DF_ERR_LEASE_HELD')) throw err;
+    return { lease: { holder: s.holder, fencing: 0 }, heldBy: { holder: String(err.fields.holder), since: String(err.fields.since) } };
   }
 }
 

@@ -7,6 +7,7 @@ import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength, fullMask, maskBytes } from '../image/geometry.js';
 import { diffIndexes, encodeLayer } from '../image/layer.js';
 import { extractBlocks, hintMask } from '../sync/blockhash.js';
+import { Progress } from '../progress.js';
 import { encodePatch, PATCH_CONTENT_TYPE, type PatchRecord } from '../sync/patch.js';
 import type { ScanResult } from '../sync/scan.js';
 import { readChunkAt } from './disk.js';
@@ -55,9 +56,12 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
     batch = [];
     size = 0;
   };
+  // Progress over the changed chunks the server lacks (what is uploaded is their changed blocks).
+  const progress = Progress.for('commit', missing.reduce((n, id) => n + chunkLength(g, idsAt.get(id)!), 0), s.progress);
   for (const id of missing) {
     const pos = idsAt.get(id)!;
     const len = chunkLength(g, pos);
+    progress.add(len);
     const raw = await readChunkAt(s.disk, pos * g.chunkSize, len);
     const baseId = base.idAt(pos);
     const mask = isZeroId(baseId) ? all : hintMask(hintsAt(s.slot!.hints, g, pos), hintsAt(hints, g, pos), blocksPerChunk(g), mb);
@@ -86,6 +90,7 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
     packBytes += frame.length;
   }
   await sendPack();
+  progress.finish();
 
   const next = base.clone();
   for (const pos of changed) next.set(pos, scan.index.idAt(pos));

@@ -5,6 +5,7 @@ import { isZero } from '../chunk/id.js';
 import { dfError } from '../errors.js';
 import { readAt } from '../fs/read.js';
 import { writeFull } from '../fs/write.js';
+import { sealedThrough } from './state-area.js';
 
 /** The endpoint's disk: a block device or (tests, benchmarks) a regular file. */
 export interface Disk {
@@ -15,6 +16,8 @@ export interface Disk {
   sectorSize: number;
   /** Set by the session: the image region reads as the image's bytes (see src/disk/gpt.ts). */
   view: GptView | null;
+  /** A regular file's mtime when opened (ms); null for a block device (writes do not change it). */
+  mtimeMs: number | null;
   close(): Promise<void>;
 }
 
@@ -38,7 +41,17 @@ export async function openDisk(path: string, writable: boolean): Promise<Disk> {
     await fh.close();
     throw dfError('DF_ERR_NOT_A_DISK', `${path} is neither a block device nor a regular file`, { disk: path });
   }
-  return { path, fh, size, sectorSize, view: null, close: () => fh.close() };
+  // A run that sealed the disk clean stamps the file's mtime with the header's `sealed at` last of
+  // all, so a write after it (the OS, a loop mount, a tool) shows as a changed mtime (state-area.ts).
+  const close = async () => {
+    const sealed = writable && st.isFile() ? sealedThrough(fh) : undefined;
+    try {
+      if (sealed) await fh.utimes(new Date(), new Date(sealed));
+    } finally {
+      await fh.close();
+    }
+  };
+  return { path, fh, size, sectorSize, view: null, mtimeMs: st.isFile() ? st.mtimeMs : null, close };
 }
 
 /** Bytes of the image region at `pos`, as the image has them (the disk's GPT fields mapped back). */

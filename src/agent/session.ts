@@ -1,7 +1,8 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { ApiClient, busyLine, ServerList } from '../api/client.js';
-import type { Desktop, Image, Lease as LeaseAnswer } from '../api/schemas.js';
+import type { Desktop, Image, LeaseTaken } from '../api/schemas.js';
+import { AGENT_LEASE_SECONDS } from '../desktop/desktops.js';
 import { dfError } from '../errors.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
@@ -11,7 +12,10 @@ import { adoptLegacyState, areaStart, type DiskState, readSlot, readState, type 
 
 export interface Lease {
   holder: string;
+  /** 0: not held (another holder has it): a commit under it is kept as a conflict. */
   fencing: number;
+  /** The live lease a forced take-over displaced. */
+  takenFrom?: { holder: string; fencing: number; since: string } | null;
 }
 
 export interface AgentOptions {
@@ -29,7 +33,14 @@ export interface AgentOptions {
   /** Wipe a state area that belongs to another image or desktop. */
   reprovision?: boolean;
   holder?: string;
-  progress?: boolean;
+  /**
+   * Seconds the desktop's lease lasts without a renewal (default AGENT_LEASE_SECONDS). The run
+   * renews it every third of that; afterwards the endpoint's OS does (POST /boot/keepalive), so a
+   * dead endpoint frees its desktop within this time.
+   */
+  leaseSeconds?: number;
+  /** A progress line on stderr: on a TTY (true), or also where it is not one ('always': --progress). */
+  progress?: boolean | 'always';
   /** Called as a sync writes its chunks (the boot stage reports it to the server: the console's "syncing n%"). */
   onProgress?: (done: number, total: number) => void;
   /**
@@ -57,6 +68,10 @@ export interface Session {
   state: DiskState | null;
   slot: Slot | null;
   holder: string;
+  leaseSeconds: number;
+  /** The disk said clean but its file changed since it was sealed: it is treated as dirty. */
+  unsealed: boolean;
+  progress: boolean | 'always';
   message?: string;
   /** The endpoint secret a fresh state gets. */
   secret: Buffer;
@@ -84,16 +99,29 @@ export async function openSession(o: AgentOptions, desktopName: string): Promise
       }
       state = null;
     }
+    // A disk file written since a run sealed it clean (its mtime moved: loop-mounted, a tool, a copy)
+    // is scanned like a dirty one, never trusted as clean; dirty on the disk at once, so a run that
+    // stops before it reseals leaves it to the next one.
+    const unsealed = state?.state === 'clean' && changedSinceSeal(state, disk);
+    if (unsealed) state = await writeHeader(disk.fh, disk.size, { ...state!, state: 'dirty' });
     const slot = state ? await readSlot(disk.fh, state) : null;
     // The boot session bound a new secret: on the disk before anything else happens to it.
     if (state && !state.secret.equals(secret)) state = await writeHeader(disk.fh, disk.size, { ...state, secret });
     if (state?.state === 'clean' && o.assumeDirty) state = { ...state, state: 'dirty' };
     const holder = o.holder ?? `agent:${hostname()}:${path.resolve(o.disk)}`;
-    return { client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, ...(o.message ? { message: o.message } : {}) };
+    return {
+      client, desktop, image, geometry, disk, areaStart: start, state, slot, holder, secret, leaseSeconds: o.leaseSeconds ?? AGENT_LEASE_SECONDS, unsealed, progress: o.progress ?? false,
+      ...(o.message ? { message: o.message } : {}),
+    };
   } catch (err) {
     await disk.close();
     throw err;
   }
+}
+
+/** The disk file's mtime is not the one its clean seal stamped (state-area.ts, `sealed at`). */
+export function changedSinceSeal(state: DiskState, disk: Pick<Disk, 'mtimeMs'>): boolean {
+  return state.sealedAt != null && disk.mtimeMs !== null && Math.abs(disk.mtimeMs - state.sealedAt) >= 1;
 }
 
 /** A first state for a disk that has none (the slot is filled by the caller). */
@@ -114,10 +142,31 @@ export function hintsAt(hints: Buffer, g: Geometry, pos: number): Buffer {
 }
 
 export async function takeLease(s: Session, force: boolean): Promise<Lease> {
-  const r = await s.client.json<LeaseAnswer>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
-    body: { holder: s.holder, ttlSeconds: 86400, force }, idempotent: true,
+  const r = await s.client.json<LeaseTaken>('POST', `/api/v1/desktops/${s.desktop.name}/lease`, {
+    body: { holder: s.holder, ttlSeconds: s.leaseSeconds, force }, idempotent: true,
   });
-  return { holder: r.body.holder, fencing: r.body.fencing };
+  const t = r.body.takenFrom;
+  return { holder: r.body.holder, fencing: r.body.fencing, takenFrom: t ? { holder: t.holder, fencing: t.fencing, since: t.since } : null };
+}
+
+/**
+ * Renew the lease every third of its time while this run lasts (a sync of a large image can take
+ * longer than the lease). A failed renewal is left alone: a commit under a lost lease is kept as a
+ * conflict. Returns the function that stops it.
+ */
+export function keepLease(s: Session): () => Promise<void> {
+  let inflight: Promise<unknown> = Promise.resolve();
+  const renew = () => {
+    inflight = s.client.json('POST', `/api/v1/desktops/${s.desktop.name}/lease`, { body: { holder: s.holder, ttlSeconds: s.leaseSeconds, force: false }, idempotent: true })
+      .catch(() => {});
+  };
+  const t = setInterval(renew, (s.leaseSeconds * 1000) / 3);
+  t.unref();
+  // Stopped before a release: a renewal still on its way must not take the lease back after it.
+  return async () => {
+    clearInterval(t);
+    await inflight;
+  };
 }
 
 export async function releaseLease(s: Session, lease: Lease): Promise<void> {

@@ -84,6 +84,17 @@ describe('state header', () => {
     expect(decodeHeader(encodeHeader({ ...STATE, state: 'dirty' }))?.state).toBe('dirty');
   });
 
+  it("'sealed at' sits at 464 on a clean header only, and round-trips", () => {
+    const at = Date.parse('2026-12-07T16:00:00.123Z');
+    const clean = encodeHeader({ ...STATE, state: 'clean', sealedAt: at });
+    expect(Number(clean.readBigUInt64BE(464))).toBe(at);
+    expect(clean.subarray(472, 4064).equals(Buffer.alloc(4064 - 472))).toBe(true);
+    expect(decodeHeader(clean)).toEqual({ ...STATE, state: 'clean', sealedAt: at });
+    const dirty = encodeHeader({ ...STATE, state: 'dirty', sealedAt: at });
+    expect(dirty.readBigUInt64BE(464)).toBe(0n);
+    expect(decodeHeader(dirty)).not.toHaveProperty('sealedAt');
+  });
+
   it('names of exactly 64 bytes fill their field; longer ones are refused', () => {
     const name = 'é'.repeat(32); // 64 bytes of UTF-8
     expect(decodeHeader(encodeHeader({ ...STATE, image: name, desktop: name }))).toMatchObject({ image: name, desktop: name });

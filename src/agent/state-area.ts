@@ -49,7 +49,10 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  *     257  7   reserved                   264  8   failure time (ms since 1970)
  *     272  16  failure errno (ASCII, e.g. "EIO")     288  16  failed operation ("write", "fsync", …)
  *     304  160 failure message (UTF-8, zero padded; cut at 160 bytes)
- *     464  …   zero
+ *     464  8   sealed at (ms since 1970; 0 = unknown): written with a `clean` header; when the disk is a
+ *              regular file the run that wrote it sets the file's mtime to it when it closes the disk,
+ *              so a later mtime says the file changed since (sealedMtime, src/agent/session.ts)
+ *     472  …   zero
  *     4064 32  BLAKE3 of bytes 0..4063
  *
  * An update writes the inactive slot, syncs, then writes the older header copy with sequence + 1
@@ -94,6 +97,8 @@ export interface DiskState {
   secret: Buffer;
   /** Absent or null: the last run did not stop on a disk failure. */
   failure?: DiskFailure | null;
+  /** When the header that says `clean` was written (ms since 1970); null: not clean, or unknown. */
+  sealedAt?: number | null;
 }
 
 const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
@@ -152,6 +157,8 @@ export function encodeHeader(s: DiskState): Buffer {
     w.u8(FAILURE_CODES.indexOf(f.code)).bytes(Buffer.alloc(7)).u64(Date.parse(f.at))
       .bytes(textField(f.errno, 16)).bytes(textField(f.op, 16)).bytes(textField(f.message, 160));
   }
+  w.offset = 464;
+  w.u64(s.state === 'clean' ? s.sealedAt ?? 0 : 0);
   w.offset = HEADER_SIZE - 32;
   w.buf.set(hashBytes(w.buf.subarray(0, HEADER_SIZE - 32)), HEADER_SIZE - 32);
   w.offset = HEADER_SIZE;
@@ -188,10 +195,12 @@ export function decodeHeader(buf: Buffer): DiskState | null {
   const failure: DiskFailure | null = fcode
     ? { code: fcode, at: new Date(fat).toISOString(), errno: str(r.bytes(16, 'errno')), op: str(r.bytes(16, 'op')), message: str(r.bytes(160, 'message')) }
     : null;
+  const sealedAt = Number(buf.readBigUInt64BE(464));
   if (!kind || (slot !== 0 && slot !== 1)) return null;
   return {
     seq, areaStart: start, geometry: { virtualSize, chunkSize }, state: kind, activeSlot: slot, version: version || null,
     target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret, ...(failure ? { failure } : {}),
+    ...(sealedAt && kind === 'clean' ? { sealedAt } : {}),
   };
 }
 
@@ -280,10 +289,21 @@ export async function writeHeader(fh: FileHandle, deviceSize: number, s: DiskSta
 }
 
 async function writeHeaderAt(fh: FileHandle, end: number, s: DiskState): Promise<DiskState> {
-  const next = { ...s, seq: s.seq + 1 };
+  const { sealedAt: _old, ...rest } = s;
+  const next: DiskState = { ...rest, seq: s.seq + 1, ...(s.state === 'clean' ? { sealedAt: Date.now() } : {}) };
   await writeFull(fh, encodeHeader(next), end - (next.seq % 2 === 0 ? 2 : 1) * HEADER_SIZE);
   await fh.datasync();
+  if (next.sealedAt) sealedBy.set(fh, next.sealedAt);
+  else sealedBy.delete(fh);
   return next;
+}
+
+/** The `sealed at` of the last header written through each handle, when it said `clean`. */
+const sealedBy = new WeakMap<FileHandle, number>();
+
+/** When this handle last wrote a `clean` header: the mtime its file gets at close (disk.ts). */
+export function sealedThrough(fh: FileHandle): number | undefined {
+  return sealedBy.get(fh);
 }
 
 /** Write a slot into the inactive position, sync, then switch the header to it. */

@@ -16,7 +16,7 @@ import { hasDataOutside, readChunkAt, sealGpt } from './disk.js';
 import { DiskWriter } from '../disk/writer.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { ChunkFetcher } from './fetcher.js';
-import { emptyHints, freshState, openSession, takeLease, type AgentOptions, type Session } from './session.js';
+import { emptyHints, freshState, keepLease, openSession, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
 import { GPT_RESERVE, writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
 
 export interface SyncResult {
@@ -35,6 +35,8 @@ export interface SyncResult {
   bytesFetched: number;
   requests: number;
   seconds: number;
+  /** The live lease `force` took over (its holder's next commit becomes a conflict). */
+  tookLeaseFrom: { holder: string; fencing: number; since: string } | null;
 }
 
 const MAX_HOPS = 16;
@@ -78,10 +80,19 @@ async function syncWithRetries(o: AgentOptions, desktop: string): Promise<SyncRe
 type SyncCore = Omit<SyncResult, 'requests' | 'bytesFetched' | 'seconds'>;
 
 async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
-  const g = s.geometry;
   // One writer per persistent desktop; restore desktops never write back, so any number of
   // endpoints may follow one (a classroom of kiosks).
   const lease = s.desktop.mode === 'persistent' ? await takeLease(s, o.force ?? false) : null;
+  const stop = lease ? keepLease(s) : null;
+  try {
+    return await syncLeased(s, o, lease);
+  } finally {
+    await stop?.();
+  }
+}
+
+async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Promise<SyncCore> {
+  const g = s.geometry;
   let state = s.state;
   let scan: ScanResult | null = null;
   let actual: ChunkIndex;
@@ -122,7 +133,10 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   }
 
   const to = s.desktop.head;
-  const done = (): SyncCore => ({ desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: 0, chunksPatched: 0 });
+  const done = (): SyncCore => ({
+    desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges,
+    chunksWritten: 0, chunksPatched: 0, tookLeaseFrom: lease?.takenFrom ?? null,
+  });
   if (state.state === 'clean' && state.version === to) return sealed(s, done()); // a boot with nothing to do
 
   // Delta path: the versions from the disk's version to the target; the target's index then follows
@@ -140,7 +154,7 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false, o.onProgress);
   await s.disk.fh.datasync();
   state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
-  return sealed(s, { desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges, chunksWritten: ops.length, chunksPatched: res.patched });
+  return sealed(s, { ...done(), chunksWritten: ops.length, chunksPatched: res.patched });
 }
 
 /** The disk at its version gets a valid GPT for its size (state-area.ts, the diagram): nothing asks to "fix" it. */
@@ -227,7 +241,7 @@ class HopCursor {
 }
 
 
-async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean, onProgress?: (done: number, total: number) => void): Promise<{ state: DiskState; patched: number }> {
+async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean | 'always', onProgress?: (done: number, total: number) => void): Promise<{ state: DiskState; patched: number }> {
   const g = s.geometry;
   const fetcher = new ChunkFetcher(s.client, ops.filter((op) => op.kind === 'fetch').map((op) => op.id), g.chunkSize);
   const cursors = ops.some((op) => op.kind === 'patch') ? hops.map((h) => new HopCursor(s, h)) : [];

@@ -12,6 +12,10 @@ export const DesktopParams = Type.Object({ name: DesktopName });
 export const Lease = Type.Object({ desktop: Type.String(), holder: Type.String(), fencing: Type.Integer(), since: Time, expiresAt: Time });
 export type Lease = Static<typeof Lease>;
 
+/** The answer to taking a lease: the lease, and the live one it took over (`force`), if any. */
+export const LeaseTaken = Type.Composite([Lease, Type.Object({ takenFrom: Nullable(Lease) })]);
+export type LeaseTaken = Static<typeof LeaseTaken>;
+
 export const Desktop = Type.Object({
   name: Type.String(),
   image: Type.String(),
@@ -43,7 +47,20 @@ export const CreateDesktopBody = Type.Object({
 }, { additionalProperties: false });
 export type CreateDesktopBody = Static<typeof CreateDesktopBody>;
 
-export const ResetDesktopBody = Type.Object({ to: Type.Optional(RefName) }, { additionalProperties: false });
+export const ResetDesktopBody = Type.Object({
+  to: Type.Optional(RefName),
+  expect: Type.Optional(Nullable(VersionNumber)),
+  force: Type.Optional(Type.Boolean({ description: 'reset even while an endpoint or VDI session holds the lease (its next commit is kept as a conflict)' })),
+}, { additionalProperties: false });
+export type ResetDesktopBody = Static<typeof ResetDesktopBody>;
+
+/** A reset's answer: the desktop now, the head it dropped (kept in the ref log), the lease it overrode. */
+export const DesktopReset = Type.Composite([Desktop, Type.Object({
+  dropped: Nullable(Type.Integer({ description: 'the head before the reset (kept in the ref log)' })),
+  /** The live lease a forced reset went past: its holder's next commit becomes a conflict. */
+  overrode: Nullable(Lease),
+})]);
+export type DesktopReset = Static<typeof DesktopReset>;
 
 export const DesktopTokenBody = Type.Object({
   ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 365 * 86400 })),
@@ -62,7 +79,8 @@ export const DesktopCommitBody = Type.Object({
   parent: Nullable(VersionNumber),
   layer: ChunkId,
   kind: StringEnum(['voi-commit', 'vdi-commit'] as const),
-  fencing: Type.Integer({ minimum: 1 }),
+  /** The lease's fencing; 0: the committer holds no lease (another does): the version is kept as a conflict. */
+  fencing: Type.Integer({ minimum: 0 }),
   message: Type.Optional(Type.String({ maxLength: 4000 })),
   holder: Type.Optional(Holder),
 }, { additionalProperties: false });

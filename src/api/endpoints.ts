@@ -133,5 +133,13 @@ export const CommitRequestBody = Type.Object({ mac: Type.Optional(Type.String({ 
 export type CommitRequestBody = Static<typeof CommitRequestBody>;
 export type MacQuery = Static<typeof MacQuery>;
 
+export const KeepaliveBody = Type.Object({
+  mac: Type.Optional(Type.String({ maxLength: 64 })),
+  ttlSeconds: Type.Optional(Type.Union([Type.Integer({ minimum: 10, maximum: 86400 }), Type.String({ pattern: '^[0-9]{2,5}$' })])),
+});
+export type KeepaliveBody = Static<typeof KeepaliveBody>;
+export const KeepaliveAnswer = Type.Object({ renewed: Type.Boolean(), desktop: Nullable(Type.String()), expiresAt: Nullable(Type.String()), reason: Type.String() });
+export type KeepaliveAnswer = Static<typeof KeepaliveAnswer>;
+
 export const CommitRequestAnswer = Type.Object({ action: StringEnum(['commit-poweroff', 'none'] as const), reason: Type.String() });
 export type CommitRequestAnswer = Static<typeof CommitRequestAnswer>;

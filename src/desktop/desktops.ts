@@ -63,6 +63,8 @@ export interface DesktopCommitRequest {
 
 export const TOKEN_TTL = { default: 30 * 86400, min: 1, max: 365 * 86400 } as const;
 export const LEASE_TTL = { default: 3600, min: 10, max: 86400 } as const;
+/** An endpoint agent's lease: short, renewed while the endpoint lives, so a dead one frees its desktop soon. */
+export const AGENT_LEASE_SECONDS = 300;
 export const HOLDER_MAX = 200;
 
 export const desktopRef = (name: string): string => `desktops/${name}`;
@@ -116,17 +118,32 @@ export class Desktops {
     return Promise.all((await this.deps.meta.desktops.listDesktops()).map((d) => this.toView(d)));
   }
 
-  /** Move a persistent desktop's ref to the head of an image ref (compare-and-swap; the ref log keeps the old line). */
-  async reset(name: string, to: string | undefined, author: string): Promise<DesktopView> {
+  /**
+   * Move a persistent desktop's ref to the head of an image ref (compare-and-swap; the ref log keeps
+   * the old line). `expect`: the head the caller saw (refused with DF_ERR_REF_MOVED otherwise).
+   * Refused while a holder's lease is live (its work would land as a conflict) unless `force`.
+   */
+  async reset(name: string, to: string | undefined, author: string, opts: { expect?: number | null; force?: boolean } = {}): Promise<DesktopView & { dropped: number | null; overrode: LeaseView | null }> {
     const d = await this.get(name);
     if (d.mode === 'restore') throw restoreMode(d, 'reset');
     const target = checkRefName(to ?? d.follows, 'to');
     const v = (await this.deps.catalog.resolve(d.image, target)).version;
     const ref = desktopRef(name);
     const head = (await this.deps.meta.images.getRef(d.image, ref))?.version ?? null;
-    await this.deps.catalog.moveRef(d.image, ref, v, head, author, `reset to ${target}@${v}`);
-    this.log.info({ desktop: name, image: d.image, from: head, to: v, target, author }, 'desktop reset');
-    return this.view(name);
+    if (opts.expect !== undefined && opts.expect !== head) {
+      throw dfError('DF_ERR_REF_MOVED', `desktop ${name} is at version ${head ?? 'nothing'}, not at the expected ${opts.expect ?? 'nothing'}: nothing was reset`, {
+        image: d.image, ref, head, expected: opts.expect,
+      });
+    }
+    const lease = await this.liveLease(name);
+    if (lease && !opts.force) {
+      throw dfError('DF_ERR_LEASE_HELD', `desktop ${name} is in use: ${lease.holder} holds its lease since ${lease.since}; a reset now would turn its next commit into a conflict. Wait for it to commit, break the lease (desktop lease break ${name}), or reset --force`, {
+        desktop: name, holder: lease.holder, since: lease.since, expiresAt: lease.expiresAt,
+      });
+    }
+    await this.deps.catalog.moveRef(d.image, ref, v, opts.expect !== undefined ? opts.expect : head, author, `reset to ${target}@${v}`);
+    this.log.info({ desktop: name, image: d.image, from: head, to: v, target, author, ...(lease ? { overrode: lease.holder } : {}) }, 'desktop reset');
+    return { ...(await this.view(name)), dropped: head, overrode: lease };
   }
 
   async mintToken(name: string, ttlSeconds: number = TOKEN_TTL.default): Promise<DesktopToken> {
@@ -141,7 +158,8 @@ export class Desktops {
     return { token, scope, expiresAt };
   }
 
-  async acquireLease(name: string, holder: string, ttlSeconds: number = LEASE_TTL.default, force = false): Promise<LeaseView> {
+  /** Take or renew the lease; `takenFrom` names the live lease a forced take-over displaced. */
+  async acquireLease(name: string, holder: string, ttlSeconds: number = LEASE_TTL.default, force = false): Promise<LeaseView & { takenFrom: LeaseView | null }> {
     await this.get(name);
     if (holder.length < 1 || holder.length > HOLDER_MAX) throw dfError('DF_ERR_BAD_REQUEST', `holder must be 1-${HOLDER_MAX} characters`, { field: 'holder' });
     checkRange(ttlSeconds, LEASE_TTL, 'ttlSeconds');
@@ -163,7 +181,7 @@ export class Desktops {
         this.log.debug({ desktop: name, holder, fencing: l.fencing, expiresAt: l.expiresAt }, 'lease renewed');
         break;
     }
-    return leaseView(l)!;
+    return { ...leaseView(l)!, takenFrom: out.kind === 'taken-over' ? leaseView(out.previous) : null };
   }
 
   async releaseLease(name: string, fencing: number): Promise<{ released: true }> {
@@ -202,9 +220,12 @@ export class Desktops {
   private async toView(d: DesktopRow): Promise<DesktopView> {
     const ref = d.mode === 'persistent' ? desktopRef(d.name) : null;
     const head = (await this.deps.catalog.resolve(d.image, ref ?? d.follows)).version;
-    const l = await this.deps.meta.desktops.getLease(d.name);
-    const live = l && l.holder !== null && l.expiresAt > this.now().toISOString() ? leaseView(l) : null;
-    return { name: d.name, image: d.image, mode: d.mode, follows: d.follows, ref, head, lease: live, createdAt: d.createdAt };
+    return { name: d.name, image: d.image, mode: d.mode, follows: d.follows, ref, head, lease: await this.liveLease(d.name), createdAt: d.createdAt };
+  }
+
+  private async liveLease(name: string): Promise<LeaseView | null> {
+    const l = await this.deps.meta.desktops.getLease(name);
+    return l && l.holder !== null && l.expiresAt > this.now().toISOString() ? leaseView(l) : null;
   }
 }
 

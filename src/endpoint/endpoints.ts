@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { hashToken, newToken } from '../auth/tokens.js';
-import type { Desktops } from '../desktop/desktops.js';
+import { AGENT_LEASE_SECONDS, type Desktops } from '../desktop/desktops.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { checkDesktopName } from '../image/names.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -428,6 +428,29 @@ export class Endpoints {
     await this.deps.repo.updateEndpoint(next, e);
     await this.record('poweroff', mac, { commitRequested: true }, next);
     return { action: 'commit-poweroff', reason: 'the next boot commits the disk and powers off' };
+  }
+
+  /**
+   * The desktop OS says its endpoint is alive (initramfs/os-integration, every minute): renew the
+   * lease its boot's agent left on the desktop (holder `endpoint:NAME`), for `ttlSeconds`. Heard only
+   * from the endpoint's last-known address. A lease someone else holds, or none, is left alone.
+   */
+  async keepalive(macRaw: string, from: CommitRequestOrigin, ttlSeconds = AGENT_LEASE_SECONDS): Promise<{ renewed: boolean; desktop: string | null; expiresAt: string | null; reason: string }> {
+    const mac = normalizeMac(macRaw);
+    if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(macRaw)}`, { field: 'mac' });
+    const e = await this.deps.repo.findByMac(mac);
+    if (!e || !e.desktop) return { renewed: false, desktop: null, expiresAt: null, reason: 'not an endpoint with a desktop' };
+    await this.checkCommitOrigin(e, from);
+    const holder = `endpoint:${e.name}`;
+    const lease = (await this.deps.desktops.view(e.desktop)).lease;
+    if (lease?.holder !== holder) return { renewed: false, desktop: e.desktop, expiresAt: null, reason: lease ? `the lease is held by ${lease.holder}` : 'the endpoint holds no lease' };
+    try {
+      const l = await this.deps.desktops.acquireLease(e.desktop, holder, ttlSeconds);
+      return { renewed: true, desktop: e.desktop, expiresAt: l.expiresAt, reason: 'lease renewed' };
+    } catch (err) {
+      if (isDeskfuseError(err, 'DF_ERR_LEASE_HELD')) return { renewed: false, desktop: e.desktop, expiresAt: null, reason: `the lease is held by ${String(err.fields.holder)}` };
+      throw err;
+    }
   }
 
   /** A commit request for `e` is heard only from the endpoint: its last-known address (a secret check goes here too). */

@@ -1,21 +1,23 @@
 import { promises as fsp } from 'node:fs';
-import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { ApiClient } from '../api/client.js';
 import { openFrame } from '../chunk/frame.js';
 import { encodeIdList, idHex, ID_LIST_TYPE } from '../chunk/id.js';
 import { decodePack } from '../chunk/pack.js';
 import { convert } from '../disk/qemu-img.js';
 import { ChunkIndex } from '../image/chunk-index.js';
-import { MAX_CHUNK_SIZE } from '../image/geometry.js';
+import { chunkLength, MAX_CHUNK_SIZE } from '../image/geometry.js';
 import { DiskWriter } from '../disk/writer.js';
 import type { VersionRow } from '../image/model.js';
 import { Progress } from '../progress.js';
+import { scanDisk } from '../sync/scan.js';
+import { exportTarget, publishExport } from './export-target.js';
 
 /**
  * Export a version to a file: raw output is sparse (zero chunks and zero 4 KiB blocks are never
  * written), qcow2 goes through qemu-img. Every chunk is verified against its id before it is
- * written; the file appears under its name only when complete.
+ * written; the file appears under its name only when complete (src/transfer/export-target.ts).
+ * An interrupted export leaves its `.part`: the next run hashes the chunks already in it and
+ * fetches only the ones that are missing or wrong.
  */
 export interface ExportOptions {
   client: ApiClient;
@@ -24,6 +26,10 @@ export interface ExportOptions {
   to: string;
   format: 'raw' | 'qcow2';
   progress?: boolean;
+  /** Replace an existing file. */
+  force?: boolean;
+  /** Told when a `.part` of an earlier run is reused: how many chunks it already held. */
+  onResume?: (part: string, kept: number, total: number) => void;
 }
 
 export interface ExportResult {
@@ -33,6 +39,8 @@ export interface ExportResult {
   format: string;
   virtualSize: number;
   chunks: number;
+  /** Chunks a `.part` of an interrupted run already held (not fetched again). */
+  chunksResumed: number;
   bytesFetched: number;
   bytesWritten: number;
   requests: number;
@@ -61,16 +69,40 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
     else positions.set(id, [i]);
   }
 
-  const dir = path.dirname(path.resolve(o.to));
-  const rawOut = o.format === 'raw' ? o.to : path.join(dir, `.${path.basename(o.to)}.${randomBytes(4).toString('hex')}.raw`);
-  const part = o.format === 'raw' ? `${o.to}.part` : rawOut;
-  const fh = await fsp.open(part, 'w', 0o644);
-  const out = new DiskWriter(fh, true);
+  const target = await exportTarget(o.to, o.image, v.version, o.format, o.force ?? false);
+  const part = target.part;
+  // A .part of an earlier run: keep what in it already hashes to the right id, redo the rest.
+  let resumed: number[] | null = null;
+  let fh;
+  try {
+    fh = await fsp.open(part, 'r+');
+    await fh.truncate(g.virtualSize);
+    const scan = await scanDisk(part, g, null, index);
+    resumed = scan.changed;
+    o.onResume?.(part, index.count - scan.changed.length, index.count);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    fh = await fsp.open(part, 'w', 0o644);
+    await fh.truncate(g.virtualSize);
+  }
+  if (resumed) {
+    const redo = new Set(resumed);
+    for (const [id, list] of positions) {
+      const left = list.filter((i) => redo.has(i));
+      if (left.length) positions.set(id, left);
+      else positions.delete(id);
+    }
+  }
+  // A fresh file is all holes, so zero blocks need no write; a reused one must be overwritten.
+  const out = new DiskWriter(fh, resumed === null);
   let bytesFetched = 0;
   let bytesWritten = 0;
-  const progress = Progress.for('export', index.nonZeroCount() * g.chunkSize, o.progress ?? false);
+  const todo = [...positions.values()].reduce((n, l) => n + l.length, 0);
+  const chunksResumed = resumed ? index.nonZeroCount() - todo : 0;
+  const progress = Progress.for('export', todo * g.chunkSize, o.progress ?? false);
   try {
-    await fh.truncate(g.virtualSize);
+    // Positions the version has as zero but the reused .part does not.
+    for (const i of resumed ?? []) if (index.isZeroAt(i)) await out.chunk(Buffer.alloc(chunkLength(g, i)), i * g.chunkSize);
     const ids = [...positions.keys()];
     const perBatch = Math.max(1, Math.min(MAX_IDS, Math.floor(FETCH_BYTES / g.chunkSize)));
     const batches: string[][] = [];
@@ -108,26 +140,24 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
     await out.flush();
     bytesWritten = out.written;
     await fh.sync();
-  } catch (err) {
-    await fh.close();
-    await fsp.rm(part, { force: true });
-    throw err;
+  } finally {
+    await fh.close(); // on failure the .part stays: the next run resumes from it
   }
-  await fh.close();
   progress.finish();
   if (o.format === 'raw') {
-    await fsp.rename(part, o.to);
+    await publishExport(part, target.file, o.force ?? false);
   } else {
+    const converted = `${target.file}.converting`;
     try {
-      await convert(rawOut, 'raw', `${o.to}.part`, 'qcow2');
-      await fsp.rename(`${o.to}.part`, o.to);
+      await convert(part, 'raw', converted, 'qcow2');
+      await publishExport(converted, target.file, o.force ?? false);
+      await fsp.rm(part, { force: true });
     } finally {
-      await fsp.rm(rawOut, { force: true });
-      await fsp.rm(`${o.to}.part`, { force: true });
+      await fsp.rm(converted, { force: true });
     }
   }
   return {
-    image: o.image, version: v.version, to: o.to, format: o.format, virtualSize: g.virtualSize, chunks: index.nonZeroCount(),
+    image: o.image, version: v.version, to: target.file, format: o.format, virtualSize: g.virtualSize, chunks: index.nonZeroCount(), chunksResumed,
     bytesFetched, bytesWritten, requests, seconds: (performance.now() - t0) / 1000,
   };
 }

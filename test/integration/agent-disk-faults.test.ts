@@ -69,7 +69,7 @@ describe('agent on a failing local disk', () => {
     const filler = path.join(dir, 'filler');
     const s = statfsSync(dir);
     writeFileSync(filler, Buffer.alloc(s.bavail * s.bsize - 2 * MiB));
-    expect((await cli(['desktop', 'reset', 'full', '--to', 'main'], admin)).code).toBe(0);
+    expect((await cli(['desktop', 'reset', 'full', '--to', 'main', '--force'], admin)).code).toBe(0);
     const r = await agent(['sync', '--disk', disk, '--desktop', 'full']);
     expect(r.code).toBe(1);
     expect(r.json.error).toMatchObject({ code: 'DF_ERR_DISK_FULL', errno: 'ENOSPC', recorded: true });
@@ -95,7 +95,7 @@ describe('agent on a failing local disk', () => {
     expect(first.code, first.stderr).toBe(0);
 
     await thin.fill();
-    expect((await cli(['desktop', 'reset', 'thin', '--to', 'main'], admin)).code).toBe(0);
+    expect((await cli(['desktop', 'reset', 'thin', '--to', 'main', '--force'], admin)).code).toBe(0);
     const r = await agent(['sync', '--disk', disk, '--desktop', 'thin']);
     expect(r.code).toBe(1);
     expect(r.json.error).toMatchObject({ code: 'DF_ERR_DISK_IO', recorded: true });

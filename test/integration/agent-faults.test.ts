@@ -9,7 +9,7 @@
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, copyFileSync, openSync, readdirSync, readFileSync, readSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { closeSync, copyFileSync, openSync, readdirSync, readFileSync, readSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -74,8 +74,11 @@ function blankDisk(name: string): string {
   return f(name);
 }
 
+/** A copy of a disk file with its mtime (cp -p): a copy with a new mtime is a file changed since its seal, and scanned. */
 function copyDisk(from: string, name: string): string {
   copyFileSync(from, f(name));
+  const st = statSync(from);
+  utimesSync(f(name), st.atime, st.mtime);
   return f(name);
 }
 
@@ -144,7 +147,7 @@ async function desktop(name: string, from: string, mode = 'persistent'): Promise
 }
 
 async function reset(name: string, to: string): Promise<void> {
-  const r = await cli(['desktop', 'reset', name, '--to', to], admin);
+  const r = await cli(['desktop', 'reset', name, '--to', to, '--force'], admin);
   expect(r.code, r.stderr).toBe(0);
 }
 
@@ -666,8 +669,11 @@ describe('bad input: a coded error and the disk untouched', () => {
     expect(e3.message).toContain('endpoint-b');
     await agentHandoff(foreign);
     patch(foreign, 5 * MiB, prng(55)(8192));
-    const e4 = await untouched(foreign, () => agent(['commit', '--disk', foreign, '--holder', 'intruder'], { token }));
-    expect(e4).toMatchObject({ code: 'DF_ERR_LEASE_HELD', holder: 'endpoint-b' });
+    // a commit while another holds the lease is kept as a conflict, never on the line (issue 14 point 4)
+    const e4 = await agent(['commit', '--disk', foreign, '--holder', 'intruder'], { token });
+    expect(e4.code, e4.stderr).toBe(3);
+    expect(e4.json).toMatchObject({ committed: true, leaseHeldBy: { holder: 'endpoint-b' }, conflict: { reason: 'fencing' } });
+    expect((await api('GET', '/api/v1/desktops/b')).lease).toMatchObject({ holder: 'endpoint-b' });
 
     // commit (and handoff) on a blank disk
     expect((await untouched(blank, () => agent(['commit', '--disk', blank], { token }))).code).toBe('DF_ERR_DISK_BLANK');
@@ -681,7 +687,7 @@ describe('bad input: a coded error and the disk untouched', () => {
     expect(e5).toMatchObject({ code: 'DF_ERR_TOKEN_EXPIRED', scope: 'desktop:b' });
     expect((await untouched(foreign, () => agent(['commit', '--disk', foreign], { token: expired }))).code).toBe('DF_ERR_TOKEN_EXPIRED');
     expect((await untouched(blank, () => sync(blank, [], expired))).code).toBe('DF_ERR_TOKEN_EXPIRED');
-    expect((await api('GET', '/api/v1/desktops/b')).head).toBe(2); // nothing was committed
+    expect((await api('GET', '/api/v1/desktops/b')).head).toBe(2); // nothing was committed on the line
   }, 60_000);
 });
 

@@ -55,7 +55,7 @@ describe('agent sync', () => {
     expect(imageSha(f('up.img'))).toBe(sha256(f('base.img')));
     expect((await agent(['status', '--disk', f('up.img')], t)).json).toMatchObject({ state: 'clean', version: 1, desktop: 'up', image: 'win' });
 
-    expect((await cli(['desktop', 'reset', 'up', '--to', 'main'], admin)).code).toBe(0);
+    expect((await cli(['desktop', 'reset', 'up', '--to', 'main', '--force'], admin)).code).toBe(0);
     const u = await agent(['sync', '--disk', f('up.img'), '--desktop', 'up'], t);
     expect(u.code, u.stderr).toBe(0);
     expect(u.json).toMatchObject({ from: 1, to: 2, scanned: false, localChanges: 0 });

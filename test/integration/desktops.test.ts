@@ -221,7 +221,7 @@ describe('desktops over HTTP', () => {
     const a = await acquire('endpoint-1');
     expect(a.statusCode).toBe(200);
     const since = new Date(T0).toISOString();
-    expect(a.json()).toEqual({ desktop: 'alice', holder: 'endpoint-1', fencing: 1, since, expiresAt: new Date(T0 + 3600_000).toISOString() });
+    expect(a.json()).toEqual({ desktop: 'alice', holder: 'endpoint-1', fencing: 1, since, expiresAt: new Date(T0 + 3600_000).toISOString(), takenFrom: null });
 
     advance(5);
     const held = await acquire('vdi-7');
@@ -230,12 +230,14 @@ describe('desktops over HTTP', () => {
     expect(held.json().message).toBe(`desktop alice is held by endpoint-1 since ${since}; ask an admin to break the lease or retry with force`);
 
     advance(5);
-    const renewed = (await acquire('endpoint-1', { ttlSeconds: 600 })).json();
+    const { takenFrom, ...renewed } = (await acquire('endpoint-1', { ttlSeconds: 600 })).json();
     expect(renewed).toMatchObject({ holder: 'endpoint-1', fencing: 1, since, expiresAt: new Date(clock + 600_000).toISOString() });
+    expect(takenFrom).toBeNull();
     expect((await desk('GET', '/api/v1/desktops/alice')).json().lease).toEqual(renewed);
 
+    // a forced take-over names the lease it took
     const forced = (await acquire('vdi-7', { force: true })).json();
-    expect(forced).toMatchObject({ holder: 'vdi-7', fencing: 2, since: new Date(clock).toISOString() });
+    expect(forced).toMatchObject({ holder: 'vdi-7', fencing: 2, since: new Date(clock).toISOString(), takenFrom: { holder: 'endpoint-1', fencing: 1, since } });
 
     // the old holder lost it: its release is refused, naming the current one
     const lost = await desk('DELETE', '/api/v1/desktops/alice/lease?fencing=1');
@@ -345,11 +347,15 @@ describe('desktops over HTTP', () => {
     expect(own).toBe(3);
     const v4 = await publish(admin, 'win', 'main', 2);
 
-    const r = await admin('POST', '/api/v1/desktops/alice/reset'); // no body: reset to the ref it follows
+    // endpoint-1 holds the lease: refused unless forced, and the forced answer names it
+    const held = await admin('POST', '/api/v1/desktops/alice/reset');
+    expect(held.json()).toMatchObject({ code: 'DF_ERR_LEASE_HELD', holder: 'endpoint-1' });
+    const r = await admin('POST', '/api/v1/desktops/alice/reset', { force: true }); // reset to the ref it follows
     expect(r.statusCode, r.payload).toBe(200);
-    expect(r.json()).toMatchObject({ name: 'alice', ref: 'desktops/alice', head: v4 });
+    expect(r.json()).toMatchObject({ name: 'alice', ref: 'desktops/alice', head: v4, dropped: own, overrode: { holder: 'endpoint-1', fencing } });
     await admin('PUT', '/api/v1/images/win/refs/test', { version: 1, expect: null });
-    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'test' })).json().head).toBe(1);
+    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'test', expect: own, force: true })).json()).toMatchObject({ code: 'DF_ERR_REF_MOVED', head: v4 });
+    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'test', expect: v4, force: true })).json().head).toBe(1);
     const log = (await admin('GET', '/api/v1/images/win/reflog?ref=desktops/alice')).json().entries;
     expect(log.map((e: { oldVersion: number | null; newVersion: number; reason: string }) => [e.oldVersion, e.newVersion, e.reason])).toEqual([
       [v4, 1, 'reset to test@1'], [own, v4, `reset to main@${v4}`], [2, own, 'voi-commit'], [null, 2, 'desktop create from main@2'],
@@ -357,7 +363,7 @@ describe('desktops over HTTP', () => {
     expect((await admin('GET', `/api/v1/images/win/versions/${own}`)).statusCode).toBe(200);
     // the endpoint's next commit on the old head is kept as a conflict, not lost
     expect((await desk('POST', '/api/v1/desktops/alice/commits', { parent: own, layer: await change(desk), kind: 'voi-commit', fencing })).json().reason).toBe('parent');
-    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'nope' })).json().code).toBe('DF_ERR_REF_NOT_FOUND');
+    expect((await admin('POST', '/api/v1/desktops/alice/reset', { to: 'nope', force: true })).json().code).toBe('DF_ERR_REF_NOT_FOUND');
     // an image commit names the reason too
     const img = await admin('POST', '/api/v1/images/win/commits', { parent: 1, ref: 'main', layer: await change(admin), kind: 'publish' });
     expect(img.json()).toMatchObject({ code: 'DF_ERR_CONFLICT', reason: 'parent', head: v4 });
@@ -408,7 +414,7 @@ describe('deskfuse desktop (built CLI)', () => {
     const br = await cli(['desktop', 'lease', 'break', 'alice', '--json'], env);
     expect(br.json.broken).toMatchObject({ holder: 'endpoint-9', fencing: 1 });
     const reset = await cli(['desktop', 'reset', 'alice', '--to', 'main'], env);
-    expect(reset.stdout).toBe('desktop alice: desktops/alice is now version 2 (reset to main)');
+    expect(reset.stdout).toBe('desktop alice: desktops/alice is now version 2 (reset to main); dropped head v2 (kept in the ref log)');
     const bad = await cli(['desktop', 'create', 'x', '--image', 'win', '--mode', 'sometimes'], env);
     expect(bad.code).toBe(2);
   });

@@ -76,7 +76,7 @@ describe('retention: prune', () => {
 
     let last = '';
     for (let k = 2; k <= 7; k++) last = await publish(k);
-    await ok(['desktop', 'reset', 'pc', '--to', 'main']);
+    await ok(['desktop', 'reset', 'pc', '--to', 'main', '--force']);
     const before = await versions('win');
     expect(before.map((v) => v.version)).toEqual([7, 6, 5, 4, 3, 2, 1]);
     const layer = new Map(before.map((v) => [v.version, v.layer]));

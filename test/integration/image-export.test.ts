@@ -1,0 +1,108 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { baseDisk, makeDisk, prng, sha256 } from '../helpers/disk.js';
+import { startProxy } from '../helpers/proxy.js';
+import { CLI, cli, startInProcess, tempDir } from '../helpers/server.js';
+
+/** `deskfuse image export` through the built CLI: no overwrite without --force, --to DIR, coded path errors, resume. */
+const MiB = 1024 * 1024;
+let tmp: ReturnType<typeof tempDir>;
+let srv: Awaited<ReturnType<typeof startInProcess>>;
+let admin: Record<string, string>;
+const f = (n: string) => path.join(tmp.dir, n);
+const parts = (dir: string) => readdirSync(dir).filter((n) => n.endsWith('.part'));
+
+beforeAll(async () => {
+  tmp = tempDir('df-export-');
+  srv = await startInProcess(f('data'));
+  admin = { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: srv.token };
+  baseDisk(f('base.img'));
+  expect((await cli(['image', 'create', 'win', '--from', f('base.img')], admin)).code).toBe(0);
+  // 80 MiB of incompressible data in 1 MiB chunks: five fetch requests of 16 chunks each.
+  makeDisk(f('big.img'), 96 * MiB, [{ at: 8 * MiB, data: prng(3)(80 * MiB) }]);
+  expect((await cli(['image', 'create', 'big', '--from', f('big.img'), '--chunk-size', '1M'], admin)).code).toBe(0);
+}, 120_000);
+afterAll(async () => {
+  await srv.close();
+  tmp.cleanup();
+});
+
+describe('image export --to', () => {
+  it('refuses to overwrite an existing file unless --force', async () => {
+    writeFileSync(f('kept.img'), 'the admin wants this file\n');
+    const r = await cli(['image', 'export', 'win', '--to', f('kept.img'), '--json'], admin);
+    expect(r.code).toBe(1);
+    expect(r.json.error).toMatchObject({ code: 'DF_ERR_FILE_EXISTS', path: f('kept.img') });
+    expect(r.stderr).toContain('--force replaces it');
+    expect(readFileSync(f('kept.img'), 'utf8')).toBe('the admin wants this file\n');
+    expect(parts(tmp.dir)).toEqual([]);
+
+    const forced = await cli(['image', 'export', 'win', '--to', f('kept.img'), '--force'], admin);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(sha256(f('kept.img'))).toBe(sha256(f('base.img')));
+  });
+
+  it('an existing directory gets IMAGE-vN.img inside it; nothing is left beside it', async () => {
+    mkdirSync(f('exports'));
+    const r = await cli(['image', 'export', 'win@1', '--to', f('exports')], admin);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`to ${f('exports/win-v1.img')} as raw`);
+    expect(readdirSync(f('exports'))).toEqual(['win-v1.img']);
+    expect(sha256(f('exports/win-v1.img'))).toBe(sha256(f('base.img')));
+    expect(parts(tmp.dir)).toEqual([]);
+    const q = await cli(['image', 'export', 'win', '--to', `${f('exports')}/`, '--format', 'qcow2'], admin);
+    expect(q.code, q.stderr).toBe(0);
+    expect(readdirSync(f('exports')).sort()).toEqual(['win-v1.img', 'win-v1.qcow2']);
+  });
+
+  it('a missing directory is a coded error naming it; nothing is created', async () => {
+    const r = await cli(['image', 'export', 'win', '--to', f('no/such/dir/out.img'), '--json'], admin);
+    expect(r.code).toBe(1);
+    expect(r.json.error).toMatchObject({ code: 'DF_ERR_OUTPUT_DIR', dir: f('no/such/dir') });
+    expect(r.stderr).toContain(`no such directory: ${f('no/such/dir')}`);
+    expect(existsSync(f('no'))).toBe(false);
+    const notDir = await cli(['image', 'export', 'win', '--to', f('kept.img/out.img')], admin);
+    expect(notDir.stderr).toContain(`DF_ERR_OUTPUT_DIR: --to ${f('kept.img/out.img')}: is not a directory: ${f('kept.img')}`);
+  });
+
+  it('an export killed mid-way resumes from its .part and ends byte-exact', async () => {
+    const out = f('big.out');
+    let fetches = 0;
+    let child: ReturnType<typeof spawn> | undefined;
+    let killed: Promise<unknown> = Promise.resolve();
+    const proxy = await startProxy(srv.url, {
+      onRequest: async (_m, url) => {
+        // The 5th fetch is asked for once the first batch is written: kill the CLI there.
+        if (url.startsWith('/api/v1/chunks/fetch') && ++fetches === 5) {
+          killed = new Promise((r) => child!.once('exit', r));
+          child!.kill('SIGKILL');
+          await killed;
+        }
+      },
+    });
+    try {
+      child = spawn(process.execPath, [CLI, 'image', 'export', 'big', '--to', out], { env: { ...process.env, DESKFUSE_SERVER: proxy.url, DESKFUSE_TOKEN: srv.token }, stdio: 'ignore' });
+      const code = await new Promise((r) => child!.once('exit', (c, sig) => r(sig ?? c)));
+      expect(code).toBe('SIGKILL');
+    } finally {
+      await proxy.close();
+    }
+    expect(existsSync(out)).toBe(false);
+    expect(parts(tmp.dir)).toEqual(['big.out.part']); // beside the target
+
+    const again = await cli(['image', 'export', 'big', '--to', out, '--json'], admin);
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.json.chunksResumed).toBeGreaterThanOrEqual(12); // the first batch of 16, less what was still buffered
+    expect(again.json.chunksResumed).toBeLessThan(80);
+    expect(sha256(out)).toBe(sha256(f('big.img')));
+    expect(parts(tmp.dir)).toEqual([]);
+
+    // A full export for comparison: same bytes, and the resumed run fetched less than it.
+    const full = await cli(['image', 'export', 'big', '--to', f('big.full'), '--json'], admin);
+    expect(sha256(f('big.full'))).toBe(sha256(out));
+    expect(full.json.chunksResumed).toBe(0);
+    expect(again.json.bytesFetched).toBeLessThan(full.json.bytesFetched - 10 * MiB);
+  }, 120_000);
+});
