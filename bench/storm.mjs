@@ -12,7 +12,8 @@
 //   provision: the version's chunk index and every batch fetch of its chunks (16 MiB of raw chunk per
 //              batch, its ids raw, two in flight, as src/agent/fetcher.ts)
 //   update:    the new version's layer and its delta
-//   and the agent's boot events (synced, local). Before each K the admin orders a reprovision of the
+//   and the agent's boot events (synced, local; `syncing` progress while a provisioning's batches run:
+//   after 2 s, then at most every 2 s when the percentage moved, as initramfs/agent/main.ts). Before each K the admin orders a reprovision of the
 //   endpoints (provision) or records their disks at the old version (update), as an unmeasured setup.
 // nginx gets the same list as GETs of the bodies one recorded endpoint was answered.
 //
@@ -166,11 +167,28 @@ async function boot(base, phase, i, stats, record) {
   if (phase === 'provision') {
     await get({ path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, file: 'api/index.bin' }, t);
     let next = 0;
+    let done = 0;
+    // as initramfs/agent/main.ts: a `syncing` event once 2 s have passed and the percentage moved, one at a time
+    let reported = -1;
+    let lastAt = Date.now();
+    let events = Promise.resolve();
+    const progress = () => {
+      const percent = Math.floor((done * 100) / batches.length);
+      if (done >= batches.length || percent === reported || Date.now() - lastAt < 2000) return;
+      [reported, lastAt] = [percent, Date.now()];
+      events = events.then(() => get({ method: 'POST', path: '/boot/events', body: { mac, phase: 'syncing', detail: { done, total: batches.length, percent } }, file: `api/event-syncing-${percent}.json` }, t));
+    };
+    const fetchOne = async () => {
+      await get(batches[next++], t);
+      done++;
+      progress();
+    };
     // as src/api/client.ts: the first heavy request goes alone until the server gave a ticket
-    if (!me.ticket && batches.length) await get(batches[next++], t);
+    if (!me.ticket && batches.length) await fetchOne();
     await Promise.all([0, 1].map(async () => {
-      while (next < batches.length) await get(batches[next++], t);
+      while (next < batches.length) await fetchOne();
     }));
+    await events;
   } else {
     await get({ path: `/api/v1/images/${IMAGE}/versions/${TO}/layer`, file: 'api/layer.bin' }, t);
     await get({ path: `/api/v1/images/${IMAGE}/versions/${TO}/delta`, file: 'api/delta.bin' }, t);
