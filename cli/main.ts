@@ -2,58 +2,17 @@
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { DeskfuseError, isDeskfuseError } from '../src/errors.js';
-import type { Io } from './args.js';
+import { didYouMean, UsageError, type Io } from './args.js';
+import { subHelp, groupHelp, topHelp } from './help.js';
+import { explainError } from './output.js';
+import { GROUPS } from './spec.js';
 
 // Many chunk writes fsync at once; a bigger libuv pool lets the journal commit them together
 // (measured: 1,000 parallel fdatasyncs 492 ms with 4 threads, 385 ms with 32).
 process.env.UV_THREADPOOL_SIZE ??= '16';
 
-export const USAGE = `deskfuse — PXE/iPXE boot-time sync appliance for desktop fusion
-
-Usage:
-  deskfuse server [--data DIR] [--meta sqlite|postgres://…] [--store local|s3://…] [--server-name NAME] [--listen HOST:PORT] [--config FILE] [--log-level LEVEL]
-                  [--dhcp off|proxy|full --interface IF [--dhcp-range FIRST,LAST]] [--tftp-listen HOST:PORT|off]
-                  [--public-url URL] [--boot-dir DIR] [--auto-enrol off|on|DESKTOP] [--no-ipv6-ra]
-                  [--nbd-listen HOST[:PORT]|off] [--nbd-anonymous-read]
-  deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG]
-  deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG]
-  deskfuse image list
-  deskfuse image show NAME
-  deskfuse image log NAME[@REF] [--limit N]
-  deskfuse image export NAME[@REF|@VERSION] --to FILE [--format raw|qcow2]
-  deskfuse ref list IMAGE
-  deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]
-  deskfuse ref log IMAGE [REF] [--limit N]
-  deskfuse store verify [--data DIR] [--meta URL] [--store URL]
-  deskfuse store gc [--dry-run] | deskfuse store usage
-  deskfuse admin migrate [--data DIR] --to-meta postgres://… --to-store s3://…
-  deskfuse agent sync --disk PATH --desktop NAME [--force] [--reprovision]
-  deskfuse agent commit --disk PATH [--force]
-  deskfuse agent status --disk PATH
-  deskfuse agent handoff --disk PATH
-  deskfuse desktop create NAME --image IMAGE [--from REF] [--mode persistent|restore]
-  deskfuse desktop list
-  deskfuse desktop show NAME
-  deskfuse desktop token NAME [--ttl SECONDS]
-  deskfuse desktop reset NAME [--to REF]
-  deskfuse desktop lease break NAME
-  deskfuse endpoint list | show ID | events [ID] [--follow]
-  deskfuse endpoint add MAC [--desktop NAME] [--name NAME] [--boot-method METHOD]
-  deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
-  deskfuse endpoint assign ID [--desktop NAME] [--mode sync|local] [--boot-method auto|kexec|sanboot|exit|bootnext]
-  deskfuse endpoint disable ID
-  deskfuse image boot NAME --partition N --kernel PATH [--initrd PATH] --cmdline TEXT
-  deskfuse vdi session create DESKTOP [--force] [--no-auto-commit]
-  deskfuse vdi session list [--desktop NAME] [--all] | show ID | commit ID | discard ID
-  deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--force] [--print-libvirt-xml] [-- QEMU ARGS]
-  deskfuse token list | create --scope hypervisor[:NAME]|desktop:NAME|admin [--ttl SECONDS] | revoke ID
-
-Global options:
-  --server URL    image server, or several: URL,URL… (failover; env DESKFUSE_SERVER, default http://127.0.0.1:8080)
-  --token T       API token (env DESKFUSE_TOKEN, default: ./data/admin.token if readable)
-  --json          print one JSON object (errors too) for scripts
-  -h, --help      this text
-`;
+/** `deskfuse --help`: rendered from the declarations every command parses with (cli/spec.ts). */
+export const USAGE = topHelp(GROUPS);
 
 /** Run the CLI; returns the exit code (0 ok, 1 error, 2 usage, 3 commit kept as a conflict). */
 export async function main(argv: string[], io: Io): Promise<number> {
@@ -72,20 +31,37 @@ export async function main(argv: string[], io: Io): Promise<number> {
       case 'endpoint': return await (await import('./commands/endpoint.js')).endpointCommand(rest, io);
       case 'vdi': return await (await import('./commands/vdi.js')).vdiCommand(rest, io);
       case 'token': return await (await import('./commands/token.js')).tokenCommand(rest, io);
-      case undefined: case '-h': case '--help': case 'help':
+      case 'help': return help(rest, io);
+      case undefined: case '-h': case '--help':
         io.out.write(USAGE);
         return cmd === undefined ? 2 : 0;
       case '--version': io.out.write('deskfuse 0.1.0\n'); return 0;
       default:
-        throw new DeskfuseError('DF_ERR_USAGE', `unknown command ${JSON.stringify(cmd)}; see deskfuse --help`);
+        throw new UsageError(`unknown command ${JSON.stringify(cmd)}${didYouMean(cmd, GROUPS.map((g) => g.name))}; see deskfuse --help`);
     }
   } catch (err) {
-    const e = isDeskfuseError(err) ? err : new DeskfuseError('DF_ERR_INTERNAL', (err as Error)?.message ?? String(err), {}, { cause: err });
+    const e = explainError(isDeskfuseError(err) ? err : new DeskfuseError('DF_ERR_INTERNAL', (err as Error)?.message ?? String(err), {}, { cause: err }), io.env);
     if (json) io.out.write(`${JSON.stringify({ error: e.toJSON() })}\n`);
     io.err.write(`deskfuse: ${e.code}: ${e.message}\n`);
+    if (err instanceof UsageError && err.help) io.err.write(`\n${err.help}`);
     if (e.code === 'DF_ERR_INTERNAL' && io.env.DESKFUSE_DEBUG) io.err.write(`${(err as Error)?.stack}\n`);
     return e.code === 'DF_ERR_USAGE' ? 2 : 1;
   }
+}
+
+/** `deskfuse help [COMMAND [SUBCOMMAND]]`. */
+function help(words: string[], io: Io): number {
+  const [name, ...rest] = words;
+  if (name === undefined) {
+    io.out.write(USAGE);
+    return 0;
+  }
+  const g = GROUPS.find((x) => x.name === name);
+  if (!g) throw new UsageError(`unknown command ${JSON.stringify(name)}${didYouMean(name, GROUPS.map((x) => x.name))}; see deskfuse --help`);
+  const two = rest.slice(0, 2).join(' ');
+  const sub = g.subs[two] ? two : rest[0] !== undefined && g.subs[rest[0]] ? rest[0] : undefined;
+  io.out.write(sub !== undefined ? subHelp(g, sub) : groupHelp(g, rest[0] && Object.keys(g.subs).some((k) => k.startsWith(`${rest[0]} `)) ? rest[0] : undefined));
+  return 0;
 }
 
 const isMain = (() => {

@@ -7,32 +7,18 @@ import { MAX_CHUNK_SIZE } from '../../src/image/geometry.js';
 import { maskUrl, openEngine } from '../../src/meta/engine.js';
 import { openConfiguredMeta } from '../../src/meta/open.js';
 import { migrateInstall, type MigrateProgress, type StoreCopy } from '../../src/transfer/migrate.js';
-import { parse, type Io } from '../args.js';
-import { emit } from '../output.js';
+import { parseCommand, type Io } from '../args.js';
+import { groupHelp } from '../help.js';
+import { ADMIN } from '../spec.js';
+import { emit, plural } from '../output.js';
 
-export const ADMIN_USAGE = `deskfuse admin migrate [--data DIR] [--config FILE] --to-meta postgres://USER:PASS@HOST:PORT/DB --to-store s3://BUCKET/PREFIX?endpoint=URL&region=R [--json]
-  Move a single-box install (SQLite + the local store under --data) to PostgreSQL + S3. Stop its server first.
-  The destination database must be empty (CREATE DATABASE …); the bucket must exist (S3 credentials:
-  AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY). Chunks, then layers and indexes, then the metadata rows
-  are copied, each skipping what the destination already has: after an interruption, run the same
-  command again and it carries on. At the end every row is compared on both sides and every version's
-  chunks are read back from the bucket against their ids. Deltas are not copied (servers rebuild them).
-  Progress goes to stderr, the summary (or with --json one JSON object) to stdout.
-  Then start each server with --meta and --store (and a data directory of its own for its cache).
-`;
+/** `deskfuse admin --help` (rendered from cli/spec.ts). */
+export const ADMIN_USAGE = groupHelp(ADMIN);
 
 export async function adminCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
-    io.out.write(ADMIN_USAGE);
-    return sub === undefined ? 2 : 0;
-  }
-  if (sub !== 'migrate') throw dfError('DF_ERR_USAGE', `unknown admin command ${JSON.stringify(sub)}${sub.startsWith('mig') ? ' (did you mean migrate?)' : ''}\n${ADMIN_USAGE}`);
-  const { values, positionals } = parse(rest, { data: { type: 'string' }, config: { type: 'string' }, 'to-meta': { type: 'string' }, 'to-store': { type: 'string' } });
-  if (values.help) {
-    io.out.write(ADMIN_USAGE);
-    return 0;
-  }
+  const parsed = parseCommand(ADMIN, args, io);
+  if (typeof parsed === 'number') return parsed;
+  const { values, positionals } = parsed;
   if (positionals.length) throw dfError('DF_ERR_USAGE', `admin migrate takes no argument ${JSON.stringify(positionals[0])} (deskfuse admin migrate --help)`);
   const toMeta = values['to-meta'];
   const toStore = values['to-store'];
@@ -70,7 +56,7 @@ export async function adminCommand(args: string[], io: Io): Promise<number> {
           + `  chunks          ${copy(r.chunks)}\n`
           + `  layers/indexes  ${copy(r.blobs)}\n`
           + `  rows            ${rows || 'none'} (${rowsNew} copied now)\n`
-          + `  verified        ${r.verified.rows} rows equal on both sides; ${r.verified.versions} versions: their ${r.verified.chunks} chunks read back from the bucket\n`
+          + `  verified        ${plural(r.verified.rows, 'row')} equal on both sides; ${plural(r.verified.versions, 'version')}: their ${plural(r.verified.chunks, 'chunk')} read back from the bucket\n`
           + `next: start each server with --meta ${maskUrl(toMeta!)} --store ${toStore} and a data directory of its own;\n`
           + `  the admin token is the same (${p.adminToken}). Keep ${src.dataDir} until you trust the new install; do not start its server again.\n`;
       });
@@ -100,7 +86,7 @@ export function progressLine(e: MigrateProgress): string {
       return `rows: ${e.table} ${e.total}${e.copied !== e.total ? ` (${e.copied} copied now)` : ''}`;
     case 'verify':
       return e.versions === 0
-        ? `verify: ${e.rows} rows equal on both sides; reading back the chunks of ${e.of} versions`
-        : `verify: ${e.versions}/${e.of} versions, ${e.chunks} chunks read back`;
+        ? `verify: ${plural(e.rows, 'row')} equal on both sides; reading back the chunks of ${plural(e.of, 'version')}`
+        : `verify: ${e.versions}/${plural(e.of, 'version')}, ${plural(e.chunks, 'chunk')} read back`;
   }
 }

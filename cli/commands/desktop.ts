@@ -1,41 +1,17 @@
 import type { Desktop, DesktopDeleted, DesktopReset, DesktopList, DesktopToken, Lease, LeaseBroken } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName, checkImageName, checkRefName } from '../../src/image/names.js';
-import { clientFrom, need, parse, parseExpect, type Io } from '../args.js';
-import { emit, table } from '../output.js';
-
-const HELP = `deskfuse desktop create NAME --image IMAGE [--from REF] [--mode persistent|restore]
-deskfuse desktop list | show NAME
-deskfuse desktop token NAME [--ttl SECONDS]     (prints only the token: T=$(deskfuse desktop token alice))
-deskfuse desktop reset NAME [--to REF] [--expect VERSION] [--force]
-                                                (persistent: move desktops/NAME to REF's head, default the ref it
-                                                follows; prints the head it dropped, kept in the ref log. --expect:
-                                                only if the head is still VERSION. Refused while an endpoint or VDI
-                                                session holds the lease; --force resets anyway and names the holder,
-                                                whose next commit is then kept as a conflict)
-deskfuse desktop lease break NAME
-deskfuse desktop delete NAME [--force]          (its ref, lease and tokens; refused while leased, in a VDI
-                                                session or assigned to endpoints, unless --force)
-`;
+import { clientFrom, need, parseCommand, parseExpect, type Io } from '../args.js';
+import { DESKTOP } from '../spec.js';
+import { emit, fmtTime, plural, table } from '../output.js';
 
 const line = (d: Desktop) => (d.ref ?? `follows ${d.follows}`);
-const leaseText = (l: Lease | null) => (l ? `${l.holder} (fencing ${l.fencing}) since ${l.since}, until ${l.expiresAt}` : '-');
+const leaseText = (l: Lease | null) => (l ? `${l.holder} (fencing ${l.fencing}) since ${fmtTime(l.since)}, until ${fmtTime(l.expiresAt)}` : '-');
 
 export async function desktopCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, {
-    image: { type: 'string' },
-    from: { type: 'string' },
-    mode: { type: 'string', default: 'persistent' },
-    ttl: { type: 'string' },
-    to: { type: 'string' },
-    expect: { type: 'string' },
-    force: { type: 'boolean', default: false },
-  });
-  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
-    io.out.write(HELP);
-    return sub ? 0 : 2;
-  }
+  const p = parseCommand(DESKTOP, args, io);
+  if (typeof p === 'number') return p;
+  const { sub, values, positionals } = p;
   const client = clientFrom(values, io.env);
   const json = values.json;
   const name = () => checkDesktopName(need(positionals[0], 'desktop NAME'), 'NAME');
@@ -63,7 +39,7 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
     case 'show': {
       const d = (await client.json<Desktop>('GET', path(name()))).body;
       emit(io, json, d, () => `desktop ${d.name}: ${d.mode} on image ${d.image}, ${line(d)}, head version ${d.head}\n` +
-        `  created ${d.createdAt}\n  lease   ${leaseText(d.lease)}\n`);
+        `  created ${fmtTime(d.createdAt)}\n  lease   ${leaseText(d.lease)}\n`);
       return 0;
     }
     case 'token': {
@@ -76,7 +52,7 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
       }
       const t = (await client.json<DesktopToken>('POST', `${path(n)}/tokens`, { body })).body;
       emit(io, json, t, () => `${t.token}\n`);
-      if (!json) io.err.write(`token of scope ${t.scope}, expires ${t.expiresAt}\n`);
+      if (!json) io.err.write(`token of scope ${t.scope}, expires ${fmtTime(t.expiresAt)}\n`);
       return 0;
     }
     case 'reset': {
@@ -89,16 +65,14 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
       const d = (await client.json<DesktopReset>('POST', `${path(n)}/reset`, { body })).body;
       emit(io, json, d, () => `desktop ${d.name}: ${d.ref} is now version ${d.head} (reset to ${values.to ?? d.follows}); ` +
         `${d.dropped === null ? 'it had no head' : `dropped head v${d.dropped} (kept in the ref log)`}\n` +
-        (d.overrode ? `  the lease of ${d.overrode.holder} (fencing ${d.overrode.fencing}, since ${d.overrode.since}) was left in place: its next commit will be kept as a conflict\n` : ''));
+        (d.overrode ? `  the lease of ${d.overrode.holder} (fencing ${d.overrode.fencing}, since ${fmtTime(d.overrode.since)}) was left in place: its next commit will be kept as a conflict\n` : ''));
       return 0;
     }
-    case 'lease': {
-      const [op, target] = positionals;
-      if (op !== 'break') throw dfError('DF_ERR_USAGE', `unknown desktop lease command ${JSON.stringify(op ?? '')}; expected: desktop lease break NAME`);
-      const n = checkDesktopName(need(target, 'desktop NAME'), 'NAME');
+    case 'lease break': {
+      const n = name();
       const r = (await client.json<LeaseBroken>('POST', `${path(n)}/lease/break`)).body;
       emit(io, json, r, () => r.broken
-        ? `lease of desktop ${n} broken: it was held by ${r.broken.holder} (fencing ${r.broken.fencing}) since ${r.broken.since}\n`
+        ? `lease of desktop ${n} broken: it was held by ${r.broken.holder} (fencing ${r.broken.fencing}) since ${fmtTime(r.broken.since)}\n`
         : `desktop ${n} had no lease\n`);
       return 0;
     }
@@ -108,10 +82,10 @@ export async function desktopCommand(args: string[], io: Io): Promise<number> {
       emit(io, json, r, () => `desktop ${n} deleted (image ${r.image})` +
         `${r.endpointsUnassigned.length ? `; endpoints unassigned: ${r.endpointsUnassigned.join(', ')}` : ''}` +
         `${r.sessionsDiscarded.length ? `; VDI sessions discarded: ${r.sessionsDiscarded.join(', ')}` : ''}` +
-        `${r.tokensRevoked ? `; ${r.tokensRevoked} token(s) revoked` : ''}\n`);
+        `${r.tokensRevoked ? `; ${plural(r.tokensRevoked, 'token')} revoked` : ''}\n`);
       return 0;
     }
     default:
-      throw dfError('DF_ERR_USAGE', `unknown desktop command ${JSON.stringify(sub)}\n${HELP}`);
+      throw dfError('DF_ERR_USAGE', `unknown desktop command ${JSON.stringify(sub)}`);
   }
 }

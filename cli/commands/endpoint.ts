@@ -3,36 +3,16 @@ import { BOOT_METHODS, ENDPOINT_MODES } from '../../src/endpoint/model.js';
 import type { EndpointChange } from '../../src/endpoint/endpoints.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName } from '../../src/image/names.js';
-import { clientFrom, need, parse, type Io } from '../args.js';
-import { emit, table } from '../output.js';
+import { clientFrom, need, parseCommand, type Io } from '../args.js';
+import { ENDPOINT } from '../spec.js';
+import { emit, fmtTime, table } from '../output.js';
 
-const HELP = `deskfuse endpoint list
-deskfuse endpoint show ID                 (ID: endpoint id, name or MAC)
-deskfuse endpoint add MAC [--desktop NAME] [--name NAME] [--mode sync|local] [--boot-method METHOD]   (before its first boot)
-deskfuse endpoint approve ID [--desktop NAME] [--name NAME]
-deskfuse endpoint assign ID [--desktop NAME|none] [--mode sync|local] [--boot-method ${BOOT_METHODS.join('|')}] [--name NAME]
-deskfuse endpoint disable ID              (boots its local disk, never gets a boot token)
-deskfuse endpoint reprovision ID          (its next boot provisions the disk with a new secret: a replaced disk, a lost state area)
-deskfuse endpoint delete ID [--force]     (refused while it holds a lease or is enrolled with a desktop, unless --force)
-deskfuse endpoint events [ID] [--follow]  (boot events: dhcp, tftp, script, kernel, initrd, agent, synced, local, …)
-`;
-
-const evText = (e: BootEvent) => `${e.at}  ${(e.endpoint ?? e.mac).padEnd(16)} ${e.phase.padEnd(9)} ${Object.entries(e.detail).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join(' ')}\n`;
+const evText = (e: BootEvent) => `${fmtTime(e.at, { seconds: true })}  ${(e.endpoint ?? e.mac).padEnd(16)} ${e.phase.padEnd(9)} ${Object.entries(e.detail).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`).join(' ')}\n`;
 
 export async function endpointCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, {
-    desktop: { type: 'string' },
-    name: { type: 'string' },
-    mode: { type: 'string' },
-    'boot-method': { type: 'string' },
-    follow: { type: 'boolean', short: 'f', default: false },
-    force: { type: 'boolean', default: false },
-  });
-  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
-    io.out.write(HELP);
-    return sub ? 0 : 2;
-  }
+  const p = parseCommand(ENDPOINT, args, io);
+  if (typeof p === 'number') return p;
+  const { sub, values, positionals } = p;
   const client = clientFrom(values, io.env);
   const json = values.json;
   const id = () => encodeURIComponent(need(positionals[0], 'endpoint ID (id, name or MAC)'));
@@ -53,13 +33,13 @@ export async function endpointCommand(args: string[], io: Io): Promise<number> {
   const show = (e: Endpoint) => `endpoint ${e.name} (${e.id}): ${e.state}, desktop ${e.desktop ?? '-'}, mode ${e.mode}, boot ${e.bootMethod}\n` +
     `  MACs      ${e.macs.join(', ')}\n  firmware  ${e.firmware ?? '-'}   uuid ${e.uuid ?? '-'}   serial ${e.serial ?? '-'}\n` +
     `  disk      ${e.disk}${e.diskVersion !== null ? ` at version ${e.diskVersion}` : ''}${e.commitRequested ? ' (commit requested)' : ''}   secret ${e.secret ?? '-'}\n` +
-    `  last seen ${e.lastSeen ?? '-'}\n  last sync ${e.lastSync ? `${e.lastSync.result} ${e.lastSync.action} at ${e.lastSync.at}${e.lastSync.version !== undefined ? ` → version ${e.lastSync.version}` : ''}${e.lastSync.seconds !== undefined ? ` in ${e.lastSync.seconds.toFixed(1)} s` : ''}${e.lastSync.error ? `: ${e.lastSync.error}` : ''}` : '-'}\n`;
+    `  last seen ${fmtTime(e.lastSeen)}\n  last sync ${e.lastSync ? `${e.lastSync.result} ${e.lastSync.action} at ${fmtTime(e.lastSync.at)}${e.lastSync.version !== undefined ? ` → version ${e.lastSync.version}` : ''}${e.lastSync.seconds !== undefined ? ` in ${e.lastSync.seconds.toFixed(1)} s` : ''}${e.lastSync.error ? `: ${e.lastSync.error}` : ''}` : '-'}\n`;
 
   switch (sub) {
     case 'list': {
       const r = (await client.json<EndpointList>('GET', '/api/v1/endpoints')).body;
       emit(io, json, r, () => table([['ENDPOINT', 'MAC', 'STATE', 'DESKTOP', 'MODE', 'DISK', 'LAST SEEN', 'LAST SYNC'], ...r.endpoints.map((e) => [
-        e.name, e.macs[0] ?? '-', e.state, e.desktop ?? '-', e.mode, `${e.disk}${e.diskVersion !== null ? `@${e.diskVersion}` : ''}`, e.lastSeen ?? '-',
+        e.name, e.macs[0] ?? '-', e.state, e.desktop ?? '-', e.mode, `${e.disk}${e.diskVersion !== null ? `@${e.diskVersion}` : ''}`, fmtTime(e.lastSeen),
         e.lastSync ? `${e.lastSync.result} ${e.lastSync.action}` : '-',
       ])]));
       return 0;

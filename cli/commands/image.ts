@@ -6,55 +6,14 @@ import { fmtBytes } from '../../src/progress.js';
 import { exportVersion } from '../../src/transfer/export.js';
 import { publishDisk } from '../../src/transfer/publish.js';
 import { dfError } from '../../src/errors.js';
-import { clientFrom, need, parse, parseSize, type Io } from '../args.js';
-import { emit, table } from '../output.js';
-
-const HELP = `deskfuse image create NAME --from FILE [--chunk-size N] [-m MSG] [BOOT]
-deskfuse image publish NAME --from FILE [--ref main] [--parent VERSION] [-m MSG] [BOOT]
-deskfuse image boot NAME --boot-partition N --boot-kernel PATH [--boot-initrd PATH] --boot-cmdline TEXT
-  BOOT: the kernel the image's OS boots, for endpoints that hand off by kexec:
-        --boot-partition N --boot-kernel /vmlinuz [--boot-initrd /initrd.img] --boot-cmdline "root=… quiet"
-deskfuse image list | show NAME | log NAME[@REF] [--limit N]
-deskfuse image export NAME[@REF|@VERSION] --to FILE|DIR [--format raw|qcow2] [--force]
-      DIR: an existing directory gets NAME-vN.img (or .qcow2); an existing FILE is replaced only with
-      --force; an interrupted export resumes from FILE.part on the next run
-deskfuse image policy NAME [--keep-last N] [--keep-days D] [--conflict-days C]
-      retention: keep the last N versions of each ref's line, every version younger than D days, a
-      conflict's version C days; "default" returns a value to the server's (retention.* in its config)
-deskfuse image prune NAME [--dry-run] [--verbose]
-      drop the versions outside the policy (the ref log keeps them); versions a ref, desktop, lease,
-      VDI session or endpoint's disk holds always stay; --verbose says why each kept one is kept
-deskfuse image delete NAME [--force]
-      its refs, versions and policy (the ref log stays); refused while desktops use it, unless --force
-`;
-
+import { clientFrom, need, parseCommand, parseSize, type Io } from '../args.js';
+import { IMAGE } from '../spec.js';
+import { emit, fmtTime, plural, refsCell, table } from '../output.js';
 
 export async function imageCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, {
-    from: { type: 'string' },
-    'chunk-size': { type: 'string' },
-    ref: { type: 'string', default: 'main' },
-    parent: { type: 'string' },
-    message: { type: 'string', short: 'm', default: '' },
-    to: { type: 'string' },
-    format: { type: 'string', default: 'raw' },
-    limit: { type: 'string', default: '50' },
-    'boot-partition': { type: 'string' },
-    'boot-kernel': { type: 'string' },
-    'boot-initrd': { type: 'string' },
-    'boot-cmdline': { type: 'string' },
-    'keep-last': { type: 'string' },
-    'keep-days': { type: 'string' },
-    'conflict-days': { type: 'string' },
-    'dry-run': { type: 'boolean', default: false },
-    verbose: { type: 'boolean', short: 'v', default: false },
-    force: { type: 'boolean', default: false },
-  });
-  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
-    io.out.write(HELP);
-    return sub ? 0 : 2;
-  }
+  const p = parseCommand(IMAGE, args, io);
+  if (typeof p === 'number') return p;
+  const { sub, values, positionals } = p;
   const client = clientFrom(values, io.env);
   const json = values.json;
   const tty = !json && Boolean(io.err.isTTY);
@@ -85,22 +44,27 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
       const file = need(values.from, '--from FILE');
       const bootSpec = boot(); // checked before the (long) publish
       const r = await publishDisk({
-        client, image: name, file, create: sub === 'create', ref: values.ref, message: values.message,
+        client, image: name, file, create: sub === 'create', ref: values.ref, message: values.message, allowEmpty: values['allow-empty'],
         ...(values.parent ? { parent: positiveInt(values.parent, '--parent') } : {}),
         ...(values['chunk-size'] ? { chunkSize: parseSize(values['chunk-size'], '--chunk-size') } : {}),
         tmpDir: path.join(os.tmpdir()), progress: tty,
       });
       if (bootSpec) await client.json('PUT', `/api/v1/images/${name}/boot`, { body: bootSpec });
       emit(io, json, r, () =>
-        r.conflict
-          ? `version ${r.version} of ${name} is kept as ${r.conflict.conflictRef}: ${r.ref} moved to ${r.conflict.head} meanwhile (parent was ${r.parent})\n`
-          : `${name}@${r.ref} is now version ${r.version} (parent ${r.parent ?? 'none'}): ${r.chunks} chunks, ${r.chunksChanged} changed, ${r.chunksNew} new, ${fmtBytes(r.bytesUploaded)} uploaded in ${r.seconds.toFixed(1)} s\n`);
+        r.unchanged
+          ? `${name}: nothing changed since version ${r.version}${r.head === r.version ? ` (${r.ref} is at ${r.version})` : `, the parent (${r.ref} is at ${r.head ?? 'nothing'})`}: `
+            + `no version made (--allow-empty makes one)\n`
+          : r.conflict
+            ? `version ${r.version} of ${name} is kept as ${r.conflict.conflictRef}: ${r.ref} moved to ${r.conflict.head} meanwhile (parent was ${r.parent})\n`
+            : `${name}@${r.ref} is now version ${r.version} (parent ${r.parent ?? 'none'}): ${plural(r.chunks, 'chunk')}, ${r.chunksChanged} changed, ${r.chunksNew} new, `
+              + `${fmtBytes(r.bytesUploaded)} uploaded in ${r.seconds.toFixed(1)} s\n`);
       return r.conflict ? 3 : 0;
     }
     case 'list': {
       const r = (await client.json<ImageList>('GET', '/api/v1/images')).body;
+      // REFS: the plain refs with their versions, then how many desktops' lines and conflicts (--json: every ref).
       emit(io, json, r, () => table([['IMAGE', 'SIZE', 'CHUNK', 'VERSIONS', 'REFS'], ...r.images.map((i) => [
-        i.name, fmtBytes(i.virtualSize), fmtBytes(i.chunkSize), String(i.versions), i.refs.map((x) => `${x.name}=${x.version}`).join(' '),
+        i.name, fmtBytes(i.virtualSize), fmtBytes(i.chunkSize), String(i.versions ?? '-'), refsCell(i.refs, { versions: true }),
       ])]));
       return 0;
     }
@@ -109,9 +73,9 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
       const r = (await client.json<ImageShow>('GET', `/api/v1/images/${name}`)).body;
       // The retention policy is an admin's to read: a desktop token's show leaves it out.
       const policy = await client.json<PolicyView>('GET', `/api/v1/images/${name}/policy`).then((p) => p.body, () => undefined);
-      emit(io, json, { ...r, ...(policy ? { policy } : {}) }, () => `image ${r.name}: ${fmtBytes(r.virtualSize)} (${r.virtualSize} bytes), ${fmtBytes(r.chunkSize)} chunks, ${r.hashAlg}, ${r.versions} versions, created ${r.createdAt}\n` +
+      emit(io, json, { ...r, ...(policy ? { policy } : {}) }, () => `image ${r.name}: ${fmtBytes(r.virtualSize)} (${r.virtualSize} bytes), ${fmtBytes(r.chunkSize)} chunks, ${r.hashAlg}, ${r.versions !== undefined ? `${plural(r.versions, 'version')}, ` : ''}created ${fmtTime(r.createdAt)}\n` +
         (policy ? `retention: ${policyText(policy)}\n` : '') +
-        table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), x.updatedAt])]));
+        table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), fmtTime(x.updatedAt)])]));
       return 0;
     }
     case 'policy': {
@@ -143,16 +107,25 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
     case 'delete': {
       const name = checkImageName(need(positionals[0], 'image NAME'));
       const r = (await client.json<ImageDeleted>('DELETE', `/api/v1/images/${name}${values.force ? '?force=true' : ''}`)).body;
-      emit(io, json, r, () => `image ${name} deleted: ${r.versions} versions${r.desktops.length ? `, desktops ${r.desktops.join(', ')}` : ''}; ${fmtBytes(r.bytes)} of layers, indexes and deltas freed; ${r.chunks}\n`);
+      emit(io, json, r, () => `image ${name} deleted: ${plural(r.versions, 'version')}${r.desktops.length ? `, desktops ${r.desktops.join(', ')}` : ''}; ${fmtBytes(r.bytes)} of layers, indexes and deltas freed; ${r.chunks}\n`);
       return 0;
     }
     case 'log': {
-      const { image, rev } = parseImageRev(need(positionals[0], 'NAME[@REF]'));
-      const q = /^\d+$/.test(rev) ? '' : `&ref=${encodeURIComponent(rev)}`;
-      const r = (await client.json<VersionList>('GET', `/api/v1/images/${image}/versions?limit=${Number(values.limit)}${q}`)).body;
-      emit(io, json, r, () => table([['VERSION', 'PARENT', 'KIND', 'AUTHOR', 'CHANGED', 'CHUNKS', 'TIME', 'MESSAGE'], ...r.versions.map((v) => [
-        String(v.version), String(v.parent ?? '-'), v.kind, v.author, String(v.chunksChanged), String(v.chunksTotal), v.createdAt, v.message,
-      ])]));
+      // NAME: every version, each ref beside the version it is at; NAME@REF or NAME@VERSION: that line.
+      const spec = need(positionals[0], 'NAME[@REF|@VERSION]');
+      const { image, rev } = parseImageRev(spec);
+      const q = spec.includes('@') ? `&ref=${encodeURIComponent(rev)}` : '';
+      const limit = positiveInt(values.limit, '--limit', 'a number of versions');
+      const [r, shown] = await Promise.all([
+        client.json<VersionList>('GET', `/api/v1/images/${image}/versions?limit=${limit}${q}`).then((x) => x.body),
+        client.json<ImageShow>('GET', `/api/v1/images/${image}`).then((x) => x.body),
+      ]);
+      const at = new Map<number, Array<{ name: string }>>();
+      for (const x of shown.refs) at.set(x.version, [...(at.get(x.version) ?? []), x]);
+      emit(io, json, { ...r, refs: shown.refs }, () => table([['VERSION', 'PARENT', 'REFS', 'KIND', 'AUTHOR', 'CHANGED', 'CHUNKS', 'TIME', 'MESSAGE'], ...r.versions.map((v) => [
+        String(v.version), String(v.parent ?? '-'), at.has(v.version) ? refsCell(at.get(v.version)!, { width: 30 }) : '', v.kind, v.author,
+        String(v.chunksChanged), String(v.chunksTotal), fmtTime(v.createdAt), v.message,
+      ])], { maxWidth: { 4: 24 } }));
       return 0;
     }
     case 'export': {
@@ -168,13 +141,13 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     default:
-      throw dfError('DF_ERR_USAGE', `unknown image command ${JSON.stringify(sub)}\n${HELP}`);
+      throw dfError('DF_ERR_USAGE', `unknown image command ${JSON.stringify(sub)}`);
   }
 }
 
 function policyText(p: PolicyView): string {
-  const v = (k: keyof PolicyView['effective']) => `${p.effective[k]}${p.override[k] === null ? ' (server default)' : ''}`;
-  return `keep the last ${v('keepLast')} versions of each ref's line, versions younger than ${v('keepDays')} days, conflicts ${v('conflictDays')} days`;
+  const v = (k: keyof PolicyView['effective'], one: string) => `${p.effective[k]}${p.override[k] === null ? ' (server default)' : ''} ${p.effective[k] === 1 ? one : `${one}s`}`;
+  return `keep the last ${v('keepLast', 'version')} of each ref's line, versions younger than ${v('keepDays', 'day')}, conflicts ${v('conflictDays', 'day')}`;
 }
 
 function pruneText(r: PruneReport, verbose: boolean): string {
@@ -192,8 +165,8 @@ function pruneText(r: PruneReport, verbose: boolean): string {
   return out;
 }
 
-function positiveInt(s: string, option: string): number {
+function positiveInt(s: string, option: string, what = 'a version number'): number {
   const n = Number(s);
-  if (!/^\d+$/.test(s) || n < 1) throw dfError('DF_ERR_USAGE', `${option}: expected a version number, got ${JSON.stringify(s)}`, { option });
+  if (!/^\d+$/.test(s) || n < 1) throw dfError('DF_ERR_USAGE', `${option}: expected ${what}, got ${JSON.stringify(s)}`, { option });
   return n;
 }

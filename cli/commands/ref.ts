@@ -1,29 +1,20 @@
 import { checkImageName, checkRefName } from '../../src/image/names.js';
 import type { Ref, RefDeleted, RefList, RefLog } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
-import { clientFrom, need, parse, parseExpect, type Io } from '../args.js';
-import { emit, table } from '../output.js';
-
-const HELP = `deskfuse ref list IMAGE
-deskfuse ref set IMAGE REF VERSION --expect OLD|none [--reason TEXT]   (promote, rollback; compare-and-swap)
-deskfuse ref log IMAGE [REF] [--limit N]
-deskfuse ref delete IMAGE REF [--force]   (the ref log records it; refused for a desktop's line, and for a
-                                          conflict not resolved yet unless --force)
-`;
+import { clientFrom, need, parseCommand, parseExpect, type Io } from '../args.js';
+import { REF } from '../spec.js';
+import { emit, fmtTime, table } from '../output.js';
 
 export async function refCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, { expect: { type: 'string' }, reason: { type: 'string' }, limit: { type: 'string', default: '50' }, force: { type: 'boolean', default: false } });
-  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
-    io.out.write(HELP);
-    return sub ? 0 : 2;
-  }
+  const p = parseCommand(REF, args, io);
+  if (typeof p === 'number') return p;
+  const { sub, values, positionals } = p;
   const client = clientFrom(values, io.env);
   const image = checkImageName(need(positionals[0], 'IMAGE'));
   switch (sub) {
     case 'list': {
       const r = (await client.json<RefList>('GET', `/api/v1/images/${image}/refs`)).body;
-      emit(io, values.json, r, () => table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), x.updatedAt])]));
+      emit(io, values.json, r, () => table([['REF', 'VERSION', 'UPDATED'], ...r.refs.map((x) => [x.name, String(x.version), fmtTime(x.updatedAt)])]));
       return 0;
     }
     case 'set': {
@@ -43,7 +34,7 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
       const q = `limit=${Number(values.limit)}${ref ? `&ref=${encodeURIComponent(ref)}` : ''}`;
       const r = (await client.json<RefLog>('GET', `/api/v1/images/${image}/reflog?${q}`)).body;
       emit(io, values.json, r, () => table([['TIME', 'REF', 'FROM', 'TO', 'BY', 'REASON'], ...r.entries.map((e) => [
-        e.at, e.ref, String(e.oldVersion ?? '-'), e.deleted ? '(deleted)' : String(e.newVersion), e.author, e.reason,
+        fmtTime(e.at), e.ref, String(e.oldVersion ?? '-'), e.deleted ? '(deleted)' : String(e.newVersion), e.author, e.reason,
       ])]));
       return 0;
     }
@@ -54,6 +45,6 @@ export async function refCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     default:
-      throw dfError('DF_ERR_USAGE', `unknown ref command ${JSON.stringify(sub)}\n${HELP}`);
+      throw dfError('DF_ERR_USAGE', `unknown ref command ${JSON.stringify(sub)}`);
   }
 }

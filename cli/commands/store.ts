@@ -7,27 +7,20 @@ import { dfError } from '../../src/errors.js';
 import { MAX_CHUNK_SIZE } from '../../src/image/geometry.js';
 import { openConfiguredMeta } from '../../src/meta/open.js';
 import { fmtBytes } from '../../src/progress.js';
-import { clientFrom, parse, type Io } from '../args.js';
+import { clientFrom, parseCommand, type Io } from '../args.js';
+import { groupHelp } from '../help.js';
+import { STORE } from '../spec.js';
 import type { GcResult, StoreUsage, Tally } from '../../src/gc/gc.js';
-import { emit } from '../output.js';
+import { emit, plural } from '../output.js';
 
-export const STORE_USAGE = 'deskfuse store verify [--data DIR] [--meta URL] [--store URL] [--config FILE]\n' +
-  '  read back every chunk and check every version has its chunks (the same --data/--meta/--store as the server:\n' +
-  '  with s3:// the bucket itself is read, not a server\'s cache)\n' +
-  'deskfuse store gc [--dry-run]     one garbage collection on the server: unreferenced objects older than the grace\n' +
-  '  period become candidates; candidates of an earlier run still unreferenced are removed (--dry-run: say what would go)\n' +
-  'deskfuse store usage              bytes stored by kind and by image, and what garbage collection can reclaim\n';
+/** `deskfuse store --help` (rendered from cli/spec.ts). */
+export const STORE_USAGE = groupHelp(STORE);
 
 export async function storeCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  const { values } = parse(rest, { data: { type: 'string' }, meta: { type: 'string' }, store: { type: 'string' }, config: { type: 'string' }, 'dry-run': { type: 'boolean', default: false } });
-  const asksHelp = values.help || sub === '--help' || sub === '-h' || sub === 'help';
-  if (!asksHelp && (sub === 'gc' || sub === 'usage')) return await gcCommand(sub, values, io);
-  if (asksHelp) {
-    io.out.write(STORE_USAGE);
-    return 0;
-  }
-  if (sub !== 'verify') throw dfError('DF_ERR_USAGE', `${sub === undefined ? 'missing store command' : `unknown store command ${JSON.stringify(sub)}`}\n${STORE_USAGE}`);
+  const parsed = parseCommand(STORE, args, io);
+  if (typeof parsed === 'number') return parsed;
+  const { sub, values } = parsed;
+  if (sub === 'gc' || sub === 'usage') return await gcCommand(sub, values, io);
   const config = loadServerConfig({
     ...(values.config ? { file: values.config } : {}), env: io.env,
     flags: { ...(values.data ? { data: values.data } : {}), ...(values.meta ? { meta: values.meta } : {}), ...(values.store ? { store: values.store } : {}) },
@@ -39,7 +32,7 @@ export async function storeCommand(args: string[], io: Io): Promise<number> {
     const { chunks, blobs } = await openBareStores(config, p, { maxChunkSize: MAX_CHUNK_SIZE, maxBlobSize: MAX_BLOB_SIZE });
     const r = await scrub(meta, chunks, blobs);
     emit(io, values.json, r, () => {
-      const lines = [`${r.ok ? 'OK' : 'PROBLEMS'}: ${r.chunks} chunks (${fmtBytes(r.bytes)} stored), ${r.blobs} layers/indexes, ${r.versions} versions checked`];
+      const lines = [`${r.ok ? 'OK' : 'PROBLEMS'}: ${plural(r.chunks, 'chunk')} (${fmtBytes(r.bytes)} stored), ${r.blobs} layers/indexes, ${plural(r.versions, 'version')} checked`];
       for (const c of r.corrupt) lines.push(`corrupt ${c.what} ${c.id} (${c.path}) hashes to ${String(c.got ?? 'undecodable')}`);
       for (const m of r.missing) lines.push(`missing ${m.what} ${m.id} needed by ${m.image} version ${m.versions.join(',')}`);
       if (r.tempFilesRemoved) lines.push(`removed ${r.tempFilesRemoved} stale temp files of interrupted writes`);
@@ -86,10 +79,10 @@ const t = (x: Tally) => `${x.count} (${fmtBytes(x.bytes)})`;
 function gcText(r: GcResult): string {
   return [
     `garbage collection ${r.run}${r.dryRun ? ' (dry run: nothing changed)' : ''} in ${r.seconds.toFixed(1)} s`,
-    `  marked (referenced):   ${r.marked.chunks} chunks, ${r.marked.blobs} layers/indexes, ${fmtBytes(r.marked.bytes)}`,
-    `  new candidates:        ${r.candidates.chunks} chunks, ${r.candidates.blobs} layers/indexes, ${fmtBytes(r.candidates.bytes)} (removed by the next run if still unreferenced)`,
+    `  marked (referenced):   ${plural(r.marked.chunks, 'chunk')}, ${r.marked.blobs} layers/indexes, ${fmtBytes(r.marked.bytes)}`,
+    `  new candidates:        ${plural(r.candidates.chunks, 'chunk')}, ${r.candidates.blobs} layers/indexes, ${fmtBytes(r.candidates.bytes)} (removed by the next run if still unreferenced)`,
     `  cancelled:             ${r.cancelled} (referenced or written again since they were marked)`,
-    `  ${r.dryRun ? 'would delete:' : 'deleted:     '}          ${r.deleted.chunks} chunks, ${r.deleted.blobs} layers/indexes, ${r.deleted.deltas} deltas, ${fmtBytes(r.deleted.bytes)} freed`,
+    `  ${r.dryRun ? 'would delete:' : 'deleted:     '}          ${plural(r.deleted.chunks, 'chunk')}, ${r.deleted.blobs} layers/indexes, ${plural(r.deleted.deltas, 'delta')}, ${fmtBytes(r.deleted.bytes)} freed`,
   ].join('\n') + '\n';
 }
 
@@ -99,6 +92,6 @@ function usageText(u: StoreUsage): string {
     `deltas:               ${t(u.kinds.deltas)}`, `unreferenced chunks:  ${t(u.kinds.unreferencedChunks)}`, `unreferenced blobs:   ${t(u.kinds.unreferencedBlobs)}`,
     `reclaimable:          ${t(u.reclaimable)} (unreferenced and older than the grace period)`, '', 'by image (bytes its versions reference; shared chunks count in each):',
   ];
-  for (const i of u.images) lines.push(`  ${i.image}: ${fmtBytes(i.chunks.bytes + i.blobs.bytes)} (${i.chunks.count} chunks, ${i.blobs.count} layers/indexes)`);
+  for (const i of u.images) lines.push(`  ${i.image}: ${fmtBytes(i.chunks.bytes + i.blobs.bytes)} (${plural(i.chunks.count, 'chunk')}, ${i.blobs.count} layers/indexes)`);
   return lines.join('\n') + '\n';
 }

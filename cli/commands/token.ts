@@ -1,29 +1,20 @@
 import { dfError } from '../../src/errors.js';
 import type { MintedToken, TokenList, TokenRevoked } from '../../src/api/schemas.js';
-import { clientFrom, need, parse, type Io } from '../args.js';
-import { emit, table } from '../output.js';
-
-const HELP = `deskfuse token list                              id, scope, created, expires, last used (never a secret)
-deskfuse token create --scope SCOPE [--ttl SECONDS]
-      SCOPE: hypervisor[:NAME] (for vdi start: its own VDI sessions, nothing else), desktop:NAME, admin;
-      prints only the token (T=$(deskfuse token create --scope hypervisor)); default 30 days, at most 1 year
-deskfuse token revoke ID                          its next request is refused (401)
-`;
+import { clientFrom, need, parseCommand, type Io } from '../args.js';
+import { TOKEN } from '../spec.js';
+import { emit, fmtTime, table } from '../output.js';
 
 export async function tokenCommand(args: string[], io: Io): Promise<number> {
-  const [sub, ...rest] = args;
-  const { values, positionals } = parse(rest, { scope: { type: 'string' }, ttl: { type: 'string' } });
-  if (values.help || !sub || sub === '--help' || sub === '-h' || sub === 'help') {
-    io.out.write(HELP);
-    return sub ? 0 : 2;
-  }
+  const p = parseCommand(TOKEN, args, io);
+  if (typeof p === 'number') return p;
+  const { sub, values, positionals } = p;
   const client = clientFrom(values, io.env);
   const json = values.json;
   switch (sub) {
     case 'list': {
       const r = (await client.json<TokenList>('GET', '/api/v1/tokens')).body;
       emit(io, json, r, () => table([['ID', 'SCOPE', 'CREATED', 'EXPIRES', 'LAST USED'], ...r.tokens.map((t) => [
-        t.id, t.scope, t.createdAt, t.expiresAt ?? 'never', t.lastUsedAt ?? '-',
+        t.id, t.scope, fmtTime(t.createdAt), t.expiresAt ? fmtTime(t.expiresAt) : 'never', fmtTime(t.lastUsedAt),
       ])]));
       return 0;
     }
@@ -36,7 +27,7 @@ export async function tokenCommand(args: string[], io: Io): Promise<number> {
       }
       const t = (await client.json<MintedToken>('POST', '/api/v1/tokens', { body: { scope, ...(ttl !== undefined ? { ttlSeconds: ttl } : {}) } })).body;
       emit(io, json, t, () => `${t.token}\n`);
-      if (!json) io.err.write(`token ${t.id} of scope ${t.scope}, expires ${t.expiresAt}\n`);
+      if (!json) io.err.write(`token ${t.id} of scope ${t.scope}, expires ${fmtTime(t.expiresAt)}\n`);
       return 0;
     }
     case 'revoke': {
@@ -47,6 +38,6 @@ export async function tokenCommand(args: string[], io: Io): Promise<number> {
       return 0;
     }
     default:
-      throw dfError('DF_ERR_USAGE', `unknown token command ${JSON.stringify(sub)}\n${HELP}`);
+      throw dfError('DF_ERR_USAGE', `unknown token command ${JSON.stringify(sub)}`);
   }
 }

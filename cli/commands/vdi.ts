@@ -4,54 +4,23 @@ import { dfError } from '../../src/errors.js';
 import { checkDesktopName } from '../../src/image/names.js';
 import { kvmWorks, libvirtXml, qemuArgs, type VmSpec } from '../../src/vdi/launch.js';
 import type { VdiSession, VdiSessionCreated, VdiSessionList } from '../../src/api/schemas.js';
-import { clientFrom, need, parse, type Io } from '../args.js';
-import { emit, table } from '../output.js';
-
-const HELP = `deskfuse vdi session create DESKTOP [--force] [--no-auto-commit]
-      takes the desktop's lease; prints the session and its NBD URL (the URL carries the session's secret)
-deskfuse vdi session list [--desktop NAME] [--all] | show ID
-deskfuse vdi session commit ID [--force]   commit the cloud increment (exit 3 when kept as a conflict version)
-deskfuse vdi session discard ID [--force]  drop the cloud increment, release the lease
-      a session lives on the server that created it; through another server, commit takes its last
-      checkpoint once that server serves no client (--force: that server is dead)
-deskfuse vdi start DESKTOP [--vnc :N] [--memory MIB] [--cpus N] [--accel auto|kvm|tcg] [--net user|none]
-                   [--force] [--print-libvirt-xml] [-- QEMU ARGS]
-      on a hypervisor host: creates a session, runs qemu-system-x86_64 on its export (KVM when it works,
-      TCG otherwise), waits for the VM to shut down and reports the commit. --print-libvirt-xml prints a
-      libvirt domain for the session instead (virsh create FILE).
-`;
+import { clientFrom, need, parseCommand, type Io } from '../args.js';
+import { VDI } from '../spec.js';
+import { emit, fmtTime, plural, table } from '../output.js';
+import { fmtBytes } from '../../src/progress.js';
 
 export async function vdiCommand(args: string[], io: Io): Promise<number> {
-  const dashdash = args.indexOf('--');
-  const own = dashdash < 0 ? args : args.slice(0, dashdash);
-  const extra = dashdash < 0 ? [] : args.slice(dashdash + 1);
-  const [sub, ...rest] = own;
-  const { values, positionals } = parse(rest, {
-    force: { type: 'boolean', default: false },
-    'no-auto-commit': { type: 'boolean', default: false },
-    desktop: { type: 'string' },
-    all: { type: 'boolean', default: false },
-    vnc: { type: 'string' },
-    memory: { type: 'string', default: '2048' },
-    cpus: { type: 'string', default: '2' },
-    accel: { type: 'string', default: 'auto' },
-    net: { type: 'string', default: 'user' },
-    'print-libvirt-xml': { type: 'boolean', default: false },
-    'wait-seconds': { type: 'string', default: '600' },
-  });
-  if (values.help || !sub) {
-    io.out.write(HELP);
-    return sub ? 0 : 2;
-  }
+  const p = parseCommand(VDI, args, io);
+  if (typeof p === 'number') return p;
+  const { sub, values, positionals, extra } = p;
   const client = clientFrom(values, io.env);
   const json = values.json;
   if (sub === 'start') return start(client, io, values, positionals, extra);
-  if (sub !== 'session') throw dfError('DF_ERR_USAGE', `unknown vdi command ${JSON.stringify(sub)}; see deskfuse vdi --help`);
-  const [op, arg] = positionals;
+  const arg = positionals[0];
   const id = () => need(arg, 'session ID');
   const path = (s: string) => `/api/v1/vdi/sessions/${encodeURIComponent(s)}`;
-  switch (op) {
-    case 'create': {
+  switch (sub) {
+    case 'session create': {
       const desktop = checkDesktopName(need(arg, 'DESKTOP'), 'DESKTOP');
       const r = (await client.json<VdiSessionCreated>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force, autoCommit: !values['no-auto-commit'] } })).body;
       emit(io, json, { session: r.session.id, export: r.export, url: r.url, base: r.session.base, desktop: r.session.desktop, fencing: r.session.fencing }, () =>
@@ -61,36 +30,36 @@ export async function vdiCommand(args: string[], io: Io): Promise<number> {
         `  ${r.session.autoCommit ? 'commits when the VM shuts down (its client flushes and disconnects)' : `commit with: deskfuse vdi session commit ${r.session.id}`}\n`);
       return 0;
     }
-    case 'list': {
+    case 'session list': {
       const q = new URLSearchParams({ ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.all ? { all: 'true' } : {}) });
       const r = (await client.json<VdiSessionList>('GET', `/api/v1/vdi/sessions${q.size ? `?${q}` : ''}`)).body;
       emit(io, json, r, () => table([['SESSION', 'DESKTOP', 'BASE', 'STATE', 'CLIENTS', 'LAST DISCONNECT', 'OUTCOME', 'CREATED'], ...r.sessions.map((s) => [
-        s.id, s.desktop, `${s.image}@${s.base}`, s.state, String(s.connections), s.lastDisconnect ? `${s.lastDisconnect} ${s.lastDisconnectAt}` : '-',
-        outcomeShort(s), s.createdAt,
+        s.id, s.desktop, `${s.image}@${s.base}`, s.state, String(s.connections), s.lastDisconnect ? `${s.lastDisconnect} ${fmtTime(s.lastDisconnectAt)}` : '-',
+        outcomeShort(s), fmtTime(s.createdAt),
       ])]));
       return 0;
     }
-    case 'show': {
+    case 'session show': {
       const s = (await client.json<VdiSession>('GET', path(id()))).body;
       emit(io, json, s, () => showText(s));
       return 0;
     }
-    case 'commit': {
+    case 'session commit': {
       const s = (await client.json<VdiSession>('POST', path(id()) + `/commit${values.force ? '?force=true' : ''}`)).body;
       emit(io, json, s, () => `${outcomeText(s)}\n`);
       return s.outcome?.kind === 'conflict' ? 3 : 0;
     }
-    case 'discard': {
+    case 'session discard': {
       const s = (await client.json<VdiSession>('POST', path(id()) + `/discard${values.force ? '?force=true' : ''}`)).body;
       emit(io, json, s, () => `VDI session ${s.id} discarded; desktop ${s.desktop}'s lease released\n`);
       return 0;
     }
     default:
-      throw dfError('DF_ERR_USAGE', `vdi session: expected create, list, show, commit or discard, got ${JSON.stringify(op ?? '')}`);
+      throw dfError('DF_ERR_USAGE', `unknown vdi command ${JSON.stringify(sub)}`);
   }
 }
 
-type Values = ReturnType<typeof parse>['values'] & Record<string, unknown>;
+type Values = Record<string, unknown> & { json: boolean; force: boolean };
 
 async function start(client: ApiClient, io: Io, values: Values, positionals: string[], extra: string[]): Promise<number> {
   const desktop = checkDesktopName(need(positionals[0], 'DESKTOP'), 'DESKTOP');
@@ -174,9 +143,9 @@ export function outcomeText(s: VdiSession): string {
   if (o.kind === 'unchanged') return `VDI session ${s.id} committed: nothing differed from version ${s.base}, no new version`;
   if (o.kind === 'conflict') {
     return `VDI session ${s.id} committed as version ${o.version}, KEPT AS A CONFLICT (${o.reason === 'fencing' ? 'its lease was taken over' : `${o.ref} moved past ${s.base}`}): ${o.conflictRef}\n` +
-      `  ${o.chunksChanged} chunks changed; choose the line that continues (deskfuse desktop reset / ref set)`;
+      `  ${plural(o.chunksChanged, 'chunk')} changed; choose the line that continues (deskfuse desktop reset / ref set)`;
   }
-  return `VDI session ${s.id} committed: version ${o.version} on ${o.ref} (parent ${s.base}, ${o.chunksChanged} chunks changed, ${o.seconds} s)`;
+  return `VDI session ${s.id} committed: version ${o.version} on ${o.ref} (parent ${s.base}, ${plural(o.chunksChanged, 'chunk')} changed, ${o.seconds} s)`;
 }
 
 function showText(s: VdiSession): string {
@@ -184,12 +153,12 @@ function showText(s: VdiSession): string {
   return `VDI session ${s.id}: desktop ${s.desktop} (${s.mode}), base ${s.image}@${s.base}, ${s.state}\n` +
     `  export      ${s.export}:SECRET\n` +
     `  server      ${s.server}${s.url ? ` (${s.url}:SECRET)` : ''}\n` +
-    `  checkpoint  ${s.checkpointLayer ? `${s.checkpointAt} (what another server commits if ${s.server} dies)` : '-'}\n` +
+    `  checkpoint  ${s.checkpointLayer ? `${fmtTime(s.checkpointAt, { seconds: true })} (what another server commits if ${s.server} dies)` : '-'}\n` +
     `  lease       ${s.fencing === null ? 'none (restore desktop)' : `${s.holder}, fencing ${s.fencing}`}\n` +
-    `  clients     ${s.connections}; last connect ${s.lastConnectAt ?? '-'}; last disconnect ${s.lastDisconnect ? `${s.lastDisconnect} at ${s.lastDisconnectAt}` : '-'}\n` +
-    (inc ? `  increment   ${inc.changed} chunks changed${inc.live ? `; since the client connected: ${inc.live.bytesWritten} bytes written, ${inc.live.flushes} flushes, last ${inc.live.lastFlushAt ?? '-'}` : ''}\n` : '') +
+    `  clients     ${s.connections}; last connect ${fmtTime(s.lastConnectAt, { seconds: true })}; last disconnect ${s.lastDisconnect ? `${s.lastDisconnect} at ${fmtTime(s.lastDisconnectAt, { seconds: true })}` : '-'}\n` +
+    (inc ? `  increment   ${plural(inc.changed, 'chunk')} changed${inc.live ? `; since the client connected: ${fmtBytes(inc.live.bytesWritten)} written, ${plural(inc.live.flushes, 'flush', 'flushes')}, last ${fmtTime(inc.live.lastFlushAt, { seconds: true })}` : ''}\n` : '') +
     `  auto-commit ${s.autoCommit ? 'on clean disconnect' : 'off'}\n` +
     `  outcome     ${s.outcome ? outcomeText(s) : '-'}\n` +
     (s.failure ? `  failure     ${outcomeText(s)}\n` : '') +
-    `  created     ${s.createdAt} by ${s.createdBy}\n`;
+    `  created     ${fmtTime(s.createdAt)} by ${s.createdBy}\n`;
 }

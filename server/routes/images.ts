@@ -1,7 +1,7 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import {
-  CommitAnswer, CommitBody, type CommitConflict, CreateImageBody, ImageList, ImageParams, ImageShow, ListQuery, Ref, RefList, RefLog,
+  CommitAnswer, CommitBody, type CommitConflict, CommitUnchanged, CreateImageBody, ImageList, ImageParams, ImageShow, ListQuery, Ref, RefList, RefLog,
   RefParams, RefSetBody, ResolveQuery, StagedLayer, Version, VersionList, VersionParams,
 } from '../../src/api/schemas.js';
 import { dfError } from '../../src/errors.js';
@@ -80,9 +80,16 @@ export const imageRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async
   });
 
   app.post('/images/:image/commits', {
-    schema: { params: ImageParams, body: CommitBody, response: { 201: CommitAnswer }, tags: ['commits'], summary: 'Create a version from an uploaded layer and move the ref (409 on conflict or missing chunks)' },
+    schema: {
+      params: ImageParams, body: CommitBody, response: { 200: CommitUnchanged, 201: CommitAnswer }, tags: ['commits'],
+      summary: 'Create a version from an uploaded layer and move the ref (409 on conflict or missing chunks); a publish that changes nothing makes none (200 unchanged) unless allowEmpty',
+    },
   }, async (req, reply) => {
     const b = req.body;
+    if (b.kind === 'publish' && b.parent !== null && !b.allowEmpty) {
+      const same = await catalog.unchanged(req.params.image, b.parent, b.ref, b.layer);
+      if (same) return reply.status(200).send({ outcome: 'unchanged', version: same.version, ref: b.ref, head: same.head } satisfies CommitUnchanged);
+    }
     const out = await catalog.commit({
       image: req.params.image, parent: b.parent, ref: b.ref, layer: b.layer, kind: b.kind,
       message: b.message ?? '', author: b.author ?? req.tokenScope ?? 'admin',

@@ -88,6 +88,7 @@ export const CommitBody = Type.Object({
   kind: VersionKind,
   message: Type.Optional(Type.String({ maxLength: 4000 })),
   author: Type.Optional(Type.String({ minLength: 1, maxLength: 200 })),
+  allowEmpty: Type.Optional(Type.Boolean({ description: 'a publish whose layer changes nothing makes a version anyway (default: it makes none, 200 unchanged)' })),
 }, { additionalProperties: false });
 export type CommitBody = Static<typeof CommitBody>;
 
@@ -112,6 +113,10 @@ export type StagedLayer = Static<typeof StagedLayer>;
 /** 201: the commit moved the ref. */
 export const CommitAnswer = Type.Object({ outcome: Type.Literal('fast-forward'), version: Version, ref: Type.String() });
 export type CommitAnswer = Static<typeof CommitAnswer>;
+
+/** 200: a publish identical to its parent made no version (CommitBody.allowEmpty makes one); `version` is the parent, `head` the ref's. */
+export const CommitUnchanged = Type.Object({ outcome: Type.Literal('unchanged'), version: Version, ref: Type.String(), head: Nullable(Type.Integer()) });
+export type CommitUnchanged = Static<typeof CommitUnchanged>;
 
 /** 409 DF_ERR_CONFLICT: the version is kept as `conflictRef`; the ref stays at `head`. */
 export const CommitConflict = Type.Object({

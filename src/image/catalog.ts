@@ -194,6 +194,22 @@ export class Catalog {
     }
   }
 
+  /**
+   * A publish identical to its parent: the staged layer changes no chunk. Then no version is made
+   * (an admin re-publishing the same disk gets "nothing changed", not an empty version); the answer
+   * names the parent and where the ref is. Undefined when the layer changes something.
+   */
+  async unchanged(image: string, parentVersion: number, ref: string, layer: string): Promise<{ version: VersionRow; head: number | null } | undefined> {
+    const img = await this.image(image);
+    checkRefName(ref);
+    const parent = await this.version(image, parentVersion);
+    if (!(await this.deps.blobs.has(layer))) throw dfError('DF_ERR_LAYER_NOT_FOUND', `layer ${layer} was not uploaded`, { layer });
+    const staged = decodeLayer((await this.deps.blobs.get(layer)).raw);
+    this.checkSameGeometry(img, staged.geometry);
+    if (staged.entries.length) return undefined;
+    return { version: parent, head: (await this.deps.images.getRef(image, ref))?.version ?? null };
+  }
+
   private async commitHeld(req: CommitRequest, staged: Layer, needed: string[], parent: VersionRow | null, commitKey: string): Promise<CommitOutcome> {
     if (this.deps.guard) {
       // Checked again under the hold: a sweep may have taken the staged layer, or retention the parent, meanwhile.

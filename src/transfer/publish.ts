@@ -27,6 +27,8 @@ export interface PublishOptions {
   /** Parent version (default: the ref's head). A parent that is not the head makes a conflict version. */
   parent?: number;
   message: string;
+  /** Make a version even when the disk is identical to the parent (default: none is made, `unchanged`). */
+  allowEmpty?: boolean;
   tmpDir: string;
   progress?: boolean;
 }
@@ -37,6 +39,9 @@ export interface PublishResult {
   parent: number | null;
   ref: string;
   conflict: { conflictRef: string; head: number | null } | null;
+  /** The disk was identical to the parent: no version was made (`version` is the parent; `head` the ref's). */
+  unchanged: boolean;
+  head?: number | null;
   chunks: number;
   chunksChanged: number;
   chunksNew: number;
@@ -133,8 +138,8 @@ export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
 
     const layer = encodeLayer(diffIndexes(parentIndex, index));
     const staged = await call(c.json<{ layer: string }>('POST', `/api/v1/images/${o.image}/layers`, { raw: { data: layer, type: 'application/octet-stream' }, idempotent: true }));
-    const r = await call(c.json<{ version: VersionRow; conflictRef?: string; head?: number | null }>('POST', `/api/v1/images/${o.image}/commits`, {
-      body: { parent: parent?.version ?? null, ref: o.ref, layer: staged.layer, kind, message: o.message },
+    const r = await call(c.json<{ outcome?: string; version: VersionRow; conflictRef?: string; head?: number | null }>('POST', `/api/v1/images/${o.image}/commits`, {
+      body: { parent: parent?.version ?? null, ref: o.ref, layer: staged.layer, kind, message: o.message, ...(o.allowEmpty ? { allowEmpty: true } : {}) },
       accept: [409], idempotent: true, // the server's commit key answers a repeat with the first outcome
     }).then((res) => {
       const b = res.body as { code?: string };
@@ -144,7 +149,8 @@ export async function publishDisk(o: PublishOptions): Promise<PublishResult> {
     return {
       image: o.image, version: r.version.version, parent: parent?.version ?? null, ref: o.ref,
       conflict: r.conflictRef ? { conflictRef: r.conflictRef, head: r.head ?? null } : null,
-      chunks: r.version.chunksTotal, chunksChanged: r.version.chunksChanged, chunksNew, bytesRead, bytesUploaded, requests,
+      unchanged: r.outcome === 'unchanged', ...(r.outcome === 'unchanged' ? { head: r.head ?? null } : {}),
+      chunks: r.version.chunksTotal, chunksChanged: r.outcome === 'unchanged' ? 0 : r.version.chunksChanged, chunksNew, bytesRead, bytesUploaded, requests,
       seconds: (performance.now() - t0) / 1000,
     };
   } finally {

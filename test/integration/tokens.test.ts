@@ -81,7 +81,7 @@ describe('a hypervisor token', () => {
 
 describe('deskfuse token list | revoke', () => {
   it('token --help and token help print the usage and exit 0; no subcommand is a usage error (2)', async () => {
-    for (const a of [['token', '--help'], ['token', 'help'], ['token', 'list', '--help']]) {
+    for (const a of [['token', '--help'], ['token', 'help'], ['token', 'revoke', '--help'], ['token', 'help', 'revoke']]) {
       const h = await cli(a, {});
       expect(h.code, a.join(' ')).toBe(0);
       expect(h.stdout).toContain('deskfuse token revoke ID');
