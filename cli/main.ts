@@ -15,7 +15,8 @@ process.env.UV_THREADPOOL_SIZE ??= '16';
 export const USAGE = topHelp(GROUPS);
 
 /** Run the CLI; returns the exit code (0 ok, 1 error, 2 usage, 3 commit kept as a conflict). */
-export async function main(argv: string[], io: Io): Promise<number> {
+export async function main(argvIn: string[], io: Io): Promise<number> {
+  const argv = globalsAfterCommand(argvIn);
   const [cmd, ...rest] = argv;
   const json = rest.includes('--json');
   try {
@@ -47,6 +48,26 @@ export async function main(argv: string[], io: Io): Promise<number> {
     if (e.code === 'DF_ERR_INTERNAL' && io.env.DESKFUSE_DEBUG) io.err.write(`${(err as Error)?.stack}\n`);
     return e.code === 'DF_ERR_USAGE' ? 2 : 1;
   }
+}
+
+/**
+ * `deskfuse --server URL --token T --json image list`: the global options may come before the command
+ * too (as in git or kubectl); they are handed to the command after its own words.
+ */
+export function globalsAfterCommand(argv: string[]): string[] {
+  const lead: string[] = [];
+  let i = 0;
+  for (; i < argv.length; i++) {
+    const a = argv[i]!;
+    const name = a.split('=')[0]!;
+    if (name === '--json') lead.push(a);
+    else if (name === '--server' || name === '--token') {
+      lead.push(a);
+      if (!a.includes('=') && i + 1 < argv.length) lead.push(argv[++i]!);
+    } else break;
+  }
+  if (lead.length === 0 || i >= argv.length) return argv;
+  return [...argv.slice(i), ...lead]; // last: a command's words (group, subcommand) come first
 }
 
 /** `deskfuse help [COMMAND [SUBCOMMAND]]`. */

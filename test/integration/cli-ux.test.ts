@@ -191,6 +191,18 @@ describe('6. errors a CLI user can act on', () => {
     expect(badEnv.stderr).toContain('DESKFUSE_SERVER: expected http://HOST:PORT');
     for (const r of [flag, env, bad, badEnv]) expect(r.stderr).not.toContain('ERR_INVALID_URL');
   });
+
+  it('the global options may come before the command (deskfuse --server URL --token T --json image list)', async () => {
+    const before = await cli(['--server', srv.url, `--token=${srv.token}`, '--json', 'image', 'list'], {});
+    expect(before.code, before.stderr).toBe(0);
+    expect(before.json.images).toEqual([]);
+    const wrong = await cli(['--token', 'dfa_wrong', 'image', 'list'], { DESKFUSE_SERVER: srv.url });
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toContain(`${srv.url} refused the token from --token`);
+    const alone = await cli(['--server', srv.url], {});
+    expect(alone.code).toBe(2);
+    expect(alone.stderr).toContain('unknown command "--server"');
+  });
 });
 
 describe('7. image log, publish, agent status, tables', () => {
