@@ -22,7 +22,7 @@ export class SqliteEngine implements SqlEngine {
   private queue: Promise<unknown> = Promise.resolve();
   private inTx = false;
   private readonly listeners = new Map<string, Set<(payload: string) => void>>();
-  private readonly wal: string;
+  private readonly wal: string | undefined;
   /** Writes (statements run, transactions) made, and known to be on disk. */
   private written = 0;
   private synced = 0;
@@ -32,11 +32,12 @@ export class SqliteEngine implements SqlEngine {
   readonly durability = { syncs: 0, waits: 0 };
 
   constructor(file: string) {
-    this.wal = `${file}-wal`;
     try {
       this.db = new Database(file);
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = NORMAL'); // with the WAL fdatasync before any answer: see above
+      const mode = String(this.db.pragma('journal_mode = WAL', { simple: true }));
+      // No WAL (an in-memory database): SQLite syncs each commit itself, and there is nothing to sync here.
+      this.wal = mode === 'wal' ? `${file}-wal` : undefined;
+      this.db.pragma(this.wal ? 'synchronous = NORMAL' : 'synchronous = FULL'); // NORMAL: with the WAL fdatasync before any answer (above)
       this.db.pragma('foreign_keys = ON');
       this.db.pragma('busy_timeout = 5000');
     } catch (err) {
@@ -101,7 +102,7 @@ export class SqliteEngine implements SqlEngine {
   private async durable<T>(op: Promise<T>): Promise<T> {
     const out = await op;
     const want = this.written;
-    if (want <= this.synced) return out;
+    if (want <= this.synced || this.wal === undefined) return out;
     this.durability.waits++;
     while (this.synced < want) await (this.syncing ??= this.sync());
     return out;
@@ -113,7 +114,7 @@ export class SqliteEngine implements SqlEngine {
     try {
       this.durability.syncs++;
       // The WAL keeps its inode while this connection is open (only the last connection's close removes it).
-      this.walFile ??= await open(this.wal, 'r');
+      this.walFile ??= await open(this.wal!, 'r');
       await this.walFile.datasync();
       this.synced = Math.max(this.synced, upTo);
     } catch (err) {
