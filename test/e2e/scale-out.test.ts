@@ -16,7 +16,7 @@
  *      200 with another body), and both answer correctly afterwards without a restart (reads, writes, a
  *      sync through each, a boot event at C in D's live stream once D listens again).
  * Both pairs start at once on an empty database: one admin token is made, by one of them.
- * DESKFUSE_E2E_LOGS=DIR keeps the servers' logs (one request per line) for a failed run.
+ * DESKFUSE_E2E_LOGS=DIR keeps the servers' logs (at debug: one request per line) for a failed run.
  * Images are small (64 MiB virtual, 64 KiB chunks, sparse). Every process and engine started here is
  * stopped by PID in afterAll.
  */
@@ -61,7 +61,7 @@ async function startServer(name: string, meta: string, store: string, s3: RgwSet
   const p = port ?? (await freePort());
   const data = f(`data-${name}`);
   const proc = spawn(process.execPath, [
-    CLI, 'server', '--meta', meta, '--store', store, '--data', data, '--listen', `127.0.0.1:${p}`, '--nbd-listen', 'off', '--server-name', name, '--log-level', 'info',
+    CLI, 'server', '--meta', meta, '--store', store, '--data', data, '--listen', `127.0.0.1:${p}`, '--nbd-listen', 'off', '--server-name', name, '--log-level', 'debug', // debug: one line per request (the tests read which server was asked)
   ], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, AWS_ACCESS_KEY_ID: s3.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.secretAccessKey } });
   const out: string[] = [];
   proc.stdout!.on('data', (b: Buffer) => out.push(b.toString('utf8')));
