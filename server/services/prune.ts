@@ -4,11 +4,13 @@ import type { Appliance } from '../appliance.js';
 
 export interface PruneService {
   close(): void;
+  /** The pass made at start (tests wait for it). */
+  first: Promise<void>;
 }
 
 /** Prune on a timer (src/meta/prune.ts, then src/image/lifecycle.ts pruneAll): once at start, then every `intervalSeconds` (0 = never). */
 export function startPruneService(config: RetentionConfig, appliance: Appliance, log: Logger): PruneService {
-  if (config.intervalSeconds === 0) return { close: () => {} };
+  if (config.intervalSeconds === 0) return { close: () => {}, first: Promise.resolve() };
   const run = async () => {
     try {
       const n = await appliance.prune();
@@ -24,8 +26,8 @@ export function startPruneService(config: RetentionConfig, appliance: Appliance,
       log.error({ err }, 'prune of versions failed');
     }
   };
-  void run();
+  const first = run();
   const timer = setInterval(() => void run(), config.intervalSeconds * 1000);
   timer.unref();
-  return { close: () => clearInterval(timer) };
+  return { close: () => clearInterval(timer), first };
 }
