@@ -264,6 +264,7 @@ static int64_t pump_direct(job *j, int64_t budget) {
     if (r > 0) {
       j->done += r;
       j->sent += r;
+      __atomic_add_fetch(&stat_bytes, r, __ATOMIC_RELAXED); /* before finish() can call back */
       spent += r;
       j->deadline = now_ms() + j->idle_ms;
     } else if (errno == EAGAIN) {
@@ -293,6 +294,7 @@ static int64_t pump_pipe(job *j, int64_t budget) {
       if (r > 0) {
         j->inpipe -= r;
         j->sent += r;
+        __atomic_add_fetch(&stat_bytes, r, __ATOMIC_RELAXED); /* before finish() can call back */
         spent += r;
         j->deadline = now_ms() + j->idle_ms;
         continue;
@@ -391,7 +393,6 @@ static int turns(void) {
       if (budget > (int64_t)tokens) budget = (int64_t)tokens;
     }
     int64_t sent = pump(j, budget); /* may finish (free) j: next was saved */
-    __atomic_add_fetch(&stat_bytes, sent, __ATOMIC_RELAXED);
     if (r > 0) tokens -= (double)sent;
     again = 1;
   }
