@@ -354,7 +354,7 @@ export class Endpoints {
       const version = typeof detail.version === 'number' ? detail.version : undefined;
       // A boot reports half a dozen events within seconds: `lastSeen` alone is written at most once a
       // minute (the event itself is always stored).
-      let skip = e.lastSeen !== null && Date.parse(at) - Date.parse(e.lastSeen) < LAST_SEEN_MS;
+      let skip = e.lastSeen !== null && Math.abs(Date.parse(at) - Date.parse(e.lastSeen)) < LAST_SEEN_MS; // abs: a clock set back still writes
       if ((phase === 'synced' || phase === 'committed') && version !== undefined) {
         skip = false;
         next.disk = 'clean';
