@@ -28,7 +28,7 @@ export class SqliteEngine implements SqlEngine {
   private synced = 0;
   private syncing: Promise<void> | undefined;
   private walFile: FileHandle | undefined;
-  /** fdatasync calls made, and commits acknowledged (tests: commits share syncs). */
+  /** fdatasync calls made, and operations that waited for one (tests: commits share syncs). */
   readonly durability = { syncs: 0, waits: 0 };
 
   constructor(file: string) {
