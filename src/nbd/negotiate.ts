@@ -25,6 +25,25 @@ export interface Negotiated {
   /** ALLOCATION_CONTEXT_ID when `base:allocation` was selected for this very export, else undefined. */
   allocationContext: number | undefined;
   flags: number;
+  /** NBD_OPT_STARTTLS succeeded: everything after it went over TLS. */
+  tls: boolean;
+}
+
+/**
+ * proto.md "Server-side requirements": `on` is SELECTIVETLS with no TLS-only export (a client may
+ * upgrade, or not); `required` is FORCEDTLS (every option but STARTTLS and ABORT is refused with
+ * NBD_REP_ERR_TLS_REQD until TLS is up). Without TLS the server is in NOTLS mode.
+ */
+export type NbdTlsMode = 'on' | 'required';
+
+export interface NegotiationTls {
+  mode: NbdTlsMode;
+  /**
+   * Called right after NBD_REP_ACK to STARTTLS went out: upgrade the socket and resolve true once the
+   * TLS handshake is done (bytes then come in through push() again, decrypted), false when it failed
+   * or the socket had received bytes past the option in clear.
+   */
+  start(): Promise<boolean>;
 }
 
 export interface NegotiationIo {
@@ -36,6 +55,8 @@ export interface NegotiationIo {
   provider: NbdExportProvider;
   /** The server's payload limit, advertised as the maximum in NBD_INFO_BLOCK_SIZE. */
   maxPayload: number;
+  /** TLS offered (proto.md "TLS support"); absent: NOTLS mode. */
+  tls?: NegotiationTls;
 }
 
 /** Options are ≤ 64 KiB (framer default); a client sending far more before our reply is paused. */
@@ -77,6 +98,9 @@ export class Negotiation {
   /** The client shut its side down: options already received are still answered. */
   private eof = false;
   private noZeroes = false;
+  /** proto.md: without fixed newstyle on both sides the server MUST be in NOTLS mode. */
+  private fixed = false;
+  private tlsUp = false;
   private structured = false;
   /** The export `base:allocation` was selected for by the last NBD_OPT_SET_META_CONTEXT. */
   private metaExport: string | undefined;
@@ -115,7 +139,15 @@ export class Negotiation {
     this.io.send(encodeGreeting());
     const first = await this.next();
     if (!first) return undefined;
-    if (first.kind === 'client-flags') this.noZeroes = (first.flags & CLIENT_FLAG.NO_ZEROES) !== 0;
+    if (first.kind === 'client-flags') {
+      this.noZeroes = (first.flags & CLIENT_FLAG.NO_ZEROES) !== 0;
+      this.fixed = (first.flags & CLIENT_FLAG.FIXED_NEWSTYLE) !== 0;
+    }
+    if (this.io.tls?.mode === 'required' && !this.fixed) {
+      // Such a client cannot upgrade; it could only ask for an export in clear, which is refused.
+      this.io.log.debug({ reason: 'TLS is required and the client does not speak fixed newstyle' }, 'nbd handshake ended');
+      return undefined;
+    }
     for (;;) {
       const item = await this.next();
       if (!item) return undefined;
@@ -162,6 +194,11 @@ export class Negotiation {
   private async option(option: number, data: Buffer): Promise<Step> {
     // proto.md "NBD_OPT_SET_META_CONTEXT": replaces the selection, even when it fails.
     if (option === OPT.SET_META_CONTEXT) this.metaExport = undefined;
+    if (this.io.tls?.mode === 'required' && !this.tlsUp && option !== OPT.STARTTLS && option !== OPT.ABORT) {
+      // proto.md "FORCEDTLS mode": EXPORT_NAME cannot be refused with a reply, so the session ends.
+      if (option === OPT.EXPORT_NAME) return { kind: 'end', reason: 'NBD_OPT_EXPORT_NAME before TLS (TLS is required)' };
+      return this.fail(option, REP.ERR_TLS_REQD, 'TLS is required: send NBD_OPT_STARTTLS first');
+    }
     let p;
     try {
       p = decodeOptionPayload({ option, data });
@@ -178,9 +215,7 @@ export class Negotiation {
         this.reply(option, { kind: 'ack' });
         return { kind: 'end', reason: 'client sent NBD_OPT_ABORT' };
       case 'list': return this.list(option);
-      case 'starttls':
-        // proto.md "NOTLS mode": NBD_REP_ERR_POLICY. Exports are guarded by per-export secrets instead.
-        return this.fail(option, REP.ERR_POLICY, 'TLS is not offered by this server');
+      case 'starttls': return this.startTls(option);
       case 'structured-reply':
         // proto.md "Fixed newstyle negotiation": a repeated state change MAY fail with ERR_INVALID.
         if (this.structured) return this.fail(option, REP.ERR_INVALID, 'structured replies are already negotiated');
@@ -191,6 +226,26 @@ export class Negotiation {
       case 'info': case 'go': return this.infoOrGo(option, p.kind === 'go', p);
       case 'unknown': return this.fail(option, REP.ERR_UNSUP, `option ${option} is not supported`);
     }
+  }
+
+  /** proto.md "TLS support", "NBD_OPT_STARTTLS". */
+  private async startTls(option: number): Promise<Step> {
+    const tls = this.io.tls;
+    // proto.md "NOTLS mode": NBD_REP_ERR_POLICY. Exports are guarded by per-export secrets alone then.
+    if (!tls || !this.fixed) return this.fail(option, REP.ERR_POLICY, 'TLS is not offered by this server');
+    if (this.tlsUp) return this.fail(option, REP.ERR_INVALID, 'TLS is already negotiated');
+    this.reply(option, { kind: 'ack' });
+    // A client MUST wait for the reply before it sends more, so bytes already here came in clear
+    // and would be taken for TLS-protected options (the STARTTLS injection of CVE-2021-3716 in
+    // nbdkit): hang up rather than use them.
+    if (this.framer.buffered > 0) return { kind: 'end', reason: `${this.framer.buffered} bytes sent in clear after NBD_OPT_STARTTLS` };
+    if (!(await tls.start())) return { kind: 'end', reason: 'TLS handshake failed' };
+    this.tlsUp = true;
+    // "the server MUST NOT preserve any negotiation state ... issued before this command".
+    this.structured = false;
+    this.metaExport = undefined;
+    this.io.log.debug({}, 'nbd tls up');
+    return MORE;
   }
 
   /** Opens an export, or maps the provider's refusal to an option error (export.ts). */
@@ -236,7 +291,7 @@ export class Negotiation {
     if (!('exp' in r)) return { kind: 'end', reason: `export refused: ${r.message}` };
     const flags = transmissionFlags(r.exp, this.structured);
     this.io.send(encodeExportNameReply({ size: r.exp.size, flags }, this.noZeroes));
-    return { kind: 'serve', exp: r.exp, structured: this.structured, allocationContext: this.contextFor(name), flags };
+    return { kind: 'serve', exp: r.exp, structured: this.structured, allocationContext: this.contextFor(name), flags, tls: this.tlsUp };
   }
 
   private async list(option: number): Promise<Step> {
@@ -316,6 +371,6 @@ export class Negotiation {
       await this.closeExport(exp, { clean: true, wrote: false });
       return MORE;
     }
-    return { kind: 'serve', exp, structured: this.structured, allocationContext: this.contextFor(p.name), flags };
+    return { kind: 'serve', exp, structured: this.structured, allocationContext: this.contextFor(p.name), flags, tls: this.tlsUp };
   }
 }

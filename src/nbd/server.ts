@@ -6,6 +6,7 @@ import { CMD, CMD_FLAG, CMD_NAME, DEFAULT_MAX_PAYLOAD, ERRNO, ERRNO_NAME, REPLY_
 import type { NbdExport, NbdExportProvider } from './export.js';
 import { RequestFramer, type RequestItem } from './framer.js';
 import { Negotiation, wireMessage, type Negotiated } from './negotiate.js';
+import { nbdTlsContext, upgradeToTls, type NbdTlsContext, type NbdTlsOptions } from './tls.js';
 import { encodeChunk, encodeOffsetDataHead, encodeSimpleReply, type Extent, type Request } from './transmission.js';
 
 /**
@@ -28,6 +29,8 @@ export interface NbdOptions {
   maxInFlight?: number;
   /** Time allowed from connect to transmission; default 30 s. */
   handshakeTimeoutMs?: number;
+  /** NBD_OPT_STARTTLS (proto.md "TLS support"); absent: NOTLS mode. */
+  tls?: NbdTlsOptions;
 }
 
 export interface NbdServer {
@@ -50,6 +53,7 @@ export async function startNbd(opts: NbdOptions): Promise<NbdServer> {
     handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 30_000,
     // One pool for all connections: its size does not grow with the number of VMs.
     pool: new BufferPool(32 << 20),
+    tls: opts.tls ? { mode: opts.tls.mode, context: nbdTlsContext(opts.tls) } : undefined,
   };
   const log = opts.log;
   const conns = new Set<Connection>();
@@ -93,6 +97,7 @@ interface ConnConfig {
   handshakeTimeoutMs: number;
   /** READ reply buffers, shared by the server's connections (one thread: no locking needed). */
   pool: BufferPool;
+  tls: { mode: NbdTlsOptions['mode']; context: NbdTlsContext } | undefined;
 }
 
 /** Command flags each command accepts (proto.md "Command flags"); FUA on any, as clients send it. */
@@ -227,31 +232,71 @@ class Connection {
   private get pool(): BufferPool { return this.cfg.pool; }
   private readonly t0 = performance.now();
 
-  constructor(private readonly sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger) {
+  /** The TCP socket, then the TLS socket over it once NBD_OPT_STARTTLS succeeded. */
+  private sock: net.Socket;
+  private readonly handlers = {
+    data: (b: Buffer) => this.onData(b),
+    end: () => this.onEnd(),
+    error: (err: Error) => this.log.debug({ err: err.message }, 'nbd socket error'),
+    close: () => this.onClose(),
+  };
+  private onClose!: () => void;
+
+  constructor(sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger) {
+    this.sock = sock;
     this.remote = sock.remoteFamily === 'IPv6' ? `[${sock.remoteAddress}]:${sock.remotePort}` : `${sock.remoteAddress}:${sock.remotePort}`;
     this.log = baseLog.child({ nbd: this.remote });
     this.log.info({}, 'nbd connect');
     sock.setNoDelay(true);
+    const tlsCfg = cfg.tls;
     this.neg = new Negotiation({
       send: (b) => this.send([b]),
-      flow: (on) => { if (on) sock.resume(); else sock.pause(); },
+      flow: (on) => { if (on) this.sock.resume(); else this.sock.pause(); },
       remote: this.remote,
       log: this.log,
       provider: cfg.provider,
       maxPayload: cfg.maxPayload,
+      ...(tlsCfg ? { tls: { mode: tlsCfg.mode, start: () => this.startTls(tlsCfg.context) } } : {}),
     });
-    this.closed = new Promise((resolve) => sock.once('close', () => resolve()));
-    sock.on('data', (b: Buffer) => this.onData(b));
-    sock.on('end', () => this.onEnd());
-    sock.on('error', (err) => this.log.debug({ err: err.message }, 'nbd socket error'));
-    sock.once('close', () => { this.stopped = true; this.neg.abort(); clearTimeout(this.timer); });
+    this.closed = new Promise((resolve) => {
+      this.onClose = () => { this.stopped = true; this.neg.abort(); clearTimeout(this.timer); resolve(); };
+    });
+    this.attach(sock);
     this.timer = setTimeout(() => {
       this.log.info({ ms: cfg.handshakeTimeoutMs }, 'nbd handshake timed out');
-      sock.destroy();
+      this.sock.destroy();
     }, cfg.handshakeTimeoutMs);
     this.done = this.life().catch((err: unknown) => {
       this.log.error({ err }, 'nbd connection failed');
-      sock.destroy();
+      this.sock.destroy();
+    });
+  }
+
+  private attach(s: net.Socket): void {
+    s.on('data', this.handlers.data);
+    s.on('end', this.handlers.end);
+    s.on('error', this.handlers.error);
+    s.once('close', this.handlers.close);
+  }
+
+  /**
+   * After NBD_REP_ACK to STARTTLS: the same TCP connection carries TLS from here on. Bytes the TCP
+   * socket already holds came in clear: refused (negotiate.ts says why).
+   */
+  private startTls(context: NbdTlsContext): Promise<boolean> {
+    const raw = this.sock;
+    if (raw.readableLength > 0) return Promise.resolve(false);
+    raw.off('data', this.handlers.data);
+    raw.off('end', this.handlers.end);
+    raw.off('close', this.handlers.close);
+    const { socket, secured } = upgradeToTls(raw, context);
+    this.sock = socket;
+    this.attach(socket);
+    // The TLS socket owns the descriptor now; a TCP-level error still ends the session.
+    raw.once('close', () => { if (!socket.destroyed) socket.destroy(); });
+    return secured.then((ok) => {
+      if (!ok) this.log.info({}, 'nbd tls handshake failed');
+      return ok;
     });
   }
 
@@ -280,7 +325,7 @@ class Connection {
     this.phase = 'transmission';
     this.framer = new RequestFramer({ maxPayload: this.cfg.maxPayload, payload: 'whole' });
     this.framer.push(this.neg.takeRest());
-    this.log.info({ export: got.exp.name, size: got.exp.size, readOnly: got.exp.readOnly, structured: got.structured, flags: got.flags }, 'nbd export opened');
+    this.log.info({ export: got.exp.name, size: got.exp.size, readOnly: got.exp.readOnly, structured: got.structured, flags: got.flags, tls: got.tls }, 'nbd export opened');
     this.sock.on('drain', () => this.pump());
     this.pump();
     await this.closed;

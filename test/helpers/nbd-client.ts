@@ -1,4 +1,5 @@
 import net from 'node:net';
+import tls from 'node:tls';
 import {
   CLIENT_FLAG, CMD, REPLY_FLAG, SIMPLE_REPLY_MAGIC, STRUCTURED_REPLY_MAGIC,
   decodeChunk, decodeChunkHeader, decodeGreeting, decodeOptionReply, decodeReplyPayload, decodeSimpleReply,
@@ -36,11 +37,44 @@ export class RawNbd {
   structured = false;
   private greeted = false;
 
-  private constructor(readonly sock: net.Socket) {
-    sock.on('data', (b: Buffer) => { this.buf = this.buf.length ? Buffer.concat([this.buf, b]) : b; this.poke(); });
+  private readonly onData = (b: Buffer): void => { this.buf = this.buf.length ? Buffer.concat([this.buf, b]) : b; this.poke(); };
+  private readonly onEnd = (): void => { this.eof = true; this.poke(); };
+  private onClose!: () => void;
+
+  /** The TCP socket, then the TLS socket over it after starttls(). */
+  sock: net.Socket;
+
+  private constructor(sock: net.Socket) {
+    this.sock = sock;
+    this.closed = new Promise((resolve) => { this.onClose = () => { this.eof = true; this.poke(); resolve(); }; });
+    sock.on('data', this.onData);
     sock.on('error', () => undefined);
-    this.closed = new Promise((resolve) => sock.once('close', () => { this.eof = true; this.poke(); resolve(); }));
-    sock.on('end', () => { this.eof = true; this.poke(); });
+    sock.once('close', this.onClose);
+    sock.on('end', this.onEnd);
+  }
+
+  /**
+   * NBD_OPT_STARTTLS, then (on NBD_REP_ACK) the TLS handshake over the same connection. Returns the
+   * replies; rejects when the handshake fails. `opts` are tls.connect's (ca, servername, psk…).
+   */
+  async starttls(opts: tls.ConnectionOptions): Promise<{ option: number; type: number; payload: ReplyPayload }[]> {
+    const replies = await this.option({ kind: 'starttls' });
+    if (replies[0]?.payload.kind !== 'ack') return replies;
+    const raw = this.sock;
+    raw.off('data', this.onData);
+    raw.off('end', this.onEnd);
+    raw.off('close', this.onClose);
+    const t = tls.connect({ ...opts, socket: raw });
+    this.sock = t;
+    t.on('data', this.onData);
+    t.on('end', this.onEnd);
+    t.once('close', this.onClose);
+    await new Promise<void>((resolve, reject) => {
+      t.once('secureConnect', () => { t.off('error', reject); resolve(); });
+      t.once('error', reject);
+    });
+    t.on('error', () => undefined);
+    return replies;
   }
 
   static connect(port: number, host = '127.0.0.1'): Promise<RawNbd> {
