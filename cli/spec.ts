@@ -43,10 +43,11 @@ export const SERVER = group({
     'no-ipv6-ra': { type: 'boolean', help: 'send no IPv6 router advertisements' },
     'nbd-listen': { type: 'string', arg: 'HOST[:PORT]|off', help: 'NBD for the VDI pool (default: the --listen host, port 10809; env DESKFUSE_NBD_LISTEN); export names carry a token (IMAGE@REF:TOKEN, session/ID:SECRET)' },
     'nbd-anonymous-read': { type: 'boolean', help: 'open (and list) image exports without a token' },
+    'nbd-tls': { type: 'string', arg: 'off|on|required', help: 'NBD over TLS (NBD_OPT_STARTTLS) with the server certificate: required refuses clients in clear (default: required when the server has TLS, else off; env DESKFUSE_NBD_TLS)' },
   },
   subs: {
     '': {
-      flags: ['data', 'meta', 'store', 'server-name', 'listen', 'config', 'log-level', 'log-format', 'metrics-listen', 'dhcp', 'interface', 'dhcp-range', 'tftp-listen', 'public-url', 'boot-dir', 'auto-enrol', 'no-ipv6-ra', 'nbd-listen', 'nbd-anonymous-read'],
+      flags: ['data', 'meta', 'store', 'server-name', 'listen', 'config', 'log-level', 'log-format', 'metrics-listen', 'dhcp', 'interface', 'dhcp-range', 'tftp-listen', 'public-url', 'boot-dir', 'auto-enrol', 'no-ipv6-ra', 'nbd-listen', 'nbd-anonymous-read', 'nbd-tls'],
       about: 'Run the appliance. No config needed: data in ./data, HTTP on 127.0.0.1:8080; the first start prints the admin token once and saves it to DIR/admin.token (mode 0600).',
       local: true,
     },
@@ -253,6 +254,8 @@ export const VDI = group({
     net: { type: 'string', arg: 'user|none', default: 'user', help: 'the VM\'s network' },
     'print-libvirt-xml': { type: 'boolean', default: false, help: 'print a libvirt domain for the session instead of running QEMU (virsh create FILE)' },
     'wait-seconds': { type: 'string', arg: 'S', default: '600', help: 'how long to wait for the session\'s commit after QEMU exits' },
+    'tls-dir': { type: 'string', arg: 'DIR', help: 'NBD over TLS: DIR/ca-cert.pem is the server\'s CA (its <data>/tls/ca.crt), or DIR/keys.psk with --tls-username; needed when the server speaks TLS (its URL is nbds://)' },
+    'tls-username': { type: 'string', arg: 'NAME', help: 'NBD over TLS with a pre-shared key: the identity in DIR/keys.psk (psktool format)' },
   },
   fields: { 'body.desktop': 'DESKTOP', 'querystring.desktop': '--desktop' },
   subs: {
@@ -275,7 +278,7 @@ export const VDI = group({
       argHelp: { ID: 'a session id: 10 hex digits, as deskfuse vdi session list shows' },
     },
     start: {
-      args: 'DESKTOP', flags: ['vnc', 'memory', 'cpus', 'accel', 'net', 'force', 'print-libvirt-xml', 'wait-seconds'], passthrough: 'QEMU ARGS',
+      args: 'DESKTOP', flags: ['vnc', 'memory', 'cpus', 'accel', 'net', 'force', 'print-libvirt-xml', 'wait-seconds', 'tls-dir', 'tls-username'], passthrough: 'QEMU ARGS',
       about: 'On a hypervisor host: create a session, run qemu-system-x86_64 on its export (KVM when it works, TCG otherwise), wait for the VM to shut down and report the commit (exit 0, 3 conflict, 1 if the session stayed open).',
     },
   },

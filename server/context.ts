@@ -49,7 +49,7 @@ export interface AppContext {
 export interface VdiContext {
   sessions: VdiSessions;
   serverName: string;
-  nbd: { port: number | null; publicHost: string | null; listenHost: string | null };
+  nbd: { port: number | null; publicHost: string | null; listenHost: string | null; tls?: boolean };
 }
 
 /** What the /boot routes serve: the boot stage's files, iPXE templates, how endpoints reach us. */

@@ -3,7 +3,7 @@ import { openAppliance } from './appliance.js';
 import { createLogger } from './log.js';
 import { listenError, probeListen, type ListenTarget } from './listen-check.js';
 import { startMetricsService, type MetricsService } from './services/metrics.js';
-import { startNbdService, type NbdService } from './services/nbd.js';
+import { nbdTlsSetup, startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
 import { startGcService } from './services/gc.js';
 import { startPruneService } from './services/prune.js';
@@ -44,7 +44,11 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
     netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
-    nbd = await startNbdService(config.nbd, appliance, log).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
+    // The server's TLS material (src/tls/pki.ts) when HTTPS has loaded it: NBD serves the same certificate.
+    // Null here: NBD loads it itself when nbd.tls asks for TLS.
+    const serverTls = null;
+    const nbdTls = await nbdTlsSetup(config, serverTls);
+    nbd = await startNbdService(config.nbd, appliance, log, nbdTls).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
     if (metricsTarget) metricsService = await startMetricsService(metricsTarget, appliance.ctx.metrics, log).catch((err: unknown) => { throw listenError(metricsTarget, err); });
   } catch (err) {
     await nbd?.close();

@@ -27,6 +27,7 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       ...(values['no-ipv6-ra'] ? { ipv6Ra: false } : {}),
       ...(values['nbd-listen'] ? { nbdListen: values['nbd-listen'] } : {}),
       ...(values['nbd-anonymous-read'] ? { nbdAnonymousRead: true } : {}),
+      ...(values['nbd-tls'] ? { nbdTls: values['nbd-tls'] } : {}),
       ...(values.store ? { store: values.store } : {}),
     },
   }, io.out);

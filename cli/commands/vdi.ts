@@ -1,8 +1,10 @@
 import { spawn } from 'node:child_process';
+import { accessSync, constants as FS } from 'node:fs';
+import nodePath from 'node:path';
 import type { ApiClient } from '../../src/api/client.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName } from '../../src/image/names.js';
-import { kvmWorks, libvirtXml, qemuArgs, type VmSpec } from '../../src/vdi/launch.js';
+import { kvmWorks, libvirtXml, qemuArgs, type VmSpec, type VmTls } from '../../src/vdi/launch.js';
 import type { VdiSession, VdiSessionCreated, VdiSessionList } from '../../src/api/schemas.js';
 import { clientFrom, need, parseCommand, type Io } from '../args.js';
 import { VDI } from '../spec.js';
@@ -80,19 +82,30 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   if (!['auto', 'kvm', 'tcg'].includes(String(values.accel))) throw dfError('DF_ERR_USAGE', `--accel: expected auto, kvm or tcg, got ${JSON.stringify(values.accel)}`, { option: '--accel' });
   if (!['user', 'none'].includes(String(values.net))) throw dfError('DF_ERR_USAGE', `--net: expected user or none, got ${JSON.stringify(values.net)}`, { option: '--net' });
   const accel = values.accel === 'auto' ? ((await kvmWorks()) ? 'kvm' : 'tcg') : (values.accel as 'kvm' | 'tcg');
+  const xml = values['print-libvirt-xml'] === true;
+  // Checked before the session exists: a bad option takes no lease.
+  const tlsGiven = tlsOptions(values, xml);
 
   const made = (await client.json<VdiSessionCreated>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force } })).body;
   if (!made.url) throw dfError('DF_ERR_CONFIG', 'the server runs without NBD (--nbd-listen off); a VDI session needs it');
   const u = new URL(made.url);
-  const spec: VmSpec = {
-    name: `deskfuse-${desktop}-${made.session.id}`, host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 10809),
-    exportName: made.export, memoryMiB, cpus, accel, vnc, net: values.net as 'user' | 'none',
-  };
   const id = made.session.id;
-  if (values['print-libvirt-xml']) {
+  // nbds://: the server speaks TLS. Credentials given: TLS even if it does not (fail closed, never fall back to clear).
+  const serverTls = u.protocol === 'nbds:';
+  if (serverTls && !tlsGiven && !xml) {
+    await client.json('POST', `/api/v1/vdi/sessions/${encodeURIComponent(id)}/discard`).catch(() => undefined);
+    throw dfError('DF_ERR_USAGE', `the server speaks NBD over TLS (${u.protocol}//${u.host}): give --tls-dir DIR with DIR/ca-cert.pem, the server's CA (its <data>/tls/ca.crt); session ${id} was discarded`, { option: '--tls-dir' });
+  }
+  const tls: VmTls | null = tlsGiven ?? (serverTls ? { kind: 'x509', dir: '/etc/pki/qemu' } : null);
+  const spec: VmSpec = {
+    name: `deskfuse-${desktop}-${id}`, host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 10809),
+    exportName: made.export, memoryMiB, cpus, accel, vnc, net: values.net as 'user' | 'none', tls,
+  };
+  if (xml) {
     io.out.write(libvirtXml(spec));
     io.err.write(`VDI session ${id} created on ${desktop} (${made.session.image}@${made.session.base}). When the domain shuts down the session commits;\n` +
-      `if it never connects: deskfuse vdi session discard ${id}\n`);
+      `if it never connects: deskfuse vdi session discard ${id}\n` +
+      (tls ? `NBD over TLS (tls='yes'): libvirt reads the CA from qemu.conf's nbd_tls_x509_cert_dir (ca-cert.pem there: the server's <data>/tls/ca.crt)\n` : ''));
     return 0;
   }
 
@@ -122,6 +135,26 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   emit(io, values.json as boolean, { session: s, qemuExit: code }, () => `${outcomeText(s)}\n`);
   if (s.state === 'committed') return s.outcome?.kind === 'conflict' ? 3 : 0;
   return s.state === 'discarded' ? 0 : 1;
+}
+
+/** --tls-dir [--tls-username]: QEMU's credential directory, checked before anything is created. */
+function tlsOptions(values: Values, xml: boolean): VmTls | null {
+  const dir = values['tls-dir'] as string | undefined;
+  const user = values['tls-username'] as string | undefined;
+  if (dir === undefined) {
+    if (user !== undefined) throw dfError('DF_ERR_USAGE', '--tls-username needs --tls-dir DIR (DIR/keys.psk)', { option: '--tls-username' });
+    return null;
+  }
+  if (user !== undefined && xml) throw dfError('DF_ERR_USAGE', '--print-libvirt-xml: libvirt has no pre-shared keys for NBD disks; use x509 (qemu.conf nbd_tls_x509_cert_dir)', { option: '--tls-username' });
+  if (user !== undefined && !/^[\x21-\x7e]{1,128}$/.test(user)) throw dfError('DF_ERR_USAGE', `--tls-username: 1-128 printable characters, got ${JSON.stringify(user)}`, { option: '--tls-username' });
+  const abs = nodePath.resolve(dir);
+  const file = nodePath.join(abs, user !== undefined ? 'keys.psk' : 'ca-cert.pem');
+  try {
+    accessSync(file, FS.R_OK);
+  } catch {
+    throw dfError('DF_ERR_USAGE', `--tls-dir: ${file} is not readable (${user !== undefined ? 'the psktool key file' : "the server's CA, its <data>/tls/ca.crt"})`, { option: '--tls-dir', path: file });
+  }
+  return user !== undefined ? { kind: 'psk', dir: abs, username: user } : { kind: 'x509', dir: abs };
 }
 
 function outcomeShort(s: VdiSession): string {

@@ -23,11 +23,11 @@ export const vdiRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (
    * Where hypervisors reach this server's NBD (recorded in the rows of the sessions it makes): the
    * configured public host, else the NBD listen host, else (a wildcard) the host the API was called on.
    */
-  const nbdAddress = (req: FastifyRequest): { host: string; port: number } | null => {
-    const { port, publicHost, listenHost } = ctx.vdi.nbd;
+  const nbdAddress = (req: FastifyRequest): { host: string; port: number; tls: boolean } | null => {
+    const { port, publicHost, listenHost, tls } = ctx.vdi.nbd;
     if (port === null) return null;
     const wildcard = listenHost === null || listenHost === '0.0.0.0' || listenHost === '::' || listenHost === '';
-    return { host: publicHost ?? (wildcard ? req.hostname : listenHost), port };
+    return { host: publicHost ?? (wildcard ? req.hostname : listenHost), port, tls: tls ?? false };
   };
 
   app.post('/vdi/sessions', {

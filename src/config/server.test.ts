@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
-import { DEFAULTS, loadServerConfig, parseHostPort, type ConfigSources } from './server.js';
+import { DEFAULTS, loadServerConfig, parseHostPort, resolveNbdTls, type ConfigSources } from './server.js';
 
 let dir: string;
 
@@ -119,12 +119,27 @@ describe('parseHostPort', () => {
   );
 
   it('nbd: on the HTTP host at 10809 by default; HOST[:PORT] or off; anonymous read and limits validated', () => {
-    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 });
+    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10, tls: null, tlsPskFile: null });
     expect(loadServerConfig({ env: {}, flags: { listen: '0.0.0.0:8080' } }).nbd.listen).toEqual({ host: '0.0.0.0', port: 10809 });
     expect(loadServerConfig({ env: {}, flags: { nbdListen: '10.0.0.1' } }).nbd.listen).toEqual({ host: '10.0.0.1', port: 10809 });
     expect(loadServerConfig({ env: { DESKFUSE_NBD_LISTEN: '127.0.0.1:0' } }).nbd.listen).toEqual({ host: '127.0.0.1', port: 0 });
     expect(loadServerConfig({ env: {}, flags: { nbdListen: 'off', nbdAnonymousRead: true } }).nbd).toMatchObject({ listen: null, anonymousRead: true });
     expect(() => loadServerConfig({ env: {}, flags: { nbdListen: 'h:99999' } })).toThrow(/nbdListen: port must be 0-65535/);
+  });
+
+  it('nbd.tls: off, on or required from --nbd-tls, DESKFUSE_NBD_TLS or the file; default follows the server\'s TLS; a PSK file needs TLS', () => {
+    expect(loadServerConfig({ env: {} }).nbd.tls).toBeNull();
+    expect(resolveNbdTls({ tls: null }, false)).toBe('off');
+    expect(resolveNbdTls({ tls: null }, true)).toBe('required');
+    expect(resolveNbdTls({ tls: 'on' }, true)).toBe('on');
+    expect(loadServerConfig({ env: {}, flags: { nbdTls: 'required' } }).nbd.tls).toBe('required');
+    expect(loadServerConfig({ env: { DESKFUSE_NBD_TLS: 'on' } }).nbd.tls).toBe('on');
+    expect(loadServerConfig({ env: {}, file: file({ nbd: { tls: 'off', tlsPskFile: null } }) }).nbd).toMatchObject({ tls: 'off', tlsPskFile: null });
+    expect(loadServerConfig({ env: {}, file: file({ nbd: { tls: 'required', tlsPskFile: '/etc/deskfuse/keys.psk' } }) }).nbd.tlsPskFile).toBe('/etc/deskfuse/keys.psk');
+    const e = configError({ env: {}, file: file({ nbd: { tls: 'yes', tlsPskFile: 3 } }) });
+    expect(e.message).toMatch(/nbd.tls: expected off, on or required, got "yes"/);
+    expect(e.message).toMatch(/nbd.tlsPskFile: expected a file path/);
+    expect(configError({ env: {}, file: file({ nbd: { tls: 'off', tlsPskFile: '/k.psk' } }) }).message).toMatch(/nbd.tlsPskFile: given, but nbd.tls is off/);
   });
 
   it('serverName: the host name by default; --server-name, DESKFUSE_SERVER_NAME or the file, validated; nbd.checkpointSeconds and heartbeatSeconds', () => {

@@ -200,6 +200,20 @@ export interface NbdConfig {
    * session over (commit, discard) only once it is 3 heartbeats old. Same value on every server. Default 10.
    */
   readonly heartbeatSeconds: number;
+  /**
+   * NBD over TLS (NBD_OPT_STARTTLS, proto.md "TLS support"), with the server's certificate
+   * (src/tls/pki.ts): `off` (NOTLS), `on` (SELECTIVETLS: a client may upgrade, plaintext still
+   * served), `required` (FORCEDTLS: nothing but STARTTLS and ABORT in clear). Default (null): follow
+   * the server's TLS: `required` when it has TLS material, `off` otherwise (see resolveNbdTls).
+   */
+  readonly tls: 'off' | 'on' | 'required' | null;
+  /** Pre-shared keys for TLS-PSK clients, the `identity:hexkey` lines psktool writes; null: x509 only. */
+  readonly tlsPskFile: string | null;
+}
+
+/** The NBD TLS mode in effect: the configured one, else `required` exactly when the server has TLS material. */
+export function resolveNbdTls(nbd: Pick<NbdConfig, 'tls'>, serverHasTls: boolean): 'off' | 'on' | 'required' {
+  return nbd.tls ?? (serverHasTls ? 'required' : 'off');
 }
 
 /** Network boot: DHCP/proxyDHCP, TFTP, IPv6 RA on the boot interface, and what /boot serves. */
@@ -257,7 +271,7 @@ export const DEFAULTS: ServerConfig = {
   metricsListen: null,
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
-  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10 },
+  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10, tls: null, tlsPskFile: null },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400, ...DEFAULT_RETENTION_POLICY, deltaIdleDays: 30, pruneVersions: 1 },
   gc: { intervalSeconds: 86400, graceSeconds: 86400, leaseSeconds: 60 },
@@ -275,7 +289,7 @@ export interface ConfigSources {
     data?: string; meta?: string; serverName?: string; listen?: string; logLevel?: string; logFormat?: string; metricsListen?: string;
     dhcp?: string; interface?: string; dhcpRange?: string; tftpListen?: string; publicUrl?: string; bootDir?: string;
     autoEnrol?: string; ipv6Ra?: boolean;
-    nbdListen?: string; nbdAnonymousRead?: boolean;
+    nbdListen?: string; nbdAnonymousRead?: boolean; nbdTls?: string;
     store?: string;
   };
   /** Told about deprecated keys the file still uses (the config loads). */
@@ -292,7 +306,7 @@ const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
 const LOG_FORMATS = ['auto', 'pretty', 'json'];
 /** Flags whose file keys live in a block: named so when a file has them at the top. */
 const IN_BLOCKS: Record<string, string> = {
-  nbdListen: 'nbd.listen', nbdAnonymousRead: 'nbd.anonymousRead', dhcp: 'netboot.dhcp', interface: 'netboot.interface', dhcpRange: 'netboot.dhcpRange',
+  nbdListen: 'nbd.listen', nbdAnonymousRead: 'nbd.anonymousRead', nbdTls: 'nbd.tls', dhcp: 'netboot.dhcp', interface: 'netboot.interface', dhcpRange: 'netboot.dhcpRange',
   tftpListen: 'netboot.tftpListen', publicUrl: 'netboot.publicUrl', bootDir: 'netboot.bootDir', autoEnrol: 'netboot.autoEnrol', ipv6Ra: 'netboot.ipv6Ra',
 };
 
@@ -458,7 +472,7 @@ function hiddenCredentials(accessKeyId: string, secretAccessKey: string, session
   return c;
 }
 
-export const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds'];
+export const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds', 'tls', 'tlsPskFile'];
 
 function loadNbd(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, httpHost: string, problems: string[]): NbdConfig {
   checkKeys('nbd', file, NBD_KEYS, problems);
@@ -477,7 +491,16 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
     if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) { problems.push(`nbd.${k}: expected an integer ${min}-${max}`); return d[k]; }
     return v;
   };
-  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600) };
+  const tlsRaw = flags.nbdTls ?? env.DESKFUSE_NBD_TLS ?? (file.tls === null ? undefined : file.tls);
+  let tls: NbdConfig['tls'] = null;
+  if (tlsRaw === 'off' || tlsRaw === 'on' || tlsRaw === 'required') tls = tlsRaw;
+  else if (tlsRaw !== undefined) problems.push(`nbd.tls: expected off, on or required, got ${JSON.stringify(tlsRaw)}`);
+  const pskRaw = env.DESKFUSE_NBD_TLS_PSK_FILE ?? (file.tlsPskFile === null ? undefined : file.tlsPskFile);
+  let tlsPskFile: string | null = null;
+  if (typeof pskRaw === 'string' && pskRaw !== '') tlsPskFile = path.resolve(pskRaw);
+  else if (pskRaw !== undefined) problems.push('nbd.tlsPskFile: expected a file path');
+  if (tlsPskFile !== null && tls === 'off') problems.push('nbd.tlsPskFile: given, but nbd.tls is off');
+  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600), tls, tlsPskFile };
 }
 
 export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];

@@ -24,7 +24,20 @@ describe('VM launch', () => {
     expect(a).not.toContain('-nic');
   });
 
-  it('nbd URLs bracket IPv6 hosts', () => {
+  it('TLS: the credentials object and tls-creds on the NBD blockdev (x509 or PSK)', () => {
+    const x = qemuArgs({ ...spec, tls: { kind: 'x509', dir: '/etc/deskfuse/nbd,ca' } });
+    expect(x.slice(x.indexOf('-object'), x.indexOf('-object') + 4)).toEqual([
+      '-object', 'tls-creds-x509,id=nbdtls0,dir=/etc/deskfuse/nbd,,ca,endpoint=client',
+      '-blockdev', 'driver=nbd,node-name=disk0,server.type=inet,server.host=10.0.0.1,server.port=10809,export=session/0123456789:dfv_S3cr-t_x,tls-creds=nbdtls0',
+    ]);
+    const p = qemuArgs({ ...spec, tls: { kind: 'psk', dir: '/etc/deskfuse/psk', username: 'hv1' } });
+    expect(p[p.indexOf('-object') + 1]).toBe('tls-creds-psk,id=nbdtls0,dir=/etc/deskfuse/psk,username=hv1,endpoint=client');
+    expect(p[p.indexOf('-blockdev') + 1]).toMatch(/,tls-creds=nbdtls0$/);
+    expect(qemuArgs(spec)).not.toContain('-object');
+  });
+
+  it('nbd URLs bracket IPv6 hosts; nbds:// with TLS', () => {
+    expect(nbdUrl({ ...spec, tls: true })).toBe('nbds://10.0.0.1:10809/session/0123456789:dfv_S3cr-t_x');
     expect(nbdUrl(spec)).toBe('nbd://10.0.0.1:10809/session/0123456789:dfv_S3cr-t_x');
     expect(nbdUrl({ ...spec, host: 'fd00::1' })).toBe('nbd://[fd00::1]:10809/session/0123456789:dfv_S3cr-t_x');
   });
@@ -32,5 +45,6 @@ describe('VM launch', () => {
   it('renders the libvirt domain (golden)', async () => {
     await expect(libvirtXml({ ...spec, vnc: 1 })).toMatchFileSnapshot('../../test/fixtures/vdi/domain-tcg-vnc.xml');
     await expect(libvirtXml({ ...spec, accel: 'kvm', net: 'none', name: 'x<&>"\'' })).toMatchFileSnapshot('../../test/fixtures/vdi/domain-kvm.xml');
+    await expect(libvirtXml({ ...spec, tls: { kind: 'x509', dir: '/etc/pki/libvirt-nbd' } })).toMatchFileSnapshot('../../test/fixtures/vdi/domain-tls.xml');
   });
 });

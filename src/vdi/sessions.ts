@@ -77,7 +77,7 @@ export interface CreatedSession {
   secret: string;
   /** The export name to connect to, secret included. */
   exportName: string;
-  /** nbd://OWNER:PORT/session/ID:SECRET (null without NBD). */
+  /** nbd://OWNER:PORT/session/ID:SECRET, nbds:// when the server speaks TLS (null without NBD). */
   url: string | null;
 }
 
@@ -170,7 +170,7 @@ export class VdiSessions {
   }
 
   /** `nbd`: where hypervisors reach this server's NBD export (recorded in the row; null: NBD is off). */
-  async create(req: { desktop: string; force?: boolean; autoCommit?: boolean }, author: string, nbd: { host: string; port: number } | null = null): Promise<CreatedSession> {
+  async create(req: { desktop: string; force?: boolean; autoCommit?: boolean }, author: string, nbd: { host: string; port: number; tls?: boolean } | null = null): Promise<CreatedSession> {
     const d = await this.deps.desktops.get(req.desktop);
     const id = randomBytes(5).toString('hex');
     const holder = `vdi:${id}`;

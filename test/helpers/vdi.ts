@@ -1,9 +1,9 @@
 import { spawnSync } from 'node:child_process';
 import { execa } from 'execa';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
-import { startNbdService, type NbdService } from '../../server/services/nbd.js';
+import { nbdTlsSetup, startNbdService, type NbdService } from '../../server/services/nbd.js';
 import { loadServerConfig } from '../../src/config/server.js';
 import { silentLogger } from '../../src/log.js';
 
@@ -22,6 +22,8 @@ export interface VdiAppliance {
   nbd: NbdService;
   /** nbd://127.0.0.1:PORT/NAME */
   nbdUrl(name: string): string;
+  /** With nbdTls: a directory holding the server's CA as ca-cert.pem (what QEMU and libnbd read). */
+  caDir: string | null;
   close(): Promise<void>;
 }
 
@@ -29,17 +31,25 @@ export interface VdiAppliance {
  * An appliance in this process with its HTTP API and NBD server on free loopback ports (`serverName`,
  * and its own VDI and NBD cache folders when it shares a data directory with another server).
  */
-export async function startVdiAppliance(dataDir: string, o: { anonymousRead?: boolean; serverName?: string; vdiDir?: string; nbdCacheDir?: string; configFile?: string } = {}): Promise<VdiAppliance> {
+export async function startVdiAppliance(dataDir: string, o: { anonymousRead?: boolean; serverName?: string; vdiDir?: string; nbdCacheDir?: string; configFile?: string; nbdTls?: 'on' | 'required' } = {}): Promise<VdiAppliance> {
   const config = loadServerConfig({ ...(o.configFile ? { file: o.configFile } : {}), flags: {
     data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent', nbdListen: '127.0.0.1:0', ...(o.anonymousRead ? { nbdAnonymousRead: true } : {}),
-    ...(o.serverName ? { serverName: o.serverName } : {}),
+    ...(o.serverName ? { serverName: o.serverName } : {}), ...(o.nbdTls ? { nbdTls: o.nbdTls } : {}),
   } });
   const appliance = await openAppliance(config, undefined, { ...(o.vdiDir ? { vdiDir: o.vdiDir } : {}), ...(o.nbdCacheDir ? { nbdCacheDir: o.nbdCacheDir } : {}) });
   const url = await appliance.app.listen({ host: '127.0.0.1', port: 0 });
-  const nbd = await startNbdService(config.nbd, appliance, silentLogger);
+  // As server/main.ts does it (the material from <data>/tls when HTTPS has not loaded it).
+  const tls = await nbdTlsSetup(config, null);
+  const nbd = await startNbdService(config.nbd, appliance, silentLogger, tls);
   const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
+  let caDir: string | null = null;
+  if (tls) {
+    caDir = path.join(dataDir, 'nbd-client-tls');
+    mkdirSync(caDir, { recursive: true });
+    writeFileSync(path.join(caDir, 'ca-cert.pem'), tls.material.caPem);
+  }
   return {
-    appliance, url, token, nbdPort: nbd.port!, nbd,
+    appliance, url, token, nbdPort: nbd.port!, nbd, caDir,
     nbdUrl: (name) => `nbd://127.0.0.1:${nbd.port}/${name}`,
     close: async () => {
       await nbd.close();
