@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -6,7 +6,7 @@ import { silentLogger } from '../log.js';
 import { ensureServerTls, type ServerTls } from '../tls/pki.js';
 import { RawNbd } from '../../test/helpers/nbd-client.js';
 import { MiB, RamProvider } from '../../test/helpers/nbd-ram.js';
-import { CLIENT_FLAG, OPT, REP, encodeOption, encodeOptionPayload, type OptionPayload } from './packet.js';
+import { CLIENT_FLAG, OPT, REP, decodeOption, decodeOptionReply, encodeOption, encodeOptionPayload, type OptionPayload } from './packet.js';
 import { startNbd, type NbdServer } from './server.js';
 import { parsePskFile, type NbdTlsOptions } from './tls.js';
 
@@ -111,6 +111,33 @@ describe('FORCEDTLS (nbd.tls required)', () => {
     await ok.greet();
     await ok.starttls(trust());
     expect((await ok.open('ro')).size).toBe(MiB);
+  });
+});
+
+describe('the captured conversations of nbdkit --tls=require (test/fixtures/nbd/tls-*)', () => {
+  const hexOf = (name: string) => Buffer.from(readFileSync(path.resolve(import.meta.dirname, `../../test/fixtures/nbd/${name}`), 'utf8').trim(), 'hex');
+  /** Option requests of a client stream, and the reply types of the server stream, in order. */
+  function conversation(name: string): { options: Buffer[]; replies: number[]; flags: Buffer } {
+    const c = hexOf(`${name}.client.hex`);
+    const sv = hexOf(`${name}.server.hex`);
+    const options: Buffer[] = [];
+    for (let at = 4; at < c.length; at += 16 + c.readUInt32BE(at + 12)) options.push(c.subarray(at, at + 16 + c.readUInt32BE(at + 12)));
+    const replies: number[] = [];
+    for (let at = 18; at < sv.length; at += 20 + sv.readUInt32BE(at + 16)) replies.push(decodeOptionReply(sv.subarray(at, at + 20 + sv.readUInt32BE(at + 16))).type);
+    return { options, replies, flags: c.subarray(0, 4) };
+  }
+
+  it.each(['tls-required-plain-nbdinfo-c0', 'tls-qemu-img-info-c0', 'tls-nbdinfo-c0'])('%s: our server answers the same client bytes with the same replies', async (name) => {
+    const { port } = await serve('required');
+    const conv = conversation(name);
+    const c = await client(port);
+    await c.greet(conv.flags.readUInt32BE(0));
+    const got: number[] = [];
+    for (const o of conv.options) {
+      if (decodeOption(o).option === OPT.STARTTLS) got.push(...types(await c.starttls(trust())));
+      else got.push(...types(await c.option(o)));
+    }
+    expect(got).toEqual(conv.replies);
   });
 });
 
