@@ -29,6 +29,10 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
     : undefined;
   // Before anything is created: a start that cannot listen leaves no data directory and no token behind.
   await probeListen([httpTarget, nbdTarget, metricsTarget].filter((t) => t !== undefined));
+  // The server's TLS material (src/tls/pki.ts) when HTTPS has loaded it: NBD serves the same certificate.
+  // Null here: NBD loads it itself when nbd.tls asks for TLS. A bad PSK file stops the start here.
+  const serverTls = null;
+  const nbdTls = await nbdTlsSetup(config, serverTls);
   const appliance = await openAppliance(config, log, gcStepMs > 0 ? { gcStep: () => new Promise((r) => setTimeout(r, gcStepMs)) } : {});
   let url: string;
   try {
@@ -44,10 +48,6 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
     netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
-    // The server's TLS material (src/tls/pki.ts) when HTTPS has loaded it: NBD serves the same certificate.
-    // Null here: NBD loads it itself when nbd.tls asks for TLS.
-    const serverTls = null;
-    const nbdTls = await nbdTlsSetup(config, serverTls);
     nbd = await startNbdService(config.nbd, appliance, log, nbdTls).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
     if (metricsTarget) metricsService = await startMetricsService(metricsTarget, appliance.ctx.metrics, log).catch((err: unknown) => { throw listenError(metricsTarget, err); });
   } catch (err) {

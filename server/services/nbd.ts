@@ -17,15 +17,12 @@ export interface NbdService {
  * NBD's TLS (config nbd.tls, nbd.tlsPskFile), with the server's TLS material: the certificate HTTPS
  * serves when the caller has it (`serverTls`, loaded once by the composition root), else — NBD alone
  * wants TLS — the same private CA in `<data>/tls` (src/tls/pki.ts), covering nbd.publicHost too.
- * Undefined: NOTLS. DF_ERR_CONFIG for an unreadable or malformed PSK file.
+ * Undefined: NOTLS (or no NBD). DF_ERR_CONFIG for an unreadable or malformed PSK file.
  */
 export async function nbdTlsSetup(config: { dataDir: string; nbd: NbdConfig }, serverTls: ServerTls | null): Promise<(NbdTlsOptions & { material: ServerTls }) | undefined> {
   const mode = resolveNbdTls(config.nbd, serverTls !== null);
-  if (mode === 'off') return undefined;
-  const material = serverTls ?? await ensureServerTls({
-    dir: path.join(config.dataDir, 'tls'),
-    names: [...defaultNames(), ...(config.nbd.publicHost ? [config.nbd.publicHost] : [])],
-  });
+  if (mode === 'off' || !config.nbd.listen) return undefined;
+  // The PSK file first: a bad one stops the start before anything is written.
   let psk: Map<string, Buffer> | undefined;
   const file = config.nbd.tlsPskFile;
   if (file) {
@@ -34,6 +31,10 @@ export async function nbdTlsSetup(config: { dataDir: string; nbd: NbdConfig }, s
     });
     psk = parsePskFile(text, file);
   }
+  const material = serverTls ?? await ensureServerTls({
+    dir: path.join(config.dataDir, 'tls'),
+    names: [...defaultNames(), ...(config.nbd.publicHost ? [config.nbd.publicHost] : [])],
+  });
   return { mode, cert: material, ...(psk ? { psk } : {}), material };
 }
 
