@@ -45,6 +45,7 @@ export async function startNbdService(config: NbdConfig, appliance: Appliance, l
   appliance.ctx.vdi.nbd.port = server.port;
   // Hypervisors are sent nbds:// URLs whenever the server speaks TLS (with `on` a client may still skip it).
   appliance.ctx.vdi.nbd.tls = tls !== undefined;
+  appliance.ctx.vdi.sessions.nbdTls = tls !== undefined;
   log.info({
     host: config.listen.host, port: server.port, anonymousRead: config.anonymousRead, tls: tls?.mode ?? 'off',
     ...(tls?.material ? { caFingerprint: tls.material.caFingerprint } : {}), ...(tls?.psk ? { pskIdentities: tls.psk.size } : {}),

@@ -44,7 +44,7 @@ export const VdiSession = Type.Object({
   checkpointLayer: Nullable(Type.String()),
   checkpointAt: Nullable(Time),
   export: Type.String({ description: 'session/ID (a client adds :SECRET)' }),
-  url: Nullable(Type.String({ description: 'nbd://OWNER:PORT/session/ID on the owning server (a client appends :SECRET); null without NBD' })),
+  url: Nullable(Type.String({ description: 'nbd://OWNER:PORT/session/ID (nbds:// when NBD speaks TLS) on the owning server (a client appends :SECRET); null without NBD' })),
   connections: Type.Integer(),
   increment: Type.Optional(Type.Object({
     changed: Type.Integer(),

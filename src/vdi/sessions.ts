@@ -62,7 +62,7 @@ export interface VdiSessionsDeps {
 export interface VdiSessionView extends Omit<VdiSessionRow, 'secretHash'> {
   /** `session/ID` (the secret follows as `:SECRET` in the name a client sends). */
   export: string;
-  /** nbd://OWNER:PORT/session/ID, on the server that owns the session (the client appends `:SECRET`); null without NBD. */
+  /** nbd://OWNER:PORT/session/ID (nbds:// with TLS), on the server that owns the session (the client appends `:SECRET`); null without NBD. */
   url: string | null;
   connections: number;
   /**
@@ -102,6 +102,11 @@ const ID_RE = /^[0-9a-f]{10}$/;
 export const sessionExport = (id: string) => `session/${id}`;
 
 export class VdiSessions {
+  /**
+   * NBD speaks TLS here (set when the NBD service starts): session URLs are nbds://. The servers of a
+   * pool share their NBD config, so a session owned by another server is shown the same way.
+   */
+  nbdTls = false;
   private readonly log: Logger;
   private readonly now: () => Date;
   private readonly leaseSeconds: number;
@@ -215,7 +220,7 @@ export class VdiSessions {
     const id = row.id;
     const live = this.live.get(id);
     const stats = live?.inc.stats;
-    const url = row.nbdHost !== null && row.nbdPort !== null ? nbdUrl({ host: row.nbdHost, port: row.nbdPort, exportName: sessionExport(id) }) : null;
+    const url = row.nbdHost !== null && row.nbdPort !== null ? nbdUrl({ host: row.nbdHost, port: row.nbdPort, exportName: sessionExport(id), tls: this.nbdTls }) : null;
     return {
       ...row, server: this.owner(row), export: sessionExport(id), url, connections: live?.connections ?? 0,
       ...(withStats && stats ? { increment: { changed: stats.changed, live: { bytesWritten: stats.bytesWritten, flushes: stats.flushes, lastFlushAt: stats.lastFlushAt } } } : {}),
@@ -480,7 +485,7 @@ export class VdiSessions {
   checkOwner(row: VdiSessionRow): void {
     const owner = this.owner(row);
     if (owner === this.deps.server) return;
-    const where = row.nbdHost !== null && row.nbdPort !== null ? ` (${nbdUrl({ host: row.nbdHost, port: row.nbdPort, exportName: sessionExport(row.id) })})` : '';
+    const where = row.nbdHost !== null && row.nbdPort !== null ? ` (${nbdUrl({ host: row.nbdHost, port: row.nbdPort, exportName: sessionExport(row.id), tls: this.nbdTls })})` : '';
     throw dfError('DF_ERR_VDI_SESSION_ELSEWHERE', `VDI session ${row.id} lives on server ${owner}${where}, not on ${this.deps.server}: connect there`, {
       session: row.id, server: owner, ...(row.nbdHost !== null ? { host: row.nbdHost } : {}), ...(row.nbdPort !== null ? { port: row.nbdPort } : {}),
     });

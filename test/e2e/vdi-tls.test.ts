@@ -82,6 +82,7 @@ describe('VDI over NBD with TLS required', () => {
     const { url, session } = made.json as { url: string; session: string };
     expect(url).toMatch(/^nbds:\/\/127\.0\.0\.1:\d+\/session\/[0-9a-f]{10}:dfv_/);
     const exportName = decodeURIComponent(new URL(url).pathname.slice(1));
+    expect((await cli(['vdi', 'session', 'show', session, '--json'], admin)).json.url).toMatch(/^nbds:\/\/127\.0\.0\.1:\d+\/session\/[0-9a-f]{10}$/);
     const plain = await fails('qemu-io', ['-f', 'raw', '-c', 'read 0 512', url.replace(/^nbds:/, 'nbd:')]);
     expect(plain.status).not.toBe(0);
     expect(plain.stderr).toMatch(/TLS/);
