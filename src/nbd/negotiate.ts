@@ -39,11 +39,11 @@ export type NbdTlsMode = 'on' | 'required';
 export interface NegotiationTls {
   mode: NbdTlsMode;
   /**
-   * Called right after NBD_REP_ACK to STARTTLS went out: upgrade the socket and resolve true once the
-   * TLS handshake is done (bytes then come in through push() again, decrypted), false when it failed
-   * or the socket had received bytes past the option in clear.
+   * Called right after NBD_REP_ACK to STARTTLS went out: upgrade the socket and resolve undefined once
+   * the TLS handshake is done (bytes then come in through push() again, decrypted), or why not (the
+   * handshake failed, or the socket had received bytes past the option in clear).
    */
-  start(): Promise<boolean>;
+  start(): Promise<string | undefined>;
 }
 
 export interface NegotiationIo {
@@ -239,7 +239,8 @@ export class Negotiation {
     // and would be taken for TLS-protected options (the STARTTLS injection of CVE-2021-3716 in
     // nbdkit): hang up rather than use them.
     if (this.framer.buffered > 0) return { kind: 'end', reason: `${this.framer.buffered} bytes sent in clear after NBD_OPT_STARTTLS` };
-    if (!(await tls.start())) return { kind: 'end', reason: 'TLS handshake failed' };
+    const failed = await tls.start();
+    if (failed !== undefined) return { kind: 'end', reason: failed };
     this.tlsUp = true;
     // "the server MUST NOT preserve any negotiation state ... issued before this command".
     this.structured = false;

@@ -283,9 +283,9 @@ class Connection {
    * After NBD_REP_ACK to STARTTLS: the same TCP connection carries TLS from here on. Bytes the TCP
    * socket already holds came in clear: refused (negotiate.ts says why).
    */
-  private startTls(context: NbdTlsContext): Promise<boolean> {
+  private startTls(context: NbdTlsContext): Promise<string | undefined> {
     const raw = this.sock;
-    if (raw.readableLength > 0) return Promise.resolve(false);
+    if (raw.readableLength > 0) return Promise.resolve(`${raw.readableLength} bytes sent in clear after NBD_OPT_STARTTLS`);
     raw.off('data', this.handlers.data);
     raw.off('end', this.handlers.end);
     raw.off('close', this.handlers.close);
@@ -294,9 +294,10 @@ class Connection {
     this.attach(socket);
     // The TLS socket owns the descriptor now; a TCP-level error still ends the session.
     raw.once('close', () => { if (!socket.destroyed) socket.destroy(); });
-    return secured.then((ok) => {
-      if (!ok) this.log.info({}, 'nbd tls handshake failed');
-      return ok;
+    return secured.then((failed) => {
+      // One line per failed upgrade (a client with the wrong CA or key): the admin's first clue.
+      if (failed !== undefined) this.log.info({ reason: failed }, 'nbd tls failed');
+      return failed;
     });
   }
 

@@ -2,7 +2,7 @@ import { promises as fsp, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { silentLogger } from '../log.js';
+import { silentLogger, type Logger } from '../log.js';
 import { ensureServerTls, type ServerTls } from '../tls/pki.js';
 import { RawNbd } from '../../test/helpers/nbd-client.js';
 import { MiB, RamProvider } from '../../test/helpers/nbd-ram.js';
@@ -32,9 +32,9 @@ afterEach(async () => {
   }
 });
 
-async function serve(mode: NbdTlsOptions['mode']): Promise<{ port: number; p: RamProvider }> {
+async function serve(mode: NbdTlsOptions['mode'], log: Logger = silentLogger): Promise<{ port: number; p: RamProvider }> {
   const p = new RamProvider();
-  const s = await startNbd({ host: '127.0.0.1', port: 0, provider: p, log: silentLogger, tls: { mode, cert: material } });
+  const s = await startNbd({ host: '127.0.0.1', port: 0, provider: p, log, tls: { mode, cert: material } });
   servers.push(s);
   providers.push(p);
   return { port: s.port, p };
@@ -101,12 +101,20 @@ describe('FORCEDTLS (nbd.tls required)', () => {
     expect(p.opens).toEqual([]);
   });
 
-  it('a failed TLS handshake ends the session; the server keeps serving', async () => {
-    const { port } = await serve('required');
+  it('a failed TLS handshake ends the session, logged with its reason; the server keeps serving', async () => {
+    const lines: { level: string; obj: Record<string, unknown>; msg: string | undefined }[] = [];
+    const at = (level: string) => (obj: object, msg?: string) => { lines.push({ level, obj: obj as Record<string, unknown>, msg }); };
+    const log: Logger = { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => log };
+    const { port } = await serve('required', log);
     const c = await client(port);
     await c.greet();
     await expect(c.starttls({ ca: (await ensureServerTls({ dir: path.join(root, 'other') })).caPem, servername: 'localhost' })).rejects.toThrow(/certificate/);
     expect(await c.closedWithin(2000)).toBe(true);
+    for (let i = 0; i < 200 && !lines.some((l) => l.msg === 'nbd tls failed'); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(lines.find((l) => l.msg === 'nbd tls failed')).toMatchObject({ level: 'info', obj: { reason: expect.stringMatching(/^TLS handshake failed: /) } });
+    // The session ended at once (not at the handshake timeout).
+    for (let i = 0; i < 200 && !lines.some((l) => l.msg === 'nbd disconnect'); i++) await new Promise((r) => setTimeout(r, 10));
+    expect(lines.some((l) => l.msg === 'nbd disconnect')).toBe(true);
     const ok = await client(port);
     await ok.greet();
     await ok.starttls(trust());

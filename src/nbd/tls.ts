@@ -71,19 +71,21 @@ const PSK_CIPHERS = 'ECDHE-PSK-AES256-GCM-SHA384:ECDHE-PSK-AES128-GCM-SHA256:ECD
 /**
  * Upgrades `raw` in place to a server-side TLS socket (proto.md "FORCEDTLS mode": after NBD_REP_ACK
  * all further data is TLS). The caller has taken its own listeners off `raw` and attaches them to
- * the returned socket; `secured` resolves true once the handshake is done, false if it failed.
+ * the returned socket; `secured` resolves undefined once the handshake is done, or why it failed.
  */
-export function upgradeToTls(raw: net.Socket, context: NbdTlsContext): { socket: tls.TLSSocket; secured: Promise<boolean> } {
+export function upgradeToTls(raw: net.Socket, context: NbdTlsContext): { socket: tls.TLSSocket; secured: Promise<string | undefined> } {
   const socket = new tls.TLSSocket(raw, {
     isServer: true,
     secureContext: context.secureContext,
     requestCert: false,
     ...(context.pskCallback ? { pskCallback: context.pskCallback } : {}),
   });
-  const secured = new Promise<boolean>((resolve) => {
-    socket.once('secure', () => resolve(true));
-    socket.once('error', () => resolve(false));
-    socket.once('close', () => resolve(false));
+  const secured = new Promise<string | undefined>((resolve) => {
+    socket.once('secure', () => resolve(undefined));
+    socket.once('error', (err) => resolve(`TLS handshake failed: ${err.message}`));
+    // A client that rejects our certificate hangs up: with allowHalfOpen that is only an 'end'.
+    socket.once('end', () => resolve('TLS handshake failed: the client closed the connection'));
+    socket.once('close', () => resolve('TLS handshake failed: the connection closed'));
   });
   return { socket, secured };
 }
