@@ -11,7 +11,7 @@
 #              scripts/engines/postgres.sh (Debian's package; its default cluster is not used)
 set -euo pipefail
 group=${1:-test}
-runtime=(qemu-utils ipxe)
+runtime=(qemu-utils ipxe openssl)   # openssl: the private CA of <data>/tls (src/tls/pki.ts) for NBD over TLS
 initramfs=(busybox-static cpio zstd binutils)
 engines=(ceph-mon ceph-osd radosgw ceph-common uuid-runtime postgresql)
 test=(
