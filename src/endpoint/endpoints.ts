@@ -64,6 +64,8 @@ export interface SessionRequest {
   offer?: EndpointProof;
   /** The address the request came from (recorded with a refusal). */
   ip?: string;
+  /** Secure Boot as the boot stage sees it (recorded in the `agent` event). */
+  secureBoot?: { enabled: boolean | null; lockdown: 'none' | 'integrity' | 'confidentiality' | null };
 }
 
 export interface EndpointsDeps {
@@ -308,7 +310,7 @@ export class Endpoints {
     const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
     const view = await this.deps.desktops.view(e.desktop);
     const dt = await this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
-    await this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}) }, e);
+    await this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}), ...(req.secureBoot ? { secureBoot: req.secureBoot } : {}) }, e);
     return {
       endpoint: e.id, name: e.name, mac, desktop: e.desktop, action: t.action, handoff, token: dt.token, holder: `endpoint:${e.name}`,
       imageBoot: (await this.deps.meta.images.getImage(view.image))?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean', provision,
