@@ -307,7 +307,9 @@ export class Endpoints {
     if (!facts) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `the endpoint's desktop ${e.desktop} does not exist`, { desktop: e.desktop });
     const provision = await this.checkDisk(e, mac, bootToken, req);
     const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now(), this.commitWindowMs);
-    const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
+    // The token's action is what this boot does: a commit-at-shutdown powers off even when its window
+    // closed while the machine came back (a slow boot path: a decision now would say sync and boot).
+    const handoff = t.action === 'commit-poweroff' ? 'poweroff' : d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
     const view = await this.deps.desktops.view(e.desktop);
     const dt = await this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
     await this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}), ...(req.secureBoot ? { secureBoot: req.secureBoot } : {}) }, e);
