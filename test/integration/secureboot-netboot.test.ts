@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log.js';
 import { GRUB_ENTRY } from '../../src/grub/render.js';
 import { startTftp, type TftpServer } from '../../src/tftp/server.js';
-import { grubFiles, SECURE_BOOT_FILES } from '../../server/services/netboot.js';
+import { grubFiles, prepareTftpRoot, SECURE_BOOT_FILES } from '../../server/services/netboot.js';
 import { clientMsg, MSG, probe, pxeOptions, requireClients, startRunner, type Runner } from '../helpers/dhcp.js';
 import { bridge, Netns, plug } from '../helpers/netns.js';
 import { tempDir } from '../helpers/server.js';
@@ -120,5 +120,24 @@ describe('TFTP serves GRUB its generated configs and the boot stage (tftp-hpa, c
     expect(await get(CLIENTS.hpa, 'deskfuse/grub/not-a-mac.cfg')).toBeNull();
     expect(await get(CLIENTS.hpa, 'deskfuse/stage/../../boot/vmlinuz')).toBeNull();
     expect(asked).toHaveLength(2);
+  });
+});
+
+describe('the TFTP root with Secure Boot on', () => {
+  const tmp = tempDir('df-sbroot-');
+  afterAll(() => tmp.cleanup());
+
+  it('holds byte-exact copies of the signed shim and GRUB under the names shim and DHCP use; a missing one is a coded config error', () => {
+    const shim = path.join(tmp.dir, 'shimx64.efi.signed');
+    const grub = path.join(tmp.dir, 'grubnetx64.efi.signed');
+    writeFileSync(shim, 'signed shim');
+    writeFileSync(grub, 'signed grub');
+    const root = path.join(tmp.dir, 'tftp');
+    const have = prepareTftpRoot(root, silentLogger, { shim, grub });
+    expect(have.has('shimx64.efi') && have.has('grubx64.efi')).toBe(true);
+    expect(readFileSync(path.join(root, 'shimx64.efi'), 'utf8')).toBe('signed shim');
+    expect(readFileSync(path.join(root, 'grubx64.efi'), 'utf8')).toBe('signed grub');
+    expect(() => prepareTftpRoot(root, silentLogger, { shim: path.join(tmp.dir, 'nope.efi'), grub }))
+      .toThrow(expect.objectContaining({ code: 'DF_ERR_CONFIG', message: expect.stringContaining('netboot.secureBoot.shim') }));
   });
 });
