@@ -243,8 +243,8 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
     const r = await openRequested(file, ip, tlog);
     if (!r.ok) {
       if (r.code === ERR.ACCESS) tlog.warn({ reason: r.reason }, 'tftp path refused');
-      else tlog.info({ reason: r.reason }, 'tftp file not found');
-      reply(r.code, r.code === ERR.ACCESS ? 'access violation' : 'file not found');
+      else if (r.code === ERR.NOT_FOUND) tlog.info({ reason: r.reason }, 'tftp file not found');
+      reply(r.code, r.code === ERR.ACCESS ? 'access violation' : r.code === ERR.NOT_FOUND ? 'file not found' : 'server error');
       emit({ ip, port: peerPort, file, kind: 'error', error: r.reason, ms: performance.now() - t0 });
       return done();
     }

@@ -84,6 +84,7 @@ describe('TFTP serves GRUB its generated configs and the boot stage (tftp-hpa, c
     writeFileSync(path.join(boot, 'vmlinuz'), kernel);
     writeFileSync(path.join(boot, 'initrd.img'), 'an initramfs');
     const generated = grubFiles(boot, async (mac, ip) => {
+      if (mac.endsWith(':ee')) throw new Error('the metadata database does not answer');
       asked.push({ mac, ip });
       return `echo 'orders for ${mac}'\n`;
     });
@@ -118,6 +119,9 @@ describe('TFTP serves GRUB its generated configs and the boot stage (tftp-hpa, c
     expect((await get(CLIENTS.curl, '/deskfuse/stage/initrd.img'))?.toString()).toBe('an initramfs');
     expect((await get(CLIENTS.hpa, 'grubx64.efi'))?.toString()).toBe('a GRUB');
     expect(await get(CLIENTS.hpa, 'deskfuse/grub/not-a-mac.cfg')).toBeNull();
+    // A server that cannot decide answers an ERROR (GRUB then says so and leaves it to the firmware).
+    expect(await get(CLIENTS.curl, 'deskfuse/grub/52:54:00:5b:00:ee.cfg')).toBeNull();
+    expect((await get(CLIENTS.hpa, 'grubx64.efi'))?.toString()).toBe('a GRUB');
     expect(await get(CLIENTS.hpa, 'deskfuse/stage/../../boot/vmlinuz')).toBeNull();
     expect(asked).toHaveLength(2);
   });
