@@ -19,6 +19,7 @@ test=(
   qemu-system-x86 ipxe-qemu ovmf                # QEMU endpoints in the netboot tests and `npm run demo`
   mtools syslinux syslinux-common e2fsprogs     # the test OS image
   mmdebstrap                                    # the real-OS fixture: Debian 12 with systemd (test/fixtures/realos)
+  sbsigntool                                    # sbverify: the Secure Boot e2e checks who signed shim, GRUB and the kernels
   isc-dhcp-client atftp tftp-hpa iptables iproute2 curl   # real DHCP/TFTP clients, packet loss
   gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
   libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server

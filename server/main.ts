@@ -5,6 +5,7 @@ import { listenError, probeListen, type ListenTarget } from './listen-check.js';
 import { startMetricsService, type MetricsService } from './services/metrics.js';
 import { startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
+import { grubConfigFor } from './routes/boot.js';
 import { startGcService } from './services/gc.js';
 import { startPruneService } from './services/prune.js';
 import { startScrubService } from './services/scrub.js';
@@ -43,7 +44,9 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   let metricsService: MetricsService | undefined;
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
-    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
+    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, {
+      tftp: config.tftp, metrics: appliance.ctx.metrics, grubConfig: (q) => grubConfigFor(appliance.ctx, q),
+    });
     nbd = await startNbdService(config.nbd, appliance, log).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
     if (metricsTarget) metricsService = await startMetricsService(metricsTarget, appliance.ctx.metrics, log).catch((err: unknown) => { throw listenError(metricsTarget, err); });
   } catch (err) {

@@ -88,10 +88,12 @@ async function session(client: ApiClient, p: BootParams, m: Machinery, disk: str
   } catch { /* none yet */ }
   const held = await m.diskSecret(disk);
   const fresh = newEndpointSecret();
+  const secureBoot = m.secureBootState();
+  mark('SECUREBOOT', `secureboot=${secureBoot.enabled === null ? 'unknown' : secureBoot.enabled ? 1 : 0} lockdown=${secureBoot.lockdown ?? 'unknown'}`);
   const s = (await client.json<BootSession>('POST', '/boot/session', {
     body: {
       token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios',
-      offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}),
+      offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}), secureBoot,
     },
     idempotent: true,
   })).body;

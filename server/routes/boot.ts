@@ -8,6 +8,7 @@ import {
 import { scopeDesktop } from '../../src/desktop/desktops.js';
 import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
 import { dfError } from '../../src/errors.js';
+import { grubScript } from '../../src/grub/render.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
 import { BootStageHashes, keyOf, STAGE_HASH_HEX, type StageFile } from '../boot-stage.js';
 import { immutable } from '../conditional.js';
@@ -51,18 +52,8 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     const mac = normalizeMac(req.query.mac);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.query.mac)}`, { field: 'mac' });
     const q = req.query;
-    const e = await endpoints.seen({ mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
-    const d = await endpoints.decide(e, q.platform);
+    const { e, d, token } = await decideAndRecord(ctx, { mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
     const self = `${b}/boot/ipxe?${new URLSearchParams({ mac, ...pick(q, ['uuid', 'serial', 'buildarch', 'platform']) }).toString()}`;
-    const token = d.kind === 'agent' ? await endpoints.issueBootToken(e, mac, d.action) : undefined;
-    // A waiting endpoint asks again every few seconds: one event per wait, not one per question.
-    const waiting = d.kind === 'pending' || d.kind === 'unassigned';
-    const last = waiting ? (await endpoints.recentEvents(mac, 1))[0] : undefined;
-    if (!(last?.phase === 'script' && last.detail.decision === d.kind)) {
-      await endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
-    }
-    // iPXE boots the disk itself: from now on the OS may change it.
-    if (d.kind === 'local' || d.kind === 'disabled') await endpoints.record('local', mac, { via: d.local }, e);
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
     const paths = d.kind === 'agent' ? await stage.paths() : undefined;
     return bootScript(boot.templates, d, {
@@ -158,6 +149,38 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     return await endpoints.keepalive(mac, { ip: req.ip }, ttl);
   });
 };
+
+/**
+ * One network boot's decision (src/endpoint/decide.ts), its one-time token and its `script` event:
+ * shared by /boot/ipxe and the Secure Boot chain's GRUB config (grubConfigFor).
+ */
+async function decideAndRecord(ctx: AppContext, q: { mac: string; ip: string; platform?: string; uuid?: string; serial?: string; buildarch?: string; loader?: string }) {
+  const { endpoints } = ctx;
+  const { mac, loader, ...seen } = q;
+  const e = await endpoints.seen({ mac, ...seen });
+  const d = await endpoints.decide(e, q.platform);
+  const token = d.kind === 'agent' ? await endpoints.issueBootToken(e, mac, d.action) : undefined;
+  // A waiting endpoint asks again every few seconds: one event per wait, not one per question.
+  const waiting = d.kind === 'pending' || d.kind === 'unassigned';
+  const last = waiting ? (await endpoints.recentEvents(mac, 1))[0] : undefined;
+  if (!(last?.phase === 'script' && last.detail.decision === d.kind)) {
+    await endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: q.ip, ...(loader ? { loader } : {}) }, e);
+  }
+  // The loader boots the disk itself (or leaves it to the firmware): from now on the OS may change it.
+  if (d.kind === 'local' || d.kind === 'disabled') await endpoints.record('local', mac, { via: d.local }, e);
+  return { e, d, token };
+}
+
+/**
+ * The Secure Boot chain's per-endpoint GRUB config (src/grub/render.ts), asked for by TFTP
+ * (server/services/netboot.ts): the same decision as /boot/ipxe, for a UEFI client.
+ */
+export async function grubConfigFor(ctx: AppContext, q: { mac: string; ip: string; base: string }): Promise<string> {
+  const mac = normalizeMac(q.mac);
+  if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(q.mac)}`, { field: 'mac' });
+  const { e, d, token } = await decideAndRecord(ctx, { mac, ip: q.ip, platform: 'efi', loader: 'grub' });
+  return grubScript(d, { base: ctx.boot.publicUrl ?? q.base, mac, endpoint: e.name, kernelArgs: ctx.boot.kernelArgs, retrySeconds: ctx.boot.retrySeconds, ...(token ? { token } : {}) });
+}
 
 function pick<T extends Record<string, string | undefined>>(o: T, keys: readonly (keyof T & string)[]): Record<string, string> {
   const r: Record<string, string> = {};

@@ -148,6 +148,22 @@ describe('parseHostPort', () => {
     expect(configError({ env: {}, file: file({ netboot: { commitWindowSeconds: 5 } }) }).message).toMatch(/commitWindowSeconds/);
   });
 
+  it('netboot.secureBoot: off by default; true takes Debian\'s package paths; paths from the file; env on|off; bad values reported', () => {
+    expect(loadServerConfig({ env: {} }).netboot.secureBoot).toBeNull();
+    expect(loadServerConfig({ env: {}, file: file({ netboot: { secureBoot: true } }) }).netboot.secureBoot).toEqual({
+      shim: '/usr/lib/shim/shimx64.efi.signed', grub: '/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed',
+    });
+    expect(loadServerConfig({ env: {}, file: file({ netboot: { secureBoot: { shim: '/sb/shim.efi' } } }) }).netboot.secureBoot).toEqual({
+      shim: '/sb/shim.efi', grub: '/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed',
+    });
+    expect(loadServerConfig({ env: { DESKFUSE_SECURE_BOOT: 'on' } }).netboot.secureBoot?.shim).toBe('/usr/lib/shim/shimx64.efi.signed');
+    expect(loadServerConfig({ env: { DESKFUSE_SECURE_BOOT: 'off' }, file: file({ netboot: { secureBoot: true } }) }).netboot.secureBoot).toBeNull();
+    const err = configError({ env: { DESKFUSE_SECURE_BOOT: 'yes' }, file: file({ netboot: { secureBoot: { shim: 3, kernel: '/k' } } }) });
+    expect(err.message).toContain('DESKFUSE_SECURE_BOOT: expected on or off');
+    expect(configError({ env: {}, file: file({ netboot: { secureBoot: { shim: 3, kernel: '/k' } } }) }).message).toMatch(/netboot.secureBoot.shim: expected a file path[\s\S]*unknown key netboot.secureBoot.kernel|unknown key netboot.secureBoot.kernel[\s\S]*netboot.secureBoot.shim: expected a file path/);
+    expect(configError({ env: {}, file: file({ netboot: { secureBoot: 'yes' } }) }).message).toContain('netboot.secureBoot: expected true, false or');
+  });
+
   it('enrolment and retention: documented defaults, integers from the config file, every bad value reported', () => {
     const c = loadServerConfig({ env: {} });
     expect(c.enrolment).toEqual({ pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 });

@@ -231,7 +231,20 @@ export interface NetbootConfig {
    * power loss) commits, syncs and boots instead of powering off. Default 120.
    */
   readonly commitWindowSeconds: number;
+  /**
+   * UEFI Secure Boot network boot: x64 UEFI PXE clients get shim (signed by Microsoft's UEFI CA), which
+   * loads Debian's signed network GRUB, which boots the boot stage's Debian-signed kernel (README
+   * "Secure Boot"). null (default): they get iPXE, which Secure Boot firmware refuses. File: true (Debian's
+   * package paths) or {shim, grub}; env DESKFUSE_SECURE_BOOT=on|off.
+   */
+  readonly secureBoot: { readonly shim: string; readonly grub: string } | null;
 }
+
+/** Where Debian's shim-signed and grub-efi-amd64-signed packages put the signed binaries. */
+export const SECURE_BOOT_DEFAULTS = {
+  shim: '/usr/lib/shim/shimx64.efi.signed',
+  grub: '/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed',
+} as const;
 
 /** The package root (dist/src/config → ../../..; src/config → ../..). */
 const PACKAGE_ROOT = (() => {
@@ -243,6 +256,7 @@ export const NETBOOT_DEFAULTS: NetbootConfig = {
   dhcp: 'off', interface: null, dhcpRange: null, tftpListen: null, publicUrl: null,
   bootDir: path.join(PACKAGE_ROOT, 'initramfs/out'), tftpRoot: null, ipv6Ra: true, autoEnrol: false,
   kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', retrySeconds: 10, commitWindowSeconds: 120,
+  secureBoot: null,
 };
 
 export const NBD_PORT = 10809;
@@ -480,7 +494,7 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600) };
 }
 
-export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];
+export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds', 'secureBoot'];
 
 function loadNetboot(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, problems: string[]): NetbootConfig {
   checkKeys('netboot', file, NETBOOT_KEYS, problems);
@@ -519,10 +533,35 @@ function loadNetboot(file: Record<string, unknown>, env: Record<string, string |
   if (!Number.isInteger(commitWindowSeconds) || commitWindowSeconds < 10 || commitWindowSeconds > 3600) {
     problems.push(`netboot.commitWindowSeconds: expected an integer 10-3600, got ${JSON.stringify(windowRaw)}`);
   }
+  const secureBoot = loadSecureBoot(env.DESKFUSE_SECURE_BOOT, file.secureBoot, problems);
   return {
     dhcp: dhcp as NetbootConfig['dhcp'], interface: iface, dhcpRange, tftpListen, publicUrl, bootDir: path.resolve(bootDir),
-    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds, commitWindowSeconds,
+    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds, commitWindowSeconds, secureBoot,
   };
+}
+
+/** netboot.secureBoot: false | true | {shim?, grub?} (paths to the signed binaries); env on|off wins. */
+function loadSecureBoot(envRaw: string | undefined, raw: unknown, problems: string[]): NetbootConfig['secureBoot'] {
+  if (envRaw !== undefined) {
+    if (envRaw !== 'on' && envRaw !== 'off') problems.push(`DESKFUSE_SECURE_BOOT: expected on or off, got ${JSON.stringify(envRaw)}`);
+    if (envRaw !== 'on') return null;
+    raw = raw && typeof raw === 'object' ? raw : true;
+  }
+  if (raw === undefined || raw === null || raw === false) return null;
+  if (raw === true) return { ...SECURE_BOOT_DEFAULTS };
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    problems.push(`netboot.secureBoot: expected true, false or {"shim": PATH, "grub": PATH}, got ${JSON.stringify(raw)}`);
+    return null;
+  }
+  const o = raw as Record<string, unknown>;
+  checkKeys('netboot.secureBoot', o, ['shim', 'grub'], problems);
+  const out: { shim: string; grub: string } = { ...SECURE_BOOT_DEFAULTS };
+  for (const k of ['shim', 'grub'] as const) {
+    if (o[k] === undefined) continue;
+    if (typeof o[k] !== 'string' || o[k] === '') problems.push(`netboot.secureBoot.${k}: expected a file path, got ${JSON.stringify(o[k])}`);
+    else out[k] = path.resolve(o[k]);
+  }
+  return out;
 }
 
 export function deepFreeze<T>(o: T): T {
