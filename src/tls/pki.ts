@@ -6,6 +6,9 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { dfError } from '../errors.js';
 import { fsyncDir, writeDurable } from '../fs/durable.js';
+import { normalizeFingerprint, splitPem } from './fingerprint.js';
+
+export { normalizeFingerprint, splitPem };
 
 const run = promisify(execFile);
 
@@ -55,20 +58,6 @@ export function defaultNames(): string[] {
     for (const a of list ?? []) if (!a.address.startsWith('fe80')) out.add(a.address);
   }
   return [...out];
-}
-
-/** `sha256:ab:cd…`, `ABCD…`, `ab cd` → `AB:CD:…`; DF_ERR_USAGE for anything but 32 bytes of hex. */
-export function normalizeFingerprint(s: string): string {
-  const hex = s.trim().replace(/^sha-?256:/i, '').replace(/[:\s]/g, '').toUpperCase();
-  if (!/^[0-9A-F]{64}$/.test(hex)) {
-    throw dfError('DF_ERR_USAGE', `a CA fingerprint is the SHA-256 of the certificate: 64 hex digits (colons allowed), got ${JSON.stringify(s)}`, { option: 'ca-fingerprint' });
-  }
-  return hex.match(/../g)!.join(':');
-}
-
-/** Every certificate in a PEM bundle, in order. */
-export function splitPem(pem: string): string[] {
-  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)?.map((c) => `${c}\n`) ?? [];
 }
 
 /** Loads or makes the server's TLS material (see ServerTls); DF_ERR_CONFIG for unusable files. */
