@@ -49,7 +49,7 @@ export function loadTls(
   const rawListen = flags.httpsListen ?? env.DESKFUSE_HTTPS_LISTEN ?? file.listen;
   let listen = { host: http.host, port: HTTPS_PORT };
   if (typeof rawListen === 'string') listen = parseHostPort(rawListen, problems, 'httpsListen') ?? listen;
-  else if (rawListen !== undefined) problems.push('tls.listen: expected HOST:PORT');
+  else if (rawListen !== undefined && rawListen !== null) problems.push('tls.listen: expected HOST:PORT');
   if (resolved === 'on' && listen.port === http.port && listen.port !== 0 && listen.host === http.host) problems.push(`httpsListen: ${listen.host}:${listen.port} is also the HTTP address`);
   const str = (k: string): string | null => {
     const v = file[k];
@@ -62,7 +62,7 @@ export function loadTls(
   const caFile = str('caFile');
   if ((certFile === null) !== (keyFile === null)) problems.push('tls: give both certFile and keyFile (or neither, for a private CA in <data>/tls)');
   let names: string[] | null = null;
-  if (file.names !== undefined) {
+  if (file.names !== undefined && file.names !== null) {
     if (!Array.isArray(file.names) || file.names.length === 0 || !file.names.every((n) => typeof n === 'string' && /^[A-Za-z0-9.:*-]{1,253}$/.test(n))) {
       problems.push('tls.names: expected a non-empty list of host names and addresses');
     } else names = file.names as string[];
