@@ -109,5 +109,6 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
+    log.debug({}, 'deskfuse server ready'); // every service started and the signals handled (tests wait for it)
   });
 }
