@@ -35,8 +35,10 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   const scripts = ctx.metrics.counter('deskfuse_boot_scripts_total', 'iPXE scripts served by decision');
   const stage = new BootStageHashes(boot.dir);
   const base = (req: FastifyRequest) => boot.publicUrl ?? `${req.protocol}://${req.headers.host ?? `${req.hostname}`}`;
-  // With TLS on, the boot stage's agent talks HTTPS (its calls carry tokens) to the host iPXE reached.
-  const agentBase = (req: FastifyRequest, b: string): string | undefined => (ctx.tls ? (b.startsWith('https:') ? b : httpsBase(ctx.tls, new URL(b).host)) : undefined);
+  // With TLS on, the boot stage's agent talks HTTPS (its calls carry tokens) to the host iPXE reached;
+  // with tls.plainHttp "all" (a site cache in front, which speaks HTTP) it stays on the script's base.
+  const agentBase = (_req: FastifyRequest, b: string): string | undefined =>
+    ctx.tls && ctx.tls.plainHttp !== 'all' ? (b.startsWith('https:') ? b : httpsBase(ctx.tls, new URL(b).host)) : undefined;
 
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
