@@ -43,7 +43,7 @@ export function installPlainHttpGate(app: FastifyInstance, tls: () => TlsContext
   app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
     const t = tls();
     if (!t || t.plainHttp === 'all' || encrypted(req) || req.routeOptions.config?.plainHttp) return;
-    if (isLoopback(req.socket.remoteAddress ?? '') ) return;
+    if (isLoopback(req.socket.remoteAddress ?? '')) return;
     const url = `${httpsBase(t, req.headers.host ?? req.hostname)}${req.url}`;
     if ((req.method === 'GET' || req.method === 'HEAD') && (req.headers.accept ?? '').includes('text/html')) {
       return reply.redirect(url, 308);
