@@ -28,6 +28,8 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       ...(values['nbd-listen'] ? { nbdListen: values['nbd-listen'] } : {}),
       ...(values['nbd-anonymous-read'] ? { nbdAnonymousRead: true } : {}),
       ...(values.store ? { store: values.store } : {}),
+      ...(values.tls ? { tls: values.tls } : {}),
+      ...(values['https-listen'] ? { httpsListen: values['https-listen'] } : {}),
     },
   }, io.out);
   return 0;

@@ -15,6 +15,7 @@ import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
 import { sendFile } from '../send-file.js';
+import { httpsBase } from '../tls.js';
 
 /**
  * The network boot flow, under /boot (no admin token: firmware cannot send one).
@@ -35,13 +36,17 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   const scripts = ctx.metrics.counter('deskfuse_boot_scripts_total', 'iPXE scripts served by decision');
   const stage = new BootStageHashes(boot.dir);
   const base = (req: FastifyRequest) => boot.publicUrl ?? `${req.protocol}://${req.headers.host ?? `${req.hostname}`}`;
+  // With TLS on, the boot stage's agent talks HTTPS (its calls carry tokens) to the host iPXE reached;
+  // with tls.plainHttp "all" (a site cache in front, which speaks HTTP) it stays on the script's base.
+  const agentBase = (_req: FastifyRequest, b: string): string | undefined =>
+    ctx.tls && ctx.tls.plainHttp !== 'all' ? (b.startsWith('https:') ? b : httpsBase(ctx.tls, new URL(b).host)) : undefined;
 
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
 
   app.get('/boot/ipxe', {
-    config: { public: true }, schema: { querystring: IpxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
+    config: { public: true, plainHttp: true }, schema: { querystring: IpxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
   }, async (req, reply) => {
     reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
     const b = base(req);
@@ -56,7 +61,9 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     const self = `${b}/boot/ipxe?${new URLSearchParams({ mac, ...pick(q, ['uuid', 'serial', 'buildarch', 'platform']) }).toString()}`;
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
     const paths = d.kind === 'agent' ? await stage.paths() : undefined;
+    const ab = agentBase(req, b);
     return bootScript(boot.templates, d, {
+      ...(ab && ctx.tls ? { agentBase: ab, caFingerprint: ctx.tls.caFingerprint } : {}),
       base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
       retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'] } : {}),
     });
@@ -103,12 +110,12 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
     const what = phase === 'kernel' ? 'kernel' : 'initramfs';
     app.route({
-      method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true },
+      method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true, plainHttp: true },
       schema: { querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${what}` },
       handler: serveFile(file, phase),
     });
     app.route({
-      method: ['GET', 'HEAD'], url: `/boot/stage/:hash/${file}`, config: { public: true },
+      method: ['GET', 'HEAD'], url: `/boot/stage/:hash/${file}`, config: { public: true, plainHttp: true },
       schema: { params: StageParams, querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${what} under its content hash (immutable)` },
       handler: serveFile(file, phase),
     });
@@ -132,14 +139,14 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   });
 
   app.post<{ Body: CommitRequestBody | undefined; Querystring: MacQuery; Reply: CommitRequestAnswer }>('/boot/commit-request', {
-    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: MacQuery, response: { 200: CommitRequestAnswer }, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
+    bodyLimit: BODY_BOOT, config: { public: true, plainHttp: true }, schema: { querystring: MacQuery, response: { 200: CommitRequestAnswer }, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
     return await endpoints.requestCommit(mac, { ip: req.ip });
   });
   app.post<{ Body: KeepaliveBody | undefined; Querystring: MacQuery; Reply: KeepaliveAnswer }>('/boot/keepalive', {
-    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: MacQuery, response: { 200: KeepaliveAnswer }, tags: ['boot'], summary: "The desktop OS, while it runs: renew the desktop lease its endpoint's boot left (holder endpoint:NAME); answers {renewed, expiresAt}" },
+    bodyLimit: BODY_BOOT, config: { public: true, plainHttp: true }, schema: { querystring: MacQuery, response: { 200: KeepaliveAnswer }, tags: ['boot'], summary: "The desktop OS, while it runs: renew the desktop lease its endpoint's boot left (holder endpoint:NAME); answers {renewed, expiresAt}" },
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });

@@ -34,7 +34,24 @@ function configError(src: ConfigSources): DeskfuseError {
 
 describe('loadServerConfig', () => {
   it('defaults when given nothing', () => {
-    expect(loadServerConfig({ env: {} })).toEqual({ ...DEFAULTS, dataDir: path.resolve('./data') });
+    expect(loadServerConfig({ env: {} })).toEqual({ ...DEFAULTS, dataDir: path.resolve('./data'), tls: { ...DEFAULTS.tls, dir: path.resolve('./data/tls') } });
+  });
+
+  it('tls: auto is on unless the HTTP address is loopback; HTTPS on the HTTP host at 8443; files and names validated', () => {
+    expect(loadServerConfig({ env: {} }).tls.mode).toBe('off');
+    expect(loadServerConfig({ env: {}, flags: { listen: '[::1]:8080' } }).tls.mode).toBe('off');
+    const lan = loadServerConfig({ env: {}, flags: { listen: '0.0.0.0:8080', data: '/srv/df' } }).tls;
+    expect(lan).toMatchObject({ mode: 'on', listen: { host: '0.0.0.0', port: 8443 }, dir: '/srv/df/tls', plainHttp: 'boot', certFile: null });
+    expect(loadServerConfig({ env: { DESKFUSE_TLS: 'off' }, flags: { listen: '0.0.0.0:8080' } }).tls.mode).toBe('off');
+    expect(loadServerConfig({ env: { DESKFUSE_TLS: 'on', DESKFUSE_HTTPS_LISTEN: '127.0.0.1:9443' } }).tls).toMatchObject({ mode: 'on', listen: { host: '127.0.0.1', port: 9443 } });
+    expect(loadServerConfig({ env: {}, flags: { tls: 'off', listen: '10.0.0.1:8080' } }).tls.mode).toBe('off');
+    let err: { fields?: { problems?: string[] } } = {};
+    try {
+      loadServerConfig({ env: {}, flags: { tls: 'maybe', httpsListen: 'nope' } });
+    } catch (e) {
+      err = e as typeof err;
+    }
+    expect(err.fields?.problems).toEqual(expect.arrayContaining([expect.stringContaining('tls: expected auto, on or off'), expect.stringContaining('httpsListen: expected HOST:PORT')]));
   });
 
   it('precedence: flags > env > file > defaults, per key', () => {

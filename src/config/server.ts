@@ -9,6 +9,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { DEFAULT_RETENTION_POLICY, POLICY_RANGES } from '../image/retention.js';
 import { maskUrl } from '../meta/engine.js';
 import { TFTP_DEFAULTS } from '../tftp/slots.js';
+import { HTTPS_PORT, loadTls, type TlsConfig } from './tls.js';
 import { checkKeys } from './keys.js';
 
 /**
@@ -48,6 +49,8 @@ export interface ServerConfig {
   readonly admission: AdmissionConfig;
   readonly tftp: TftpConfig;
   readonly store: StoreConfig;
+  /** HTTPS (src/config/tls.ts). */
+  readonly tls: TlsConfig;
 }
 
 /**
@@ -280,6 +283,7 @@ export const DEFAULTS: ServerConfig = {
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
   tftp: { ...TFTP_DEFAULTS },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
+  tls: { mode: 'off', listen: { host: '127.0.0.1', port: HTTPS_PORT }, certFile: null, keyFile: null, caFile: null, names: null, plainHttp: 'boot', dir: 'data/tls' },
 };
 
 export interface ConfigSources {
@@ -291,6 +295,7 @@ export interface ConfigSources {
     autoEnrol?: string; ipv6Ra?: boolean;
     nbdListen?: string; nbdAnonymousRead?: boolean;
     store?: string;
+    tls?: string; httpsListen?: string;
   };
   /** Told about deprecated keys the file still uses (the config loads). */
   warn?: (message: string) => void;
@@ -300,7 +305,7 @@ export interface ConfigSources {
  * Top-level config-file keys: a flag's name in camelCase (`--log-level` → `logLevel`, `--data` → `data`);
  * the network-boot and NBD flags live in their blocks (`--dhcp` → `netboot.dhcp`, `--nbd-listen` → `nbd.listen`).
  */
-export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp'];
+export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', 'tls'];
 /** Old names still read, with a warning: old → new. */
 const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
 const LOG_FORMATS = ['auto', 'pretty', 'json'];
@@ -308,6 +313,7 @@ const LOG_FORMATS = ['auto', 'pretty', 'json'];
 const IN_BLOCKS: Record<string, string> = {
   nbdListen: 'nbd.listen', nbdAnonymousRead: 'nbd.anonymousRead', dhcp: 'netboot.dhcp', interface: 'netboot.interface', dhcpRange: 'netboot.dhcpRange',
   tftpListen: 'netboot.tftpListen', publicUrl: 'netboot.publicUrl', bootDir: 'netboot.bootDir', autoEnrol: 'netboot.autoEnrol', ipv6Ra: 'netboot.ipv6Ra',
+  httpsListen: 'tls.listen',
 };
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -377,9 +383,10 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
   const tftp = loadIntegers('tftp', (file.tftp ?? {}) as Record<string, unknown>, DEFAULTS.tftp, { maxTransfers: [1, 10_000], maxQueued: [0, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
+  const tls = loadTls((typeof file.tls === 'string' ? { mode: file.tls } : file.tls ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen ?? DEFAULTS.listen, typeof dataDir === 'string' ? dataDir : '.', parseHostPort, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store, tls });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
