@@ -57,7 +57,7 @@ for mode in full proxy; do
     ip -n "$C" addr flush dev eth0
     [ "$mode" = proxy ] && ip -n "$C" addr add 10.237.0.9/22 dev eth0   # as the site's DHCP server gave it
     # A fresh server and data directory per run: an empty pool, nothing learnt from the last run.
-    ip netns exec "$S" node "$CLI" server --data "$T/data-$n" --listen 10.237.0.1:8080 --dhcp "$mode" --interface br0 "${extra[@]}" \
+    ip netns exec "$S" node "$CLI" server --data "$T/data-$n" --listen 10.237.0.1:8080 --tls off --dhcp "$mode" --interface br0 "${extra[@]}" \
       > "$T/server-$n.log" 2>&1 &
     SRV_PID=$!
     for _ in $(seq 150); do grep -q 'DHCP answering' "$T/server-$n.log" && break; sleep 0.2; done

@@ -5,6 +5,8 @@ import { ApiClient, busyLine } from '../src/api/client.js';
 import { DeskfuseError, dfError } from '../src/errors.js';
 import { groupHelp, subHelp } from './help.js';
 import { GLOBAL_OPTIONS } from './spec.js';
+import type { TlsTrust } from '../src/api/tls-pin.js';
+import { normalizeFingerprint } from '../src/tls/fingerprint.js';
 
 /**
  * What a command takes, declared once (cli/spec.ts): the parser reads these declarations and the
@@ -290,10 +292,52 @@ export function tokenFrom(values: { token?: string | undefined }, env: Io['env']
 }
 
 /** The API client of --server/DESKFUSE_SERVER and --token/DESKFUSE_TOKEN (else the local admin.token). */
-export function clientFrom(values: { server?: string | undefined; token?: string | undefined }, env: Io['env']): ApiClient {
+export function clientFrom(values: { server?: string | undefined; token?: string | undefined; ca?: string | undefined; 'ca-fingerprint'?: string | undefined }, env: Io['env']): ApiClient {
   const server = serverFrom(values, env);
   const token = tokenFrom(values, env);
-  return new ApiClient({ server, ...(token ? { token } : {}), onBusy: (b) => process.stderr.write(busyLine('deskfuse', b)) });
+  const tls = trustFrom(values, env);
+  return new ApiClient({ server, ...(token ? { token } : {}), tls, onBusy: (b) => process.stderr.write(busyLine('deskfuse', b)) });
+}
+
+/**
+ * The CA an https server must chain to: --ca FILE / --ca-fingerprint, else DESKFUSE_CA /
+ * DESKFUSE_CA_FINGERPRINT, else the local data dir's private CA (tls/ca.crt, as admin.token is
+ * found), else none (the system's CAs). Both of one level is a usage error; a bad pin or an unreadable
+ * file too, before anything is sent.
+ */
+export function trustFrom(values: { ca?: string | undefined; 'ca-fingerprint'?: string | undefined }, env: Io['env']): TlsTrust {
+  const levels: [string, string | undefined, string, string | undefined][] = [
+    ['--ca', values.ca, '--ca-fingerprint', values['ca-fingerprint']],
+    ['DESKFUSE_CA', env.DESKFUSE_CA, 'DESKFUSE_CA_FINGERPRINT', env.DESKFUSE_CA_FINGERPRINT],
+  ];
+  for (const [caName, ca, fpName, fp] of levels) {
+    if (ca && fp) throw dfError('DF_ERR_USAGE', `give ${caName} or ${fpName}, not both`, { option: caName });
+    if (fp) {
+      try {
+        return { caFingerprint: normalizeFingerprint(fp) };
+      } catch (err) {
+        throw dfError('DF_ERR_USAGE', `${fpName}: ${(err as Error).message}`, { option: fpName }, err);
+      }
+    }
+    if (ca) return { ca: readCa(ca, caName) };
+  }
+  const local = path.resolve(env.DESKFUSE_DATA ?? 'data', 'tls', 'ca.crt');
+  try {
+    return { ca: readFileSync(local, 'utf8') };
+  } catch {
+    return {};
+  }
+}
+
+function readCa(file: string, option: string): string {
+  let pem: string;
+  try {
+    pem = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw dfError('DF_ERR_USAGE', `${option}: cannot read ${file}: ${(err as Error).message}`, { option, file }, err);
+  }
+  if (!/-----BEGIN CERTIFICATE-----/.test(pem)) throw dfError('DF_ERR_USAGE', `${option}: ${file} holds no PEM certificate`, { option, file });
+  return pem;
 }
 
 /** "64K", "1M", "65536" → bytes. */

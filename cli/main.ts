@@ -51,7 +51,7 @@ export async function main(argvIn: string[], io: Io): Promise<number> {
 }
 
 /**
- * `deskfuse --server URL --token T --json image list`: the global options may come before the command
+ * `deskfuse --server URL --token T --ca FILE --json image list`: the global options may come before the command
  * too (as in git or kubectl); they are handed to the command after its own words.
  */
 export function globalsAfterCommand(argv: string[]): string[] {
@@ -61,7 +61,7 @@ export function globalsAfterCommand(argv: string[]): string[] {
     const a = argv[i]!;
     const name = a.split('=')[0]!;
     if (name === '--json') lead.push(a);
-    else if (name === '--server' || name === '--token') {
+    else if (name === '--server' || name === '--token' || name === '--ca' || name === '--ca-fingerprint') {
       lead.push(a);
       if (!a.includes('=') && i + 1 < argv.length) lead.push(argv[++i]!);
     } else break;

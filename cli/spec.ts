@@ -12,6 +12,8 @@ import type { Flags, GroupSpec } from './args.js';
 export const GLOBAL_OPTIONS = {
   server: { type: 'string', arg: 'URL', help: 'image server, or several: URL,URL… (failover; env DESKFUSE_SERVER, default http://127.0.0.1:8080; HOST:PORT means http://HOST:PORT)' },
   token: { type: 'string', arg: 'T', help: 'API token (env DESKFUSE_TOKEN; default: $DESKFUSE_DATA/admin.token or ./data/admin.token if readable)' },
+  ca: { type: 'string', arg: 'FILE', help: 'with an https:// server: trust only this CA (PEM; env DESKFUSE_CA; default $DESKFUSE_DATA/tls/ca.crt or ./data/tls/ca.crt if readable, else the system CAs)' },
+  'ca-fingerprint': { type: 'string', arg: 'SHA256', help: "with an https:// server: trust only the CA of its chain with this SHA-256 (AB:CD:… as the server printed it; env DESKFUSE_CA_FINGERPRINT)" },
   json: { type: 'boolean', default: false, help: 'print one JSON object (errors too) for scripts' },
   help: { type: 'boolean', short: 'h', default: false, help: 'this help' },
 } as const satisfies Flags;
@@ -43,11 +45,13 @@ export const SERVER = group({
     'no-ipv6-ra': { type: 'boolean', help: 'send no IPv6 router advertisements' },
     'nbd-listen': { type: 'string', arg: 'HOST[:PORT]|off', help: 'NBD for the VDI pool (default: the --listen host, port 10809; env DESKFUSE_NBD_LISTEN); export names carry a token (IMAGE@REF:TOKEN, session/ID:SECRET)' },
     'nbd-anonymous-read': { type: 'boolean', help: 'open (and list) image exports without a token' },
-    'nbd-tls': { type: 'string', arg: 'off|on|required', help: 'NBD over TLS (NBD_OPT_STARTTLS) with the server certificate: required refuses clients in clear (default: required when the server has TLS, else off; env DESKFUSE_NBD_TLS)' },
+    'nbd-tls': { type: 'string', arg: 'off|on|required', help: 'NBD over TLS (NBD_OPT_STARTTLS) with the server certificate: required refuses clients in clear (default: required when TLS is on, else off; env DESKFUSE_NBD_TLS)' },
+    tls: { type: 'string', arg: 'auto|on|off', help: 'HTTPS for the API, the console and the boot stage (env DESKFUSE_TLS): on = a private CA made in DIR/tls (its fingerprint printed once) or config tls.certFile/keyFile; auto (the default) = on unless --listen is loopback; plain HTTP then serves only what iPXE fetches first' },
+    'https-listen': { type: 'string', arg: 'HOST:PORT', help: 'HTTPS address with TLS on (env DESKFUSE_HTTPS_LISTEN; default: the --listen host, port 8443)' },
   },
   subs: {
     '': {
-      flags: ['data', 'meta', 'store', 'server-name', 'listen', 'config', 'log-level', 'log-format', 'metrics-listen', 'dhcp', 'interface', 'dhcp-range', 'tftp-listen', 'public-url', 'boot-dir', 'auto-enrol', 'no-ipv6-ra', 'nbd-listen', 'nbd-anonymous-read', 'nbd-tls'],
+      flags: ['data', 'meta', 'store', 'server-name', 'listen', 'config', 'log-level', 'log-format', 'metrics-listen', 'dhcp', 'interface', 'dhcp-range', 'tftp-listen', 'public-url', 'boot-dir', 'auto-enrol', 'no-ipv6-ra', 'nbd-listen', 'nbd-anonymous-read', 'nbd-tls', 'tls', 'https-listen'],
       about: 'Run the appliance. No config needed: data in ./data, HTTP on 127.0.0.1:8080; the first start prints the admin token once and saves it to DIR/admin.token (mode 0600).',
       local: true,
     },

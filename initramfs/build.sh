@@ -97,9 +97,10 @@ ESB=(--bundle --platform=node --format=esm --target=node20 --legal-comments=none
 (cd "$ROOT" && "$ESBUILD" src/sync/scan-worker.ts "${ESB[@]}" --outfile="$A/scan-worker.js" --metafile="$WORK/worker.meta.json")
 echo '{"type":"module"}' > "$A/package.json"   # so that scan-worker.js loads as ESM
 # every import left outside the bundles must be a Node builtin or a native module copied here
+# (node:sqlite: undici requires it only when its SQLite cache store is made, which the agent never does)
 node -e '
   const fs = require("fs"), { builtinModules } = require("module");
-  const ok = new Set(["zstd-napi", "@napi-rs/blake-hash", ...builtinModules]);
+  const ok = new Set(["zstd-napi", "@napi-rs/blake-hash", "sqlite", ...builtinModules]);
   for (const f of process.argv.slice(1)) for (const o of Object.values(JSON.parse(fs.readFileSync(f, "utf8")).outputs))
     for (const i of o.imports) if (i.external && !ok.has(i.path.replace(/^node:/, "")))
       { console.error(`deskfuse build: the agent imports ${i.path}, which is neither bundled nor copied`); process.exit(1); }

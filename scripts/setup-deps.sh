@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages deskfuse needs. Idempotent: apt runs only when a package is missing.
 # Needs root (or sudo). Groups:
-#   runtime    what `npm start` uses (qemu-img; Debian's iPXE binaries for the TFTP root). Never fails the
+#   runtime    what `npm start` uses (qemu-img; Debian's iPXE binaries for the TFTP root; openssl). Never fails the
 #              start: without root it prints the command to run instead.
 #   initramfs  what `npm run build:initramfs` uses (busybox, cpio, zstd, binutils)
 #   test       (default) everything the tests use: the above, QEMU endpoints, real DHCP/TFTP clients
@@ -11,7 +11,7 @@
 #              scripts/engines/postgres.sh (Debian's package; its default cluster is not used)
 set -euo pipefail
 group=${1:-test}
-runtime=(qemu-utils ipxe openssl)   # openssl: the private CA of <data>/tls (src/tls/pki.ts) for NBD over TLS
+runtime=(qemu-utils ipxe openssl)   # openssl: the private CA of --tls on and NBD over TLS (src/tls/pki.ts)
 initramfs=(busybox-static cpio zstd binutils)
 engines=(ceph-mon ceph-osd radosgw ceph-common uuid-runtime postgresql)
 test=(
@@ -19,6 +19,7 @@ test=(
   qemu-system-x86 ipxe-qemu ovmf                # QEMU endpoints in the netboot tests and `npm run demo`
   mtools syslinux syslinux-common e2fsprogs     # the test OS image
   mmdebstrap                                    # the real-OS fixture: Debian 12 with systemd (test/fixtures/realos)
+  sbsigntool                                    # sbverify: the Secure Boot e2e checks who signed shim, GRUB and the kernels
   isc-dhcp-client atftp tftp-hpa iptables iproute2 curl   # real DHCP/TFTP clients, packet loss
   gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
   libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server
@@ -26,6 +27,7 @@ test=(
   systemd                                       # systemd-analyze verify of deploy/systemd/deskfuse.service
   varnish nginx-light                           # the site caches (deploy/varnish, deploy/nginx): test/integration/{varnish,nginx-cache}.test.ts
   chromium fonts-dejavu-core                    # the web console's browser tests (playwright-core drives Debian's chromium): test/integration/console-browser.test.ts
+  libnss3-tools                                 # certutil: the private CA into a test browser's NSS store (test/integration/tls-console-browser.test.ts)
 )
 case $group in
   runtime) pkgs=("${runtime[@]}") ;;

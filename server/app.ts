@@ -22,6 +22,7 @@ import { PATCH_CONTENT_TYPE } from '../src/sync/patch.js';
 import { BODY_DEFAULT } from './limits.js';
 import { safeUrl } from './log.js';
 import { sendRateStats } from './send-file.js';
+import { installPlainHttpGate } from './tls.js';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -64,6 +65,9 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
     if (reply.statusCode >= 500 || ms >= SLOW_REQUEST_MS) req.log.info(line, 'request');
     else req.log.debug(line, 'request');
   });
+
+  // With TLS on, plain HTTP from another machine: only what iPXE fetches first (before any token is read).
+  installPlainHttpGate(app, () => ctx.tls);
 
   // Who (token → scope, 401) and what they may do (scope vs the route's need, 403), before any body is read.
   app.addHook('onRequest', async (req) => {

@@ -33,6 +33,7 @@ import { Admission } from './admission.js';
 import { buildApp } from './app.js';
 import type { AppContext } from './context.js';
 import { forgetSentFiles, setSendRate } from './send-file.js';
+import { ensureServerTls, type ServerTls } from '../src/tls/pki.js';
 
 /**
  * Where data lives (all under the data directory):
@@ -48,6 +49,8 @@ import { forgetSentFiles, setSendRate } from './send-file.js';
  *   pack-cache/                  batch fetches asked for twice, as pack files (made anew at every start)
  *   gc-tmp/                      garbage collection's sorted mark files while a run works
  *   admin.token                  the admin token, mode 0600, written once on first start
+ *   tls/                         with TLS on and no admin certificate: the private CA (ca.crt, ca.key 0600,
+ *                                ca.fingerprint) and the server certificate it issued (server.crt, server.key)
  */
 export const dataPaths = (dataDir: string) => ({
   meta: path.join(dataDir, 'meta.sqlite'),
@@ -73,6 +76,8 @@ export interface Appliance {
   exports: DeskfuseExports;
   /** This server's name among several (`serverName`): the owner of the VDI sessions it makes. */
   serverName: string;
+  /** With TLS on: the certificate, key and the CA clients pin (server/tls.ts listens with them). */
+  tls?: ServerTls;
   /** Set only on the first start, when the admin token was just generated. */
   newAdminToken?: string;
   /** Delete used or expired tokens, old events and stale pending endpoints, by the configured retention (server/services/prune.ts runs it). */
@@ -123,6 +128,8 @@ export interface ApplianceOptions {
 export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogger, opts: ApplianceOptions = {}): Promise<Appliance> {
   const p = dataPaths(config.dataDir);
   await fsp.mkdir(config.dataDir, { recursive: true, mode: 0o750 });
+  // Before the database: an unusable certificate stops the start with nothing else done.
+  const tls = config.tls.mode === 'on' ? await openTls(config) : undefined;
   const meta = await openConfiguredMeta(config.meta, p.meta, log);
   // Every request authenticates: token lookups are remembered a few seconds (src/auth/token-cache.ts).
   meta.tokens = cachedTokens(meta.tokens);
@@ -172,6 +179,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
       discardSession: (id) => sessions.discard(id, 'admin', true),
     });
     const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, lifecycle, ...(packs ? { packs } : {}) };
+    if (tls) ctx.tls = { port: config.tls.listen.port, caFingerprint: tls.caFingerprint, plainHttp: config.tls.plainHttp };
     // Garbage collection: one run at a time in this process (the database lock covers every server).
     let gcRunning: { progress: GcProgress; run?: string } | undefined;
     let lastUsage: StoreUsage | undefined;
@@ -223,7 +231,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     ctx.gc = { run: gc, status: gcStatus };
     const app = await buildApp(ctx, log);
     return {
-      app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}),
+      app, ctx, exports, serverName: config.serverName, ...(newAdminToken ? { newAdminToken } : {}), ...(tls ? { tls } : {}),
       gc, gcStatus,
       prune: () => pruneMeta(meta, now(), { ...config.retention, pendingSeconds: config.enrolment.pendingSeconds }),
       pruneVersions: () => lifecycle.pruneAll(),
@@ -254,6 +262,16 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
     await meta.close();
     throw err;
   }
+}
+
+/** The TLS material of config `tls` (src/tls/pki.ts); a private CA's fingerprint is also kept in tls/ca.fingerprint. */
+async function openTls(config: ServerConfig): Promise<ServerTls> {
+  const t = config.tls;
+  const material = await ensureServerTls({
+    dir: t.dir, ...(t.names ? { names: t.names } : {}), ...(t.certFile ? { certFile: t.certFile } : {}), ...(t.keyFile ? { keyFile: t.keyFile } : {}), ...(t.caFile ? { caFile: t.caFile } : {}),
+  });
+  if (!t.certFile) await fsp.writeFile(path.join(t.dir, 'ca.fingerprint'), `${material.caFingerprint}\n`, { mode: 0o644 });
+  return material;
 }
 
 /**

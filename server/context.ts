@@ -12,6 +12,7 @@ import type { Meta } from '../src/meta/repo.js';
 import type { Metrics } from '../src/metrics.js';
 import type { DeltaCache } from '../src/sync/delta-cache.js';
 import type { VdiSessions } from '../src/vdi/sessions.js';
+import type { TlsContext } from './tls.js';
 
 /** What routes need; built once by the composition root and handed to buildApp. */
 export interface AppContext {
@@ -35,6 +36,8 @@ export interface AppContext {
   admission: Admission;
   /** Retention policies, prune and deletes (server/routes/lifecycle.ts). */
   lifecycle: Lifecycle;
+  /** With TLS on (server/tls.ts): plain HTTP serves only the network boot's first fetches. */
+  tls?: TlsContext;
   /** Garbage collection of the stores (set by the composition root; routes/store.ts). */
   gc?: {
     run(opts?: GcRunOptions): Promise<GcResult>;

@@ -3,11 +3,14 @@ import { openAppliance } from './appliance.js';
 import { createLogger } from './log.js';
 import { listenError, probeListen, type ListenTarget } from './listen-check.js';
 import { startMetricsService, type MetricsService } from './services/metrics.js';
-import { nbdTlsSetup, startNbdService, type NbdService } from './services/nbd.js';
+import { nbdTlsSetup, readNbdPsk, startNbdService, type NbdService } from './services/nbd.js';
 import { startNetboot, type NetbootServices } from './services/netboot.js';
+import { grubConfigFor } from './routes/boot.js';
 import { startGcService } from './services/gc.js';
 import { startPruneService } from './services/prune.js';
 import { startScrubService } from './services/scrub.js';
+import { closeHttps, listenHttps } from './tls.js';
+import type { Server as HttpsServer } from 'node:https';
 
 /**
  * `deskfuse server`: the composition root. config → logger → stores → app → listen → signals → close.
@@ -27,12 +30,13 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   const metricsTarget: ListenTarget | undefined = config.metricsListen
     ? { service: 'metrics', ...config.metricsListen, advice: 'choose another address with --metrics-listen HOST:PORT, or --metrics-listen off' }
     : undefined;
+  const httpsTarget: ListenTarget | undefined = config.tls.mode === 'on'
+    ? { service: 'HTTPS', ...config.tls.listen, advice: 'choose another address with --https-listen HOST:PORT (or --tls off: plain HTTP only)' }
+    : undefined;
   // Before anything is created: a start that cannot listen leaves no data directory and no token behind.
-  await probeListen([httpTarget, nbdTarget, metricsTarget].filter((t) => t !== undefined));
-  // The server's TLS material (src/tls/pki.ts) when HTTPS has loaded it: NBD serves the same certificate.
-  // Null here: NBD loads it itself when nbd.tls asks for TLS. A bad PSK file stops the start here.
-  const serverTls = null;
-  const nbdTls = await nbdTlsSetup(config, serverTls);
+  await probeListen([httpTarget, httpsTarget, nbdTarget, metricsTarget].filter((t) => t !== undefined));
+  // A bad nbd.tlsPskFile stops the start here, before anything is written.
+  const nbdPsk = await readNbdPsk(config.nbd);
   const appliance = await openAppliance(config, log, gcStepMs > 0 ? { gcStep: () => new Promise((r) => setTimeout(r, gcStepMs)) } : {});
   let url: string;
   try {
@@ -41,18 +45,38 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
     await appliance.close();
     throw listenError(httpTarget, err);
   }
-  log.info({ url, dataDir: config.dataDir }, 'deskfuse server listening');
+  let httpsServer: HttpsServer | undefined;
+  let httpsUrl: string | undefined;
+  if (httpsTarget && appliance.tls) {
+    try {
+      httpsServer = await listenHttps(appliance.app, appliance.tls, httpsTarget.host, httpsTarget.port);
+    } catch (err) {
+      await appliance.close();
+      throw listenError(httpsTarget, err);
+    }
+    const port = (httpsServer.address() as { port: number }).port;
+    if (appliance.ctx.tls) appliance.ctx.tls.port = port;
+    const h = httpsTarget.host.includes(':') ? `[${httpsTarget.host}]` : httpsTarget.host;
+    httpsUrl = `https://${h}:${port}`;
+  }
+  log.info({ url, ...(httpsUrl ? { https: httpsUrl, caFingerprint: appliance.tls!.caFingerprint } : {}), dataDir: config.dataDir }, 'deskfuse server listening');
   let netboot: NetbootServices | undefined;
   let nbd: NbdService | undefined;
   let metricsService: MetricsService | undefined;
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
-    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, { tftp: config.tftp, metrics: appliance.ctx.metrics });
+    netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, {
+      tftp: config.tftp, metrics: appliance.ctx.metrics, grubConfig: (q) => grubConfigFor(appliance.ctx, q),
+    });
+    // NBD serves the certificate HTTPS serves (appliance.tls, loaded once); without HTTPS, nbd.tls on or
+    // required makes NBD load the same <data>/tls material itself.
+    const nbdTls = await nbdTlsSetup(config, appliance.tls ?? null, nbdPsk);
     nbd = await startNbdService(config.nbd, appliance, log, nbdTls).catch((err: unknown) => { throw nbdTarget ? listenError(nbdTarget, err) : err; });
     if (metricsTarget) metricsService = await startMetricsService(metricsTarget, appliance.ctx.metrics, log).catch((err: unknown) => { throw listenError(metricsTarget, err); });
   } catch (err) {
     await nbd?.close();
     await netboot?.close();
+    if (httpsServer) await closeHttps(httpsServer);
     await appliance.close();
     throw err;
   }
@@ -62,6 +86,15 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
     out.write(
       `\nAdmin token (shown once; also saved to ${config.dataDir}/admin.token, mode 0600):\n\n  ${appliance.newAdminToken}\n\n` +
         `  export DESKFUSE_TOKEN=$(cat ${config.dataDir}/admin.token)\n\n`,
+    );
+  }
+  // Likewise the private CA's fingerprint, once, when it was made: what clients on other machines pin.
+  if (appliance.tls?.createdCa && httpsUrl) {
+    out.write(
+      `\nHTTPS on ${httpsUrl} with a private CA made in ${appliance.tls.dir} (shown once; also in ${appliance.tls.dir}/ca.fingerprint).\n` +
+        `Its SHA-256 fingerprint, for clients to pin:\n\n  ${appliance.tls.caFingerprint}\n\n` +
+        `  deskfuse --server https://HOST:${httpsUrl.split(':').pop()} --ca-fingerprint ${appliance.tls.caFingerprint} image list\n` +
+        `  (or --ca ${appliance.tls.dir}/ca.crt; env DESKFUSE_CA_FINGERPRINT / DESKFUSE_CA)\n\n`,
     );
   }
 
@@ -77,12 +110,13 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
       collector.close();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      Promise.resolve(metricsService?.close()).then(() => nbd!.close()).then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
+      Promise.resolve(metricsService?.close()).then(() => httpsServer && closeHttps(httpsServer)).then(() => nbd!.close()).then(() => netboot!.close()).then(() => appliance.close()).then(resolve, (err) => {
         log.error({ err }, 'error while stopping');
         resolve();
       });
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
+    log.debug({}, 'deskfuse server ready'); // every service started and the signals handled (tests wait for it)
   });
 }

@@ -84,6 +84,10 @@ export const ERRORS = {
   DF_ERR_IN_USE: { status: 409, message: 'something live depends on it: nothing was deleted (--force deletes it anyway and undoes what depends on it)' },
   DF_ERR_REF_IN_USE: { status: 409, message: "a desktop's line is this ref: delete or change the desktop first" },
   DF_ERR_MIGRATE_NOT_EMPTY: { status: 409, message: "the migration's destination database holds another install's data" },
+  // TLS (server/tls.ts, src/api/tls-pin.ts)
+  DF_ERR_TLS_REQUIRED: { status: 403, message: 'this request carries a secret: send it over HTTPS' },
+  DF_ERR_TLS_PIN: { status: 502, message: "the server's certificate chain does not hold the pinned CA: nothing was sent" },
+  DF_ERR_TLS_UNTRUSTED: { status: 502, message: "the server's certificate is not trusted: pin its CA (--ca FILE or --ca-fingerprint)" },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

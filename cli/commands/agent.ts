@@ -3,7 +3,7 @@ import type { AgentOptions } from '../../src/agent/session.js';
 import { agentSync } from '../../src/agent/sync.js';
 import { dfError } from '../../src/errors.js';
 import { fmtBytes } from '../../src/progress.js';
-import { need, parseCommand, serverFrom, tokenFrom, type Io } from '../args.js';
+import { need, parseCommand, serverFrom, tokenFrom, trustFrom, type Io } from '../args.js';
 import { AGENT } from '../spec.js';
 import { emit, fmtTime, plural } from '../output.js';
 
@@ -19,6 +19,7 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
   const json = values.json;
   const opts = (): AgentOptions => ({
     server: serverFrom(values, io.env),
+    tls: trustFrom(values, io.env),
     token: need(tokenFrom(values, io.env, { file: false }), '--token (or DESKFUSE_TOKEN)'),
     disk, force: values.force, reprovision: values.reprovision, progress: values.progress ? 'always' : !json && Boolean(io.err.isTTY),
     ...(values.message !== undefined ? { message: values.message } : {}),

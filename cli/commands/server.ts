@@ -29,6 +29,8 @@ export async function serverCommand(args: string[], io: Io): Promise<number> {
       ...(values['nbd-anonymous-read'] ? { nbdAnonymousRead: true } : {}),
       ...(values['nbd-tls'] ? { nbdTls: values['nbd-tls'] } : {}),
       ...(values.store ? { store: values.store } : {}),
+      ...(values.tls ? { tls: values.tls } : {}),
+      ...(values['https-listen'] ? { httpsListen: values['https-listen'] } : {}),
     },
   }, io.out);
   return 0;

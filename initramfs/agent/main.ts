@@ -33,11 +33,11 @@ const say = (text: string): void => console.log(`deskfuse: ${text}`);
 
 /**
  * The boot stage's client: the servers of `deskfuse.server=` (one URL or several, comma-separated),
- * 20 s per answer, 6 attempts. Both boot calls are safe to repeat: a repeated /boot/session is
+ * 20 s per answer, 6 attempts; an https server must chain to the CA of `deskfuse.ca=` (its SHA-256). Both boot calls are safe to repeat: a repeated /boot/session is
  * refused (DF_ERR_BOOT_TOKEN_USED: the one-time token), never a second session; a repeated progress
  * event is only a duplicate line in the endpoint's history.
  */
-const bootClient = (p: BootParams): ApiClient => new ApiClient({ server: p.server, attempts: 6, timeoutMs: 20_000, backoffMs: 500 });
+const bootClient = (p: BootParams): ApiClient => new ApiClient({ server: p.server, attempts: 6, timeoutMs: 20_000, backoffMs: 500, ...(p.ca ? { tls: { caFingerprint: p.ca } } : {}) });
 
 function reporter(client: ApiClient, p: BootParams, s: BootSession) {
   const c = client.withToken(s.token);
@@ -88,10 +88,12 @@ async function session(client: ApiClient, p: BootParams, m: Machinery, disk: str
   } catch { /* none yet */ }
   const held = await m.diskSecret(disk);
   const fresh = newEndpointSecret();
+  const secureBoot = m.secureBootState();
+  mark('SECUREBOOT', `secureboot=${secureBoot.enabled === null ? 'unknown' : secureBoot.enabled ? 1 : 0} lockdown=${secureBoot.lockdown ?? 'unknown'}`);
   const s = (await client.json<BootSession>('POST', '/boot/session', {
     body: {
       token: p.token, mac: p.mac, platform: isUefi() ? 'efi' : 'pcbios',
-      offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}),
+      offer: proveEndpoint(fresh, p.mac, p.token), ...(held ? { proof: proveEndpoint(held, p.mac, p.token) } : {}), secureBoot,
     },
     idempotent: true,
   })).body;
@@ -126,7 +128,7 @@ async function main(argv: string[]): Promise<number> {
   mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk} secret=${s.provision ? 'provision' : 'proved'}`);
   const message = s.action === 'commit-poweroff' ? `commit at shutdown (endpoint ${s.name})` : `changes found at boot (endpoint ${s.name})`;
   // The sync's client shares the server list: it starts on the server that traded the session.
-  const opts = { server: client.servers, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret };
+  const opts = { server: client.servers, tls: client.tls, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret };
   try {
     if (s.action === 'sync') {
       say(`syncing ${disk} to desktop ${s.desktop}`);

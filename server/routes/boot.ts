@@ -8,12 +8,14 @@ import {
 import { scopeDesktop } from '../../src/desktop/desktops.js';
 import { normalizeMac, type BootPhase } from '../../src/endpoint/model.js';
 import { dfError } from '../../src/errors.js';
+import { grubScript } from '../../src/grub/render.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
 import { BootStageHashes, keyOf, STAGE_HASH_HEX, type StageFile } from '../boot-stage.js';
 import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
 import { sendFile } from '../send-file.js';
+import { httpsBase } from '../tls.js';
 
 /**
  * The network boot flow, under /boot (no admin token: firmware cannot send one).
@@ -34,13 +36,17 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   const scripts = ctx.metrics.counter('deskfuse_boot_scripts_total', 'iPXE scripts served by decision');
   const stage = new BootStageHashes(boot.dir);
   const base = (req: FastifyRequest) => boot.publicUrl ?? `${req.protocol}://${req.headers.host ?? `${req.hostname}`}`;
+  // With TLS on, the boot stage's agent talks HTTPS (its calls carry tokens) to the host iPXE reached;
+  // with tls.plainHttp "all" (a site cache in front, which speaks HTTP) it stays on the script's base.
+  const agentBase = (_req: FastifyRequest, b: string): string | undefined =>
+    ctx.tls && ctx.tls.plainHttp !== 'all' ? (b.startsWith('https:') ? b : httpsBase(ctx.tls, new URL(b).host)) : undefined;
 
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
 
   app.get('/boot/ipxe', {
-    config: { public: true }, schema: { querystring: IpxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
+    config: { public: true, plainHttp: true }, schema: { querystring: IpxeQuery, tags: ['boot'], summary: 'iPXE boot script for this endpoint' },
   }, async (req, reply) => {
     reply.type('text/plain; charset=utf-8').header('cache-control', 'no-store');
     const b = base(req);
@@ -51,21 +57,13 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     const mac = normalizeMac(req.query.mac);
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(req.query.mac)}`, { field: 'mac' });
     const q = req.query;
-    const e = await endpoints.seen({ mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
-    const d = await endpoints.decide(e, q.platform);
+    const { e, d, token } = await decideAndRecord(ctx, { mac, ...pick(q, ['uuid', 'serial', 'platform', 'buildarch']), ip: req.ip });
     const self = `${b}/boot/ipxe?${new URLSearchParams({ mac, ...pick(q, ['uuid', 'serial', 'buildarch', 'platform']) }).toString()}`;
-    const token = d.kind === 'agent' ? await endpoints.issueBootToken(e, mac, d.action) : undefined;
-    // A waiting endpoint asks again every few seconds: one event per wait, not one per question.
-    const waiting = d.kind === 'pending' || d.kind === 'unassigned';
-    const last = waiting ? (await endpoints.recentEvents(mac, 1))[0] : undefined;
-    if (!(last?.phase === 'script' && last.detail.decision === d.kind)) {
-      await endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: req.ip }, e);
-    }
-    // iPXE boots the disk itself: from now on the OS may change it.
-    if (d.kind === 'local' || d.kind === 'disabled') await endpoints.record('local', mac, { via: d.local }, e);
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
     const paths = d.kind === 'agent' ? await stage.paths() : undefined;
+    const ab = agentBase(req, b);
     return bootScript(boot.templates, d, {
+      ...(ab && ctx.tls ? { agentBase: ab, caFingerprint: ctx.tls.caFingerprint } : {}),
       base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
       retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'] } : {}),
     });
@@ -112,12 +110,12 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   for (const [file, phase] of [['vmlinuz', 'kernel'], ['initrd.img', 'initrd']] as const) {
     const what = phase === 'kernel' ? 'kernel' : 'initramfs';
     app.route({
-      method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true },
+      method: ['GET', 'HEAD'], url: `/boot/${file}`, config: { public: true, plainHttp: true },
       schema: { querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${what}` },
       handler: serveFile(file, phase),
     });
     app.route({
-      method: ['GET', 'HEAD'], url: `/boot/stage/:hash/${file}`, config: { public: true },
+      method: ['GET', 'HEAD'], url: `/boot/stage/:hash/${file}`, config: { public: true, plainHttp: true },
       schema: { params: StageParams, querystring: MacQuery, tags: ['boot'], summary: `The boot stage's ${what} under its content hash (immutable)` },
       handler: serveFile(file, phase),
     });
@@ -141,14 +139,14 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
   });
 
   app.post<{ Body: CommitRequestBody | undefined; Querystring: MacQuery; Reply: CommitRequestAnswer }>('/boot/commit-request', {
-    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: MacQuery, response: { 200: CommitRequestAnswer }, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
+    bodyLimit: BODY_BOOT, config: { public: true, plainHttp: true }, schema: { querystring: MacQuery, response: { 200: CommitRequestAnswer }, tags: ['boot'], summary: "The desktop OS at power-off: answers {action: 'commit-poweroff'} (reboot into a commit) or {action: 'none'}" },
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
     return await endpoints.requestCommit(mac, { ip: req.ip });
   });
   app.post<{ Body: KeepaliveBody | undefined; Querystring: MacQuery; Reply: KeepaliveAnswer }>('/boot/keepalive', {
-    bodyLimit: BODY_BOOT, config: { public: true }, schema: { querystring: MacQuery, response: { 200: KeepaliveAnswer }, tags: ['boot'], summary: "The desktop OS, while it runs: renew the desktop lease its endpoint's boot left (holder endpoint:NAME); answers {renewed, expiresAt}" },
+    bodyLimit: BODY_BOOT, config: { public: true, plainHttp: true }, schema: { querystring: MacQuery, response: { 200: KeepaliveAnswer }, tags: ['boot'], summary: "The desktop OS, while it runs: renew the desktop lease its endpoint's boot left (holder endpoint:NAME); answers {renewed, expiresAt}" },
   }, async (req) => {
     const mac = req.body?.mac ?? req.query.mac;
     if (!mac) throw dfError('DF_ERR_BAD_REQUEST', 'mac: required (form field, JSON field or query)', { field: 'mac' });
@@ -158,6 +156,38 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     return await endpoints.keepalive(mac, { ip: req.ip }, ttl);
   });
 };
+
+/**
+ * One network boot's decision (src/endpoint/decide.ts), its one-time token and its `script` event:
+ * shared by /boot/ipxe and the Secure Boot chain's GRUB config (grubConfigFor).
+ */
+async function decideAndRecord(ctx: AppContext, q: { mac: string; ip: string; platform?: string; uuid?: string; serial?: string; buildarch?: string; loader?: string }) {
+  const { endpoints } = ctx;
+  const { mac, loader, ...seen } = q;
+  const e = await endpoints.seen({ mac, ...seen });
+  const d = await endpoints.decide(e, q.platform);
+  const token = d.kind === 'agent' ? await endpoints.issueBootToken(e, mac, d.action) : undefined;
+  // A waiting endpoint asks again every few seconds: one event per wait, not one per question.
+  const waiting = d.kind === 'pending' || d.kind === 'unassigned';
+  const last = waiting ? (await endpoints.recentEvents(mac, 1))[0] : undefined;
+  if (!(last?.phase === 'script' && last.detail.decision === d.kind)) {
+    await endpoints.record('script', mac, { decision: d.kind, ...(d.kind === 'agent' ? { action: d.action, handoff: d.handoff } : {}), ...('local' in d ? { local: d.local } : {}), reason: d.reason, platform: q.platform ?? null, ip: q.ip, ...(loader ? { loader } : {}) }, e);
+  }
+  // The loader boots the disk itself (or leaves it to the firmware): from now on the OS may change it.
+  if (d.kind === 'local' || d.kind === 'disabled') await endpoints.record('local', mac, { via: d.local }, e);
+  return { e, d, token };
+}
+
+/**
+ * The Secure Boot chain's per-endpoint GRUB config (src/grub/render.ts), asked for by TFTP
+ * (server/services/netboot.ts): the same decision as /boot/ipxe, for a UEFI client.
+ */
+export async function grubConfigFor(ctx: AppContext, q: { mac: string; ip: string; base: string }): Promise<string> {
+  const mac = normalizeMac(q.mac);
+  if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(q.mac)}`, { field: 'mac' });
+  const { e, d, token } = await decideAndRecord(ctx, { mac, ip: q.ip, platform: 'efi', loader: 'grub' });
+  return grubScript(d, { base: ctx.boot.publicUrl ?? q.base, mac, endpoint: e.name, kernelArgs: ctx.boot.kernelArgs, retrySeconds: ctx.boot.retrySeconds, ...(token ? { token } : {}) });
+}
 
 function pick<T extends Record<string, string | undefined>>(o: T, keys: readonly (keyof T & string)[]): Record<string, string> {
   const r: Record<string, string> = {};

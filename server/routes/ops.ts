@@ -21,7 +21,7 @@ export const opsRoutes = (ctx: AppContext) => async (app: FastifyInstance) => {
     delay.reset();
   });
 
-  app.get('/healthz', { config: { public: true }, schema: { hide: true } }, async () => ({ status: 'ok' }));
+  app.get('/healthz', { config: { public: true, plainHttp: true }, schema: { hide: true } }, async () => ({ status: 'ok' }));
 
   // An admin or a metrics token (token create --scope metrics); or, without one, the --metrics-listen address.
   app.get('/metrics', { config: { access: 'metrics' }, schema: { hide: true } }, async (_req, reply) => {

@@ -13,24 +13,24 @@ export interface NbdService {
   close(): Promise<void>;
 }
 
+/** The keys of nbd.tlsPskFile (psktool format); DF_ERR_CONFIG for a file that cannot be read or parsed. */
+export async function readNbdPsk(nbd: NbdConfig): Promise<Map<string, Buffer> | undefined> {
+  const file = nbd.tlsPskFile;
+  if (!file || nbd.tls === 'off' || !nbd.listen) return undefined;
+  const text = await fsp.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    throw dfError('DF_ERR_CONFIG', `nbd.tlsPskFile: cannot read ${file}: ${err.code ?? err.message}`, { field: 'nbd.tlsPskFile', path: file }, err);
+  });
+  return parsePskFile(text, file);
+}
+
 /**
- * NBD's TLS (config nbd.tls, nbd.tlsPskFile), with the server's TLS material: the certificate HTTPS
- * serves when the caller has it (`serverTls`, loaded once by the composition root), else — NBD alone
- * wants TLS — the same private CA in `<data>/tls` (src/tls/pki.ts), covering nbd.publicHost too.
- * Undefined: NOTLS (or no NBD). DF_ERR_CONFIG for an unreadable or malformed PSK file.
+ * NBD's TLS (config nbd.tls), with the server's TLS material: the certificate HTTPS serves when the
+ * server has it (`serverTls`, loaded once by the appliance), else — NBD alone wants TLS — the same
+ * private CA in `<data>/tls` (src/tls/pki.ts), covering nbd.publicHost too. Undefined: NOTLS (or no NBD).
  */
-export async function nbdTlsSetup(config: { dataDir: string; nbd: NbdConfig }, serverTls: ServerTls | null): Promise<(NbdTlsOptions & { material: ServerTls }) | undefined> {
+export async function nbdTlsSetup(config: { dataDir: string; nbd: NbdConfig }, serverTls: ServerTls | null, psk?: Map<string, Buffer>): Promise<(NbdTlsOptions & { material: ServerTls }) | undefined> {
   const mode = resolveNbdTls(config.nbd, serverTls !== null);
   if (mode === 'off' || !config.nbd.listen) return undefined;
-  // The PSK file first: a bad one stops the start before anything is written.
-  let psk: Map<string, Buffer> | undefined;
-  const file = config.nbd.tlsPskFile;
-  if (file) {
-    const text = await fsp.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-      throw dfError('DF_ERR_CONFIG', `nbd.tlsPskFile: cannot read ${file}: ${err.code ?? err.message}`, { field: 'nbd.tlsPskFile', path: file }, err);
-    });
-    psk = parsePskFile(text, file);
-  }
   const material = serverTls ?? await ensureServerTls({
     dir: path.join(config.dataDir, 'tls'),
     names: [...defaultNames(), ...(config.nbd.publicHost ? [config.nbd.publicHost] : [])],

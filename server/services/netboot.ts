@@ -4,6 +4,8 @@ import path from 'node:path';
 import type { NetbootConfig, TftpConfig } from '../../src/config/server.js';
 import type { Endpoints } from '../../src/endpoint/endpoints.js';
 import { dfError } from '../../src/errors.js';
+import { GRUB_DIR, GRUB_ENTRY, GRUB_STAGE } from '../../src/grub/render.js';
+import type { GeneratedFile } from '../../src/tftp/server.js';
 import type { Logger } from '../../src/log.js';
 import type { Meta } from '../../src/meta/repo.js';
 import type { Metrics } from '../../src/metrics.js';
@@ -11,6 +13,28 @@ import type { Metrics } from '../../src/metrics.js';
 /** Where Debian's `ipxe` package puts its binaries (scripts/setup-deps.sh installs it). */
 export const IPXE_DIRS = ['/usr/lib/ipxe', '/usr/share/ipxe'];
 const IPXE_FILES = ['undionly.kpxe', 'undionly.kkpxe', 'snponly.efi', 'ipxe.efi', 'ipxe.pxe', 'snponly-arm64.efi', 'ipxe-arm64.efi'];
+
+/**
+ * The Secure Boot chain's names in the TFTP root: shim is what DHCP offers; shim loads `grubx64.efi`
+ * from its own directory (its DEFAULT_LOADER), here Debian's signed network GRUB.
+ */
+export const SECURE_BOOT_FILES = { shim: 'shimx64.efi', grub: 'grubx64.efi' } as const;
+
+/**
+ * What GRUB asks our TFTP for (src/grub/render.ts): its prefix's grub.cfg (wherever its embedded
+ * prefix points: any name ending in grub.cfg), the per-endpoint config, and the boot stage's files.
+ */
+export function grubFiles(bootDir: string, config: (mac: string, ip: string) => Promise<string>) {
+  const perMac = new RegExp(`^${GRUB_DIR}/([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})\\.cfg$`);
+  return async (file: string, ip: string): Promise<GeneratedFile | null> => {
+    if (file === GRUB_STAGE.kernel) return { path: path.join(bootDir, 'vmlinuz') };
+    if (file === GRUB_STAGE.initrd) return { path: path.join(bootDir, 'initrd.img') };
+    const m = perMac.exec(file);
+    if (m) return { bytes: Buffer.from(await config(m[1]!, ip)) };
+    if (file === 'grub.cfg' || file.endsWith('/grub.cfg')) return { bytes: Buffer.from(GRUB_ENTRY) };
+    return null;
+  };
+}
 
 export interface NetbootServices {
   /** The URL endpoints reach the HTTP server by. */
@@ -40,11 +64,22 @@ export function interfaceIPv4(name: string): { address: string; netmask: string 
  * The TFTP root: copies (not symlinks: the TFTP server refuses links out of its root) of the iPXE
  * binaries, refreshed when the package's files change. Returns the names present.
  */
-export function prepareTftpRoot(root: string, log: Logger): Set<string> {
+export function prepareTftpRoot(root: string, log: Logger, secureBoot: NetbootConfig['secureBoot'] = null): Set<string> {
   mkdirSync(root, { recursive: true });
+  const copies: Array<[string, string]> = [];
   for (const f of IPXE_FILES) {
     const src = IPXE_DIRS.map((d) => path.join(d, f)).find((p) => existsSync(p));
-    if (!src) continue;
+    if (src) copies.push([src, f]);
+  }
+  if (secureBoot) {
+    for (const [what, src] of [['shim', secureBoot.shim], ['grub', secureBoot.grub]] as const) {
+      if (!existsSync(src)) {
+        throw dfError('DF_ERR_CONFIG', `netboot.secureBoot.${what}: ${src} is missing (bash scripts/secureboot-files.sh fetches Debian's signed binaries; or apt-get download ${what === 'shim' ? 'shim-signed' : 'grub-efi-amd64-signed'} and dpkg -x it)`, { file: src });
+      }
+    }
+    copies.push([secureBoot.shim, SECURE_BOOT_FILES.shim], [secureBoot.grub, SECURE_BOOT_FILES.grub]);
+  }
+  for (const [src, f] of copies) {
     const dst = path.join(root, f);
     const s = statSync(src);
     const d = existsSync(dst) ? statSync(dst) : undefined;
@@ -54,6 +89,7 @@ export function prepareTftpRoot(root: string, log: Logger): Set<string> {
     }
   }
   const have = new Set(readdirSync(root).filter((f) => IPXE_FILES.includes(f)));
+  if (secureBoot) for (const f of Object.values(SECURE_BOOT_FILES)) have.add(f);
   if (have.size === 0) log.warn({ root, looked: IPXE_DIRS }, 'no iPXE binaries found: install Debian\'s ipxe package (npm start does it as root; else: sudo apt-get install -y ipxe)');
   return have;
 }
@@ -65,7 +101,7 @@ export function prepareTftpRoot(root: string, log: Logger): Set<string> {
  */
 export async function startNetboot(
   nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, meta: Meta, log: Logger,
-  more: { tftp?: TftpConfig; metrics?: Metrics } = {},
+  more: { tftp?: TftpConfig; metrics?: Metrics; grubConfig?: (q: { mac: string; ip: string; base: string }) => Promise<string> } = {},
 ): Promise<NetbootServices> {
   const closers: Array<() => Promise<void>> = [];
   const close = async () => {
@@ -78,13 +114,17 @@ export async function startNetboot(
     // TFTP learns only the client's IP: the DHCP answers tell which MAC that is.
     const macByIp = new Map<string, string>();
     const tftpRoot = nb.tftpRoot ?? path.join(dataDir, 'tftp');
-    const available = nb.tftpListen || nb.dhcp !== 'off' ? prepareTftpRoot(tftpRoot, log) : new Set<string>();
+    const available = nb.tftpListen || nb.dhcp !== 'off' ? prepareTftpRoot(tftpRoot, log, nb.secureBoot) : new Set<string>();
+    const grubConfig = more.grubConfig;
+    // GRUB's per-boot config names the server for the boot stage: without a public URL there is none to give.
+    if (nb.secureBoot && nb.tftpListen && !publicUrl) throw dfError('DF_ERR_CONFIG', 'netboot.secureBoot needs the server\'s public URL for the boot stage: set --public-url or --interface');
+    const generated = nb.secureBoot && grubConfig && publicUrl ? grubFiles(nb.bootDir, (mac, ip) => grubConfig({ mac, ip, base: publicUrl })) : undefined;
     if (nb.tftpListen) {
       const { startTftp } = await import('../../src/tftp/server.js');
       const root = tftpRoot;
       const host = nb.tftpListen.host === '0.0.0.0' && serverIp ? serverIp : nb.tftpListen.host;
       const t = await startTftp({
-        host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }), ...more.tftp,
+        host, port: nb.tftpListen.port, root, log: log.child({ svc: 'tftp' }), ...more.tftp, ...(generated ? { generated } : {}),
         onEvent: (e) => {
           const mac = macByIp.get(e.ip);
           if (!mac || e.kind === 'start') return;
@@ -118,7 +158,7 @@ export async function startNetboot(
       }
       const d = await startDhcp({
         mode: nb.dhcp, interface: nb.interface, serverIp, log,
-        booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp }),
+        booter: tableBooter({ scriptUrl: `${publicUrl}/boot/ipxe`, available, tftpServer: serverIp, ...(nb.secureBoot ? { secureBootFile: SECURE_BOOT_FILES.shim } : {}) }),
         ...(nb.dhcp === 'full' && nb.dhcpRange ? {
           pool: { first: nb.dhcpRange.first, last: nb.dhcpRange.last, netmask: ifAddr!.netmask, leaseSeconds: 3600, leases: meta.dhcp },
         } : {}),
@@ -130,7 +170,7 @@ export async function startNetboot(
         },
       });
       closers.push(() => d.close());
-      log.info({ mode: nb.dhcp, interface: nb.interface, serverIp, script: `${publicUrl}/boot/ipxe` }, 'DHCP answering PXE clients');
+      log.info({ mode: nb.dhcp, interface: nb.interface, serverIp, script: `${publicUrl}/boot/ipxe`, secureBoot: nb.secureBoot !== null }, 'DHCP answering PXE clients');
       if (nb.ipv6Ra) {
         const { startRa } = await import('../../src/ra/responder.js');
         const r = await startRa({ interface: nb.interface, log });

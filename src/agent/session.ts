@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { ApiClient, busyLine, ServerList } from '../api/client.js';
+import type { TlsPins, TlsTrust } from '../api/tls-pin.js';
 import type { Desktop, Image, LeaseTaken } from '../api/schemas.js';
 import { AGENT_LEASE_SECONDS } from '../desktop/desktops.js';
 import { dfError } from '../errors.js';
@@ -25,6 +26,8 @@ export interface AgentOptions {
    */
   server: string | ServerList;
   token: string;
+  /** The CA an https server must chain to (src/api/tls-pin.ts); default the system's CAs. */
+  tls?: TlsTrust | TlsPins;
   disk: string;
   /** Desktop name; for commit/status it defaults to the one recorded on the disk. */
   desktop?: string;
@@ -78,7 +81,7 @@ export interface Session {
 }
 
 export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
-  const client = new ApiClient({ server: o.server, token: o.token, onBusy: (b) => process.stderr.write(busyLine('deskfuse agent', b)) });
+  const client = new ApiClient({ server: o.server, token: o.token, ...(o.tls ? { tls: o.tls } : {}), onBusy: (b) => process.stderr.write(busyLine('deskfuse agent', b)) });
   const desktop = (await client.json<Desktop>('GET', `/api/v1/desktops/${encodeURIComponent(desktopName)}`)).body;
   const image = (await client.json<Image>('GET', `/api/v1/images/${desktop.image}`)).body;
   const geometry = { virtualSize: image.virtualSize, chunkSize: image.chunkSize };

@@ -1,5 +1,6 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DeskfuseError, dfError, ERRORS, type ErrorCode } from '../errors.js';
+import { TlsPins, untrustedError, type TlsTrust } from './tls-pin.js';
 
 /**
  * The one HTTP client of the image server API: the CLI, the agent and the boot stage use it.
@@ -29,6 +30,10 @@ import { DeskfuseError, dfError, ERRORS, type ErrorCode } from '../errors.js';
  * its body (a long download that keeps moving is never cut). Errors: DF_ERR_UNREACHABLE (no answer,
  * a timeout, a connection broken mid-body), the server's own coded error (its code, message and
  * fields, with `status`), else DF_ERR_HTTP {status, serverCode?}.
+ *
+ * TLS: `https://` servers are verified, against the system's CAs or only the pinned CA (`tls`:
+ * src/api/tls-pin.ts); a certificate refused is DF_ERR_TLS_UNTRUSTED, a pin not in the server's chain
+ * DF_ERR_TLS_PIN (nothing sent), neither retried.
  */
 export interface ClientOptions {
   /** Base URL, several comma-separated, an array of them, or a ServerList shared with other clients. */
@@ -46,6 +51,8 @@ export interface ClientOptions {
   busyWaitMs?: number;
   /** Called before each wait in a busy server's line. */
   onBusy?: (b: BusyInfo) => void;
+  /** The CA https servers must chain to (PEM or a SHA-256 pin); default the system's CAs. */
+  tls?: TlsTrust | TlsPins;
 }
 
 export interface BusyInfo {
@@ -197,12 +204,19 @@ export class ApiClient {
   private readonly attempts: number;
   private readonly timeoutMs: number;
   private readonly backoffMs: number;
+  private readonly pins: TlsPins;
 
   constructor(private readonly opts: ClientOptions) {
     this.servers = opts.server instanceof ServerList ? opts.server : new ServerList(opts.server);
+    this.pins = opts.tls instanceof TlsPins ? opts.tls : new TlsPins(opts.tls ?? {});
     this.attempts = opts.attempts ?? 4;
     this.timeoutMs = opts.timeoutMs ?? 60_000;
     this.backoffMs = opts.backoffMs ?? 250;
+  }
+
+  /** How https servers are verified (clients made for the same servers share it). */
+  get tls(): TlsPins {
+    return this.pins;
   }
 
   /** The URL requests go to now. */
@@ -213,7 +227,12 @@ export class ApiClient {
   /** A client with another token (or none) on the same servers (it shares their failover state). */
   withToken(token: string | undefined): ApiClient {
     const { token: _t, ...rest } = this.opts;
-    return new ApiClient({ ...rest, server: this.servers, ...(token ? { token } : {}) });
+    return new ApiClient({ ...rest, server: this.servers, tls: this.pins, ...(token ? { token } : {}) });
+  }
+
+  /** Closes the connections of pinned https servers (shared with the clients withToken made). */
+  async close(): Promise<void> {
+    await this.pins.close();
   }
 
   async json<T>(method: string, path: string, o: RequestOptions = {}): Promise<ApiResponse<T>> {
@@ -343,10 +362,14 @@ export class ApiClient {
       this.stats.requests++;
       this.stats.bytesSent += bodySize(o);
       try {
-        res = await fetch(`${server}${path}`, { method, headers, signal: deadline.controller.signal, ...(body !== undefined ? { body: body as BodyInit } : {}) });
+        const fetchFn = await this.pins.fetchFor(server);
+        res = await fetchFn(`${server}${path}`, { method, headers, signal: deadline.controller.signal, ...(body !== undefined ? { body: body as BodyInit } : {}) });
       } catch (cause) {
         opened();
         deadline.clear();
+        // A server that is not who it should be: no retry, no other server tried in its place.
+        const refused = untrustedError(cause, server, this.pins);
+        if (refused) throw refused;
         const why = causeText(deadline.controller.signal.reason ?? cause);
         if ((t.safe || notSent(cause)) && t.attempt < t.budget) {
           await this.retry(t, server, why);

@@ -101,6 +101,11 @@ export const SessionBody = Type.Object({
   platform: Type.Optional(Type.String({ maxLength: 32 })),
   proof: Type.Optional(EndpointProof),
   offer: Type.Optional(EndpointProof),
+  /** What the boot stage's kernel says of Secure Boot: the firmware's SecureBoot variable and the lockdown mode. */
+  secureBoot: Type.Optional(Type.Object({
+    enabled: Type.Union([Type.Boolean(), Type.Null()]),
+    lockdown: Type.Union([StringEnum(['none', 'integrity', 'confidentiality'] as const), Type.Null()]),
+  }, { additionalProperties: false })),
 }, { additionalProperties: false });
 export type SessionBody = Static<typeof SessionBody>;
 

@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
 import { DEFAULTS, loadServerConfig, NBD_KEYS, NETBOOT_KEYS, TOP_KEYS } from './server.js';
+import { TLS_KEYS } from './tls.js';
 
 const EXAMPLE = path.resolve(import.meta.dirname, '../../deploy/deskfuse.example.json');
 
@@ -45,6 +46,7 @@ describe('the shipped example config (deploy/deskfuse.example.json)', () => {
     for (const k of TOP_KEYS) expect(Object.keys(ex), k).toContain(k);
     for (const k of NBD_KEYS) expect(Object.keys(ex.nbd!), `nbd.${k}`).toContain(k);
     for (const k of NETBOOT_KEYS) expect(Object.keys(ex.netboot!), `netboot.${k}`).toContain(k);
+    for (const k of TLS_KEYS) expect(Object.keys(ex.tls!), `tls.${k}`).toContain(k);
     for (const block of ['enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp'] as const) {
       expect(Object.keys(ex[block]!).sort(), block).toEqual(Object.keys(DEFAULTS[block]).sort());
     }

@@ -34,7 +34,24 @@ function configError(src: ConfigSources): DeskfuseError {
 
 describe('loadServerConfig', () => {
   it('defaults when given nothing', () => {
-    expect(loadServerConfig({ env: {} })).toEqual({ ...DEFAULTS, dataDir: path.resolve('./data') });
+    expect(loadServerConfig({ env: {} })).toEqual({ ...DEFAULTS, dataDir: path.resolve('./data'), tls: { ...DEFAULTS.tls, dir: path.resolve('./data/tls') } });
+  });
+
+  it('tls: auto is on unless the HTTP address is loopback; HTTPS on the HTTP host at 8443; files and names validated', () => {
+    expect(loadServerConfig({ env: {} }).tls.mode).toBe('off');
+    expect(loadServerConfig({ env: {}, flags: { listen: '[::1]:8080' } }).tls.mode).toBe('off');
+    const lan = loadServerConfig({ env: {}, flags: { listen: '0.0.0.0:8080', data: '/srv/df' } }).tls;
+    expect(lan).toMatchObject({ mode: 'on', listen: { host: '0.0.0.0', port: 8443 }, dir: '/srv/df/tls', plainHttp: 'boot', certFile: null });
+    expect(loadServerConfig({ env: { DESKFUSE_TLS: 'off' }, flags: { listen: '0.0.0.0:8080' } }).tls.mode).toBe('off');
+    expect(loadServerConfig({ env: { DESKFUSE_TLS: 'on', DESKFUSE_HTTPS_LISTEN: '127.0.0.1:9443' } }).tls).toMatchObject({ mode: 'on', listen: { host: '127.0.0.1', port: 9443 } });
+    expect(loadServerConfig({ env: {}, flags: { tls: 'off', listen: '10.0.0.1:8080' } }).tls.mode).toBe('off');
+    let err: { fields?: { problems?: string[] } } = {};
+    try {
+      loadServerConfig({ env: {}, flags: { tls: 'maybe', httpsListen: 'nope' } });
+    } catch (e) {
+      err = e as typeof err;
+    }
+    expect(err.fields?.problems).toEqual(expect.arrayContaining([expect.stringContaining('tls: expected auto, on or off'), expect.stringContaining('httpsListen: expected HOST:PORT')]));
   });
 
   it('precedence: flags > env > file > defaults, per key', () => {
@@ -161,6 +178,22 @@ describe('parseHostPort', () => {
     expect(loadServerConfig({ env: { DESKFUSE_COMMIT_WINDOW_SECONDS: '60' } }).netboot.commitWindowSeconds).toBe(60);
     expect(configError({ env: { DESKFUSE_COMMIT_WINDOW_SECONDS: 'soon' } }).message).toMatch(/netboot.commitWindowSeconds: expected an integer 10-3600/);
     expect(configError({ env: {}, file: file({ netboot: { commitWindowSeconds: 5 } }) }).message).toMatch(/commitWindowSeconds/);
+  });
+
+  it('netboot.secureBoot: off by default; true takes Debian\'s package paths; paths from the file; env on|off; bad values reported', () => {
+    expect(loadServerConfig({ env: {} }).netboot.secureBoot).toBeNull();
+    expect(loadServerConfig({ env: {}, file: file({ netboot: { secureBoot: true } }) }).netboot.secureBoot).toEqual({
+      shim: '/usr/lib/shim/shimx64.efi.signed', grub: '/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed',
+    });
+    expect(loadServerConfig({ env: {}, file: file({ netboot: { secureBoot: { shim: '/sb/shim.efi' } } }) }).netboot.secureBoot).toEqual({
+      shim: '/sb/shim.efi', grub: '/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed',
+    });
+    expect(loadServerConfig({ env: { DESKFUSE_SECURE_BOOT: 'on' } }).netboot.secureBoot?.shim).toBe('/usr/lib/shim/shimx64.efi.signed');
+    expect(loadServerConfig({ env: { DESKFUSE_SECURE_BOOT: 'off' }, file: file({ netboot: { secureBoot: true } }) }).netboot.secureBoot).toBeNull();
+    const err = configError({ env: { DESKFUSE_SECURE_BOOT: 'yes' }, file: file({ netboot: { secureBoot: { shim: 3, kernel: '/k' } } }) });
+    expect(err.message).toContain('DESKFUSE_SECURE_BOOT: expected on or off');
+    expect(configError({ env: {}, file: file({ netboot: { secureBoot: { shim: 3, kernel: '/k' } } }) }).message).toMatch(/netboot.secureBoot.shim: expected a file path[\s\S]*unknown key netboot.secureBoot.kernel|unknown key netboot.secureBoot.kernel[\s\S]*netboot.secureBoot.shim: expected a file path/);
+    expect(configError({ env: {}, file: file({ netboot: { secureBoot: 'yes' } }) }).message).toContain('netboot.secureBoot: expected true, false or');
   });
 
   it('enrolment and retention: documented defaults, integers from the config file, every bad value reported', () => {

@@ -9,6 +9,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { DEFAULT_RETENTION_POLICY, POLICY_RANGES } from '../image/retention.js';
 import { maskUrl } from '../meta/engine.js';
 import { TFTP_DEFAULTS } from '../tftp/slots.js';
+import { HTTPS_PORT, loadTls, type TlsConfig } from './tls.js';
 import { checkKeys } from './keys.js';
 
 /**
@@ -48,6 +49,8 @@ export interface ServerConfig {
   readonly admission: AdmissionConfig;
   readonly tftp: TftpConfig;
   readonly store: StoreConfig;
+  /** HTTPS (src/config/tls.ts). */
+  readonly tls: TlsConfig;
 }
 
 /**
@@ -245,7 +248,20 @@ export interface NetbootConfig {
    * power loss) commits, syncs and boots instead of powering off. Default 120.
    */
   readonly commitWindowSeconds: number;
+  /**
+   * UEFI Secure Boot network boot: x64 UEFI PXE clients get shim (signed by Microsoft's UEFI CA), which
+   * loads Debian's signed network GRUB, which boots the boot stage's Debian-signed kernel (README
+   * "Secure Boot"). null (default): they get iPXE, which Secure Boot firmware refuses. File: true (Debian's
+   * package paths) or {shim, grub}; env DESKFUSE_SECURE_BOOT=on|off.
+   */
+  readonly secureBoot: { readonly shim: string; readonly grub: string } | null;
 }
+
+/** Where Debian's shim-signed and grub-efi-amd64-signed packages put the signed binaries. */
+export const SECURE_BOOT_DEFAULTS = {
+  shim: '/usr/lib/shim/shimx64.efi.signed',
+  grub: '/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed',
+} as const;
 
 /** The package root (dist/src/config → ../../..; src/config → ../..). */
 const PACKAGE_ROOT = (() => {
@@ -257,6 +273,7 @@ export const NETBOOT_DEFAULTS: NetbootConfig = {
   dhcp: 'off', interface: null, dhcpRange: null, tftpListen: null, publicUrl: null,
   bootDir: path.join(PACKAGE_ROOT, 'initramfs/out'), tftpRoot: null, ipv6Ra: true, autoEnrol: false,
   kernelArgs: 'console=tty0 console=ttyS0,115200 quiet', retrySeconds: 10, commitWindowSeconds: 120,
+  secureBoot: null,
 };
 
 export const NBD_PORT = 10809;
@@ -280,6 +297,7 @@ export const DEFAULTS: ServerConfig = {
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
   tftp: { ...TFTP_DEFAULTS },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
+  tls: { mode: 'off', listen: { host: '127.0.0.1', port: HTTPS_PORT }, certFile: null, keyFile: null, caFile: null, names: null, plainHttp: 'boot', dir: 'data/tls' },
 };
 
 export interface ConfigSources {
@@ -291,6 +309,7 @@ export interface ConfigSources {
     autoEnrol?: string; ipv6Ra?: boolean;
     nbdListen?: string; nbdAnonymousRead?: boolean; nbdTls?: string;
     store?: string;
+    tls?: string; httpsListen?: string;
   };
   /** Told about deprecated keys the file still uses (the config loads). */
   warn?: (message: string) => void;
@@ -300,7 +319,7 @@ export interface ConfigSources {
  * Top-level config-file keys: a flag's name in camelCase (`--log-level` → `logLevel`, `--data` → `data`);
  * the network-boot and NBD flags live in their blocks (`--dhcp` → `netboot.dhcp`, `--nbd-listen` → `nbd.listen`).
  */
-export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp'];
+export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', 'tls'];
 /** Old names still read, with a warning: old → new. */
 const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
 const LOG_FORMATS = ['auto', 'pretty', 'json'];
@@ -308,6 +327,7 @@ const LOG_FORMATS = ['auto', 'pretty', 'json'];
 const IN_BLOCKS: Record<string, string> = {
   nbdListen: 'nbd.listen', nbdAnonymousRead: 'nbd.anonymousRead', nbdTls: 'nbd.tls', dhcp: 'netboot.dhcp', interface: 'netboot.interface', dhcpRange: 'netboot.dhcpRange',
   tftpListen: 'netboot.tftpListen', publicUrl: 'netboot.publicUrl', bootDir: 'netboot.bootDir', autoEnrol: 'netboot.autoEnrol', ipv6Ra: 'netboot.ipv6Ra',
+  httpsListen: 'tls.listen',
 };
 
 const LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -377,9 +397,10 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
   const tftp = loadIntegers('tftp', (file.tftp ?? {}) as Record<string, unknown>, DEFAULTS.tftp, { maxTransfers: [1, 10_000], maxQueued: [0, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
+  const tls = loadTls((typeof file.tls === 'string' ? { mode: file.tls } : file.tls ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen ?? DEFAULTS.listen, typeof dataDir === 'string' ? dataDir : '.', parseHostPort, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store, tls });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -503,7 +524,7 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600), tls, tlsPskFile };
 }
 
-export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds'];
+export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds', 'secureBoot'];
 
 function loadNetboot(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, problems: string[]): NetbootConfig {
   checkKeys('netboot', file, NETBOOT_KEYS, problems);
@@ -542,10 +563,35 @@ function loadNetboot(file: Record<string, unknown>, env: Record<string, string |
   if (!Number.isInteger(commitWindowSeconds) || commitWindowSeconds < 10 || commitWindowSeconds > 3600) {
     problems.push(`netboot.commitWindowSeconds: expected an integer 10-3600, got ${JSON.stringify(windowRaw)}`);
   }
+  const secureBoot = loadSecureBoot(env.DESKFUSE_SECURE_BOOT, file.secureBoot, problems);
   return {
     dhcp: dhcp as NetbootConfig['dhcp'], interface: iface, dhcpRange, tftpListen, publicUrl, bootDir: path.resolve(bootDir),
-    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds, commitWindowSeconds,
+    tftpRoot: tftpRoot === null ? null : path.resolve(tftpRoot), ipv6Ra, autoEnrol, kernelArgs, retrySeconds, commitWindowSeconds, secureBoot,
   };
+}
+
+/** netboot.secureBoot: false | true | {shim?, grub?} (paths to the signed binaries); env on|off wins. */
+function loadSecureBoot(envRaw: string | undefined, raw: unknown, problems: string[]): NetbootConfig['secureBoot'] {
+  if (envRaw !== undefined) {
+    if (envRaw !== 'on' && envRaw !== 'off') problems.push(`DESKFUSE_SECURE_BOOT: expected on or off, got ${JSON.stringify(envRaw)}`);
+    if (envRaw !== 'on') return null;
+    raw = raw && typeof raw === 'object' ? raw : true;
+  }
+  if (raw === undefined || raw === null || raw === false) return null;
+  if (raw === true) return { ...SECURE_BOOT_DEFAULTS };
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    problems.push(`netboot.secureBoot: expected true, false or {"shim": PATH, "grub": PATH}, got ${JSON.stringify(raw)}`);
+    return null;
+  }
+  const o = raw as Record<string, unknown>;
+  checkKeys('netboot.secureBoot', o, ['shim', 'grub'], problems);
+  const out: { shim: string; grub: string } = { ...SECURE_BOOT_DEFAULTS };
+  for (const k of ['shim', 'grub'] as const) {
+    if (o[k] === undefined) continue;
+    if (typeof o[k] !== 'string' || o[k] === '') problems.push(`netboot.secureBoot.${k}: expected a file path, got ${JSON.stringify(o[k])}`);
+    else out[k] = path.resolve(o[k]);
+  }
+  return out;
 }
 
 export function deepFreeze<T>(o: T): T {

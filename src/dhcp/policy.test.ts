@@ -54,4 +54,13 @@ describe('tableBooter', () => {
     expect(b.bootSpec(client({ arch: 7, arches: [7] }))).toEqual({ file: 'ipxe.efi', tftpServer: '10.0.0.9' });
     expect(b.bootSpec(client({ arch: 16, arches: [16], isHttpBoot: true }))).toEqual({ file: 'http://h/ipxe.efi' });
   });
+
+  it('Secure Boot: x64 UEFI PXE clients (arch 7, 9) get shim; BIOS, ARM and iPXE itself are unchanged', () => {
+    const b = tableBooter({ scriptUrl: SCRIPT, available: ALL, secureBootFile: 'shimx64.efi', tftpServer: '10.0.0.9' });
+    expect(b.bootSpec(client({ arch: 7, arches: [7] }))).toEqual({ file: 'shimx64.efi', tftpServer: '10.0.0.9' });
+    expect(b.bootSpec(client({ arch: 9, arches: [9] }))).toEqual({ file: 'shimx64.efi', tftpServer: '10.0.0.9' });
+    expect(b.bootSpec(client({ arch: 0, arches: [0] }))).toEqual({ file: 'undionly.kpxe', tftpServer: '10.0.0.9' });
+    expect(b.bootSpec(client({ arch: 11, arches: [11] }))).toEqual({ file: 'snponly-arm64.efi', tftpServer: '10.0.0.9' });
+    expect(b.bootSpec(client({ arch: 7, arches: [7], isIpxe: true }))).toMatchObject({ file: SCRIPT });
+  });
 });

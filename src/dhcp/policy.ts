@@ -79,7 +79,15 @@ export interface TableBooterOptions {
   /** For UEFI HTTP boot clients: the URL of an x64 iPXE EFI binary; without it they get no answer. */
   httpBootUrl?: string;
   tftpServer?: string;
+  /**
+   * UEFI Secure Boot: the TFTP name of shim for x64 UEFI PXE clients (SECURE_BOOT_ARCHES) instead of
+   * iPXE, which such firmware refuses (unsigned). shim then loads grubx64.efi from the same directory.
+   */
+  secureBootFile?: string;
 }
+
+/** Client architectures that get the Secure Boot chain when it is configured (RFC 4578 §2.1: 7 EFI BC, 9 EFI x86-64). */
+export const SECURE_BOOT_ARCHES: ReadonlySet<number> = new Set([7, 9]);
 
 /** The default Booter: iPXE → script URL; PXE ROMs → the table's first available binary. */
 export function tableBooter(opts: TableBooterOptions): Booter {
@@ -92,6 +100,7 @@ export function tableBooter(opts: TableBooterOptions): Booter {
           if (opts.httpBootUrl) return { file: opts.httpBootUrl };
           continue;
         }
+        if (opts.secureBootFile && SECURE_BOOT_ARCHES.has(arch)) return { file: opts.secureBootFile, ...tftp };
         let files = ARCH_TO_BOOTFILE[arch] ?? [];
         if (opts.preferIpxeEfi) files = [...files].sort((a, b) => Number(b.startsWith('ipxe')) - Number(a.startsWith('ipxe')));
         const file = files.find((f) => opts.available.has(f));

@@ -64,6 +64,8 @@ export interface SessionRequest {
   offer?: EndpointProof;
   /** The address the request came from (recorded with a refusal). */
   ip?: string;
+  /** Secure Boot as the boot stage sees it (recorded in the `agent` event). */
+  secureBoot?: { enabled: boolean | null; lockdown: 'none' | 'integrity' | 'confidentiality' | null };
 }
 
 export interface EndpointsDeps {
@@ -305,10 +307,12 @@ export class Endpoints {
     if (!facts) throw dfError('DF_ERR_DESKTOP_NOT_FOUND', `the endpoint's desktop ${e.desktop} does not exist`, { desktop: e.desktop });
     const provision = await this.checkDisk(e, mac, bootToken, req);
     const d = decideBoot(e, firmwareOf(platform ?? (e.firmware === 'uefi' ? 'efi' : 'pcbios')), facts, this.deps.now(), this.commitWindowMs);
-    const handoff = d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
+    // The token's action is what this boot does: a commit-at-shutdown powers off even when its window
+    // closed while the machine came back (a slow boot path: a decision now would say sync and boot).
+    const handoff = t.action === 'commit-poweroff' ? 'poweroff' : d.kind === 'agent' ? d.handoff : e.firmware === 'uefi' ? 'bootnext' : 'reboot';
     const view = await this.deps.desktops.view(e.desktop);
     const dt = await this.deps.desktops.mintToken(e.desktop, SESSION_TOKEN_TTL_S);
-    await this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}) }, e);
+    await this.record('agent', mac, { action: t.action, handoff, ...(provision ? { provision } : {}), ...(req.secureBoot ? { secureBoot: req.secureBoot } : {}) }, e);
     return {
       endpoint: e.id, name: e.name, mac, desktop: e.desktop, action: t.action, handoff, token: dt.token, holder: `endpoint:${e.name}`,
       imageBoot: (await this.deps.meta.images.getImage(view.image))?.boot ?? null, reprovision: e.disk === 'unknown', assumeDirty: e.disk !== 'clean', provision,

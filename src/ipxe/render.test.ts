@@ -10,12 +10,17 @@ const ctx = {
 const golden = (name: string) => `../../test/fixtures/ipxe/${name}.ipxe`;
 
 describe('iPXE scripts (golden)', () => {
-  const cases: Array<[string, BootDecision, Partial<typeof ctx> & { token?: string }]> = [
+  const cases: Array<[string, BootDecision, Partial<typeof ctx> & { token?: string; agentBase?: string; caFingerprint?: string }]> = [
     ['pending', { kind: 'pending', reason: 'waiting for an admin to approve this endpoint' }, {}],
     ['pending-reprovision', { kind: 'pending', reason: 'the disk did not prove the endpoint secret: waiting for an admin to reprovision this endpoint', reprovision: true }, {}],
     ['unassigned', { kind: 'unassigned', reason: 'no desktop is assigned to this endpoint' }, {}],
     ['sync-bios', { kind: 'agent', action: 'sync', reason: 'first boot: provision the disk', handoff: 'reboot' }, { token: 'dfb_TESTTOKENtesttoken0123456789' }],
     ['commit-uefi', { kind: 'agent', action: 'commit-poweroff', reason: 'the OS asked for a commit at shutdown', handoff: 'poweroff' }, { token: 'dfb_TESTTOKENtesttoken0123456789', firmware: 'uefi' }],
+    // TLS on: the files stay on HTTP (firmware), the agent gets the https URL and the CA to pin.
+    ['sync-bios-tls', { kind: 'agent', action: 'sync', reason: 'first boot: provision the disk', handoff: 'reboot' }, {
+      token: 'dfb_TESTTOKENtesttoken0123456789', agentBase: 'https://10.91.0.1:8443',
+      caFingerprint: '0F:1E:2D:3C:4B:5A:69:78:87:96:A5:B4:C3:D2:E1:F0:0F:1E:2D:3C:4B:5A:69:78:87:96:A5:B4:C3:D2:E1:F0',
+    }],
     ['local-sanboot', { kind: 'local', reason: 'up to date at version 3', local: 'sanboot' }, {}],
     ['local-exit-uefi', { kind: 'local', reason: 'the last boot-time sync failed (x); booting the disk as it is', local: 'exit' }, { firmware: 'uefi' }],
     ['disabled', { kind: 'disabled', reason: 'this endpoint is disabled', local: 'sanboot' }, {}],

@@ -43,6 +43,12 @@ export interface ScriptContext {
   endpoint: string;
   /** This request's own URL (the wait screen asks it again). */
   self: string;
+  /**
+   * With TLS on: the https base URL the boot stage's agent uses (`deskfuse.server=`) and the CA
+   * fingerprint it pins (`deskfuse.ca=sha256:…`); the script and boot stage files stay on `base`.
+   */
+  agentBase?: string;
+  caFingerprint?: string;
   /** The one-time boot token (agent decisions). */
   token?: string;
   /**
@@ -72,7 +78,8 @@ export function bootScript(t: Templates, d: BootDecision, c: ScriptContext): str
       return render(t.wait, { ...common, retry: c.retrySeconds, self: c.self, command: `assign ${c.endpoint} --desktop NAME` });
     case 'agent': {
       if (!c.token) throw dfError('DF_ERR_INTERNAL', 'an agent boot needs a boot token');
-      const cmdline = [c.kernelArgs, `deskfuse.server=${c.base}`, `deskfuse.token=${c.token}`, `deskfuse.mac=${c.mac}`, `deskfuse.action=${d.action}`].filter(Boolean).join(' ');
+      const ca = c.caFingerprint ? `deskfuse.ca=sha256:${c.caFingerprint.replace(/:/g, '').toLowerCase()}` : '';
+      const cmdline = [c.kernelArgs, `deskfuse.server=${c.agentBase ?? c.base}`, ca, `deskfuse.token=${c.token}`, `deskfuse.mac=${c.mac}`, `deskfuse.action=${d.action}`].filter(Boolean).join(' ');
       const message = d.action === 'commit-poweroff' ? 'committing this disk, then powering off' : d.action === 'local' ? 'starting the local disk' : `syncing this disk (${d.reason})`;
       // UEFI iPXE cannot boot the local disk itself: `exit 1` at least moves on to the next boot option.
       const fallback = c.firmware === 'uefi' ? 'exit 1' : 'sanboot --no-describe --drive 0x80 || exit';

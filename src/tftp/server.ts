@@ -1,13 +1,13 @@
 import dgram from 'node:dgram';
-import { stat, realpath } from 'node:fs/promises';
+import { open, stat, realpath } from 'node:fs/promises';
 import { isIPv6 } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { dfError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { decode, encode, encodeError, ERR, OP, requestOptions } from './packet.js';
-import { openInRoot } from './path.js';
+import { openInRoot, safeRelative } from './path.js';
 import { TFTP_DEFAULTS, TransferSlots } from './slots.js';
-import { FileBlocks, netasciiReader, octetReader } from './source.js';
+import { FileBlocks, netasciiReader, octetReader, type ByteReader } from './source.js';
 import { DEFAULT_LIMITS, negotiate, Transfer, type Limits, type Outcome } from './transfer.js';
 
 /**
@@ -47,7 +47,20 @@ export interface TftpOptions {
   maxTransfers?: number;
   /** Requests waiting for a slot; past it an RRQ is answered ERROR 0 "server busy". Default 1000 (config tftp.maxQueued). */
   maxQueued?: number;
+  /**
+   * Files the server makes rather than reads from `root` (the Secure Boot chain's GRUB config and the
+   * boot stage's files: server/services/netboot.ts). Asked first for every request with the name
+   * confined like a root path (no `..`); null means "look in the root".
+   */
+  generated?: (file: string, ip: string) => Promise<GeneratedFile | null>;
 }
+
+/** What `generated` answers: bytes made for this request, or a file the server itself names (trusted path). */
+export type GeneratedFile = { bytes: Buffer } | { path: string };
+
+type Opened =
+  | { ok: true; size: number; reader: ByteReader; close(): Promise<void> }
+  | { ok: false; code: number; reason: string };
 
 export interface TftpStats {
   active: number;
@@ -185,6 +198,41 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
     }
   });
 
+  /** The request's bytes: a generated file, else the file in the root (path.ts confines it). */
+  async function openRequested(file: string, ip: string, tlog: Logger): Promise<Opened> {
+    const rel = safeRelative(file);
+    let g: GeneratedFile | null = null;
+    if (opts.generated && rel) {
+      try {
+        g = await opts.generated(rel, ip);
+      } catch (err) {
+        tlog.error({ err }, 'tftp generated file failed');
+        return { ok: false, code: ERR.UNDEFINED, reason: `generating ${rel} failed: ${(err as Error).message}` };
+      }
+    }
+    if (g && 'bytes' in g) {
+      const bytes = g.bytes;
+      let pos = 0;
+      const reader: ByteReader = async (dst, off, n) => {
+        const got = bytes.copy(dst, off, pos, Math.min(bytes.length, pos + n));
+        pos += got;
+        return got;
+      };
+      return { ok: true, size: bytes.length, reader, close: async () => {} };
+    }
+    if (g) {
+      const fh = await open(g.path, 'r').catch(() => undefined);
+      const st = await fh?.stat().catch(() => undefined);
+      if (!fh || !st?.isFile()) {
+        await fh?.close();
+        return { ok: false, code: ERR.NOT_FOUND, reason: `${g.path} is missing` };
+      }
+      return { ok: true, size: st.size, reader: octetReader(fh), close: () => fh.close() };
+    }
+    const f = await openInRoot(rootReal, file);
+    return f.ok ? { ok: true, size: f.size, reader: octetReader(f.fh), close: () => f.fh.close() } : f;
+  }
+
   async function serve(
     file: string, netascii: boolean, req: ReturnType<typeof requestOptions>, ip: string, peerPort: number,
     reply: (code: number, message: string) => void, done: () => void,
@@ -192,11 +240,11 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
     const t0 = performance.now();
     const tlog = log.child({ tftp: { ip, port: peerPort, file } });
     emit({ ip, port: peerPort, file, kind: 'start' });
-    const r = await openInRoot(rootReal, file);
+    const r = await openRequested(file, ip, tlog);
     if (!r.ok) {
       if (r.code === ERR.ACCESS) tlog.warn({ reason: r.reason }, 'tftp path refused');
-      else tlog.info({ reason: r.reason }, 'tftp file not found');
-      reply(r.code, r.code === ERR.ACCESS ? 'access violation' : 'file not found');
+      else if (r.code === ERR.NOT_FOUND) tlog.info({ reason: r.reason }, 'tftp file not found');
+      reply(r.code, r.code === ERR.ACCESS ? 'access violation' : r.code === ERR.NOT_FOUND ? 'file not found' : 'server error');
       emit({ ip, port: peerPort, file, kind: 'error', error: r.reason, ms: performance.now() - t0 });
       return done();
     }
@@ -221,9 +269,9 @@ export async function startTftp(opts: TftpOptions): Promise<TftpServer> {
       sessions.delete(session);
       done();
       // Close after the ERROR above left; the file only once no send can reference its buffers.
-      setImmediate(() => sock.close(() => { void r.fh.close().finally(resolveClosed); }));
+      setImmediate(() => sock.close(() => { void r.close().finally(resolveClosed); }));
     };
-    const source = new FileBlocks(netascii ? netasciiReader(octetReader(r.fh)) : octetReader(r.fh), neg.blksize, neg.windowsize);
+    const source = new FileBlocks(netascii ? netasciiReader(r.reader) : r.reader, neg.blksize, neg.windowsize);
     const oack = neg.oack ? encode({ op: 'oack', options: neg.oack }) : undefined;
     const transfer = new Transfer(source, neg, {
       send: (pkt) => { sock.send(pkt, peerPort, ip); },

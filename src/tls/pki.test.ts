@@ -41,6 +41,14 @@ describe('private CA', () => {
     expect(leaf.subjectAltName).toContain('DNS:deskfuse.lan');
     expect(leaf.subjectAltName).toContain('IP Address:127.0.0.1');
     expect(await handshake(a.certPem, a.keyPem, a.caPem, 'localhost')).toBe('hi');
+    // Both start a day back (a client whose clock is a little behind still accepts them); the leaf
+    // is not a CA, the CA is one; serials differ.
+    const ca = new X509Certificate(a.caPem);
+    for (const c of [leaf, ca]) expect(Date.now() - Date.parse(c.validFrom)).toBeGreaterThan(23 * 3600_000);
+    expect(leaf.ca).toBe(false);
+    expect(ca.ca).toBe(true);
+    expect(ca.subject).toBe(ca.issuer);
+    expect(leaf.serialNumber).not.toBe(ca.serialNumber);
 
     const b = await ensureServerTls({ dir, names: ['localhost', '127.0.0.1', 'deskfuse.lan'] });
     expect(b.createdCa).toBe(false);

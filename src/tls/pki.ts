@@ -1,11 +1,14 @@
 import { execFile } from 'node:child_process';
-import { X509Certificate } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { dfError } from '../errors.js';
 import { fsyncDir, writeDurable } from '../fs/durable.js';
+import { normalizeFingerprint, splitPem } from './fingerprint.js';
+
+export { normalizeFingerprint, splitPem };
 
 const run = promisify(execFile);
 
@@ -47,6 +50,8 @@ export interface TlsSource {
 const LEAF_DAYS = 825;
 const RENEW_BEFORE_MS = 30 * 86400_000;
 const CA_DAYS = 3650;
+/** Certificates start this long before they are made (clients whose clock is behind). */
+const BACKDATE_MS = 86400_000;
 
 /** localhost, the host name and every address of the machine: what a LAN client may dial. */
 export function defaultNames(): string[] {
@@ -55,20 +60,6 @@ export function defaultNames(): string[] {
     for (const a of list ?? []) if (!a.address.startsWith('fe80')) out.add(a.address);
   }
   return [...out];
-}
-
-/** `sha256:ab:cd…`, `ABCD…`, `ab cd` → `AB:CD:…`; DF_ERR_USAGE for anything but 32 bytes of hex. */
-export function normalizeFingerprint(s: string): string {
-  const hex = s.trim().replace(/^sha-?256:/i, '').replace(/[:\s]/g, '').toUpperCase();
-  if (!/^[0-9A-F]{64}$/.test(hex)) {
-    throw dfError('DF_ERR_USAGE', `a CA fingerprint is the SHA-256 of the certificate: 64 hex digits (colons allowed), got ${JSON.stringify(s)}`, { option: 'ca-fingerprint' });
-  }
-  return hex.match(/../g)!.join(':');
-}
-
-/** Every certificate in a PEM bundle, in order. */
-export function splitPem(pem: string): string[] {
-  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g)?.map((c) => `${c}\n`) ?? [];
 }
 
 /** Loads or makes the server's TLS material (see ServerTls); DF_ERR_CONFIG for unusable files. */
@@ -125,11 +116,12 @@ async function makeCa(dir: string): Promise<void> {
   const tmp = await fsp.mkdtemp(path.join(dir, '.tmp-ca-'));
   try {
     await openssl([
-      'req', '-x509', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-sha256',
-      '-keyout', path.join(tmp, 'ca.key'), '-out', path.join(tmp, 'ca.crt'), '-days', String(CA_DAYS),
+      'req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+      '-keyout', path.join(tmp, 'ca.key'), '-out', path.join(tmp, 'ca.csr'),
       '-subj', `/O=deskfuse/CN=deskfuse private CA ${os.hostname()}`.slice(0, 64),
-      '-addext', 'basicConstraints=critical,CA:TRUE,pathlen:0', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
     ]);
+    await fsp.writeFile(path.join(tmp, 'ext.cnf'), 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\n');
+    await sign(tmp, { csr: path.join(tmp, 'ca.csr'), caKey: path.join(tmp, 'ca.key'), ext: path.join(tmp, 'ext.cnf'), days: CA_DAYS, out: path.join(tmp, 'ca.crt') });
     // The key first: a crash between the two renames leaves a key without a cert, which is made again.
     await install(path.join(tmp, 'ca.key'), path.join(dir, 'ca.key'), 0o600);
     await install(path.join(tmp, 'ca.crt'), path.join(dir, 'ca.crt'), 0o644);
@@ -145,11 +137,7 @@ async function issueLeaf(dir: string, names: string[]): Promise<void> {
     const san = names.map((n) => (isIp(n) ? `IP:${n}` : `DNS:${n}`)).join(',');
     await fsp.writeFile(t('ext.cnf'), `basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=${san}\n`);
     await openssl(['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', t('server.key'), '-out', t('server.csr'), '-subj', '/O=deskfuse/CN=deskfuse server']);
-    await openssl([
-      'x509', '-req', '-sha256', '-in', t('server.csr'), '-CA', path.join(dir, 'ca.crt'), '-CAkey', path.join(dir, 'ca.key'),
-      '-set_serial', `0x${Date.now().toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`,
-      '-days', String(LEAF_DAYS), '-extfile', t('ext.cnf'), '-out', t('leaf.crt'),
-    ]);
+    await sign(tmp, { csr: t('server.csr'), caCert: path.join(dir, 'ca.crt'), caKey: path.join(dir, 'ca.key'), ext: t('ext.cnf'), days: LEAF_DAYS, out: t('leaf.crt') });
     // The chain clients receive: leaf then CA (so a client pinning the CA's fingerprint can find it).
     const ca = await fsp.readFile(path.join(dir, 'ca.crt'), 'utf8');
     await fsp.writeFile(t('server.crt'), (await fsp.readFile(t('leaf.crt'), 'utf8')) + ca);
@@ -158,6 +146,27 @@ async function issueLeaf(dir: string, names: string[]): Promise<void> {
   } finally {
     await fsp.rm(tmp, { recursive: true, force: true });
   }
+}
+
+/**
+ * Signs a CSR with `openssl ca` (self-signed without `caCert`), valid from a day ago: `openssl x509
+ * -req` (OpenSSL 3.0) starts a certificate at this second, and a client whose clock is a little behind
+ * the server's (an endpoint's RTC, a VM) would refuse it as not yet valid. Random 128-bit serial.
+ */
+async function sign(tmp: string, o: { csr: string; caCert?: string; caKey: string; ext: string; days: number; out: string }): Promise<void> {
+  const work = await fsp.mkdtemp(path.join(tmp, 'ca-'));
+  const cnf = path.join(work, 'ca.cnf');
+  await fsp.writeFile(cnf, [
+    '[ca]', 'default_ca = d', '[d]', `database = ${path.join(work, 'index.txt')}`, `new_certs_dir = ${work}`, `serial = ${path.join(work, 'serial')}`,
+    'default_md = sha256', 'policy = any', 'unique_subject = no', 'copy_extensions = none', '[any]', 'organizationName = optional', 'commonName = supplied', '',
+  ].join('\n'));
+  await fsp.writeFile(path.join(work, 'index.txt'), '');
+  await fsp.writeFile(path.join(work, 'serial'), `${randomBytes(16).toString('hex').replace(/^[89a-f]/, '7')}\n`); // positive
+  const start = new Date(Date.now() - BACKDATE_MS).toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
+  await openssl([
+    'ca', '-batch', '-config', cnf, '-in', o.csr, '-keyfile', o.caKey, ...(o.caCert ? ['-cert', o.caCert] : ['-selfsign']),
+    '-startdate', start, '-days', String(o.days), '-extfile', o.ext, '-notext', '-out', o.out,
+  ]);
 }
 
 async function install(from: string, to: string, mode: number): Promise<void> {

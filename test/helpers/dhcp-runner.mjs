@@ -43,7 +43,7 @@ if (cfg.dhcp) {
   services.push(await startDhcp({
     ...cfg.dhcp,
     ...(pool ? { pool } : {}),
-    booter: tableBooter({ scriptUrl: cfg.scriptUrl, available: new Set(cfg.available ?? ['undionly.kpxe', 'snponly.efi']) }),
+    booter: tableBooter({ scriptUrl: cfg.scriptUrl, available: new Set(cfg.available ?? ['undionly.kpxe', 'snponly.efi']), ...(cfg.secureBootFile ? { secureBootFile: cfg.secureBootFile } : {}) }),
     log,
     onEvent: (e) => out(e),
     onAddress: (mac, ip) => out({ kind: 'address', mac, ip }),

@@ -6,6 +6,8 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { openAppliance, type Appliance } from '../../server/appliance.js';
 import { loadServerConfig } from '../../src/config/server.js';
+import { closeHttps, listenHttps } from '../../server/tls.js';
+import type { Server as HttpsServer } from 'node:https';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const CLI = path.join(ROOT, 'dist/cli/main.js');
@@ -15,13 +17,29 @@ export function tempDir(prefix = 'df-'): { dir: string; cleanup: () => void } {
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-/** An appliance in this process, listening on a free loopback port. */
-export async function startInProcess(dataDir: string, opts: { now?: () => Date; bootDir?: string } = {}): Promise<{ appliance: Appliance; url: string; token: string; close: () => Promise<void> }> {
-  const { bootDir, ...rest } = opts;
-  const appliance = await openAppliance(loadServerConfig({ flags: { data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent', ...(bootDir ? { bootDir } : {}) } }), undefined, rest);
+/**
+ * An appliance in this process, listening on a free loopback port. `tls: true`: TLS on (a private CA
+ * in <data>/tls), HTTPS on another free loopback port as well (`httpsUrl`), as `deskfuse server --tls on`.
+ */
+export async function startInProcess(dataDir: string, opts: { now?: () => Date; bootDir?: string; tls?: boolean } = {}): Promise<{ appliance: Appliance; url: string; httpsUrl?: string; token: string; close: () => Promise<void> }> {
+  const { bootDir, tls, ...rest } = opts;
+  const appliance = await openAppliance(loadServerConfig({ flags: { data: dataDir, listen: '127.0.0.1:0', logLevel: 'silent', ...(bootDir ? { bootDir } : {}), tls: tls ? 'on' : 'off', httpsListen: '127.0.0.1:0' } }), undefined, rest);
   const url = await appliance.app.listen({ host: '127.0.0.1', port: 0 });
+  let https: HttpsServer | undefined;
+  let httpsUrl: string | undefined;
+  if (appliance.tls) {
+    https = await listenHttps(appliance.app, appliance.tls, '127.0.0.1', 0);
+    appliance.ctx.tls!.port = (https.address() as { port: number }).port;
+    httpsUrl = `https://127.0.0.1:${appliance.ctx.tls!.port}`;
+  }
   const token = readFileSync(path.join(dataDir, 'admin.token'), 'utf8').trim();
-  return { appliance, url, token, close: () => appliance.close() };
+  return {
+    appliance, url, ...(httpsUrl ? { httpsUrl } : {}), token,
+    close: async () => {
+      if (https) await closeHttps(https);
+      await appliance.close();
+    },
+  };
 }
 
 export async function freePort(): Promise<number> {

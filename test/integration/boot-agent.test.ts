@@ -93,9 +93,12 @@ describe('boot-stage agent program', () => {
     // The disk was provisioned by the agent above: this boot proves its secret like the agent would.
     const secret = await diskSecret(disk);
     expect(secret).not.toBeNull();
-    const s = (await srv.appliance.app.inject({ method: 'POST', url: '/boot/session', payload: { token, mac: MAC, platform: 'efi', proof: proveEndpoint(secret!, MAC, token) } })).json();
+    const s = (await srv.appliance.app.inject({ method: 'POST', url: '/boot/session', payload: { token, mac: MAC, platform: 'efi', proof: proveEndpoint(secret!, MAC, token), secureBoot: { enabled: true, lockdown: 'integrity' } } })).json();
     expect(s.token, JSON.stringify(s)).toEqual(expect.any(String));
     const before = (await srv.appliance.app.inject({ method: 'GET', url: `/api/v1/endpoints/${MAC}`, headers: { authorization: `Bearer ${srv.token}` } })).json();
+    // What the boot stage saw of Secure Boot is in this boot's `agent` event.
+    const agentEv = (before.events as Array<{ seq: number; phase: string; detail: Record<string, unknown> }>).filter((ev) => ev.phase === 'agent').sort((a, b) => b.seq - a.seq)[0];
+    expect(agentEv?.detail.secureBoot).toEqual({ enabled: true, lockdown: 'integrity' });
     const report = async (phase: string, detail: Record<string, unknown> = {}) => {
       const r = await srv.appliance.app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${s.token}` }, payload: { mac: MAC, phase, detail } });
       expect(r.statusCode, r.payload).toBe(201);
@@ -104,7 +107,7 @@ describe('boot-stage agent program', () => {
     class Rebooted extends Error {}
     const machine: Machine = {
       isUefi: () => true,
-      kexecLoad: (d, b) => { acts.push(`kexec-load ${d} ${b.kernel}`); },
+      kexecLoad: (d, b) => { acts.push(`kexec-load ${d} ${b.kernel}`); return { syscall: 'kexec_file_load' }; },
       kexecExec: () => { acts.push('kexec-exec'); throw dfError('DF_ERR_TOOL_FAILED', 'kexec -e: kexec_core: Starting new kernel failed: Operation not permitted'); },
       setBootNextToDisk: () => { acts.push('bootnext'); return { num: 1, description: 'UEFI Misc Device' }; },
       reboot: () => { acts.push('reboot'); throw new Rebooted(); },
@@ -121,6 +124,7 @@ describe('boot-stage agent program', () => {
       .filter((ev) => ev.seq > Math.max(0, ...before.events.map((x: { seq: number }) => x.seq)) && ev.phase !== 'agent' && ev.phase !== 'script')
       .sort((a, b) => a.seq - b.seq);
     expect(seen.map((ev) => [ev.phase, ev.detail.via])).toEqual([['local', 'kexec'], ['error', 'kexec'], ['local', 'bootnext']]);
+    expect(seen[0]!.detail).toMatchObject({ via: 'kexec', syscall: 'kexec_file_load' });
     expect(seen[1]!.detail).toMatchObject({ action: 'handoff', stage: 'exec', recovered: true });
     expect(String(seen[1]!.detail.error)).toContain('DF_ERR_TOOL_FAILED: kexec -e: kexec_core');
     // The sync before it succeeded: a recovered hand-off error does not turn the endpoint's last sync into a failure.

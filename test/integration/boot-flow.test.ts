@@ -151,6 +151,18 @@ describe('network boot flow', () => {
     expect((await app.inject({ method: 'POST', url: '/boot/commit-request', payload: { mac: '02:00:00:00:00:99' } })).json().action).toBe('none');
   });
 
+  it('a commit order whose boot stage arrives after the window closed (a slow boot path) still powers off', async () => {
+    expect((await app.inject({ method: 'POST', url: '/boot/events', headers: { authorization: `Bearer ${srv.token}` }, payload: { mac: MAC, phase: 'local', detail: { via: 'kexec' } } })).statusCode).toBe(201);
+    expect((await app.inject({ method: 'POST', url: '/boot/commit-request', payload: { mac: MAC } })).json().action).toBe('commit-poweroff');
+    const s = await script(`mac=${MAC}&platform=efi`);
+    expect(s.payload).toContain('deskfuse.action=commit-poweroff');
+    // The loader took minutes to fetch the boot stage (Secure Boot's GRUB over TFTP on a slow link).
+    skewMs += 10 * 60 * 1000;
+    const t = tokenOf(s.payload)!;
+    const sess = (await app.inject({ method: 'POST', url: '/boot/session', payload: { token: t, mac: MAC, proof: proveEndpoint(diskSecret, MAC, t) } })).json();
+    expect(sess).toMatchObject({ action: 'commit-poweroff', handoff: 'poweroff' });
+  });
+
   it('a disabled endpoint boots its disk and never gets a token', async () => {
     expect((await admin('POST', `/api/v1/endpoints/${OTHER}/disable`)).statusCode).toBe(200);
     const r = await script(`mac=${OTHER}&platform=pcbios`);

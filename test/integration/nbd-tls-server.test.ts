@@ -1,11 +1,15 @@
 import { execFile } from 'node:child_process';
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
+import tls from 'node:tls';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, cli, freePort, startProcess, stopProcess, tempDir } from '../helpers/server.js';
 import { requireNbdClients } from '../helpers/vdi.js';
+import { RawNbd } from '../helpers/nbd-client.js';
+import { REP } from '../../src/nbd/packet.js';
+import { readFileSync } from 'node:fs';
 
 /**
  * `deskfuse server --nbd-tls required` as a process: the composition root loads the TLS material
@@ -72,6 +76,31 @@ describe('deskfuse server --nbd-tls required', () => {
     const r = await run('nbdcopy', [`nbds://${PSK_ID}@127.0.0.1:${nbdPort}/win@main:${admin.DESKFUSE_TOKEN}?tls-psk-file=${f('keys.psk')}`, f('copy.raw')]);
     expect(r.err).toBe('');
     expect((await run('cmp', [f('copy.raw'), f('disk.img')])).code).toBe(0);
+  });
+
+  it('with HTTPS on (--tls on) NBD requires TLS by default and serves the very certificate HTTPS serves', async () => {
+    const [httpsPort, port2] = [await freePort(), await freePort()];
+    const s2 = await startProcess(f('data-https'), undefined, port2, { args: ['--tls', 'on', '--https-listen', `127.0.0.1:${httpsPort}`] });
+    try {
+      await listening(port2);
+      const ca = readFileSync(f('data-https/tls/ca.crt'), 'utf8');
+      const httpsCert = await new Promise<string>((resolve, reject) => {
+        const c = tls.connect({ host: '127.0.0.1', port: httpsPort, ca, servername: 'localhost' }, () => { resolve(c.getPeerCertificate().fingerprint256); c.destroy(); });
+        c.on('error', reject);
+      });
+      const c = await RawNbd.connect(port2);
+      try {
+        await c.greet();
+        expect((await c.option({ kind: 'list' })).map((r) => r.type)).toEqual([REP.ERR_TLS_REQD]);
+        expect((await c.starttls({ ca, servername: 'localhost' })).map((r) => r.type)).toEqual([REP.ACK]);
+        expect((c.sock as tls.TLSSocket).getPeerCertificate().fingerprint256).toBe(httpsCert);
+        expect((await c.option({ kind: 'go', name: 'nope@main', requests: [] })).map((r) => r.type)).toEqual([REP.ERR_POLICY]);
+      } finally {
+        c.destroy();
+      }
+    } finally {
+      await stopProcess(s2.proc);
+    }
   });
 
   it('a PSK file that cannot be read or parsed stops the start with a config error naming the key, before anything is written', async () => {

@@ -1,6 +1,7 @@
 import { parseServers } from '../../api/client.js';
 import { dfError } from '../../errors.js';
 import { normalizeMac } from '../../endpoint/model.js';
+import { normalizeFingerprint } from '../../tls/fingerprint.js';
 
 /** What the iPXE script put on the boot stage's kernel command line (ipxe/agent.ipxe). */
 export interface BootParams {
@@ -9,6 +10,8 @@ export interface BootParams {
   token: string;
   mac: string;
   action: 'sync' | 'commit-poweroff' | 'local';
+  /** `deskfuse.ca=sha256:HEX`: the fingerprint of the CA the agent pins for an https server (`AB:CD:…`). */
+  ca?: string;
   /** Disk override (`deskfuse.disk=/dev/sdb`); default: the first fixed disk. */
   disk?: string;
   debug: boolean;
@@ -41,9 +44,17 @@ export function bootParams(args: Record<string, string>): BootParams {
   if (!mac) problems.push(`deskfuse.mac: expected a MAC address, got ${JSON.stringify(args['deskfuse.mac'] ?? '')}`);
   const action = args['deskfuse.action'] ?? 'sync';
   if (!['sync', 'commit-poweroff', 'local'].includes(action)) problems.push(`deskfuse.action: expected sync, commit-poweroff or local, got ${JSON.stringify(action)}`);
+  let ca: string | undefined;
+  if (args['deskfuse.ca'] !== undefined) {
+    try {
+      ca = normalizeFingerprint(args['deskfuse.ca']);
+    } catch {
+      problems.push(`deskfuse.ca: expected sha256:<64 hex digits>, got ${JSON.stringify(args['deskfuse.ca'])}`);
+    }
+  }
   if (problems.length) throw dfError('DF_ERR_USAGE', `the kernel command line is not a deskfuse boot:\n  - ${problems.join('\n  - ')}`, { problems });
   return {
     server, token, mac: mac!, action: action as BootParams['action'],
-    ...(args['deskfuse.disk'] ? { disk: args['deskfuse.disk'] } : {}), debug: args['deskfuse.debug'] === '1',
+    ...(ca ? { ca } : {}), ...(args['deskfuse.disk'] ? { disk: args['deskfuse.disk'] } : {}), debug: args['deskfuse.debug'] === '1',
   };
 }

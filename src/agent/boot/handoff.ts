@@ -4,8 +4,8 @@ import type { ImageBoot } from '../../api/schemas.js';
 /** What the hand-off does to the machine (src/agent/boot/system.ts in the boot stage). */
 export interface Machine {
   isUefi(): boolean;
-  /** Mount the image's boot partition and `kexec -l` its kernel; throws when it cannot. */
-  kexecLoad(disk: string, boot: ImageBoot): void;
+  /** Mount the image's boot partition and `kexec -l` its kernel (`-s` under lockdown); throws when it cannot. */
+  kexecLoad(disk: string, boot: ImageBoot): { syscall: string } | void;
   /** `kexec -e`: returns only by throwing (the jump failed). */
   kexecExec(): never;
   setBootNextToDisk(disk: string): { num: number; description: string };
@@ -43,9 +43,9 @@ export async function handOff(d: HandoffDeps, how: { handoff: Handoff; imageBoot
   if (how.handoff === 'kexec' && how.imageBoot) {
     let stage = 'load';
     try {
-      m.kexecLoad(disk, how.imageBoot);
+      const loaded = m.kexecLoad(disk, how.imageBoot);
       stage = 'exec';
-      await report('local', { via: 'kexec', kernel: how.imageBoot.kernel });
+      await report('local', { via: 'kexec', kernel: how.imageBoot.kernel, ...(loaded ? { syscall: loaded.syscall } : {}) });
       mark('KEXEC', how.imageBoot.kernel);
       m.kexecExec();
     } catch (err) {

@@ -75,8 +75,38 @@ export function powerOff(): never {
   process.exit(0);
 }
 
-/** Load the image's own kernel from its boot partition (mounted read-only) for a `kexecExec`. */
-export function kexecLoad(disk: string, boot: ImageBoot): void {
+export type Lockdown = 'none' | 'integrity' | 'confidentiality';
+
+/**
+ * Secure Boot as this kernel sees it: the firmware's SecureBoot variable (UEFI spec §3.3: 1 byte after
+ * efivarfs's 4 attribute bytes; null on BIOS or when unreadable) and the kernel lockdown mode
+ * (/sys/kernel/security/lockdown, "none [integrity] confidentiality"; Debian's kernel locks down to
+ * integrity when booted with Secure Boot on). securityfs is mounted here when /init did not.
+ */
+export function secureBootState(): { enabled: boolean | null; lockdown: Lockdown | null } {
+  waitForModules();
+  let enabled: boolean | null = null;
+  try {
+    const v = readFileSync(`/sys/firmware/efi/efivars/SecureBoot-${EFI_GLOBAL}`);
+    if (v.length >= 5) enabled = v[4] === 1;
+  } catch { /* BIOS, or efivarfs not mounted */ }
+  const file = '/sys/kernel/security/lockdown';
+  if (!existsSync(file) && existsSync('/sys/kernel/security') && process.env.DESKFUSE_BOOT_STAGE === '1') run('mount', ['-t', 'securityfs', 'securityfs', '/sys/kernel/security']);
+  let lockdown: Lockdown | null = null;
+  try {
+    const m = /\[(none|integrity|confidentiality)\]/.exec(readFileSync(file, 'utf8'));
+    if (m) lockdown = m[1] as Lockdown;
+  } catch { /* no securityfs or no lockdown LSM */ }
+  return { enabled, lockdown };
+}
+
+/**
+ * Load the image's own kernel from its boot partition (mounted read-only) for a `kexecExec`. Under
+ * lockdown `kexec_load` is refused (the kernel cannot check what the loader copies in); `kexec -s`
+ * (`kexec_file_load`) hands the kernel the file, which it accepts when its signature verifies against
+ * the keys it trusts (Debian's kernels: Debian's Secure Boot CA, shim's MokListRT): used then.
+ */
+export function kexecLoad(disk: string, boot: ImageBoot): { syscall: 'kexec_file_load' | 'kexec_load' } {
   mustBeBootStage('kexec');
   const dev = partitionDevice(disk, boot.partition);
   const mnt = '/run/deskfuse-boot';
@@ -88,11 +118,13 @@ export function kexecLoad(disk: string, boot: ImageBoot): void {
   const m = run('mount', ['-o', 'ro', dev, mnt]);
   if (!m.ok) throw dfError('DF_ERR_TOOL_FAILED', `mount ${dev}: ${m.out}`, { device: dev });
   const kernel = path.join(mnt, boot.kernel);
-  const args = ['-l', kernel, `--append=${boot.cmdline}`];
+  const locked = (secureBootState().lockdown ?? 'none') !== 'none';
+  const args = [...(locked ? ['-s'] : []), '-l', kernel, `--append=${boot.cmdline}`];
   if (boot.initrd) args.push(`--initrd=${path.join(mnt, boot.initrd)}`);
   const l = run('kexec', args);
   run('umount', [mnt]);
-  if (!l.ok) throw dfError('DF_ERR_TOOL_FAILED', `kexec -l ${boot.kernel}: ${l.out}`, { kernel: boot.kernel });
+  if (!l.ok) throw dfError('DF_ERR_TOOL_FAILED', `kexec ${locked ? '-s ' : ''}-l ${boot.kernel}: ${l.out}`, { kernel: boot.kernel, lockdown: locked });
+  return { syscall: locked ? 'kexec_file_load' : 'kexec_load' };
 }
 
 /** Jump into the loaded kernel; returns only by throwing. */

@@ -4,6 +4,9 @@ import path from 'node:path';
 
 export const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
 export const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
+/** Secure Boot: the secure-boot build and a variable store with Microsoft's keys enrolled (Debian's ovmf). */
+export const OVMF_CODE_MS = '/usr/share/OVMF/OVMF_CODE_4M.ms.fd';
+export const OVMF_VARS_MS = '/usr/share/OVMF/OVMF_VARS_4M.ms.fd';
 
 const TOOLS: Record<string, string> = {
   'qemu-system-x86_64': 'qemu-system-x86',
@@ -14,6 +17,8 @@ const TOOLS: Record<string, string> = {
 const FILES: Record<string, string> = {
   [OVMF_CODE]: 'ovmf',
   [OVMF_VARS]: 'ovmf',
+  [OVMF_CODE_MS]: 'ovmf',
+  [OVMF_VARS_MS]: 'ovmf',
   '/usr/lib/ipxe/qemu/efi-virtio.rom': 'ipxe-qemu',
   '/usr/lib/ipxe/qemu/efi-e1000.rom': 'ipxe-qemu',
   '/dev/net/tun': '(kernel tun module: modprobe tun)',

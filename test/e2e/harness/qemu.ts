@@ -11,7 +11,7 @@ import { type ChildProcess } from 'node:child_process';
 import { closeSync, copyFileSync, createWriteStream, existsSync, mkdirSync, openSync, statSync, writeFileSync, ftruncateSync } from 'node:fs';
 import path from 'node:path';
 import type { Lab } from './netns.js';
-import { OVMF_CODE, OVMF_VARS } from './preflight.js';
+import { OVMF_CODE, OVMF_CODE_MS, OVMF_VARS, OVMF_VARS_MS } from './preflight.js';
 import { MarkParser, SerialScreen, type Mark, type PseudoMarkPattern, PSEUDO_MARKS } from './serial.js';
 
 export type { Mark } from './serial.js';
@@ -53,6 +53,12 @@ export interface StartVmOptions {
   patterns?: readonly PseudoMarkPattern[];
   /** Appended to QEMU's arguments as is. */
   extraArgs?: string[];
+  /**
+   * UEFI only: Secure Boot on. OVMF's secure-boot build with Microsoft's keys enrolled (…_4M.ms.fd),
+   * SMM (so the variable store cannot be written around the firmware), and OVMF's own signed PXE
+   * (pxe 'native': the NIC's unsigned iPXE ROM would be refused).
+   */
+  secureBoot?: boolean;
 }
 
 export interface VmExit {
@@ -141,7 +147,7 @@ function qemuArgs(o: StartVmOptions, dir: string, accel: 'tcg' | 'kvm'): string[
   const a = [
     '-name', o.name,
     '-accel', accel, '-cpu', accel === 'tcg' ? 'max' : 'host',
-    '-M', 'q35', '-m', String(o.memMiB ?? 768), '-smp', '1',
+    '-M', o.secureBoot ? 'q35,smm=on' : 'q35', '-m', String(o.memMiB ?? 768), '-smp', '1',
     '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'none', '-monitor', 'none',
     '-serial', 'stdio',
     '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04',
@@ -168,8 +174,9 @@ function qemuArgs(o: StartVmOptions, dir: string, accel: 'tcg' | 'kvm'): string[
     a.push('-fw_cfg', `name=etc/sercon-port,file=${sercon}`);
   } else {
     const vars = path.join(dir, 'OVMF_VARS.fd');
-    copyFileSync(OVMF_VARS, vars);
-    a.push('-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${OVMF_CODE}`);
+    copyFileSync(o.secureBoot ? OVMF_VARS_MS : OVMF_VARS, vars);
+    if (o.secureBoot) a.push('-global', 'driver=cfi.pflash01,property=secure,value=on');
+    a.push('-drive', `if=pflash,format=raw,unit=0,readonly=on,file=${o.secureBoot ? OVMF_CODE_MS : OVMF_CODE}`);
     a.push('-drive', `if=pflash,format=raw,unit=1,file=${vars}`);
   }
   a.push(...(o.extraArgs ?? []));
@@ -180,6 +187,7 @@ function validate(o: StartVmOptions): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(o.name)) throw new Error(`name: expected [A-Za-z0-9_.-]+, received ${JSON.stringify(o.name)}`);
   if (!MAC_RE.test(o.mac)) throw new Error(`mac: expected lower-case aa:bb:cc:dd:ee:ff, received ${JSON.stringify(o.mac)}`);
   if (o.firmware !== 'bios' && o.firmware !== 'uefi') throw new Error(`firmware: expected bios or uefi, received ${JSON.stringify(o.firmware)}`);
+  if (o.secureBoot && (o.firmware !== 'uefi' || (o.pxe ?? 'rom') === 'rom')) throw new Error("secureBoot: needs firmware 'uefi' and pxe 'native' or 'off' (the NIC ROM's iPXE is unsigned)");
   if (o.pxe === 'native' && o.firmware !== 'uefi') throw new Error("pxe: 'native' needs firmware 'uefi' (SeaBIOS has no PXE client of its own)");
   if (o.memMiB !== undefined && (!Number.isInteger(o.memMiB) || o.memMiB < 64)) throw new Error(`memMiB: expected an integer >= 64, received ${o.memMiB}`);
   for (const n of o.extraNics ?? []) if (!MAC_RE.test(n.mac)) throw new Error(`extraNics.mac: expected aa:bb:cc:dd:ee:ff, received ${JSON.stringify(n.mac)}`);
