@@ -1,6 +1,7 @@
 import type { ChunkStore } from '../src/chunk/store.js';
 import type { PackFileCache } from '../src/chunk/pack-cache.js';
 import type { Admission } from './admission.js';
+import type { SigningKey } from './signing.js';
 import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
@@ -35,6 +36,8 @@ export interface AppContext {
   admission: Admission;
   /** Retention policies, prune and deletes (server/routes/lifecycle.ts). */
   lifecycle: Lifecycle;
+  /** Signed versions: the key, and how long a signed head holds (server/routes/signed.ts). */
+  signing: { key: SigningKey; headSeconds: number };
   /** Garbage collection of the stores (set by the composition root; routes/store.ts). */
   gc?: {
     run(opts?: GcRunOptions): Promise<GcResult>;

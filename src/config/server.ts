@@ -48,6 +48,8 @@ export interface ServerConfig {
   readonly admission: AdmissionConfig;
   readonly tftp: TftpConfig;
   readonly store: StoreConfig;
+  /** Signed versions (src/sign/, server/signing.ts). */
+  readonly signing: SigningConfig;
 }
 
 /**
@@ -91,6 +93,12 @@ export interface StoreConfig {
    * File `storeRetrySeconds`, env DESKFUSE_STORE_RETRY_SECONDS. Default 120.
    */
   readonly retrySeconds: number;
+}
+
+/** Signed versions: how long the freshness stamp an endpoint gets with its sync target holds. */
+export interface SigningConfig {
+  /** Seconds a signed head (the version to sync to, TUF's timestamp) is valid from its issue. Default 86400 (24 h). */
+  readonly headSeconds: number;
 }
 
 /** Unknown MACs asking /boot/ipxe (anyone on the boot network can): how many become rows, how fast, how long. */
@@ -266,6 +274,7 @@ export const DEFAULTS: ServerConfig = {
   admission: { heavyTransfers: 16, retryAfterSeconds: 5, maxMbitPerSecond: 0 },
   tftp: { ...TFTP_DEFAULTS },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
+  signing: { headSeconds: 86400 },
 };
 
 export interface ConfigSources {
@@ -286,7 +295,7 @@ export interface ConfigSources {
  * Top-level config-file keys: a flag's name in camelCase (`--log-level` → `logLevel`, `--data` → `data`);
  * the network-boot and NBD flags live in their blocks (`--dhcp` → `netboot.dhcp`, `--nbd-listen` → `nbd.listen`).
  */
-export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp'];
+export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', 'signing'];
 /** Old names still read, with a warning: old → new. */
 const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
 const LOG_FORMATS = ['auto', 'pretty', 'json'];
@@ -363,9 +372,10 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const admission = loadIntegers('admission', (file.admission ?? {}) as Record<string, unknown>, DEFAULTS.admission, { heavyTransfers: [0, 100_000], retryAfterSeconds: [1, 3600], maxMbitPerSecond: [0, 1_000_000] }, problems);
   const tftp = loadIntegers('tftp', (file.tftp ?? {}) as Record<string, unknown>, DEFAULTS.tftp, { maxTransfers: [1, 10_000], maxQueued: [0, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
+  const signing = loadIntegers('signing', (file.signing ?? {}) as Record<string, unknown>, DEFAULTS.signing, { headSeconds: [60, 365 * 86400] }, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store, signing });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
