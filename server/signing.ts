@@ -1,7 +1,10 @@
 import { existsSync } from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { KeyObject } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
+import { STAGE_HASH_HEX } from './boot-stage.js';
+import { trustFileOf, type TrustFile } from '../src/sign/trust.js';
+import { trustInitrd } from '../src/sign/trust-initrd.js';
 import { dfError } from '../src/errors.js';
 import { keyIdOf, newSigningKey, privateKeyFromPem, privateKeyPem, rawPublicKey } from '../src/sign/ed25519.js';
 import { signStatement, type EndorseBody, type KeyChain, type Signed, type StatementBody } from '../src/sign/statements.js';
@@ -17,6 +20,8 @@ import { signStatement, type EndorseBody, type KeyChain, type Signed, type State
  * Several servers on one database must share these files (copy keys/ to each before it starts).
  */
 export class SigningKey {
+  private initrd?: { keyId: string; bytes: Buffer; hash: string };
+
   private constructor(
     private key: KeyObject,
     public keyId: string,
@@ -45,6 +50,26 @@ export class SigningKey {
 
   get publicKey(): Buffer {
     return rawPublicKey(this.key);
+  }
+
+  /** Every key of the chain: a boot stage that trusts them all accepts what any of them signed. */
+  chainKeys(): Buffer[] {
+    const c = this.chain;
+    return [Buffer.from(c.root.key, 'base64'), ...c.endorsements.map((e) => Buffer.from((JSON.parse(e.body) as EndorseBody).key, 'base64'))];
+  }
+
+  /** The trust file for boot stages (src/sign/trust.ts). */
+  trustFile(): TrustFile {
+    return trustFileOf(this.chainKeys());
+  }
+
+  /** The trust initrd (src/sign/trust-initrd.ts) and its URL hash; made again only after a rotation. */
+  trustInitrd(): { bytes: Buffer; hash: string } {
+    if (this.initrd?.keyId !== this.keyId) {
+      const bytes = trustInitrd(this.trustFile());
+      this.initrd = { keyId: this.keyId, bytes, hash: createHash('sha256').update(bytes).digest('hex').slice(0, STAGE_HASH_HEX) };
+    }
+    return this.initrd;
   }
 
   sign(body: StatementBody): Signed {

@@ -67,7 +67,7 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     const paths = d.kind === 'agent' ? await stage.paths() : undefined;
     return bootScript(boot.templates, d, {
       base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
-      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'] } : {}),
+      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'], trust: `/boot/trust/${ctx.signing.key.trustInitrd().hash}/trust.cpio` } : {}),
     });
   });
 
@@ -122,6 +122,28 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
       handler: serveFile(file, phase),
     });
   }
+
+  // The trust initrd (src/sign/trust-initrd.ts): the server's version-signing keys as a cpio iPXE lays
+  // over the boot stage; public like the stage files, and immutable under its content hash.
+  const sendTrust = async (req: FastifyRequest<{ Params: { hash?: string } }>, reply: FastifyReply) => {
+    const t = ctx.signing.key.trustInitrd();
+    const want = req.params.hash;
+    if (want !== undefined && want !== t.hash) throw dfError('DF_ERR_BOOT_STAGE_CHANGED', `trust.cpio is now ${t.hash}, not ${want}: ask /boot/ipxe for the current boot script`, { file: 'trust.cpio', hash: want, current: t.hash });
+    if (want !== undefined && immutable(req, reply, `"${want}"`)) return reply;
+    if (want === undefined) reply.header('cache-control', 'no-cache');
+    reply.type('application/octet-stream');
+    return t.bytes;
+  };
+  app.route({
+    method: ['GET', 'HEAD'], url: '/boot/trust.cpio', config: { public: true },
+    schema: { tags: ['boot'], summary: "The trust initrd: the server's version-signing keys as etc/deskfuse/trust.json in a cpio archive" },
+    handler: sendTrust,
+  });
+  app.route({
+    method: ['GET', 'HEAD'], url: '/boot/trust/:hash/trust.cpio', config: { public: true },
+    schema: { params: StageParams, tags: ['boot'], summary: 'The trust initrd under its content hash (immutable)' },
+    handler: sendTrust,
+  });
 
   app.post('/boot/session', {
     bodyLimit: BODY_BOOT, config: { public: true }, schema: { body: SessionBody, response: { 200: BootSession }, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },

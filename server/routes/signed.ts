@@ -1,7 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { DesktopParams, KeyRotated, KeysAnswer, SignedHeadAnswer, SignedStatement, VersionParams } from '../../src/api/schemas.js';
 import { bodyHash, type HeadBody, type RollbackBody, type Signed } from '../../src/sign/statements.js';
-import { trustFileOf } from '../../src/sign/trust.js';
 import type { AppContext } from '../context.js';
 
 /**
@@ -32,7 +31,7 @@ export const signedRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => asyn
 
   app.get('/keys', {
     schema: { response: { 200: KeysAnswer }, tags: ['keys'], summary: "The server's version-signing key, its chain, and the trust file for boot stages" },
-  }, async () => ({ keyId: signing.key.keyId, key: signing.key.publicKey.toString('base64'), chain: signing.key.chain, trust: trustFileOf(rootAndEndorsed()) }));
+  }, async () => ({ keyId: signing.key.keyId, key: signing.key.publicKey.toString('base64'), chain: signing.key.chain, trust: signing.key.trustFile() }));
 
   app.post('/keys/rotate', {
     schema: { response: { 200: KeyRotated }, tags: ['keys'], summary: 'Make a new signing key, endorsed by the current one (endpoints accept it through the chain)' },
@@ -41,12 +40,6 @@ export const signedRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => asyn
     req.log.warn({ from: r.from, to: r.to }, 'version signing key rotated');
     return r;
   });
-
-  /** Every key of the chain (a boot stage trusting all of them accepts what any signed). */
-  function rootAndEndorsed(): Buffer[] {
-    const c = signing.key.chain;
-    return [Buffer.from(c.root.key, 'base64'), ...c.endorsements.map((e) => Buffer.from((JSON.parse(e.body) as { key: string }).key, 'base64'))];
-  }
 
   /**
    * When the ref's last move took it back to `version` (an admin's ref set or desktop reset: commits

@@ -37,6 +37,11 @@ const onHead = (fn: (a: Answer) => unknown) => {
   proxy.hooks.onResponse = ({ url }, body): ProxyAction => (isHead(url) ? { body: Buffer.from(typeof fn === 'function' ? JSON.stringify(fn(JSON.parse(body.toString()) as Answer)) : '') } : undefined);
 };
 
+async function adminBytes(url: string): Promise<Buffer> {
+  const r = await fetch(`${srv.url}${url}`, { headers: { authorization: `Bearer ${srv.token}` } });
+  return Buffer.from((await r.arrayBuffer()) as ArrayBuffer);
+}
+
 function blankDisk(name: string): string {
   writeFileSync(f(name), '');
   truncateSync(f(name), DISK);
@@ -101,7 +106,7 @@ describe('signed versions through a tampering proxy', () => {
 
   it('refuses an index swapped for another valid version\'s (DF_ERR_SIG_MISMATCH)', async () => {
     expect((await cli(['image', 'publish', 'win', '--from', f('v2.img')], admin)).code).toBe(0);
-    const v1Index = Buffer.from(await fetch(`${srv.url}/api/v1/images/win/versions/1/index`, { headers: { authorization: `Bearer ${srv.token}` } }).then((x) => x.arrayBuffer()));
+    const v1Index = await adminBytes('/api/v1/images/win/versions/1/index');
     const v1 = await fetch(`${srv.url}/api/v1/images/win/versions/1`, { headers: { authorization: `Bearer ${srv.token}` } }).then((x) => x.json());
     proxy.hooks.onResponse = ({ url }, body) => {
       if (/\/versions\/2\/index/.test(url)) return { body: v1Index };
@@ -110,7 +115,7 @@ describe('signed versions through a tampering proxy', () => {
     };
     await refused(blankDisk('b.img'), 'DF_ERR_SIG_MISMATCH');
     // the provisioned disk takes the delta path: layers swapped for v1's make an index the manifest does not name
-    const v1Layer = Buffer.from(await fetch(`${srv.url}/api/v1/images/win/versions/1/layer`, { headers: { authorization: `Bearer ${srv.token}` } }).then((x) => x.arrayBuffer()));
+    const v1Layer = await adminBytes('/api/v1/images/win/versions/1/layer');
     proxy.hooks.onResponse = ({ url }, body) => {
       if (/\/versions\/2\/layer/.test(url)) return { body: v1Layer };
       if (/\/versions\?/.test(url)) {
