@@ -5,7 +5,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength } from '../image/geometry.js';
 import { applyLayer, decodeLayer, type Layer } from '../image/layer.js';
-import type { Version, VersionList } from '../api/schemas.js';
+import type { VersionList } from '../api/schemas.js';
 import { Progress } from '../progress.js';
 import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
 import { readDelta, type DeltaItem } from '../sync/delta.js';
@@ -215,7 +215,7 @@ async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hop
   }
   const got = idHex(hashBytes(bytes));
   if (got !== signedIndex) {
-    throw dfError('DF_ERR_SIG_MISMATCH', `the index the server sent for version ${to} hashes to ${got}, not to ${signedIndex} as its signed manifest says: nothing was written`, {
+    throw dfError('DF_ERR_SIG_MISMATCH', `the index the server sent for version ${to} hashes to ${got}, not to ${signedIndex} as its signed manifest says: none of its chunks was written`, {
       image: s.image.name, version: to, index: got, signed: signedIndex,
     });
   }
