@@ -61,6 +61,7 @@ export const IMAGE = group({
   flags: {
     from: { type: 'string', arg: 'FILE', help: 'the disk: raw, or anything qemu-img reads (qcow2, vmdk, vhdx, vdi …); only allocated extents are read' },
     'chunk-size': { type: 'string', arg: 'N', help: 'chunk size in bytes, or 64K, 1M … (default 64K)' },
+    trust: { type: 'string', arg: 'FILE', help: 'a trust file (deskfuse key show --trust-out FILE): the keys to verify with; keys they endorse through the server\'s chain count too' },
     ref: { type: 'string', arg: 'REF', default: 'main', help: 'the ref the new version goes on; a ref that does not exist yet branches from main' },
     parent: { type: 'string', arg: 'VERSION', help: 'the version it changes (default: the ref\'s head; another one makes a conflict version)' },
     message: { type: 'string', short: 'm', arg: 'MSG', default: '', help: 'what changed (image log shows it)', showShort: true },
@@ -107,6 +108,10 @@ export const IMAGE = group({
     log: {
       args: 'NAME[@REF|@VERSION]', flags: ['limit'],
       about: 'Versions, newest first. NAME: every version of the image, each ref shown beside the version it is at; NAME@REF: that ref\'s line (its ancestry); NAME@VERSION: the ancestry of that version.',
+    },
+    verify: {
+      args: 'NAME[@REF|@VERSION]', flags: ['trust!'],
+      about: 'Check a version\'s signed manifest against trusted keys, and that its index hashes to what the manifest says (default: main\'s head). Exits 1 with DF_ERR_SIG_* when it does not verify.',
     },
     export: {
       args: 'NAME[@REF|@VERSION]', flags: ['to!', 'format', 'force'],

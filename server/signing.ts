@@ -34,16 +34,21 @@ export class SigningKey {
     const file = path.join(dir, 'signing.key');
     try {
       await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-      if (!existsSync(file)) {
-        const k = newSigningKey();
-        await writeSecret(file, privateKeyPem(k));
-        const raw = rawPublicKey(k);
-        await writeJson(path.join(dir, 'chain.json'), { root: { keyId: keyIdOf(raw), key: raw.toString('base64') }, endorsements: [] } satisfies KeyChain);
-      }
+      const chainFile = path.join(dir, 'chain.json');
+      if (!existsSync(file)) await writeSecret(file, privateKeyPem(newSigningKey()));
       const key = privateKeyFromPem(await fsp.readFile(file, 'utf8'));
-      const chain = JSON.parse(await fsp.readFile(path.join(dir, 'chain.json'), 'utf8')) as KeyChain;
-      return new SigningKey(key, keyIdOf(rawPublicKey(key)), chain, dir);
+      const raw = rawPublicKey(key);
+      // A first start (or a key restored without its chain): the chain starts at this key.
+      if (!existsSync(chainFile)) await writeJson(chainFile, { root: { keyId: keyIdOf(raw), key: raw.toString('base64') }, endorsements: [] } satisfies KeyChain);
+      const chain = JSON.parse(await fsp.readFile(chainFile, 'utf8')) as KeyChain;
+      const signer = new SigningKey(key, keyIdOf(raw), chain, dir);
+      if (!signer.chainKeys().some((k) => k.equals(raw))) {
+        // Signing with it would make every provisioned disk refuse the server's versions: say so at start instead.
+        throw dfError('DF_ERR_SIG_KEY', `${file} (key ${signer.keyId}) is not in ${chainFile}: endpoints would refuse what it signs. Restore the key from a backup; or, accepting that every provisioned disk refuses it until reprovisioned, delete ${chainFile} to start a new chain`, { dir, keyId: signer.keyId });
+      }
+      return signer;
     } catch (err) {
+      if (err instanceof Error && (err as { code?: string }).code === 'DF_ERR_SIG_KEY') throw err;
       throw dfError('DF_ERR_SIG_KEY', `the signing key in ${dir} cannot be read or made: ${(err as Error).message}`, { dir }, err);
     }
   }

@@ -221,5 +221,12 @@ describe('signed versions through a tampering proxy', () => {
     const m1 = await fetch(`${srv.url}/api/v1/images/win/versions/1/manifest`, { headers: { authorization: `Bearer ${srv.token}` } }).then((x) => x.json());
     expect(m1.keyId).toBe(old);
     expect(readFileSync(path.join(f('data'), 'keys', 'retired', `${old}.key`), 'utf8')).toMatch(/BEGIN PRIVATE KEY/);
+
+    // image verify: with the first key only, version 3 verifies through the chain, version 1 directly; a stranger's key verifies nothing
+    const v3 = await cli(['image', 'verify', 'win@3', '--trust', f('trust.json'), '--json'], admin);
+    expect(v3.code, v3.stderr).toBe(0);
+    expect(v3.json).toMatchObject({ version: 3, keyId: rot.json.keyId, viaChain: true });
+    expect((await cli(['image', 'verify', 'win@1', '--trust', f('trust.json'), '--json'], admin)).json).toMatchObject({ version: 1, keyId: old, viaChain: false });
+    expect((await cli(['image', 'verify', 'win@main', '--trust', f('stranger.json'), '--json'], admin)).json.error.code).toBe('DF_ERR_SIG_UNKNOWN_KEY');
   });
 });
