@@ -102,6 +102,14 @@ describe('network boot flow', () => {
     expect(trust).toEqual(keys.trust);
     expect(trust.keys[0].id).toBe(keys.keyId);
     expect((await app.inject({ method: 'GET', url: `/boot/trust/${'0'.repeat(32)}/trust.cpio` })).json().code).toBe('DF_ERR_BOOT_STAGE_CHANGED');
+    // UEFI: the EFI stub reads the initrds back to back, so the archive is padded to start 4-byte aligned after initrd.img.
+    const efi = (await script(`mac=${MAC}&platform=efi`)).payload;
+    const pad = (4 - (INITRD.length % 4)) % 4;
+    const efiUrl = /initrd --name trust\.cpio http:\/\/localhost:80(\S+) \|\|/.exec(efi)![1]!;
+    expect(efiUrl).toBe(pad ? `${trustUrl}?pad=${pad}` : trustUrl);
+    const padded = (await app.inject({ method: 'GET', url: efiUrl })).rawPayload;
+    expect(padded.equals(Buffer.concat([Buffer.alloc(pad), cpio.rawPayload]))).toBe(true);
+    expect((INITRD.length + pad) % 4).toBe(0);
     expect(r.payload).toContain('deskfuse.action=sync');
     const token = tokenOf(r.payload)!;
     expect(token).toMatch(/^dfb_/);
