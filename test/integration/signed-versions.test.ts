@@ -34,7 +34,7 @@ type Answer = { head: Signed; manifest: Signed; rollback: Signed | null; chain: 
 const isHead = (url: string) => /\/desktops\/kiosk\/signed-head/.test(url);
 /** Rewrite only the signed-head answer. */
 const onHead = (fn: (a: Answer) => unknown) => {
-  proxy.hooks.onResponse = ({ url }, body): ProxyAction => (isHead(url) ? { body: Buffer.from(typeof fn === 'function' ? JSON.stringify(fn(JSON.parse(body.toString()) as Answer)) : '') } : undefined);
+  proxy.hooks.onResponse = ({ url }, body): ProxyAction => (isHead(url) ? { body: Buffer.from(JSON.stringify(fn(JSON.parse(body.toString()) as Answer))) } : undefined);
 };
 
 async function adminBytes(url: string): Promise<Buffer> {
