@@ -32,6 +32,7 @@ export async function main(argvIn: string[], io: Io): Promise<number> {
       case 'endpoint': return await (await import('./commands/endpoint.js')).endpointCommand(rest, io);
       case 'vdi': return await (await import('./commands/vdi.js')).vdiCommand(rest, io);
       case 'token': return await (await import('./commands/token.js')).tokenCommand(rest, io);
+      case 'key': return await (await import('./commands/key.js')).keyCommand(rest, io);
       case 'help': return help(rest, io);
       case undefined: case '-h': case '--help':
         io.out.write(USAGE);

@@ -66,6 +66,7 @@ export const IMAGE = group({
   flags: {
     from: { type: 'string', arg: 'FILE', help: 'the disk: raw, or anything qemu-img reads (qcow2, vmdk, vhdx, vdi …); only allocated extents are read' },
     'chunk-size': { type: 'string', arg: 'N', help: 'chunk size in bytes, or 64K, 1M … (default 64K)' },
+    trust: { type: 'string', arg: 'FILE', help: 'a trust file (deskfuse key show --trust-out FILE): the keys to verify with; keys they endorse through the server\'s chain count too' },
     ref: { type: 'string', arg: 'REF', default: 'main', help: 'the ref the new version goes on; a ref that does not exist yet branches from main' },
     parent: { type: 'string', arg: 'VERSION', help: 'the version it changes (default: the ref\'s head; another one makes a conflict version)' },
     message: { type: 'string', short: 'm', arg: 'MSG', default: '', help: 'what changed (image log shows it)', showShort: true },
@@ -112,6 +113,10 @@ export const IMAGE = group({
     log: {
       args: 'NAME[@REF|@VERSION]', flags: ['limit'],
       about: 'Versions, newest first. NAME: every version of the image, each ref shown beside the version it is at; NAME@REF: that ref\'s line (its ancestry); NAME@VERSION: the ancestry of that version.',
+    },
+    verify: {
+      args: 'NAME[@REF|@VERSION]', flags: ['trust!'],
+      about: 'Check a version\'s signed manifest against trusted keys, and that its index hashes to what the manifest says (default: main\'s head). Exits 1 with DF_ERR_SIG_* when it does not verify.',
     },
     export: {
       args: 'NAME[@REF|@VERSION]', flags: ['to!', 'format', 'force'],
@@ -195,11 +200,13 @@ export const AGENT = group({
     message: { type: 'string', short: 'm', arg: 'MSG', help: 'the message of the version a commit makes (image log shows it)', showShort: true },
     scan: { type: 'boolean', default: false, help: 'hash the whole disk even when it is sealed clean (a disk file written since its seal is scanned anyway: its mtime moved; a block device\'s writes leave no such trace)' },
     progress: { type: 'boolean', default: false, help: 'the progress line (percent) on stderr also when it is not a terminal (default: only on a terminal)' },
+    trust: { type: 'string', arg: 'FILE', help: 'a trust file (deskfuse key show --trust-out FILE; the boot stage\'s /etc/deskfuse/trust.json): the version-signing keys to trust while the disk records none. Without it and without keys on the disk, the server\'s first key is trusted on first use' },
+    'max-head-age': { type: 'string', arg: 'SECONDS', help: 'refuse (DF_ERR_SIG_STALE) a signed head older than this (default 86400): a frozen or replayed answer' },
     'lease-ttl': { type: 'string', arg: 'SECONDS', help: 'how long the desktop\'s lease lasts unless renewed (default 300; 10-86400). The agent renews it while it runs; after a sync, the endpoint\'s OS renews it (POST /boot/keepalive, initramfs/os-integration), so a dead endpoint frees the desktop within this time' },
   },
   subs: {
     sync: {
-      flags: ['disk!', 'desktop!', 'force', 'reprovision', 'holder', 'message', 'scan', 'progress', 'lease-ttl'], notes: AGENT_TOKEN,
+      flags: ['disk!', 'desktop!', 'force', 'reprovision', 'holder', 'message', 'scan', 'progress', 'lease-ttl', 'trust', 'max-head-age'], notes: AGENT_TOKEN,
       flagHelp: { message: 'the message of the version made of the disk\'s local changes, if any (image log shows it)' },
       about: 'Bring the disk to the desktop\'s head: a blank disk is provisioned; a dirty one is scanned and its local changes committed first (persistent) or overwritten (restore); an interrupted sync resumes.',
     },
@@ -350,5 +357,20 @@ export const ADMIN = group({
   },
 });
 
+export const KEY = group({
+  name: 'key',
+  about: 'the server\'s version-signing key (endpoints verify every version they sync to)',
+  flags: {
+    'trust-out': { type: 'string', arg: 'FILE', help: 'also write the trust file for boot stages there (npm run build:initramfs embeds it as /etc/deskfuse/trust.json)' },
+  },
+  subs: {
+    show: { flags: ['trust-out'], about: 'The current key id, the key chain (one endorsement per rotation) and the trust file.' },
+    rotate: {
+      flags: ['trust-out'],
+      about: 'Sign with a new key from now on, endorsed by the current one: endpoints that trust an older key accept it through the chain and record it on their disk. Versions signed before keep their signatures.',
+    },
+  },
+});
+
 /** In the order `deskfuse --help` shows them. */
-export const GROUPS = [SERVER, IMAGE, REF, DESKTOP, AGENT, ENDPOINT, VDI, TOKEN, STORE, ADMIN] as const;
+export const GROUPS = [SERVER, IMAGE, REF, DESKTOP, AGENT, ENDPOINT, VDI, TOKEN, KEY, STORE, ADMIN] as const;

@@ -8,6 +8,9 @@
 #      DESKFUSE_INITRD_COMPRESS=zstd-9|zstd-19|gzip-9|gzip-6|none  (default zstd-9)
 #      DESKFUSE_INITRAMFS_MEASURE=1 (also time every compression, into manifest.json)
 #      SOURCE_DATE_EPOCH (default: the kernel image's date in its package)
+#      DESKFUSE_TRUST_FILE (a trust file: deskfuse key show --trust-out FILE), else DESKFUSE_DATA (a server's data
+#      directory: its keys/chain.json) -> /etc/deskfuse/trust.json, the version-signing keys a blank disk trusts
+#      (the server also sends them as a second initrd, so a build without them works: src/sign/trust-initrd.ts)
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/buildlib.sh"
 OUT=${DESKFUSE_INITRAMFS_OUT:-$ROOT/initramfs/out}
@@ -120,6 +123,30 @@ else
   say "WARNING: dist/native/deskfuse_native.node is not built yet (npm run build); the initramfs has no native addon"
 fi
 for f in $(find "$A" -name '*.node'); do copy_libs "$f" "$R"; done
+
+# ---- trust anchors: the version-signing keys a blank disk trusts (src/sign/trust.ts)
+TRUST_SRC=${DESKFUSE_TRUST_FILE:-}
+[ -z "$TRUST_SRC" ] && [ -n "${DESKFUSE_DATA:-}" ] && [ -f "$DESKFUSE_DATA/keys/chain.json" ] && TRUST_SRC=$DESKFUSE_DATA/keys/chain.json
+if [ -n "$TRUST_SRC" ]; then
+  mkdir -p "$R/etc/deskfuse"
+  node -e '
+    const fs = require("fs"), { createHash } = require("crypto");
+    const [src, out] = process.argv.slice(1);
+    const j = JSON.parse(fs.readFileSync(src, "utf8"));
+    // a trust file as it is, or a server key chain: its first key and every endorsed one
+    const raw = j.version === 1 ? j.keys.map((k) => k.ed25519) : [j.root.key, ...j.endorsements.map((e) => JSON.parse(e.body).key)];
+    const keys = raw.map((b) => {
+      const k = Buffer.from(b, "base64");
+      if (k.length !== 32) { console.error(`deskfuse build: ${src} holds a key that is not 32 bytes`); process.exit(1); }
+      return { ed25519: k.toString("base64"), id: createHash("sha256").update(k).digest("hex").slice(0, 16) };
+    });
+    fs.writeFileSync(out, JSON.stringify({ keys, version: 1 }) + "\n");
+    console.log(keys.map((k) => k.id).join(","));
+  ' "$TRUST_SRC" "$R/etc/deskfuse/trust.json" > "$WORK/trust.ids"
+  say "trust: /etc/deskfuse/trust.json with key(s) $(cat "$WORK/trust.ids") from $TRUST_SRC"
+else
+  say "trust: no DESKFUSE_TRUST_FILE or DESKFUSE_DATA/keys: endpoints get the keys from the server's trust initrd"
+fi
 
 # ---- pack
 mkdir -p "$OUT"

@@ -26,6 +26,7 @@ test=(
   gdisk fdisk                                   # GPT repair tools (sgdisk -e, sfdisk --relocate) against the disk layout
   systemd                                       # systemd-analyze verify of deploy/systemd/deskfuse.service
   varnish nginx-light                           # the site caches (deploy/varnish, deploy/nginx): test/integration/{varnish,nginx-cache}.test.ts
+  openssl                                       # an independent Ed25519 verifier of signed versions (src/sign/sign.test.ts)
   chromium fonts-dejavu-core                    # the web console's browser tests (playwright-core drives Debian's chromium): test/integration/console-browser.test.ts
   libnss3-tools                                 # certutil: the private CA into a test browser's NSS store (test/integration/tls-console-browser.test.ts)
 )

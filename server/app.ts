@@ -8,6 +8,7 @@ import { installErrorHandler } from './errors.js';
 import { chunkRoutes } from './routes/chunks.js';
 import { bootRoutes } from './routes/boot.js';
 import { desktopRoutes } from './routes/desktops.js';
+import { signedRoutes } from './routes/signed.js';
 import { endpointRoutes } from './routes/endpoints.js';
 import { imageRoutes } from './routes/images.js';
 import { lifecycleRoutes } from './routes/lifecycle.js';
@@ -122,6 +123,7 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
   await app.register(syncRoutes(ctx));
   await app.register(imageRoutes(ctx), { prefix: '/api/v1' });
   await app.register(desktopRoutes(ctx), { prefix: '/api/v1' });
+  await app.register(signedRoutes(ctx), { prefix: '/api/v1' });
   await app.register(endpointRoutes(ctx), { prefix: '/api/v1' });
   await app.register(vdiRoutes(ctx), { prefix: '/api/v1' });
   await app.register(tokenRoutes(ctx), { prefix: '/api/v1' });

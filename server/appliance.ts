@@ -14,6 +14,7 @@ import { Desktops } from '../src/desktop/desktops.js';
 import { Endpoints } from '../src/endpoint/endpoints.js';
 import { loadTemplates } from '../src/ipxe/render.js';
 import { Catalog } from '../src/image/catalog.js';
+import { SigningKey } from './signing.js';
 import { Lifecycle } from '../src/image/lifecycle.js';
 import { runGc, type GcProgress, type GcResult, type StoreUsage } from '../src/gc/gc.js';
 import { commitGuard } from '../src/gc/guard.js';
@@ -149,7 +150,9 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
         packs?.clear();
       };
     }
-    const catalog = new Catalog({ images: meta.images, chunks, blobs, now, guard: commitGuard(meta.gc), ...(log ? { log } : {}) });
+    const signing = await SigningKey.open(config.dataDir);
+    log?.info({ keyId: signing.keyId }, 'version signing key');
+    const catalog = new Catalog({ images: meta.images, chunks, blobs, now, guard: commitGuard(meta.gc), signer: signing, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });
     const newAdminToken = await ensureAdminToken(meta, p.adminToken);
     const nb = config.netboot;
@@ -178,7 +181,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
       meta, blobs, deltas, defaults: { keepLast, keepDays, conflictDays }, deltaIdleDays, pruneVersions: pruneVersions === 1, now, ...(log ? { log } : {}),
       discardSession: (id) => sessions.discard(id, 'admin', true),
     });
-    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, lifecycle, ...(packs ? { packs } : {}) };
+    const ctx: AppContext = { catalog, desktops, chunks, meta, metrics, deltas, maxChunkSize: MAX_CHUNK_SIZE, bodyLimit: config.bodyLimit, now, endpoints, boot, vdi, admission, lifecycle, signing: { key: signing, headSeconds: config.signing.headSeconds }, ...(packs ? { packs } : {}) };
     if (tls) ctx.tls = { port: config.tls.listen.port, caFingerprint: tls.caFingerprint, plainHttp: config.tls.plainHttp };
     // Garbage collection: one run at a time in this process (the database lock covers every server).
     let gcRunning: { progress: GcProgress; run?: string } | undefined;

@@ -41,7 +41,7 @@ export const ACCESS_RULES: readonly AccessRule[] = [
   { methods: READ, url: IMG, need: { image: 'image' } },
   { methods: READ, url: `${IMG}/resolve`, need: { image: 'image', rev: 'rev' } },
   { methods: READ, url: `${IMG}/versions`, need: { image: 'image', rev: 'ref' } },
-  { methods: READ, url: /^\/api\/v1\/images\/:image\/versions\/:version(\/(layer|index|delta))?$/, need: { image: 'image', version: 'version' } },
+  { methods: READ, url: /^\/api\/v1\/images\/:image\/versions\/:version(\/(layer|index|delta|manifest))?$/, need: { image: 'image', version: 'version' } },
   { methods: READ, url: `${IMG}/refs`, need: { image: 'image' } },
   { methods: READ, url: `${IMG}/refs/*`, need: { image: 'image', ref: '*' } },
   { methods: READ, url: `${IMG}/reflog`, need: { image: 'image', rev: 'ref' } },
@@ -49,6 +49,7 @@ export const ACCESS_RULES: readonly AccessRule[] = [
   // Its desktop: read it, take and give back its lease, commit to it.
   { methods: READ, url: '/api/v1/desktops/:name', need: { desktop: 'name' } },
   { methods: ['POST', 'DELETE'], url: '/api/v1/desktops/:name/lease', need: { desktop: 'name' } },
+  { methods: READ, url: '/api/v1/desktops/:name/signed-head', need: { desktop: 'name' } },
   { methods: ['POST'], url: '/api/v1/desktops/:name/commits', need: { desktop: 'name' } },
   // A hypervisor: start VDI sessions and follow its own (server/routes/vdi.ts checks "its own").
   { methods: ['POST', ...READ], url: '/api/v1/vdi/sessions', need: 'hypervisor' },

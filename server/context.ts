@@ -1,6 +1,7 @@
 import type { ChunkStore } from '../src/chunk/store.js';
 import type { PackFileCache } from '../src/chunk/pack-cache.js';
 import type { Admission } from './admission.js';
+import type { SigningKey } from './signing.js';
 import type { Desktops } from '../src/desktop/desktops.js';
 import type { Endpoints } from '../src/endpoint/endpoints.js';
 import type { Templates } from '../src/ipxe/render.js';
@@ -38,6 +39,8 @@ export interface AppContext {
   lifecycle: Lifecycle;
   /** With TLS on (server/tls.ts): plain HTTP serves only the network boot's first fetches. */
   tls?: TlsContext;
+  /** Signed versions: the key, and how long a signed head holds (server/routes/signed.ts). */
+  signing: { key: SigningKey; headSeconds: number };
   /** Garbage collection of the stores (set by the composition root; routes/store.ts). */
   gc?: {
     run(opts?: GcRunOptions): Promise<GcResult>;

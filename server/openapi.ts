@@ -18,6 +18,8 @@ const BINARY: Record<string, { type: string; description: string }> = {
   '/boot/initrd.img': { type: 'application/octet-stream', description: "the boot stage's initramfs" },
   '/boot/stage/:hash/vmlinuz': { type: 'application/octet-stream', description: "the boot stage's kernel, by content hash (immutable)" },
   '/boot/stage/:hash/initrd.img': { type: 'application/octet-stream', description: "the boot stage's initramfs, by content hash (immutable)" },
+  '/boot/trust.cpio': { type: 'application/octet-stream', description: "the trust initrd: the server's version-signing keys (newc cpio)" },
+  '/boot/trust/:hash/trust.cpio': { type: 'application/octet-stream', description: 'the trust initrd, by content hash (immutable)' },
 };
 
 const ERROR_RESPONSE = { ...ErrorBody, description: 'an error: {code: "DF_ERR_…", message, …its fields} (src/errors.ts)' };

@@ -88,6 +88,14 @@ export const ERRORS = {
   DF_ERR_TLS_REQUIRED: { status: 403, message: 'this request carries a secret: send it over HTTPS' },
   DF_ERR_TLS_PIN: { status: 502, message: "the server's certificate chain does not hold the pinned CA: nothing was sent" },
   DF_ERR_TLS_UNTRUSTED: { status: 502, message: "the server's certificate is not trusted: pin its CA (--ca FILE or --ca-fingerprint)" },
+  // Signed versions (src/sign/): the endpoint refuses what the server's key does not vouch for.
+  DF_ERR_SIG_MISSING: { status: 502, message: 'the server sent no signature for the version to sync to' },
+  DF_ERR_SIG_INVALID: { status: 502, message: 'a signature does not verify' },
+  DF_ERR_SIG_UNKNOWN_KEY: { status: 502, message: 'the version is signed by a key the endpoint does not trust' },
+  DF_ERR_SIG_MISMATCH: { status: 502, message: 'what the server sent does not match its signed manifest' },
+  DF_ERR_SIG_DOWNGRADE: { status: 502, message: 'the version is older than the disk holds and no signed admin rollback allows it' },
+  DF_ERR_SIG_STALE: { status: 502, message: "the signed head's freshness stamp is too old (a frozen or replayed answer)" },
+  DF_ERR_SIG_KEY: { status: 500, message: "the server's signing key cannot be read or made" },
 } as const satisfies Record<string, { status: number; message: string }>;
 
 export type ErrorCode = keyof typeof ERRORS;

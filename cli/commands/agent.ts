@@ -1,8 +1,10 @@
+import { readFileSync } from 'node:fs';
 import { agentCommit, agentHandoff, agentStatus } from '../../src/agent/commands.js';
 import type { AgentOptions } from '../../src/agent/session.js';
 import { agentSync } from '../../src/agent/sync.js';
 import { dfError } from '../../src/errors.js';
 import { fmtBytes } from '../../src/progress.js';
+import { parseTrustFile } from '../../src/sign/trust.js';
 import { need, parseCommand, serverFrom, tokenFrom, trustFrom, type Io } from '../args.js';
 import { AGENT } from '../spec.js';
 import { emit, fmtTime, plural } from '../output.js';
@@ -17,6 +19,11 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
     throw dfError('DF_ERR_USAGE', `--lease-ttl: expected seconds from 10 to 86400, got ${JSON.stringify(leaseTtl)}`, { option: '--lease-ttl' });
   }
   const json = values.json;
+  const maxAge = values['max-head-age'];
+  if (maxAge !== undefined && (!/^\d+$/.test(maxAge) || Number(maxAge) < 1)) {
+    throw dfError('DF_ERR_USAGE', `--max-head-age: expected a number of seconds, got ${JSON.stringify(maxAge)}`, { option: '--max-head-age' });
+  }
+  const trust = values.trust !== undefined ? parseTrustFile(readTrust(values.trust), values.trust) : undefined;
   const opts = (): AgentOptions => ({
     server: serverFrom(values, io.env),
     tls: trustFrom(values, io.env),
@@ -25,6 +32,7 @@ export async function agentCommand(args: string[], io: Io): Promise<number> {
     ...(values.message !== undefined ? { message: values.message } : {}),
     ...(values.desktop ? { desktop: values.desktop } : {}), ...(values.holder ? { holder: values.holder } : {}),
     ...(leaseTtl !== undefined ? { leaseSeconds: Number(leaseTtl) } : {}), ...(values.scan ? { assumeDirty: true } : {}),
+    ...(trust ? { trust } : {}), ...(maxAge !== undefined ? { maxHeadAgeSeconds: Number(maxAge) } : {}),
   });
   switch (sub) {
     case 'sync': {
@@ -102,4 +110,12 @@ function statusText(r: Status): string {
   }
   if (r.layout === 'legacy' && r.note) lines.push(`  note           ${r.note}`);
   return `${lines.join('\n')}\n`;
+}
+
+function readTrust(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw dfError('DF_ERR_USAGE', `--trust: cannot read ${file}: ${(err as Error).message}`, { option: '--trust' }, err);
+  }
 }

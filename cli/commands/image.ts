@@ -4,6 +4,7 @@ import { checkImageName, parseImageRev } from '../../src/image/names.js';
 import type { Image, ImageBoot, ImageDeleted, ImageList, ImageShow, PolicyBody, PolicyView, PruneReport, VersionList } from '../../src/api/schemas.js';
 import { fmtBytes } from '../../src/progress.js';
 import { exportVersion } from '../../src/transfer/export.js';
+import { verifyVersion } from '../../src/sign/verify-version.js';
 import { publishDisk } from '../../src/transfer/publish.js';
 import { dfError } from '../../src/errors.js';
 import { clientFrom, need, parseCommand, parseSize, type Io } from '../args.js';
@@ -126,6 +127,12 @@ export async function imageCommand(args: string[], io: Io): Promise<number> {
         String(v.version), String(v.parent ?? '-'), at.has(v.version) ? refsCell(at.get(v.version)!, { width: 30 }) : '', v.kind, v.author,
         String(v.chunksChanged), String(v.chunksTotal), fmtTime(v.createdAt), v.message,
       ])], { maxWidth: { 4: 24 } }));
+      return 0;
+    }
+    case 'verify': {
+      const { image, rev } = parseImageRev(need(positionals[0], 'NAME[@REF|@VERSION]'));
+      const r = await verifyVersion(client, image, rev, need(values.trust, '--trust FILE'));
+      emit(io, json, r, () => `${image}@${rev} (version ${r.version}): manifest signed by key ${r.keyId}${r.viaChain ? ' (endorsed through the server\'s key chain)' : ''}; its index ${r.index} matches\n`);
       return 0;
     }
     case 'export': {

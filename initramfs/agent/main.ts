@@ -17,6 +17,8 @@ import type { BootSession } from '../../src/api/schemas.js';
 import { newEndpointSecret, proveEndpoint } from '../../src/endpoint/proof.js';
 import { isDeskfuseError } from '../../src/errors.js';
 import { ApiClient } from '../../src/api/client.js';
+import { keyIdOf } from '../../src/sign/ed25519.js';
+import { parseTrustFile, TRUST_FILE_PATH } from '../../src/sign/trust.js';
 
 // The sync machinery (native zstd and BLAKE3 addons included); the session needs it first, to read
 // the disk's secret from its state area.
@@ -106,6 +108,26 @@ async function session(client: ApiClient, p: BootParams, m: Machinery, disk: str
   return { s, secret };
 }
 
+/**
+ * The version-signing keys this boot stage brings (src/sign/trust.ts): built into the initramfs by
+ * build:initramfs, or laid over it by the server's trust initrd (server/trust-initrd.ts). A disk that
+ * recorded keys trusts only those; none anywhere: the server's first key is trusted on first use.
+ * A trust file that is there but malformed fails the boot stage (never a silent first use).
+ */
+const TRUST_FILE = process.env.DESKFUSE_TRUST_FILE ?? TRUST_FILE_PATH;
+function bootTrust(): Buffer[] {
+  let text: string;
+  try {
+    text = readFileSync(TRUST_FILE, 'utf8');
+  } catch {
+    say(`no trust file at ${TRUST_FILE}: the disk's recorded keys, else the server's first key, are trusted`);
+    return [];
+  }
+  const keys = parseTrustFile(text, TRUST_FILE);
+  mark('TRUST', `keys=${keys.map(keyIdOf).join(',')}`);
+  return keys;
+}
+
 async function handOff(m: Machinery, s: BootSession, disk: string, report: Report): Promise<never> {
   m.mustBeBootStage(`hand off (${s.handoff})`);
   // The OS is about to run on the disk: the next boot must scan it.
@@ -128,7 +150,7 @@ async function main(argv: string[]): Promise<number> {
   mark('SESSION', `endpoint=${s.name} desktop=${s.desktop} action=${s.action} handoff=${s.handoff} disk=${disk} secret=${s.provision ? 'provision' : 'proved'}`);
   const message = s.action === 'commit-poweroff' ? `commit at shutdown (endpoint ${s.name})` : `changes found at boot (endpoint ${s.name})`;
   // The sync's client shares the server list: it starts on the server that traded the session.
-  const opts = { server: client.servers, tls: client.tls, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret };
+  const opts = { server: client.servers, tls: client.tls, token: s.token, disk, desktop: s.desktop, holder: s.holder, reprovision: s.reprovision, assumeDirty: s.assumeDirty, message, secret, trust: bootTrust() };
   try {
     if (s.action === 'sync') {
       say(`syncing ${disk} to desktop ${s.desktop}`);
@@ -145,7 +167,8 @@ async function main(argv: string[]): Promise<number> {
     }
   } catch (err) {
     const msg = isDeskfuseError(err) ? `${err.code}: ${err.message}` : (err as Error).message;
-    await report('error', { action: s.action, error: msg });
+    // The code on its own too: the console and the tests tell a refused signature (DF_ERR_SIG_*) from a crash.
+    await report('error', { action: s.action, error: msg, ...(isDeskfuseError(err) ? { code: err.code } : {}) });
     throw err;
   }
   return handOff(m, s, disk, report);

@@ -62,10 +62,11 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     scripts(1, { decision: d.kind === 'agent' ? d.action : d.kind });
     const paths = d.kind === 'agent' ? await stage.paths() : undefined;
     const ab = agentBase(req, b);
+    const trust = d.kind === 'agent' ? await trustPath(q.platform === 'efi') : undefined;
     return bootScript(boot.templates, d, {
       ...(ab && ctx.tls ? { agentBase: ab, caFingerprint: ctx.tls.caFingerprint } : {}),
       base: b, mac, endpoint: e.name, self, kernelArgs: boot.kernelArgs, firmware: q.platform === 'efi' ? 'uefi' : 'bios',
-      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'] } : {}),
+      retrySeconds: boot.retrySeconds, ...(token ? { token } : {}), ...(paths ? { kernel: paths.vmlinuz, initrd: paths['initrd.img'], trust: trust! } : {}),
     });
   });
 
@@ -120,6 +121,39 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
       handler: serveFile(file, phase),
     });
   }
+
+  // The trust initrd (src/sign/trust-initrd.ts): the server's version-signing keys as a cpio iPXE lays
+  // over the boot stage; public like the stage files, and immutable under its content hash.
+  // `pad` zero bytes go first. The kernel unpacks a cpio archive only at a 4-byte aligned offset of the
+  // whole initrd (init/initramfs.c, unpack_to_rootfs), and skips zeros to reach one. iPXE's BIOS loader
+  // aligns each initrd itself; the EFI stub reads the initrd= files back to back, so there this one
+  // starts where initrd.img ends: its padding makes up initrd.img's size to a multiple of 4.
+  const trustPath = async (efi: boolean): Promise<string> => {
+    const hash = ctx.signing.key.trustInitrd().hash;
+    const size = efi ? (await stage.current('initrd.img').catch(() => undefined))?.size ?? 0 : 0;
+    const pad = (4 - (size % 4)) % 4;
+    return `/boot/trust/${hash}/trust.cpio${pad ? `?pad=${pad}` : ''}`;
+  };
+  const sendTrust = async (req: FastifyRequest<{ Params: { hash?: string }; Querystring: { pad?: number } }>, reply: FastifyReply) => {
+    const t = ctx.signing.key.trustInitrd();
+    const want = req.params.hash;
+    if (want !== undefined && want !== t.hash) throw dfError('DF_ERR_BOOT_STAGE_CHANGED', `trust.cpio is now ${t.hash}, not ${want}: ask /boot/ipxe for the current boot script`, { file: 'trust.cpio', hash: want, current: t.hash });
+    if (want !== undefined && immutable(req, reply, `"${want}-${req.query.pad ?? 0}"`)) return reply;
+    if (want === undefined) reply.header('cache-control', 'no-cache');
+    reply.type('application/octet-stream');
+    return req.query.pad ? Buffer.concat([Buffer.alloc(req.query.pad), t.bytes]) : t.bytes;
+  };
+  const TrustQuery = Type.Object({ pad: Type.Optional(Type.Integer({ minimum: 0, maximum: 3, description: 'zero bytes before the archive (aligns it after initrd.img under the EFI stub)' })) });
+  app.route({
+    method: ['GET', 'HEAD'], url: '/boot/trust.cpio', config: { public: true },
+    schema: { querystring: TrustQuery, tags: ['boot'], summary: "The trust initrd: the server's version-signing keys as etc/deskfuse/trust.json in a cpio archive" },
+    handler: sendTrust,
+  });
+  app.route({
+    method: ['GET', 'HEAD'], url: '/boot/trust/:hash/trust.cpio', config: { public: true },
+    schema: { params: StageParams, querystring: TrustQuery, tags: ['boot'], summary: 'The trust initrd under its content hash (immutable)' },
+    handler: sendTrust,
+  });
 
   app.post('/boot/session', {
     bodyLimit: BODY_BOOT, config: { public: true }, schema: { body: SessionBody, response: { 200: BootSession }, tags: ['boot'], summary: "Trade this boot's one-time token (bound to the MAC) and a proof of the disk's secret for its desktop token and orders" },

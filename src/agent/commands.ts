@@ -1,3 +1,4 @@
+import { keyIdOf } from '../sign/ed25519.js';
 import { hashBytes } from '../chunk/id.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { isBlankSecret } from '../endpoint/proof.js';
@@ -153,6 +154,8 @@ export async function agentStatus(path: string): Promise<Record<string, unknown>
       progress: st.state === 'applying' ? st.progress : undefined, lastConflict: st.lastConflict, virtualSize: st.geometry.virtualSize,
       chunkSize: st.geometry.chunkSize, chunkPositions: chunkCount(st.geometry), nonZeroChunks: chunks, stateArea: { start: st.areaStart, size: areaSize(st.geometry) },
       slotOk, sequence: st.seq, endpointSecret: hashBytes(st.secret).toString('hex').slice(0, 16), lastFailure: st.failure ?? null,
+      // Signed versions (src/agent/signed.ts): the keys the disk trusts, and the version below which a sync needs a signed rollback.
+      trustedKeys: (st.trustKeys ?? []).map((k) => keyIdOf(k)), versionFloor: st.floor ?? null,
       ...(current ? {} : { layout: 'legacy', note: 'state area of an older release (headers at the very end): moved before the backup GPT at the next sync or commit' }),
     };
   } finally {

@@ -58,6 +58,16 @@ export interface AgentOptions {
    * session proved or provisioned). Unset: a disk keeps its secret, a fresh state gets a new one.
    */
   secret?: Buffer;
+  /**
+   * Version-signing keys to trust when the disk records none yet (the boot stage's trust file,
+   * src/sign/trust.ts; `agent sync --trust FILE`). Empty and none on the disk: the server's first key
+   * is trusted on first use. Once a sync recorded keys on the disk, those alone are trusted.
+   */
+  trust?: Buffer[];
+  /** The oldest signed head accepted, seconds (default DEFAULT_MAX_HEAD_AGE_SECONDS, src/agent/signed.ts). */
+  maxHeadAgeSeconds?: number;
+  /** The clock a signed head's freshness is judged by (tests move it). */
+  now?: () => Date;
 }
 
 /** An open agent run: client, desktop, image, disk and its state. */

@@ -95,6 +95,17 @@ describe('state header', () => {
     expect(decodeHeader(dirty)).not.toHaveProperty('sealedAt');
   });
 
+  it('trusted keys (count at 472, keys from 480) and the version floor (476) round-trip; the newest 8 are kept', () => {
+    const keys = Array.from({ length: 10 }, (_, i) => Buffer.alloc(32, i + 1));
+    const h = encodeHeader({ ...STATE, trustKeys: keys, floor: 7 });
+    expect(h[472]).toBe(8);
+    expect(h.readUInt32BE(476)).toBe(7);
+    expect(h.subarray(480, 512).equals(keys[2]!)).toBe(true);
+    expect(h.subarray(736, 4064).equals(Buffer.alloc(4064 - 736))).toBe(true);
+    expect(decodeHeader(h)).toEqual({ ...STATE, trustKeys: keys.slice(2), floor: 7 });
+    expect(() => encodeHeader({ ...STATE, trustKeys: [Buffer.alloc(31)] })).toThrow(/32 bytes/);
+  });
+
   it('names of exactly 64 bytes fill their field; longer ones are refused', () => {
     const name = 'é'.repeat(32); // 64 bytes of UTF-8
     expect(decodeHeader(encodeHeader({ ...STATE, image: name, desktop: name }))).toMatchObject({ image: name, desktop: name });

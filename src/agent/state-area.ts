@@ -52,7 +52,11 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  *     464  8   sealed at (ms since 1970; 0 = unknown): written with a `clean` header; when the disk is a
  *              regular file the run that wrote it sets the file's mtime to it when it closes the disk,
  *              so a later mtime says the file changed since (sealedMtime, src/agent/session.ts)
- *     472  …   zero
+ *     472  1   trusted version-signing keys: count (0-8; 0 = none recorded yet: the boot stage's are used)
+ *     473  3   reserved                   476  4   downgrade floor: the version of the last signed head a
+ *              sync brought the disk to, or of its last fast-forward commit (0 = none; src/agent/signed.ts)
+ *     480  256 the keys: raw Ed25519 public keys, 32 bytes each (src/sign/; written by a verified sync)
+ *     736  …   zero
  *     4064 32  BLAKE3 of bytes 0..4063
  *
  * An update writes the inactive slot, syncs, then writes the older header copy with sequence + 1
@@ -99,7 +103,14 @@ export interface DiskState {
   failure?: DiskFailure | null;
   /** When the header that says `clean` was written (ms since 1970); null: not clean, or unknown. */
   sealedAt?: number | null;
+  /** The version-signing keys this disk trusts (absent or empty: none recorded yet). */
+  trustKeys?: Buffer[];
+  /** The newest version the server's signed word brought this disk to: a sync to an older one needs a signed rollback. */
+  floor?: number | null;
 }
+
+/** Most keys a header holds (a rotation adds one; the newest are kept). */
+export const MAX_TRUST_KEYS = 8;
 
 const align = (n: number) => Math.ceil(n / ALIGN) * ALIGN;
 
@@ -159,6 +170,12 @@ export function encodeHeader(s: DiskState): Buffer {
   }
   w.offset = 464;
   w.u64(s.state === 'clean' ? s.sealedAt ?? 0 : 0);
+  const keys = (s.trustKeys ?? []).slice(-MAX_TRUST_KEYS);
+  w.u8(keys.length).bytes(Buffer.alloc(3)).u32(s.floor ?? 0);
+  for (const k of keys) {
+    if (k.length !== 32) throw dfError('DF_ERR_BAD_REQUEST', `a trusted key is 32 bytes, not ${k.length}`);
+    w.bytes(k);
+  }
   w.offset = HEADER_SIZE - 32;
   w.buf.set(hashBytes(w.buf.subarray(0, HEADER_SIZE - 32)), HEADER_SIZE - 32);
   w.offset = HEADER_SIZE;
@@ -196,11 +213,14 @@ export function decodeHeader(buf: Buffer): DiskState | null {
     ? { code: fcode, at: new Date(fat).toISOString(), errno: str(r.bytes(16, 'errno')), op: str(r.bytes(16, 'op')), message: str(r.bytes(160, 'message')) }
     : null;
   const sealedAt = Number(buf.readBigUInt64BE(464));
+  const nkeys = Math.min(buf[472]!, MAX_TRUST_KEYS);
+  const floor = buf.readUInt32BE(476);
+  const trustKeys = Array.from({ length: nkeys }, (_, k) => Buffer.from(buf.subarray(480 + 32 * k, 512 + 32 * k)));
   if (!kind || (slot !== 0 && slot !== 1)) return null;
   return {
     seq, areaStart: start, geometry: { virtualSize, chunkSize }, state: kind, activeSlot: slot, version: version || null,
     target: target || null, progress, lastConflict: conflict || null, slotHash, image, desktop, secret, ...(failure ? { failure } : {}),
-    ...(sealedAt && kind === 'clean' ? { sealedAt } : {}),
+    ...(sealedAt && kind === 'clean' ? { sealedAt } : {}), ...(nkeys ? { trustKeys } : {}), ...(floor ? { floor } : {}),
   };
 }
 

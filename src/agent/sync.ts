@@ -5,7 +5,7 @@ import { dfError, isDeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkLength } from '../image/geometry.js';
 import { applyLayer, decodeLayer, type Layer } from '../image/layer.js';
-import type { Version, VersionList } from '../api/schemas.js';
+import type { VersionList } from '../api/schemas.js';
 import { Progress } from '../progress.js';
 import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
 import { readDelta, type DeltaItem } from '../sync/delta.js';
@@ -16,6 +16,7 @@ import { hasDataOutside, readChunkAt, sealGpt } from './disk.js';
 import { DiskWriter } from '../disk/writer.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { ChunkFetcher } from './fetcher.js';
+import { keysChanged, signedTarget } from './signed.js';
 import { emptyHints, freshState, keepLease, openSession, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
 import { GPT_RESERVE, writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
 
@@ -94,10 +95,14 @@ async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
 async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Promise<SyncCore> {
   const g = s.geometry;
   let state = s.state;
+  // The server's signed word on where to go, checked before anything is read or written: a refusal
+  // (DF_ERR_SIG_*) leaves the disk as it was, and the boot stage boots it as it is.
+  let signed = await signedTarget(s, o, state);
   let scan: ScanResult | null = null;
   let actual: ChunkIndex;
   let hints: Buffer;
   const from = state?.version ?? null;
+  let fresh = false;
 
   if (!state || state.state !== 'clean') {
     scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null, undefined, undefined, s.disk.view);
@@ -116,8 +121,10 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
         disk: s.disk.path, nonZeroChunks: actual.nonZeroCount(),
       });
     }
-    // A blank (or reprovisioned) disk: record what is on it before the first write.
-    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, freshState(s), { index: actual, hints });
+    // A blank (or reprovisioned) disk: what is on it is recorded before the first write of the image
+    // (below, once the target's index is verified: a refused sync leaves even the state area untouched).
+    state = freshState(s);
+    fresh = true;
     s.slot = { index: actual, hints };
   }
 
@@ -130,30 +137,40 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
     committed = c.outcome.version;
     conflict = c.outcome.conflict?.conflictRef ?? null;
     s.desktop = (await s.client.json<Session['desktop']>('GET', `/api/v1/desktops/${s.desktop.name}`)).body;
+    // The ref moved to what the disk now holds (or it is kept aside): the head is asked for again, signed.
+    if (!conflict) state = { ...state, floor: committed };
+    signed = await signedTarget(s, o, state);
   }
 
-  const to = s.desktop.head;
+  // The signed head's version, not the unsigned desktop answer's; the index must be the manifest's.
+  const to = signed.version;
+  const trust = { trustKeys: signed.keys, floor: to };
   const done = (): SyncCore => ({
     desktop: s.desktop.name, image: s.image.name, from, to, committed, conflict, scanned: scan !== null, scanSeconds: scan?.seconds ?? null, localChanges,
     chunksWritten: 0, chunksPatched: 0, tookLeaseFrom: lease?.takenFrom ?? null,
   });
-  if (state.state === 'clean' && state.version === to) return sealed(s, done()); // a boot with nothing to do
+  if (state.state === 'clean' && state.version === to) {
+    // A boot with nothing to do; a key the chain brought (a rotation) is recorded all the same.
+    if (keysChanged(state, signed.keys) || (state.floor ?? 0) < to) await writeHeader(s.disk.fh, s.disk.size, { ...state, ...trust });
+    return sealed(s, done());
+  }
 
   // Delta path: the versions from the disk's version to the target; the target's index then follows
   // from the layers, checked against its id. (A blank disk fetches whole chunks: a root version's
   // delta would be a second copy of the whole image on the server.)
   const hops = state.version === null ? null : await deltaPath(s, state.version, to);
   const base = hops ? s.slot!.index : null;
-  const target = await targetIndex(s, to, hops && base ? { base, hops } : null);
+  const target = await targetIndex(s, to, hops && base ? { base, hops } : null, signed.manifest.index);
   if (sameIndex(actual, target)) {
-    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', version: to, target: null, failure: null }, { index: target, hints });
+    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, ...trust, state: 'clean', version: to, target: null, failure: null }, { index: target, hints });
     return sealed(s, done());
   }
+  if (fresh) state = await writeSlotAndHeader(s.disk.fh, s.disk.size, state, { index: actual, hints });
   const ops = plan({ actual, target, base, deltas: hops !== null });
   state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
   const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false, o.onProgress);
   await s.disk.fh.datasync();
-  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
+  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, ...trust, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
   return sealed(s, { ...done(), chunksWritten: ops.length, chunksPatched: res.patched });
 }
 
@@ -183,17 +200,25 @@ async function deltaPath(s: Session, from: number, to: number): Promise<Hop[] | 
   return hops;
 }
 
-/** The target's full index: from the base and the layers when a path exists, else downloaded. */
-async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hops: Hop[] } | null): Promise<ChunkIndex> {
+/**
+ * The target's full index: from the base and the layers when a path exists, else downloaded; either
+ * way it must hash to the id its signed manifest names (`signedIndex`).
+ */
+async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hops: Hop[] } | null, signedIndex: string): Promise<ChunkIndex> {
+  let bytes: Buffer;
   if (path) {
     let idx = path.base;
     for (const h of path.hops) idx = applyLayer(idx, h.layer);
-    verifyBlob(idx.encode(), path.hops[path.hops.length - 1]!.indexId, `index of version ${to}`);
-    return idx;
+    bytes = idx.encode();
+  } else {
+    bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${to}/index`)).body;
   }
-  const v = (await s.client.json<Version>('GET', `/api/v1/images/${s.image.name}/versions/${to}`)).body;
-  const bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${to}/index`)).body;
-  verifyBlob(bytes, v.index, `index of version ${to}`);
+  const got = idHex(hashBytes(bytes));
+  if (got !== signedIndex) {
+    throw dfError('DF_ERR_SIG_MISMATCH', `the index the server sent for version ${to} hashes to ${got}, not to ${signedIndex} as its signed manifest says: none of its chunks was written`, {
+      image: s.image.name, version: to, index: got, signed: signedIndex,
+    });
+  }
   return ChunkIndex.decode(bytes);
 }
 

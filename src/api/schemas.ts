@@ -11,3 +11,4 @@ export * from './vdi.js';
 export * from './tokens.js';
 export * from './chunks.js';
 export * from './lifecycle.js';
+export * from './signed.js';

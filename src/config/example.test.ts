@@ -47,7 +47,7 @@ describe('the shipped example config (deploy/deskfuse.example.json)', () => {
     for (const k of NBD_KEYS) expect(Object.keys(ex.nbd!), `nbd.${k}`).toContain(k);
     for (const k of NETBOOT_KEYS) expect(Object.keys(ex.netboot!), `netboot.${k}`).toContain(k);
     for (const k of TLS_KEYS) expect(Object.keys(ex.tls!), `tls.${k}`).toContain(k);
-    for (const block of ['enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp'] as const) {
+    for (const block of ['enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', 'signing'] as const) {
       expect(Object.keys(ex[block]!).sort(), block).toEqual(Object.keys(DEFAULTS[block]).sort());
     }
   });

@@ -245,3 +245,13 @@ describe('parseHostPort', () => {
     expect(configError({ env: {}, file: file({ tftp: { maxTransfers: 1.5 } }) }).message).toContain('tftp.maxTransfers: expected an integer');
   });
 });
+
+describe('signing config', () => {
+  it('defaults to a 24 h signed head, takes the file block, and reports a bad value', () => {
+    expect(loadServerConfig({ env: {} }).signing).toEqual({ headSeconds: 86400 });
+    expect(loadServerConfig({ env: {}, file: file({ signing: { headSeconds: 3600 } }) }).signing).toEqual({ headSeconds: 3600 });
+    const err = configError({ env: {}, file: file({ signing: { headSeconds: 5, freshness: 1 } }) });
+    expect(err.message).toContain('signing.headSeconds: expected an integer 60-31536000, got 5');
+    expect(err.message).toContain('config file: unknown key signing.freshness');
+  });
+});

@@ -51,6 +51,8 @@ export interface ServerConfig {
   readonly store: StoreConfig;
   /** HTTPS (src/config/tls.ts). */
   readonly tls: TlsConfig;
+  /** Signed versions (src/sign/, server/signing.ts). */
+  readonly signing: SigningConfig;
 }
 
 /**
@@ -94,6 +96,12 @@ export interface StoreConfig {
    * File `storeRetrySeconds`, env DESKFUSE_STORE_RETRY_SECONDS. Default 120.
    */
   readonly retrySeconds: number;
+}
+
+/** Signed versions: how long the freshness stamp an endpoint gets with its sync target holds. */
+export interface SigningConfig {
+  /** Seconds a signed head (the version to sync to, TUF's timestamp) is valid from its issue. Default 86400 (24 h). */
+  readonly headSeconds: number;
 }
 
 /** Unknown MACs asking /boot/ipxe (anyone on the boot network can): how many become rows, how fast, how long. */
@@ -298,6 +306,7 @@ export const DEFAULTS: ServerConfig = {
   tftp: { ...TFTP_DEFAULTS },
   store: { s3: null, cacheMiB: 4096, retrySeconds: 120 },
   tls: { mode: 'off', listen: { host: '127.0.0.1', port: HTTPS_PORT }, certFile: null, keyFile: null, caFile: null, names: null, plainHttp: 'boot', dir: 'data/tls' },
+  signing: { headSeconds: 86400 },
 };
 
 export interface ConfigSources {
@@ -319,7 +328,7 @@ export interface ConfigSources {
  * Top-level config-file keys: a flag's name in camelCase (`--log-level` → `logLevel`, `--data` → `data`);
  * the network-boot and NBD flags live in their blocks (`--dhcp` → `netboot.dhcp`, `--nbd-listen` → `nbd.listen`).
  */
-export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', 'tls'];
+export const TOP_KEYS = ['data', 'meta', 'serverName', 'listen', 'logLevel', 'logFormat', 'metricsListen', 'bodyLimit', 'netboot', 'nbd', 'enrolment', 'retention', 'gc', 'scrub', 'packCache', 'admission', 'tftp', 'tls', 'signing'];
 /** Old names still read, with a warning: old → new. */
 const DEPRECATED_KEYS: Record<string, string> = { dataDir: 'data' };
 const LOG_FORMATS = ['auto', 'pretty', 'json'];
@@ -398,9 +407,10 @@ export function loadServerConfig(src: ConfigSources = {}): ServerConfig {
   const tftp = loadIntegers('tftp', (file.tftp ?? {}) as Record<string, unknown>, DEFAULTS.tftp, { maxTransfers: [1, 10_000], maxQueued: [0, 100_000] }, problems);
   const store = loadStore(file, env, src.flags ?? {}, problems);
   const tls = loadTls((typeof file.tls === 'string' ? { mode: file.tls } : file.tls ?? {}) as Record<string, unknown>, env, src.flags ?? {}, listen ?? DEFAULTS.listen, typeof dataDir === 'string' ? dataDir : '.', parseHostPort, problems);
+  const signing = loadIntegers('signing', (file.signing ?? {}) as Record<string, unknown>, DEFAULTS.signing, { headSeconds: [60, 365 * 86400] }, problems);
 
   if (problems.length) throw dfError('DF_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, { problems });
-  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store, tls });
+  return deepFreeze({ dataDir: path.resolve(dataDir), meta: meta === 'sqlite' ? null : meta, serverName: serverName as string, listen: listen!, logLevel: logLevel as ServerConfig['logLevel'], logFormat: logFormat as ServerConfig['logFormat'], metricsListen, bodyLimit: bodyLimit as number, netboot, nbd, enrolment, retention, gc, scrub, packCache, admission, tftp, store, tls, signing });
 }
 
 const SERVER_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;

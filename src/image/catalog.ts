@@ -10,6 +10,13 @@ import { ChunkIndex } from './chunk-index.js';
 import { checkGeometry, chunkLength, fullMask, maskBytes, type Geometry } from './geometry.js';
 import { applyLayer, decodeLayer, encodeLayer, type Layer, type LayerEntry } from './layer.js';
 import { checkImageName, checkRefName, conflictRefName, isConflictRef } from './names.js';
+import type { ManifestBody, Signed, StatementBody } from '../sign/statements.js';
+
+/** What signs version manifests (server/signing.ts holds the key). */
+export interface StatementSigner {
+  readonly keyId: string;
+  sign(body: StatementBody): Signed;
+}
 
 /**
  * The image catalog: images, their versions and refs, over a metadata repository, a chunk store and
@@ -25,6 +32,8 @@ export interface CatalogDeps {
   now?: () => Date;
   /** Garbage collection's protection of what a commit is about to reference (src/gc/guard.ts). */
   guard?: CommitGuard;
+  /** Signs each version's manifest as it lands (DESIGN §6: endpoints verify what they sync to). */
+  signer?: StatementSigner;
 }
 
 export interface CommitRequest {
@@ -250,6 +259,9 @@ export class Catalog {
       conflictRefName(req.ref, at),
       req.fence,
     );
+    // Signed as it lands, whatever created it (publish, VOI or VDI commit, a conflict kept aside). A
+    // crash between the row and this leaves the version unsigned until manifest() signs it on first use.
+    if (this.deps.signer) await this.manifest(req.image, outcome.version.version, outcome.version);
     const fields = { image: req.image, version: outcome.version.version, parent: req.parent, ref: req.ref, kind: req.kind, chunksChanged: final.entries.length };
     if (outcome.kind === 'conflict') this.log.warn({ ...fields, head: outcome.head, conflictRef: outcome.conflictRef, reason: outcome.reason, ...(req.fence ? { fence: req.fence } : {}) }, 'commit kept as conflict');
     else this.log.info(fields, 'version committed');
@@ -279,6 +291,25 @@ export class Catalog {
       done.forEach((e, j) => (out[k + j] = e));
     }
     return { geometry: g, hasMasks: true, entries: out };
+  }
+
+  /**
+   * A version's signed manifest: the one stored at commit, else (a version older than signing, or
+   * one whose commit stopped before it was signed) signed now from its row and stored.
+   */
+  async manifest(image: string, version: number, row?: VersionRow): Promise<Signed> {
+    const kept = await this.deps.images.getManifest(image, version);
+    if (kept) return kept;
+    const signer = this.deps.signer;
+    if (!signer) throw dfError('DF_ERR_SIG_KEY', 'this server has no signing key', { image, version });
+    const v = row ?? (await this.version(image, version));
+    const img = await this.image(image);
+    const body: ManifestBody = {
+      type: 'manifest', image, version: v.version, parent: v.parent, kind: v.kind, layer: v.layer, index: v.index, hashAlg: img.hashAlg, createdAt: v.createdAt, keyId: signer.keyId,
+    };
+    const signed = signer.sign(body);
+    await this.deps.images.putManifest(image, version, signed);
+    return signed;
   }
 
   async moveRef(image: string, ref: string, to: number, expect: number | null, author: string, reason = 'ref set'): Promise<RefRow> {

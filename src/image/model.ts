@@ -96,6 +96,13 @@ export interface CommitFence {
 export type RefMoveOutcome = { moved: true; ref: RefRow } | { moved: false; head: number | null };
 
 
+/** A version's manifest as signed at commit (src/sign/statements.ts): canonical body text, signer, base64 signature. */
+export interface SignedManifestRow {
+  keyId: string;
+  body: string;
+  sig: string;
+}
+
 export interface ImageRepo {
   createImage(row: ImageRow): Promise<{ created: boolean; image: ImageRow }>;
   getImage(name: string): Promise<ImageRow | undefined>;
@@ -119,6 +126,9 @@ export interface ImageRepo {
   /** Compare-and-swap: moves only when the ref's head is `expect` (null = the ref must not exist). */
   moveRef(image: string, name: string, to: number, expect: number | null, reason: string, author: string, at: string): Promise<RefMoveOutcome>;
   refLog(image: string, ref: string | undefined, limit: number): Promise<RefLogRow[]>;
+  /** Record a version's signed manifest (replacing one a deleted version of that number left). */
+  putManifest(image: string, version: number, m: SignedManifestRow): Promise<void>;
+  getManifest(image: string, version: number): Promise<SignedManifestRow | undefined>;
   /** Is `version` `heads` or an ancestor of one of them (walking parents)? */
   reachable(image: string, heads: readonly number[], version: number): Promise<boolean>;
   /** The versions reachable from `heads` (the heads and their ancestors), newest first. */

@@ -57,6 +57,8 @@ export interface ScriptContext {
    */
   kernel?: string;
   initrd?: string;
+  /** URL path of the trust initrd (the server's version-signing keys, src/sign/trust-initrd.ts). */
+  trust?: string;
   /** Extra kernel parameters (consoles). */
   kernelArgs: string;
   firmware: 'bios' | 'uefi';
@@ -83,7 +85,7 @@ export function bootScript(t: Templates, d: BootDecision, c: ScriptContext): str
       const message = d.action === 'commit-poweroff' ? 'committing this disk, then powering off' : d.action === 'local' ? 'starting the local disk' : `syncing this disk (${d.reason})`;
       // UEFI iPXE cannot boot the local disk itself: `exit 1` at least moves on to the next boot option.
       const fallback = c.firmware === 'uefi' ? 'exit 1' : 'sanboot --no-describe --drive 0x80 || exit';
-      return render(t.agent, { ...common, message, cmdline, fallback, kernel: c.kernel ?? '/boot/vmlinuz', initrd: c.initrd ?? '/boot/initrd.img' });
+      return render(t.agent, { ...common, message, cmdline, fallback, kernel: c.kernel ?? '/boot/vmlinuz', initrd: c.initrd ?? '/boot/initrd.img', trust: c.trust ?? '/boot/trust.cpio' });
     }
     case 'local':
     case 'disabled': {

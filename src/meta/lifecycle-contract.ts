@@ -64,6 +64,7 @@ export function lifecycleContract(engine: string, fx: MetaEngineFixture): void {
 
     it('a dry-run prune plans and changes nothing; a real one removes the rows and keeps the ref log', async () => {
       await line(8);
+      for (const n of [1, 8]) await meta.images.putManifest('win', n, { keyId: '0123456789abcdef', body: `{"version":${n}}`, sig: 'c2ln' });
       const log = await meta.images.refLog('win', undefined, 100);
       const dry = await meta.lifecycle.prune('win', policy, NOW, { dryRun: true, author: 'admin' });
       expect(dry!.plan.drop.map((x) => x.version)).toEqual([5, 4, 3, 2, 1]);
@@ -74,6 +75,9 @@ export function lifecycleContract(engine: string, fx: MetaEngineFixture): void {
       expect(real!.plan.drop.map((x) => x.version)).toEqual([5, 4, 3, 2, 1]);
       expect(await versions()).toEqual([8, 7, 6]);
       expect(await meta.images.refLog('win', undefined, 100)).toEqual(log);
+      // a pruned version's signed manifest goes with it
+      expect(await meta.images.getManifest('win', 1)).toBeUndefined();
+      expect(await meta.images.getManifest('win', 8)).toMatchObject({ body: '{"version":8}' });
       // Idempotent; the next commit gets a new number.
       expect((await meta.lifecycle.prune('win', policy, NOW, { dryRun: false, author: 'admin' }))!.plan.drop).toEqual([]);
       expect((await meta.images.commitVersion(v(8, 9, 0), 'main', 'x')).version.version).toBe(9);
@@ -191,7 +195,9 @@ export function lifecycleContract(engine: string, fx: MetaEngineFixture): void {
       await meta.lifecycle.setPolicy('win', { keepLast: 2, keepDays: null, conflictDays: null }, NOW.toISOString());
       const r = await meta.lifecycle.deleteImage('win', OPTS);
       expect(r).toMatchObject({ kind: 'in-use', forceable: true, dependents: [{ kind: 'desktop', name: 'alice' }] });
+      await meta.images.putManifest('win', 3, { keyId: '0123456789abcdef', body: '{}', sig: 'c2ln' });
       const f = await meta.lifecycle.deleteImage('win', { ...OPTS, force: true });
+      expect(await meta.engine.all('SELECT * FROM version_manifests WHERE image = ?', ['win'])).toEqual([]);
       expect(f).toMatchObject({ kind: 'deleted', versions: 3, desktops: ['alice'] });
       expect(f.kind === 'deleted' && f.freedBlobs).toHaveLength(6);
       expect(await meta.images.getImage('win')).toBeUndefined();

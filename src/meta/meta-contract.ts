@@ -96,6 +96,19 @@ export function metaContract(engine: string, fx: MetaEngineFixture): void {
       });
     });
 
+    describe('metadata: signed manifests', async () => {
+      it('a version\'s signed manifest is kept, read back, and replaced when its number is taken again', async () => {
+        await meta.images.commitVersion(version(null, 't1', { kind: 'import' }), 'main', 'conflicts/main/x');
+        expect(await meta.images.getManifest('win11', 1)).toBeUndefined();
+        const m = { keyId: '0123456789abcdef', body: '{"type":"manifest","version":1}', sig: 'c2ln' };
+        await meta.images.putManifest('win11', 1, m);
+        expect(await meta.images.getManifest('win11', 1)).toEqual(m);
+        await meta.images.putManifest('win11', 1, { ...m, keyId: 'fedcba9876543210', sig: 'b3RoZXI=' });
+        expect(await meta.images.getManifest('win11', 1)).toEqual({ ...m, keyId: 'fedcba9876543210', sig: 'b3RoZXI=' });
+        expect(await meta.images.getManifest('win11', 2)).toBeUndefined();
+      });
+    });
+
     describe('metadata.commitVersion', async () => {
       it('the first commit with parent null creates the ref (fast-forward)', async () => {
         const out = await meta.images.commitVersion(version(null, 't1', { kind: 'import' }), 'main', 'conflicts/main/x');

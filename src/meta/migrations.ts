@@ -131,6 +131,15 @@ async function v6(q: Sql): Promise<void> {
   await q.run('CREATE INDEX IF NOT EXISTS boot_events_by_mac ON boot_events (mac, seq)');
 }
 
+/**
+ * Signed versions (src/sign/statements.ts): each version's manifest as the server signed it at
+ * commit (body: canonical JSON text; sig: base64 Ed25519), by the key `key_id`. Deleted with its version.
+ */
+async function v7(q: Sql): Promise<void> {
+  await q.run(`CREATE TABLE IF NOT EXISTS version_manifests (image TEXT NOT NULL, version INTEGER NOT NULL, key_id TEXT NOT NULL,
+     body TEXT NOT NULL, sig TEXT NOT NULL, PRIMARY KEY (image, version))`);
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
   { id: 2, name: 'VDI session ownership: server, NBD address, heartbeat, checkpoint', up: v2 },
@@ -138,4 +147,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { id: 4, name: 'retention: image policies, ref deletions in the ref log', up: v4 },
   { id: 5, name: 'garbage collection: lock, candidates, in-flight commit holds', up: v5 },
   { id: 6, name: 'boot events by MAC', up: v6 },
+  { id: 7, name: 'signed version manifests', up: v7 },
 ];

@@ -1,6 +1,6 @@
 import { dfError } from '../errors.js';
 import type {
-  CommitFence, CommitOutcome, ConflictReason, ImageBoot, ImageRepo, ImageRow, NewVersion, RefLogRow, RefMoveOutcome, RefRow, VersionRow,
+  CommitFence, CommitOutcome, ConflictReason, ImageBoot, ImageRepo, ImageRow, NewVersion, RefLogRow, RefMoveOutcome, RefRow, SignedManifestRow, VersionRow,
 } from '../image/model.js';
 import type { LeaseRow } from '../desktop/model.js';
 import { getLease } from './sql-desktops.js';
@@ -168,6 +168,17 @@ export class SqlImageRepo implements ImageRepo {
       ? await this.db.all('SELECT * FROM ref_log WHERE image = ? ORDER BY seq DESC LIMIT ?', [image, limit])
       : await this.db.all('SELECT * FROM ref_log WHERE image = ? AND ref = ? ORDER BY seq DESC LIMIT ?', [image, ref, limit]);
     return rows.map(toLog);
+  }
+
+  async putManifest(image: string, version: number, m: SignedManifestRow): Promise<void> {
+    // A number freed by a deleted version and taken again gets the new version's manifest.
+    await this.db.run(`INSERT INTO version_manifests (image, version, key_id, body, sig) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT (image, version) DO UPDATE SET key_id = excluded.key_id, body = excluded.body, sig = excluded.sig`, [image, version, m.keyId, m.body, m.sig]);
+  }
+
+  async getManifest(image: string, version: number): Promise<SignedManifestRow | undefined> {
+    const r = await this.db.get('SELECT key_id, body, sig FROM version_manifests WHERE image = ? AND version = ?', [image, version]);
+    return r && { keyId: r.key_id as string, body: r.body as string, sig: r.sig as string };
   }
 
   async reachable(image: string, heads: readonly number[], version: number): Promise<boolean> {

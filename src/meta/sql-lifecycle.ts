@@ -52,6 +52,7 @@ async function deleteVersions(q: Sql, image: string, versions: readonly number[]
   for (let i = 0; i < versions.length; i += 500) {
     const part = versions.slice(i, i + 500);
     await q.run(`DELETE FROM versions WHERE image = ? AND version IN (${marks(part.length)})`, [image, ...part]);
+    await q.run(`DELETE FROM version_manifests WHERE image = ? AND version IN (${marks(part.length)})`, [image, ...part]);
   }
 }
 
@@ -241,6 +242,7 @@ export class SqlLifecycleRepo implements LifecycleRepo {
       const used = await blobsInUse(q, versions.flatMap((v) => [v.layer, v.index]), { image: name, all: true });
       for (const r of (await q.all('SELECT * FROM refs WHERE image = ? ORDER BY name', [name])).map(toRef)) await deleteRefRow(q, r, `image ${name} deleted`, o.author, o.at);
       await q.run('DELETE FROM versions WHERE image = ?', [name]);
+      await q.run('DELETE FROM version_manifests WHERE image = ?', [name]);
       await q.run('DELETE FROM image_policies WHERE image = ?', [name]);
       await q.run('DELETE FROM images WHERE name = ?', [name]);
       return { kind: 'deleted', versions: versions.length, desktops, ...freed(versions, used) };

@@ -66,7 +66,7 @@ export interface MigrateReport {
 
 /** Tables in an order their references allow (parents first). schema_migrations is each side's own. */
 export const MIGRATED_TABLES = [
-  'images', 'versions', 'refs', 'ref_log', 'tokens', 'desktops', 'leases',
+  'images', 'versions', 'version_manifests', 'refs', 'ref_log', 'tokens', 'desktops', 'leases',
   'endpoints', 'endpoint_macs', 'endpoint_keys', 'endpoint_addresses', 'boot_tokens', 'boot_events', 'vdi_sessions', 'dhcp_leases', 'image_policies',
 ] as const;
 

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -89,6 +90,26 @@ describe('network boot flow', () => {
     // The boot stage under its content hashes (an HTTP cache at the site may keep them forever).
     expect(r.payload).toContain(`kernel --name vmlinuz http://localhost:80/boot/stage/${stageHash(KERNEL)}/vmlinuz?mac=${MAC} initrd=initrd.img`);
     expect(r.payload).toContain(`initrd --name initrd.img http://localhost:80/boot/stage/${stageHash(INITRD)}/initrd.img?mac=${MAC} ||`);
+    // The trust initrd: the server's signing keys, by content hash; GNU cpio unpacks its trust file.
+    const trustUrl = /initrd --name trust\.cpio http:\/\/localhost:80(\/boot\/trust\/[0-9a-f]{32}\/trust\.cpio) \|\|/.exec(r.payload)?.[1];
+    expect(trustUrl, r.payload).toBeDefined();
+    expect(r.payload).toContain('initrd=initrd.img initrd=trust.cpio');
+    const cpio = await app.inject({ method: 'GET', url: trustUrl! });
+    expect(cpio.statusCode).toBe(200);
+    expect(stageHash(cpio.rawPayload)).toBe(/trust\/([0-9a-f]{32})/.exec(trustUrl!)![1]);
+    const trust = JSON.parse(execFileSync('cpio', ['-i', '--to-stdout', '--quiet', 'etc/deskfuse/trust.json'], { input: cpio.rawPayload, encoding: 'utf8' }));
+    const keys = (await admin('GET', '/api/v1/keys')).json();
+    expect(trust).toEqual(keys.trust);
+    expect(trust.keys[0].id).toBe(keys.keyId);
+    expect((await app.inject({ method: 'GET', url: `/boot/trust/${'0'.repeat(32)}/trust.cpio` })).json().code).toBe('DF_ERR_BOOT_STAGE_CHANGED');
+    // UEFI: the EFI stub reads the initrds back to back, so the archive is padded to start 4-byte aligned after initrd.img.
+    const efi = (await script(`mac=${MAC}&platform=efi`)).payload;
+    const pad = (4 - (INITRD.length % 4)) % 4;
+    const efiUrl = /initrd --name trust\.cpio http:\/\/localhost:80(\S+) \|\|/.exec(efi)![1]!;
+    expect(efiUrl).toBe(pad ? `${trustUrl}?pad=${pad}` : trustUrl);
+    const padded = (await app.inject({ method: 'GET', url: efiUrl })).rawPayload;
+    expect(padded.equals(Buffer.concat([Buffer.alloc(pad), cpio.rawPayload]))).toBe(true);
+    expect((INITRD.length + pad) % 4).toBe(0);
     expect(r.payload).toContain('deskfuse.action=sync');
     const token = tokenOf(r.payload)!;
     expect(token).toMatch(/^dfb_/);

@@ -17,7 +17,9 @@ const DAY = 86_400_000;
 let tmp: ReturnType<typeof tempDir>;
 let srv: Awaited<ReturnType<typeof startInProcess>>;
 let admin: Record<string, string>;
-let clock = Date.UTC(2026, 5, 1, 8);
+// The server's clock starts at the agent's (it only moves forward from there): an endpoint refuses a
+// signed head stamped long before its own clock (DF_ERR_SIG_STALE, src/sign/verify.ts).
+let clock = Date.now();
 const f = (n: string) => path.join(tmp.dir, n);
 const imageSha = (disk: string) => sha256Prefix(disk, SIZE);
 const agent = (args: string[], token: string) => cli(['agent', ...args, '--json'], { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: token });
