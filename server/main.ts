@@ -66,7 +66,7 @@ export async function runServer(src: ConfigSources, out: NodeJS.WritableStream =
   try {
     const port = (appliance.app.server.address() as { port: number }).port;
     netboot = await startNetboot(config.netboot, port, config.dataDir, appliance.ctx.endpoints, appliance.ctx.meta, log, {
-      tftp: config.tftp, metrics: appliance.ctx.metrics, grubConfig: (q) => grubConfigFor(appliance.ctx, q),
+      tftp: config.tftp, metrics: appliance.ctx.metrics, grubConfig: (q) => grubConfigFor(appliance.ctx, q), trustInitrd: () => appliance.ctx.signing.key.trustInitrd().bytes,
     });
     // NBD serves the certificate HTTPS serves (appliance.tls, loaded once); without HTTPS, nbd.tls on or
     // required makes NBD load the same <data>/tls material itself.

@@ -220,7 +220,10 @@ export async function grubConfigFor(ctx: AppContext, q: { mac: string; ip: strin
   const mac = normalizeMac(q.mac);
   if (!mac) throw dfError('DF_ERR_BAD_REQUEST', `mac: expected a MAC address, got ${JSON.stringify(q.mac)}`, { field: 'mac' });
   const { e, d, token } = await decideAndRecord(ctx, { mac, ip: q.ip, platform: 'efi', loader: 'grub' });
-  return grubScript(d, { base: ctx.boot.publicUrl ?? q.base, mac, endpoint: e.name, kernelArgs: ctx.boot.kernelArgs, retrySeconds: ctx.boot.retrySeconds, ...(token ? { token } : {}) });
+  const base = ctx.boot.publicUrl ?? q.base;
+  // As for iPXE: with TLS on, the boot stage's agent talks HTTPS to the same host and pins our CA.
+  const tls = ctx.tls && ctx.tls.plainHttp !== 'all' ? { agentBase: base.startsWith('https:') ? base : httpsBase(ctx.tls, new URL(base).host), caFingerprint: ctx.tls.caFingerprint } : {};
+  return grubScript(d, { base, ...tls, mac, endpoint: e.name, kernelArgs: ctx.boot.kernelArgs, retrySeconds: ctx.boot.retrySeconds, ...(token ? { token } : {}) });
 }
 
 function pick<T extends Record<string, string | undefined>>(o: T, keys: readonly (keyof T & string)[]): Record<string, string> {

@@ -24,11 +24,12 @@ export const SECURE_BOOT_FILES = { shim: 'shimx64.efi', grub: 'grubx64.efi' } as
  * What GRUB asks our TFTP for (src/grub/render.ts): its prefix's grub.cfg (wherever its embedded
  * prefix points: any name ending in grub.cfg), the per-endpoint config, and the boot stage's files.
  */
-export function grubFiles(bootDir: string, config: (mac: string, ip: string) => Promise<string>) {
+export function grubFiles(bootDir: string, config: (mac: string, ip: string) => Promise<string>, trust: () => Buffer) {
   const perMac = new RegExp(`^${GRUB_DIR}/([0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5})\\.cfg$`);
   return async (file: string, ip: string): Promise<GeneratedFile | null> => {
     if (file === GRUB_STAGE.kernel) return { path: path.join(bootDir, 'vmlinuz') };
     if (file === GRUB_STAGE.initrd) return { path: path.join(bootDir, 'initrd.img') };
+    if (file === GRUB_STAGE.trust) return { bytes: trust() };
     const m = perMac.exec(file);
     if (m) return { bytes: Buffer.from(await config(m[1]!, ip)) };
     if (file === 'grub.cfg' || file.endsWith('/grub.cfg')) return { bytes: Buffer.from(GRUB_ENTRY) };
@@ -101,7 +102,7 @@ export function prepareTftpRoot(root: string, log: Logger, secureBoot: NetbootCo
  */
 export async function startNetboot(
   nb: NetbootConfig, httpPort: number, dataDir: string, endpoints: Endpoints, meta: Meta, log: Logger,
-  more: { tftp?: TftpConfig; metrics?: Metrics; grubConfig?: (q: { mac: string; ip: string; base: string }) => Promise<string> } = {},
+  more: { tftp?: TftpConfig; metrics?: Metrics; grubConfig?: (q: { mac: string; ip: string; base: string }) => Promise<string>; trustInitrd?: () => Buffer } = {},
 ): Promise<NetbootServices> {
   const closers: Array<() => Promise<void>> = [];
   const close = async () => {
@@ -118,7 +119,8 @@ export async function startNetboot(
     const grubConfig = more.grubConfig;
     // GRUB's per-boot config names the server for the boot stage: without a public URL there is none to give.
     if (nb.secureBoot && nb.tftpListen && !publicUrl) throw dfError('DF_ERR_CONFIG', 'netboot.secureBoot needs the server\'s public URL for the boot stage: set --public-url or --interface');
-    const generated = nb.secureBoot && grubConfig && publicUrl ? grubFiles(nb.bootDir, (mac, ip) => grubConfig({ mac, ip, base: publicUrl })) : undefined;
+    const trust = more.trustInitrd;
+    const generated = nb.secureBoot && grubConfig && trust && publicUrl ? grubFiles(nb.bootDir, (mac, ip) => grubConfig({ mac, ip, base: publicUrl }), trust) : undefined;
     if (nb.tftpListen) {
       const { startTftp } = await import('../../src/tftp/server.js');
       const root = tftpRoot;

@@ -14,12 +14,19 @@ describe('GRUB configs of the Secure Boot chain', () => {
     expect(grubScript(d, ctx)).toBe([
       "echo 'deskfuse: syncing this disk (first boot: provision the disk)'",
       "linux /deskfuse/stage/vmlinuz 'console=tty0' 'console=ttyS0,115200' 'quiet' 'deskfuse.server=http://10.0.0.1:8080' 'deskfuse.token=tok123456' 'deskfuse.mac=52:54:00:5b:00:01' 'deskfuse.action=sync'",
-      'initrd /deskfuse/stage/initrd.img',
+      'initrd /deskfuse/stage/initrd.img /deskfuse/stage/trust.cpio',
       'boot',
       "echo 'deskfuse: the boot stage did not start; leaving it to the firmware'",
       'exit 1',
       '',
     ].join('\n'));
+  });
+
+  it('with TLS on, the boot stage talks HTTPS and pins the CA, as from the iPXE script', () => {
+    const d: BootDecision = { kind: 'agent', action: 'sync', reason: 'behind', handoff: 'kexec' };
+    const fp = Array(32).fill('AB').join(':');
+    const line = grubScript(d, { ...ctx, agentBase: 'https://10.0.0.1:8443', caFingerprint: fp }).split('\n')[1]!;
+    expect(line).toContain(`'deskfuse.server=https://10.0.0.1:8443' 'deskfuse.ca=sha256:${'ab'.repeat(32)}' 'deskfuse.token=tok123456'`);
   });
 
   it('a waiting endpoint asks again after retrySeconds; a local boot goes back to the firmware', () => {

@@ -15,7 +15,8 @@ import { dfError } from '../errors.js';
 
 /** TFTP directory of the per-endpoint configs and of the boot stage's files. */
 export const GRUB_DIR = 'deskfuse/grub';
-export const GRUB_STAGE = { kernel: 'deskfuse/stage/vmlinuz', initrd: 'deskfuse/stage/initrd.img' } as const;
+/** The boot stage's files, and the trust initrd (the server's version-signing keys, src/sign/trust-initrd.ts). */
+export const GRUB_STAGE = { kernel: 'deskfuse/stage/vmlinuz', initrd: 'deskfuse/stage/initrd.img', trust: 'deskfuse/stage/trust.cpio' } as const;
 
 /** The config GRUB's prefix holds: chains to the per-endpoint one. */
 export const GRUB_ENTRY = [
@@ -28,6 +29,9 @@ export const GRUB_ENTRY = [
 export interface GrubContext {
   /** The server's public base URL (deskfuse.server= for the boot stage). */
   base: string;
+  /** With TLS on: the HTTPS base the boot stage's agent talks to, and the CA it pins (server/tls.ts). */
+  agentBase?: string;
+  caFingerprint?: string;
   mac: string;
   /** Endpoint name, for the admin command a waiting screen shows. */
   endpoint: string;
@@ -55,14 +59,16 @@ export function grubScript(d: BootDecision, c: GrubContext): string {
     }
     case 'agent': {
       if (!c.token) throw dfError('DF_ERR_INTERNAL', 'an agent boot needs a boot token');
-      const args = [...c.kernelArgs.split(/\s+/).filter(Boolean), `deskfuse.server=${c.base}`, `deskfuse.token=${c.token}`, `deskfuse.mac=${c.mac}`, `deskfuse.action=${d.action}`];
+      const args = [...c.kernelArgs.split(/\s+/).filter(Boolean), `deskfuse.server=${c.agentBase ?? c.base}`,
+        ...(c.caFingerprint ? [`deskfuse.ca=sha256:${c.caFingerprint.replace(/:/g, '').toLowerCase()}`] : []), `deskfuse.token=${c.token}`, `deskfuse.mac=${c.mac}`, `deskfuse.action=${d.action}`];
       const message = d.action === 'commit-poweroff' ? 'committing this disk, then powering off' : d.action === 'local' ? 'starting the local disk' : `syncing this disk (${d.reason})`;
       // `linux` asks shim to verify the kernel (shim_lock): an unsigned one is refused, `boot` then has
       // nothing to start, and `exit 1` returns to the firmware, which moves on to its next boot option.
       return [
         say(message),
         `linux /${GRUB_STAGE.kernel} ${args.map((a) => word(a, 'kernel argument')).join(' ')}`,
-        `initrd /${GRUB_STAGE.initrd}`,
+        // GRUB places each initrd at a 4-byte boundary, where the kernel looks for the next cpio archive.
+        `initrd /${GRUB_STAGE.initrd} /${GRUB_STAGE.trust}`,
         'boot',
         say('the boot stage did not start; leaving it to the firmware'),
         'exit 1',

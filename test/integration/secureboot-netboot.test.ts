@@ -87,7 +87,7 @@ describe('TFTP serves GRUB its generated configs and the boot stage (tftp-hpa, c
       if (mac.endsWith(':ee')) throw new Error('the metadata database does not answer');
       asked.push({ mac, ip });
       return `echo 'orders for ${mac}'\n`;
-    });
+    }, () => Buffer.from('the trust initrd'));
     srv = await startTftp({ host: '127.0.0.1', port: 0, root, log: silentLogger, generated });
   });
 
@@ -117,6 +117,7 @@ describe('TFTP serves GRUB its generated configs and the boot stage (tftp-hpa, c
   it('the boot stage comes from the boot directory, everything else from the root, and nothing else is made up', async () => {
     expect((await get(CLIENTS.hpa, 'deskfuse/stage/vmlinuz'))?.equals(kernel)).toBe(true);
     expect((await get(CLIENTS.curl, '/deskfuse/stage/initrd.img'))?.toString()).toBe('an initramfs');
+    expect((await get(CLIENTS.hpa, 'deskfuse/stage/trust.cpio'))?.toString()).toBe('the trust initrd');
     expect((await get(CLIENTS.hpa, 'grubx64.efi'))?.toString()).toBe('a GRUB');
     expect(await get(CLIENTS.hpa, 'deskfuse/grub/not-a-mac.cfg')).toBeNull();
     // A server that cannot decide answers an ERROR (GRUB then says so and leaves it to the firmware).
