@@ -101,7 +101,7 @@ function rowsText(rows: Array<[string, string]>, indent = 2): string {
 function globalsLine(s: SubSpec): string {
   return s.local
     ? 'Global options: --json (one JSON object), -h/--help.'
-    : 'Global options: --server URL, --token T, --json (one JSON object), -h/--help (deskfuse --help says more).';
+    : 'Global options: --server URL, --token T, --ca FILE or --ca-fingerprint SHA256 (https), --json (one JSON object), -h/--help (deskfuse --help says more).';
 }
 
 /** `deskfuse image publish --help`. */

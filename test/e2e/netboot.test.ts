@@ -57,6 +57,8 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     expect((await endpoint(app, MAC_A)).state).toBe('pending');
     await app.cli(['endpoint', 'approve', MAC_A, '--desktop', 'alice', '--name', 'desk-a']);
     await vm.waitFor('SYNCED');
+    // The server's signing key came in the trust initrd iPXE loaded after the boot stage.
+    expect((await vm.waitFor('TRUST')).text).toMatch(/keys=[0-9a-f]{16}/);
     await vm.waitFor('OS-BOOTED');
     const written = await vm.waitFor('OS-MARKER-WRITTEN');
     expect(written.text).toContain('52-54-00-91-00-0a count=1');
@@ -110,6 +112,8 @@ describe('netboot end to end (QEMU endpoints)', { timeout: 1_500_000 }, () => {
     const c = endpointVm(lab, 'C-uefi-bootnext', 'uefi', MAC_C, 2, 'native');
 
     await b.waitFor('SYNCED');
+    // Under UEFI too (the trust initrd is padded to where the kernel looks for the next archive).
+    expect((await b.waitFor('TRUST')).text).toMatch(/keys=[0-9a-f]{16}/);
     await b.waitFor('KEXEC');
     const bootedB = await b.waitFor('OS-BOOTED');
     expect(bootedB.text).toContain('via=kexec');

@@ -100,6 +100,9 @@ describe('UEFI Secure Boot: shim → signed GRUB → signed kernel + our initram
     const sb = await reach(vm, 'SECUREBOOT');
     expect(sb.text).toMatch(/secureboot=1 lockdown=integrity/);
     const synced = await reach(vm, 'SYNCED', sb);
+    // The server's signing key reached the boot stage through the trust initrd GRUB loaded beside it.
+    const trust = await reach(vm, 'TRUST');
+    expect(trust.text).toMatch(/keys=[0-9a-f]{16}/);
     // Lockdown refuses kexec_load; kexec_file_load accepts Debian's signed kernel.
     const kexec = await reach(vm, 'KEXEC', synced);
     const up = await reach(vm, 'REALOS-UP', kexec);
@@ -119,7 +122,7 @@ describe('UEFI Secure Boot: shim → signed GRUB → signed kernel + our initram
     const offered = evs.filter((x) => x.phase === 'dhcp' && x.detail.file);
     expect(offered.map((x) => x.detail.file)).toContain('shimx64.efi');
     const tftp = evs.filter((x) => x.phase === 'tftp' && x.detail.kind === 'done').map((x) => x.detail.file as string);
-    for (const f of ['shimx64.efi', 'grubx64.efi', `deskfuse/grub/${MAC}.cfg`, 'deskfuse/stage/vmlinuz', 'deskfuse/stage/initrd.img']) {
+    for (const f of ['shimx64.efi', 'grubx64.efi', `deskfuse/grub/${MAC}.cfg`, 'deskfuse/stage/vmlinuz', 'deskfuse/stage/initrd.img', 'deskfuse/stage/trust.cpio']) {
       expect(tftp.some((t) => t.replace(/^\//, '') === f), `TFTP sent ${f} (sent: ${tftp.join(', ')})`).toBe(true);
     }
     const scripts = evs.filter((x) => x.phase === 'script');
