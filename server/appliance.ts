@@ -150,7 +150,8 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
         packs?.clear();
       };
     }
-    const signing = await SigningKey.open(config.dataDir);
+    // Servers sharing a PostgreSQL database share its key (server/signing.ts); SQLite keeps it in files.
+    const signing = await SigningKey.open(config.dataDir, meta.engine.dialect === 'postgres' ? meta.engine : undefined);
     log?.info({ keyId: signing.keyId }, 'version signing key');
     const catalog = new Catalog({ images: meta.images, chunks, blobs, now, guard: commitGuard(meta.gc), signer: signing, ...(log ? { log } : {}) });
     const desktops = new Desktops({ meta, catalog, now, ...(log ? { log } : {}) });

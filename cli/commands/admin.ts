@@ -1,3 +1,4 @@
+import { SigningKey } from '../../server/signing.js';
 import { existsSync } from 'node:fs';
 import { dataPaths, MAX_BLOB_SIZE } from '../../server/appliance.js';
 import { openBareStores } from '../../src/chunk/open-stores.js';
@@ -48,11 +49,16 @@ export async function adminCommand(args: string[], io: Io): Promise<number> {
       const say = (line: string) => io.err.write(`${line} [${Math.round((Date.now() - t0) / 1000)} s]\n`);
       say(`migrating ${src.dataDir} (SQLite, local store) → PostgreSQL ${maskUrl(toMeta!)}, S3 ${toStores.where}`);
       const r = await migrateInstall({ meta: from.engine, ...fromStores }, { meta: toEngine, ...toStores }, { onProgress: (e) => say(progressLine(e)) });
+      // The version-signing key goes with the install: every server on the database signs with it, so the
+      // endpoints this server provisioned keep accepting what the site serves (server/signing.ts).
+      const key = await SigningKey.open(src.dataDir);
+      await key.share(toEngine);
       emit(io, values.json, { ok: true, from: src.dataDir, toMeta: maskUrl(toMeta!), toStore, ...r }, () => {
         const rows = Object.entries(r.rows).filter(([, n]) => n.total).map(([t, n]) => `${t} ${n.total}`).join(', ');
         const rowsNew = Object.values(r.rows).reduce((a, n) => a + n.copied, 0);
         const copy = (c: StoreCopy) => `${c.total} (${c.copied} copied now${c.present ? `, ${c.present} already there` : ''})`;
         return `OK: ${src.dataDir} moved to PostgreSQL + S3 and verified\n`
+          + `  signing key     ${key.keyId} (every server on the database signs with it)\n`
           + `  chunks          ${copy(r.chunks)}\n`
           + `  layers/indexes  ${copy(r.blobs)}\n`
           + `  rows            ${rows || 'none'} (${rowsNew} copied now)\n`

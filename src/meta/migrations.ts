@@ -140,6 +140,14 @@ async function v7(q: Sql): Promise<void> {
      body TEXT NOT NULL, sig TEXT NOT NULL, PRIMARY KEY (image, version))`);
 }
 
+/**
+ * The version-signing key of a site whose servers share one database (server/signing.ts): one row,
+ * so every server signs with the same key and serves the same chain without copying files.
+ */
+async function v8(q: Sql): Promise<void> {
+  await q.run('CREATE TABLE IF NOT EXISTS signing_key (id INTEGER PRIMARY KEY, key_pem TEXT NOT NULL, chain TEXT NOT NULL, updated_at TEXT NOT NULL)');
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   { id: 1, name: 'images, desktops, tokens, endpoints, VDI sessions', up: v1 },
   { id: 2, name: 'VDI session ownership: server, NBD address, heartbeat, checkpoint', up: v2 },
@@ -148,4 +156,5 @@ export const MIGRATIONS: readonly Migration[] = [
   { id: 5, name: 'garbage collection: lock, candidates, in-flight commit holds', up: v5 },
   { id: 6, name: 'boot events by MAC', up: v6 },
   { id: 7, name: 'signed version manifests', up: v7 },
+  { id: 8, name: 'the shared version-signing key', up: v8 },
 ];

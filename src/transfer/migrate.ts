@@ -70,6 +70,8 @@ export const MIGRATED_TABLES = [
   'endpoints', 'endpoint_macs', 'endpoint_keys', 'endpoint_addresses', 'boot_tokens', 'boot_events', 'vdi_sessions', 'dhcp_leases', 'image_policies',
 ] as const;
 
+const NOT_COPIED = new Set(['schema_migrations', 'signing_key']);
+
 const BATCH = 200;
 const CONCURRENCY = 16;
 /** Progress at most every 5 % of a store's copy, and not more often than every STEP_MIN objects. */
@@ -129,7 +131,8 @@ async function tablesOf(db: SqlEngine): Promise<string[]> {
     ? (await db.all("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")).map((r) => String(r.name))
     : (await db.all("SELECT table_name AS name FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'")).map((r) => String(r.name));
   const known = new Set<string>(MIGRATED_TABLES);
-  return [...MIGRATED_TABLES.filter((t) => names.includes(t)), ...names.filter((t) => !known.has(t) && t !== 'schema_migrations').sort()];
+  // schema_migrations is each side's own; signing_key is written by `admin migrate` from the install's key files.
+  return [...MIGRATED_TABLES.filter((t) => names.includes(t)), ...names.filter((t) => !known.has(t) && !NOT_COPIED.has(t)).sort()];
 }
 
 interface Shape {
