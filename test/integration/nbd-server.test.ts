@@ -1,4 +1,3 @@
-import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,6 +11,7 @@ import {
 import { startNbd, type NbdServer } from '../../src/nbd/server.js';
 import { prng } from '../helpers/expect.js';
 import { RawNbd } from '../helpers/nbd-client.js';
+import { requireClients, run } from '../helpers/nbd-tools.js';
 import { extentsOf, MiB, RamProvider } from '../helpers/nbd-ram.js';
 
 /**
@@ -19,27 +19,6 @@ import { extentsOf, MiB, RamProvider } from '../helpers/nbd-ram.js';
  * and nbdcopy (libnbd). Bad input comes from a raw client built from the codec, and from a seeded
  * fuzzer; after each, a real client must still be served.
  */
-
-const TOOLS: Record<string, string> = { 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin' };
-
-/** Fail (never skip) when a client is missing, naming the command that installs it. */
-function requireClients(): void {
-  const missing = Object.keys(TOOLS).filter((t) => spawnSync(t, ['--version'], { stdio: 'ignore' }).error);
-  if (missing.length) {
-    const pkgs = [...new Set(missing.map((t) => TOOLS[t]))].join(' ');
-    throw new Error(`missing ${missing.join(', ')}: run \`bash scripts/setup-deps.sh\` or \`apt-get install -y ${pkgs}\``);
-  }
-}
-
-interface Run { code: number; out: string; err: string }
-/** Asynchronous: the server under test lives in this process. */
-function run(cmd: string, args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 30_000, maxBuffer: 16 << 20 }, (e, stdout, stderr) => {
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : -1) : 0, out: stdout, err: stderr });
-    });
-  });
-}
 
 /** A logger that counts warnings (the server logs malformed streams at warn) and keeps errors. */
 function countingLogger(): Logger & { warns: number; errors: object[] } {

@@ -1,4 +1,3 @@
-import { execFile, spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -9,6 +8,7 @@ import { GREETING_SIZE, OPT, REP, decodeOption, decodeOptionReply } from '../../
 import { startNbd, type NbdServer } from '../../src/nbd/server.js';
 import { ensureServerTls, type ServerTls } from '../../src/tls/pki.js';
 import { RawNbd } from '../helpers/nbd-client.js';
+import { requireClients, run } from '../helpers/nbd-tools.js';
 import { DEFAULT_EXPORTS, MiB, RamProvider } from '../helpers/nbd-ram.js';
 
 /**
@@ -17,26 +17,6 @@ import { DEFAULT_EXPORTS, MiB, RamProvider } from '../helpers/nbd-ram.js';
  * certificate comes from src/tls/pki.ts, as in the appliance. A recording TCP proxy shows what
  * crosses the wire in clear.
  */
-
-const TOOLS: Record<string, string> = { 'qemu-img': 'qemu-utils', 'qemu-io': 'qemu-utils', nbdinfo: 'libnbd-bin', nbdcopy: 'libnbd-bin' };
-
-function requireClients(): void {
-  const missing = Object.keys(TOOLS).filter((t) => spawnSync(t, ['--version'], { stdio: 'ignore' }).error);
-  if (missing.length) {
-    const pkgs = [...new Set(missing.map((t) => TOOLS[t]))].join(' ');
-    throw new Error(`missing ${missing.join(', ')}: run \`bash scripts/setup-deps.sh\` or \`apt-get install -y ${pkgs}\``);
-  }
-}
-
-interface Run { code: number; out: string; err: string }
-/** Asynchronous: the server under test lives in this process. */
-function run(cmd: string, args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 30_000, maxBuffer: 16 << 20 }, (e, stdout, stderr) => {
-      resolve({ code: e ? (typeof e.code === 'number' ? e.code : -1) : 0, out: stdout, err: stderr });
-    });
-  });
-}
 
 /** A secret-bearing export name, like a VDI session's `session/ID:SECRET`, and a marker in its bytes. */
 const SECRET_NAME = 'session/0123456789:dfv_s3cr3tTOKENthatmustNOTleak';
