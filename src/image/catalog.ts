@@ -298,7 +298,8 @@ export class Catalog {
    * one whose commit stopped before it was signed) signed now from its row and stored.
    */
   async manifest(image: string, version: number, row?: VersionRow): Promise<Signed> {
-    const kept = await this.deps.images.getManifest(image, version);
+    // A row given is a version just committed: nothing can be stored for it yet (no lookup on the commit path).
+    const kept = row ? undefined : await this.deps.images.getManifest(image, version);
     if (kept) return kept;
     const signer = this.deps.signer;
     if (!signer) throw dfError('DF_ERR_SIG_KEY', 'this server has no signing key', { image, version });
