@@ -5,8 +5,9 @@
 #      SEED=1             workload seed
 #      DESKFUSE_SHARED    folder holding bench/make-workload.sh (default: <repo>/../shared)
 #      PORT=18480         loopback port for the deskfuse server
-#      ONLY=all           all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc | prune   (casync runs without
-#                         dist/; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
+#      ONLY=all           all | casync | deskfuse | export | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc | prune   (casync runs without
+#                         dist/; export = only bench/export.sh, the export vs `casync extract` (and
+#                         casync extract + sync) interleaved, median of REPS=3 rounds; sync = only the sync-engine part below; tftp = only bench/tftp.sh, ours vs
 #                         tftpd-hpa; netboot = only bench/netboot.sh, phase timings of QEMU endpoints;
 #                         nbd = only bench/nbd.sh, NBD serving vs nbdkit / qemu-nbd, its own workload;
 #                         scaleout = only bench/scaleout.sh, the workload through one server on SQLite +
@@ -67,11 +68,11 @@ PEERS_PORT=${PEERS_PORT:-18080}
 RSYNC_PORT=${RSYNC_PORT:-18873}
 T_START=$(date +%s)
 
-case $ONLY in all | casync | deskfuse | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc | prune) ;; *) die "ONLY must be all, casync, deskfuse, sync, scaleout, storm, dhcpstorm, tftp, netboot, nbd, gc or prune (got '$ONLY')" ;; esac
+case $ONLY in all | casync | deskfuse | export | sync | scaleout | storm | dhcpstorm | tftp | netboot | nbd | gc | prune) ;; *) die "ONLY must be all, casync, deskfuse, export, sync, scaleout, storm, dhcpstorm, tftp, netboot, nbd, gc or prune (got '$ONLY')" ;; esac
 want() { [ "$ONLY" = all ] || [ "$ONLY" = "$1" ]; }
 
 # ---- fail fast on a missing build, before any long step ----
-if { want deskfuse || want sync || want nbd || want scaleout || want storm || want dhcpstorm; } && [ ! -f "$CLI" ]; then
+if { want deskfuse || want export || want sync || want nbd || want scaleout || want storm || want dhcpstorm; } && [ ! -f "$CLI" ]; then
   die "$CLI is missing: run npm run build first (or ONLY=casync to bench casync alone)"
 fi
 
@@ -157,7 +158,7 @@ SHA_V2=$(sha_of v2.img)
 # ---- delta granularity (pure measurement, no server) ----
 if [ "$SIZE" = 2G ]; then GJSON=$BENCH/data/granularity.json; else GJSON=$BENCH/data/granularity-$SIZE.json; fi
 gran_fresh() { [ -f "$GJSON" ] && [ "$GJSON" -nt "$DATA/base.img" ] && [ "$GJSON" -nt "$DATA/v2.img" ] && [ "$GJSON" -nt "$DATA/local.img" ]; }
-[ "$ONLY" != scaleout ] || GRANULARITY=never   # not this leg's measure
+case $ONLY in scaleout | export) GRANULARITY=never ;; esac   # not these legs' measure
 case $GRANULARITY in
   never) log "granularity: skipped (GRANULARITY=never)" ;;
   auto | always)
@@ -170,6 +171,11 @@ case $GRANULARITY in
     ;;
   *) die "GRANULARITY must be auto, always or never" ;;
 esac
+
+if [ "$ONLY" = export ]; then
+  { echo; echo "## Export vs casync extract (bench/export.sh)"; echo; CLI=$CLI SIZE=$SIZE bash "$BENCH/export.sh" "$DATA"; } | tee -a "$RESULTS"
+  exit 0
+fi
 
 # ---- temp dir, server and cleanup ----
 mkdir -p "$BENCH/data"
@@ -195,6 +201,7 @@ trap 'exit 130' INT TERM
 if [ -z "${DESKFUSE_CLI:-}" ] && [ -f "$CLI" ] && { want deskfuse || want sync || want scaleout; }; then
   cp -a "$REPO/dist" "$T/dist"
   ln -s "$REPO/ipxe" "$T/ipxe" # the server reads its iPXE templates beside dist/
+  ln -s "$REPO/server" "$T/server" # and the console's assets
   CLI=$T/dist/cli/main.js
 fi
 

@@ -16,7 +16,9 @@ const READS_IN_FLIGHT = 16;
 /**
  * Chunks: `/chunks/:id` is immutable (cache forever; any HTTP cache or CDN can front it), PUT checks
  * the id. Batches: "which of these are missing", pack upload, pack fetch. Bytes are verified
- * against their id on the way in and on every read from the store.
+ * against their id on the way in and on every single-chunk read from the store; a batch fetch from
+ * the local store sends the stored frames unopened (the receiver, agent or `image export`, verifies
+ * each against the id it asked for).
  */
 export const chunkRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async (app) => {
   const bytesIn = ctx.metrics.counter('deskfuse_chunk_bytes_received_total', 'Compressed chunk bytes received');

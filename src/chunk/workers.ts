@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
+import { Worker, type Transferable } from 'node:worker_threads';
 import { dfError } from '../errors.js';
 import { frameContentSize } from './frame.js';
 import { isZero } from './id.js';
@@ -15,6 +15,8 @@ import { isZero } from './id.js';
  *   check(id, frame, max) the same, answering only                  → {length, zero}
  *   seal(raw)             hash and compress raw bytes               → {id, frame}
  *   pack(files, …)        stored frames as one pack body, NOT opened → {body} | {missing} | {tooLarge}
+ *   place(fd, frames, …)  export: open and verify frames, then pwrite their raw bytes at their offsets
+ *                         → {placed, written, writes} (nothing written when one is bad)
  *   heads(files, max)     each stored frame's size and declared raw length (its first bytes only)
  *                         → {sizes, raws} | {missing}: what a pack sent from the files needs to know
  *                         (serving: the frames were verified when stored, the receiver verifies each)
@@ -27,7 +29,7 @@ import { isZero } from './id.js';
 const WORKER_SOURCE = String.raw`
 'use strict';
 const { parentPort, workerData } = require('node:worker_threads');
-const { closeSync, fstatSync, openSync, readFileSync, readSync, statSync } = require('node:fs');
+const { closeSync, fstatSync, openSync, readFileSync, readSync, statSync, writeSync, writevSync } = require('node:fs');
 const zstd = require(workerData.zstd);
 const blake = require(workerData.blake);
 
@@ -116,6 +118,46 @@ parentPort.on('message', (t) => {
         } finally { closeSync(fd); }
       }
       parentPort.postMessage({ seq: t.seq, sizes, raws }, [sizes.buffer, raws.buffer]);
+    } else if (t.op === 'place') {
+      // Export: open and verify every frame of the task first (nothing is written if one is bad), then
+      // write each chunk at its offsets in the output file (its fd, shared by the process) with
+      // pwritev of up to 4 MiB of adjacent pieces; sparse leaves zero 4 KiB blocks as holes.
+      const frames = Buffer.from(t.frames.buffer, t.frames.byteOffset, t.frames.byteLength);
+      const raws = t.recs.map((r) => open(r.id, frames.subarray(r.off, r.off + r.len), t.max));
+      const pieces = [];
+      for (let k = 0; k < raws.length; k++) for (const at of t.recs[k].at) pieces.push({ at, raw: raws[k] });
+      pieces.sort((a, b) => a.at - b.at);
+      let parts = [], start = 0, end = 0, written = 0, writes = 0, placed = 0;
+      const flush = () => {
+        if (!parts.length) return;
+        let done = writevSync(t.fd, parts, start);
+        if (done < end - start) { // a short write (or past IOV_MAX): the rest in one piece
+          const rest = Buffer.concat(parts).subarray(done);
+          for (let off = 0; off < rest.length; ) off += writeSync(t.fd, rest, off, rest.length - off, start + done + off);
+        }
+        written += end - start; writes++; parts = [];
+      };
+      const add = (data, at) => {
+        if (parts.length && at !== end) flush();
+        if (!parts.length) start = end = at;
+        parts.push(data); end += data.length;
+        if (end - start >= 4 * 1024 * 1024 || parts.length >= 1024) flush();
+      };
+      for (const { at, raw } of pieces) {
+        placed += raw.length;
+        if (!t.sparse) { add(raw, at); continue; }
+        let run = -1;
+        for (let off = 0; ; off += 4096) {
+          const last = off >= raw.length;
+          const e = Math.min(off + 4096, raw.length);
+          const zero = last || raw.compare(ZERO_PAGE, 0, e - off, off, e) === 0;
+          if (!zero && run < 0) run = off;
+          if (zero && run >= 0) { add(raw.subarray(run, Math.min(off, raw.length)), at + run); run = -1; }
+          if (last) break;
+        }
+      }
+      flush();
+      parentPort.postMessage({ seq: t.seq, length: placed, written, writes });
     } else if (t.op === 'check') {
       // An upload is verified here and stored as the frame it came as: only two facts go back.
       const raw = open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max);
@@ -137,7 +179,7 @@ parentPort.on('message', (t) => {
 
 type Reply = {
   seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string; length?: number; zero?: boolean;
-  body?: Uint8Array; missing?: string; tooLarge?: boolean; sizes?: Float64Array; raws?: Float64Array;
+  body?: Uint8Array; missing?: string; tooLarge?: boolean; sizes?: Float64Array; raws?: Float64Array; written?: number; writes?: number;
   invalid?: { message: string; fields: Record<string, unknown> };
   failed?: { message: string; code?: string; syscall?: string; path?: string };
 };
@@ -156,7 +198,7 @@ export class ChunkWorkers {
   private readonly slots: Array<Slot | undefined>;
   private seq = 0;
   /** Tasks done, by operation (observability and tests). */
-  readonly done = { read: 0, open: 0, seal: 0, pack: 0, heads: 0 };
+  readonly done = { read: 0, open: 0, seal: 0, pack: 0, heads: 0, place: 0 };
 
   constructor(readonly size = Math.min(4, Math.max(2, availableParallelism() - 1))) {
     this.slots = new Array<Slot | undefined>(size).fill(undefined);
@@ -201,6 +243,21 @@ export class ChunkWorkers {
     return buf(r.raw!);
   }
 
+  /**
+   * Export: verify each chunk of `frames` (its frame at `off`, `len` bytes, against `id`) and write
+   * its raw bytes at every offset of `at` in the file open as `fd`, adjacent pieces joined into
+   * pwritev calls of up to 4 MiB; `sparse` leaves zero 4 KiB blocks unwritten (a fresh file's
+   * holes). All are verified before any is written: a bad frame (DF_ERR_CHUNK_INVALID) writes
+   * nothing of the task. `frames` is moved to the worker, not copied. The caller keeps `fd` open
+   * until the promise settles.
+   */
+  async place(fd: number, frames: Uint8Array, recs: Array<{ id: string; off: number; len: number; at: number[] }>, sparse: boolean, max: number): Promise<{ placed: number; written: number; writes: number }> {
+    const frame = alone(frames);
+    const r = await this.run({ op: 'place', fd, frames: frame, recs, sparse, max }, [frame.buffer as ArrayBuffer]);
+    this.done.place++;
+    return { placed: r.length!, written: r.written!, writes: r.writes! };
+  }
+
   /** Verify an uploaded frame against its id (DF_ERR_CHUNK_INVALID) without sending its bytes back: their length and whether all are zero. */
   async check(id: string, frame: Buffer, max: number): Promise<{ length: number; zero: boolean }> {
     const r = await this.run({ op: 'check', id, frame: alone(frame), max });
@@ -220,13 +277,13 @@ export class ChunkWorkers {
     await Promise.all(all.map((s) => s.worker.terminate()));
   }
 
-  private run(task: Record<string, unknown>): Promise<Reply> {
+  private run(task: Record<string, unknown>, transfer: Transferable[] = []): Promise<Reply> {
     const slot = this.pick();
     const seq = ++this.seq;
     return new Promise<Reply>((resolve, reject) => {
       slot.tasks.set(seq, { resolve, reject });
       if (slot.tasks.size === 1) slot.worker.ref();
-      slot.worker.postMessage({ ...task, seq });
+      slot.worker.postMessage({ ...task, seq }, transfer);
     }).then((r) => {
       if (r.invalid) throw dfError('DF_ERR_CHUNK_INVALID', r.invalid.message, r.invalid.fields);
       if (r.failed) throw Object.assign(new Error(r.failed.message), { code: r.failed.code, syscall: r.failed.syscall, path: r.failed.path });

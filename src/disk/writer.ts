@@ -7,7 +7,9 @@ const COALESCE = 4 * 1024 * 1024;
 /**
  * Writes chunks at their positions, joining writes that follow each other on the disk into one of up
  * to 4 MiB (one syscall instead of 64). `sparse` skips all-zero 4 KiB blocks, leaving holes (for a
- * fresh export file; a disk being synced must have its old bytes overwritten).
+ * fresh export file; a disk being synced must have its old bytes overwritten). The export's chunks
+ * are written by the chunk workers that verify them, by the same rules (src/chunk/workers.ts `place`:
+ * adjacent pieces in pwritev calls of up to 4 MiB, zero 4 KiB blocks of a fresh file left as holes).
  */
 export class DiskWriter {
   private parts: Buffer[] = [];

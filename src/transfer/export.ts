@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import type { ApiClient } from '../api/client.js';
-import { openFrame } from '../chunk/frame.js';
+import { chunkWorkers } from '../chunk/workers.js';
+import { dfError } from '../errors.js';
 import { encodeIdList, idHex, ID_LIST_TYPE } from '../chunk/id.js';
 import { decodePack } from '../chunk/pack.js';
 import { convert } from '../disk/qemu-img.js';
@@ -14,8 +15,10 @@ import { exportTarget, publishExport } from './export-target.js';
 
 /**
  * Export a version to a file: raw output is sparse (zero chunks and zero 4 KiB blocks are never
- * written), qcow2 goes through qemu-img. Every chunk is verified against its id before it is
- * written; the file appears under its name only when complete (src/transfer/export-target.ts).
+ * written), qcow2 goes through qemu-img. Every chunk is verified against its id (an id of the
+ * version's index) before it is written, once, here: the server sends the stored frames as they are
+ * (verified when they were stored), and verification and writing run in the chunk workers on every
+ * core while the next batches are fetched. The file appears under its name only when complete (src/transfer/export-target.ts).
  * An interrupted export leaves its `.part`: the next run hashes the chunks already in it and
  * fetches only the ones that are missing or wrong.
  */
@@ -49,7 +52,10 @@ export interface ExportResult {
 
 const FETCH_BYTES = 16 * 1024 * 1024;
 const MAX_IDS = 4096;
-const FETCHES_IN_FLIGHT = 3;
+/** Batches fetched, verified and written at once (each holds one pack, ≤ 32 MiB, and its chunks). */
+const BATCHES_IN_FLIGHT = 3;
+/** Bytes written between two background datasyncs. */
+const WRITEBACK_BYTES = 128 * 1024 * 1024;
 
 export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
   const t0 = performance.now();
@@ -103,42 +109,93 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
   try {
     // Positions the version has as zero but the reused .part does not.
     for (const i of resumed ?? []) if (index.isZeroAt(i)) await out.chunk(Buffer.alloc(chunkLength(g, i)), i * g.chunkSize);
+    await out.flush();
     const ids = [...positions.keys()];
     const perBatch = Math.max(1, Math.min(MAX_IDS, Math.floor(FETCH_BYTES / g.chunkSize)));
     const batches: string[][] = [];
     for (let k = 0; k < ids.length; k += perBatch) batches.push(ids.slice(k, k + perBatch));
 
-    const fetchBatch = (b: string[]) => {
-      const p = fetchOne(b);
-      p.catch(() => {}); // awaited in order below; this only keeps an early failure from going unhandled
-      return p;
+    // Each batch: one fetch (the server sends the stored frames as they are, unopened), then its
+    // frames go to the chunk workers in slices of about equal raw bytes, one per worker; each worker
+    // opens and verifies its chunks against their ids (the one verification on this path: the trust
+    // boundary is here, the client) and writes them at their offsets itself. BATCHES_IN_FLIGHT
+    // batches go through that at once, so fetching, verifying and writing overlap on every core.
+    const workers = chunkWorkers();
+    const sparse = resumed === null;
+    const fd = fh.fd;
+    let next = 0;
+    let failed = false;
+    // The page cache would hold every written byte until the final fsync (background writeback starts
+    // only at a tenth of RAM), so the disk would wait on the CPU and then the CPU on the disk: a
+    // datasync every WRITEBACK_BYTES, running meanwhile, keeps both busy.
+    let synced = 0;
+    let syncing: Promise<void> | undefined;
+    const writeback = () => {
+      if (syncing || bytesWritten - synced < WRITEBACK_BYTES) return;
+      synced = bytesWritten;
+      syncing = fh.datasync().finally(() => { syncing = undefined; });
+      syncing.catch(() => {}); // an error shows again in the final sync
     };
-    const fetchOne = async (b: string[]) => {
+    const place = async (b: string[]) => {
       const r = await c.binary('POST', '/api/v1/chunks/fetch', { raw: { data: encodeIdList(b), type: ID_LIST_TYPE }, idempotent: true });
       requests++;
       bytesFetched += r.body.length;
-      return decodePack(r.body, MAX_CHUNK_SIZE);
-    };
-    // Several requests in flight: the server reads and verifies while this side writes.
-    const pending = batches.slice(0, FETCHES_IN_FLIGHT).map(fetchBatch);
-    for (let k = 0; k < batches.length; k++) {
-      const records = await pending[k]!;
-      if (k + FETCHES_IN_FLIGHT < batches.length) pending.push(fetchBatch(batches[k + FETCHES_IN_FLIGHT]!));
-      pending[k] = Promise.resolve([]); // let the batch be collected
-      const asked = new Set(batches[k]);
-      for (const rec of records) {
-        if (!asked.has(rec.id)) continue;
-        asked.delete(rec.id);
-        const raw = openFrame(rec.id, rec.frame, MAX_CHUNK_SIZE);
-        for (const i of positions.get(rec.id)!) {
-          await out.chunk(raw, i * g.chunkSize);
-          progress.add(raw.length);
+      const asked = new Set(b);
+      const recs: Array<{ id: string; off: number; len: number; raw: number; at: number[] }> = [];
+      let body = 0;
+      // decodePack's frames are views of the body: their offsets in it come from byteOffset.
+      const base = r.body.byteOffset;
+      for (const rec of decodePack(r.body, MAX_CHUNK_SIZE)) {
+        if (!asked.delete(rec.id)) continue;
+        const at = positions.get(rec.id)!.map((i) => i * g.chunkSize);
+        recs.push({ id: rec.id, off: rec.frame.byteOffset - base, len: rec.frame.length, raw: rec.rawLength, at });
+        body += rec.rawLength * at.length;
+      }
+      if (asked.size) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `the server omitted ${asked.size} of ${b.length} chunks from a fetch`, { omitted: asked.size });
+      // Slices of adjacent records, about body / workers raw bytes each: one copy of their frames
+      // (moved, not copied again, to the worker).
+      const slices: typeof recs[] = [];
+      const share = body / workers.size;
+      let cur: typeof recs = [];
+      let acc = 0;
+      for (const rec of recs) {
+        cur.push(rec);
+        acc += rec.raw * rec.at.length;
+        if (acc >= share * (slices.length + 1) && slices.length < workers.size - 1) {
+          slices.push(cur);
+          cur = [];
         }
       }
-      if (asked.size) throw new Error(`server omitted ${asked.size} chunks from a fetch`);
-    }
-    await out.flush();
-    bytesWritten = out.written;
+      if (cur.length) slices.push(cur);
+      const done = await Promise.allSettled(slices.map((sl) => {
+        const from = sl[0]!.off;
+        const to = sl[sl.length - 1]!.off + sl[sl.length - 1]!.len;
+        const frames = new Uint8Array(to - from);
+        frames.set(r.body.subarray(from, to));
+        return workers.place(fd, frames, sl.map((x) => ({ id: x.id, off: x.off - from, len: x.len, at: x.at })), sparse, MAX_CHUNK_SIZE)
+          .then((w) => {
+            bytesWritten += w.written;
+            progress.add(w.placed);
+            writeback();
+          });
+      }));
+      for (const d of done) if (d.status === 'rejected') throw d.reason;
+    };
+    const lane = async () => {
+      while (!failed && next < batches.length) {
+        try {
+          await place(batches[next++]!);
+        } catch (err) {
+          failed = true;
+          throw err;
+        }
+      }
+    };
+    // Every lane settles before the file is closed: a worker must never write to a reused fd.
+    const lanes = await Promise.allSettled(Array.from({ length: Math.min(BATCHES_IN_FLIGHT, batches.length) }, lane));
+    await syncing?.catch(() => {});
+    for (const l of lanes) if (l.status === 'rejected') throw l.reason;
+    bytesWritten += out.written;
     await fh.sync();
   } finally {
     await fh.close(); // on failure the .part stays: the next run resumes from it

@@ -5,8 +5,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, makeDisk, prng, sha256 } from '../helpers/disk.js';
 import { startProxy } from '../helpers/proxy.js';
 import { CLI, cli, startInProcess, tempDir } from '../helpers/server.js';
+import { encodeFrame } from '../../src/chunk/frame.js';
+import { hashBytes, idHex } from '../../src/chunk/id.js';
 
-/** `deskfuse image export` through the built CLI: no overwrite without --force, --to DIR, coded path errors, resume. */
+/** `deskfuse image export` through the built CLI: no overwrite without --force, --to DIR, coded path errors, resume, a bad stored chunk refused. */
 const MiB = 1024 * 1024;
 let tmp: ReturnType<typeof tempDir>;
 let srv: Awaited<ReturnType<typeof startInProcess>>;
@@ -105,4 +107,37 @@ describe('image export --to', () => {
     expect(full.json.chunksResumed).toBe(0);
     expect(again.json.bytesFetched).toBeLessThan(full.json.bytesFetched - 10 * MiB);
   }, 120_000);
+
+  it('a stored chunk gone bad is refused by the exporting client: DF_ERR_CHUNK_INVALID, its bytes never written', async () => {
+    // The server sends stored frames as they are (verified when they were stored, not on every
+    // fetch): the client is where a chunk is verified before it reaches the disk.
+    const data = prng(11)(8 * MiB);
+    makeDisk(f('rot.img'), 16 * MiB, [{ at: 4 * MiB, data }]);
+    expect((await cli(['image', 'create', 'rot', '--from', f('rot.img'), '--chunk-size', '1M'], admin)).code).toBe(0);
+    // The chunk at 6 MiB: its file now holds a valid frame of other bytes, of the same length.
+    const raw = data.subarray(2 * MiB, 3 * MiB);
+    const id = idHex(hashBytes(raw));
+    const file = path.join(f('data'), 'chunks', id.slice(0, 3), `${id}.zst`);
+    const good = readFileSync(file);
+    const evil = Buffer.from(raw);
+    evil[1000]! ^= 0xff;
+    const bad = encodeFrame(evil);
+    expect(bad.length).toBe(good.length);
+    writeFileSync(file, bad);
+    try {
+      const r = await cli(['image', 'export', 'rot', '--to', f('rot.out'), '--json'], admin);
+      expect(r.code).toBe(1);
+      expect(r.json.error).toMatchObject({ code: 'DF_ERR_CHUNK_INVALID', id, got: idHex(hashBytes(evil)) });
+      expect(existsSync(f('rot.out'))).toBe(false);
+      const part = readFileSync(f('rot.out.part'));
+      expect(part.subarray(6 * MiB, 7 * MiB).equals(Buffer.alloc(MiB))).toBe(true); // nothing of it on disk
+      expect(part.indexOf(evil.subarray(0, 4096))).toBe(-1);
+    } finally {
+      writeFileSync(file, good);
+    }
+    // Once the store holds the right bytes again, the export resumes from the .part and ends byte-exact.
+    const again = await cli(['image', 'export', 'rot', '--to', f('rot.out'), '--json'], admin);
+    expect(again.code, again.stderr).toBe(0);
+    expect(sha256(f('rot.out'))).toBe(sha256(f('rot.img')));
+  }, 60_000);
 });
