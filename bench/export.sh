@@ -3,8 +3,10 @@
 # both stores are filled once (casync make base + v2; deskfuse image create + publish), then REPS
 # rounds each run `casync extract` and `deskfuse image export` (the order alternates per round), every
 # output checked by sha256 against v2.img. casync never fsyncs its output: a third tool in every
-# round is `casync extract` + `sync FILE`, as durable as the export (fsynced before it is named). Prints a markdown table of the medians (wall, client CPU,
-# server CPU) and every round.
+# round is `casync extract` + `sync FILE`, as durable as the export (fsynced before it is named).
+# Prints a markdown table of the medians (wall, client CPU, server CPU) and every round. Note: the
+# second export of a batch makes the server build its pack file (src/chunk/pack-cache.ts), so the
+# export's server CPU and disk writes differ from round to round.
 #
 #   bash bench/export.sh [DATA] [OUT.md]     (DATA: a folder with base.img, v2.img and SHA256SUMS,
 #                                             default bench/data/$SIZE; OUT.md: where the table goes too)
