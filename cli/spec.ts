@@ -296,7 +296,7 @@ export const VDI = group({
     },
     start: {
       args: 'DESKTOP', flags: ['vnc', 'memory', 'cpus', 'accel', 'net', 'firmware', 'secure-boot', 'tpm', 'disk-bus', 'nic-model', 'state-dir', 'force', 'print-libvirt-xml', 'wait-seconds', 'tls-dir', 'tls-username'], passthrough: 'QEMU ARGS',
-      about: 'On a hypervisor host: create a session, run qemu-system-x86_64 on its export (KVM when it works, TCG otherwise), wait for the VM to shut down and report the commit (exit 0, 3 conflict, 1 if the session stayed open).',
+      about: 'On a hypervisor host: create a session, run qemu-system-x86_64 on its export (KVM when it works, TCG otherwise; UEFI on q35 unless --firmware bios), wait for the VM to shut down and report the commit (exit 0, 3 conflict, 1 if the session stayed open).',
     },
   },
 });
