@@ -267,6 +267,12 @@ export const VDI = group({
     'wait-seconds': { type: 'string', arg: 'S', default: '600', help: 'how long to wait for the session\'s commit after QEMU exits' },
     'tls-dir': { type: 'string', arg: 'DIR', help: 'NBD over TLS: DIR/ca-cert.pem is the server\'s CA (its <data>/tls/ca.crt), or DIR/keys.psk with --tls-username; needed when the server speaks TLS (its URL is nbds://)' },
     'tls-username': { type: 'string', arg: 'NAME', help: 'NBD over TLS with a pre-shared key: the identity in DIR/keys.psk (psktool format)' },
+    firmware: { type: 'string', arg: 'uefi|bios', default: 'uefi', help: 'UEFI (OVMF on q35: the desktop boots its ESP as at a UEFI VOI endpoint) or BIOS (SeaBIOS on i440fx: disks with MBR boot code only)' },
+    'secure-boot': { type: 'boolean', default: false, help: 'UEFI Secure Boot: OVMF\'s secure-boot build with Microsoft\'s keys enrolled, SMM on (Windows 11; a boot loader signed by Microsoft or a shim)' },
+    tpm: { type: 'boolean', default: false, help: 'a TPM 2.0 (swtpm, started and stopped with the VM; its state kept per desktop in --state-dir)' },
+    'disk-bus': { type: 'string', arg: 'virtio|sata', default: 'virtio', help: 'the disk\'s bus: virtio (Windows needs the virtio-win storage driver in the image) or sata (AHCI: every OS has its driver)' },
+    'nic-model': { type: 'string', arg: 'virtio|e1000e', default: 'virtio', help: 'the NIC: virtio-net (Windows needs virtio-win\'s NetKVM) or e1000e (a driver in every Windows)' },
+    'state-dir': { type: 'string', arg: 'DIR', help: 'where this host keeps each desktop\'s UEFI variables and TPM state, DIR/DESKTOP/ (default $DESKFUSE_VDI_STATE_DIR, else /var/lib/deskfuse/vdi as root, else ~/.local/state/deskfuse/vdi)' },
   },
   fields: { 'body.desktop': 'DESKTOP', 'querystring.desktop': '--desktop' },
   subs: {
@@ -289,8 +295,8 @@ export const VDI = group({
       argHelp: { ID: 'a session id: 10 hex digits, as deskfuse vdi session list shows' },
     },
     start: {
-      args: 'DESKTOP', flags: ['vnc', 'memory', 'cpus', 'accel', 'net', 'force', 'print-libvirt-xml', 'wait-seconds', 'tls-dir', 'tls-username'], passthrough: 'QEMU ARGS',
-      about: 'On a hypervisor host: create a session, run qemu-system-x86_64 on its export (KVM when it works, TCG otherwise), wait for the VM to shut down and report the commit (exit 0, 3 conflict, 1 if the session stayed open).',
+      args: 'DESKTOP', flags: ['vnc', 'memory', 'cpus', 'accel', 'net', 'firmware', 'secure-boot', 'tpm', 'disk-bus', 'nic-model', 'state-dir', 'force', 'print-libvirt-xml', 'wait-seconds', 'tls-dir', 'tls-username'], passthrough: 'QEMU ARGS',
+      about: 'On a hypervisor host: create a session, run qemu-system-x86_64 on its export (KVM when it works, TCG otherwise; UEFI on q35 unless --firmware bios), wait for the VM to shut down and report the commit (exit 0, 3 conflict, 1 if the session stayed open).',
     },
   },
 });

@@ -17,6 +17,8 @@ engines=(ceph-mon ceph-osd radosgw ceph-common uuid-runtime postgresql)
 test=(
   "${runtime[@]}" "${initramfs[@]}" "${engines[@]}"
   qemu-system-x86 ipxe-qemu ovmf                # QEMU endpoints in the netboot tests and `npm run demo`
+  swtpm                                         # vdi start --tpm: a TPM 2.0 for the VM (test/e2e/vdi-vm.test.ts boots with one)
+  libvirt-clients libxml2-utils                 # virt-xml-validate (xmllint) of every libvirt domain vdi start prints (src/vdi/launch.test.ts)
   mtools syslinux syslinux-common e2fsprogs     # the test OS image
   mmdebstrap                                    # the real-OS fixture: Debian 12 with systemd (test/fixtures/realos)
   sbsigntool                                    # sbverify: the Secure Boot e2e checks who signed shim, GRUB and the kernels

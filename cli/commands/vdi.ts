@@ -4,7 +4,8 @@ import nodePath from 'node:path';
 import type { ApiClient } from '../../src/api/client.js';
 import { dfError } from '../../src/errors.js';
 import { checkDesktopName } from '../../src/image/names.js';
-import { kvmWorks, libvirtXml, qemuArgs, type VmSpec, type VmTls } from '../../src/vdi/launch.js';
+import { desktopUuid, findOvmf, kvmWorks, libvirtXml, qemuArgs, type OvmfFiles, type VmSpec, type VmTls } from '../../src/vdi/launch.js';
+import { defaultStateDir, openDesktopState, startSwtpm, type DesktopState, type Swtpm } from '../../src/vdi/vm-host.js';
 import type { VdiSession, VdiSessionCreated, VdiSessionList } from '../../src/api/schemas.js';
 import { clientFrom, need, parseCommand, type Io } from '../args.js';
 import { VDI } from '../spec.js';
@@ -81,10 +82,31 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   }
   if (!['auto', 'kvm', 'tcg'].includes(String(values.accel))) throw dfError('DF_ERR_USAGE', `--accel: expected auto, kvm or tcg, got ${JSON.stringify(values.accel)}`, { option: '--accel' });
   if (!['user', 'none'].includes(String(values.net))) throw dfError('DF_ERR_USAGE', `--net: expected user or none, got ${JSON.stringify(values.net)}`, { option: '--net' });
+  const choice = <T extends string>(opt: string, allowed: readonly T[]): T => {
+    const v = String(values[opt]);
+    if (!(allowed as readonly string[]).includes(v)) throw dfError('DF_ERR_USAGE', `--${opt}: expected ${allowed.join(' or ')}, got ${JSON.stringify(values[opt])}`, { option: `--${opt}` });
+    return v as T;
+  };
+  const firmware = choice('firmware', ['uefi', 'bios'] as const);
+  const diskBus = choice('disk-bus', ['virtio', 'sata'] as const);
+  const nicModel = choice('nic-model', ['virtio', 'e1000e'] as const);
+  const secureBoot = values['secure-boot'] === true;
+  const tpm = values.tpm === true;
+  if (secureBoot && firmware !== 'uefi') throw dfError('DF_ERR_USAGE', '--secure-boot needs --firmware uefi', { option: '--secure-boot' });
   const accel = values.accel === 'auto' ? ((await kvmWorks()) ? 'kvm' : 'tcg') : (values.accel as 'kvm' | 'tcg');
   const xml = values['print-libvirt-xml'] === true;
   // Checked before the session exists: a bad option takes no lease.
   const tlsGiven = tlsOptions(values, xml);
+  // QEMU here: OVMF must be on this host (libvirt finds its own on the host that runs the domain).
+  let ovmf: OvmfFiles | null = null;
+  if (!xml && firmware === 'uefi') {
+    ovmf = findOvmf(secureBoot);
+    if (!ovmf) {
+      throw dfError('DF_ERR_TOOL_MISSING', `--firmware uefi: no OVMF${secureBoot ? ' Secure Boot build with Microsoft\'s keys enrolled' : ''} on this host (QEMU's firmware descriptors in /usr/share/qemu/firmware, or /usr/share/OVMF): apt-get install ovmf; or --firmware bios`, { tool: 'ovmf' });
+    }
+  }
+  if (tpm && !xml && !onPath('swtpm', io.env)) throw dfError('DF_ERR_TOOL_MISSING', '--tpm: swtpm is not installed on this host: apt-get install swtpm', { tool: 'swtpm' });
+  const stateDir = nodePath.resolve(String(values['state-dir'] ?? defaultStateDir(io.env)));
 
   const made = (await client.json<VdiSessionCreated>('POST', '/api/v1/vdi/sessions', { body: { desktop, force: values.force } })).body;
   if (!made.url) throw dfError('DF_ERR_CONFIG', 'the server runs without NBD (--nbd-listen off); a VDI session needs it');
@@ -100,6 +122,7 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   const spec: VmSpec = {
     name: `deskfuse-${desktop}-${id}`, host: u.hostname.replace(/^\[|\]$/g, ''), port: Number(u.port || 10809),
     exportName: made.export, memoryMiB, cpus, accel, vnc, net: values.net as 'user' | 'none', tls,
+    firmware, secureBoot, tpm, diskBus, nicModel, uuid: desktopUuid(desktop), desktop,
   };
   if (xml) {
     io.out.write(libvirtXml(spec));
@@ -109,15 +132,35 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
     return 0;
   }
 
-  const args = qemuArgs(spec, extra);
-  io.err.write(`VDI session ${id} on desktop ${desktop}: ${made.session.image}@${made.session.base}, qemu (${accel}${vnc !== null ? `, VNC :${vnc}` : ''})\n`);
+  // The desktop's NVRAM and TPM state on this host, and swtpm; both released however QEMU ends.
+  let state: DesktopState | null = null;
+  let swtpm: Swtpm | null = null;
+  let code: number | null;
   const t0 = performance.now();
-  const code = await new Promise<number | null>((resolve, reject) => {
-    // The VM's serial console goes to our stdout, its errors to our stderr.
-    const q = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'inherit', 'inherit'] });
-    q.once('error', (err) => reject(dfError('DF_ERR_TOOL_MISSING', `qemu-system-x86_64: ${err.message} (apt-get install qemu-system-x86)`, { tool: 'qemu-system-x86_64' }, err)));
-    q.once('exit', (c) => resolve(c));
-  });
+  try {
+    if (firmware === 'uefi' || tpm) {
+      state = openDesktopState(stateDir, desktop, { ovmf, secureBoot, tpm });
+      if (state.ephemeral) io.err.write(`the state of desktop ${desktop} in ${nodePath.join(stateDir, desktop)} is in use by another vdi start on this host: this VM runs on a copy (its NVRAM and TPM changes are dropped)\n`);
+    }
+    if (tpm) swtpm = await startSwtpm(state!.tpmDir!);
+    const args = qemuArgs({ ...spec, run: { ...(ovmf ? { ovmf: { ...ovmf, vars: state!.vars! } } : {}), ...(swtpm ? { tpmSocket: swtpm.socket } : {}) } }, extra);
+    const fw = firmware === 'bios' ? 'BIOS' : `UEFI${secureBoot ? ' with Secure Boot' : ''}`;
+    io.err.write(`VDI session ${id} on desktop ${desktop}: ${made.session.image}@${made.session.base}, qemu (${accel}, ${fw}${tpm ? ', TPM 2.0' : ''}` +
+      `${vnc !== null ? `, VNC :${vnc}` : ''})${state ? `; NVRAM/TPM state ${state.dir}` : ''}\n`);
+    code = await new Promise<number | null>((resolve, reject) => {
+      // The VM's serial console goes to our stdout, its errors to our stderr.
+      const q = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'inherit', 'inherit'] });
+      q.once('error', (err) => reject(dfError('DF_ERR_TOOL_MISSING', `qemu-system-x86_64: ${err.message} (apt-get install qemu-system-x86)`, { tool: 'qemu-system-x86_64' }, err)));
+      q.once('exit', (c) => resolve(c));
+    });
+  } catch (err) {
+    // QEMU never ran: nothing connected, so the session is dropped (its lease with it).
+    await client.json('POST', `/api/v1/vdi/sessions/${encodeURIComponent(id)}/discard`).catch(() => undefined);
+    throw Object.assign(err as Error, { message: `${(err as Error).message}; session ${id} was discarded` });
+  } finally {
+    await swtpm?.stop();
+    state?.release();
+  }
   io.err.write(`qemu exited (${code}) after ${((performance.now() - t0) / 1000).toFixed(1)} s; waiting for the session's commit\n`);
 
   // The server commits once the VM's client has flushed and disconnected; a crashed VM leaves it open.
@@ -135,6 +178,17 @@ async function start(client: ApiClient, io: Io, values: Values, positionals: str
   emit(io, values.json as boolean, { session: s, qemuExit: code }, () => `${outcomeText(s)}\n`);
   if (s.state === 'committed') return s.outcome?.kind === 'conflict' ? 3 : 0;
   return s.state === 'discarded' ? 0 : 1;
+}
+
+function onPath(bin: string, env: NodeJS.ProcessEnv): boolean {
+  return (env.PATH ?? process.env.PATH ?? '').split(':').some((d) => {
+    try {
+      accessSync(nodePath.join(d || '.', bin), FS.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
 
 /** --tls-dir [--tls-username]: QEMU's credential directory, checked before anything is created. */

@@ -118,7 +118,7 @@ describe('VDI over NBD with TLS required', () => {
   });
 
   it('vdi start --tls-dir: the VM boots from the export over TLS and its write lands in the committed version', async () => {
-    const r = await execa(process.execPath, [CLI, 'vdi', 'start', 'vm1', '--accel', 'tcg', '--net', 'none', '--memory', '64', '--cpus', '1',
+    const r = await execa(process.execPath, [CLI, 'vdi', 'start', 'vm1', '--accel', 'tcg', '--net', 'none', '--memory', '64', '--cpus', '1', '--firmware', 'bios',
       '--tls-dir', srv.caDir!, '--wait-seconds', '30', '--json', '--', '-no-reboot'],
     { env: { DESKFUSE_DATA: '/nonexistent', ...admin }, reject: false, stdin: 'ignore', timeout: 120_000 });
     expect(r.exitCode, `${r.stdout}\n${r.stderr}`).toBe(0);

@@ -1,4 +1,4 @@
-import { closeSync, createReadStream, createWriteStream, existsSync, openSync, readFileSync, readSync } from 'node:fs';
+import { closeSync, copyFileSync, createReadStream, createWriteStream, existsSync, openSync, readdirSync, readFileSync, readSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { pipeline } from 'node:stream/promises';
@@ -19,8 +19,8 @@ const IMAGE = 'os';
 const DESKTOP = 'vm1';
 /** The marker the test OS writes when it has no NIC (--net none). */
 const MARKER = 'no-nic';
-/** One `vdi start` (boot, power-off, commit) must end well within this; nominal ~10–15 s under TCG. */
-const RUN_GUARD_MS = 150_000;
+/** One `vdi start` (boot, power-off, commit) must end well within this; nominal ~10–15 s under TCG (BIOS), ~30 s UEFI. */
+const RUN_GUARD_MS = 200_000;
 /** TCG unless DESKFUSE_E2E_ACCEL=kvm (as in the harness: KVM is unusable on the hosts here). */
 const ACCEL = process.env.DESKFUSE_E2E_ACCEL || 'tcg';
 
@@ -56,6 +56,20 @@ const listed = (r: VmRun) => (mark(r, 'OS-MARKERS')?.detail ?? '').split(/\s+/).
 /** For assertion messages: what the run printed, last part. */
 const tail = (r: VmRun) => `exit ${r.code}${r.timedOut ? ' (TIMED OUT, killed)' : ''} after ${r.seconds.toFixed(1)} s\n--- stdout ---\n${r.stdout.slice(-3000)}\n--- stderr ---\n${r.stderr.slice(-2000)}`;
 
+/** PIDs of live swtpm processes whose command line names `dir` (one left running by `vdi start` would be a leak). */
+function swtpmsOn(dir: string): number[] {
+  const pids: number[] = [];
+  for (const p of readdirSync('/proc').filter((n) => /^\d+$/.test(n))) {
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
+      if (path.basename(cmd[0] ?? '') === 'swtpm' && cmd.some((a) => a.includes(dir))) pids.push(Number(p));
+    } catch {
+      /* gone */
+    }
+  }
+  return pids;
+}
+
 /** Is `pid` a live QEMU started with our pidfile? (So a leftover is killed by its PID, and only ours.) */
 function ourQemu(pid: number, pidfile: string): boolean {
   try {
@@ -70,11 +84,11 @@ function ourQemu(pid: number, pidfile: string): boolean {
  * QEMU as its child: past RUN_GUARD_MS both are killed (the group, by its id). QEMU writes a pidfile, so a QEMU
  * that outlived its CLI is found and stopped too.
  */
-async function vdiStart(name: string): Promise<VmRun> {
+async function vdiStart(name: string, flags: string[], desktop = DESKTOP): Promise<VmRun> {
   const pidfile = f(`${name}.qemu.pid`);
   const t0 = performance.now();
-  const child = execa(process.execPath, [CLI, 'vdi', 'start', DESKTOP, '--accel', ACCEL, '--net', 'none', '--memory', '256', '--cpus', '1',
-    '--wait-seconds', '30', '--json', '--', '-no-reboot', '-pidfile', pidfile],
+  const child = execa(process.execPath, [CLI, 'vdi', 'start', desktop, '--accel', ACCEL, '--net', 'none', '--memory', '256', '--cpus', '1',
+    '--state-dir', f('vdi-state'), ...flags, '--wait-seconds', '30', '--json', '--', '-no-reboot', '-pidfile', pidfile],
   { env: { DESKFUSE_DATA: '/nonexistent', ...admin }, reject: false, stdin: 'ignore', detached: true });
   let timedOut = false;
   const guard = setTimeout(() => {
@@ -109,9 +123,9 @@ async function vdiStart(name: string): Promise<VmRun> {
 }
 
 /** Exports IMAGE@version to raw and returns the test OS marker file from its ext4 data partition (p2). */
-async function markerIn(version: number): Promise<string> {
-  const raw = f(`v${version}.raw`);
-  expect((await cli(['image', 'export', `${IMAGE}@${version}`, '--to', raw], admin)).code).toBe(0);
+async function markerIn(version: number, image = IMAGE): Promise<string> {
+  const raw = f(`${image}-v${version}.raw`);
+  expect((await cli(['image', 'export', `${image}@${version}`, '--to', raw], admin)).code).toBe(0);
   const mbr = Buffer.alloc(512);
   const fd = openSync(raw, 'r');
   readSync(fd, mbr, 0, 512, 0);
@@ -121,7 +135,7 @@ async function markerIn(version: number): Promise<string> {
   expect(mbr[p2 + 4]).toBe(0x83);
   const start = mbr.readUInt32LE(p2 + 8) * 512;
   const length = mbr.readUInt32LE(p2 + 12) * 512;
-  const part = f(`v${version}.p2`);
+  const part = f(`${image}-v${version}.p2`);
   await pipeline(createReadStream(raw, { start, end: start + length - 1 }), createWriteStream(part));
   return run('debugfs', ['-R', `cat /markers/${MARKER}`, part]);
 }
@@ -148,7 +162,7 @@ afterAll(async () => {
 
 describe('a VDI VM boots the test OS from a session export', () => {
   it('writes its marker and powers off; the session commits a new version of the desktop holding it', async () => {
-    const r = await vdiStart('first');
+    const r = await vdiStart('first', ['--firmware', 'bios']);
     expect(r.timedOut, tail(r)).toBe(false);
     expect(r.marks.map((m) => m.name), tail(r)).toEqual(expect.arrayContaining(['OS-BOOTED', 'OS-MARKERS', 'OS-MARKER-WRITTEN', 'OS-POWEROFF']));
     expect(mark(r, 'OS-BOOTED')!.detail).toContain('via=bios');
@@ -170,10 +184,10 @@ describe('a VDI VM boots the test OS from a session export', () => {
     const marker = await markerIn(2);
     expect(marker).toMatch(/^count=1$/m);
     expect(marker).toMatch(/^via=bios$/m);
-  }, 200_000);
+  }, 260_000);
 
   it('a second session starts from that version: the OS finds its marker and counts on, version 3', async () => {
-    const r = await vdiStart('second');
+    const r = await vdiStart('second', ['--firmware', 'bios']);
     expect(r.timedOut, tail(r)).toBe(false);
     expect(r.marks.map((m) => m.name), tail(r)).toEqual(expect.arrayContaining(['OS-BOOTED', 'OS-MARKER-WRITTEN', 'OS-POWEROFF']));
     expect(listed(r), tail(r)).toEqual([MARKER]);
@@ -184,5 +198,67 @@ describe('a VDI VM boots the test OS from a session export', () => {
     });
     expect((await cli(['desktop', 'show', DESKTOP, '--json'], admin)).json).toMatchObject({ head: 3, lease: null });
     expect(await markerIn(3)).toMatch(/^count=2$/m);
-  }, 200_000);
+  }, 260_000);
+
+  it('the same desktop boots UEFI (q35 + OVMF) with a TPM 2.0 from swtpm: its ESP\'s boot loader, the TPM seen by the OS, version 4', async () => {
+    const state = f('vdi-state');
+    const r = await vdiStart('uefi', ['--firmware', 'uefi', '--tpm']);
+    expect(r.timedOut, tail(r)).toBe(false);
+    expect(r.stderr, tail(r)).toMatch(/qemu \(tcg, UEFI, TPM 2\.0\)/);
+    expect(r.marks.map((m) => m.name), tail(r)).toEqual(expect.arrayContaining(['OS-BOOTED', 'OS-PLATFORM', 'OS-MARKER-WRITTEN', 'OS-POWEROFF']));
+    // The same disk as under BIOS: systemd-boot on its ESP (what a UEFI VOI endpoint's firmware starts too).
+    expect(mark(r, 'OS-BOOTED')!.detail).toContain('via=uefi');
+    expect(mark(r, 'OS-PLATFORM')!.detail, tail(r)).toMatch(/efi=yes tpm=2 secureboot=disabled/);
+    expect(listed(r), tail(r)).toEqual([MARKER]);
+    expect(mark(r, 'OS-MARKER-WRITTEN')!.detail).toContain(`${MARKER} count=3`);
+    expect(r.code, tail(r)).toBe(0);
+    expect(r.result!.session, tail(r)).toMatchObject({ base: 3, state: 'committed', outcome: { kind: 'fast-forward', version: 4, ref: `desktops/${DESKTOP}` } });
+    const marker = await markerIn(4);
+    expect(marker).toMatch(/^count=3$/m);
+    expect(marker).toMatch(/^via=uefi$/m);
+    expect(marker).toMatch(/^tpm=2$/m);
+
+    // Kept on this host for the desktop: its variable store (OVMF wrote its boot options) and the TPM's state;
+    // swtpm stopped with the VM, the lock released.
+    const vars = path.join(state, DESKTOP, 'OVMF_VARS.fd');
+    expect(statSync(vars).size).toBe(statSync('/usr/share/OVMF/OVMF_VARS_4M.fd').size);
+    expect(readFileSync(vars).equals(readFileSync('/usr/share/OVMF/OVMF_VARS_4M.fd')), 'OVMF wrote nothing in the desktop\'s store').toBe(false);
+    expect(statSync(path.join(state, DESKTOP, 'tpm', 'tpm2-00.permall')).size).toBeGreaterThan(0);
+    expect(existsSync(path.join(state, DESKTOP, 'lock'))).toBe(false);
+    expect(swtpmsOn(state)).toEqual([]);
+  }, 260_000);
+
+  it('Secure Boot (OVMF with Microsoft\'s keys, SMM) + TPM: the test OS behind Debian\'s signed shim and GRUB boots, its kernel sees Secure Boot on', async () => {
+    // The same disk with a signed chain on its ESP: shim (Microsoft's UEFI CA) as the fallback boot loader,
+    // Debian's signed GRUB beside it (shim's second stage), GRUB booting the test OS's Debian-signed kernel.
+    const signed = JSON.parse((await run('bash', [path.join(ROOT, 'scripts/secureboot-files.sh')], 300_000)).trim().split('\n').pop()!) as { shim: string; grub: string };
+    const grubDisk = path.join(path.dirname(signed.grub), 'grubx64.efi.signed');
+    const disk = f('os-sb.img');
+    copyFileSync(fixtureDisk, disk);
+    const boot = JSON.parse(readFileSync(path.join(path.dirname(fixtureDisk), 'boot.json'), 'utf8')) as { cmdline: string };
+    const cfg = f('grub.cfg');
+    writeFileSync(cfg, `set timeout=0\nsearch --no-floppy --fs-uuid --set=root 0DF0-B007\nlinux /vmlinuz ${boot.cmdline.replace('deskfuse.via=kexec', 'deskfuse.via=shim')}\ninitrd /initrd.img\nboot\n`);
+    const esp = `${disk}@@${1024 * 1024}`;
+    const env = { ...process.env, MTOOLS_SKIP_CHECK: '1' };
+    await execa('mcopy', ['-o', '-i', esp, signed.shim, '::/EFI/BOOT/BOOTX64.EFI'], { env });
+    await execa('mcopy', ['-o', '-i', esp, grubDisk, '::/EFI/BOOT/grubx64.efi'], { env });
+    await execa('mmd', ['-i', esp, '::/EFI/debian'], { env });
+    for (const dir of ['BOOT', 'debian']) await execa('mcopy', ['-o', '-i', esp, cfg, `::/EFI/${dir}/grub.cfg`], { env });
+    expect((await cli(['image', 'create', 'os-sb', '--from', disk, '-m', 'test OS, signed chain'], admin)).code).toBe(0);
+    expect((await cli(['desktop', 'create', 'vm-sb', '--image', 'os-sb'], admin)).code).toBe(0);
+
+    const r = await vdiStart('secureboot', ['--secure-boot', '--tpm', '--memory', '768'], 'vm-sb'); // 256 MiB: the EFI stub cannot decompress the kernel
+    expect(r.timedOut, tail(r)).toBe(false);
+    expect(r.stderr, tail(r)).toMatch(/qemu \(tcg, UEFI with Secure Boot, TPM 2\.0\)/);
+    expect(mark(r, 'OS-BOOTED')?.detail, tail(r)).toContain('via=shim');
+    expect(mark(r, 'OS-PLATFORM')!.detail, tail(r)).toMatch(/efi=yes tpm=2 secureboot=enabled/);
+    expect(mark(r, 'OS-MARKER-WRITTEN')?.detail, tail(r)).toContain(`${MARKER} count=1`);
+    expect(r.code, tail(r)).toBe(0);
+    expect(r.result!.session, tail(r)).toMatchObject({ desktop: 'vm-sb', state: 'committed', outcome: { kind: 'fast-forward', version: 2 } });
+    expect(await markerIn(2, 'os-sb')).toMatch(/^via=shim$/m);
+    // Its own variable store, made from the Microsoft-keys template; the plain one of vm1 untouched by it.
+    expect(statSync(path.join(f('vdi-state'), 'vm-sb', 'OVMF_VARS.secboot.fd')).size).toBe(statSync('/usr/share/OVMF/OVMF_VARS_4M.ms.fd').size);
+    expect(existsSync(path.join(f('vdi-state'), 'vm-sb', 'OVMF_VARS.fd'))).toBe(false);
+    expect(swtpmsOn(f('vdi-state'))).toEqual([]);
+  }, 600_000);
 });

@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, patch, prng, sha256, textish } from '../helpers/disk.js';
 import { cli, tempDir } from '../helpers/server.js';
+import { desktopUuid } from '../../src/vdi/launch.js';
 import { fails, requireNbdClients, run, startVdiAppliance, type VdiAppliance } from '../helpers/vdi.js';
 
 /**
@@ -250,6 +251,30 @@ describe('CLI and API', () => {
     expect((await run('python3', ['-c', 'import sys,xml.dom.minidom as m; d=m.parse(sys.argv[1]); print(d.documentElement.tagName)', f('dom.xml')])).trim()).toBe('domain');
     const id = /session\/([0-9a-f]{10})/.exec(r.stdout)![1]!;
     expect((await vdi(['session', 'discard', id])).code).toBe(0);
+  });
+
+  it('a Windows 11 domain: q35, UEFI with Secure Boot, a TPM 2.0, SATA + e1000e, the desktop\'s uuid; libvirt\'s schema accepts it', async () => {
+    const r = await cli(['vdi', 'start', 'bob', '--print-libvirt-xml', '--accel', 'kvm', '--secure-boot', '--tpm', '--disk-bus', 'sata', '--nic-model', 'e1000e', '--vnc', ':0', '--net', 'user'], admin);
+    expect(r.code, r.stderr).toBe(0);
+    for (const x of ["machine='q35'", "<feature enabled='yes' name='secure-boot'/>", "<smm state='on'/>", "<tpm model='tpm-crb'>", "bus='sata'", "<model type='e1000e'/>",
+      `<uuid>${desktopUuid('bob')}</uuid>`, '<nvram>/var/lib/libvirt/qemu/nvram/deskfuse-bob-secboot_VARS.fd</nvram>', "<cpu mode='host-passthrough'/>"]) expect(r.stdout).toContain(x);
+    writeFileSync(f('win11.xml'), r.stdout);
+    expect((await run('virt-xml-validate', [f('win11.xml'), 'domain'])).trim()).toBe('');
+    const id = /session\/([0-9a-f]{10})/.exec(r.stdout)![1]!;
+    expect((await vdi(['session', 'discard', id])).code).toBe(0);
+  });
+
+  it('firmware options are checked before a session is made: --secure-boot needs UEFI, names are checked', async () => {
+    const before = (await vdi(['session', 'list'])).json.sessions.length;
+    const sb = await cli(['vdi', 'start', 'bob', '--firmware', 'bios', '--secure-boot', '--accel', 'tcg'], admin);
+    expect(sb.code).not.toBe(0);
+    expect(sb.stderr).toContain('--secure-boot needs --firmware uefi');
+    for (const [opt, bad] of [['--firmware', 'efi'], ['--disk-bus', 'ide'], ['--nic-model', 'rtl8139']] as const) {
+      const x = await cli(['vdi', 'start', 'bob', opt, bad, '--accel', 'tcg'], admin);
+      expect(x.code, opt).not.toBe(0);
+      expect(x.stderr).toContain(`${opt}: expected`);
+    }
+    expect((await vdi(['session', 'list'])).json.sessions.length).toBe(before);
   });
 });
 
