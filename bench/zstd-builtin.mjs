@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Node's built-in zstd (node:zlib, Node >= 23.8) against zstd-napi, on the same data in one run:
 // level 3 (frame.ts, frames.ts), compress and decompress, sync and async, 64 KiB and 4 MiB chunks.
+// chunkSize size+1: the output in one buffer (the declared content size is known before decompressing).
 // Run: node bench/zstd-builtin.mjs   (zstd-napi must be installed: npm install --no-save zstd-napi)
 // The data: a disk-image-like mix (x86 code from this Node binary, text, zero runs, random bytes).
 import { createRequire } from 'node:module';
@@ -28,8 +29,11 @@ function sample(size, seed) {
   return out;
 }
 const zc = promisify(zlib.zstdCompress), zd = promisify(zlib.zstdDecompress);
-const time = (n, f) => { const t = process.hrtime.bigint(); for (let i = 0; i < n; i++) f(i); return Number(process.hrtime.bigint() - t) / 1e6; };
-const timeAsync = async (n, f) => { const t = process.hrtime.bigint(); for (let i = 0; i < n; i++) await f(i); return Number(process.hrtime.bigint() - t) / 1e6; };
+// CPU time of the process (user + system, every thread), not wall time: a shared 2-core machine under load
+// gives wall times that swing 2x between runs; the CPU an operation costs is what it takes from the server.
+const cpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1000; };
+const time = (n, f) => { const t = cpu(); for (let i = 0; i < n; i++) f(i); return cpu() - t; };
+const timeAsync = async (n, f) => { const t = cpu(); for (let i = 0; i < n; i++) await f(i); return cpu() - t; };
 
 console.log(`node ${process.version} (zstd ${process.versions.zstd}), zstd-napi ${require('zstd-napi/package.json').version}, level ${LEVEL}`);
 const rows = [];
@@ -44,15 +48,16 @@ for (const [label, size, count] of [['64 KiB', 65536, 512], ['4 MiB', 4 << 20, 1
     if (!napi.decompress(framesNode[i]).equals(data[i]) || !zlib.zstdDecompressSync(framesNapi[i]).equals(data[i])) throw new Error('round trip');
   }
   const ratio = framesNapi.reduce((k, f) => k + f.length, 0) / (size * count);
-  for (let rep = 0; rep < 3; rep++) {   // best of 3, interleaved so both see the same machine state
+  for (let rep = 0; rep < 7; rep++) {   // best of 7, interleaved so both see the same machine state
     const r = {
       'compress napi sync': time(count, (i) => napi.compress(data[i], { compressionLevel: LEVEL })),
       'compress node sync': time(count, (i) => zlib.zstdCompressSync(data[i], { params })),
       'compress node async': await timeAsync(count, (i) => zc(data[i], { params })),
       'decompress napi sync': time(count, (i) => napi.decompress(framesNapi[i])),
       'decompress node sync': time(count, (i) => zlib.zstdDecompressSync(framesNapi[i])),
-      'decompress node sync (maxOutputLength)': time(count, (i) => zlib.zstdDecompressSync(framesNapi[i], { maxOutputLength: size })),
+      'decompress node sync, chunkSize size+1': time(count, (i) => zlib.zstdDecompressSync(framesNapi[i], { chunkSize: size + 1 })),
       'decompress node async': await timeAsync(count, (i) => zd(framesNapi[i])),
+      'decompress node async, chunkSize size+1': await timeAsync(count, (i) => zd(framesNapi[i], { chunkSize: size + 1 })),
     };
     for (const [k, ms] of Object.entries(r)) {
       const row = rows.find((x) => x.chunk === label && x.op === k);
