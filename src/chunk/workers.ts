@@ -53,15 +53,30 @@ function open(id, frame, max) {
   return raw;
 }
 
-// A buffer that owns its whole ArrayBuffer moves to the main thread without a copy.
-const own = (b) => (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength ? b : Buffer.from(b));
+// A buffer that owns its whole ArrayBuffer moves to the main thread without a copy. A copy is made with
+// allocUnsafeSlow, never Buffer.from: a small Buffer.from is a slice of Node's pool, which Node >= 22 marks
+// untransferable (postMessage throws "Cannot transfer object of unsupported type").
+const own = (b) => {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) return b;
+  const c = Buffer.allocUnsafeSlow(b.length);
+  b.copy(c);
+  return c;
+};
+// postMessage with a transfer list; a buffer Node will not transfer (an addon's external memory, the pool)
+// goes as a copy instead of failing the task.
+const post = (msg, transfer) => {
+  try { parentPort.postMessage(msg, transfer); } catch (e) {
+    if (!(e && e.name === 'DataCloneError')) throw e;
+    parentPort.postMessage(msg);
+  }
+};
 
 parentPort.on('message', (t) => {
   try {
     if (t.op === 'read') {
       const frame = own(readFileSync(t.path));
       const raw = own(open(t.id, frame, t.max));
-      parentPort.postMessage({ seq: t.seq, frame, raw }, [frame.buffer, raw.buffer]);
+      post({ seq: t.seq, frame, raw }, [frame.buffer, raw.buffer]);
     } else if (t.op === 'pack') {
       // The pack format of pack.ts (golden-tested against encodePack): "DFPK" 1 0 0 0, per record id(32)
       // raw length(u32 BE) frame length(u32 BE) frame, then 32 zero bytes and the count (u32 BE).
@@ -101,7 +116,7 @@ parentPort.on('message', (t) => {
       }
       body.fill(0, at, at + 32);
       body.writeUInt32BE(sizes.length, at + 32);
-      parentPort.postMessage({ seq: t.seq, body }, [body.buffer]);
+      post({ seq: t.seq, body }, [body.buffer]);
     } else if (t.op === 'heads') {
       const sizes = new Float64Array(t.paths.length);
       const raws = new Float64Array(t.paths.length);
@@ -117,7 +132,7 @@ parentPort.on('message', (t) => {
           raws[k] = raw;
         } finally { closeSync(fd); }
       }
-      parentPort.postMessage({ seq: t.seq, sizes, raws }, [sizes.buffer, raws.buffer]);
+      post({ seq: t.seq, sizes, raws }, [sizes.buffer, raws.buffer]);
     } else if (t.op === 'place') {
       // Export: open and verify every frame of the task first (nothing is written if one is bad), then
       // write each chunk at its offsets in the output file (its fd, shared by the process) with
@@ -164,11 +179,11 @@ parentPort.on('message', (t) => {
       parentPort.postMessage({ seq: t.seq, length: raw.length, zero: isZero(raw) });
     } else if (t.op === 'open') {
       const raw = own(open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max));
-      parentPort.postMessage({ seq: t.seq, raw }, [raw.buffer]);
+      post({ seq: t.seq, raw }, [raw.buffer]);
     } else {
       const raw = Buffer.from(t.raw.buffer, t.raw.byteOffset, t.raw.byteLength);
       const frame = own(zstd.compress(raw, { compressionLevel: t.level }));
-      parentPort.postMessage({ seq: t.seq, id: blake.blake3(raw).toString('hex'), frame }, [frame.buffer]);
+      post({ seq: t.seq, id: blake.blake3(raw).toString('hex'), frame }, [frame.buffer]);
     }
   } catch (e) {
     if (e instanceof Invalid) parentPort.postMessage({ seq: t.seq, invalid: { message: e.message, fields: e.fields } });

