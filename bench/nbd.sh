@@ -10,6 +10,7 @@
 #        WRITE_BIG_MIB=56 WRITE_SMALL_MIB=8   the write workload (64 MiB in all, see 3. below)
 #        PORT=18590      HTTP port of the deskfuse server; PORT+1 its NBD port, PORT+2 nbdkit,
 #                        PORT+3 qemu-nbd (all on 127.0.0.1)
+#        LOAD=2          busy loops of the "under load" rows (2c.)
 #        KEEP_TMP=0      1 keeps bench/data/tmp-nbd-* (disks, logs, fio JSON)
 #        DESKFUSE_CLI    CLI entry (default: a copy of dist/ taken at start, so a rebuild changes nothing)
 #
@@ -18,6 +19,10 @@
 # and exported back with `deskfuse image export NAME@main` (checked by sha256 against the base): that
 # export is what the peers serve, so every server serves the same bytes. The deskfuse server is then
 # restarted so its RSS is that of serving, not of the import.
+#  0. cold reads: the first read after the import (empty raw-chunk cache; to a file, sha256-checked)
+#     and, REPS times, the first read after a restart of each server (deskfuse keeps its cache slots
+#     across a clean stop and hashes each again before its first read; nbdkit's file stays in the
+#     page cache: the machine's caches are not dropped, other work shares them). Target >= 0.7x.
 #  1. sequential read of the whole version: `nbdcopy URL /dev/null`, deskfuse `NAME@main` export vs
 #     `nbdkit file` on the export (read-only). nbdcopy's defaults (it opens 4 connections where the
 #     server offers multi-conn, as nbdkit file does) and --connections=1. Copies of both to a file
@@ -26,6 +31,8 @@
 #  2. random 4 KiB reads over the whole disk: fio's nbd engine (libnbd), randread, bs=4k, one job,
 #     RUNTIME s, at QD DEPTH (target: IOPS deskfuse / nbdkit >= 0.7x) and QD1. (qemu-img bench only
 #     steps through offsets sequentially, so it cannot do random reads.)
+#  2c. 1. (default connections) and 2. (QD DEPTH) again while LOAD busy loops run (started and
+#     stopped by PID in this script), deskfuse and nbdkit interleaved. Target >= 0.7x each.
 #  3. writes: a VDI session export (`vdi session create --no-auto-commit`) vs `qemu-nbd -f qcow2` on a
 #     fresh qcow2 overlay of the export per rep (default cache, writeback). fio's nbd engine, QD16:
 #     WRITE_BIG_MIB in 64 KiB-1 MiB writes at random offsets, then WRITE_SMALL_MIB in 4 KiB random
@@ -66,7 +73,7 @@ fio --enghelp 2>/dev/null | grep -qw nbd || die "this fio has no nbd engine (Deb
 
 mkdir -p "$REPO/bench/data"
 T=$(mktemp -d "$REPO/bench/data/tmp-nbd-XXXXXX")   # inside the repo: the dist/ copy finds node_modules
-SPID='' KPID='' QPID=''
+SPID='' KPID='' QPID='' LOAD_PIDS=()
 stop_pid() { # PID: TERM, wait up to 5 s, then KILL
   [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 0
   kill "$1" 2>/dev/null || true
@@ -75,6 +82,7 @@ stop_pid() { # PID: TERM, wait up to 5 s, then KILL
 }
 cleanup() {
   local rc=$?
+  for p in "${LOAD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   stop_pid "$QPID"; stop_pid "$KPID"; stop_pid "$SPID"
   if [ $rc -ne 0 ] && [ -f "$T/server.log" ]; then
     cp "$T/server.log" "$REPO/bench/data/last-nbd-server.log" 2>/dev/null || true
@@ -87,6 +95,7 @@ trap 'exit 130' INT TERM
 
 if [ -z "${DESKFUSE_CLI:-}" ]; then # the server finds its package root (ipxe/ templates) from dist/'s parent
   cp -a "$REPO/dist" "$T/dist"; ln -s "$REPO/ipxe" "$T/ipxe"; CLI=$T/dist/cli/main.js
+  mkdir -p "$T/server/console"; ln -s "$REPO/server/console/assets" "$T/server/console/assets"
 fi
 dfc() { node "$CLI" "$@"; }
 port_busy() { (exec 3<> "/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -193,25 +202,55 @@ SRSS_IDLE=$(awk '/^VmRSS:/ {print $2}' "/proc/$SPID/status")
 DF_RO="nbd://127.0.0.1:$NBD_PORT/nbdbench@main:$DESKFUSE_TOKEN"
 wait_nbd "$DF_RO" "$SPID" "deskfuse"
 
-nbdkit --foreground --exit-with-parent -r -i 127.0.0.1 -p "$NBDKIT_PORT" file "$PEER_RAW" > "$T/nbdkit.log" 2>&1 &
-KPID=$!
 KIT="nbd://127.0.0.1:$NBDKIT_PORT"
-wait_nbd "$KIT" "$KPID" nbdkit
+start_nbdkit() {
+  nbdkit --foreground --exit-with-parent -r -i 127.0.0.1 -p "$NBDKIT_PORT" file "$PEER_RAW" >> "$T/nbdkit.log" 2>&1 &
+  KPID=$!
+  wait_nbd "$KIT" "$KPID" nbdkit
+}
+start_nbdkit
 
 ROWS=$T/rows.tsv   # measure side rep value wall serverCpuS
 : > "$ROWS"
 row() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$ROWS"; }
 
-# ---- 1. sequential read ----
-log "1. sequential read (nbdcopy), byte check"
+timed_copy() { # MEASURE SIDE REP URL PID [nbdcopy options]: one nbdcopy to /dev/null, a row
+  local m=$1 side=$2 rep=$3 u=$4 pid=$5 c0 c1 t0 t1 w; shift 5
+  c0=$(cpu_ticks "$pid"); t0=$(now_ns)
+  nbdcopy "$@" "$u" /dev/null
+  t1=$(now_ns); c1=$(cpu_ticks "$pid")
+  w=$(secs "$t0" "$t1")
+  row "$m" "$side" "$rep" "$(awk -v s="$w" -v b="$BYTES" 'BEGIN { printf "%.1f", b / s / 1e6 }')" "$w" "$(cpu_s "$c0" "$c1")"
+  echo "   $m $side rep $rep: $w s" >&2
+}
+
+# ---- 0. cold reads ----
+# The first read after the import, with an empty raw-chunk cache (every chunk decompressed and
+# hashed), checked byte for byte, nbdkit's first read beside it (its file is in the page cache: a
+# server start is all "cold" can mean for it without dropping the machine's caches, which other work
+# shares). Then REPS times: both servers stopped and started again, one nbdcopy each: deskfuse finds
+# its cache slots of the last clean stop (hashed again before their first read, in its workers).
+log "0. cold reads (first read after a server start), byte check"
 for side in deskfuse nbdkit; do
-  if [ $side = deskfuse ]; then u=$DF_RO; else u=$KIT; fi
+  if [ $side = deskfuse ]; then u=$DF_RO pid=$SPID; else u=$KIT pid=$KPID; fi
   rm -f "$T/copy.raw"
+  c0=$(cpu_ticks "$pid"); t0=$(now_ns)
   nbdcopy "$u" "$T/copy.raw"
+  t1=$(now_ns); c1=$(cpu_ticks "$pid")
+  w=$(secs "$t0" "$t1")
+  row cold-empty $side 1 "$(awk -v s="$w" -v b="$BYTES" 'BEGIN { printf "%.1f", b / s / 1e6 }')" "$w" "$(cpu_s "$c0" "$c1")"
+  echo "   cold read, empty cache, $side: $w s (to a file)" >&2
   [ "$(sha256sum < "$T/copy.raw" | cut -d' ' -f1)" = "$WANT" ] || die "nbdcopy from $side: bytes differ from the base"
 done
 rm -f "$T/copy.raw"
 SEQ_CHECK=ok
+for r in $(seq "$REPS"); do
+  stop_pid "$SPID"; SPID=; start_server; wait_nbd "$DF_RO" "$SPID" deskfuse
+  timed_copy cold deskfuse "$r" "$DF_RO" "$SPID"
+  stop_pid "$KPID"; KPID=; start_nbdkit
+  timed_copy cold nbdkit "$r" "$KIT" "$KPID"
+done
+reset_hwm "$SPID"; reset_hwm "$KPID"
 for r in $(seq "$REPS"); do
   for side in deskfuse nbdkit; do
     if [ $side = deskfuse ]; then u=$DF_RO pid=$SPID; else u=$KIT pid=$KPID; fi
@@ -245,6 +284,32 @@ for r in $(seq "$REPS"); do
     done
   done
 done
+# ---- 2c. the same under a fixed CPU load ----
+# LOAD busy loops (default 2, one per core of the bench machine) started here and stopped by PID at
+# the end, both servers measured while they run (sequential, default connections; random QD DEPTH).
+export LOAD=${LOAD:-2}
+log "2c. under load: $LOAD busy loops"
+LOAD_PIDS=()
+for _ in $(seq "$LOAD"); do (while :; do :; done) & LOAD_PIDS+=($!); done
+sleep 1
+for r in $(seq "$REPS"); do
+  for side in deskfuse nbdkit; do
+    if [ $side = deskfuse ]; then u=$DF_RO pid=$SPID; else u=$KIT pid=$KPID; fi
+    timed_copy seq-load $side "$r" "$u" "$pid"
+    c0=$(cpu_ticks "$pid"); t0=$(now_ns)
+    fio --name=randread --ioengine=nbd --uri="$u" --rw=randread --bs=4k --iodepth="$DEPTH" --time_based \
+      --runtime="$RUNTIME" --randseed="$r" --output-format=json > "$T/fio-rr.json" 2> "$T/fio-rr.err" ||
+      { cat "$T/fio-rr.err" >&2; die "fio randread on $side failed"; }
+    t1=$(now_ns); c1=$(cpu_ticks "$pid")
+    iops=$(json "$T/fio-rr.json" 'j.jobs[0].read.iops.toFixed(0)')
+    row "rand-load" $side "$r" "$iops" "$(secs "$t0" "$t1")" "$(cpu_s "$c0" "$c1")"
+    echo "   under load: random read QD$DEPTH $side rep $r: $iops IOPS" >&2
+  done
+done
+for p in "${LOAD_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+wait "${LOAD_PIDS[@]}" 2>/dev/null || true
+LOAD_PIDS=()
+
 SRSS_READ=$(vm_hwm_kib "$SPID")
 KRSS_READ=$(vm_hwm_kib "$KPID")
 stop_pid "$KPID"; KPID=
@@ -337,10 +402,14 @@ const target = (n, label, m, peer, unit, tgt, higherIsBetter = true) => {
   const met = tgt ? (ratio >= tgt ? 'yes' : '**no**') : '';
   L.push(`| ${n} | ${label} | ${a} ${unit} | ${b} ${unit} (${peer}) | ${ratio.toFixed(2)}x | ${tgt ? '≥ ' + tgt + 'x' : '—'} | ${met} | ${cpuPct(m, 'deskfuse')} / ${cpuPct(m, peer)} |`);
 };
+target(0, 'cold: first read after the import (empty raw-chunk cache), `nbdcopy URL FILE`', 'cold-empty', 'nbdkit', 'MB/s', 0);
+target('0b', 'cold: first read after a restart of each server (deskfuse: slots kept, hashed again lazily), `nbdcopy URL /dev/null`', 'cold', 'nbdkit', 'MB/s', 0.7);
 target(1, `sequential read, \`nbdcopy URL /dev/null\` (default: 4 connections where multi-conn is offered; sha256 of a copy: ${seqCheck})`, 'seq-default', 'nbdkit', 'MB/s', 0.7);
 target('1b', 'sequential read, `nbdcopy --connections=1`', 'seq-1', 'nbdkit', 'MB/s', 0);
 target(2, `random 4 KiB reads, fio nbd engine, QD${depth}, ${runtime} s`, `rand-qd${depth}`, 'nbdkit', 'IOPS', 0.7);
 target('2b', `random 4 KiB reads, QD1`, 'rand-qd1', 'nbdkit', 'IOPS', 0);
+target('1L', `under load (${process.env.LOAD || 2} busy loops): sequential read, default connections`, 'seq-load', 'nbdkit', 'MB/s', 0.7);
+target('2L', `under load: random 4 KiB reads, QD${depth}, ${runtime} s`, 'rand-load', 'nbdkit', 'IOPS', 0.7);
 const wt = (side) => pick('write', side, (r) => r.wall);
 {
   const a = wt('deskfuse'), b = wt('qemu-nbd'), ratio = b / a;
@@ -349,7 +418,7 @@ const wt = (side) => pick('write', side, (r) => r.wall);
 }
 L.push(`| 4 | commit of that session (${v('commit-chunks', 'deskfuse')} of ${Math.ceil((sizeMiB * 1048576) / chunk)} ${chunk / 1024} KiB chunks changed): \`vdi session commit\` wall (server outcome.seconds) | ` +
   `${v('commit-wall', 'deskfuse').toFixed(2)} s (${v('commit-server', 'deskfuse').toFixed(2)} s) | — | — | — | | ${cpuPct('commit-wall', 'deskfuse')} / |`);
-L.push(`| 5 | peak RSS while serving 1.+2. (deskfuse idle after start: ${mib(sIdle)} MiB) | ${mib(sRead)} MiB | ${mib(kRead)} MiB (nbdkit) | ${(sRead / kRead).toFixed(1)}x | — | | |`);
+L.push(`| 5 | peak RSS while serving 1., 2. and 2c. (after the cold reads; deskfuse idle after start: ${mib(sIdle)} MiB) | ${mib(sRead)} MiB | ${mib(kRead)} MiB (nbdkit) | ${(sRead / kRead).toFixed(1)}x | — | | |`);
 L.push(`| 5b | peak RSS during 3.+4. | ${mib(sWrite)} MiB | ${mib(qRss)} MiB (qemu-nbd) | ${(sWrite / qRss).toFixed(1)}x | — | | |`);
 L.push('');
 L.push('MB/s = 1e6 B/s (1.: of the virtual size; 3.: of the bytes written). Ratios: throughput or IOPS deskfuse / peer; for 3. ' +

@@ -291,6 +291,19 @@ static napi_value close_fd(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* dup(fd) with close-on-exec: a second descriptor of the same open socket or file (the NBD server
+ * hands a connection's socket to a worker thread, which wraps the copy in a net.Socket of its own). */
+static napi_value dup_fd(napi_env env, napi_callback_info info) {
+  napi_value argv[1], out;
+  int64_t fd;
+  if (!get_args(env, info, 1, argv)) return NULL;
+  if (!get_i64(env, argv[0], &fd, "fd must be a number")) return NULL;
+  int copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 0);
+  if (copy < 0) return throw_errno(env, errno, "dup", NULL);
+  napi_create_int32(env, copy, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
     { "udpSocket", NULL, udp_socket, NULL, NULL, NULL, napi_enumerable, NULL },
@@ -301,6 +314,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "seekData", NULL, seek_data, NULL, NULL, NULL, napi_enumerable, NULL },
     { "seekHole", NULL, seek_hole, NULL, NULL, NULL, napi_enumerable, NULL },
     { "close", NULL, close_fd, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "dup", NULL, dup_fd, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendfile", NULL, df_sendfile, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendParts", NULL, df_send_parts, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendRate", NULL, df_send_rate, NULL, NULL, NULL, napi_enumerable, NULL },

@@ -46,7 +46,7 @@ import { ensureServerTls, type ServerTls } from '../src/tls/pki.js';
  *                                cache of the bucket's chunks/, blobs/ and deltas/ (src/chunk/open-stores.ts)
  *   vdi/<session>/               a VDI session's cloud increment (overlay.raw + map.log) until it is committed
  *                                (this server's sessions only: a session lives on the server that made it)
- *   nbd-cache/                   verified raw chunks served over NBD (made anew at every start)
+ *   nbd-cache/                   verified raw chunks served over NBD (kept across a clean stop, re-hashed lazily)
  *   pack-cache/                  batch fetches asked for twice, as pack files (made anew at every start)
  *   gc-tmp/                      garbage collection's sorted mark files while a run works
  *   admin.token                  the admin token, mode 0600, written once on first start

@@ -62,6 +62,20 @@ export class FsChunkStore implements PrunableStore, PackReader {
     }
   }
 
+  /**
+   * Chunks opened and verified in a worker and their raw bytes written to `fd` at `position` (the NBD
+   * raw-chunk cache's slots, raw-cache.ts): per chunk undefined when done, else the error (the caller
+   * reads that chunk through get(), which names it as get() does).
+   */
+  fillRaw(items: Array<{ id: string; length: number; fd: number; position: number }>): Promise<Array<Error | undefined>> {
+    return this.workers.fill(items.map((x) => ({ ...x, path: this.pathOf(x.id) })), this.maxChunkSize);
+  }
+
+  /** Raw bytes already in the cache's slots hashed against their ids in a worker (a slot kept across a restart). */
+  verifyRaw(items: Array<{ id: string; length: number; fd: number; position: number }>): Promise<boolean[]> {
+    return this.workers.verify(items);
+  }
+
   /** Pack reads in flight, by what they read: endpoints provisioning one image ask for the same batches. */
   private readonly packsInFlight = new Map<string, Promise<Buffer>>();
 

@@ -41,6 +41,38 @@ const isZero = ${isZero.toString()};
 
 class Invalid { constructor(message, fields) { this.message = message; this.fields = fields; } }
 
+// fill/verify (the NBD cache) reuse one frame buffer, one raw buffer and one zstd context: their
+// bytes go to a slot file, so nothing is left for the garbage collector (dead 64 KiB buffers of a
+// whole-disk read held tens of MiB of RSS per worker until V8 got round to them).
+let zctx;
+try { zctx = new (require(require('node:path').join(require('node:path').dirname(workerData.zstd), '..', 'binding.js')).DCtx)(); } catch { zctx = undefined; }
+let frameBuf = Buffer.allocUnsafeSlow(256 * 1024);
+let rawBuf = Buffer.allocUnsafeSlow(256 * 1024);
+function readFrame(path) {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    if (size > frameBuf.length) frameBuf = Buffer.allocUnsafeSlow(size);
+    let got = 0;
+    while (got < size) { const n = readSync(fd, frameBuf, got, size - got, got); if (n === 0) break; got += n; }
+    return frameBuf.subarray(0, got);
+  } finally { closeSync(fd); }
+}
+function openReused(id, frame, max) {
+  if (!zctx) return open(id, frame, max);
+  const declared = frameContentSize(frame);
+  if (declared === undefined) throw new Invalid('chunk ' + id + ': not a zstd frame with a declared content size', { id });
+  if (declared > max) throw new Invalid('chunk ' + id + ': frame declares ' + declared + ' bytes, above the limit of ' + max, { id, size: declared });
+  if (declared > rawBuf.length) rawBuf = Buffer.allocUnsafeSlow(declared);
+  const raw = rawBuf.subarray(0, declared);
+  let n;
+  try { n = zctx.decompress(raw, frame); } catch { throw new Invalid('chunk ' + id + ': not a valid zstd frame', { id }); }
+  if (n !== declared) throw new Invalid('chunk ' + id + ': ' + n + ' bytes, the frame declares ' + declared, { id, size: n });
+  const got = blake.blake3(raw).toString('hex');
+  if (got !== id) throw new Invalid('chunk ' + id + ': bytes hash to ' + got, { id, got });
+  return raw;
+}
+
 function open(id, frame, max) {
   const declared = frameContentSize(frame);
   if (declared === undefined) throw new Invalid('chunk ' + id + ': not a zstd frame with a declared content size', { id });
@@ -77,6 +109,36 @@ parentPort.on('message', (t) => {
       const frame = own(readFileSync(t.path));
       const raw = own(open(t.id, frame, t.max));
       post({ seq: t.seq, frame, raw }, [frame.buffer, raw.buffer]);
+    } else if (t.op === 'fill') {
+      // Stored frames opened and verified, their raw bytes written where the caller says (a slot of
+      // the NBD raw-chunk cache): nothing travels back but the outcome of each.
+      const out = [];
+      for (let k = 0; k < t.paths.length; k++) {
+        try {
+          const raw = openReused(t.ids[k], readFrame(t.paths[k]), t.max);
+          if (raw.length !== t.lengths[k]) { out.push({ invalid: { message: 'chunk ' + t.ids[k] + ': ' + raw.length + ' bytes, the index says ' + t.lengths[k], fields: { id: t.ids[k] } } }); continue; }
+          for (let done = 0; done < raw.length; ) done += writeSync(t.fds[k], raw, done, raw.length - done, t.positions[k] + done);
+          out.push(0);
+        } catch (e) {
+          if (e instanceof Invalid) out.push({ invalid: { message: e.message, fields: e.fields } });
+          else out.push({ failed: { message: String(e && e.message), code: e && e.code } });
+        }
+      }
+      parentPort.postMessage({ seq: t.seq, fills: out });
+    } else if (t.op === 'verify') {
+      // Raw bytes at fds[k]/positions[k] hashed against their ids: the NBD raw-chunk cache's slots
+      // kept from before a restart are served only once this says they still hold their chunk.
+      const out = [];
+      for (let k = 0; k < t.ids.length; k++) {
+        try {
+          if (t.lengths[k] > rawBuf.length) rawBuf = Buffer.allocUnsafeSlow(t.lengths[k]);
+          const raw = rawBuf.subarray(0, t.lengths[k]);
+          let got = 0;
+          while (got < raw.length) { const n = readSync(t.fds[k], raw, got, raw.length - got, t.positions[k] + got); if (n === 0) break; got += n; }
+          out.push(got === raw.length && blake.blake3(raw).toString('hex') === t.ids[k] ? 1 : 0);
+        } catch { out.push(0); }
+      }
+      parentPort.postMessage({ seq: t.seq, verified: out });
     } else if (t.op === 'pack') {
       // The pack format of pack.ts (golden-tested against encodePack): "DFPK" 1 0 0 0, per record id(32)
       // raw length(u32 BE) frame length(u32 BE) frame, then 32 zero bytes and the count (u32 BE).
@@ -194,6 +256,8 @@ parentPort.on('message', (t) => {
 
 type Reply = {
   seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string; length?: number; zero?: boolean;
+  fills?: Array<0 | { invalid?: { message: string; fields: Record<string, unknown> }; failed?: { message: string; code?: string } }>;
+  verified?: number[];
   body?: Uint8Array; missing?: string; tooLarge?: boolean; sizes?: Float64Array; raws?: Float64Array; written?: number; writes?: number;
   invalid?: { message: string; fields: Record<string, unknown> };
   failed?: { message: string; code?: string; syscall?: string; path?: string };
@@ -224,6 +288,27 @@ export class ChunkWorkers {
     const r = await this.run({ op: 'read', path, id, max });
     this.done.read++;
     return { frame: buf(r.frame!), raw: buf(r.raw!) };
+  }
+
+  /**
+   * Read stored frames, open and verify each (with its raw length), and write its raw bytes to
+   * `fds[k]` at `positions[k]` (pwrite from the worker: the main thread never touches the bytes).
+   * Per file: undefined when written, else the error (errno, or DF_ERR_CHUNK_INVALID).
+   */
+  async fill(files: Array<{ id: string; path: string; length: number; fd: number; position: number }>, max: number): Promise<Array<Error | undefined>> {
+    const r = await this.run({ op: 'fill', ids: files.map((f) => f.id), paths: files.map((f) => f.path), lengths: files.map((f) => f.length), fds: files.map((f) => f.fd), positions: files.map((f) => f.position), max });
+    this.done.read += files.length;
+    return r.fills!.map((x) => {
+      if (x === 0) return undefined;
+      if (x.invalid) return dfError('DF_ERR_CHUNK_INVALID', x.invalid.message, x.invalid.fields);
+      return Object.assign(new Error(x.failed?.message ?? 'fill failed'), { code: x.failed?.code });
+    });
+  }
+
+  /** Whether the `length` raw bytes at `fds[k]`/`positions[k]` still hash to `ids[k]` (read in a worker). */
+  async verify(items: Array<{ id: string; length: number; fd: number; position: number }>): Promise<boolean[]> {
+    const r = await this.run({ op: 'verify', ids: items.map((f) => f.id), lengths: items.map((f) => f.length), fds: items.map((f) => f.fd), positions: items.map((f) => f.position) });
+    return r.verified!.map((x) => x === 1);
   }
 
   /**

@@ -21,6 +21,8 @@ export interface Native {
   seekData(fd: number, offset: number): number;
   seekHole(fd: number, offset: number): number;
   close(fd: number): void;
+  /** A second descriptor of the same open file or socket (fcntl F_DUPFD_CLOEXEC). */
+  dup(fd: number): number;
   /**
    * Send `length` bytes of the file from `offset` to the TCP socket with sendfile(2), on the addon's
    * sender thread (native/sendfile.c); both fds are dup()ed at the call. `cb` gets (null, sent) or

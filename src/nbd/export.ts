@@ -21,6 +21,19 @@ export interface NbdExport {
   /** Size in bytes (a multiple of `minimumBlock`). */
   readonly size: number;
   readonly readOnly: boolean;
+  /**
+   * NBD_FLAG_CAN_MULTI_CONN (proto.md "Transmission flags"): the client may open several connections
+   * to this export, and a FLUSH on any of them covers every write completed on all of them (an
+   * immutable export; a writable one whose connections share one store and one flush).
+   */
+  readonly multiConn?: boolean;
+  /**
+   * Optional: this connection may be served from one of the server's worker threads (server.ts
+   * `threads`) once the handshake is done. `data` (structured-cloneable) rebuilds the export there;
+   * `call` answers what the thread's copy asks the main thread (e.g. where a chunk is cached).
+   * Undefined: served on the main thread.
+   */
+  handoff?(): NbdHandoff | undefined;
   /** NBD_INFO_BLOCK_SIZE (proto.md "Block size constraints"): minimum, preferred, maximum payload. */
   readonly blockSize: { minimum: number; preferred: number; maximum: number };
   /** The bytes of [offset, offset+length): one buffer or pieces in order whose lengths add up to `length`. */
@@ -73,4 +86,10 @@ export interface NbdExportProvider {
   open(name: string, ctx: NbdOpenContext): Promise<NbdExport>;
   /** A requested name as logs may show it (without the secret it may carry); default: as is. */
   logName?(name: string): string;
+}
+
+/** An export as a worker thread rebuilds it (NbdExport.handoff). */
+export interface NbdHandoff {
+  data: unknown;
+  call(req: unknown): Promise<unknown>;
 }

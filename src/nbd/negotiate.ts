@@ -64,13 +64,14 @@ const PAUSE_AT = 128 * 1024;
 
 /**
  * proto.md "Transmission flags". Read-only exports do not expose TRIM, WRITE_ZEROES or FUA (there is
- * nothing to write); SEND_DF only with structured replies, as the spec demands. No CAN_MULTI_CONN:
- * exports may cache per connection.
+ * nothing to write); SEND_DF only with structured replies, as the spec demands. CAN_MULTI_CONN only
+ * where the export says a flush on one connection covers writes on all (NbdExport.multiConn).
  */
 export function transmissionFlags(exp: NbdExport, structured: boolean): number {
   let f = TX_FLAG.HAS_FLAGS | TX_FLAG.SEND_FLUSH;
   f |= exp.readOnly ? TX_FLAG.READ_ONLY : TX_FLAG.SEND_FUA | TX_FLAG.SEND_TRIM | TX_FLAG.SEND_WRITE_ZEROES;
   if (structured) f |= TX_FLAG.SEND_DF;
+  if (exp.multiConn) f |= TX_FLAG.CAN_MULTI_CONN;
   return f;
 }
 

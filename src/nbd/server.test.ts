@@ -395,6 +395,27 @@ describe('nbd server: transmission', () => {
     expect(p.events.indexOf('write 0+4096:end')).toBeLessThan(p.events.indexOf('flush:start'));
   });
 
+  it('CAN_MULTI_CONN only where the export allows it; a FLUSH on one connection covers writes completed on another', async () => {
+    const { port, p } = await serve({}, new RamProvider([
+      { name: 'mc', size: MiB, multiConn: true, description: 'shared' },
+      { name: 'ram', size: MiB },
+    ]));
+    const a = await client(port);
+    const b = await client(port);
+    const other = await client(port);
+    expect((await a.open('mc')).flags & TX_FLAG.CAN_MULTI_CONN).toBe(TX_FLAG.CAN_MULTI_CONN);
+    expect((await b.open('mc')).flags & TX_FLAG.CAN_MULTI_CONN).toBe(TX_FLAG.CAN_MULTI_CONN);
+    expect((await other.open('ram')).flags & TX_FLAG.CAN_MULTI_CONN).toBe(0);
+    // proto.md "NBD_FLAG_CAN_MULTI_CONN": a write that completed on A is durable once B's FLUSH replies.
+    expect((await a.request({ type: CMD.WRITE, offset: 4096 }, Buffer.alloc(4096, 7))).error).toBe(0);
+    expect(p.durable.get('mc')).toBeUndefined();
+    expect((await b.request({ type: CMD.FLUSH })).error).toBe(0);
+    expect(p.durable.get('mc')!.subarray(4096, 8192).equals(Buffer.alloc(4096, 7))).toBe(true);
+    // And B reads what A wrote (one set of bytes, not a cache per connection).
+    const r = await b.request({ type: CMD.READ, offset: 4096, length: 4096 });
+    expect(r.error).toBe(0);
+  });
+
   it('stops reading requests while the client does not read its replies', async () => {
     const { port, p } = await serve({ maxInFlight: 8 });
     const c = await client(port);

@@ -1,9 +1,12 @@
+import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { parentPort, Worker, type MessagePort } from 'node:worker_threads';
 import { dfError, isDeskfuseError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CMD, CMD_FLAG, CMD_NAME, DEFAULT_MAX_PAYLOAD, ERRNO, ERRNO_NAME, REPLY_FLAG } from './constants.js';
-import type { NbdExport, NbdExportProvider } from './export.js';
+import { loadNative } from '../native/addon.js';
+import type { NbdExport, NbdExportProvider, NbdHandoff } from './export.js';
 import { RequestFramer, type RequestItem } from './framer.js';
 import { Negotiation, wireMessage, type Negotiated } from './negotiate.js';
 import { nbdTlsContext, upgradeToTls, type NbdTlsContext, type NbdTlsOptions } from './tls.js';
@@ -31,6 +34,12 @@ export interface NbdOptions {
   handshakeTimeoutMs?: number;
   /** NBD_OPT_STARTTLS (proto.md "TLS support"); absent: NOTLS mode. */
   tls?: NbdTlsOptions;
+  /**
+   * Worker threads that serve connections after their handshake (exports with `handoff`, see
+   * NbdThreads): `script` is the thread's entry (a module calling `serveInThread`); count 0 or a
+   * missing script (run from source) serves everything on the main thread.
+   */
+  threads?: { count: number; script: string };
 }
 
 export interface NbdServer {
@@ -54,6 +63,7 @@ export async function startNbd(opts: NbdOptions): Promise<NbdServer> {
     // One pool for all connections: its size does not grow with the number of VMs.
     pool: new BufferPool(32 << 20),
     tls: opts.tls ? { mode: opts.tls.mode, context: nbdTlsContext(opts.tls) } : undefined,
+    threads: opts.threads && opts.threads.count > 0 && existsSync(opts.threads.script) && NbdThreads.usable() ? new NbdThreads(opts.threads.count, opts.threads.script, opts.log) : undefined,
   };
   const log = opts.log;
   const conns = new Set<Connection>();
@@ -83,6 +93,7 @@ export async function startNbd(opts: NbdOptions): Promise<NbdServer> {
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         await Promise.all([...conns].map((c) => c.shutdown()));
         await stopped;
+        await cfg.threads?.close();
         log.debug({ port: bound }, 'nbd stopped');
       })();
       return closing;
@@ -98,6 +109,7 @@ interface ConnConfig {
   /** READ reply buffers, shared by the server's connections (one thread: no locking needed). */
   pool: BufferPool;
   tls: { mode: NbdTlsOptions['mode']; context: NbdTlsContext } | undefined;
+  threads?: NbdThreads | undefined;
 }
 
 /** Command flags each command accepts (proto.md "Command flags"); FUA on any, as clients send it. */
@@ -242,11 +254,11 @@ class Connection {
   };
   private onClose!: () => void;
 
-  constructor(sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger) {
+  constructor(sock: net.Socket, private readonly cfg: ConnConfig, baseLog: Logger, private readonly resume?: { got: Negotiated; rest: Buffer; remote: string }) {
     this.sock = sock;
-    this.remote = sock.remoteFamily === 'IPv6' ? `[${sock.remoteAddress}]:${sock.remotePort}` : `${sock.remoteAddress}:${sock.remotePort}`;
-    this.log = baseLog.child({ nbd: this.remote });
-    this.log.info({}, 'nbd connect');
+    this.remote = resume?.remote ?? (sock.remoteFamily === 'IPv6' ? `[${sock.remoteAddress}]:${sock.remotePort}` : `${sock.remoteAddress}:${sock.remotePort}`);
+    this.log = resume ? baseLog : baseLog.child({ nbd: this.remote });
+    if (!resume) this.log.info({}, 'nbd connect');
     sock.setNoDelay(true);
     const tlsCfg = cfg.tls;
     this.neg = new Negotiation({
@@ -263,6 +275,7 @@ class Connection {
     });
     this.attach(sock);
     this.timer = setTimeout(() => {
+      if (this.phase !== 'handshake') return;
       this.log.info({ ms: cfg.handshakeTimeoutMs }, 'nbd handshake timed out');
       this.sock.destroy();
     }, cfg.handshakeTimeoutMs);
@@ -303,17 +316,28 @@ class Connection {
 
   /** Server shutdown: answer what is in flight, then hang up (proto.md "Terminating the transmission phase"). */
   shutdown(): Promise<void> {
-    if (this.phase === 'handshake') this.sock.destroy();
+    if (this.thread) this.thread.shutdown();
+    else if (this.phase === 'handshake') this.sock.destroy();
     else this.stop();
     return this.done;
   }
 
+  /** Served by a worker thread after the handshake (NbdThreads): how to stop it there. */
+  private thread: { shutdown(): void } | undefined;
+
+  /** What the thread serving a handed-off connection reports when it ends. */
+  outcome(): { clean: boolean; wrote: boolean; stats: Connection['stats'] } {
+    return { clean: this.disc, wrote: this.wrote, stats: this.stats };
+  }
+
   private async life(): Promise<void> {
-    let got: Negotiated | undefined;
-    try {
-      got = await this.neg.run();
-    } catch (err) {
-      this.log.warn({ err: (err as Error).message }, 'nbd malformed handshake; closing');
+    let got: Negotiated | undefined = this.resume?.got;
+    if (!got) {
+      try {
+        got = await this.neg.run();
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'nbd malformed handshake; closing');
+      }
     }
     clearTimeout(this.timer);
     if (!got) {
@@ -323,9 +347,15 @@ class Connection {
       return;
     }
     this.session = got;
+    if (!this.resume && this.cfg.threads && !got.tls) {
+      // TLS connections stay here: the TLS state lives in this thread's OpenSSL objects, which a
+      // descriptor handed to another thread cannot carry (README "NBD for VDI").
+      const h = got.exp.handoff?.();
+      if (h && (await this.handOff(got, h, this.cfg.threads))) return;
+    }
     this.phase = 'transmission';
     this.framer = new RequestFramer({ maxPayload: this.cfg.maxPayload, payload: 'whole' });
-    this.framer.push(this.neg.takeRest());
+    this.framer.push(this.resume ? this.resume.rest : this.neg.takeRest());
     this.log.info({ export: got.exp.name, size: got.exp.size, readOnly: got.exp.readOnly, structured: got.structured, flags: got.flags, tls: got.tls }, 'nbd export opened');
     this.sock.on('drain', () => this.pump());
     this.pump();
@@ -334,6 +364,43 @@ class Connection {
     await this.idle();
     await this.closeExport(false);
     this.log.info({ export: got.exp.name, clean: this.disc, ...this.stats, ms: Math.round(performance.now() - this.t0) }, 'nbd disconnect');
+  }
+
+  /**
+   * Gives the socket to a worker thread: the handshake's replies flushed, a dup()ed descriptor and
+   * the bytes already read go there, this thread's socket is closed without a FIN (the copy keeps the
+   * connection). False: not possible (no descriptor, no native addon), served here as usual.
+   */
+  private async handOff(got: Negotiated, h: NbdHandoff, threads: NbdThreads): Promise<boolean> {
+    const sock = this.sock;
+    sock.pause();
+    while (sock.writableLength > 0 && !sock.destroyed) await new Promise<void>((resolve) => { sock.once('drain', resolve); sock.once('close', resolve); });
+    const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    if (sock.destroyed || typeof fd !== 'number' || fd < 0) return false;
+    let copy: number;
+    try {
+      copy = loadNative().dup(fd);
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, 'nbd connection not handed to a thread');
+      return false;
+    }
+    // From here to destroy() nothing yields: what this socket has read is taken, nothing more is.
+    const rest = [this.neg.takeRest()];
+    for (let b: Buffer | null; (b = sock.read() as Buffer | null) !== null;) rest.push(b);
+    sock.off('data', this.handlers.data);
+    sock.off('end', this.handlers.end);
+    sock.off('close', this.handlers.close);
+    sock.destroy();
+    const t = threads.serve({ fd: copy, rest: Buffer.concat(rest), got, handoff: h, remote: this.remote, log: this.log, maxPayload: this.cfg.maxPayload, maxInFlight: this.cfg.maxInFlight });
+    this.thread = t;
+    const out = await t.done;
+    this.wrote = out.wrote;
+    this.disc = out.clean;
+    Object.assign(this.stats, out.stats);
+    this.onClose();
+    await this.closeExport(out.clean);
+    // The thread logged 'nbd disconnect' with its counts (through this connection's logger).
+    return true;
   }
 
   private onData(b: Buffer): void {
@@ -618,4 +685,159 @@ class Connection {
     }
     return true;
   }
+}
+
+/**
+ * Worker threads that serve handed-off connections (NbdOptions.threads): the main thread keeps
+ * listening, TLS, the handshake and every export that cannot move (sessions, which write); a
+ * read-only version export moves with its socket (a dup()ed descriptor) to the least busy thread,
+ * which runs the same Connection code over it. Under CPU load the server then has more than one
+ * thread to be scheduled on, as nbdkit does. What the thread's export asks of the main thread
+ * (NbdHandoff.call) is answered here, by kind.
+ */
+class NbdThreads {
+  private readonly workers: Array<{ worker: Worker; conns: number; index: number } | undefined>;
+  private readonly handlers = new Map<string, (req: unknown) => Promise<unknown>>();
+  private readonly running = new Map<number, { log: Logger; worker: { worker: Worker }; end: (o: { clean: boolean; wrote: boolean; stats: Connection['stats'] }) => void }>();
+  private nextId = 0;
+  private closed = false;
+
+  static usable(): boolean {
+    try {
+      return typeof loadNative().dup === 'function';
+    } catch {
+      return false;
+    }
+  }
+
+  constructor(count: number, private readonly script: string, private readonly log: Logger) {
+    this.workers = new Array(count).fill(undefined);
+  }
+
+  serve(o: { fd: number; rest: Buffer; got: Negotiated; handoff: NbdHandoff; remote: string; log: Logger; maxPayload: number; maxInFlight: number }): { thread: number; done: Promise<{ clean: boolean; wrote: boolean; stats: Connection['stats'] }>; shutdown(): void } {
+    const w = this.pick();
+    const id = ++this.nextId;
+    const kind = (o.handoff as NbdHandoff & { kind?: string }).kind ?? 'default';
+    this.handlers.set(kind, o.handoff.call);
+    w.conns++;
+    const done = new Promise<{ clean: boolean; wrote: boolean; stats: Connection['stats'] }>((resolve) => this.running.set(id, { log: o.log, worker: w, end: resolve }));
+    void done.then(() => { w.conns--; this.running.delete(id); });
+    const { exp: _exp, ...got } = o.got;
+    w.worker.postMessage({ op: 'conn', id, fd: o.fd, rest: o.rest, got, kind, data: o.handoff.data, remote: o.remote, maxPayload: o.maxPayload, maxInFlight: o.maxInFlight });
+    return { thread: w.index, done, shutdown: () => w.worker.postMessage({ op: 'shutdown', id }) };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.workers.splice(0).map((w) => w?.worker.terminate()));
+  }
+
+  private pick(): { worker: Worker; conns: number; index: number } {
+    let best = -1;
+    for (let i = 0; i < this.workers.length; i++) {
+      const w = this.workers[i];
+      if (!w) return (this.workers[i] = this.start(i));
+      if (best < 0 || w.conns < this.workers[best]!.conns) best = i;
+    }
+    return this.workers[best]!;
+  }
+
+  private start(index: number): { worker: Worker; conns: number; index: number } {
+    const worker = new Worker(this.script);
+    worker.unref();
+    const w = { worker, conns: 0, index };
+    worker.on('message', (m: ThreadMessage) => {
+      if (m.op === 'closed') { this.running.get(m.id)?.end({ clean: m.clean, wrote: m.wrote, stats: m.stats }); return; }
+      if (m.op === 'log') { const r = this.running.get(m.id); (r?.log ?? this.log)[m.level]({ ...m.obj, thread: index }, m.msg); return; }
+      if (m.op === 'call') {
+        const h = this.handlers.get(m.kind);
+        const reply = (r: { reply?: unknown; error?: { message: string; code?: string } }) => { if (!this.closed) worker.postMessage({ op: 'reply', seq: m.seq, ...r }); };
+        if (!h) { reply({ error: { message: `no handler for ${m.kind}` } }); return; }
+        h(m.req).then((r) => reply({ reply: r }), (err: unknown) => reply({ error: { message: (err as Error).message, code: (err as { code?: string }).code } }));
+      }
+    });
+    const fail = (err: unknown): void => {
+      if (this.workers[index] === w) this.workers[index] = undefined;
+      if (!this.closed) this.log.error({ err, thread: index }, 'nbd thread failed');
+      // Its connections are gone with it (the descriptors were the thread's).
+      for (const r of [...this.running.values()]) if (r.worker === w) r.end({ clean: false, wrote: false, stats: { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 } });
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => { if (!this.closed) fail(new Error(`nbd thread exited with ${code}`)); });
+    return w;
+  }
+}
+
+type ThreadMessage =
+  | { op: 'closed'; id: number; clean: boolean; wrote: boolean; stats: Connection['stats'] }
+  | { op: 'log'; id: number; level: 'trace' | 'debug' | 'info' | 'warn' | 'error'; obj: Record<string, unknown>; msg?: string }
+  | { op: 'call'; kind: string; seq: number; req: unknown };
+
+/**
+ * The body of an NBD worker thread (NbdThreads): serves the connections the main thread hands it,
+ * each over an export `rebuild` makes from the handoff's data; `call` asks the main thread.
+ */
+export function serveInThread(rebuild: (kind: string, data: unknown, call: (req: unknown) => Promise<unknown>) => NbdExport): void {
+  const port = parentPort!;
+  const waiting = new Map<number, { resolve: (r: unknown) => void; reject: (err: unknown) => void }>();
+  const conns = new Map<number, Connection>();
+  const pool = new BufferPool(8 << 20);
+  let seq = 0;
+  const callOf = (kind: string) => (req: unknown): Promise<unknown> => new Promise((resolve, reject) => {
+    const s = ++seq;
+    waiting.set(s, { resolve, reject });
+    port.postMessage({ op: 'call', kind, seq: s, req });
+  });
+  const calls = new Map<string, (req: unknown) => Promise<unknown>>();
+  port.on('message', (m: { op: string; id: number; seq: number; reply?: unknown; error?: { message: string; code?: string }; fd: number; rest: Uint8Array; got: Omit<Negotiated, 'exp'>; kind: string; data: unknown; remote: string; maxPayload: number; maxInFlight: number }) => {
+    if (m.op === 'reply') {
+      const w = waiting.get(m.seq);
+      waiting.delete(m.seq);
+      if (m.error) w?.reject(Object.assign(new Error(m.error.message), { code: m.error.code }));
+      else w?.resolve(m.reply);
+    } else if (m.op === 'shutdown') {
+      void conns.get(m.id)?.shutdown();
+    } else if (m.op === 'conn') {
+      let call = calls.get(m.kind);
+      if (!call) calls.set(m.kind, (call = callOf(m.kind)));
+      const log = threadLog(port, m.id);
+      let c: Connection;
+      try {
+        const exp = rebuild(m.kind, m.data, call);
+        const sock = new net.Socket({ fd: m.fd, allowHalfOpen: true, readable: true, writable: true });
+        const cfg: ConnConfig = { provider: NO_PROVIDER, maxPayload: m.maxPayload, maxInFlight: m.maxInFlight, handshakeTimeoutMs: 30_000, pool, tls: undefined };
+        c = new Connection(sock, cfg, log, { got: { ...m.got, exp }, rest: Buffer.from(m.rest.buffer, m.rest.byteOffset, m.rest.byteLength), remote: m.remote });
+      } catch (err) {
+        log.error({ err }, 'nbd thread could not take the connection');
+        port.postMessage({ op: 'closed', id: m.id, clean: false, wrote: false, stats: { requests: 0, bytesRead: 0, bytesWritten: 0, errors: 0 } });
+        return;
+      }
+      conns.set(m.id, c);
+      void c.done.then(() => {
+        conns.delete(m.id);
+        port.postMessage({ op: 'closed', id: m.id, ...c.outcome() });
+      });
+    }
+  });
+}
+
+const NO_PROVIDER: NbdExportProvider = {
+  list: () => Promise.reject(new Error('not in a thread')),
+  open: () => Promise.reject(new Error('not in a thread')),
+};
+
+/** A thread's log lines go to the main thread's logger of that connection. */
+function threadLog(port: MessagePort, id: number): Logger {
+  const at = (level: 'trace' | 'debug' | 'info' | 'warn' | 'error') => (obj: object, msg?: string): void => {
+    let o: Record<string, unknown> = { ...obj };
+    if (o.err instanceof Error) o.err = { message: o.err.message, code: (o.err as { code?: unknown }).code, stack: o.err.stack };
+    try {
+      port.postMessage({ op: 'log', id, level, obj: o, msg });
+    } catch {
+      o = { text: String(JSON.stringify(obj)) };
+      port.postMessage({ op: 'log', id, level, obj: o, msg });
+    }
+  };
+  const log: Logger = { trace: at('trace'), debug: at('debug'), info: at('info'), warn: at('warn'), error: at('error'), child: () => log };
+  return log;
 }

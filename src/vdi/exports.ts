@@ -132,6 +132,8 @@ export class DeskfuseExports implements NbdExportProvider {
 /** A session's disk: reads and writes go to its cloud increment; FUA and FLUSH make them durable. */
 class SessionExport implements NbdExport {
   readonly readOnly = false;
+  /** The session's connections share one increment: a FLUSH on any makes every completed write durable. */
+  readonly multiConn = true;
   readonly blockSize = BLOCK_SIZE;
   readonly size: number;
   private closed = false;

@@ -1,12 +1,15 @@
 import { idHex } from '../chunk/id.js';
-import type { RawChunkCache } from '../chunk/raw-cache.js';
+import type { RawChunkCache, RawChunks } from '../chunk/raw-cache.js';
 import { dfError } from '../errors.js';
 import { readExactSync } from '../fs/read.js';
 import type { ChunkIndex } from '../image/chunk-index.js';
 import { forEachChunkPiece } from '../image/geometry.js';
 import { DEFAULT_MAX_PAYLOAD, STATE } from '../nbd/constants.js';
-import type { NbdExport } from '../nbd/export.js';
+import type { NbdExport, NbdHandoff } from '../nbd/export.js';
 import type { Extent } from '../nbd/transmission.js';
+
+/** Data chunks loaded ahead of a read in order that missed (32 chunks of 64 KiB: 2 MiB). */
+const READ_AHEAD = 32;
 
 /** Block sizes of every deskfuse export: any byte alignment works, 4 KiB is what disks like. */
 export const BLOCK_SIZE = { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_PAYLOAD } as const;
@@ -20,8 +23,21 @@ export class VersionExport implements NbdExport {
   readonly blockSize = BLOCK_SIZE;
   readonly size: number;
 
-  constructor(readonly name: string, readonly description: string, private readonly index: ChunkIndex, private readonly chunks: RawChunkCache) {
+  /** An immutable version: every connection reads the same bytes, a flush has nothing to cover. */
+  readonly multiConn = true;
+
+  constructor(readonly name: string, readonly description: string, private readonly index: ChunkIndex, private readonly chunks: RawChunks) {
     this.size = index.geometry.virtualSize;
+  }
+
+  /**
+   * Served from an NBD worker thread (src/nbd/server.ts NbdThreads): the thread rebuilds this export
+   * from its index and reads the same slot files, asking this thread's cache where chunks are.
+   */
+  handoff(): NbdHandoff & { kind: string } | undefined {
+    const cache = this.chunks as RawChunkCache;
+    if (typeof cache.where !== 'function') return undefined;
+    return { kind: 'vdi-version', data: { name: this.name, description: this.description, index: this.index.encode() }, call: (req) => versionCall(cache, req as VersionCall) };
   }
 
   async read(offset: number, length: number): Promise<Buffer[]> {
@@ -32,7 +48,15 @@ export class VersionExport implements NbdExport {
 
   /** Cached chunks in adjacent slots are read with one pread; misses load (and verify) in parallel. */
   readInto(offset: number, out: Buffer): Promise<void> | void {
+    const r = this.readOnce(offset, out);
+    // In a worker thread: a slot read synchronously changed hands meanwhile, so read those again.
+    if (!this.chunks.stale?.()) return r;
+    return r ? r.then(() => this.readInto(offset, out)) : this.readInto(offset, out);
+  }
+
+  private readOnce(offset: number, out: Buffer): Promise<void> | void {
     const jobs: Promise<void>[] = [];
+    let last = -1;
     let run: { fd: number; from: number; to: number; at: number } | undefined;
     const readRun = () => {
       if (run) readExactSync(run.fd, out, run.at, run.to - run.from, run.from, 'raw chunk cache');
@@ -48,13 +72,38 @@ export class VersionExport implements NbdExport {
       const hit = this.chunks.locate(id);
       if (hit && run && run.fd === hit.fd && run.to === hit.at + within) run.to += n;
       else if (hit) { readRun(); run = { fd: hit.fd, from: hit.at + within, to: hit.at + within + n, at }; }
-      else { readRun(); jobs.push(this.chunks.readInto(id, within, n, out, at)); }
+      else { readRun(); jobs.push(this.chunks.readInto(id, within, n, out, at, this.chunkLength(i))); last = i; }
       // A run continues only into the next chunk's first byte, and only after a whole chunk.
       if (run && within + n !== hit?.length) readRun();
     });
     readRun();
     // All from the cache (the usual case): done now, no promise.
-    if (jobs.length) return Promise.all(jobs).then(() => undefined);
+    if (!jobs.length) return;
+    this.readAhead(last);
+    return Promise.all(jobs).then(() => undefined);
+  }
+
+  private chunkLength(i: number): number {
+    const { chunkSize: cs, virtualSize } = this.index.geometry;
+    return Math.min(cs, virtualSize - i * cs);
+  }
+
+  /**
+   * A read that missed (a version read after a server start): the chunks after it along the index
+   * are loaded too, verified in the store's worker threads while this one is served, so a reader
+   * going in order finds them cached. Only when the chunk before the miss is cached or a hole (a
+   * read in order), so a random reader does not pay for chunks it never wants.
+   */
+  private readAhead(i: number): void {
+    if (i > 0 && !this.index.isZeroAt(i - 1) && !this.chunks.has(idHex(this.index.idAt(i - 1)))) return;
+    const want: Array<{ id: string; length: number }> = [];
+    for (let j = i + 1, seen = 0; j < this.index.count && seen < READ_AHEAD; j++) {
+      if (this.index.isZeroAt(j)) continue;
+      seen++;
+      const id = idHex(this.index.idAt(j));
+      if (!this.chunks.has(id)) want.push({ id, length: this.chunkLength(j) });
+    }
+    if (want.length) this.chunks.prefetch(want);
   }
 
   /** Chunk positions where data and holes alternate (the index never changes): made on first use. */
@@ -114,4 +163,12 @@ export function zeroChunkExtents(index: ChunkIndex, offset: number, length: numb
 
 function readOnly(name: string) {
   return dfError('DF_ERR_FORBIDDEN', `export ${name} is read-only`, { export: name });
+}
+
+/** What a thread's copy of a version export asks of the main thread (VersionExport.handoff). */
+export type VersionCall = { op: 'where'; items: Array<{ id: string; length: number }> };
+
+async function versionCall(cache: RawChunkCache, req: VersionCall): Promise<unknown> {
+  // One reply for all, once each is known (cached ones at once, misses once loaded and verified).
+  return Promise.all(req.items.map((x) => cache.where(x.id, x.length).then((w) => ('raw' in w ? { raw: w.raw } : { fd: w.fd, at: w.at, length: w.length, slot: w.slot, gens: w.gens, gen: w.gen }), (err: unknown) => ({ error: { message: (err as Error).message, code: (err as { code?: string }).code } }))));
 }

@@ -19,6 +19,8 @@ export interface RamExportSpec {
   minimumBlock?: number;
   /** Initial contents (default zeros). */
   fill?: (b: Buffer) => void;
+  /** NBD_FLAG_CAN_MULTI_CONN: connections share the bytes, a flush on any snapshots them to `durable`. */
+  multiConn?: boolean;
 }
 
 export type RamOp = 'read' | 'write' | 'zero' | 'flush' | 'extents';
@@ -37,6 +39,8 @@ export const DEFAULT_EXPORTS: RamExportSpec[] = [
 ];
 
 export class RamProvider implements NbdExportProvider {
+  /** Each export's bytes as of its last flush (any connection). */
+  readonly durable = new Map<string, Buffer>();
   readonly data = new Map<string, Buffer>();
   readonly opens: OpenRecord[] = [];
   readonly closes: CloseRecord[] = [];
@@ -105,6 +109,7 @@ export class RamProvider implements NbdExportProvider {
     };
     return {
       name, description: spec.description ?? '', size: spec.size, readOnly: spec.readOnly ?? false,
+      ...(spec.multiConn ? { multiConn: true } : {}),
       blockSize: { minimum: min, preferred: Math.max(min, GRANULE), maximum: 32 * MiB },
       read: (offset, length) => op('read', offset, length, () => {
         // Copies, in 256 KiB pieces: later writes must not change a reply in flight.
@@ -118,7 +123,8 @@ export class RamProvider implements NbdExportProvider {
       }),
       write: (offset, data) => op('write', offset, data.length, () => { data.copy(buf, offset); }),
       zero: (offset, length) => op('zero', offset, length, () => { buf.fill(0, offset, offset + length); }),
-      flush: () => op('flush', 0, 0, () => undefined),
+      // What a crash would keep: the bytes as of the last flush on any connection.
+      flush: () => op('flush', 0, 0, () => { this.durable.set(name, Buffer.from(buf)); }),
       extents: (offset, length) => op('extents', offset, length, () => extentsOf(buf, offset, length)),
       close: async (how) => {
         if (closed) {
