@@ -22,11 +22,12 @@
 //      NGINX_PIDS (master and workers, comma-separated), KS (e.g. "50 200 500"), PHASES;
 //      optional VARNISH_URL, VARNISH_PIDS, VARNISH_N (its -n folder): the update phase a third time
 //      through Varnish (deploy/varnish/deskfuse.vcl) in front of the same server, its cache emptied
-//      (ban) before each K, reporting the bytes the origin sent with and without the cache.
+//      (ban) before each K, reporting the bytes the origin sent with and without the cache;
+//      optional PERF_DIR: `perf record` of the server during each measured deskfuse phase (PHASE-K.data).
 // Prints one JSON line per (phase, K, target) on stdout.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -163,6 +164,8 @@ async function boot(base, phase, i, stats, record) {
   const version = phase === 'provision' ? FROM : TO;
   await get({ path: `/api/v1/desktops/${DESKTOP}`, file: 'api/desktop.json' }, t);
   await get({ path: `/api/v1/images/${IMAGE}`, file: 'api/image.json' }, t);
+  // as src/agent/signed.ts: the server's signed word on the version to reach, before anything is written
+  await get({ path: `/api/v1/desktops/${DESKTOP}/signed-head`, file: `api/signed-head-${phase}.json` }, t);
   await get({ path: `/api/v1/images/${IMAGE}/versions?ref=${version}&limit=17`, file: `api/versions-${version}.json` }, t);
   if (phase === 'provision') {
     await get({ path: `/api/v1/images/${IMAGE}/versions/${FROM}/index`, file: 'api/index.bin' }, t);
@@ -225,6 +228,19 @@ const ticks = (pids) => pids.reduce((n, pid) => {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return n + Number(f[11]) + Number(f[12]);
 }, 0);
+/** utime + stime of each thread of `pid`, in clock ticks, by name: the main thread is `main`, the others go by their comm (df-sender, libuv-worker, V8 workers…). */
+function threadTicks(pid) {
+  const by = {};
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const name = Number(tid) === pid ? 'main' : stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      by[name] = (by[name] ?? 0) + Number(f[11]) + Number(f[12]);
+    } catch { /* the thread ended meanwhile */ }
+  }
+  return by;
+}
 /** Bytes the process wrote (write(2) and sendfile(2) of all its threads: sockets, and its few file writes). */
 const wchar = (pid) => Number(/^wchar: (\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))[1]);
 const rssMiB = (pid) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))[1]) / 1024;
@@ -253,7 +269,13 @@ for (const phase of PHASES) {
       const sampler = setInterval(() => { peak = Math.max(peak, ...pids.map(rssMiB)); }, 100);
       const self = monitorEventLoopDelay({ resolution: 20 });
       self.enable();
+      // PERF_DIR: `perf record` of the server over its measured phase (run it with SERVER_NODE_ARGS=--perf-basic-prof for JS names)
+      const perf = env.PERF_DIR && target === 'deskfuse'
+        ? spawn('perf', ['record', '-q', '-F', '499', '-e', 'cpu-clock', '-g', '-p', String(server), '-o', path.join(env.PERF_DIR, `${phase}-${K}.data`)], { stdio: 'inherit' })
+        : undefined;
+      if (perf) await new Promise((r) => setTimeout(r, 500));
       const c0 = ticks(pids);
+      const th0 = target === 'deskfuse' ? threadTicks(server) : {};
       const me0 = process.cpuUsage();
       const t0 = performance.now();
       await Promise.all(Array.from({ length: K }, async (_, i) => {
@@ -270,6 +292,10 @@ for (const phase of PHASES) {
       clearInterval(sampler);
       self.disable();
       const cpu = (ticks(pids) - c0) / CLK;
+      // Where the server's CPU went: per thread (a thread that ended meanwhile is not counted)
+      const th1 = target === 'deskfuse' ? threadTicks(server) : {};
+      if (perf) await new Promise((r) => { perf.once('exit', r); perf.kill('SIGINT'); });
+      const threads = Object.fromEntries(Object.entries(th1).map(([k, v]) => [k, +((v - (th0[k] ?? 0)) / CLK).toFixed(2)]).filter(([, v]) => v > 0));
       const originMiB = target === 'nginx' ? null : +((wchar(server) - w0) / 2 ** 20).toFixed(1);
       const me = process.cpuUsage(me0);
       done.sort((a, b) => a - b);
@@ -279,6 +305,7 @@ for (const phase of PHASES) {
         p50: +(pct(done, 0.5) ?? NaN).toFixed(2), p99: +(pct(done, 0.99) ?? NaN).toFixed(2), max: +(done.at(-1) ?? NaN).toFixed(2),
         rssPeakMiB: Math.round(peak), originMiB, bytesPerClient: Math.round(stats.bytes / K), busyWaits: stats.busy,
         loopDelayP99ms: +delay.p99.toFixed(1), loopDelayMaxMs: +delay.max.toFixed(1), generatorCpu: +((me.user + me.system) / 1e6).toFixed(2),
+        ...(target === 'deskfuse' ? { threads } : {}),
       }));
     }
   }

@@ -6,7 +6,8 @@
 #   bash bench/storm.sh DATA OUT     DATA: a workload folder (base.img v2.img), OUT: markdown table
 # env: CLI (default <repo>/dist/cli/main.js), KS="50 200 500", PHASES="provision update",
 #      HEAVY=16 (admission.heavyTransfers), STORM_PORT=18495, NGINX_PORT=18496, KEEP_TMP=0,
-#      VARNISH=1 (default when varnishd is installed; 0 leaves it out), VARNISH_PORT=18497
+#      VARNISH=1 (default when varnishd is installed; 0 leaves it out), VARNISH_PORT=18497,
+#      SERVER_NODE_ARGS (node options for the server alone, e.g. --perf-basic-prof), PERF_DIR (storm.mjs)
 #
 # The server runs on the embedded default (SQLite + local store) on 127.0.0.1 with its boot stage
 # (initramfs/out, if built), the base image as version 1 (ref `base`) and v2 published on `main`.
@@ -50,7 +51,7 @@ for p in "$PORT" "$NPORT" $([ "$VARNISH" = 1 ] && echo "$VPORT"); do
   if curl -fsS -o /dev/null "http://127.0.0.1:$p/" 2> /dev/null; then die "something already answers on 127.0.0.1:$p"; fi
 done
 echo "{\"admission\": {\"heavyTransfers\": $HEAVY}, \"packCache\": {\"mib\": ${PACK_CACHE_MIB:-2048}}}" > "$T/config.json"
-node "$CLI" server --data "$T/data" --listen "127.0.0.1:$PORT" --nbd-listen off --log-level warn --config "$T/config.json" > "$T/server.log" 2>&1 &
+node ${SERVER_NODE_ARGS:-} "$CLI" server --data "$T/data" --listen "127.0.0.1:$PORT" --nbd-listen off --log-level warn --config "$T/config.json" > "$T/server.log" 2>&1 &
 SPID=$!
 for _ in $(seq 600); do
   kill -0 "$SPID" 2> /dev/null || { tail -n 20 "$T/server.log" >&2; SPID=; die "the server exited during start"; }
@@ -96,7 +97,7 @@ if [ "$VARNISH" = 1 ]; then
 fi
 
 env "${VENV[@]}" SERVER="http://127.0.0.1:$PORT" TOKEN="$ADMIN" IMAGE=storm DESKTOP=storm REF=base FROM=1 TO=2 SERVER_PID=$SPID \
-  NGINX="http://127.0.0.1:$NPORT" NGINX_ROOT="$T/www" NGINX_PIDS="$NPIDS" KS="$KS" PHASES="$PHASES" \
+  NGINX="http://127.0.0.1:$NPORT" NGINX_ROOT="$T/www" NGINX_PIDS="$NPIDS" KS="$KS" PHASES="$PHASES" PERF_DIR="${PERF_DIR:-}" \
   node "$REPO/bench/storm.mjs" | tee "$T/rows.jsonl" >&2
 
 python3 - "$T/rows.jsonl" "$OUT" "$DATA" "$HEAVY" << 'PY'

@@ -400,6 +400,7 @@ static int turns(void) {
 }
 
 static void *sender(void *arg) {
+  pthread_setname_np(pthread_self(), "df-sender"); /* per-thread CPU in /proc/PID/task (bench/storm.mjs) */
   struct epoll_event ev[64];
   int busy = 0;
   int64_t checked = now_ms();

@@ -258,6 +258,7 @@ export async function openAppliance(config: ServerConfig, log?: FastifyBaseLogge
         sessions.close();
         cache.close();
         await app.close();
+        deltas.close();
         await unlisten();
         await meta.close();
       },

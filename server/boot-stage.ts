@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
+import { fileKey } from '../src/fs/held-files.js';
 
 export const STAGE_FILES = ['vmlinuz', 'initrd.img'] as const;
 export type StageFile = (typeof STAGE_FILES)[number];
@@ -71,10 +72,11 @@ export class BootStageHashes {
 }
 
 /** A file's identity: a rebuild (write and rename, or in place) changes it. */
-export const keyOf = (s: Stats) => `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}`;
+export const keyOf: (s: Stats) => string = fileKey;
 
 async function hashFile(p: string): Promise<string> {
   const h = createHash('sha256');
   for await (const b of createReadStream(p, { highWaterMark: 1024 * 1024 })) h.update(b as Buffer);
   return h.digest('hex').slice(0, STAGE_HASH_HEX);
 }
+

@@ -11,10 +11,11 @@ import { dfError } from '../../src/errors.js';
 import { grubScript } from '../../src/grub/render.js';
 import { bootScript, chainScript } from '../../src/ipxe/render.js';
 import { BootStageHashes, keyOf, STAGE_HASH_HEX, type StageFile } from '../boot-stage.js';
+import { HeldFiles } from '../../src/fs/held-files.js';
 import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 import { BODY_BOOT, BODY_BOOT_EVENTS } from '../limits.js';
-import { sendFile } from '../send-file.js';
+import { canSendOnThread, sendFd, sendFile } from '../send-file.js';
 import { httpsBase } from '../tls.js';
 
 /**
@@ -79,7 +80,38 @@ export const bootRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     if (known) await endpoints.record(phase, mac!, { bytes, ip: req.ip }, known);
   };
 
+  // GET on plain TCP (the storm's case): from a descriptor held between requests, by the sender thread.
+  const held = new HeldFiles();
+  app.addHook('onClose', async () => held.close());
+  const serveHeld = async (file: StageFile, phase: BootPhase, req: FastifyRequest<{ Querystring: MacQuery; Params: { hash?: string } }>, reply: FastifyReply) => {
+    const p = path.join(boot.dir, file);
+    let f = await held.acquire(p);
+    if (!f) throw missing(p);
+    try {
+      let cur = await stage.current(file, f.key);
+      if (cur?.key !== f.key) {
+        // the path names another file now (a rebuild renamed in): serve that one
+        held.forget(p, f.key);
+        f.release();
+        f = await held.acquire(p);
+        if (!f) throw missing(p);
+        cur = await stage.current(file, f.key);
+      }
+      const want = req.params.hash;
+      // The hash must be of the bytes this descriptor reads (a rebuild that just renamed a new file in: changed).
+      if (want !== undefined && (cur?.hash !== want || cur.key !== f.key)) throw dfError('DF_ERR_BOOT_STAGE_CHANGED', `${file} is now ${cur?.hash ?? 'missing'}, not ${want}: ask /boot/ipxe for the current boot script`, { file, hash: want, current: cur?.hash ?? null });
+      await noteFetch(req, phase, f.size);
+      if (want !== undefined && immutable(req, reply, `"${want}"`)) return reply;
+      if (want === undefined) reply.header('cache-control', 'no-cache');
+      reply.type('application/octet-stream');
+      return await sendFd(reply, f.fd, f.size);
+    } finally {
+      f?.release();
+    }
+  };
+
   const serveFile = (file: StageFile, phase: BootPhase) => async (req: FastifyRequest<{ Querystring: MacQuery; Params: { hash?: string } }>, reply: FastifyReply) => {
+    if (req.method === 'GET' && canSendOnThread(reply)) return serveHeld(file, phase, req, reply);
     const p = path.join(boot.dir, file);
     const fh = await fsp.open(p, 'r').catch(() => undefined);
     const st = await fh?.stat().catch(() => undefined);

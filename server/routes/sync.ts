@@ -6,7 +6,7 @@ import { openPatch, PATCH_CONTENT_TYPE, patched } from '../../src/sync/patch.js'
 import { immutable } from '../conditional.js';
 import type { AppContext } from '../context.js';
 import { BODY_PATCH } from '../limits.js';
-import { sendFile } from '../send-file.js';
+import { canSendOnThread, sendFd, sendFile } from '../send-file.js';
 
 /** Rebuilt chunks are stored in batches of about this many frame bytes. */
 const PUT_BATCH_BYTES = 16 * 1024 * 1024;
@@ -27,10 +27,20 @@ export const syncRoutes = (ctx: AppContext): FastifyPluginAsyncTypebox => async 
     const v = await ctx.catalog.version(req.params.image, req.params.version);
     // A cache revalidating with the client's token (deploy/varnish) gets its 304 before any delta is opened.
     if (immutable(req, reply, `"${v.layer}"`)) return reply;
-    // Sent from its file (sendfile(2) where it can): a delta of any size costs the server no buffer.
+    reply.type('application/vnd.deskfuse.delta');
+    if (req.method === 'GET' && canSendOnThread(reply)) {
+      // From a descriptor held between requests, by the sender thread: a delta of any size costs the loop no buffer.
+      const held = await ctx.deltas.acquire(v.layer);
+      bytesOut(held.size);
+      try {
+        return await sendFd(reply, held.fd, held.size);
+      } finally {
+        held.release();
+      }
+    }
+    // Sent from its file (streamed; HEAD: the headers alone).
     const delta = await ctx.deltas.open(v.layer);
     if (req.method === 'GET') bytesOut(delta.size);
-    reply.type('application/vnd.deskfuse.delta');
     return sendFile(reply, delta.fh, delta.size);
   });
 

@@ -23,6 +23,9 @@ export const SESSION_TOKEN_TTL_S = 4 * 3600;
 const ADDRESS_NOTED_MS = 60_000;
 /** How stale `lastSeen` may get before an event that changes nothing else writes it. */
 const LAST_SEEN_MS = 60_000;
+/** A boot's phases (lastSync.phases) come from its endpoint's last events: this many read first, then at most BOOT_PHASES_READ. */
+const BOOT_PHASES_FIRST_READ = 32;
+const BOOT_PHASES_READ = 200;
 
 export interface BootRequest {
   mac: string;
@@ -402,12 +405,21 @@ export class Endpoints {
    * script that sent it to the boot stage (and the DHCP exchange just before that script).
    */
   private async bootPhases(e: EndpointRow, at: string, last: BootPhase): Promise<Record<string, number>> {
-    const evs = await this.deps.repo.listEvents({ endpoint: e.id, macs: e.macs }, 200);
-    let script = evs.length - 1;
-    while (script >= 0 && !(evs[script]!.phase === 'script' && evs[script]!.detail.decision === 'agent')) script--;
+    // The boot's own events are the last few (a provisioning's progress events: a few dozen): read
+    // those first, and further back only when the boot's start is not among them.
+    let evs: BootEvent[] = [];
+    let script = -1;
+    let start = -1;
+    for (const limit of [BOOT_PHASES_FIRST_READ, BOOT_PHASES_READ]) {
+      evs = await this.deps.repo.listEvents({ endpoint: e.id, macs: e.macs }, limit);
+      script = evs.length - 1;
+      while (script >= 0 && !(evs[script]!.phase === 'script' && evs[script]!.detail.decision === 'agent')) script--;
+      start = script;
+      while (start > 0 && evs[start - 1]!.phase === 'dhcp') start--;
+      // found, and not cut short by the read's limit (a longer one might see more of it), or all there is
+      if ((script >= 0 && start > 0) || evs.length < limit) break;
+    }
     if (script < 0) return {};
-    let start = script;
-    while (start > 0 && evs[start - 1]!.phase === 'dhcp') start--;
     const t0 = Date.parse(evs[start]!.at);
     const out: Record<string, number> = {};
     for (const x of evs.slice(start)) if (out[x.phase] === undefined) out[x.phase] = (Date.parse(x.at) - t0) / 1000;

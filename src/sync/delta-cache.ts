@@ -5,6 +5,7 @@ import path from 'node:path';
 import { blakeLib } from '../chunk/native-libs.js';
 import type { ChunkReader } from '../chunk/store.js';
 import { writeDurable } from '../fs/durable.js';
+import { HeldFiles } from '../fs/held-files.js';
 import { decodeLayer } from '../image/layer.js';
 import { dfError } from '../errors.js';
 import { deltaPieces } from './delta.js';
@@ -53,6 +54,8 @@ export class DeltaCache {
   private readonly building = new Map<string, Promise<DeltaFile>>();
   /** Files checked against their name since this process started. */
   private readonly checked = new Map<string, DeltaFile>();
+  /** Descriptors kept open for `acquire`. */
+  private readonly held = new HeldFiles();
 
   /** When each delta was last asked for in this process (its file's mtime is set from it, at most hourly). */
   private readonly used = new Map<string, number>();
@@ -84,6 +87,29 @@ export class DeltaCache {
       }
       return { size: f.size, fh };
     }
+  }
+
+  /**
+   * The layer's delta file, held open between requests (call `release` once done with `fd`; a storm
+   * asks for the same delta hundreds of times): as `open`, without a thread-pool open and close each time.
+   */
+  async acquire(layerId: string): Promise<{ fd: number; size: number; release: () => void }> {
+    for (let attempt = 0; ; attempt++) {
+      const f = await this.get(layerId);
+      const h = await this.held.acquire(f.path);
+      if (!h || h.size !== f.size) {
+        h?.release();
+        if (attempt > 0) throw Object.assign(new Error(`the delta file ${f.path} is missing or not ${f.size} bytes`), { code: 'ENOENT' });
+        this.checked.delete(layerId);
+        continue;
+      }
+      return h;
+    }
+  }
+
+  /** Closes the descriptors held for `acquire` (the server stops). */
+  close(): void {
+    this.held.close();
   }
 
   /** The delta files in this cache's folder (layer id, file name, size, modification time in epoch ms), for garbage collection. */

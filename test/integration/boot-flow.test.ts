@@ -293,6 +293,25 @@ describe('network boot flow', () => {
     const plain = await app.inject({ method: 'GET', url: '/boot/vmlinuz' });
     expect(plain.rawPayload.equals(k2)).toBe(true);
     expect(plain.headers['cache-control']).toBe('no-cache');
+    // Over a real socket the stage files are sent from descriptors held between requests: a rebuild
+    // renamed in (or rewritten in place) is seen at once, never served under the old hash.
+    const viaSocket = async (url: string) => {
+      const r = await fetch(`${srv.url}${url}`);
+      return { status: r.status, body: Buffer.from(await r.arrayBuffer()) };
+    };
+    expect((await viaSocket(`/boot/stage/${stageHash(k2)}/vmlinuz`)).body.equals(k2)).toBe(true); // held now
+    const k3 = Buffer.concat([KERNEL, Buffer.from('rebuilt again')]);
+    writeFileSync(path.join(bootDir, 'vmlinuz.new'), k3);
+    renameSync(path.join(bootDir, 'vmlinuz.new'), path.join(bootDir, 'vmlinuz'));
+    const gone = await viaSocket(`/boot/stage/${stageHash(k2)}/vmlinuz`);
+    expect([gone.status, JSON.parse(gone.body.toString()).code]).toEqual([404, 'DF_ERR_BOOT_STAGE_CHANGED']);
+    expect((await viaSocket('/boot/vmlinuz')).body.equals(k3)).toBe(true);
+    expect((await viaSocket(`/boot/stage/${stageHash(k3)}/vmlinuz`)).body.equals(k3)).toBe(true);
+    const k4 = Buffer.concat([KERNEL, Buffer.from('rewritten in place!')]);
+    writeFileSync(path.join(bootDir, 'vmlinuz'), k4); // same inode, new size and mtime
+    const inPlace = await viaSocket(`/boot/stage/${stageHash(k3)}/vmlinuz`);
+    expect([inPlace.status, JSON.parse(inPlace.body.toString()).code]).toEqual([404, 'DF_ERR_BOOT_STAGE_CHANGED']);
+    expect((await viaSocket(`/boot/stage/${stageHash(k4)}/vmlinuz`)).body.equals(k4)).toBe(true);
   });
 
   it('the boot stage files: 503 with the build command when missing, streamed when present', async () => {
