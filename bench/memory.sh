@@ -3,6 +3,9 @@
 #
 # usage: bash bench/memory.sh            env: SIZES="2G 8G"  SEED=1  PORT=18483  KEEP_WORKLOAD=0
 #        AGENT_NODE_OPTIONS (NODE_OPTIONS for the timed steps, e.g. a memory sampler via --import)
+#        SPARSE_FROM=2G: a size whose workload is missing is made from bench/data/$SPARSE_FROM's images
+#        extended with a hole (truncate): e.g. SIZES="2G 8G 32G" SPARSE_FROM=2G measures a 32 GiB disk
+#        (its index and state area) with the 2G data and change, in ~3.6 GB instead of ~56
 #        DESKFUSE_SHARED (default <repo>/../shared)  DESKFUSE_CLI (default: a copy of dist/)
 #
 # Per size: the shared workload in bench/data/$SIZE (made by make-workload.sh if missing: ~4.5 min
@@ -60,6 +63,13 @@ timed() {
 for size in $SIZES; do
   DATA=$BENCH/data/$size
   bytes=$(numfmt --from=iec "$size")
+  if [ -n "${SPARSE_FROM:-}" ] && [ "$size" != "$SPARSE_FROM" ] && ! [ -s "$DATA/SHA256SUMS" ]; then
+    log "workload SIZE=$size: bench/data/$SPARSE_FROM's images extended with a hole"
+    [ "$KEEP_WORKLOAD" = 1 ] || MADE+=("$DATA")
+    mkdir -p "$DATA"
+    for f in base v2 local; do cp --sparse=always "$BENCH/data/$SPARSE_FROM/$f.img" "$DATA/$f.img"; truncate -s "$size" "$DATA/$f.img"; done
+    (cd "$DATA" && sha256sum base.img v2.img local.img > SHA256SUMS)
+  fi
   if ! { [ -s "$DATA/SHA256SUMS" ] && [ -f "$DATA/base.img" ] && [ -f "$DATA/v2.img" ] && [ -f "$DATA/local.img" ]; }; then
     need=$(( bytes / 1024 / 1024 / 1024 * 4 + 4 ))   # GiB: 3 images (~55% allocated) + store + 2 disks
     avail=$(df -B1G --output=avail "$BENCH/data" | tail -n 1 | tr -d ' ')
