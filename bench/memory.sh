@@ -2,6 +2,10 @@
 # Agent memory vs disk size (issue 3: agent peak RSS <= 256 MiB and not growing with disk size).
 #
 # usage: bash bench/memory.sh            env: SIZES="2G 8G"  SEED=1  PORT=18483  KEEP_WORKLOAD=0
+#        AGENT_NODE_OPTIONS (NODE_OPTIONS for the timed steps, e.g. a memory sampler via --import)
+#        SPARSE_FROM=2G: a size whose workload is missing is made from bench/data/$SPARSE_FROM's images
+#        extended with a hole (truncate): e.g. SIZES="2G 8G 32G" SPARSE_FROM=2G measures a 32 GiB disk
+#        (its index and state area) with the 2G data and change, in ~3.6 GB instead of ~56
 #        DESKFUSE_SHARED (default <repo>/../shared)  DESKFUSE_CLI (default: a copy of dist/)
 #
 # Per size: the shared workload in bench/data/$SIZE (made by make-workload.sh if missing: ~4.5 min
@@ -45,14 +49,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-if [ -n "${DESKFUSE_CLI:-}" ]; then CLI=$DESKFUSE_CLI; else cp -a "$REPO/dist" "$T/dist"; ln -s "$REPO/ipxe" "$T/ipxe"; CLI=$T/dist/cli/main.js; fi
+if [ -n "${DESKFUSE_CLI:-}" ]; then CLI=$DESKFUSE_CLI; else cp -a "$REPO/dist" "$T/dist"; ln -s "$REPO/ipxe" "$T/ipxe"; mkdir -p "$T/server/console"; ln -s "$REPO/server/console/assets" "$T/server/console/assets"; CLI=$T/dist/cli/main.js; fi
 OUTROWS=$T/rows.tsv
 : > "$OUTROWS"
 
 # timed NAME cmd... -> W (s) M (KiB); stdout in $T/NAME.out
 timed() {
   local name=$1; shift
-  /usr/bin/time -f '%e %M' -o "$T/$name.time" "$@" > "$T/$name.out" 2> "$T/$name.err" ||
+  /usr/bin/time -f '%e %M' -o "$T/$name.time" env NODE_OPTIONS="${AGENT_NODE_OPTIONS:-}" MEMLOG="${MEMLOG:-}.$name" "$@" > "$T/$name.out" 2> "$T/$name.err" ||
     { tail -n 5 "$T/$name.err" >&2; die "step $name failed: $*"; }
   read -r W M < <(tail -n 1 "$T/$name.time")
 }
@@ -60,6 +64,13 @@ timed() {
 for size in $SIZES; do
   DATA=$BENCH/data/$size
   bytes=$(numfmt --from=iec "$size")
+  if [ -n "${SPARSE_FROM:-}" ] && [ "$size" != "$SPARSE_FROM" ] && ! [ -s "$DATA/SHA256SUMS" ]; then
+    log "workload SIZE=$size: bench/data/$SPARSE_FROM's images extended with a hole"
+    [ "$KEEP_WORKLOAD" = 1 ] || MADE+=("$DATA")
+    mkdir -p "$DATA"
+    for f in base v2 local; do cp --sparse=always "$BENCH/data/$SPARSE_FROM/$f.img" "$DATA/$f.img"; truncate -s "$size" "$DATA/$f.img"; done
+    (cd "$DATA" && sha256sum base.img v2.img local.img > SHA256SUMS)
+  fi
   if ! { [ -s "$DATA/SHA256SUMS" ] && [ -f "$DATA/base.img" ] && [ -f "$DATA/v2.img" ] && [ -f "$DATA/local.img" ]; }; then
     need=$(( bytes / 1024 / 1024 / 1024 * 4 + 4 ))   # GiB: 3 images (~55% allocated) + store + 2 disks
     avail=$(df -B1G --output=avail "$BENCH/data" | tail -n 1 | tr -d ' ')
@@ -80,7 +91,7 @@ for size in $SIZES; do
   SPID=$!
   for _ in $(seq 300); do
     [ -s "$SRV/admin.token" ] && curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
-    kill -0 "$SPID" 2>/dev/null || die "server exited"; sleep 0.1
+    kill -0 "$SPID" 2>/dev/null || { tail -n 20 "$T/server-$size.log" >&2; die "server exited"; }; sleep 0.1
   done
   export DESKFUSE_SERVER=http://127.0.0.1:$PORT
   ADMIN=$(cat "$SRV/admin.token")
@@ -97,7 +108,7 @@ for size in $SIZES; do
   log "SIZE=$size: agent provision / update / scan"
   A=$T/a-$size.img; rm -f "$A"; truncate -s "$disk_size" "$A"
   timed prov-$size node "$CLI" agent sync --disk "$A" --desktop up --token "$TU" --json; row provision
-  adm desktop reset up --to main > /dev/null
+  adm desktop reset up --to main --force > /dev/null
   timed update-$size node "$CLI" agent sync --disk "$A" --desktop up --token "$TU" --json; row update
   got=$(head -c "$bytes" "$A" | openssl dgst -sha256 -r | cut -d' ' -f1)
   [ "$got" = "$sha_v2" ] || die "SIZE=$size: the disk after update does not match v2.img"

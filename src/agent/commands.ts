@@ -8,7 +8,7 @@ import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { hasDataOutside, openDisk } from './disk.js';
 import { keepLease, openSession, releaseLease, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
-import { adoptLegacyState, areaSize, readLegacyState, readSlot, readState, writeHeader } from './state-area.js';
+import { adoptLegacyState, areaSize, readLegacyState, readSlot, readState, writeHeader, writeSlotAndHeader } from './state-area.js';
 
 export interface CommitResult extends Partial<CommitOutcome> {
   desktop: string;
@@ -72,10 +72,13 @@ async function commitDisk(o: AgentOptions): Promise<CommitResult> {
       if (state.state === 'clean') {
         result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
       } else {
-        const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view);
+        const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view, s.slot.fingerprints ?? null);
         const hints = mergeHints(scan, s.slot.hints);
         if (scan.changed.length === 0) {
-          state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null });
+          // No change: the slot stands; written again only to record fingerprints it lacked.
+          state = s.slot.fingerprints
+            ? await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null })
+            : await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null }, { ...s.slot, fingerprints: scan.fingerprints });
           result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
         } else {
           const c = await commitChanges(s, state, lease, scan, hints);

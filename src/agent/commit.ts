@@ -10,7 +10,7 @@ import { extractBlocks, hintMask } from '../sync/blockhash.js';
 import { Progress } from '../progress.js';
 import { encodePatch, PATCH_CONTENT_TYPE, type PatchRecord } from '../sync/patch.js';
 import type { ScanResult } from '../sync/scan.js';
-import { readChunkAt } from './disk.js';
+import { readChunkAt, readChunkInto } from './disk.js';
 import { hintsAt, type Lease, type Session } from './session.js';
 import { writeSlotAndHeader, type DiskState } from './state-area.js';
 
@@ -33,7 +33,7 @@ const WHOLE_BATCH = 8 * 1024 * 1024;
  * new version — or at the conflict version the server kept, so the next sync moves from there and
  * nothing is lost either way.
  */
-export async function commitChanges(s: Session, state: DiskState, lease: Lease, scan: ScanResult, hints: Buffer): Promise<{ outcome: CommitOutcome; state: DiskState }> {
+export async function commitChanges(s: Session, state: DiskState, lease: Lease, scan: ScanResult, hints: Buffer): Promise<{ outcome: CommitOutcome; state: DiskState; fingerprints: Buffer }> {
   const g = s.geometry;
   const base = s.slot!.index;
   const parent = state.version;
@@ -57,12 +57,13 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
     size = 0;
   };
   // Progress over the changed chunks the server lacks (what is uploaded is their changed blocks).
+  const scratch = Buffer.alloc(g.chunkSize); // one read buffer: the blocks sent are copied out of it
   const progress = Progress.for('commit', missing.reduce((n, id) => n + chunkLength(g, idsAt.get(id)!), 0), s.progress);
   for (const id of missing) {
     const pos = idsAt.get(id)!;
     const len = chunkLength(g, pos);
     progress.add(len);
-    const raw = await readChunkAt(s.disk, pos * g.chunkSize, len);
+    const raw = await readChunkInto(s.disk, scratch, pos * g.chunkSize, len);
     const baseId = base.idAt(pos);
     const mask = isZeroId(baseId) ? all : hintMask(hintsAt(s.slot!.hints, g, pos), hintsAt(hints, g, pos), blocksPerChunk(g), mb);
     const blocks = extractBlocks(raw, mask);
@@ -117,9 +118,9 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   const newState = await writeSlotAndHeader(s.disk.fh, s.disk.size, {
     ...state, state: 'clean', version: v.version, target: null, progress: 0, failure: null,
     lastConflict: outcome.conflict ? v.version : state.lastConflict,
-  }, { index: next, hints });
-  s.slot = { index: next, hints };
-  return { outcome, state: newState };
+  }, { index: next, hints, fingerprints: scan.fingerprints });
+  s.slot = { index: next, hints, fingerprints: scan.fingerprints };
+  return { outcome, state: newState, fingerprints: scan.fingerprints };
 }
 
 /** hints of the disk after a scan: the slot's, with the changed positions' new ones. */

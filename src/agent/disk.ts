@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { backupGpt, entrySectors, parseHeader, toDiskView, toImageView, type GptView } from '../disk/gpt.js';
 import { isZero } from '../chunk/id.js';
 import { dfError } from '../errors.js';
-import { readAt } from '../fs/read.js';
+import { readAt, readFull } from '../fs/read.js';
 import { writeFull } from '../fs/write.js';
 import { sealedThrough } from './state-area.js';
 
@@ -59,6 +59,15 @@ export async function readChunkAt(d: Disk, pos: number, len: number): Promise<Bu
   const buf = await readAt(d.fh, pos, len);
   if (d.view) toImageView(buf, pos, d.view);
   return buf;
+}
+
+/** readChunkAt into buf[0, len) (reused by the caller); past the end of the disk reads as zeros. */
+export async function readChunkInto(d: Disk, buf: Buffer, pos: number, len: number): Promise<Buffer> {
+  const out = buf.subarray(0, len);
+  const n = await readFull(d.fh, out, 0, len, pos);
+  out.fill(0, n);
+  if (d.view) toImageView(out, pos, d.view);
+  return out;
 }
 
 /**

@@ -9,6 +9,7 @@ import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js'
 import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
 import { newEndpointSecret } from '../endpoint/proof.js';
 import { openDisk, type Disk } from './disk.js';
+import { loadNative } from '../native/addon.js';
 import { adoptLegacyState, areaStart, type DiskState, readSlot, readState, type Slot, writeHeader } from './state-area.js';
 
 export interface Lease {
@@ -90,7 +91,25 @@ export interface Session {
   secret: Buffer;
 }
 
+/**
+ * The agent's buffers come and go by the megabyte (packs, patch batches, scan buffers): with glibc's
+ * defaults its RSS kept what it once used (a dynamic mmap threshold that climbs to the largest
+ * buffer freed, an arena per thread). A fixed 128 KiB threshold returns every bigger buffer to the
+ * system when it is freed, and two arenas bound the rest (native/fingerprint.c, mallocTune).
+ */
+let memoryTuned = false;
+export function tuneAgentMemory(): void {
+  if (memoryTuned) return;
+  memoryTuned = true;
+  try {
+    loadNative().mallocTune(128 * 1024, 2);
+  } catch {
+    // no addon: glibc's defaults
+  }
+}
+
 export async function openSession(o: AgentOptions, desktopName: string): Promise<Session> {
+  tuneAgentMemory();
   const client = new ApiClient({ server: o.server, token: o.token, ...(o.tls ? { tls: o.tls } : {}), onBusy: (b) => process.stderr.write(busyLine('deskfuse agent', b)) });
   const desktop = (await client.json<Desktop>('GET', `/api/v1/desktops/${encodeURIComponent(desktopName)}`)).body;
   const image = (await client.json<Image>('GET', `/api/v1/images/${desktop.image}`)).body;

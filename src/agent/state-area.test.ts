@@ -8,7 +8,8 @@ import { DeskfuseError } from '../errors.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import type { Geometry } from '../image/geometry.js';
 import {
-  areaSize, areaStart, decodeHeader, encodeHeader, encodeSlot, GPT_RESERVE, HEADER_SIZE, headersEnd, readSlot, readState, slotSize, writeHeader, writeSlotAndHeader,
+  areaSize, areaStart, decodeHeader, encodeHeader, encodeSlot, fingerprintOffset, fingerprintRegionSize, GPT_RESERVE, HEADER_SIZE, headersEnd, readSlot, readState, slotSize,
+  writeHeader, writeSlotAndHeader,
   type DiskState, type Slot,
 } from './state-area.js';
 import { prng, rejection, thrown } from '../../test/helpers/expect.js';
@@ -297,5 +298,40 @@ describe('state on a disk file', () => {
     await put(pos, b);
     await put(s1.areaStart + 10, Buffer.from([1, 2, 3]));
     await expect(readSlot(fh, s1)).resolves.toBeDefined();
+  });
+
+  it('fingerprints: written beside the slot, read back only with the slot they were made with', async () => {
+    const fps1 = randomBytes(16 * 16);
+    const slot1 = { ...randomSlot(), fingerprints: fps1 };
+    const s1 = await writeSlotAndHeader(fh, SIZE, initial(), slot1);
+    const at1 = fingerprintOffset(s1, 1)!;
+    expect(at1).toBe(s1.areaStart - fingerprintRegionSize(G));
+    expect((await readSlot(fh, s1)).fingerprints).toEqual(fps1);
+    // The next slot without fingerprints: none (region A was never written).
+    const s2 = await writeSlotAndHeader(fh, SIZE, { ...s1, version: 2 }, randomSlot());
+    expect((await readSlot(fh, s2)).fingerprints).toBeNull();
+    // Region B is stale once slot B holds another slot.
+    const s3 = await writeSlotAndHeader(fh, SIZE, { ...s2, version: 3 }, randomSlot());
+    expect(s3.activeSlot).toBe(1);
+    expect((await readSlot(fh, s3)).fingerprints).toBeNull();
+    // A torn region is no region.
+    const fps4 = randomBytes(16 * 16);
+    const s4 = await writeSlotAndHeader(fh, SIZE, { ...s3, version: 4 }, { ...randomSlot(), fingerprints: fps4 });
+    expect((await readSlot(fh, s4)).fingerprints).toEqual(fps4);
+    const pos = fingerprintOffset(s4, s4.activeSlot)! + 4096 + 37;
+    const b = await at(pos, 1);
+    await put(pos, Buffer.from([b[0]! ^ 1]));
+    expect((await readSlot(fh, s4)).fingerprints).toBeNull();
+    // Nothing was written over the image.
+    expect((await at(0, 1 << 20)).equals(Buffer.alloc(1 << 20))).toBe(true);
+  });
+
+  it('fingerprints: a disk with no room before the area keeps none', async () => {
+    const tight = (1 << 20) + areaSize(G) + GPT_RESERVE; // image + area + GPT reserve, nothing more
+    const s0 = { ...initial(), areaStart: areaStart(G, tight) };
+    expect(fingerprintOffset(s0, 0)).toBeNull();
+    const s1 = await writeSlotAndHeader(fh, tight, s0, { ...randomSlot(), fingerprints: randomBytes(16 * 16) });
+    expect((await readSlot(fh, s1)).fingerprints).toBeNull();
+    expect((await at(0, 1 << 20)).equals(Buffer.alloc(1 << 20))).toBe(true);
   });
 });

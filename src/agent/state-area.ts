@@ -61,6 +61,26 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  *
  * An update writes the inactive slot, syncs, then writes the older header copy with sequence + 1
  * and syncs: at every instant one complete, checksummed state is on the disk.
+ *
+ * Fingerprints (the scan's cheap change test, src/sync/scan-core.ts): beside each slot, in the unused
+ * space just before the area when the disk has room for it (none: every scan hashes every chunk, as
+ * before), a region that is not part of the slot and that no header names:
+ *
+ *   device:  [ image | … | fingerprints A | fingerprints B | slot A | slot B | headers | GPT reserve ]
+ *   region (each R bytes, 4 KiB aligned):
+ *     0    8   magic "DFFPRNT1"          8   32  BLAKE3 of the slot these go with (the header's slot hash)
+ *     40   4   count (chunk positions)   44  32  BLAKE3 of the fingerprints
+ *     4096 …   XXH3-128 of each chunk position's bytes, 16 bytes each (all zero: unknown)
+ *
+ * A region counts only when its slot hash is the active slot's and its checksum holds, so a torn or
+ * stale one costs a full scan, never a wrong id. Its entries are a function of the slot's ids (the
+ * XXH3-128 of the bytes whose BLAKE3 is the id), so a region made for an equal slot is as good.
+ * Trust: a scan takes a chunk whose XXH3-128 equals its recorded fingerprint to hold the recorded id
+ * without hashing it. An accidental change keeps XXH3-128 with probability 2^-128; XXH3 is not
+ * collision resistant, so a change crafted to keep it is possible for whoever writes the disk: on a
+ * persistent desktop that is its user, whose own change would then miss a commit (the server still
+ * verifies every chunk it stores, and a sync still verifies every chunk it patches from the disk).
+ * Restore-mode desktops, whose reset must undo whatever the user did, do not use them (sync.ts).
  */
 export const HEADER_SIZE = 4096;
 /** The disk's last MiB: the backup GPT's (a 128-entry array plus header needs 16.5 KiB; 1 MiB keeps the tools' alignment). */
@@ -228,6 +248,46 @@ export interface Slot {
   index: ChunkIndex;
   /** 4 bytes per block, blocksPerChunk per chunk position. */
   hints: Buffer;
+  /** XXH3-128 per chunk position (16 bytes each, all zero = unknown), null or absent: none recorded. */
+  fingerprints?: Buffer | null;
+}
+
+export const FINGERPRINT_BYTES = 16;
+const FP_MAGIC = Buffer.from('DFFPRNT1');
+const FP_HEAD = 4096;
+
+export function fingerprintRegionSize(g: Geometry): number {
+  return align(FP_HEAD + chunkCount(g) * FINGERPRINT_BYTES);
+}
+
+/** Where the fingerprints of slot `which` go, or null when the disk has no room before the area. */
+export function fingerprintOffset(s: { areaStart: number; geometry: Geometry }, which: 0 | 1): number | null {
+  const at = s.areaStart - (2 - which) * fingerprintRegionSize(s.geometry);
+  return at >= align(s.geometry.virtualSize) ? at : null;
+}
+
+export function encodeFingerprints(g: Geometry, slotHash: Buffer, fps: Buffer): Buffer {
+  const n = chunkCount(g);
+  if (fps.length !== n * FINGERPRINT_BYTES) throw dfError('DF_ERR_BAD_REQUEST', `fingerprints: ${fps.length} bytes for ${n} chunk positions`);
+  const out = Buffer.alloc(fingerprintRegionSize(g));
+  FP_MAGIC.copy(out, 0);
+  slotHash.copy(out, 8);
+  out.writeUInt32BE(n, 40);
+  hashBytes(fps).copy(out, 44);
+  fps.copy(out, FP_HEAD);
+  return out;
+}
+
+/** The fingerprints that go with the active slot, or null (none, stale, torn or no room). */
+export async function readFingerprints(fh: FileHandle, s: DiskState): Promise<Buffer | null> {
+  const at = fingerprintOffset(s, s.activeSlot);
+  if (at === null) return null;
+  const g = s.geometry;
+  const n = chunkCount(g);
+  const head = await readAt(fh, at, 76);
+  if (!head.subarray(0, 8).equals(FP_MAGIC) || !head.subarray(8, 40).equals(s.slotHash) || head.readUInt32BE(40) !== n) return null;
+  const fps = await readAt(fh, at + FP_HEAD, n * FINGERPRINT_BYTES);
+  return hashBytes(fps).equals(head.subarray(44, 76)) ? fps : null;
 }
 
 export function encodeSlot(slot: Slot): Buffer {
@@ -297,10 +357,9 @@ export async function readSlot(fh: FileHandle, s: DiskState): Promise<Slot> {
     throw dfError('DF_ERR_STATE_CORRUPT', 'the state area slot does not match its header checksum; rerun with --reprovision', { slot: s.activeSlot });
   }
   const n = chunkCount(g);
-  const ids = Buffer.from(bytes.subarray(0, n * ID_BYTES));
   const index = ChunkIndex.empty(g);
-  ids.copy(index.ids);
-  return { index, hints: Buffer.from(bytes.subarray(n * ID_BYTES, n * ID_BYTES + n * blocksPerChunk(g) * BLOCK_HASH_BYTES)) };
+  bytes.copy(index.ids, 0, 0, n * ID_BYTES);
+  return { index, hints: Buffer.from(bytes.subarray(n * ID_BYTES, n * ID_BYTES + n * blocksPerChunk(g) * BLOCK_HASH_BYTES)), fingerprints: await readFingerprints(fh, s) };
 }
 
 /** Write a new header (sequence + 1) into the older copy, then sync. */
@@ -330,7 +389,10 @@ export function sealedThrough(fh: FileHandle): number | undefined {
 export async function writeSlotAndHeader(fh: FileHandle, deviceSize: number, s: DiskState, slot: Slot): Promise<DiskState> {
   const which: 0 | 1 = s.activeSlot === 0 ? 1 : 0;
   const bytes = encodeSlot(slot);
+  const slotHash = hashBytes(bytes);
   await writeFull(fh, bytes, slotOffset(s, which));
+  const fpAt = slot.fingerprints ? fingerprintOffset(s, which) : null;
+  if (fpAt !== null) await writeFull(fh, encodeFingerprints(slot.index.geometry, slotHash, slot.fingerprints!), fpAt);
   await fh.datasync();
-  return writeHeader(fh, deviceSize, { ...s, activeSlot: which, slotHash: hashBytes(bytes) });
+  return writeHeader(fh, deviceSize, { ...s, activeSlot: which, slotHash });
 }

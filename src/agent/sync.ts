@@ -18,6 +18,7 @@ import { stopOnDiskFailure } from './disk-failure.js';
 import { ChunkFetcher } from './fetcher.js';
 import { keysChanged, signedTarget } from './signed.js';
 import { emptyHints, freshState, keepLease, openSession, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
+import { emptyFingerprints, setFingerprint } from './fingerprints.js';
 import { GPT_RESERVE, writeHeader, writeSlotAndHeader, type DiskState } from './state-area.js';
 
 export interface SyncResult {
@@ -101,16 +102,22 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
   let scan: ScanResult | null = null;
   let actual: ChunkIndex;
   let hints: Buffer;
+  let fps: Buffer;
   const from = state?.version ?? null;
   let fresh = false;
 
   if (!state || state.state !== 'clean') {
-    scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null, undefined, undefined, s.disk.view);
+    // A restore desktop's reset must undo whatever was done to the disk: every chunk is hashed
+    // (fingerprints are no proof against a crafted change, state-area.ts "Fingerprints").
+    const trusted = s.desktop.mode === 'persistent' ? s.slot?.fingerprints ?? null : null;
+    scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null, undefined, undefined, s.disk.view, trusted);
     actual = scan.index;
     hints = mergeHints(scan, s.slot?.hints ?? emptyHints(g));
+    fps = scan.fingerprints;
   } else {
     actual = s.slot!.index;
     hints = s.slot!.hints;
+    fps = s.slot!.fingerprints ?? emptyFingerprints(g);
   }
   if (!state) {
     // No readable state: blank, or a disk whose state area was overwritten (a partitioning tool, an
@@ -125,7 +132,7 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
     // (below, once the target's index is verified: a refused sync leaves even the state area untouched).
     state = freshState(s);
     fresh = true;
-    s.slot = { index: actual, hints };
+    s.slot = { index: actual, hints, fingerprints: fps };
   }
 
   let committed: number | null = null;
@@ -133,6 +140,7 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
   const localChanges = s.state?.state === 'dirty' && s.state.version !== null && scan ? scan.changed.length : 0;
   if (state.state === 'dirty' && scan && localChanges > 0 && s.desktop.mode === 'persistent' && state.version !== null) {
     const c = await commitChanges(s, state, lease!, scan, hints);
+    fps = c.fingerprints;
     state = c.state;
     committed = c.outcome.version;
     conflict = c.outcome.conflict?.conflictRef ?? null;
@@ -162,15 +170,15 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
   const base = hops ? s.slot!.index : null;
   const target = await targetIndex(s, to, hops && base ? { base, hops } : null, signed.manifest.index);
   if (sameIndex(actual, target)) {
-    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, ...trust, state: 'clean', version: to, target: null, failure: null }, { index: target, hints });
+    state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, ...trust, state: 'clean', version: to, target: null, failure: null }, { index: target, hints, fingerprints: fps });
     return sealed(s, done());
   }
-  if (fresh) state = await writeSlotAndHeader(s.disk.fh, s.disk.size, state, { index: actual, hints });
+  if (fresh) state = await writeSlotAndHeader(s.disk.fh, s.disk.size, state, { index: actual, hints, fingerprints: fps });
   const ops = plan({ actual, target, base, deltas: hops !== null });
   state = await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'applying', target: to, progress: 0 });
-  const res = await applyOps(s, state, ops, hops ?? [], hints, o.progress ?? false, o.onProgress);
+  const res = await applyOps(s, state, ops, hops ?? [], hints, fps, o.progress ?? false, o.onProgress);
   await s.disk.fh.datasync();
-  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, ...trust, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints });
+  state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...res.state, ...trust, state: 'clean', version: to, target: null, progress: ops.length, failure: null }, { index: target, hints, fingerprints: fps });
   return sealed(s, { ...done(), chunksWritten: ops.length, chunksPatched: res.patched });
 }
 
@@ -266,7 +274,7 @@ class HopCursor {
 }
 
 
-async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, showProgress: boolean | 'always', onProgress?: (done: number, total: number) => void): Promise<{ state: DiskState; patched: number }> {
+async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hints: Buffer, fps: Buffer, showProgress: boolean | 'always', onProgress?: (done: number, total: number) => void): Promise<{ state: DiskState; patched: number }> {
   const g = s.geometry;
   const fetcher = new ChunkFetcher(s.client, ops.filter((op) => op.kind === 'fetch').map((op) => op.id), g.chunkSize);
   const cursors = ops.some((op) => op.kind === 'patch') ? hops.map((h) => new HopCursor(s, h)) : [];
@@ -290,6 +298,7 @@ async function applyOps(s: Session, state: DiskState, ops: Op[], hops: Hop[], hi
       }
       await out.chunk(raw, op.pos * g.chunkSize);
       blockHashes(raw, g, hints, op.pos * hl);
+      setFingerprint(fps, op.pos, raw);
       progress.add(g.chunkSize);
       onProgress?.(k + 1, ops.length);
       sinceJournal += len;

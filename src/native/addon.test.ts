@@ -24,6 +24,25 @@ describe('native addon', () => {
     }
   });
 
+  it('fingerprint is XXH3-128 (as xxhsum -H2 prints it), written at the offset asked, of any Uint8Array', () => {
+    const n = loadNative();
+    const out = Buffer.alloc(40, 0xaa);
+    n.fingerprint(Buffer.from('abc'), out, 8);
+    expect(out.subarray(8, 24).toString('hex')).toBe('06b05ab6733a618578af5f94892f3950'); // echo -n abc | xxhsum -H2
+    expect(out.subarray(0, 8).equals(Buffer.alloc(8, 0xaa)) && out.subarray(24).equals(Buffer.alloc(16, 0xaa))).toBe(true);
+    const big = Buffer.alloc(65536, 7);
+    const a = Buffer.alloc(16);
+    const b = new Uint8Array(16);
+    n.fingerprint(big, a, 0);
+    n.fingerprint(new Uint8Array(big.buffer, big.byteOffset, big.length), b, 0);
+    expect(Buffer.from(b).equals(a)).toBe(true);
+    big[40000] = 8; // one byte
+    n.fingerprint(big, b, 0);
+    expect(Buffer.from(b).equals(a)).toBe(false);
+    expect(() => n.fingerprint(big, a, 1)).toThrow(/16 bytes/);
+    expect(typeof n.mallocTune(128 * 1024, 2)).toBe('boolean');
+  });
+
   it('reports errno and syscall', () => {
     let err: (Error & { code?: string; syscall?: string }) | undefined;
     try {

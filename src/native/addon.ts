@@ -6,7 +6,7 @@ import { dfError } from '../errors.js';
 /**
  * The native addon (native/*.c, built by scripts/build-native.mjs into
  * dist/native/deskfuse_native.node): socket options Node lacks (SO_BINDTODEVICE, raw ICMPv6),
- * lseek SEEK_DATA/SEEK_HOLE and zero-copy sendfile(2). Calls throw Errors with `code` (errno name), `errno` and `syscall`.
+ * lseek SEEK_DATA/SEEK_HOLE, zero-copy sendfile(2) and XXH3-128 fingerprints. Calls throw Errors with `code` (errno name), `errno` and `syscall`.
  */
 export interface Native {
   /** UDPv4 socket bound to 0.0.0.0:port and to the device; nonblocking; `rcvbuf` bytes of receive buffer (forced past net.core.rmem_max when privileged). Give it to dgram's bind({fd}). */
@@ -44,6 +44,13 @@ export interface Native {
   sendPack(sockFd: number, meta: Buffer, root: string, idleMs: number, cb: (err: NodeJS.ErrnoException | null, sent: number) => void): void;
   /** The sender closes the part files it keeps open (files were removed or quarantined). */
   sendForget(): void;
+  /**
+   * XXH3-128 of `data`, big-endian (high half first), into out[at, at + 16) (native/fingerprint.c).
+   * Not an id: the scan's cheap test of whether a chunk changed since its id was recorded.
+   */
+  fingerprint(data: Uint8Array, out: Uint8Array, at: number): void;
+  /** glibc mallopt: a fixed mmap threshold (bytes; 0 = leave) and an arena cap (0 = leave); false: not glibc, nothing done. */
+  mallocTune(mmapThreshold: number, arenaMax: number): boolean;
   /** The sender's token bucket over every body it sends, in bytes per second (0: no cap). */
   sendRate(bytesPerSecond: number): void;
   /** Bodies in progress, bytes sent, turns that waited for the bucket, the rate. */

@@ -3,12 +3,27 @@ import { hashBytes, ID_BYTES, isZero } from '../chunk/id.js';
 import { toImageView, type GptView } from '../disk/gpt.js';
 import { readFullSync } from '../fs/read.js';
 import { blocksPerChunk, chunkLength, type Geometry } from '../image/geometry.js';
+import { loadNative, type Native } from '../native/addon.js';
 import { BLOCK_HASH_BYTES, blockHashes } from './blockhash.js';
 
 /**
  * Hash the chunks [first, end) of a disk (one stripe of them): what a worker thread runs (or the caller itself when no
- * worker file is at hand, as under the test runner). Reads only allocated extents, in big
+ * worker file is at hand, as under the test runner). Reads only allocated bytes, in big
  * sequential pieces; a chunk with no allocated byte is zero without being read.
+ *
+ * Allocated bytes: the `extents` given, or (none given) what lseek(SEEK_DATA/SEEK_HOLE) reports
+ * for the file. A hole reads as zeros by definition (the kernel's), so skipping it is exact; a
+ * block device reports all of itself as data.
+ *
+ * The change test: with `expected` ids and the `expectedFingerprints` recorded with them (XXH3-128
+ * of each chunk's bytes, made by this scan or by the agent as it wrote the chunk), a chunk whose
+ * fingerprint is unchanged keeps its expected id without BLAKE3; any other chunk is hashed with
+ * BLAKE3 as before. Every chunk read gets a fingerprint (`fingerprints`), so the next scan can do
+ * the same. The trust model (src/agent/state-area.ts, "Fingerprints"): XXH3-128 is not a
+ * cryptographic hash; an accidental change that keeps it equal has probability 2^-128, a crafted
+ * one needs the disk's owner (it only hides that owner's own change from a commit, the server
+ * verifies every chunk it stores and a sync verifies every chunk it patches), so restore-mode
+ * desktops, whose reset must undo whatever a user did, pass no fingerprints and hash everything.
  */
 export interface ScanRangeArgs {
   path: string;
@@ -21,30 +36,66 @@ export interface ScanRangeArgs {
   stripes: number;
   /** Bytes per read batch (default 4 MiB; tests use small ones to exercise striping). */
   batchBytes?: number;
-  /** Allocated extents, sorted; null = everything (a block device). */
+  /** Allocated extents, sorted; null = ask the file (SEEK_DATA/SEEK_HOLE; everything when the addon is missing). */
   extents: Array<{ start: number; length: number }> | null;
   /** Ids the disk should hold for [first, end) (32 bytes each); null = unknown (compute every hint). */
   expected: Uint8Array | null;
+  /** Fingerprints the chunks had when `expected` was recorded (16 bytes each, all-zero = unknown). */
+  expectedFingerprints?: Uint8Array | null;
   /** The disk holds the image's GPT as the disk wants it (src/disk/gpt.ts): hash the image's bytes. */
   view?: GptView | null;
+  /**
+   * Where to write (shared with the other workers, each writing only its own stripes): ids for
+   * [first, end), 32 bytes each, and fingerprints, 16 bytes each. Absent: allocated here.
+   */
+  outIds?: Uint8Array;
+  outFingerprints?: Uint8Array;
 }
 
 export interface ScanRangeResult {
-  /** Actual ids for [first, end), 32 bytes each, zero = zero chunk. */
+  /** Actual ids for [first, end), 32 bytes each, zero = zero chunk (outIds when given). */
   ids: Uint8Array;
+  /** XXH3-128 per position, 16 bytes each (all zero when the addon is missing; outFingerprints when given). */
+  fingerprints: Uint8Array;
   /** Positions whose id differs from `expected` (all non-zero ones when expected is null). */
   changed: Uint32Array;
   /** Block hints of the changed positions, blocksPerChunk × 4 bytes each, in `changed` order. */
   hints: Uint8Array;
   bytesRead: number;
+  /** Chunks hashed with BLAKE3 (the rest: zero, or fingerprint unchanged). */
+  hashed: number;
 }
 
 export const READ_SIZE = 4 * 1024 * 1024;
+export const FINGERPRINT_BYTES = 16;
+
+function native(): Native | null {
+  try {
+    return loadNative();
+  } catch {
+    return null; // no addon (a bare source tree): read everything, hash everything
+  }
+}
+
+/** The fingerprint of `len` zero bytes (what a chunk in a hole has), per length. */
+const zeroFps = new Map<number, Buffer>();
+export function zeroFingerprint(n: Native, len: number): Buffer {
+  let f = zeroFps.get(len);
+  if (!f) {
+    f = Buffer.alloc(FINGERPRINT_BYTES);
+    n.fingerprint(Buffer.alloc(len), f, 0);
+    zeroFps.set(len, f);
+  }
+  return f;
+}
 
 export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   const g = a.geometry;
   const n = a.end - a.first;
-  const ids = new Uint8Array(n * ID_BYTES);
+  const ids = a.outIds ?? new Uint8Array(n * ID_BYTES);
+  const fps = a.outFingerprints ?? new Uint8Array(n * FINGERPRINT_BYTES);
+  const nat = native();
+  const expFps = nat ? a.expectedFingerprints ?? null : null;
   const changed: number[] = [];
   const hintParts: Buffer[] = [];
   const hintLen = blocksPerChunk(g) * BLOCK_HASH_BYTES;
@@ -52,21 +103,44 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   const buf = Buffer.alloc(per * g.chunkSize);
   const fd = openSync(a.path, 'r');
   let bytesRead = 0;
+  let hashed = 0;
+  const ranges: Array<[number, number]> = [];
   try {
     for (let i = a.first + a.stripe * per; i < a.end; i += per * a.stripes) {
       const k = Math.min(per, a.end - i);
       const start = i * g.chunkSize;
       const len = Math.min(k * g.chunkSize, g.virtualSize - start);
-      bytesRead += readAllocated(fd, buf, start, len, a.extents);
+      dataRanges(fd, start, len, a.extents, nat, ranges);
+      bytesRead += readRanges(fd, buf, start, len, ranges);
       if (a.view && start < 2 * a.view.sectorSize) toImageView(buf.subarray(0, len), start, a.view);
+      let r = 0; // the first data range that may overlap chunk j
       for (let j = 0; j < k; j++) {
         const pos = i + j;
-        const raw = buf.subarray(j * g.chunkSize, j * g.chunkSize + chunkLength(g, pos));
+        const cs = start + j * g.chunkSize;
+        const clen = chunkLength(g, pos);
         const o = (pos - a.first) * ID_BYTES;
-        if (!isZero(raw)) ids.set(hashBytes(raw), o);
-        const id = ids.subarray(o, o + ID_BYTES);
-        const exp = a.expected?.subarray(o, o + ID_BYTES);
-        const differs = exp ? Buffer.compare(id, exp) !== 0 : !id.every((x) => x === 0);
+        const fo = (pos - a.first) * FINGERPRINT_BYTES;
+        while (r < ranges.length && ranges[r]![1] <= cs) r++;
+        const inHole = !(r < ranges.length && ranges[r]![0] < cs + clen) && !(a.view && cs < 2 * a.view.sectorSize);
+        const raw = buf.subarray(j * g.chunkSize, j * g.chunkSize + clen);
+        ids.fill(0, o, o + ID_BYTES);
+        if (inHole) {
+          if (nat) fps.set(zeroFingerprint(nat, clen), fo);
+        } else {
+          let known = false;
+          if (nat) {
+            nat.fingerprint(raw, fps, fo);
+            if (expFps && a.expected && !isZeroFp(expFps, fo) && equalAt(fps, expFps, fo, FINGERPRINT_BYTES)) {
+              ids.set(a.expected.subarray(o, o + ID_BYTES), o); // unchanged since its id was recorded
+              known = true;
+            }
+          }
+          if (!known && !isZero(raw)) {
+            ids.set(hashBytes(raw), o);
+            hashed++;
+          }
+        }
+        const differs = a.expected ? !equalBetween(ids, a.expected, o, ID_BYTES) : !isZeroFp(ids, o, ID_BYTES);
         if (differs) {
           changed.push(pos);
           hintParts.push(blockHashes(raw, g));
@@ -78,31 +152,68 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   }
   const hints = new Uint8Array(changed.length * hintLen);
   hintParts.forEach((h, k) => hints.set(h, k * hintLen));
-  return { ids, changed: Uint32Array.from(changed), hints, bytesRead };
+  return { ids, fingerprints: fps, changed: Uint32Array.from(changed), hints, bytesRead, hashed };
 }
 
-/** Fill buf[0, len) with the disk bytes at `start`: allocated extents read, holes zeroed. */
-function readAllocated(fd: number, buf: Buffer, start: number, len: number, extents: ScanRangeArgs['extents']): number {
-  if (!extents) {
-    const n = readFullSync(fd, buf, 0, len, start);
-    buf.fill(0, n, len); // past the end of a short file reads as zero, never as the previous batch
-    return n;
-  }
-  buf.fill(0, 0, len);
-  let n = 0;
+function isZeroFp(b: Uint8Array, at: number, len = FINGERPRINT_BYTES): boolean {
+  for (let x = at; x < at + len; x++) if (b[x] !== 0) return false;
+  return true;
+}
+
+function equalAt(a: Uint8Array, b: Uint8Array, at: number, len: number): boolean {
+  for (let x = at; x < at + len; x++) if (a[x] !== b[x]) return false;
+  return true;
+}
+const equalBetween = equalAt;
+
+/**
+ * The allocated byte ranges of [start, start + len) into `out` (absolute, sorted): from `extents`
+ * when given, else from SEEK_DATA/SEEK_HOLE, else (no addon) the whole range.
+ */
+function dataRanges(fd: number, start: number, len: number, extents: ScanRangeArgs['extents'], nat: Native | null, out: Array<[number, number]>): void {
+  out.length = 0;
   const end = start + len;
-  // binary search the first extent ending after start
-  let lo = 0;
-  let hi = extents.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (extents[mid]!.start + extents[mid]!.length <= start) lo = mid + 1;
-    else hi = mid;
+  if (extents) {
+    // binary search the first extent ending after start
+    let lo = 0;
+    let hi = extents.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (extents[mid]!.start + extents[mid]!.length <= start) lo = mid + 1;
+      else hi = mid;
+    }
+    for (let e = lo; e < extents.length && extents[e]!.start < end; e++) {
+      const s = Math.max(extents[e]!.start, start);
+      const t = Math.min(extents[e]!.start + extents[e]!.length, end);
+      if (t > s) out.push([s, t]);
+    }
+    return;
   }
-  for (let e = lo; e < extents.length && extents[e]!.start < end; e++) {
-    const s = Math.max(extents[e]!.start, start);
-    const t = Math.min(extents[e]!.start + extents[e]!.length, end);
-    if (t > s) n += readFullSync(fd, buf, s - start, t - s, s);
+  if (!nat) {
+    out.push([start, end]);
+    return;
   }
+  for (let off = start; off < end;) {
+    const d = nat.seekData(fd, off);
+    if (d < 0 || d >= end) break; // ENXIO: no data from here to the end of the file
+    const h = nat.seekHole(fd, d);
+    const t = h < 0 ? end : Math.min(h, end);
+    out.push([d, t]);
+    off = t;
+  }
+}
+
+/** Fill buf[0, len) with the disk bytes at `start`: the ranges read, the rest zeroed. */
+function readRanges(fd: number, buf: Buffer, start: number, len: number, ranges: Array<[number, number]>): number {
+  let n = 0;
+  let at = start; // bytes before `at` are filled
+  for (const [s, t] of ranges) {
+    if (s > at) buf.fill(0, at - start, s - start);
+    const got = readFullSync(fd, buf, s - start, t - s, s);
+    if (got < t - s) buf.fill(0, s - start + got, t - start); // past the end of a short file reads as zero, never as the previous batch
+    n += got;
+    at = t;
+  }
+  if (at < start + len) buf.fill(0, at - start, len);
   return n;
 }

@@ -86,7 +86,8 @@ describe('scanDisk', () => {
     expect(r.changed).toEqual([1, 4, 9]);
     expect([...r.hints.keys()]).toEqual([1, 4, 9]);
     for (const pos of r.changed) expect(r.hints.get(pos)).toEqual(blockHashes(raws[pos]!, G));
-    expect(r.bytesRead).toBe(G.virtualSize);
+    // Without extents the file's holes (SEEK_DATA/SEEK_HOLE) are not read: its allocated 4 KiB blocks inside the image.
+    expect(r.bytesRead).toBe(CS + 8192 + CS + 4608);
     expect(r.seconds).toBeGreaterThanOrEqual(0);
   });
 
@@ -161,6 +162,83 @@ describe('scanDisk', () => {
       }
       expect((await scanDisk(file, g, null, index, 2)).changed).toEqual([]);
     }
+  });
+
+  it('holes are skipped exactly: a chunk in a hole is the zero chunk, a chunk partly in one hashes with zeros there', async () => {
+    const g: Geometry = { virtualSize: 64 * CS, chunkSize: CS };
+    const data = randomBytes(3 * CS);
+    // chunk 3 half written (its second half a hole), chunks 10-11 whole, chunk 40's last block
+    const file = sparse('holes.img', g.virtualSize, [
+      { at: 3 * CS, data: data.subarray(0, CS / 2) },
+      { at: 10 * CS, data: data.subarray(CS, 3 * CS) },
+      { at: 41 * CS - 4096, data: randomBytes(4096) },
+    ]);
+    const { index } = truth(file, g);
+    for (const threads of [1, 3]) {
+      const r = await scanDisk(file, g, null, null, threads, 2 * CS);
+      expect(r.index.encode().equals(index.encode())).toBe(true);
+      expect(r.changed).toEqual([3, 10, 11, 40]);
+      expect(r.bytesRead).toBe(CS / 2 + 2 * CS + 4096);
+      expect(r.hashed).toBe(4);
+    }
+  });
+
+  it('fingerprints: unchanged chunks keep their ids without BLAKE3, a 1-byte change anywhere is found', async () => {
+    const g: Geometry = { virtualSize: 24 * CS + 1024, chunkSize: CS };
+    const regions = Array.from({ length: 24 }, (_, pos) => ({ at: pos * CS, data: randomBytes(pos === 5 ? 4096 : CS) }));
+    regions.push({ at: 24 * CS, data: randomBytes(1024) });
+    const file = sparse('fp.img', g.virtualSize, regions);
+    const first = await scanDisk(file, g, null, null, 2, 4 * CS);
+    expect(first.hashed).toBe(25);
+    const expected = first.index;
+    const fps = first.fingerprints;
+    expect(fps.length).toBe(25 * 16);
+    // Nothing changed: nothing hashed, same ids, nothing changed.
+    for (const threads of [1, 2, 3]) {
+      const r = await scanDisk(file, g, null, expected, threads, 4 * CS, null, fps);
+      expect(r.changed).toEqual([]);
+      expect(r.hashed).toBe(0);
+      expect(r.index.encode().equals(expected.encode())).toBe(true);
+      expect(r.fingerprints.equals(fps)).toBe(true);
+    }
+    // One byte flipped in each of several chunks, at the first, a middle and the last byte; one chunk zeroed; one written in a hole.
+    write(file, 0, Buffer.from([readFileSync(file)[0]! ^ 1]));
+    write(file, 7 * CS + 30_000, Buffer.from([readFileSync(file)[7 * CS + 30_000]! ^ 0x80]));
+    write(file, 24 * CS + 1023, Buffer.from([readFileSync(file)[24 * CS + 1023]! ^ 0xff]));
+    write(file, 12 * CS, Buffer.alloc(CS));
+    write(file, 5 * CS + 8192, Buffer.from([1]));
+    const { index, raws } = truth(file, g);
+    for (const threads of [1, 2]) {
+      const r = await scanDisk(file, g, null, expected, threads, 4 * CS, null, fps);
+      expect(r.changed).toEqual([0, 5, 7, 12, 24]);
+      expect(r.index.encode().equals(index.encode())).toBe(true);
+      expect(r.hashed).toBe(4); // 12 is zero now: no BLAKE3 for it
+      for (const pos of r.changed) expect(r.hints.get(pos)).toEqual(blockHashes(raws[pos]!, g));
+      // the next scan, against what this one found, sees no change
+      const again = await scanDisk(file, g, null, r.index, threads, 4 * CS, null, r.fingerprints);
+      expect(again.changed).toEqual([]);
+      expect(again.hashed).toBe(0);
+    }
+  });
+
+  it('fingerprints: an unknown (zero) or wrong entry, or a list of the wrong size, means BLAKE3, never a trusted id', async () => {
+    const g: Geometry = { virtualSize: 8 * CS, chunkSize: CS };
+    const file = sparse('fp2.img', g.virtualSize, Array.from({ length: 8 }, (_, pos) => ({ at: pos * CS, data: randomBytes(CS) })));
+    const first = await scanDisk(file, g, null, null, 1);
+    const fps = Buffer.from(first.fingerprints);
+    fps.fill(0, 2 * 16, 3 * 16); // position 2 unknown
+    fps[4 * 16 + 3]! ^= 1; // position 4: a fingerprint that does not match the bytes
+    const r = await scanDisk(file, g, null, first.index, 1, undefined, null, fps);
+    expect(r.hashed).toBe(2);
+    expect(r.changed).toEqual([]);
+    expect(r.fingerprints.equals(first.fingerprints)).toBe(true);
+    // a wrong-size list is ignored: everything hashed
+    expect((await scanDisk(file, g, null, first.index, 1, undefined, null, fps.subarray(16))).hashed).toBe(8);
+    // expected ids that lie about a chunk whose fingerprint matches are believed: the fingerprint is
+    // the whole test (which is why the state area keeps them with the ids they were made with)
+    const lying = first.index.clone();
+    lying.set(6, Buffer.alloc(32, 7));
+    expect((await scanDisk(file, g, null, lying, 1, undefined, null, first.fingerprints)).changed).toEqual([]);
   });
 
   it('scanRange scans one range with positions relative to the whole disk', () => {

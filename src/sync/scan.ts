@@ -7,20 +7,26 @@ import type { GptView } from '../disk/gpt.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES } from './blockhash.js';
-import { READ_SIZE, scanRange, type ScanRangeArgs, type ScanRangeResult } from './scan-core.js';
+import { FINGERPRINT_BYTES, READ_SIZE, scanRange, type ScanRangeArgs, type ScanRangeResult } from './scan-core.js';
 
 /**
  * Scan a disk: hash every chunk on all cores (worker threads taking interleaved 4 MiB stripes, so
- * the work is even wherever the data lies) and compare with the ids it should hold.
+ * the work is even wherever the data lies) and compare with the ids it should hold. Holes are not
+ * read, and with the fingerprints recorded with `expected`, an unchanged chunk is not hashed with
+ * BLAKE3 (src/sync/scan-core.ts).
  */
 export interface ScanResult {
   /** What the disk actually holds. */
   index: ChunkIndex;
+  /** XXH3-128 of every chunk as the scan read it (16 bytes per position; all zero: the addon is missing). */
+  fingerprints: Buffer;
   /** Positions whose content differs from `expected` (or every non-zero one without it). */
   changed: number[];
   /** Block hints of the changed positions (blocksPerChunk × 4 bytes each). */
   hints: Map<number, Buffer>;
   bytesRead: number;
+  /** Chunks hashed with BLAKE3 (the others were zero or kept their fingerprint). */
+  hashed: number;
   seconds: number;
 }
 
@@ -28,33 +34,50 @@ const WORKER = fileURLToPath(new URL('./scan-worker.js', import.meta.url));
 
 export async function scanDisk(
   path: string, g: Geometry, extents: ScanRangeArgs['extents'], expected: ChunkIndex | null, threads = availableParallelism(), batchBytes = READ_SIZE,
-  view: GptView | null = null,
+  view: GptView | null = null, expectedFingerprints: Uint8Array | null = null,
 ): Promise<ScanResult> {
   const t0 = performance.now();
   const n = chunkCount(g);
   const per = Math.max(1, Math.floor(batchBytes / g.chunkSize));
   const k = Math.max(1, Math.min(threads, 8, Math.ceil(n / per)));
   const useWorkers = k > 1 && existsSync(WORKER);
-  const expectedIds = expected ? new Uint8Array(expected.ids) : null;
+  // One copy of the inputs and outputs, shared by the workers (each writes only its own stripes):
+  // nothing per worker grows with the disk but its 4 MiB read buffer.
+  const shared = (bytes: number) => new Uint8Array(useWorkers ? new SharedArrayBuffer(bytes) : new ArrayBuffer(bytes));
+  const ids = shared(n * ID_BYTES);
+  const fps = shared(n * FINGERPRINT_BYTES);
+  let expectedIds: Uint8Array | null = null;
+  let expectedFps: Uint8Array | null = null;
+  if (expected) {
+    expectedIds = shared(n * ID_BYTES);
+    expectedIds.set(expected.ids);
+    if (expectedFingerprints && expectedFingerprints.length === n * FINGERPRINT_BYTES) {
+      expectedFps = shared(n * FINGERPRINT_BYTES);
+      expectedFps.set(expectedFingerprints);
+    }
+  }
   const results = await Promise.all(Array.from({ length: k }, (_, stripe) => {
-    const args: ScanRangeArgs = { path, geometry: { ...g }, first: 0, end: n, stripe, stripes: k, batchBytes, extents, expected: expectedIds, view };
+    const args: ScanRangeArgs = {
+      path, geometry: { ...g }, first: 0, end: n, stripe, stripes: k, batchBytes, extents, expected: expectedIds, expectedFingerprints: expectedFps, view,
+      outIds: ids, outFingerprints: fps,
+    };
     return useWorkers ? inWorker(args) : Promise.resolve(scanRange(args));
   }));
-  const index = ChunkIndex.empty(g);
+  const index = ChunkIndex.over(g, Buffer.from(ids.buffer, ids.byteOffset, ids.byteLength));
   const found: Array<[number, Buffer]> = [];
   const hl = blocksPerChunk(g) * BLOCK_HASH_BYTES;
   let bytesRead = 0;
-  results.forEach((r, stripe) => {
-    // Copy this worker's stripes of ids (the rest of its array is zeros).
-    for (let i = stripe * per; i < n; i += per * k) index.ids.set(r.ids.subarray(i * ID_BYTES, Math.min(i + per, n) * ID_BYTES), i * ID_BYTES);
+  let hashed = 0;
+  for (const r of results) {
     const hb = Buffer.from(r.hints.buffer, r.hints.byteOffset, r.hints.byteLength);
     r.changed.forEach((pos, j) => found.push([pos, hb.subarray(j * hl, (j + 1) * hl)]));
     bytesRead += r.bytesRead;
-  });
+    hashed += r.hashed;
+  }
   found.sort((x, y) => x[0] - y[0]);
   const changed = found.map(([pos]) => pos);
   const hints = new Map(found);
-  return { index, changed, hints, bytesRead, seconds: (performance.now() - t0) / 1000 };
+  return { index, fingerprints: Buffer.from(fps.buffer, fps.byteOffset, fps.byteLength), changed, hints, bytesRead, hashed, seconds: (performance.now() - t0) / 1000 };
 }
 
 function inWorker(args: ScanRangeArgs): Promise<ScanRangeResult> {

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Scan of a dirty disk vs `xxhsum -H2` over the same disk file, interleaved, in the same run (issue 16).
+#
+# usage: bash bench/scan.sh [DATA]      DATA: a workload dir (default bench/data/2G; make-workload.sh)
+#        env: REPS=7  PORT=18484  DESKFUSE_CLI (default dist/cli/main.js)
+#
+# A deskfuse server on 127.0.0.1:PORT (store in a temp dir), `image create win --from base.img`,
+# `image publish --from v2.img`; a disk file (image + size/128) provisioned at base by `agent sync`
+# and updated to v2 (as bench/peers.d/deskfuse.sh leaves disk a). Then REPS times, interleaved:
+#   xxhsum -H2 over the whole disk file (wall, /usr/bin/time)
+#   agent handoff (untimed), then `agent sync --json` (nothing new on the server: the whole scan);
+#   its JSON scanSeconds (the scan alone) and the process wall
+# The page cache is warmed for both (cat the disk once before the reps). Output: medians and every
+# rep as a markdown table (stdout).
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${1:-$REPO/bench/data/2G}
+REPS=${REPS:-7}
+PORT=${PORT:-18484}
+CLI=${DESKFUSE_CLI:-$REPO/dist/cli/main.js}
+die() { echo "scan: $*" >&2; exit 1; }
+log() { echo "== $*" >&2; }
+for t in xxhsum /usr/bin/time curl python3 numfmt; do command -v "$t" >/dev/null || die "missing $t"; done
+[ -f "$DATA/base.img" ] && [ -f "$DATA/v2.img" ] || die "$DATA has no workload (make-workload.sh)"
+T=$(mktemp -d "${TMPDIR:-/tmp}/df-scan-XXXXXX")
+SPID=
+cleanup() {
+  local rc=$?
+  if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
+  rm -rf "$T"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+bytes=$(stat -c %s "$DATA/base.img")
+SRV=$T/srv
+curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && die "something answers on 127.0.0.1:$PORT (set PORT)"
+node "$CLI" server --data "$SRV" --listen "127.0.0.1:$PORT" --nbd-listen off --log-level warn > "$T/server.log" 2>&1 &
+SPID=$!
+for _ in $(seq 300); do
+  [ -s "$SRV/admin.token" ] && curl -fsS -o /dev/null "http://127.0.0.1:$PORT/healthz" 2>/dev/null && break
+  kill -0 "$SPID" 2>/dev/null || die "server exited"; sleep 0.1
+done
+export DESKFUSE_SERVER=http://127.0.0.1:$PORT
+ADMIN=$(cat "$SRV/admin.token")
+adm() { DESKFUSE_TOKEN=$ADMIN node "$CLI" "$@"; }
+log "image create + publish ($DATA)"
+adm image create win --from "$DATA/base.img" --json > /dev/null
+adm ref set win base 1 --expect none > /dev/null
+adm image publish win --from "$DATA/v2.img" --json > /dev/null
+adm desktop create up --image win --from base > /dev/null
+TU=$(adm desktop token up 2>/dev/null)
+A=$T/a.img
+truncate -s $((bytes + bytes / 128)) "$A"
+log "provision + update the disk"
+node "$CLI" agent sync --disk "$A" --desktop up --token "$TU" --json > /dev/null
+adm desktop reset up --to main --force > /dev/null
+node "$CLI" agent sync --disk "$A" --desktop up --token "$TU" --json > /dev/null
+sync "$A"
+cat "$A" > /dev/null
+log "disk $(stat -c %s "$A") bytes, $(du -B1 "$A" | cut -f1) allocated; $REPS interleaved reps"
+: > "$T/rows"
+for rep in $(seq "$REPS"); do
+  /usr/bin/time -f '%e' -o "$T/x.time" xxhsum -H2 "$A" > /dev/null
+  node "$CLI" agent handoff --disk "$A" > /dev/null
+  /usr/bin/time -f '%e %M' -o "$T/s.time" node "$CLI" agent sync --disk "$A" --desktop up --token "$TU" --json > "$T/s.json"
+  python3 - "$rep" "$T/x.time" "$T/s.time" "$T/s.json" >> "$T/rows" <<'PY'
+import json, sys
+rep, xt, st, sj = sys.argv[1:]
+x = float(open(xt).read().split()[-1])
+w, m = open(st).read().split()[-2:]
+j = json.load(open(sj))
+assert j["scanned"] is True and j["localChanges"] == 0, j
+print(rep, x, j["scanSeconds"], float(w), int(m))
+PY
+done
+python3 - "$T/rows" "$(stat -c %s "$A")" "$(du -B1 "$A" | cut -f1)" <<'PY'
+import sys, statistics as st, datetime
+rows = [l.split() for l in open(sys.argv[1])]
+x = [float(r[1]) for r in rows]; s = [float(r[2]) for r in rows]; w = [float(r[3]) for r in rows]; m = [int(r[4]) for r in rows]
+print(f"\n## Scan of a dirty disk vs xxhsum -H2 ({datetime.datetime.now().astimezone().isoformat(timespec='seconds')}, bench/scan.sh; disk {int(sys.argv[2])} bytes, {int(sys.argv[3])} allocated)\n")
+print("| rep | xxhsum -H2 s | deskfuse scan s (scanSeconds) | ratio | agent sync wall s | agent peak RSS MiB |")
+print("|---|---|---|---|---|---|")
+for r in rows:
+    print(f"| {r[0]} | {float(r[1]):.3f} | {float(r[2]):.3f} | {float(r[2]) / float(r[1]):.2f}x | {float(r[3]):.2f} | {int(r[4]) / 1024:.0f} |")
+print(f"| median | {st.median(x):.3f} | {st.median(s):.3f} | {st.median(s) / st.median(x):.2f}x | {st.median(w):.2f} | {st.median(m) / 1024:.0f} |")
+PY
