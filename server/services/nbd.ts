@@ -43,17 +43,15 @@ export async function nbdTlsSetup(config: { dataDir: string; nbd: NbdConfig }, s
 /** The thread entry, built: dist/src/vdi/nbd-thread.js (from source, under the test runner, it is absent: no threads). */
 const NBD_THREAD = fileURLToPath(new URL('../../src/vdi/nbd-thread.js', import.meta.url));
 
-/** NBD worker threads: DESKFUSE_NBD_THREADS (0 = serve on the main thread), default the cores, at most 4. */
-export function nbdThreads(env: NodeJS.ProcessEnv = process.env): number {
-  const v = env.DESKFUSE_NBD_THREADS;
-  if (v !== undefined && v !== '' && /^\d+$/.test(v)) return Math.min(64, Number(v));
-  return Math.min(4, availableParallelism());
+/** NBD worker threads: nbd.threads (DESKFUSE_NBD_THREADS; 0 = serve on the main thread), by default the cores, at most 4. */
+export function nbdThreads(config: Pick<NbdConfig, 'threads'>): number {
+  return config.threads ?? Math.min(4, availableParallelism());
 }
 
 /** The NBD server for the hypervisor pool (off with `--nbd-listen off`); tells the API its port for the URLs it hands out. */
 export async function startNbdService(config: NbdConfig, appliance: Appliance, log: Logger, tls?: NbdTlsOptions & { material?: ServerTls }): Promise<NbdService> {
   if (!config.listen) return { port: null, close: async () => {} };
-  const server = await startNbd({ host: config.listen.host, port: config.listen.port, provider: appliance.exports, log: log.child({ svc: 'nbd' }), ...(tls ? { tls } : {}), threads: { count: nbdThreads(), script: NBD_THREAD } });
+  const server = await startNbd({ host: config.listen.host, port: config.listen.port, provider: appliance.exports, log: log.child({ svc: 'nbd' }), ...(tls ? { tls } : {}), threads: { count: nbdThreads(config), script: NBD_THREAD } });
   appliance.ctx.vdi.nbd.port = server.port;
   // Hypervisors are sent nbds:// URLs whenever the server speaks TLS (with `on` a client may still skip it).
   appliance.ctx.vdi.nbd.tls = tls !== undefined;

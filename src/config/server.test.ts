@@ -136,7 +136,7 @@ describe('parseHostPort', () => {
   );
 
   it('nbd: on the HTTP host at 10809 by default; HOST[:PORT] or off; anonymous read and limits validated', () => {
-    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10, tls: null, tlsPskFile: null });
+    expect(loadServerConfig({ env: {} }).nbd).toEqual({ listen: { host: '127.0.0.1', port: 10809 }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10, tls: null, tlsPskFile: null, threads: null });
     expect(loadServerConfig({ env: {}, flags: { listen: '0.0.0.0:8080' } }).nbd.listen).toEqual({ host: '0.0.0.0', port: 10809 });
     expect(loadServerConfig({ env: {}, flags: { nbdListen: '10.0.0.1' } }).nbd.listen).toEqual({ host: '10.0.0.1', port: 10809 });
     expect(loadServerConfig({ env: { DESKFUSE_NBD_LISTEN: '127.0.0.1:0' } }).nbd.listen).toEqual({ host: '127.0.0.1', port: 0 });
@@ -169,6 +169,10 @@ describe('parseHostPort', () => {
     expect(loadServerConfig({ env: {}, file: file({ nbd: { checkpointSeconds: 2 } }) }).nbd.checkpointSeconds).toBe(2);
     expect(configError({ env: {}, file: file({ nbd: { checkpointSeconds: 0 } }) }).message).toMatch(/nbd.checkpointSeconds: expected an integer 1-3600/);
     expect(loadServerConfig({ env: {}, file: file({ nbd: { heartbeatSeconds: 30 } }) }).nbd.heartbeatSeconds).toBe(30);
+    expect(loadServerConfig({ env: { DESKFUSE_NBD_THREADS: '0' } }).nbd.threads).toBe(0);
+    expect(loadServerConfig({ env: {}, file: file({ nbd: { threads: 3 } }) }).nbd.threads).toBe(3);
+    expect(configError({ env: { DESKFUSE_NBD_THREADS: 'many' } }).message).toMatch(/nbd.threads: expected an integer 0-64/);
+    expect(configError({ env: {}, file: file({ nbd: { threads: 65 } }) }).message).toMatch(/nbd.threads: expected an integer 0-64/);
     expect(configError({ env: {}, file: file({ nbd: { heartbeatSeconds: 'x' } }) }).message).toMatch(/nbd.heartbeatSeconds: expected an integer 1-3600/);
   });
 

@@ -220,6 +220,11 @@ export interface NbdConfig {
   readonly tls: 'off' | 'on' | 'required' | null;
   /** Pre-shared keys for TLS-PSK clients, the `identity:hexkey` lines psktool writes; null: x509 only. */
   readonly tlsPskFile: string | null;
+  /**
+   * Worker threads serving read-only version exports (0: all on the main thread). Default (null): the
+   * cores, at most 4. Env DESKFUSE_NBD_THREADS.
+   */
+  readonly threads: number | null;
 }
 
 /** The NBD TLS mode in effect: the configured one, else `required` exactly when the server has TLS material. */
@@ -296,7 +301,7 @@ export const DEFAULTS: ServerConfig = {
   metricsListen: null,
   bodyLimit: 256 * 1024 * 1024,
   netboot: NETBOOT_DEFAULTS,
-  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10, tls: null, tlsPskFile: null },
+  nbd: { listen: { host: '127.0.0.1', port: NBD_PORT }, anonymousRead: false, publicHost: null, cacheMiB: 4096, leaseSeconds: 3600, checkpointSeconds: 10, heartbeatSeconds: 10, tls: null, tlsPskFile: null, threads: null },
   enrolment: { pendingMax: 1000, perMinute: 60, pendingSeconds: 86400 },
   retention: { intervalSeconds: 3600, eventsSeconds: 30 * 86400, tokensSeconds: 7 * 86400, ...DEFAULT_RETENTION_POLICY, deltaIdleDays: 30, pruneVersions: 1 },
   gc: { intervalSeconds: 86400, graceSeconds: 86400, leaseSeconds: 60 },
@@ -503,7 +508,7 @@ function hiddenCredentials(accessKeyId: string, secretAccessKey: string, session
   return c;
 }
 
-export const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds', 'tls', 'tlsPskFile'];
+export const NBD_KEYS = ['listen', 'anonymousRead', 'publicHost', 'cacheMiB', 'leaseSeconds', 'checkpointSeconds', 'heartbeatSeconds', 'tls', 'tlsPskFile', 'threads'];
 
 function loadNbd(file: Record<string, unknown>, env: Record<string, string | undefined>, flags: NonNullable<ConfigSources['flags']>, httpHost: string, problems: string[]): NbdConfig {
   checkKeys('nbd', file, NBD_KEYS, problems);
@@ -531,7 +536,14 @@ function loadNbd(file: Record<string, unknown>, env: Record<string, string | und
   if (typeof pskRaw === 'string' && pskRaw !== '') tlsPskFile = path.resolve(pskRaw);
   else if (pskRaw !== undefined) problems.push('nbd.tlsPskFile: expected a file path');
   if (tlsPskFile !== null && tls === 'off') problems.push('nbd.tlsPskFile: given, but nbd.tls is off');
-  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600), tls, tlsPskFile };
+  const threadsRaw = env.DESKFUSE_NBD_THREADS !== undefined && env.DESKFUSE_NBD_THREADS !== '' ? env.DESKFUSE_NBD_THREADS : file.threads ?? null;
+  let threads: number | null = null;
+  if (threadsRaw !== null) {
+    const n = typeof threadsRaw === 'string' && /^\d{1,3}$/.test(threadsRaw) ? Number(threadsRaw) : threadsRaw;
+    if (typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 64) threads = n;
+    else problems.push(`nbd.threads: expected an integer 0-64 (0: no threads), got ${JSON.stringify(threadsRaw)}`);
+  }
+  return { listen, anonymousRead, publicHost, cacheMiB: num('cacheMiB', 16, 1 << 20), leaseSeconds: num('leaseSeconds', 60, 86400), checkpointSeconds: num('checkpointSeconds', 1, 3600), heartbeatSeconds: num('heartbeatSeconds', 1, 3600), tls, tlsPskFile, threads };
 }
 
 export const NETBOOT_KEYS = ['dhcp', 'interface', 'dhcpRange', 'tftpListen', 'publicUrl', 'bootDir', 'tftpRoot', 'ipv6Ra', 'autoEnrol', 'kernelArgs', 'retrySeconds', 'commitWindowSeconds', 'secureBoot'];
