@@ -1,4 +1,4 @@
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { hashBytes, ID_BYTES, isZero } from '../chunk/id.js';
 import { toImageView, type GptView } from '../disk/gpt.js';
 import { readFullSync } from '../fs/read.js';
@@ -102,6 +102,9 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   const per = Math.max(1, Math.floor((a.batchBytes ?? READ_SIZE) / g.chunkSize));
   const buf = Buffer.alloc(per * g.chunkSize);
   const fd = openSync(a.path, 'r');
+  // Holes exist only in files: a block device answers SEEK_DATA with EINVAL (Linux's block devices
+  // have no hole map), so a device is read whole.
+  const holes = nat && fstatSync(fd).isFile() ? nat : null;
   let bytesRead = 0;
   let hashed = 0;
   const ranges: Array<[number, number]> = [];
@@ -110,7 +113,7 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
       const k = Math.min(per, a.end - i);
       const start = i * g.chunkSize;
       const len = Math.min(k * g.chunkSize, g.virtualSize - start);
-      dataRanges(fd, start, len, a.extents, nat, ranges);
+      dataRanges(fd, start, len, a.extents, holes, ranges);
       bytesRead += readRanges(fd, buf, start, len, ranges);
       if (a.view && start < 2 * a.view.sectorSize) toImageView(buf.subarray(0, len), start, a.view);
       let r = 0; // the first data range that may overlap chunk j
@@ -194,7 +197,15 @@ function dataRanges(fd: number, start: number, len: number, extents: ScanRangeAr
     return;
   }
   for (let off = start; off < end;) {
-    const d = nat.seekData(fd, off);
+    let d: number;
+    try {
+      d = nat.seekData(fd, off);
+    } catch (e) {
+      // A file system without SEEK_DATA (EINVAL, EOPNOTSUPP): everything from here is data.
+      if ((e as NodeJS.ErrnoException).code !== 'EINVAL' && (e as NodeJS.ErrnoException).code !== 'EOPNOTSUPP') throw e;
+      out.push([off, end]);
+      return;
+    }
     if (d < 0 || d >= end) break; // ENXIO: no data from here to the end of the file
     const h = nat.seekHole(fd, d);
     const t = h < 0 ? end : Math.min(h, end);

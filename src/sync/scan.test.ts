@@ -1,6 +1,7 @@
 import { closeSync, openSync, promises as fsp, readFileSync, writeSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hashBytes, isZero } from '../chunk/id.js';
 import { ChunkIndex } from '../image/chunk-index.js';
@@ -180,6 +181,24 @@ describe('scanDisk', () => {
       expect(r.changed).toEqual([3, 10, 11, 40]);
       expect(r.bytesRead).toBe(CS / 2 + 2 * CS + 4096);
       expect(r.hashed).toBe(4);
+    }
+  });
+
+  it('a block device (a loop device over the same sparse file) has no hole map: read whole, same ids, no error', async () => {
+    // Linux answers SEEK_DATA on a block device with EINVAL; the boot stage scans /dev/vda, not a file.
+    const g: Geometry = { virtualSize: 16 * CS, chunkSize: CS };
+    const file = sparse('loop.img', g.virtualSize, [{ at: 2 * CS, data: randomBytes(CS) }, { at: 9 * CS + 4096, data: randomBytes(4096) }]);
+    const { index } = truth(file, g);
+    const dev = (await execa('losetup', ['-f', '--show', file])).stdout.trim();
+    try {
+      for (const threads of [1, 2]) {
+        const r = await scanDisk(dev, g, null, null, threads);
+        expect(r.index.encode().equals(index.encode())).toBe(true);
+        expect(r.changed).toEqual([2, 9]);
+        expect(r.bytesRead).toBe(g.virtualSize); // every byte read: a device reports no holes
+      }
+    } finally {
+      await execa('losetup', ['-d', dev], { reject: false });
     }
   });
 
