@@ -94,49 +94,54 @@ describe('UEFI Secure Boot: shim → signed GRUB → signed kernel + our initram
       memMiB: 1024, timeoutMs: 1_500_000,
     });
 
-    // shim (verified by the firmware) started GRUB (verified by shim), which reads our config.
-    const grub = await vm.waitForLine(/deskfuse: syncing this disk/);
-    // From inside: the firmware says Secure Boot is on, and Debian's kernel locked itself down.
-    const sb = await reach(vm, 'SECUREBOOT');
-    expect(sb.text).toMatch(/secureboot=1 lockdown=integrity/);
-    const synced = await reach(vm, 'SYNCED', sb);
-    // The server's signing key reached the boot stage through the trust initrd GRUB loaded beside it.
-    const trust = await reach(vm, 'TRUST');
-    expect(trust.text).toMatch(/keys=[0-9a-f]{16}/);
-    // Lockdown refuses kexec_load; kexec_file_load accepts Debian's signed kernel.
-    const kexec = await reach(vm, 'KEXEC', synced);
-    const up = await reach(vm, 'REALOS-UP', kexec);
-    expect(up.text).toMatch(/pid1=systemd commit-unit=active/);
-    const poweroff = await vm.waitFor('REALOS-POWEROFF', undefined, { after: up });
-    // The reboot for the commit comes back through shim and GRUB, with Secure Boot on again.
-    const sb2 = await reach(vm, 'SECUREBOOT', poweroff);
-    expect(sb2.text).toMatch(/secureboot=1 lockdown=integrity/);
-    const committed = await reach(vm, 'COMMITTED', sb2);
-    await reach(vm, 'POWEROFF', committed);
-    const exit = await vm.exited;
-    expect(exit.timedOut).toBe(false);
-    expect(exit.code).toBe(0);
+    // A failure stops the VM here: the next test needs its tap.
+    try {
+      // shim (verified by the firmware) started GRUB (verified by shim), which reads our config.
+      const grub = await vm.waitForLine(/deskfuse: syncing this disk/);
+      // From inside: the firmware says Secure Boot is on, and Debian's kernel locked itself down.
+      const sb = await reach(vm, 'SECUREBOOT');
+      expect(sb.text).toMatch(/secureboot=1 lockdown=integrity/);
+      const synced = await reach(vm, 'SYNCED', sb);
+      // The server's signing key reached the boot stage through the trust initrd GRUB loaded beside it.
+      const trust = await reach(vm, 'TRUST');
+      expect(trust.text).toMatch(/keys=[0-9a-f]{16}/);
+      // Lockdown refuses kexec_load; kexec_file_load accepts Debian's signed kernel.
+      const kexec = await reach(vm, 'KEXEC', synced);
+      const up = await reach(vm, 'REALOS-UP', kexec);
+      expect(up.text).toMatch(/pid1=systemd commit-unit=active/);
+      const poweroff = await vm.waitFor('REALOS-POWEROFF', undefined, { after: up });
+      // The reboot for the commit comes back through shim and GRUB, with Secure Boot on again.
+      const sb2 = await reach(vm, 'SECUREBOOT', poweroff);
+      expect(sb2.text).toMatch(/secureboot=1 lockdown=integrity/);
+      const committed = await reach(vm, 'COMMITTED', sb2);
+      await reach(vm, 'POWEROFF', committed);
+      const exit = await vm.exited;
+      expect(exit.timedOut).toBe(false);
+      expect(exit.code).toBe(0);
 
-    const evs = await events(app, MAC);
-    // DHCP offered shim, by TFTP came shim, GRUB, its configs and the boot stage.
-    const offered = evs.filter((x) => x.phase === 'dhcp' && x.detail.file);
-    expect(offered.map((x) => x.detail.file)).toContain('shimx64.efi');
-    const tftp = evs.filter((x) => x.phase === 'tftp' && x.detail.kind === 'done').map((x) => x.detail.file as string);
-    for (const f of ['shimx64.efi', 'grubx64.efi', `deskfuse/grub/${MAC}.cfg`, 'deskfuse/stage/vmlinuz', 'deskfuse/stage/initrd.img', 'deskfuse/stage/trust.cpio']) {
-      expect(tftp.some((t) => t.replace(/^\//, '') === f), `TFTP sent ${f} (sent: ${tftp.join(', ')})`).toBe(true);
+      const evs = await events(app, MAC);
+      // DHCP offered shim, by TFTP came shim, GRUB, its configs and the boot stage.
+      const offered = evs.filter((x) => x.phase === 'dhcp' && x.detail.file);
+      expect(offered.map((x) => x.detail.file)).toContain('shimx64.efi');
+      const tftp = evs.filter((x) => x.phase === 'tftp' && x.detail.kind === 'done').map((x) => x.detail.file as string);
+      for (const f of ['shimx64.efi', 'grubx64.efi', `deskfuse/grub/${MAC}.cfg`, 'deskfuse/stage/vmlinuz', 'deskfuse/stage/initrd.img', 'deskfuse/stage/trust.cpio']) {
+        expect(tftp.some((t) => t.replace(/^\//, '') === f), `TFTP sent ${f} (sent: ${tftp.join(', ')})`).toBe(true);
+      }
+      const scripts = evs.filter((x) => x.phase === 'script');
+      expect(scripts.every((x) => x.detail.loader === 'grub' && x.detail.platform === 'efi')).toBe(true);
+      const agents = evs.filter((x) => x.phase === 'agent');
+      expect(agents.map((x) => x.detail.secureBoot)).toEqual([{ enabled: true, lockdown: 'integrity' }, { enabled: true, lockdown: 'integrity' }]);
+      const local = evs.find((x) => x.phase === 'local');
+      expect(local?.detail).toMatchObject({ via: 'kexec', syscall: 'kexec_file_load' });
+      const e = await endpoint(app, MAC);
+      const version = Number(/version=(\d+)/.exec(committed.text)?.[1]);
+      expect(version).toBeGreaterThan(1);
+      expect(e).toMatchObject({ state: 'enrolled', desktop: 'sam', disk: 'clean', diskVersion: version });
+      console.log(`Secure Boot endpoint (s from QEMU start, TCG): GRUB ${grub.t.toFixed(1)}, boot stage ${sb.t.toFixed(1)}, synced ${synced.t.toFixed(1)} (${synced.text}), `
+        + `kexec ${kexec.t.toFixed(1)}, Debian up ${up.t.toFixed(1)}, committed ${committed.t.toFixed(1)} (${committed.text})`);
+    } finally {
+      await vm.kill();
     }
-    const scripts = evs.filter((x) => x.phase === 'script');
-    expect(scripts.every((x) => x.detail.loader === 'grub' && x.detail.platform === 'efi')).toBe(true);
-    const agents = evs.filter((x) => x.phase === 'agent');
-    expect(agents.map((x) => x.detail.secureBoot)).toEqual([{ enabled: true, lockdown: 'integrity' }, { enabled: true, lockdown: 'integrity' }]);
-    const local = evs.find((x) => x.phase === 'local');
-    expect(local?.detail).toMatchObject({ via: 'kexec', syscall: 'kexec_file_load' });
-    const e = await endpoint(app, MAC);
-    const version = Number(/version=(\d+)/.exec(committed.text)?.[1]);
-    expect(version).toBeGreaterThan(1);
-    expect(e).toMatchObject({ state: 'enrolled', desktop: 'sam', disk: 'clean', diskVersion: version });
-    console.log(`Secure Boot endpoint (s from QEMU start, TCG): GRUB ${grub.t.toFixed(1)}, boot stage ${sb.t.toFixed(1)}, synced ${synced.t.toFixed(1)} (${synced.text}), `
-      + `kexec ${kexec.t.toFixed(1)}, Debian up ${up.t.toFixed(1)}, committed ${committed.t.toFixed(1)} (${committed.text})`);
     passed.chain = true;
   });
 
