@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { dfError } from '../errors.js';
@@ -115,6 +115,10 @@ export interface Swtpm {
  * path must stay under 108 bytes). Resolves once the socket is there; fails with swtpm's own words.
  */
 export async function startSwtpm(stateDir: string, timeoutMs = 10_000): Promise<Swtpm> {
+  // swtpm may open its socket before it looks at its state folder: a missing folder is refused here, not raced.
+  if (!statSync(stateDir, { throwIfNoEntry: false })?.isDirectory()) {
+    throw dfError('DF_ERR_CONFIG', `swtpm: the TPM state folder ${stateDir} does not exist`, { path: stateDir });
+  }
   const run = mkdtempSync(path.join(tmpdir(), 'deskfuse-swtpm-'));
   const socket = path.join(run, 'swtpm.sock');
   const pidFile = path.join(stateDir, '..', 'swtpm.pid');

@@ -54,8 +54,9 @@ describe('a patch decompression bomb', () => {
     expect(r.statusCode).toBe(413);
     expect(r.json()).toMatchObject({ code: 'DF_ERR_TOO_LARGE', what: 'patch', limit: 32 * MiB });
     expect(await ap.ctx.chunks.has(zeroChunkId(MiB))).toBe(false);
-    // Decoding all of it would hold 300 MiB at once; frame by frame within the budget, a few.
-    expect(peak - before).toBeLessThan(128 * MiB);
+    // Decoding all of it would hold 300 MiB at once; frame by frame within the budget, a few plus the
+    // freed frames the collector has not yet given back (Node 24 under a loaded CI: 137 MiB seen once).
+    expect(peak - before).toBeLessThan(192 * MiB);
   });
 });
 
