@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import { inLanes } from './lanes.js';
 import type { ApiClient } from '../api/client.js';
 import { chunkWorkers } from '../chunk/workers.js';
 import { dfError } from '../errors.js';
@@ -123,8 +124,6 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
     const workers = chunkWorkers();
     const sparse = resumed === null;
     const fd = fh.fd;
-    let next = 0;
-    let failed = false;
     // The page cache would hold every written byte until the final fsync (background writeback starts
     // only at a tenth of RAM), so the disk would wait on the CPU and then the CPU on the disk: a
     // datasync every WRITEBACK_BYTES, running meanwhile, keeps both busy.
@@ -181,20 +180,11 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
       }));
       for (const d of done) if (d.status === 'rejected') throw d.reason;
     };
-    const lane = async () => {
-      while (!failed && next < batches.length) {
-        try {
-          await place(batches[next++]!);
-        } catch (err) {
-          failed = true;
-          throw err;
-        }
-      }
-    };
-    // Every lane settles before the file is closed: a worker must never write to a reused fd.
-    const lanes = await Promise.allSettled(Array.from({ length: Math.min(BATCHES_IN_FLIGHT, batches.length) }, lane));
+    // Every lane settles before the file is closed: a worker must never write to a reused fd. The
+    // writeback is awaited before the first failure is thrown.
+    const failure = await inLanes(batches, BATCHES_IN_FLIGHT, place).then(() => null, (err: unknown) => ({ err }));
     await syncing?.catch(() => {});
-    for (const l of lanes) if (l.status === 'rejected') throw l.reason;
+    if (failure) throw failure.err;
     bytesWritten += out.written;
     await fh.sync();
   } finally {

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { inLanes } from './lanes.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import type { PrunableStore } from '../chunk/store.js';
 import { ChunkIndex } from '../image/chunk-index.js';
@@ -209,29 +210,13 @@ async function copyStore(phase: 'chunks' | 'blobs', from: PrunableStore, to: Pru
   let copied = 0;
   progress({ phase, total, present, copied, done: false });
   const step = Math.max(STEP_MIN, Math.ceil(todo.length / 20));
-  await pool(todo, async (id) => {
+  await inLanes(todo, CONCURRENCY, async (id) => {
     const c = await from.get(id); // verified against its id on the way
     if (await to.put(id, { frame: c.frame })) copied++;
     if (copied % step === 0 && copied < todo.length) progress({ phase, total, present, copied, done: false });
   });
   progress({ phase, total, present, copied, done: true });
   return { total, copied, present };
-}
-
-/** `fn` over `items`, CONCURRENCY at a time; the first failure stops the others taking more and is thrown. */
-async function pool<T>(items: readonly T[], fn: (item: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  let failed = false;
-  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, items.length) }, async () => {
-    while (!failed && next < items.length) {
-      try {
-        await fn(items[next++]!);
-      } catch (err) {
-        failed = true;
-        throw err;
-      }
-    }
-  }));
 }
 
 /** A value for the destination as the source engine gave it; anything else is named, not guessed at. */
@@ -317,7 +302,7 @@ async function verify(from: InstallSide, to: InstallSide, tables: readonly strin
     }
     const ids = [...index.distinctIds()].filter((id) => !seen.has(id));
     for (const id of ids) seen.add(id);
-    await pool(ids, async (id) => {
+    await inLanes(ids, CONCURRENCY, async (id) => {
       try {
         await to.chunks.get(id); // verified against its id
       } catch (err) {
