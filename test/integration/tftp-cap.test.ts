@@ -129,6 +129,10 @@ describe('TFTP with a concurrency cap of 2', () => {
       expect(text).toContain('deskfuse_tftp_transfers{state="waiting"} 0');
       expect(text).toContain('deskfuse_tftp_refused_total 1');
       a.send(encode({ op: 'error', code: 0, message: 'enough' }), d.port);
+      // A's ERROR reaches the transfer's own socket, the next RRQ the listening one: wait until
+      // the slot is seen free, or the two race.
+      for (let i = 0; i < 200 && !(await metrics.render()).includes('deskfuse_tftp_transfers{state="running"} 0'); i++) await new Promise((r) => setTimeout(r, 10));
+      expect(await metrics.render()).toContain('deskfuse_tftp_transfers{state="running"} 0');
       const local = out();
       expect(await fetchWith(CLIENTS.hpa, port, 'file', local)).toMatchObject({ ok: true });
       expect(await sha256File(local)).toBe(want);
