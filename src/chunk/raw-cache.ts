@@ -55,6 +55,8 @@ const RECORD = 44;
 
 /** Chunks per worker task: one message for several, and the pool's threads still share a burst. */
 const FILL_BATCH = 8;
+/** Background re-hash batches in the workers at once (each FILL_BATCH * 2 slots): one per worker of a small pool. */
+const REHASH_IN_FLIGHT = 2;
 
 /** What an NBD export reads chunks through: the cache itself, or a worker thread's view of it (src/vdi/thread-chunks.ts). */
 export interface RawChunks {
@@ -64,6 +66,8 @@ export interface RawChunks {
   prefetch(items: Array<{ id: string; length: number }>): void;
   /** After a synchronous read through locate(): true when a slot it handed out changed meanwhile (read again). */
   stale?(): boolean;
+  /** Optional: learn where those of `items` already cached are, loading nothing (a worker thread's view). */
+  warm?(items: Array<{ id: string; length: number }>): void;
 }
 
 export class RawChunkCache implements RawChunks {
@@ -92,6 +96,38 @@ export class RawChunkCache implements RawChunks {
     if (!this.filler || !this.restore()) {
       rmSync(dir, { recursive: true, force: true });
       mkdirSync(dir, { recursive: true, mode: 0o700 });
+    } else {
+      // Slot order is fill order, which for a disk read once in order is disk order: a reader going
+      // in order after the restart finds the chunks ahead of it verified (or on their way).
+      this.rehash = [...this.lru].filter(([, e]) => e.unverified).sort(([, a], [, b]) => a.file.size - b.file.size || a.slot - b.slot).map(([id]) => id);
+      queueMicrotask(() => this.pumpRehash());
+    }
+  }
+
+  /** Kept slots to hash again in the background (pumpRehash), in slot order; `rehashAt` the next. */
+  private rehash: string[] = [];
+  private rehashAt = 0;
+  private rehashing = 0;
+
+  /**
+   * Hashes the slots kept from before the restart in the store's workers from the start on, a few
+   * batches at a time (REHASH_IN_FLIGHT): the first read of a version after a restart then finds its
+   * chunks verified or on their way instead of asking for each, and a read's own miss waits behind
+   * at most those few batches. Each chunk is still served only once hashed again (restore()).
+   */
+  private pumpRehash(): void {
+    while (!this.closed && this.rehashing < REHASH_IN_FLIGHT && this.rehashAt < this.rehash.length) {
+      const batch: Array<Promise<unknown>> = [];
+      while (batch.length < FILL_BATCH * 2 && this.rehashAt < this.rehash.length) {
+        const id = this.rehash[this.rehashAt++]!;
+        const e = this.lru.get(id);
+        if (!e?.unverified || this.loading.has(id)) continue;
+        batch.push(this.load(id, e.length).catch(() => undefined));
+      }
+      if (this.rehashAt === this.rehash.length) this.rehash = [];
+      if (batch.length === 0) continue;
+      this.rehashing++;
+      void Promise.all(batch).then(() => { this.rehashing--; this.pumpRehash(); });
     }
   }
 
@@ -291,6 +327,7 @@ export class RawChunkCache implements RawChunks {
         if (e) batch.push({ q, e });
         else this.fromStore(q.id).then(q.resolve, q.reject);
       }
+      if (this.rehashAt === this.rehash.length) this.rehash = [];
       if (batch.length === 0) continue;
       this.filling++;
       this.filler!.fillRaw(batch.map(({ q, e }) => ({ id: q.id, length: q.length, fd: e.file.fd, position: e.slot * e.file.size })))
@@ -389,6 +426,15 @@ export class RawChunkCache implements RawChunks {
       return { fd: got.file.fd, at: got.slot * got.file.size, length: got.length, slot: got.slot, gens: g, gen: Atomics.load(g, got.slot) };
     }
     return { raw: (await this.store.get(id)).raw };
+  }
+
+  /** where() for a chunk cached and verified now, else undefined: nothing loads, the LRU order stays. */
+  whereNow(id: string): { fd: number; at: number; length: number; slot: number; gens: Int32Array; gen: number } | undefined {
+    const e = this.lru.get(id);
+    if (!e || e.unverified || e.dead) return undefined;
+    const g = this.gensFor(e.file.size);
+    if (e.slot >= g.length) return undefined;
+    return { fd: e.file.fd, at: e.slot * e.file.size, length: e.length, slot: e.slot, gens: g, gen: Atomics.load(g, e.slot) };
   }
 
   private unreserve(e: Entry): void {

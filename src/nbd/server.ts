@@ -6,6 +6,7 @@ import { dfError, isDeskfuseError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CMD, CMD_FLAG, CMD_NAME, DEFAULT_MAX_PAYLOAD, ERRNO, ERRNO_NAME, REPLY_FLAG } from './constants.js';
 import { loadNative } from '../native/addon.js';
+import { WORKER_LIMITS } from '../chunk/workers.js';
 import type { NbdExport, NbdExportProvider, NbdHandoff } from './export.js';
 import { RequestFramer, type RequestItem } from './framer.js';
 import { Negotiation, wireMessage, type Negotiated } from './negotiate.js';
@@ -49,8 +50,12 @@ export interface NbdServer {
   connections(): number;
 }
 
-/** Stop reading requests while this much reply data waits in the socket (the client reads slowly). */
-const WRITE_HIGH_WATER = 8 << 20;
+/**
+ * Stop reading requests while this much reply data waits in the socket (the client reads slowly).
+ * The kernel's socket buffer holds megabytes more: a bigger queue here only held RSS (reply buffers
+ * waiting, then garbage), with 4 connections of nbdcopy tens of MiB.
+ */
+const WRITE_HIGH_WATER = 2 << 20;
 /** A hang-up waits this long for queued replies to drain before dropping the socket. */
 const HANGUP_GRACE_MS = 10_000;
 
@@ -61,7 +66,7 @@ export async function startNbd(opts: NbdOptions): Promise<NbdServer> {
     maxInFlight: Math.max(1, opts.maxInFlight ?? 64),
     handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 30_000,
     // One pool for all connections: its size does not grow with the number of VMs.
-    pool: new BufferPool(32 << 20),
+    pool: new BufferPool(8 << 20),
     tls: opts.tls ? { mode: opts.tls.mode, context: nbdTlsContext(opts.tls) } : undefined,
     threads: opts.threads && opts.threads.count > 0 && existsSync(opts.threads.script) && NbdThreads.usable() ? new NbdThreads(opts.threads.count, opts.threads.script, opts.log) : undefined,
   };
@@ -743,7 +748,8 @@ class NbdThreads {
   }
 
   private start(index: number): { worker: Worker; conns: number; index: number } {
-    const worker = new Worker(this.script);
+    // A small young generation: V8's default lets each thread's grow to 32 MiB+ of RSS (see WORKER_LIMITS).
+    const worker = new Worker(this.script, { resourceLimits: WORKER_LIMITS });
     worker.unref();
     const w = { worker, conns: 0, index };
     worker.on('message', (m: ThreadMessage) => {
@@ -781,7 +787,7 @@ export function serveInThread(rebuild: (kind: string, data: unknown, call: (req:
   const port = parentPort!;
   const waiting = new Map<number, { resolve: (r: unknown) => void; reject: (err: unknown) => void }>();
   const conns = new Map<number, Connection>();
-  const pool = new BufferPool(8 << 20);
+  const pool = new BufferPool(4 << 20);
   let seq = 0;
   const callOf = (kind: string) => (req: unknown): Promise<unknown> => new Promise((resolve, reject) => {
     const s = ++seq;

@@ -55,6 +55,17 @@ export class ThreadChunks implements RawChunks {
     if (want.length) this.ask(want).forEach((p) => p.catch(() => undefined));
   }
 
+  warm(items: Array<{ id: string; length: number }>): void {
+    const want = items.filter((x) => !this.has(x.id));
+    if (!want.length) return;
+    (this.call({ op: 'known', items: want }) as Promise<Array<Omit<Loc, 'id'> | null>>).then((all) => {
+      all.forEach((a, k) => {
+        const id = want[k]!.id;
+        if (a && !this.known.has(id)) this.known.set(id, { id, ...a });
+      });
+    }, () => undefined);
+  }
+
   async readInto(id: string, within: number, n: number, out: Buffer, at: number, length?: number): Promise<void> {
     for (let tries = 0; tries < 4; tries++) {
       const got = this.asking.get(id) ?? this.known.get(id) ?? (await this.ask([{ id, length: length ?? 0 }])[0]!);

@@ -10,6 +10,8 @@ import type { Extent } from '../nbd/transmission.js';
 
 /** Data chunks loaded ahead of a read in order that missed (32 chunks of 64 KiB: 2 MiB). */
 const READ_AHEAD = 32;
+/** Chunks per location window a worker thread asks for after a miss (warmAround): 16 MiB of 64 KiB chunks. */
+const WARM_WINDOW = 256;
 
 /** Block sizes of every deskfuse export: any byte alignment works, 4 KiB is what disks like. */
 export const BLOCK_SIZE = { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_PAYLOAD } as const;
@@ -80,7 +82,28 @@ export class VersionExport implements NbdExport {
     // All from the cache (the usual case): done now, no promise.
     if (!jobs.length) return;
     this.readAhead(last);
+    this.warmAround(last);
     return Promise.all(jobs).then(() => undefined);
+  }
+
+  /** Windows of the index whose locations were asked for (warmAround). */
+  private readonly warmed = new Set<number>();
+
+  /**
+   * A worker thread's copy learns where chunks are by asking the main thread: after a miss, the
+   * locations of the cached chunks around it come in one message (`known`, nothing loads), so a
+   * random reader pays one round trip per window instead of one per chunk it touches first.
+   */
+  private warmAround(i: number): void {
+    const warm = this.chunks.warm;
+    const w = Math.floor(i / WARM_WINDOW);
+    if (!warm || this.warmed.has(w)) return;
+    this.warmed.add(w);
+    const items: Array<{ id: string; length: number }> = [];
+    for (let j = w * WARM_WINDOW; j < Math.min(this.index.count, (w + 1) * WARM_WINDOW); j++) {
+      if (!this.index.isZeroAt(j)) items.push({ id: idHex(this.index.idAt(j)), length: this.chunkLength(j) });
+    }
+    if (items.length) warm.call(this.chunks, items);
   }
 
   private chunkLength(i: number): number {
@@ -165,10 +188,16 @@ function readOnly(name: string) {
   return dfError('DF_ERR_FORBIDDEN', `export ${name} is read-only`, { export: name });
 }
 
-/** What a thread's copy of a version export asks of the main thread (VersionExport.handoff). */
-export type VersionCall = { op: 'where'; items: Array<{ id: string; length: number }> };
+/**
+ * What a thread's copy of a version export asks of the main thread (VersionExport.handoff): `where`
+ * loads what is missing; `known` only tells where the cached, verified ones are (null for others).
+ */
+export type VersionCall = { op: 'where' | 'known'; items: Array<{ id: string; length: number }> };
+
+const locOf = (w: { fd: number; at: number; length: number; slot: number; gens: Int32Array; gen: number }) => ({ fd: w.fd, at: w.at, length: w.length, slot: w.slot, gens: w.gens, gen: w.gen });
 
 async function versionCall(cache: RawChunkCache, req: VersionCall): Promise<unknown> {
+  if (req.op === 'known') return req.items.map((x) => { const w = cache.whereNow(x.id); return w ? locOf(w) : null; });
   // One reply for all, once each is known (cached ones at once, misses once loaded and verified).
-  return Promise.all(req.items.map((x) => cache.where(x.id, x.length).then((w) => ('raw' in w ? { raw: w.raw } : { fd: w.fd, at: w.at, length: w.length, slot: w.slot, gens: w.gens, gen: w.gen }), (err: unknown) => ({ error: { message: (err as Error).message, code: (err as { code?: string }).code } }))));
+  return Promise.all(req.items.map((x) => cache.where(x.id, x.length).then((w) => ('raw' in w ? { raw: w.raw } : locOf(w)), (err: unknown) => ({ error: { message: (err as Error).message, code: (err as { code?: string }).code } }))));
 }
