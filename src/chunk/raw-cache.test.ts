@@ -156,6 +156,30 @@ describe('RawChunkCache', () => {
     c2.close();
   });
 
+  it('hashes the kept slots again in the background from its start, before any read asks', async () => {
+    const { dir, s, chunks } = await store(4);
+    const c1 = new RawChunkCache(s, path.join(dir, 'cache'), 1 << 20);
+    for (const k of chunks) await partL(c1, k, 0, 10);
+    const where = c1.locate(chunks[2]!.id)!;
+    c1.close();
+    const { openSync, writeSync, closeSync } = await import('node:fs');
+    const fd = openSync(path.join(dir, 'cache', 'slots-65536.raw'), 'r+');
+    writeSync(fd, Buffer.from('not the chunk'), 0, 13, where.at + 7);
+    closeSync(fd);
+    const c2 = new RawChunkCache(s, path.join(dir, 'cache'), 1 << 20);
+    expect(c2.locate(chunks[0]!.id)).toBeUndefined();
+    // No read at all: the workers check every kept slot; the damaged one is dropped, not served.
+    for (let t = 0; t < 200 && c2.kept + c2.keptBad < 4; t++) await new Promise((r) => setTimeout(r, 25));
+    expect(c2.kept).toBe(3);
+    expect(c2.keptBad).toBe(1);
+    for (const k of [0, 1, 3]) expect(c2.locate(chunks[k]!.id)).toBeDefined();
+    // Dropped, then loaded again from the store like any miss (it was already asked for).
+    expect((await partL(c2, chunks[2]!, 0, chunks[2]!.raw.length)).equals(chunks[2]!.raw)).toBe(true);
+    for (const k of chunks) expect((await partL(c2, k, 0, k.raw.length)).equals(k.raw)).toBe(true);
+    expect(c2.whereNow(chunks[1]!.id)?.length).toBe(chunks[1]!.raw.length);
+    c2.close();
+  });
+
   it('a garbage index starts an empty cache', async () => {
     const { dir, s, chunks } = await store(1);
     const c1 = new RawChunkCache(s, path.join(dir, 'cache'), 1 << 20);

@@ -68,6 +68,8 @@ export interface RawChunks {
   stale?(): boolean;
   /** Optional: learn where those of `items` already cached are, loading nothing (a worker thread's view). */
   warm?(items: Array<{ id: string; length: number }>): void;
+  /** Optional: locations told by the main thread (a worker thread's view, VersionExport.learn). */
+  learn?(known: Array<{ id: string; fd: number; at: number; length: number; slot: number; gens: Int32Array; gen: number }>): void;
 }
 
 export class RawChunkCache implements RawChunks {

@@ -55,6 +55,10 @@ export class ThreadChunks implements RawChunks {
     if (want.length) this.ask(want).forEach((p) => p.catch(() => undefined));
   }
 
+  learn(known: Loc[]): void {
+    for (const l of known) if (!this.known.has(l.id)) this.known.set(l.id, l);
+  }
+
   warm(items: Array<{ id: string; length: number }>): void {
     const want = items.filter((x) => !this.has(x.id));
     if (!want.length) return;

@@ -12,6 +12,11 @@ import type { Extent } from '../nbd/transmission.js';
 const READ_AHEAD = 32;
 /** Chunks per location window a worker thread asks for after a miss (warmAround): 16 MiB of 64 KiB chunks. */
 const WARM_WINDOW = 256;
+/** Chunks whose locations go with a handoff (knownNow): 4 GiB of 64 KiB chunks, a message of under 1 MiB. */
+const KNOWN_AT_HANDOFF = 1 << 16;
+
+/** A cached chunk's location as a worker thread reads it (src/vdi/thread-chunks.ts), by chunk position. */
+export interface KnownAt { i: number; fd: number; at: number; length: number; slot: number; gens: Int32Array; gen: number }
 
 /** Block sizes of every deskfuse export: any byte alignment works, 4 KiB is what disks like. */
 export const BLOCK_SIZE = { minimum: 1, preferred: 4096, maximum: DEFAULT_MAX_PAYLOAD } as const;
@@ -39,7 +44,28 @@ export class VersionExport implements NbdExport {
   handoff(): NbdHandoff & { kind: string } | undefined {
     const cache = this.chunks as RawChunkCache;
     if (typeof cache.where !== 'function') return undefined;
-    return { kind: 'vdi-version', data: { name: this.name, description: this.description, index: this.index.encode() }, call: (req) => versionCall(cache, req as VersionCall) };
+    return { kind: 'vdi-version', data: { name: this.name, description: this.description, index: this.index.encode(), known: this.knownNow(cache) }, call: (req) => versionCall(cache, req as VersionCall) };
+  }
+
+  /**
+   * Where the cached, verified chunks of this version are now (chunk position and location), sent
+   * with the handoff: the thread then reads them without asking the main thread first. Bounded
+   * (KNOWN_AT_HANDOFF chunks looked at): the rest of a huge disk is learnt by window (warmAround).
+   */
+  private knownNow(cache: RawChunkCache): KnownAt[] {
+    const out: KnownAt[] = [];
+    for (let i = 0; i < Math.min(this.index.count, KNOWN_AT_HANDOFF); i++) {
+      if (this.index.isZeroAt(i)) continue;
+      const w = cache.whereNow(idHex(this.index.idAt(i)));
+      if (w) out.push({ i, ...locOf(w) });
+    }
+    return out;
+  }
+
+  /** In a worker thread: the locations sent with the handoff (knownNow), learnt by the thread's chunk view. */
+  learn(known: KnownAt[]): void {
+    if (!this.chunks.learn) return;
+    this.chunks.learn(known.map(({ i, ...loc }) => ({ id: idHex(this.index.idAt(i)), ...loc })));
   }
 
   async read(offset: number, length: number): Promise<Buffer[]> {
