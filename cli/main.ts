@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { setFlagsFromString } from 'node:v8';
 import { DeskfuseError, isDeskfuseError } from '../src/errors.js';
 import { didYouMean, UsageError, type Io } from './args.js';
 import { subHelp, groupHelp, topHelp } from './help.js';
@@ -23,12 +22,7 @@ export async function main(argvIn: string[], io: Io): Promise<number> {
   try {
     switch (cmd) {
       // Commands load lazily: `image list` need not load fastify and SQLite.
-      case 'server':
-        // Before the server's modules load: V8 would otherwise grow the main thread's young generation
-        // to 64 MiB of RSS (measured: a third of the server's while serving NBD), for garbage a few
-        // MiB hold. Its workers get the same through resourceLimits (src/chunk/workers.ts WORKER_LIMITS).
-        setFlagsFromString('--semi-space-growth-factor=1');
-        return await (await import('./commands/server.js')).serverCommand(rest, io);
+      case 'server': return await (await import('./commands/server.js')).serverCommand(rest, io);
       case 'image': return await (await import('./commands/image.js')).imageCommand(rest, io);
       case 'ref': return await (await import('./commands/ref.js')).refCommand(rest, io);
       case 'store': return await (await import('./commands/store.js')).storeCommand(rest, io);
