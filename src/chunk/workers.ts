@@ -273,12 +273,6 @@ const buf = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byt
 /** postMessage clones a view's whole ArrayBuffer: a slice of a 32 MiB body is copied alone. */
 const alone = (u: Uint8Array): Uint8Array => (u.byteOffset === 0 && u.byteLength === u.buffer.byteLength ? u : new Uint8Array(u));
 
-/**
- * The workers' young generation kept small: their garbage is short-lived message objects (the bytes
- * live in reused buffers), and V8's default lets each thread's new space grow to 32 MiB+ of RSS.
- */
-export const WORKER_LIMITS = { maxYoungGenerationSizeMb: 4 } as const;
-
 export class ChunkWorkers {
   private readonly slots: Array<Slot | undefined>;
   private seq = 0;
@@ -412,7 +406,7 @@ export class ChunkWorkers {
   }
 
   private start(i: number): Slot {
-    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: LIBS(), resourceLimits: WORKER_LIMITS });
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: LIBS() });
     worker.unref();
     const slot: Slot = { worker, tasks: new Map() };
     worker.on('message', (r: Reply) => {

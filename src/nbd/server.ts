@@ -6,7 +6,6 @@ import { dfError, isDeskfuseError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../log.js';
 import { CMD, CMD_FLAG, CMD_NAME, DEFAULT_MAX_PAYLOAD, ERRNO, ERRNO_NAME, REPLY_FLAG } from './constants.js';
 import { loadNative } from '../native/addon.js';
-import { WORKER_LIMITS } from '../chunk/workers.js';
 import type { NbdExport, NbdExportProvider, NbdHandoff } from './export.js';
 import { RequestFramer, type RequestItem } from './framer.js';
 import { Negotiation, wireMessage, type Negotiated } from './negotiate.js';
@@ -755,8 +754,10 @@ class NbdThreads {
   }
 
   private start(index: number): { worker: Worker; conns: number; index: number } {
-    // A small young generation: V8's default lets each thread's grow to 32 MiB+ of RSS (see WORKER_LIMITS).
-    const worker = new Worker(this.script, { resourceLimits: WORKER_LIMITS });
+    // A small young generation: a thread serving reads makes little garbage (pooled reply buffers), and
+    // V8's default lets each thread's grow to 32 MiB+ of RSS. (Not for the store's workers: there a
+    // 4 MiB one doubled a session commit's CPU and raised its peak RSS, bench/nbd.sh 4.)
+    const worker = new Worker(this.script, { resourceLimits: { maxYoungGenerationSizeMb: 4 } });
     worker.unref();
     const w = { worker, conns: 0, index };
     worker.on('message', (m: ThreadMessage) => {
