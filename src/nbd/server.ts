@@ -429,24 +429,17 @@ class Connection {
   private pump(): void {
     if (this.phase !== 'transmission') return;
     let drained = false;
-    // Replies made in this loop (reads served at once) leave in one writev, not one syscall each.
-    const sock = this.sock;
-    sock.cork();
-    try {
-      while (this.canRead()) {
-        let item: RequestItem | undefined;
-        try {
-          item = this.framer!.next();
-        } catch (err) {
-          this.log.warn({ err: (err as Error).message }, 'nbd malformed request stream; closing');
-          this.stop();
-          return;
-        }
-        if (!item) { drained = true; break; }
-        this.dispatch(item);
+    while (this.canRead()) {
+      let item: RequestItem | undefined;
+      try {
+        item = this.framer!.next();
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message }, 'nbd malformed request stream; closing');
+        this.stop();
+        return;
       }
-    } finally {
-      sock.uncork();
+      if (!item) { drained = true; break; }
+      this.dispatch(item);
     }
     // After the client's FIN, hang up once everything it sent has been dispatched (and answered).
     if (this.eof && drained) { this.stop(); return; }
