@@ -94,6 +94,7 @@ describe('the SQLite engine with its read cache', () => {
     } finally {
       await other.close();
     }
+    await new Promise((r) => setImmediate(r)); // looked at once per turn of the event loop
     expect(await head()).toBe(7);
   });
 

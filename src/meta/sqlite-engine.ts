@@ -37,6 +37,7 @@ export class SqliteEngine implements SqlEngine {
   readonly reads = new ReadCache();
   private dataVersion: Database.Statement | undefined;
   private lastDataVersion: unknown;
+  private versionSeen = false;
 
   constructor(file: string) {
     try {
@@ -62,17 +63,23 @@ export class SqliteEngine implements SqlEngine {
     },
   };
 
-  /** A read outside a transaction, through the read cache (emptied first if another connection wrote the file). */
+  /**
+   * A read outside a transaction, through the read cache, emptied first if another connection wrote
+   * the file: looked at once per turn of the event loop (the pragma costs what a read does).
+   */
   private cachedRead(kind: 'all' | 'get', sql: string, params: readonly SqlValue[]): readonly Row[] {
-    this.dataVersion ??= this.db.prepare('PRAGMA data_version').pluck();
-    const v = this.dataVersion.get();
-    if (v !== this.lastDataVersion) {
-      this.reads.clear();
-      this.lastDataVersion = v;
+    if (!this.versionSeen) {
+      this.dataVersion ??= this.db.prepare('PRAGMA data_version').pluck();
+      const v = this.dataVersion.get();
+      if (v !== this.lastDataVersion) {
+        this.reads.clear();
+        this.lastDataVersion = v;
+      }
+      this.versionSeen = true;
+      setImmediate(() => { this.versionSeen = false; });
     }
-    const s = this.stmt(sql);
-    if (kind === 'get') return this.reads.read(sql, params, () => { const r = s.get(...(params as SqlValue[])) as Row | undefined; return r ? [r] : []; }, 'get');
-    return this.reads.read(sql, params, () => s.all(...(params as SqlValue[])) as Row[]);
+    if (kind === 'get') return this.reads.read(sql, params, () => { const r = this.stmt(sql).get(...(params as SqlValue[])) as Row | undefined; return r ? [r] : []; }, 'get');
+    return this.reads.read(sql, params, () => this.stmt(sql).all(...(params as SqlValue[])) as Row[]);
   }
 
   private readonly cache = new Map<string, Database.Statement>();
