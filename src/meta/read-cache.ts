@@ -6,7 +6,7 @@ import type { Row, SqlValue } from './sql.js';
  * read is a statement run on the event loop.
  *
  * A SELECT is remembered only when every table it reads is one of CACHED_TABLES (rarely written:
- * the catalog, desktops and their leases, MAC bindings); its answer holds until any statement writes
+ * the catalog, desktops and their leases, MAC bindings, disk-secret keys); its answer holds until any statement writes
  * one of those tables (each table has a generation, bumped by every write to it). A write whose
  * target table cannot be read from its text forgets everything. The engine drops it all when another
  * connection changed the file (PRAGMA data_version), so a tool writing the file directly is seen too.
@@ -15,7 +15,7 @@ import type { Row, SqlValue } from './sql.js';
  * write would not be seen: that engine has no such cache.
  */
 export const CACHED_TABLES: ReadonlySet<string> = new Set([
-  'images', 'versions', 'refs', 'ref_log', 'version_manifests', 'desktops', 'leases', 'endpoint_macs',
+  'images', 'versions', 'refs', 'ref_log', 'version_manifests', 'desktops', 'leases', 'endpoint_macs', 'endpoint_keys',
 ]);
 
 /** Time and randomness make a statement's answer not a function of the tables. */
