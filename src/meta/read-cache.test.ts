@@ -23,6 +23,8 @@ describe('which statements the SQLite read cache remembers', () => {
     expect(writtenTable('  update versions SET kind = ?')).toBe('versions');
     expect(writtenTable('DELETE FROM leases WHERE desktop = ?')).toBe('leases');
     expect(writtenTable('CREATE TABLE x (a INTEGER)')).toBeUndefined();
+    expect(writtenTable('INSERT INTO main.images (name) VALUES (?)')).toBeUndefined();
+    expect(writtenTable('INSERT INTO images(name) VALUES (?)')).toBe('images');
     expect(writtenTable('WITH d AS (SELECT 1) DELETE FROM refs')).toBeUndefined();
   });
 });

@@ -36,8 +36,8 @@ export function readTables(sql: string): string[] | undefined {
 export function writtenTable(sql: string): string | null | undefined {
   const text = sql.trimStart().toLowerCase();
   if (/^(select|with|pragma\s+(table_info|data_version))\b/.test(text) && !/\b(insert|update|delete|replace)\b/.test(text)) return null;
-  const m = /^(?:insert(?:\s+or\s+\w+)?\s+into|replace\s+into|update(?:\s+or\s+\w+)?|delete\s+from)\s+([a-z_][a-z0-9_]*)\b/.exec(text);
-  return m ? m[1]! : undefined;
+  const m = /^(?:insert(?:\s+or\s+\w+)?\s+into|replace\s+into|update(?:\s+or\s+\w+)?|delete\s+from)\s+([a-z_][a-z0-9_]*)\s*(\.?)/.exec(text);
+  return m && !m[2] ? m[1]! : undefined; // schema.table: not told apart, so everything is forgotten
 }
 
 interface Entry {
