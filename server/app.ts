@@ -40,6 +40,10 @@ declare module 'fastify' {
 /** A request this slow is logged at info (heavy transfers of a storm can take seconds: this is well past them). */
 const SLOW_REQUEST_MS = 10_000;
 
+const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity };
+/** Would a logger at `level` write a `want` line? (A level it does not know: yes.) */
+const levelEnabled = (level: string, want: string): boolean => (LEVELS[level] ?? 0) <= LEVELS[want]!;
+
 /** Build the HTTP app (no listen): tests drive it with inject(), main.ts listens. */
 export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
@@ -62,8 +66,10 @@ export async function buildApp(ctx: AppContext, logger?: FastifyBaseLogger): Pro
     requests(1, { method: req.method, route: req.routeOptions.url ?? 'unknown', status: reply.statusCode });
     // One line per request: at debug (a boot storm is thousands), at info when it failed on our side or was slow.
     const ms = Math.round(reply.elapsedTime);
+    const info = reply.statusCode >= 500 || ms >= SLOW_REQUEST_MS;
+    if (!levelEnabled(req.log.level, info ? 'info' : 'debug')) return; // the line is not made when nobody reads it
     const line = { method: req.method, url: safeUrl(req.url), status: reply.statusCode, ms };
-    if (reply.statusCode >= 500 || ms >= SLOW_REQUEST_MS) req.log.info(line, 'request');
+    if (info) req.log.info(line, 'request');
     else req.log.debug(line, 'request');
   });
 

@@ -171,10 +171,16 @@ export class Endpoints {
 
   /** An endpoint by id, name or MAC. */
   async get(key: string): Promise<EndpointRow> {
-    const mac = normalizeMac(key);
-    const e = await this.deps.repo.getEndpoint(key) ?? await this.deps.repo.findByName(key) ?? (mac ? await this.deps.repo.findByMac(mac) : undefined);
+    const e = await this.find(key);
     if (!e) throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });
     return e;
+  }
+
+  /** By id, name or MAC. A key with a colon can only be a MAC (ids are ep-…, names take no colon): one lookup, not three. */
+  private async find(key: string): Promise<EndpointRow | undefined> {
+    const mac = normalizeMac(key);
+    if (mac && key.includes(':')) return this.deps.repo.findByMac(mac);
+    return await this.deps.repo.getEndpoint(key) ?? await this.deps.repo.findByName(key) ?? (mac ? await this.deps.repo.findByMac(mac) : undefined);
   }
 
   async list(): Promise<EndpointRow[]> {
@@ -189,7 +195,7 @@ export class Endpoints {
   /** Which events belong to `key`: the endpoint's id and MACs, or just the MAC of a machine not seen yet. */
   async eventFilter(key: string): Promise<{ endpoint: string | null; macs: string[] }> {
     const mac = normalizeMac(key);
-    const e = await this.deps.repo.getEndpoint(key) ?? await this.deps.repo.findByName(key) ?? (mac ? await this.deps.repo.findByMac(mac) : undefined);
+    const e = await this.find(key);
     if (e) return { endpoint: e.id, macs: e.macs };
     if (mac) return { endpoint: null, macs: [mac] };
     throw dfError('DF_ERR_ENDPOINT_NOT_FOUND', `no endpoint ${JSON.stringify(key)} (give its id, name or MAC)`, { endpoint: key });

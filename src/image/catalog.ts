@@ -49,11 +49,15 @@ export interface CommitRequest {
 }
 
 const MASK_CONCURRENCY = 16;
+/** Layer and index bytes kept in memory (content-addressed, so never stale): a storm asks for the same few. */
+const BLOB_CACHE_BYTES = 64 * 2 ** 20;
 
 export class Catalog {
   private readonly log: Logger;
   private readonly now: () => Date;
   private readonly indexCache = new Map<string, ChunkIndex>();
+  private readonly blobCache = new Map<string, Buffer>();
+  private blobCacheBytes = 0;
 
   constructor(private readonly deps: CatalogDeps) {
     this.log = deps.log ?? silentLogger;
@@ -131,11 +135,32 @@ export class Catalog {
   }
 
   async indexBytes(image: string, version: number): Promise<Buffer> {
-    return (await this.deps.blobs.get((await this.version(image, version)).index)).raw;
+    return this.blobBytes((await this.version(image, version)).index);
   }
 
   async layerBytes(image: string, version: number): Promise<Buffer> {
-    return (await this.deps.blobs.get((await this.version(image, version)).layer)).raw;
+    return this.blobBytes((await this.version(image, version)).layer);
+  }
+
+  /** A layer's or index's bytes, read (decompressed and verified by the store) once while they stay in memory. */
+  private async blobBytes(id: string): Promise<Buffer> {
+    const hit = this.blobCache.get(id);
+    if (hit) {
+      // most recently used last
+      this.blobCache.delete(id);
+      this.blobCache.set(id, hit);
+      return hit;
+    }
+    const raw = (await this.deps.blobs.get(id)).raw;
+    if (raw.length > BLOB_CACHE_BYTES / 4 || this.blobCache.has(id)) return raw;
+    this.blobCache.set(id, raw);
+    this.blobCacheBytes += raw.length;
+    for (const [k, b] of this.blobCache) {
+      if (this.blobCacheBytes <= BLOB_CACHE_BYTES) break;
+      this.blobCache.delete(k);
+      this.blobCacheBytes -= b.length;
+    }
+    return raw;
   }
 
   /** A staged layer (by its id), decoded. */

@@ -1,6 +1,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import Database from 'better-sqlite3';
 import { dfError } from '../errors.js';
+import { ReadCache } from './read-cache.js';
 import { MIGRATIONS_TABLE_DDL, pendingMigrations, type Migration, type Row, type Sql, type SqlEngine, type SqlValue } from './sql.js';
 
 /**
@@ -15,6 +16,8 @@ import { MIGRATIONS_TABLE_DDL, pendingMigrations, type Migration, type Row, type
  * gives (an acknowledged commit survives power loss; https://sqlite.org/wal.html), for one fsync per
  * batch instead of one per commit, and without blocking the loop that DHCP, TFTP and NBD share. A read
  * that may have seen a commit not yet on disk waits for it too, so nothing undurable is ever answered.
+ *
+ * Catalog reads outside a transaction are remembered until a write to their tables (src/meta/read-cache.ts).
  */
 export class SqliteEngine implements SqlEngine {
   readonly dialect = 'sqlite' as const;
@@ -30,6 +33,11 @@ export class SqliteEngine implements SqlEngine {
   private walFile: FileHandle | undefined;
   /** fdatasync calls made, and operations that waited for one (tests: commits share syncs). */
   readonly durability = { syncs: 0, waits: 0 };
+  /** Remembered catalog reads (tests read its stats). */
+  readonly reads = new ReadCache();
+  private dataVersion: Database.Statement | undefined;
+  private lastDataVersion: unknown;
+  private versionSeen = false;
 
   constructor(file: string) {
     try {
@@ -46,10 +54,33 @@ export class SqliteEngine implements SqlEngine {
   }
 
   private readonly direct: Sql = {
-    all: async (sql, params = []) => this.stmt(sql).all(...(params as SqlValue[])) as Row[],
-    get: async (sql, params = []) => this.stmt(sql).get(...(params as SqlValue[])) as Row | undefined,
-    run: async (sql, params = []) => this.stmt(sql).run(...(params as SqlValue[])).changes,
+    // In a transaction nothing is remembered (it sees its own writes); what it writes is forgotten.
+    all: async (sql, params = []) => (this.reads.wrote(sql), this.stmt(sql).all(...(params as SqlValue[])) as Row[]),
+    get: async (sql, params = []) => (this.reads.wrote(sql), this.stmt(sql).get(...(params as SqlValue[])) as Row | undefined),
+    run: async (sql, params = []) => {
+      this.reads.wrote(sql);
+      return this.stmt(sql).run(...(params as SqlValue[])).changes;
+    },
   };
+
+  /**
+   * A read outside a transaction, through the read cache, emptied first if another connection wrote
+   * the file: looked at once per turn of the event loop (the pragma costs what a read does).
+   */
+  private cachedRead(kind: 'all' | 'get', sql: string, params: readonly SqlValue[]): readonly Row[] {
+    if (!this.versionSeen) {
+      this.dataVersion ??= this.db.prepare('PRAGMA data_version').pluck();
+      const v = this.dataVersion.get();
+      if (v !== this.lastDataVersion) {
+        this.reads.clear();
+        this.lastDataVersion = v;
+      }
+      this.versionSeen = true;
+      setImmediate(() => { this.versionSeen = false; });
+    }
+    if (kind === 'get') return this.reads.read(sql, params, () => { const r = this.stmt(sql).get(...(params as SqlValue[])) as Row | undefined; return r ? [r] : []; }, 'get');
+    return this.reads.read(sql, params, () => this.stmt(sql).all(...(params as SqlValue[])) as Row[]);
+  }
 
   private readonly cache = new Map<string, Database.Statement>();
   private stmt(sql: string): Database.Statement {
@@ -82,13 +113,15 @@ export class SqliteEngine implements SqlEngine {
   }
 
   all(sql: string, params?: readonly SqlValue[]): Promise<Row[]> {
-    return this.durable(this.outside(() => this.stmt(sql).all(...((params ?? []) as SqlValue[])) as Row[]));
+    // a copy of the list: the caller may sort or splice it (its rows are frozen)
+    return this.durable(this.outside(() => [...this.cachedRead('all', sql, params ?? [])]));
   }
   get(sql: string, params?: readonly SqlValue[]): Promise<Row | undefined> {
-    return this.durable(this.outside(() => this.stmt(sql).get(...((params ?? []) as SqlValue[])) as Row | undefined));
+    return this.durable(this.outside(() => this.cachedRead('get', sql, params ?? [])[0]));
   }
   run(sql: string, params?: readonly SqlValue[]): Promise<number> {
     return this.durable(this.outside(() => {
+      this.reads.wrote(sql);
       const n = this.stmt(sql).run(...((params ?? []) as SqlValue[])).changes;
       this.written++;
       return n;
