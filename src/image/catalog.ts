@@ -50,7 +50,7 @@ export interface CommitRequest {
 
 const MASK_CONCURRENCY = 16;
 /** Layer and index bytes kept in memory (content-addressed, so never stale): a storm asks for the same few. */
-const BLOB_CACHE_BYTES = 64 * 2 ** 20;
+const BLOB_CACHE_BYTES = 16 * 2 ** 20; // a storm asks for a few versions; RSS matters more (issue 16)
 
 export class Catalog {
   private readonly log: Logger;
