@@ -153,6 +153,13 @@ describe('ChunkWorkers', () => {
       expect(err.code).toBe('DF_ERR_CHUNK_INVALID');
       expect(err.fields).toMatchObject({ id: recs[1]!.id, got: recs[0]!.id });
       expect((await fsp.readFile(file)).equals(Buffer.alloc(128 * 1024))).toBe(true);
+
+      // A frame that declares another size than the index gives its chunk: refused before it is opened.
+      const short = [{ ...recs[0]!, raw: a.raw.length - 4096 }];
+      const sizeErr = await rejection(pool.place(fh.fd, new Uint8Array(body).buffer, short, true, MAX));
+      expect(sizeErr.code).toBe('DF_ERR_CHUNK_INVALID');
+      expect(sizeErr.fields).toMatchObject({ id: recs[0]!.id, size: a.raw.length });
+      expect((await fsp.readFile(file)).equals(Buffer.alloc(128 * 1024))).toBe(true);
     } finally {
       await fh.close();
     }
