@@ -289,6 +289,45 @@ describe('timeouts', () => {
     expect((await c.json<{ from: string }>('GET', '/slow')).body.from).toBe('b');
   });
 
+  it('consume: a server killed mid-answer: the sink restarts and the body completes on the other, byte-exact', async () => {
+    const blob = Buffer.alloc(4 << 20);
+    for (let i = 0; i < blob.length; i += 4) blob.writeUInt32LE(i, i);
+    const a = await serve('a', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': blob.length });
+      res.write(blob.subarray(0, 1 << 20), () => void a.kill()); // dies after a quarter
+    });
+    const b = await serve('b', (_req, res) => res.writeHead(200, { 'content-length': blob.length }).end(blob));
+    const c = new ApiClient({ server: [a.url, b.url] });
+    let got: Buffer[] = [];
+    let restarts = 0;
+    const status = await c.consume('POST', '/api/v1/chunks/fetch', { body: { ids: ['x'] }, idempotent: true }, {
+      piece: (p) => got.push(p),
+      restart: () => { restarts++; got = []; },
+    });
+    expect(status).toBe(200);
+    expect(Buffer.concat(got).equals(blob)).toBe(true);
+    expect(restarts).toBe(1);
+    expect([a.seen, b.seen, c.base]).toEqual([['POST /api/v1/chunks/fetch'], ['POST /api/v1/chunks/fetch'], b.url]);
+  });
+
+  it('consume: an error of the sink ends the request as it is (no retry); a stalled body times out; coded errors as binary()', async () => {
+    const a = await serve('a', (req, res) => {
+      if (req.url === '/missing') return json(res, 404, { code: 'DF_ERR_CHUNK_NOT_FOUND', message: 'gone' });
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      res.write(Buffer.alloc(1000, 1));
+      if (req.url !== '/stall') res.end(Buffer.alloc(1000, 2));
+    });
+    const c = new ApiClient({ server: a.url, attempts: 1, timeoutMs: 400 });
+    const boom = new Error('sink says no');
+    await expect(c.consume('GET', '/ok', {}, { piece: () => { throw boom; }, restart: () => {} })).rejects.toBe(boom);
+    expect(a.seen).toEqual(['GET /ok']);
+    const stalled = await caught(c.consume('GET', '/stall', {}, { piece: () => {}, restart: () => {} }));
+    expect(stalled.code).toBe('DF_ERR_UNREACHABLE');
+    expect(stalled.message).toContain('no body data within 400 ms');
+    const missing = await caught(c.consume('GET', '/missing', {}, { piece: () => {}, restart: () => {} }));
+    expect([missing.code, missing.fields.status]).toEqual(['DF_ERR_CHUNK_NOT_FOUND', 404]);
+  });
+
   it('a body that stops moving times out; one that keeps moving is never cut', async () => {
     const a = await serve('a', (req, res) => {
       res.writeHead(200, { 'content-type': 'application/octet-stream' });

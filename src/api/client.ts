@@ -266,6 +266,46 @@ export class ApiClient {
     }
   }
 
+  /**
+   * A large body handed to `sink.piece` as it arrives, never held whole (undici's request API: no web
+   * streams in between). Retried as binary() is: a connection that breaks mid-body on a retry-safe
+   * call is sent again, to the next server, after `sink.restart()` (the sink forgets what it had). An
+   * error thrown by the sink ends the request and is thrown as it is.
+   */
+  async consume(method: string, path: string, o: RequestOptions, sink: { piece(p: Buffer): void; restart(): void }): Promise<number> {
+    const t = this.try(method, path, o);
+    for (let first = true; ; first = false) {
+      if (!first) sink.restart();
+      const { res, server, deadline } = await this.send(t, o, {}, true);
+      let sinkFailed: { err: unknown } | undefined;
+      try {
+        deadline.body();
+        for await (const piece of (res.body ?? []) as unknown as AsyncIterable<Buffer>) {
+          deadline.progress();
+          this.stats.bytesReceived += piece.length;
+          try {
+            sink.piece(piece);
+          } catch (err) {
+            sinkFailed = { err };
+            break; // leaving the loop destroys the body (and its connection)
+          }
+        }
+        if (sinkFailed) throw sinkFailed.err;
+        return res.status;
+      } catch (cause) {
+        if (sinkFailed) throw sinkFailed.err;
+        if (t.safe && t.attempt < t.budget) {
+          await this.retry(t, server, `the body broke: ${causeText(cause)}`);
+          continue;
+        }
+        this.moveOn(server);
+        throw this.unreachable(method, path, server, `the connection broke mid-body: ${causeText(cause)}`, cause);
+      } finally {
+        deadline.clear();
+      }
+    }
+  }
+
   /** Server-Sent Events: yields each event's `data` (one JSON document per event). No idle limit. */
   async *sse(path: string): AsyncGenerator<string> {
     const { res, server, deadline } = await this.send(this.try('GET', path, {}), {}, { accept: 'text/event-stream' });
@@ -316,7 +356,7 @@ export class ApiClient {
   }
 
   /** Send until a server answers with headers; the caller reads the body and clears the deadline. */
-  private async send(t: Try, o: RequestOptions, extra: Record<string, string> = {}): Promise<Sent> {
+  private async send(t: Try, o: RequestOptions, extra: Record<string, string> = {}, viaRequest = false): Promise<Sent> {
     const { method, path } = t;
     const headers: Record<string, string> = { ...extra };
     if (this.opts.token) headers.authorization = `Bearer ${this.opts.token}`;
@@ -362,7 +402,7 @@ export class ApiClient {
       this.stats.requests++;
       this.stats.bytesSent += bodySize(o);
       try {
-        const fetchFn = await this.pins.fetchFor(server);
+        const fetchFn = viaRequest ? await this.pins.requestFor(server) : await this.pins.fetchFor(server);
         res = await fetchFn(`${server}${path}`, { method, headers, signal: deadline.controller.signal, ...(body !== undefined ? { body: body as BodyInit } : {}) });
       } catch (cause) {
         opened();

@@ -43,11 +43,16 @@ describe('ApiClient over HTTPS: pinning, failover, no skipping', () => {
       expect((await c.json('GET', '/x')).body).toEqual({ server: 0 });
       // A client made for another token shares the pinned connection setup.
       expect((await c.withToken('t').json('GET', '/y')).body).toEqual({ server: 0 });
+      // consume (undici's request API, not fetch) goes over the same pinned connection setup.
+      const got: Buffer[] = [];
+      expect(await c.consume('GET', '/z', {}, { piece: (p) => got.push(p), restart: () => {} })).toBe(200);
+      expect(JSON.parse(Buffer.concat(got).toString())).toEqual({ server: 0 });
       await c.close();
     }
     const before = hits[0];
     const plain = new ApiClient({ server: url, attempts: 3, backoffMs: 1 });
     await expect(plain.json('GET', '/x')).rejects.toMatchObject({ code: 'DF_ERR_TLS_UNTRUSTED' });
+    await expect(plain.consume('GET', '/x', {}, { piece: () => {}, restart: () => {} })).rejects.toMatchObject({ code: 'DF_ERR_TLS_UNTRUSTED' });
     expect(plain.stats.retries).toBe(0);
     expect(hits[0]).toBe(before);
   });

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { DeskfuseError } from '../errors.js';
 import { encodeFrame, openFrame } from './frame.js';
 import { hashBytes, idHex } from './id.js';
-import { decodePack, encodePack, PACK_MAGIC, type PackRecord } from './pack.js';
+import { decodePack, encodePack, frameBound, PACK_MAGIC, PackReader, type PackRecord } from './pack.js';
 import { mutations, prng, thrown } from '../../test/helpers/expect.js';
 
 const MAX = 64 * 1024;
@@ -128,5 +128,77 @@ describe('decodePack fuzz', () => {
     expect(bad).toEqual([]);
     expect(inputs.length).toBeGreaterThan(2000);
     expect(accepted).toBeGreaterThan(0);
+  });
+});
+
+/** `n` pseudo-random bytes (incompressible: frames a little longer than their raw bytes). */
+const bytes = (seed: number, n: number) => {
+  const r = prng(seed);
+  return Buffer.from(Array.from({ length: n }, () => Math.floor(r() * 256)));
+};
+
+/** A pack through PackReader in pieces of the given sizes (cycled): the records it gave, frames copied out. */
+function streamed(body: Buffer, sizes: number[], skip = new Set<string>()): { records: PackRecord[]; count: number } {
+  const records: PackRecord[] = [];
+  let filled = 0;
+  const r = new PackReader(MAX, {
+    record(id, rawLength, frameLength) {
+      if (skip.has(id)) return null;
+      const frame = Buffer.alloc(frameLength);
+      records.push({ id, rawLength, frame });
+      return frame;
+    },
+    filled() {
+      filled++;
+    },
+  });
+  for (let at = 0, k = 0; at < body.length; k++) {
+    const n = sizes[k % sizes.length]!;
+    r.push(body.subarray(at, at + n));
+    at += n;
+  }
+  const count = r.end();
+  expect(filled).toBe(records.length);
+  return { records, count };
+}
+
+describe('PackReader (a pack decoded as it streams)', () => {
+  const frames = [0, 1, 2, 3].map((k) => encodeFrame(bytes(k + 1, 3000 + k * 7000)));
+  const recs: PackRecord[] = frames.map((frame, k) => ({ id: idHex(hashBytes(Buffer.from([k]))), rawLength: 3000 + k * 7000, frame }));
+  const body = encodePack(recs);
+
+  it('gives what decodePack gives, however the body is cut into pieces', () => {
+    for (const sizes of [[body.length], [1], [3, 7, 40, 1], [8, 32, 8], [4096], [39, 41]]) {
+      expect(streamed(body, sizes)).toEqual({ records: decodePack(body, MAX), count: recs.length });
+    }
+  });
+
+  it('skips the frames the sink does not want (null), still counting them against the trailer', () => {
+    const { records, count } = streamed(body, [100], new Set([recs[1]!.id, recs[3]!.id]));
+    expect(records.map((r) => r.id)).toEqual([recs[0]!.id, recs[2]!.id]);
+    expect(records[1]!.frame.equals(frames[2]!)).toBe(true);
+    expect(count).toBe(4);
+  });
+
+  it('refuses a truncated body, trailing bytes and a bad count with DF_ERR_DECODE', () => {
+    for (let n = 0; n < body.length; n += 97) expect(thrown(() => streamed(body.subarray(0, n), [13])).code).toBe('DF_ERR_DECODE');
+    expect(thrown(() => streamed(Buffer.concat([body, Buffer.alloc(1)]), [64])).fields).toMatchObject({ field: 'end', offset: body.length });
+    const miscounted = Buffer.from(body);
+    miscounted.writeUInt32BE(9, miscounted.length - 4);
+    expect(thrown(() => streamed(miscounted, [64])).fields).toMatchObject({ field: 'record count' });
+    const magic = Buffer.from(body);
+    magic[0] = 0x45;
+    expect(thrown(() => streamed(magic, [5])).fields).toMatchObject({ field: 'magic' });
+  });
+
+  it('refuses a frame longer than any frame of MAX raw bytes before the sink is asked for room', () => {
+    const huge = Buffer.from(body);
+    huge.writeUInt32BE(frameBound(MAX) + 1, 8 + 36); // the first record's frame length
+    let asked = 0;
+    const r = new PackReader(MAX, { record: () => { asked++; return null; }, filled: () => {} });
+    expect(thrown(() => r.push(huge)).fields).toMatchObject({ field: 'frame length', offset: 8 + 36 });
+    expect(asked).toBe(0);
+    // A frame of MAX incompressible bytes fits the bound.
+    expect(encodeFrame(bytes(9, MAX)).length).toBeLessThanOrEqual(frameBound(MAX));
   });
 });

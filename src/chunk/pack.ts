@@ -1,5 +1,6 @@
 import { ID_BYTES, idHex, ZERO_ID } from './id.js';
 import { Reader, Writer } from '../wire/bytes.js';
+import { dfError } from '../errors.js';
 
 /**
  * A pack carries many chunks in one HTTP body (upload and batch fetch), so a transfer costs a few
@@ -72,3 +73,119 @@ export function decodePack(buf: Buffer, maxRawLength: number): PackRecord[] {
     out.push({ id: idHex(id), rawLength, frame: r.bytes(flen, 'frame') }); // a view: no copy
   }
 }
+
+/** The most a zstd frame of at most `maxRaw` bytes takes (ZSTD_COMPRESSBOUND, plus room for a header and checksum). */
+export function frameBound(maxRaw: number): number {
+  return maxRaw + (maxRaw >> 8) + (maxRaw < 131072 ? (131072 - maxRaw) >> 11 : 0) + 64;
+}
+
+/**
+ * A pack decoded as it arrives, piece by piece (no whole-body buffer): for each record `sink.record`
+ * says where its frame goes (a buffer of exactly the frame's length, or null to skip it), the reader
+ * copies the frame's bytes there as they come and calls `sink.filled` after the last one. A frame
+ * longer than frameBound(maxRawLength) is refused before any byte is kept. The same DF_ERR_DECODE
+ * errors as decodePack; `end()` checks the trailer. Ids are not verified here (the receiver opens
+ * every frame).
+ */
+export interface PackSink {
+  record(id: string, rawLength: number, frameLength: number): Uint8Array | null;
+  filled(): void;
+}
+
+export class PackReader {
+  private readonly head = Buffer.alloc(HEADER + ID_BYTES);
+  private held = 0; // bytes of the current fixed-size field read so far
+  private state: 'header' | 'id' | 'lengths' | 'frame' | 'count' | 'done' = 'header';
+  private id = '';
+  private target: Uint8Array | null = null;
+  private left = 0; // bytes of the current frame still to come
+  private at = 0; // offset in the body of the next byte
+  private count = 0;
+
+  constructor(private readonly maxRawLength: number, private readonly sink: PackSink) {}
+
+  push(piece: Uint8Array): void {
+    let p = 0;
+    while (p < piece.length) {
+      if (this.state === 'done') this.fail('end', `${piece.length - p} trailing bytes`, this.at);
+      if (this.state === 'frame') {
+        const n = Math.min(this.left, piece.length - p);
+        if (this.target) this.target.set(piece.subarray(p, p + n), this.target.length - this.left);
+        p += n;
+        this.at += n;
+        this.left -= n;
+        if (this.left === 0) this.frameDone();
+        continue;
+      }
+      const want = FIELD[this.state];
+      const n = Math.min(want - this.held, piece.length - p);
+      this.head.set(piece.subarray(p, p + n), this.held);
+      this.held += n;
+      this.at += n;
+      p += n;
+      if (this.held < want) break;
+      this.held = 0;
+      this.parsed(this.at - want);
+    }
+  }
+
+  /** The body ended: it must end right after the trailer. Returns the record count. */
+  end(): number {
+    if (this.state !== 'done') this.fail(this.state, 'the body ended early', this.at);
+    return this.count;
+  }
+
+  /** The field of the current state is in `head`; it began at `start`. */
+  private parsed(start: number): void {
+    const h = this.head;
+    switch (this.state) {
+      case 'header':
+        if (!h.subarray(0, 4).equals(PACK_MAGIC)) this.fail('magic', 'expected "DFPK"', 0);
+        if (h[4] !== 1) this.fail('format version', `unsupported ${h[4]}`, 4);
+        if (h[5] !== 0 || h.readUInt16BE(6) !== 0) this.fail('reserved', 'must be zero', 5);
+        this.state = 'id';
+        return;
+      case 'id': {
+        const id = h.subarray(0, ID_BYTES);
+        if (id.equals(ZERO_ID)) {
+          this.state = 'count';
+        } else {
+          this.id = idHex(id);
+          this.state = 'lengths';
+        }
+        return;
+      }
+      case 'count': {
+        const count = h.readUInt32BE(0);
+        if (count !== this.count) this.fail('record count', `trailer says ${count}, body holds ${this.count}`, start);
+        this.state = 'done';
+        return;
+      }
+      default: {
+        const rawLength = h.readUInt32BE(0);
+        if (rawLength === 0 || rawLength > this.maxRawLength) this.fail('raw length', `${rawLength} is outside 1..${this.maxRawLength}`, start);
+        const flen = h.readUInt32BE(4);
+        if (flen > frameBound(this.maxRawLength)) this.fail('frame length', `${flen} is more than a frame of ${this.maxRawLength} bytes takes`, start + 4);
+        this.count++;
+        this.target = this.sink.record(this.id, rawLength, flen);
+        if (this.target && this.target.length !== flen) throw new RangeError(`the sink gave ${this.target.length} bytes for a frame of ${flen}`);
+        this.left = flen;
+        this.state = 'frame';
+        if (flen === 0) this.frameDone();
+      }
+    }
+  }
+
+  private frameDone(): void {
+    this.state = 'id';
+    const had = this.target;
+    this.target = null;
+    if (had) this.sink.filled();
+  }
+
+  private fail(field: string, problem: string, at: number): never {
+    throw dfError('DF_ERR_DECODE', `pack: ${field} at offset ${at}: ${problem}`, { what: 'pack', field, offset: at });
+  }
+}
+
+const FIELD = { header: HEADER, id: ID_BYTES, lengths: 8, count: 4 } as const;

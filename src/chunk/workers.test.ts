@@ -129,16 +129,17 @@ describe('ChunkWorkers', () => {
     const frames = [encodeFrame(a.raw), encodeFrame(b.raw)];
     const body = Buffer.concat([Buffer.alloc(8), frames[0]!, Buffer.alloc(3), frames[1]!]);
     const recs = [
-      { id: idHex(hashBytes(a.raw)), off: 8, len: frames[0]!.length, at: [0, 65536] },
-      { id: idHex(hashBytes(b.raw)), off: 11 + frames[0]!.length, len: frames[1]!.length, at: [16384] },
+      { id: idHex(hashBytes(a.raw)), off: 8, len: frames[0]!.length, raw: a.raw.length, at: [0, 65536] },
+      { id: idHex(hashBytes(b.raw)), off: 11 + frames[0]!.length, len: frames[1]!.length, raw: b.raw.length, at: [16384] },
     ];
     const file = path.join(dir, 'out');
     const fh = await fsp.open(file, 'w+');
     try {
       await fh.truncate(128 * 1024);
-      const r = await pool.place(fh.fd, body, recs, true, MAX);
+      const { buffer, ...r } = await pool.place(fh.fd, new Uint8Array(body).buffer, recs, true, MAX);
       // a at 0 (4 KiB, hole, 4 KiB) and b at 16 KiB: one write of 4 KiB, one of 4 + 16 KiB (adjacent), one of 4 KiB at 64 KiB, one at 76 KiB
       expect(r).toEqual({ placed: 2 * a.raw.length + b.raw.length, written: 4 * 4096 + 16384, writes: 4 });
+      expect(Buffer.from(buffer).equals(body)).toBe(true); // the frames' buffer comes back to be filled again
       const out = await fsp.readFile(file);
       expect(out.subarray(0, 16384)).toEqual(a.raw);
       expect(out.subarray(16384, 32768)).toEqual(b.raw);
@@ -148,9 +149,16 @@ describe('ChunkWorkers', () => {
       await fh.truncate(0);
       await fh.truncate(128 * 1024);
       const wrong = [{ ...recs[1]!, at: [32768] }, { ...recs[0]!, id: recs[1]!.id, at: [98304] }];
-      const err = await rejection(pool.place(fh.fd, body, wrong, false, MAX));
+      const err = await rejection(pool.place(fh.fd, new Uint8Array(body).buffer, wrong, false, MAX));
       expect(err.code).toBe('DF_ERR_CHUNK_INVALID');
       expect(err.fields).toMatchObject({ id: recs[1]!.id, got: recs[0]!.id });
+      expect((await fsp.readFile(file)).equals(Buffer.alloc(128 * 1024))).toBe(true);
+
+      // A frame that declares another size than the index gives its chunk: refused before it is opened.
+      const short = [{ ...recs[0]!, raw: a.raw.length - 4096 }];
+      const sizeErr = await rejection(pool.place(fh.fd, new Uint8Array(body).buffer, short, true, MAX));
+      expect(sizeErr.code).toBe('DF_ERR_CHUNK_INVALID');
+      expect(sizeErr.fields).toMatchObject({ id: recs[0]!.id, size: a.raw.length });
       expect((await fsp.readFile(file)).equals(Buffer.alloc(128 * 1024))).toBe(true);
     } finally {
       await fh.close();

@@ -73,6 +73,22 @@ function openReused(id, frame, max) {
   return raw;
 }
 
+// Export's arena, and open() into a given place: expected (the index's length) must be the frame's declared size.
+let arena = Buffer.allocUnsafeSlow(0);
+function openInto(id, frame, expected, max, dst) {
+  const declared = frameContentSize(frame);
+  if (declared === undefined) throw new Invalid('chunk ' + id + ': not a zstd frame with a declared content size', { id });
+  if (declared > max) throw new Invalid('chunk ' + id + ': frame declares ' + declared + ' bytes, above the limit of ' + max, { id, size: declared });
+  if (declared !== expected) throw new Invalid('chunk ' + id + ': frame declares ' + declared + ' bytes, the index says ' + expected, { id, size: declared });
+  if (!zctx) { const raw = open(id, frame, max); raw.copy(dst); return dst; }
+  let n;
+  try { n = zctx.decompress(dst, frame); } catch { throw new Invalid('chunk ' + id + ': not a valid zstd frame', { id }); }
+  if (n !== declared) throw new Invalid('chunk ' + id + ': ' + n + ' bytes, the frame declares ' + declared, { id, size: n });
+  const got = blake.blake3(dst).toString('hex');
+  if (got !== id) throw new Invalid('chunk ' + id + ': bytes hash to ' + got, { id, got });
+  return dst;
+}
+
 function open(id, frame, max) {
   const declared = frameContentSize(frame);
   if (declared === undefined) throw new Invalid('chunk ' + id + ': not a zstd frame with a declared content size', { id });
@@ -198,9 +214,18 @@ parentPort.on('message', (t) => {
     } else if (t.op === 'place') {
       // Export: open and verify every frame of the task first (nothing is written if one is bad), then
       // write each chunk at its offsets in the output file (its fd, shared by the process) with
-      // pwritev of up to 4 MiB of adjacent pieces; sparse leaves zero 4 KiB blocks as holes.
+      // pwritev of up to 4 MiB of adjacent pieces; sparse leaves zero 4 KiB blocks as holes. The raw
+      // bytes go to one arena reused from task to task, its size the sum of the lengths the caller
+      // expects (the index's, each checked against the frame's own before it is opened).
       const frames = Buffer.from(t.frames.buffer, t.frames.byteOffset, t.frames.byteLength);
-      const raws = t.recs.map((r) => open(r.id, frames.subarray(r.off, r.off + r.len), t.max));
+      let total = 0;
+      for (const r of t.recs) total += r.raw;
+      if (total > arena.length) arena = Buffer.allocUnsafeSlow(total);
+      const raws = [];
+      for (let k = 0, o = 0; k < t.recs.length; o += t.recs[k].raw, k++) {
+        const r = t.recs[k];
+        raws.push(openInto(r.id, frames.subarray(r.off, r.off + r.len), r.raw, t.max, arena.subarray(o, o + r.raw)));
+      }
       const pieces = [];
       for (let k = 0; k < raws.length; k++) for (const at of t.recs[k].at) pieces.push({ at, raw: raws[k] });
       pieces.sort((a, b) => a.at - b.at);
@@ -234,7 +259,8 @@ parentPort.on('message', (t) => {
         }
       }
       flush();
-      parentPort.postMessage({ seq: t.seq, length: placed, written, writes });
+      // The frames' buffer goes back to the caller, who fills it again.
+      post({ seq: t.seq, length: placed, written, writes, frames: t.frames }, [t.frames.buffer]);
     } else if (t.op === 'check') {
       // An upload is verified here and stored as the frame it came as: only two facts go back.
       const raw = open(t.id, Buffer.from(t.frame.buffer, t.frame.byteOffset, t.frame.byteLength), t.max);
@@ -258,7 +284,7 @@ type Reply = {
   seq: number; frame?: Uint8Array; raw?: Uint8Array; id?: string; length?: number; zero?: boolean;
   fills?: Array<0 | { invalid?: { message: string; fields: Record<string, unknown> }; failed?: { message: string; code?: string } }>;
   verified?: number[];
-  body?: Uint8Array; missing?: string; tooLarge?: boolean; sizes?: Float64Array; raws?: Float64Array; written?: number; writes?: number;
+  body?: Uint8Array; frames?: Uint8Array; missing?: string; tooLarge?: boolean; sizes?: Float64Array; raws?: Float64Array; written?: number; writes?: number;
   invalid?: { message: string; fields: Record<string, unknown> };
   failed?: { message: string; code?: string; syscall?: string; path?: string };
 };
@@ -344,18 +370,18 @@ export class ChunkWorkers {
   }
 
   /**
-   * Export: verify each chunk of `frames` (its frame at `off`, `len` bytes, against `id`) and write
+   * Export: verify each chunk of `frames` (its frame at `off`, `len` bytes, of `raw` bytes opened, against `id`) and write
    * its raw bytes at every offset of `at` in the file open as `fd`, adjacent pieces joined into
    * pwritev calls of up to 4 MiB; `sparse` leaves zero 4 KiB blocks unwritten (a fresh file's
    * holes). All are verified before any is written: a bad frame (DF_ERR_CHUNK_INVALID) writes
-   * nothing of the task. `frames` is moved to the worker, not copied. The caller keeps `fd` open
-   * until the promise settles.
+   * nothing of the task. `frames` is moved to the worker, not copied, and comes back as `buffer` to
+   * be filled again. A frame that declares another
+   * size than `raw` is DF_ERR_CHUNK_INVALID. The caller keeps `fd` open until the promise settles.
    */
-  async place(fd: number, frames: Uint8Array, recs: Array<{ id: string; off: number; len: number; at: number[] }>, sparse: boolean, max: number): Promise<{ placed: number; written: number; writes: number }> {
-    const frame = alone(frames);
-    const r = await this.run({ op: 'place', fd, frames: frame, recs, sparse, max }, [frame.buffer as ArrayBuffer]);
+  async place(fd: number, frames: ArrayBuffer, recs: Array<{ id: string; off: number; len: number; raw: number; at: number[] }>, sparse: boolean, max: number): Promise<{ placed: number; written: number; writes: number; buffer: ArrayBuffer }> {
+    const r = await this.run({ op: 'place', fd, frames: new Uint8Array(frames), recs, sparse, max }, [frames]);
     this.done.place++;
-    return { placed: r.length!, written: r.written!, writes: r.writes! };
+    return { placed: r.length!, written: r.written!, writes: r.writes!, buffer: r.frames!.buffer as ArrayBuffer };
   }
 
   /** Verify an uploaded frame against its id (DF_ERR_CHUNK_INVALID) without sending its bytes back: their length and whether all are zero. */

@@ -4,7 +4,7 @@ import type { ApiClient } from '../api/client.js';
 import { chunkWorkers } from '../chunk/workers.js';
 import { dfError } from '../errors.js';
 import { encodeIdList, idHex, ID_LIST_TYPE } from '../chunk/id.js';
-import { decodePack } from '../chunk/pack.js';
+import { frameBound, PackReader, type PackSink } from '../chunk/pack.js';
 import { convert } from '../disk/qemu-img.js';
 import { ChunkIndex } from '../image/chunk-index.js';
 import { chunkLength, MAX_CHUNK_SIZE } from '../image/geometry.js';
@@ -55,6 +55,8 @@ const FETCH_BYTES = 16 * 1024 * 1024;
 const MAX_IDS = 4096;
 /** Batches fetched, verified and written at once (each holds one pack, ≤ 32 MiB, and its chunks). */
 const BATCHES_IN_FLIGHT = 3;
+/** Raw bytes per worker task: a batch's frames go to the workers in slices while the rest streams in. */
+const SLICE_RAW = 2 * 1024 * 1024;
 /** Bytes written between two background datasyncs. */
 const WRITEBACK_BYTES = 128 * 1024 * 1024;
 
@@ -116,11 +118,12 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
     const batches: string[][] = [];
     for (let k = 0; k < ids.length; k += perBatch) batches.push(ids.slice(k, k + perBatch));
 
-    // Each batch: one fetch (the server sends the stored frames as they are, unopened), then its
-    // frames go to the chunk workers in slices of about equal raw bytes, one per worker; each worker
-    // opens and verifies its chunks against their ids (the one verification on this path: the trust
-    // boundary is here, the client) and writes them at their offsets itself. BATCHES_IN_FLIGHT
-    // batches go through that at once, so fetching, verifying and writing overlap on every core.
+    // Each batch: one fetch (the server sends the stored frames as they are, unopened), decoded as it
+    // streams in; its frames go to the chunk workers in slices of SLICE_RAW raw bytes as soon as each
+    // is complete; each worker opens and verifies its chunks against their ids (the one verification
+    // on this path: the trust boundary is here, the client) and writes them at their offsets itself.
+    // BATCHES_IN_FLIGHT batches go through that at once, so fetching, verifying and writing overlap on
+    // every core.
     const workers = chunkWorkers();
     const sparse = resumed === null;
     const fd = fh.fd;
@@ -135,49 +138,68 @@ export async function exportVersion(o: ExportOptions): Promise<ExportResult> {
       syncing = fh.datasync().finally(() => { syncing = undefined; });
       syncing.catch(() => {}); // an error shows again in the final sync
     };
+    // What each asked id is: its raw length (the index's) and its offsets in the file.
+    const want = new Map<string, { raw: number; at: number[] }>();
+    for (const [id, list] of positions) want.set(id, { raw: chunkLength(g, list[0]!), at: list.map((i) => i * g.chunkSize) });
+    // Slice buffers: each worker task's frames, copied in once as the pack streams, moved to the worker
+    // and back (reused: no buffer per batch for the garbage collector).
+    const cap = SLICE_RAW + frameBound(g.chunkSize);
+    const free: ArrayBuffer[] = [];
     const place = async (b: string[]) => {
-      const r = await c.binary('POST', '/api/v1/chunks/fetch', { raw: { data: encodeIdList(b), type: ID_LIST_TYPE }, idempotent: true });
-      requests++;
-      bytesFetched += r.body.length;
-      const asked = new Set(b);
-      const recs: Array<{ id: string; off: number; len: number; raw: number; at: number[] }> = [];
-      let body = 0;
-      // decodePack's frames are views of the body: their offsets in it come from byteOffset.
-      const base = r.body.byteOffset;
-      for (const rec of decodePack(r.body, MAX_CHUNK_SIZE)) {
-        if (!asked.delete(rec.id)) continue;
-        const at = positions.get(rec.id)!.map((i) => i * g.chunkSize);
-        recs.push({ id: rec.id, off: rec.frame.byteOffset - base, len: rec.frame.length, raw: rec.rawLength, at });
-        body += rec.rawLength * at.length;
+      type Slice = { buf: Uint8Array; used: number; raw: number; recs: Array<{ id: string; off: number; len: number; raw: number; at: number[] }> };
+      let asked = new Set(b);
+      let cur: Slice | undefined;
+      const tasks: Promise<void>[] = [];
+      const dispatch = () => {
+        const sl = cur!;
+        cur = undefined;
+        tasks.push(workers.place(fd, sl.buf.buffer as ArrayBuffer, sl.recs, sparse, MAX_CHUNK_SIZE).then((w) => {
+          free.push(w.buffer);
+          bytesWritten += w.written;
+          progress.add(w.placed);
+          writeback();
+        }));
+      };
+      const sink: PackSink = {
+        record(id, _rawLength, flen) {
+          if (!asked.delete(id)) return null; // not asked for, or sent twice: skipped
+          const w = want.get(id)!;
+          if (cur && cur.used + flen > cur.buf.length) dispatch();
+          cur ??= { buf: new Uint8Array(free.pop() ?? new ArrayBuffer(cap)), used: 0, raw: 0, recs: [] };
+          cur.recs.push({ id, off: cur.used, len: flen, raw: w.raw, at: w.at });
+          cur.used += flen;
+          cur.raw += w.raw * w.at.length;
+          return cur.buf.subarray(cur.used - flen, cur.used);
+        },
+        filled() {
+          if (cur!.raw >= SLICE_RAW) dispatch();
+        },
+      };
+      let reader = new PackReader(MAX_CHUNK_SIZE, sink);
+      let failed: { err: unknown } | undefined;
+      try {
+        await c.consume('POST', '/api/v1/chunks/fetch', { raw: { data: encodeIdList(b), type: ID_LIST_TYPE }, idempotent: true }, {
+          piece: (p) => {
+            bytesFetched += p.length;
+            reader.push(p);
+          },
+          restart: () => { // the connection broke mid-body: the whole pack again (what was placed is placed again, the same bytes)
+            if (cur) free.push(cur.buf.buffer as ArrayBuffer);
+            cur = undefined;
+            asked = new Set(b);
+            reader = new PackReader(MAX_CHUNK_SIZE, sink);
+          },
+        });
+        requests++;
+        reader.end();
+        if (cur) dispatch();
+        if (asked.size) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `the server omitted ${asked.size} of ${b.length} chunks from a fetch`, { omitted: asked.size });
+      } catch (err) {
+        failed = { err };
       }
-      if (asked.size) throw dfError('DF_ERR_CHUNK_NOT_FOUND', `the server omitted ${asked.size} of ${b.length} chunks from a fetch`, { omitted: asked.size });
-      // Slices of adjacent records, about body / workers raw bytes each: one copy of their frames
-      // (moved, not copied again, to the worker).
-      const slices: typeof recs[] = [];
-      const share = body / workers.size;
-      let cur: typeof recs = [];
-      let acc = 0;
-      for (const rec of recs) {
-        cur.push(rec);
-        acc += rec.raw * rec.at.length;
-        if (acc >= share * (slices.length + 1) && slices.length < workers.size - 1) {
-          slices.push(cur);
-          cur = [];
-        }
-      }
-      if (cur.length) slices.push(cur);
-      const done = await Promise.allSettled(slices.map((sl) => {
-        const from = sl[0]!.off;
-        const to = sl[sl.length - 1]!.off + sl[sl.length - 1]!.len;
-        const frames = new Uint8Array(to - from);
-        frames.set(r.body.subarray(from, to));
-        return workers.place(fd, frames, sl.map((x) => ({ id: x.id, off: x.off - from, len: x.len, at: x.at })), sparse, MAX_CHUNK_SIZE)
-          .then((w) => {
-            bytesWritten += w.written;
-            progress.add(w.placed);
-            writeback();
-          });
-      }));
+      // No failure leaves a task behind: the fd stays open until every worker is done with it.
+      const done = await Promise.allSettled(tasks);
+      if (failed) throw failed.err;
       for (const d of done) if (d.status === 'rejected') throw d.reason;
     };
     // Every lane settles before the file is closed: a worker must never write to a reused fd. The

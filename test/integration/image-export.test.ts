@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, makeDisk, prng, sha256 } from '../helpers/disk.js';
@@ -107,6 +107,23 @@ describe('image export --to', () => {
     expect(full.json.chunksResumed).toBe(0);
     expect(again.json.bytesFetched).toBeLessThan(full.json.bytesFetched - 10 * MiB);
   }, 120_000);
+
+  it('zero chunks and zero 4 KiB blocks stay holes in the raw output, its bytes those of the image', async () => {
+    // 64 KiB chunks: 8 MiB of data at 4 MiB, one chunk of it with every other 4 KiB block zero, and one
+    // more data chunk at 30 MiB; the rest of the 32 MiB disk is zero chunks.
+    const data = prng(21)(8 * MiB);
+    for (let at = MiB; at < MiB + 64 * 1024; at += 8192) data.fill(0, at, at + 4096);
+    const tail = prng(22)(64 * 1024);
+    makeDisk(f('holes.img'), 32 * MiB, [{ at: 4 * MiB, data }, { at: 30 * MiB, data: tail }]);
+    expect((await cli(['image', 'create', 'holes', '--from', f('holes.img')], admin)).code).toBe(0);
+    const r = await cli(['image', 'export', 'holes', '--to', f('holes.out'), '--json'], admin);
+    expect(r.code, r.stderr).toBe(0);
+    expect(sha256(f('holes.out'))).toBe(sha256(f('holes.img')));
+    const nonzero = data.length - 32 * 1024 + tail.length;
+    expect(r.json.bytesWritten).toBe(nonzero);
+    // What the file system allocated: the written bytes (and some metadata blocks at most), not 32 MiB.
+    expect(statSync(f('holes.out')).blocks * 512).toBeLessThan(nonzero + MiB);
+  }, 60_000);
 
   it('a stored chunk gone bad is refused by the exporting client: DF_ERR_CHUNK_INVALID, its bytes never written', async () => {
     // The server sends stored frames as they are (verified when they were stored, not on every
