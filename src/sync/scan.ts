@@ -8,12 +8,14 @@ import { ChunkIndex } from '../image/chunk-index.js';
 import { blocksPerChunk, chunkCount, type Geometry } from '../image/geometry.js';
 import { BLOCK_HASH_BYTES } from './blockhash.js';
 import { FINGERPRINT_BYTES, READ_SIZE, scanRange, type ScanRangeArgs, type ScanRangeResult } from './scan-core.js';
+import { scanByFingerprints } from './scan-fast.js';
 
 /**
  * Scan a disk: hash every chunk on all cores (worker threads taking interleaved 4 MiB stripes, so
  * the work is even wherever the data lies) and compare with the ids it should hold. Holes are not
  * read, and with the fingerprints recorded with `expected`, an unchanged chunk is not hashed with
- * BLAKE3 (src/sync/scan-core.ts).
+ * BLAKE3 (src/sync/scan-core.ts). With those fingerprints the addon's pass comes first
+ * (src/sync/scan-fast.ts): no worker at all unless many chunks changed.
  */
 export interface ScanResult {
   /** What the disk actually holds. */
@@ -38,6 +40,10 @@ export async function scanDisk(
 ): Promise<ScanResult> {
   const t0 = performance.now();
   const n = chunkCount(g);
+  if (expected && expectedFingerprints && !extents) {
+    const f = await scanByFingerprints(path, g, expected, expectedFingerprints, view, threads, Math.max(64, Math.floor(n / 8)));
+    if (f) return { ...f, index: ChunkIndex.over(g, f.ids), seconds: (performance.now() - t0) / 1000 };
+  }
   const per = Math.max(1, Math.floor(batchBytes / g.chunkSize));
   const k = Math.max(1, Math.min(threads, 8, Math.ceil(n / per)));
   const useWorkers = k > 1 && existsSync(WORKER);
