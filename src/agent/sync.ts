@@ -236,9 +236,11 @@ async function deltaPath(s: Session, from: number, to: number): Promise<Hop[] | 
 async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hops: Hop[] } | null, signedIndex: string, held: ChunkIndex | null = null): Promise<ChunkIndex> {
   if (held && idHex(hashBytes(held.encode())) === signedIndex) return held; // not downloaded again
   let bytes: Buffer;
+  let built: ChunkIndex | null = null; // from the layers: returned as it is once its encoding checks (no decoded copy)
   if (path) {
     let idx = path.base;
     for (const h of path.hops) idx = applyLayer(idx, h.layer);
+    built = idx;
     bytes = idx.encode();
   } else {
     bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${to}/index`)).body;
@@ -249,7 +251,7 @@ async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hop
       image: s.image.name, version: to, index: got, signed: signedIndex,
     });
   }
-  return ChunkIndex.decode(bytes);
+  return built ?? ChunkIndex.decode(bytes);
 }
 
 function verifyBlob(bytes: Buffer, id: string, what: string): void {
