@@ -2,7 +2,7 @@
 # Scan of a dirty disk vs `xxhsum -H2` over the same disk file, interleaved, in the same run (issue 16).
 #
 # usage: bash bench/scan.sh [DATA]      DATA: a workload dir (default bench/data/2G; make-workload.sh)
-#        env: REPS=7  PORT=18484  DESKFUSE_CLI (default dist/cli/main.js)
+#        env: REPS=7  PORT=18484  DESKFUSE_CLI (default: a copy of dist/ taken at start)
 #
 # A deskfuse server on 127.0.0.1:PORT (store in a temp dir), `image create win --from base.img`,
 # `image publish --from v2.img`; a disk file (image + size/128) provisioned at base by `agent sync`
@@ -23,12 +23,18 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DATA=${1:-$REPO/bench/data/2G}
 REPS=${REPS:-7}
 PORT=${PORT:-18484}
-CLI=${DESKFUSE_CLI:-$REPO/dist/cli/main.js}
 die() { echo "scan: $*" >&2; exit 1; }
 log() { echo "== $*" >&2; }
 for t in xxhsum /usr/bin/time curl python3 numfmt; do command -v "$t" >/dev/null || die "missing $t"; done
 [ -f "$DATA/base.img" ] && [ -f "$DATA/v2.img" ] || die "$DATA has no workload (make-workload.sh)"
-T=$(mktemp -d "${TMPDIR:-/tmp}/df-scan-XXXXXX")
+mkdir -p "$REPO/bench/data"
+T=$(mktemp -d "$REPO/bench/data/tmp-scan-XXXXXX")   # inside the repo: the copy of dist/ below finds node_modules
+# A copy of dist/ taken now (as bench/memory.sh and bench/run.sh do): a build during the run (npm test
+# builds first) must not change the CLI between reps.
+if [ -n "${DESKFUSE_CLI:-}" ]; then CLI=$DESKFUSE_CLI; else
+  [ -f "$REPO/dist/cli/main.js" ] || die "dist/cli/main.js is missing: npm run build"
+  cp -a "$REPO/dist" "$T/dist"; ln -s "$REPO/ipxe" "$T/ipxe"; mkdir -p "$T/server/console"; ln -s "$REPO/server/console/assets" "$T/server/console/assets"; CLI=$T/dist/cli/main.js
+fi
 SPID=
 cleanup() {
   local rc=$?
