@@ -327,6 +327,7 @@ static napi_value init(napi_env env, napi_value exports) {
     { "fingerprint", NULL, df_fingerprint, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fingerprintFile", NULL, df_fingerprint_file, NULL, NULL, NULL, napi_enumerable, NULL },
     { "mallocTune", NULL, df_malloc_tune, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "mallocTrim", NULL, df_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

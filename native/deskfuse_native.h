@@ -18,6 +18,8 @@ napi_value df_send_pack(napi_env env, napi_callback_info info);
 napi_value df_fingerprint(napi_env env, napi_callback_info info);
 /* fingerprintFile(fd, start, chunkSize, count, lastLength, holes, out, outAt, cb): native/fingerprint.c */
 napi_value df_fingerprint_file(napi_env env, napi_callback_info info);
+/* mallocTrim(): glibc malloc_trim(0) (native/fingerprint.c) */
+napi_value df_malloc_trim(napi_env env, napi_callback_info info);
 /* mallocTune(mmapThreshold, arenaMax): glibc mallopt (native/fingerprint.c) */
 napi_value df_malloc_tune(napi_env env, napi_callback_info info);
 

@@ -76,6 +76,19 @@ napi_value df_malloc_tune(napi_env env, napi_callback_info info) {
   return ret;
 }
 
+/* mallocTrim() -> bool: glibc's malloc_trim(0), the free pages of every arena back to the system (the
+ * scan's worker threads leave theirs behind when they exit); false where the C library is not glibc. */
+napi_value df_malloc_trim(napi_env env, napi_callback_info info) {
+  napi_value ret;
+  bool ok = false;
+#ifdef __GLIBC__
+  malloc_trim(0);
+  ok = true;
+#endif
+  napi_get_boolean(env, ok, &ret);
+  return ret;
+}
+
 /*
  * fingerprintFile(fd, start, chunkSize, count, lastLength, holes, out, outAt, cb): XXH3-128 of `count`
  * chunks of the file from byte `start` (the last one `lastLength` bytes) into out[outAt, outAt + 16 count),

@@ -58,6 +58,8 @@ export interface Native {
     cb: (err: NodeJS.ErrnoException | null, bytesRead: number) => void): void;
   /** glibc mallopt: a fixed mmap threshold (bytes; 0 = leave) and an arena cap (0 = leave); false: not glibc, nothing done. */
   mallocTune(mmapThreshold: number, arenaMax: number): boolean;
+  /** glibc malloc_trim(0): free pages of every arena back to the system; false: not glibc. */
+  mallocTrim(): boolean;
   /** The sender's token bucket over every body it sends, in bytes per second (0: no cap). */
   sendRate(bytesPerSecond: number): void;
   /** Bodies in progress, bytes sent, turns that waited for the bucket, the rate. */
