@@ -20,6 +20,7 @@
  *        main thread (native/sendfile.c); sendParts(sockFd, parts, idleMs, cb) a body of buffers and
  *        whole files; sendRate(bytesPerSecond) the sender's token bucket; sendStats(); sendForget(); sendPack(sockFd, meta, root, idleMs, cb) a pack from a chunk store's files.
  *   fingerprint(data, out, at)   XXH3-128 of data into out[at, at+16) (native/fingerprint.c): the scan's change test.
+ *   fingerprintFile(fd, start, chunkSize, count, lastLength, holes, out, outAt, cb)   the same for chunks of a file, on the thread pool.
  *   mallocTune(mmapThreshold, arenaMax) -> bool   glibc mallopt (native/fingerprint.c): the agent's memory.
  *
  * Errors become JS exceptions with .code (errno name), .errno and .syscall, like Node's own.
@@ -324,7 +325,9 @@ static napi_value init(napi_env env, napi_value exports) {
     { "sendForget", NULL, df_send_forget, NULL, NULL, NULL, napi_enumerable, NULL },
     { "sendPack", NULL, df_send_pack, NULL, NULL, NULL, napi_enumerable, NULL },
     { "fingerprint", NULL, df_fingerprint, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "fingerprintFile", NULL, df_fingerprint_file, NULL, NULL, NULL, napi_enumerable, NULL },
     { "mallocTune", NULL, df_malloc_tune, NULL, NULL, NULL, napi_enumerable, NULL },
+    { "mallocTrim", NULL, df_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL },
   };
   if (napi_define_properties(env, exports, sizeof props / sizeof props[0], props) != napi_ok) return NULL;
   return exports;

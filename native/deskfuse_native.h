@@ -16,6 +16,10 @@ napi_value df_send_forget(napi_env env, napi_callback_info info);
 napi_value df_send_pack(napi_env env, napi_callback_info info);
 /* fingerprint(data, out, at): XXH3-128 into out[at, at+16): native/fingerprint.c */
 napi_value df_fingerprint(napi_env env, napi_callback_info info);
+/* fingerprintFile(fd, start, chunkSize, count, lastLength, holes, out, outAt, cb): native/fingerprint.c */
+napi_value df_fingerprint_file(napi_env env, napi_callback_info info);
+/* mallocTrim(): glibc malloc_trim(0) (native/fingerprint.c) */
+napi_value df_malloc_trim(napi_env env, napi_callback_info info);
 /* mallocTune(mmapThreshold, arenaMax): glibc mallopt (native/fingerprint.c) */
 napi_value df_malloc_tune(napi_env env, napi_callback_info info);
 

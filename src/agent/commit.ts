@@ -123,8 +123,9 @@ export async function commitChanges(s: Session, state: DiskState, lease: Lease, 
   return { outcome, state: newState, fingerprints: scan.fingerprints };
 }
 
-/** hints of the disk after a scan: the slot's, with the changed positions' new ones. */
+/** hints of the disk after a scan: the slot's, with the changed positions' new ones (the slot's own buffer when none changed: no copy). */
 export function mergeHints(scan: ScanResult, base: Buffer): Buffer {
+  if (scan.hints.size === 0) return base;
   const out = Buffer.from(base);
   for (const [pos, h] of scan.hints) h.copy(out, pos * h.length);
   return out;

@@ -23,7 +23,7 @@ export function idsPerFetch(chunkSize: number): number {
 
 /**
  * Whole chunks the agent must fetch, in the order it will write them: requested in packs of about
- * 16 MiB, two packs ahead, each chunk verified against its id before anyone sees it.
+ * 16 MiB, two packs ahead (kept compressed until used), each chunk verified against its id before anyone sees it.
  *
  * Real disks repeat chunks (identical files, 0xFF-filled regions): an id is requested once, in the
  * pack of its first use, and kept until its last use while the repeat budget allows; a repeat that
@@ -61,25 +61,24 @@ export class ChunkFetcher {
   }
 
   async get(id: string): Promise<Buffer> {
-    const got = (await this.lookup(id)) ?? (await this.fetchOne(id));
+    const got = this.kept.get(id) ?? (await this.lookup(id)) ?? (await this.fetchOne(id));
     this.used(id, got);
     return got;
   }
 
+  /** The chunk from its batch, opened and verified now: a batch waits as its compressed frames, not as raw chunks. */
   private async lookup(id: string): Promise<Buffer | undefined> {
-    const kept = this.kept.get(id);
-    if (kept) return kept;
     const k = this.batchOf.get(id);
     if (k === undefined) return undefined;
     while (this.nextToStart <= Math.min(k + this.ahead, this.batches.length - 1)) this.start(this.nextToStart++);
     const batch = this.pending.get(k);
     // A repeat whose pack is gone and that did not fit the budget: fetched again by the caller.
     if (!batch) return undefined;
-    const got = (await batch).get(id);
+    const frame = (await batch).get(id);
     // Packs before this one are done with: let them be collected.
     for (const old of this.pending.keys()) if (old < k) this.pending.delete(old);
-    if (!got) throw new Error(`chunk ${id} missing from its batch`);
-    return got;
+    if (!frame) throw new Error(`chunk ${id} missing from its batch`);
+    return openFrame(id, frame, MAX_CHUNK_SIZE);
   }
 
   /** Keeps a chunk that is needed again (within the budget), forgets it at its last use. */
@@ -104,16 +103,17 @@ export class ChunkFetcher {
     this.pending.set(k, p);
   }
 
+  /** A batch's frames (views of the pack body; opened by lookup). */
   private async load(ids: string[]): Promise<Map<string, Buffer>> {
     const r = await this.client.binary('POST', '/api/v1/chunks/fetch', { raw: { data: encodeIdList(ids), type: ID_LIST_TYPE }, idempotent: true });
     const out = new Map<string, Buffer>();
-    for (const rec of decodePack(r.body, MAX_CHUNK_SIZE)) out.set(rec.id, openFrame(rec.id, rec.frame, MAX_CHUNK_SIZE));
+    for (const rec of decodePack(r.body, MAX_CHUNK_SIZE)) out.set(rec.id, rec.frame);
     for (const id of ids) if (!out.has(id)) throw new Error(`server omitted chunk ${id}`);
     return out;
   }
 
   /** One chunk outside the plan (a rebuilt chunk that failed its check, or a repeat past the budget). */
   async fetchOne(id: string): Promise<Buffer> {
-    return (await this.load([id])).get(id)!;
+    return openFrame(id, (await this.load([id])).get(id)!, MAX_CHUNK_SIZE);
   }
 }

@@ -82,21 +82,38 @@ async function syncWithRetries(o: AgentOptions, desktop: string): Promise<SyncRe
 type SyncCore = Omit<SyncResult, 'requests' | 'bytesFetched' | 'seconds'>;
 
 async function syncOnce(s: Session, o: AgentOptions): Promise<SyncCore> {
-  // One writer per persistent desktop; restore desktops never write back, so any number of
-  // endpoints may follow one (a classroom of kiosks).
-  const lease = s.desktop.mode === 'persistent' ? await takeLease(s, o.force ?? false) : null;
-  const stop = lease ? keepLease(s) : null;
+  // A disk that is not clean is scanned while the lease and the signed head are asked for: the scan
+  // only reads, and its worker threads start up during those round trips rather than after them.
+  const scanning = startScan(s);
   try {
-    return await syncLeased(s, o, lease);
+    // One writer per persistent desktop; restore desktops never write back, so any number of
+    // endpoints may follow one (a classroom of kiosks).
+    const lease = s.desktop.mode === 'persistent' ? await takeLease(s, o.force ?? false) : null;
+    const stop = lease ? keepLease(s) : null;
+    try {
+      return await syncLeased(s, o, lease, scanning);
+    } finally {
+      await stop?.();
+    }
   } finally {
-    await stop?.();
+    await scanning?.catch(() => {}); // never left running past the run (its error, if any, was thrown by syncLeased)
   }
 }
 
-async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Promise<SyncCore> {
+function startScan(s: Session): Promise<ScanResult> | null {
+  if (s.state?.state === 'clean') return null;
+  // A restore desktop's reset must undo whatever was done to the disk: every chunk is hashed
+  // (fingerprints are no proof against a crafted change, state-area.ts "Fingerprints").
+  const trusted = s.desktop.mode === 'persistent' ? s.slot?.fingerprints ?? null : null;
+  const p = scanDisk(s.disk.path, s.geometry, null, s.slot?.index ?? null, undefined, undefined, s.disk.view, trusted);
+  p.catch(() => {}); // awaited by syncLeased; a failure before that point must not go unhandled
+  return p;
+}
+
+async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null, scanning: Promise<ScanResult> | null): Promise<SyncCore> {
   const g = s.geometry;
   let state = s.state;
-  // The server's signed word on where to go, checked before anything is read or written: a refusal
+  // The server's signed word on where to go, checked before anything is written: a refusal
   // (DF_ERR_SIG_*) leaves the disk as it was, and the boot stage boots it as it is.
   let signed = await signedTarget(s, o, state);
   let scan: ScanResult | null = null;
@@ -106,11 +123,8 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
   const from = state?.version ?? null;
   let fresh = false;
 
-  if (!state || state.state !== 'clean') {
-    // A restore desktop's reset must undo whatever was done to the disk: every chunk is hashed
-    // (fingerprints are no proof against a crafted change, state-area.ts "Fingerprints").
-    const trusted = s.desktop.mode === 'persistent' ? s.slot?.fingerprints ?? null : null;
-    scan = await scanDisk(s.disk.path, g, null, s.slot?.index ?? null, undefined, undefined, s.disk.view, trusted);
+  if (scanning) {
+    scan = await scanning;
     actual = scan.index;
     hints = mergeHints(scan, s.slot?.hints ?? emptyHints(g));
     fps = scan.fingerprints;
@@ -166,10 +180,17 @@ async function syncLeased(s: Session, o: AgentOptions, lease: Lease | null): Pro
   // Delta path: the versions from the disk's version to the target; the target's index then follows
   // from the layers, checked against its id. (A blank disk fetches whole chunks: a root version's
   // delta would be a second copy of the whole image on the server.)
-  const hops = state.version === null ? null : await deltaPath(s, state.version, to);
+  const hops = state.version === null || state.version === to ? null : await deltaPath(s, state.version, to);
   const base = hops ? s.slot!.index : null;
-  const target = await targetIndex(s, to, hops && base ? { base, hops } : null, signed.manifest.index);
+  // At the target already (a dirty disk, scanned): the slot's index is the target's when it hashes to the signed id.
+  const held = state.version === to && !fresh ? s.slot?.index ?? null : null;
+  const target = await targetIndex(s, to, hops && base ? { base, hops } : null, signed.manifest.index, held);
   if (sameIndex(actual, target)) {
+    if (held && sameIndex(held, target) && s.slot!.hints.equals(hints) && s.slot!.fingerprints?.equals(fps)) {
+      // Nothing changed on the disk nor on the server: the slot stands as it is, only the header says clean.
+      state = await writeHeader(s.disk.fh, s.disk.size, { ...state, ...trust, state: 'clean', version: to, target: null, failure: null });
+      return sealed(s, done());
+    }
     state = await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, ...trust, state: 'clean', version: to, target: null, failure: null }, { index: target, hints, fingerprints: fps });
     return sealed(s, done());
   }
@@ -212,11 +233,14 @@ async function deltaPath(s: Session, from: number, to: number): Promise<Hop[] | 
  * The target's full index: from the base and the layers when a path exists, else downloaded; either
  * way it must hash to the id its signed manifest names (`signedIndex`).
  */
-async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hops: Hop[] } | null, signedIndex: string): Promise<ChunkIndex> {
+async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hops: Hop[] } | null, signedIndex: string, held: ChunkIndex | null = null): Promise<ChunkIndex> {
+  if (held && idHex(hashBytes(held.encode())) === signedIndex) return held; // not downloaded again
   let bytes: Buffer;
+  let built: ChunkIndex | null = null; // from the layers: returned as it is once its encoding checks (no decoded copy)
   if (path) {
     let idx = path.base;
     for (const h of path.hops) idx = applyLayer(idx, h.layer);
+    built = idx;
     bytes = idx.encode();
   } else {
     bytes = (await s.client.binary('GET', `/api/v1/images/${s.image.name}/versions/${to}/index`)).body;
@@ -227,7 +251,7 @@ async function targetIndex(s: Session, to: number, path: { base: ChunkIndex; hop
       image: s.image.name, version: to, index: got, signed: signedIndex,
     });
   }
-  return ChunkIndex.decode(bytes);
+  return built ?? ChunkIndex.decode(bytes);
 }
 
 function verifyBlob(bytes: Buffer, id: string, what: string): void {

@@ -520,18 +520,31 @@ function notSent(cause: unknown): boolean {
   return NOT_SENT.has(c?.code ?? '');
 }
 
+/** Bodies up to this size with a Content-Length are copied into one buffer as they arrive. */
+const PREALLOCATE_MAX = 64 * 1024 * 1024;
+
 /**
- * The whole body, each piece re-arming the deadline. One piece is used as is; several are copied
- * once into one buffer (what arrayBuffer() costs).
+ * The whole body, each piece re-arming the deadline. With a Content-Length, each piece is copied into
+ * one buffer of that size as it arrives (the agent's 16 MiB packs were held twice: pieces, then their
+ * concatenation); without, one piece is used as is, several are copied once into one buffer.
  */
 async function readBody(res: Response, deadline: Deadline): Promise<Buffer> {
   if (!res.body) return Buffer.alloc(0);
   const pieces: Uint8Array[] = [];
   let total = 0;
+  const declared = Number(res.headers.get('content-length') ?? NaN);
+  const into = res.headers.get('content-encoding') === null && Number.isSafeInteger(declared) && declared > 0 && declared <= PREALLOCATE_MAX
+    ? Buffer.allocUnsafe(declared) : null;
   for await (const piece of res.body as unknown as AsyncIterable<Uint8Array>) {
     deadline.progress();
-    pieces.push(piece);
+    if (into && total + piece.byteLength <= into.length) into.set(piece, total);
+    else pieces.push(piece);
     total += piece.byteLength;
+  }
+  if (into) {
+    // What the header said, or (a body that disagrees with it) the pieces as a plain body would be.
+    if (total === into.length && pieces.length === 0) return into;
+    throw new TypeError('terminated', { cause: Object.assign(new Error(`body of ${total} bytes, Content-Length ${declared}`), { code: 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' }) });
   }
   if (pieces.length === 1) return Buffer.from(pieces[0]!.buffer, pieces[0]!.byteOffset, pieces[0]!.byteLength);
   return Buffer.concat(pieces, total);

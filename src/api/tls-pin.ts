@@ -1,7 +1,7 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { isIP } from 'node:net';
-import tls from 'node:tls';
-import { Agent, fetch as undiciFetch, request as undiciRequest } from 'undici';
+import type { DetailedPeerCertificate } from 'node:tls';
+import type { Agent } from 'undici';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { normalizeFingerprint } from '../tls/fingerprint.js';
 
@@ -44,6 +44,7 @@ export class TlsPins {
   async fetchFor(server: string): Promise<FetchFn> {
     const dispatcher = await this.dispatcherFor(server);
     if (!dispatcher) return fetch;
+    const { fetch: undiciFetch } = await import('undici');
     return (url, init) => undiciFetch(url, { ...(init as object), dispatcher } as Parameters<typeof undiciFetch>[1]) as unknown as Promise<Response>;
   }
 
@@ -54,6 +55,7 @@ export class TlsPins {
    */
   async requestFor(server: string): Promise<FetchFn> {
     const dispatcher = await this.dispatcherFor(server);
+    const { request: undiciRequest } = await import('undici');
     return async (url, init) => {
       let r;
       try {
@@ -90,6 +92,9 @@ export class TlsPins {
 
   private async makeAgent(u: URL): Promise<Agent> {
     const ca = this.trust.ca ?? (await this.caByFingerprint(u));
+    // Loaded here, not at start: undici and node:tls took ~0.2 s of every agent run's start-up, and
+    // only a pinned https server needs them.
+    const { Agent } = await import('undici');
     return new Agent({ connect: { ca }, keepAliveTimeout: 10_000 });
   }
 
@@ -119,7 +124,8 @@ export class TlsPins {
  * verification is off for this one connection only because nothing is trusted from it but the bytes
  * of a certificate whose hash the caller already knows.
  */
-export function peerChain(host: string, port: number, timeoutMs: number): Promise<X509Certificate[]> {
+export async function peerChain(host: string, port: number, timeoutMs: number): Promise<X509Certificate[]> {
+  const [{ default: tls }, { X509Certificate }] = await Promise.all([import('node:tls'), import('node:crypto')]);
   return new Promise((resolve, reject) => {
     const sock = tls.connect({ host, port, rejectUnauthorized: false, ...(isIP(host) ? {} : { servername: host }) });
     const timer = setTimeout(() => sock.destroy(Object.assign(new Error(`no TLS handshake within ${timeoutMs} ms`), { code: 'UND_ERR_CONNECT_TIMEOUT' })), timeoutMs);
@@ -127,7 +133,7 @@ export function peerChain(host: string, port: number, timeoutMs: number): Promis
       clearTimeout(timer);
       const out: X509Certificate[] = [];
       const seen = new Set<string>();
-      let c: tls.DetailedPeerCertificate | undefined = sock.getPeerCertificate(true);
+      let c: DetailedPeerCertificate | undefined = sock.getPeerCertificate(true);
       while (c?.raw && !seen.has(c.fingerprint256)) {
         seen.add(c.fingerprint256);
         out.push(new X509Certificate(c.raw));

@@ -49,8 +49,17 @@ export interface Native {
    * Not an id: the scan's cheap test of whether a chunk changed since its id was recorded.
    */
   fingerprint(data: Uint8Array, out: Uint8Array, at: number): void;
+  /**
+   * fingerprint() of `count` chunks of the file `fd` from byte `start` (chunkSize bytes each, the last
+   * lastLength) into out[outAt, outAt + 16 count), on libuv's thread pool; with `holes`, chunks with no
+   * data (SEEK_DATA) are not read. Past the end of the file reads as zeros. cb(err, bytesRead).
+   */
+  fingerprintFile(fd: number, start: number, chunkSize: number, count: number, lastLength: number, holes: boolean, out: Uint8Array, outAt: number,
+    cb: (err: NodeJS.ErrnoException | null, bytesRead: number) => void): void;
   /** glibc mallopt: a fixed mmap threshold (bytes; 0 = leave) and an arena cap (0 = leave); false: not glibc, nothing done. */
   mallocTune(mmapThreshold: number, arenaMax: number): boolean;
+  /** glibc malloc_trim(0): free pages of every arena back to the system; false: not glibc. */
+  mallocTrim(): boolean;
   /** The sender's token bucket over every body it sends, in bytes per second (0: no cap). */
   sendRate(bytesPerSecond: number): void;
   /** Bodies in progress, bytes sent, turns that waited for the bucket, the rate. */

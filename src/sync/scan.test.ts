@@ -9,6 +9,7 @@ import { chunkCount, chunkLength, type Geometry } from '../image/geometry.js';
 import { blockHashes } from './blockhash.js';
 import { scanRange } from './scan-core.js';
 import { scanDisk } from './scan.js';
+import { scanByFingerprints } from './scan-fast.js';
 import { prng } from '../../test/helpers/expect.js';
 import { makeDisk } from '../../test/helpers/disk.js';
 
@@ -258,6 +259,35 @@ describe('scanDisk', () => {
     const lying = first.index.clone();
     lying.set(6, Buffer.alloc(32, 7));
     expect((await scanDisk(file, g, null, lying, 1, undefined, null, first.fingerprints)).changed).toEqual([]);
+  });
+
+  it("fingerprints: the addon's pass (scan-fast.ts) finds what the worker scan finds, reads no hole, and falls back past maxSuspects", async () => {
+    const g: Geometry = { virtualSize: 300 * CS + 512, chunkSize: CS };
+    const regions = Array.from({ length: 40 }, () => Math.floor(rnd() * 300)).map((pos) => ({ at: pos * CS + Math.floor(rnd() * CS / 2), data: randomBytes(1 + Math.floor(rnd() * CS)) }));
+    const file = sparse('fast.img', g.virtualSize + CS, regions);
+    const first = await scanDisk(file, g, null, null, 2, 4 * CS); // no fingerprints: the workers' scan
+    const allocated = Number((await execa('du', ['-B1', file])).stdout.split('\t')[0]);
+    const fast = await scanByFingerprints(file, g, first.index, first.fingerprints, null, 2, 1000);
+    expect(fast).not.toBeNull();
+    expect(fast!.changed).toEqual([]);
+    expect(fast!.hashed).toBe(0);
+    expect(fast!.ids.equals(first.index.ids)).toBe(true);
+    expect(fast!.fingerprints.equals(first.fingerprints)).toBe(true);
+    expect(fast!.bytesRead).toBeLessThanOrEqual(allocated + 40 * CS); // whole chunks around the data, never the holes
+    // changes: bytes in a hole, a chunk zeroed, a byte flipped; the same as the workers find with no fingerprints
+    write(file, 150 * CS + 77, randomBytes(3000));
+    write(file, regions[0]!.at - (regions[0]!.at % CS), Buffer.alloc(CS));
+    write(file, 300 * CS + 511, Buffer.from([readFileSync(file)[300 * CS + 511]! ^ 0x41]));
+    const want = await scanDisk(file, g, null, first.index, 2, 4 * CS); // no fingerprints: everything hashed
+    const got = await scanByFingerprints(file, g, first.index, first.fingerprints, null, 2, 1000);
+    expect(got!.changed).toEqual(want.changed);
+    expect(got!.ids.equals(want.index.ids)).toBe(true);
+    expect(got!.fingerprints.equals(want.fingerprints)).toBe(true);
+    for (const pos of want.changed) expect(got!.hints.get(pos)).toEqual(want.hints.get(pos));
+    // more chunks to hash than allowed: null, and scanDisk's answer is the workers' (same result)
+    expect(await scanByFingerprints(file, g, first.index, first.fingerprints, null, 2, 1)).toBeNull();
+    // a read error is the system's, with its errno code (the agent turns it into DF_ERR_DISK_IO)
+    await expect(scanByFingerprints(dir, g, first.index, first.fingerprints, null, 2, 1000)).rejects.toMatchObject({ code: 'EISDIR' });
   });
 
   it('scanRange scans one range with positions relative to the whole disk', () => {

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { baseDisk, patch, prng, sha256, sha256Prefix, textish } from '../helpers/disk.js';
@@ -13,6 +13,7 @@ let srv: Awaited<ReturnType<typeof startInProcess>>;
 let admin: Record<string, string>;
 const f = (n: string) => path.join(tmp.dir, n);
 
+const sha256Hex = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const imageSha = (disk: string) => sha256Prefix(disk, SIZE); // the image region; the state area follows
 const blankDisk = (name: string) => execFileSync('truncate', ['-s', String(SIZE + 4 * MiB), f(name)]);
 const agent = (args: string[], token: string) => cli(['agent', ...args, '--json'], { DESKFUSE_SERVER: srv.url, DESKFUSE_TOKEN: token });
@@ -75,6 +76,19 @@ describe('agent sync', () => {
     // nothing to do: no scan, no chunk
     const again = await agent(['sync', '--disk', f('up.img'), '--desktop', 'up'], t);
     expect(again.json).toMatchObject({ from: 2, to: 2, scanned: false, chunksWritten: 0 });
+
+    // dirty but unchanged, at the head already: scanned, the index not downloaded again (the slot's
+    // hashes to the signed id), and the slots and fingerprints left as they were (only a header written)
+    expect((await agent(['handoff', '--disk', f('up.img')], t)).json.state).toBe('dirty');
+    const area = () => sha256Hex(readFileSync(f('up.img')).subarray(SIZE, SIZE + 3 * MiB - 8192)); // up to the two headers
+    const before = area();
+    const scanned = await agent(['sync', '--disk', f('up.img'), '--desktop', 'up'], t);
+    expect(scanned.code, scanned.stderr).toBe(0);
+    expect(scanned.json).toMatchObject({ from: 2, to: 2, scanned: true, localChanges: 0, chunksWritten: 0 });
+    expect(scanned.json.bytesFetched).toBeLessThan(SIZE / (64 * 1024) * 32); // less than the index alone
+    expect(area()).toBe(before);
+    expect((await agent(['status', '--disk', f('up.img')], t)).json).toMatchObject({ state: 'clean', version: 2, slotOk: true });
+    expect(imageSha(f('up.img'))).toBe(sha256(f('v2.img')));
   });
 
   it('refuses a disk too small or holding another desktop, touching nothing', async () => {
