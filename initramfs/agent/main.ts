@@ -131,7 +131,8 @@ function bootTrust(): Buffer[] {
 async function handOff(m: Machinery, s: BootSession, disk: string, report: Report): Promise<never> {
   m.mustBeBootStage(`hand off (${s.handoff})`);
   // The OS is about to run on the disk: the next boot must scan it.
-  if (s.handoff !== 'poweroff') await m.agentHandoff(disk);
+  // After a sync the disk holds exactly its slot: the OS's changed-block tracking starts from there.
+  if (s.handoff !== 'poweroff') await m.agentHandoff(disk, s.action === 'sync');
   return m.handOff({ machine: m, report, mark, say }, s, disk);
 }
 
