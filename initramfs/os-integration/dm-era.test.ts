@@ -68,7 +68,7 @@ function boot(): { table: string | null; root: string | null; log: string } {
   const r = spawnSync('sh', [SCRIPT], { env: { PATH: `${T}/bin:${process.env.PATH}`, ROOT: path.join(T, 'dev/p1'), DESKFUSE_ERA_TEST_ROOT: T }, encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
   const log = existsSync(path.join(T, 'dev/kmsg')) ? readFileSync(path.join(T, 'dev/kmsg'), 'utf8') : '';
-  const table = existsSync(path.join(T, 'dmsetup.log')) ? readFileSync(path.join(T, 'dmsetup.log'), 'utf8').trim() : null;
+  const table = existsSync(path.join(T, 'dmsetup.log')) ? readFileSync(path.join(T, 'dmsetup.log'), 'utf8').trim().split('\n')[0]! : null;
   const loop = /era metadata on (\/dev\/loop\d+)/.exec(log)?.[1];
   if (loop) loops.push(loop);
   const conf = path.join(T, 'conf/param.conf');
@@ -84,10 +84,11 @@ describe('the dm-era local-premount script', () => {
     expect(b.log).toMatch(/tracking .*p1 \(boot 1 of this arming, era metadata on \/dev\/loop\d+\)/);
     const loop = loops[0]!;
     const loopDev = readFileSync(`/sys/class/block/${path.basename(loop)}/dev`, 'utf8').trim();
-    expect(b.table).toBe(`create deskfuse-era --table 0 ${PART.length / 512} era ${loopDev} 254:2 128`);
+    expect(b.table).toBe(`--noudevsync create deskfuse-era --table 0 ${PART.length / 512} era ${loopDev} 254:2 128`);
     // The loop is exactly the metadata space of the disk.
     expect(readFileSync(`/sys/class/block/${path.basename(loop)}/loop/offset`, 'utf8').trim()).toBe(String(d.metaStart));
     expect(readFileSync(`/sys/class/block/${path.basename(loop)}/loop/sizelimit`, 'utf8').trim()).toBe(String(d.metaLength));
+    expect(readFileSync(path.join(T, 'dmsetup.log'), 'utf8').trim().split('\n')[1]).toBe('mknodes deskfuse-era');
     expect(b.root).toBe('ROOT=/dev/mapper/deskfuse-era');
     expect(record()).toEqual({ token: d.token, boots: 1, lastMounts: m0, partition: 0, broken: false });
   });
