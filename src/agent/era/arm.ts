@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { hashBytes } from '../../chunk/id.js';
+import { dfError } from '../../errors.js';
 import { readAt } from '../../fs/read.js';
 import { writeFull } from '../../fs/write.js';
 import { chunkCount, type Geometry } from '../../image/geometry.js';
@@ -79,7 +80,8 @@ export function eraSpace(s: { areaStart: number; geometry: Geometry }): { start:
   const start = end - length;
   const imageEnd = Math.ceil(g.virtualSize / 4096) * 4096;
   if (start < imageEnd) return null;
-  if (end > s.areaStart - 2 * fingerprintRegionSize(g)) throw new Error('era space overlaps the fingerprint regions'); // cannot happen: end is rounded down
+  const fpStart = s.areaStart - 2 * fingerprintRegionSize(g);
+  if (end > fpStart) throw dfError('DF_ERR_INTERNAL', 'the era space would overlap the fingerprint regions', { end, fingerprints: fpStart });
   return { start, length };
 }
 
