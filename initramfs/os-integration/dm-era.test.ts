@@ -39,6 +39,9 @@ beforeAll(() => {
   symlinkSync('../../devices/disk/p1', path.join(T, 'sys/class/block/p1'));
   writeFileSync(path.join(T, 'bin/dmsetup'), `#!/bin/sh\necho "$*" >> "${T}/dmsetup.log"\n`);
   writeFileSync(path.join(T, 'bin/modprobe'), '#!/bin/sh\nexit 0\n');
+  // blkid -l -t UUID=… -o device, as the initramfs's: the partition stand-in for the root's UUID.
+  writeFileSync(path.join(T, 'bin/blkid'), `#!/bin/sh\n[ "$3" = UUID=0df0da7a-test ] && echo "${T}/dev/p1"\n`);
+  chmodSync(path.join(T, 'bin/blkid'), 0o755);
   chmodSync(path.join(T, 'bin/dmsetup'), 0o755);
   chmodSync(path.join(T, 'bin/modprobe'), 0o755);
   execFileSync('truncate', ['-s', String(DISK), path.join(T, 'dev/disk')]);
@@ -61,11 +64,11 @@ function arm(parts = [{ ...PART, mounts: mounts() }]): Descriptor {
 }
 
 /** One boot's run of the script: what it told dmsetup, what it put into param.conf, its record. */
-function boot(): { table: string | null; root: string | null; log: string } {
+function boot(root = path.join(T, 'dev/p1')): { table: string | null; root: string | null; log: string } {
   // The partition device: its first 64 KiB as the disk holds them now (the script reads its superblock).
   writeFileSync(path.join(T, 'dev/p1'), pread(disk(), PART.start, 64 * 1024));
   for (const f of ['dmsetup.log', 'conf/param.conf', 'dev/kmsg']) rmSync(path.join(T, f), { force: true });
-  const r = spawnSync('sh', [SCRIPT], { env: { PATH: `${T}/bin:${process.env.PATH}`, ROOT: path.join(T, 'dev/p1'), DESKFUSE_ERA_TEST_ROOT: T }, encoding: 'utf8' });
+  const r = spawnSync('sh', [SCRIPT], { env: { PATH: `${T}/bin:${process.env.PATH}`, ROOT: root, DESKFUSE_ERA_TEST_ROOT: T }, encoding: 'utf8' });
   expect(r.status, r.stderr).toBe(0);
   const log = existsSync(path.join(T, 'dev/kmsg')) ? readFileSync(path.join(T, 'dev/kmsg'), 'utf8') : '';
   const table = existsSync(path.join(T, 'dmsetup.log')) ? readFileSync(path.join(T, 'dmsetup.log'), 'utf8').trim().split('\n')[0]! : null;
@@ -80,7 +83,7 @@ describe('the dm-era local-premount script', () => {
   it('tracks an armed root: an era table over a loop on the metadata space, root moved to it, and a record the agent reads', () => {
     const d = arm();
     const m0 = mounts();
-    const b = boot();
+    const b = boot('UUID=0df0da7a-test'); // as the kernel command line names it (root=UUID=…)
     expect(b.log).toMatch(/tracking .*p1 \(boot 1 of this arming, era metadata on \/dev\/loop\d+\)/);
     const loop = loops[0]!;
     const loopDev = readFileSync(`/sys/class/block/${path.basename(loop)}/dev`, 'utf8').trim();
