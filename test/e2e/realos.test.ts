@@ -184,7 +184,7 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     const committed = await reach(vm, 'COMMITTED', poweroff);
     if (ERA) {
       // Debian's initramfs put its root behind dm-era (the hook's kernel message), and the commit used it.
-      expect((await vm.waitForLine(/deskfuse-era: tracking \/dev\/vda2 \(boot 1 of this arming/)).t).toBeLessThan(up.t);
+      expect((await vm.waitForLine(/deskfuse-era: tracking \/dev\/vda2 as \/dev\/dm-\d+ \(boot 1 of this arming/)).t).toBeLessThan(up.t);
       expect(committed.text).toMatch(/tracking=era/);
     } else if (HOOK) {
       expect((await vm.waitForLine(/deskfuse-era: not armed/)).t).toBeLessThan(up.t);
