@@ -26,6 +26,7 @@ test=(
   gcc libc6-dev                                 # the small native addon (SO_BINDTODEVICE, raw ICMPv6, SEEK_DATA)
   libnbd-bin nbdkit                             # real NBD clients (nbdinfo, nbdcopy) and the peer server
   gdisk fdisk                                   # GPT repair tools (sgdisk -e, sfdisk --relocate) against the disk layout
+  thin-provisioning-tools                       # era_restore/era_dump: real dm-era metadata for the era reader (src/agent/era/metadata.test.ts)
   systemd                                       # systemd-analyze verify of deploy/systemd/deskfuse.service
   varnish nginx-light                           # the site caches (deploy/varnish, deploy/nginx): test/integration/{varnish,nginx-cache}.test.ts
   openssl                                       # an independent Ed25519 verifier of signed versions (src/sign/sign.test.ts)

@@ -49,6 +49,7 @@ export const ERRORS = {
   DF_ERR_DISK_BLANK: { status: 400, message: 'the disk has no deskfuse state: sync it first' },
   DF_ERR_APPLY_PENDING: { status: 409, message: 'an interrupted sync must finish first' },
   DF_ERR_STATE_CORRUPT: { status: 500, message: "the disk's state area is corrupt" },
+  DF_ERR_ERA_METADATA: { status: 500, message: 'the dm-era metadata on the disk cannot be read' },
   DF_ERR_ENDPOINT_NOT_FOUND: { status: 404, message: 'no such endpoint' },
   DF_ERR_ENDPOINT_STATE: { status: 409, message: 'the endpoint is not in a state that allows this' },
   DF_ERR_BOOT_TOKEN_USED: { status: 401, message: 'the boot token was already used' },

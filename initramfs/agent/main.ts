@@ -131,7 +131,8 @@ function bootTrust(): Buffer[] {
 async function handOff(m: Machinery, s: BootSession, disk: string, report: Report): Promise<never> {
   m.mustBeBootStage(`hand off (${s.handoff})`);
   // The OS is about to run on the disk: the next boot must scan it.
-  if (s.handoff !== 'poweroff') await m.agentHandoff(disk);
+  // After a sync the disk holds exactly its slot: the OS's changed-block tracking starts from there.
+  if (s.handoff !== 'poweroff') await m.agentHandoff(disk, s.action === 'sync');
   return m.handOff({ machine: m, report, mark, say }, s, disk);
 }
 
@@ -162,7 +163,8 @@ async function main(argv: string[]): Promise<number> {
     } else if (s.action === 'commit-poweroff') {
       say(`committing ${disk} to desktop ${s.desktop}`);
       const r = await agentCommit(opts);
-      mark('COMMITTED', `version=${r.version} committed=${r.committed}${r.conflict ? ` conflict=${r.conflict.conflictRef}` : ''}`);
+      mark('COMMITTED', `version=${r.version} committed=${r.committed}${r.conflict ? ` conflict=${r.conflict.conflictRef}` : ''} seconds=${r.seconds.toFixed(2)} scan=${r.scanSeconds?.toFixed(2) ?? '-'} read=${r.bytesScanned ?? 0} tracking=${r.tracking === 'era' ? 'era' : r.tracking ? 'full' : '-'}`);
+      if (r.tracking && r.tracking !== 'era') say(`changed-block tracking not used: ${r.tracking}`);
       await report('committed', { version: r.version, committed: r.committed, conflict: r.conflict?.conflictRef ?? null, localChanges: r.localChanges, bytesUploaded: r.bytesUploaded, seconds: r.seconds });
     }
   } catch (err) {

@@ -3,10 +3,11 @@ import { hashBytes } from '../chunk/id.js';
 import { dfError, isDeskfuseError } from '../errors.js';
 import { isBlankSecret } from '../endpoint/proof.js';
 import { chunkCount } from '../image/geometry.js';
-import { scanDisk } from '../sync/scan.js';
 import { commitChanges, mergeHints, type CommitOutcome } from './commit.js';
 import { stopOnDiskFailure } from './disk-failure.js';
 import { hasDataOutside, openDisk } from './disk.js';
+import { armTracking, disarmTracking } from './era/arm.js';
+import { scanLocalChanges } from './local-scan.js';
 import { keepLease, openSession, releaseLease, takeLease, type AgentOptions, type Lease, type Session } from './session.js';
 import { adoptLegacyState, areaSize, readLegacyState, readSlot, readState, writeHeader, writeSlotAndHeader } from './state-area.js';
 
@@ -30,6 +31,10 @@ export interface CommitResult extends Partial<CommitOutcome> {
   unsealed: boolean;
   /** How a clean disk is known to be unchanged: its file's mtime against its seal, or not at all (a block device, an old seal). */
   sealCheck: 'mtime' | 'none';
+  /** How the local changes were found: 'era' (the OS's changed-block tracking) or why the whole disk was scanned (null: not scanned). */
+  tracking?: string | null;
+  /** Bytes the scan read from the disk (0: not scanned). */
+  bytesScanned?: number;
 }
 
 /** The desktop a disk belongs to, from its state area (no server needed). */
@@ -72,17 +77,17 @@ async function commitDisk(o: AgentOptions): Promise<CommitResult> {
       if (state.state === 'clean') {
         result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: null, bytesUploaded: 0, requests: 0, seconds: 0 };
       } else {
-        const scan = await scanDisk(s.disk.path, s.geometry, null, s.slot.index, undefined, undefined, s.disk.view, s.slot.fingerprints ?? null);
+        const scan = await scanLocalChanges(s, s.slot.fingerprints ?? null);
         const hints = mergeHints(scan, s.slot.hints);
         if (scan.changed.length === 0) {
           // No change: the slot stands; written again only to record fingerprints it lacked.
           state = s.slot.fingerprints
             ? await writeHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null })
             : await writeSlotAndHeader(s.disk.fh, s.disk.size, { ...state, state: 'clean', failure: null }, { ...s.slot, fingerprints: scan.fingerprints });
-          result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+          result = { ...base, version: state.version!, committed: false, localChanges: 0, scanSeconds: scan.seconds, tracking: scan.tracking, bytesScanned: scan.bytesRead, bytesUploaded: 0, requests: 0, seconds: 0 };
         } else {
           const c = await commitChanges(s, state, lease, scan, hints);
-          result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, bytesUploaded: 0, requests: 0, seconds: 0 };
+          result = { ...base, ...c.outcome, committed: true, localChanges: scan.changed.length, scanSeconds: scan.seconds, tracking: scan.tracking, bytesScanned: scan.bytesRead, bytesUploaded: 0, requests: 0, seconds: 0 };
         }
       }
     } finally {
@@ -110,16 +115,23 @@ async function leaseForCommit(s: Session, force: boolean): Promise<{ lease: Leas
   }
 }
 
-/** `deskfuse agent handoff`: the OS is about to run on the disk; the next boot must scan it. */
-export async function agentHandoff(path: string): Promise<{ disk: string; state: string; version: number | null }> {
+/**
+ * `deskfuse agent handoff`: the OS is about to run on the disk; the next boot must scan it.
+ * `armTrackingNow`: this run has just brought the disk to its slot (a sync), so the OS's changed-block
+ * tracking may start from it; any other hand-off (no server, a disk left as it was) disarms it.
+ */
+export async function agentHandoff(path: string, armTrackingNow = false): Promise<{ disk: string; state: string; version: number | null; tracking: boolean }> {
   const d = await openDisk(path, true);
   try {
     await adoptLegacyState(d.fh, d.size);
     const st = await readState(d.fh, d.size);
     if (!st) throw dfError('DF_ERR_DISK_BLANK', `${path} has no deskfuse state area: run agent sync first`, { disk: path });
     if (st.state === 'applying') throw dfError('DF_ERR_APPLY_PENDING', `${path} is half-synced to version ${st.target}; it must not boot: run agent sync`, { target: st.target });
+    // The OS's changed-block tracking is armed only over a disk that holds exactly its slot (clean):
+    // a dirty disk's earlier changes are in no era metadata, so it stays disarmed (a full scan).
+    const armed = armTrackingNow && st.state === 'clean' ? await armTracking(d.fh, d.size, st, d.sectorSize) : (await disarmTracking(d.fh, d.size), false);
     const next = st.state === 'dirty' ? st : await writeHeader(d.fh, d.size, { ...st, state: 'dirty' });
-    return { disk: path, state: next.state, version: next.version };
+    return { disk: path, state: next.state, version: next.version, tracking: armed };
   } finally {
     await d.close();
   }

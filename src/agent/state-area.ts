@@ -82,6 +82,10 @@ import { BLOCK_HASH_BYTES } from '../sync/blockhash.js';
  * persistent desktop that is its user, whose own change would then miss a commit (the server still
  * verifies every chunk it stores, and a sync still verifies every chunk it patches from the disk).
  * Restore-mode desktops, whose reset must undo whatever the user did, do not use them (sync.ts).
+ *
+ * Below the fingerprint regions, when there is room, the OS's dm-era metadata (src/agent/era/arm.ts:
+ * it ends at or below areaStart − 2 × fingerprintRegionSize); its descriptor and the hook's record
+ * take the first 8 KiB of the GPT reserve, which the backup GPT (its last 16.5 KiB) never reaches.
  */
 export const HEADER_SIZE = 4096;
 /** The disk's last MiB: the backup GPT's (a 128-entry array plus header needs 16.5 KiB; 1 MiB keeps the tools' alignment). */

@@ -10,7 +10,8 @@ import { Progress } from '../progress.js';
 import { BLOCK_HASH_BYTES, blockHashes, patchBlocks } from '../sync/blockhash.js';
 import { readDelta, type DeltaItem } from '../sync/delta.js';
 import { plan, type Op } from '../sync/plan.js';
-import { scanDisk, type ScanResult } from '../sync/scan.js';
+import type { ScanResult } from '../sync/scan.js';
+import { scanLocalChanges } from './local-scan.js';
 import { commitChanges, mergeHints, sameIndex } from './commit.js';
 import { hasDataOutside, readChunkAt, sealGpt } from './disk.js';
 import { DiskWriter } from '../disk/writer.js';
@@ -105,7 +106,7 @@ function startScan(s: Session): Promise<ScanResult> | null {
   // A restore desktop's reset must undo whatever was done to the disk: every chunk is hashed
   // (fingerprints are no proof against a crafted change, state-area.ts "Fingerprints").
   const trusted = s.desktop.mode === 'persistent' ? s.slot?.fingerprints ?? null : null;
-  const p = scanDisk(s.disk.path, s.geometry, null, s.slot?.index ?? null, undefined, undefined, s.disk.view, trusted);
+  const p = scanLocalChanges(s, trusted);
   p.catch(() => {}); // awaited by syncLeased; a failure before that point must not go unhandled
   return p;
 }

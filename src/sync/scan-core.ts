@@ -50,6 +50,12 @@ export interface ScanRangeArgs {
    */
   outIds?: Uint8Array;
   outFingerprints?: Uint8Array;
+  /**
+   * Positions to read (1 per position of [first, end)); null or absent: all. The others are taken
+   * to hold their `expected` id and fingerprint unread: only for a caller that knows they were not
+   * written (the OS's changed-block tracking, src/agent/era/arm.ts).
+   */
+  only?: Uint8Array | null;
 }
 
 export interface ScanRangeResult {
@@ -113,7 +119,12 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
       const k = Math.min(per, a.end - i);
       const start = i * g.chunkSize;
       const len = Math.min(k * g.chunkSize, g.virtualSize - start);
+      if (a.only && !anyMarked(a.only, i - a.first, k)) {
+        for (let j = 0; j < k; j++) keepExpected(a, ids, fps, i + j);
+        continue;
+      }
       dataRanges(fd, start, len, a.extents, holes, ranges);
+      if (a.only) onlyMarked(ranges, a.only, a.first, g.chunkSize);
       bytesRead += readRanges(fd, buf, start, len, ranges);
       if (a.view && start < 2 * a.view.sectorSize) toImageView(buf.subarray(0, len), start, a.view);
       let r = 0; // the first data range that may overlap chunk j
@@ -126,6 +137,10 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
         while (r < ranges.length && ranges[r]![1] <= cs) r++;
         const inHole = !(r < ranges.length && ranges[r]![0] < cs + clen) && !(a.view && cs < 2 * a.view.sectorSize);
         const raw = buf.subarray(j * g.chunkSize, j * g.chunkSize + clen);
+        if (a.only && !a.only[pos - a.first]) {
+          keepExpected(a, ids, fps, pos);
+          continue;
+        }
         ids.fill(0, o, o + ID_BYTES);
         if (inHole) {
           if (nat) fps.set(zeroFingerprint(nat, clen), fo);
@@ -156,6 +171,38 @@ export function scanRange(a: ScanRangeArgs): ScanRangeResult {
   const hints = new Uint8Array(changed.length * hintLen);
   hintParts.forEach((h, k) => hints.set(h, k * hintLen));
   return { ids, fingerprints: fps, changed: Uint32Array.from(changed), hints, bytesRead, hashed };
+}
+
+function anyMarked(only: Uint8Array, from: number, k: number): boolean {
+  for (let j = from; j < from + k; j++) if (only[j]) return true;
+  return false;
+}
+
+/** A position not read: its expected id and fingerprint (zero: unknown) stand. */
+function keepExpected(a: ScanRangeArgs, ids: Uint8Array, fps: Uint8Array, pos: number): void {
+  const o = (pos - a.first) * ID_BYTES;
+  const fo = (pos - a.first) * FINGERPRINT_BYTES;
+  if (a.expected) ids.set(a.expected.subarray(o, o + ID_BYTES), o);
+  else ids.fill(0, o, o + ID_BYTES);
+  if (a.expectedFingerprints) fps.set(a.expectedFingerprints.subarray(fo, fo + FINGERPRINT_BYTES), fo);
+  else fps.fill(0, fo, fo + FINGERPRINT_BYTES);
+}
+
+/** Cut `ranges` (absolute bytes) down to the chunks marked in `only`. */
+function onlyMarked(ranges: Array<[number, number]>, only: Uint8Array, first: number, chunk: number): void {
+  const out: Array<[number, number]> = [];
+  for (const [s, t] of ranges) {
+    for (let pos = Math.floor(s / chunk); pos * chunk < t; pos++) {
+      if (!only[pos - first]) continue;
+      const a = Math.max(s, pos * chunk);
+      const b = Math.min(t, (pos + 1) * chunk);
+      const last = out[out.length - 1];
+      if (last && last[1] === a) last[1] = b;
+      else out.push([a, b]);
+    }
+  }
+  ranges.length = 0;
+  ranges.push(...out);
 }
 
 function isZeroFp(b: Uint8Array, at: number, len = FINGERPRINT_BYTES): boolean {

@@ -298,3 +298,27 @@ describe('scanDisk', () => {
     expect(r.hints.length).toBe(2 * 16 * 4);
   });
 });
+
+describe('scan of only the positions a tracker marked (scanDisk only=)', () => {
+  it('reads only the marked chunks, finds their changes, and keeps the expected id and fingerprint of the rest', async () => {
+    const g: Geometry = { virtualSize: 4 * 1024 * 1024, chunkSize: 65536 };
+    const file = sparse('only.img', g.virtualSize, [{ at: 0, data: randomBytes(g.virtualSize) }]);
+    const first = await scanDisk(file, g, null, null, 1, 256 * 1024);
+    write(file, 5 * 65536 + 100, randomBytes(300));
+    write(file, 40 * 65536, randomBytes(70_000)); // positions 40 and 41
+    const only = new Uint8Array(chunkCount(g));
+    for (const pos of [5, 40, 41, 63]) only[pos] = 1;
+    for (const threads of [1, 2]) {
+      const s = await scanDisk(file, g, null, first.index, threads, 256 * 1024, null, first.fingerprints, only);
+      expect(s.changed).toEqual([5, 40, 41]);
+      expect(s.bytesRead).toBe(4 * 65536);
+      const t = truth(file, g);
+      for (const pos of [5, 40, 41, 63]) expect(s.index.idAt(pos)).toEqual(t.index.idAt(pos));
+      for (let pos = 0; pos < chunkCount(g); pos++) {
+        if (only[pos]) continue;
+        expect(s.index.idAt(pos)).toEqual(first.index.idAt(pos));
+        expect(s.fingerprints.subarray(pos * 16, pos * 16 + 16)).toEqual(first.fingerprints.subarray(pos * 16, pos * 16 + 16));
+      }
+    }
+  });
+});

@@ -37,11 +37,12 @@ const WORKER = fileURLToPath(new URL('./scan-worker.js', import.meta.url));
 
 export async function scanDisk(
   path: string, g: Geometry, extents: ScanRangeArgs['extents'], expected: ChunkIndex | null, threads = availableParallelism(), batchBytes = READ_SIZE,
-  view: GptView | null = null, expectedFingerprints: Uint8Array | null = null,
+  view: GptView | null = null, expectedFingerprints: Uint8Array | null = null, onlyPositions: Uint8Array | null = null,
 ): Promise<ScanResult> {
   const t0 = performance.now();
   const n = chunkCount(g);
-  if (expected && expectedFingerprints && !extents) {
+  // With the OS's tracking, only its marked chunks are read (below); the fingerprint pass reads them all.
+  if (expected && expectedFingerprints && !extents && !onlyPositions) {
     const f = await scanByFingerprints(path, g, expected, expectedFingerprints, view, threads, Math.max(64, Math.floor(n / 8)));
     if (f) return { ...f, index: ChunkIndex.over(g, f.ids), seconds: (performance.now() - t0) / 1000 };
   }
@@ -63,10 +64,16 @@ export async function scanDisk(
       expectedFps.set(expectedFingerprints);
     }
   }
+  // Positions known unwritten (the OS's changed-block tracking) keep their expected id unread.
+  let only: Uint8Array | null = null;
+  if (onlyPositions && expectedIds) {
+    only = shared(n);
+    only.set(onlyPositions.subarray(0, n));
+  }
   const results = await Promise.all(Array.from({ length: k }, (_, stripe) => {
     const args: ScanRangeArgs = {
       path, geometry: { ...g }, first: 0, end: n, stripe, stripes: k, batchBytes, extents, expected: expectedIds, expectedFingerprints: expectedFps, view,
-      outIds: ids, outFingerprints: fps,
+      outIds: ids, outFingerprints: fps, only,
     };
     return useWorkers ? inWorker(args) : Promise.resolve(scanRange(args));
   }));

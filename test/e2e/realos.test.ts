@@ -5,12 +5,17 @@
 // Debian from its disk, whose marker unit writes a file and runs `systemctl poweroff`; our unit asks the
 // server, which wants a commit, so the machine reboots into the boot stage, commits and powers off. The new
 // version of the desktop holds the file (read from the exported disk with debugfs).
+// DESKFUSE_E2E_ERA=1: the Debian disk has the dm-era hook (initramfs/os-integration/dm-era) and the
+// endpoint's disk room for its metadata, so the sync arms tracking and the shutdown commit reads only
+// what Debian wrote; the commit's seconds, scan seconds and bytes read are printed (opt-in: one more
+// fixture build, and CI time stays as it was).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { areaSize } from '../../src/agent/state-area.js';
+import { eraMetadataBytes, eraSpace } from '../../src/agent/era/arm.js';
+import { areaSize, areaStart, fingerprintRegionSize } from '../../src/agent/state-area.js';
 import { assertE2ePrerequisites, createLab, startVm, type Lab, type Mark, type Vm } from './harness/index.js';
 import { ROOT, startLabAppliance, type LabAppliance } from './lab-appliance.js';
 import { endpoint, events, figures, FIGURES_HEADER, fmtFigures, timeline } from './scenario.js';
@@ -20,6 +25,11 @@ const SERVER_URL = 'http://10.91.0.1:8080';
 const CHUNK = 64 * 1024;
 const MIB = 1024 * 1024;
 const MARKER_DIR = '/var/lib/deskfuse-e2e';
+// '1': tracking; 'noarm': the same Debian disk (hook installed) on an endpoint disk with room for the
+// fingerprints but not for era metadata, so the agent never arms it: the full-scan commit to compare with.
+const ERA_MODE = process.env.DESKFUSE_E2E_ERA ?? '';
+const ERA = ERA_MODE === '1';
+const HOOK = ERA || ERA_MODE === 'noarm';
 
 /** The boot stage (initramfs/out) and the Debian disk (cached by its inputs: the first build runs mmdebstrap). */
 function buildArtifacts(): { disk: string; boot: { partition: number; kernel: string; initrd: string; cmdline: string } } {
@@ -27,7 +37,7 @@ function buildArtifacts(): { disk: string; boot: { partition: number; kernel: st
     execFileSync(cmd, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', timeout: 1_200_000 });
   sh('npm', ['run', '--silent', 'build:initramfs']);
   const t0 = performance.now();
-  const dir = sh('bash', ['test/fixtures/realos/build.sh'], { SERVER_URL }).trim().split('\n').pop()!;
+  const dir = sh('bash', ['test/fixtures/realos/build.sh'], { SERVER_URL, ...(HOOK ? { ERA: '1' } : {}) }).trim().split('\n').pop()!;
   console.log(`Debian 12 disk ready in ${((performance.now() - t0) / 1000).toFixed(1)} s: ${dir}`);
   return { disk: path.join(dir, 'disk.img'), boot: JSON.parse(readFileSync(path.join(dir, 'boot.json'), 'utf8')) };
 }
@@ -136,7 +146,11 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
 
   it('provisions the Debian disk over PXE, boots it, and commits the file its systemd wrote at a real power-off', async () => {
     const imageSize = statSync(os.disk).size;
-    const diskSize = Math.ceil((imageSize + areaSize({ virtualSize: imageSize, chunkSize: CHUNK })) / MIB) * MIB + MIB;
+    const g = { virtualSize: imageSize, chunkSize: CHUNK };
+    // With tracking: room for the fingerprint regions and the era metadata below the state area.
+    const room = HOOK ? 2 * fingerprintRegionSize(g) + (ERA ? eraMetadataBytes(g) + 2 * MIB : 0) : 0;
+    const diskSize = Math.ceil((imageSize + areaSize(g) + room) / MIB) * MIB + MIB;
+    if (HOOK) expect(eraSpace({ areaStart: areaStart(g, diskSize), geometry: g }) !== null).toBe(ERA);
     const disk = path.join(lab.dir, `${MAC.replace(/:/g, '')}.disk`);
     const qmpSocket = path.join(lab.dir, 'qmp.sock');
     const t0 = performance.now();
@@ -168,6 +182,14 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     expect(asked.t).toBeGreaterThan(poweroff.t);
     // The forced reboot comes back in the boot stage, which commits and powers off.
     const committed = await reach(vm, 'COMMITTED', poweroff);
+    if (ERA) {
+      // Debian's initramfs put its root behind dm-era (the hook's kernel message), and the commit used it.
+      expect((await vm.waitForLine(/deskfuse-era: tracking \/dev\/vda2 as \/dev\/dm-\d+ \(boot 1 of this arming/)).t).toBeLessThan(up.t);
+      expect(committed.text).toMatch(/tracking=era/);
+    } else if (HOOK) {
+      expect((await vm.waitForLine(/deskfuse-era: not armed/)).t).toBeLessThan(up.t);
+      expect(committed.text).toMatch(/tracking=full/);
+    }
     const exit = await vm.exited;
     const seconds = (performance.now() - t0) / 1000;
     expect(exit.timedOut).toBe(false);
@@ -198,7 +220,7 @@ describe('a real OS on the endpoint: Debian 12 with systemd, provisioned over PX
     rmSync(raw);
 
     rows(vm, evs, seconds);
-    console.log(`${synced.text}; ${committed.text}`);
+    console.log(`${synced.text}; ${committed.text}${HOOK ? ` (DESKFUSE_E2E_ERA=${ERA_MODE})` : ''}`);
     passed = true;
   });
 });
