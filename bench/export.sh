@@ -16,6 +16,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PATH="$REPO/node_modules/.bin:$PATH"   # node = Node 24 from node_modules, as under npm run
 SIZE=${SIZE:-2G}
 DATA=${1:-$REPO/bench/data/$SIZE}
 OUT=${2:-}
