@@ -294,12 +294,7 @@ export class ApiClient {
         return res.status;
       } catch (cause) {
         if (sinkFailed) throw sinkFailed.err;
-        if (t.safe && t.attempt < t.budget) {
-          await this.retry(t, server, `the body broke: ${causeText(cause)}`);
-          continue;
-        }
-        this.moveOn(server);
-        throw this.unreachable(method, path, server, `the connection broke mid-body: ${causeText(cause)}`, cause);
+        await this.afterBrokenBody(t, server, cause);
       } finally {
         deadline.clear();
       }
@@ -343,16 +338,21 @@ export class ApiClient {
         this.stats.bytesReceived += body.length;
         return { res, body };
       } catch (cause) {
-        if (t.safe && t.attempt < t.budget) {
-          await this.retry(t, server, `the body broke: ${causeText(cause)}`);
-          continue;
-        }
-        this.moveOn(server);
-        throw this.unreachable(method, path, server, `the connection broke mid-body: ${causeText(cause)}`, cause);
+        await this.afterBrokenBody(t, server, cause);
       } finally {
         deadline.clear();
       }
     }
+  }
+
+  /**
+   * A body that broke mid-way (the server died while answering): a retry-safe call waits its turn
+   * and goes again, to the next server (the caller loops); any other is DF_ERR_UNREACHABLE.
+   */
+  private async afterBrokenBody(t: Try, server: string, cause: unknown): Promise<void> {
+    if (t.safe && t.attempt < t.budget) return this.retry(t, server, `the body broke: ${causeText(cause)}`);
+    this.moveOn(server);
+    throw this.unreachable(t.method, t.path, server, `the connection broke mid-body: ${causeText(cause)}`, cause);
   }
 
   /** Send until a server answers with headers; the caller reads the body and clears the deadline. */
