@@ -84,13 +84,7 @@ describe('failover across servers', () => {
   });
 
   it('a server killed mid-answer: the download completes on the other, byte-exact', async () => {
-    const blob = Buffer.alloc(4 << 20);
-    for (let i = 0; i < blob.length; i += 4) blob.writeUInt32LE(i, i);
-    const a = await serve('a', (_req, res) => {
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': blob.length });
-      res.write(blob.subarray(0, 1 << 20), () => void a.kill()); // dies after a quarter
-    });
-    const b = await serve('b', (_req, res) => res.writeHead(200, { 'content-length': blob.length }).end(blob));
+    const { blob, a, b } = await dyingThenWhole();
     const c = new ApiClient({ server: [a.url, b.url] });
     const r = await c.binary('POST', '/api/v1/chunks/fetch', { body: { ids: ['x'] }, idempotent: true });
     expect(r.body.equals(blob)).toBe(true);
@@ -290,13 +284,7 @@ describe('timeouts', () => {
   });
 
   it('consume: a server killed mid-answer: the sink restarts and the body completes on the other, byte-exact', async () => {
-    const blob = Buffer.alloc(4 << 20);
-    for (let i = 0; i < blob.length; i += 4) blob.writeUInt32LE(i, i);
-    const a = await serve('a', (_req, res) => {
-      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': blob.length });
-      res.write(blob.subarray(0, 1 << 20), () => void a.kill()); // dies after a quarter
-    });
-    const b = await serve('b', (_req, res) => res.writeHead(200, { 'content-length': blob.length }).end(blob));
+    const { blob, a, b } = await dyingThenWhole();
     const c = new ApiClient({ server: [a.url, b.url] });
     let got: Buffer[] = [];
     let restarts = 0;
@@ -368,3 +356,15 @@ describe('clients sharing a server list', () => {
     expect(d.stats.retries).toBe(0);
   });
 });
+
+/** Two servers of one 4 MiB body: `a` dies after a quarter of it, `b` sends it whole. */
+async function dyingThenWhole() {
+  const blob = Buffer.alloc(4 << 20);
+  for (let i = 0; i < blob.length; i += 4) blob.writeUInt32LE(i, i);
+  const a = await serve('a', (_req, res) => {
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': blob.length });
+    res.write(blob.subarray(0, 1 << 20), () => void a.kill());
+  });
+  const b = await serve('b', (_req, res) => res.writeHead(200, { 'content-length': blob.length }).end(blob));
+  return { blob, a, b };
+}
